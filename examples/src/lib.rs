@@ -1,0 +1,1 @@
+//! Runnable examples of jobgraph live in `examples/`.

@@ -1,0 +1,311 @@
+//! The model: a job's steps, their parameters, outputs and edges, borrowed from the user's `impl`
+//! so that every error can point at the user's own tokens.
+
+use syn::{
+    Attribute, Expr, FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, ItemImpl, Lit, Meta,
+    PatType, Path, PathArguments, ReturnType, Type,
+};
+
+use crate::error::Ctxt;
+use crate::parse::{self, JobArgs};
+
+/// One `#[job]` impl block.
+pub(crate) struct Job<'a> {
+    pub(crate) item: &'a ItemImpl,
+    /// The self type's name: `Foo` for `impl<D> Foo<D>`.
+    pub(crate) ident: Ident,
+    /// The job's name in DOT, reports and errors.
+    pub(crate) name: String,
+    /// The runtime crate's path: `::jobgraph` unless `#[job(crate = ...)]`.
+    pub(crate) krate: Path,
+    pub(crate) steps: Vec<Step<'a>>,
+    /// Every method of the impl, steps or not, to find collisions with generated items.
+    pub(crate) methods: Vec<&'a ImplItemFn>,
+}
+
+/// One `#[step]` method.
+pub(crate) struct Step<'a> {
+    pub(crate) method: &'a ImplItemFn,
+    pub(crate) ident: &'a Ident,
+    /// The step enum's variant: `GetConnection` for `get_connection`.
+    pub(crate) variant: Ident,
+    pub(crate) after: Vec<Ident>,
+    /// The parameters after the receiver, in order.
+    pub(crate) params: Vec<Param<'a>>,
+    pub(crate) output: Output<'a>,
+    pub(crate) doc: String,
+}
+
+/// A step's parameter, classified by what the scheduler passes to it.
+pub(crate) enum Param<'a> {
+    /// `name: &T`: the output of step `name`.
+    Parent { name: &'a Ident, ty: &'a Type },
+    /// `_: &StepContext`: the run context.
+    Context(&'a PatType),
+    /// A parameter the scheduler cannot fill; `validate` says why.
+    Unsupported(&'a PatType),
+}
+
+/// What a step outputs.
+pub(crate) struct Output<'a> {
+    /// The type stored for the children: `T` of `Result<T, E>`, or the return type.
+    pub(crate) ty: Type,
+    /// True when the step returns a `Result`, whose error fails the step.
+    pub(crate) fallible: bool,
+    /// The return type as written, for spans (none for `-> ()` left implicit).
+    pub(crate) written: Option<&'a Type>,
+}
+
+/// The name of the attribute marking steps.
+pub(crate) const STEP_ATTR: &str = "step";
+
+impl<'a> Job<'a> {
+    /// Builds the model of `item`; malformed options are reported to `cx` and left out.
+    pub(crate) fn from_syn(item: &'a ItemImpl, args: JobArgs, cx: &mut Ctxt) -> Option<Self> {
+        let ident = match self_ident(&item.self_ty) {
+            Some(ident) => ident.clone(),
+            None => {
+                cx.error_spanned_by(
+                    &item.self_ty,
+                    "`#[job]` goes on an inherent impl of a named struct, like `impl MyJob { .. }`",
+                );
+                return None;
+            }
+        };
+        let methods: Vec<&ImplItemFn> = item
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                ImplItem::Fn(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        let steps = methods
+            .iter()
+            .filter_map(|method| {
+                let mut attrs = method.attrs.iter().filter(|a| is_step_attr(a));
+                let attr = attrs.next()?;
+                for extra in attrs {
+                    cx.error_spanned_by(extra, "this method is already marked `#[step]`");
+                }
+                let args = parse::step_args(attr, cx);
+                Some(Step::from_syn(method, args))
+            })
+            .collect();
+        Some(Job {
+            name: args.name.map_or_else(|| ident.to_string(), |n| n.value()),
+            krate: args.krate.unwrap_or_else(|| syn::parse_quote!(::jobgraph)),
+            ident,
+            item,
+            steps,
+            methods,
+        })
+    }
+
+    /// The index of the step called `name`.
+    pub(crate) fn step_index(&self, name: &Ident) -> Option<usize> {
+        self.steps.iter().position(|s| s.ident == name)
+    }
+
+    /// `FooStep`.
+    pub(crate) fn step_enum(&self) -> Ident {
+        Ident::new(&format!("{}Step", self.ident), self.ident.span())
+    }
+
+    /// `FooOutputs`.
+    pub(crate) fn outputs_struct(&self) -> Ident {
+        Ident::new(&format!("{}Outputs", self.ident), self.ident.span())
+    }
+}
+
+impl<'a> Step<'a> {
+    fn from_syn(method: &'a ImplItemFn, args: parse::StepArgs) -> Self {
+        let ident = &method.sig.ident;
+        let params = method
+            .sig
+            .inputs
+            .iter()
+            .filter_map(|arg| match arg {
+                FnArg::Receiver(_) => None,
+                FnArg::Typed(pat_type) => Some(Param::from_syn(pat_type)),
+            })
+            .collect();
+        Step {
+            method,
+            ident,
+            variant: Ident::new(&upper_camel(&ident.to_string()), ident.span()),
+            after: args.after,
+            params,
+            output: Output::from_syn(&method.sig.output),
+            doc: doc_comment(&method.attrs),
+        }
+    }
+
+    /// The names of the steps whose outputs this step takes, in parameter order.
+    pub(crate) fn parents(&self) -> impl Iterator<Item = &'a Ident> + '_ {
+        self.params.iter().filter_map(|p| match p {
+            Param::Parent { name, .. } => Some(*name),
+            _ => None,
+        })
+    }
+}
+
+impl<'a> Param<'a> {
+    fn from_syn(pat_type: &'a PatType) -> Self {
+        let Type::Reference(reference) = &*pat_type.ty else {
+            return Param::Unsupported(pat_type);
+        };
+        if reference.mutability.is_some() {
+            return Param::Unsupported(pat_type);
+        }
+        if is_step_context(&reference.elem) {
+            return Param::Context(pat_type);
+        }
+        match &*pat_type.pat {
+            syn::Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => Param::Parent {
+                name: &p.ident,
+                ty: &reference.elem,
+            },
+            _ => Param::Unsupported(pat_type),
+        }
+    }
+}
+
+impl<'a> Output<'a> {
+    fn from_syn(output: &'a ReturnType) -> Self {
+        let written = match output {
+            ReturnType::Default => {
+                return Output {
+                    ty: syn::parse_quote!(()),
+                    fallible: false,
+                    written: None,
+                };
+            }
+            ReturnType::Type(_, ty) => &**ty,
+        };
+        if let Some(ok) = result_ok_type(written) {
+            return Output {
+                ty: ok.clone(),
+                fallible: true,
+                written: Some(written),
+            };
+        }
+        Output {
+            ty: written.clone(),
+            fallible: false,
+            written: Some(written),
+        }
+    }
+}
+
+/// `T` when `ty` is spelled `Result<T, ..>` (any path ending in `Result`, so `io::Result<T>` too).
+fn result_ok_type(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else { return None };
+    if path.qself.is_some() {
+        return None;
+    }
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.first()? {
+        GenericArgument::Type(ok) => Some(ok),
+        _ => None,
+    }
+}
+
+/// True for `StepContext` spelled with any path (`jobgraph::StepContext`).
+pub(crate) fn is_step_context(ty: &Type) -> bool {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "StepContext" && s.arguments.is_none()),
+        Type::Paren(p) => is_step_context(&p.elem),
+        _ => false,
+    }
+}
+
+pub(crate) fn is_step_attr(attr: &Attribute) -> bool {
+    attr.path().is_ident(STEP_ATTR)
+}
+
+fn self_ident(ty: &Type) -> Option<&Ident> {
+    match ty {
+        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| &s.ident),
+        _ => None,
+    }
+}
+
+/// The `///` doc comment, lines joined with `\n`, common indentation trimmed.
+fn doc_comment(attrs: &[Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .filter_map(|a| match &a.meta {
+            Meta::NameValue(nv) => match &nv.value {
+                Expr::Lit(lit) => match &lit.lit {
+                    Lit::Str(s) => Some(s.value()),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let indent = lines
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap_or(0);
+    let text: Vec<&str> = lines
+        .iter()
+        .map(|l| l.get(indent..).unwrap_or("").trim_end())
+        .collect();
+    text.join("\n").trim().to_owned()
+}
+
+/// `get_connection` -> `GetConnection`; a raw `r#type` -> `Type`.
+pub(crate) fn upper_camel(snake: &str) -> String {
+    let snake = snake.strip_prefix("r#").unwrap_or(snake);
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = true;
+    for c in snake.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn camel_case() {
+        assert_eq!(upper_camel("get_connection"), "GetConnection");
+        assert_eq!(upper_camel("query_table1"), "QueryTable1");
+        assert_eq!(upper_camel("r#type"), "Type");
+        assert_eq!(upper_camel("a"), "A");
+    }
+
+    #[test]
+    fn result_detection() {
+        let ty: Type = syn::parse_quote!(std::io::Result<u8>);
+        assert!(result_ok_type(&ty).is_some());
+        let ty: Type = syn::parse_quote!(Result<Vec<u8>, E>);
+        assert_eq!(quote::quote!(#ty).to_string(), "Result < Vec < u8 > , E >");
+        assert!(result_ok_type(&syn::parse_quote!(Option<u8>)).is_none());
+    }
+}

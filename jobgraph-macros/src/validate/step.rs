@@ -1,0 +1,132 @@
+//! Checks on one step's signature: what the scheduler can call.
+
+use syn::{FnArg, GenericParam, Type};
+
+use crate::error::Ctxt;
+use crate::model::{Param, Step};
+
+pub(super) fn signature(step: &Step<'_>, cx: &mut Ctxt) {
+    let sig = &step.method.sig;
+    if sig.asyncness.is_none() {
+        cx.error_spanned_by(
+            sig.fn_token,
+            format_args!(
+                "step `{}` must be an `async fn`: write `async fn {}`",
+                step.ident, step.ident
+            ),
+        );
+    }
+    receiver(step, cx);
+    for param in &sig.generics.params {
+        match param {
+            GenericParam::Lifetime(_) => {}
+            GenericParam::Type(_) | GenericParam::Const(_) => cx.error_spanned_by(
+                param,
+                format_args!(
+                    "step `{}` cannot be generic: the scheduler calls it with concrete types; \
+                     put the parameter on the job's impl instead (`impl<T> MyJob<T>`)",
+                    step.ident
+                ),
+            ),
+        }
+    }
+    let mut context = None;
+    for param in &step.params {
+        match param {
+            Param::Parent { name, ty } => {
+                if let Some(impl_trait) = find_impl_trait(ty) {
+                    cx.error_spanned_by(
+                        impl_trait,
+                        format_args!(
+                            "`impl Trait` is not supported in step parameters: `{name}` takes \
+                             the output of step `{name}`, whose type is concrete; write that type"
+                        ),
+                    );
+                }
+            }
+            Param::Context(pat_type) => {
+                if let Some(first) = context.replace(*pat_type) {
+                    cx.error_spanned_by(
+                        pat_type,
+                        format_args!(
+                            "step `{}` takes `&StepContext` twice; one parameter is enough \
+                             (the first is `{}`)",
+                            step.ident,
+                            quote::ToTokens::to_token_stream(&first.pat)
+                        ),
+                    );
+                }
+            }
+            Param::Unsupported(pat_type) => unsupported(pat_type, cx),
+        }
+    }
+}
+
+fn receiver(step: &Step<'_>, cx: &mut Ctxt) {
+    let sig = &step.method.sig;
+    let Some(FnArg::Receiver(receiver)) = sig.inputs.first() else {
+        cx.error_spanned_by(
+            &sig.ident,
+            format_args!(
+                "step `{}` needs a `&self` receiver: write `async fn {}(&self, ..)`",
+                step.ident, step.ident
+            ),
+        );
+        return;
+    };
+    let ok = matches!(&receiver.kind, syn::ReceiverKind::Reference(_, _, None));
+    if !ok {
+        let why = match &receiver.kind {
+            syn::ReceiverKind::Reference(..) => {
+                "steps run concurrently and share the job, so they cannot take `&mut self`"
+            }
+            _ => "steps share the job, so they borrow it",
+        };
+        cx.error_spanned_by(
+            receiver,
+            format_args!("step `{}` must take `&self`: {why}", step.ident),
+        );
+    }
+}
+
+fn unsupported(pat_type: &syn::PatType, cx: &mut Ctxt) {
+    let ty = &*pat_type.ty;
+    match ty {
+        Type::Reference(r) if r.mutability.is_some() => cx.error_spanned_by(
+            ty,
+            "a parent's output is shared by all its children: take it as `&T`, not `&mut T`",
+        ),
+        Type::Reference(_) => cx.error_spanned_by(
+            &pat_type.pat,
+            "a step parameter must be a plain name: the name of the step whose output it takes \
+             (destructure inside the body)",
+        ),
+        _ => {
+            let name = quote::ToTokens::to_token_stream(&pat_type.pat).to_string();
+            if let Some(impl_trait) = find_impl_trait(ty) {
+                cx.error_spanned_by(
+                    impl_trait,
+                    "`impl Trait` is not supported in step parameters; a parameter takes a \
+                     parent's output by reference, `name: &T`",
+                );
+            } else {
+                cx.error_spanned_by(
+                    ty,
+                    format_args!(
+                        "step parameters borrow their parent's output: write `{name}: &{}`",
+                        quote::ToTokens::to_token_stream(ty)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn find_impl_trait(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::ImplTrait(_) => Some(ty),
+        Type::Reference(r) => find_impl_trait(&r.elem),
+        Type::Paren(p) => find_impl_trait(&p.elem),
+        _ => None,
+    }
+}

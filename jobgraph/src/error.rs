@@ -1,0 +1,196 @@
+//! Errors of steps and of whole runs.
+
+use std::any::Any;
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::JobStep;
+
+/// A boxed error, as steps' errors are stored once they leave the step.
+pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
+
+/// Why one step failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StepError {
+    /// The step returned `Err`; this is its error.
+    Error(BoxError),
+    /// The step panicked; the panic was caught.
+    Panic(StepPanic),
+}
+
+impl StepError {
+    /// The user's error (or the caught panic) as a `dyn Error`, for downcasting.
+    pub fn as_error(&self) -> &(dyn Error + Send + Sync + 'static) {
+        match self {
+            StepError::Error(e) => &**e,
+            StepError::Panic(p) => p,
+        }
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepError::Error(e) => write!(f, "returned an error: {e}"),
+            StepError::Panic(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+impl Error for StepError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(self.as_error())
+    }
+}
+
+/// A panic caught while a step ran, with its message when the payload was a string.
+#[derive(Debug, Clone)]
+pub struct StepPanic {
+    message: String,
+}
+
+impl StepPanic {
+    pub(crate) fn from_payload(payload: Box<dyn Any + Send>) -> Self {
+        let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "<non-string panic payload>".to_owned()
+        };
+        StepPanic { message }
+    }
+
+    /// The panic message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for StepPanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "panicked: {}", self.message)
+    }
+}
+
+impl Error for StepPanic {}
+
+/// One failed step of a run: which step, and why.
+#[derive(Debug)]
+pub struct StepFailure<S> {
+    step: S,
+    error: StepError,
+}
+
+impl<S: JobStep> StepFailure<S> {
+    pub(crate) fn new(step: S, error: StepError) -> Self {
+        StepFailure { step, error }
+    }
+
+    /// The step that failed.
+    pub fn step(&self) -> S {
+        self.step
+    }
+
+    /// Why it failed.
+    pub fn error(&self) -> &StepError {
+        &self.error
+    }
+}
+
+impl<S: JobStep> fmt::Display for StepFailure<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "step `{}` {}", self.step.name(), self.error)
+    }
+}
+
+/// The error of a run in which at least one step failed.
+///
+/// [`step`](JobError::step) is the root cause: the step that failed first. The steps that depend
+/// on a failed step did not run ([`skipped`](JobError::skipped)); independent branches ran to the
+/// end and may have failed too ([`failures`](JobError::failures) lists every failure in the order
+/// they happened). [`source`](Error::source) is the root cause's own error, so
+/// `err.source().unwrap().downcast_ref::<MyError>()` recovers it.
+pub struct JobError<S> {
+    job_name: &'static str,
+    job_id: Arc<str>,
+    failures: Vec<StepFailure<S>>,
+    skipped: Vec<S>,
+}
+
+impl<S: JobStep> JobError<S> {
+    pub(crate) fn new(
+        job_name: &'static str,
+        job_id: Arc<str>,
+        failures: Vec<StepFailure<S>>,
+        skipped: Vec<S>,
+    ) -> Self {
+        debug_assert!(!failures.is_empty());
+        JobError {
+            job_name,
+            job_id,
+            failures,
+            skipped,
+        }
+    }
+
+    /// The name of the job that failed.
+    pub fn job_name(&self) -> &'static str {
+        self.job_name
+    }
+
+    /// The id of the failed run.
+    pub fn job_id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// The step that failed first: the root cause.
+    pub fn step(&self) -> S {
+        self.root_cause().step
+    }
+
+    /// The first failure of the run, with its step and error.
+    pub fn root_cause(&self) -> &StepFailure<S> {
+        &self.failures[0]
+    }
+
+    /// Every step that failed, in the order they failed; the first is the root cause.
+    pub fn failures(&self) -> &[StepFailure<S>] {
+        &self.failures
+    }
+
+    /// The steps that did not run because a step they depend on failed, in declaration order.
+    pub fn skipped(&self) -> &[S] {
+        &self.skipped
+    }
+}
+
+impl<S: JobStep> fmt::Display for JobError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job `{}` failed: {}", self.job_name, self.root_cause())?;
+        match self.failures.len() {
+            1 => Ok(()),
+            2 => write!(f, " (and 1 more step failed)"),
+            n => write!(f, " (and {} more steps failed)", n - 1),
+        }
+    }
+}
+
+impl<S: JobStep> fmt::Debug for JobError<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobError")
+            .field("job_name", &self.job_name)
+            .field("job_id", &self.job_id)
+            .field("failures", &self.failures)
+            .field("skipped", &self.skipped)
+            .finish()
+    }
+}
+
+impl<S: JobStep> Error for JobError<S> {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(self.root_cause().error.as_error())
+    }
+}

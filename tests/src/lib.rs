@@ -1,0 +1,1 @@
+//! Integration tests and benchmarks of jobgraph live in `tests/` and `benches/`.

@@ -1,0 +1,1 @@
+//! trybuild cases of the `#[job]` macro live in `tests/`.
