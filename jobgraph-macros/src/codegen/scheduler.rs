@@ -27,7 +27,7 @@ pub(crate) fn run_method(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenSt
     let failures = local1("failures");
     let cx = local1("cx");
     let ctx = local1("ctx");
-    let deps_const = local1("DEPS");
+    let deps_const = quote::format_ident!("__JG_DEPS", span = proc_macro2::Span::mixed_site());
     let slot = |i: usize| local("slot", i);
     let start = |i: usize| local("start", i);
     let fut = |i: usize| local("fut", i);
