@@ -10,20 +10,25 @@ pub use core::future::{Future, poll_fn};
 pub use core::hash::Hash;
 pub use core::marker::{Copy, PhantomData};
 pub use core::option::Option::{self, None, Some};
-pub use core::pin::pin;
-pub use core::primitive::{str, usize};
+pub use core::pin::{Pin, pin};
+pub use core::primitive::{bool, str, usize};
 pub use core::result::Result::{self, Err, Ok};
 pub use core::task::{Context, Poll};
+pub use core::time::Duration;
+pub use std::sync::Arc;
 
-pub use crate::StepContext;
-pub use crate::error::JobError;
+pub use crate::error::{JobError, StepError};
 pub use crate::job::{Job, JobStep, StepInfo};
+pub use crate::run::RunCore;
+pub use crate::runner::{JobHandle, JobResult, Runner};
+pub use crate::{RetryPolicy, StepContext};
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use crate::context::RunInfo;
-use crate::error::{BoxError, StepError, StepFailure};
+use tokio_util::sync::WaitForCancellationFuture;
+
+use crate::error::{BoxError, StepFailure};
+use crate::exec::{Policies, run_step};
 
 /// The `Result` a step method returns, split into output and error.
 #[diagnostic::on_unimplemented(
@@ -50,6 +55,55 @@ impl<T, E: Into<BoxError>> StepResult for Result<T, E> {
 #[inline]
 pub fn infallible<T>(value: T) -> Result<T, BoxError> {
     Ok(value)
+}
+
+/// Type-checks a `#[step(retry = ..)]` expression.
+#[inline]
+pub fn retry_policy<P: RetryPolicy>(policy: &P) -> &dyn RetryPolicy {
+    policy
+}
+
+/// Checks a `#[step(timeout = ..)]` value computed at run time (literals are checked at compile
+/// time).
+#[inline]
+pub fn timeout(step: &str, timeout: Duration) -> Duration {
+    assert!(
+        !timeout.is_zero(),
+        "#[step(timeout = ..)] of step `{step}` is zero: a timeout must be greater than zero"
+    );
+    timeout
+}
+
+/// Spawns a started job's run: `start` calls this from the job's own impl, where the run
+/// future's type is known, so a step that is not `Send` is reported there.
+#[inline]
+pub fn spawn<J: Job, F>(run: Arc<RunCore<J::Step>>, future: F) -> JobHandle<J>
+where
+    F: Future<Output = JobResult<J>> + Send + 'static,
+    J::Outputs: Send + 'static,
+{
+    JobHandle::new(run, tokio::spawn(future))
+}
+
+/// The run state for `start`.
+#[inline]
+pub fn handle_core<J: Job>() -> Arc<RunCore<J::Step>> {
+    JobHandle::<J>::core()
+}
+
+/// Runs `job` in its span: what the spawned task of `start` awaits.
+#[inline]
+pub fn drive<'a, J: Job>(
+    job: &'a J,
+    run: &'a RunCore<J::Step>,
+) -> impl Future<Output = JobResult<J>> + 'a {
+    crate::runner::drive(job, run)
+}
+
+/// `Runner::new`, for the generated `runner()`.
+#[inline]
+pub fn runner<J: Job>(job: &J) -> Runner<'_, J> {
+    Runner::new(job)
 }
 
 /// The output of one step, written once by the scheduler, then lent to the children.
@@ -109,28 +163,23 @@ impl<const W: usize> Mask<W> {
     }
 }
 
-/// The scheduler's bookkeeping for one run: which steps started, which finished, how many run.
+/// The scheduler's bookkeeping for one run: which steps started, which completed, how many run.
 pub struct Sched<const W: usize> {
     started: Mask<W>,
     done: Mask<W>,
     running: usize,
+    sequential: bool,
 }
 
 impl<const W: usize> Sched<W> {
-    #[inline]
-    #[allow(clippy::new_without_default)]
-    pub const fn new() -> Self {
-        Sched {
-            started: Mask::EMPTY,
-            done: Mask::EMPTY,
-            running: 0,
-        }
-    }
-
-    /// Marks step `index` started if it has not started and all of `deps` completed.
+    /// Marks step `index` started if it has not started and all of `deps` completed (and, in
+    /// sequential mode, no other step runs).
     #[inline]
     pub fn try_start(&mut self, index: usize, deps: &Mask<W>) -> bool {
-        if self.started.contains(index) || !self.done.is_superset(deps) {
+        if self.started.contains(index)
+            || !self.done.is_superset(deps)
+            || (self.sequential && self.running > 0)
+        {
             return false;
         }
         self.started.insert(index);
@@ -152,79 +201,6 @@ impl<const W: usize> Sched<W> {
     pub fn idle(&self) -> bool {
         self.running == 0
     }
-
-    #[inline]
-    pub fn done(&self) -> &Mask<W> {
-        &self.done
-    }
-}
-
-/// The identity of one run, lent to every step of it.
-pub struct Run<S: JobStep> {
-    info: RunInfo,
-    step: PhantomData<fn(S)>,
-}
-
-fn next_job_id() -> Arc<str> {
-    static PROCESS: OnceLock<u32> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(1);
-    let process = *PROCESS.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.finish() as u32
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    Arc::from(format!("{process:08x}-{n}"))
-}
-
-impl<S: JobStep> Run<S> {
-    pub fn new(job_name: &'static str) -> Self {
-        Run {
-            info: RunInfo {
-                job_name,
-                job_id: next_job_id(),
-            },
-            step: PhantomData,
-        }
-    }
-
-    /// Runs one step: see [`crate::exec`].
-    #[inline]
-    pub fn step<T, F, Fut>(
-        &self,
-        step: S,
-        attempt: F,
-    ) -> impl Future<Output = Result<T, StepError>> + use<'_, S, T, F, Fut>
-    where
-        F: FnMut(StepContext) -> Fut,
-        Fut: Future<Output = Result<T, BoxError>>,
-    {
-        crate::exec::run_step(&self.info, step.name(), attempt)
-    }
-
-    /// `Ok(())` if no step failed, else the run's error (every step not completed is skipped).
-    pub fn finish<const W: usize>(
-        self,
-        sched: &Sched<W>,
-        failures: Failures<S>,
-    ) -> Result<(), JobError<S>> {
-        let failures = failures.0;
-        if failures.is_empty() {
-            return Ok(());
-        }
-        let skipped = S::ALL
-            .iter()
-            .copied()
-            .filter(|s| !sched.done.contains(s.index()) && !failures.iter().any(|f| f.step() == *s))
-            .collect();
-        Err(JobError::new(
-            self.info.job_name,
-            self.info.job_id,
-            failures,
-            skipped,
-        ))
-    }
 }
 
 /// The failed steps of a run, in the order they failed.
@@ -244,9 +220,130 @@ impl<S: JobStep> Failures<S> {
     }
 }
 
+/// Why a run stops early: its handle cancelled it, or a step failed under `fail_fast`. Dropping
+/// it (the run ended, or its future was dropped) cancels the run's token, so steps' own
+/// background work sees the end of the run.
+pub struct Stop<'a, S: JobStep> {
+    run: &'a RunCore<S>,
+    cancelled: Option<Pin<Box<WaitForCancellationFuture<'a>>>>,
+}
+
+impl<S: JobStep> Stop<'_, S> {
+    /// True once the run's handle cancelled it.
+    #[inline]
+    pub fn cancelled(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.cancelled {
+            Some(cancelled) => cancelled.as_mut().poll(cx).is_ready(),
+            None => false,
+        }
+    }
+
+    /// True if the run must stop because a step failed and the run is `fail_fast`.
+    #[inline]
+    pub fn failed_fast(&self, failures: &Failures<S>) -> bool {
+        self.run.options.fail_fast && !failures.0.is_empty()
+    }
+}
+
+impl<S: JobStep> Drop for Stop<'_, S> {
+    fn drop(&mut self) {
+        self.run.info.cancel.cancel();
+    }
+}
+
+impl<S: JobStep> RunCore<S> {
+    /// The scheduler's bookkeeping for this run.
+    #[inline]
+    pub fn sched<const W: usize>(&self) -> Sched<W> {
+        Sched {
+            started: Mask::EMPTY,
+            done: Mask::EMPTY,
+            running: 0,
+            sequential: self.options.sequential,
+        }
+    }
+
+    /// What stops this run early.
+    #[inline]
+    pub fn stop(&self) -> Stop<'_, S> {
+        Stop {
+            run: self,
+            cancelled: self
+                .cancellable
+                .then(|| Box::pin(self.info.cancel.cancelled())),
+        }
+    }
+
+    /// Runs one step with its attribute's policies: see [`crate::exec::run_step`].
+    #[inline]
+    pub fn step<'a, T, F, Fut>(
+        &'a self,
+        step: S,
+        retry: Option<&'a dyn RetryPolicy>,
+        timeout: Option<Duration>,
+        attempt: F,
+    ) -> impl Future<Output = Result<T, StepError>> + use<'a, S, T, F, Fut>
+    where
+        F: FnMut(StepContext) -> Fut,
+        Fut: Future<Output = Result<T, BoxError>>,
+    {
+        run_step(self, step, Policies { retry, timeout }, attempt)
+    }
+
+    /// Records that the run stopped while `step` ran.
+    #[cold]
+    pub fn cancelled_step(&self, step: S, failures: &mut Failures<S>) {
+        self.cancel_step(step);
+        failures.push(step, StepError::Cancelled);
+    }
+
+    /// Ends the run: `Ok(())` if every step completed, else the run's error.
+    pub fn end(&self, failures: Failures<S>) -> Result<(), JobError<S>> {
+        self.finish(failures.0)
+    }
+}
+
 /// `None`, typed as the `Option` of what `make` returns: lets the scheduler declare a step's
 /// future slot before the future exists.
 #[inline]
 pub fn none_of<F: Fn() -> R, R>(_make: &F) -> Option<R> {
     None
+}
+
+/// How a parent's output is lent to a child's parameter: as itself, or a `Vec<T>` as `[T]` and a
+/// `String` as `str`.
+#[diagnostic::on_unimplemented(
+    message = "this parameter takes `&{P}`, but the step it names outputs `{Self}`",
+    label = "expected `&{Self}` here (the output of the step this parameter names)",
+    note = "a parameter `name: &T` takes the output of step `name`: `T` must be that step's output type (or `[U]` for a `Vec<U>`, `str` for a `String`)"
+)]
+pub trait OutputAs<P: ?Sized> {
+    fn output_as(&self) -> &P;
+}
+
+impl<T: ?Sized> OutputAs<T> for T {
+    #[inline]
+    fn output_as(&self) -> &T {
+        self
+    }
+}
+
+impl<T> OutputAs<[T]> for Vec<T> {
+    #[inline]
+    fn output_as(&self) -> &[T] {
+        self
+    }
+}
+
+impl OutputAs<str> for String {
+    #[inline]
+    fn output_as(&self) -> &str {
+        self
+    }
+}
+
+/// A parent's output, lent to a child's parameter of type `&P`.
+#[inline]
+pub fn parent<O: OutputAs<P>, P: ?Sized>(slot: &Slot<O>) -> &P {
+    OutputAs::output_as(Slot::get(slot))
 }

@@ -3,9 +3,10 @@
 use std::any::Any;
 use std::error::Error;
 use std::fmt;
-use std::sync::Arc;
+use std::time::Duration;
 
 use crate::JobStep;
+use crate::report::{JobReport, StepState};
 
 /// A boxed error, as steps' errors are stored once they leave the step.
 pub type BoxError = Box<dyn Error + Send + Sync + 'static>;
@@ -18,15 +19,46 @@ pub enum StepError {
     Error(BoxError),
     /// The step panicked; the panic was caught.
     Panic(StepPanic),
+    /// The attempt ran longer than its timeout (`#[step(timeout = ..)]`) and was dropped.
+    Timeout(Duration),
+    /// The run was cancelled (by [`JobHandle::cancel`](crate::JobHandle::cancel), or by
+    /// [`fail_fast`](crate::Runner::fail_fast) after another step failed) while this step ran.
+    Cancelled,
 }
 
 impl StepError {
     /// The user's error (or the caught panic) as a `dyn Error`, for downcasting.
+    ///
+    /// A timeout or cancellation, which has no error of its own, is the `StepError` itself.
     pub fn as_error(&self) -> &(dyn Error + Send + Sync + 'static) {
         match self {
             StepError::Error(e) => &**e,
             StepError::Panic(p) => p,
+            StepError::Timeout(_) | StepError::Cancelled => self,
         }
+    }
+
+    /// The step's own error as `E`, if it returned an error of that type.
+    pub fn downcast_ref<E: Error + 'static>(&self) -> Option<&E> {
+        match self {
+            StepError::Error(e) => e.downcast_ref(),
+            _ => None,
+        }
+    }
+
+    /// True if the step panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, StepError::Panic(_))
+    }
+
+    /// True if the attempt timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, StepError::Timeout(_))
+    }
+
+    /// True if the run was cancelled while the step ran.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, StepError::Cancelled)
     }
 }
 
@@ -35,13 +67,19 @@ impl fmt::Display for StepError {
         match self {
             StepError::Error(e) => write!(f, "returned an error: {e}"),
             StepError::Panic(p) => write!(f, "{p}"),
+            StepError::Timeout(d) => write!(f, "timed out after {d:?}"),
+            StepError::Cancelled => write!(f, "was cancelled"),
         }
     }
 }
 
 impl Error for StepError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(self.as_error())
+        match self {
+            StepError::Error(e) => Some(&**e),
+            StepError::Panic(p) => Some(p),
+            StepError::Timeout(_) | StepError::Cancelled => None,
+        }
     }
 }
 
@@ -52,6 +90,10 @@ pub struct StepPanic {
 }
 
 impl StepPanic {
+    pub(crate) fn new(message: String) -> Self {
+        StepPanic { message }
+    }
+
     pub(crate) fn from_payload(payload: Box<dyn Any + Send>) -> Self {
         let message = if let Some(s) = payload.downcast_ref::<&'static str>() {
             (*s).to_owned()
@@ -60,7 +102,7 @@ impl StepPanic {
         } else {
             "<non-string panic payload>".to_owned()
         };
-        StepPanic { message }
+        StepPanic::new(message)
     }
 
     /// The panic message.
@@ -106,44 +148,34 @@ impl<S: JobStep> fmt::Display for StepFailure<S> {
     }
 }
 
-/// The error of a run in which at least one step failed.
+/// The error of a run in which at least one step failed, or which was cancelled.
 ///
 /// [`step`](JobError::step) is the root cause: the step that failed first. The steps that depend
 /// on a failed step did not run ([`skipped`](JobError::skipped)); independent branches ran to the
-/// end and may have failed too ([`failures`](JobError::failures) lists every failure in the order
-/// they happened). [`source`](Error::source) is the root cause's own error, so
-/// `err.source().unwrap().downcast_ref::<MyError>()` recovers it.
-pub struct JobError<S> {
-    job_name: &'static str,
-    job_id: Arc<str>,
+/// end (unless [`fail_fast`](crate::Runner::fail_fast)) and may have failed too
+/// ([`failures`](JobError::failures) lists every failure in the order they happened).
+/// [`source`](Error::source) is the root cause's own error, so
+/// `err.source().unwrap().downcast_ref::<MyError>()` recovers it. [`report`](JobError::report)
+/// has the state and timing of every step.
+pub struct JobError<S: JobStep> {
     failures: Vec<StepFailure<S>>,
-    skipped: Vec<S>,
+    report: JobReport<S>,
 }
 
 impl<S: JobStep> JobError<S> {
-    pub(crate) fn new(
-        job_name: &'static str,
-        job_id: Arc<str>,
-        failures: Vec<StepFailure<S>>,
-        skipped: Vec<S>,
-    ) -> Self {
-        debug_assert!(!failures.is_empty());
-        JobError {
-            job_name,
-            job_id,
-            failures,
-            skipped,
-        }
+    pub(crate) fn new(failures: Vec<StepFailure<S>>, report: JobReport<S>) -> Self {
+        assert!(!failures.is_empty(), "a JobError has a failed step");
+        JobError { failures, report }
     }
 
     /// The name of the job that failed.
     pub fn job_name(&self) -> &'static str {
-        self.job_name
+        self.report.job_name()
     }
 
     /// The id of the failed run.
     pub fn job_id(&self) -> &str {
-        &self.job_id
+        self.report.job_id()
     }
 
     /// The step that failed first: the root cause.
@@ -156,20 +188,31 @@ impl<S: JobStep> JobError<S> {
         &self.failures[0]
     }
 
-    /// Every step that failed, in the order they failed; the first is the root cause.
+    /// Every step that failed, in the order they failed; the first is the root cause. Steps that
+    /// were running when the run was cancelled are here too, with [`StepError::Cancelled`].
     pub fn failures(&self) -> &[StepFailure<S>] {
         &self.failures
     }
 
     /// The steps that did not run because a step they depend on failed, in declaration order.
-    pub fn skipped(&self) -> &[S] {
-        &self.skipped
+    pub fn skipped(&self) -> Vec<S> {
+        self.report.steps_in(StepState::Skipped)
+    }
+
+    /// True if the run was cancelled rather than stopped by a step's own failure alone.
+    pub fn is_cancelled(&self) -> bool {
+        self.root_cause().error.is_cancelled()
+    }
+
+    /// The report of the run: every step's state, timings, attempts and error.
+    pub fn report(&self) -> &JobReport<S> {
+        &self.report
     }
 }
 
 impl<S: JobStep> fmt::Display for JobError<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "job `{}` failed: {}", self.job_name, self.root_cause())?;
+        write!(f, "job `{}` failed: {}", self.job_name(), self.root_cause())?;
         match self.failures.len() {
             1 => Ok(()),
             2 => write!(f, " (and 1 more step failed)"),
@@ -181,10 +224,10 @@ impl<S: JobStep> fmt::Display for JobError<S> {
 impl<S: JobStep> fmt::Debug for JobError<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobError")
-            .field("job_name", &self.job_name)
-            .field("job_id", &self.job_id)
+            .field("job_name", &self.job_name())
+            .field("job_id", &self.job_id())
             .field("failures", &self.failures)
-            .field("skipped", &self.skipped)
+            .field("skipped", &self.skipped())
             .finish()
     }
 }

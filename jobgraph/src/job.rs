@@ -1,7 +1,11 @@
 //! The traits every `#[job]` implements, and the static description of a graph.
 
 use std::fmt::{Debug, Display};
+use std::future::Future;
 use std::hash::Hash;
+
+use crate::run::RunCore;
+use crate::{JobError, StepContext};
 
 /// A job type: an `impl` block compiled into a graph of steps by [`#[job]`](crate::job).
 ///
@@ -21,12 +25,25 @@ pub trait Job: Sized {
     type Step: JobStep;
     /// The generated outputs struct (`FooOutputs` for `impl Foo`).
     type Outputs;
+
+    /// The enrichment of `#[job(enrich = ..)]`, run before every attempt of every step.
+    #[doc(hidden)]
+    const __ENRICH: Option<fn(&mut StepContext)> = None;
+
+    /// Runs the graph with the given run state; what `run`, `Runner` and `start` drive.
+    #[doc(hidden)]
+    fn __run<'a>(
+        &'a self,
+        run: &'a RunCore<Self::Step>,
+    ) -> impl Future<Output = Result<Self::Outputs, JobError<Self::Step>>> + 'a;
 }
 
 /// The generated enum naming the steps of one job, one variant per step.
 pub trait JobStep: Copy + Eq + Hash + Debug + Display + Send + Sync + 'static {
     /// Every step, in declaration order.
     const ALL: &'static [Self];
+    /// Every step's static description, indexed like [`JobStep::ALL`].
+    const STEPS: &'static [StepInfo];
     /// The step's name as written in the `impl` block (`get_connection`).
     fn name(self) -> &'static str;
     /// The step's position in [`JobStep::ALL`] and [`Job::STEPS`].

@@ -4,12 +4,20 @@ mod context;
 mod error;
 mod exec;
 mod job;
+mod report;
+mod retry;
+mod run;
+mod runner;
 
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]
 pub mod __private;
 
-pub use context::StepContext;
+pub use context::{Enrich, StepContext};
 pub use error::{BoxError, JobError, StepError, StepFailure, StepPanic};
 pub use job::{Job, JobStep, StepInfo};
 pub use jobgraph_macros::job;
+pub use report::{JobReport, Listener, StepEvent, StepReport, StepState};
+pub use retry::{Retry, RetryPolicy};
+pub use runner::{JobHandle, JobResult, Runner};
+pub use tokio_util::sync::CancellationToken;

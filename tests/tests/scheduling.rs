@@ -167,7 +167,10 @@ async fn a_chain_runs_back_to_back_beside_a_slow_sibling() {
         timeline: Timeline::new(),
     };
     let out = timeout(HANG, job.run()).await.expect("run hung").unwrap();
-    assert_eq!((out.first, out.second, out.third, out.slow_sibling), (1, 2, 3, 2));
+    assert_eq!(
+        (out.first, out.second, out.third, out.slow_sibling),
+        (1, 2, 3, 2)
+    );
     let tl = &job.timeline;
     assert_eq!(tl.at("second", "start"), ms(10));
     assert_eq!(tl.at("third", "start"), ms(20));
@@ -208,7 +211,10 @@ async fn independent_steps_run_concurrently() {
         .await
         .expect("`left` and `right` never met at the barrier: they did not run concurrently")
         .unwrap();
-    assert_eq!(out.both, 1, "exactly one of the two is the barrier's leader");
+    assert_eq!(
+        out.both, 1,
+        "exactly one of the two is the barrier's leader"
+    );
     assert_ne!(out.left, out.right);
 }
 

@@ -8,7 +8,7 @@ use crate::validate::Graph;
 /// `digraph` text: a box per step, a solid edge per data dependency, a dashed one per `after`.
 pub(crate) fn dot(job: &Job<'_>, graph: &Graph) -> String {
     let mut out = String::new();
-    let name = |i: usize| quoted(&job.steps[i].ident.to_string());
+    let name = |i: usize| quoted(&job.steps[i].name);
     let _ = writeln!(out, "digraph {} {{", quoted(&job.name));
     out.push_str("    rankdir=TB;\n");
     out.push_str("    node [shape=box, style=rounded, fontname=\"Helvetica\"];\n");

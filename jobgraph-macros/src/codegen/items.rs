@@ -1,18 +1,27 @@
 //! The generated items besides the scheduler: the step enum, the outputs struct, the `Job` impl.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
 use syn::visit_mut::VisitMut;
 use syn::{GenericParam, Type};
 
 use super::dot::dot;
 use super::paths::Paths;
+use super::scheduler;
 use crate::model::Job;
 use crate::validate::Graph;
 
 /// `FooStep`: a variant per step, with `name()`, `index()`, `ALL` and `Display`.
-pub(crate) fn step_enum(job: &Job<'_>, paths: &Paths) -> TokenStream {
+pub(crate) fn step_enum(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStream {
     let p = &paths.private;
+    let infos = job.steps.iter().enumerate().map(|(i, s)| {
+        let n = &s.name;
+        let parents = graph.parents[i].iter().map(|&j| &job.steps[j].name);
+        let after = graph.after[i].iter().map(|&j| &job.steps[j].name);
+        let doc = &s.doc;
+        quote!(#p::StepInfo::__new(#n, &[#(#parents),*], &[#(#after),*], #doc))
+    });
     let name = job.step_enum();
     let job_ident = &job.ident;
     let variants = job.steps.iter().map(|s| &s.variant);
@@ -26,8 +35,7 @@ pub(crate) fn step_enum(job: &Job<'_>, paths: &Paths) -> TokenStream {
     });
     let arms = job.steps.iter().map(|s| {
         let v = &s.variant;
-        let n = s.ident.to_string();
-        let n = n.strip_prefix("r#").unwrap_or(&n);
+        let n = &s.name;
         quote!(#name::#v => #n)
     });
     let all = job.steps.iter().map(|s| &s.variant);
@@ -61,12 +69,13 @@ pub(crate) fn step_enum(job: &Job<'_>, paths: &Paths) -> TokenStream {
 
         impl #p::fmt::Display for #name {
             fn fmt(&self, f: &mut #p::fmt::Formatter<'_>) -> #p::fmt::Result {
-                f.write_str(self.name())
+                #p::fmt::Formatter::write_str(f, #name::name(*self))
             }
         }
 
         impl #p::JobStep for #name {
             const ALL: &'static [Self] = #name::ALL;
+            const STEPS: &'static [#p::StepInfo] = &[ #(#infos),* ];
             fn name(self) -> &'static #p::str {
                 #name::name(self)
             }
@@ -127,7 +136,8 @@ pub(crate) fn outputs_struct(job: &Job<'_>, paths: &Paths) -> TokenStream {
     }
 }
 
-/// `impl Job for Foo`, and the inherent constants `Foo::DOT` and `Foo::STEPS`.
+/// `impl Job for Foo` with the scheduler, and the inherent items: `DOT`, `STEPS`, `run`,
+/// `runner` and (unless `#[job(local)]`) `start`.
 pub(crate) fn job_impl(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStream {
     let p = &paths.private;
     let (impl_generics, ty_generics, where_clause) = job.item.generics.split_for_impl();
@@ -136,27 +146,34 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let outputs = job.outputs_struct();
     let name = &job.name;
     let dot = dot(job, graph);
-    let steps = job.steps.iter().enumerate().map(|(i, s)| {
-        let n = s.ident.to_string();
-        let parents = graph.parents[i]
-            .iter()
-            .map(|&j| job.steps[j].ident.to_string());
-        let after = graph.after[i]
-            .iter()
-            .map(|&j| job.steps[j].ident.to_string());
-        let doc = &s.doc;
-        quote!(#p::StepInfo::__new(#n, &[#(#parents),*], &[#(#after),*], #doc))
+    let run_body = scheduler::run_body(job, graph, paths);
+    let run_param = super::paths::local1("run");
+    let enrich = job.enrich.as_ref().map(|path| {
+        let p_at = paths.private_at(path.span());
+        quote_spanned! {path.span()=>
+            const __ENRICH: #p_at::Option<fn(&mut #p_at::StepContext)> = #p_at::Some(#path);
+        }
     });
     let dot_doc = format!(
         "The graph of `{name}` in Graphviz DOT: data edges solid, `after` edges dashed.\n\n```dot\n{dot}```"
     );
+    let result = quote!(#p::Result<#outputs #ty_generics, #p::JobError<#step_enum>>);
+    let start = (!job.local).then(|| start_method(job, paths));
     quote! {
         impl #impl_generics #p::Job for #self_ty #where_clause {
             const NAME: &'static #p::str = #name;
             const DOT: &'static #p::str = #dot;
-            const STEPS: &'static [#p::StepInfo] = &[ #(#steps),* ];
+            const STEPS: &'static [#p::StepInfo] = <#step_enum as #p::JobStep>::STEPS;
             type Step = #step_enum;
             type Outputs = #outputs #ty_generics;
+            #enrich
+
+            fn __run<'__jg>(
+                &'__jg self,
+                #run_param: &'__jg #p::RunCore<#step_enum>,
+            ) -> impl #p::Future<Output = #result> + '__jg {
+                async move { #run_body }
+            }
         }
 
         impl #impl_generics #self_ty #where_clause {
@@ -164,6 +181,48 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
             pub const DOT: &'static #p::str = <Self as #p::Job>::DOT;
             /// Every step's name, parents, `after` dependencies and doc comment, in declaration order.
             pub const STEPS: &'static [#p::StepInfo] = <Self as #p::Job>::STEPS;
+
+            /// Runs the job in the caller's task: each step starts as soon as the steps it waits
+            /// for have completed. Returns every step's output, or the error naming the step that
+            /// failed first. Dropping the future cancels every running step.
+            pub async fn run(&self) -> #result {
+                #p::Runner::run(#p::runner(self)).await
+            }
+
+            /// A run of the job with per-run options (retry, timeouts, enrichment, listener,
+            /// sequential or fail-fast mode, job id).
+            pub fn runner(&self) -> #p::Runner<'_, Self> {
+                #p::runner(self)
+            }
+
+            #start
+        }
+    }
+}
+
+/// `fn start(self) -> JobHandle<Self>`: the run spawned on tokio. Its future must be `Send`; the
+/// check is spanned on the impl's type so the error names the job.
+fn start_method(job: &Job<'_>, paths: &Paths) -> TokenStream {
+    let p = &paths.private;
+    let span = job.item.self_ty.span();
+    let p_at = paths.private_at(span);
+    let spawn = quote_spanned! {span=>
+        #p_at::spawn::<Self, _>(__jg_handle, async move {
+            let __jg_job = self;
+            #p_at::drive(&__jg_job, &__jg_task).await
+        })
+    };
+    quote! {
+        /// Spawns the run on tokio and returns its handle: its id, a live report, `cancel()` and
+        /// `wait()`, which returns what `run` would have. Needs every step's future to be
+        /// `Send` (`#[job(local)]` leaves `start` out for jobs whose steps are not).
+        pub fn start(self) -> #p::JobHandle<Self>
+        where
+            Self: 'static,
+        {
+            let __jg_handle = #p::handle_core::<Self>();
+            let __jg_task = #p::Clone::clone(&__jg_handle);
+            #spawn
         }
     }
 }

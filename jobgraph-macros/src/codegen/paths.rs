@@ -1,7 +1,7 @@
 //! Every path the generated code names, in one place: through the runtime's `__private` module,
 //! so nothing in the user's scope can shadow what the expansion relies on.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote};
 use syn::Ident;
 
@@ -19,6 +19,29 @@ impl Paths {
             private: quote!(#krate::__private),
         }
     }
+
+    /// `private`, every token spanned at `span`: for checks whose error must point at the user's
+    /// code rather than at the `#[job]` attribute.
+    pub(crate) fn private_at(&self, span: Span) -> TokenStream {
+        respan(self.private.clone(), span)
+    }
+}
+
+/// `tokens` with every span set to `span`.
+pub(crate) fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut new = Group::new(group.delimiter(), respan(group.stream(), span));
+                new.set_span(span);
+                token = TokenTree::Group(new);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }
 
 /// A generated local: `__jg_<name><index>`, hygienic so it can clash with no user name.

@@ -18,6 +18,10 @@ pub(crate) struct Job<'a> {
     pub(crate) name: String,
     /// The runtime crate's path: `::jobgraph` unless `#[job(crate = ...)]`.
     pub(crate) krate: Path,
+    /// `#[job(enrich = ..)]`.
+    pub(crate) enrich: Option<Path>,
+    /// `#[job(local)]`: no `start`.
+    pub(crate) local: bool,
     pub(crate) steps: Vec<Step<'a>>,
     /// Every method of the impl, steps or not, to find collisions with generated items.
     pub(crate) methods: Vec<&'a ImplItemFn>,
@@ -27,9 +31,13 @@ pub(crate) struct Job<'a> {
 pub(crate) struct Step<'a> {
     pub(crate) method: &'a ImplItemFn,
     pub(crate) ident: &'a Ident,
+    /// The step's name: the method's, without `r#`.
+    pub(crate) name: String,
     /// The step enum's variant: `GetConnection` for `get_connection`.
     pub(crate) variant: Ident,
     pub(crate) after: Vec<Ident>,
+    pub(crate) retry: Option<syn::Expr>,
+    pub(crate) timeout: Option<syn::Expr>,
     /// The parameters after the receiver, in order.
     pub(crate) params: Vec<Param<'a>>,
     pub(crate) output: Output<'a>,
@@ -95,6 +103,8 @@ impl<'a> Job<'a> {
         Some(Job {
             name: args.name.map_or_else(|| ident.to_string(), |n| n.value()),
             krate: args.krate.unwrap_or_else(|| syn::parse_quote!(::jobgraph)),
+            enrich: args.enrich,
+            local: args.local,
             ident,
             item,
             steps,
@@ -130,11 +140,16 @@ impl<'a> Step<'a> {
                 FnArg::Typed(pat_type) => Some(Param::from_syn(pat_type)),
             })
             .collect();
+        let name = ident.to_string();
+        let name = name.strip_prefix("r#").unwrap_or(&name).to_owned();
         Step {
             method,
             ident,
-            variant: Ident::new(&upper_camel(&ident.to_string()), ident.span()),
+            variant: Ident::new(&upper_camel(&name), ident.span()),
+            name,
             after: args.after,
+            retry: args.retry,
+            timeout: args.timeout,
             params,
             output: Output::from_syn(&method.sig.output),
             doc: doc_comment(&method.attrs),

@@ -1,14 +1,18 @@
 impl Diamond {
     /// The root.
+    #[allow(clippy::ptr_arg, clippy::borrowed_box, clippy::too_many_arguments)]
     async fn a(&self) -> u32 {
         1
     }
+    #[allow(clippy::ptr_arg, clippy::borrowed_box, clippy::too_many_arguments)]
     async fn b(&self, a: &u32) -> Result<u32, Error> {
         Ok(*a)
     }
+    #[allow(clippy::ptr_arg, clippy::borrowed_box, clippy::too_many_arguments)]
     async fn c(&self, ctx: &StepContext, a: &u32) -> String {
         a.to_string()
     }
+    #[allow(clippy::ptr_arg, clippy::borrowed_box, clippy::too_many_arguments)]
     async fn d(&self, b: &u32) {}
     fn helper(&self) {}
 }
@@ -62,11 +66,17 @@ impl ::jobgraph::__private::fmt::Display for DiamondStep {
         &self,
         f: &mut ::jobgraph::__private::fmt::Formatter<'_>,
     ) -> ::jobgraph::__private::fmt::Result {
-        f.write_str(self.name())
+        ::jobgraph::__private::fmt::Formatter::write_str(f, DiamondStep::name(*self))
     }
 }
 impl ::jobgraph::__private::JobStep for DiamondStep {
     const ALL: &'static [Self] = DiamondStep::ALL;
+    const STEPS: &'static [::jobgraph::__private::StepInfo] = &[
+        ::jobgraph::__private::StepInfo::__new("a", &[], &[], "The root."),
+        ::jobgraph::__private::StepInfo::__new("b", &["a"], &[], ""),
+        ::jobgraph::__private::StepInfo::__new("c", &["a"], &[], ""),
+        ::jobgraph::__private::StepInfo::__new("d", &["b"], &["c"], ""),
+    ];
     fn name(self) -> &'static ::jobgraph::__private::str {
         DiamondStep::name(self)
     }
@@ -91,14 +101,392 @@ The root.*/
 impl ::jobgraph::__private::Job for Diamond {
     const NAME: &'static ::jobgraph::__private::str = "Diamond";
     const DOT: &'static ::jobgraph::__private::str = "digraph \"Diamond\" {\n    rankdir=TB;\n    node [shape=box, style=rounded, fontname=\"Helvetica\"];\n    \"a\";\n    \"b\";\n    \"c\";\n    \"d\";\n    \"a\" -> \"b\";\n    \"a\" -> \"c\";\n    \"b\" -> \"d\";\n    \"c\" -> \"d\" [style=dashed];\n}\n";
-    const STEPS: &'static [::jobgraph::__private::StepInfo] = &[
-        ::jobgraph::__private::StepInfo::__new("a", &[], &[], "The root."),
-        ::jobgraph::__private::StepInfo::__new("b", &["a"], &[], ""),
-        ::jobgraph::__private::StepInfo::__new("c", &["a"], &[], ""),
-        ::jobgraph::__private::StepInfo::__new("d", &["b"], &["c"], ""),
-    ];
+    const STEPS: &'static [::jobgraph::__private::StepInfo] = <DiamondStep as ::jobgraph::__private::JobStep>::STEPS;
     type Step = DiamondStep;
     type Outputs = DiamondOutputs;
+    fn __run<'__jg>(
+        &'__jg self,
+        __jg_run: &'__jg ::jobgraph::__private::RunCore<DiamondStep>,
+    ) -> impl ::jobgraph::__private::Future<
+        Output = ::jobgraph::__private::Result<
+            DiamondOutputs,
+            ::jobgraph::__private::JobError<DiamondStep>,
+        >,
+    > + '__jg {
+        async move {
+            let __jg_slot0: ::jobgraph::__private::Slot<u32> = ::jobgraph::__private::Slot::new();
+            let __jg_slot1: ::jobgraph::__private::Slot<u32> = ::jobgraph::__private::Slot::new();
+            let __jg_slot2: ::jobgraph::__private::Slot<String> = ::jobgraph::__private::Slot::new();
+            let __jg_slot3: ::jobgraph::__private::Slot<()> = ::jobgraph::__private::Slot::new();
+            let mut __jg_failures = ::jobgraph::__private::Failures::<
+                DiamondStep,
+            >::new();
+            {
+                const __JG_DEPS: [::jobgraph::__private::Mask<1usize>; 4usize] = [
+                    ::jobgraph::__private::Mask([0u64]),
+                    ::jobgraph::__private::Mask([1u64]),
+                    ::jobgraph::__private::Mask([1u64]),
+                    ::jobgraph::__private::Mask([6u64]),
+                ];
+                let mut __jg_sched = ::jobgraph::__private::RunCore::sched::<
+                    1usize,
+                >(__jg_run);
+                let mut __jg_stop = ::jobgraph::__private::RunCore::stop(__jg_run);
+                let __jg_slot0 = &__jg_slot0;
+                let __jg_slot1 = &__jg_slot1;
+                let __jg_slot2 = &__jg_slot2;
+                let __jg_slot3 = &__jg_slot3;
+                let __jg_start0 = || ::jobgraph::__private::RunCore::step(
+                    __jg_run,
+                    DiamondStep::A,
+                    ::jobgraph::__private::None,
+                    ::jobgraph::__private::None,
+                    move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
+                        ::jobgraph::__private::infallible(Self::a(self).await)
+                    },
+                );
+                let mut __jg_fut0 = ::jobgraph::__private::pin!(
+                    ::jobgraph::__private::none_of(& __jg_start0)
+                );
+                let __jg_start1 = || ::jobgraph::__private::RunCore::step(
+                    __jg_run,
+                    DiamondStep::B,
+                    ::jobgraph::__private::None,
+                    ::jobgraph::__private::None,
+                    move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
+                        ::jobgraph::__private::StepResult::into_step_result(
+                            Self::b(
+                                    self,
+                                    ::jobgraph::__private::parent::<u32, u32>(__jg_slot0),
+                                )
+                                .await,
+                        )
+                    },
+                );
+                let mut __jg_fut1 = ::jobgraph::__private::pin!(
+                    ::jobgraph::__private::none_of(& __jg_start1)
+                );
+                let __jg_start2 = || ::jobgraph::__private::RunCore::step(
+                    __jg_run,
+                    DiamondStep::C,
+                    ::jobgraph::__private::None,
+                    ::jobgraph::__private::None,
+                    move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
+                        ::jobgraph::__private::infallible(
+                            Self::c(
+                                    self,
+                                    &__jg_ctx,
+                                    ::jobgraph::__private::parent::<u32, u32>(__jg_slot0),
+                                )
+                                .await,
+                        )
+                    },
+                );
+                let mut __jg_fut2 = ::jobgraph::__private::pin!(
+                    ::jobgraph::__private::none_of(& __jg_start2)
+                );
+                let __jg_start3 = || ::jobgraph::__private::RunCore::step(
+                    __jg_run,
+                    DiamondStep::D,
+                    ::jobgraph::__private::None,
+                    ::jobgraph::__private::None,
+                    move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
+                        ::jobgraph::__private::infallible(
+                            Self::d(
+                                    self,
+                                    ::jobgraph::__private::parent::<u32, u32>(__jg_slot1),
+                                )
+                                .await,
+                        )
+                    },
+                );
+                let mut __jg_fut3 = ::jobgraph::__private::pin!(
+                    ::jobgraph::__private::none_of(& __jg_start3)
+                );
+                ::jobgraph::__private::poll_fn(|
+                        __jg_cx: &mut ::jobgraph::__private::Context<'_>|
+                    {
+                        'stop: {
+                            if ::jobgraph::__private::Stop::cancelled(
+                                &mut __jg_stop,
+                                __jg_cx,
+                            ) {
+                                break 'stop;
+                            }
+                            if ::jobgraph::__private::Sched::try_start(
+                                &mut __jg_sched,
+                                0usize,
+                                &__JG_DEPS[0usize],
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_fut0,
+                                    ::jobgraph::__private::Some(__jg_start0()),
+                                );
+                            }
+                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
+                            ) {
+                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
+                                    __jg_f,
+                                    __jg_cx,
+                                ) {
+                                    ::jobgraph::__private::Pin::set(
+                                        &mut __jg_fut0,
+                                        ::jobgraph::__private::None,
+                                    );
+                                    match __jg_r {
+                                        ::jobgraph::__private::Ok(__jg_v) => {
+                                            ::jobgraph::__private::Slot::set(__jg_slot0, __jg_v);
+                                            ::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                0usize,
+                                                true,
+                                            );
+                                        }
+                                        ::jobgraph::__private::Err(__jg_e) => {
+                                            ::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                0usize,
+                                                false,
+                                            );
+                                            ::jobgraph::__private::Failures::push(
+                                                &mut __jg_failures,
+                                                DiamondStep::A,
+                                                __jg_e,
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                            if ::jobgraph::__private::Sched::try_start(
+                                &mut __jg_sched,
+                                1usize,
+                                &__JG_DEPS[1usize],
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_fut1,
+                                    ::jobgraph::__private::Some(__jg_start1()),
+                                );
+                            }
+                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
+                            ) {
+                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
+                                    __jg_f,
+                                    __jg_cx,
+                                ) {
+                                    ::jobgraph::__private::Pin::set(
+                                        &mut __jg_fut1,
+                                        ::jobgraph::__private::None,
+                                    );
+                                    match __jg_r {
+                                        ::jobgraph::__private::Ok(__jg_v) => {
+                                            ::jobgraph::__private::Slot::set(__jg_slot1, __jg_v);
+                                            ::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                1usize,
+                                                true,
+                                            );
+                                        }
+                                        ::jobgraph::__private::Err(__jg_e) => {
+                                            ::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                1usize,
+                                                false,
+                                            );
+                                            ::jobgraph::__private::Failures::push(
+                                                &mut __jg_failures,
+                                                DiamondStep::B,
+                                                __jg_e,
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                            if ::jobgraph::__private::Sched::try_start(
+                                &mut __jg_sched,
+                                2usize,
+                                &__JG_DEPS[2usize],
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_fut2,
+                                    ::jobgraph::__private::Some(__jg_start2()),
+                                );
+                            }
+                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut2),
+                            ) {
+                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
+                                    __jg_f,
+                                    __jg_cx,
+                                ) {
+                                    ::jobgraph::__private::Pin::set(
+                                        &mut __jg_fut2,
+                                        ::jobgraph::__private::None,
+                                    );
+                                    match __jg_r {
+                                        ::jobgraph::__private::Ok(__jg_v) => {
+                                            ::jobgraph::__private::Slot::set(__jg_slot2, __jg_v);
+                                            ::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                2usize,
+                                                true,
+                                            );
+                                        }
+                                        ::jobgraph::__private::Err(__jg_e) => {
+                                            ::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                2usize,
+                                                false,
+                                            );
+                                            ::jobgraph::__private::Failures::push(
+                                                &mut __jg_failures,
+                                                DiamondStep::C,
+                                                __jg_e,
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                            if ::jobgraph::__private::Sched::try_start(
+                                &mut __jg_sched,
+                                3usize,
+                                &__JG_DEPS[3usize],
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_fut3,
+                                    ::jobgraph::__private::Some(__jg_start3()),
+                                );
+                            }
+                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut3),
+                            ) {
+                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
+                                    __jg_f,
+                                    __jg_cx,
+                                ) {
+                                    ::jobgraph::__private::Pin::set(
+                                        &mut __jg_fut3,
+                                        ::jobgraph::__private::None,
+                                    );
+                                    match __jg_r {
+                                        ::jobgraph::__private::Ok(__jg_v) => {
+                                            ::jobgraph::__private::Slot::set(__jg_slot3, __jg_v);
+                                            ::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                3usize,
+                                                true,
+                                            );
+                                        }
+                                        ::jobgraph::__private::Err(__jg_e) => {
+                                            ::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                3usize,
+                                                false,
+                                            );
+                                            ::jobgraph::__private::Failures::push(
+                                                &mut __jg_failures,
+                                                DiamondStep::D,
+                                                __jg_e,
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                            if ::jobgraph::__private::Stop::failed_fast(
+                                &__jg_stop,
+                                &__jg_failures,
+                            ) {
+                                break 'stop;
+                            }
+                            return if ::jobgraph::__private::Sched::idle(&__jg_sched) {
+                                ::jobgraph::__private::Poll::Ready(())
+                            } else {
+                                ::jobgraph::__private::Poll::Pending
+                            };
+                        }
+                        if ::jobgraph::__private::Option::is_some(&*__jg_fut0) {
+                            ::jobgraph::__private::Pin::set(
+                                &mut __jg_fut0,
+                                ::jobgraph::__private::None,
+                            );
+                            ::jobgraph::__private::Sched::finish(
+                                &mut __jg_sched,
+                                0usize,
+                                false,
+                            );
+                            ::jobgraph::__private::RunCore::cancelled_step(
+                                __jg_run,
+                                DiamondStep::A,
+                                &mut __jg_failures,
+                            );
+                        }
+                        if ::jobgraph::__private::Option::is_some(&*__jg_fut1) {
+                            ::jobgraph::__private::Pin::set(
+                                &mut __jg_fut1,
+                                ::jobgraph::__private::None,
+                            );
+                            ::jobgraph::__private::Sched::finish(
+                                &mut __jg_sched,
+                                1usize,
+                                false,
+                            );
+                            ::jobgraph::__private::RunCore::cancelled_step(
+                                __jg_run,
+                                DiamondStep::B,
+                                &mut __jg_failures,
+                            );
+                        }
+                        if ::jobgraph::__private::Option::is_some(&*__jg_fut2) {
+                            ::jobgraph::__private::Pin::set(
+                                &mut __jg_fut2,
+                                ::jobgraph::__private::None,
+                            );
+                            ::jobgraph::__private::Sched::finish(
+                                &mut __jg_sched,
+                                2usize,
+                                false,
+                            );
+                            ::jobgraph::__private::RunCore::cancelled_step(
+                                __jg_run,
+                                DiamondStep::C,
+                                &mut __jg_failures,
+                            );
+                        }
+                        if ::jobgraph::__private::Option::is_some(&*__jg_fut3) {
+                            ::jobgraph::__private::Pin::set(
+                                &mut __jg_fut3,
+                                ::jobgraph::__private::None,
+                            );
+                            ::jobgraph::__private::Sched::finish(
+                                &mut __jg_sched,
+                                3usize,
+                                false,
+                            );
+                            ::jobgraph::__private::RunCore::cancelled_step(
+                                __jg_run,
+                                DiamondStep::D,
+                                &mut __jg_failures,
+                            );
+                        }
+                        ::jobgraph::__private::Poll::Ready(())
+                    })
+                    .await;
+            }
+            if let ::jobgraph::__private::Err(__jg_error) = ::jobgraph::__private::RunCore::end(
+                __jg_run,
+                __jg_failures,
+            ) {
+                return ::jobgraph::__private::Err(__jg_error);
+            }
+            ::jobgraph::__private::Ok(DiamondOutputs {
+                a: ::jobgraph::__private::Slot::take(__jg_slot0),
+                b: ::jobgraph::__private::Slot::take(__jg_slot1),
+                c: ::jobgraph::__private::Slot::take(__jg_slot2),
+                d: ::jobgraph::__private::Slot::take(__jg_slot3),
+            })
+        }
+    }
 }
 impl Diamond {
     /**The graph of `Diamond` in Graphviz DOT: data edges solid, `after` edges dashed.
@@ -120,216 +508,40 @@ digraph "Diamond" {
     pub const DOT: &'static ::jobgraph::__private::str = <Self as ::jobgraph::__private::Job>::DOT;
     /// Every step's name, parents, `after` dependencies and doc comment, in declaration order.
     pub const STEPS: &'static [::jobgraph::__private::StepInfo] = <Self as ::jobgraph::__private::Job>::STEPS;
-}
-impl Diamond {
-    /**Runs the job in the caller's task: each step starts as soon as the steps it waits for have completed.
-
-Returns every step's output, or the [`JobError`](::jobgraph::JobError) naming the step that failed first. Dropping the future cancels every running step.*/
+    /// Runs the job in the caller's task: each step starts as soon as the steps it waits
+    /// for have completed. Returns every step's output, or the error naming the step that
+    /// failed first. Dropping the future cancels every running step.
     pub async fn run(
         &self,
     ) -> ::jobgraph::__private::Result<
         DiamondOutputs,
         ::jobgraph::__private::JobError<DiamondStep>,
     > {
-        let __jg_run = ::jobgraph::__private::Run::<
-            DiamondStep,
-        >::new(<Self as ::jobgraph::__private::Job>::NAME);
-        let __jg_slot0: ::jobgraph::__private::Slot<u32> = ::jobgraph::__private::Slot::new();
-        let __jg_slot1: ::jobgraph::__private::Slot<u32> = ::jobgraph::__private::Slot::new();
-        let __jg_slot2: ::jobgraph::__private::Slot<String> = ::jobgraph::__private::Slot::new();
-        let __jg_slot3: ::jobgraph::__private::Slot<()> = ::jobgraph::__private::Slot::new();
-        let mut __jg_sched = ::jobgraph::__private::Sched::<1usize>::new();
-        let mut __jg_failures = ::jobgraph::__private::Failures::<DiamondStep>::new();
-        {
-            const __JG_DEPS: [::jobgraph::__private::Mask<1usize>; 4usize] = [
-                ::jobgraph::__private::Mask([0u64]),
-                ::jobgraph::__private::Mask([1u64]),
-                ::jobgraph::__private::Mask([1u64]),
-                ::jobgraph::__private::Mask([6u64]),
-            ];
-            let __jg_run = &__jg_run;
-            let __jg_slot0 = &__jg_slot0;
-            let __jg_slot1 = &__jg_slot1;
-            let __jg_slot2 = &__jg_slot2;
-            let __jg_slot3 = &__jg_slot3;
-            let __jg_start0 = || {
-                __jg_run
-                    .step(
-                        DiamondStep::A,
-                        move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
-                            ::jobgraph::__private::infallible(Self::a(self).await)
-                        },
-                    )
-            };
-            let mut __jg_fut0 = ::jobgraph::__private::pin!(
-                ::jobgraph::__private::none_of(& __jg_start0)
-            );
-            let __jg_start1 = || {
-                __jg_run
-                    .step(
-                        DiamondStep::B,
-                        move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
-                            ::jobgraph::__private::StepResult::into_step_result(
-                                Self::b(self, ::jobgraph::__private::Slot::get(__jg_slot0))
-                                    .await,
-                            )
-                        },
-                    )
-            };
-            let mut __jg_fut1 = ::jobgraph::__private::pin!(
-                ::jobgraph::__private::none_of(& __jg_start1)
-            );
-            let __jg_start2 = || {
-                __jg_run
-                    .step(
-                        DiamondStep::C,
-                        move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
-                            ::jobgraph::__private::infallible(
-                                Self::c(
-                                        self,
-                                        &__jg_ctx,
-                                        ::jobgraph::__private::Slot::get(__jg_slot0),
-                                    )
-                                    .await,
-                            )
-                        },
-                    )
-            };
-            let mut __jg_fut2 = ::jobgraph::__private::pin!(
-                ::jobgraph::__private::none_of(& __jg_start2)
-            );
-            let __jg_start3 = || {
-                __jg_run
-                    .step(
-                        DiamondStep::D,
-                        move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
-                            ::jobgraph::__private::infallible(
-                                Self::d(self, ::jobgraph::__private::Slot::get(__jg_slot1))
-                                    .await,
-                            )
-                        },
-                    )
-            };
-            let mut __jg_fut3 = ::jobgraph::__private::pin!(
-                ::jobgraph::__private::none_of(& __jg_start3)
-            );
-            ::jobgraph::__private::poll_fn(|
-                    __jg_cx: &mut ::jobgraph::__private::Context<'_>|
-                {
-                    if __jg_sched.try_start(0usize, &__JG_DEPS[0usize]) {
-                        __jg_fut0.set(::jobgraph::__private::Some(__jg_start0()));
-                    }
-                    if let ::jobgraph::__private::Some(__jg_f) = __jg_fut0
-                        .as_mut()
-                        .as_pin_mut()
-                    {
-                        if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                            __jg_f,
-                            __jg_cx,
-                        ) {
-                            __jg_fut0.set(::jobgraph::__private::None);
-                            match __jg_r {
-                                ::jobgraph::__private::Ok(__jg_v) => {
-                                    __jg_slot0.set(__jg_v);
-                                    __jg_sched.finish(0usize, true);
-                                }
-                                ::jobgraph::__private::Err(__jg_e) => {
-                                    __jg_sched.finish(0usize, false);
-                                    __jg_failures.push(DiamondStep::A, __jg_e);
-                                }
-                            }
-                        }
-                    }
-                    if __jg_sched.try_start(1usize, &__JG_DEPS[1usize]) {
-                        __jg_fut1.set(::jobgraph::__private::Some(__jg_start1()));
-                    }
-                    if let ::jobgraph::__private::Some(__jg_f) = __jg_fut1
-                        .as_mut()
-                        .as_pin_mut()
-                    {
-                        if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                            __jg_f,
-                            __jg_cx,
-                        ) {
-                            __jg_fut1.set(::jobgraph::__private::None);
-                            match __jg_r {
-                                ::jobgraph::__private::Ok(__jg_v) => {
-                                    __jg_slot1.set(__jg_v);
-                                    __jg_sched.finish(1usize, true);
-                                }
-                                ::jobgraph::__private::Err(__jg_e) => {
-                                    __jg_sched.finish(1usize, false);
-                                    __jg_failures.push(DiamondStep::B, __jg_e);
-                                }
-                            }
-                        }
-                    }
-                    if __jg_sched.try_start(2usize, &__JG_DEPS[2usize]) {
-                        __jg_fut2.set(::jobgraph::__private::Some(__jg_start2()));
-                    }
-                    if let ::jobgraph::__private::Some(__jg_f) = __jg_fut2
-                        .as_mut()
-                        .as_pin_mut()
-                    {
-                        if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                            __jg_f,
-                            __jg_cx,
-                        ) {
-                            __jg_fut2.set(::jobgraph::__private::None);
-                            match __jg_r {
-                                ::jobgraph::__private::Ok(__jg_v) => {
-                                    __jg_slot2.set(__jg_v);
-                                    __jg_sched.finish(2usize, true);
-                                }
-                                ::jobgraph::__private::Err(__jg_e) => {
-                                    __jg_sched.finish(2usize, false);
-                                    __jg_failures.push(DiamondStep::C, __jg_e);
-                                }
-                            }
-                        }
-                    }
-                    if __jg_sched.try_start(3usize, &__JG_DEPS[3usize]) {
-                        __jg_fut3.set(::jobgraph::__private::Some(__jg_start3()));
-                    }
-                    if let ::jobgraph::__private::Some(__jg_f) = __jg_fut3
-                        .as_mut()
-                        .as_pin_mut()
-                    {
-                        if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                            __jg_f,
-                            __jg_cx,
-                        ) {
-                            __jg_fut3.set(::jobgraph::__private::None);
-                            match __jg_r {
-                                ::jobgraph::__private::Ok(__jg_v) => {
-                                    __jg_slot3.set(__jg_v);
-                                    __jg_sched.finish(3usize, true);
-                                }
-                                ::jobgraph::__private::Err(__jg_e) => {
-                                    __jg_sched.finish(3usize, false);
-                                    __jg_failures.push(DiamondStep::D, __jg_e);
-                                }
-                            }
-                        }
-                    }
-                    if __jg_sched.idle() {
-                        ::jobgraph::__private::Poll::Ready(())
-                    } else {
-                        ::jobgraph::__private::Poll::Pending
-                    }
-                })
-                .await;
-        }
-        if let ::jobgraph::__private::Err(__jg_error) = __jg_run
-            .finish(&__jg_sched, __jg_failures)
-        {
-            return ::jobgraph::__private::Err(__jg_error);
-        }
-        ::jobgraph::__private::Ok(DiamondOutputs {
-            a: ::jobgraph::__private::Slot::take(__jg_slot0),
-            b: ::jobgraph::__private::Slot::take(__jg_slot1),
-            c: ::jobgraph::__private::Slot::take(__jg_slot2),
-            d: ::jobgraph::__private::Slot::take(__jg_slot3),
-        })
+        ::jobgraph::__private::Runner::run(::jobgraph::__private::runner(self)).await
+    }
+    /// A run of the job with per-run options (retry, timeouts, enrichment, listener,
+    /// sequential or fail-fast mode, job id).
+    pub fn runner(&self) -> ::jobgraph::__private::Runner<'_, Self> {
+        ::jobgraph::__private::runner(self)
+    }
+    /// Spawns the run on tokio and returns its handle: its id, a live report, `cancel()` and
+    /// `wait()`, which returns what `run` would have. Needs every step's future to be
+    /// `Send` (`#[job(local)]` leaves `start` out for jobs whose steps are not).
+    pub fn start(self) -> ::jobgraph::__private::JobHandle<Self>
+    where
+        Self: 'static,
+    {
+        let __jg_handle = ::jobgraph::__private::handle_core::<Self>();
+        let __jg_task = ::jobgraph::__private::Clone::clone(&__jg_handle);
+        ::jobgraph::__private::spawn::<
+            Self,
+            _,
+        >(
+            __jg_handle,
+            async move {
+                let __jg_job = self;
+                ::jobgraph::__private::drive(&__jg_job, &__jg_task).await
+            },
+        )
     }
 }

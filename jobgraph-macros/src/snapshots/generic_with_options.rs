@@ -2,9 +2,11 @@ impl<'a, D: Db> Report<'a, D>
 where
     D: Send,
 {
+    #[allow(clippy::ptr_arg, clippy::borrowed_box, clippy::too_many_arguments)]
     async fn load(&self) -> Result<Vec<D::Row>, D::Error> {
         self.db.load().await
     }
+    #[allow(clippy::ptr_arg, clippy::borrowed_box, clippy::too_many_arguments)]
     async fn render(&self, load: &Vec<D::Row>) -> Option<Box<Self>> {
         None
     }
@@ -46,11 +48,15 @@ impl ::my::jobgraph::__private::fmt::Display for ReportStep {
         &self,
         f: &mut ::my::jobgraph::__private::fmt::Formatter<'_>,
     ) -> ::my::jobgraph::__private::fmt::Result {
-        f.write_str(self.name())
+        ::my::jobgraph::__private::fmt::Formatter::write_str(f, ReportStep::name(*self))
     }
 }
 impl ::my::jobgraph::__private::JobStep for ReportStep {
     const ALL: &'static [Self] = ReportStep::ALL;
+    const STEPS: &'static [::my::jobgraph::__private::StepInfo] = &[
+        ::my::jobgraph::__private::StepInfo::__new("load", &[], &[], ""),
+        ::my::jobgraph::__private::StepInfo::__new("render", &["load"], &[], ""),
+    ];
     fn name(self) -> &'static ::my::jobgraph::__private::str {
         ReportStep::name(self)
     }
@@ -77,12 +83,233 @@ where
 {
     const NAME: &'static ::my::jobgraph::__private::str = "report";
     const DOT: &'static ::my::jobgraph::__private::str = "digraph \"report\" {\n    rankdir=TB;\n    node [shape=box, style=rounded, fontname=\"Helvetica\"];\n    \"load\";\n    \"render\";\n    \"load\" -> \"render\";\n}\n";
-    const STEPS: &'static [::my::jobgraph::__private::StepInfo] = &[
-        ::my::jobgraph::__private::StepInfo::__new("load", &[], &[], ""),
-        ::my::jobgraph::__private::StepInfo::__new("render", &["load"], &[], ""),
-    ];
+    const STEPS: &'static [::my::jobgraph::__private::StepInfo] = <ReportStep as ::my::jobgraph::__private::JobStep>::STEPS;
     type Step = ReportStep;
     type Outputs = ReportOutputs<'a, D>;
+    fn __run<'__jg>(
+        &'__jg self,
+        __jg_run: &'__jg ::my::jobgraph::__private::RunCore<ReportStep>,
+    ) -> impl ::my::jobgraph::__private::Future<
+        Output = ::my::jobgraph::__private::Result<
+            ReportOutputs<'a, D>,
+            ::my::jobgraph::__private::JobError<ReportStep>,
+        >,
+    > + '__jg {
+        async move {
+            let __jg_slot0: ::my::jobgraph::__private::Slot<Vec<D::Row>> = ::my::jobgraph::__private::Slot::new();
+            let __jg_slot1: ::my::jobgraph::__private::Slot<Option<Box<Self>>> = ::my::jobgraph::__private::Slot::new();
+            let mut __jg_failures = ::my::jobgraph::__private::Failures::<
+                ReportStep,
+            >::new();
+            {
+                const __JG_DEPS: [::my::jobgraph::__private::Mask<1usize>; 2usize] = [
+                    ::my::jobgraph::__private::Mask([0u64]),
+                    ::my::jobgraph::__private::Mask([1u64]),
+                ];
+                let mut __jg_sched = ::my::jobgraph::__private::RunCore::sched::<
+                    1usize,
+                >(__jg_run);
+                let mut __jg_stop = ::my::jobgraph::__private::RunCore::stop(__jg_run);
+                let __jg_slot0 = &__jg_slot0;
+                let __jg_slot1 = &__jg_slot1;
+                let __jg_start0 = || ::my::jobgraph::__private::RunCore::step(
+                    __jg_run,
+                    ReportStep::Load,
+                    ::my::jobgraph::__private::None,
+                    ::my::jobgraph::__private::None,
+                    move |__jg_ctx: ::my::jobgraph::__private::StepContext| async move {
+                        ::my::jobgraph::__private::StepResult::into_step_result(
+                            Self::load(self).await,
+                        )
+                    },
+                );
+                let mut __jg_fut0 = ::my::jobgraph::__private::pin!(
+                    ::my::jobgraph::__private::none_of(& __jg_start0)
+                );
+                let __jg_start1 = || ::my::jobgraph::__private::RunCore::step(
+                    __jg_run,
+                    ReportStep::Render,
+                    ::my::jobgraph::__private::None,
+                    ::my::jobgraph::__private::None,
+                    move |__jg_ctx: ::my::jobgraph::__private::StepContext| async move {
+                        ::my::jobgraph::__private::infallible(
+                            Self::render(
+                                    self,
+                                    ::my::jobgraph::__private::parent::<
+                                        Vec<D::Row>,
+                                        Vec<D::Row>,
+                                    >(__jg_slot0),
+                                )
+                                .await,
+                        )
+                    },
+                );
+                let mut __jg_fut1 = ::my::jobgraph::__private::pin!(
+                    ::my::jobgraph::__private::none_of(& __jg_start1)
+                );
+                ::my::jobgraph::__private::poll_fn(|
+                        __jg_cx: &mut ::my::jobgraph::__private::Context<'_>|
+                    {
+                        'stop: {
+                            if ::my::jobgraph::__private::Stop::cancelled(
+                                &mut __jg_stop,
+                                __jg_cx,
+                            ) {
+                                break 'stop;
+                            }
+                            if ::my::jobgraph::__private::Sched::try_start(
+                                &mut __jg_sched,
+                                0usize,
+                                &__JG_DEPS[0usize],
+                            ) {
+                                ::my::jobgraph::__private::Pin::set(
+                                    &mut __jg_fut0,
+                                    ::my::jobgraph::__private::Some(__jg_start0()),
+                                );
+                            }
+                            if let ::my::jobgraph::__private::Some(__jg_f) = ::my::jobgraph::__private::Option::as_pin_mut(
+                                ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
+                            ) {
+                                if let ::my::jobgraph::__private::Poll::Ready(__jg_r) = ::my::jobgraph::__private::Future::poll(
+                                    __jg_f,
+                                    __jg_cx,
+                                ) {
+                                    ::my::jobgraph::__private::Pin::set(
+                                        &mut __jg_fut0,
+                                        ::my::jobgraph::__private::None,
+                                    );
+                                    match __jg_r {
+                                        ::my::jobgraph::__private::Ok(__jg_v) => {
+                                            ::my::jobgraph::__private::Slot::set(__jg_slot0, __jg_v);
+                                            ::my::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                0usize,
+                                                true,
+                                            );
+                                        }
+                                        ::my::jobgraph::__private::Err(__jg_e) => {
+                                            ::my::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                0usize,
+                                                false,
+                                            );
+                                            ::my::jobgraph::__private::Failures::push(
+                                                &mut __jg_failures,
+                                                ReportStep::Load,
+                                                __jg_e,
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                            if ::my::jobgraph::__private::Sched::try_start(
+                                &mut __jg_sched,
+                                1usize,
+                                &__JG_DEPS[1usize],
+                            ) {
+                                ::my::jobgraph::__private::Pin::set(
+                                    &mut __jg_fut1,
+                                    ::my::jobgraph::__private::Some(__jg_start1()),
+                                );
+                            }
+                            if let ::my::jobgraph::__private::Some(__jg_f) = ::my::jobgraph::__private::Option::as_pin_mut(
+                                ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
+                            ) {
+                                if let ::my::jobgraph::__private::Poll::Ready(__jg_r) = ::my::jobgraph::__private::Future::poll(
+                                    __jg_f,
+                                    __jg_cx,
+                                ) {
+                                    ::my::jobgraph::__private::Pin::set(
+                                        &mut __jg_fut1,
+                                        ::my::jobgraph::__private::None,
+                                    );
+                                    match __jg_r {
+                                        ::my::jobgraph::__private::Ok(__jg_v) => {
+                                            ::my::jobgraph::__private::Slot::set(__jg_slot1, __jg_v);
+                                            ::my::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                1usize,
+                                                true,
+                                            );
+                                        }
+                                        ::my::jobgraph::__private::Err(__jg_e) => {
+                                            ::my::jobgraph::__private::Sched::finish(
+                                                &mut __jg_sched,
+                                                1usize,
+                                                false,
+                                            );
+                                            ::my::jobgraph::__private::Failures::push(
+                                                &mut __jg_failures,
+                                                ReportStep::Render,
+                                                __jg_e,
+                                            );
+                                        }
+                                    }
+                                }
+                            }
+                            if ::my::jobgraph::__private::Stop::failed_fast(
+                                &__jg_stop,
+                                &__jg_failures,
+                            ) {
+                                break 'stop;
+                            }
+                            return if ::my::jobgraph::__private::Sched::idle(
+                                &__jg_sched,
+                            ) {
+                                ::my::jobgraph::__private::Poll::Ready(())
+                            } else {
+                                ::my::jobgraph::__private::Poll::Pending
+                            };
+                        }
+                        if ::my::jobgraph::__private::Option::is_some(&*__jg_fut0) {
+                            ::my::jobgraph::__private::Pin::set(
+                                &mut __jg_fut0,
+                                ::my::jobgraph::__private::None,
+                            );
+                            ::my::jobgraph::__private::Sched::finish(
+                                &mut __jg_sched,
+                                0usize,
+                                false,
+                            );
+                            ::my::jobgraph::__private::RunCore::cancelled_step(
+                                __jg_run,
+                                ReportStep::Load,
+                                &mut __jg_failures,
+                            );
+                        }
+                        if ::my::jobgraph::__private::Option::is_some(&*__jg_fut1) {
+                            ::my::jobgraph::__private::Pin::set(
+                                &mut __jg_fut1,
+                                ::my::jobgraph::__private::None,
+                            );
+                            ::my::jobgraph::__private::Sched::finish(
+                                &mut __jg_sched,
+                                1usize,
+                                false,
+                            );
+                            ::my::jobgraph::__private::RunCore::cancelled_step(
+                                __jg_run,
+                                ReportStep::Render,
+                                &mut __jg_failures,
+                            );
+                        }
+                        ::my::jobgraph::__private::Poll::Ready(())
+                    })
+                    .await;
+            }
+            if let ::my::jobgraph::__private::Err(__jg_error) = ::my::jobgraph::__private::RunCore::end(
+                __jg_run,
+                __jg_failures,
+            ) {
+                return ::my::jobgraph::__private::Err(__jg_error);
+            }
+            ::my::jobgraph::__private::Ok(ReportOutputs {
+                load: ::my::jobgraph::__private::Slot::take(__jg_slot0),
+                render: ::my::jobgraph::__private::Slot::take(__jg_slot1),
+                __jobgraph_marker: ::my::jobgraph::__private::PhantomData,
+            })
+        }
+    }
 }
 impl<'a, D: Db> Report<'a, D>
 where
@@ -102,135 +329,41 @@ digraph "report" {
     pub const DOT: &'static ::my::jobgraph::__private::str = <Self as ::my::jobgraph::__private::Job>::DOT;
     /// Every step's name, parents, `after` dependencies and doc comment, in declaration order.
     pub const STEPS: &'static [::my::jobgraph::__private::StepInfo] = <Self as ::my::jobgraph::__private::Job>::STEPS;
-}
-impl<'a, D: Db> Report<'a, D>
-where
-    D: Send,
-{
-    /**Runs the job in the caller's task: each step starts as soon as the steps it waits for have completed.
-
-Returns every step's output, or the [`JobError`](::my::jobgraph::JobError) naming the step that failed first. Dropping the future cancels every running step.*/
+    /// Runs the job in the caller's task: each step starts as soon as the steps it waits
+    /// for have completed. Returns every step's output, or the error naming the step that
+    /// failed first. Dropping the future cancels every running step.
     pub async fn run(
         &self,
     ) -> ::my::jobgraph::__private::Result<
         ReportOutputs<'a, D>,
         ::my::jobgraph::__private::JobError<ReportStep>,
     > {
-        let __jg_run = ::my::jobgraph::__private::Run::<
-            ReportStep,
-        >::new(<Self as ::my::jobgraph::__private::Job>::NAME);
-        let __jg_slot0: ::my::jobgraph::__private::Slot<Vec<D::Row>> = ::my::jobgraph::__private::Slot::new();
-        let __jg_slot1: ::my::jobgraph::__private::Slot<Option<Box<Self>>> = ::my::jobgraph::__private::Slot::new();
-        let mut __jg_sched = ::my::jobgraph::__private::Sched::<1usize>::new();
-        let mut __jg_failures = ::my::jobgraph::__private::Failures::<ReportStep>::new();
-        {
-            const __JG_DEPS: [::my::jobgraph::__private::Mask<1usize>; 2usize] = [
-                ::my::jobgraph::__private::Mask([0u64]),
-                ::my::jobgraph::__private::Mask([1u64]),
-            ];
-            let __jg_run = &__jg_run;
-            let __jg_slot0 = &__jg_slot0;
-            let __jg_slot1 = &__jg_slot1;
-            let __jg_start0 = || {
-                __jg_run
-                    .step(
-                        ReportStep::Load,
-                        move |__jg_ctx: ::my::jobgraph::__private::StepContext| async move {
-                            ::my::jobgraph::__private::StepResult::into_step_result(
-                                Self::load(self).await,
-                            )
-                        },
-                    )
-            };
-            let mut __jg_fut0 = ::my::jobgraph::__private::pin!(
-                ::my::jobgraph::__private::none_of(& __jg_start0)
-            );
-            let __jg_start1 = || {
-                __jg_run
-                    .step(
-                        ReportStep::Render,
-                        move |__jg_ctx: ::my::jobgraph::__private::StepContext| async move {
-                            ::my::jobgraph::__private::infallible(
-                                Self::render(
-                                        self,
-                                        ::my::jobgraph::__private::Slot::get(__jg_slot0),
-                                    )
-                                    .await,
-                            )
-                        },
-                    )
-            };
-            let mut __jg_fut1 = ::my::jobgraph::__private::pin!(
-                ::my::jobgraph::__private::none_of(& __jg_start1)
-            );
-            ::my::jobgraph::__private::poll_fn(|
-                    __jg_cx: &mut ::my::jobgraph::__private::Context<'_>|
-                {
-                    if __jg_sched.try_start(0usize, &__JG_DEPS[0usize]) {
-                        __jg_fut0.set(::my::jobgraph::__private::Some(__jg_start0()));
-                    }
-                    if let ::my::jobgraph::__private::Some(__jg_f) = __jg_fut0
-                        .as_mut()
-                        .as_pin_mut()
-                    {
-                        if let ::my::jobgraph::__private::Poll::Ready(__jg_r) = ::my::jobgraph::__private::Future::poll(
-                            __jg_f,
-                            __jg_cx,
-                        ) {
-                            __jg_fut0.set(::my::jobgraph::__private::None);
-                            match __jg_r {
-                                ::my::jobgraph::__private::Ok(__jg_v) => {
-                                    __jg_slot0.set(__jg_v);
-                                    __jg_sched.finish(0usize, true);
-                                }
-                                ::my::jobgraph::__private::Err(__jg_e) => {
-                                    __jg_sched.finish(0usize, false);
-                                    __jg_failures.push(ReportStep::Load, __jg_e);
-                                }
-                            }
-                        }
-                    }
-                    if __jg_sched.try_start(1usize, &__JG_DEPS[1usize]) {
-                        __jg_fut1.set(::my::jobgraph::__private::Some(__jg_start1()));
-                    }
-                    if let ::my::jobgraph::__private::Some(__jg_f) = __jg_fut1
-                        .as_mut()
-                        .as_pin_mut()
-                    {
-                        if let ::my::jobgraph::__private::Poll::Ready(__jg_r) = ::my::jobgraph::__private::Future::poll(
-                            __jg_f,
-                            __jg_cx,
-                        ) {
-                            __jg_fut1.set(::my::jobgraph::__private::None);
-                            match __jg_r {
-                                ::my::jobgraph::__private::Ok(__jg_v) => {
-                                    __jg_slot1.set(__jg_v);
-                                    __jg_sched.finish(1usize, true);
-                                }
-                                ::my::jobgraph::__private::Err(__jg_e) => {
-                                    __jg_sched.finish(1usize, false);
-                                    __jg_failures.push(ReportStep::Render, __jg_e);
-                                }
-                            }
-                        }
-                    }
-                    if __jg_sched.idle() {
-                        ::my::jobgraph::__private::Poll::Ready(())
-                    } else {
-                        ::my::jobgraph::__private::Poll::Pending
-                    }
-                })
-                .await;
-        }
-        if let ::my::jobgraph::__private::Err(__jg_error) = __jg_run
-            .finish(&__jg_sched, __jg_failures)
-        {
-            return ::my::jobgraph::__private::Err(__jg_error);
-        }
-        ::my::jobgraph::__private::Ok(ReportOutputs {
-            load: ::my::jobgraph::__private::Slot::take(__jg_slot0),
-            render: ::my::jobgraph::__private::Slot::take(__jg_slot1),
-            __jobgraph_marker: ::my::jobgraph::__private::PhantomData,
-        })
+        ::my::jobgraph::__private::Runner::run(::my::jobgraph::__private::runner(self))
+            .await
+    }
+    /// A run of the job with per-run options (retry, timeouts, enrichment, listener,
+    /// sequential or fail-fast mode, job id).
+    pub fn runner(&self) -> ::my::jobgraph::__private::Runner<'_, Self> {
+        ::my::jobgraph::__private::runner(self)
+    }
+    /// Spawns the run on tokio and returns its handle: its id, a live report, `cancel()` and
+    /// `wait()`, which returns what `run` would have. Needs every step's future to be
+    /// `Send` (`#[job(local)]` leaves `start` out for jobs whose steps are not).
+    pub fn start(self) -> ::my::jobgraph::__private::JobHandle<Self>
+    where
+        Self: 'static,
+    {
+        let __jg_handle = ::my::jobgraph::__private::handle_core::<Self>();
+        let __jg_task = ::my::jobgraph::__private::Clone::clone(&__jg_handle);
+        ::my::jobgraph::__private::spawn::<
+            Self,
+            _,
+        >(
+            __jg_handle,
+            async move {
+                let __jg_job = self;
+                ::my::jobgraph::__private::drive(&__jg_job, &__jg_task).await
+            },
+        )
     }
 }

@@ -26,7 +26,7 @@ struct Edge<'a> {
 }
 
 pub(super) fn build(job: &Job<'_>, cx: &mut Ctxt) -> Option<Graph> {
-    let names: Vec<String> = job.steps.iter().map(|s| s.ident.to_string()).collect();
+    let names: Vec<String> = job.steps.iter().map(|s| s.name.clone()).collect();
     let mut sound = true;
     let mut edges: Vec<Vec<Edge<'_>>> = Vec::with_capacity(job.steps.len());
     for step in &job.steps {
@@ -193,7 +193,7 @@ fn report_cycle(job: &Job<'_>, edges: &[Vec<Edge<'_>>], cycle: &[usize], cx: &mu
     let mut flow: Vec<usize> = cycle.iter().rev().copied().collect();
     let lowest = (0..flow.len()).min_by_key(|&i| flow[i]).unwrap_or(0);
     flow.rotate_left(lowest);
-    let name = |i: usize| job.steps[i].ident.to_string();
+    let name = |i: usize| job.steps[i].name.clone();
     let mut path: Vec<String> = flow.iter().map(|&i| format!("`{}`", name(i))).collect();
     path.push(format!("`{}`", name(flow[0])));
     let path = path.join(" -> ");

@@ -1,0 +1,198 @@
+//! [`Runner`]: one run of a job with per-run options; [`JobHandle`]: a run spawned on tokio.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use crate::report::{JobReport, StepEvent};
+use crate::run::{RunCore, RunOptions};
+use crate::{Job, JobError, RetryPolicy, StepContext};
+
+/// The outcome of a run: every step's output, or the error naming the step that failed first.
+pub type JobResult<J> = Result<<J as Job>::Outputs, JobError<<J as Job>::Step>>;
+
+/// One run of a job with per-run options: `job.runner().fail_fast().run().await`.
+///
+/// Options given here override the step's attribute for this run only.
+#[must_use = "a runner does nothing until `run` is awaited"]
+pub struct Runner<'j, J: Job> {
+    job: &'j J,
+    options: RunOptions<J::Step>,
+}
+
+impl<'j, J: Job> Runner<'j, J> {
+    /// A runner for `job` with no options: what the generated `job.runner()` returns.
+    pub fn new(job: &'j J) -> Self {
+        Runner {
+            job,
+            options: RunOptions::default(),
+        }
+    }
+
+    /// Sets the run's id (in the context, the spans, the report and the error) instead of a
+    /// generated one.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is empty.
+    pub fn job_id(mut self, id: impl Into<String>) -> Self {
+        let id = id.into();
+        assert!(!id.is_empty(), "Runner::job_id: a job id must not be empty");
+        self.options.job_id = Some(Arc::from(id));
+        self
+    }
+
+    /// Retries `step` with `policy` in this run, instead of its `#[step(retry = ..)]`.
+    pub fn retry(mut self, step: J::Step, policy: impl RetryPolicy) -> Self {
+        self.options.retry.push((step, Arc::new(policy)));
+        self
+    }
+
+    /// Limits each attempt of `step` to `timeout` in this run, instead of its
+    /// `#[step(timeout = ..)]`.
+    ///
+    /// # Panics
+    ///
+    /// If `timeout` is zero: no attempt could ever finish.
+    pub fn timeout(mut self, step: J::Step, timeout: Duration) -> Self {
+        assert!(
+            !timeout.is_zero(),
+            "Runner::timeout: the timeout of step `{step}` must be greater than zero"
+        );
+        self.options.timeout.push((step, timeout));
+        self
+    }
+
+    /// Calls `enrich` before every attempt of every step, after `#[job(enrich = ..)]`: it may
+    /// add typed values ([`StepContext::insert`]) and span fields ([`StepContext::record`]).
+    pub fn enrich(mut self, enrich: impl Fn(&mut StepContext) + Send + Sync + 'static) -> Self {
+        self.options.enrich.push(Arc::new(enrich));
+        self
+    }
+
+    /// Runs one step at a time, in a topological order: for debugging, and for steps that must
+    /// not overlap.
+    pub fn sequential(mut self) -> Self {
+        self.options.sequential = true;
+        self
+    }
+
+    /// Cancels every running step as soon as one step fails, instead of letting independent
+    /// branches finish.
+    pub fn fail_fast(mut self) -> Self {
+        self.options.fail_fast = true;
+        self
+    }
+
+    /// Calls `listener` with every step event (started, retrying, completed, failed, skipped,
+    /// cancelled) as it happens. It runs inside the run's task, so keep it short.
+    pub fn listener(
+        mut self,
+        listener: impl Fn(&StepEvent<'_, J::Step>) + Send + Sync + 'static,
+    ) -> Self {
+        self.options.listener = Some(Arc::new(listener));
+        self
+    }
+
+    /// Runs the job in the caller's task.
+    pub async fn run(self) -> JobResult<J> {
+        let job = self.job;
+        let run = self.core(false);
+        drive(job, &run).await
+    }
+
+    /// Runs the job and returns its report too, whatever the outcome.
+    pub async fn run_with_report(self) -> (JobResult<J>, JobReport<J::Step>) {
+        let job = self.job;
+        let run = self.core(false);
+        let result = drive(job, &run).await;
+        (result, run.report())
+    }
+
+    fn core(mut self, cancellable: bool) -> RunCore<J::Step> {
+        self.options.job_enrich = J::__ENRICH;
+        RunCore::new(J::NAME, self.options, cancellable)
+    }
+}
+
+/// Runs `job` inside the run's span.
+pub(crate) fn drive<'a, J: Job>(
+    job: &'a J,
+    run: &'a RunCore<J::Step>,
+) -> impl Future<Output = JobResult<J>> + 'a {
+    let span = tracing::info_span!("job", job = J::NAME, job_id = run.job_id());
+    job.__run(run).instrument(span)
+}
+
+/// A run spawned on tokio by the generated `start`: watch it, cancel it, wait for it.
+pub struct JobHandle<J: Job> {
+    run: Arc<RunCore<J::Step>>,
+    task: JoinHandle<JobResult<J>>,
+}
+
+impl<J: Job> JobHandle<J> {
+    /// The run state for a job about to be started.
+    pub(crate) fn core() -> Arc<RunCore<J::Step>> {
+        let options = RunOptions {
+            job_enrich: J::__ENRICH,
+            ..RunOptions::default()
+        };
+        Arc::new(RunCore::new(J::NAME, options, true))
+    }
+
+    pub(crate) fn new(run: Arc<RunCore<J::Step>>, task: JoinHandle<JobResult<J>>) -> Self {
+        JobHandle { run, task }
+    }
+
+    /// The run's id.
+    pub fn id(&self) -> &str {
+        self.run.job_id()
+    }
+
+    /// The report as it is now: steps running, done, or still waiting.
+    pub fn report(&self) -> JobReport<J::Step> {
+        self.run.report()
+    }
+
+    /// The report as DOT, coloured by each step's state now.
+    pub fn dot(&self) -> String {
+        self.report().dot()
+    }
+
+    /// True once the run has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Cancels the run: running steps are dropped (their back-off sleeps too) and recorded as
+    /// cancelled; steps not started yet never start. [`wait`](JobHandle::wait) then returns a
+    /// [`JobError`] whose [`is_cancelled`](JobError::is_cancelled) is true. No effect once the
+    /// run has ended.
+    pub fn cancel(&self) {
+        self.run.info.cancel.cancel();
+    }
+
+    /// Waits for the run to end and returns what [`run`](Runner::run) would have.
+    pub async fn wait(self) -> JobResult<J> {
+        match self.task.await {
+            Ok(result) => result,
+            // Steps' panics are caught per step; a panic here is the runtime shutting down or a
+            // listener panicking: pass it on as it is.
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+            // The runtime shut down and dropped the run: its steps were cancelled.
+            Err(_) => Err(self.run.abandon()),
+        }
+    }
+}
+
+impl<J: Job> std::fmt::Debug for JobHandle<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("job", &J::NAME)
+            .field("id", &self.id())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
