@@ -2,7 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::quote;
-use syn::ItemImpl;
+use syn::{Item, ItemImpl};
 
 use crate::codegen;
 use crate::error::Ctxt;
@@ -11,16 +11,14 @@ use crate::{parse, validate};
 
 /// Expands `#[job(args)] input`.
 pub(crate) fn job(args: TokenStream, input: TokenStream) -> TokenStream {
-    let item: ItemImpl = match syn::parse2(input.clone()) {
-        Ok(item) => item,
-        Err(_) => {
-            let error = syn::Error::new(
-                proc_macro2::Span::call_site(),
-                "`#[job]` goes on an `impl` block: `#[job] impl MyJob { #[step] async fn .. }`",
-            )
-            .to_compile_error();
+    let item: ItemImpl = match syn::parse2::<Item>(input.clone()) {
+        Ok(Item::Impl(item)) => item,
+        Ok(other) => {
+            let error = not_an_impl(&other).to_compile_error();
             return quote!(#error #input);
         }
+        // Not an item at all: rustc reports the syntax error itself.
+        Err(_) => return input,
     };
     let mut cx = Ctxt::default();
     let args = parse::job_args(args, &mut cx);
@@ -34,5 +32,35 @@ pub(crate) fn job(args: TokenStream, input: TokenStream) -> TokenStream {
         }
         (Err(errors), ..) => quote!(#errors #stripped),
         (Ok(()), ..) => unreachable!("validation failed without reporting an error"),
+    }
+}
+
+/// The error for `#[job]` on an item other than an `impl`, on the item's name when it has one.
+fn not_an_impl(item: &Item) -> syn::Error {
+    let named = |kind: &str, ident: &syn::Ident| {
+        syn::Error::new(
+            ident.span(),
+            format!(
+                "`#[job]` goes on the `impl` block of a type, not on a {kind}: \
+                 `#[job] impl MyJob {{ #[step] async fn .. }}`"
+            ),
+        )
+    };
+    match item {
+        Item::Struct(s) => syn::Error::new(
+            s.ident.span(),
+            format!(
+                "`#[job]` goes on `impl {} {{ .. }}`, the block with the steps, not on the struct",
+                s.ident
+            ),
+        ),
+        Item::Enum(e) => named("enum", &e.ident),
+        Item::Fn(f) => named("function", &f.sig.ident),
+        Item::Trait(t) => named("trait", &t.ident),
+        Item::Mod(m) => named("module", &m.ident),
+        _ => syn::Error::new(
+            proc_macro2::Span::call_site(),
+            "`#[job]` goes on the `impl` block of a type: `#[job] impl MyJob { #[step] async fn .. }`",
+        ),
     }
 }

@@ -8,7 +8,7 @@ pub use core::cmp::{Eq, Ord, PartialEq, PartialOrd};
 pub use core::fmt::{self, Debug};
 pub use core::future::{Future, poll_fn};
 pub use core::hash::Hash;
-pub use core::marker::{Copy, PhantomData};
+pub use core::marker::{Copy, PhantomData, Send, Sync};
 pub use core::option::Option::{self, None, Some};
 pub use core::pin::{Pin, pin};
 pub use core::primitive::{bool, str, usize};
@@ -43,6 +43,7 @@ pub trait StepResult {
     fn into_step_result(self) -> Result<Self::Output, BoxError>;
 }
 
+#[diagnostic::do_not_recommend]
 impl<T, E: Into<BoxError>> StepResult for Result<T, E> {
     type Output = T;
     #[inline]
@@ -57,9 +58,9 @@ pub fn infallible<T>(value: T) -> Result<T, BoxError> {
     Ok(value)
 }
 
-/// Type-checks a `#[step(retry = ..)]` expression.
+/// Type-checks a `#[step(retry = ..)]` expression, where it is written.
 #[inline]
-pub fn retry_policy<P: RetryPolicy>(policy: &P) -> &dyn RetryPolicy {
+pub fn retry_policy<P: RetryPolicy>(policy: P) -> impl RetryPolicy {
     policy
 }
 
@@ -328,6 +329,7 @@ impl<T: ?Sized> OutputAs<T> for T {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl<T> OutputAs<[T]> for Vec<T> {
     #[inline]
     fn output_as(&self) -> &[T] {
@@ -335,6 +337,7 @@ impl<T> OutputAs<[T]> for Vec<T> {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl OutputAs<str> for String {
     #[inline]
     fn output_as(&self) -> &str {

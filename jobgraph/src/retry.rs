@@ -10,6 +10,11 @@ use crate::StepError;
 ///
 /// Implement it for policies [`Retry`] cannot express. A policy is shared by every run of the
 /// job, so it holds no per-run state: everything it needs is in the arguments.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a retry policy",
+    label = "expected a `jobgraph::RetryPolicy`",
+    note = "use `Retry::fixed(max_attempts, delay)`, `Retry::exponential(max_attempts, base)`, or a type implementing `RetryPolicy`"
+)]
 pub trait RetryPolicy: Send + Sync + 'static {
     /// Called after attempt number `attempt` (1-based) failed with `error`: `Some(delay)` to try
     /// again after `delay`, `None` to give up, making `error` the step's failure.

@@ -267,7 +267,7 @@ async fn a_generic_job_reports_its_double_failing() {
         },
         refunds_table: "missing",
     };
-    let err = job.run().await.err().unwrap();
+    let err = job.run().await.unwrap_err();
     assert_eq!(err.step(), ReportStep::Refunds);
     assert_eq!(err.skipped(), [ReportStep::Net]);
     assert_eq!(

@@ -110,8 +110,7 @@ async fn descendants_of_a_failure_are_skipped_and_other_branches_finish() {
     let err = timeout(HANG, job.run())
         .await
         .expect("run hung")
-        .err()
-        .expect("the run must fail");
+        .expect_err("the run must fail");
 
     // The independent branch ran to its end, past both failures.
     assert!(job.calls.independent_done.load(Ordering::SeqCst));
@@ -189,7 +188,7 @@ async fn descendants_of_a_failure_are_skipped_and_other_branches_finish() {
 async fn failure_order_follows_time_not_declaration() {
     // Same job, run twice: the verdict is deterministic under the paused clock.
     for _ in 0..2 {
-        let err = TwoFailures::default().run().await.err().unwrap();
+        let err = TwoFailures::default().run().await.unwrap_err();
         assert_eq!(err.step(), TwoFailuresStep::FailEarly);
         assert_eq!(err.failures().len(), 2);
     }
@@ -218,7 +217,7 @@ impl Single {
 
 #[tokio::test]
 async fn a_single_failure_has_no_suffix_and_no_skipped_steps() {
-    let err: JobError<SingleStep> = Single.run().await.err().unwrap();
+    let err: JobError<SingleStep> = Single.run().await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "job `Single` failed: step `write` returned an error: disk full"
@@ -260,7 +259,7 @@ impl Three {
 
 #[tokio::test(start_paused = true)]
 async fn every_failure_is_listed_in_time_order() {
-    let err = Three.run().await.err().unwrap();
+    let err = Three.run().await.unwrap_err();
     let failed: Vec<_> = err.failures().iter().map(|f| f.step()).collect();
     assert_eq!(failed, [ThreeStep::Y, ThreeStep::Z, ThreeStep::X]);
     assert_eq!(
@@ -305,8 +304,7 @@ async fn a_panic_is_the_step_failure_and_other_branches_complete() {
     let err = timeout(HANG, job.run())
         .await
         .expect("run hung")
-        .err()
-        .expect("a panicking step fails the run");
+        .expect_err("a panicking step fails the run");
     assert!(job.survivor_done.load(Ordering::SeqCst));
     assert_eq!(job.after_panic_calls.load(Ordering::SeqCst), 0);
 
@@ -350,7 +348,7 @@ impl OddPanics {
 
 #[tokio::test(start_paused = true)]
 async fn panic_payloads_become_messages() {
-    let err = OddPanics.run().await.err().unwrap();
+    let err = OddPanics.run().await.unwrap_err();
     let messages: Vec<String> = err
         .failures()
         .iter()
@@ -368,7 +366,6 @@ async fn a_panic_inside_a_spawned_run_is_still_an_error() {
     let err = handle
         .await
         .expect("the task must not panic: the step's panic is caught")
-        .err()
-        .unwrap();
+        .unwrap_err();
     assert_eq!(err.step(), PanickyStep::Boom);
 }

@@ -228,7 +228,7 @@ async fn a_job_runs_with_everything_shadowed() {
 
 #[tokio::test]
 async fn a_shadowed_job_fails_normally() {
-    let err = Shadowed { base: 100 }.run().await.err().unwrap();
+    let err = Shadowed { base: 100 }.run().await.unwrap_err();
     assert_eq!(err.step(), ShadowedStep::Fail);
     assert!(err.source().unwrap().is::<Oops>());
     assert_eq!(

@@ -145,7 +145,7 @@ impl IoFails {
 
 #[tokio::test]
 async fn an_io_result_step_fails_with_its_io_error() {
-    let err = IoFails.run().await.err().unwrap();
+    let err = IoFails.run().await.unwrap_err();
     let source = std::error::Error::source(&err).unwrap();
     let io_error = source.downcast_ref::<io::Error>().unwrap();
     assert_eq!(io_error.kind(), io::ErrorKind::NotFound);
@@ -501,7 +501,7 @@ struct IdError(String);
 
 #[tokio::test]
 async fn the_error_names_the_run_its_steps_saw() {
-    let err = FailingContext.run().await.err().unwrap();
+    let err = FailingContext.run().await.unwrap_err();
     let seen = &std::error::Error::source(&err)
         .unwrap()
         .downcast_ref::<IdError>()

@@ -13,7 +13,7 @@ use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::paths::{Paths, local, local1};
+use super::paths::{Paths, local, local1, respan};
 use crate::model::{Job, Param, Step};
 use crate::validate::Graph;
 
@@ -153,9 +153,13 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
         Param::Parent { name, ty } => {
             let parent = job.step_index(name).expect("validated parent");
             let parent_slot = local("slot", parent);
-            let out = &job.steps[parent].output.ty;
-            // Spanned on the user's parameter type: a mismatch is reported there.
+            // Spanned on the user's parameter type, the parent's output type too: a mismatch is
+            // reported on the parameter.
             let span = ty.span();
+            let out = respan(
+                quote::ToTokens::to_token_stream(&job.steps[parent].output.ty),
+                span,
+            );
             let p_at = paths.private_at(span);
             quote_spanned!(span=> #p_at::parent::<#out, #ty>(#parent_slot))
         }
@@ -164,12 +168,12 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
     });
     let call = quote!(Self::#method(self, #(#args),*).await);
     let result = if s.output.fallible {
-        let span = s
-            .output
-            .written
-            .map_or_else(|| s.ident.span(), |t| t.span());
+        // Spanned on the `E` of `Result<T, E>`: an error type that is not an `Error` is
+        // reported there.
+        let span = s.output.error_span.unwrap_or_else(|| s.ident.span());
         let p_at = paths.private_at(span);
-        quote_spanned!(span=> #p_at::StepResult::into_step_result(#call))
+        let out = proc_macro2::Ident::new("__jg_out", span);
+        quote_spanned!(span=> { let #out = #call; #p_at::StepResult::into_step_result(#out) })
     } else {
         quote!(#p::infallible(#call))
     };
@@ -179,8 +183,8 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
             let span = expr.span();
             let p_at = paths.private_at(span);
             (
-                quote!(let #retry_local = #expr;),
-                quote_spanned!(span=> #p_at::Some(#p_at::retry_policy(&#retry_local))),
+                quote_spanned!(span=> let #retry_local = #p_at::retry_policy(#expr);),
+                quote!(#p::Some(&#retry_local as &dyn #p::RetryPolicy)),
             )
         }
         None => (quote!(), quote!(#p::None)),

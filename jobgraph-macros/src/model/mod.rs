@@ -1,6 +1,7 @@
 //! The model: a job's steps, their parameters, outputs and edges, borrowed from the user's `impl`
 //! so that every error can point at the user's own tokens.
 
+use syn::spanned::Spanned;
 use syn::{
     Attribute, Expr, FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, ItemImpl, Lit, Meta,
     PatType, Path, PathArguments, ReturnType, Type,
@@ -40,7 +41,7 @@ pub(crate) struct Step<'a> {
     pub(crate) timeout: Option<syn::Expr>,
     /// The parameters after the receiver, in order.
     pub(crate) params: Vec<Param<'a>>,
-    pub(crate) output: Output<'a>,
+    pub(crate) output: Output,
     pub(crate) doc: String,
 }
 
@@ -55,13 +56,13 @@ pub(crate) enum Param<'a> {
 }
 
 /// What a step outputs.
-pub(crate) struct Output<'a> {
+pub(crate) struct Output {
     /// The type stored for the children: `T` of `Result<T, E>`, or the return type.
     pub(crate) ty: Type,
     /// True when the step returns a `Result`, whose error fails the step.
     pub(crate) fallible: bool,
-    /// The return type as written, for spans (none for `-> ()` left implicit).
-    pub(crate) written: Option<&'a Type>,
+    /// For a `Result`, the span of its error type (of the whole type for `io::Result<T>`).
+    pub(crate) error_span: Option<proc_macro2::Span>,
 }
 
 /// The name of the attribute marking steps.
@@ -186,35 +187,36 @@ impl<'a> Param<'a> {
     }
 }
 
-impl<'a> Output<'a> {
-    fn from_syn(output: &'a ReturnType) -> Self {
+impl Output {
+    fn from_syn(output: &ReturnType) -> Self {
         let written = match output {
             ReturnType::Default => {
                 return Output {
                     ty: syn::parse_quote!(()),
                     fallible: false,
-                    written: None,
+                    error_span: None,
                 };
             }
             ReturnType::Type(_, ty) => &**ty,
         };
-        if let Some(ok) = result_ok_type(written) {
+        if let Some((ok, error)) = result_types(written) {
             return Output {
                 ty: ok.clone(),
                 fallible: true,
-                written: Some(written),
+                error_span: Some(error.map_or_else(|| written.span(), |e| e.span())),
             };
         }
         Output {
             ty: written.clone(),
             fallible: false,
-            written: Some(written),
+            error_span: None,
         }
     }
 }
 
-/// `T` when `ty` is spelled `Result<T, ..>` (any path ending in `Result`, so `io::Result<T>` too).
-fn result_ok_type(ty: &Type) -> Option<&Type> {
+/// `T` (and `E` if written) when `ty` is spelled `Result<T, ..>` (any path ending in `Result`,
+/// so `io::Result<T>` too).
+fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>)> {
     let Type::Path(path) = ty else { return None };
     if path.qself.is_some() {
         return None;
@@ -226,10 +228,15 @@ fn result_ok_type(ty: &Type) -> Option<&Type> {
     let PathArguments::AngleBracketed(args) = &last.arguments else {
         return None;
     };
-    match args.args.first()? {
-        GenericArgument::Type(ok) => Some(ok),
+    let ok = match args.args.first()? {
+        GenericArgument::Type(ok) => ok,
+        _ => return None,
+    };
+    let error = match args.args.iter().nth(1) {
+        Some(GenericArgument::Type(error)) => Some(error),
         _ => None,
-    }
+    };
+    Some((ok, error))
 }
 
 /// True for `StepContext` spelled with any path (`jobgraph::StepContext`).
@@ -285,6 +292,23 @@ fn doc_comment(attrs: &[Attribute]) -> String {
     text.join("\n").trim().to_owned()
 }
 
+/// A type as a user would write it: `Vec<u32>`, not `Vec < u32 >`.
+pub(crate) fn type_text(ty: &Type) -> String {
+    let text = quote::ToTokens::to_token_stream(ty).to_string();
+    [
+        (" < ", "<"),
+        ("< ", "<"),
+        (" >", ">"),
+        (" ::", "::"),
+        (":: ", "::"),
+        (" ,", ","),
+        ("& ", "&"),
+        ("' ", "'"),
+    ]
+    .iter()
+    .fold(text, |t, (from, to)| t.replace(from, to))
+}
+
 /// `get_connection` -> `GetConnection`; a raw `r#type` -> `Type`.
 pub(crate) fn upper_camel(snake: &str) -> String {
     let snake = snake.strip_prefix("r#").unwrap_or(snake);
@@ -318,9 +342,10 @@ mod tests {
     #[test]
     fn result_detection() {
         let ty: Type = syn::parse_quote!(std::io::Result<u8>);
-        assert!(result_ok_type(&ty).is_some());
+        assert!(result_types(&ty).is_some_and(|(_, e)| e.is_none()));
         let ty: Type = syn::parse_quote!(Result<Vec<u8>, E>);
-        assert_eq!(quote::quote!(#ty).to_string(), "Result < Vec < u8 > , E >");
-        assert!(result_ok_type(&syn::parse_quote!(Option<u8>)).is_none());
+        let (ok, error) = result_types(&ty).unwrap();
+        assert_eq!(quote::quote!(#ok #error).to_string(), "Vec < u8 > E");
+        assert!(result_types(&syn::parse_quote!(Option<u8>)).is_none());
     }
 }

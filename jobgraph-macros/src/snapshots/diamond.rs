@@ -98,6 +98,16 @@ The root.*/
     ///The output of step `d`.
     pub d: (),
 }
+/// Prints the struct's name only: the outputs' types need not be `Debug`.
+impl ::jobgraph::__private::Debug for DiamondOutputs {
+    fn fmt(
+        &self,
+        f: &mut ::jobgraph::__private::fmt::Formatter<'_>,
+    ) -> ::jobgraph::__private::fmt::Result {
+        ::jobgraph::__private::fmt::Formatter::write_str(f, "DiamondOutputs")?;
+        ::jobgraph::__private::fmt::Formatter::write_str(f, " { .. }")
+    }
+}
 impl ::jobgraph::__private::Job for Diamond {
     const NAME: &'static ::jobgraph::__private::str = "Diamond";
     const DOT: &'static ::jobgraph::__private::str = "digraph \"Diamond\" {\n    rankdir=TB;\n    node [shape=box, style=rounded, fontname=\"Helvetica\"];\n    \"a\";\n    \"b\";\n    \"c\";\n    \"d\";\n    \"a\" -> \"b\";\n    \"a\" -> \"c\";\n    \"b\" -> \"d\";\n    \"c\" -> \"d\" [style=dashed];\n}\n";
@@ -154,13 +164,14 @@ impl ::jobgraph::__private::Job for Diamond {
                     ::jobgraph::__private::None,
                     ::jobgraph::__private::None,
                     move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
-                        ::jobgraph::__private::StepResult::into_step_result(
-                            Self::b(
+                        {
+                            let __jg_out = Self::b(
                                     self,
                                     ::jobgraph::__private::parent::<u32, u32>(__jg_slot0),
                                 )
-                                .await,
-                        )
+                                .await;
+                            ::jobgraph::__private::StepResult::into_step_result(__jg_out)
+                        }
                     },
                 );
                 let mut __jg_fut1 = ::jobgraph::__private::pin!(
@@ -529,7 +540,9 @@ digraph "Diamond" {
     /// `Send` (`#[job(local)]` leaves `start` out for jobs whose steps are not).
     pub fn start(self) -> ::jobgraph::__private::JobHandle<Self>
     where
-        Self: 'static,
+        for<'__jg> Self: ::jobgraph::__private::Send + ::jobgraph::__private::Sync
+            + 'static,
+        for<'__jg> DiamondOutputs: ::jobgraph::__private::Send + 'static,
     {
         let __jg_handle = ::jobgraph::__private::handle_core::<Self>();
         let __jg_task = ::jobgraph::__private::Clone::clone(&__jg_handle);

@@ -77,6 +77,19 @@ where
     #[doc(hidden)]
     pub __jobgraph_marker: ::my::jobgraph::__private::PhantomData<fn() -> (&'a (), D)>,
 }
+/// Prints the struct's name only: the outputs' types need not be `Debug`.
+impl<'a, D: Db> ::my::jobgraph::__private::Debug for ReportOutputs<'a, D>
+where
+    D: Send,
+{
+    fn fmt(
+        &self,
+        f: &mut ::my::jobgraph::__private::fmt::Formatter<'_>,
+    ) -> ::my::jobgraph::__private::fmt::Result {
+        ::my::jobgraph::__private::fmt::Formatter::write_str(f, "ReportOutputs")?;
+        ::my::jobgraph::__private::fmt::Formatter::write_str(f, " { .. }")
+    }
+}
 impl<'a, D: Db> ::my::jobgraph::__private::Job for Report<'a, D>
 where
     D: Send,
@@ -118,9 +131,12 @@ where
                     ::my::jobgraph::__private::None,
                     ::my::jobgraph::__private::None,
                     move |__jg_ctx: ::my::jobgraph::__private::StepContext| async move {
-                        ::my::jobgraph::__private::StepResult::into_step_result(
-                            Self::load(self).await,
-                        )
+                        {
+                            let __jg_out = Self::load(self).await;
+                            ::my::jobgraph::__private::StepResult::into_step_result(
+                                __jg_out,
+                            )
+                        }
                     },
                 );
                 let mut __jg_fut0 = ::my::jobgraph::__private::pin!(
@@ -351,7 +367,11 @@ digraph "report" {
     /// `Send` (`#[job(local)]` leaves `start` out for jobs whose steps are not).
     pub fn start(self) -> ::my::jobgraph::__private::JobHandle<Self>
     where
-        Self: 'static,
+        'a: 'static,
+        D: ::my::jobgraph::__private::Send + ::my::jobgraph::__private::Sync + 'static,
+        Vec<
+            D::Row,
+        >: ::my::jobgraph::__private::Send + ::my::jobgraph::__private::Sync + 'static,
     {
         let __jg_handle = ::my::jobgraph::__private::handle_core::<Self>();
         let __jg_task = ::my::jobgraph::__private::Clone::clone(&__jg_handle);

@@ -94,7 +94,10 @@ fn unsupported(pat_type: &syn::PatType, cx: &mut Ctxt) {
     match ty {
         Type::Reference(r) if r.mutability.is_some() => cx.error_spanned_by(
             ty,
-            "a parent's output is shared by all its children: take it as `&T`, not `&mut T`",
+            format_args!(
+                "a parent's output is shared by all its children: take it as `&{}`, not `&mut`",
+                crate::model::type_text(&r.elem)
+            ),
         ),
         Type::Reference(_) => cx.error_spanned_by(
             &pat_type.pat,
@@ -103,7 +106,14 @@ fn unsupported(pat_type: &syn::PatType, cx: &mut Ctxt) {
         ),
         _ => {
             let name = quote::ToTokens::to_token_stream(&pat_type.pat).to_string();
-            if let Some(impl_trait) = find_impl_trait(ty) {
+            if crate::model::is_step_context(ty) {
+                cx.error_spanned_by(
+                    ty,
+                    format_args!(
+                        "the run context is lent to the step: write `{name}: &StepContext`"
+                    ),
+                );
+            } else if let Some(impl_trait) = find_impl_trait(ty) {
                 cx.error_spanned_by(
                     impl_trait,
                     "`impl Trait` is not supported in step parameters; a parameter takes a \
@@ -114,7 +124,7 @@ fn unsupported(pat_type: &syn::PatType, cx: &mut Ctxt) {
                     ty,
                     format_args!(
                         "step parameters borrow their parent's output: write `{name}: &{}`",
-                        quote::ToTokens::to_token_stream(ty)
+                        crate::model::type_text(ty)
                     ),
                 );
             }

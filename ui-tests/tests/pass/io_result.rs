@@ -23,7 +23,7 @@ impl Files {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let error = Files.run().await.err().unwrap();
+    let error = Files.run().await.unwrap_err();
     assert_eq!(error.step(), FilesStep::Fail);
     let source = std::error::Error::source(&error).unwrap();
     assert!(source.to_string().contains("disk full"));

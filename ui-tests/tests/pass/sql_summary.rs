@@ -53,18 +53,12 @@ impl SqlSummary {
     }
 
     #[step]
-    async fn get_table_client1(
-        &self,
-        get_connection: &Connection,
-    ) -> Result<TableClient, DbError> {
+    async fn get_table_client1(&self, get_connection: &Connection) -> Result<TableClient, DbError> {
         Ok(self.client(get_connection, "t1"))
     }
 
     #[step]
-    async fn get_table_client2(
-        &self,
-        get_connection: &Connection,
-    ) -> Result<TableClient, DbError> {
+    async fn get_table_client2(&self, get_connection: &Connection) -> Result<TableClient, DbError> {
         Ok(self.client(get_connection, "t2"))
     }
 
@@ -112,12 +106,8 @@ async fn main() {
     assert_eq!(SqlSummary::STEPS.len(), 8);
     assert!(SqlSummary::DOT.contains("\"check_auth\" -> \"query_table1\" [style=dashed];"));
 
-    // `.err().unwrap()`, not `.unwrap_err()`: the outputs struct is not `Debug`.
-    let error = SqlSummary { dsn: String::new() }
-        .run()
-        .await
-        .err()
-        .unwrap();
+    // `.unwrap_err()`, not `.unwrap_err()`: the outputs struct is not `Debug`.
+    let error = SqlSummary { dsn: String::new() }.run().await.unwrap_err();
     assert_eq!(error.step(), SqlSummaryStep::GetConnection);
     assert!(error.skipped().contains(&SqlSummaryStep::Summarize));
 }
