@@ -65,11 +65,16 @@ fn next_job_id() -> Arc<str> {
 }
 
 impl<S: JobStep> RunCore<S> {
-    pub(crate) fn new(
-        job_name: &'static str,
+    /// The state of a new run of `J`, with `J`'s own enrichment before the options' ones.
+    pub(crate) fn for_job<J: crate::Job<Step = S>>(
         mut options: RunOptions<S>,
         cancellable: bool,
     ) -> Self {
+        options.job_enrich = J::__ENRICH;
+        Self::new(J::NAME, options, cancellable)
+    }
+
+    fn new(job_name: &'static str, mut options: RunOptions<S>, cancellable: bool) -> Self {
         let job_id = options.job_id.take().unwrap_or_else(next_job_id);
         RunCore {
             info: RunInfo {

@@ -111,9 +111,8 @@ impl<'j, J: Job> Runner<'j, J> {
         (result, run.report())
     }
 
-    fn core(mut self, cancellable: bool) -> RunCore<J::Step> {
-        self.options.job_enrich = J::__ENRICH;
-        RunCore::new(J::NAME, self.options, cancellable)
+    fn core(self, cancellable: bool) -> RunCore<J::Step> {
+        RunCore::for_job::<J>(self.options, cancellable)
     }
 }
 
@@ -135,11 +134,7 @@ pub struct JobHandle<J: Job> {
 impl<J: Job> JobHandle<J> {
     /// The run state for a job about to be started.
     pub(crate) fn core() -> Arc<RunCore<J::Step>> {
-        let options = RunOptions {
-            job_enrich: J::__ENRICH,
-            ..RunOptions::default()
-        };
-        Arc::new(RunCore::new(J::NAME, options, true))
+        Arc::new(RunCore::for_job::<J>(RunOptions::default(), true))
     }
 
     pub(crate) fn new(run: Arc<RunCore<J::Step>>, task: JoinHandle<JobResult<J>>) -> Self {
