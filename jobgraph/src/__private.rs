@@ -19,6 +19,7 @@ pub use std::sync::Arc;
 
 pub use crate::error::{JobError, StepError};
 pub use crate::job::{Job, JobStep, StepInfo};
+pub use crate::limit::{Rate, StepLimits};
 pub use crate::run::RunCore;
 pub use crate::runner::{JobHandle, JobResult, Runner};
 pub use crate::{RetryPolicy, StepContext};
@@ -28,7 +29,7 @@ use std::sync::OnceLock;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::error::{BoxError, StepFailure};
-use crate::exec::{Policies, run_step};
+use crate::exec::{Policies, run_for_each, run_step};
 
 /// The `Result` a step method returns, split into output and error.
 #[diagnostic::on_unimplemented(
@@ -141,7 +142,7 @@ impl<T> Slot<T> {
     }
 }
 
-/// A fixed-size set of step indices, `W` words of 64 steps.
+/// A fixed-size set of step positions, `W` words of 64 steps.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Mask<const W: usize>(pub [u64; W]);
 
@@ -159,49 +160,130 @@ impl<const W: usize> Mask<W> {
     }
 
     #[inline]
+    pub fn remove(&mut self, index: usize) {
+        self.0[index / 64] &= !(1 << (index % 64));
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+
+    #[inline]
     pub fn is_superset(&self, other: &Self) -> bool {
         self.0.iter().zip(&other.0).all(|(a, b)| a & b == *b)
     }
+
+    /// The lowest position at or after `from` in `self` or `other`.
+    #[inline]
+    fn first_from(&self, other: &Self, from: usize) -> Option<usize> {
+        let mut word = from / 64;
+        if word >= W {
+            return None;
+        }
+        let mut bits = (self.0[word] | other.0[word]) & (!0u64 << (from % 64));
+        loop {
+            if bits != 0 {
+                return Some(word * 64 + bits.trailing_zeros() as usize);
+            }
+            word += 1;
+            if word == W {
+                return None;
+            }
+            bits = self.0[word] | other.0[word];
+        }
+    }
+
+    /// The positions in the set, lowest first.
+    #[inline]
+    fn iter(self) -> impl Iterator<Item = usize> {
+        self.0.into_iter().enumerate().flat_map(|(word, mut bits)| {
+            core::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let bit = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    word * 64 + bit
+                })
+            })
+        })
+    }
 }
 
-/// The scheduler's bookkeeping for one run: which steps started, which completed, how many run.
+/// A job's graph as the scheduler sees it, built at compile time: for each step, by its position
+/// in a topological order, the positions of the steps it waits for and of the steps that wait for
+/// it.
+pub struct Graph<const W: usize, const N: usize> {
+    pub deps: [Mask<W>; N],
+    pub children: [Mask<W>; N],
+}
+
+/// The scheduler's bookkeeping for one run, by topological position: which steps may start,
+/// which run, which completed.
 pub struct Sched<const W: usize> {
-    started: Mask<W>,
+    ready: Mask<W>,
+    running: Mask<W>,
     done: Mask<W>,
-    running: usize,
     sequential: bool,
 }
 
 impl<const W: usize> Sched<W> {
-    /// Marks step `index` started if it has not started and all of `deps` completed (and, in
-    /// sequential mode, no other step runs).
+    /// The next step at or after position `from` to start or to poll.
     #[inline]
-    pub fn try_start(&mut self, index: usize, deps: &Mask<W>) -> bool {
-        if self.started.contains(index)
-            || !self.done.is_superset(deps)
-            || (self.sequential && self.running > 0)
-        {
+    pub fn next(&self, from: usize) -> Option<usize> {
+        if self.sequential && !self.running.is_empty() {
+            return self.running.first_from(&Mask::EMPTY, from);
+        }
+        self.running.first_from(&self.ready, from)
+    }
+
+    /// If step `k` is ready, marks it running: the caller starts it.
+    #[inline]
+    pub fn take_ready(&mut self, k: usize) -> bool {
+        if !self.ready.contains(k) {
             return false;
         }
-        self.started.insert(index);
-        self.running += 1;
+        self.ready.remove(k);
+        self.running.insert(k);
         true
     }
 
-    /// Records that a running step ended; `ok` when it completed (its children may start).
+    /// Records that step `k` completed: each child whose dependencies all completed is ready.
     #[inline]
-    pub fn finish(&mut self, index: usize, ok: bool) {
-        self.running -= 1;
-        if ok {
-            self.done.insert(index);
+    pub fn complete<const N: usize>(&mut self, k: usize, graph: &Graph<W, N>) {
+        self.running.remove(k);
+        self.done.insert(k);
+        for child in graph.children[k].iter() {
+            if self.done.is_superset(&graph.deps[child]) {
+                self.ready.insert(child);
+            }
         }
+    }
+
+    /// Records that step `k` failed: its children never become ready.
+    #[inline]
+    pub fn fail(&mut self, k: usize) {
+        self.running.remove(k);
+    }
+
+    /// True when nothing runs and a step is ready: only in a sequential run, after a step
+    /// completed in the poll that started it.
+    #[inline]
+    pub fn more_to_start(&self) -> bool {
+        self.running.is_empty() && !self.ready.is_empty()
     }
 
     /// True when nothing runs: every step either completed or can never start.
     #[inline]
     pub fn idle(&self) -> bool {
-        self.running == 0
+        self.running.is_empty()
     }
+}
+
+/// The scheduler met a position outside its graph: a bug in jobgraph, never in the user's code.
+#[cold]
+#[inline(never)]
+pub fn unreachable_step() -> ! {
+    unreachable!("jobgraph: the scheduler visited a step position outside its graph")
 }
 
 /// The failed steps of a run, in the order they failed.
@@ -253,13 +335,19 @@ impl<S: JobStep> Drop for Stop<'_, S> {
 }
 
 impl<S: JobStep> RunCore<S> {
-    /// The scheduler's bookkeeping for this run.
+    /// The scheduler's bookkeeping for this run: the steps with no dependencies are ready.
     #[inline]
-    pub fn sched<const W: usize>(&self) -> Sched<W> {
+    pub fn sched<const W: usize, const N: usize>(&self, graph: &Graph<W, N>) -> Sched<W> {
+        let mut ready = Mask::EMPTY;
+        for (k, deps) in graph.deps.iter().enumerate() {
+            if deps.is_empty() {
+                ready.insert(k);
+            }
+        }
         Sched {
-            started: Mask::EMPTY,
+            ready,
+            running: Mask::EMPTY,
             done: Mask::EMPTY,
-            running: 0,
             sequential: self.options.sequential,
         }
     }
@@ -282,13 +370,44 @@ impl<S: JobStep> RunCore<S> {
         step: S,
         retry: Option<&'a dyn RetryPolicy>,
         timeout: Option<Duration>,
+        limits: &'a StepLimits,
         attempt: F,
     ) -> impl Future<Output = Result<T, StepError>> + use<'a, S, T, F, Fut>
     where
         F: FnMut(StepContext) -> Fut,
         Fut: Future<Output = Result<T, BoxError>>,
     {
-        run_step(self, step, Policies { retry, timeout }, attempt)
+        let policies = Policies {
+            retry,
+            timeout,
+            limits,
+        };
+        run_step(self, step, policies, attempt)
+    }
+
+    /// Runs a `#[step(for_each(..))]` step: see [`crate::exec::run_for_each`].
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_each<'a, 'e, E, T, F, Fut>(
+        &'a self,
+        step: S,
+        retry: Option<&'a dyn RetryPolicy>,
+        timeout: Option<Duration>,
+        limits: &'a StepLimits,
+        bound: Option<usize>,
+        elements: &'e [E],
+        attempt: F,
+    ) -> impl Future<Output = Result<Vec<T>, StepError>> + use<'a, 'e, S, E, T, F, Fut>
+    where
+        F: Fn(StepContext, &'e E) -> Fut,
+        Fut: Future<Output = Result<T, BoxError>>,
+    {
+        let policies = Policies {
+            retry,
+            timeout,
+            limits,
+        };
+        run_for_each(self, step, policies, elements, bound, attempt)
     }
 
     /// Records that the run stopped while `step` ran.
@@ -349,4 +468,41 @@ impl OutputAs<str> for String {
 #[inline]
 pub fn parent<O: OutputAs<P>, P: ?Sized>(slot: &Slot<O>) -> &P {
     OutputAs::output_as(Slot::get(slot))
+}
+
+/// What a `#[step(for_each(..))]` step can run over: a sequence of elements of type `E`.
+#[diagnostic::on_unimplemented(
+    message = "`for_each` runs this step once per element of the parent's output, but `{Self}` is not a `Vec<{E}>`",
+    label = "expected `&{E}` here, as an element of the parent's output `{Self}`",
+    note = "with `#[step(for_each(name))]`, the parameter `name: &E` takes one element of step `name`'s output, which must be a `Vec<E>`, a `Box<[E]>` or an array `[E; N]`"
+)]
+pub trait Elements<E> {
+    fn elements(&self) -> &[E];
+}
+
+impl<E> Elements<E> for Vec<E> {
+    #[inline]
+    fn elements(&self) -> &[E] {
+        self
+    }
+}
+
+impl<E> Elements<E> for Box<[E]> {
+    #[inline]
+    fn elements(&self) -> &[E] {
+        self
+    }
+}
+
+impl<E, const N: usize> Elements<E> for [E; N] {
+    #[inline]
+    fn elements(&self) -> &[E] {
+        self
+    }
+}
+
+/// The elements a `for_each` step runs over: its parent's output.
+#[inline]
+pub fn elements<O: Elements<E>, E>(slot: &Slot<O>) -> &[E] {
+    Elements::elements(Slot::get(slot))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The identity of one run of a job, shared by the contexts of all its steps.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct RunInfo {
     pub(crate) job_name: &'static str,
     pub(crate) job_id: Arc<str>,
@@ -51,19 +51,21 @@ pub type Enrich = Arc<dyn Fn(&mut StepContext) + Send + Sync>;
 /// # }
 /// ```
 pub struct StepContext {
-    run: RunInfo,
+    run: Arc<RunInfo>,
     step_name: &'static str,
     attempt: u32,
+    element: Option<usize>,
     values: Vec<(TypeId, Box<dyn Any + Send + Sync>)>,
     fields: Vec<(&'static str, String)>,
 }
 
 impl StepContext {
-    pub(crate) fn new(run: &RunInfo, step_name: &'static str, attempt: u32) -> Self {
+    pub(crate) fn new(run: &Arc<RunInfo>, step_name: &'static str, attempt: u32) -> Self {
         StepContext {
-            run: run.clone(),
+            run: Arc::clone(run),
             step_name,
             attempt,
+            element: None,
             values: Vec::new(),
             fields: Vec::new(),
         }
@@ -88,6 +90,16 @@ impl StepContext {
     /// Which attempt of the step this is, starting at 1.
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// For a `#[step(for_each(..))]` step, the index of the element this attempt runs for, in
+    /// the parent's output; `None` for other steps.
+    pub fn element(&self) -> Option<usize> {
+        self.element
+    }
+
+    pub(crate) fn set_element(&mut self, element: Option<usize>) {
+        self.element = element;
     }
 
     /// The run's cancellation token: cancelled when the run is cancelled or dropped, so work a
@@ -138,6 +150,7 @@ impl fmt::Debug for StepContext {
             .field("job_id", &self.run.job_id)
             .field("step_name", &self.step_name)
             .field("attempt", &self.attempt)
+            .field("element", &self.element)
             .field("values", &self.values.len())
             .field("fields", &self.fields)
             .finish()

@@ -24,6 +24,14 @@ pub enum StepError {
     /// The run was cancelled (by [`JobHandle::cancel`](crate::JobHandle::cancel), or by
     /// [`fail_fast`](crate::Runner::fail_fast) after another step failed) while this step ran.
     Cancelled,
+    /// One element of a `#[step(for_each(..))]` step failed (after its own retries): which one,
+    /// by its index in the parent's output, and why. The other elements were cancelled.
+    Element {
+        /// The element's index in the parent's output.
+        index: usize,
+        /// Why it failed.
+        error: Box<StepError>,
+    },
 }
 
 impl StepError {
@@ -35,30 +43,48 @@ impl StepError {
             StepError::Error(e) => &**e,
             StepError::Panic(p) => p,
             StepError::Timeout(_) | StepError::Cancelled => self,
+            StepError::Element { error, .. } => error.as_error(),
         }
     }
 
-    /// The step's own error as `E`, if it returned an error of that type.
+    /// The step's own error as `E`, if it returned an error of that type (for a `for_each`
+    /// step: the failed element's).
     pub fn downcast_ref<E: Error + 'static>(&self) -> Option<&E> {
-        match self {
+        match self.innermost() {
             StepError::Error(e) => e.downcast_ref(),
             _ => None,
         }
     }
 
-    /// True if the step panicked.
+    /// True if the step (or the failed element of a `for_each` step) panicked.
     pub fn is_panic(&self) -> bool {
-        matches!(self, StepError::Panic(_))
+        matches!(self.innermost(), StepError::Panic(_))
     }
 
-    /// True if the attempt timed out.
+    /// True if the attempt (or the failed element's last attempt) timed out.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, StepError::Timeout(_))
+        matches!(self.innermost(), StepError::Timeout(_))
     }
 
     /// True if the run was cancelled while the step ran.
     pub fn is_cancelled(&self) -> bool {
         matches!(self, StepError::Cancelled)
+    }
+
+    /// For a failed element of a `for_each` step, its index in the parent's output.
+    pub fn element(&self) -> Option<usize> {
+        match self {
+            StepError::Element { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+
+    /// The error itself, looking through [`StepError::Element`].
+    fn innermost(&self) -> &StepError {
+        match self {
+            StepError::Element { error, .. } => error.innermost(),
+            other => other,
+        }
     }
 }
 
@@ -69,6 +95,7 @@ impl fmt::Display for StepError {
             StepError::Panic(p) => write!(f, "{p}"),
             StepError::Timeout(d) => write!(f, "timed out after {d:?}"),
             StepError::Cancelled => write!(f, "was cancelled"),
+            StepError::Element { index, error } => write!(f, "element {index}: {error}"),
         }
     }
 }
@@ -79,6 +106,7 @@ impl Error for StepError {
             StepError::Error(e) => Some(&**e),
             StepError::Panic(p) => Some(p),
             StepError::Timeout(_) | StepError::Cancelled => None,
+            StepError::Element { error, .. } => Some(&**error),
         }
     }
 }

@@ -1,9 +1,11 @@
 #![doc = include_str!("../../README.md")]
 
+mod batch;
 mod context;
 mod error;
 mod exec;
 mod job;
+mod limit;
 mod report;
 mod retry;
 mod run;
@@ -13,10 +15,17 @@ mod runner;
 #[allow(missing_docs, unreachable_pub)]
 pub mod __private;
 
+#[cfg(feature = "progress")]
+pub use batch::ProgressBars;
+pub use batch::{
+    Batch, BatchAbort, BatchItem, BatchResults, BatchRun, BatchStatus, BatchSummary, RunCounts,
+    StatusHandle, StatusListener, StepCounts, ZeroConcurrency,
+};
 pub use context::{Enrich, StepContext};
 pub use error::{BoxError, JobError, StepError, StepFailure, StepPanic};
 pub use job::{Job, JobStep, StepInfo};
 pub use jobgraph_macros::job;
+pub use limit::{LimitError, Limits, Rate, RateParseError, StepLimits};
 pub use report::{JobReport, Listener, StepEvent, StepReport, StepState};
 pub use retry::{Retry, RetryPolicy};
 pub use runner::{JobHandle, JobResult, Runner};

@@ -73,18 +73,6 @@ pub struct StepReport<S> {
 }
 
 impl<S: JobStep> StepReport<S> {
-    pub(crate) fn pending(step: S) -> Self {
-        StepReport {
-            step,
-            state: StepState::Pending,
-            started: None,
-            duration: None,
-            attempts: 0,
-            error: None,
-            skipped_because: None,
-        }
-    }
-
     /// The step.
     pub fn step(&self) -> S {
         self.step

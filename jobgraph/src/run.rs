@@ -1,7 +1,7 @@
 //! The state of one run, shared by the scheduler, the steps and a [`JobHandle`](crate::JobHandle):
 //! its identity, its options, and the live report.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{Enrich, RunInfo};
+use crate::limit::Limits;
 use crate::report::{JobReport, Listener, StepEvent, StepReport, StepState};
 use crate::{JobError, JobStep, RetryPolicy, StepContext, StepError, StepFailure};
 
@@ -23,6 +24,10 @@ pub(crate) struct RunOptions<S> {
     pub(crate) sequential: bool,
     pub(crate) fail_fast: bool,
     pub(crate) listener: Option<Listener<S>>,
+    /// A token whose cancellation cancels the run (the run gets a child of it).
+    pub(crate) cancel_on: Option<CancellationToken>,
+    /// The registry of per-step limits; `None` is [`Limits::global`].
+    pub(crate) limits: Option<Limits>,
 }
 
 impl<S> Default for RunOptions<S> {
@@ -36,6 +41,8 @@ impl<S> Default for RunOptions<S> {
             sequential: false,
             fail_fast: false,
             listener: None,
+            cancel_on: None,
+            limits: None,
         }
     }
 }
@@ -43,14 +50,109 @@ impl<S> Default for RunOptions<S> {
 /// One run's shared state. Not public API: generated code reaches it through `__private`.
 #[doc(hidden)]
 pub struct RunCore<S: JobStep> {
-    pub(crate) info: RunInfo,
+    pub(crate) info: Arc<RunInfo>,
     pub(crate) options: RunOptions<S>,
     /// Whether a [`JobHandle`](crate::JobHandle) may cancel the run, so the scheduler watches.
     pub(crate) cancellable: bool,
     started: Instant,
-    report: Mutex<JobReport<S>>,
+    started_at: SystemTime,
+    /// Nanoseconds from the start to the end of the run, plus one; zero while it runs.
+    elapsed: AtomicU64,
+    /// Each step's live state, indexed like [`JobStep::ALL`]: written by the step's own future
+    /// without a lock, read whole by [`report`](RunCore::report).
+    steps: Box<[StepCell<S>]>,
 }
 
+/// One step's live state in a run. Each field is written by one future at a time (the step's,
+/// or the scheduler's once the step ended), so relaxed stores suffice; `state` is stored last
+/// and loaded first, so a snapshot never sees a state without the fields written before it.
+struct StepCell<S> {
+    state: AtomicU8,
+    attempts: AtomicU32,
+    /// Nanoseconds from the run's start, plus one; zero when not started.
+    started: AtomicU64,
+    /// Nanoseconds, plus one; zero until the step ends.
+    duration: AtomicU64,
+    /// The error text and the skip's cause: written only when a step fails or is skipped.
+    detail: Mutex<Detail<S>>,
+}
+
+struct Detail<S> {
+    error: Option<String>,
+    skipped_because: Option<S>,
+}
+
+const STATES: [StepState; 6] = [
+    StepState::Pending,
+    StepState::Running,
+    StepState::Completed,
+    StepState::Failed,
+    StepState::Skipped,
+    StepState::Cancelled,
+];
+
+fn state_code(state: StepState) -> u8 {
+    match state {
+        StepState::Pending => 0,
+        StepState::Running => 1,
+        StepState::Completed => 2,
+        StepState::Failed => 3,
+        StepState::Skipped => 4,
+        StepState::Cancelled => 5,
+    }
+}
+
+fn to_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1) + 1
+}
+
+fn from_nanos(n: u64) -> Option<Duration> {
+    n.checked_sub(1).map(Duration::from_nanos)
+}
+
+impl<S: JobStep> StepCell<S> {
+    fn new() -> Self {
+        StepCell {
+            state: AtomicU8::new(0),
+            attempts: AtomicU32::new(0),
+            started: AtomicU64::new(0),
+            duration: AtomicU64::new(0),
+            detail: Mutex::new(Detail {
+                error: None,
+                skipped_because: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> StepState {
+        STATES[usize::from(self.state.load(Ordering::Acquire))]
+    }
+
+    fn set_state(&self, state: StepState) {
+        self.state.store(state_code(state), Ordering::Release);
+    }
+
+    fn detail(&self) -> MutexGuard<'_, Detail<S>> {
+        // A panic while the lock was held leaves nothing half-written we rely on.
+        self.detail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn report(&self, step: S) -> StepReport<S> {
+        let state = self.state();
+        let detail = self.detail();
+        StepReport {
+            step,
+            state,
+            started: from_nanos(self.started.load(Ordering::Relaxed)),
+            duration: from_nanos(self.duration.load(Ordering::Relaxed)),
+            attempts: self.attempts.load(Ordering::Relaxed),
+            error: detail.error.clone(),
+            skipped_because: detail.skipped_because,
+        }
+    }
+}
+
+/// A process-unique run id: a hash of the process id, then a counter.
 fn next_job_id() -> Arc<str> {
     static PROCESS: OnceLock<u32> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(1);
@@ -76,22 +178,22 @@ impl<S: JobStep> RunCore<S> {
 
     fn new(job_name: &'static str, mut options: RunOptions<S>, cancellable: bool) -> Self {
         let job_id = options.job_id.take().unwrap_or_else(next_job_id);
+        let (cancel, cancellable) = match options.cancel_on.take() {
+            Some(parent) => (parent.child_token(), true),
+            None => (CancellationToken::new(), cancellable),
+        };
         RunCore {
-            info: RunInfo {
+            info: Arc::new(RunInfo {
                 job_name,
-                job_id: job_id.clone(),
-                cancel: CancellationToken::new(),
-            },
+                job_id,
+                cancel,
+            }),
             options,
             cancellable,
             started: Instant::now(),
-            report: Mutex::new(JobReport {
-                job_name,
-                job_id,
-                started_at: SystemTime::now(),
-                elapsed: None,
-                steps: S::ALL.iter().map(|&s| StepReport::pending(s)).collect(),
-            }),
+            started_at: SystemTime::now(),
+            elapsed: AtomicU64::new(0),
+            steps: S::ALL.iter().map(|_| StepCell::new()).collect(),
         }
     }
 
@@ -99,22 +201,63 @@ impl<S: JobStep> RunCore<S> {
         &self.info.job_id
     }
 
+    fn cell(&self, step: S) -> &StepCell<S> {
+        &self.steps[step.index()]
+    }
+
     /// A snapshot of the report.
     pub(crate) fn report(&self) -> JobReport<S> {
-        self.lock().clone()
+        JobReport {
+            job_name: self.info.job_name,
+            job_id: self.info.job_id.clone(),
+            started_at: self.started_at,
+            elapsed: from_nanos(self.elapsed.load(Ordering::Acquire)),
+            steps: S::ALL
+                .iter()
+                .zip(&*self.steps)
+                .map(|(&step, cell)| cell.report(step))
+                .collect(),
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, JobReport<S>> {
-        // A listener that panicked while we held the lock poisons nothing we rely on.
-        self.report.lock().unwrap_or_else(|p| p.into_inner())
+    /// Records that attempt `attempt` of `step`, first started at `first_start`, starts.
+    pub(crate) fn attempt_started(&self, step: S, attempt: u32, first_start: Instant) {
+        let cell = self.cell(step);
+        if attempt == 1 {
+            let since = first_start.saturating_duration_since(self.started);
+            cell.started.store(to_nanos(since), Ordering::Relaxed);
+            cell.set_state(StepState::Running);
+        }
+        cell.attempts.store(attempt, Ordering::Relaxed);
     }
 
-    pub(crate) fn since_start(&self, at: Instant) -> Duration {
-        at.saturating_duration_since(self.started)
+    /// Sets the attempts of a `for_each` step: those of all its elements.
+    pub(crate) fn set_attempts(&self, step: S, attempts: u32) {
+        self.cell(step).attempts.store(attempts, Ordering::Relaxed);
     }
 
-    pub(crate) fn update(&self, step: S, f: impl FnOnce(&mut StepReport<S>)) {
-        f(&mut self.lock().steps[step.index()]);
+    /// Records that `step` ended in `state` after `duration`, with `error` if it failed.
+    pub(crate) fn step_ended(
+        &self,
+        step: S,
+        state: StepState,
+        duration: Duration,
+        error: Option<String>,
+    ) {
+        let cell = self.cell(step);
+        cell.duration.store(to_nanos(duration), Ordering::Relaxed);
+        if let Some(error) = error {
+            cell.detail().error = Some(error);
+        }
+        cell.set_state(state);
+    }
+
+    /// The registry of per-step limits this run uses.
+    pub(crate) fn limits(&self) -> &Limits {
+        self.options
+            .limits
+            .as_ref()
+            .unwrap_or_else(|| Limits::global())
     }
 
     pub(crate) fn emit(&self, event: &StepEvent<'_, S>) {
@@ -124,6 +267,9 @@ impl<S: JobStep> RunCore<S> {
     }
 
     pub(crate) fn retry_override(&self, step: S) -> Option<&dyn RetryPolicy> {
+        if self.options.retry.is_empty() {
+            return None;
+        }
         self.options
             .retry
             .iter()
@@ -133,6 +279,9 @@ impl<S: JobStep> RunCore<S> {
     }
 
     pub(crate) fn timeout_override(&self, step: S) -> Option<Duration> {
+        if self.options.timeout.is_empty() {
+            return None;
+        }
         self.options
             .timeout
             .iter()
@@ -141,36 +290,42 @@ impl<S: JobStep> RunCore<S> {
             .map(|(_, d)| *d)
     }
 
-    /// Runs the enrichment functions, the job's first, on a new attempt's context.
-    pub(crate) fn enrich(&self, ctx: &mut StepContext) {
+    /// The context of a new attempt, enriched: the job's enrichment first.
+    pub(crate) fn context(&self, step: S, attempt: u32) -> StepContext {
+        let mut ctx = StepContext::new(&self.info, step.name(), attempt);
         if let Some(f) = self.options.job_enrich {
-            f(ctx);
+            f(&mut ctx);
         }
         for f in &self.options.enrich {
-            f(ctx);
+            f(&mut ctx);
         }
+        ctx
     }
 
     /// Records that `step` was running when the run stopped.
     pub(crate) fn cancel_step(&self, step: S) {
-        let now = Instant::now();
-        self.update(step, |r| {
-            r.state = StepState::Cancelled;
-            r.duration = r.started.map(|s| self.since_start(now).saturating_sub(s));
-            r.error = Some(StepError::Cancelled.to_string());
-        });
+        let cell = self.cell(step);
+        let since = from_nanos(cell.started.load(Ordering::Relaxed))
+            .map(|s| self.since_start(Instant::now()).saturating_sub(s));
+        if let Some(duration) = since {
+            cell.duration.store(to_nanos(duration), Ordering::Relaxed);
+        }
+        cell.detail().error = Some(StepError::Cancelled.to_string());
+        cell.set_state(StepState::Cancelled);
         tracing::warn!(step = step.name(), "step cancelled");
         self.emit(&StepEvent::Cancelled { step });
     }
 
+    fn since_start(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.started)
+    }
+
     /// The error of a run whose future was dropped before it ended.
     pub(crate) fn abandon(&self) -> JobError<S> {
-        let running: Vec<S> = self
-            .lock()
-            .steps
+        let running: Vec<S> = S::ALL
             .iter()
-            .filter(|r| r.state == StepState::Running)
-            .map(|r| r.step)
+            .copied()
+            .filter(|&s| self.cell(s).state() == StepState::Running)
             .collect();
         let failures = running
             .iter()
@@ -192,8 +347,14 @@ impl<S: JobStep> RunCore<S> {
     /// Ends the run: steps that never started are skipped (a step they depend on failed) or
     /// cancelled; `Ok` only if every step completed.
     pub(crate) fn finish(&self, mut failures: Vec<StepFailure<S>>) -> Result<(), JobError<S>> {
-        let mut report = self.lock();
-        report.elapsed = Some(self.since_start(Instant::now()));
+        self.elapsed.store(
+            to_nanos(self.since_start(Instant::now())),
+            Ordering::Release,
+        );
+        if failures.is_empty() && self.steps.iter().all(|c| c.state() == StepState::Completed) {
+            return Ok(());
+        }
+        let mut report = self.report();
         let mut events = Vec::new();
         // A step that never started is skipped if a step it waits for failed or was skipped;
         // repeat until nothing changes, so the cause propagates down any depth.
@@ -208,6 +369,9 @@ impl<S: JobStep> RunCore<S> {
                     let r = &mut report.steps[step.index()];
                     r.state = StepState::Skipped;
                     r.skipped_because = Some(because);
+                    let cell = self.cell(step);
+                    cell.detail().skipped_because = Some(because);
+                    cell.set_state(StepState::Skipped);
                     events.push(StepEvent::Skipped { step, because });
                     changed = true;
                 }
@@ -220,6 +384,7 @@ impl<S: JobStep> RunCore<S> {
             .filter(|r| r.state == StepState::Pending)
         {
             r.state = StepState::Cancelled;
+            self.cell(r.step).set_state(StepState::Cancelled);
             events.push(StepEvent::Cancelled { step: r.step });
         }
         let all_completed = report.steps.iter().all(|r| r.state == StepState::Completed);
@@ -233,14 +398,13 @@ impl<S: JobStep> RunCore<S> {
                 failures.push(StepFailure::new(r.step, StepError::Cancelled));
             }
         }
-        let snapshot = (!failures.is_empty()).then(|| report.clone());
-        drop(report);
         for event in &events {
             self.emit(event);
         }
-        match snapshot {
-            None => Ok(()),
-            Some(report) => Err(JobError::new(failures, report)),
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(JobError::new(failures, report))
         }
     }
 }

@@ -8,7 +8,7 @@ use tracing::Instrument as _;
 
 use crate::report::{JobReport, StepEvent};
 use crate::run::{RunCore, RunOptions};
-use crate::{Job, JobError, RetryPolicy, StepContext};
+use crate::{CancellationToken, Job, JobError, Limits, RetryPolicy, StepContext};
 
 /// The outcome of a run: every step's output, or the error naming the step that failed first.
 pub type JobResult<J> = Result<<J as Job>::Outputs, JobError<<J as Job>::Step>>;
@@ -88,11 +88,37 @@ impl<'j, J: Job> Runner<'j, J> {
 
     /// Calls `listener` with every step event (started, retrying, completed, failed, skipped,
     /// cancelled) as it happens. It runs inside the run's task, so keep it short.
+    ///
+    /// Calling it again adds a listener: each event goes to every listener, in the order they
+    /// were added. (A [`Batch`](crate::Batch) adds its own beside those of its runs.)
     pub fn listener(
         mut self,
         listener: impl Fn(&StepEvent<'_, J::Step>) + Send + Sync + 'static,
     ) -> Self {
-        self.options.listener = Some(Arc::new(listener));
+        self.options.listener = Some(match self.options.listener.take() {
+            None => Arc::new(listener),
+            Some(first) => Arc::new(move |event: &StepEvent<'_, J::Step>| {
+                first(event);
+                listener(event);
+            }),
+        });
+        self
+    }
+
+    /// Cancels the run when `token` is cancelled, as [`JobHandle::cancel`] would: running steps
+    /// are dropped and recorded as cancelled, steps not started never start, and the run's
+    /// error [`is_cancelled`](JobError::is_cancelled). The steps' own token
+    /// ([`StepContext::cancellation_token`]) is a child of `token`.
+    pub fn cancel_on(mut self, token: &CancellationToken) -> Self {
+        self.options.cancel_on = Some(token.clone());
+        self
+    }
+
+    /// Enforces per-step limits (`#[step(concurrency = ..)]`, `#[step(rate = ..)]`) through
+    /// `limits` instead of [`Limits::global`]: runs that share a registry share their limits,
+    /// so tests and separate subsystems need not share state by accident.
+    pub fn limits(mut self, limits: &Limits) -> Self {
+        self.options.limits = Some(limits.clone());
         self
     }
 
@@ -122,7 +148,12 @@ pub(crate) fn drive<'a, J: Job>(
     run: &'a RunCore<J::Step>,
 ) -> impl Future<Output = JobResult<J>> + 'a {
     let span = tracing::info_span!("job", job = J::NAME, job_id = run.job_id());
-    job.__run(run).instrument(span)
+    // The run future holds every step's future, so it is large: box it once per run, so that
+    // moving it (into `Instrumented`, into the caller's future) copies a pointer, not the graph.
+    // Writing it into a fresh allocation lets the compiler build it there rather than on the
+    // stack and then copy it.
+    let run = Box::write(Box::new_uninit(), job.__run(run));
+    Box::into_pin(run).instrument(span)
 }
 
 /// A run spawned on tokio by the generated `start`: watch it, cancel it, wait for it.

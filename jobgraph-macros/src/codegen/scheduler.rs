@@ -1,12 +1,15 @@
 //! The scheduler: the body of `Job::__run`, generated per job from masks known at compile time.
 //!
 //! The run future owns a slot per step's output and a pinned slot per step's future, so nothing is
-//! boxed or allocated per step. Each poll walks the steps in topological order: a step whose
-//! dependencies have all completed is started, a running step is polled, and a completed step's
-//! output is stored for its children, which come later in the same walk. A step therefore starts
-//! in the very poll its last parent completes in, never at a level barrier.
+//! boxed or allocated per step. Steps are numbered by their position in a topological order, and
+//! the scheduler keeps three bitmasks: ready (dependencies completed, not started), running and
+//! done. Each poll visits only the ready and running steps, lowest position first: a ready step
+//! is started and polled, a running one is polled, and a step that completes marks its children
+//! ready. Children come later in the order, so a step starts in the very poll its last parent
+//! completes in, never at a level barrier, and a poll costs what the running steps cost, not what
+//! the whole graph does.
 //!
-//! Every call is fully qualified (`Sched::try_start(&mut s, ..)`, not `s.try_start(..)`), so no
+//! Every call is fully qualified (`Sched::take_ready(&mut s, ..)`, not `s.take_ready(..)`), so no
 //! trait of the user's in scope can take a method call over.
 
 use proc_macro2::TokenStream;
@@ -29,7 +32,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let stop = local1("stop");
     let failures = local1("failures");
     let cx = local1("cx");
-    let deps_const = quote::format_ident!("__JG_DEPS", span = proc_macro2::Span::mixed_site());
+    let graph_const = quote::format_ident!("__JG_GRAPH", span = proc_macro2::Span::mixed_site());
     let slot = |i: usize| local("slot", i);
     let fut = |i: usize| local("fut", i);
 
@@ -48,32 +51,50 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
         .enumerate()
         .map(|(i, s)| starter(job, i, s, paths));
 
-    let deps = graph.deps.iter().map(|deps| {
+    // Positions in the topological order.
+    let mut position = vec![0; n];
+    for (k, &i) in graph.topo.iter().enumerate() {
+        position[i] = k;
+    }
+    let mask = |positions: &mut dyn Iterator<Item = usize>| {
         let mut mask = vec![0u64; words];
-        for &d in deps {
-            mask[d / 64] |= 1 << (d % 64);
+        for k in positions {
+            mask[k / 64] |= 1 << (k % 64);
         }
         quote!(#p::Mask([#(#mask),*]))
+    };
+    let deps = graph
+        .topo
+        .iter()
+        .map(|&i| mask(&mut graph.deps[i].iter().map(|&d| position[d])));
+    let children = graph.topo.iter().map(|&i| {
+        mask(
+            &mut (0..n)
+                .filter(|&c| graph.deps[c].contains(&i))
+                .map(|c| position[c]),
+        )
     });
 
-    let walk = graph.topo.iter().map(|&i| {
+    let arms = graph.topo.iter().enumerate().map(|(k, &i)| {
         let variant = &job.steps[i].variant;
         let (slot, start, fut) = (slot(i), local("start", i), fut(i));
         quote! {
-            if #p::Sched::try_start(&mut #sched, #i, &#deps_const[#i]) {
-                #p::Pin::set(&mut #fut, #p::Some(#start()));
-            }
-            if let #p::Some(__jg_f) = #p::Option::as_pin_mut(#p::Pin::as_mut(&mut #fut)) {
-                if let #p::Poll::Ready(__jg_r) = #p::Future::poll(__jg_f, #cx) {
-                    #p::Pin::set(&mut #fut, #p::None);
-                    match __jg_r {
-                        #p::Ok(__jg_v) => {
-                            #p::Slot::set(#slot, __jg_v);
-                            #p::Sched::finish(&mut #sched, #i, true);
-                        }
-                        #p::Err(__jg_e) => {
-                            #p::Sched::finish(&mut #sched, #i, false);
-                            #p::Failures::push(&mut #failures, #step_enum::#variant, __jg_e);
+            #k => {
+                if #p::Sched::take_ready(&mut #sched, #k) {
+                    #p::Pin::set(&mut #fut, #p::Some(#start()));
+                }
+                if let #p::Some(__jg_f) = #p::Option::as_pin_mut(#p::Pin::as_mut(&mut #fut)) {
+                    if let #p::Poll::Ready(__jg_r) = #p::Future::poll(__jg_f, #cx) {
+                        #p::Pin::set(&mut #fut, #p::None);
+                        match __jg_r {
+                            #p::Ok(__jg_v) => {
+                                #p::Slot::set(#slot, __jg_v);
+                                #p::Sched::complete(&mut #sched, #k, &#graph_const);
+                            }
+                            #p::Err(__jg_e) => {
+                                #p::Sched::fail(&mut #sched, #k);
+                                #p::Failures::push(&mut #failures, #step_enum::#variant, __jg_e);
+                            }
                         }
                     }
                 }
@@ -87,7 +108,6 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
         quote! {
             if #p::Option::is_some(&*#fut) {
                 #p::Pin::set(&mut #fut, #p::None);
-                #p::Sched::finish(&mut #sched, #i, false);
                 #p::RunCore::cancelled_step(#run, #step_enum::#variant, &mut #failures);
             }
         }
@@ -105,8 +125,11 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
         #(#slot_decls)*
         let mut #failures = #p::Failures::<#step_enum>::new();
         {
-            const #deps_const: [#p::Mask<#words>; #n] = [#(#deps),*];
-            let mut #sched = #p::RunCore::sched::<#words>(#run);
+            const #graph_const: #p::Graph<#words, #n> = #p::Graph {
+                deps: [#(#deps),*],
+                children: [#(#children),*],
+            };
+            let mut #sched = #p::RunCore::sched(#run, &#graph_const);
             let mut #stop = #p::RunCore::stop(#run);
             #(#slot_refs)*
             #(#starters)*
@@ -115,9 +138,23 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                     if #p::Stop::cancelled(&mut #stop, #cx) {
                         break 'stop;
                     }
-                    #(#walk)*
-                    if #p::Stop::failed_fast(&#stop, &#failures) {
-                        break 'stop;
+                    loop {
+                        let mut __jg_from = 0;
+                        while let #p::Some(__jg_k) = #p::Sched::next(&#sched, __jg_from) {
+                            match __jg_k {
+                                #(#arms)*
+                                _ => #p::unreachable_step(),
+                            }
+                            __jg_from = __jg_k + 1;
+                        }
+                        if #p::Stop::failed_fast(&#stop, &#failures) {
+                            break 'stop;
+                        }
+                        // A sequential run starts one step per pass: go round again when that
+                        // step completed at once and others are ready.
+                        if !#p::Sched::more_to_start(&#sched) {
+                            break;
+                        }
                     }
                     return if #p::Sched::idle(&#sched) {
                         #p::Poll::Ready(())
@@ -149,7 +186,24 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
     let step_enum = job.step_enum();
     let method = s.ident;
     let variant = &s.variant;
+    let elem = local1("elem");
+    let mut elements = None;
     let args = s.params.iter().map(|param| match param {
+        Param::Parent { name, ty } if s.for_each.as_ref().is_some_and(|f| f.param == **name) => {
+            // This parameter takes one element of the parent's output: the step runs once per
+            // element. Spanned on the parameter's type, so a parent whose output is not a
+            // `Vec` of it is reported there.
+            let parent = job.step_index(name).expect("validated parent");
+            let parent_slot = local("slot", parent);
+            let span = ty.span();
+            let out = respan(
+                quote::ToTokens::to_token_stream(&job.steps[parent].output.ty),
+                span,
+            );
+            let p_at = paths.private_at(span);
+            elements = Some(quote_spanned!(span=> #p_at::elements::<#out, #ty>(#parent_slot)));
+            quote!(#elem)
+        }
         Param::Parent { name, ty } => {
             let parent = job.step_index(name).expect("validated parent");
             let parent_slot = local("slot", parent);
@@ -166,6 +220,7 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
         Param::Context(_) => quote!(&#ctx),
         Param::Unsupported(_) => unreachable!("validated parameters"),
     });
+    let args: Vec<TokenStream> = args.collect();
     let call = quote!(Self::#method(self, #(#args),*).await);
     let result = if s.output.fallible {
         // Spanned on the `E` of `Result<T, E>`: an error type that is not an `Error` is
@@ -196,17 +251,83 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
         }
         None => quote!(#p::None),
     };
+    let limits = limits(s, paths);
     let start = local("start", i);
     let fut = local("fut", i);
+    let call = match (&s.for_each, elements) {
+        (Some(for_each), Some(elements)) => {
+            let bound = match &for_each.concurrency {
+                Some(expr) => {
+                    let message = format!(
+                        "`for_each(.., concurrency = ..)` of step `{}` is zero: no element could run",
+                        s.name
+                    );
+                    quote_spanned!(expr.span()=> {
+                        const __JG_BOUND: usize = #expr;
+                        const _: () = ::core::assert!(__JG_BOUND > 0, #message);
+                        #p::Some(__JG_BOUND)
+                    })
+                }
+                None => quote!(#p::None),
+            };
+            quote! {
+                #p::RunCore::for_each(
+                    #run,
+                    #step_enum::#variant,
+                    #retry,
+                    #timeout,
+                    #limits,
+                    #bound,
+                    #elements,
+                    move |#ctx: #p::StepContext, #elem| async move { #result },
+                )
+            }
+        }
+        _ => quote! {
+            #p::RunCore::step(
+                #run,
+                #step_enum::#variant,
+                #retry,
+                #timeout,
+                #limits,
+                move |#ctx: #p::StepContext| async move { #result },
+            )
+        },
+    };
     quote! {
         #retry_decl
-        let #start = || #p::RunCore::step(
-            #run,
-            #step_enum::#variant,
-            #retry,
-            #timeout,
-            move |#ctx: #p::StepContext| async move { #result },
-        );
+        let #start = || #call;
         let mut #fut = #p::pin!(#p::none_of(&#start));
     }
+}
+
+/// The step's `concurrency`, `rate` and `burst`, as a `&'static StepLimits` constant.
+fn limits(s: &Step<'_>, paths: &Paths) -> TokenStream {
+    let p = &paths.private;
+    if s.concurrency.is_none() && s.rate.is_none() {
+        return quote!(&#p::StepLimits::NONE);
+    }
+    let mut limits = quote!(#p::StepLimits::NONE);
+    if let Some(n) = &s.concurrency {
+        let p_at = paths.private_at(n.span());
+        limits = quote_spanned!(n.span()=> #p_at::StepLimits::with_concurrency(#limits, #n));
+    }
+    if let Some(rate) = &s.rate {
+        let (count, secs) = (rate.count, rate.period_secs);
+        let mut value = quote_spanned!(rate.lit.span()=>
+            #p::Rate::new(#count, #p::Duration::from_secs(#secs))
+        );
+        if let Some(burst) = rate.burst {
+            value = quote!(#p::Rate::burst(#value, #burst));
+        }
+        if let Some(burst) = &s.burst {
+            let p_at = paths.private_at(burst.span());
+            value = quote_spanned!(burst.span()=> #p_at::Rate::burst(#value, #burst));
+        }
+        limits = quote!(#p::StepLimits::with_rate(#limits, #value));
+    }
+    quote!({
+        const __JG_STEP_LIMITS: #p::StepLimits = #limits;
+        &__JG_STEP_LIMITS
+    })
 }

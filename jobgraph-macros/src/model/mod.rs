@@ -39,6 +39,13 @@ pub(crate) struct Step<'a> {
     pub(crate) after: Vec<Ident>,
     pub(crate) retry: Option<syn::Expr>,
     pub(crate) timeout: Option<syn::Expr>,
+    /// `concurrency`, `rate` and `burst`: limits shared by every run of the job.
+    pub(crate) concurrency: Option<syn::Expr>,
+    pub(crate) rate: Option<crate::parse::RateLit>,
+    pub(crate) burst: Option<syn::Expr>,
+    /// `for_each(param, ..)`: the step runs once per element of `param`'s output, and outputs a
+    /// `Vec` of what each element's call returns.
+    pub(crate) for_each: Option<crate::parse::ForEach>,
     /// The parameters after the receiver, in order.
     pub(crate) params: Vec<Param<'a>>,
     pub(crate) output: Output,
@@ -57,7 +64,8 @@ pub(crate) enum Param<'a> {
 
 /// What a step outputs.
 pub(crate) struct Output {
-    /// The type stored for the children: `T` of `Result<T, E>`, or the return type.
+    /// The type stored for the children: `T` of `Result<T, E>`, or the return type; for a
+    /// `for_each` step, a `Vec` of that.
     pub(crate) ty: Type,
     /// True when the step returns a `Result`, whose error fails the step.
     pub(crate) fallible: bool,
@@ -151,8 +159,12 @@ impl<'a> Step<'a> {
             after: args.after,
             retry: args.retry,
             timeout: args.timeout,
+            concurrency: args.concurrency,
+            rate: args.rate,
+            burst: args.burst,
+            output: Output::from_syn(&method.sig.output, args.for_each.is_some()),
+            for_each: args.for_each,
             params,
-            output: Output::from_syn(&method.sig.output),
             doc: doc_comment(&method.attrs),
         }
     }
@@ -188,28 +200,30 @@ impl<'a> Param<'a> {
 }
 
 impl Output {
-    fn from_syn(output: &ReturnType) -> Self {
-        let written = match output {
-            ReturnType::Default => {
-                return Output {
-                    ty: syn::parse_quote!(()),
-                    fallible: false,
-                    error_span: None,
-                };
-            }
-            ReturnType::Type(_, ty) => &**ty,
+    fn from_syn(output: &ReturnType, for_each: bool) -> Self {
+        let (ty, fallible, error_span) = match output {
+            ReturnType::Default => (syn::parse_quote!(()), false, None),
+            ReturnType::Type(_, written) => match result_types(written) {
+                Some((ok, error)) => (
+                    ok.clone(),
+                    true,
+                    Some(error.map_or_else(|| written.span(), |e| e.span())),
+                ),
+                None => ((**written).clone(), false, None),
+            },
         };
-        if let Some((ok, error)) = result_types(written) {
+        if for_each {
+            let span = ty.span();
             return Output {
-                ty: ok.clone(),
-                fallible: true,
-                error_span: Some(error.map_or_else(|| written.span(), |e| e.span())),
+                ty: syn::parse_quote_spanned!(span=> ::std::vec::Vec<#ty>),
+                fallible,
+                error_span,
             };
         }
         Output {
-            ty: written.clone(),
-            fallible: false,
-            error_span: None,
+            ty,
+            fallible,
+            error_span,
         }
     }
 }

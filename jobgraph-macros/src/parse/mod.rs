@@ -34,9 +34,35 @@ pub(crate) struct StepArgs {
     pub(crate) retry: Option<Expr>,
     /// `timeout = expr`: the `Duration` each attempt may take.
     pub(crate) timeout: Option<Expr>,
+    /// `concurrency = expr`: at most this many attempts in flight across all runs.
+    pub(crate) concurrency: Option<Expr>,
+    /// `rate = "10/s"`: attempts start no faster than this, across all runs.
+    pub(crate) rate: Option<RateLit>,
+    /// `burst = expr`: how many attempts may start at once under `rate`.
+    pub(crate) burst: Option<Expr>,
+    /// `for_each(param)` or `for_each(param, concurrency = n)`: run once per element.
+    pub(crate) for_each: Option<ForEach>,
 }
 
-const STEP_OPTIONS: &str = "`after(step, ...)`, `retry = <RetryPolicy>`, `timeout = <Duration>`";
+/// `for_each(param, concurrency = n)`: the step runs once per element of `param`'s output.
+pub(crate) struct ForEach {
+    /// The parameter whose parent's output holds the elements.
+    pub(crate) param: Ident,
+    /// At most this many elements at once in one run.
+    pub(crate) concurrency: Option<Expr>,
+}
+
+/// A `rate = "..."` literal, parsed: `count` starts per `period_secs`.
+pub(crate) struct RateLit {
+    pub(crate) count: u32,
+    pub(crate) period_secs: u64,
+    pub(crate) burst: Option<u32>,
+    pub(crate) lit: LitStr,
+}
+
+const STEP_OPTIONS: &str = "`after(step, ...)`, `retry = <RetryPolicy>`, `timeout = <Duration>`, \
+                            `concurrency = <u32>`, `rate = \"<count>/<s|m|h>\"`, `burst = <u32>`, \
+                            `for_each(param)`";
 
 /// Parses the tokens inside `#[job(...)]`.
 pub(crate) fn job_args(tokens: TokenStream, cx: &mut Ctxt) -> JobArgs {
@@ -103,6 +129,43 @@ pub(crate) fn step_args(attr: &Attribute, cx: &mut Ctxt) -> StepArgs {
             let expr: Expr = meta.value()?.parse()?;
             check_timeout(&expr, cx);
             args.timeout = Some(expr);
+        } else if meta.path.is_ident("concurrency") {
+            seen.once(&meta, cx);
+            let expr: Expr = meta.value()?.parse()?;
+            check_positive(
+                &expr,
+                "concurrency",
+                "attempts of this step could ever run",
+                cx,
+            );
+            args.concurrency = Some(expr);
+        } else if meta.path.is_ident("rate") {
+            seen.once(&meta, cx);
+            let lit: LitStr = meta.value()?.parse().map_err(|e| {
+                syn::Error::new(
+                    e.span(),
+                    "expected a rate as a string: `rate = \"10/s\"` (also `/m`, `/h`)",
+                )
+            })?;
+            match parse_rate(&lit.value()) {
+                Ok((count, period_secs, burst)) => {
+                    args.rate = Some(RateLit {
+                        count,
+                        period_secs,
+                        burst,
+                        lit,
+                    })
+                }
+                Err(message) => cx.error_spanned_by(&lit, message),
+            }
+        } else if meta.path.is_ident("for_each") {
+            seen.once(&meta, cx);
+            args.for_each = Some(for_each(&meta, cx)?);
+        } else if meta.path.is_ident("burst") {
+            seen.once(&meta, cx);
+            let expr: Expr = meta.value()?.parse()?;
+            check_positive(&expr, "burst", "attempts could ever start", cx);
+            args.burst = Some(expr);
         } else {
             return Err(unknown_option(&meta, "#[step]", STEP_OPTIONS));
         }
@@ -111,7 +174,137 @@ pub(crate) fn step_args(attr: &Attribute, cx: &mut Ctxt) -> StepArgs {
     if let Err(error) = result {
         cx.syn_error(error);
     }
+    if let Some(burst) = &args.burst {
+        match &args.rate {
+            None => cx.error_spanned_by(
+                burst,
+                "`burst` applies to a `rate`: add `rate = \"<count>/s\"`, or remove `burst`",
+            ),
+            Some(rate) if rate.burst.is_some() => cx.error_spanned_by(
+                burst,
+                "the burst is given twice: in the `rate` string and as `burst`; keep one",
+            ),
+            Some(_) => {}
+        }
+    }
     args
+}
+
+/// `for_each(param)` or `for_each(param, concurrency = n)`.
+fn for_each(meta: &ParseNestedMeta<'_>, cx: &mut Ctxt) -> syn::Result<ForEach> {
+    let usage = "expected the parameter to run over: `for_each(ids)`, or with a bound on the \
+                 elements run at once, `for_each(ids, concurrency = 8)`";
+    if !meta.input.peek(syn::token::Paren) {
+        return Err(meta.error(usage));
+    }
+    let content;
+    syn::parenthesized!(content in meta.input);
+    if content.is_empty() {
+        return Err(meta.error(usage));
+    }
+    let param: Ident = content.parse()?;
+    let mut concurrency = None;
+    while !content.is_empty() {
+        content.parse::<Token![,]>()?;
+        if content.is_empty() {
+            break;
+        }
+        let name: Ident = content.parse()?;
+        if name != "concurrency" {
+            return Err(syn::Error::new(
+                name.span(),
+                format_args!(
+                    "unknown option `{name}` for `for_each`; the only option is `concurrency = <usize>`"
+                ),
+            ));
+        }
+        if concurrency.is_some() {
+            cx.error_spanned_by(&name, "option `concurrency` is given twice");
+        }
+        content.parse::<Token![=]>()?;
+        let expr: Expr = content.parse()?;
+        check_positive(&expr, "concurrency", "element could ever run", cx);
+        concurrency = Some(expr);
+    }
+    Ok(ForEach { param, concurrency })
+}
+
+/// A literal `0` where only a positive count makes sense.
+fn check_positive(expr: &Expr, option: &str, consequence: &str, cx: &mut Ctxt) {
+    if int_literal(expr) == Some(0) {
+        cx.error_spanned_by(
+            expr,
+            format_args!("`{option} = 0` means no {consequence}: give at least 1"),
+        );
+    } else if matches!(expr, Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_))) {
+        cx.error_spanned_by(
+            expr,
+            format_args!("`{option}` cannot be negative: give at least 1"),
+        );
+    }
+}
+
+/// Parses `"<count>/<unit>"`, optionally followed by `burst <n>`, as `jobgraph::Rate`'s `FromStr`
+/// does: `(count, period in seconds, burst)`, or the message of what is wrong.
+pub(crate) fn parse_rate(text: &str) -> Result<(u32, u64, Option<u32>), String> {
+    let expected = "expected `<count>/<unit>` with unit `s`, `m` or `h`, as in `rate = \"10/s\"`";
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(format!("the rate is empty: {expected}"));
+    }
+    let (rate, burst) = match trimmed.split_once("burst") {
+        Some((rate, burst)) => (rate.trim(), Some(burst.trim())),
+        None => (trimmed, None),
+    };
+    let Some((count, unit)) = rate.split_once('/') else {
+        return Err(format!("rate `{text}` has no `/`: {expected}"));
+    };
+    let (count, unit) = (count.trim(), unit.trim());
+    let count: u32 = match count.parse() {
+        Ok(n) => n,
+        Err(_) if count.is_empty() => {
+            return Err(format!("rate `{text}` has no count: {expected}"));
+        }
+        Err(_) => {
+            return Err(format!(
+                "rate `{text}`: `{count}` is not a whole number; expected a count, as in `10/s`"
+            ));
+        }
+    };
+    if count == 0 {
+        return Err(format!(
+            "rate `{text}` is zero: at least 1 start per period must be allowed, as in `1/s`; \
+             to remove the limit, leave the rate out"
+        ));
+    }
+    let period_secs = match unit {
+        "s" | "sec" | "second" => 1,
+        "m" | "min" | "minute" => 60,
+        "h" | "hour" => 3600,
+        "" => return Err(format!("rate `{text}` has no unit: {expected}")),
+        other => {
+            return Err(format!(
+                "rate `{text}`: unknown unit `{other}`; expected `s`, `m` or `h`, as in `10/s`"
+            ));
+        }
+    };
+    let burst = match burst {
+        None => None,
+        Some(b) => match b.parse::<u32>() {
+            Ok(0) => {
+                return Err(format!(
+                    "rate `{text}`: a burst of 0 would never start an attempt; give at least 1"
+                ));
+            }
+            Ok(n) => Some(n),
+            Err(_) => {
+                return Err(format!(
+                    "rate `{text}`: the burst `{b}` is not a whole number, as in `10/s burst 5`"
+                ));
+            }
+        },
+    };
+    Ok((count, period_secs, burst))
 }
 
 fn unknown_option(meta: &ParseNestedMeta<'_>, attr: &str, valid: &str) -> syn::Error {

@@ -132,15 +132,24 @@ impl ::jobgraph::__private::Job for Diamond {
                 DiamondStep,
             >::new();
             {
-                const __JG_DEPS: [::jobgraph::__private::Mask<1usize>; 4usize] = [
-                    ::jobgraph::__private::Mask([0u64]),
-                    ::jobgraph::__private::Mask([1u64]),
-                    ::jobgraph::__private::Mask([1u64]),
-                    ::jobgraph::__private::Mask([6u64]),
-                ];
-                let mut __jg_sched = ::jobgraph::__private::RunCore::sched::<
-                    1usize,
-                >(__jg_run);
+                const __JG_GRAPH: ::jobgraph::__private::Graph<1usize, 4usize> = ::jobgraph::__private::Graph {
+                    deps: [
+                        ::jobgraph::__private::Mask([0u64]),
+                        ::jobgraph::__private::Mask([1u64]),
+                        ::jobgraph::__private::Mask([1u64]),
+                        ::jobgraph::__private::Mask([6u64]),
+                    ],
+                    children: [
+                        ::jobgraph::__private::Mask([6u64]),
+                        ::jobgraph::__private::Mask([8u64]),
+                        ::jobgraph::__private::Mask([8u64]),
+                        ::jobgraph::__private::Mask([0u64]),
+                    ],
+                };
+                let mut __jg_sched = ::jobgraph::__private::RunCore::sched(
+                    __jg_run,
+                    &__JG_GRAPH,
+                );
                 let mut __jg_stop = ::jobgraph::__private::RunCore::stop(__jg_run);
                 let __jg_slot0 = &__jg_slot0;
                 let __jg_slot1 = &__jg_slot1;
@@ -151,6 +160,7 @@ impl ::jobgraph::__private::Job for Diamond {
                     DiamondStep::A,
                     ::jobgraph::__private::None,
                     ::jobgraph::__private::None,
+                    &::jobgraph::__private::StepLimits::NONE,
                     move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
                         ::jobgraph::__private::infallible(Self::a(self).await)
                     },
@@ -163,6 +173,7 @@ impl ::jobgraph::__private::Job for Diamond {
                     DiamondStep::B,
                     ::jobgraph::__private::None,
                     ::jobgraph::__private::None,
+                    &::jobgraph::__private::StepLimits::NONE,
                     move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
                         {
                             let __jg_out = Self::b(
@@ -182,6 +193,7 @@ impl ::jobgraph::__private::Job for Diamond {
                     DiamondStep::C,
                     ::jobgraph::__private::None,
                     ::jobgraph::__private::None,
+                    &::jobgraph::__private::StepLimits::NONE,
                     move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
                         ::jobgraph::__private::infallible(
                             Self::c(
@@ -201,6 +213,7 @@ impl ::jobgraph::__private::Job for Diamond {
                     DiamondStep::D,
                     ::jobgraph::__private::None,
                     ::jobgraph::__private::None,
+                    &::jobgraph::__private::StepLimits::NONE,
                     move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
                         ::jobgraph::__private::infallible(
                             Self::d(
@@ -224,191 +237,196 @@ impl ::jobgraph::__private::Job for Diamond {
                             ) {
                                 break 'stop;
                             }
-                            if ::jobgraph::__private::Sched::try_start(
-                                &mut __jg_sched,
-                                0usize,
-                                &__JG_DEPS[0usize],
-                            ) {
-                                ::jobgraph::__private::Pin::set(
-                                    &mut __jg_fut0,
-                                    ::jobgraph::__private::Some(__jg_start0()),
-                                );
-                            }
-                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
-                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                            ) {
-                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                                    __jg_f,
-                                    __jg_cx,
+                            loop {
+                                let mut __jg_from = 0;
+                                while let ::jobgraph::__private::Some(__jg_k) = ::jobgraph::__private::Sched::next(
+                                    &__jg_sched,
+                                    __jg_from,
                                 ) {
-                                    ::jobgraph::__private::Pin::set(
-                                        &mut __jg_fut0,
-                                        ::jobgraph::__private::None,
-                                    );
-                                    match __jg_r {
-                                        ::jobgraph::__private::Ok(__jg_v) => {
-                                            ::jobgraph::__private::Slot::set(__jg_slot0, __jg_v);
-                                            ::jobgraph::__private::Sched::finish(
+                                    match __jg_k {
+                                        0usize => {
+                                            if ::jobgraph::__private::Sched::take_ready(
                                                 &mut __jg_sched,
                                                 0usize,
-                                                true,
-                                            );
+                                            ) {
+                                                ::jobgraph::__private::Pin::set(
+                                                    &mut __jg_fut0,
+                                                    ::jobgraph::__private::Some(__jg_start0()),
+                                                );
+                                            }
+                                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
+                                            ) {
+                                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
+                                                    __jg_f,
+                                                    __jg_cx,
+                                                ) {
+                                                    ::jobgraph::__private::Pin::set(
+                                                        &mut __jg_fut0,
+                                                        ::jobgraph::__private::None,
+                                                    );
+                                                    match __jg_r {
+                                                        ::jobgraph::__private::Ok(__jg_v) => {
+                                                            ::jobgraph::__private::Slot::set(__jg_slot0, __jg_v);
+                                                            ::jobgraph::__private::Sched::complete(
+                                                                &mut __jg_sched,
+                                                                0usize,
+                                                                &__JG_GRAPH,
+                                                            );
+                                                        }
+                                                        ::jobgraph::__private::Err(__jg_e) => {
+                                                            ::jobgraph::__private::Sched::fail(&mut __jg_sched, 0usize);
+                                                            ::jobgraph::__private::Failures::push(
+                                                                &mut __jg_failures,
+                                                                DiamondStep::A,
+                                                                __jg_e,
+                                                            );
+                                                        }
+                                                    }
+                                                }
+                                            }
                                         }
-                                        ::jobgraph::__private::Err(__jg_e) => {
-                                            ::jobgraph::__private::Sched::finish(
-                                                &mut __jg_sched,
-                                                0usize,
-                                                false,
-                                            );
-                                            ::jobgraph::__private::Failures::push(
-                                                &mut __jg_failures,
-                                                DiamondStep::A,
-                                                __jg_e,
-                                            );
-                                        }
-                                    }
-                                }
-                            }
-                            if ::jobgraph::__private::Sched::try_start(
-                                &mut __jg_sched,
-                                1usize,
-                                &__JG_DEPS[1usize],
-                            ) {
-                                ::jobgraph::__private::Pin::set(
-                                    &mut __jg_fut1,
-                                    ::jobgraph::__private::Some(__jg_start1()),
-                                );
-                            }
-                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
-                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
-                            ) {
-                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                                    __jg_f,
-                                    __jg_cx,
-                                ) {
-                                    ::jobgraph::__private::Pin::set(
-                                        &mut __jg_fut1,
-                                        ::jobgraph::__private::None,
-                                    );
-                                    match __jg_r {
-                                        ::jobgraph::__private::Ok(__jg_v) => {
-                                            ::jobgraph::__private::Slot::set(__jg_slot1, __jg_v);
-                                            ::jobgraph::__private::Sched::finish(
+                                        1usize => {
+                                            if ::jobgraph::__private::Sched::take_ready(
                                                 &mut __jg_sched,
                                                 1usize,
-                                                true,
-                                            );
+                                            ) {
+                                                ::jobgraph::__private::Pin::set(
+                                                    &mut __jg_fut1,
+                                                    ::jobgraph::__private::Some(__jg_start1()),
+                                                );
+                                            }
+                                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
+                                            ) {
+                                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
+                                                    __jg_f,
+                                                    __jg_cx,
+                                                ) {
+                                                    ::jobgraph::__private::Pin::set(
+                                                        &mut __jg_fut1,
+                                                        ::jobgraph::__private::None,
+                                                    );
+                                                    match __jg_r {
+                                                        ::jobgraph::__private::Ok(__jg_v) => {
+                                                            ::jobgraph::__private::Slot::set(__jg_slot1, __jg_v);
+                                                            ::jobgraph::__private::Sched::complete(
+                                                                &mut __jg_sched,
+                                                                1usize,
+                                                                &__JG_GRAPH,
+                                                            );
+                                                        }
+                                                        ::jobgraph::__private::Err(__jg_e) => {
+                                                            ::jobgraph::__private::Sched::fail(&mut __jg_sched, 1usize);
+                                                            ::jobgraph::__private::Failures::push(
+                                                                &mut __jg_failures,
+                                                                DiamondStep::B,
+                                                                __jg_e,
+                                                            );
+                                                        }
+                                                    }
+                                                }
+                                            }
                                         }
-                                        ::jobgraph::__private::Err(__jg_e) => {
-                                            ::jobgraph::__private::Sched::finish(
-                                                &mut __jg_sched,
-                                                1usize,
-                                                false,
-                                            );
-                                            ::jobgraph::__private::Failures::push(
-                                                &mut __jg_failures,
-                                                DiamondStep::B,
-                                                __jg_e,
-                                            );
-                                        }
-                                    }
-                                }
-                            }
-                            if ::jobgraph::__private::Sched::try_start(
-                                &mut __jg_sched,
-                                2usize,
-                                &__JG_DEPS[2usize],
-                            ) {
-                                ::jobgraph::__private::Pin::set(
-                                    &mut __jg_fut2,
-                                    ::jobgraph::__private::Some(__jg_start2()),
-                                );
-                            }
-                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
-                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut2),
-                            ) {
-                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                                    __jg_f,
-                                    __jg_cx,
-                                ) {
-                                    ::jobgraph::__private::Pin::set(
-                                        &mut __jg_fut2,
-                                        ::jobgraph::__private::None,
-                                    );
-                                    match __jg_r {
-                                        ::jobgraph::__private::Ok(__jg_v) => {
-                                            ::jobgraph::__private::Slot::set(__jg_slot2, __jg_v);
-                                            ::jobgraph::__private::Sched::finish(
+                                        2usize => {
+                                            if ::jobgraph::__private::Sched::take_ready(
                                                 &mut __jg_sched,
                                                 2usize,
-                                                true,
-                                            );
+                                            ) {
+                                                ::jobgraph::__private::Pin::set(
+                                                    &mut __jg_fut2,
+                                                    ::jobgraph::__private::Some(__jg_start2()),
+                                                );
+                                            }
+                                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut2),
+                                            ) {
+                                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
+                                                    __jg_f,
+                                                    __jg_cx,
+                                                ) {
+                                                    ::jobgraph::__private::Pin::set(
+                                                        &mut __jg_fut2,
+                                                        ::jobgraph::__private::None,
+                                                    );
+                                                    match __jg_r {
+                                                        ::jobgraph::__private::Ok(__jg_v) => {
+                                                            ::jobgraph::__private::Slot::set(__jg_slot2, __jg_v);
+                                                            ::jobgraph::__private::Sched::complete(
+                                                                &mut __jg_sched,
+                                                                2usize,
+                                                                &__JG_GRAPH,
+                                                            );
+                                                        }
+                                                        ::jobgraph::__private::Err(__jg_e) => {
+                                                            ::jobgraph::__private::Sched::fail(&mut __jg_sched, 2usize);
+                                                            ::jobgraph::__private::Failures::push(
+                                                                &mut __jg_failures,
+                                                                DiamondStep::C,
+                                                                __jg_e,
+                                                            );
+                                                        }
+                                                    }
+                                                }
+                                            }
                                         }
-                                        ::jobgraph::__private::Err(__jg_e) => {
-                                            ::jobgraph::__private::Sched::finish(
+                                        3usize => {
+                                            if ::jobgraph::__private::Sched::take_ready(
                                                 &mut __jg_sched,
-                                                2usize,
-                                                false,
-                                            );
-                                            ::jobgraph::__private::Failures::push(
-                                                &mut __jg_failures,
-                                                DiamondStep::C,
-                                                __jg_e,
-                                            );
+                                                3usize,
+                                            ) {
+                                                ::jobgraph::__private::Pin::set(
+                                                    &mut __jg_fut3,
+                                                    ::jobgraph::__private::Some(__jg_start3()),
+                                                );
+                                            }
+                                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut3),
+                                            ) {
+                                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
+                                                    __jg_f,
+                                                    __jg_cx,
+                                                ) {
+                                                    ::jobgraph::__private::Pin::set(
+                                                        &mut __jg_fut3,
+                                                        ::jobgraph::__private::None,
+                                                    );
+                                                    match __jg_r {
+                                                        ::jobgraph::__private::Ok(__jg_v) => {
+                                                            ::jobgraph::__private::Slot::set(__jg_slot3, __jg_v);
+                                                            ::jobgraph::__private::Sched::complete(
+                                                                &mut __jg_sched,
+                                                                3usize,
+                                                                &__JG_GRAPH,
+                                                            );
+                                                        }
+                                                        ::jobgraph::__private::Err(__jg_e) => {
+                                                            ::jobgraph::__private::Sched::fail(&mut __jg_sched, 3usize);
+                                                            ::jobgraph::__private::Failures::push(
+                                                                &mut __jg_failures,
+                                                                DiamondStep::D,
+                                                                __jg_e,
+                                                            );
+                                                        }
+                                                    }
+                                                }
+                                            }
                                         }
+                                        _ => ::jobgraph::__private::unreachable_step(),
                                     }
+                                    __jg_from = __jg_k + 1;
                                 }
-                            }
-                            if ::jobgraph::__private::Sched::try_start(
-                                &mut __jg_sched,
-                                3usize,
-                                &__JG_DEPS[3usize],
-                            ) {
-                                ::jobgraph::__private::Pin::set(
-                                    &mut __jg_fut3,
-                                    ::jobgraph::__private::Some(__jg_start3()),
-                                );
-                            }
-                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
-                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut3),
-                            ) {
-                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                                    __jg_f,
-                                    __jg_cx,
+                                if ::jobgraph::__private::Stop::failed_fast(
+                                    &__jg_stop,
+                                    &__jg_failures,
                                 ) {
-                                    ::jobgraph::__private::Pin::set(
-                                        &mut __jg_fut3,
-                                        ::jobgraph::__private::None,
-                                    );
-                                    match __jg_r {
-                                        ::jobgraph::__private::Ok(__jg_v) => {
-                                            ::jobgraph::__private::Slot::set(__jg_slot3, __jg_v);
-                                            ::jobgraph::__private::Sched::finish(
-                                                &mut __jg_sched,
-                                                3usize,
-                                                true,
-                                            );
-                                        }
-                                        ::jobgraph::__private::Err(__jg_e) => {
-                                            ::jobgraph::__private::Sched::finish(
-                                                &mut __jg_sched,
-                                                3usize,
-                                                false,
-                                            );
-                                            ::jobgraph::__private::Failures::push(
-                                                &mut __jg_failures,
-                                                DiamondStep::D,
-                                                __jg_e,
-                                            );
-                                        }
-                                    }
+                                    break 'stop;
                                 }
-                            }
-                            if ::jobgraph::__private::Stop::failed_fast(
-                                &__jg_stop,
-                                &__jg_failures,
-                            ) {
-                                break 'stop;
+                                if !::jobgraph::__private::Sched::more_to_start(
+                                    &__jg_sched,
+                                ) {
+                                    break;
+                                }
                             }
                             return if ::jobgraph::__private::Sched::idle(&__jg_sched) {
                                 ::jobgraph::__private::Poll::Ready(())
@@ -421,11 +439,6 @@ impl ::jobgraph::__private::Job for Diamond {
                                 &mut __jg_fut0,
                                 ::jobgraph::__private::None,
                             );
-                            ::jobgraph::__private::Sched::finish(
-                                &mut __jg_sched,
-                                0usize,
-                                false,
-                            );
                             ::jobgraph::__private::RunCore::cancelled_step(
                                 __jg_run,
                                 DiamondStep::A,
@@ -436,11 +449,6 @@ impl ::jobgraph::__private::Job for Diamond {
                             ::jobgraph::__private::Pin::set(
                                 &mut __jg_fut1,
                                 ::jobgraph::__private::None,
-                            );
-                            ::jobgraph::__private::Sched::finish(
-                                &mut __jg_sched,
-                                1usize,
-                                false,
                             );
                             ::jobgraph::__private::RunCore::cancelled_step(
                                 __jg_run,
@@ -453,11 +461,6 @@ impl ::jobgraph::__private::Job for Diamond {
                                 &mut __jg_fut2,
                                 ::jobgraph::__private::None,
                             );
-                            ::jobgraph::__private::Sched::finish(
-                                &mut __jg_sched,
-                                2usize,
-                                false,
-                            );
                             ::jobgraph::__private::RunCore::cancelled_step(
                                 __jg_run,
                                 DiamondStep::C,
@@ -468,11 +471,6 @@ impl ::jobgraph::__private::Job for Diamond {
                             ::jobgraph::__private::Pin::set(
                                 &mut __jg_fut3,
                                 ::jobgraph::__private::None,
-                            );
-                            ::jobgraph::__private::Sched::finish(
-                                &mut __jg_sched,
-                                3usize,
-                                false,
                             );
                             ::jobgraph::__private::RunCore::cancelled_step(
                                 __jg_run,

@@ -1,5 +1,5 @@
 ::core::compile_error! {
-    "unknown option `retries` for `#[step]`; the options are `after(step, ...)`, `retry = <RetryPolicy>`, `timeout = <Duration>`"
+    "unknown option `retries` for `#[step]`; the options are `after(step, ...)`, `retry = <RetryPolicy>`, `timeout = <Duration>`, `concurrency = <u32>`, `rate = \"<count>/<s|m|h>\"`, `burst = <u32>`, `for_each(param)`"
 }
 ::core::compile_error! {
     "step `not_async` must be an `async fn`: write `async fn not_async`"

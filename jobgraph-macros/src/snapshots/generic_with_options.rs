@@ -115,13 +115,20 @@ where
                 ReportStep,
             >::new();
             {
-                const __JG_DEPS: [::my::jobgraph::__private::Mask<1usize>; 2usize] = [
-                    ::my::jobgraph::__private::Mask([0u64]),
-                    ::my::jobgraph::__private::Mask([1u64]),
-                ];
-                let mut __jg_sched = ::my::jobgraph::__private::RunCore::sched::<
-                    1usize,
-                >(__jg_run);
+                const __JG_GRAPH: ::my::jobgraph::__private::Graph<1usize, 2usize> = ::my::jobgraph::__private::Graph {
+                    deps: [
+                        ::my::jobgraph::__private::Mask([0u64]),
+                        ::my::jobgraph::__private::Mask([1u64]),
+                    ],
+                    children: [
+                        ::my::jobgraph::__private::Mask([2u64]),
+                        ::my::jobgraph::__private::Mask([0u64]),
+                    ],
+                };
+                let mut __jg_sched = ::my::jobgraph::__private::RunCore::sched(
+                    __jg_run,
+                    &__JG_GRAPH,
+                );
                 let mut __jg_stop = ::my::jobgraph::__private::RunCore::stop(__jg_run);
                 let __jg_slot0 = &__jg_slot0;
                 let __jg_slot1 = &__jg_slot1;
@@ -130,6 +137,7 @@ where
                     ReportStep::Load,
                     ::my::jobgraph::__private::None,
                     ::my::jobgraph::__private::None,
+                    &::my::jobgraph::__private::StepLimits::NONE,
                     move |__jg_ctx: ::my::jobgraph::__private::StepContext| async move {
                         {
                             let __jg_out = Self::load(self).await;
@@ -147,6 +155,7 @@ where
                     ReportStep::Render,
                     ::my::jobgraph::__private::None,
                     ::my::jobgraph::__private::None,
+                    &::my::jobgraph::__private::StepLimits::NONE,
                     move |__jg_ctx: ::my::jobgraph::__private::StepContext| async move {
                         ::my::jobgraph::__private::infallible(
                             Self::render(
@@ -173,101 +182,118 @@ where
                             ) {
                                 break 'stop;
                             }
-                            if ::my::jobgraph::__private::Sched::try_start(
-                                &mut __jg_sched,
-                                0usize,
-                                &__JG_DEPS[0usize],
-                            ) {
-                                ::my::jobgraph::__private::Pin::set(
-                                    &mut __jg_fut0,
-                                    ::my::jobgraph::__private::Some(__jg_start0()),
-                                );
-                            }
-                            if let ::my::jobgraph::__private::Some(__jg_f) = ::my::jobgraph::__private::Option::as_pin_mut(
-                                ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                            ) {
-                                if let ::my::jobgraph::__private::Poll::Ready(__jg_r) = ::my::jobgraph::__private::Future::poll(
-                                    __jg_f,
-                                    __jg_cx,
+                            loop {
+                                let mut __jg_from = 0;
+                                while let ::my::jobgraph::__private::Some(__jg_k) = ::my::jobgraph::__private::Sched::next(
+                                    &__jg_sched,
+                                    __jg_from,
                                 ) {
-                                    ::my::jobgraph::__private::Pin::set(
-                                        &mut __jg_fut0,
-                                        ::my::jobgraph::__private::None,
-                                    );
-                                    match __jg_r {
-                                        ::my::jobgraph::__private::Ok(__jg_v) => {
-                                            ::my::jobgraph::__private::Slot::set(__jg_slot0, __jg_v);
-                                            ::my::jobgraph::__private::Sched::finish(
+                                    match __jg_k {
+                                        0usize => {
+                                            if ::my::jobgraph::__private::Sched::take_ready(
                                                 &mut __jg_sched,
                                                 0usize,
-                                                true,
-                                            );
+                                            ) {
+                                                ::my::jobgraph::__private::Pin::set(
+                                                    &mut __jg_fut0,
+                                                    ::my::jobgraph::__private::Some(__jg_start0()),
+                                                );
+                                            }
+                                            if let ::my::jobgraph::__private::Some(__jg_f) = ::my::jobgraph::__private::Option::as_pin_mut(
+                                                ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
+                                            ) {
+                                                if let ::my::jobgraph::__private::Poll::Ready(__jg_r) = ::my::jobgraph::__private::Future::poll(
+                                                    __jg_f,
+                                                    __jg_cx,
+                                                ) {
+                                                    ::my::jobgraph::__private::Pin::set(
+                                                        &mut __jg_fut0,
+                                                        ::my::jobgraph::__private::None,
+                                                    );
+                                                    match __jg_r {
+                                                        ::my::jobgraph::__private::Ok(__jg_v) => {
+                                                            ::my::jobgraph::__private::Slot::set(__jg_slot0, __jg_v);
+                                                            ::my::jobgraph::__private::Sched::complete(
+                                                                &mut __jg_sched,
+                                                                0usize,
+                                                                &__JG_GRAPH,
+                                                            );
+                                                        }
+                                                        ::my::jobgraph::__private::Err(__jg_e) => {
+                                                            ::my::jobgraph::__private::Sched::fail(
+                                                                &mut __jg_sched,
+                                                                0usize,
+                                                            );
+                                                            ::my::jobgraph::__private::Failures::push(
+                                                                &mut __jg_failures,
+                                                                ReportStep::Load,
+                                                                __jg_e,
+                                                            );
+                                                        }
+                                                    }
+                                                }
+                                            }
                                         }
-                                        ::my::jobgraph::__private::Err(__jg_e) => {
-                                            ::my::jobgraph::__private::Sched::finish(
+                                        1usize => {
+                                            if ::my::jobgraph::__private::Sched::take_ready(
                                                 &mut __jg_sched,
-                                                0usize,
-                                                false,
-                                            );
-                                            ::my::jobgraph::__private::Failures::push(
-                                                &mut __jg_failures,
-                                                ReportStep::Load,
-                                                __jg_e,
-                                            );
+                                                1usize,
+                                            ) {
+                                                ::my::jobgraph::__private::Pin::set(
+                                                    &mut __jg_fut1,
+                                                    ::my::jobgraph::__private::Some(__jg_start1()),
+                                                );
+                                            }
+                                            if let ::my::jobgraph::__private::Some(__jg_f) = ::my::jobgraph::__private::Option::as_pin_mut(
+                                                ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
+                                            ) {
+                                                if let ::my::jobgraph::__private::Poll::Ready(__jg_r) = ::my::jobgraph::__private::Future::poll(
+                                                    __jg_f,
+                                                    __jg_cx,
+                                                ) {
+                                                    ::my::jobgraph::__private::Pin::set(
+                                                        &mut __jg_fut1,
+                                                        ::my::jobgraph::__private::None,
+                                                    );
+                                                    match __jg_r {
+                                                        ::my::jobgraph::__private::Ok(__jg_v) => {
+                                                            ::my::jobgraph::__private::Slot::set(__jg_slot1, __jg_v);
+                                                            ::my::jobgraph::__private::Sched::complete(
+                                                                &mut __jg_sched,
+                                                                1usize,
+                                                                &__JG_GRAPH,
+                                                            );
+                                                        }
+                                                        ::my::jobgraph::__private::Err(__jg_e) => {
+                                                            ::my::jobgraph::__private::Sched::fail(
+                                                                &mut __jg_sched,
+                                                                1usize,
+                                                            );
+                                                            ::my::jobgraph::__private::Failures::push(
+                                                                &mut __jg_failures,
+                                                                ReportStep::Render,
+                                                                __jg_e,
+                                                            );
+                                                        }
+                                                    }
+                                                }
+                                            }
                                         }
+                                        _ => ::my::jobgraph::__private::unreachable_step(),
                                     }
+                                    __jg_from = __jg_k + 1;
                                 }
-                            }
-                            if ::my::jobgraph::__private::Sched::try_start(
-                                &mut __jg_sched,
-                                1usize,
-                                &__JG_DEPS[1usize],
-                            ) {
-                                ::my::jobgraph::__private::Pin::set(
-                                    &mut __jg_fut1,
-                                    ::my::jobgraph::__private::Some(__jg_start1()),
-                                );
-                            }
-                            if let ::my::jobgraph::__private::Some(__jg_f) = ::my::jobgraph::__private::Option::as_pin_mut(
-                                ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
-                            ) {
-                                if let ::my::jobgraph::__private::Poll::Ready(__jg_r) = ::my::jobgraph::__private::Future::poll(
-                                    __jg_f,
-                                    __jg_cx,
+                                if ::my::jobgraph::__private::Stop::failed_fast(
+                                    &__jg_stop,
+                                    &__jg_failures,
                                 ) {
-                                    ::my::jobgraph::__private::Pin::set(
-                                        &mut __jg_fut1,
-                                        ::my::jobgraph::__private::None,
-                                    );
-                                    match __jg_r {
-                                        ::my::jobgraph::__private::Ok(__jg_v) => {
-                                            ::my::jobgraph::__private::Slot::set(__jg_slot1, __jg_v);
-                                            ::my::jobgraph::__private::Sched::finish(
-                                                &mut __jg_sched,
-                                                1usize,
-                                                true,
-                                            );
-                                        }
-                                        ::my::jobgraph::__private::Err(__jg_e) => {
-                                            ::my::jobgraph::__private::Sched::finish(
-                                                &mut __jg_sched,
-                                                1usize,
-                                                false,
-                                            );
-                                            ::my::jobgraph::__private::Failures::push(
-                                                &mut __jg_failures,
-                                                ReportStep::Render,
-                                                __jg_e,
-                                            );
-                                        }
-                                    }
+                                    break 'stop;
                                 }
-                            }
-                            if ::my::jobgraph::__private::Stop::failed_fast(
-                                &__jg_stop,
-                                &__jg_failures,
-                            ) {
-                                break 'stop;
+                                if !::my::jobgraph::__private::Sched::more_to_start(
+                                    &__jg_sched,
+                                ) {
+                                    break;
+                                }
                             }
                             return if ::my::jobgraph::__private::Sched::idle(
                                 &__jg_sched,
@@ -282,11 +308,6 @@ where
                                 &mut __jg_fut0,
                                 ::my::jobgraph::__private::None,
                             );
-                            ::my::jobgraph::__private::Sched::finish(
-                                &mut __jg_sched,
-                                0usize,
-                                false,
-                            );
                             ::my::jobgraph::__private::RunCore::cancelled_step(
                                 __jg_run,
                                 ReportStep::Load,
@@ -297,11 +318,6 @@ where
                             ::my::jobgraph::__private::Pin::set(
                                 &mut __jg_fut1,
                                 ::my::jobgraph::__private::None,
-                            );
-                            ::my::jobgraph::__private::Sched::finish(
-                                &mut __jg_sched,
-                                1usize,
-                                false,
                             );
                             ::my::jobgraph::__private::RunCore::cancelled_step(
                                 __jg_run,

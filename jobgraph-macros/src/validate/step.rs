@@ -17,6 +17,7 @@ pub(super) fn signature(step: &Step<'_>, cx: &mut Ctxt) {
         );
     }
     receiver(step, cx);
+    for_each(step, cx);
     for param in &sig.generics.params {
         match param {
             GenericParam::Lifetime(_) => {}
@@ -139,4 +140,39 @@ fn find_impl_trait(ty: &Type) -> Option<&Type> {
         Type::Paren(p) => find_impl_trait(&p.elem),
         _ => None,
     }
+}
+
+/// `for_each(param)` must name one of the step's parent parameters.
+fn for_each(step: &Step<'_>, cx: &mut Ctxt) {
+    let Some(for_each) = &step.for_each else {
+        return;
+    };
+    if step.parents().any(|name| *name == for_each.param) {
+        return;
+    }
+    let parents: Vec<String> = step.parents().map(ToString::to_string).collect();
+    let target = for_each.param.to_string();
+    let hint = match crate::error::did_you_mean(&target, parents.iter().map(String::as_str)) {
+        Some(close) => format!("; did you mean `{close}`?"),
+        None if parents.is_empty() => format!(
+            "; it takes no parent's output: add a parameter `{target}: &T` naming the step whose \
+             `Vec<T>` output to run over"
+        ),
+        None => format!(
+            "; its parents are {}",
+            parents
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    cx.error_spanned_by(
+        &for_each.param,
+        format_args!(
+            "`for_each({target})` names no parameter of step `{}`: it runs the step once per \
+             element of a parent's output, so it must name one of the step's parameters{hint}",
+            step.ident
+        ),
+    );
 }

@@ -1,0 +1,593 @@
+//! [`Batch`]: many runs of one job type, a bounded number at a time, inside the caller's task;
+//! [`BatchRun`], the stream of their results, with its abort handle and live status.
+
+#[cfg(feature = "progress")]
+mod progress;
+mod status;
+
+#[cfg(feature = "progress")]
+pub use progress::ProgressBars;
+pub use status::{BatchStatus, RunCounts, StatusHandle, StatusListener, StepCounts};
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::stream::{FusedStream, FuturesUnordered, Stream, StreamExt as _};
+
+use crate::{CancellationToken, Job, JobResult, Runner};
+use status::{Counters, RunOutcome, RunTracker};
+
+/// What [`Batch::configure`] stores: applied to each run's [`Runner`].
+type Configure<J> = Arc<dyn for<'j> Fn(usize, Runner<'j, J>) -> Runner<'j, J> + Send + Sync>;
+
+/// What [`Batch::status_listener`] stores.
+type BoxListener<S> = Box<dyn StatusListener<S> + Send>;
+
+/// Runs one job type over many inputs, at most [`concurrency`](Batch::concurrency) runs at a
+/// time.
+///
+/// Each input is a value of the job type (`Report { region }`): the batch runs each one's graph
+/// as [`Runner::run`] would. The runs are futures polled by the batch itself, inside the task
+/// that polls it: nothing is spawned, so any job runs in a batch, `Send` or not, borrowing or
+/// not. To run a batch on another thread, spawn the whole batch (`tokio::spawn(batch.run())`),
+/// which works when the job's runs are `Send`, as for [`start`](crate::JobHandle).
+///
+/// Inputs are taken from the iterator lazily, one as each run slot frees up, so a batch of a
+/// million inputs never holds more than `concurrency` of them.
+///
+/// ```
+/// use jobgraph::{Batch, job};
+///
+/// struct Square {
+///     n: u64,
+/// }
+///
+/// #[job]
+/// impl Square {
+///     #[step]
+///     async fn load(&self) -> u64 {
+///         self.n
+///     }
+///
+///     #[step]
+///     async fn square(&self, load: &u64) -> Result<u64, std::num::TryFromIntError> {
+///         Ok(u64::from(u32::try_from(*load)?).pow(2))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let inputs = [3, 4, u64::MAX].map(|n| Square { n });
+/// let batch = Batch::new(inputs)
+///     .concurrency(2)
+///     .configure(|index, runner| runner.job_id(format!("square-{index}")))
+///     .run()
+///     .await;
+/// // Results are in input order.
+/// assert_eq!(batch.results[0].as_ref().unwrap().square, 9);
+/// assert_eq!(batch.results[1].as_ref().unwrap().square, 16);
+/// let err = batch.results[2].as_ref().unwrap_err();
+/// assert_eq!(err.step(), SquareStep::Square);
+/// assert_eq!(err.job_id(), "square-2");
+/// assert_eq!((batch.summary.total, batch.summary.succeeded, batch.summary.failed), (3, 2, 1));
+/// # }
+/// ```
+#[must_use = "a batch does nothing until it is run or started and polled"]
+pub struct Batch<J: Job, I> {
+    inputs: I,
+    concurrency: usize,
+    fail_fast: bool,
+    cancel_on: Option<CancellationToken>,
+    configure: Option<Configure<J>>,
+    listener: Option<BoxListener<J::Step>>,
+}
+
+/// A concurrency of zero, refused by [`Batch::try_concurrency`]: no run could ever start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a batch's concurrency must be at least 1: with 0, no run could ever start")]
+pub struct ZeroConcurrency;
+
+impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
+    /// How many runs a batch runs at once unless [`concurrency`](Batch::concurrency) says
+    /// otherwise.
+    pub const DEFAULT_CONCURRENCY: usize = 16;
+
+    /// A batch of one run per input, in the iterator's order: the index of a run, in its
+    /// [`BatchItem`] and in [`BatchResults::results`], is its input's position.
+    pub fn new(inputs: impl IntoIterator<Item = J, IntoIter = I>) -> Self {
+        Batch {
+            inputs: inputs.into_iter(),
+            concurrency: Self::DEFAULT_CONCURRENCY,
+            fail_fast: false,
+            cancel_on: None,
+            configure: None,
+            listener: None,
+        }
+    }
+
+    /// Runs at most `runs` runs at once ([`DEFAULT_CONCURRENCY`](Batch::DEFAULT_CONCURRENCY)
+    /// unless set).
+    ///
+    /// # Panics
+    ///
+    /// If `runs` is zero, as no run could ever start. [`try_concurrency`](Batch::try_concurrency)
+    /// returns an error instead, for a value that comes from configuration.
+    pub fn concurrency(self, runs: usize) -> Self {
+        match self.try_concurrency(runs) {
+            Ok(batch) => batch,
+            Err(ZeroConcurrency) => {
+                panic!("Batch::concurrency: the concurrency must be at least 1, got 0")
+            }
+        }
+    }
+
+    /// Runs at most `runs` runs at once, or returns [`ZeroConcurrency`] if `runs` is zero.
+    pub fn try_concurrency(mut self, runs: usize) -> Result<Self, ZeroConcurrency> {
+        if runs == 0 {
+            return Err(ZeroConcurrency);
+        }
+        self.concurrency = runs;
+        Ok(self)
+    }
+
+    /// Aborts the batch (see [`BatchRun::abort`]) as soon as one run fails, that is, ends with an
+    /// error that is not a cancellation.
+    ///
+    /// Not to be confused with [`Runner::fail_fast`], which stops one run at its first failed
+    /// step; set that one through [`configure`](Batch::configure).
+    pub fn fail_fast(mut self) -> Self {
+        self.fail_fast = true;
+        self
+    }
+
+    /// Aborts the batch when `token` is cancelled, as [`BatchRun::abort`] would.
+    pub fn cancel_on(mut self, token: &CancellationToken) -> Self {
+        self.cancel_on = Some(token.clone());
+        self
+    }
+
+    /// Configures each run: `configure` is called with the run's index and its [`Runner`], when
+    /// the run starts, and returns the runner to run:
+    /// `.configure(|index, runner| runner.job_id(format!("row-{index}")))`.
+    ///
+    /// Any option applies, but the batch then adds its own [`cancel_on`](Runner::cancel_on)
+    /// (the batch's abort), replacing one set here, and its own
+    /// [`listener`](Runner::listener) (for the status), beside one set here.
+    pub fn configure(
+        mut self,
+        configure: impl for<'j> Fn(usize, Runner<'j, J>) -> Runner<'j, J> + Send + Sync + 'static,
+    ) -> Self {
+        self.configure = Some(Arc::new(configure));
+        self
+    }
+
+    /// Tells `listener` the batch's [`BatchStatus`] as it changes: at most once per poll of the
+    /// batch, when something changed, and once when the batch ends. See [`StatusListener`];
+    /// `ProgressBars` (feature `progress`) is one.
+    pub fn status_listener(
+        mut self,
+        listener: impl StatusListener<J::Step> + Send + 'static,
+    ) -> Self {
+        self.listener = Some(Box::new(listener));
+        self
+    }
+
+    /// Starts the batch: the returned [`BatchRun`] is a stream of the runs' results as they end,
+    /// and runs them as it is polled.
+    pub fn start(self) -> BatchRun<J, I, impl Future<Output = (usize, JobResult<J>)>> {
+        let Batch {
+            inputs,
+            concurrency,
+            fail_fast,
+            cancel_on,
+            configure,
+            listener,
+        } = self;
+        let token = match cancel_on {
+            Some(parent) => parent.child_token(),
+            None => CancellationToken::new(),
+        };
+        let (low, high) = inputs.size_hint();
+        let known = high == Some(low);
+        let counters = Arc::new(Counters::new::<J::Step>(if known { low } else { 0 }, known));
+        BatchRun {
+            inputs: Some(inputs),
+            taken: 0,
+            concurrency,
+            fail_fast,
+            runs: FuturesUnordered::new(),
+            make: run_one::<J>,
+            configure,
+            token,
+            abort_seen: false,
+            counters,
+            notified: None,
+            scratch: listener.as_ref().map(|_| BatchStatus::empty()),
+            listener,
+            ended: false,
+        }
+    }
+
+    /// Runs the batch to its end: every run's result, in input order, and the summary. The same
+    /// as `batch.start().wait()`.
+    pub async fn run(self) -> BatchResults<J> {
+        self.start().wait().await
+    }
+}
+
+impl<J: Job, I> fmt::Debug for Batch<J, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("job", &J::NAME)
+            .field("concurrency", &self.concurrency)
+            .field("fail_fast", &self.fail_fast)
+            .field("configured", &self.configure.is_some())
+            .field("status_listener", &self.listener.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What each run's future needs besides its input.
+struct RunEnv<J: Job> {
+    configure: Option<Configure<J>>,
+    token: CancellationToken,
+    tracker: RunTracker,
+}
+
+/// The future of the run of input `index`: owns the input, so the batch needs no `Send` of it.
+async fn run_one<J: Job>(index: usize, job: J, env: RunEnv<J>) -> (usize, JobResult<J>) {
+    let RunEnv {
+        configure,
+        token,
+        tracker,
+    } = env;
+    let mut runner = Runner::new(&job);
+    if let Some(configure) = &configure {
+        runner = configure(index, runner);
+    }
+    let result = runner
+        .cancel_on(&token)
+        .listener(move |event| tracker.on_event(event))
+        .run()
+        .await;
+    (index, result)
+}
+
+/// A started [`Batch`]: a [`Stream`] of [`BatchItem`]s, one per input taken, in the order the
+/// runs end. The runs make progress only while it is polled.
+///
+/// [`wait`](BatchRun::wait) drives it to the end and returns the results in input order;
+/// [`abort`](BatchRun::abort) (or a [`BatchAbort`] handle) stops it early;
+/// [`status`](BatchRun::status) and [`status_handle`](BatchRun::status_handle) tell how far it
+/// got.
+///
+/// `F` is the type of one run's future, which has no name: keep a `BatchRun` in a local
+/// variable, or pass it on as `impl Stream<Item = BatchItem<J>>`. It is `Send` when the inputs'
+/// iterator and the job's runs are.
+#[must_use = "streams do nothing unless polled"]
+pub struct BatchRun<J: Job, I, F> {
+    /// `None` once exhausted or aborted: no input is taken any more.
+    inputs: Option<I>,
+    /// How many inputs were taken: the next input's index.
+    taken: usize,
+    concurrency: usize,
+    fail_fast: bool,
+    runs: FuturesUnordered<F>,
+    make: fn(usize, J, RunEnv<J>) -> F,
+    configure: Option<Configure<J>>,
+    /// The batch's token: every run is cancelled with it (`Runner::cancel_on`).
+    token: CancellationToken,
+    /// Whether the abort was seen and the inputs dropped.
+    abort_seen: bool,
+    counters: Arc<Counters>,
+    listener: Option<BoxListener<J::Step>>,
+    /// The counters' version at the listener's last call.
+    notified: Option<usize>,
+    /// The status handed to the listener, refilled in place for each call.
+    scratch: Option<BatchStatus<J::Step>>,
+    /// The stream has ended.
+    ended: bool,
+}
+
+// No field is ever pinned: the run futures are pinned inside `FuturesUnordered`'s own
+// allocations.
+impl<J: Job, I, F> Unpin for BatchRun<J, I, F> {}
+
+impl<J: Job, I, F> BatchRun<J, I, F> {
+    /// Aborts the batch: no new run starts, runs still going are cancelled (their steps dropped
+    /// and recorded as cancelled, as [`JobHandle::cancel`](crate::JobHandle::cancel) would). The
+    /// stream then yields the results of the runs that were going, cancelled (or finished, for a
+    /// run that ended at that very moment), and ends.
+    ///
+    /// Inputs not taken yet are never taken: they have no item in the stream nor result in
+    /// [`BatchResults`], and count in [`BatchSummary::not_started`] (and as cancelled) when their
+    /// number is known (the iterator's `size_hint` is exact). No effect once the stream ended.
+    pub fn abort(&self) {
+        self.token.cancel();
+    }
+
+    /// A handle that aborts the batch from anywhere: cloneable, `Send` and `Sync`.
+    pub fn abort_handle(&self) -> BatchAbort {
+        BatchAbort {
+            token: self.token.clone(),
+        }
+    }
+
+    /// True once the batch was aborted (by [`abort`](BatchRun::abort), a [`BatchAbort`],
+    /// [`Batch::cancel_on`] or [`Batch::fail_fast`]).
+    pub fn is_aborted(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// The batch's status now.
+    pub fn status(&self) -> BatchStatus<J::Step> {
+        let mut status = BatchStatus::empty();
+        let _ = self.counters.read_into(&mut status);
+        status
+    }
+
+    /// A cloneable, `Send + Sync` handle on the batch's status, for another task or thread.
+    pub fn status_handle(&self) -> StatusHandle<J::Step> {
+        StatusHandle::new(Arc::clone(&self.counters))
+    }
+
+    /// The summary of the runs so far; final once the stream has ended.
+    pub fn summary(&self) -> BatchSummary {
+        self.counters.summary::<J::Step>()
+    }
+}
+
+impl<J, I, F> BatchRun<J, I, F>
+where
+    J: Job,
+    I: Iterator<Item = J>,
+    F: Future<Output = (usize, JobResult<J>)>,
+{
+    /// Runs the batch to its end: every started run's result, in input order, and the summary.
+    pub async fn wait(mut self) -> BatchResults<J> {
+        // The size hint is the iterator's: trust it only so far.
+        let mut slots: Vec<Option<JobResult<J>>> = Vec::with_capacity(self.size_hint().0.min(4096));
+        while let Some(BatchItem { index, result }) = self.next().await {
+            if slots.len() <= index {
+                slots.resize_with(index + 1, || None);
+            }
+            slots[index] = Some(result);
+        }
+        let results = slots
+            .into_iter()
+            .map(|slot| slot.expect("jobgraph: a batch yields one result per input it takes"))
+            .collect();
+        BatchResults {
+            results,
+            summary: self.summary(),
+        }
+    }
+
+    /// Takes inputs and starts their runs until `concurrency` run, unless the batch is aborted.
+    fn fill(&mut self) {
+        if !self.abort_seen && self.token.is_cancelled() {
+            self.abort_seen = true;
+            if let Some(inputs) = self.inputs.take() {
+                let (low, high) = inputs.size_hint();
+                let not_started = if high == Some(low) { low } else { 0 };
+                drop(inputs);
+                self.counters.inputs_ended(self.taken, not_started);
+            }
+        }
+        while self.runs.len() < self.concurrency {
+            let Some(inputs) = &mut self.inputs else {
+                return;
+            };
+            let Some(job) = inputs.next() else {
+                self.inputs = None;
+                self.counters.inputs_ended(self.taken, 0);
+                return;
+            };
+            let index = self.taken;
+            self.taken += 1;
+            self.counters.run_started(self.taken);
+            let env = RunEnv {
+                configure: self.configure.clone(),
+                token: self.token.clone(),
+                tracker: RunTracker::new(Arc::clone(&self.counters)),
+            };
+            self.runs.push((self.make)(index, job, env));
+        }
+    }
+
+    fn poll_runs(&mut self, cx: &mut Context<'_>) -> Poll<Option<BatchItem<J>>> {
+        self.fill();
+        match self.runs.poll_next_unpin(cx) {
+            Poll::Ready(Some((index, result))) => {
+                let outcome = match &result {
+                    Ok(_) => RunOutcome::Succeeded,
+                    Err(error) if error.is_cancelled() => RunOutcome::Cancelled,
+                    Err(_) => RunOutcome::Failed,
+                };
+                self.counters.run_ended(outcome);
+                if self.fail_fast && outcome == RunOutcome::Failed {
+                    self.token.cancel();
+                }
+                Poll::Ready(Some(BatchItem { index, result }))
+            }
+            // Nothing runs, and `fill` started nothing: the inputs are exhausted or aborted.
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Calls the status listener if the counts changed since its last call.
+    fn notify(&mut self) {
+        let (Some(listener), Some(status)) = (&self.listener, &mut self.scratch) else {
+            return;
+        };
+        let version = self.counters.version();
+        if self.notified == Some(version) {
+            return;
+        }
+        self.notified = Some(version);
+        let _ = self.counters.read_into(status);
+        listener.on_status(status);
+    }
+}
+
+impl<J, I, F> Stream for BatchRun<J, I, F>
+where
+    J: Job,
+    I: Iterator<Item = J>,
+    F: Future<Output = (usize, JobResult<J>)>,
+{
+    type Item = BatchItem<J>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let poll = this.poll_runs(cx);
+        if let Poll::Ready(None) = poll {
+            this.ended = true;
+            // Drop what the runs shared; the counters stay for `status`.
+            this.configure = None;
+            this.counters.finished();
+        }
+        this.notify();
+        poll
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let running = self.runs.len();
+        match &self.inputs {
+            None => (running, Some(running)),
+            Some(_) if self.token.is_cancelled() => (running, Some(running)),
+            Some(inputs) => {
+                let (low, high) = inputs.size_hint();
+                (
+                    running.saturating_add(low),
+                    high.and_then(|high| high.checked_add(running)),
+                )
+            }
+        }
+    }
+}
+
+impl<J, I, F> FusedStream for BatchRun<J, I, F>
+where
+    J: Job,
+    I: Iterator<Item = J>,
+    F: Future<Output = (usize, JobResult<J>)>,
+{
+    fn is_terminated(&self) -> bool {
+        self.ended
+    }
+}
+
+impl<J: Job, I, F> fmt::Debug for BatchRun<J, I, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchRun")
+            .field("job", &J::NAME)
+            .field("concurrency", &self.concurrency)
+            .field("taken", &self.taken)
+            .field("running", &self.runs.len())
+            .field("aborted", &self.is_aborted())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Aborts a batch from anywhere: see [`BatchRun::abort`]. Cloneable, `Send` and `Sync`.
+#[derive(Debug, Clone)]
+pub struct BatchAbort {
+    token: CancellationToken,
+}
+
+impl BatchAbort {
+    /// Aborts the batch: no new run starts, runs still going are cancelled.
+    pub fn abort(&self) {
+        self.token.cancel();
+    }
+
+    /// True once the batch was aborted.
+    pub fn is_aborted(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+/// One run's result, as the [`BatchRun`] stream yields it.
+pub struct BatchItem<J: Job> {
+    /// The input's position in the batch's inputs.
+    pub index: usize,
+    /// What [`Runner::run`] returned for it. A run cancelled by the batch's abort is an error
+    /// whose [`is_cancelled`](crate::JobError::is_cancelled) is true.
+    pub result: JobResult<J>,
+}
+
+impl<J: Job> fmt::Debug for BatchItem<J>
+where
+    J::Outputs: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchItem")
+            .field("index", &self.index)
+            .field("result", &self.result)
+            .finish()
+    }
+}
+
+/// How a batch ended: [`Batch::run`], [`BatchRun::wait`].
+pub struct BatchResults<J: Job> {
+    /// Each started run's result, by input index: `results[i]` is input `i`'s. Inputs are
+    /// started in order, so these are the first `results.len()` inputs; an aborted batch leaves
+    /// the rest out (see [`BatchSummary::not_started`]).
+    pub results: Vec<JobResult<J>>,
+    /// The counts of runs by outcome.
+    pub summary: BatchSummary,
+}
+
+impl<J: Job> BatchResults<J> {
+    /// True if every input ran and succeeded.
+    pub fn is_success(&self) -> bool {
+        self.summary.is_success()
+    }
+}
+
+impl<J: Job> fmt::Debug for BatchResults<J>
+where
+    J::Outputs: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BatchResults")
+            .field("results", &self.results)
+            .field("summary", &self.summary)
+            .finish()
+    }
+}
+
+/// The runs of a batch by outcome: `total == succeeded + failed + cancelled`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct BatchSummary {
+    /// Every input counted: the runs started, plus the inputs never started when their number is
+    /// known.
+    pub total: usize,
+    /// Runs that succeeded.
+    pub succeeded: usize,
+    /// Runs that failed with an error that is not a cancellation.
+    pub failed: usize,
+    /// Runs whose error [`is_cancelled`](crate::JobError::is_cancelled), and inputs never started
+    /// because the batch was aborted (`not_started`).
+    pub cancelled: usize,
+    /// Inputs never taken from the iterator because the batch was aborted, counted when the
+    /// iterator's `size_hint` was exact (otherwise 0: they are unknown). They are part of
+    /// `cancelled` and `total`, but have no result: `results.len() == total - not_started`.
+    pub not_started: usize,
+}
+
+impl BatchSummary {
+    /// True if every input ran and succeeded.
+    pub fn is_success(&self) -> bool {
+        self.succeeded == self.total
+    }
+}
