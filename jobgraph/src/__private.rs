@@ -352,6 +352,12 @@ impl<S: JobStep> RunCore<S> {
         }
     }
 
+    /// Called as the scheduler's poll begins: time passed since the run's latest clock reading.
+    #[inline]
+    pub fn woken(&self) {
+        self.stale();
+    }
+
     /// What stops this run early.
     #[inline]
     pub fn stop(&self) -> Stop<'_, S> {
@@ -394,7 +400,7 @@ impl<S: JobStep> RunCore<S> {
         retry: Option<&'a dyn RetryPolicy>,
         timeout: Option<Duration>,
         limits: &'a StepLimits,
-        bound: Option<usize>,
+        bound: Option<u32>,
         elements: &'e [E],
         attempt: F,
     ) -> impl Future<Output = Result<Vec<T>, StepError>> + use<'a, 'e, S, E, T, F, Fut>
@@ -407,6 +413,7 @@ impl<S: JobStep> RunCore<S> {
             timeout,
             limits,
         };
+        let bound = bound.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         run_for_each(self, step, policies, elements, bound, attempt)
     }
 
@@ -470,31 +477,35 @@ pub fn parent<O: OutputAs<P>, P: ?Sized>(slot: &Slot<O>) -> &P {
     OutputAs::output_as(Slot::get(slot))
 }
 
-/// What a `#[step(for_each(..))]` step can run over: a sequence of elements of type `E`.
+/// What a `#[step(for_each(..))]` step can run over: a sequence of elements.
 #[diagnostic::on_unimplemented(
-    message = "`for_each` runs this step once per element of the parent's output, but `{Self}` is not a `Vec<{E}>`",
-    label = "expected `&{E}` here, as an element of the parent's output `{Self}`",
-    note = "with `#[step(for_each(name))]`, the parameter `name: &E` takes one element of step `name`'s output, which must be a `Vec<E>`, a `Box<[E]>` or an array `[E; N]`"
+    message = "`for_each` runs this step once per element of the parent's output, but `{Self}` is not a sequence",
+    label = "this parameter takes one element of the parent's output `{Self}`",
+    note = "with `#[step(for_each(name))]`, step `name`'s output must be a `Vec<E>`, a `Box<[E]>` or an array `[E; N]`, and the parameter `name: &E` takes one element"
 )]
-pub trait Elements<E> {
-    fn elements(&self) -> &[E];
+pub trait Elements {
+    type Item;
+    fn elements(&self) -> &[Self::Item];
 }
 
-impl<E> Elements<E> for Vec<E> {
+impl<E> Elements for Vec<E> {
+    type Item = E;
     #[inline]
     fn elements(&self) -> &[E] {
         self
     }
 }
 
-impl<E> Elements<E> for Box<[E]> {
+impl<E> Elements for Box<[E]> {
+    type Item = E;
     #[inline]
     fn elements(&self) -> &[E] {
         self
     }
 }
 
-impl<E, const N: usize> Elements<E> for [E; N] {
+impl<E, const N: usize> Elements for [E; N] {
+    type Item = E;
     #[inline]
     fn elements(&self) -> &[E] {
         self
@@ -503,6 +514,46 @@ impl<E, const N: usize> Elements<E> for [E; N] {
 
 /// The elements a `for_each` step runs over: its parent's output.
 #[inline]
-pub fn elements<O: Elements<E>, E>(slot: &Slot<O>) -> &[E] {
+pub fn elements<O: Elements>(slot: &Slot<O>) -> &[O::Item] {
     Elements::elements(Slot::get(slot))
+}
+
+/// How one element is lent to a `for_each` parameter of type `&P`: as itself, or a `Vec<T>` as
+/// `[T]` and a `String` as `str`, as whole outputs are.
+#[diagnostic::on_unimplemented(
+    message = "this parameter takes each element as `&{P}`, but the parent's output holds `{Self}` elements",
+    label = "expected `&{Self}` here (one element of the parent's output)",
+    note = "with `#[step(for_each(name))]`, the parameter `name: &E` takes one element of step `name`'s output `Vec<E>` (or `[U]` for a `Vec<U>` element, `str` for a `String`)"
+)]
+pub trait ElementAs<P: ?Sized> {
+    fn element_as(&self) -> &P;
+}
+
+impl<T: ?Sized> ElementAs<T> for T {
+    #[inline]
+    fn element_as(&self) -> &T {
+        self
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl<T> ElementAs<[T]> for Vec<T> {
+    #[inline]
+    fn element_as(&self) -> &[T] {
+        self
+    }
+}
+
+#[diagnostic::do_not_recommend]
+impl ElementAs<str> for String {
+    #[inline]
+    fn element_as(&self) -> &str {
+        self
+    }
+}
+
+/// One element, lent to a `for_each` parameter of type `&P`.
+#[inline]
+pub fn element<T: ElementAs<P>, P: ?Sized>(element: &T) -> &P {
+    ElementAs::element_as(element)
 }

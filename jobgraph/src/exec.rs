@@ -49,10 +49,10 @@ where
     let timeout = run.timeout_override(step).or(policies.timeout);
     let limiter = run.limits().limiter(step, policies.limits);
     if retry.is_none() && timeout.is_none() && limiter.is_none() {
-        let first_start = Instant::now();
+        let first_start = run.now();
         let (ctx, span) = begin(run, step, 1, first_start);
         let once = async {
-            let outcome = guarded(attempt(ctx)).await;
+            let outcome = stale(run, guarded(attempt(ctx))).await;
             end(run, step, 1, first_start, outcome)
         };
         // Entering a span no subscriber wants costs more than the rest of a trivial step.
@@ -133,7 +133,7 @@ where
         ctx.set_element(element);
         let span = span(step, n, element, &ctx);
         let outcome = async {
-            let attempt = guarded(attempt(ctx));
+            let attempt = stale(run, guarded(attempt(ctx)));
             match policies.timeout {
                 None => attempt.await,
                 Some(limit) => match tokio::time::timeout(limit, attempt).await {
@@ -196,6 +196,8 @@ where
     };
     let first_start = Instant::now();
     run.attempt_started(step, 1, first_start);
+    // Attempts count those of every element, as they start: none yet.
+    run.set_attempts(step, 0);
     run.emit(&StepEvent::Started { step, attempt: 1 });
     let total = AtomicU32::new(0);
     let element = |index: usize, value: &'e E| {
@@ -203,7 +205,8 @@ where
         let total = &total;
         async move {
             let on_start = |_| {
-                total.fetch_add(1, Ordering::Relaxed);
+                let attempts = total.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+                run.set_attempts(step, attempts);
             };
             let make = |ctx| attempt(ctx, value);
             let (outcome, _, _) = attempts(run, step, Some(index), policies, on_start, make).await;
@@ -233,8 +236,7 @@ where
         }
     };
     drop(running);
-    let attempts = total.into_inner().max(1);
-    run.set_attempts(step, attempts);
+    let attempts = total.into_inner();
     let outcome = match failed {
         // Every element completed, so every slot holds its output.
         None => Ok(outputs.into_iter().flatten().collect()),
@@ -301,7 +303,9 @@ fn end<S: JobStep, T>(
     first_start: Instant,
     outcome: Result<T, StepError>,
 ) -> Result<T, StepError> {
-    let duration = first_start.elapsed();
+    let now = Instant::now();
+    run.read_at(now);
+    let duration = now.saturating_duration_since(first_start);
     match &outcome {
         Ok(_) => {
             run.step_ended(step, StepState::Completed, duration, None);
@@ -323,4 +327,14 @@ fn end<S: JobStep, T>(
         }
     }
     outcome
+}
+
+/// Runs `attempt`, marking the run's latest clock reading stale whenever it runs user code.
+async fn stale<S: JobStep, F: Future>(run: &RunCore<S>, attempt: F) -> F::Output {
+    let mut attempt = std::pin::pin!(attempt);
+    std::future::poll_fn(|cx| {
+        run.stale();
+        attempt.as_mut().poll(cx)
+    })
+    .await
 }

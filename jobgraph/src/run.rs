@@ -55,6 +55,10 @@ pub struct RunCore<S: JobStep> {
     /// Whether a [`JobHandle`](crate::JobHandle) may cancel the run, so the scheduler watches.
     pub(crate) cancellable: bool,
     started: Instant,
+    /// The run's latest clock reading (nanoseconds since `started`, plus one) while no user code
+    /// ran since it was taken, else zero: a step that starts right after another ended takes
+    /// that reading as its start, saving a read of the clock per step.
+    fresh: AtomicU64,
     started_at: SystemTime,
     /// Nanoseconds from the start to the end of the run, plus one; zero while it runs.
     elapsed: AtomicU64,
@@ -191,6 +195,7 @@ impl<S: JobStep> RunCore<S> {
             options,
             cancellable,
             started: Instant::now(),
+            fresh: AtomicU64::new(0),
             started_at: SystemTime::now(),
             elapsed: AtomicU64::new(0),
             steps: S::ALL.iter().map(|_| StepCell::new()).collect(),
@@ -218,6 +223,28 @@ impl<S: JobStep> RunCore<S> {
                 .map(|(&step, cell)| cell.report(step))
                 .collect(),
         }
+    }
+
+    /// The time now: the latest reading if no user code ran since, else the clock's.
+    #[inline]
+    pub(crate) fn now(&self) -> Instant {
+        match self.fresh.load(Ordering::Relaxed) {
+            0 => Instant::now(),
+            n => self.started + Duration::from_nanos(n - 1),
+        }
+    }
+
+    /// Keeps `at`, just read from the clock, as the run's latest reading.
+    #[inline]
+    pub(crate) fn read_at(&self, at: Instant) {
+        let since = at.saturating_duration_since(self.started);
+        self.fresh.store(to_nanos(since), Ordering::Relaxed);
+    }
+
+    /// Forgets the latest reading: user code is about to run, so time will have passed.
+    #[inline]
+    pub(crate) fn stale(&self) {
+        self.fresh.store(0, Ordering::Relaxed);
     }
 
     /// Records that attempt `attempt` of `step`, first started at `first_start`, starts.

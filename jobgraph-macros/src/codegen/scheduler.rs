@@ -134,6 +134,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
             #(#slot_refs)*
             #(#starters)*
             #p::poll_fn(|#cx: &mut #p::Context<'_>| {
+                #p::RunCore::woken(#run);
                 'stop: {
                     if #p::Stop::cancelled(&mut #stop, #cx) {
                         break 'stop;
@@ -201,8 +202,8 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
                 span,
             );
             let p_at = paths.private_at(span);
-            elements = Some(quote_spanned!(span=> #p_at::elements::<#out, #ty>(#parent_slot)));
-            quote!(#elem)
+            elements = Some(quote_spanned!(span=> #p_at::elements::<#out>(#parent_slot)));
+            quote_spanned!(span=> #p_at::element::<_, #ty>(#elem))
         }
         Param::Parent { name, ty } => {
             let parent = job.step_index(name).expect("validated parent");
@@ -251,7 +252,7 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
         }
         None => quote!(#p::None),
     };
-    let limits = limits(s, paths);
+    let limits = limits(job, s, paths);
     let start = local("start", i);
     let fut = local("fut", i);
     let call = match (&s.for_each, elements) {
@@ -259,11 +260,11 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
             let bound = match &for_each.concurrency {
                 Some(expr) => {
                     let message = format!(
-                        "`for_each(.., concurrency = ..)` of step `{}` is zero: no element could run",
+                        "`for_each(.., concurrency = ..)` of step `{}` is 0: no element could run; give at least 1",
                         s.name
                     );
                     quote_spanned!(expr.span()=> {
-                        const __JG_BOUND: usize = #expr;
+                        const __JG_BOUND: u32 = #expr;
                         const _: () = ::core::assert!(__JG_BOUND > 0, #message);
                         #p::Some(__JG_BOUND)
                     })
@@ -301,33 +302,62 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
     }
 }
 
-/// The step's `concurrency`, `rate` and `burst`, as a `&'static StepLimits` constant.
-fn limits(s: &Step<'_>, paths: &Paths) -> TokenStream {
+/// The step's `concurrency`, `rate` and `burst`, as a `&'static StepLimits` evaluated at compile
+/// time. An inline `const` (not a `const` item) so the values may use `Self::X` and the impl's
+/// generics; a constant that is zero fails with a message naming the step, at the user's value.
+fn limits(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
     let p = &paths.private;
     if s.concurrency.is_none() && s.rate.is_none() {
         return quote!(&#p::StepLimits::NONE);
     }
+    let positive = |expr: &syn::Expr, option: &str| {
+        let message = format!("`{option}` of step `{}` is 0: give at least 1", s.name);
+        quote_spanned!(expr.span()=> {
+            let value: u32 = #expr;
+            if value == 0 {
+                ::core::panic!(#message);
+            }
+            value
+        })
+    };
     let mut limits = quote!(#p::StepLimits::NONE);
     if let Some(n) = &s.concurrency {
-        let p_at = paths.private_at(n.span());
-        limits = quote_spanned!(n.span()=> #p_at::StepLimits::with_concurrency(#limits, #n));
+        let n = positive(n, "concurrency");
+        limits = quote!(#p::StepLimits::with_concurrency(#limits, #n));
     }
     if let Some(rate) = &s.rate {
         let (count, secs) = (rate.count, rate.period_secs);
-        let mut value = quote_spanned!(rate.lit.span()=>
-            #p::Rate::new(#count, #p::Duration::from_secs(#secs))
-        );
+        let mut value = quote!(#p::Rate::new(#count, #p::Duration::from_secs(#secs)));
         if let Some(burst) = rate.burst {
             value = quote!(#p::Rate::burst(#value, #burst));
         }
         if let Some(burst) = &s.burst {
-            let p_at = paths.private_at(burst.span());
-            value = quote_spanned!(burst.span()=> #p_at::Rate::burst(#value, #burst));
+            let burst = positive(burst, "burst");
+            value = quote!(#p::Rate::burst(#value, #burst));
         }
         limits = quote!(#p::StepLimits::with_rate(#limits, #value));
     }
-    quote!({
-        const __JG_STEP_LIMITS: #p::StepLimits = #limits;
-        &__JG_STEP_LIMITS
+    // A `const` item is evaluated by `cargo check`; an inline `const` only when the function is
+    // compiled, but it alone can see `Self` and the impl's generics.
+    let mentions_self = [&s.concurrency, &s.burst]
+        .into_iter()
+        .flatten()
+        .any(|expr| mentions(quote::ToTokens::to_token_stream(expr), "Self"));
+    if job.item.generics.params.is_empty() && !mentions_self {
+        quote!({
+            const __JG_STEP_LIMITS: #p::StepLimits = #limits;
+            &__JG_STEP_LIMITS
+        })
+    } else {
+        quote!(&const { #limits })
+    }
+}
+
+/// True if `tokens` contain the identifier `name` at any depth.
+fn mentions(tokens: TokenStream, name: &str) -> bool {
+    tokens.into_iter().any(|tree| match tree {
+        proc_macro2::TokenTree::Ident(ident) => ident == name,
+        proc_macro2::TokenTree::Group(group) => mentions(group.stream(), name),
+        _ => false,
     })
 }

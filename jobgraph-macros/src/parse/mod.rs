@@ -57,7 +57,6 @@ pub(crate) struct RateLit {
     pub(crate) count: u32,
     pub(crate) period_secs: u64,
     pub(crate) burst: Option<u32>,
-    pub(crate) lit: LitStr,
 }
 
 const STEP_OPTIONS: &str = "`after(step, ...)`, `retry = <RetryPolicy>`, `timeout = <Duration>`, \
@@ -153,7 +152,6 @@ pub(crate) fn step_args(attr: &Attribute, cx: &mut Ctxt) -> StepArgs {
                         count,
                         period_secs,
                         burst,
-                        lit,
                     })
                 }
                 Err(message) => cx.error_spanned_by(&lit, message),
@@ -164,7 +162,7 @@ pub(crate) fn step_args(attr: &Attribute, cx: &mut Ctxt) -> StepArgs {
         } else if meta.path.is_ident("burst") {
             seen.once(&meta, cx);
             let expr: Expr = meta.value()?.parse()?;
-            check_positive(&expr, "burst", "attempts could ever start", cx);
+            check_positive(&expr, "burst", "attempt could ever start", cx);
             args.burst = Some(expr);
         } else {
             return Err(unknown_option(&meta, "#[step]", STEP_OPTIONS));
@@ -214,7 +212,7 @@ fn for_each(meta: &ParseNestedMeta<'_>, cx: &mut Ctxt) -> syn::Result<ForEach> {
             return Err(syn::Error::new(
                 name.span(),
                 format_args!(
-                    "unknown option `{name}` for `for_each`; the only option is `concurrency = <usize>`"
+                    "unknown option `{name}` for `for_each`; the only option is `concurrency = <u32>`"
                 ),
             ));
         }
@@ -231,7 +229,19 @@ fn for_each(meta: &ParseNestedMeta<'_>, cx: &mut Ctxt) -> syn::Result<ForEach> {
 
 /// A literal `0` where only a positive count makes sense.
 fn check_positive(expr: &Expr, option: &str, consequence: &str, cx: &mut Ctxt) {
-    if int_literal(expr) == Some(0) {
+    if let Expr::Lit(syn::ExprLit {
+        lit: Lit::Str(text),
+        ..
+    }) = expr
+    {
+        cx.error_spanned_by(
+            expr,
+            format_args!(
+                "`{option}` is a number, not a string: write `{option} = {}`",
+                text.value().trim()
+            ),
+        );
+    } else if int_literal(expr) == Some(0) {
         cx.error_spanned_by(
             expr,
             format_args!("`{option} = 0` means no {consequence}: give at least 1"),
@@ -244,67 +254,80 @@ fn check_positive(expr: &Expr, option: &str, consequence: &str, cx: &mut Ctxt) {
     }
 }
 
-/// Parses `"<count>/<unit>"`, optionally followed by `burst <n>`, as `jobgraph::Rate`'s `FromStr`
-/// does: `(count, period in seconds, burst)`, or the message of what is wrong.
+/// Parses `"<count>/<unit>"`, optionally followed by `burst <n>`: `(count, period in seconds,
+/// burst)`, or what is wrong. The grammar and the messages are those of `jobgraph::Rate`'s
+/// `FromStr` (jobgraph/src/limit.rs), so a rate reads the same in an attribute and in a config
+/// file; keep the two in step.
 pub(crate) fn parse_rate(text: &str) -> Result<(u32, u64, Option<u32>), String> {
-    let expected = "expected `<count>/<unit>` with unit `s`, `m` or `h`, as in `rate = \"10/s\"`";
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(format!("the rate is empty: {expected}"));
+    let input = text.trim();
+    if input.is_empty() {
+        return Err("rate is empty; expected `<count>/<unit>`, as in `10/s`".to_owned());
     }
-    let (rate, burst) = match trimmed.split_once("burst") {
-        Some((rate, burst)) => (rate.trim(), Some(burst.trim())),
-        None => (trimmed, None),
+    let Some((count, rest)) = input.split_once('/') else {
+        return Err(format!(
+            "rate `{input}`: expected `<count>/<unit>`, as in `10/s`"
+        ));
     };
-    let Some((count, unit)) = rate.split_once('/') else {
-        return Err(format!("rate `{text}` has no `/`: {expected}"));
-    };
-    let (count, unit) = (count.trim(), unit.trim());
-    let count: u32 = match count.parse() {
-        Ok(n) => n,
-        Err(_) if count.is_empty() => {
-            return Err(format!("rate `{text}` has no count: {expected}"));
-        }
-        Err(_) => {
-            return Err(format!(
-                "rate `{text}`: `{count}` is not a whole number; expected a count, as in `10/s`"
-            ));
-        }
-    };
+    let count = count.trim_end();
+    if count.is_empty() {
+        return Err(format!(
+            "rate `{input}`: the count before `/` is missing, as in `10/s`"
+        ));
+    }
+    let count = rate_number(input, count, "count", "10/s")?;
     if count == 0 {
         return Err(format!(
-            "rate `{text}` is zero: at least 1 start per period must be allowed, as in `1/s`; \
+            "rate `{input}` is zero: at least 1 start per period must be allowed, as in `1/s`; \
              to remove the limit, leave the rate out"
         ));
     }
+    let rest = rest.trim_start();
+    let (unit, tail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
     let period_secs = match unit {
+        "" => {
+            return Err(format!(
+                "rate `{input}`: the unit after `/` is missing; expected `s`, `m` or `h`, as in `10/s`"
+            ));
+        }
         "s" | "sec" | "second" => 1,
         "m" | "min" | "minute" => 60,
         "h" | "hour" => 3600,
-        "" => return Err(format!("rate `{text}` has no unit: {expected}")),
-        other => {
+        _ => {
             return Err(format!(
-                "rate `{text}`: unknown unit `{other}`; expected `s`, `m` or `h`, as in `10/s`"
+                "rate `{input}`: unknown unit `{unit}`; expected `s`, `m` or `h`, as in `10/s`"
             ));
         }
     };
-    let burst = match burst {
-        None => None,
-        Some(b) => match b.parse::<u32>() {
-            Ok(0) => {
-                return Err(format!(
-                    "rate `{text}`: a burst of 0 would never start an attempt; give at least 1"
-                ));
-            }
-            Ok(n) => Some(n),
-            Err(_) => {
-                return Err(format!(
-                    "rate `{text}`: the burst `{b}` is not a whole number, as in `10/s burst 5`"
-                ));
-            }
-        },
+    let tail = tail.trim();
+    if tail.is_empty() {
+        return Ok((count, period_secs, None));
+    }
+    let mut words = tail.split_whitespace();
+    let (Some("burst"), Some(burst), None) = (words.next(), words.next(), words.next()) else {
+        return Err(format!(
+            "rate `{input}`: unexpected `{tail}` after the unit; expected nothing or \
+             `burst <n>`, as in `10/s burst 5`"
+        ));
     };
-    Ok((count, period_secs, burst))
+    match rate_number(input, burst, "burst size", "10/s burst 5")? {
+        0 => Err(format!(
+            "rate `{input}` has a burst of 0: the burst is how many attempts may start at once, \
+             at least 1"
+        )),
+        burst => Ok((count, period_secs, Some(burst))),
+    }
+}
+
+/// A whole number of a rate string: digits only, at most `u32::MAX`.
+fn rate_number(input: &str, number: &str, what: &str, example: &str) -> Result<u32, String> {
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "rate `{input}`: `{number}` is not a whole number; expected a {what}, as in `{example}`"
+        ));
+    }
+    number.parse().map_err(|_| {
+        format!("rate `{input}`: {what} `{number}` is too large; the most is 4294967295")
+    })
 }
 
 fn unknown_option(meta: &ParseNestedMeta<'_>, attr: &str, valid: &str) -> syn::Error {

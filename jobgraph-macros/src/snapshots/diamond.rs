@@ -230,6 +230,7 @@ impl ::jobgraph::__private::Job for Diamond {
                 ::jobgraph::__private::poll_fn(|
                         __jg_cx: &mut ::jobgraph::__private::Context<'_>|
                     {
+                        ::jobgraph::__private::RunCore::woken(__jg_run);
                         'stop: {
                             if ::jobgraph::__private::Stop::cancelled(
                                 &mut __jg_stop,

@@ -175,6 +175,7 @@ where
                 ::my::jobgraph::__private::poll_fn(|
                         __jg_cx: &mut ::my::jobgraph::__private::Context<'_>|
                     {
+                        ::my::jobgraph::__private::RunCore::woken(__jg_run);
                         'stop: {
                             if ::my::jobgraph::__private::Stop::cancelled(
                                 &mut __jg_stop,

@@ -152,26 +152,34 @@ fn for_each(step: &Step<'_>, cx: &mut Ctxt) {
     }
     let parents: Vec<String> = step.parents().map(ToString::to_string).collect();
     let target = for_each.param.to_string();
+    let is_context = step.params.iter().any(|p| {
+        matches!(p, Param::Context(pat) if matches!(&*pat.pat, syn::Pat::Ident(i) if i.ident == target))
+    });
     let hint = match crate::error::did_you_mean(&target, parents.iter().map(String::as_str)) {
+        _ if is_context => format!("; `{target}` is the step's context, not a parent's output"),
         Some(close) => format!("; did you mean `{close}`?"),
-        None if parents.is_empty() => format!(
-            "; it takes no parent's output: add a parameter `{target}: &T` naming the step whose \
-             `Vec<T>` output to run over"
-        ),
-        None => format!(
-            "; its parents are {}",
-            parents
-                .iter()
-                .map(|p| format!("`{p}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        None => match parents.as_slice() {
+            [] => format!(
+                "; step `{}` takes no parent's output: add a parameter `{target}: &T` naming the \
+                 step whose `Vec<T>` output to run over",
+                step.ident
+            ),
+            [only] => format!("; its only parent is `{only}`"),
+            _ => format!(
+                "; its parents are {}",
+                parents
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        },
     };
     cx.error_spanned_by(
         &for_each.param,
         format_args!(
-            "`for_each({target})` names no parameter of step `{}`: it runs the step once per \
-             element of a parent's output, so it must name one of the step's parameters{hint}",
+            "`for_each({target})` names no parent of step `{}`: it runs the step once per \
+             element of a parent's output, so it must name a parameter that takes one{hint}",
             step.ident
         ),
     );

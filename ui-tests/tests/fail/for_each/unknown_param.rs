@@ -1,0 +1,20 @@
+// `for_each` misspells the parameter it runs over: the error is on the name and suggests the
+// parameter.
+use jobgraph::job;
+
+pub struct Crawler;
+
+#[job]
+impl Crawler {
+    #[step]
+    async fn ids(&self) -> Vec<u32> {
+        vec![1, 2, 3]
+    }
+
+    #[step(for_each(idz))]
+    async fn fetch(&self, ids: &u32) -> u32 {
+        *ids
+    }
+}
+
+fn main() {}

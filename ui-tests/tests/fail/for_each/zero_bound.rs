@@ -1,0 +1,19 @@
+// `for_each(.., concurrency = 0)` would never run an element.
+use jobgraph::job;
+
+pub struct Crawler;
+
+#[job]
+impl Crawler {
+    #[step]
+    async fn ids(&self) -> Vec<u32> {
+        vec![1, 2, 3]
+    }
+
+    #[step(for_each(ids, concurrency = 0))]
+    async fn fetch(&self, ids: &u32) -> u32 {
+        *ids
+    }
+}
+
+fn main() {}
