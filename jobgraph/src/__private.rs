@@ -279,6 +279,48 @@ impl<const W: usize> Sched<W> {
     }
 }
 
+/// Step `k`'s turn in a pass of the scheduler: starts it if it is ready, polls it if it runs,
+/// and records how it ended.
+///
+/// Never inlined: each step's turn is a small function of its own, so the scheduler's poll keeps
+/// a small stack frame (it is called on every wake) and the optimizer's time grows with the
+/// number of steps, not with its square.
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+pub fn turn<const W: usize, const N: usize, S: JobStep, T, F>(
+    sched: &mut Sched<W>,
+    graph: &Graph<W, N>,
+    k: usize,
+    step: S,
+    mut future: Pin<&mut Option<F>>,
+    start: &impl Fn() -> F,
+    slot: &Slot<T>,
+    failures: &mut Failures<S>,
+    cx: &mut Context<'_>,
+) where
+    F: Future<Output = Result<T, StepError>>,
+{
+    if sched.take_ready(k) {
+        future.set(Some(start()));
+    }
+    let Some(running) = future.as_mut().as_pin_mut() else {
+        return;
+    };
+    if let Poll::Ready(result) = running.poll(cx) {
+        future.set(None);
+        match result {
+            Ok(value) => {
+                slot.set(value);
+                sched.complete(k, graph);
+            }
+            Err(error) => {
+                sched.fail(k);
+                failures.push(step, error);
+            }
+        }
+    }
+}
+
 /// The scheduler met a position outside its graph: a bug in jobgraph, never in the user's code.
 #[cold]
 #[inline(never)]

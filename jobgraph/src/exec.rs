@@ -11,8 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use futures::FutureExt as _;
 use tracing::{Instrument as _, Span};
 
@@ -88,12 +86,12 @@ where
     };
     let on_start = |n: u32| {
         // Time spent waiting for a limit is not part of the step's run.
-        let started = *first_start.get_or_insert_with(Instant::now);
+        let started = *first_start.get_or_insert_with(|| run.now());
         run.attempt_started(step, n, started);
         run.emit(&StepEvent::Started { step, attempt: n });
     };
     let (outcome, n, span) = attempts(run, step, None, policies, on_start, attempt).await;
-    let started = first_start.unwrap_or_else(Instant::now);
+    let started = first_start.unwrap_or_else(|| run.now());
     span.in_scope(|| end(run, step, n, started, outcome))
 }
 
@@ -194,7 +192,7 @@ where
         timeout: run.timeout_override(step).or(policies.timeout),
         limiter: limiter.as_deref(),
     };
-    let first_start = Instant::now();
+    let first_start = run.now();
     run.attempt_started(step, 1, first_start);
     // Attempts count those of every element, as they start: none yet.
     run.set_attempts(step, 0);
@@ -247,12 +245,7 @@ where
 
 /// Starts attempt `n` of a step on the lean path: its enriched context and span, the report and
 /// the listener.
-fn begin<S: JobStep>(
-    run: &RunCore<S>,
-    step: S,
-    n: u32,
-    first_start: Instant,
-) -> (StepContext, Span) {
+fn begin<S: JobStep>(run: &RunCore<S>, step: S, n: u32, first_start: u64) -> (StepContext, Span) {
     let ctx = run.context(step, n);
     let span = span(step, n, None, &ctx);
     run.attempt_started(step, n, first_start);
@@ -300,12 +293,10 @@ fn end<S: JobStep, T>(
     run: &RunCore<S>,
     step: S,
     n: u32,
-    first_start: Instant,
+    first_start: u64,
     outcome: Result<T, StepError>,
 ) -> Result<T, StepError> {
-    let now = Instant::now();
-    run.read_at(now);
-    let duration = now.saturating_duration_since(first_start);
+    let duration = Duration::from_nanos(run.read_clock().saturating_sub(first_start));
     match &outcome {
         Ok(_) => {
             run.step_ended(step, StepState::Completed, duration, None);

@@ -225,20 +225,23 @@ impl<S: JobStep> RunCore<S> {
         }
     }
 
-    /// The time now: the latest reading if no user code ran since, else the clock's.
+    /// The time now, as nanoseconds since the run started: the latest reading if no user code
+    /// ran since, else the clock's.
     #[inline]
-    pub(crate) fn now(&self) -> Instant {
+    pub(crate) fn now(&self) -> u64 {
         match self.fresh.load(Ordering::Relaxed) {
-            0 => Instant::now(),
-            n => self.started + Duration::from_nanos(n - 1),
+            0 => self.read_clock(),
+            n => n - 1,
         }
     }
 
-    /// Keeps `at`, just read from the clock, as the run's latest reading.
+    /// Reads the clock (nanoseconds since the run started) and keeps the reading as the run's
+    /// latest.
     #[inline]
-    pub(crate) fn read_at(&self, at: Instant) {
-        let since = at.saturating_duration_since(self.started);
-        self.fresh.store(to_nanos(since), Ordering::Relaxed);
+    pub(crate) fn read_clock(&self) -> u64 {
+        let since = to_nanos(self.since_start(Instant::now()));
+        self.fresh.store(since, Ordering::Relaxed);
+        since - 1
     }
 
     /// Forgets the latest reading: user code is about to run, so time will have passed.
@@ -248,11 +251,11 @@ impl<S: JobStep> RunCore<S> {
     }
 
     /// Records that attempt `attempt` of `step`, first started at `first_start`, starts.
-    pub(crate) fn attempt_started(&self, step: S, attempt: u32, first_start: Instant) {
+    pub(crate) fn attempt_started(&self, step: S, attempt: u32, first_start: u64) {
         let cell = self.cell(step);
         if attempt == 1 {
-            let since = first_start.saturating_duration_since(self.started);
-            cell.started.store(to_nanos(since), Ordering::Relaxed);
+            cell.started
+                .store(first_start.saturating_add(1), Ordering::Relaxed);
             cell.set_state(StepState::Running);
         }
         cell.attempts.store(attempt, Ordering::Relaxed);

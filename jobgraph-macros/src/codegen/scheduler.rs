@@ -79,26 +79,17 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
         let variant = &job.steps[i].variant;
         let (slot, start, fut) = (slot(i), local("start", i), fut(i));
         quote! {
-            #k => {
-                if #p::Sched::take_ready(&mut #sched, #k) {
-                    #p::Pin::set(&mut #fut, #p::Some(#start()));
-                }
-                if let #p::Some(__jg_f) = #p::Option::as_pin_mut(#p::Pin::as_mut(&mut #fut)) {
-                    if let #p::Poll::Ready(__jg_r) = #p::Future::poll(__jg_f, #cx) {
-                        #p::Pin::set(&mut #fut, #p::None);
-                        match __jg_r {
-                            #p::Ok(__jg_v) => {
-                                #p::Slot::set(#slot, __jg_v);
-                                #p::Sched::complete(&mut #sched, #k, &#graph_const);
-                            }
-                            #p::Err(__jg_e) => {
-                                #p::Sched::fail(&mut #sched, #k);
-                                #p::Failures::push(&mut #failures, #step_enum::#variant, __jg_e);
-                            }
-                        }
-                    }
-                }
-            }
+            #k => #p::turn(
+                &mut #sched,
+                &#graph_const,
+                #k,
+                #step_enum::#variant,
+                #p::Pin::as_mut(&mut #fut),
+                &#start,
+                #slot,
+                &mut #failures,
+                #cx,
+            ),
         }
     });
 

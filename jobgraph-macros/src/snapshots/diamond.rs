@@ -246,172 +246,56 @@ impl ::jobgraph::__private::Job for Diamond {
                                 ) {
                                     match __jg_k {
                                         0usize => {
-                                            if ::jobgraph::__private::Sched::take_ready(
+                                            ::jobgraph::__private::turn(
                                                 &mut __jg_sched,
+                                                &__JG_GRAPH,
                                                 0usize,
-                                            ) {
-                                                ::jobgraph::__private::Pin::set(
-                                                    &mut __jg_fut0,
-                                                    ::jobgraph::__private::Some(__jg_start0()),
-                                                );
-                                            }
-                                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                                DiamondStep::A,
                                                 ::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                                            ) {
-                                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                                                    __jg_f,
-                                                    __jg_cx,
-                                                ) {
-                                                    ::jobgraph::__private::Pin::set(
-                                                        &mut __jg_fut0,
-                                                        ::jobgraph::__private::None,
-                                                    );
-                                                    match __jg_r {
-                                                        ::jobgraph::__private::Ok(__jg_v) => {
-                                                            ::jobgraph::__private::Slot::set(__jg_slot0, __jg_v);
-                                                            ::jobgraph::__private::Sched::complete(
-                                                                &mut __jg_sched,
-                                                                0usize,
-                                                                &__JG_GRAPH,
-                                                            );
-                                                        }
-                                                        ::jobgraph::__private::Err(__jg_e) => {
-                                                            ::jobgraph::__private::Sched::fail(&mut __jg_sched, 0usize);
-                                                            ::jobgraph::__private::Failures::push(
-                                                                &mut __jg_failures,
-                                                                DiamondStep::A,
-                                                                __jg_e,
-                                                            );
-                                                        }
-                                                    }
-                                                }
-                                            }
+                                                &__jg_start0,
+                                                __jg_slot0,
+                                                &mut __jg_failures,
+                                                __jg_cx,
+                                            )
                                         }
                                         1usize => {
-                                            if ::jobgraph::__private::Sched::take_ready(
+                                            ::jobgraph::__private::turn(
                                                 &mut __jg_sched,
+                                                &__JG_GRAPH,
                                                 1usize,
-                                            ) {
-                                                ::jobgraph::__private::Pin::set(
-                                                    &mut __jg_fut1,
-                                                    ::jobgraph::__private::Some(__jg_start1()),
-                                                );
-                                            }
-                                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                                DiamondStep::B,
                                                 ::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
-                                            ) {
-                                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                                                    __jg_f,
-                                                    __jg_cx,
-                                                ) {
-                                                    ::jobgraph::__private::Pin::set(
-                                                        &mut __jg_fut1,
-                                                        ::jobgraph::__private::None,
-                                                    );
-                                                    match __jg_r {
-                                                        ::jobgraph::__private::Ok(__jg_v) => {
-                                                            ::jobgraph::__private::Slot::set(__jg_slot1, __jg_v);
-                                                            ::jobgraph::__private::Sched::complete(
-                                                                &mut __jg_sched,
-                                                                1usize,
-                                                                &__JG_GRAPH,
-                                                            );
-                                                        }
-                                                        ::jobgraph::__private::Err(__jg_e) => {
-                                                            ::jobgraph::__private::Sched::fail(&mut __jg_sched, 1usize);
-                                                            ::jobgraph::__private::Failures::push(
-                                                                &mut __jg_failures,
-                                                                DiamondStep::B,
-                                                                __jg_e,
-                                                            );
-                                                        }
-                                                    }
-                                                }
-                                            }
+                                                &__jg_start1,
+                                                __jg_slot1,
+                                                &mut __jg_failures,
+                                                __jg_cx,
+                                            )
                                         }
                                         2usize => {
-                                            if ::jobgraph::__private::Sched::take_ready(
+                                            ::jobgraph::__private::turn(
                                                 &mut __jg_sched,
+                                                &__JG_GRAPH,
                                                 2usize,
-                                            ) {
-                                                ::jobgraph::__private::Pin::set(
-                                                    &mut __jg_fut2,
-                                                    ::jobgraph::__private::Some(__jg_start2()),
-                                                );
-                                            }
-                                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                                DiamondStep::C,
                                                 ::jobgraph::__private::Pin::as_mut(&mut __jg_fut2),
-                                            ) {
-                                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                                                    __jg_f,
-                                                    __jg_cx,
-                                                ) {
-                                                    ::jobgraph::__private::Pin::set(
-                                                        &mut __jg_fut2,
-                                                        ::jobgraph::__private::None,
-                                                    );
-                                                    match __jg_r {
-                                                        ::jobgraph::__private::Ok(__jg_v) => {
-                                                            ::jobgraph::__private::Slot::set(__jg_slot2, __jg_v);
-                                                            ::jobgraph::__private::Sched::complete(
-                                                                &mut __jg_sched,
-                                                                2usize,
-                                                                &__JG_GRAPH,
-                                                            );
-                                                        }
-                                                        ::jobgraph::__private::Err(__jg_e) => {
-                                                            ::jobgraph::__private::Sched::fail(&mut __jg_sched, 2usize);
-                                                            ::jobgraph::__private::Failures::push(
-                                                                &mut __jg_failures,
-                                                                DiamondStep::C,
-                                                                __jg_e,
-                                                            );
-                                                        }
-                                                    }
-                                                }
-                                            }
+                                                &__jg_start2,
+                                                __jg_slot2,
+                                                &mut __jg_failures,
+                                                __jg_cx,
+                                            )
                                         }
                                         3usize => {
-                                            if ::jobgraph::__private::Sched::take_ready(
+                                            ::jobgraph::__private::turn(
                                                 &mut __jg_sched,
+                                                &__JG_GRAPH,
                                                 3usize,
-                                            ) {
-                                                ::jobgraph::__private::Pin::set(
-                                                    &mut __jg_fut3,
-                                                    ::jobgraph::__private::Some(__jg_start3()),
-                                                );
-                                            }
-                                            if let ::jobgraph::__private::Some(__jg_f) = ::jobgraph::__private::Option::as_pin_mut(
+                                                DiamondStep::D,
                                                 ::jobgraph::__private::Pin::as_mut(&mut __jg_fut3),
-                                            ) {
-                                                if let ::jobgraph::__private::Poll::Ready(__jg_r) = ::jobgraph::__private::Future::poll(
-                                                    __jg_f,
-                                                    __jg_cx,
-                                                ) {
-                                                    ::jobgraph::__private::Pin::set(
-                                                        &mut __jg_fut3,
-                                                        ::jobgraph::__private::None,
-                                                    );
-                                                    match __jg_r {
-                                                        ::jobgraph::__private::Ok(__jg_v) => {
-                                                            ::jobgraph::__private::Slot::set(__jg_slot3, __jg_v);
-                                                            ::jobgraph::__private::Sched::complete(
-                                                                &mut __jg_sched,
-                                                                3usize,
-                                                                &__JG_GRAPH,
-                                                            );
-                                                        }
-                                                        ::jobgraph::__private::Err(__jg_e) => {
-                                                            ::jobgraph::__private::Sched::fail(&mut __jg_sched, 3usize);
-                                                            ::jobgraph::__private::Failures::push(
-                                                                &mut __jg_failures,
-                                                                DiamondStep::D,
-                                                                __jg_e,
-                                                            );
-                                                        }
-                                                    }
-                                                }
-                                            }
+                                                &__jg_start3,
+                                                __jg_slot3,
+                                                &mut __jg_failures,
+                                                __jg_cx,
+                                            )
                                         }
                                         _ => ::jobgraph::__private::unreachable_step(),
                                     }

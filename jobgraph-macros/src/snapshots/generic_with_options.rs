@@ -191,94 +191,30 @@ where
                                 ) {
                                     match __jg_k {
                                         0usize => {
-                                            if ::my::jobgraph::__private::Sched::take_ready(
+                                            ::my::jobgraph::__private::turn(
                                                 &mut __jg_sched,
+                                                &__JG_GRAPH,
                                                 0usize,
-                                            ) {
-                                                ::my::jobgraph::__private::Pin::set(
-                                                    &mut __jg_fut0,
-                                                    ::my::jobgraph::__private::Some(__jg_start0()),
-                                                );
-                                            }
-                                            if let ::my::jobgraph::__private::Some(__jg_f) = ::my::jobgraph::__private::Option::as_pin_mut(
+                                                ReportStep::Load,
                                                 ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                                            ) {
-                                                if let ::my::jobgraph::__private::Poll::Ready(__jg_r) = ::my::jobgraph::__private::Future::poll(
-                                                    __jg_f,
-                                                    __jg_cx,
-                                                ) {
-                                                    ::my::jobgraph::__private::Pin::set(
-                                                        &mut __jg_fut0,
-                                                        ::my::jobgraph::__private::None,
-                                                    );
-                                                    match __jg_r {
-                                                        ::my::jobgraph::__private::Ok(__jg_v) => {
-                                                            ::my::jobgraph::__private::Slot::set(__jg_slot0, __jg_v);
-                                                            ::my::jobgraph::__private::Sched::complete(
-                                                                &mut __jg_sched,
-                                                                0usize,
-                                                                &__JG_GRAPH,
-                                                            );
-                                                        }
-                                                        ::my::jobgraph::__private::Err(__jg_e) => {
-                                                            ::my::jobgraph::__private::Sched::fail(
-                                                                &mut __jg_sched,
-                                                                0usize,
-                                                            );
-                                                            ::my::jobgraph::__private::Failures::push(
-                                                                &mut __jg_failures,
-                                                                ReportStep::Load,
-                                                                __jg_e,
-                                                            );
-                                                        }
-                                                    }
-                                                }
-                                            }
+                                                &__jg_start0,
+                                                __jg_slot0,
+                                                &mut __jg_failures,
+                                                __jg_cx,
+                                            )
                                         }
                                         1usize => {
-                                            if ::my::jobgraph::__private::Sched::take_ready(
+                                            ::my::jobgraph::__private::turn(
                                                 &mut __jg_sched,
+                                                &__JG_GRAPH,
                                                 1usize,
-                                            ) {
-                                                ::my::jobgraph::__private::Pin::set(
-                                                    &mut __jg_fut1,
-                                                    ::my::jobgraph::__private::Some(__jg_start1()),
-                                                );
-                                            }
-                                            if let ::my::jobgraph::__private::Some(__jg_f) = ::my::jobgraph::__private::Option::as_pin_mut(
+                                                ReportStep::Render,
                                                 ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
-                                            ) {
-                                                if let ::my::jobgraph::__private::Poll::Ready(__jg_r) = ::my::jobgraph::__private::Future::poll(
-                                                    __jg_f,
-                                                    __jg_cx,
-                                                ) {
-                                                    ::my::jobgraph::__private::Pin::set(
-                                                        &mut __jg_fut1,
-                                                        ::my::jobgraph::__private::None,
-                                                    );
-                                                    match __jg_r {
-                                                        ::my::jobgraph::__private::Ok(__jg_v) => {
-                                                            ::my::jobgraph::__private::Slot::set(__jg_slot1, __jg_v);
-                                                            ::my::jobgraph::__private::Sched::complete(
-                                                                &mut __jg_sched,
-                                                                1usize,
-                                                                &__JG_GRAPH,
-                                                            );
-                                                        }
-                                                        ::my::jobgraph::__private::Err(__jg_e) => {
-                                                            ::my::jobgraph::__private::Sched::fail(
-                                                                &mut __jg_sched,
-                                                                1usize,
-                                                            );
-                                                            ::my::jobgraph::__private::Failures::push(
-                                                                &mut __jg_failures,
-                                                                ReportStep::Render,
-                                                                __jg_e,
-                                                            );
-                                                        }
-                                                    }
-                                                }
-                                            }
+                                                &__jg_start1,
+                                                __jg_slot1,
+                                                &mut __jg_failures,
+                                                __jg_cx,
+                                            )
                                         }
                                         _ => ::my::jobgraph::__private::unreachable_step(),
                                     }
