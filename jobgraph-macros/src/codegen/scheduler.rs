@@ -181,21 +181,6 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
     let elem = local1("elem");
     let mut elements = None;
     let args = s.params.iter().map(|param| match param {
-        Param::Parent { name, ty } if s.for_each.as_ref().is_some_and(|f| f.param == **name) => {
-            // This parameter takes one element of the parent's output: the step runs once per
-            // element. Spanned on the parameter's type, so a parent whose output is not a
-            // `Vec` of it is reported there.
-            let parent = job.step_index(name).expect("validated parent");
-            let parent_slot = local("slot", parent);
-            let span = ty.span();
-            let out = respan(
-                quote::ToTokens::to_token_stream(&job.steps[parent].output.ty),
-                span,
-            );
-            let p_at = paths.private_at(span);
-            elements = Some(quote_spanned!(span=> #p_at::elements::<#out>(#parent_slot)));
-            quote_spanned!(span=> #p_at::element::<_, #ty>(#elem))
-        }
         Param::Parent { name, ty } => {
             let parent = job.step_index(name).expect("validated parent");
             let parent_slot = local("slot", parent);
@@ -207,7 +192,14 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
                 span,
             );
             let p_at = paths.private_at(span);
-            quote_spanned!(span=> #p_at::parent::<#out, #ty>(#parent_slot))
+            if s.for_each.as_ref().is_some_and(|f| f.param == **name) {
+                // This parameter takes one element of the parent's output: the step runs once
+                // per element.
+                elements = Some(quote_spanned!(span=> #p_at::elements::<#out>(#parent_slot)));
+                quote_spanned!(span=> #p_at::element::<_, #ty>(#elem))
+            } else {
+                quote_spanned!(span=> #p_at::parent::<#out, #ty>(#parent_slot))
+            }
         }
         Param::Context(_) => quote!(&#ctx),
         Param::Unsupported(_) => unreachable!("validated parameters"),
