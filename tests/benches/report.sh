@@ -4,8 +4,12 @@
 #   bash tests/benches/report.sh            # run `graphs` (~6 min on 2 cores) and `alloc_report`
 #   bash tests/benches/report.sh --no-run   # only read the last criterion results (still runs
 #                                           # `alloc_report`, which takes a second)
+#   bash tests/benches/report.sh --no-build # use the newest built bench executables, no cargo
 #   bash tests/benches/report.sh -- chain   # extra arguments after `--` go to criterion, e.g. a
 #                                           # filter; the table shows whatever results exist
+#
+# The executables are built first and then run directly, so sources changing meanwhile (the
+# scheduler is being worked on) do not trigger a rebuild between the build and the run.
 #
 # Criterion results are read from $CARGO_TARGET_DIR/criterion (default: <workspace>/target).
 # The first run compiles both bench binaries in release: several minutes (100-step futures).
@@ -23,12 +27,14 @@ export CARGO_TARGET_DIR="$TARGET_DIR"
 export CARGO_PROFILE_BENCH_DEBUG="${CARGO_PROFILE_BENCH_DEBUG:-false}"
 
 run=1
+build=1
 criterion_args=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-run) run=0 ;;
+        --no-build) build=0 ;;
         --) shift; criterion_args=("$@"); break ;;
-        -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -39,8 +45,31 @@ bench_log="$(mktemp)"
 alloc_json="$(mktemp)"
 trap 'rm -f "$bench_log" "$alloc_json"' EXIT
 
-echo "building the benches (release; the first build takes several minutes)..." >&2
-if ! cargo bench -p jobgraph-tests --no-run --bench graphs --bench alloc_report >"$bench_log" 2>&1; then
+# Prints `name path` of the bench executables: freshly built, or the newest ones on disk.
+executables() {
+    if [[ $build == 1 ]]; then
+        local benches=(--bench alloc_report)
+        [[ $run == 1 ]] && benches+=(--bench graphs)
+        echo "building the benches (release; the first build takes several minutes)..." >&2
+        cargo bench -p jobgraph-tests --no-run --message-format=json "${benches[@]}" 2>"$bench_log" |
+            python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+        print(msg["target"]["name"], msg["executable"])'
+    else
+        for name in alloc_report graphs; do
+            local found
+            found="$(ls -t "$TARGET_DIR"/release/deps/"$name"-* 2>/dev/null | grep -v '\.d$' | head -n 1 || true)"
+            if [[ -n $found ]]; then echo "$name $found"; fi
+        done
+    fi
+}
+declare -A exe
+while read -r name path; do exe[$name]="$path"; done < <(executables)
+if [[ -z "${exe[alloc_report]:-}" || ( $run == 1 && -z "${exe[graphs]:-}" ) ]]; then
+    echo "bench executables not found (build failed?)" >&2
     tail -n 40 "$bench_log" >&2
     exit 1
 fi
@@ -48,15 +77,15 @@ fi
 bench_secs=""
 if [[ $run == 1 ]]; then
     start=$(date +%s)
-    echo "running the graphs benchmark (log: $bench_log)..." >&2
-    if ! cargo bench -p jobgraph-tests --bench graphs -- "${criterion_args[@]}" >"$bench_log" 2>&1; then
+    echo "running the graphs benchmark..." >&2
+    if ! "${exe[graphs]}" --bench "${criterion_args[@]}" >"$bench_log" 2>&1; then
         tail -n 40 "$bench_log" >&2
         exit 1
     fi
     bench_secs=$(( $(date +%s) - start ))
 fi
 
-if ! cargo bench -p jobgraph-tests --bench alloc_report >"$alloc_json" 2>"$bench_log"; then
+if ! "${exe[alloc_report]}" --bench >"$alloc_json" 2>"$bench_log"; then
     tail -n 40 "$bench_log" >&2
     exit 1
 fi
