@@ -13,7 +13,7 @@ pub use core::option::Option::{self, None, Some};
 pub use core::pin::{Pin, pin};
 pub use core::primitive::{bool, str, usize};
 pub use core::result::Result::{self, Err, Ok};
-pub use core::task::{Context, Poll};
+pub use core::task::{Context, Poll, Waker};
 pub use core::time::Duration;
 pub use std::sync::Arc;
 
@@ -29,7 +29,8 @@ use std::sync::OnceLock;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::error::{BoxError, StepFailure};
-use crate::exec::{Policies, run_for_each, run_step};
+use crate::exec::{Policies, poll_step, run_for_each, start_step};
+pub use crate::exec::{AttemptContext, NoContext, StepFuture};
 
 /// The `Result` a step method returns, split into output and error.
 #[diagnostic::on_unimplemented(
@@ -284,21 +285,24 @@ impl<const W: usize> Sched<W> {
 ///
 /// Never inlined: each step's turn is a small function of its own, so the scheduler's poll keeps
 /// a small stack frame (it is called on every wake) and the optimizer's time grows with the
-/// number of steps, not with its square.
+/// number of steps, not with its square. What does not depend on the step's future (planning,
+/// reporting, the scheduler's bookkeeping) is out of line and shared by every step of the job.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-pub fn turn<const W: usize, const N: usize, S: JobStep, T, F>(
+pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
+    run: &RunCore<S>,
     sched: &mut Sched<W>,
     graph: &Graph<W, N>,
     k: usize,
     step: S,
-    mut future: Pin<&mut Option<F>>,
-    start: &impl Fn() -> F,
+    mut future: Pin<&mut Option<StepFuture<Fut, G>>>,
+    start: &impl Fn() -> StepFuture<Fut, G>,
     slot: &Slot<T>,
     failures: &mut Failures<S>,
     cx: &mut Context<'_>,
 ) where
-    F: Future<Output = Result<T, StepError>>,
+    Fut: Future<Output = Result<T, BoxError>>,
+    G: Future<Output = Result<T, StepError>>,
 {
     if sched.take_ready(k) {
         future.set(Some(start()));
@@ -306,18 +310,60 @@ pub fn turn<const W: usize, const N: usize, S: JobStep, T, F>(
     let Some(running) = future.as_mut().as_pin_mut() else {
         return;
     };
-    if let Poll::Ready(result) = running.poll(cx) {
-        future.set(None);
-        match result {
-            Ok(value) => {
-                slot.set(value);
-                sched.complete(k, graph);
-            }
-            Err(error) => {
-                sched.fail(k);
-                failures.push(step, error);
-            }
+    let Poll::Ready(outcome) = poll_step(run, step, running, cx) else {
+        return;
+    };
+    future.set(None);
+    match outcome {
+        Ok(value) => {
+            slot.set(value);
+            sched.complete(k, graph);
         }
+        Err(error) => {
+            sched.fail(k);
+            failures.push(step, error);
+        }
+    }
+}
+
+/// The waker of the task polling the run: the scheduler polls its steps with a context made from
+/// it.
+#[inline]
+pub fn waker() -> impl Future<Output = Waker> {
+    poll_fn(|cx| Poll::Ready(cx.waker().clone()))
+}
+
+/// Suspends the run until a step wakes it: pending once, then ready, with `waker` updated to the
+/// waker of the task polling it (if it changed) for the next pass.
+pub struct Suspend<'a> {
+    waker: &'a mut Waker,
+    suspended: bool,
+}
+
+impl<'a> Suspend<'a> {
+    #[inline]
+    pub fn new(waker: &'a mut Waker) -> Self {
+        Suspend {
+            waker,
+            suspended: false,
+        }
+    }
+}
+
+impl Future for Suspend<'_> {
+    type Output = ();
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.suspended {
+            // The steps just polled hold this poll's waker: one of them wakes the task.
+            self.suspended = true;
+            return Poll::Pending;
+        }
+        if !self.waker.will_wake(cx.waker()) {
+            self.waker.clone_from(cx.waker());
+        }
+        Poll::Ready(())
     }
 }
 
@@ -411,32 +457,37 @@ impl<S: JobStep> RunCore<S> {
         }
     }
 
-    /// Runs one step with its attribute's policies: see [`crate::exec::run_step`].
+    /// Starts one step with its attribute's policies: see [`crate::exec::start_step`].
     #[inline]
-    pub fn step<'a, T, F, Fut>(
+    #[allow(clippy::type_complexity)]
+    pub fn step<'a, C, T, F, Fut>(
         &'a self,
         step: S,
         retry: Option<&'a dyn RetryPolicy>,
         timeout: Option<Duration>,
         limits: &'a StepLimits,
         attempt: F,
-    ) -> impl Future<Output = Result<T, StepError>> + use<'a, S, T, F, Fut>
+    ) -> StepFuture<
+        Fut,
+        Pin<Box<impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>>,
+    >
     where
-        F: FnMut(StepContext) -> Fut,
-        Fut: Future<Output = Result<T, BoxError>>,
+        C: AttemptContext,
+        F: FnMut(C) -> Fut + 'a,
+        Fut: Future<Output = Result<T, BoxError>> + 'a,
     {
         let policies = Policies {
             retry,
             timeout,
             limits,
         };
-        run_step(self, step, policies, attempt)
+        start_step(self, step, policies, attempt)
     }
 
     /// Runs a `#[step(for_each(..))]` step: see [`crate::exec::run_for_each`].
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    pub fn for_each<'a, 'e, E, T, F, Fut>(
+    pub fn for_each<'a, 'e, C, E, T, F, Fut>(
         &'a self,
         step: S,
         retry: Option<&'a dyn RetryPolicy>,
@@ -445,9 +496,13 @@ impl<S: JobStep> RunCore<S> {
         bound: Option<u32>,
         elements: &'e [E],
         attempt: F,
-    ) -> impl Future<Output = Result<Vec<T>, StepError>> + use<'a, 'e, S, E, T, F, Fut>
+    ) -> StepFuture<
+        core::future::Pending<Result<Vec<T>, BoxError>>,
+        impl Future<Output = Result<Vec<T>, StepError>> + use<'a, 'e, S, C, E, T, F, Fut>,
+    >
     where
-        F: Fn(StepContext, &'e E) -> Fut,
+        C: AttemptContext,
+        F: Fn(C, &'e E) -> Fut,
         Fut: Future<Output = Result<T, BoxError>>,
     {
         let policies = Policies {
@@ -456,7 +511,9 @@ impl<S: JobStep> RunCore<S> {
             limits,
         };
         let bound = bound.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        run_for_each(self, step, policies, elements, bound, attempt)
+        StepFuture::Managed {
+            future: run_for_each(self, step, policies, elements, bound, attempt),
+        }
     }
 
     /// Records that the run stopped while `step` ran.

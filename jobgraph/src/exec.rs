@@ -7,6 +7,8 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -28,61 +30,156 @@ pub(crate) struct Policies<'a> {
     pub(crate) limits: &'a StepLimits,
 }
 
-/// Runs `step` to its end: the one runtime function the generated scheduler calls per step.
+pin_project_lite::pin_project! {
+    /// A started step, in the slot the scheduler polls it from.
+    ///
+    /// On the lean path it is the attempt's own future: the scheduler polls it through
+    /// [`poll_step`], which catches a panic and reports the step's end, so the code generic over
+    /// each step is little more than the poll of the user's future. On the general path it is a
+    /// future that runs, and reports, every attempt itself.
+    #[project = StepFutureProj]
+    // pin-project-lite takes no doc comments on fields: the variants' docs say what they hold.
+    #[allow(missing_docs)]
+    pub enum StepFuture<Fut, G> {
+        /// The step's one attempt (the user's code), and when the step started (nanoseconds
+        /// since the run started).
+        Lean { #[pin] attempt: Fut, started: u64 },
+        /// A future running and reporting the whole step.
+        Managed { #[pin] future: G },
+    }
+}
+
+/// Starts `step`: the one runtime function the generated scheduler calls when a step's
+/// dependencies completed.
 ///
-/// `attempt` builds one attempt's future from a fresh context; it is called again for each retry.
-/// Back-off sleeps are part of this future, so cancelling the run (dropping it) ends them at once.
-pub(crate) async fn run_step<S, T, F, Fut>(
-    run: &RunCore<S>,
+/// `attempt` builds one attempt's future from a fresh context; the general path calls it again
+/// for each retry. Its back-off sleeps are part of the returned future, so cancelling the run
+/// (dropping it) ends them at once.
+#[inline]
+#[allow(clippy::type_complexity)]
+pub(crate) fn start_step<'a, S, C, T, F, Fut>(
+    run: &'a RunCore<S>,
     step: S,
-    policies: Policies<'_>,
+    policies: Policies<'a>,
     mut attempt: F,
-) -> Result<T, StepError>
+) -> StepFuture<Fut, Pin<Box<impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>>>
 where
     S: JobStep,
-    F: FnMut(StepContext) -> Fut,
-    Fut: Future<Output = Result<T, BoxError>>,
+    C: AttemptContext,
+    F: FnMut(C) -> Fut + 'a,
+    Fut: Future<Output = Result<T, BoxError>> + 'a,
 {
+    match plan(run, step, policies) {
+        Plan::Lean { started } => StepFuture::Lean {
+            attempt: attempt(C::new(run, step, 1, None, None)),
+            started,
+        },
+        Plan::General(general) => StepFuture::Managed {
+            future: Box::pin(with_policies(run, step, general, attempt)),
+        },
+    }
+}
+
+/// How a step runs: see [`plan`].
+enum Plan<'a> {
+    /// One attempt, polled by the scheduler, started at `started`.
+    Lean { started: u64 },
+    /// Every attempt in a future of its own.
+    General(General<'a>),
+}
+
+/// What the general path runs a step with.
+struct General<'a> {
+    retry: Option<&'a dyn RetryPolicy>,
+    timeout: Option<Duration>,
+    limiter: Option<Arc<StepLimiter>>,
+    /// The first attempt's span, when a subscriber wants it.
+    span: Option<Span>,
+}
+
+/// Decides how `step` runs. A step with no retry policy, no timeout and no limits, whose span
+/// no subscriber wants (the common case), takes the lean path: it starts now, with no timer and
+/// nothing allocated. Not generic over the step's future, so one copy serves every step of a
+/// job.
+#[inline(never)]
+fn plan<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) -> Plan<'a> {
     let retry = run.retry_override(step).or(policies.retry);
     let timeout = run.timeout_override(step).or(policies.timeout);
     let limiter = run.limits().limiter(step, policies.limits);
+    let mut span = None;
     if retry.is_none() && timeout.is_none() && limiter.is_none() {
-        let first_start = run.now();
-        let (ctx, span) = begin(run, step, 1, first_start);
-        let once = async {
-            let outcome = stale(run, guarded(attempt(ctx))).await;
-            end(run, step, 1, first_start, outcome)
-        };
+        let first = new_span(step, 1, None);
         // Entering a span no subscriber wants costs more than the rest of a trivial step.
-        return if span.is_disabled() {
-            once.await
-        } else {
-            once.instrument(span).await
-        };
+        if first.is_disabled() {
+            let started = run.now();
+            run.attempt_started(step, 1, started);
+            run.emit(&StepEvent::Started { step, attempt: 1 });
+            tracing::debug!(step = step.name(), "step started");
+            return Plan::Lean { started };
+        }
+        span = Some(first);
     }
-    let general = Box::pin(with_policies(run, step, retry, timeout, limiter, attempt));
-    general.await
+    Plan::General(General {
+        retry,
+        timeout,
+        limiter,
+        span,
+    })
 }
 
-/// Every attempt of a step with a retry policy, a timeout or limits.
-async fn with_policies<S, T, F, Fut>(
+/// Polls a started step; on its end, reports it and returns its outcome.
+#[inline]
+pub(crate) fn poll_step<S, T, Fut, G>(
     run: &RunCore<S>,
     step: S,
-    retry: Option<&dyn RetryPolicy>,
-    timeout: Option<Duration>,
-    limiter: Option<Arc<StepLimiter>>,
+    future: Pin<&mut StepFuture<Fut, G>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, StepError>>
+where
+    S: JobStep,
+    Fut: Future<Output = Result<T, BoxError>>,
+    G: Future<Output = Result<T, StepError>>,
+{
+    match future.project() {
+        StepFutureProj::Lean { attempt, started } => {
+            run.stale();
+            let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| attempt.poll(cx))) {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(Ok(output))) => Ok(output),
+                Ok(Poll::Ready(Err(error))) => Err(StepError::Error(error)),
+                Err(payload) => Err(StepError::Panic(StepPanic::from_payload(payload))),
+            };
+            lean_end(run, step, *started, outcome.as_ref().err());
+            Poll::Ready(outcome)
+        }
+        StepFutureProj::Managed { future } => future.poll(cx),
+    }
+}
+
+/// Reports the end of a step that took the lean path.
+#[inline(never)]
+fn lean_end<S: JobStep>(run: &RunCore<S>, step: S, started: u64, error: Option<&StepError>) {
+    report_end(run, step, 1, started, error);
+}
+
+/// Every attempt of a step on the general path.
+async fn with_policies<S, C, T, F, Fut>(
+    run: &RunCore<S>,
+    step: S,
+    general: General<'_>,
     attempt: F,
 ) -> Result<T, StepError>
 where
     S: JobStep,
-    F: FnMut(StepContext) -> Fut,
+    C: AttemptContext,
+    F: FnMut(C) -> Fut,
     Fut: Future<Output = Result<T, BoxError>>,
 {
     let mut first_start = None;
     let policies = AttemptPolicies {
-        retry,
-        timeout,
-        limiter: limiter.as_deref(),
+        retry: general.retry,
+        timeout: general.timeout,
+        limiter: general.limiter.as_deref(),
     };
     let on_start = |n: u32| {
         // Time spent waiting for a limit is not part of the step's run.
@@ -90,7 +187,8 @@ where
         run.attempt_started(step, n, started);
         run.emit(&StepEvent::Started { step, attempt: n });
     };
-    let (outcome, n, span) = attempts(run, step, None, policies, on_start, attempt).await;
+    let (outcome, n, span) =
+        attempts(run, step, None, policies, general.span, on_start, attempt).await;
     let started = first_start.unwrap_or_else(|| run.now());
     span.in_scope(|| end(run, step, n, started, outcome))
 }
@@ -104,19 +202,22 @@ struct AttemptPolicies<'a> {
 }
 
 /// Runs attempts until one succeeds or the retry policy gives up: each waits for the limits,
-/// calls `on_start` with its number, and gets a fresh context and span. Returns the last
-/// attempt's outcome, its number and its span.
-async fn attempts<S, T, F, Fut>(
+/// calls `on_start` with its number, and gets a fresh context and span (`first_span`, if given,
+/// for the first). Returns the last attempt's outcome, its number and its span.
+#[allow(clippy::too_many_arguments)]
+async fn attempts<S, C, T, F, Fut>(
     run: &RunCore<S>,
     step: S,
     element: Option<usize>,
     policies: AttemptPolicies<'_>,
+    mut first_span: Option<Span>,
     mut on_start: impl FnMut(u32),
     mut attempt: F,
 ) -> (Result<T, StepError>, u32, Span)
 where
     S: JobStep,
-    F: FnMut(StepContext) -> Fut,
+    C: AttemptContext,
+    F: FnMut(C) -> Fut,
     Fut: Future<Output = Result<T, BoxError>>,
 {
     let mut n: u32 = 0;
@@ -127,9 +228,10 @@ where
             None => None,
         };
         on_start(n);
-        let mut ctx = run.context(step, n);
-        ctx.set_element(element);
-        let span = span(step, n, element, &ctx);
+        let span = first_span
+            .take()
+            .unwrap_or_else(|| new_span(step, n, element));
+        let ctx = C::new(run, step, n, element, Some(&span));
         let outcome = async {
             let attempt = stale(run, guarded(attempt(ctx)));
             match policies.timeout {
@@ -170,7 +272,7 @@ where
 /// each retry of that element), at most `bound` elements at once, each under the step's retry
 /// policy, timeout and limits. The output is every element's, in the elements' order; the first
 /// element that fails fails the step, and the others still running are dropped.
-pub(crate) async fn run_for_each<'e, S, E, T, F, Fut>(
+pub(crate) async fn run_for_each<'e, S, C, E, T, F, Fut>(
     run: &RunCore<S>,
     step: S,
     policies: Policies<'_>,
@@ -180,7 +282,8 @@ pub(crate) async fn run_for_each<'e, S, E, T, F, Fut>(
 ) -> Result<Vec<T>, StepError>
 where
     S: JobStep,
-    F: Fn(StepContext, &'e E) -> Fut,
+    C: AttemptContext,
+    F: Fn(C, &'e E) -> Fut,
     Fut: Future<Output = Result<T, BoxError>>,
 {
     use futures::StreamExt as _;
@@ -207,7 +310,8 @@ where
                 run.set_attempts(step, attempts);
             };
             let make = |ctx| attempt(ctx, value);
-            let (outcome, _, _) = attempts(run, step, Some(index), policies, on_start, make).await;
+            let (outcome, _, _) =
+                attempts(run, step, Some(index), policies, None, on_start, make).await;
             (index, outcome)
         }
     };
@@ -243,18 +347,8 @@ where
     end(run, step, attempts, first_start, outcome)
 }
 
-/// Starts attempt `n` of a step on the lean path: its enriched context and span, the report and
-/// the listener.
-fn begin<S: JobStep>(run: &RunCore<S>, step: S, n: u32, first_start: u64) -> (StepContext, Span) {
-    let ctx = run.context(step, n);
-    let span = span(step, n, None, &ctx);
-    run.attempt_started(step, n, first_start);
-    run.emit(&StepEvent::Started { step, attempt: n });
-    (ctx, span)
-}
-
-/// The span of one attempt, with the fields enrichment recorded.
-fn span<S: JobStep>(step: S, n: u32, element: Option<usize>, ctx: &StepContext) -> Span {
+/// The span of attempt `n` of a step (of one of its elements, for a `for_each` step).
+fn new_span<S: JobStep>(step: S, n: u32, element: Option<usize>) -> Span {
     let span = tracing::info_span!(
         "step",
         step = step.name(),
@@ -262,17 +356,67 @@ fn span<S: JobStep>(step: S, n: u32, element: Option<usize>, ctx: &StepContext) 
         element = tracing::field::Empty,
         fields = tracing::field::Empty
     );
-    if span.is_disabled() {
-        return span;
-    }
     if let Some(element) = element {
         span.record("element", element);
     }
-    if ctx.fields().next().is_some() {
-        let fields: Vec<String> = ctx.fields().map(|(k, v)| format!("{k}={v}")).collect();
-        span.record("fields", fields.join(" "));
-    }
     span
+}
+
+/// What an attempt of a step is given: a [`StepContext`] if the step takes one, else
+/// [`NoContext`]. Either way enrichment runs, and the span gets the fields it records.
+pub trait AttemptContext: Sized {
+    /// The argument of attempt `n` (of `element`, for a `for_each` step) of `step`, whose span is
+    /// `span` (`None` for a span no subscriber wants).
+    fn new<S: JobStep>(
+        run: &RunCore<S>,
+        step: S,
+        n: u32,
+        element: Option<usize>,
+        span: Option<&Span>,
+    ) -> Self;
+}
+
+impl AttemptContext for StepContext {
+    #[inline]
+    fn new<S: JobStep>(
+        run: &RunCore<S>,
+        step: S,
+        n: u32,
+        element: Option<usize>,
+        span: Option<&Span>,
+    ) -> Self {
+        let mut ctx = run.context(step, n);
+        ctx.set_element(element);
+        if let Some(span) = span.filter(|span| !span.is_disabled()) {
+            if ctx.fields().next().is_some() {
+                let fields: Vec<String> =
+                    ctx.fields().map(|(k, v)| format!("{k}={v}")).collect();
+                span.record("fields", fields.join(" "));
+            }
+        }
+        ctx
+    }
+}
+
+/// The argument of an attempt of a step that takes no [`StepContext`]: a context is built only
+/// for enrichment to run on, and only if the job has enrichment.
+#[derive(Debug)]
+pub struct NoContext;
+
+impl AttemptContext for NoContext {
+    #[inline]
+    fn new<S: JobStep>(
+        run: &RunCore<S>,
+        step: S,
+        n: u32,
+        element: Option<usize>,
+        span: Option<&Span>,
+    ) -> Self {
+        if run.enriches() {
+            drop(<StepContext as AttemptContext>::new(run, step, n, element, span));
+        }
+        NoContext
+    }
 }
 
 /// One attempt's future, with a panic turned into the step's error.
@@ -296,9 +440,22 @@ fn end<S: JobStep, T>(
     first_start: u64,
     outcome: Result<T, StepError>,
 ) -> Result<T, StepError> {
+    report_end(run, step, n, first_start, outcome.as_ref().err());
+    outcome
+}
+
+/// Reports how a step ended (failed with `error`, else completed) after `n` attempts: the
+/// report, the trace and the listener.
+fn report_end<S: JobStep>(
+    run: &RunCore<S>,
+    step: S,
+    n: u32,
+    first_start: u64,
+    error: Option<&StepError>,
+) {
     let duration = Duration::from_nanos(run.read_clock().saturating_sub(first_start));
-    match &outcome {
-        Ok(_) => {
+    match error {
+        None => {
             run.step_ended(step, StepState::Completed, duration, None);
             tracing::info!(?duration, attempts = n, "step completed");
             run.emit(&StepEvent::Completed {
@@ -307,7 +464,7 @@ fn end<S: JobStep, T>(
                 duration,
             });
         }
-        Err(error) => {
+        Some(error) => {
             run.step_ended(step, StepState::Failed, duration, Some(error.to_string()));
             tracing::error!(error = %error, attempts = n, "step failed");
             run.emit(&StepEvent::Failed {
@@ -317,7 +474,6 @@ fn end<S: JobStep, T>(
             });
         }
     }
-    outcome
 }
 
 /// Runs `attempt`, marking the run's latest clock reading stale whenever it runs user code.

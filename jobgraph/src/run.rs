@@ -320,6 +320,12 @@ impl<S: JobStep> RunCore<S> {
             .map(|(_, d)| *d)
     }
 
+    /// True if the job or the run enriches contexts.
+    #[inline]
+    pub(crate) fn enriches(&self) -> bool {
+        self.options.job_enrich.is_some() || !self.options.enrich.is_empty()
+    }
+
     /// The context of a new attempt, enriched: the job's enrichment first.
     pub(crate) fn context(&self, step: S, attempt: u32) -> StepContext {
         let mut ctx = StepContext::new(&self.info, step.name(), attempt);

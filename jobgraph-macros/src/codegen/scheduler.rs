@@ -32,6 +32,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let stop = local1("stop");
     let failures = local1("failures");
     let cx = local1("cx");
+    let waker = local1("waker");
     let graph_const = quote::format_ident!("__JG_GRAPH", span = proc_macro2::Span::mixed_site());
     let slot = |i: usize| local("slot", i);
     let fut = |i: usize| local("fut", i);
@@ -80,6 +81,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
         let (slot, start, fut) = (slot(i), local("start", i), fut(i));
         quote! {
             #k => #p::turn(
+                #run,
                 &mut #sched,
                 &#graph_const,
                 #k,
@@ -124,11 +126,17 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
             let mut #stop = #p::RunCore::stop(#run);
             #(#slot_refs)*
             #(#starters)*
-            #p::poll_fn(|#cx: &mut #p::Context<'_>| {
-                #p::RunCore::woken(#run);
-                'stop: {
+            // The passes run in this async block itself, not in a `poll_fn` closure: a closure
+            // would capture a pointer per step's slot, start and future and load them all on
+            // every poll, while the block reaches its locals where they are.
+            let mut #waker = #p::waker().await;
+            let __jg_stopped = 'stop: loop {
+                {
+                    let mut #cx = #p::Context::from_waker(&#waker);
+                    let #cx = &mut #cx;
+                    #p::RunCore::woken(#run);
                     if #p::Stop::cancelled(&mut #stop, #cx) {
-                        break 'stop;
+                        break 'stop true;
                     }
                     loop {
                         let mut __jg_from = 0;
@@ -140,7 +148,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                             __jg_from = __jg_k + 1;
                         }
                         if #p::Stop::failed_fast(&#stop, &#failures) {
-                            break 'stop;
+                            break 'stop true;
                         }
                         // A sequential run starts one step per pass: go round again when that
                         // step completed at once and others are ready.
@@ -148,16 +156,15 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                             break;
                         }
                     }
-                    return if #p::Sched::idle(&#sched) {
-                        #p::Poll::Ready(())
-                    } else {
-                        #p::Poll::Pending
-                    };
+                    if #p::Sched::idle(&#sched) {
+                        break 'stop false;
+                    }
                 }
+                #p::Suspend::new(&mut #waker).await;
+            };
+            if __jg_stopped {
                 #(#cancel_running)*
-                #p::Poll::Ready(())
-            })
-            .await;
+            }
         }
         if let #p::Err(__jg_error) = #p::RunCore::end(#run, #failures) {
             return #p::Err(__jg_error);
@@ -205,6 +212,12 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
         Param::Unsupported(_) => unreachable!("validated parameters"),
     });
     let args: Vec<TokenStream> = args.collect();
+    // A step that takes no context is given none: building one costs more than a no-op step.
+    let ctx_ty = if s.params.iter().any(|param| matches!(param, Param::Context(_))) {
+        quote!(#p::StepContext)
+    } else {
+        quote!(#p::NoContext)
+    };
     let call = quote!(Self::#method(self, #(#args),*).await);
     let result = if s.output.fallible {
         // Spanned on the `E` of `Result<T, E>`: an error type that is not an `Error` is
@@ -263,7 +276,7 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
                     #limits,
                     #bound,
                     #elements,
-                    move |#ctx: #p::StepContext, #elem| async move { #result },
+                    move |#ctx: #ctx_ty, #elem| async move { #result },
                 )
             }
         }
@@ -274,7 +287,7 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
                 #retry,
                 #timeout,
                 #limits,
-                move |#ctx: #p::StepContext| async move { #result },
+                move |#ctx: #ctx_ty| async move { #result },
             )
         },
     };

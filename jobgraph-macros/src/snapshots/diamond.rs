@@ -161,7 +161,7 @@ impl ::jobgraph::__private::Job for Diamond {
                     ::jobgraph::__private::None,
                     ::jobgraph::__private::None,
                     &::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
+                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
                         ::jobgraph::__private::infallible(Self::a(self).await)
                     },
                 );
@@ -174,7 +174,7 @@ impl ::jobgraph::__private::Job for Diamond {
                     ::jobgraph::__private::None,
                     ::jobgraph::__private::None,
                     &::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
+                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
                         {
                             let __jg_out = Self::b(
                                     self,
@@ -214,7 +214,7 @@ impl ::jobgraph::__private::Job for Diamond {
                     ::jobgraph::__private::None,
                     ::jobgraph::__private::None,
                     &::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
+                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
                         ::jobgraph::__private::infallible(
                             Self::d(
                                     self,
@@ -227,145 +227,151 @@ impl ::jobgraph::__private::Job for Diamond {
                 let mut __jg_fut3 = ::jobgraph::__private::pin!(
                     ::jobgraph::__private::none_of(& __jg_start3)
                 );
-                ::jobgraph::__private::poll_fn(|
-                        __jg_cx: &mut ::jobgraph::__private::Context<'_>|
+                let mut __jg_waker = ::jobgraph::__private::waker().await;
+                let __jg_stopped = 'stop: loop {
                     {
+                        let mut __jg_cx = ::jobgraph::__private::Context::from_waker(
+                            &__jg_waker,
+                        );
+                        let __jg_cx = &mut __jg_cx;
                         ::jobgraph::__private::RunCore::woken(__jg_run);
-                        'stop: {
-                            if ::jobgraph::__private::Stop::cancelled(
-                                &mut __jg_stop,
-                                __jg_cx,
+                        if ::jobgraph::__private::Stop::cancelled(
+                            &mut __jg_stop,
+                            __jg_cx,
+                        ) {
+                            break 'stop true;
+                        }
+                        loop {
+                            let mut __jg_from = 0;
+                            while let ::jobgraph::__private::Some(__jg_k) = ::jobgraph::__private::Sched::next(
+                                &__jg_sched,
+                                __jg_from,
                             ) {
-                                break 'stop;
-                            }
-                            loop {
-                                let mut __jg_from = 0;
-                                while let ::jobgraph::__private::Some(__jg_k) = ::jobgraph::__private::Sched::next(
-                                    &__jg_sched,
-                                    __jg_from,
-                                ) {
-                                    match __jg_k {
-                                        0usize => {
-                                            ::jobgraph::__private::turn(
-                                                &mut __jg_sched,
-                                                &__JG_GRAPH,
-                                                0usize,
-                                                DiamondStep::A,
-                                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                                                &__jg_start0,
-                                                __jg_slot0,
-                                                &mut __jg_failures,
-                                                __jg_cx,
-                                            )
-                                        }
-                                        1usize => {
-                                            ::jobgraph::__private::turn(
-                                                &mut __jg_sched,
-                                                &__JG_GRAPH,
-                                                1usize,
-                                                DiamondStep::B,
-                                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
-                                                &__jg_start1,
-                                                __jg_slot1,
-                                                &mut __jg_failures,
-                                                __jg_cx,
-                                            )
-                                        }
-                                        2usize => {
-                                            ::jobgraph::__private::turn(
-                                                &mut __jg_sched,
-                                                &__JG_GRAPH,
-                                                2usize,
-                                                DiamondStep::C,
-                                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut2),
-                                                &__jg_start2,
-                                                __jg_slot2,
-                                                &mut __jg_failures,
-                                                __jg_cx,
-                                            )
-                                        }
-                                        3usize => {
-                                            ::jobgraph::__private::turn(
-                                                &mut __jg_sched,
-                                                &__JG_GRAPH,
-                                                3usize,
-                                                DiamondStep::D,
-                                                ::jobgraph::__private::Pin::as_mut(&mut __jg_fut3),
-                                                &__jg_start3,
-                                                __jg_slot3,
-                                                &mut __jg_failures,
-                                                __jg_cx,
-                                            )
-                                        }
-                                        _ => ::jobgraph::__private::unreachable_step(),
+                                match __jg_k {
+                                    0usize => {
+                                        ::jobgraph::__private::turn(
+                                            __jg_run,
+                                            &mut __jg_sched,
+                                            &__JG_GRAPH,
+                                            0usize,
+                                            DiamondStep::A,
+                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
+                                            &__jg_start0,
+                                            __jg_slot0,
+                                            &mut __jg_failures,
+                                            __jg_cx,
+                                        )
                                     }
-                                    __jg_from = __jg_k + 1;
+                                    1usize => {
+                                        ::jobgraph::__private::turn(
+                                            __jg_run,
+                                            &mut __jg_sched,
+                                            &__JG_GRAPH,
+                                            1usize,
+                                            DiamondStep::B,
+                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
+                                            &__jg_start1,
+                                            __jg_slot1,
+                                            &mut __jg_failures,
+                                            __jg_cx,
+                                        )
+                                    }
+                                    2usize => {
+                                        ::jobgraph::__private::turn(
+                                            __jg_run,
+                                            &mut __jg_sched,
+                                            &__JG_GRAPH,
+                                            2usize,
+                                            DiamondStep::C,
+                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut2),
+                                            &__jg_start2,
+                                            __jg_slot2,
+                                            &mut __jg_failures,
+                                            __jg_cx,
+                                        )
+                                    }
+                                    3usize => {
+                                        ::jobgraph::__private::turn(
+                                            __jg_run,
+                                            &mut __jg_sched,
+                                            &__JG_GRAPH,
+                                            3usize,
+                                            DiamondStep::D,
+                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut3),
+                                            &__jg_start3,
+                                            __jg_slot3,
+                                            &mut __jg_failures,
+                                            __jg_cx,
+                                        )
+                                    }
+                                    _ => ::jobgraph::__private::unreachable_step(),
                                 }
-                                if ::jobgraph::__private::Stop::failed_fast(
-                                    &__jg_stop,
-                                    &__jg_failures,
-                                ) {
-                                    break 'stop;
-                                }
-                                if !::jobgraph::__private::Sched::more_to_start(
-                                    &__jg_sched,
-                                ) {
-                                    break;
-                                }
+                                __jg_from = __jg_k + 1;
                             }
-                            return if ::jobgraph::__private::Sched::idle(&__jg_sched) {
-                                ::jobgraph::__private::Poll::Ready(())
-                            } else {
-                                ::jobgraph::__private::Poll::Pending
-                            };
+                            if ::jobgraph::__private::Stop::failed_fast(
+                                &__jg_stop,
+                                &__jg_failures,
+                            ) {
+                                break 'stop true;
+                            }
+                            if !::jobgraph::__private::Sched::more_to_start(
+                                &__jg_sched,
+                            ) {
+                                break;
+                            }
                         }
-                        if ::jobgraph::__private::Option::is_some(&*__jg_fut0) {
-                            ::jobgraph::__private::Pin::set(
-                                &mut __jg_fut0,
-                                ::jobgraph::__private::None,
-                            );
-                            ::jobgraph::__private::RunCore::cancelled_step(
-                                __jg_run,
-                                DiamondStep::A,
-                                &mut __jg_failures,
-                            );
+                        if ::jobgraph::__private::Sched::idle(&__jg_sched) {
+                            break 'stop false;
                         }
-                        if ::jobgraph::__private::Option::is_some(&*__jg_fut1) {
-                            ::jobgraph::__private::Pin::set(
-                                &mut __jg_fut1,
-                                ::jobgraph::__private::None,
-                            );
-                            ::jobgraph::__private::RunCore::cancelled_step(
-                                __jg_run,
-                                DiamondStep::B,
-                                &mut __jg_failures,
-                            );
-                        }
-                        if ::jobgraph::__private::Option::is_some(&*__jg_fut2) {
-                            ::jobgraph::__private::Pin::set(
-                                &mut __jg_fut2,
-                                ::jobgraph::__private::None,
-                            );
-                            ::jobgraph::__private::RunCore::cancelled_step(
-                                __jg_run,
-                                DiamondStep::C,
-                                &mut __jg_failures,
-                            );
-                        }
-                        if ::jobgraph::__private::Option::is_some(&*__jg_fut3) {
-                            ::jobgraph::__private::Pin::set(
-                                &mut __jg_fut3,
-                                ::jobgraph::__private::None,
-                            );
-                            ::jobgraph::__private::RunCore::cancelled_step(
-                                __jg_run,
-                                DiamondStep::D,
-                                &mut __jg_failures,
-                            );
-                        }
-                        ::jobgraph::__private::Poll::Ready(())
-                    })
-                    .await;
+                    }
+                    ::jobgraph::__private::Suspend::new(&mut __jg_waker).await;
+                };
+                if __jg_stopped {
+                    if ::jobgraph::__private::Option::is_some(&*__jg_fut0) {
+                        ::jobgraph::__private::Pin::set(
+                            &mut __jg_fut0,
+                            ::jobgraph::__private::None,
+                        );
+                        ::jobgraph::__private::RunCore::cancelled_step(
+                            __jg_run,
+                            DiamondStep::A,
+                            &mut __jg_failures,
+                        );
+                    }
+                    if ::jobgraph::__private::Option::is_some(&*__jg_fut1) {
+                        ::jobgraph::__private::Pin::set(
+                            &mut __jg_fut1,
+                            ::jobgraph::__private::None,
+                        );
+                        ::jobgraph::__private::RunCore::cancelled_step(
+                            __jg_run,
+                            DiamondStep::B,
+                            &mut __jg_failures,
+                        );
+                    }
+                    if ::jobgraph::__private::Option::is_some(&*__jg_fut2) {
+                        ::jobgraph::__private::Pin::set(
+                            &mut __jg_fut2,
+                            ::jobgraph::__private::None,
+                        );
+                        ::jobgraph::__private::RunCore::cancelled_step(
+                            __jg_run,
+                            DiamondStep::C,
+                            &mut __jg_failures,
+                        );
+                    }
+                    if ::jobgraph::__private::Option::is_some(&*__jg_fut3) {
+                        ::jobgraph::__private::Pin::set(
+                            &mut __jg_fut3,
+                            ::jobgraph::__private::None,
+                        );
+                        ::jobgraph::__private::RunCore::cancelled_step(
+                            __jg_run,
+                            DiamondStep::D,
+                            &mut __jg_failures,
+                        );
+                    }
+                }
             }
             if let ::jobgraph::__private::Err(__jg_error) = ::jobgraph::__private::RunCore::end(
                 __jg_run,

@@ -138,7 +138,7 @@ where
                     ::my::jobgraph::__private::None,
                     ::my::jobgraph::__private::None,
                     &::my::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::my::jobgraph::__private::StepContext| async move {
+                    move |__jg_ctx: ::my::jobgraph::__private::NoContext| async move {
                         {
                             let __jg_out = Self::load(self).await;
                             ::my::jobgraph::__private::StepResult::into_step_result(
@@ -156,7 +156,7 @@ where
                     ::my::jobgraph::__private::None,
                     ::my::jobgraph::__private::None,
                     &::my::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::my::jobgraph::__private::StepContext| async move {
+                    move |__jg_ctx: ::my::jobgraph::__private::NoContext| async move {
                         ::my::jobgraph::__private::infallible(
                             Self::render(
                                     self,
@@ -172,99 +172,101 @@ where
                 let mut __jg_fut1 = ::my::jobgraph::__private::pin!(
                     ::my::jobgraph::__private::none_of(& __jg_start1)
                 );
-                ::my::jobgraph::__private::poll_fn(|
-                        __jg_cx: &mut ::my::jobgraph::__private::Context<'_>|
+                let mut __jg_waker = ::my::jobgraph::__private::waker().await;
+                let __jg_stopped = 'stop: loop {
                     {
+                        let mut __jg_cx = ::my::jobgraph::__private::Context::from_waker(
+                            &__jg_waker,
+                        );
+                        let __jg_cx = &mut __jg_cx;
                         ::my::jobgraph::__private::RunCore::woken(__jg_run);
-                        'stop: {
-                            if ::my::jobgraph::__private::Stop::cancelled(
-                                &mut __jg_stop,
-                                __jg_cx,
+                        if ::my::jobgraph::__private::Stop::cancelled(
+                            &mut __jg_stop,
+                            __jg_cx,
+                        ) {
+                            break 'stop true;
+                        }
+                        loop {
+                            let mut __jg_from = 0;
+                            while let ::my::jobgraph::__private::Some(__jg_k) = ::my::jobgraph::__private::Sched::next(
+                                &__jg_sched,
+                                __jg_from,
                             ) {
-                                break 'stop;
-                            }
-                            loop {
-                                let mut __jg_from = 0;
-                                while let ::my::jobgraph::__private::Some(__jg_k) = ::my::jobgraph::__private::Sched::next(
-                                    &__jg_sched,
-                                    __jg_from,
-                                ) {
-                                    match __jg_k {
-                                        0usize => {
-                                            ::my::jobgraph::__private::turn(
-                                                &mut __jg_sched,
-                                                &__JG_GRAPH,
-                                                0usize,
-                                                ReportStep::Load,
-                                                ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                                                &__jg_start0,
-                                                __jg_slot0,
-                                                &mut __jg_failures,
-                                                __jg_cx,
-                                            )
-                                        }
-                                        1usize => {
-                                            ::my::jobgraph::__private::turn(
-                                                &mut __jg_sched,
-                                                &__JG_GRAPH,
-                                                1usize,
-                                                ReportStep::Render,
-                                                ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
-                                                &__jg_start1,
-                                                __jg_slot1,
-                                                &mut __jg_failures,
-                                                __jg_cx,
-                                            )
-                                        }
-                                        _ => ::my::jobgraph::__private::unreachable_step(),
+                                match __jg_k {
+                                    0usize => {
+                                        ::my::jobgraph::__private::turn(
+                                            __jg_run,
+                                            &mut __jg_sched,
+                                            &__JG_GRAPH,
+                                            0usize,
+                                            ReportStep::Load,
+                                            ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
+                                            &__jg_start0,
+                                            __jg_slot0,
+                                            &mut __jg_failures,
+                                            __jg_cx,
+                                        )
                                     }
-                                    __jg_from = __jg_k + 1;
+                                    1usize => {
+                                        ::my::jobgraph::__private::turn(
+                                            __jg_run,
+                                            &mut __jg_sched,
+                                            &__JG_GRAPH,
+                                            1usize,
+                                            ReportStep::Render,
+                                            ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
+                                            &__jg_start1,
+                                            __jg_slot1,
+                                            &mut __jg_failures,
+                                            __jg_cx,
+                                        )
+                                    }
+                                    _ => ::my::jobgraph::__private::unreachable_step(),
                                 }
-                                if ::my::jobgraph::__private::Stop::failed_fast(
-                                    &__jg_stop,
-                                    &__jg_failures,
-                                ) {
-                                    break 'stop;
-                                }
-                                if !::my::jobgraph::__private::Sched::more_to_start(
-                                    &__jg_sched,
-                                ) {
-                                    break;
-                                }
+                                __jg_from = __jg_k + 1;
                             }
-                            return if ::my::jobgraph::__private::Sched::idle(
+                            if ::my::jobgraph::__private::Stop::failed_fast(
+                                &__jg_stop,
+                                &__jg_failures,
+                            ) {
+                                break 'stop true;
+                            }
+                            if !::my::jobgraph::__private::Sched::more_to_start(
                                 &__jg_sched,
                             ) {
-                                ::my::jobgraph::__private::Poll::Ready(())
-                            } else {
-                                ::my::jobgraph::__private::Poll::Pending
-                            };
+                                break;
+                            }
                         }
-                        if ::my::jobgraph::__private::Option::is_some(&*__jg_fut0) {
-                            ::my::jobgraph::__private::Pin::set(
-                                &mut __jg_fut0,
-                                ::my::jobgraph::__private::None,
-                            );
-                            ::my::jobgraph::__private::RunCore::cancelled_step(
-                                __jg_run,
-                                ReportStep::Load,
-                                &mut __jg_failures,
-                            );
+                        if ::my::jobgraph::__private::Sched::idle(&__jg_sched) {
+                            break 'stop false;
                         }
-                        if ::my::jobgraph::__private::Option::is_some(&*__jg_fut1) {
-                            ::my::jobgraph::__private::Pin::set(
-                                &mut __jg_fut1,
-                                ::my::jobgraph::__private::None,
-                            );
-                            ::my::jobgraph::__private::RunCore::cancelled_step(
-                                __jg_run,
-                                ReportStep::Render,
-                                &mut __jg_failures,
-                            );
-                        }
-                        ::my::jobgraph::__private::Poll::Ready(())
-                    })
-                    .await;
+                    }
+                    ::my::jobgraph::__private::Suspend::new(&mut __jg_waker).await;
+                };
+                if __jg_stopped {
+                    if ::my::jobgraph::__private::Option::is_some(&*__jg_fut0) {
+                        ::my::jobgraph::__private::Pin::set(
+                            &mut __jg_fut0,
+                            ::my::jobgraph::__private::None,
+                        );
+                        ::my::jobgraph::__private::RunCore::cancelled_step(
+                            __jg_run,
+                            ReportStep::Load,
+                            &mut __jg_failures,
+                        );
+                    }
+                    if ::my::jobgraph::__private::Option::is_some(&*__jg_fut1) {
+                        ::my::jobgraph::__private::Pin::set(
+                            &mut __jg_fut1,
+                            ::my::jobgraph::__private::None,
+                        );
+                        ::my::jobgraph::__private::RunCore::cancelled_step(
+                            __jg_run,
+                            ReportStep::Render,
+                            &mut __jg_failures,
+                        );
+                    }
+                }
             }
             if let ::my::jobgraph::__private::Err(__jg_error) = ::my::jobgraph::__private::RunCore::end(
                 __jg_run,
