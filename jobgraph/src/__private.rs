@@ -29,8 +29,8 @@ use std::sync::OnceLock;
 use tokio_util::sync::WaitForCancellationFuture;
 
 use crate::error::{BoxError, StepFailure};
-use crate::exec::{Policies, poll_step, run_for_each, start_step};
 pub use crate::exec::{AttemptContext, NoContext, StepFuture};
+use crate::exec::{Policies, poll_step, run_for_each, start_step};
 
 /// The `Result` a step method returns, split into output and error.
 #[diagnostic::on_unimplemented(

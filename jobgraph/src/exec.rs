@@ -8,9 +8,9 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::FutureExt as _;
@@ -389,8 +389,7 @@ impl AttemptContext for StepContext {
         ctx.set_element(element);
         if let Some(span) = span.filter(|span| !span.is_disabled()) {
             if ctx.fields().next().is_some() {
-                let fields: Vec<String> =
-                    ctx.fields().map(|(k, v)| format!("{k}={v}")).collect();
+                let fields: Vec<String> = ctx.fields().map(|(k, v)| format!("{k}={v}")).collect();
                 span.record("fields", fields.join(" "));
             }
         }
@@ -413,7 +412,9 @@ impl AttemptContext for NoContext {
         span: Option<&Span>,
     ) -> Self {
         if run.enriches() {
-            drop(<StepContext as AttemptContext>::new(run, step, n, element, span));
+            drop(<StepContext as AttemptContext>::new(
+                run, step, n, element, span,
+            ));
         }
         NoContext
     }

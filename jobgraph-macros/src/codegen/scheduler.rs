@@ -213,7 +213,11 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
     });
     let args: Vec<TokenStream> = args.collect();
     // A step that takes no context is given none: building one costs more than a no-op step.
-    let ctx_ty = if s.params.iter().any(|param| matches!(param, Param::Context(_))) {
+    let ctx_ty = if s
+        .params
+        .iter()
+        .any(|param| matches!(param, Param::Context(_)))
+    {
         quote!(#p::StepContext)
     } else {
         quote!(#p::NoContext)
