@@ -418,7 +418,7 @@ impl<S: JobStep> Stop<'_, S> {
 
 impl<S: JobStep> Drop for Stop<'_, S> {
     fn drop(&mut self) {
-        self.run.info.cancel.cancel();
+        self.run.info.cancel();
     }
 }
 
@@ -453,7 +453,7 @@ impl<S: JobStep> RunCore<S> {
             run: self,
             cancelled: self
                 .cancellable
-                .then(|| Box::pin(self.info.cancel.cancelled())),
+                .then(|| Box::pin(self.info.token().cancelled())),
         }
     }
 

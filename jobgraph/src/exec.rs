@@ -1,9 +1,10 @@
 //! One step of one run, every attempt of it: context and enrichment, span, limits, timeout,
 //! panic capture, retry with back-off, and what the report and the listener learn.
 //!
-//! A step with no retry policy, no timeout and no limits (the common case) takes a lean path:
-//! one attempt, no timer, nothing allocated. The others take the general path, boxed so its
-//! timers and back-off state do not make every step's future larger.
+//! A step with no retry policy, no timeout and no limits, whose span no subscriber wants (the
+//! common case), takes a lean path: its one attempt's future is the scheduler's to poll, with no
+//! timer, no wrapper future and nothing allocated. The others take the general path, boxed so
+//! its timers and back-off state do not make every step's future larger.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -75,9 +76,28 @@ where
             started,
         },
         Plan::General(general) => StepFuture::Managed {
-            future: Box::pin(with_policies(run, step, general, attempt)),
+            future: general_future(run, step, general, attempt),
         },
     }
+}
+
+/// The boxed future of a step on the general path: out of line, so the scheduler's code for each
+/// step keeps only what the lean path runs.
+#[inline(never)]
+#[allow(clippy::type_complexity)]
+fn general_future<'a, S, C, T, F, Fut>(
+    run: &'a RunCore<S>,
+    step: S,
+    general: General<'a>,
+    attempt: F,
+) -> Pin<Box<impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>>
+where
+    S: JobStep,
+    C: AttemptContext,
+    F: FnMut(C) -> Fut + 'a,
+    Fut: Future<Output = Result<T, BoxError>> + 'a,
+{
+    Box::pin(with_policies(run, step, general, attempt))
 }
 
 /// How a step runs: see [`plan`].

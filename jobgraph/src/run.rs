@@ -2,7 +2,7 @@
 //! its identity, its options, and the live report.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -156,20 +156,6 @@ impl<S: JobStep> StepCell<S> {
     }
 }
 
-/// A process-unique run id: a hash of the process id, then a counter.
-fn next_job_id() -> Arc<str> {
-    static PROCESS: OnceLock<u32> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(1);
-    let process = *PROCESS.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.finish() as u32
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    Arc::from(format!("{process:08x}-{n}"))
-}
-
 impl<S: JobStep> RunCore<S> {
     /// The state of a new run of `J`, with `J`'s own enrichment before the options' ones.
     pub(crate) fn for_job<J: crate::Job<Step = S>>(
@@ -181,17 +167,14 @@ impl<S: JobStep> RunCore<S> {
     }
 
     fn new(job_name: &'static str, mut options: RunOptions<S>, cancellable: bool) -> Self {
-        let job_id = options.job_id.take().unwrap_or_else(next_job_id);
+        // A run watched by the scheduler needs its token now; the others make one if a step
+        // asks for it.
         let (cancel, cancellable) = match options.cancel_on.take() {
-            Some(parent) => (parent.child_token(), true),
-            None => (CancellationToken::new(), cancellable),
+            Some(parent) => (Some(parent.child_token()), true),
+            None => (cancellable.then(CancellationToken::new), cancellable),
         };
         RunCore {
-            info: Arc::new(RunInfo {
-                job_name,
-                job_id,
-                cancel,
-            }),
+            info: Arc::new(RunInfo::new(job_name, options.job_id.take(), cancel)),
             options,
             cancellable,
             started: Instant::now(),
@@ -203,7 +186,7 @@ impl<S: JobStep> RunCore<S> {
     }
 
     pub(crate) fn job_id(&self) -> &str {
-        &self.info.job_id
+        self.info.job_id()
     }
 
     fn cell(&self, step: S) -> &StepCell<S> {
@@ -214,7 +197,7 @@ impl<S: JobStep> RunCore<S> {
     pub(crate) fn report(&self) -> JobReport<S> {
         JobReport {
             job_name: self.info.job_name,
-            job_id: self.info.job_id.clone(),
+            job_id: Arc::clone(self.info.job_id()),
             started_at: self.started_at,
             elapsed: from_nanos(self.elapsed.load(Ordering::Acquire)),
             steps: S::ALL

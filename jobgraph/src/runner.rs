@@ -197,7 +197,7 @@ impl<J: Job> JobHandle<J> {
     /// [`JobError`] whose [`is_cancelled`](JobError::is_cancelled) is true. No effect once the
     /// run has ended.
     pub fn cancel(&self) {
-        self.run.info.cancel.cancel();
+        self.run.info.cancel();
     }
 
     /// Waits for the run to end and returns what [`run`](Runner::run) would have.
