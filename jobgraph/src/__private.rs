@@ -443,7 +443,7 @@ impl<S: JobStep> RunCore<S> {
     /// Called as the scheduler's poll begins: time passed since the run's latest clock reading.
     #[inline]
     pub fn woken(&self) {
-        self.stale();
+        self.new_poll();
     }
 
     /// What stops this run early.
