@@ -486,6 +486,7 @@ impl<S: JobStep> RunCore<S> {
 
     /// Runs a `#[step(for_each(..))]` step: see [`crate::exec::run_for_each`].
     #[inline]
+    #[allow(clippy::type_complexity)]
     #[allow(clippy::too_many_arguments)]
     pub fn for_each<'a, 'e, C, E, T, F, Fut>(
         &'a self,

@@ -406,11 +406,11 @@ impl AttemptContext for StepContext {
     ) -> Self {
         let mut ctx = run.context(step, n);
         ctx.set_element(element);
-        if let Some(span) = span.filter(|span| !span.is_disabled()) {
-            if ctx.fields().next().is_some() {
-                let fields: Vec<String> = ctx.fields().map(|(k, v)| format!("{k}={v}")).collect();
-                span.record("fields", fields.join(" "));
-            }
+        if let Some(span) = span.filter(|span| !span.is_disabled())
+            && ctx.fields().next().is_some()
+        {
+            let fields: Vec<String> = ctx.fields().map(|(k, v)| format!("{k}={v}")).collect();
+            span.record("fields", fields.join(" "));
         }
         ctx
     }
@@ -473,10 +473,11 @@ fn report_end<S: JobStep>(
     first_start: u64,
     error: Option<&StepError>,
 ) {
-    let duration = Duration::from_nanos(run.read_clock().saturating_sub(first_start));
+    let nanos = run.read_clock().saturating_sub(first_start);
+    let duration = Duration::from_nanos(nanos);
     match error {
         None => {
-            run.step_ended(step, StepState::Completed, duration, None);
+            run.step_ended(step, StepState::Completed, nanos, None);
             tracing::info!(?duration, attempts = n, "step completed");
             run.emit(&StepEvent::Completed {
                 step,
@@ -485,7 +486,7 @@ fn report_end<S: JobStep>(
             });
         }
         Some(error) => {
-            run.step_ended(step, StepState::Failed, duration, Some(error.to_string()));
+            run.step_ended(step, StepState::Failed, nanos, Some(error.to_string()));
             tracing::error!(error = %error, attempts = n, "step failed");
             run.emit(&StepEvent::Failed {
                 step,

@@ -250,16 +250,11 @@ impl<S: JobStep> RunCore<S> {
         self.cell(step).attempts.store(attempts, Ordering::Relaxed);
     }
 
-    /// Records that `step` ended in `state` after `duration`, with `error` if it failed.
-    pub(crate) fn step_ended(
-        &self,
-        step: S,
-        state: StepState,
-        duration: Duration,
-        error: Option<String>,
-    ) {
+    /// Records that `step` ended in `state` after `nanos` nanoseconds, with `error` if it failed.
+    pub(crate) fn step_ended(&self, step: S, state: StepState, nanos: u64, error: Option<String>) {
         let cell = self.cell(step);
-        cell.duration.store(to_nanos(duration), Ordering::Relaxed);
+        cell.duration
+            .store(nanos.saturating_add(1), Ordering::Relaxed);
         if let Some(error) = error {
             cell.detail().error = Some(error);
         }

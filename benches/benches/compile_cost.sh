@@ -2,8 +2,8 @@
 # Compile cost of a 100-step job: a 10x10 grid written as one `#[job]` against the same graph
 # hand-written with `tokio::join!` and `Shared` futures (as in the `graphs` benchmark).
 #
-#   bash tests/benches/compile_cost.sh [RUNS]     # RUNS timed builds per crate (default 3)
-#   PROFILE=release bash tests/benches/compile_cost.sh 1   # time release builds instead
+#   bash benches/benches/compile_cost.sh [RUNS]     # RUNS timed builds per crate (default 3)
+#   PROFILE=release bash benches/benches/compile_cost.sh 1   # time release builds instead
 #
 # Creates two throwaway binary crates in a temp dir, sharing one target dir there so the
 # dependencies build once: `jobgraph_grid` (path dependency on this workspace's `jobgraph`) and

@@ -1,7 +1,7 @@
 //! Throughput of a batch: 10,000 runs of an 8-step job whose steps return at once, through
 //! `jobgraph::Batch`, against the same graphs hand-written with tokio.
 //!
-//! `cargo bench -p jobgraph-tests --bench batch`. Groups are `batch/{runtime}`: `current_thread`,
+//! `cargo bench -p jobgraph-benches --bench batch`. Groups are `batch/{runtime}`: `current_thread`,
 //! and `multi_thread` with 2 workers, where the timing loop runs in a task spawned onto a worker.
 //! Criterion reports each function's throughput in runs per second (`Throughput::Elements`).
 //!

@@ -1,6 +1,6 @@
 //! Allocations and run-future size of one `run()` of each benchmark job, as JSON lines.
 //!
-//! `cargo bench -p jobgraph-tests --bench alloc_report` (`tests/benches/report.sh` runs it and
+//! `cargo bench -p jobgraph-benches --bench alloc_report` (`benches/benches/report.sh` runs it and
 //! puts the numbers in its table). For every shape, with immediate steps, on a current_thread
 //! runtime, after one warm-up run: the allocations of one `run()` of the jobgraph job (a
 //! thread-local counting allocator) and the size of its run future
@@ -14,9 +14,10 @@
 //! here costs release compile time, and the peers are not what this measures.
 
 #[allow(dead_code)]
+#[path = "../shapes/mod.rs"]
 mod shapes;
 
-#[path = "shapes/counting.rs"]
+#[path = "../shapes/counting.rs"]
 mod counting;
 
 use tokio::runtime::{Builder, Runtime};

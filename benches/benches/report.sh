@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs the graph benchmarks and prints one markdown table.
 #
-#   bash tests/benches/report.sh            # run `graphs` (~6 min on 2 cores) and `alloc_report`
-#   bash tests/benches/report.sh --no-run   # only read the last criterion results (still runs
+#   bash benches/benches/report.sh            # run `graphs` (~6 min on 2 cores) and `alloc_report`
+#   bash benches/benches/report.sh --no-run   # only read the last criterion results (still runs
 #                                           # `alloc_report`, which takes a second)
-#   bash tests/benches/report.sh --no-build # use the newest built bench executables, no cargo
-#   bash tests/benches/report.sh -- chain   # extra arguments after `--` go to criterion, e.g. a
+#   bash benches/benches/report.sh --no-build # use the newest built bench executables, no cargo
+#   bash benches/benches/report.sh -- chain   # extra arguments after `--` go to criterion, e.g. a
 #                                           # filter; the table shows whatever results exist
 #
 # The executables are built first and then run directly, so sources changing meanwhile (the
@@ -51,7 +51,7 @@ executables() {
         local benches=(--bench alloc_report)
         [[ $run == 1 ]] && benches+=(--bench graphs)
         echo "building the benches (release; the first build takes several minutes)..." >&2
-        cargo bench -p jobgraph-tests --no-run --message-format=json "${benches[@]}" 2>"$bench_log" |
+        cargo bench -p jobgraph-benches --no-run --message-format=json "${benches[@]}" 2>"$bench_log" |
             python3 -c '
 import json, sys
 for line in sys.stdin:
