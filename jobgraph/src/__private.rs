@@ -273,6 +273,12 @@ impl<const W: usize> Sched<W> {
         self.running.is_empty() && !self.ready.is_empty()
     }
 
+    /// True if step `k` runs.
+    #[inline]
+    pub fn is_running(&self, k: usize) -> bool {
+        self.running.contains(k)
+    }
+
     /// True when nothing runs: every step either completed or can never start.
     #[inline]
     pub fn idle(&self) -> bool {
@@ -313,7 +319,9 @@ pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
     let Poll::Ready(outcome) = poll_step(run, step, running, cx) else {
         return;
     };
-    future.set(None);
+    // The ended future stays in its slot until the run ends (its step is no longer running, so
+    // it is never polled again): dropping it here would cost a drop per step, for nothing it
+    // still holds but references and the step's context.
     match outcome {
         Ok(value) => {
             slot.set(value);

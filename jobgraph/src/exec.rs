@@ -128,8 +128,13 @@ fn plan<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) ->
     let limiter = run.limits().limiter(step, policies.limits);
     let mut span = None;
     if retry.is_none() && timeout.is_none() && limiter.is_none() {
-        let first = new_span(step, 1, None);
-        // Entering a span no subscriber wants costs more than the rest of a trivial step.
+        // Entering a span no subscriber wants costs more than the rest of a trivial step. No
+        // subscriber wants any when none takes `INFO` (the span's level): then none is made.
+        let first = if tracing::level_enabled!(tracing::Level::INFO) {
+            new_span(step, 1, None)
+        } else {
+            Span::none()
+        };
         if first.is_disabled() {
             let started = run.now();
             run.attempt_started(step, 1, started);

@@ -98,8 +98,9 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let cancel_running = job.steps.iter().enumerate().map(|(i, s)| {
         let variant = &s.variant;
         let fut = fut(i);
+        let k = position[i];
         quote! {
-            if #p::Option::is_some(&*#fut) {
+            if #p::Sched::is_running(&#sched, #k) {
                 #p::Pin::set(&mut #fut, #p::None);
                 #p::RunCore::cancelled_step(#run, #step_enum::#variant, &mut #failures);
             }

@@ -327,7 +327,7 @@ impl ::jobgraph::__private::Job for Diamond {
                     ::jobgraph::__private::Suspend::new(&mut __jg_waker).await;
                 };
                 if __jg_stopped {
-                    if ::jobgraph::__private::Option::is_some(&*__jg_fut0) {
+                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 0usize) {
                         ::jobgraph::__private::Pin::set(
                             &mut __jg_fut0,
                             ::jobgraph::__private::None,
@@ -338,7 +338,7 @@ impl ::jobgraph::__private::Job for Diamond {
                             &mut __jg_failures,
                         );
                     }
-                    if ::jobgraph::__private::Option::is_some(&*__jg_fut1) {
+                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 1usize) {
                         ::jobgraph::__private::Pin::set(
                             &mut __jg_fut1,
                             ::jobgraph::__private::None,
@@ -349,7 +349,7 @@ impl ::jobgraph::__private::Job for Diamond {
                             &mut __jg_failures,
                         );
                     }
-                    if ::jobgraph::__private::Option::is_some(&*__jg_fut2) {
+                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 2usize) {
                         ::jobgraph::__private::Pin::set(
                             &mut __jg_fut2,
                             ::jobgraph::__private::None,
@@ -360,7 +360,7 @@ impl ::jobgraph::__private::Job for Diamond {
                             &mut __jg_failures,
                         );
                     }
-                    if ::jobgraph::__private::Option::is_some(&*__jg_fut3) {
+                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 3usize) {
                         ::jobgraph::__private::Pin::set(
                             &mut __jg_fut3,
                             ::jobgraph::__private::None,

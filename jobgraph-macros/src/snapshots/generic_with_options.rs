@@ -244,7 +244,10 @@ where
                     ::my::jobgraph::__private::Suspend::new(&mut __jg_waker).await;
                 };
                 if __jg_stopped {
-                    if ::my::jobgraph::__private::Option::is_some(&*__jg_fut0) {
+                    if ::my::jobgraph::__private::Sched::is_running(
+                        &__jg_sched,
+                        0usize,
+                    ) {
                         ::my::jobgraph::__private::Pin::set(
                             &mut __jg_fut0,
                             ::my::jobgraph::__private::None,
@@ -255,7 +258,10 @@ where
                             &mut __jg_failures,
                         );
                     }
-                    if ::my::jobgraph::__private::Option::is_some(&*__jg_fut1) {
+                    if ::my::jobgraph::__private::Sched::is_running(
+                        &__jg_sched,
+                        1usize,
+                    ) {
                         ::my::jobgraph::__private::Pin::set(
                             &mut __jg_fut1,
                             ::my::jobgraph::__private::None,
