@@ -36,8 +36,12 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::{FutureExt as _, StreamExt as _};
 use jobgraph::{Batch, BatchStatus, job};
-use tokio::runtime::{Builder, Runtime};
 use tokio::task::JoinSet;
+
+#[path = "../shapes/runtimes.rs"]
+mod runtimes;
+
+use runtimes::{Flavor, Runtimes};
 
 /// Runs per batch.
 const RUNS: u64 = 10_000;
@@ -184,46 +188,6 @@ async fn handwritten_joinset() -> u64 {
     sum
 }
 
-/// The two runtimes.
-#[derive(Clone, Copy)]
-enum Flavor {
-    Current,
-    Multi,
-}
-
-struct Runtimes {
-    current: Runtime,
-    multi: Runtime,
-}
-
-impl Runtimes {
-    fn new() -> Self {
-        Runtimes {
-            current: Builder::new_current_thread().enable_all().build().unwrap(),
-            multi: Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap(),
-        }
-    }
-
-    /// Runs `future` in `block_on` on current_thread, in a task spawned onto a worker on
-    /// multi_thread.
-    fn run<T: Send + 'static>(
-        &self,
-        flavor: Flavor,
-        future: impl Future<Output = T> + Send + 'static,
-    ) -> T {
-        match flavor {
-            Flavor::Current => self.current.block_on(future),
-            Flavor::Multi => self
-                .multi
-                .block_on(async { tokio::spawn(future).await.unwrap() }),
-        }
-    }
-}
-
 /// `iters` batches of one function, timed inside one `block_on`.
 fn time<F, Fut>(rts: &Runtimes, flavor: Flavor, iters: u64, batch: F) -> Duration
 where
@@ -242,10 +206,8 @@ where
 fn batch(c: &mut Criterion) {
     let rts = Runtimes::new();
     let expected = expected();
-    for (flavor, name) in [
-        (Flavor::Current, "current_thread"),
-        (Flavor::Multi, "multi_thread"),
-    ] {
+    for flavor in Flavor::ALL {
+        let name = flavor.name();
         for (function, sum) in [
             ("jobgraph_batch", rts.run(flavor, jobgraph_batch())),
             (

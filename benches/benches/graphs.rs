@@ -27,69 +27,17 @@ mod shapes;
 #[path = "../shapes/peers.rs"]
 mod peers;
 
-use std::future::Future;
+#[path = "../shapes/runtimes.rs"]
+mod runtimes;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use tokio::runtime::{Builder, Runtime};
 
 use peers::{DagrsRun, PeerShape, async_dag_supports, run_async_dag};
+use runtimes::{Flavor, Runtimes};
 use shapes::{Chain100Shape, DiamondShape, Fan100Shape, Grid10x10Shape, Immediate, Mode, Yield};
-
-/// The two runtimes every cell is measured on.
-struct Runtimes {
-    /// A current_thread runtime: the timing loop runs in `block_on`.
-    current: Runtime,
-    /// A multi_thread runtime with 2 workers: the timing loop is spawned onto a worker.
-    multi: Runtime,
-}
-
-/// Which runtime a group runs on.
-#[derive(Clone, Copy, PartialEq)]
-enum Flavor {
-    /// `current_thread`.
-    Current,
-    /// `multi_thread`, 2 workers.
-    Multi,
-}
-
-impl Flavor {
-    fn name(self) -> &'static str {
-        match self {
-            Flavor::Current => "current_thread",
-            Flavor::Multi => "multi_thread",
-        }
-    }
-}
-
-impl Runtimes {
-    fn new() -> Self {
-        Runtimes {
-            current: Builder::new_current_thread().enable_all().build().unwrap(),
-            multi: Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap(),
-        }
-    }
-
-    /// Runs `timing_loop` (a `Send` future) on the runtime of `flavor`: in `block_on` on
-    /// current_thread, in a task spawned from `block_on` onto a worker on multi_thread.
-    fn run<T: Send + 'static>(
-        &self,
-        flavor: Flavor,
-        timing_loop: impl Future<Output = T> + Send + 'static,
-    ) -> T {
-        match flavor {
-            Flavor::Current => self.current.block_on(timing_loop),
-            Flavor::Multi => self
-                .multi
-                .block_on(async { tokio::spawn(timing_loop).await.unwrap() }),
-        }
-    }
-}
 
 /// An `async` block timing `iters` evaluations of `$run` (an expression awaiting one run of
 /// the graph and returning the sink's output), after the untimed `$setup` statements.
@@ -180,7 +128,7 @@ fn check<S: PeerShape, M: Mode>(rts: &Runtimes, flavor: Flavor) {
 
 /// Every cell of one shape.
 fn shape<S: PeerShape>(c: &mut Criterion, rts: &Runtimes) {
-    for flavor in [Flavor::Current, Flavor::Multi] {
+    for flavor in Flavor::ALL {
         cell::<S, Immediate>(c, rts, flavor);
         cell::<S, Yield>(c, rts, flavor);
     }
