@@ -534,7 +534,9 @@ impl<S: JobStep> RunCore<S> {
 
     /// Ends the run: `Ok(())` if every step completed, else the run's error.
     pub fn end(&self, failures: Failures<S>) -> Result<(), JobError<S>> {
-        self.finish(failures.0)
+        // The run ends in the poll its last step ended in (or was cancelled in): that poll's
+        // latest reading, if any, is its end.
+        self.finish(self.now(), failures.0)
     }
 }
 

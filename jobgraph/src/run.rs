@@ -349,7 +349,8 @@ impl<S: JobStep> RunCore<S> {
                 StepFailure::new(s, StepError::Cancelled)
             })
             .collect();
-        match self.finish(failures) {
+        // Dropped between polls: the latest reading is from an earlier poll.
+        match self.finish(self.read_clock(), failures) {
             Err(error) => error,
             // Every step had completed: only the task's result was lost.
             Ok(()) => JobError::new(
@@ -361,11 +362,15 @@ impl<S: JobStep> RunCore<S> {
 
     /// Ends the run: steps that never started are skipped (a step they depend on failed) or
     /// cancelled; `Ok` only if every step completed.
-    pub(crate) fn finish(&self, mut failures: Vec<StepFailure<S>>) -> Result<(), JobError<S>> {
-        self.elapsed.store(
-            to_nanos(self.since_start(Instant::now())),
-            Ordering::Release,
-        );
+    ///
+    /// `ended` is when the run ended, in nanoseconds since it started.
+    pub(crate) fn finish(
+        &self,
+        ended: u64,
+        mut failures: Vec<StepFailure<S>>,
+    ) -> Result<(), JobError<S>> {
+        self.elapsed
+            .store(ended.saturating_add(1), Ordering::Release);
         if failures.is_empty() && self.steps.iter().all(|c| c.state() == StepState::Completed) {
             return Ok(());
         }
