@@ -451,7 +451,7 @@ impl<S: JobStep> RunCore<S> {
     /// Called as the scheduler's poll begins: time passed since the run's latest clock reading.
     #[inline]
     pub fn woken(&self) {
-        self.new_poll();
+        self.stale();
     }
 
     /// What stops this run early.

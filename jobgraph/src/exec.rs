@@ -167,6 +167,7 @@ where
 {
     match future.project() {
         StepFutureProj::Lean { attempt, started } => {
+            run.stale();
             let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| attempt.poll(cx))) {
                 Ok(Poll::Pending) => return Poll::Pending,
                 Ok(Poll::Ready(Ok(output))) => Ok(output),
@@ -257,7 +258,7 @@ where
             .unwrap_or_else(|| new_span(step, n, element));
         let ctx = C::new(run, step, n, element, Some(&span));
         let outcome = async {
-            let attempt = guarded(attempt(ctx));
+            let attempt = stale(run, guarded(attempt(ctx)));
             match policies.timeout {
                 None => attempt.await,
                 Some(limit) => match tokio::time::timeout(limit, attempt).await {
@@ -500,4 +501,14 @@ fn report_end<S: JobStep>(
             });
         }
     }
+}
+
+/// Runs `attempt`, marking the run's latest clock reading stale whenever it runs user code.
+async fn stale<S: JobStep, F: Future>(run: &RunCore<S>, attempt: F) -> F::Output {
+    let mut attempt = std::pin::pin!(attempt);
+    std::future::poll_fn(|cx| {
+        run.stale();
+        attempt.as_mut().poll(cx)
+    })
+    .await
 }

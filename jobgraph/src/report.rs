@@ -83,10 +83,7 @@ impl<S: JobStep> StepReport<S> {
         self.state
     }
 
-    /// When its first attempt started, measured from the start of the run: when the last step it
-    /// depends on ended (the scheduler starts a step in the same poll), or after its wait for
-    /// [limits](crate::Limits), or one after another in a
-    /// [`sequential`](crate::Runner::sequential) run.
+    /// When its first attempt started (its first poll), measured from the start of the run.
     pub fn started(&self) -> Option<Duration> {
         self.started
     }

@@ -55,10 +55,9 @@ pub struct RunCore<S: JobStep> {
     /// Whether a [`JobHandle`](crate::JobHandle) may cancel the run, so the scheduler watches.
     pub(crate) cancellable: bool,
     started: Instant,
-    /// The latest clock reading taken in the current poll of the run (nanoseconds since
-    /// `started`, plus one), else zero. A step starts in the poll in which its last dependency
-    /// ended, so it takes that reading (the end of its dependency) as its start: the clock is
-    /// read once per step, when it ends.
+    /// The run's latest clock reading (nanoseconds since `started`, plus one) while no user code
+    /// ran since it was taken, else zero: a step that starts right after another ended takes
+    /// that reading as its start, saving a read of the clock per step.
     fresh: AtomicU64,
     started_at: SystemTime,
     /// Nanoseconds from the start to the end of the run, plus one; zero while it runs.
@@ -209,8 +208,8 @@ impl<S: JobStep> RunCore<S> {
         }
     }
 
-    /// The time a step starts, as nanoseconds since the run started: the latest reading taken in
-    /// this poll of the run (when the step's last dependency ended), else the clock's.
+    /// The time now, as nanoseconds since the run started: the latest reading if no user code
+    /// ran since, else the clock's.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
         match self.fresh.load(Ordering::Relaxed) {
@@ -228,9 +227,9 @@ impl<S: JobStep> RunCore<S> {
         since - 1
     }
 
-    /// Forgets the latest reading: a new poll of the run begins, after a wait.
+    /// Forgets the latest reading: user code is about to run, so time will have passed.
     #[inline]
-    pub(crate) fn new_poll(&self) {
+    pub(crate) fn stale(&self) {
         self.fresh.store(0, Ordering::Relaxed);
     }
 

@@ -317,3 +317,60 @@ async fn a_report_ends_when_its_run_does() {
         StepState::Failed
     );
 }
+
+/// ```text
+/// source ─┬─ busy_a   (each blocks the thread 20 ms in its first poll, then yields)
+///         └─ busy_b
+/// ```
+struct BusySiblings;
+
+impl BusySiblings {
+    async fn busy(&self) {
+        std::thread::sleep(Duration::from_millis(20));
+        tokio::task::yield_now().await;
+    }
+}
+
+#[job]
+impl BusySiblings {
+    #[step]
+    async fn source(&self) -> u32 {
+        1
+    }
+
+    #[step]
+    async fn busy_a(&self, source: &u32) -> u32 {
+        self.busy().await;
+        *source
+    }
+
+    #[step]
+    async fn busy_b(&self, source: &u32) -> u32 {
+        self.busy().await;
+        *source
+    }
+}
+
+/// A step's start is its first poll: the first sibling polled starts when their parent ended
+/// (the same clock reading), the second only after the first's 20 ms poll. The run ends when its
+/// last step does.
+#[tokio::test]
+async fn a_step_starts_at_its_first_poll() {
+    let (result, report) = BusySiblings.runner().run_with_report().await;
+    result.unwrap();
+    use BusySiblingsStep::*;
+    let source = report.step(Source);
+    let source_end = source.started().unwrap() + source.duration().unwrap();
+    let mut starts = [BusyA, BusyB].map(|s| report.step(s).started().unwrap());
+    starts.sort();
+    assert_eq!(starts[0], source_end);
+    assert!(
+        starts[1] >= source_end + Duration::from_millis(20),
+        "{starts:?} after {source_end:?}"
+    );
+    let last_end = [BusyA, BusyB]
+        .map(|s| report.step(s).started().unwrap() + report.step(s).duration().unwrap())
+        .into_iter()
+        .max();
+    assert_eq!(report.elapsed(), last_end);
+}
