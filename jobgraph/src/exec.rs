@@ -138,7 +138,6 @@ fn plan<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) ->
         if first.is_disabled() {
             let started = run.now();
             run.attempt_started(step, 1, started);
-            run.emit(&StepEvent::Started { step, attempt: 1 });
             tracing::debug!(step = step.name(), "step started");
             return Plan::Lean { started };
         }
@@ -174,17 +173,11 @@ where
                 Ok(Poll::Ready(Err(error))) => Err(StepError::Error(error)),
                 Err(payload) => Err(StepError::Panic(StepPanic::from_payload(payload))),
             };
-            lean_end(run, step, *started, outcome.as_ref().err());
+            report_end(run, step, 1, *started, outcome.as_ref().err());
             Poll::Ready(outcome)
         }
         StepFutureProj::Managed { future } => future.poll(cx),
     }
-}
-
-/// Reports the end of a step that took the lean path.
-#[inline(never)]
-fn lean_end<S: JobStep>(run: &RunCore<S>, step: S, started: u64, error: Option<&StepError>) {
-    report_end(run, step, 1, started, error);
 }
 
 /// Every attempt of a step on the general path.
@@ -210,7 +203,6 @@ where
         // Time spent waiting for a limit is not part of the step's run.
         let started = *first_start.get_or_insert_with(|| run.now());
         run.attempt_started(step, n, started);
-        run.emit(&StepEvent::Started { step, attempt: n });
     };
     let (outcome, n, span) =
         attempts(run, step, None, policies, general.span, on_start, attempt).await;
@@ -324,7 +316,6 @@ where
     run.attempt_started(step, 1, first_start);
     // Attempts count those of every element, as they start: none yet.
     run.set_attempts(step, 0);
-    run.emit(&StepEvent::Started { step, attempt: 1 });
     let total = AtomicU32::new(0);
     let element = |index: usize, value: &'e E| {
         let attempt = &attempt;
@@ -471,7 +462,8 @@ fn end<S: JobStep, T>(
 }
 
 /// Reports how a step ended (failed with `error`, else completed) after `n` attempts: the
-/// report, the trace and the listener.
+/// report, the trace and the listener. Out of line: one copy serves every step of a job.
+#[inline(never)]
 fn report_end<S: JobStep>(
     run: &RunCore<S>,
     step: S,

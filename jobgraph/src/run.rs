@@ -233,7 +233,8 @@ impl<S: JobStep> RunCore<S> {
         self.fresh.store(0, Ordering::Relaxed);
     }
 
-    /// Records that attempt `attempt` of `step`, first started at `first_start`, starts.
+    /// Records that attempt `attempt` of `step`, first started at `first_start`, starts, and
+    /// tells the listener.
     pub(crate) fn attempt_started(&self, step: S, attempt: u32, first_start: u64) {
         let cell = self.cell(step);
         if attempt == 1 {
@@ -242,6 +243,7 @@ impl<S: JobStep> RunCore<S> {
             cell.set_state(StepState::Running);
         }
         cell.attempts.store(attempt, Ordering::Relaxed);
+        self.emit(&StepEvent::Started { step, attempt });
     }
 
     /// Sets the attempts of a `for_each` step: those of all its elements.
