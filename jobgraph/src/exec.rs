@@ -286,8 +286,8 @@ where
 }
 
 /// Runs a `#[step(for_each(..))]` step: `attempt` once per element of `elements` (again for
-/// each retry of that element), at most `bound` elements at once, each under the step's retry
-/// policy, timeout and limits. The output is every element's, in the elements' order; the first
+/// each retry of that element), at most `bound` elements at once (one in a sequential run), each
+/// under the step's retry policy, timeout and limits. The output is every element's, in the elements' order; the first
 /// element that fails fails the step, and the others still running are dropped.
 pub(crate) async fn run_for_each<'e, S, C, E, T, F, Fut>(
     run: &RunCore<S>,
@@ -334,7 +334,12 @@ where
     let mut outputs: Vec<Option<T>> = elements.iter().map(|_| None).collect();
     let mut pending = elements.iter().enumerate();
     let mut running = FuturesUnordered::new();
-    let bound = bound.unwrap_or(usize::MAX).max(1);
+    // A sequential run runs one thing at a time: one element, too.
+    let bound = if run.options.sequential {
+        1
+    } else {
+        bound.unwrap_or(usize::MAX).max(1)
+    };
     let failed = loop {
         while running.len() < bound {
             match pending.next() {

@@ -73,7 +73,7 @@ impl<'j, J: Job> Runner<'j, J> {
     }
 
     /// Runs one step at a time, in a topological order: for debugging, and for steps that must
-    /// not overlap.
+    /// not overlap. A `for_each` step runs one element at a time, in the elements' order.
     pub fn sequential(mut self) -> Self {
         self.options.sequential = true;
         self

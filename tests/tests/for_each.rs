@@ -1,9 +1,10 @@
 //! Fan-out steps, `#[step(for_each(param))]`: the step runs once per element of its parent's
 //! output and outputs a `Vec` in the elements' order (whatever order they finish in); children
-//! take that `Vec`. Elements run at once unless `for_each(.., concurrency = n)` bounds them;
-//! `retry`, `timeout` and the step's global `concurrency` apply per element; the first element
-//! that fails (after its own retries) fails the step with `StepError::Element` and drops the
-//! others; the listener and the report see one step; a started run cancels its elements.
+//! take that `Vec`. Elements run at once unless `for_each(.., concurrency = n)` bounds them (a
+//! sequential run runs them one at a time); `retry`, `timeout` and the step's global
+//! `concurrency` apply per element; the first element that fails (after its own retries) fails
+//! the step with `StepError::Element` and drops the others; the listener and the report see one
+//! step; a started run cancels its elements.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -129,6 +130,27 @@ async fn outputs_are_in_the_elements_order_whatever_order_they_finish_in() {
     assert_eq!(fetch.state(), StepState::Completed);
     assert_eq!(fetch.attempts(), 5, "one attempt per element");
     assert_eq!(fetch.duration(), Some(ms(50)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sequential_run_runs_one_element_at_a_time_in_order() {
+    let job = Reverse {
+        ids: (0..5).collect(),
+        finished: Mutex::new(Vec::new()),
+    };
+    let start = Instant::now();
+    let out = timeout(HANG, job.runner().sequential().run())
+        .await
+        .expect("run hung")
+        .expect("every element succeeds");
+    assert_eq!(
+        *job.finished.lock().unwrap(),
+        [0, 1, 2, 3, 4],
+        "each element waits for the one before it"
+    );
+    assert_eq!(out.fetch, [0, 100, 200, 300, 400]);
+    // One after another: 50 + 40 + 30 + 20 + 10 ms.
+    assert_eq!(start.elapsed(), ms(150));
 }
 
 #[tokio::test(start_paused = true)]
