@@ -13,7 +13,7 @@
 //! trait of the user's in scope can take a method call over.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::{ToTokens as _, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use super::paths::{Paths, local, local1, respan};
@@ -42,15 +42,13 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
         let ty = &s.output.ty;
         quote!(let #slot: #p::Slot<#ty> = #p::Slot::new();)
     });
-    let slot_refs = (0..n).map(|i| {
-        let slot = slot(i);
-        quote!(let #slot = &#slot;)
-    });
-    let starters = job
+    let starters: Vec<Starter> = job
         .steps
         .iter()
         .enumerate()
-        .map(|(i, s)| starter(job, i, s, paths));
+        .map(|(i, s)| starter(job, i, s, paths))
+        .collect();
+    let starter_decls = starters.iter().map(|s| &s.decls);
 
     // Positions in the topological order.
     let mut position = vec![0; n];
@@ -78,7 +76,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
 
     let arms = graph.topo.iter().enumerate().map(|(k, &i)| {
         let variant = &job.steps[i].variant;
-        let (slot, start, fut) = (slot(i), local("start", i), fut(i));
+        let (slot, start, fut) = (slot(i), &starters[i].start, fut(i));
         quote! {
             #k => #p::turn(
                 #run,
@@ -87,8 +85,8 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                 #k,
                 #step_enum::#variant,
                 #p::Pin::as_mut(&mut #fut),
-                &#start,
-                #slot,
+                &|| #start,
+                &#slot,
                 &mut #failures,
                 #cx,
             ),
@@ -125,8 +123,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
             };
             let mut #sched = #p::RunCore::sched(#run, &#graph_const);
             let mut #stop = #p::RunCore::stop(#run);
-            #(#slot_refs)*
-            #(#starters)*
+            #(#starter_decls)*
             // The passes run in this async block itself, not in a `poll_fn` closure: a closure
             // would capture a pointer per step's slot, start and future and load them all on
             // every poll, while the block reaches its locals where they are.
@@ -177,9 +174,21 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     }
 }
 
-/// The closure that starts step `i` (called once, when its dependencies completed) and the pinned
-/// slot its future lives in.
-fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream {
+/// What starts one step.
+struct Starter {
+    /// Declares the pinned slot the step's future lives in (its type is inferred from the
+    /// step's turn) and the step's retry policy.
+    decls: TokenStream,
+    /// Starts the step (its turn evaluates it once, when the step's dependencies completed):
+    /// borrows the parents' outputs from their slots and returns the step's future.
+    ///
+    /// Evaluated in the scheduler's pass, so no reference to a slot (not `Sync`) lives across
+    /// an `.await`: the step's future holds only the outputs it borrowed.
+    start: TokenStream,
+}
+
+/// What starts step `i`: see [`Starter`].
+fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> Starter {
     let p = &paths.private;
     let run = local1("run");
     let ctx = local1("ctx");
@@ -188,7 +197,10 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
     let variant = &s.variant;
     let elem = local1("elem");
     let mut elements = None;
-    let args = s.params.iter().map(|param| match param {
+    // `let __jg_inJ = <parent J's output, lent as the parameter's type>;`, evaluated as the step
+    // starts; the attempt closure captures these references.
+    let mut inputs = Vec::new();
+    let args = s.params.iter().enumerate().map(|(j, param)| match param {
         Param::Parent { name, ty } => {
             let parent = job.step_index(name).expect("validated parent");
             let parent_slot = local("slot", parent);
@@ -203,16 +215,21 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
             if s.for_each.as_ref().is_some_and(|f| f.param == **name) {
                 // This parameter takes one element of the parent's output: the step runs once
                 // per element.
-                elements = Some(quote_spanned!(span=> #p_at::elements::<#out>(#parent_slot)));
+                elements = Some(quote_spanned!(span=> #p_at::elements::<#out>(&#parent_slot)));
                 quote_spanned!(span=> #p_at::element::<_, #ty>(#elem))
             } else {
-                quote_spanned!(span=> #p_at::parent::<#out, #ty>(#parent_slot))
+                let input = local("in", j);
+                inputs.push(
+                    quote_spanned!(span=> let #input = #p_at::parent::<#out, #ty>(&#parent_slot);),
+                );
+                input.into_token_stream()
             }
         }
         Param::Context(_) => quote!(&#ctx),
         Param::Unsupported(_) => unreachable!("validated parameters"),
     });
     let args: Vec<TokenStream> = args.collect();
+    let inputs = &inputs;
     // A step that takes no context is given none: building one costs more than a no-op step.
     let ctx_ty = if s
         .params
@@ -254,7 +271,6 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
         None => quote!(#p::None),
     };
     let limits = limits(job, s, paths);
-    let start = local("start", i);
     let fut = local("fut", i);
     let call = match (&s.for_each, elements) {
         (Some(for_each), Some(elements)) => {
@@ -296,10 +312,15 @@ fn starter(job: &Job<'_>, i: usize, s: &Step<'_>, paths: &Paths) -> TokenStream 
             )
         },
     };
-    quote! {
-        #retry_decl
-        let #start = || #call;
-        let mut #fut = #p::pin!(#p::none_of(&#start));
+    Starter {
+        decls: quote! {
+            #retry_decl
+            let mut #fut = #p::pin!(#p::None);
+        },
+        start: quote!({
+            #(#inputs)*
+            #call
+        }),
     }
 }
 

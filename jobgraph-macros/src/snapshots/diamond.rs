@@ -151,81 +151,17 @@ impl ::jobgraph::__private::Job for Diamond {
                     &__JG_GRAPH,
                 );
                 let mut __jg_stop = ::jobgraph::__private::RunCore::stop(__jg_run);
-                let __jg_slot0 = &__jg_slot0;
-                let __jg_slot1 = &__jg_slot1;
-                let __jg_slot2 = &__jg_slot2;
-                let __jg_slot3 = &__jg_slot3;
-                let __jg_start0 = || ::jobgraph::__private::RunCore::step(
-                    __jg_run,
-                    DiamondStep::A,
-                    ::jobgraph::__private::None,
-                    ::jobgraph::__private::None,
-                    &::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
-                        ::jobgraph::__private::infallible(Self::a(self).await)
-                    },
-                );
                 let mut __jg_fut0 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::none_of(& __jg_start0)
-                );
-                let __jg_start1 = || ::jobgraph::__private::RunCore::step(
-                    __jg_run,
-                    DiamondStep::B,
-                    ::jobgraph::__private::None,
-                    ::jobgraph::__private::None,
-                    &::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
-                        {
-                            let __jg_out = Self::b(
-                                    self,
-                                    ::jobgraph::__private::parent::<u32, u32>(__jg_slot0),
-                                )
-                                .await;
-                            ::jobgraph::__private::StepResult::into_step_result(__jg_out)
-                        }
-                    },
+                    ::jobgraph::__private::None
                 );
                 let mut __jg_fut1 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::none_of(& __jg_start1)
-                );
-                let __jg_start2 = || ::jobgraph::__private::RunCore::step(
-                    __jg_run,
-                    DiamondStep::C,
-                    ::jobgraph::__private::None,
-                    ::jobgraph::__private::None,
-                    &::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
-                        ::jobgraph::__private::infallible(
-                            Self::c(
-                                    self,
-                                    &__jg_ctx,
-                                    ::jobgraph::__private::parent::<u32, u32>(__jg_slot0),
-                                )
-                                .await,
-                        )
-                    },
+                    ::jobgraph::__private::None
                 );
                 let mut __jg_fut2 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::none_of(& __jg_start2)
-                );
-                let __jg_start3 = || ::jobgraph::__private::RunCore::step(
-                    __jg_run,
-                    DiamondStep::D,
-                    ::jobgraph::__private::None,
-                    ::jobgraph::__private::None,
-                    &::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
-                        ::jobgraph::__private::infallible(
-                            Self::d(
-                                    self,
-                                    ::jobgraph::__private::parent::<u32, u32>(__jg_slot1),
-                                )
-                                .await,
-                        )
-                    },
+                    ::jobgraph::__private::None
                 );
                 let mut __jg_fut3 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::none_of(& __jg_start3)
+                    ::jobgraph::__private::None
                 );
                 let mut __jg_waker = ::jobgraph::__private::waker().await;
                 let __jg_stopped = 'stop: loop {
@@ -256,8 +192,19 @@ impl ::jobgraph::__private::Job for Diamond {
                                             0usize,
                                             DiamondStep::A,
                                             ::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                                            &__jg_start0,
-                                            __jg_slot0,
+                                            &|| {
+                                                ::jobgraph::__private::RunCore::step(
+                                                    __jg_run,
+                                                    DiamondStep::A,
+                                                    ::jobgraph::__private::None,
+                                                    ::jobgraph::__private::None,
+                                                    &::jobgraph::__private::StepLimits::NONE,
+                                                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
+                                                        ::jobgraph::__private::infallible(Self::a(self).await)
+                                                    },
+                                                )
+                                            },
+                                            &__jg_slot0,
                                             &mut __jg_failures,
                                             __jg_cx,
                                         )
@@ -270,8 +217,28 @@ impl ::jobgraph::__private::Job for Diamond {
                                             1usize,
                                             DiamondStep::B,
                                             ::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
-                                            &__jg_start1,
-                                            __jg_slot1,
+                                            &|| {
+                                                let __jg_in0 = ::jobgraph::__private::parent::<
+                                                    u32,
+                                                    u32,
+                                                >(&__jg_slot0);
+                                                ::jobgraph::__private::RunCore::step(
+                                                    __jg_run,
+                                                    DiamondStep::B,
+                                                    ::jobgraph::__private::None,
+                                                    ::jobgraph::__private::None,
+                                                    &::jobgraph::__private::StepLimits::NONE,
+                                                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
+                                                        {
+                                                            let __jg_out = Self::b(self, __jg_in0).await;
+                                                            ::jobgraph::__private::StepResult::into_step_result(
+                                                                __jg_out,
+                                                            )
+                                                        }
+                                                    },
+                                                )
+                                            },
+                                            &__jg_slot1,
                                             &mut __jg_failures,
                                             __jg_cx,
                                         )
@@ -284,8 +251,25 @@ impl ::jobgraph::__private::Job for Diamond {
                                             2usize,
                                             DiamondStep::C,
                                             ::jobgraph::__private::Pin::as_mut(&mut __jg_fut2),
-                                            &__jg_start2,
-                                            __jg_slot2,
+                                            &|| {
+                                                let __jg_in1 = ::jobgraph::__private::parent::<
+                                                    u32,
+                                                    u32,
+                                                >(&__jg_slot0);
+                                                ::jobgraph::__private::RunCore::step(
+                                                    __jg_run,
+                                                    DiamondStep::C,
+                                                    ::jobgraph::__private::None,
+                                                    ::jobgraph::__private::None,
+                                                    &::jobgraph::__private::StepLimits::NONE,
+                                                    move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
+                                                        ::jobgraph::__private::infallible(
+                                                            Self::c(self, &__jg_ctx, __jg_in1).await,
+                                                        )
+                                                    },
+                                                )
+                                            },
+                                            &__jg_slot2,
                                             &mut __jg_failures,
                                             __jg_cx,
                                         )
@@ -298,8 +282,25 @@ impl ::jobgraph::__private::Job for Diamond {
                                             3usize,
                                             DiamondStep::D,
                                             ::jobgraph::__private::Pin::as_mut(&mut __jg_fut3),
-                                            &__jg_start3,
-                                            __jg_slot3,
+                                            &|| {
+                                                let __jg_in0 = ::jobgraph::__private::parent::<
+                                                    u32,
+                                                    u32,
+                                                >(&__jg_slot1);
+                                                ::jobgraph::__private::RunCore::step(
+                                                    __jg_run,
+                                                    DiamondStep::D,
+                                                    ::jobgraph::__private::None,
+                                                    ::jobgraph::__private::None,
+                                                    &::jobgraph::__private::StepLimits::NONE,
+                                                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
+                                                        ::jobgraph::__private::infallible(
+                                                            Self::d(self, __jg_in0).await,
+                                                        )
+                                                    },
+                                                )
+                                            },
+                                            &__jg_slot3,
                                             &mut __jg_failures,
                                             __jg_cx,
                                         )

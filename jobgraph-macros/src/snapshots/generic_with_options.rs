@@ -130,47 +130,11 @@ where
                     &__JG_GRAPH,
                 );
                 let mut __jg_stop = ::my::jobgraph::__private::RunCore::stop(__jg_run);
-                let __jg_slot0 = &__jg_slot0;
-                let __jg_slot1 = &__jg_slot1;
-                let __jg_start0 = || ::my::jobgraph::__private::RunCore::step(
-                    __jg_run,
-                    ReportStep::Load,
-                    ::my::jobgraph::__private::None,
-                    ::my::jobgraph::__private::None,
-                    &::my::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::my::jobgraph::__private::NoContext| async move {
-                        {
-                            let __jg_out = Self::load(self).await;
-                            ::my::jobgraph::__private::StepResult::into_step_result(
-                                __jg_out,
-                            )
-                        }
-                    },
-                );
                 let mut __jg_fut0 = ::my::jobgraph::__private::pin!(
-                    ::my::jobgraph::__private::none_of(& __jg_start0)
-                );
-                let __jg_start1 = || ::my::jobgraph::__private::RunCore::step(
-                    __jg_run,
-                    ReportStep::Render,
-                    ::my::jobgraph::__private::None,
-                    ::my::jobgraph::__private::None,
-                    &::my::jobgraph::__private::StepLimits::NONE,
-                    move |__jg_ctx: ::my::jobgraph::__private::NoContext| async move {
-                        ::my::jobgraph::__private::infallible(
-                            Self::render(
-                                    self,
-                                    ::my::jobgraph::__private::parent::<
-                                        Vec<D::Row>,
-                                        Vec<D::Row>,
-                                    >(__jg_slot0),
-                                )
-                                .await,
-                        )
-                    },
+                    ::my::jobgraph::__private::None
                 );
                 let mut __jg_fut1 = ::my::jobgraph::__private::pin!(
-                    ::my::jobgraph::__private::none_of(& __jg_start1)
+                    ::my::jobgraph::__private::None
                 );
                 let mut __jg_waker = ::my::jobgraph::__private::waker().await;
                 let __jg_stopped = 'stop: loop {
@@ -201,8 +165,24 @@ where
                                             0usize,
                                             ReportStep::Load,
                                             ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                                            &__jg_start0,
-                                            __jg_slot0,
+                                            &|| {
+                                                ::my::jobgraph::__private::RunCore::step(
+                                                    __jg_run,
+                                                    ReportStep::Load,
+                                                    ::my::jobgraph::__private::None,
+                                                    ::my::jobgraph::__private::None,
+                                                    &::my::jobgraph::__private::StepLimits::NONE,
+                                                    move |__jg_ctx: ::my::jobgraph::__private::NoContext| async move {
+                                                        {
+                                                            let __jg_out = Self::load(self).await;
+                                                            ::my::jobgraph::__private::StepResult::into_step_result(
+                                                                __jg_out,
+                                                            )
+                                                        }
+                                                    },
+                                                )
+                                            },
+                                            &__jg_slot0,
                                             &mut __jg_failures,
                                             __jg_cx,
                                         )
@@ -215,8 +195,25 @@ where
                                             1usize,
                                             ReportStep::Render,
                                             ::my::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
-                                            &__jg_start1,
-                                            __jg_slot1,
+                                            &|| {
+                                                let __jg_in0 = ::my::jobgraph::__private::parent::<
+                                                    Vec<D::Row>,
+                                                    Vec<D::Row>,
+                                                >(&__jg_slot0);
+                                                ::my::jobgraph::__private::RunCore::step(
+                                                    __jg_run,
+                                                    ReportStep::Render,
+                                                    ::my::jobgraph::__private::None,
+                                                    ::my::jobgraph::__private::None,
+                                                    &::my::jobgraph::__private::StepLimits::NONE,
+                                                    move |__jg_ctx: ::my::jobgraph::__private::NoContext| async move {
+                                                        ::my::jobgraph::__private::infallible(
+                                                            Self::render(self, __jg_in0).await,
+                                                        )
+                                                    },
+                                                )
+                                            },
+                                            &__jg_slot1,
                                             &mut __jg_failures,
                                             __jg_cx,
                                         )
