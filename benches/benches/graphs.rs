@@ -19,6 +19,9 @@
 //!
 //! Each sample is one `iter_custom` call: its whole timing loop runs inside one `block_on`.
 //! Every implementation is checked to return the expected sink output before it is timed.
+//!
+//! With `--paired` (`cargo bench -p jobgraph-benches --bench graphs -- --paired`) it measures
+//! the same cells differently, for ratios a noisy machine cannot skew: see [`paired`].
 
 #[allow(dead_code)]
 #[path = "../shapes/mod.rs"]
@@ -33,7 +36,7 @@ mod runtimes;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 
 use peers::{DagrsRun, PeerShape, async_dag_supports, run_async_dag};
 use runtimes::{Flavor, Runtimes};
@@ -150,4 +153,219 @@ criterion_group! {
         .measurement_time(Duration::from_secs(2));
     targets = graphs
 }
-criterion_main!(benches);
+
+fn main() {
+    if std::env::args().any(|arg| arg == "--paired") {
+        paired::all();
+        return;
+    }
+    // What `criterion_main!(benches)` expands to.
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+/// Ratios from alternating batches: `--paired`.
+///
+/// Criterion times one implementation for seconds, then the next. On a shared VM the
+/// neighbours' load changes in between, and a ratio of two such medians moved by up to 2x
+/// from one run to the next. Here every round times one short batch (about [`BATCH`]) of each
+/// implementation of a cell, back to back and in a rotated order, so each ratio compares
+/// batches run within milliseconds of each other; a cell's ratio is the median over
+/// [`ROUNDS`] rounds, printed with its quartiles. A batch must be long enough to warm up after
+/// the others ran (dagrs's spawned tasks evict the caches): with 200 µs batches a 100-step job
+/// measured twice its criterion time, with 2 ms batches the same as criterion.
+///
+/// Prints one JSON object per implementation and cell; `benches/benches/report.sh` renders
+/// them as a table.
+mod paired {
+    use super::*;
+
+    /// Rounds per cell, unless `PAIRED_ROUNDS` says otherwise.
+    const ROUNDS: usize = 51;
+    /// The time one batch of one implementation aims at, unless `PAIRED_BATCH_US` says
+    /// otherwise (in microseconds).
+    const BATCH: Duration = Duration::from_millis(2);
+
+    /// The value of environment variable `name`, or `default` if it is unset or not a number.
+    fn setting(name: &str, default: u64) -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// One implementation of a cell, with what it keeps between batches.
+    enum Imp<S: PeerShape, M: Mode> {
+        Jobgraph(S::Job<M>),
+        Handwritten,
+        Spawn,
+        Dagrs(Box<DagrsRun>),
+        /// `!Send`: current_thread only, timed by [`Imp::batch_local`].
+        AsyncDag,
+    }
+
+    /// Times `$n` runs of `$run` (an expression awaiting one run of the graph).
+    macro_rules! time_batch {
+        ($n:expr, $run:expr) => {{
+            let start = Instant::now();
+            for _ in 0..$n {
+                black_box($run);
+            }
+            start.elapsed()
+        }};
+    }
+
+    impl<S: PeerShape, M: Mode> Imp<S, M> {
+        fn name(&self) -> &'static str {
+            match self {
+                Imp::Jobgraph(_) => "jobgraph",
+                Imp::Handwritten => "handwritten",
+                Imp::Spawn => "spawn",
+                Imp::Dagrs(_) => "dagrs",
+                Imp::AsyncDag => "async_dag",
+            }
+        }
+
+        /// Times `n` runs; `Send`, so it runs on multi_thread too. Never called on `AsyncDag`.
+        async fn batch(&mut self, n: u64) -> Duration {
+            match self {
+                Imp::Jobgraph(job) => time_batch!(n, S::run_jobgraph(job).await),
+                Imp::Handwritten => time_batch!(n, S::handwritten::<M>().await),
+                Imp::Spawn => time_batch!(n, S::spawn::<M>().await),
+                Imp::Dagrs(graph) => time_batch!(n, graph.run().await),
+                Imp::AsyncDag => unreachable!("async_dag runs on current_thread only"),
+            }
+        }
+
+        /// Times `n` runs of any implementation, in the caller's task (not `Send`).
+        async fn batch_local(&mut self, n: u64) -> Duration {
+            match self {
+                Imp::AsyncDag => time_batch!(n, run_async_dag::<S, M>().await),
+                _ => self.batch(n).await,
+            }
+        }
+    }
+
+    /// Nanoseconds per run of each implementation in each round: `times[imp][round]`.
+    type Times = Vec<Vec<f64>>;
+
+    /// Sizes each implementation's batch to about `$target`, then times `$rounds` rounds.
+    /// `$batch` is `batch` or `batch_local`.
+    macro_rules! rounds {
+        ($imps:expr, $batch:ident, $target:expr, $rounds:expr) => {{
+            let (imps, target, rounds): (&mut Vec<Imp<_, _>>, Duration, usize) =
+                (&mut $imps, $target, $rounds);
+            let mut runs = Vec::with_capacity(imps.len());
+            for imp in imps.iter_mut() {
+                let mut n = 1u64;
+                loop {
+                    let took = imp.$batch(n).await;
+                    if took >= target / 4 || n >= 1 << 20 {
+                        let per_run = took.as_secs_f64() / n as f64;
+                        runs.push(((target.as_secs_f64() / per_run) as u64).max(1));
+                        break;
+                    }
+                    n *= 2;
+                }
+            }
+            let mut times: Times = vec![Vec::with_capacity(rounds); imps.len()];
+            for round in 0..rounds {
+                for i in 0..imps.len() {
+                    let k = (round + i) % imps.len();
+                    let took = imps[k].$batch(runs[k]).await;
+                    times[k].push(took.as_nanos() as f64 / runs[k] as f64);
+                }
+            }
+            times
+        }};
+    }
+
+    /// The median and quartiles of `values`.
+    fn quartiles(mut values: Vec<f64>) -> [f64; 3] {
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        [at(0.25), at(0.5), at(0.75)]
+    }
+
+    /// One cell: prints a JSON object per implementation with its median time per run and
+    /// the median and quartiles of its per-round ratio to `handwritten` and of jobgraph's
+    /// per-round ratio to it (`peer_over_jobgraph`: how many times faster jobgraph is).
+    fn cell<S: PeerShape, M: Mode>(
+        rts: &Runtimes,
+        flavor: Flavor,
+        target: Duration,
+        rounds: usize,
+    ) {
+        check::<S, M>(rts, flavor);
+        let times: Times;
+        let names: Vec<&'static str>;
+        match flavor {
+            Flavor::Current => {
+                let mut imps: Vec<Imp<S, M>> = vec![
+                    Imp::Jobgraph(S::job::<M>()),
+                    Imp::Handwritten,
+                    Imp::Spawn,
+                    Imp::Dagrs(Box::new(DagrsRun::new::<S, M>())),
+                ];
+                if async_dag_supports::<S>() {
+                    imps.push(Imp::AsyncDag);
+                }
+                names = imps.iter().map(Imp::name).collect();
+                times = rts
+                    .current
+                    .block_on(async move { rounds!(imps, batch_local, target, rounds) });
+            }
+            Flavor::Multi => {
+                let mut imps: Vec<Imp<S, M>> = vec![
+                    Imp::Jobgraph(S::job::<M>()),
+                    Imp::Handwritten,
+                    Imp::Spawn,
+                    Imp::Dagrs(Box::new(DagrsRun::new::<S, M>())),
+                ];
+                names = imps.iter().map(Imp::name).collect();
+                times = rts.run(flavor, async move { rounds!(imps, batch, target, rounds) });
+            }
+        }
+        let ratios = |k: usize, base: usize| -> Vec<f64> {
+            times[k]
+                .iter()
+                .zip(&times[base])
+                .map(|(a, b)| a / b)
+                .collect()
+        };
+        let (jobgraph, handwritten) = (0, 1);
+        for (k, name) in names.iter().enumerate() {
+            let [_, ns, _] = quartiles(times[k].clone());
+            let [q1, x, q3] = quartiles(ratios(k, handwritten));
+            let [p1, p, p3] = quartiles(ratios(k, jobgraph));
+            println!(
+                "{{\"shape\":\"{}\",\"mode\":\"{}\",\"runtime\":\"{}\",\"impl\":\"{name}\",\
+                 \"steps\":{},\"rounds\":{rounds},\"batch_us\":{},\"ns\":{ns:.1},\
+                 \"x_hand\":[{q1:.4},{x:.4},{q3:.4}],\"over_jobgraph\":[{p1:.4},{p:.4},{p3:.4}]}}",
+                S::NAME,
+                M::NAME,
+                flavor.name(),
+                S::STEPS,
+                target.as_micros(),
+            );
+        }
+    }
+
+    fn shape<S: PeerShape>(rts: &Runtimes, target: Duration, rounds: usize) {
+        for flavor in Flavor::ALL {
+            cell::<S, Immediate>(rts, flavor, target, rounds);
+            cell::<S, Yield>(rts, flavor, target, rounds);
+        }
+    }
+
+    /// Every cell, in the order of the criterion groups.
+    pub(super) fn all() {
+        let target = Duration::from_micros(setting("PAIRED_BATCH_US", BATCH.as_micros() as u64));
+        let rounds = setting("PAIRED_ROUNDS", ROUNDS as u64).max(1) as usize;
+        let rts = Runtimes::new();
+        shape::<DiamondShape>(&rts, target, rounds);
+        shape::<Chain100Shape>(&rts, target, rounds);
+        shape::<Fan100Shape>(&rts, target, rounds);
+        shape::<Grid10x10Shape>(&rts, target, rounds);
+    }
+}

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Runs the graph benchmarks and prints one markdown table.
+# Runs the graph benchmarks and prints two markdown tables: criterion's medians, and the paired
+# ratios of `graphs --paired` (see `paired` in graphs.rs), which hold still on a noisy machine.
 #
-#   bash benches/benches/report.sh            # run `graphs` (~6 min on 2 cores) and `alloc_report`
-#   bash benches/benches/report.sh --no-run   # only read the last criterion results (still runs
-#                                           # `alloc_report`, which takes a second)
-#   bash benches/benches/report.sh --no-build # use the newest built bench executables, no cargo
-#   bash benches/benches/report.sh -- chain   # extra arguments after `--` go to criterion, e.g. a
-#                                           # filter; the table shows whatever results exist
+#   bash benches/benches/report.sh              # run `graphs` (~4 min on 2 cores), then
+#                                               # `graphs --paired` (~15 s) and `alloc_report`
+#   bash benches/benches/report.sh --paired-only # skip criterion; its table shows the last results
+#   bash benches/benches/report.sh --no-run     # only read the last criterion results (still runs
+#                                               # `alloc_report`, which takes a second)
+#   bash benches/benches/report.sh --no-build   # use the newest built bench executables, no cargo
+#   bash benches/benches/report.sh -- chain     # extra arguments after `--` go to criterion, e.g.
+#                                               # a filter; the table shows whatever results exist
 #
 # The executables are built first and then run directly, so sources changing meanwhile (the
 # scheduler is being worked on) do not trigger a rebuild between the build and the run.
@@ -27,14 +30,16 @@ export CARGO_TARGET_DIR="$TARGET_DIR"
 export CARGO_PROFILE_BENCH_DEBUG="${CARGO_PROFILE_BENCH_DEBUG:-false}"
 
 run=1
+criterion=1
 build=1
 criterion_args=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --no-run) run=0 ;;
+        --paired-only) criterion=0 ;;
         --no-build) build=0 ;;
         --) shift; criterion_args=("$@"); break ;;
-        -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -43,7 +48,8 @@ done
 cd "$ROOT"
 bench_log="$(mktemp)"
 alloc_json="$(mktemp)"
-trap 'rm -f "$bench_log" "$alloc_json"' EXIT
+paired_json="$(mktemp)"
+trap 'rm -f "$bench_log" "$alloc_json" "$paired_json"' EXIT
 
 # Prints `name path` of the bench executables: freshly built, or the newest ones on disk.
 executables() {
@@ -75,7 +81,7 @@ if [[ -z "${exe[alloc_report]:-}" || ( $run == 1 && -z "${exe[graphs]:-}" ) ]]; 
 fi
 
 bench_secs=""
-if [[ $run == 1 ]]; then
+if [[ $run == 1 && $criterion == 1 ]]; then
     start=$(date +%s)
     echo "running the graphs benchmark..." >&2
     if ! "${exe[graphs]}" --bench "${criterion_args[@]}" >"$bench_log" 2>&1; then
@@ -83,6 +89,13 @@ if [[ $run == 1 ]]; then
         exit 1
     fi
     bench_secs=$(( $(date +%s) - start ))
+fi
+if [[ $run == 1 ]]; then
+    echo "running the paired rounds (graphs --paired)..." >&2
+    if ! "${exe[graphs]}" --paired >"$paired_json" 2>"$bench_log"; then
+        tail -n 40 "$bench_log" >&2
+        exit 1
+    fi
 fi
 
 if ! "${exe[alloc_report]}" --bench >"$alloc_json" 2>"$bench_log"; then
@@ -93,7 +106,7 @@ fi
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || true)"
 export REPORT_NPROC="$(nproc)" REPORT_CPU="${cpu:-unknown}" REPORT_RUSTC="$(rustc --version)"
 export REPORT_BENCH_SECS="$bench_secs" REPORT_CRITERION="$TARGET_DIR/criterion"
-export REPORT_ALLOCS="$alloc_json"
+export REPORT_ALLOCS="$alloc_json" REPORT_PAIRED="$paired_json"
 
 python3 - <<'EOF'
 import json, os, pathlib
@@ -165,5 +178,41 @@ for shape in SHAPES:
             else:
                 extra = ["", ""]
             print("| " + " | ".join([shape, mode, runtime, str(n or "?")] + cells + extra) + " |")
+
+paired = {}
+for line in pathlib.Path(os.environ["REPORT_PAIRED"]).read_text().splitlines():
+    if line.startswith("{"):
+        row = json.loads(line)
+        paired[(row["shape"], row["mode"], row["runtime"], row["impl"])] = row
+if paired:
+    rounds = next(iter(paired.values()))["rounds"]
+    print(f"\n## Paired ratios (`graphs --paired`: median of {rounds} rounds of alternating batches)\n")
+    print("- ×handwritten: jobgraph's time over hand-written's in the same round, median [quartiles]")
+    print("- over hand-written: jobgraph's median time minus hand-written's, per step")
+    print("- dagrs, async_dag: their time over jobgraph's in the same round (how many times faster "
+          "jobgraph is), median [quartiles]\n")
+    header = ["shape", "mode", "runtime", "jobgraph", "×handwritten", "over hand-written",
+              "spawn ×handwritten", "dagrs ÷ jobgraph", "async_dag ÷ jobgraph"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|")
+    def spread(q):
+        return f"{q[1]:.2f} [{q[0]:.2f}–{q[2]:.2f}]"
+    for shape in SHAPES:
+        for mode in MODES:
+            for runtime in RUNTIMES:
+                row = {impl: paired.get((shape, mode, runtime, impl)) for impl in IMPLS}
+                job, hand = row["jobgraph"], row["handwritten"]
+                if not job or not hand:
+                    continue
+                n = job["steps"]
+                cells = [
+                    f"{ns(job['ns'])} · {job['ns'] / n:,.0f} ns/step",
+                    spread(job["x_hand"]),
+                    f"{(job['ns'] - hand['ns']) / n:+,.0f} ns/step",
+                    spread(row["spawn"]["x_hand"]) if row["spawn"] else "—",
+                    spread(row["dagrs"]["over_jobgraph"]) if row["dagrs"] else "—",
+                    spread(row["async_dag"]["over_jobgraph"]) if row["async_dag"] else "—",
+                ]
+                print("| " + " | ".join([shape, mode, runtime] + cells) + " |")
 
 EOF
