@@ -297,35 +297,23 @@ mod paired {
         rounds: usize,
     ) {
         check::<S, M>(rts, flavor);
-        let times: Times;
-        let names: Vec<&'static str>;
-        match flavor {
-            Flavor::Current => {
-                let mut imps: Vec<Imp<S, M>> = vec![
-                    Imp::Jobgraph(S::job::<M>()),
-                    Imp::Handwritten,
-                    Imp::Spawn,
-                    Imp::Dagrs(Box::new(DagrsRun::new::<S, M>())),
-                ];
-                if async_dag_supports::<S>() {
-                    imps.push(Imp::AsyncDag);
-                }
-                names = imps.iter().map(Imp::name).collect();
-                times = rts
-                    .current
-                    .block_on(async move { rounds!(imps, batch_local, target, rounds) });
-            }
-            Flavor::Multi => {
-                let mut imps: Vec<Imp<S, M>> = vec![
-                    Imp::Jobgraph(S::job::<M>()),
-                    Imp::Handwritten,
-                    Imp::Spawn,
-                    Imp::Dagrs(Box::new(DagrsRun::new::<S, M>())),
-                ];
-                names = imps.iter().map(Imp::name).collect();
-                times = rts.run(flavor, async move { rounds!(imps, batch, target, rounds) });
-            }
+        // async_dag's graph is `!Send`: current_thread only.
+        let mut imps: Vec<Imp<S, M>> = vec![
+            Imp::Jobgraph(S::job::<M>()),
+            Imp::Handwritten,
+            Imp::Spawn,
+            Imp::Dagrs(Box::new(DagrsRun::new::<S, M>())),
+        ];
+        if flavor == Flavor::Current && async_dag_supports::<S>() {
+            imps.push(Imp::AsyncDag);
         }
+        let names: Vec<&'static str> = imps.iter().map(Imp::name).collect();
+        let times: Times = match flavor {
+            Flavor::Current => rts
+                .current
+                .block_on(async move { rounds!(imps, batch_local, target, rounds) }),
+            Flavor::Multi => rts.run(flavor, async move { rounds!(imps, batch, target, rounds) }),
+        };
         let ratios = |k: usize, base: usize| -> Vec<f64> {
             times[k]
                 .iter()
