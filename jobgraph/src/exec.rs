@@ -287,8 +287,9 @@ where
 
 /// Runs a `#[step(for_each(..))]` step: `attempt` once per element of `elements` (again for
 /// each retry of that element), at most `bound` elements at once (one in a sequential run), each
-/// under the step's retry policy, timeout and limits. The output is every element's, in the elements' order; the first
-/// element that fails fails the step, and the others still running are dropped.
+/// under the step's retry policy, timeout and limits. The output is every element's, in the
+/// elements' order; the first element that fails fails the step, and the others still running
+/// are dropped.
 pub(crate) async fn run_for_each<'e, S, C, E, T, F, Fut>(
     run: &RunCore<S>,
     step: S,
