@@ -25,12 +25,14 @@ pub use crate::runner::{JobHandle, JobResult, Runner};
 pub use crate::{RetryPolicy, StepContext};
 
 use std::cell::OnceCell;
+use std::panic::AssertUnwindSafe;
 
 use tokio_util::sync::WaitForCancellationFuture;
 
+use crate::error::StepPanic;
 use crate::error::{BoxError, StepFailure};
 pub use crate::exec::{AttemptContext, NoContext, StepFuture};
-use crate::exec::{Policies, poll_step, run_for_each, start_step};
+use crate::exec::{Managed, Policies, StepFutureProj, report_end, run_for_each, start_step};
 
 /// The `Result` a step method returns, split into output and error.
 #[diagnostic::on_unimplemented(
@@ -297,8 +299,10 @@ impl<const W: usize> Sched<W> {
 ///
 /// Never inlined: each step's turn is a small function of its own, so the scheduler's poll keeps
 /// a small stack frame (it is called on every wake) and the optimizer's time grows with the
-/// number of steps, not with its square. What does not depend on the step's future (planning,
-/// reporting, the scheduler's bookkeeping) is out of line and shared by every step of the job.
+/// number of steps, not with its square. Everything that does not depend on the step's future
+/// (planning, reporting, the scheduler's bookkeeping) is a call to code shared by every step of
+/// the job: a 100-step chain runs a different turn per step, and the fewer bytes each turn
+/// holds, the fewer the processor fetches per step.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
@@ -317,27 +321,83 @@ pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
     G: Future<Output = Result<T, StepError>>,
 {
     if sched.take_ready(k) {
+        // A step starts once, so its slot is empty: saying so lets the compiler leave out the
+        // drop of the slot's old value.
+        if future.is_some() {
+            started_twice();
+        }
         future.set(Some(start()));
     }
     let Some(running) = future.as_mut().as_pin_mut() else {
         return;
     };
-    let Poll::Ready(outcome) = poll_step(run, step, running, cx) else {
-        return;
-    };
     // The ended future stays in its slot until the run ends (its step is no longer running, so
     // it is never polled again): dropping it here would cost a drop per step, for nothing it
     // still holds but references and the step's context.
-    match outcome {
-        Ok(value) => {
-            slot.set(value);
-            sched.complete(k, graph);
+    match running.project() {
+        StepFutureProj::Lean { attempt, started } => {
+            run.stale();
+            match std::panic::catch_unwind(AssertUnwindSafe(|| attempt.poll(cx))) {
+                Ok(Poll::Pending) => {}
+                Ok(Poll::Ready(Ok(value))) => {
+                    lean_completed(run, sched, graph, k, step, *started);
+                    slot.set(value);
+                }
+                Ok(Poll::Ready(Err(error))) => {
+                    let error = StepError::Error(error);
+                    lean_failed(run, sched, k, step, *started, error, failures);
+                }
+                Err(payload) => {
+                    let error = StepError::Panic(StepPanic::from_payload(payload));
+                    lean_failed(run, sched, k, step, *started, error, failures);
+                }
+            }
         }
-        Err(error) => {
-            sched.fail(k);
-            failures.push(step, error);
-        }
+        StepFutureProj::Managed { future } => match Pin::new(future).poll(cx) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(value)) => {
+                sched.complete(k, graph);
+                slot.set(value);
+            }
+            Poll::Ready(Err(error)) => {
+                sched.fail(k);
+                failures.push(step, error);
+            }
+        },
     }
+}
+
+/// A step on the lean path, started at `started`, completed: reports it and marks its children
+/// that can start ready.
+#[inline(never)]
+fn lean_completed<const W: usize, const N: usize, S: JobStep>(
+    run: &RunCore<S>,
+    sched: &mut Sched<W>,
+    graph: &Graph<W, N>,
+    k: usize,
+    step: S,
+    started: u64,
+) {
+    report_end(run, step, 1, started, None);
+    sched.complete(k, graph);
+}
+
+/// A step on the lean path, started at `started`, failed with `error`: reports it and records
+/// the failure.
+#[cold]
+#[inline(never)]
+fn lean_failed<const W: usize, S: JobStep>(
+    run: &RunCore<S>,
+    sched: &mut Sched<W>,
+    k: usize,
+    step: S,
+    started: u64,
+    error: StepError,
+    failures: &mut Failures<S>,
+) {
+    report_end(run, step, 1, started, Some(&error));
+    sched.fail(k);
+    failures.push(step, error);
 }
 
 /// The waker of the task polling the run: the scheduler polls its steps with a context made from
@@ -374,11 +434,29 @@ impl Future for Suspend<'_> {
             self.suspended = true;
             return Poll::Pending;
         }
-        if !self.waker.will_wake(cx.waker()) {
+        if !same_waker(self.waker, cx.waker()) {
             self.waker.clone_from(cx.waker());
         }
         Poll::Ready(())
     }
+}
+
+/// True if waking `a` does what waking `b` does: the same data, the same functions.
+///
+/// `Waker::will_wake` compares the vtables' addresses, and a runtime's vtable is a constant its
+/// compiler may duplicate, one per codegen unit: tokio's `block_on` waker and its clones compare
+/// unequal, so every pass of the scheduler cloned the waker again and dropped the old one, two
+/// atomic read-modify-writes. The vtables' contents are the functions themselves.
+#[inline]
+fn same_waker(a: &Waker, b: &Waker) -> bool {
+    a.will_wake(b) || (a.data() == b.data() && a.vtable() == b.vtable())
+}
+
+/// The scheduler started a step that had started: a bug in jobgraph, never in the user's code.
+#[cold]
+#[inline(never)]
+fn started_twice() -> ! {
+    unreachable!("jobgraph: the scheduler started a step twice")
 }
 
 /// The scheduler met a position outside its graph: a bug in jobgraph, never in the user's code.
@@ -481,10 +559,7 @@ impl<S: JobStep> RunCore<S> {
         timeout: Option<Duration>,
         limits: &'a StepLimits,
         attempt: F,
-    ) -> StepFuture<
-        Fut,
-        Pin<Box<impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>>,
-    >
+    ) -> StepFuture<Fut, impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>
     where
         C: AttemptContext,
         F: FnMut(C) -> Fut + 'a,
@@ -527,7 +602,7 @@ impl<S: JobStep> RunCore<S> {
         };
         let bound = bound.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         StepFuture::Managed {
-            future: run_for_each(self, step, policies, elements, bound, attempt),
+            future: Managed::new(run_for_each(self, step, policies, elements, bound, attempt)),
         }
     }
 

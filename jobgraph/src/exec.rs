@@ -34,10 +34,10 @@ pub(crate) struct Policies<'a> {
 pin_project_lite::pin_project! {
     /// A started step, in the slot the scheduler polls it from.
     ///
-    /// On the lean path it is the attempt's own future: the scheduler polls it through
-    /// [`poll_step`], which catches a panic and reports the step's end, so the code generic over
-    /// each step is little more than the poll of the user's future. On the general path it is a
-    /// future that runs, and reports, every attempt itself.
+    /// On the lean path it is the attempt's own future: the scheduler's turn polls it, catches a
+    /// panic and reports the step's end through calls shared by every step, so the code generic
+    /// over each step is little more than the poll of the user's future. On the general path it
+    /// is a boxed future that runs, and reports, every attempt itself.
     #[project = StepFutureProj]
     // pin-project-lite takes no doc comments on fields: the variants' docs say what they hold.
     #[allow(missing_docs)]
@@ -46,8 +46,52 @@ pin_project_lite::pin_project! {
         /// since the run started).
         Lean { #[pin] attempt: Fut, started: u64 },
         /// A future running and reporting the whole step.
-        Managed { #[pin] future: G },
+        Managed { future: Managed<G> },
     }
+}
+
+/// The boxed future of a step on the general path (or of a `for_each` step).
+///
+/// Dropped out of line: the scheduler's turn of each step holds a step's future, and the drop
+/// glue of a general path's future (its timer, its spans, its limiter's permit) would otherwise
+/// be copied into every step's turn, making the code the scheduler runs per step several times
+/// larger than what it runs, and the processor's instruction cache miss on every step.
+pub struct Managed<G>(Option<Pin<Box<G>>>);
+
+impl<G> Managed<G> {
+    pub(crate) fn new(future: G) -> Self {
+        Managed(Some(Box::pin(future)))
+    }
+}
+
+impl<T, G: Future<Output = Result<T, StepError>>> Future for Managed<G> {
+    type Output = Result<T, StepError>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            Some(future) => poll_managed(future.as_mut(), cx),
+            None => unreachable!("jobgraph: a step's future was polled after it was dropped"),
+        }
+    }
+}
+
+/// Polls the future of a step on the general path: out of line, like its drop.
+#[inline(never)]
+fn poll_managed<G: Future>(future: Pin<&mut G>, cx: &mut Context<'_>) -> Poll<G::Output> {
+    future.poll(cx)
+}
+
+impl<G> Drop for Managed<G> {
+    #[inline]
+    fn drop(&mut self) {
+        drop_managed(self.0.take());
+    }
+}
+
+#[inline(never)]
+fn drop_managed<G>(future: Option<Pin<Box<G>>>) {
+    drop(future);
 }
 
 /// Starts `step`: the one runtime function the generated scheduler calls when a step's
@@ -63,7 +107,7 @@ pub(crate) fn start_step<'a, S, C, T, F, Fut>(
     step: S,
     policies: Policies<'a>,
     mut attempt: F,
-) -> StepFuture<Fut, Pin<Box<impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>>>
+) -> StepFuture<Fut, impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>
 where
     S: JobStep,
     C: AttemptContext,
@@ -81,7 +125,7 @@ where
     }
 }
 
-/// The boxed future of a step on the general path: out of line, so the scheduler's code for each
+/// The future of a step on the general path, boxed: out of line, so the scheduler's code for each
 /// step keeps only what the lean path runs.
 #[inline(never)]
 #[allow(clippy::type_complexity)]
@@ -90,14 +134,14 @@ fn general_future<'a, S, C, T, F, Fut>(
     step: S,
     general: General<'a>,
     attempt: F,
-) -> Pin<Box<impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>>
+) -> Managed<impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>
 where
     S: JobStep,
     C: AttemptContext,
     F: FnMut(C) -> Fut + 'a,
     Fut: Future<Output = Result<T, BoxError>> + 'a,
 {
-    Box::pin(with_policies(run, step, general, attempt))
+    Managed::new(with_policies(run, step, general, attempt))
 }
 
 /// How a step runs: see [`plan`].
@@ -119,10 +163,27 @@ struct General<'a> {
 
 /// Decides how `step` runs. A step with no retry policy, no timeout and no limits, whose span
 /// no subscriber wants (the common case), takes the lean path: it starts now, with no timer and
-/// nothing allocated. Not generic over the step's future, so one copy serves every step of a
+/// nothing allocated.
+///
+/// Inline, so a step whose attribute declares no policy (known where the scheduler calls this)
+/// checks only what a run may override; the rest is out of line in [`plan_general`].
+#[inline]
+fn plan<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) -> Plan<'a> {
+    if policies.retry.is_none()
+        && policies.timeout.is_none()
+        && policies.limits.is_none()
+        && let Some(started) = run.lean_start(step)
+    {
+        return Plan::Lean { started };
+    }
+    plan_general(run, step, policies)
+}
+
+/// [`plan`] for a step that declares a policy, or whose run overrides one, or whose span a
+/// subscriber may want. Not generic over the step's future, so one copy serves every step of a
 /// job.
 #[inline(never)]
-fn plan<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) -> Plan<'a> {
+fn plan_general<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) -> Plan<'a> {
     let retry = run.retry_override(step).or(policies.retry);
     let timeout = run.timeout_override(step).or(policies.timeout);
     let limiter = run.limits().limiter(step, policies.limits);
@@ -136,10 +197,9 @@ fn plan<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) ->
             Span::none()
         };
         if first.is_disabled() {
-            let started = run.now();
-            run.attempt_started(step, 1, started);
-            tracing::debug!(step = step.name(), "step started");
-            return Plan::Lean { started };
+            return Plan::Lean {
+                started: start_lean(run, step),
+            };
         }
         span = Some(first);
     }
@@ -151,33 +211,13 @@ fn plan<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) ->
     })
 }
 
-/// Polls a started step; on its end, reports it and returns its outcome.
+/// Starts the one attempt of a step on the lean path: returns when it started.
 #[inline]
-pub(crate) fn poll_step<S, T, Fut, G>(
-    run: &RunCore<S>,
-    step: S,
-    future: Pin<&mut StepFuture<Fut, G>>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<T, StepError>>
-where
-    S: JobStep,
-    Fut: Future<Output = Result<T, BoxError>>,
-    G: Future<Output = Result<T, StepError>>,
-{
-    match future.project() {
-        StepFutureProj::Lean { attempt, started } => {
-            run.stale();
-            let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| attempt.poll(cx))) {
-                Ok(Poll::Pending) => return Poll::Pending,
-                Ok(Poll::Ready(Ok(output))) => Ok(output),
-                Ok(Poll::Ready(Err(error))) => Err(StepError::Error(error)),
-                Err(payload) => Err(StepError::Panic(StepPanic::from_payload(payload))),
-            };
-            report_end(run, step, 1, *started, outcome.as_ref().err());
-            Poll::Ready(outcome)
-        }
-        StepFutureProj::Managed { future } => future.poll(cx),
-    }
+pub(crate) fn start_lean<S: JobStep>(run: &RunCore<S>, step: S) -> u64 {
+    let started = run.now();
+    run.attempt_started(step, 1, started);
+    tracing::debug!(step = step.name(), "step started");
+    started
 }
 
 /// Every attempt of a step on the general path.
@@ -434,12 +474,26 @@ impl AttemptContext for NoContext {
         span: Option<&Span>,
     ) -> Self {
         if run.enriches() {
-            drop(<StepContext as AttemptContext>::new(
-                run, step, n, element, span,
-            ));
+            enrich_only(run, step, n, element, span);
         }
         NoContext
     }
+}
+
+/// Builds and drops the context of an attempt that takes none, for enrichment to run on. Out of
+/// line: one copy serves every step of a job, and a job without enrichment never calls it.
+#[cold]
+#[inline(never)]
+fn enrich_only<S: JobStep>(
+    run: &RunCore<S>,
+    step: S,
+    n: u32,
+    element: Option<usize>,
+    span: Option<&Span>,
+) {
+    drop(<StepContext as AttemptContext>::new(
+        run, step, n, element, span,
+    ));
 }
 
 /// One attempt's future, with a panic turned into the step's error.
@@ -470,7 +524,7 @@ fn end<S: JobStep, T>(
 /// Reports how a step ended (failed with `error`, else completed) after `n` attempts: the
 /// report, the trace and the listener. Out of line: one copy serves every step of a job.
 #[inline(never)]
-fn report_end<S: JobStep>(
+pub(crate) fn report_end<S: JobStep>(
     run: &RunCore<S>,
     step: S,
     n: u32,

@@ -714,10 +714,16 @@ impl Limits {
         step: S,
         declared: &StepLimits,
     ) -> Option<Arc<StepLimiter>> {
-        if declared.is_none() && !self.inner.overridden.load(Ordering::Acquire) {
+        if declared.is_none() && !self.overridden() {
             return None;
         }
         self.lookup(step, declared)
+    }
+
+    /// True once an override was set in this registry: every step's limits must be looked up.
+    #[inline]
+    pub(crate) fn overridden(&self) -> bool {
+        self.inner.overridden.load(Ordering::Acquire)
     }
 
     #[inline(never)]
