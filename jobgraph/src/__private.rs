@@ -321,11 +321,6 @@ pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
     G: Future<Output = Result<T, StepError>>,
 {
     if sched.take_ready(k) {
-        // A step starts once, so its slot is empty: saying so lets the compiler leave out the
-        // drop of the slot's old value.
-        if future.is_some() {
-            started_twice();
-        }
         future.set(Some(start()));
     }
     let Some(running) = future.as_mut().as_pin_mut() else {
@@ -446,17 +441,11 @@ impl Future for Suspend<'_> {
 /// `Waker::will_wake` compares the vtables' addresses, and a runtime's vtable is a constant its
 /// compiler may duplicate, one per codegen unit: tokio's `block_on` waker and its clones compare
 /// unequal, so every pass of the scheduler cloned the waker again and dropped the old one, two
-/// atomic read-modify-writes. The vtables' contents are the functions themselves.
+/// atomic read-modify-writes. This compares the vtables' contents, the functions themselves
+/// (equal whenever their addresses are).
 #[inline]
 fn same_waker(a: &Waker, b: &Waker) -> bool {
-    a.will_wake(b) || (a.data() == b.data() && a.vtable() == b.vtable())
-}
-
-/// The scheduler started a step that had started: a bug in jobgraph, never in the user's code.
-#[cold]
-#[inline(never)]
-fn started_twice() -> ! {
-    unreachable!("jobgraph: the scheduler started a step twice")
+    a.data() == b.data() && a.vtable() == b.vtable()
 }
 
 /// The scheduler met a position outside its graph: a bug in jobgraph, never in the user's code.

@@ -172,7 +172,7 @@ fn plan<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) ->
     if policies.retry.is_none()
         && policies.timeout.is_none()
         && policies.limits.is_none()
-        && let Some(started) = run.lean_start(step)
+        && let Some(started) = lean_start(run, step)
     {
         return Plan::Lean { started };
     }
@@ -211,9 +211,25 @@ fn plan_general<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies
     })
 }
 
+/// If a step that declares no policy may take the lean path in this run (no retry policy or
+/// timeout overridden, no limit overridden, no subscriber taking `INFO` spans), starts it and
+/// returns when; else `None`, and [`plan_general`] decides. Out of line, one copy per job: the
+/// scheduler's code for each step holds only the call.
+#[inline(never)]
+fn lean_start<S: JobStep>(run: &RunCore<S>, step: S) -> Option<u64> {
+    if !run.options.retry.is_empty()
+        || !run.options.timeout.is_empty()
+        || run.limits().overridden()
+        || tracing::level_enabled!(tracing::Level::INFO)
+    {
+        return None;
+    }
+    Some(start_lean(run, step))
+}
+
 /// Starts the one attempt of a step on the lean path: returns when it started.
 #[inline]
-pub(crate) fn start_lean<S: JobStep>(run: &RunCore<S>, step: S) -> u64 {
+fn start_lean<S: JobStep>(run: &RunCore<S>, step: S) -> u64 {
     let started = run.now();
     run.attempt_started(step, 1, started);
     tracing::debug!(step = step.name(), "step started");

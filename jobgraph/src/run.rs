@@ -233,22 +233,6 @@ impl<S: JobStep> RunCore<S> {
         self.fresh.store(0, Ordering::Relaxed);
     }
 
-    /// If a step that declares no policy may take the lean path in this run (no retry policy
-    /// or timeout overridden, no limit overridden, no subscriber taking `INFO` spans), starts it
-    /// and returns when; else `None`, and [`exec::plan_general`](crate::exec) decides. Out of
-    /// line, one copy per job: the scheduler's code for each step holds only the call.
-    #[inline(never)]
-    pub(crate) fn lean_start(&self, step: S) -> Option<u64> {
-        if !self.options.retry.is_empty()
-            || !self.options.timeout.is_empty()
-            || self.limits().overridden()
-            || tracing::level_enabled!(tracing::Level::INFO)
-        {
-            return None;
-        }
-        Some(crate::exec::start_lean(self, step))
-    }
-
     /// Records that attempt `attempt` of `step`, first started at `first_start`, starts, and
     /// tells the listener.
     #[inline]
