@@ -62,6 +62,32 @@ pub fn infallible<T>(value: T) -> Result<T, BoxError> {
     Ok(value)
 }
 
+pin_project_lite::pin_project! {
+    /// The future of an infallible step that takes no context: its method's own future, its
+    /// value wrapped in `Ok`. What an `async` block around the call would do, without a state
+    /// machine of its own.
+    pub struct Infallible<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Infallible<F> {
+    #[inline]
+    pub fn new(future: F) -> Self {
+        Infallible { future }
+    }
+}
+
+impl<F: Future> Future for Infallible<F> {
+    type Output = Result<F::Output, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().future.poll(cx).map(Ok)
+    }
+}
+
 /// Type-checks a `#[step(retry = ..)]` expression, where it is written.
 #[inline]
 pub fn retry_policy<P: RetryPolicy>(policy: P) -> impl RetryPolicy {

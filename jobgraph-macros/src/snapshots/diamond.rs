@@ -199,9 +199,9 @@ impl ::jobgraph::__private::Job for Diamond {
                                                     ::jobgraph::__private::None,
                                                     ::jobgraph::__private::None,
                                                     &::jobgraph::__private::StepLimits::NONE,
-                                                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
-                                                        ::jobgraph::__private::infallible(Self::a(self).await)
-                                                    },
+                                                    move |_: ::jobgraph::__private::NoContext| ::jobgraph::__private::Infallible::new(
+                                                        Self::a(self),
+                                                    ),
                                                 )
                                             },
                                             &__jg_slot0,
@@ -293,11 +293,9 @@ impl ::jobgraph::__private::Job for Diamond {
                                                     ::jobgraph::__private::None,
                                                     ::jobgraph::__private::None,
                                                     &::jobgraph::__private::StepLimits::NONE,
-                                                    move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
-                                                        ::jobgraph::__private::infallible(
-                                                            Self::d(self, __jg_in0).await,
-                                                        )
-                                                    },
+                                                    move |_: ::jobgraph::__private::NoContext| ::jobgraph::__private::Infallible::new(
+                                                        Self::d(self, __jg_in0),
+                                                    ),
                                                 )
                                             },
                                             &__jg_slot3,

@@ -206,11 +206,9 @@ where
                                                     ::my::jobgraph::__private::None,
                                                     ::my::jobgraph::__private::None,
                                                     &::my::jobgraph::__private::StepLimits::NONE,
-                                                    move |__jg_ctx: ::my::jobgraph::__private::NoContext| async move {
-                                                        ::my::jobgraph::__private::infallible(
-                                                            Self::render(self, __jg_in0).await,
-                                                        )
-                                                    },
+                                                    move |_: ::my::jobgraph::__private::NoContext| ::my::jobgraph::__private::Infallible::new(
+                                                        Self::render(self, __jg_in0),
+                                                    ),
                                                 )
                                             },
                                             &__jg_slot1,
