@@ -547,7 +547,8 @@ impl<S: JobStep> RunCore<S> {
         }
     }
 
-    /// Called as the scheduler's poll begins: time passed since the run's latest clock reading.
+    /// Called as a pass of the scheduler begins after a suspension: time passed since the run's
+    /// latest clock reading.
     #[inline]
     pub fn woken(&self) {
         self.stale();

@@ -227,6 +227,14 @@ impl<S: JobStep> RunCore<S> {
         since - 1
     }
 
+    /// Keeps the run's start as its latest reading: the scheduler's first pass runs in the poll
+    /// that made the run, with no user code in between, so its first steps start at the run's
+    /// start without reading the clock again. Not for a run made before it is spawned.
+    #[inline]
+    pub(crate) fn polled_now(&self) {
+        self.fresh.store(1, Ordering::Relaxed);
+    }
+
     /// Forgets the latest reading: user code is about to run, so time will have passed.
     #[inline]
     pub(crate) fn stale(&self) {

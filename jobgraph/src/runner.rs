@@ -137,8 +137,12 @@ impl<'j, J: Job> Runner<'j, J> {
         (result, run.report())
     }
 
+    /// The run's state, made in the poll that starts the run: the clock reading the run starts
+    /// at is its first step's start too.
     fn core(self, cancellable: bool) -> RunCore<J::Step> {
-        RunCore::for_job::<J>(self.options, cancellable)
+        let run = RunCore::for_job::<J>(self.options, cancellable);
+        run.polled_now();
+        run
     }
 }
 

@@ -351,15 +351,17 @@ impl BusySiblings {
     }
 }
 
-/// A step's start is its first poll: the first sibling polled starts when their parent ended
-/// (the same clock reading), the second only after the first's 20 ms poll. The run ends when its
-/// last step does.
+/// A step's start is its first poll: the first step starts when the run does (its first pass
+/// runs in the poll that began the run: the same clock reading), the first sibling polled when
+/// their parent ended (again the same reading), the second only after the first's 20 ms poll. The
+/// run ends when its last step does.
 #[tokio::test]
 async fn a_step_starts_at_its_first_poll() {
     let (result, report) = BusySiblings.runner().run_with_report().await;
     result.unwrap();
     use BusySiblingsStep::*;
     let source = report.step(Source);
+    assert_eq!(source.started(), Some(Duration::ZERO));
     let source_end = source.started().unwrap() + source.duration().unwrap();
     let mut starts = [BusyA, BusyB].map(|s| report.step(s).started().unwrap());
     starts.sort();

@@ -132,7 +132,6 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                 {
                     let mut #cx = #p::Context::from_waker(&#waker);
                     let #cx = &mut #cx;
-                    #p::RunCore::woken(#run);
                     if #p::Stop::cancelled(&mut #stop, #cx) {
                         break 'stop true;
                     }
@@ -159,6 +158,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                     }
                 }
                 #p::Suspend::new(&mut #waker).await;
+                #p::RunCore::woken(#run);
             };
             if __jg_stopped {
                 #(#cancel_running)*

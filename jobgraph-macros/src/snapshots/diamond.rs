@@ -170,7 +170,6 @@ impl ::jobgraph::__private::Job for Diamond {
                             &__jg_waker,
                         );
                         let __jg_cx = &mut __jg_cx;
-                        ::jobgraph::__private::RunCore::woken(__jg_run);
                         if ::jobgraph::__private::Stop::cancelled(
                             &mut __jg_stop,
                             __jg_cx,
@@ -324,6 +323,7 @@ impl ::jobgraph::__private::Job for Diamond {
                         }
                     }
                     ::jobgraph::__private::Suspend::new(&mut __jg_waker).await;
+                    ::jobgraph::__private::RunCore::woken(__jg_run);
                 };
                 if __jg_stopped {
                     if ::jobgraph::__private::Sched::is_running(&__jg_sched, 0usize) {

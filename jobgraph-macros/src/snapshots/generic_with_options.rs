@@ -143,7 +143,6 @@ where
                             &__jg_waker,
                         );
                         let __jg_cx = &mut __jg_cx;
-                        ::my::jobgraph::__private::RunCore::woken(__jg_run);
                         if ::my::jobgraph::__private::Stop::cancelled(
                             &mut __jg_stop,
                             __jg_cx,
@@ -237,6 +236,7 @@ where
                         }
                     }
                     ::my::jobgraph::__private::Suspend::new(&mut __jg_waker).await;
+                    ::my::jobgraph::__private::RunCore::woken(__jg_run);
                 };
                 if __jg_stopped {
                     if ::my::jobgraph::__private::Sched::is_running(
