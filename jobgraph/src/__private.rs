@@ -32,7 +32,9 @@ use tokio_util::sync::WaitForCancellationFuture;
 use crate::error::StepPanic;
 use crate::error::{BoxError, StepFailure};
 pub use crate::exec::{AttemptContext, NoContext, StepFuture};
-use crate::exec::{Managed, Policies, StepFutureProj, report_end, run_for_each, start_step};
+use crate::exec::{
+    Managed, Policies, StepFutureProj, report_completed, report_failed, run_for_each, start_step,
+};
 
 /// The `Result` a step method returns, split into output and error.
 #[diagnostic::on_unimplemented(
@@ -228,20 +230,6 @@ impl<const W: usize> Mask<W> {
             bits = self.0[word] | other.0[word];
         }
     }
-
-    /// The positions in the set, lowest first.
-    #[inline]
-    fn iter(self) -> impl Iterator<Item = usize> {
-        self.0.into_iter().enumerate().flat_map(|(word, mut bits)| {
-            core::iter::from_fn(move || {
-                (bits != 0).then(|| {
-                    let bit = bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    word * 64 + bit
-                })
-            })
-        })
-    }
 }
 
 /// A job's graph as the scheduler sees it, built at compile time: for each step, by its position
@@ -287,9 +275,16 @@ impl<const W: usize> Sched<W> {
     pub fn complete<const N: usize>(&mut self, k: usize, graph: &Graph<W, N>) {
         self.running.remove(k);
         self.done.insert(k);
-        for child in graph.children[k].iter() {
-            if self.done.is_superset(&graph.deps[child]) {
-                self.ready.insert(child);
+        // Word by word, not through `Mask::iter`: this runs once per step, and the iterator's
+        // state machine cost more than the checks.
+        for (word, &children) in graph.children[k].0.iter().enumerate() {
+            let mut bits = children;
+            while bits != 0 {
+                let child = word * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if self.done.is_superset(&graph.deps[child]) {
+                    self.ready.insert(child);
+                }
             }
         }
     }
@@ -399,7 +394,7 @@ fn lean_completed<const W: usize, const N: usize, S: JobStep>(
     step: S,
     started: u64,
 ) {
-    report_end(run, step, 1, started, None);
+    report_completed(run, step, 1, started);
     sched.complete(k, graph);
 }
 
@@ -416,7 +411,7 @@ fn lean_failed<const W: usize, S: JobStep>(
     error: StepError,
     failures: &mut Failures<S>,
 ) {
-    report_end(run, step, 1, started, Some(&error));
+    report_failed(run, step, 1, started, &error);
     sched.fail(k);
     failures.push(step, error);
 }

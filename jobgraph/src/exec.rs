@@ -19,7 +19,7 @@ use tracing::{Instrument as _, Span};
 
 use crate::error::{BoxError, StepError, StepPanic};
 use crate::limit::{StepLimiter, StepLimits};
-use crate::report::{StepEvent, StepState};
+use crate::report::StepEvent;
 use crate::run::RunCore;
 use crate::{JobStep, RetryPolicy, StepContext};
 
@@ -217,8 +217,7 @@ fn plan_general<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies
 /// scheduler's code for each step holds only the call.
 #[inline(never)]
 fn lean_start<S: JobStep>(run: &RunCore<S>, step: S) -> Option<u64> {
-    if !run.options.retry.is_empty()
-        || !run.options.timeout.is_empty()
+    if !run.no_overrides
         || run.limits().overridden()
         || tracing::level_enabled!(tracing::Level::INFO)
     {
@@ -547,28 +546,47 @@ pub(crate) fn report_end<S: JobStep>(
     first_start: u64,
     error: Option<&StepError>,
 ) {
-    let nanos = run.read_clock().saturating_sub(first_start);
-    let duration = Duration::from_nanos(nanos);
     match error {
-        None => {
-            run.step_ended(step, StepState::Completed, nanos, None);
-            tracing::info!(?duration, attempts = n, "step completed");
-            run.emit(&StepEvent::Completed {
-                step,
-                attempts: n,
-                duration,
-            });
-        }
-        Some(error) => {
-            run.step_ended(step, StepState::Failed, nanos, Some(error.to_string()));
-            tracing::error!(error = %error, attempts = n, "step failed");
-            run.emit(&StepEvent::Failed {
-                step,
-                attempts: n,
-                error,
-            });
-        }
+        None => report_completed(run, step, n, first_start),
+        Some(error) => report_failed(run, step, n, first_start, error),
     }
+}
+
+/// Reports that a step started at `first_start` completed after `n` attempts. Inline: the lean
+/// path's end of every step calls it, in one function shared by every step of a job.
+#[inline]
+pub(crate) fn report_completed<S: JobStep>(run: &RunCore<S>, step: S, n: u32, first_start: u64) {
+    let nanos = run.read_clock().saturating_sub(first_start);
+    run.step_completed(step, nanos);
+    // The `Duration` is built only for a subscriber that takes the event, or a listener.
+    tracing::info!(duration = ?Duration::from_nanos(nanos), attempts = n, "step completed");
+    if run.listens() {
+        run.emit(&StepEvent::Completed {
+            step,
+            attempts: n,
+            duration: Duration::from_nanos(nanos),
+        });
+    }
+}
+
+/// Reports that a step started at `first_start` failed with `error` after `n` attempts.
+#[cold]
+#[inline(never)]
+pub(crate) fn report_failed<S: JobStep>(
+    run: &RunCore<S>,
+    step: S,
+    n: u32,
+    first_start: u64,
+    error: &StepError,
+) {
+    let nanos = run.read_clock().saturating_sub(first_start);
+    run.step_failed(step, nanos, error.to_string());
+    tracing::error!(error = %error, attempts = n, "step failed");
+    run.emit(&StepEvent::Failed {
+        step,
+        attempts: n,
+        error,
+    });
 }
 
 /// Runs `attempt`, marking the run's latest clock reading stale whenever it runs user code.

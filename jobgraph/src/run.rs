@@ -54,6 +54,11 @@ pub struct RunCore<S: JobStep> {
     pub(crate) options: RunOptions<S>,
     /// Whether a [`JobHandle`](crate::JobHandle) may cancel the run, so the scheduler watches.
     pub(crate) cancellable: bool,
+    /// [`Limits::global`], looked up once per run: the registry of a run whose options name none.
+    global_limits: &'static Limits,
+    /// True if the run overrides no step's retry policy or timeout: a step that declares none
+    /// may take the lean path (see `exec::lean_start`).
+    pub(crate) no_overrides: bool,
     started: Instant,
     /// The run's latest clock reading (nanoseconds since `started`, plus one) while no user code
     /// ran since it was taken, else zero: a step that starts right after another ended takes
@@ -106,8 +111,14 @@ fn state_code(state: StepState) -> u8 {
     }
 }
 
+/// `d` in nanoseconds, plus one, saturating: in 64-bit arithmetic, which the clock's reading per
+/// step pays for (`Duration::as_nanos` multiplies in 128 bits).
+#[inline]
 fn to_nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    d.as_secs()
+        .checked_mul(1_000_000_000)
+        .and_then(|n| n.checked_add(u64::from(d.subsec_nanos()) + 1))
+        .unwrap_or(u64::MAX)
 }
 
 fn from_nanos(n: u64) -> Option<Duration> {
@@ -173,8 +184,11 @@ impl<S: JobStep> RunCore<S> {
             Some(parent) => (Some(parent.child_token()), true),
             None => (cancellable.then(CancellationToken::new), cancellable),
         };
+        let no_overrides = options.retry.is_empty() && options.timeout.is_empty();
         RunCore {
             info: Arc::new(RunInfo::new(job_name, options.job_id.take(), cancel)),
+            global_limits: Limits::global(),
+            no_overrides,
             options,
             cancellable,
             started: Instant::now(),
@@ -260,25 +274,38 @@ impl<S: JobStep> RunCore<S> {
         self.cell(step).attempts.store(attempts, Ordering::Relaxed);
     }
 
-    /// Records that `step` ended in `state` after `nanos` nanoseconds, with `error` if it failed.
-    pub(crate) fn step_ended(&self, step: S, state: StepState, nanos: u64, error: Option<String>) {
+    /// Records that `step` completed after `nanos` nanoseconds.
+    #[inline]
+    pub(crate) fn step_completed(&self, step: S, nanos: u64) {
         let cell = self.cell(step);
         cell.duration
             .store(nanos.saturating_add(1), Ordering::Relaxed);
-        if let Some(error) = error {
-            cell.detail().error = Some(error);
-        }
-        cell.set_state(state);
+        cell.set_state(StepState::Completed);
+    }
+
+    /// Records that `step` failed with `error` after `nanos` nanoseconds.
+    pub(crate) fn step_failed(&self, step: S, nanos: u64, error: String) {
+        let cell = self.cell(step);
+        cell.duration
+            .store(nanos.saturating_add(1), Ordering::Relaxed);
+        cell.detail().error = Some(error);
+        cell.set_state(StepState::Failed);
     }
 
     /// The registry of per-step limits this run uses.
+    #[inline]
     pub(crate) fn limits(&self) -> &Limits {
-        self.options
-            .limits
-            .as_ref()
-            .unwrap_or_else(|| Limits::global())
+        self.options.limits.as_ref().unwrap_or(self.global_limits)
     }
 
+    /// True if a listener hears this run's events.
+    #[inline]
+    pub(crate) fn listens(&self) -> bool {
+        self.options.listener.is_some()
+    }
+
+    /// Tells the listener, if any, of `event`.
+    #[inline]
     pub(crate) fn emit(&self, event: &StepEvent<'_, S>) {
         if let Some(listener) = &self.options.listener {
             listener(event);
