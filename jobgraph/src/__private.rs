@@ -238,6 +238,9 @@ impl<const W: usize> Mask<W> {
 pub struct Graph<const W: usize, const N: usize> {
     pub deps: [Mask<W>; N],
     pub children: [Mask<W>; N],
+    /// The children that wait for this step alone: ready the moment it completes, with no
+    /// check of their other dependencies.
+    pub sole_children: [Mask<W>; N],
 }
 
 /// The scheduler's bookkeeping for one run, by topological position: which steps may start,
@@ -275,10 +278,14 @@ impl<const W: usize> Sched<W> {
     pub fn complete<const N: usize>(&mut self, k: usize, graph: &Graph<W, N>) {
         self.running.remove(k);
         self.done.insert(k);
-        // Word by word, not through `Mask::iter`: this runs once per step, and the iterator's
-        // state machine cost more than the checks.
-        for (word, &children) in graph.children[k].0.iter().enumerate() {
-            let mut bits = children;
+        // This runs once per step: a child that waits for this step alone (every step of a
+        // chain) is ready without a check; the others are checked word by word.
+        let sole = &graph.sole_children[k];
+        for (ready, sole) in self.ready.0.iter_mut().zip(&sole.0) {
+            *ready |= sole;
+        }
+        for (word, (&children, &sole)) in graph.children[k].0.iter().zip(&sole.0).enumerate() {
+            let mut bits = children & !sole;
             while bits != 0 {
                 let child = word * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;

@@ -73,6 +73,13 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                 .map(|c| position[c]),
         )
     });
+    let sole_children = graph.topo.iter().map(|&i| {
+        mask(
+            &mut (0..n)
+                .filter(|&c| graph.deps[c].iter().all(|&d| d == i) && !graph.deps[c].is_empty())
+                .map(|c| position[c]),
+        )
+    });
 
     let arms = graph.topo.iter().enumerate().map(|(k, &i)| {
         let variant = &job.steps[i].variant;
@@ -120,6 +127,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
             const #graph_const: #p::Graph<#words, #n> = #p::Graph {
                 deps: [#(#deps),*],
                 children: [#(#children),*],
+                sole_children: [#(#sole_children),*],
             };
             let mut #sched = #p::RunCore::sched(#run, &#graph_const);
             let mut #stop = #p::RunCore::stop(#run);

@@ -145,6 +145,12 @@ impl ::jobgraph::__private::Job for Diamond {
                         ::jobgraph::__private::Mask([8u64]),
                         ::jobgraph::__private::Mask([0u64]),
                     ],
+                    sole_children: [
+                        ::jobgraph::__private::Mask([6u64]),
+                        ::jobgraph::__private::Mask([0u64]),
+                        ::jobgraph::__private::Mask([0u64]),
+                        ::jobgraph::__private::Mask([0u64]),
+                    ],
                 };
                 let mut __jg_sched = ::jobgraph::__private::RunCore::sched(
                     __jg_run,

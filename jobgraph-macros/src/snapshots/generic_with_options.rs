@@ -124,6 +124,10 @@ where
                         ::my::jobgraph::__private::Mask([2u64]),
                         ::my::jobgraph::__private::Mask([0u64]),
                     ],
+                    sole_children: [
+                        ::my::jobgraph::__private::Mask([2u64]),
+                        ::my::jobgraph::__private::Mask([0u64]),
+                    ],
                 };
                 let mut __jg_sched = ::my::jobgraph::__private::RunCore::sched(
                     __jg_run,
