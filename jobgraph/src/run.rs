@@ -59,6 +59,8 @@ pub struct RunCore<S: JobStep> {
     /// True if the run overrides no step's retry policy or timeout: a step that declares none
     /// may take the lean path (see `exec::lean_start`).
     pub(crate) no_overrides: bool,
+    /// True if the job or the run enriches contexts.
+    enriches: bool,
     started: Instant,
     /// The run's latest clock reading (nanoseconds since `started`, plus one) while no user code
     /// ran since it was taken, else zero: a step that starts right after another ended takes
@@ -185,10 +187,12 @@ impl<S: JobStep> RunCore<S> {
             None => (cancellable.then(CancellationToken::new), cancellable),
         };
         let no_overrides = options.retry.is_empty() && options.timeout.is_empty();
+        let enriches = options.job_enrich.is_some() || !options.enrich.is_empty();
         RunCore {
             info: Arc::new(RunInfo::new(job_name, options.job_id.take(), cancel)),
             global_limits: Limits::global(),
             no_overrides,
+            enriches,
             options,
             cancellable,
             started: Instant::now(),
@@ -339,7 +343,7 @@ impl<S: JobStep> RunCore<S> {
     /// True if the job or the run enriches contexts.
     #[inline]
     pub(crate) fn enriches(&self) -> bool {
-        self.options.job_enrich.is_some() || !self.options.enrich.is_empty()
+        self.enriches
     }
 
     /// The context of a new attempt, enriched: the job's enrichment first.
