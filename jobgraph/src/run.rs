@@ -149,6 +149,15 @@ impl<S: JobStep> StepCell<S> {
         self.state.store(state_code(state), Ordering::Release);
     }
 
+    /// Records that the step ended in `state` after `nanos` nanoseconds: the state last, so a
+    /// snapshot that sees it sees the duration (and anything written before the call).
+    #[inline]
+    fn end(&self, nanos: u64, state: StepState) {
+        self.duration
+            .store(nanos.saturating_add(1), Ordering::Relaxed);
+        self.set_state(state);
+    }
+
     fn detail(&self) -> MutexGuard<'_, Detail<S>> {
         // A panic while the lock was held leaves nothing half-written we rely on.
         self.detail.lock().unwrap_or_else(|p| p.into_inner())
@@ -281,19 +290,14 @@ impl<S: JobStep> RunCore<S> {
     /// Records that `step` completed after `nanos` nanoseconds.
     #[inline]
     pub(crate) fn step_completed(&self, step: S, nanos: u64) {
-        let cell = self.cell(step);
-        cell.duration
-            .store(nanos.saturating_add(1), Ordering::Relaxed);
-        cell.set_state(StepState::Completed);
+        self.cell(step).end(nanos, StepState::Completed);
     }
 
     /// Records that `step` failed with `error` after `nanos` nanoseconds.
     pub(crate) fn step_failed(&self, step: S, nanos: u64, error: String) {
         let cell = self.cell(step);
-        cell.duration
-            .store(nanos.saturating_add(1), Ordering::Relaxed);
         cell.detail().error = Some(error);
-        cell.set_state(StepState::Failed);
+        cell.end(nanos, StepState::Failed);
     }
 
     /// The registry of per-step limits this run uses.

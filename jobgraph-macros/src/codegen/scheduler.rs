@@ -73,10 +73,12 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                 .map(|c| position[c]),
         )
     });
+    // A step's dependencies hold no step twice (naming one twice is an error), so a child that
+    // waits for `i` alone has exactly `[i]`.
     let sole_children = graph.topo.iter().map(|&i| {
         mask(
             &mut (0..n)
-                .filter(|&c| graph.deps[c].iter().all(|&d| d == i) && !graph.deps[c].is_empty())
+                .filter(|&c| graph.deps[c] == [i])
                 .map(|c| position[c]),
         )
     });
