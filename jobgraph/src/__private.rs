@@ -5,20 +5,21 @@
 
 pub use core::clone::Clone;
 pub use core::cmp::{Eq, Ord, PartialEq, PartialOrd};
+pub use core::default::Default;
 pub use core::fmt::{self, Debug};
 pub use core::future::{Future, poll_fn};
 pub use core::hash::Hash;
 pub use core::marker::{Copy, PhantomData, Send, Sync};
 pub use core::option::Option::{self, None, Some};
 pub use core::pin::{Pin, pin};
-pub use core::primitive::{bool, str, usize};
+pub use core::primitive::{bool, str, u32, u64, usize};
 pub use core::result::Result::{self, Err, Ok};
 pub use core::task::{Context, Poll, Waker};
 pub use core::time::Duration;
 pub use std::sync::Arc;
 
 pub use crate::error::{JobError, StepError};
-pub use crate::job::{Job, JobStep, StepInfo};
+pub use crate::job::{Job, JobStep, StepEdges, StepInfo, StepPolicies};
 pub use crate::limit::{Rate, StepLimits};
 pub use crate::run::RunCore;
 pub use crate::runner::{JobHandle, JobResult, Runner};
@@ -29,9 +30,10 @@ use std::panic::AssertUnwindSafe;
 
 use tokio_util::sync::WaitForCancellationFuture;
 
+pub use crate::error::BoxError;
+use crate::error::StepFailure;
 use crate::error::StepPanic;
-use crate::error::{BoxError, StepFailure};
-pub use crate::exec::{AttemptContext, NoContext, StepFuture};
+pub use crate::exec::{AttemptContext, NoContext, NoRetry, StepFuture};
 use crate::exec::{
     Managed, Policies, StepFutureProj, report_completed, report_failed, run_for_each, start_step,
 };
@@ -97,14 +99,61 @@ pub fn retry_policy<P: RetryPolicy>(policy: P) -> impl RetryPolicy {
 }
 
 /// Checks a `#[step(timeout = ..)]` value computed at run time (literals are checked at compile
-/// time).
+/// time): zero fails the step, which could never finish an attempt.
 #[inline]
-pub fn timeout(step: &str, timeout: Duration) -> Duration {
-    assert!(
-        !timeout.is_zero(),
-        "#[step(timeout = ..)] of step `{step}` is zero: a timeout must be greater than zero"
-    );
-    timeout
+pub fn timeout(timeout: Duration) -> Result<Duration, StepError> {
+    if timeout.is_zero() {
+        return Err(zero_timeout());
+    }
+    Ok(timeout)
+}
+
+#[cold]
+#[inline(never)]
+fn zero_timeout() -> StepError {
+    StepError::Policy(
+        "its `#[step(timeout = ..)]` is zero: a timeout must be greater than zero".to_owned(),
+    )
+}
+
+/// The policies of one step as data, for [`Job::policies`]: evaluates `policies`, turning a
+/// panic into the step's error.
+pub fn policies(
+    policies: impl FnOnce() -> Result<StepPolicies, StepError>,
+) -> Result<StepPolicies, StepError> {
+    match std::panic::catch_unwind(AssertUnwindSafe(policies)) {
+        Ok(policies) => policies,
+        Err(payload) => Err(StepError::Panic(StepPanic::from_payload(payload))),
+    }
+}
+
+/// [`StepPolicies`] from the attribute's values.
+pub fn step_policies(
+    retry: Option<Arc<dyn RetryPolicy>>,
+    timeout: Option<Duration>,
+    limits: &StepLimits,
+    for_each_bound: Option<u32>,
+) -> StepPolicies {
+    StepPolicies {
+        retry,
+        timeout,
+        limits: *limits,
+        for_each_bound,
+    }
+}
+
+/// A retry policy as data.
+pub fn shared_retry<P: RetryPolicy>(policy: P) -> Arc<dyn RetryPolicy> {
+    Arc::new(policy)
+}
+
+/// The output of step `step` in a run where every step completed.
+#[inline]
+pub fn completed<T>(output: Option<T>) -> T {
+    match output {
+        Some(output) => output,
+        None => unreachable!("jobgraph: a completed run is missing a step's output"),
+    }
 }
 
 /// Spawns a started job's run: `start` calls this from the job's own impl, where the run
@@ -114,6 +163,7 @@ pub fn spawn<J: Job, F>(run: Arc<RunCore<J::Step>>, future: F) -> JobHandle<J>
 where
     F: Future<Output = JobResult<J>> + Send + 'static,
     J::Outputs: Send + 'static,
+    J::Partial: Send + 'static,
 {
     JobHandle::new(run, tokio::spawn(future))
 }
@@ -130,7 +180,7 @@ pub fn drive<'a, J: Job>(
     job: &'a J,
     run: &'a RunCore<J::Step>,
 ) -> impl Future<Output = JobResult<J>> + 'a {
-    crate::runner::drive(job, run)
+    crate::runner::drive_to_end(job, run, J::Partial::default())
 }
 
 /// `Runner::new`, for the generated `runner()`.
@@ -149,10 +199,19 @@ pub fn runner<J: Job>(job: &J) -> Runner<'_, J> {
 pub struct Slot<T>(OnceCell<T>);
 
 impl<T> Slot<T> {
+    /// A slot holding `seed`, the output given before the run started, if any.
     #[inline]
-    #[allow(clippy::new_without_default)]
-    pub const fn new() -> Self {
-        Slot(OnceCell::new())
+    pub fn seeded(seed: Option<T>) -> Self {
+        match seed {
+            None => Slot(OnceCell::new()),
+            Some(value) => Slot(OnceCell::from(value)),
+        }
+    }
+
+    /// True if the slot holds its step's output.
+    #[inline]
+    pub fn is_set(&self) -> bool {
+        self.0.get().is_some()
     }
 
     #[inline]
@@ -170,12 +229,10 @@ impl<T> Slot<T> {
         }
     }
 
+    /// The output, if the step completed (or was seeded).
     #[inline]
-    pub fn take(self) -> T {
-        match self.0.into_inner() {
-            Some(value) => value,
-            None => unreachable!("jobgraph: a completed run is missing a step's output"),
-        }
+    pub fn into_inner(self) -> Option<T> {
+        self.0.into_inner()
     }
 }
 
@@ -236,6 +293,8 @@ impl<const W: usize> Mask<W> {
 /// in a topological order, the positions of the steps it waits for and of the steps that wait for
 /// it.
 pub struct Graph<const W: usize, const N: usize> {
+    /// Each step's position in the topological order, by its index in `ALL`.
+    pub positions: [usize; N],
     pub deps: [Mask<W>; N],
     pub children: [Mask<W>; N],
     /// The children that wait for this step alone: ready the moment it completes, with no
@@ -249,6 +308,9 @@ pub struct Sched<const W: usize> {
     ready: Mask<W>,
     running: Mask<W>,
     done: Mask<W>,
+    /// The steps this run may start: all of them but the seeded ones, and in a run
+    /// [`until`](crate::Runner::until) a step, only that step and the ancestors it needs.
+    wanted: Mask<W>,
     sequential: bool,
 }
 
@@ -281,15 +343,15 @@ impl<const W: usize> Sched<W> {
         // This runs once per step: a child that waits for this step alone (every step of a
         // chain) is ready without a check; the others are checked word by word.
         let sole = &graph.sole_children[k];
-        for (ready, sole) in self.ready.0.iter_mut().zip(&sole.0) {
-            *ready |= sole;
+        for ((ready, sole), wanted) in self.ready.0.iter_mut().zip(&sole.0).zip(&self.wanted.0) {
+            *ready |= sole & wanted;
         }
         for (word, (&children, &sole)) in graph.children[k].0.iter().zip(&sole.0).enumerate() {
             let mut bits = children & !sole;
             while bits != 0 {
                 let child = word * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
-                if self.done.is_superset(&graph.deps[child]) {
+                if self.done.is_superset(&graph.deps[child]) && self.wanted.contains(child) {
                     self.ready.insert(child);
                 }
             }
@@ -340,7 +402,7 @@ pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
     k: usize,
     step: S,
     mut future: Pin<&mut Option<StepFuture<Fut, G>>>,
-    start: &impl Fn() -> StepFuture<Fut, G>,
+    start: &impl Fn() -> Result<StepFuture<Fut, G>, StepError>,
     slot: &Slot<T>,
     failures: &mut Failures<S>,
     cx: &mut Context<'_>,
@@ -349,7 +411,16 @@ pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
     G: Future<Output = Result<T, StepError>>,
 {
     if sched.take_ready(k) {
-        future.set(Some(start()));
+        // Starting runs the user's code too: the attribute's policy expressions and
+        // enrichment. Whatever goes wrong there is the step's failure.
+        match std::panic::catch_unwind(AssertUnwindSafe(start)) {
+            Ok(Ok(started)) => future.set(Some(started)),
+            Ok(Err(error)) => return start_failed(run, sched, k, step, error, failures),
+            Err(payload) => {
+                let error = StepError::Panic(StepPanic::from_payload(payload));
+                return start_failed(run, sched, k, step, error, failures);
+            }
+        }
     }
     let Some(running) = future.as_mut().as_pin_mut() else {
         return;
@@ -419,6 +490,24 @@ fn lean_failed<const W: usize, S: JobStep>(
     failures: &mut Failures<S>,
 ) {
     report_failed(run, step, 1, started, &error);
+    sched.fail(k);
+    failures.push(step, error);
+}
+
+/// Step `k` could not start: its policies are invalid, or evaluating them (or enriching its
+/// context) panicked. It fails without running.
+#[cold]
+#[inline(never)]
+fn start_failed<const W: usize, S: JobStep>(
+    run: &RunCore<S>,
+    sched: &mut Sched<W>,
+    k: usize,
+    step: S,
+    error: StepError,
+    failures: &mut Failures<S>,
+) {
+    let started = run.now();
+    report_failed(run, step, 0, started, &error);
     sched.fail(k);
     failures.push(step, error);
 }
@@ -533,19 +622,63 @@ impl<S: JobStep> Drop for Stop<'_, S> {
 
 impl<S: JobStep> RunCore<S> {
     /// The scheduler's bookkeeping for this run: the steps with no dependencies are ready.
+    ///
+    /// In a run given outputs ([`Runner::seed`](crate::Runner::seed)), `seeded` says which
+    /// steps (by index) have one: they are done, and their children may start at once. A run
+    /// [`until`](crate::Runner::until) a step starts only that step and the ancestors it needs.
     #[inline]
-    pub fn sched<const W: usize, const N: usize>(&self, graph: &Graph<W, N>) -> Sched<W> {
-        let mut ready = Mask::EMPTY;
-        for (k, deps) in graph.deps.iter().enumerate() {
-            if deps.is_empty() {
-                ready.insert(k);
-            }
-        }
-        Sched {
-            ready,
+    pub fn sched<const W: usize, const N: usize>(
+        &self,
+        graph: &Graph<W, N>,
+        seeded: impl FnOnce() -> [bool; N],
+    ) -> Sched<W> {
+        let mut sched = Sched {
+            ready: Mask::EMPTY,
             running: Mask::EMPTY,
             done: Mask::EMPTY,
+            wanted: Mask([!0; W]),
             sequential: self.options.sequential,
+        };
+        if self.options.seeded || self.options.until.is_some() {
+            self.plan_partial(graph, &mut sched, seeded());
+        }
+        for (k, deps) in graph.deps.iter().enumerate() {
+            if !sched.done.contains(k) && sched.wanted.contains(k) && sched.done.is_superset(deps) {
+                sched.ready.insert(k);
+            }
+        }
+        sched
+    }
+
+    /// Marks the seeded steps done and limits the run to what `until` needs.
+    #[cold]
+    #[inline(never)]
+    fn plan_partial<const W: usize, const N: usize>(
+        &self,
+        graph: &Graph<W, N>,
+        sched: &mut Sched<W>,
+        seeded: [bool; N],
+    ) {
+        for (index, _) in seeded.iter().enumerate().filter(|(_, seeded)| **seeded) {
+            sched.done.insert(graph.positions[index]);
+            self.step_seeded(S::ALL[index]);
+        }
+        if let Some(until) = self.options.until {
+            // From the target back to the first steps, in reverse topological order: a step is
+            // wanted if a wanted step waits for it and its output is not known yet.
+            sched.wanted = Mask::EMPTY;
+            sched.wanted.insert(graph.positions[until.index()]);
+            for k in (0..N).rev() {
+                if sched.wanted.contains(k) && !sched.done.contains(k) {
+                    for (wanted, deps) in sched.wanted.0.iter_mut().zip(&graph.deps[k].0) {
+                        *wanted |= deps;
+                    }
+                }
+            }
+        }
+        // A seeded step never starts: its output is there already.
+        for (wanted, done) in sched.wanted.0.iter_mut().zip(&sched.done.0) {
+            *wanted &= !done;
         }
     }
 
@@ -570,15 +703,16 @@ impl<S: JobStep> RunCore<S> {
     /// Starts one step with its attribute's policies: see [`crate::exec::start_step`].
     #[inline]
     #[allow(clippy::type_complexity)]
-    pub fn step<'a, C, T, F, Fut>(
+    pub fn step<'a, R, C, T, F, Fut>(
         &'a self,
         step: S,
-        retry: Option<&'a dyn RetryPolicy>,
+        retry: Option<R>,
         timeout: Option<Duration>,
         limits: &'a StepLimits,
         attempt: F,
-    ) -> StepFuture<Fut, impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>
+    ) -> StepFuture<Fut, impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>>
     where
+        R: RetryPolicy,
         C: AttemptContext,
         F: FnMut(C) -> Fut + 'a,
         Fut: Future<Output = Result<T, BoxError>> + 'a,
@@ -595,10 +729,10 @@ impl<S: JobStep> RunCore<S> {
     #[inline]
     #[allow(clippy::type_complexity)]
     #[allow(clippy::too_many_arguments)]
-    pub fn for_each<'a, 'e, C, E, T, F, Fut>(
+    pub fn for_each<'a, 'e, R, C, E, T, F, Fut>(
         &'a self,
         step: S,
-        retry: Option<&'a dyn RetryPolicy>,
+        retry: Option<R>,
         timeout: Option<Duration>,
         limits: &'a StepLimits,
         bound: Option<u32>,
@@ -606,9 +740,10 @@ impl<S: JobStep> RunCore<S> {
         attempt: F,
     ) -> StepFuture<
         core::future::Pending<Result<Vec<T>, BoxError>>,
-        impl Future<Output = Result<Vec<T>, StepError>> + use<'a, 'e, S, C, E, T, F, Fut>,
+        impl Future<Output = Result<Vec<T>, StepError>> + use<'a, 'e, S, R, C, E, T, F, Fut>,
     >
     where
+        R: RetryPolicy,
         C: AttemptContext,
         F: Fn(C, &'e E) -> Fut,
         Fut: Future<Output = Result<T, BoxError>>,
@@ -675,8 +810,8 @@ impl OutputAs<str> for String {
 
 /// A parent's output, lent to a child's parameter of type `&P`.
 #[inline]
-pub fn parent<O: OutputAs<P>, P: ?Sized>(slot: &Slot<O>) -> &P {
-    OutputAs::output_as(Slot::get(slot))
+pub fn parent<O: OutputAs<P>, P: ?Sized>(output: &O) -> &P {
+    OutputAs::output_as(output)
 }
 
 /// What a `#[step(for_each(..))]` step can run over: a sequence of elements.
@@ -716,8 +851,8 @@ impl<E, const N: usize> Elements for [E; N] {
 
 /// The elements a `for_each` step runs over: its parent's output.
 #[inline]
-pub fn elements<O: Elements>(slot: &Slot<O>) -> &[O::Item] {
-    Elements::elements(Slot::get(slot))
+pub fn elements<O: Elements>(output: &O) -> &[O::Item] {
+    Elements::elements(output)
 }
 
 /// How one element is lent to a `for_each` parameter of type `&P`: as itself, or a `Vec<T>` as

@@ -24,6 +24,9 @@ pub enum StepError {
     /// The run was cancelled (by [`JobHandle::cancel`](crate::JobHandle::cancel), or by
     /// [`fail_fast`](crate::Runner::fail_fast) after another step failed) while this step ran.
     Cancelled,
+    /// A policy of the step's attribute could not be used: its expression panicked, or its value
+    /// is invalid (a timeout of zero). The step did not run.
+    Policy(String),
     /// One element of a `#[step(for_each(..))]` step failed (after its own retries): which one,
     /// by its index in the parent's output, and why. The other elements were cancelled.
     Element {
@@ -42,7 +45,7 @@ impl StepError {
         match self {
             StepError::Error(e) => &**e,
             StepError::Panic(p) => p,
-            StepError::Timeout(_) | StepError::Cancelled => self,
+            StepError::Timeout(_) | StepError::Cancelled | StepError::Policy(_) => self,
             StepError::Element { error, .. } => error.as_error(),
         }
     }
@@ -95,6 +98,7 @@ impl fmt::Display for StepError {
             StepError::Panic(p) => write!(f, "{p}"),
             StepError::Timeout(d) => write!(f, "timed out after {d:?}"),
             StepError::Cancelled => write!(f, "was cancelled"),
+            StepError::Policy(message) => write!(f, "has an invalid policy: {message}"),
             StepError::Element { index, error } => write!(f, "element {index}: {error}"),
         }
     }
@@ -105,7 +109,7 @@ impl Error for StepError {
         match self {
             StepError::Error(e) => Some(&**e),
             StepError::Panic(p) => Some(p),
-            StepError::Timeout(_) | StepError::Cancelled => None,
+            StepError::Timeout(_) | StepError::Cancelled | StepError::Policy(_) => None,
             StepError::Element { error, .. } => Some(&**error),
         }
     }
@@ -185,15 +189,49 @@ impl<S: JobStep> fmt::Display for StepFailure<S> {
 /// [`source`](Error::source) is the root cause's own error, so
 /// `err.source().unwrap().downcast_ref::<MyError>()` recovers it. [`report`](JobError::report)
 /// has the state and timing of every step.
-pub struct JobError<S: JobStep> {
+///
+/// `P` is what the run hands back: the generated `FooPartial` for `impl Foo`, with the output of
+/// every step that completed ([`partial`](JobError::partial),
+/// [`into_partial`](JobError::into_partial)), so a caller can use what was done, or start a new
+/// run from it ([`Runner::seed`](crate::Runner::seed)).
+pub struct JobError<S: JobStep, P = ()> {
     failures: Vec<StepFailure<S>>,
     report: JobReport<S>,
+    partial: P,
 }
 
 impl<S: JobStep> JobError<S> {
     pub(crate) fn new(failures: Vec<StepFailure<S>>, report: JobReport<S>) -> Self {
         assert!(!failures.is_empty(), "a JobError has a failed step");
-        JobError { failures, report }
+        JobError {
+            failures,
+            report,
+            partial: (),
+        }
+    }
+}
+
+impl<S: JobStep, P> JobError<S, P> {
+    /// This error, handing back `partial` instead.
+    #[doc(hidden)]
+    pub fn with_partial<Q>(self, partial: Q) -> JobError<S, Q> {
+        JobError {
+            failures: self.failures,
+            report: self.report,
+            partial,
+        }
+    }
+
+    /// The outputs of every step that completed before the run ended (`FooPartial`: an `Option`
+    /// per step, `Some` for each step that completed).
+    pub fn partial(&self) -> &P {
+        &self.partial
+    }
+
+    /// The outputs of every step that completed, owned: to use what was done, or to start a new
+    /// run from it with [`Runner::seed`](crate::Runner::seed).
+    pub fn into_partial(self) -> P {
+        self.partial
     }
 
     /// The name of the job that failed.
@@ -238,7 +276,7 @@ impl<S: JobStep> JobError<S> {
     }
 }
 
-impl<S: JobStep> fmt::Display for JobError<S> {
+impl<S: JobStep, P> fmt::Display for JobError<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "job `{}` failed: {}", self.job_name(), self.root_cause())?;
         match self.failures.len() {
@@ -249,7 +287,7 @@ impl<S: JobStep> fmt::Display for JobError<S> {
     }
 }
 
-impl<S: JobStep> fmt::Debug for JobError<S> {
+impl<S: JobStep, P> fmt::Debug for JobError<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobError")
             .field("job_name", &self.job_name())
@@ -260,7 +298,7 @@ impl<S: JobStep> fmt::Debug for JobError<S> {
     }
 }
 
-impl<S: JobStep> Error for JobError<S> {
+impl<S: JobStep, P> Error for JobError<S, P> {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         Some(self.root_cause().error.as_error())
     }

@@ -23,12 +23,23 @@ use crate::report::StepEvent;
 use crate::run::RunCore;
 use crate::{JobStep, RetryPolicy, StepContext};
 
-/// The policies a step's attribute gives it; a [`Runner`](crate::Runner) may override each.
-#[derive(Clone, Copy)]
-pub(crate) struct Policies<'a> {
-    pub(crate) retry: Option<&'a dyn RetryPolicy>,
+/// The policies a step's attribute gives it, evaluated as the step starts; a
+/// [`Runner`](crate::Runner) may override each.
+pub(crate) struct Policies<'a, R> {
+    pub(crate) retry: Option<R>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) limits: &'a StepLimits,
+}
+
+/// The retry policy of a step whose attribute declares none: never retries.
+#[derive(Debug, Clone, Copy)]
+pub struct NoRetry;
+
+impl RetryPolicy for NoRetry {
+    #[inline]
+    fn should_retry(&self, _: u32, _: &StepError) -> Option<Duration> {
+        None
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -102,25 +113,28 @@ fn drop_managed<G>(future: Option<Pin<Box<G>>>) {
 /// (dropping it) ends them at once.
 #[inline]
 #[allow(clippy::type_complexity)]
-pub(crate) fn start_step<'a, S, C, T, F, Fut>(
+pub(crate) fn start_step<'a, S, R, C, T, F, Fut>(
     run: &'a RunCore<S>,
     step: S,
-    policies: Policies<'a>,
+    policies: Policies<'a, R>,
     mut attempt: F,
-) -> StepFuture<Fut, impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>
+) -> StepFuture<Fut, impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>>
 where
     S: JobStep,
+    R: RetryPolicy,
     C: AttemptContext,
     F: FnMut(C) -> Fut + 'a,
     Fut: Future<Output = Result<T, BoxError>> + 'a,
 {
-    match plan(run, step, policies) {
+    let own = policies.retry;
+    let plan = plan(run, step, own.is_some(), policies.timeout, policies.limits);
+    match plan {
         Plan::Lean { started } => StepFuture::Lean {
             attempt: attempt(C::new(run, step, 1, None, None)),
             started,
         },
         Plan::General(general) => StepFuture::Managed {
-            future: general_future(run, step, general, attempt),
+            future: general_future(run, step, general, own, attempt),
         },
     }
 }
@@ -129,19 +143,21 @@ where
 /// step keeps only what the lean path runs.
 #[inline(never)]
 #[allow(clippy::type_complexity)]
-fn general_future<'a, S, C, T, F, Fut>(
+fn general_future<'a, S, R, C, T, F, Fut>(
     run: &'a RunCore<S>,
     step: S,
     general: General<'a>,
+    own_retry: Option<R>,
     attempt: F,
-) -> Managed<impl Future<Output = Result<T, StepError>> + use<'a, S, C, T, F, Fut>>
+) -> Managed<impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>>
 where
     S: JobStep,
+    R: RetryPolicy,
     C: AttemptContext,
     F: FnMut(C) -> Fut + 'a,
     Fut: Future<Output = Result<T, BoxError>> + 'a,
 {
-    Managed::new(with_policies(run, step, general, attempt))
+    Managed::new(with_policies(run, step, general, own_retry, attempt))
 }
 
 /// How a step runs: see [`plan`].
@@ -154,7 +170,8 @@ enum Plan<'a> {
 
 /// What the general path runs a step with.
 struct General<'a> {
-    retry: Option<&'a dyn RetryPolicy>,
+    /// The run's override of the step's retry policy; without one, the step's own (if any).
+    retry_override: Option<&'a dyn RetryPolicy>,
     timeout: Option<Duration>,
     limiter: Option<Arc<StepLimiter>>,
     /// The first attempt's span, when a subscriber wants it.
@@ -168,27 +185,39 @@ struct General<'a> {
 /// Inline, so a step whose attribute declares no policy (known where the scheduler calls this)
 /// checks only what a run may override; the rest is out of line in [`plan_general`].
 #[inline]
-fn plan<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) -> Plan<'a> {
-    if policies.retry.is_none()
-        && policies.timeout.is_none()
-        && policies.limits.is_none()
+fn plan<'a, S: JobStep>(
+    run: &'a RunCore<S>,
+    step: S,
+    own_retry: bool,
+    timeout: Option<Duration>,
+    limits: &'a StepLimits,
+) -> Plan<'a> {
+    if !own_retry
+        && timeout.is_none()
+        && limits.is_none()
         && let Some(started) = lean_start(run, step)
     {
         return Plan::Lean { started };
     }
-    plan_general(run, step, policies)
+    plan_general(run, step, own_retry, timeout, limits)
 }
 
 /// [`plan`] for a step that declares a policy, or whose run overrides one, or whose span a
 /// subscriber may want. Not generic over the step's future, so one copy serves every step of a
 /// job.
 #[inline(never)]
-fn plan_general<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies<'a>) -> Plan<'a> {
-    let retry = run.retry_override(step).or(policies.retry);
-    let timeout = run.timeout_override(step).or(policies.timeout);
-    let limiter = run.limits().limiter(step, policies.limits);
+fn plan_general<'a, S: JobStep>(
+    run: &'a RunCore<S>,
+    step: S,
+    own_retry: bool,
+    timeout: Option<Duration>,
+    limits: &'a StepLimits,
+) -> Plan<'a> {
+    let retry_override = run.retry_override(step);
+    let timeout = run.timeout_override(step).or(timeout);
+    let limiter = run.limits().limiter(step, limits);
     let mut span = None;
-    if retry.is_none() && timeout.is_none() && limiter.is_none() {
+    if retry_override.is_none() && !own_retry && timeout.is_none() && limiter.is_none() {
         // Entering a span no subscriber wants costs more than the rest of a trivial step. No
         // subscriber wants any when none takes `INFO` (the span's level): then none is made.
         let first = if tracing::level_enabled!(tracing::Level::INFO) {
@@ -204,7 +233,7 @@ fn plan_general<'a, S: JobStep>(run: &'a RunCore<S>, step: S, policies: Policies
         span = Some(first);
     }
     Plan::General(General {
-        retry,
+        retry_override,
         timeout,
         limiter,
         span,
@@ -237,21 +266,25 @@ fn start_lean<S: JobStep>(run: &RunCore<S>, step: S) -> u64 {
 }
 
 /// Every attempt of a step on the general path.
-async fn with_policies<S, C, T, F, Fut>(
+async fn with_policies<S, R, C, T, F, Fut>(
     run: &RunCore<S>,
     step: S,
     general: General<'_>,
+    own_retry: Option<R>,
     attempt: F,
 ) -> Result<T, StepError>
 where
     S: JobStep,
+    R: RetryPolicy,
     C: AttemptContext,
     F: FnMut(C) -> Fut,
     Fut: Future<Output = Result<T, BoxError>>,
 {
     let mut first_start = None;
     let policies = AttemptPolicies {
-        retry: general.retry,
+        retry: general
+            .retry_override
+            .or(own_retry.as_ref().map(|r| r as &dyn RetryPolicy)),
         timeout: general.timeout,
         limiter: general.limiter.as_deref(),
     };
@@ -346,16 +379,17 @@ where
 /// under the step's retry policy, timeout and limits. The output is every element's, in the
 /// elements' order; the first element that fails fails the step, and the others still running
 /// are dropped.
-pub(crate) async fn run_for_each<'e, S, C, E, T, F, Fut>(
+pub(crate) async fn run_for_each<'e, S, R, C, E, T, F, Fut>(
     run: &RunCore<S>,
     step: S,
-    policies: Policies<'_>,
+    policies: Policies<'_, R>,
     elements: &'e [E],
     bound: Option<usize>,
     attempt: F,
 ) -> Result<Vec<T>, StepError>
 where
     S: JobStep,
+    R: RetryPolicy,
     C: AttemptContext,
     F: Fn(C, &'e E) -> Fut,
     Fut: Future<Output = Result<T, BoxError>>,
@@ -365,7 +399,9 @@ where
 
     let limiter = run.limits().limiter(step, policies.limits);
     let policies = AttemptPolicies {
-        retry: run.retry_override(step).or(policies.retry),
+        retry: run
+            .retry_override(step)
+            .or(policies.retry.as_ref().map(|r| r as &dyn RetryPolicy)),
         timeout: run.timeout_override(step).or(policies.timeout),
         limiter: limiter.as_deref(),
     };
@@ -588,6 +624,7 @@ pub(crate) fn report_failed<S: JobStep>(
         attempts: n,
         error,
     });
+    run.skip_descendants(step);
 }
 
 /// Runs `attempt`, marking the run's latest clock reading stale whenever it runs user code.

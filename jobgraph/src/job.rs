@@ -25,17 +25,63 @@ pub trait Job: Sized {
     type Step: JobStep;
     /// The generated outputs struct (`FooOutputs` for `impl Foo`).
     type Outputs;
+    /// The generated partial outputs (`FooPartial` for `impl Foo`): an `Option` per step, `Some`
+    /// for each step whose output is known. A run can start from one
+    /// ([`Runner::seed`](crate::Runner::seed)), a run stopped early returns one
+    /// ([`Runner::until`](crate::Runner::until)), and a failed run hands one back
+    /// ([`JobError::partial`]).
+    type Partial: Default;
 
     /// The enrichment of `#[job(enrich = ..)]`, run before every attempt of every step.
     #[doc(hidden)]
     const __ENRICH: Option<fn(&mut StepContext)> = None;
 
-    /// Runs the graph with the given run state; what `run`, `Runner` and `start` drive.
+    /// Runs the graph with the given run state, starting from the outputs in `seed`; what `run`,
+    /// `Runner` and `start` drive. Returns every output the run has (all of them, unless it
+    /// stopped at [`Runner::until`](crate::Runner::until)).
     #[doc(hidden)]
     fn __run<'a>(
         &'a self,
         run: &'a RunCore<Self::Step>,
-    ) -> impl Future<Output = Result<Self::Outputs, JobError<Self::Step>>> + 'a;
+        seed: Self::Partial,
+    ) -> impl Future<Output = Result<Self::Partial, JobError<Self::Step, Self::Partial>>> + 'a;
+
+    /// The outputs of a run in which every step completed.
+    #[doc(hidden)]
+    fn __outputs(partial: Self::Partial) -> Self::Outputs;
+
+    /// The policies of `step` in this job value: what its `#[step(..)]` attribute declares,
+    /// evaluated now. An expression that panics, or a timeout of zero, is the step's error.
+    ///
+    /// This is the step's policies as data, for engines that run one step at a time; the
+    /// in-process scheduler evaluates the same expressions as each step starts.
+    fn policies(&self, step: Self::Step) -> Result<StepPolicies, crate::StepError>;
+}
+
+/// The policies of one step, as its `#[step(..)]` attribute declares them: what
+/// [`Job::policies`] returns.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct StepPolicies {
+    /// `retry = ..`: when a failed attempt is tried again.
+    pub retry: Option<std::sync::Arc<dyn crate::RetryPolicy>>,
+    /// `timeout = ..`: the limit of each attempt.
+    pub timeout: Option<std::time::Duration>,
+    /// `concurrency`, `rate` and `burst`: the limits shared by every run of the job.
+    pub limits: crate::StepLimits,
+    /// `for_each(.., concurrency = n)`: at most `n` elements at once in a run.
+    pub for_each_bound: Option<u32>,
+}
+
+impl std::fmt::Debug for StepPolicies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepPolicies")
+            .field("retry", &self.retry.as_ref().map(|_| ".."))
+            .field("timeout", &self.timeout)
+            .field("limits", &self.limits)
+            .field("for_each_bound", &self.for_each_bound)
+            .finish()
+    }
 }
 
 /// The generated enum naming the steps of one job, one variant per step.
@@ -57,6 +103,27 @@ pub struct StepInfo {
     parents: &'static [&'static str],
     after: &'static [&'static str],
     doc: &'static str,
+    edges: StepEdges,
+}
+
+/// A step's edges by index into [`JobStep::ALL`] and [`Job::STEPS`].
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepEdges {
+    pub parents: &'static [usize],
+    pub after: &'static [usize],
+    pub children: &'static [usize],
+    pub for_each: Option<usize>,
+}
+
+impl StepEdges {
+    /// No edges: a step on its own.
+    pub const NONE: Self = StepEdges {
+        parents: &[],
+        after: &[],
+        children: &[],
+        for_each: None,
+    };
 }
 
 impl StepInfo {
@@ -72,7 +139,37 @@ impl StepInfo {
             parents,
             after,
             doc,
+            edges: StepEdges::NONE,
         }
+    }
+
+    #[doc(hidden)]
+    pub const fn __edges(self, edges: StepEdges) -> Self {
+        StepInfo { edges, ..self }
+    }
+
+    /// The steps whose outputs this step consumes, in parameter order, by index into
+    /// [`JobStep::ALL`] (names: [`parents`](StepInfo::parents)).
+    pub const fn parent_indices(&self) -> &'static [usize] {
+        self.edges.parents
+    }
+
+    /// The steps this step runs after without consuming their output, by index (names:
+    /// [`after`](StepInfo::after)).
+    pub const fn after_indices(&self) -> &'static [usize] {
+        self.edges.after
+    }
+
+    /// The steps that wait for this one (by consuming its output or through `after`), by index,
+    /// ascending.
+    pub const fn children(&self) -> &'static [usize] {
+        self.edges.children
+    }
+
+    /// For a `#[step(for_each(param))]` step, the index of the step whose output's elements it
+    /// runs over.
+    pub const fn for_each(&self) -> Option<usize> {
+        self.edges.for_each
     }
 
     /// The step's name (the method's name).

@@ -23,10 +23,10 @@ pub use batch::{
 };
 pub use context::{Enrich, StepContext};
 pub use error::{BoxError, JobError, StepError, StepFailure, StepPanic};
-pub use job::{Job, JobStep, StepInfo};
+pub use job::{Job, JobStep, StepInfo, StepPolicies};
 pub use jobgraph_macros::job;
 pub use limit::{LimitError, Limits, Rate, RateParseError, StepLimits};
 pub use report::{JobReport, Listener, StepEvent, StepReport, StepState};
 pub use retry::{Retry, RetryPolicy};
-pub use runner::{JobHandle, JobResult, Runner};
+pub use runner::{JobErrorOf, JobHandle, JobResult, Runner, Until};
 pub use tokio_util::sync::CancellationToken;

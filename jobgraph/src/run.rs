@@ -28,6 +28,10 @@ pub(crate) struct RunOptions<S> {
     pub(crate) cancel_on: Option<CancellationToken>,
     /// The registry of per-step limits; `None` is [`Limits::global`].
     pub(crate) limits: Option<Limits>,
+    /// True if the run starts from outputs given to it ([`Runner::seed`](crate::Runner::seed)).
+    pub(crate) seeded: bool,
+    /// The step the run stops after ([`Runner::until`](crate::Runner::until)).
+    pub(crate) until: Option<S>,
 }
 
 impl<S> Default for RunOptions<S> {
@@ -43,6 +47,8 @@ impl<S> Default for RunOptions<S> {
             listener: None,
             cancel_on: None,
             limits: None,
+            seeded: false,
+            until: None,
         }
     }
 }
@@ -300,6 +306,35 @@ impl<S: JobStep> RunCore<S> {
         cell.end(nanos, StepState::Failed);
     }
 
+    /// Records that every step waiting for `failed`, directly or not, is skipped: the moment it
+    /// failed, so the live report, the listener and a batch's status see it while other
+    /// branches still run.
+    pub(crate) fn skip_descendants(&self, failed: S) {
+        let step = failed;
+        let mut below: Vec<usize> = S::STEPS[step.index()].children().to_vec();
+        while let Some(index) = below.pop() {
+            let cell = &self.steps[index];
+            if cell.state() != StepState::Pending {
+                continue;
+            }
+            cell.detail().skipped_because = Some(step);
+            cell.set_state(StepState::Skipped);
+            below.extend_from_slice(S::STEPS[index].children());
+            let skipped = S::ALL[index];
+            tracing::debug!(step = skipped.name(), because = step.name(), "step skipped");
+            self.emit(&StepEvent::Skipped {
+                step: skipped,
+                because: step,
+            });
+        }
+    }
+
+    /// Records that `step`'s output was given to the run: it counts as completed, with no
+    /// attempt.
+    pub(crate) fn step_seeded(&self, step: S) {
+        self.cell(step).set_state(StepState::Completed);
+    }
+
     /// The registry of per-step limits this run uses.
     #[inline]
     pub(crate) fn limits(&self) -> &Limits {
@@ -405,8 +440,10 @@ impl<S: JobStep> RunCore<S> {
         }
     }
 
-    /// Ends the run: steps that never started are skipped (a step they depend on failed) or
-    /// cancelled; `Ok` only if every step completed.
+    /// Ends the run: needed steps that never started (and were not skipped when a step they
+    /// wait for failed) are cancelled; `Ok` only if every needed step completed. A run
+    /// [`until`](crate::Runner::until) a step needs that step and the ancestors it waited for;
+    /// the others stay pending.
     ///
     /// `ended` is when the run ended, in nanoseconds since it started.
     pub(crate) fn finish(
@@ -416,77 +453,55 @@ impl<S: JobStep> RunCore<S> {
     ) -> Result<(), JobError<S>> {
         self.elapsed
             .store(ended.saturating_add(1), Ordering::Release);
-        if failures.is_empty() && self.steps.iter().all(|c| c.state() == StepState::Completed) {
+        let needed = self.needed();
+        let is_needed = |index: usize| needed.as_ref().is_none_or(|needed| needed[index]);
+        let completed = |(index, cell): (usize, &StepCell<S>)| {
+            !is_needed(index) || cell.state() == StepState::Completed
+        };
+        if failures.is_empty() && self.steps.iter().enumerate().all(completed) {
             return Ok(());
         }
-        let mut report = self.report();
-        let mut events = Vec::new();
-        // A step that never started is skipped if a step it waits for failed or was skipped;
-        // repeat until nothing changes, so the cause propagates down any depth.
-        let mut changed = true;
-        while changed {
-            changed = false;
-            for &step in S::ALL {
-                if report.steps[step.index()].state != StepState::Pending {
-                    continue;
-                }
-                if let Some(because) = failed_dependency(&report, step) {
-                    let r = &mut report.steps[step.index()];
-                    r.state = StepState::Skipped;
-                    r.skipped_because = Some(because);
-                    let cell = self.cell(step);
-                    cell.detail().skipped_because = Some(because);
-                    cell.set_state(StepState::Skipped);
-                    events.push(StepEvent::Skipped { step, because });
-                    changed = true;
-                }
-            }
-        }
         // What is still pending was waiting when the run was cancelled.
-        for r in report
-            .steps
-            .iter_mut()
-            .filter(|r| r.state == StepState::Pending)
-        {
-            r.state = StepState::Cancelled;
-            self.cell(r.step).set_state(StepState::Cancelled);
-            events.push(StepEvent::Cancelled { step: r.step });
-        }
-        let all_completed = report.steps.iter().all(|r| r.state == StepState::Completed);
-        if failures.is_empty() && !all_completed {
-            // Cancelled before any step ran: the first cancelled step stands for the run.
-            if let Some(r) = report
-                .steps
-                .iter()
-                .find(|r| r.state == StepState::Cancelled)
-            {
-                failures.push(StepFailure::new(r.step, StepError::Cancelled));
+        let mut cancelled = Vec::new();
+        for (index, cell) in self.steps.iter().enumerate() {
+            if is_needed(index) && cell.state() == StepState::Pending {
+                cell.set_state(StepState::Cancelled);
+                cancelled.push(S::ALL[index]);
             }
         }
-        for event in &events {
-            self.emit(event);
+        if failures.is_empty()
+            && let Some(&first) = cancelled.first()
+        {
+            // Cancelled before any step ran: the first cancelled step stands for the run.
+            failures.push(StepFailure::new(first, StepError::Cancelled));
+        }
+        for &step in &cancelled {
+            self.emit(&StepEvent::Cancelled { step });
         }
         if failures.is_empty() {
             Ok(())
         } else {
-            Err(JobError::new(failures, report))
+            Err(JobError::new(failures, self.report()))
         }
     }
-}
 
-/// The failed step behind `step`: a dependency that failed, or the cause of one that was skipped.
-fn failed_dependency<S: JobStep>(report: &JobReport<S>, step: S) -> Option<S> {
-    let info = &S::STEPS[step.index()];
-    info.parents()
-        .iter()
-        .chain(info.after())
-        .filter_map(|name| S::ALL.iter().find(|s| s.name() == *name))
-        .find_map(|dep| {
-            let r = &report.steps[dep.index()];
-            match r.state {
-                StepState::Failed => Some(*dep),
-                StepState::Skipped => r.skipped_because,
-                _ => None,
+    /// In a run [`until`](crate::Runner::until) a step, the steps it needs, by index: that step
+    /// and every step it waits for, directly or not, up to the steps whose outputs were given.
+    /// `None` when the run needs every step.
+    fn needed(&self) -> Option<Vec<bool>> {
+        let until = self.options.until?;
+        let mut needed = vec![false; S::ALL.len()];
+        let mut stack = vec![until.index()];
+        while let Some(index) = stack.pop() {
+            if std::mem::replace(&mut needed[index], true)
+                || self.steps[index].state() == StepState::Completed
+            {
+                continue;
             }
-        })
+            let info = &S::STEPS[index];
+            stack.extend_from_slice(info.parent_indices());
+            stack.extend_from_slice(info.after_indices());
+        }
+        Some(needed)
+    }
 }

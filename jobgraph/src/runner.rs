@@ -10,8 +10,12 @@ use crate::report::{JobReport, StepEvent};
 use crate::run::{RunCore, RunOptions};
 use crate::{CancellationToken, Job, JobError, Limits, RetryPolicy, StepContext};
 
-/// The outcome of a run: every step's output, or the error naming the step that failed first.
-pub type JobResult<J> = Result<<J as Job>::Outputs, JobError<<J as Job>::Step>>;
+/// The outcome of a run: every step's output, or the error naming the step that failed first
+/// (with the outputs of the steps that completed).
+pub type JobResult<J> = Result<<J as Job>::Outputs, JobErrorOf<J>>;
+
+/// The error of a run of `J`: [`JobError`] with `J`'s step enum and partial outputs.
+pub type JobErrorOf<J> = JobError<<J as Job>::Step, <J as Job>::Partial>;
 
 /// One run of a job with per-run options: `job.runner().fail_fast().run().await`.
 ///
@@ -20,6 +24,7 @@ pub type JobResult<J> = Result<<J as Job>::Outputs, JobError<<J as Job>::Step>>;
 pub struct Runner<'j, J: Job> {
     job: &'j J,
     options: RunOptions<J::Step>,
+    seed: J::Partial,
 }
 
 impl<'j, J: Job> Runner<'j, J> {
@@ -28,7 +33,30 @@ impl<'j, J: Job> Runner<'j, J> {
         Runner {
             job,
             options: RunOptions::default(),
+            seed: J::Partial::default(),
         }
+    }
+
+    /// Starts the run from outputs already known: each step whose output `partial` holds is not
+    /// run, counts as completed (with no attempt) in the report, and lends that output to its
+    /// children, which start at once. This is how a test replaces a slow or external step with a
+    /// typed stand-in, and how a failed run is tried again from what it completed
+    /// ([`JobError::into_partial`]).
+    ///
+    /// `partial` is the generated `FooPartial`, an `Option` per step:
+    /// `FooPartial { fetch: Some(page), ..Default::default() }`.
+    pub fn seed(mut self, partial: J::Partial) -> Self {
+        self.seed = partial;
+        self.options.seeded = true;
+        self
+    }
+
+    /// Runs only `step` and the steps it waits for (directly or not, and not those whose
+    /// outputs were [`seed`](Runner::seed)ed): the returned [`Until`] run hands back the
+    /// outputs it has, `FooPartial`, instead of `FooOutputs`.
+    pub fn until(mut self, step: J::Step) -> Until<'j, J> {
+        self.options.until = Some(step);
+        Until { runner: self }
     }
 
     /// Sets the run's id (in the context, the spans, the report and the error) instead of a
@@ -124,40 +152,70 @@ impl<'j, J: Job> Runner<'j, J> {
 
     /// Runs the job in the caller's task.
     pub async fn run(self) -> JobResult<J> {
-        let job = self.job;
-        let run = self.core(false);
-        drive(job, &run).await
+        let (job, run, seed) = self.core(false);
+        drive_to_end(job, &run, seed).await
     }
 
     /// Runs the job and returns its report too, whatever the outcome.
     pub async fn run_with_report(self) -> (JobResult<J>, JobReport<J::Step>) {
-        let job = self.job;
-        let run = self.core(false);
-        let result = drive(job, &run).await;
+        let (job, run, seed) = self.core(false);
+        let result = drive_to_end(job, &run, seed).await;
         (result, run.report())
     }
 
-    /// The run's state, made in the poll that starts the run: the clock reading the run starts
-    /// at is its first step's start too.
-    fn core(self, cancellable: bool) -> RunCore<J::Step> {
+    /// The job, the run's state, made in the poll that starts the run (the clock reading the
+    /// run starts at is its first step's start too), and the outputs it starts from.
+    fn core(self, cancellable: bool) -> (&'j J, RunCore<J::Step>, J::Partial) {
         let run = RunCore::for_job::<J>(self.options, cancellable);
         run.polled_now();
-        run
+        (self.job, run, self.seed)
     }
 }
 
-/// Runs `job` inside the run's span.
+/// A run that stops after one step: [`Runner::until`].
+#[must_use = "a runner does nothing until `run` is awaited"]
+pub struct Until<'j, J: Job> {
+    runner: Runner<'j, J>,
+}
+
+impl<J: Job> Until<'_, J> {
+    /// Runs the step and the steps it needs, in the caller's task: the outputs they produced (and
+    /// those given to [`seed`](Runner::seed)), or the error of the step that failed first.
+    pub async fn run(self) -> Result<J::Partial, JobErrorOf<J>> {
+        let (job, run, seed) = self.runner.core(false);
+        drive(job, &run, seed).await
+    }
+
+    /// [`run`](Until::run), and the report too: the steps the run did not need are pending.
+    pub async fn run_with_report(self) -> (Result<J::Partial, JobErrorOf<J>>, JobReport<J::Step>) {
+        let (job, run, seed) = self.runner.core(false);
+        let result = drive(job, &run, seed).await;
+        (result, run.report())
+    }
+}
+
+/// Runs `job` from `seed` inside the run's span: the outputs the run has.
 pub(crate) fn drive<'a, J: Job>(
     job: &'a J,
     run: &'a RunCore<J::Step>,
-) -> impl Future<Output = JobResult<J>> + 'a {
+    seed: J::Partial,
+) -> impl Future<Output = Result<J::Partial, JobErrorOf<J>>> + 'a {
     let span = tracing::info_span!("job", job = J::NAME, job_id = run.job_id());
     // The run future holds every step's future, so it is large: box it once per run, so that
     // moving it (into `Instrumented`, into the caller's future) copies a pointer, not the graph.
     // Writing it into a fresh allocation lets the compiler build it there rather than on the
     // stack and then copy it.
-    let run = Box::write(Box::new_uninit(), job.__run(run));
+    let run = Box::write(Box::new_uninit(), job.__run(run, seed));
     Box::into_pin(run).instrument(span)
+}
+
+/// Runs `job` from `seed` to its end: every step's output.
+pub(crate) async fn drive_to_end<J: Job>(
+    job: &J,
+    run: &RunCore<J::Step>,
+    seed: J::Partial,
+) -> JobResult<J> {
+    drive(job, run, seed).await.map(J::__outputs)
 }
 
 /// A run spawned on tokio by the generated `start`: watch it, cancel it, wait for it.
@@ -212,7 +270,7 @@ impl<J: Job> JobHandle<J> {
             // listener panicking: pass it on as it is.
             Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
             // The runtime shut down and dropped the run: its steps were cancelled.
-            Err(_) => Err(self.run.abandon()),
+            Err(_) => Err(self.run.abandon().with_partial(J::Partial::default())),
         }
     }
 }

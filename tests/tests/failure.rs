@@ -217,7 +217,7 @@ impl Single {
 
 #[tokio::test]
 async fn a_single_failure_has_no_suffix_and_no_skipped_steps() {
-    let err: JobError<SingleStep> = Single.run().await.unwrap_err();
+    let err: JobError<SingleStep, SinglePartial> = Single.run().await.unwrap_err();
     assert_eq!(
         err.to_string(),
         "job `Single` failed: step `write` returned an error: disk full"

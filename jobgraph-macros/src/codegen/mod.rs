@@ -1,10 +1,12 @@
 //! Code generation, from a validated model: the user's impl (without the macro's attributes), the
-//! step enum, the outputs struct, the `Job` impl and the inherent items with the scheduler.
+//! step enum, the outputs and partial outputs structs, the `Job` impl and the inherent items with
+//! the scheduler, and a function per step.
 
 mod dot;
 mod items;
 mod paths;
 mod scheduler;
+mod steps;
 
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -37,10 +39,14 @@ pub(crate) fn generate(job: &Job<'_>, graph: &Graph) -> TokenStream {
     let paths = paths::Paths::new(job);
     let step_enum = items::step_enum(job, graph, &paths);
     let outputs = items::outputs_struct(job, &paths);
+    let partial = items::partial_struct(job, &paths);
     let job_impl = items::job_impl(job, graph, &paths);
+    let step_fns = steps::step_fns(job, &paths);
     quote! {
         #step_enum
         #outputs
+        #partial
         #job_impl
+        #step_fns
     }
 }

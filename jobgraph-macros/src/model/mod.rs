@@ -135,6 +135,11 @@ impl<'a> Job<'a> {
     pub(crate) fn outputs_struct(&self) -> Ident {
         Ident::new(&format!("{}Outputs", self.ident), self.ident.span())
     }
+
+    /// `FooPartial`.
+    pub(crate) fn partial_struct(&self) -> Ident {
+        Ident::new(&format!("{}Partial", self.ident), self.ident.span())
+    }
 }
 
 impl<'a> Step<'a> {

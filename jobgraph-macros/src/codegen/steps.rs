@@ -1,0 +1,377 @@
+//! A function per step, and each step's policies as data.
+//!
+//! For each step the macro emits, in a hidden inherent impl of the job:
+//! - `__jg_start_<step>(&self, run, parents..)`: starts the step from its parents' outputs (the
+//!   parents' whole outputs, lent to the step's parameters as their declared types). Every engine
+//!   runs a step through it; the in-process scheduler calls it the moment the step is ready.
+//! - `__jg_retry_<step>`, `__jg_timeout_<step>`, `__jg_limits_<step>`, `__jg_bound_<step>` for
+//!   the options its attribute declares: each attribute expression is emitted once, in its own
+//!   function, so a mistake in it is reported once and the start function and
+//!   [`Job::policies`](jobgraph::Job) evaluate the same code.
+//!
+//! The policy expressions run as the step starts, inside the step's failure boundary: a panic
+//! there, or a timeout of zero, fails the step instead of the run.
+
+use proc_macro2::TokenStream;
+use quote::{ToTokens as _, format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::paths::{Paths, local, local1, respan};
+use crate::model::{Job, Param, Step};
+
+/// The name of a per-step function: `__jg_<what>_<step>`.
+fn step_fn(what: &str, s: &Step<'_>) -> syn::Ident {
+    format_ident!("__jg_{}_{}", what, s.name)
+}
+
+/// `Self::__jg_start_<step>`: what the scheduler calls to start step `s`.
+pub(crate) fn start_fn(s: &Step<'_>) -> syn::Ident {
+    step_fn("start", s)
+}
+
+/// The hidden inherent impl holding every step's functions.
+pub(crate) fn step_fns(job: &Job<'_>, paths: &Paths) -> TokenStream {
+    let (impl_generics, _, where_clause) = job.item.generics.split_for_impl();
+    let self_ty = &job.item.self_ty;
+    let fns = job.steps.iter().map(|s| {
+        let policies = policy_fns(job, s, paths);
+        let start = start(job, s, paths);
+        quote!(#policies #start)
+    });
+    quote! {
+        #[doc(hidden)]
+        #[allow(clippy::type_complexity, clippy::too_many_arguments, dead_code)]
+        impl #impl_generics #self_ty #where_clause {
+            #(#fns)*
+        }
+    }
+}
+
+/// `__jg_start_<step>`: starts step `s` from its parents' outputs, or fails it if its policies
+/// cannot be used.
+fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
+    let p = &paths.private;
+    let run = local1("run");
+    let ctx = local1("ctx");
+    let elem = local1("elem");
+    let step_enum = job.step_enum();
+    let method = s.ident;
+    let variant = &s.variant;
+    let out_ty = &s.output.ty;
+    let name = start_fn(s);
+
+    // One parameter per parent the step takes, in parameter order: the parent's whole output.
+    let mut fn_params = Vec::new();
+    // `let __jg_inJ = <parent J's output, lent as the parameter's type>;`; the attempt closure
+    // captures these references.
+    let mut inputs = Vec::new();
+    let mut elements = None;
+    let args: Vec<TokenStream> = s
+        .params
+        .iter()
+        .enumerate()
+        .map(|(j, param)| match param {
+            Param::Parent { name, ty } => {
+                let parent = job.step_index(name).expect("validated parent");
+                let given = local("p", j);
+                let parent_ty = &job.steps[parent].output.ty;
+                fn_params.push(quote!(#given: &'__jg #parent_ty));
+                // Spanned on the user's parameter type, the parent's output type too: a mismatch
+                // is reported on the parameter.
+                let span = ty.span();
+                let out = respan(parent_ty.to_token_stream(), span);
+                let p_at = paths.private_at(span);
+                if s.for_each.as_ref().is_some_and(|f| f.param == **name) {
+                    // This parameter takes one element of the parent's output: the step runs
+                    // once per element.
+                    elements = Some(quote_spanned!(span=> #p_at::elements::<#out>(#given)));
+                    quote_spanned!(span=> #p_at::element::<_, #ty>(#elem))
+                } else {
+                    let input = local("in", j);
+                    inputs.push(
+                        quote_spanned!(span=> let #input = #p_at::parent::<#out, #ty>(#given);),
+                    );
+                    input.into_token_stream()
+                }
+            }
+            Param::Context(_) => quote!(&#ctx),
+            Param::Unsupported(_) => unreachable!("validated parameters"),
+        })
+        .collect();
+
+    // A step that takes no context is given none: building one costs more than a no-op step.
+    let takes_context = s.params.iter().any(|p| matches!(p, Param::Context(_)));
+    let ctx_ty = if takes_context {
+        quote!(#p::StepContext)
+    } else {
+        quote!(#p::NoContext)
+    };
+    // A step that borrows no context is its method's own future, its output mapped into the
+    // scheduler's result: no `async` block around it, so one state machine less per step.
+    let direct = quote!(Self::#method(self, #(#args),*));
+    let call = quote!(#direct.await);
+    let result = if s.output.fallible {
+        // Spanned on the `E` of `Result<T, E>`: an error type that is not an `Error` is
+        // reported there.
+        let span = s.output.error_span.unwrap_or_else(|| s.ident.span());
+        let p_at = paths.private_at(span);
+        let out = proc_macro2::Ident::new("__jg_out", span);
+        quote_spanned!(span=> { let #out = #call; #p_at::StepResult::into_step_result(#out) })
+    } else {
+        quote!(#p::infallible(#call))
+    };
+
+    let retry = match &s.retry {
+        Some(_) => {
+            let f = step_fn("retry", s);
+            quote!(#p::Some(Self::#f(self)))
+        }
+        None => quote!(#p::None::<#p::NoRetry>),
+    };
+    let timeout = match &s.timeout {
+        Some(_) => {
+            let f = step_fn("timeout", s);
+            quote!(#p::Some(#p::timeout(Self::#f(self))?))
+        }
+        None => quote!(#p::None),
+    };
+    let limits = match s.concurrency.is_some() || s.rate.is_some() {
+        true => {
+            let f = step_fn("limits", s);
+            quote!(Self::#f())
+        }
+        false => quote!(&#p::StepLimits::NONE),
+    };
+    let started = match (&s.for_each, elements) {
+        (Some(for_each), Some(elements)) => {
+            let bound = match &for_each.concurrency {
+                Some(_) => {
+                    let f = step_fn("bound", s);
+                    quote!(Self::#f())
+                }
+                None => quote!(#p::None),
+            };
+            quote! {
+                #p::RunCore::for_each(
+                    #run,
+                    #step_enum::#variant,
+                    #retry,
+                    #timeout,
+                    #limits,
+                    #bound,
+                    #elements,
+                    move |#ctx: #ctx_ty, #elem| async move { #result },
+                )
+            }
+        }
+        _ => {
+            let attempt = if !takes_context && !s.output.fallible {
+                quote!(move |_: #ctx_ty| #p::Infallible::new(#direct))
+            } else {
+                quote!(move |#ctx: #ctx_ty| async move { #result })
+            };
+            quote! {
+                #p::RunCore::step(
+                    #run,
+                    #step_enum::#variant,
+                    #retry,
+                    #timeout,
+                    #limits,
+                    #attempt,
+                )
+            }
+        }
+    };
+    let doc = format!(
+        "Starts step `{}` from its parents' outputs: its future, or why it cannot start.",
+        s.name
+    );
+    quote! {
+        #[doc = #doc]
+        #[inline]
+        fn #name<'__jg>(
+            &'__jg self,
+            #run: &'__jg #p::RunCore<#step_enum>,
+            #(#fn_params),*
+        ) -> #p::Result<
+            #p::StepFuture<
+                impl #p::Future<Output = #p::Result<#out_ty, #p::BoxError>> + '__jg,
+                impl #p::Future<Output = #p::Result<#out_ty, #p::StepError>> + '__jg,
+            >,
+            #p::StepError,
+        > {
+            #(#inputs)*
+            #p::Ok(#started)
+        }
+    }
+}
+
+/// The functions evaluating the options step `s` declares, each expression once.
+fn policy_fns(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
+    let p = &paths.private;
+    let mut fns = TokenStream::new();
+    if let Some(expr) = &s.retry {
+        let f = step_fn("retry", s);
+        let span = expr.span();
+        let p_at = paths.private_at(span);
+        fns.extend(quote! {
+            #[inline]
+            fn #f(&self) -> impl #p::RetryPolicy {
+                #p_at::retry_policy(#expr)
+            }
+        });
+    }
+    if let Some(expr) = &s.timeout {
+        let f = step_fn("timeout", s);
+        fns.extend(quote! {
+            #[inline]
+            fn #f(&self) -> #p::Duration {
+                #expr
+            }
+        });
+    }
+    if s.concurrency.is_some() || s.rate.is_some() {
+        let f = step_fn("limits", s);
+        let limits = limits(job, s, paths);
+        fns.extend(quote! {
+            #[inline]
+            fn #f() -> &'static #p::StepLimits {
+                #limits
+            }
+        });
+    }
+    if let Some(expr) = s.for_each.as_ref().and_then(|f| f.concurrency.as_ref()) {
+        let f = step_fn("bound", s);
+        let message = format!(
+            "`for_each(.., concurrency = ..)` of step `{}` is 0: no element could run; give at least 1",
+            s.name
+        );
+        let check = quote_spanned! {expr.span()=> {
+            let value: #p::u32 = #expr;
+            ::core::assert!(value > 0, #message);
+            value
+        }};
+        let bound = constant(job, quote!(#p::u32), check, &[expr], quote!());
+        fns.extend(quote! {
+            #[inline]
+            fn #f() -> #p::Option<#p::u32> {
+                #p::Some(#bound)
+            }
+        });
+    }
+    fns
+}
+
+/// The body of `Job::policies`: each step's options as data.
+pub(crate) fn policies_body(job: &Job<'_>, paths: &Paths) -> TokenStream {
+    let p = &paths.private;
+    let step_enum = job.step_enum();
+    let step = local1("step");
+    let arms = job.steps.iter().map(|s| {
+        let variant = &s.variant;
+        let retry = match &s.retry {
+            Some(_) => {
+                let f = step_fn("retry", s);
+                quote!(#p::Some(#p::shared_retry(Self::#f(self))))
+            }
+            None => quote!(#p::None),
+        };
+        let timeout = match &s.timeout {
+            Some(_) => {
+                let f = step_fn("timeout", s);
+                quote!(#p::Some(#p::timeout(Self::#f(self))?))
+            }
+            None => quote!(#p::None),
+        };
+        let limits = match s.concurrency.is_some() || s.rate.is_some() {
+            true => {
+                let f = step_fn("limits", s);
+                quote!(Self::#f())
+            }
+            false => quote!(&#p::StepLimits::NONE),
+        };
+        let bound = match s.for_each.as_ref().and_then(|f| f.concurrency.as_ref()) {
+            Some(_) => {
+                let f = step_fn("bound", s);
+                quote!(Self::#f())
+            }
+            None => quote!(#p::None),
+        };
+        quote! {
+            #step_enum::#variant => #p::Ok(#p::step_policies(#retry, #timeout, #limits, #bound)),
+        }
+    });
+    quote! {
+        #p::policies(|| match #step { #(#arms)* })
+    }
+}
+
+/// The step's `concurrency`, `rate` and `burst`, as a `&'static StepLimits` evaluated at compile
+/// time. An inline `const` (not a `const` item) so the values may use `Self::X` and the impl's
+/// generics; a constant that is zero fails with a message naming the step, at the user's value.
+fn limits(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
+    let p = &paths.private;
+    let positive = |expr: &syn::Expr, option: &str| {
+        let message = format!("`{option}` of step `{}` is 0: give at least 1", s.name);
+        quote_spanned!(expr.span()=> {
+            let value: #p::u32 = #expr;
+            if value == 0 {
+                ::core::panic!(#message);
+            }
+            value
+        })
+    };
+    let mut limits = quote!(#p::StepLimits::NONE);
+    if let Some(n) = &s.concurrency {
+        let n = positive(n, "concurrency");
+        limits = quote!(#p::StepLimits::with_concurrency(#limits, #n));
+    }
+    if let Some(rate) = &s.rate {
+        let (count, secs) = (rate.count, rate.period_secs);
+        let mut value = quote!(#p::Rate::new(#count, #p::Duration::from_secs(#secs)));
+        if let Some(burst) = rate.burst {
+            value = quote!(#p::Rate::burst(#value, #burst));
+        }
+        if let Some(burst) = &s.burst {
+            let burst = positive(burst, "burst");
+            value = quote!(#p::Rate::burst(#value, #burst));
+        }
+        limits = quote!(#p::StepLimits::with_rate(#limits, #value));
+    }
+    let exprs: Vec<&syn::Expr> = [&s.concurrency, &s.burst].into_iter().flatten().collect();
+    constant(job, quote!(#p::StepLimits), limits, &exprs, quote!(&))
+}
+
+/// `value`, of type `ty`, evaluated at compile time, after `prefix` (`&` for a `&'static`).
+///
+/// A `const` item is evaluated by `cargo check`; an inline `const` only when the function is
+/// compiled, but it alone can see `Self` and the impl's generics: the item unless one of `exprs`
+/// (the user's expressions in `value`) needs them.
+fn constant(
+    job: &Job<'_>,
+    ty: TokenStream,
+    value: TokenStream,
+    exprs: &[&syn::Expr],
+    prefix: TokenStream,
+) -> TokenStream {
+    let mentions_self = exprs
+        .iter()
+        .any(|expr| mentions(expr.to_token_stream(), "Self"));
+    if job.item.generics.params.is_empty() && !mentions_self {
+        quote!({
+            const __JG_VALUE: #ty = #value;
+            #prefix __JG_VALUE
+        })
+    } else {
+        quote!(#prefix const { #value })
+    }
+}
+
+/// True if `tokens` contain the identifier `name` at any depth.
+fn mentions(tokens: TokenStream, name: &str) -> bool {
+    tokens.into_iter().any(|tree| match tree {
+        proc_macro2::TokenTree::Ident(ident) => ident == name,
+        proc_macro2::TokenTree::Group(group) => mentions(group.stream(), name),
+        _ => false,
+    })
+}
