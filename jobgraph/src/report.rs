@@ -8,7 +8,11 @@ use std::time::{Duration, SystemTime};
 use crate::{JobStep, StepError};
 
 /// Where a step is in its run.
+///
+/// Non-exhaustive: later versions add states (durable runs will), so a `match` on it needs a
+/// wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum StepState {
     /// Not started yet: it waits for the steps it depends on.
     Pending,
@@ -314,6 +318,8 @@ fn mermaid_text(s: &str) -> String {
 }
 
 /// What a listener hears about each step, as it happens (see [`Runner::listener`](crate::Runner::listener)).
+///
+/// Non-exhaustive: later versions add events, so a `match` on it needs a wildcard arm.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StepEvent<'a, S> {
