@@ -252,7 +252,10 @@ async fn main() {
         .collect();
     if let Some(&(index, err)) = failed.first() {
         let cause = err.root_cause();
-        println!("\nfirst failure, input {index}: {err}");
+        println!(
+            "\nfirst failure, input {index}: {}",
+            jobgraph_examples::error_chain(err)
+        );
         let element = cause
             .error()
             .element()

@@ -322,7 +322,7 @@ async fn main() -> ExitCode {
     let outputs = match result {
         Ok(outputs) => outputs,
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", jobgraph_examples::error_chain(&err));
             print_states(err.report());
             return ExitCode::FAILURE;
         }
@@ -352,7 +352,11 @@ async fn main() -> ExitCode {
     match handle.wait().await {
         Ok(_) => println!("the run finished before it was cancelled"),
         Err(err) => {
-            println!("\n{err} (cancelled: {})", err.is_cancelled());
+            println!(
+                "\n{} (cancelled: {})",
+                jobgraph_examples::error_chain(&err),
+                err.is_cancelled()
+            );
             print_states(err.report());
         }
     }

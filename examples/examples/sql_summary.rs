@@ -314,7 +314,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("\nerror: {err}");
+            eprintln!("\nerror: {}", jobgraph_examples::error_chain(&err));
             eprintln!("  failed step:   {}", err.step());
             if let Some(auth) = err.source().and_then(|e| e.downcast_ref::<AuthError>()) {
                 eprintln!("  its error:     {auth:?}");

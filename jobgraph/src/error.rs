@@ -91,27 +91,51 @@ impl StepError {
     }
 }
 
+impl StepError {
+    /// The error this one carries: the step's own error or the caught panic (for a `for_each`
+    /// step, the failed element's); `None` for a timeout or a cancellation.
+    fn cause(&self) -> Option<&(dyn Error + 'static)> {
+        match self.innermost() {
+            StepError::Error(e) => Some(&**e),
+            StepError::Panic(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// What happened, without the text of [`cause`](Self::cause): `returned an error`,
+    /// `panicked`, `element 2: timed out after 5s`, ...
+    fn fmt_without_cause(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StepError::Error(_) => f.write_str("returned an error"),
+            StepError::Panic(_) => f.write_str("panicked"),
+            StepError::Timeout(d) => write!(f, "timed out after {d:?}"),
+            StepError::Cancelled => f.write_str("was cancelled"),
+            StepError::Policy(message) => write!(f, "has an invalid policy: {message}"),
+            StepError::Element { index, error } => {
+                write!(f, "element {index}: ")?;
+                error.fmt_without_cause(f)
+            }
+        }
+    }
+}
+
+/// The whole story on one line (`returned an error: disk full`, `element 2: panicked: boom`),
+/// as reports, listeners and retry policies show it. So its [`source`](Error::source) is not the
+/// user's error, whose text is already here, but that error's own source; reach the user's error
+/// with [`downcast_ref`](StepError::downcast_ref) or [`as_error`](StepError::as_error).
 impl fmt::Display for StepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StepError::Error(e) => write!(f, "returned an error: {e}"),
-            StepError::Panic(p) => write!(f, "{p}"),
-            StepError::Timeout(d) => write!(f, "timed out after {d:?}"),
-            StepError::Cancelled => write!(f, "was cancelled"),
-            StepError::Policy(message) => write!(f, "has an invalid policy: {message}"),
-            StepError::Element { index, error } => write!(f, "element {index}: {error}"),
+        self.fmt_without_cause(f)?;
+        match self.cause() {
+            Some(cause) => write!(f, ": {cause}"),
+            None => Ok(()),
         }
     }
 }
 
 impl Error for StepError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        match self {
-            StepError::Error(e) => Some(&**e),
-            StepError::Panic(p) => Some(p),
-            StepError::Timeout(_) | StepError::Cancelled | StepError::Policy(_) => None,
-            StepError::Element { error, .. } => Some(&**error),
-        }
+        self.cause().and_then(Error::source)
     }
 }
 
@@ -143,9 +167,10 @@ impl StepPanic {
     }
 }
 
+/// The panic message alone: what panicked is said by the error that carries it.
 impl fmt::Display for StepPanic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "panicked: {}", self.message)
+        f.write_str(&self.message)
     }
 }
 
@@ -186,9 +211,15 @@ impl<S: JobStep> fmt::Display for StepFailure<S> {
 /// on a failed step did not run ([`skipped`](JobError::skipped)); independent branches ran to the
 /// end (unless [`fail_fast`](crate::Runner::fail_fast)) and may have failed too
 /// ([`failures`](JobError::failures) lists every failure in the order they happened).
-/// [`source`](Error::source) is the root cause's own error, so
-/// `err.source().unwrap().downcast_ref::<MyError>()` recovers it. [`report`](JobError::report)
-/// has the state and timing of every step.
+/// [`report`](JobError::report) has the state and timing of every step.
+///
+/// Its `Display` says which job and step failed and how, and stops before the user's error:
+/// ``job `Crawl` failed: step `fetch` element 2: returned an error``. That error (or the caught
+/// [`StepPanic`]) is [`source`](Error::source), so
+/// `err.source().unwrap().downcast_ref::<MyError>()` recovers it, and a printer of the whole
+/// chain (anyhow's `{:#}`, or a loop over `source()`) names it once:
+/// ``job `Crawl` failed: step `fetch` element 2: returned an error: page 404 not found``. A
+/// timeout or a cancellation has no source: ``job `X` failed: step `x` timed out after 5s``.
 ///
 /// `P` is what the run hands back: the generated `FooPartial` for `impl Foo`, with the output of
 /// every step that completed ([`partial`](JobError::partial),
@@ -278,7 +309,14 @@ impl<S: JobStep, P> JobError<S, P> {
 
 impl<S: JobStep, P> fmt::Display for JobError<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "job `{}` failed: {}", self.job_name(), self.root_cause())?;
+        let root = self.root_cause();
+        write!(
+            f,
+            "job `{}` failed: step `{}` ",
+            self.job_name(),
+            root.step.name()
+        )?;
+        root.error.fmt_without_cause(f)?;
         match self.failures.len() {
             1 => Ok(()),
             2 => write!(f, " (and 1 more step failed)"),
@@ -300,6 +338,6 @@ impl<S: JobStep, P> fmt::Debug for JobError<S, P> {
 
 impl<S: JobStep, P> Error for JobError<S, P> {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(self.root_cause().error.as_error())
+        self.root_cause().error.cause()
     }
 }

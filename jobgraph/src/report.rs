@@ -8,7 +8,11 @@ use std::time::{Duration, SystemTime};
 use crate::{JobStep, StepError};
 
 /// Where a step is in its run.
+///
+/// Non-exhaustive: later versions add states (durable runs will), so a `match` on it needs a
+/// wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum StepState {
     /// Not started yet: it waits for the steps it depends on.
     Pending,
@@ -162,9 +166,15 @@ impl<S: JobStep> JobReport<S> {
 
     /// Graphviz DOT of this run: the job's graph with each step filled by its state and a tooltip
     /// with its start, duration, attempts and error (asyncjob's instance view).
+    ///
+    /// The text is valid DOT whatever the job's name and the steps' errors hold: quotes and
+    /// backslashes are escaped, a line break becomes a tooltip line break, and other control
+    /// characters (NUL included) are written as `\u{..}`. Graphviz rejects a quoted string of
+    /// 16,384 bytes or more, so an error (or a job name) longer than 2,000 characters is cut
+    /// there and ends with `… (N characters)`, N its full length.
     pub fn dot(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "digraph \"{}\" {{", escape(self.job_name));
+        let _ = writeln!(out, "digraph \"{}\" {{", dot_text(self.job_name));
         out.push_str("    rankdir=TB;\n");
         out.push_str("    node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\"];\n");
         for r in &self.steps {
@@ -179,7 +189,7 @@ impl<S: JobStep> JobReport<S> {
                 let _ = write!(tip, "\\nAttempts: {}", r.attempts);
             }
             if let Some(e) = &r.error {
-                let _ = write!(tip, "\\nError: {}", escape(e));
+                let _ = write!(tip, "\\nError: {}", dot_text(e));
             }
             if let Some(b) = r.skipped_because {
                 let _ = write!(tip, "\\nSkipped because `{}` failed", b.name());
@@ -212,10 +222,21 @@ impl<S: JobStep> JobReport<S> {
     /// A Mermaid Gantt chart of this run: a bar per step that started, from its start to its end
     /// in milliseconds since the run started; failed steps are marked `crit`, running ones
     /// `active`. Steps that never started are left out.
+    ///
+    /// The title names the job and the run's id. Whatever they hold, it stays one line of text:
+    /// line breaks, other control characters and the characters Mermaid gives a meaning (`#`,
+    /// `;`, `%`, `<`, `>`) are written as Mermaid's entity codes (`#10;`, `#35;`, ...), which the
+    /// chart shows as the characters themselves; each is cut after 2,000 characters and then
+    /// ends with `… (N characters)`.
     pub fn mermaid_gantt(&self) -> String {
         let mut out = String::new();
         out.push_str("gantt\n");
-        let _ = writeln!(out, "    title {} run {}", self.job_name, self.job_id);
+        let _ = writeln!(
+            out,
+            "    title {} run {}",
+            mermaid_text(self.job_name),
+            mermaid_text(&self.job_id)
+        );
         out.push_str("    dateFormat x\n    axisFormat %S.%L s\n");
         for (i, r) in self.steps.iter().enumerate() {
             let Some(start) = r.started else { continue };
@@ -237,13 +258,68 @@ impl<S: JobStep> JobReport<S> {
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The most characters of a user's text (a step's error, the job's name or id) that
+/// [`JobReport::dot`] writes in one quoted string, and [`JobReport::mermaid_gantt`] in its title.
+/// Escaped for DOT, a character takes at most 7 bytes (`\\u{9f}` for a control character), so
+/// the longest tooltip stays far below Graphviz's limit of 16,383 bytes for a quoted string.
+const TEXT_MAX_CHARS: usize = 2_000;
+
+/// `s` as the inside of a DOT quoted string that Graphviz reads as an escString (a label or
+/// tooltip): `"` and `\` escaped, a line break (`\n`, `\r\n` or `\r`) as DOT's `\n`, a tab as a
+/// space, any other control character as the text `\u{..}`, and at most
+/// [`TEXT_MAX_CHARS`] characters, then `… (N characters)` if it was longer.
+///
+/// The macro writes `Job::DOT`'s name with the same rules (`jobgraph-macros/src/codegen/dot.rs`).
+fn dot_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(TEXT_MAX_CHARS) + 2);
+    let mut chars = s.chars().peekable();
+    let mut written = 0;
+    while let Some(c) = chars.next() {
+        if written == TEXT_MAX_CHARS {
+            let _ = write!(out, "… ({} characters)", s.chars().count());
+            break;
+        }
+        written += 1;
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\r' if chars.peek() == Some(&'\n') => written -= 1,
+            '\n' | '\r' => out.push_str("\\n"),
+            '\t' => out.push(' '),
+            c if c.is_control() => {
+                let _ = write!(out, "\\\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `s` as text on one line of a Mermaid chart: every character that Mermaid's preprocessing or
+/// its gantt lexer reads as more than text (line breaks and other control characters end a line
+/// or break parsing; `#` and `;` start entity codes, comments and, in older versions, end a title;
+/// `%` starts comments and `%%{init}%%` directives; `<` and `>` open HTML) becomes the entity code
+/// `#<decimal>;`, which Mermaid shows as the character. At most [`TEXT_MAX_CHARS`] characters,
+/// then `… (N characters)`: Mermaid refuses a whole chart longer than 50,000 characters.
+fn mermaid_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(TEXT_MAX_CHARS));
+    for (written, c) in s.chars().enumerate() {
+        if written == TEXT_MAX_CHARS {
+            let _ = write!(out, "… ({} characters)", s.chars().count());
+            break;
+        }
+        if matches!(c, '#' | ';' | '%' | '<' | '>') || c.is_control() {
+            let _ = write!(out, "#{};", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What a listener hears about each step, as it happens (see [`Runner::listener`](crate::Runner::listener)).
+///
+/// Non-exhaustive: later versions add events, so a `match` on it needs a wildcard arm.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StepEvent<'a, S> {

@@ -477,7 +477,7 @@ async fn a_failing_element_fails_the_step_and_drops_the_others() {
     );
     assert_eq!(
         err.to_string(),
-        "job `OneBad` failed: step `fetch` element 2: returned an error: row 2 is corrupt"
+        "job `OneBad` failed: step `fetch` element 2: returned an error"
     );
     let source = std::error::Error::source(&err).expect("the root cause's error");
     assert_eq!(source.downcast_ref::<Corrupt>(), Some(&Corrupt(2)));

@@ -151,7 +151,7 @@ async fn an_io_result_step_fails_with_its_io_error() {
     assert_eq!(io_error.kind(), io::ErrorKind::NotFound);
     assert_eq!(
         err.to_string(),
-        "job `IoFails` failed: step `read` returned an error: io step failed"
+        "job `IoFails` failed: step `read` returned an error"
     );
 }
 
