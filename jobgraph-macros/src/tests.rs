@@ -66,3 +66,32 @@ fn errors_keep_the_users_impl() {
         expect_file!["snapshots/errors_keep_the_users_impl.rs"],
     );
 }
+
+/// Expands `source` (parsed as tokens from text, so it may hold any identifier) and returns the
+/// expansion's text.
+fn expand_text(args: &str, source: &str) -> String {
+    let args: TokenStream = args.parse().expect("the arguments lex");
+    let input: TokenStream = source.parse().expect("the input lexes");
+    crate::expand::job(args, input).to_string()
+}
+
+/// A raw-identifier job type and step names whose UpperCamelCase form is not an identifier made
+/// the macro panic; they expand now, with `Step` in front of such variants.
+#[test]
+fn odd_names_expand() {
+    let out = expand_text(
+        "",
+        "impl r#Invoice {
+            #[step] async fn __(&self) -> u32 { 1 }
+            #[step] async fn _1(&self) -> u32 { 1 }
+            #[step] async fn _9lives(&self) -> u32 { 1 }
+            #[step] async fn _\u{301}(&self) -> u32 { 1 }
+        }",
+    );
+    assert!(!out.contains("compile_error"), "{out}");
+    assert!(out.contains("pub enum InvoiceStep"), "{out}");
+    assert!(out.contains("pub struct InvoiceOutputs"), "{out}");
+    for variant in ["Step ,", "Step1", "Step9lives", "Step\u{301}"] {
+        assert!(out.contains(variant), "no variant `{variant}` in {out}");
+    }
+}

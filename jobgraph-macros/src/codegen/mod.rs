@@ -8,6 +8,7 @@ mod scheduler;
 
 use proc_macro2::TokenStream;
 use quote::quote;
+use syn::ext::IdentExt as _;
 use syn::{ImplItem, ItemImpl};
 
 use crate::model::{Job, is_step_attr};
@@ -15,8 +16,21 @@ use crate::validate::Graph;
 
 /// The user's impl with the `#[step]` attributes removed: what is emitted in every case, so the
 /// rest of the crate keeps compiling even when the job has errors.
+///
+/// A step defined a second time is left out: `validate` reports it once, and rustc would report it
+/// again as a duplicate definition.
 pub(crate) fn user_impl(item: &ItemImpl) -> ItemImpl {
     let mut item = item.clone();
+    let mut steps: Vec<String> = Vec::new();
+    item.items.retain(|member| match member {
+        ImplItem::Fn(f) if f.attrs.iter().any(is_step_attr) => {
+            let name = f.sig.ident.unraw().to_string();
+            let again = steps.contains(&name);
+            steps.push(name);
+            !again
+        }
+        _ => true,
+    });
     for member in &mut item.items {
         if let ImplItem::Fn(f) = member
             && f.attrs.iter().any(is_step_attr)
