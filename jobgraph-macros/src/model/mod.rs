@@ -232,7 +232,7 @@ impl Output {
 
 /// `T` (and `E` if written) when `ty` is spelled `Result<T, ..>` (any path ending in `Result`,
 /// so `io::Result<T>` too).
-fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>)> {
+pub(crate) fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>)> {
     let Type::Path(path) = ty else { return None };
     if path.qself.is_some() {
         return None;
