@@ -1,6 +1,7 @@
 //! Code generation, from a validated model: the user's impl (without the macro's attributes), the
 //! step enum, the outputs struct, the `Job` impl and the inherent items with the scheduler.
 
+mod checks;
 mod dot;
 mod items;
 mod paths;
@@ -52,9 +53,13 @@ pub(crate) fn generate(job: &Job<'_>, graph: &Graph) -> TokenStream {
     let step_enum = items::step_enum(job, graph, &paths);
     let outputs = items::outputs_struct(job, &paths);
     let job_impl = items::job_impl(job, graph, &paths);
+    let checks = checks::checks(job, &paths);
+    let import = &paths.import;
     quote! {
+        #import
         #step_enum
         #outputs
         #job_impl
+        #checks
     }
 }

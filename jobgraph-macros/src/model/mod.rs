@@ -19,8 +19,8 @@ pub(crate) struct Job<'a> {
     pub(crate) ident: Ident,
     /// The job's name in DOT, reports and errors.
     pub(crate) name: String,
-    /// The runtime crate's path: `::jobgraph` unless `#[job(crate = ...)]`.
-    pub(crate) krate: Path,
+    /// `#[job(crate = ...)]`: the runtime crate's path, when it is not `::jobgraph`.
+    pub(crate) krate: Option<Path>,
     /// `#[job(enrich = ..)]`.
     pub(crate) enrich: Option<Path>,
     /// `#[job(local)]`: no `start`.
@@ -113,7 +113,7 @@ impl<'a> Job<'a> {
             .collect();
         Some(Job {
             name: args.name.map_or_else(|| ident.to_string(), |n| n.value()),
-            krate: args.krate.unwrap_or_else(|| syn::parse_quote!(::jobgraph)),
+            krate: args.krate,
             enrich: args.enrich,
             local: args.local,
             ident,
