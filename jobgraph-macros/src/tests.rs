@@ -66,3 +66,57 @@ fn errors_keep_the_users_impl() {
         expect_file!["snapshots/errors_keep_the_users_impl.rs"],
     );
 }
+
+/// Expands `source` (parsed as tokens from text, so it may hold any identifier) and returns the
+/// expansion's text.
+fn expand_text(args: &str, source: &str) -> String {
+    let args: TokenStream = args.parse().expect("the arguments lex");
+    let input: TokenStream = source.parse().expect("the input lexes");
+    crate::expand::job(args, input).to_string()
+}
+
+/// A raw-identifier job type and step names whose UpperCamelCase form is not an identifier made
+/// the macro panic; they expand now, with `Step` in front of such variants.
+#[test]
+fn odd_names_expand() {
+    let out = expand_text(
+        "",
+        "impl r#Invoice {
+            #[step] async fn __(&self) -> u32 { 1 }
+            #[step] async fn _1(&self) -> u32 { 1 }
+            #[step] async fn _9lives(&self) -> u32 { 1 }
+            #[step] async fn _\u{301}(&self) -> u32 { 1 }
+        }",
+    );
+    assert!(!out.contains("compile_error"), "{out}");
+    assert!(out.contains("pub enum InvoiceStep"), "{out}");
+    assert!(out.contains("pub struct InvoiceOutputs"), "{out}");
+    for variant in ["Step ,", "Step1", "Step9lives", "Step\u{301}"] {
+        assert!(out.contains(variant), "no variant `{variant}` in {out}");
+    }
+}
+
+/// A cycle through 300 steps printed 887,000 characters: every edge's error repeated the whole
+/// path. The path is named once now, and each edge has a short line of its own.
+#[test]
+fn long_cycle_names_its_path_once() {
+    let n = 300;
+    let steps: String = (0..n)
+        .map(|i| {
+            let parent = (i + n - 1) % n;
+            format!("#[step] async fn step{i}(&self, step{parent}: &u32) -> u32 {{ 1 }}\n")
+        })
+        .collect();
+    let out = expand_text("", &format!("impl Ring {{ {steps} }}"));
+    let path_start = "`step0` -> `step1` -> `step2`";
+    assert_eq!(out.matches(path_start).count(), 1, "the path is named once");
+    assert_eq!(out.matches("compile_error").count(), n, "an error per edge");
+    assert_eq!(out.matches("part of the dependency cycle").count(), n - 2);
+    assert_eq!(out.matches("closes the dependency cycle").count(), 1);
+    let errors: usize = out
+        .split("compile_error")
+        .skip(1)
+        .map(|e| e.split('}').next().map_or(0, str::len))
+        .sum();
+    assert!(errors < 40_000, "{errors} characters of errors");
+}

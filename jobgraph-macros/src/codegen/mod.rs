@@ -2,6 +2,7 @@
 //! step enum, the outputs and partial outputs structs, the `Job` impl and the inherent items with
 //! the scheduler, and a function per step.
 
+mod checks;
 mod dot;
 mod items;
 mod paths;
@@ -10,6 +11,7 @@ mod steps;
 
 use proc_macro2::TokenStream;
 use quote::quote;
+use syn::ext::IdentExt as _;
 use syn::{ImplItem, ItemImpl};
 
 use crate::model::{Job, is_step_attr};
@@ -17,8 +19,21 @@ use crate::validate::Graph;
 
 /// The user's impl with the `#[step]` attributes removed: what is emitted in every case, so the
 /// rest of the crate keeps compiling even when the job has errors.
+///
+/// A step defined a second time is left out: `validate` reports it once, and rustc would report it
+/// again as a duplicate definition.
 pub(crate) fn user_impl(item: &ItemImpl) -> ItemImpl {
     let mut item = item.clone();
+    let mut steps: Vec<String> = Vec::new();
+    item.items.retain(|member| match member {
+        ImplItem::Fn(f) if f.attrs.iter().any(is_step_attr) => {
+            let name = f.sig.ident.unraw().to_string();
+            let again = steps.contains(&name);
+            steps.push(name);
+            !again
+        }
+        _ => true,
+    });
     for member in &mut item.items {
         if let ImplItem::Fn(f) = member
             && f.attrs.iter().any(is_step_attr)
@@ -42,11 +57,15 @@ pub(crate) fn generate(job: &Job<'_>, graph: &Graph) -> TokenStream {
     let partial = items::partial_struct(job, &paths);
     let job_impl = items::job_impl(job, graph, &paths);
     let step_fns = steps::step_fns(job, &paths);
+    let checks = checks::checks(job, &paths);
+    let import = &paths.import;
     quote! {
+        #import
         #step_enum
         #outputs
         #partial
         #job_impl
         #step_fns
+        #checks
     }
 }

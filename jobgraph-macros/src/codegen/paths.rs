@@ -4,19 +4,44 @@
 use proc_macro2::{Group, Span, TokenStream, TokenTree};
 use quote::{format_ident, quote};
 use syn::Ident;
+use syn::spanned::Spanned as _;
 
 use crate::model::Job;
 
 pub(crate) struct Paths {
-    /// `::jobgraph::__private`, or the `crate = ..` path's.
+    /// `::jobgraph::__private`, or the alias of the `crate = ..` path's (see [`Paths::import`]).
     pub(crate) private: TokenStream,
+    /// With `#[job(crate = path)]`: `use path::__private as __jobgraph_private_Foo;`, emitted
+    /// once beside the generated items, which name the alias.
+    ///
+    /// So a wrong path is one error, on the path the user wrote ("unresolved import"), instead
+    /// of an error at every use: rustc reports a failed import once and stays silent on the
+    /// uses of its name.
+    pub(crate) import: Option<TokenStream>,
 }
 
 impl Paths {
     pub(crate) fn new(job: &Job<'_>) -> Self {
-        let krate = &job.krate;
+        let Some(krate) = &job.krate else {
+            return Paths {
+                private: quote!(::jobgraph::__private),
+                import: None,
+            };
+        };
+        let span = krate
+            .segments
+            .last()
+            .map_or_else(|| krate.span(), |s| s.ident.span());
+        // Spanned on the path as written: rustc's error is there.
+        let alias = Ident::new(&format!("__jobgraph_private_{}", job.ident), span);
+        let tree = respan(quote!(#krate::__private as #alias), span);
         Paths {
-            private: quote!(#krate::__private),
+            import: Some(quote! {
+                #[doc(hidden)]
+                #[allow(unused_imports)]
+                use #tree;
+            }),
+            private: quote!(#alias),
         }
     }
 

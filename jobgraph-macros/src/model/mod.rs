@@ -1,6 +1,7 @@
 //! The model: a job's steps, their parameters, outputs and edges, borrowed from the user's `impl`
 //! so that every error can point at the user's own tokens.
 
+use syn::ext::IdentExt as _;
 use syn::spanned::Spanned;
 use syn::{
     Attribute, Expr, FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, ItemImpl, Lit, Meta,
@@ -13,12 +14,13 @@ use crate::parse::{self, JobArgs};
 /// One `#[job]` impl block.
 pub(crate) struct Job<'a> {
     pub(crate) item: &'a ItemImpl,
-    /// The self type's name: `Foo` for `impl<D> Foo<D>`.
+    /// The self type's name: `Foo` for `impl<D> Foo<D>`, and for `impl r#Foo` (the names derived
+    /// from it, `FooStep` and `FooOutputs`, are not raw).
     pub(crate) ident: Ident,
     /// The job's name in DOT, reports and errors.
     pub(crate) name: String,
-    /// The runtime crate's path: `::jobgraph` unless `#[job(crate = ...)]`.
-    pub(crate) krate: Path,
+    /// `#[job(crate = ...)]`: the runtime crate's path, when it is not `::jobgraph`.
+    pub(crate) krate: Option<Path>,
     /// `#[job(enrich = ..)]`.
     pub(crate) enrich: Option<Path>,
     /// `#[job(local)]`: no `start`.
@@ -80,7 +82,7 @@ impl<'a> Job<'a> {
     /// Builds the model of `item`; malformed options are reported to `cx` and left out.
     pub(crate) fn from_syn(item: &'a ItemImpl, args: JobArgs, cx: &mut Ctxt) -> Option<Self> {
         let ident = match self_ident(&item.self_ty) {
-            Some(ident) => ident.clone(),
+            Some(ident) => ident.unraw(),
             None => {
                 cx.error_spanned_by(
                     &item.self_ty,
@@ -111,7 +113,7 @@ impl<'a> Job<'a> {
             .collect();
         Some(Job {
             name: args.name.map_or_else(|| ident.to_string(), |n| n.value()),
-            krate: args.krate.unwrap_or_else(|| syn::parse_quote!(::jobgraph)),
+            krate: args.krate,
             enrich: args.enrich,
             local: args.local,
             ident,
@@ -159,7 +161,7 @@ impl<'a> Step<'a> {
         Step {
             method,
             ident,
-            variant: Ident::new(&upper_camel(&name), ident.span()),
+            variant: Ident::new(&variant_name(&name), ident.span()),
             name,
             after: args.after,
             retry: args.retry,
@@ -235,7 +237,7 @@ impl Output {
 
 /// `T` (and `E` if written) when `ty` is spelled `Result<T, ..>` (any path ending in `Result`,
 /// so `io::Result<T>` too).
-fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>)> {
+pub(crate) fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>)> {
     let Type::Path(path) = ty else { return None };
     if path.qself.is_some() {
         return None;
@@ -328,7 +330,30 @@ pub(crate) fn type_text(ty: &Type) -> String {
     .fold(text, |t, (from, to)| t.replace(from, to))
 }
 
-/// `get_connection` -> `GetConnection`; a raw `r#type` -> `Type`.
+/// The step enum's variant for the step `name`: its UpperCamelCase form when that is an
+/// identifier (`get_connection` -> `GetConnection`), else `Step` followed by it (`_1` -> `Step1`,
+/// `__` -> `Step`, `self_` -> `StepSelf`), which always is one: `Step` starts an identifier and
+/// what follows is made of a step name's characters, each of which may continue one.
+pub(crate) fn variant_name(name: &str) -> String {
+    let camel = upper_camel(name);
+    if is_identifier(&camel) {
+        camel
+    } else {
+        format!("Step{camel}")
+    }
+}
+
+/// True if `text` is a non-raw identifier other than a keyword a variant cannot be named
+/// (`Self`: the only keyword an UpperCamelCase form can be, as the others are lowercase).
+fn is_identifier(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars.next().is_some_and(unicode_ident::is_xid_start)
+        && chars.all(unicode_ident::is_xid_continue)
+        && text != "Self"
+}
+
+/// `get_connection` -> `GetConnection`; a raw `r#type` -> `Type`. Not always an identifier:
+/// see [`variant_name`].
 pub(crate) fn upper_camel(snake: &str) -> String {
     let snake = snake.strip_prefix("r#").unwrap_or(snake);
     let mut out = String::with_capacity(snake.len());
@@ -356,6 +381,25 @@ mod tests {
         assert_eq!(upper_camel("query_table1"), "QueryTable1");
         assert_eq!(upper_camel("r#type"), "Type");
         assert_eq!(upper_camel("a"), "A");
+    }
+
+    /// Step names whose UpperCamelCase form is not an identifier by itself: the macro panicked
+    /// on each (`Ident::new` of an invalid identifier).
+    #[test]
+    fn variants_are_identifiers() {
+        for (step, variant) in [
+            ("get_connection", "GetConnection"),
+            ("r#type", "Type"),
+            ("__", "Step"),
+            ("_1", "Step1"),
+            ("_9lives", "Step9lives"),
+            ("self_", "StepSelf"),
+            ("_\u{301}", "Step\u{301}"),
+            ("日本_語", "日本語"),
+        ] {
+            assert_eq!(variant_name(step), variant, "the variant of `{step}`");
+            let _ = Ident::new(&variant_name(step), proc_macro2::Span::call_site());
+        }
     }
 
     #[test]

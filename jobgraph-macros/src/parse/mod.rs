@@ -70,17 +70,17 @@ pub(crate) fn job_args(tokens: TokenStream, cx: &mut Ctxt) -> JobArgs {
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("name") {
             seen.once(&meta, cx);
-            let lit: LitStr = meta.value()?.parse()?;
+            let lit: LitStr = value(&meta, "name = \"...\"")?.parse()?;
             if lit.value().trim().is_empty() {
                 cx.error_spanned_by(&lit, "the job's `name` must not be empty");
             }
             args.name = Some(lit);
         } else if meta.path.is_ident("crate") {
             seen.once(&meta, cx);
-            args.krate = Some(meta.value()?.parse()?);
+            args.krate = Some(value(&meta, "crate = ::jobgraph")?.parse()?);
         } else if meta.path.is_ident("enrich") {
             seen.once(&meta, cx);
-            args.enrich = Some(meta.value()?.parse()?);
+            args.enrich = Some(value(&meta, "enrich = my_enrich_fn")?.parse()?);
         } else if meta.path.is_ident("local") {
             seen.once(&meta, cx);
             if !meta.input.is_empty() && !meta.input.peek(Token![,]) {
@@ -120,17 +120,18 @@ pub(crate) fn step_args(attr: &Attribute, cx: &mut Ctxt) -> StepArgs {
             args.after.extend(names);
         } else if meta.path.is_ident("retry") {
             seen.once(&meta, cx);
-            let expr: Expr = meta.value()?.parse()?;
+            let expr: Expr =
+                value(&meta, "retry = Retry::fixed(3, Duration::from_millis(100))")?.parse()?;
             check_retry(&expr, cx);
             args.retry = Some(expr);
         } else if meta.path.is_ident("timeout") {
             seen.once(&meta, cx);
-            let expr: Expr = meta.value()?.parse()?;
+            let expr: Expr = value(&meta, "timeout = Duration::from_secs(5)")?.parse()?;
             check_timeout(&expr, cx);
             args.timeout = Some(expr);
         } else if meta.path.is_ident("concurrency") {
             seen.once(&meta, cx);
-            let expr: Expr = meta.value()?.parse()?;
+            let expr: Expr = value(&meta, "concurrency = 4")?.parse()?;
             check_positive(
                 &expr,
                 "concurrency",
@@ -161,7 +162,7 @@ pub(crate) fn step_args(attr: &Attribute, cx: &mut Ctxt) -> StepArgs {
             args.for_each = Some(for_each(&meta, cx)?);
         } else if meta.path.is_ident("burst") {
             seen.once(&meta, cx);
-            let expr: Expr = meta.value()?.parse()?;
+            let expr: Expr = value(&meta, "burst = 5")?.parse()?;
             check_positive(&expr, "burst", "attempt could ever start", cx);
             args.burst = Some(expr);
         } else {
@@ -227,7 +228,7 @@ fn for_each(meta: &ParseNestedMeta<'_>, cx: &mut Ctxt) -> syn::Result<ForEach> {
     Ok(ForEach { param, concurrency })
 }
 
-/// A literal `0` where only a positive count makes sense.
+/// A literal `0` where only a positive count makes sense, or one too large for the `u32` it is.
 fn check_positive(expr: &Expr, option: &str, consequence: &str, cx: &mut Ctxt) {
     if let Expr::Lit(syn::ExprLit {
         lit: Lit::Str(text),
@@ -245,6 +246,14 @@ fn check_positive(expr: &Expr, option: &str, consequence: &str, cx: &mut Ctxt) {
         cx.error_spanned_by(
             expr,
             format_args!("`{option} = 0` means no {consequence}: give at least 1"),
+        );
+    } else if let Some(n) = int_literal(expr).filter(|&n| n > u128::from(u32::MAX)) {
+        cx.error_spanned_by(
+            expr,
+            format_args!(
+                "`{option} = {n}` does not fit in a `u32`: the most is {}",
+                u32::MAX
+            ),
         );
     } else if matches!(expr, Expr::Unary(u) if matches!(u.op, syn::UnOp::Neg(_))) {
         cx.error_spanned_by(
@@ -330,6 +339,22 @@ fn rate_number(input: &str, number: &str, what: &str, example: &str) -> Result<u
     })
 }
 
+/// What follows `option =`, or an error on the option's name when no `=` follows it: syn's own
+/// "expected `=`" points past the option, at the whole attribute when the option comes last.
+fn value<'a>(
+    meta: &'a ParseNestedMeta<'_>,
+    usage: &str,
+) -> syn::Result<syn::parse::ParseStream<'a>> {
+    if meta.input.peek(Token![=]) {
+        return meta.value();
+    }
+    let name = quote::ToTokens::to_token_stream(&meta.path).to_string();
+    Err(syn::Error::new_spanned(
+        &meta.path,
+        format_args!("`{name}` takes a value: write `{usage}`"),
+    ))
+}
+
 fn unknown_option(meta: &ParseNestedMeta<'_>, attr: &str, valid: &str) -> syn::Error {
     let name = quote::ToTokens::to_token_stream(&meta.path)
         .to_string()
@@ -372,6 +397,13 @@ fn check_retry(expr: &Expr, cx: &mut Ctxt) {
 
 /// A literal zero or negative `Duration`: no attempt could ever finish.
 fn check_timeout(expr: &Expr, cx: &mut Ctxt) {
+    if is_zero_duration_call(expr) {
+        cx.error_spanned_by(
+            expr,
+            "a timeout of zero would fail every attempt: give a positive `Duration`",
+        );
+        return;
+    }
     if let Expr::Path(p) = expr {
         if p.path.segments.last().is_some_and(|s| s.ident == "ZERO") {
             cx.error_spanned_by(
@@ -406,6 +438,32 @@ fn check_timeout(expr: &Expr, cx: &mut Ctxt) {
             first,
             "a timeout of zero would fail every attempt: give a positive `Duration`",
         );
+    }
+}
+
+/// `Duration::new(0, 0)`, `Duration::default()` or `Default::default()` (a timeout is a
+/// `Duration`, so the latter is one too).
+fn is_zero_duration_call(expr: &Expr) -> bool {
+    let Expr::Call(ExprCall { func, args, .. }) = expr else {
+        return false;
+    };
+    let Expr::Path(path) = &**func else {
+        return false;
+    };
+    let segments: Vec<String> = path
+        .path
+        .segments
+        .iter()
+        .map(|s| s.ident.to_string())
+        .collect();
+    // `<Duration as Default>::default()` is `Default`, `default` too.
+    let [.., owner, function] = segments.as_slice() else {
+        return false;
+    };
+    match (owner.as_str(), function.as_str()) {
+        ("Duration" | "Default", "default") => args.is_empty(),
+        ("Duration", "new") => args.len() == 2 && args.iter().all(|a| int_literal(a) == Some(0)),
+        _ => false,
     }
 }
 

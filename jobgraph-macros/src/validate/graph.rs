@@ -165,7 +165,9 @@ fn order(job: &Job<'_>, edges: &[Vec<Edge<'_>>], cx: &mut Ctxt) -> Vec<usize> {
         // only on blocked ones (it is downstream of a cycle: block it and look again).
         let mut path = vec![start];
         loop {
-            let current = *path.last().expect("the path starts non-empty");
+            let Some(&current) = path.last() else {
+                return topo;
+            };
             let next = edges[current]
                 .iter()
                 .map(|e| e.parent)
@@ -188,21 +190,27 @@ fn order(job: &Job<'_>, edges: &[Vec<Edge<'_>>], cx: &mut Ctxt) -> Vec<usize> {
 }
 
 /// `cycle` lists steps each waiting on the next, the last waiting on the first.
+///
+/// One error per edge, so each edge is marked in the user's code; only the first names the whole
+/// path (a cycle through 300 steps would otherwise print the path 300 times). The others say
+/// where they sit: in the middle of the cycle, or closing it.
 fn report_cycle(job: &Job<'_>, edges: &[Vec<Edge<'_>>], cycle: &[usize], cx: &mut Ctxt) {
     // Present it in the direction data flows, from the first declared step.
     let mut flow: Vec<usize> = cycle.iter().rev().copied().collect();
     let lowest = (0..flow.len()).min_by_key(|&i| flow[i]).unwrap_or(0);
     flow.rotate_left(lowest);
-    let name = |i: usize| job.steps[i].name.clone();
+    let name = |i: usize| &job.steps[i].name;
+    let first = name(flow[0]);
     let mut path: Vec<String> = flow.iter().map(|&i| format!("`{}`", name(i))).collect();
-    path.push(format!("`{}`", name(flow[0])));
+    path.push(format!("`{first}`"));
     let path = path.join(" -> ");
+    let last = flow.len() - 1;
     for (k, &parent) in flow.iter().enumerate() {
         let child = flow[(k + 1) % flow.len()];
-        let edge = edges[child]
-            .iter()
-            .find(|e| e.parent == parent)
-            .expect("consecutive cycle steps share an edge");
+        // Consecutive steps of a cycle share an edge; should they not, there is nothing to mark.
+        let Some(edge) = edges[child].iter().find(|e| e.parent == parent) else {
+            continue;
+        };
         let how = if edge.data {
             format!(
                 "`{}` takes the output of `{}` here",
@@ -215,8 +223,16 @@ fn report_cycle(job: &Job<'_>, edges: &[Vec<Edge<'_>>], cycle: &[usize], cx: &mu
         let span: Span = edge.ident.span();
         if k == 0 {
             cx.error_at(span, format_args!("dependency cycle: {path}; {how}"));
+        } else if k == last {
+            cx.error_at(
+                span,
+                format_args!("{how}, which closes the dependency cycle through `{first}`"),
+            );
         } else {
-            cx.error_at(span, format_args!("{how}, which closes the cycle {path}"));
+            cx.error_at(
+                span,
+                format_args!("{how}, part of the dependency cycle through `{first}`"),
+            );
         }
     }
 }

@@ -61,6 +61,29 @@ fn reserved_names(job: &Job<'_>, cx: &mut Ctxt) {
         }
     }
     for (i, step) in job.steps.iter().enumerate() {
+        if job.steps[..i].iter().any(|s| s.name == step.name) {
+            // Said once here; `codegen::user_impl` leaves this definition out, so rustc does not
+            // say it again (E0592).
+            cx.error_spanned_by(
+                step.ident,
+                format_args!(
+                    "step `{}` is defined twice in `impl {}`; give each step its own name",
+                    step.ident, job.ident
+                ),
+            );
+            continue;
+        }
+        if step.variant == "ALL" {
+            cx.error_spanned_by(
+                step.ident,
+                format_args!(
+                    "step `{}` would become the variant `{}::ALL`, but `ALL` is the generated \
+                     list of every step; rename the step",
+                    step.ident,
+                    job.step_enum()
+                ),
+            );
+        }
         if let Some(other) = job.steps[..i].iter().find(|s| s.variant == step.variant) {
             cx.error_spanned_by(
                 step.ident,

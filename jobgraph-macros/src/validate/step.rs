@@ -1,6 +1,6 @@
 //! Checks on one step's signature: what the scheduler can call.
 
-use syn::{FnArg, GenericParam, Type};
+use syn::{Attribute, FnArg, GenericParam, ReturnType, Type};
 
 use crate::error::Ctxt;
 use crate::model::{Param, Step};
@@ -16,8 +16,21 @@ pub(super) fn signature(step: &Step<'_>, cx: &mut Ctxt) {
             ),
         );
     }
+    if let syn::Safety::Unsafe(unsafety) = &sig.safety {
+        cx.error_spanned_by(
+            unsafety,
+            format_args!(
+                "step `{}` cannot be an `unsafe fn`: the scheduler calls it and cannot uphold \
+                 what it requires; make it a safe `async fn` with an `unsafe` block inside",
+                step.ident
+            ),
+        );
+    }
     receiver(step, cx);
     for_each(step, cx);
+    cfg(step, cx);
+    lent_lifetimes(step, cx);
+    sized_output(step, cx);
     for param in &sig.generics.params {
         match param {
             GenericParam::Lifetime(_) => {}
@@ -183,4 +196,112 @@ fn for_each(step: &Step<'_>, cx: &mut Ctxt) {
             step.ident
         ),
     );
+}
+
+/// `#[cfg]` on a step or on a step's parameter: `#[job]` sees the impl before `cfg` is evaluated,
+/// so the graph would keep a step or a parameter that the compiled impl has not.
+fn cfg(step: &Step<'_>, cx: &mut Ctxt) {
+    let is_cfg = |attr: &&Attribute| attr.path().is_ident("cfg");
+    for attr in step.method.attrs.iter().filter(is_cfg) {
+        cx.error_spanned_by(
+            attr,
+            format_args!(
+                "`#[cfg]` on step `{}` is not supported: `#[job]` builds the graph before `cfg` \
+                 is evaluated; put the whole `#[job]` impl under `#[cfg]`, or test the \
+                 condition inside the step (`if cfg!(..)`)",
+                step.ident
+            ),
+        );
+    }
+    for input in &step.method.sig.inputs {
+        let attrs = match input {
+            FnArg::Receiver(r) => &r.attrs,
+            FnArg::Typed(t) => &t.attrs,
+        };
+        for attr in attrs.iter().filter(is_cfg) {
+            cx.error_spanned_by(
+                attr,
+                format_args!(
+                    "`#[cfg]` on a parameter of step `{}` is not supported: the graph gives a \
+                     step every parameter it declares; test the condition inside the step \
+                     (`if cfg!(..)`)",
+                    step.ident
+                ),
+            );
+        }
+    }
+}
+
+/// A parameter `&'static T` (or `&'a T` with `'a` not the method's own): what a step is lent, a
+/// parent's output or the run context, lives for the run only.
+fn lent_lifetimes(step: &Step<'_>, cx: &mut Ctxt) {
+    let sig = &step.method.sig;
+    let own = |lifetime: &syn::Lifetime| {
+        lifetime.ident == "_" || sig.generics.lifetimes().any(|l| l.lifetime == *lifetime)
+    };
+    for input in &sig.inputs {
+        let FnArg::Typed(pat_type) = input else {
+            continue;
+        };
+        let Type::Reference(reference) = &*pat_type.ty else {
+            continue;
+        };
+        let Some(lifetime) = reference.lifetime.as_ref().filter(|l| !own(l)) else {
+            continue;
+        };
+        let what = if crate::model::is_step_context(&reference.elem) {
+            "the run context".to_owned()
+        } else {
+            let name = quote::ToTokens::to_token_stream(&pat_type.pat).to_string();
+            format!("the output of step `{name}`")
+        };
+        cx.error_spanned_by(
+            lifetime,
+            format_args!(
+                "step `{}` is lent {what} for the run only, not for `{lifetime}`: write `&{}`",
+                step.ident,
+                crate::model::type_text(&reference.elem)
+            ),
+        );
+    }
+}
+
+/// An output whose size is not known (`[T]`, `str`, `dyn Trait`): it is stored for the children,
+/// and an `async fn` cannot return it anyway.
+fn sized_output(step: &Step<'_>, cx: &mut Ctxt) {
+    let ReturnType::Type(_, written) = &step.method.sig.output else {
+        return;
+    };
+    let output = crate::model::result_types(written).map_or(&**written, |(ok, _)| ok);
+    let instead = match unsized_type(output) {
+        Some(Type::Slice(slice)) => format!(
+            "`Vec<{0}>` (or `Box<[{0}]>`)",
+            crate::model::type_text(&slice.elem)
+        ),
+        Some(Type::TraitObject(_)) => {
+            format!("`Box<{}>`", crate::model::type_text(output))
+        }
+        Some(_) => "`String` (or `Box<str>`)".to_owned(),
+        None => return,
+    };
+    cx.error_spanned_by(
+        output,
+        format_args!(
+            "step `{}` outputs `{}`, whose size is not known at compile time; its children \
+             borrow the output from where it is stored: return {instead}",
+            step.ident,
+            crate::model::type_text(output)
+        ),
+    );
+}
+
+/// `ty` itself when it is written as a type without a size: a slice, `str`, a bare `dyn Trait`.
+fn unsized_type(ty: &Type) -> Option<&Type> {
+    match ty {
+        Type::Slice(_) | Type::TraitObject(_) => Some(ty),
+        Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => Some(ty),
+        Type::Paren(p) => unsized_type(&p.elem),
+        Type::Group(g) => unsized_type(&g.elem),
+        _ => None,
+    }
 }
