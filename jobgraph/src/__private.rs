@@ -92,12 +92,6 @@ impl<F: Future> Future for Infallible<F> {
     }
 }
 
-/// Type-checks a `#[step(retry = ..)]` expression, where it is written.
-#[inline]
-pub fn retry_policy<P: RetryPolicy>(policy: P) -> impl RetryPolicy {
-    policy
-}
-
 /// Checks a `#[step(timeout = ..)]` value computed at run time (literals are checked at compile
 /// time): zero fails the step, which could never finish an attempt.
 #[inline]

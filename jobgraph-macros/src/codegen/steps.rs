@@ -138,7 +138,7 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
     let limits = match s.concurrency.is_some() || s.rate.is_some() {
         true => {
             let f = step_fn("limits", s);
-            quote!(Self::#f())
+            quote!(Self::#f(self))
         }
         false => quote!(&#p::StepLimits::NONE),
     };
@@ -147,7 +147,7 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
             let bound = match &for_each.concurrency {
                 Some(_) => {
                     let f = step_fn("bound", s);
-                    quote!(Self::#f())
+                    quote!(Self::#f(self))
                 }
                 None => quote!(#p::None),
             };
@@ -210,32 +210,36 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
 fn policy_fns(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
     let p = &paths.private;
     let mut fns = TokenStream::new();
+    // Each return type is spanned on the user's expression: a value of the wrong type is
+    // reported there, once.
     if let Some(expr) = &s.retry {
         let f = step_fn("retry", s);
-        let span = expr.span();
-        let p_at = paths.private_at(span);
-        fns.extend(quote! {
+        let p_at = paths.private_at(expr.span());
+        fns.extend(quote_spanned! {expr.span()=>
             #[inline]
-            fn #f(&self) -> impl #p::RetryPolicy {
-                #p_at::retry_policy(#expr)
+            fn #f(&self) -> impl #p_at::RetryPolicy {
+                #expr
             }
         });
     }
     if let Some(expr) = &s.timeout {
         let f = step_fn("timeout", s);
-        fns.extend(quote! {
+        let p_at = paths.private_at(expr.span());
+        fns.extend(quote_spanned! {expr.span()=>
             #[inline]
-            fn #f(&self) -> #p::Duration {
+            fn #f(&self) -> #p_at::Duration {
                 #expr
             }
         });
     }
+    // `&self`, though constants cannot use it: `self.n` is then reported as a value that is not
+    // constant, not as a `self` missing.
     if s.concurrency.is_some() || s.rate.is_some() {
         let f = step_fn("limits", s);
         let limits = limits(job, s, paths);
         fns.extend(quote! {
             #[inline]
-            fn #f() -> &'static #p::StepLimits {
+            fn #f(&self) -> &'static #p::StepLimits {
                 #limits
             }
         });
@@ -246,15 +250,16 @@ fn policy_fns(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
             "`for_each(.., concurrency = ..)` of step `{}` is 0: no element could run; give at least 1",
             s.name
         );
+        let p_at = paths.private_at(expr.span());
         let check = quote_spanned! {expr.span()=> {
-            let value: #p::u32 = #expr;
+            let value: #p_at::u32 = #expr;
             ::core::assert!(value > 0, #message);
             value
         }};
         let bound = constant(job, quote!(#p::u32), check, &[expr], quote!());
         fns.extend(quote! {
             #[inline]
-            fn #f() -> #p::Option<#p::u32> {
+            fn #f(&self) -> #p::Option<#p::u32> {
                 #p::Some(#bound)
             }
         });
@@ -286,14 +291,14 @@ pub(crate) fn policies_body(job: &Job<'_>, paths: &Paths) -> TokenStream {
         let limits = match s.concurrency.is_some() || s.rate.is_some() {
             true => {
                 let f = step_fn("limits", s);
-                quote!(Self::#f())
+                quote!(Self::#f(self))
             }
             false => quote!(&#p::StepLimits::NONE),
         };
         let bound = match s.for_each.as_ref().and_then(|f| f.concurrency.as_ref()) {
             Some(_) => {
                 let f = step_fn("bound", s);
-                quote!(Self::#f())
+                quote!(Self::#f(self))
             }
             None => quote!(#p::None),
         };
@@ -313,8 +318,9 @@ fn limits(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
     let p = &paths.private;
     let positive = |expr: &syn::Expr, option: &str| {
         let message = format!("`{option}` of step `{}` is 0: give at least 1", s.name);
+        let p_at = paths.private_at(expr.span());
         quote_spanned!(expr.span()=> {
-            let value: #p::u32 = #expr;
+            let value: #p_at::u32 = #expr;
             if value == 0 {
                 ::core::panic!(#message);
             }
@@ -358,7 +364,13 @@ fn constant(
         .iter()
         .any(|expr| mentions(expr.to_token_stream(), "Self"));
     if job.item.generics.params.is_empty() && !mentions_self {
-        quote!({
+        // Spanned on the user's expression: rustc's notes on a constant that failed, or that
+        // cannot use a value, point there.
+        let span = exprs
+            .first()
+            .map_or_else(proc_macro2::Span::call_site, |e| e.span());
+        let prefix = respan(prefix, span);
+        quote_spanned!(span=> {
             const __JG_VALUE: #ty = #value;
             #prefix __JG_VALUE
         })
