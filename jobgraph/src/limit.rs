@@ -9,10 +9,13 @@
 //! in order), then, while holding it, the attempt's start time under the rate. The permit is held
 //! until the attempt ends.
 //!
-//! The rate is enforced with the generic cell rate algorithm in its "virtual scheduling" form:
-//! the limiter keeps the theoretical arrival time of the next start, and each caller reserves its
-//! start time when it asks, then sleeps until then. Waiters are therefore served in order, each
-//! wakes exactly once, and none of them polls.
+//! The rate is enforced with the generic cell rate algorithm (GCRA): the limiter keeps the
+//! theoretical arrival time of the next start, and a start conforms if it is no earlier than
+//! that time minus the burst's tolerance. Waiters queue in order; the first one sleeps until its
+//! start would conform, checks again with the clock it wakes to, starts, and lets the next one
+//! through. As each start is checked when it happens, no window ever holds more than the rate
+//! plus the burst, even when the executor falls behind and polls late, and a waiter that goes
+//! away has reserved nothing: those behind it move up.
 
 use std::any::TypeId;
 use std::collections::HashMap;
@@ -456,38 +459,17 @@ pub(crate) struct StepLimiter {
     rate: Option<RateState>,
 }
 
-/// The state of a rate limit (GCRA, virtual scheduling).
+/// The state of a rate limit: the generic cell rate algorithm, checked when a start happens.
 #[derive(Debug)]
 struct RateState {
     /// The spacing of starts.
     interval: Duration,
     /// How far ahead of its theoretical time a start may happen: `interval * (burst - 1)`.
     tolerance: Duration,
-    /// The theoretical arrival time: when the next start would happen if starts were strictly
-    /// spaced. `None` until the first start.
-    tat: Mutex<Option<Instant>>,
-}
-
-/// A reserved start time; gives the slot back when dropped before the start if nobody reserved
-/// one after it.
-struct Reservation<'a> {
-    rate: &'a RateState,
-    start: Instant,
-    /// The theoretical arrival time before and after this reservation.
-    before: Option<Instant>,
-    after: Instant,
-    started: bool,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.started {
-            let mut tat = lock(&self.rate.tat);
-            if *tat == Some(self.after) {
-                *tat = self.before;
-            }
-        }
-    }
+    /// The queue of waiters, served in order; its holder alone reads and moves the theoretical
+    /// arrival time: when the next start would happen if starts were strictly spaced. `None`
+    /// until the first start.
+    tat: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl RateState {
@@ -496,26 +478,39 @@ impl RateState {
         RateState {
             interval,
             tolerance: interval.saturating_mul(rate.burst - 1),
-            tat: Mutex::new(None),
+            tat: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Reserves the next start time for a caller asking at `now`.
-    fn reserve(&self, now: Instant) -> Reservation<'_> {
-        let mut tat = lock(&self.tat);
-        let before = *tat;
-        let theoretical = before.map_or(now, |t| t.max(now));
-        let start = theoretical
-            .checked_sub(self.tolerance)
-            .map_or(now, |earliest| earliest.max(now));
-        let after = saturating_add(theoretical, self.interval);
-        *tat = Some(after);
-        Reservation {
-            rate: self,
-            start,
-            before,
-            after,
-            started: false,
+    /// Waits for the caller's turn in the queue, then until a start conforms to the rate, and
+    /// records the start. The check is made with the clock read at the start, never with a time
+    /// reserved earlier, so starts conform however late the executor polls the waiters.
+    ///
+    /// Cancel safe: a waiter that goes away, wherever it is in the queue, has reserved nothing.
+    async fn start(&self) {
+        let mut tat = self.tat.lock().await;
+        loop {
+            let now = Instant::now();
+            match self.conforms(*tat, now) {
+                Ok(next) => {
+                    *tat = Some(next);
+                    return;
+                }
+                Err(earliest) => tokio::time::sleep_until(earliest).await,
+            }
+        }
+    }
+
+    /// Whether a start at `now` conforms, given the theoretical arrival time `tat`: if so, the
+    /// theoretical arrival time after it; if not, the earliest time one would.
+    ///
+    /// With `n` starts at `t_1 <= .. <= t_n`, each conforming, `t_n - t_1 >= (n - burst) *
+    /// interval`: in any window `w`, at most `burst + w / interval` starts.
+    fn conforms(&self, tat: Option<Instant>, now: Instant) -> Result<Instant, Instant> {
+        let theoretical = tat.map_or(now, |t| t.max(now));
+        match theoretical.checked_sub(self.tolerance) {
+            Some(earliest) if earliest > now => Err(earliest),
+            _ => Ok(saturating_add(theoretical, self.interval)),
         }
     }
 }
@@ -544,13 +539,11 @@ impl StepLimiter {
     /// Waits until an attempt may start under both limits; the attempt holds the returned permit
     /// until it ends.
     ///
-    /// Takes a concurrency slot first (callers are served in order), then, holding it, reserves
-    /// the next start time under the rate and sleeps until then.
+    /// Takes a concurrency slot first (callers are served in order), then, holding it, waits for
+    /// its turn under the rate (in order too) and starts when the rate allows.
     ///
-    /// Cancel safe: dropping the future while it waits releases its concurrency slot and queue
-    /// place. A start time already reserved is given back if no later caller has reserved one
-    /// since; otherwise it is wasted (later callers keep their times, so the rate may briefly run
-    /// below its limit, never above).
+    /// Cancel safe: dropping the future while it waits releases its concurrency slot and its place
+    /// in the rate's queue; the callers behind it move up.
     pub(crate) async fn acquire(&self) -> LimitPermit {
         let permit = match &self.concurrency {
             // The semaphore is never closed, so `Err` cannot happen; it would mean no slot.
@@ -558,12 +551,7 @@ impl StepLimiter {
             None => None,
         };
         if let Some(rate) = &self.rate {
-            let now = Instant::now();
-            let mut reservation = rate.reserve(now);
-            if reservation.start > now {
-                tokio::time::sleep_until(reservation.start).await;
-            }
-            reservation.started = true;
+            rate.start().await;
         }
         LimitPermit { _slot: permit }
     }
@@ -1165,24 +1153,137 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn cancelled_rate_reservations() {
+    async fn cancelled_rate_waiters_give_their_place_back() {
         let limiter = StepLimiter::new(StepLimits::NONE.with_rate(Rate::per_second(10)));
         let t0 = Instant::now();
         drop(limiter.acquire().await);
 
-        // The last reservation is given back when its waiter goes away...
+        // The last waiter going away...
         assert_eq!(limiter.acquire().now_or_never().map(drop), None);
-        let mut next = Box::pin(limiter.acquire());
-        assert!((&mut next).now_or_never().is_none());
-
-        // ...but one with a later reservation behind it is wasted.
-        let mut after = Box::pin(limiter.acquire());
-        assert!((&mut after).now_or_never().is_none());
-        drop(next);
-        let _permit = after.await;
+        // ...and one in the middle of the queue: those behind it move up.
+        let mut first = Box::pin(limiter.acquire());
+        let mut middle = Box::pin(limiter.acquire());
+        let mut last = Box::pin(limiter.acquire());
+        for waiter in [&mut first, &mut middle, &mut last] {
+            assert!(waiter.now_or_never().is_none());
+        }
+        drop(middle);
+        let _permit = first.await;
+        assert_eq!(t0.elapsed(), Duration::from_millis(100));
+        let _permit = last.await;
         assert_eq!(t0.elapsed(), Duration::from_millis(200));
         let _permit = limiter.acquire().await;
         assert_eq!(t0.elapsed(), Duration::from_millis(300));
+    }
+
+    #[test]
+    fn a_start_conforms_within_the_burst_and_no_earlier() {
+        let rate = RateState::new(Rate::per_second(10).burst(3));
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // The first start sets the theoretical arrival time one interval on.
+        assert_eq!(rate.conforms(None, t0), Ok(at(100)));
+        // Up to `tolerance` (200ms) ahead of it conforms, and moves it on by one interval.
+        assert_eq!(rate.conforms(Some(at(200)), t0), Ok(at(300)));
+        assert_eq!(rate.conforms(Some(at(300)), t0), Err(at(100)));
+        assert_eq!(rate.conforms(Some(at(300)), at(100)), Ok(at(400)));
+        // After a quiet spell, the time of the start counts, not the old theoretical one.
+        assert_eq!(rate.conforms(Some(at(300)), at(5000)), Ok(at(5100)));
+    }
+
+    /// The most of `starts` (sorted) that fall in any closed window `width` long.
+    fn most_in_any_window(starts: &[std::time::Instant], width: Duration) -> usize {
+        (0..starts.len())
+            .map(|i| {
+                starts[i..]
+                    .iter()
+                    .take_while(|t| t.duration_since(starts[i]) <= width)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// On the real clock, a stall of the executor (here a blocking sleep inside one task of a
+    /// current-thread runtime) must not release at once every waiter whose time passed during it:
+    /// in any window `w`, at most `burst + w / interval` starts.
+    #[test]
+    fn a_stalled_executor_does_not_release_a_crowd() {
+        const WAITERS: usize = 100;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // 1000/s burst 5: any window of 5ms holds at most 5 + 5 starts.
+        let limiter = Arc::new(StepLimiter::new(
+            StepLimits::NONE.with_rate(Rate::per_second(1000).burst(5)),
+        ));
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        runtime.block_on(async {
+            let tasks: Vec<_> = (0..WAITERS)
+                .map(|i| {
+                    let (limiter, starts) = (limiter.clone(), starts.clone());
+                    tokio::spawn(async move {
+                        let _permit = limiter.acquire().await;
+                        lock(&starts).push(std::time::Instant::now());
+                        if i == 10 {
+                            // Blocks the only thread: every timer due meanwhile fires late.
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+        });
+        let mut starts = lock(&starts).clone();
+        assert_eq!(starts.len(), WAITERS);
+        starts.sort();
+        // The bound is 10. The slack of 5 absorbs a start measured late because the OS
+        // preempted this thread between the start and its measurement; a crowd released after
+        // the stall is about 50.
+        let most = most_in_any_window(&starts, Duration::from_millis(5));
+        assert!(most <= 15, "{most} starts within 5ms, at most 10 allowed");
+    }
+
+    /// On the real clock, a waiter in the middle of the queue that goes away gives its place
+    /// back: the waiter behind it starts one interval earlier.
+    #[test]
+    fn a_cancelled_waiter_in_the_middle_gives_its_place_back_on_the_real_clock() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // 2/s: starts 500ms apart.
+            let limiter = StepLimiter::new(StepLimits::NONE.with_rate(Rate::per_second(2)));
+            let t0 = std::time::Instant::now();
+            drop(limiter.acquire().await);
+            let mut first = Box::pin(limiter.acquire());
+            let mut middle = Box::pin(limiter.acquire());
+            let mut last = Box::pin(limiter.acquire());
+            for waiter in [&mut first, &mut middle, &mut last] {
+                assert!(waiter.now_or_never().is_none());
+            }
+            drop(middle);
+            let (first, last) = tokio::join!(
+                async {
+                    drop(first.await);
+                    t0.elapsed()
+                },
+                async {
+                    drop(last.await);
+                    t0.elapsed()
+                },
+            );
+            // `first` at 500ms, `last` in `middle`'s place at 1s, not 1.5s. The upper bounds
+            // leave 400ms for a loaded machine.
+            assert!(first >= Duration::from_millis(500), "{first:?}");
+            assert!(first < Duration::from_millis(900), "{first:?}");
+            assert!(last >= Duration::from_millis(1000), "{last:?}");
+            assert!(last < Duration::from_millis(1400), "{last:?}");
+        });
     }
 
     #[test]
