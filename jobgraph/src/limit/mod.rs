@@ -17,6 +17,7 @@
 //! plus the burst, even when the executor falls behind and polls late, and a waiter that goes
 //! away has reserved nothing: those behind it move up.
 
+mod grammar;
 mod limiter;
 mod rate;
 mod registry;
