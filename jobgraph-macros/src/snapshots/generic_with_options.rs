@@ -52,6 +52,7 @@ impl ::my::jobgraph::__private::fmt::Display for ReportStep {
     }
 }
 impl ::my::jobgraph::__private::JobStep for ReportStep {
+    const JOB: &'static ::my::jobgraph::__private::str = "report";
     const ALL: &'static [Self] = ReportStep::ALL;
     const STEPS: &'static [::my::jobgraph::__private::StepInfo] = &[
         ::my::jobgraph::__private::StepInfo::__new("load", &[], &[], ""),

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{Rate, StepLimits};
 
-/// Enforces the [`StepLimits`] of one step for every run sharing a [`Limits`] registry.
+/// Enforces the [`StepLimits`] of one step for every run sharing a [`LimitRegistry`](super::LimitRegistry).
 #[derive(Debug)]
 pub(crate) struct StepLimiter {
     limits: StepLimits,

@@ -3,11 +3,16 @@
 //! `#[step(concurrency = 4)]` allows at most 4 attempts of the step in flight at once, across all
 //! runs of the job in the process; `#[step(rate = "10/s", burst = 5)]` lets attempts start no
 //! faster than 10 per second, up to 5 at once after a quiet spell. The limits live in a
-//! [`Limits`] registry ([`Limits::global`] by default), which can also override them at run time.
+//! [`LimitRegistry`] ([`LimitRegistry::global`] by default), keyed by job and step name, which
+//! can also override them at run time.
 //!
 //! Before each attempt the runtime takes a permit: first a concurrency slot (waiters are served
-//! in order), then, while holding it, the attempt's start time under the rate. The permit is held
-//! until the attempt ends.
+//! in order), then, while holding it, its start under the rate. The permit is held until the
+//! attempt ends.
+//!
+//! The files: `rate.rs` ([`Rate`]) reads rates with `grammar.rs`, which the `#[job]` macro
+//! shares; `limiter.rs` enforces one step's [`StepLimits`]; `registry.rs` holds the limiters
+//! and the overrides.
 //!
 //! The rate is enforced with the generic cell rate algorithm (GCRA): the limiter keeps the
 //! theoretical arrival time of the next start, and a start conforms if it is no earlier than
@@ -28,45 +33,59 @@ use std::time::Duration;
 
 pub(crate) use limiter::StepLimiter;
 pub use rate::{Rate, RateParseError};
-pub use registry::Limits;
+pub use registry::LimitRegistry;
 
-/// Why a limit could not be built or set: a zero where at least 1 is needed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// The former name of [`LimitRegistry`], kept while `run.rs`, `runner.rs` and the fan-out tests
+/// still say `Limits`; remove it with their last mention.
+#[doc(hidden)]
+pub use registry::LimitRegistry as Limits;
+
+/// A limit of zero where at least 1 is needed: under it, nothing could ever run.
+///
+/// The one error of a zero limit, given at run time: a step's concurrency
+/// ([`LimitRegistry::set_concurrency`]), a rate's count, period or burst ([`Rate::try_new`],
+/// [`Rate::try_burst`]) or a batch's concurrency
+/// ([`Batch::try_concurrency`](crate::Batch::try_concurrency)). A zero written in
+/// `#[step(..)]` is a compile error instead, and a zero in a rate string a [`RateParseError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum LimitError {
-    /// [`Limits::set_concurrency`] was given 0.
+pub enum ZeroLimit {
+    /// A step's concurrency limit of 0.
     #[error(
         "concurrency limit of step `{step}` is zero: at least 1 attempt must be allowed in flight, or the step never runs"
     )]
-    ZeroConcurrency {
+    StepConcurrency {
         /// The step's name.
         step: &'static str,
     },
-    /// [`Rate::try_new`] was given a count of 0.
+    /// A batch's concurrency of 0.
+    #[error("a batch's concurrency must be at least 1: with 0, no run could ever start")]
+    BatchConcurrency,
+    /// A rate's count of 0.
     #[error(
         "rate of 0 per {period:?} is zero: at least 1 start per period must be allowed, or the step never runs"
     )]
-    ZeroCount {
+    RateCount {
         /// The period the count was given for.
         period: Duration,
     },
-    /// [`Rate::try_new`] was given a zero period.
+    /// A rate's period of zero.
     #[error("rate of {count} per 0s has a zero period: the period must be longer than zero")]
-    ZeroPeriod {
+    RatePeriod {
         /// The count that was given.
         count: u32,
     },
-    /// [`Rate::try_burst`] was given 0.
+    /// A rate's burst of 0.
     #[error(
         "burst of 0: the burst is how many attempts may start at once after a quiet spell, at least 1"
     )]
-    ZeroBurst,
+    Burst,
 }
 
 /// The limits of one step: a concurrency limit, a rate limit, both or neither.
 ///
 /// `#[step(concurrency = .., rate = .., burst = ..)]` compiles into a `const` of this type; it is
-/// also what [`Limits`] overrides are combined into.
+/// also what [`LimitRegistry`] overrides are combined into.
 ///
 /// ```
 /// use jobgraph::{Rate, StepLimits};
@@ -113,7 +132,7 @@ impl StepLimits {
     /// # Panics
     ///
     /// If `n` is 0 (a compile error in a `const`). At run time, use
-    /// [`Limits::set_concurrency`], which returns an error instead.
+    /// [`LimitRegistry::set_concurrency`], which returns an error instead.
     pub const fn with_concurrency(self, n: u32) -> Self {
         match NonZeroU32::new(n) {
             Some(n) => StepLimits {

@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::LimitError;
+use super::ZeroLimit;
 use super::grammar::{self, RateSyntax, RateSyntaxError, UNITS};
 
 /// A rate limit: at most `count` starts per `period`, with an optional burst.
@@ -70,7 +70,7 @@ impl Rate {
     pub const fn new(count: u32, period: Duration) -> Self {
         match Self::try_new(count, period) {
             Ok(rate) => rate,
-            Err(LimitError::ZeroCount { .. }) => {
+            Err(ZeroLimit::RateCount { .. }) => {
                 panic!("Rate: the count is zero; at least 1 start per period must be allowed")
             }
             Err(_) => panic!("Rate: the period is zero; it must be longer than zero"),
@@ -78,12 +78,12 @@ impl Rate {
     }
 
     /// `count` starts per `period`, strictly spaced (burst 1), or an error if either is zero.
-    pub const fn try_new(count: u32, period: Duration) -> Result<Self, LimitError> {
+    pub const fn try_new(count: u32, period: Duration) -> Result<Self, ZeroLimit> {
         let Some(count) = NonZeroU32::new(count) else {
-            return Err(LimitError::ZeroCount { period });
+            return Err(ZeroLimit::RateCount { period });
         };
         if period.is_zero() {
-            return Err(LimitError::ZeroPeriod { count: count.get() });
+            return Err(ZeroLimit::RatePeriod { count: count.get() });
         }
         Ok(Rate {
             count,
@@ -105,10 +105,10 @@ impl Rate {
     }
 
     /// Like [`burst`](Rate::burst), but returns an error for 0.
-    pub const fn try_burst(self, n: u32) -> Result<Self, LimitError> {
+    pub const fn try_burst(self, n: u32) -> Result<Self, ZeroLimit> {
         match NonZeroU32::new(n) {
             Some(burst) => Ok(Rate { burst, ..self }),
-            None => Err(LimitError::ZeroBurst),
+            None => Err(ZeroLimit::Burst),
         }
     }
 
@@ -243,7 +243,7 @@ mod tests {
         );
         assert_eq!(
             Rate::try_new(0, Duration::from_secs(1)),
-            Err(LimitError::ZeroCount {
+            Err(ZeroLimit::RateCount {
                 period: Duration::from_secs(1)
             })
         );
@@ -251,7 +251,7 @@ mod tests {
             Rate::try_new(5, Duration::ZERO).unwrap_err().to_string(),
             "rate of 5 per 0s has a zero period: the period must be longer than zero"
         );
-        assert_eq!(Rate::per_second(1).try_burst(0), Err(LimitError::ZeroBurst));
+        assert_eq!(Rate::per_second(1).try_burst(0), Err(ZeroLimit::Burst));
         assert!(std::panic::catch_unwind(|| Rate::per_second(0)).is_err());
     }
 }

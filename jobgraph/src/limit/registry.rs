@@ -1,22 +1,22 @@
-//! [`Limits`]: the registry of step limiters that runs share, and its overrides.
+//! [`LimitRegistry`]: the step limiters that runs share, keyed by job and step name, and their
+//! overrides.
 
-use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use super::{LimitError, Rate, StepLimiter, StepLimits};
+use super::{Rate, StepLimiter, StepLimits, ZeroLimit};
 use crate::JobStep;
 
-/// A step's place in a registry: its enum's type and its index.
-type Key = (TypeId, usize);
+/// A step's place in a registry: its job's name and its own, which a store can keep.
+type Key = (&'static str, &'static str);
 
 /// What a registry knows of one step.
 #[derive(Debug, Default)]
 struct Entry {
-    /// Overrides set through [`Limits`]; each replaces the declared limit of its kind.
+    /// Overrides set through [`LimitRegistry`]; each replaces the declared limit of its kind.
     concurrency: Option<NonZeroU32>,
     rate: Option<Rate>,
     /// The limiter of the effective limits, created on first use.
@@ -39,36 +39,40 @@ struct Registry {
     overridden: AtomicBool,
 }
 
-/// The registry of step limiters shared by runs: one limiter per step of each job type.
+/// The registry of step limiters shared by runs: one limiter per step of each job.
 ///
-/// Runs use [`Limits::global`] unless told otherwise, so the limits of a step hold across every
-/// run of its job in the process. [`Limits::new`] makes an independent registry, for tests or for
+/// A step is known by its job's name ([`Job::NAME`](crate::Job::NAME)) and its own, as a store
+/// would know it, so two job types given the same `#[job(name = "..")]` share their limits.
+///
+/// Runs use [`LimitRegistry::global`] unless told otherwise, so the limits of a step hold across every
+/// run of its job in the process. [`LimitRegistry::new`] makes an independent registry, for tests or for
 /// a subsystem whose runs should not share limits with the rest. Clones share their state.
 ///
 /// # Overrides
 ///
-/// [`set_concurrency`](Limits::set_concurrency) and [`set_rate`](Limits::set_rate) replace the
+/// [`set_concurrency`](LimitRegistry::set_concurrency) and [`set_rate`](LimitRegistry::set_rate) replace the
 /// step's `#[step(..)]` limit of that kind (or add one it did not declare) for every run using
-/// this registry; [`clear`](Limits::clear) returns to the declared limits. A change applies to
+/// this registry; [`clear`](LimitRegistry::clear) returns to the declared limits. A change applies to
 /// permits asked for after it: they come from a new limiter. Permits already held or waited for
 /// under the old limits stay valid and do not count against the new ones, so just after a change,
 /// attempts of both may be in flight together.
 ///
 /// ```
-/// use jobgraph::{Limits, Rate};
+/// use jobgraph::{LimitRegistry, Rate};
 /// # #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 /// # enum ReportStep { Fetch }
 /// # impl std::fmt::Display for ReportStep {
 /// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("fetch") }
 /// # }
 /// # impl jobgraph::JobStep for ReportStep {
+/// #     const JOB: &'static str = "Report";
 /// #     const ALL: &'static [Self] = &[ReportStep::Fetch];
 /// #     const STEPS: &'static [jobgraph::StepInfo] = &[];
 /// #     fn name(self) -> &'static str { "fetch" }
 /// #     fn index(self) -> usize { 0 }
 /// # }
 ///
-/// let limits = Limits::new();
+/// let limits = LimitRegistry::new();
 /// limits.set_concurrency(ReportStep::Fetch, 2).unwrap();
 /// limits.set_rate(ReportStep::Fetch, "5/s".parse().unwrap());
 /// assert_eq!(
@@ -78,35 +82,35 @@ struct Registry {
 /// limits.clear(ReportStep::Fetch);
 /// ```
 #[derive(Clone, Default)]
-pub struct Limits {
+pub struct LimitRegistry {
     inner: Arc<Registry>,
 }
 
-impl Limits {
+impl LimitRegistry {
     /// A new registry, independent of every other.
     pub fn new() -> Self {
-        Limits::default()
+        LimitRegistry::default()
     }
 
     /// The process-wide registry, which runs use unless given another.
-    pub fn global() -> &'static Limits {
-        static GLOBAL: OnceLock<Limits> = OnceLock::new();
-        GLOBAL.get_or_init(Limits::new)
+    pub fn global() -> &'static LimitRegistry {
+        static GLOBAL: OnceLock<LimitRegistry> = OnceLock::new();
+        GLOBAL.get_or_init(LimitRegistry::new)
     }
 
     /// Allows at most `n` attempts of `step` in flight at once, whatever its `#[step]` declares.
     ///
-    /// Applies to permits asked for after the call (see [Overrides](Limits#overrides)). Returns
+    /// Applies to permits asked for after the call (see [Overrides](LimitRegistry#overrides)). Returns
     /// an error, changing nothing, if `n` is 0.
-    pub fn set_concurrency<S: JobStep>(&self, step: S, n: u32) -> Result<(), LimitError> {
-        let n = NonZeroU32::new(n).ok_or(LimitError::ZeroConcurrency { step: step.name() })?;
+    pub fn set_concurrency<S: JobStep>(&self, step: S, n: u32) -> Result<(), ZeroLimit> {
+        let n = NonZeroU32::new(n).ok_or(ZeroLimit::StepConcurrency { step: step.name() })?;
         self.entry(step, |entry| entry.concurrency = Some(n));
         Ok(())
     }
 
     /// Lets attempts of `step` start no faster than `rate`, whatever its `#[step]` declares.
     ///
-    /// Applies to permits asked for after the call (see [Overrides](Limits#overrides)).
+    /// Applies to permits asked for after the call (see [Overrides](LimitRegistry#overrides)).
     pub fn set_rate<S: JobStep>(&self, step: S, rate: Rate) {
         self.entry(step, |entry| entry.rate = Some(rate));
     }
@@ -181,7 +185,7 @@ impl Limits {
     }
 }
 
-impl fmt::Debug for Limits {
+impl fmt::Debug for LimitRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let steps = self.lock();
         let overrides = steps
@@ -189,7 +193,7 @@ impl fmt::Debug for Limits {
             .filter(|e| e.concurrency.is_some() || e.rate.is_some())
             .count();
         let limiters = steps.values().filter(|e| e.limiter.is_some()).count();
-        f.debug_struct("Limits")
+        f.debug_struct("LimitRegistry")
             .field("limiters", &limiters)
             .field("overrides", &overrides)
             .finish()
@@ -198,7 +202,7 @@ impl fmt::Debug for Limits {
 
 /// The registry key of `step`.
 fn key<S: JobStep>(step: S) -> Key {
-    (TypeId::of::<S>(), step.index())
+    (S::JOB, step.name())
 }
 
 /// Locks `mutex`, ignoring poisoning: no critical section in this module can leave the data
@@ -227,6 +231,7 @@ mod tests {
     }
 
     impl JobStep for Step {
+        const JOB: &'static str = "crawl";
         const ALL: &'static [Self] = &[Step::Fetch, Step::Parse];
         const STEPS: &'static [StepInfo] = &[
             StepInfo::__new("fetch", &[], &[], ""),
@@ -243,20 +248,24 @@ mod tests {
         }
     }
 
-    /// Another job's steps: same indices, different type.
+    /// A step `fetch` of the job named `JOB`: another type for each name.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    enum OtherStep {
+    enum FetchOf<const JOB: char> {
         Fetch,
     }
 
-    impl fmt::Display for OtherStep {
+    impl<const JOB: char> fmt::Display for FetchOf<JOB> {
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("fetch")
         }
     }
 
-    impl JobStep for OtherStep {
-        const ALL: &'static [Self] = &[OtherStep::Fetch];
+    impl<const JOB: char> JobStep for FetchOf<JOB> {
+        const JOB: &'static str = match JOB {
+            'c' => "crawl",
+            _ => "other",
+        };
+        const ALL: &'static [Self] = &[FetchOf::Fetch];
         const STEPS: &'static [StepInfo] = &[StepInfo::__new("fetch", &[], &[], "")];
         fn name(self) -> &'static str {
             "fetch"
@@ -266,11 +275,14 @@ mod tests {
         }
     }
 
+    /// `fetch` of another job, `other`.
+    type OtherStep = FetchOf<'o'>;
+
     const CONCURRENCY_2: StepLimits = StepLimits::NONE.with_concurrency(2);
 
     #[test]
     fn registry_shares_one_limiter_per_step() {
-        let limits = Limits::new();
+        let limits = LimitRegistry::new();
         let a = limits.limiter(Step::Fetch, &CONCURRENCY_2).unwrap();
         let b = limits.limiter(Step::Fetch, &CONCURRENCY_2).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
@@ -279,7 +291,7 @@ mod tests {
             &limits.clone().limiter(Step::Fetch, &CONCURRENCY_2).unwrap()
         ));
 
-        // Another step, or the same index of another job, has its own.
+        // Another step, or the step of the same name of another job, has its own.
         let parse = limits.limiter(Step::Parse, &CONCURRENCY_2).unwrap();
         let other = limits.limiter(OtherStep::Fetch, &CONCURRENCY_2).unwrap();
         assert!(!Arc::ptr_eq(&a, &parse));
@@ -290,21 +302,24 @@ mod tests {
         assert!(limits.limiter(Step::Parse, &StepLimits::NONE).is_none());
 
         // Another registry is independent.
-        let fresh = Limits::new();
+        let fresh = LimitRegistry::new();
         assert!(!Arc::ptr_eq(
             &a,
             &fresh.limiter(Step::Fetch, &CONCURRENCY_2).unwrap()
         ));
-        assert!(std::ptr::eq(Limits::global(), Limits::global()));
+        assert!(std::ptr::eq(
+            LimitRegistry::global(),
+            LimitRegistry::global()
+        ));
         assert_eq!(
             format!("{limits:?}"),
-            "Limits { limiters: 3, overrides: 0 }"
+            "LimitRegistry { limiters: 3, overrides: 0 }"
         );
     }
 
     #[test]
     fn overrides_win() {
-        let limits = Limits::new();
+        let limits = LimitRegistry::new();
         let declared = StepLimits::NONE.with_concurrency(4);
         let old = limits.limiter(Step::Fetch, &declared).unwrap();
         let held = old.acquire().now_or_never().unwrap();
@@ -333,7 +348,7 @@ mod tests {
             StepLimits::NONE.with_rate(Rate::per_minute(1))
         );
         assert!(
-            Limits::new()
+            LimitRegistry::new()
                 .limiter(Step::Parse, &StepLimits::NONE)
                 .is_none()
         );
@@ -341,7 +356,7 @@ mod tests {
         // Zero is refused, changing nothing.
         assert_eq!(
             limits.set_concurrency(Step::Fetch, 0),
-            Err(LimitError::ZeroConcurrency { step: "fetch" })
+            Err(ZeroLimit::StepConcurrency { step: "fetch" })
         );
         assert_eq!(
             limits.limiter(Step::Fetch, &declared).unwrap().limits(),
@@ -365,5 +380,27 @@ mod tests {
             &limits.limiter(Step::Fetch, &declared).unwrap()
         ));
         assert_eq!(same.limits(), declared);
+    }
+
+    /// A step is known by its job's name and its own, as a store would know it, not by the type
+    /// of its enum: the same names share a limiter and its overrides.
+    #[test]
+    fn steps_are_keyed_by_job_and_step_name() {
+        type SameNames = FetchOf<'c'>;
+        let limits = LimitRegistry::new();
+        let fetch = limits.limiter(Step::Fetch, &CONCURRENCY_2).unwrap();
+        let same = limits.limiter(SameNames::Fetch, &CONCURRENCY_2).unwrap();
+        assert!(Arc::ptr_eq(&fetch, &same));
+
+        limits.set_concurrency(SameNames::Fetch, 1).unwrap();
+        assert_eq!(
+            limits
+                .limiter(Step::Fetch, &CONCURRENCY_2)
+                .unwrap()
+                .limits(),
+            StepLimits::NONE.with_concurrency(1)
+        );
+        let other = limits.limiter(OtherStep::Fetch, &CONCURRENCY_2).unwrap();
+        assert_eq!(other.limits(), CONCURRENCY_2);
     }
 }
