@@ -9,69 +9,15 @@ use tokio::time::Instant;
 
 use super::{Rate, StepLimits};
 
-/// Enforces the [`StepLimits`] of one step for every run sharing a [`LimitRegistry`](super::LimitRegistry).
+/// Enforces the [`StepLimits`] of one step for every run sharing a
+/// [`LimitRegistry`](super::LimitRegistry).
 #[derive(Debug)]
 pub(crate) struct StepLimiter {
     limits: StepLimits,
     /// The concurrency slots, and how many there are.
     concurrency: Option<(Arc<Semaphore>, usize)>,
-    rate: Option<RateState>,
-}
-
-/// The state of a rate limit: the generic cell rate algorithm, checked when a start happens.
-#[derive(Debug)]
-struct RateState {
-    /// The spacing of starts.
-    interval: Duration,
-    /// How far ahead of its theoretical time a start may happen: `interval * (burst - 1)`.
-    tolerance: Duration,
-    /// The queue of waiters, served in order; its holder alone reads and moves the theoretical
-    /// arrival time: when the next start would happen if starts were strictly spaced. `None`
-    /// until the first start.
-    tat: tokio::sync::Mutex<Option<Instant>>,
-}
-
-impl RateState {
-    fn new(rate: Rate) -> Self {
-        let interval = rate.interval();
-        RateState {
-            interval,
-            tolerance: interval.saturating_mul(rate.burst_size() - 1),
-            tat: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// Waits for the caller's turn in the queue, then until a start conforms to the rate, and
-    /// records the start. The check is made with the clock read at the start, never with a time
-    /// reserved earlier, so starts conform however late the executor polls the waiters.
-    ///
-    /// Cancel safe: a waiter that goes away, wherever it is in the queue, has reserved nothing.
-    async fn start(&self) {
-        let mut tat = self.tat.lock().await;
-        loop {
-            let now = Instant::now();
-            match self.conforms(*tat, now) {
-                Ok(next) => {
-                    *tat = Some(next);
-                    return;
-                }
-                Err(earliest) => tokio::time::sleep_until(earliest).await,
-            }
-        }
-    }
-
-    /// Whether a start at `now` conforms, given the theoretical arrival time `tat`: if so, the
-    /// theoretical arrival time after it; if not, the earliest time one would.
-    ///
-    /// With `n` starts at `t_1 <= .. <= t_n`, each conforming, `t_n - t_1 >= (n - burst) *
-    /// interval`: in any window `w`, at most `burst + w / interval` starts.
-    fn conforms(&self, tat: Option<Instant>, now: Instant) -> Result<Instant, Instant> {
-        let theoretical = tat.map_or(now, |t| t.max(now));
-        match theoretical.checked_sub(self.tolerance) {
-            Some(earliest) if earliest > now => Err(earliest),
-            _ => Ok(saturating_add(theoretical, self.interval)),
-        }
-    }
+    /// The rate's queue of waiters.
+    rate: Option<RateQueue>,
 }
 
 impl StepLimiter {
@@ -85,7 +31,7 @@ impl StepLimiter {
         StepLimiter {
             limits,
             concurrency,
-            rate: limits.rate.map(RateState::new),
+            rate: limits.rate.map(RateQueue::new),
         }
     }
 
@@ -138,6 +84,63 @@ impl StepLimiter {
 #[must_use = "the attempt's concurrency slot is released as soon as the permit is dropped"]
 pub(crate) struct LimitPermit {
     _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// A rate limit: waiters queue, and each starts when the generic cell rate algorithm allows,
+/// checked when the start happens.
+#[derive(Debug)]
+struct RateQueue {
+    /// The spacing of starts.
+    interval: Duration,
+    /// How far ahead of its theoretical time a start may happen: `interval * (burst - 1)`.
+    tolerance: Duration,
+    /// The queue of waiters, served in order; its holder alone reads and moves the theoretical
+    /// arrival time: when the next start would happen if starts were strictly spaced. `None`
+    /// until the first start.
+    tat: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl RateQueue {
+    fn new(rate: Rate) -> Self {
+        let interval = rate.interval();
+        RateQueue {
+            interval,
+            tolerance: interval.saturating_mul(rate.burst_size() - 1),
+            tat: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Waits for the caller's turn in the queue, then until a start conforms to the rate, and
+    /// records the start. The check is made with the clock read at the start, never with a time
+    /// reserved earlier, so starts conform however late the executor polls the waiters.
+    ///
+    /// Cancel safe: a waiter that goes away, wherever it is in the queue, has reserved nothing.
+    async fn start(&self) {
+        let mut tat = self.tat.lock().await;
+        loop {
+            let now = Instant::now();
+            match self.conforms(*tat, now) {
+                Ok(next) => {
+                    *tat = Some(next);
+                    return;
+                }
+                Err(earliest) => tokio::time::sleep_until(earliest).await,
+            }
+        }
+    }
+
+    /// Whether a start at `now` conforms, given the theoretical arrival time `tat`: if so, the
+    /// theoretical arrival time after it; if not, the earliest time one would.
+    ///
+    /// With `n` starts at `t_1 <= .. <= t_n`, each conforming, `t_n - t_1 >= (n - burst) *
+    /// interval`: in any window `w`, at most `burst + w / interval` starts.
+    fn conforms(&self, tat: Option<Instant>, now: Instant) -> Result<Instant, Instant> {
+        let theoretical = tat.map_or(now, |t| t.max(now));
+        match theoretical.checked_sub(self.tolerance) {
+            Some(earliest) if earliest > now => Err(earliest),
+            _ => Ok(saturating_add(theoretical, self.interval)),
+        }
+    }
 }
 
 /// `t + d`, or as far after `t` as an `Instant` goes (at most about 30 years).
@@ -331,7 +334,7 @@ mod tests {
 
     #[test]
     fn a_start_conforms_within_the_burst_and_no_earlier() {
-        let rate = RateState::new(Rate::per_second(10).burst(3));
+        let rate = RateQueue::new(Rate::per_second(10).burst(3));
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         // The first start sets the theoretical arrival time one interval on.

@@ -10,67 +10,36 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use super::{Rate, StepLimiter, StepLimits, ZeroLimit};
 use crate::JobStep;
 
-/// A step's place in a registry: its job's name and its own, which a store can keep.
-type Key = (&'static str, &'static str);
-
-/// What a registry knows of one step.
-#[derive(Debug, Default)]
-struct Entry {
-    /// Overrides set through [`LimitRegistry`]; each replaces the declared limit of its kind.
-    concurrency: Option<NonZeroU32>,
-    rate: Option<Rate>,
-    /// The limiter of the effective limits, created on first use.
-    limiter: Option<Arc<StepLimiter>>,
-}
-
-impl Entry {
-    fn effective(&self, declared: &StepLimits) -> StepLimits {
-        StepLimits {
-            concurrency: self.concurrency.or(declared.concurrency),
-            rate: self.rate.or(declared.rate),
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Registry {
-    steps: Mutex<HashMap<Key, Entry>>,
-    /// Set once any override was made: until then a step without declared limits needs no lock.
-    overridden: AtomicBool,
-}
-
 /// The registry of step limiters shared by runs: one limiter per step of each job.
 ///
 /// A step is known by its job's name ([`Job::NAME`](crate::Job::NAME)) and its own, as a store
 /// would know it, so two job types given the same `#[job(name = "..")]` share their limits.
 ///
-/// Runs use [`LimitRegistry::global`] unless told otherwise, so the limits of a step hold across every
-/// run of its job in the process. [`LimitRegistry::new`] makes an independent registry, for tests or for
-/// a subsystem whose runs should not share limits with the rest. Clones share their state.
+/// Runs use [`LimitRegistry::global`] unless told otherwise, so the limits of a step hold across
+/// every run of its job in the process. [`LimitRegistry::new`] makes an independent registry, for
+/// tests or for a subsystem whose runs should not share limits with the rest. Clones share their
+/// state.
 ///
 /// # Overrides
 ///
-/// [`set_concurrency`](LimitRegistry::set_concurrency) and [`set_rate`](LimitRegistry::set_rate) replace the
-/// step's `#[step(..)]` limit of that kind (or add one it did not declare) for every run using
-/// this registry; [`clear`](LimitRegistry::clear) returns to the declared limits. A change applies to
-/// permits asked for after it: they come from a new limiter. Permits already held or waited for
-/// under the old limits stay valid and do not count against the new ones, so just after a change,
-/// attempts of both may be in flight together.
+/// [`set_concurrency`](LimitRegistry::set_concurrency) and
+/// [`set_rate`](LimitRegistry::set_rate) replace the step's `#[step(..)]` limit of that kind (or
+/// add one it did not declare) for every run using this registry;
+/// [`clear`](LimitRegistry::clear) returns to the declared limits. A change applies to permits
+/// asked for after it: they come from a new limiter. Permits already held or waited for under the
+/// old limits stay valid and do not count against the new ones, so just after a change, attempts
+/// of both may be in flight together.
 ///
 /// ```
-/// use jobgraph::{LimitRegistry, Rate};
-/// # #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-/// # enum ReportStep { Fetch }
-/// # impl std::fmt::Display for ReportStep {
-/// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("fetch") }
-/// # }
-/// # impl jobgraph::JobStep for ReportStep {
-/// #     const JOB: &'static str = "Report";
-/// #     const ALL: &'static [Self] = &[ReportStep::Fetch];
-/// #     const STEPS: &'static [jobgraph::StepInfo] = &[];
-/// #     fn name(self) -> &'static str { "fetch" }
-/// #     fn index(self) -> usize { 0 }
-/// # }
+/// use jobgraph::{job, LimitRegistry};
+///
+/// struct Report;
+///
+/// #[job]
+/// impl Report {
+///     #[step(concurrency = 4)]
+///     async fn fetch(&self) {}
+/// }
 ///
 /// let limits = LimitRegistry::new();
 /// limits.set_concurrency(ReportStep::Fetch, 2).unwrap();
@@ -83,7 +52,7 @@ struct Registry {
 /// ```
 #[derive(Clone, Default)]
 pub struct LimitRegistry {
-    inner: Arc<Registry>,
+    inner: Arc<Shared>,
 }
 
 impl LimitRegistry {
@@ -198,6 +167,36 @@ impl fmt::Debug for LimitRegistry {
             .field("overrides", &overrides)
             .finish()
     }
+}
+
+/// A step's place in a registry: its job's name and its own, which a store can keep.
+type Key = (&'static str, &'static str);
+
+/// What a registry knows of one step.
+#[derive(Debug, Default)]
+struct Entry {
+    /// Overrides set through [`LimitRegistry`]; each replaces the declared limit of its kind.
+    concurrency: Option<NonZeroU32>,
+    rate: Option<Rate>,
+    /// The limiter of the effective limits, created on first use.
+    limiter: Option<Arc<StepLimiter>>,
+}
+
+impl Entry {
+    fn effective(&self, declared: &StepLimits) -> StepLimits {
+        StepLimits {
+            concurrency: self.concurrency.or(declared.concurrency),
+            rate: self.rate.or(declared.rate),
+        }
+    }
+}
+
+/// The state that a registry's clones share.
+#[derive(Debug, Default)]
+struct Shared {
+    steps: Mutex<HashMap<Key, Entry>>,
+    /// Set once any override was made: until then a step without declared limits needs no lock.
+    overridden: AtomicBool,
 }
 
 /// The registry key of `step`.
