@@ -447,7 +447,7 @@ fn most_in_any_window(starts: &[std::time::Instant], width: Duration) -> usize {
 }
 
 /// After the executor stalls, runs whose turn passed during the stall still start at the rate:
-/// in any window `w`, at most `burst + w / interval`, on the real clock.
+/// in any window `w`, at most `burst + 1 + w / interval`, on the real clock.
 #[test]
 fn rates_hold_on_the_real_clock_after_the_executor_stalls() {
     const RUNS: usize = 200;
@@ -470,10 +470,10 @@ fn rates_hold_on_the_real_clock_after_the_executor_stalls() {
     let mut starts = starts.lock().unwrap().clone();
     assert_eq!(starts.len(), RUNS);
     starts.sort();
-    // The bound is 5 + 10 = 15; the slack of 10 absorbs starts measured late on a loaded
+    // The bound is 5 + 1 + 10 = 16; the slack of 9 absorbs starts measured late on a loaded
     // machine. Releasing every run whose turn passed during the stall starts about 50 at once.
     let most = most_in_any_window(&starts, ms(10));
-    assert!(most <= 25, "{most} starts within 10ms, at most 15 allowed");
+    assert!(most <= 25, "{most} starts within 10ms, at most 16 allowed");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -117,14 +117,18 @@ impl RateQueue {
     /// Cancel safe: a waiter that goes away, wherever it is in the queue, has reserved nothing.
     async fn start(&self) {
         let mut tat = self.tat.lock().await;
+        let mut slept = false;
         loop {
             let now = Instant::now();
-            match self.conforms(*tat, now) {
+            match self.conforms(*tat, now, slept) {
                 Ok(next) => {
                     *tat = Some(next);
                     return;
                 }
-                Err(earliest) => tokio::time::sleep_until(earliest).await,
+                Err(earliest) => {
+                    tokio::time::sleep_until(earliest).await;
+                    slept = true;
+                }
             }
         }
     }
@@ -132,14 +136,33 @@ impl RateQueue {
     /// Whether a start at `now` conforms, given the theoretical arrival time `tat`: if so, the
     /// theoretical arrival time after it; if not, the earliest time one would.
     ///
-    /// With `n` starts at `t_1 <= .. <= t_n`, each conforming, `t_n - t_1 >= (n - burst) *
-    /// interval`: in any window `w`, at most `burst + w / interval` starts.
-    fn conforms(&self, tat: Option<Instant>, now: Instant) -> Result<Instant, Instant> {
-        let theoretical = tat.map_or(now, |t| t.max(now));
-        match theoretical.checked_sub(self.tolerance) {
-            Some(earliest) if earliest > now => Err(earliest),
-            _ => Ok(saturating_add(theoretical, self.interval)),
+    /// A start that `slept` until it would conform is counted as starting when it could have,
+    /// up to one interval before `now`: tokio's timer wakes a sleeper up to a millisecond late,
+    /// and without this the lateness would be lost at every start, and a strictly spaced rate
+    /// of 500/s would run at about 330/s. Lateness beyond an interval (a stalled executor) is
+    /// lost, as it must be.
+    ///
+    /// The bound this keeps: the times counted, `c_k`, are those of the generic cell rate
+    /// algorithm, so `c_n - c_1 >= (n - burst) * interval`; each start happens at most one
+    /// interval after its `c_k`; so any window `w` holds at most `burst + 1 + w / interval`
+    /// starts: the rate plus the burst, and one start more.
+    fn conforms(
+        &self,
+        tat: Option<Instant>,
+        now: Instant,
+        slept: bool,
+    ) -> Result<Instant, Instant> {
+        if let Some(earliest) = tat.and_then(|t| t.checked_sub(self.tolerance))
+            && earliest > now
+        {
+            return Err(earliest);
         }
+        let counted = match now.checked_sub(self.interval) {
+            Some(earlier) if slept => earlier,
+            _ => now,
+        };
+        let from = tat.map_or(now, |t| t.max(counted));
+        Ok(saturating_add(from, self.interval))
     }
 }
 
@@ -335,16 +358,31 @@ mod tests {
     #[test]
     fn a_start_conforms_within_the_burst_and_no_earlier() {
         let rate = RateQueue::new(Rate::per_second(10).burst(3));
-        let t0 = Instant::now();
+        let t0 = Instant::now() + Duration::from_secs(1);
         let at = |ms| t0 + Duration::from_millis(ms);
         // The first start sets the theoretical arrival time one interval on.
-        assert_eq!(rate.conforms(None, t0), Ok(at(100)));
+        assert_eq!(rate.conforms(None, t0, false), Ok(at(100)));
         // Up to `tolerance` (200ms) ahead of it conforms, and moves it on by one interval.
-        assert_eq!(rate.conforms(Some(at(200)), t0), Ok(at(300)));
-        assert_eq!(rate.conforms(Some(at(300)), t0), Err(at(100)));
-        assert_eq!(rate.conforms(Some(at(300)), at(100)), Ok(at(400)));
+        assert_eq!(rate.conforms(Some(at(200)), t0, false), Ok(at(300)));
+        assert_eq!(rate.conforms(Some(at(300)), t0, false), Err(at(100)));
+        assert_eq!(rate.conforms(Some(at(300)), at(100), true), Ok(at(400)));
         // After a quiet spell, the time of the start counts, not the old theoretical one.
-        assert_eq!(rate.conforms(Some(at(300)), at(5000)), Ok(at(5100)));
+        assert_eq!(rate.conforms(Some(at(300)), at(5000), false), Ok(at(5100)));
+    }
+
+    #[test]
+    fn a_sleeper_woken_late_keeps_up_to_one_interval_of_its_lateness() {
+        let rate = RateQueue::new(Rate::per_second(10));
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Due at 100ms, woken at 101ms: the next is due at 200ms, not 201ms.
+        assert_eq!(rate.conforms(Some(at(100)), at(101), true), Ok(at(200)));
+        // Woken 50ms late: still counted from when it could have started.
+        assert_eq!(rate.conforms(Some(at(100)), at(150), true), Ok(at(200)));
+        // Woken 300ms late (the executor stalled): counted from one interval before the start.
+        assert_eq!(rate.conforms(Some(at(100)), at(400), true), Ok(at(400)));
+        // A start that did not sleep is counted when it happens.
+        assert_eq!(rate.conforms(Some(at(100)), at(150), false), Ok(at(250)));
     }
 
     /// The most of `starts` (sorted) that fall in any closed window `width` long.
@@ -362,7 +400,7 @@ mod tests {
 
     /// On the real clock, a stall of the executor (here a blocking sleep inside one task of a
     /// current-thread runtime) must not release at once every waiter whose time passed during it:
-    /// in any window `w`, at most `burst + w / interval` starts.
+    /// in any window `w`, at most `burst + 1 + w / interval` starts.
     #[test]
     fn a_stalled_executor_does_not_release_a_crowd() {
         const WAITERS: usize = 100;
@@ -370,7 +408,7 @@ mod tests {
             .enable_time()
             .build()
             .unwrap();
-        // 1000/s burst 5: any window of 5ms holds at most 5 + 5 starts.
+        // 1000/s burst 5: any window of 5ms holds at most 5 + 1 + 5 starts.
         let limiter = Arc::new(StepLimiter::new(
             StepLimits::NONE.with_rate(Rate::per_second(1000).burst(5)),
         ));
@@ -396,11 +434,11 @@ mod tests {
         let mut starts = starts.lock().unwrap().clone();
         assert_eq!(starts.len(), WAITERS);
         starts.sort();
-        // The bound is 10. The slack of 5 absorbs a start measured late because the OS
+        // The bound is 11. The slack of 4 absorbs a start measured late because the OS
         // preempted this thread between the start and its measurement; a crowd released after
         // the stall is about 50.
         let most = most_in_any_window(&starts, Duration::from_millis(5));
-        assert!(most <= 15, "{most} starts within 5ms, at most 10 allowed");
+        assert!(most <= 15, "{most} starts within 5ms, at most 11 allowed");
     }
 
     /// On the real clock, a waiter in the middle of the queue that goes away gives its place

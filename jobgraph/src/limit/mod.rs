@@ -18,6 +18,19 @@
 //! theoretical arrival time of the next start, and a start conforms if it is no earlier than
 //! that time minus the burst's tolerance. Waiters queue in order; the first one sleeps until its
 //! start would conform, checks again with the clock it wakes to, starts, and lets the next one
+//! through. As each start is checked when it happens, a window `w` never holds more than
+//! `burst + 1 + w / interval` starts (the one more: a sleeper that the timer wakes late keeps up
+//! to one interval of its turn), even when the executor falls behind and polls late, and a waiter
+//! that goes away has reserved nothing: those behind it move up.
+//!
+//! The files: `rate.rs` ([`Rate`]) reads rates with `grammar.rs`, which the `#[job]` macro
+//! shares; `limiter.rs` enforces one step's [`StepLimits`]; `registry.rs` holds the limiters
+//! and the overrides.
+//!
+//! The rate is enforced with the generic cell rate algorithm (GCRA): the limiter keeps the
+//! theoretical arrival time of the next start, and a start conforms if it is no earlier than
+//! that time minus the burst's tolerance. Waiters queue in order; the first one sleeps until its
+//! start would conform, checks again with the clock it wakes to, starts, and lets the next one
 //! through. As each start is checked when it happens, no window ever holds more than the rate
 //! plus the burst, even when the executor falls behind and polls late, and a waiter that goes
 //! away has reserved nothing: those behind it move up.
