@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use futures::stream::{FusedStream, FuturesUnordered, Stream, StreamExt as _};
 
-use crate::{CancellationToken, Job, JobResult, Runner};
+use crate::{CancellationToken, Job, JobResult, Runner, ZeroLimit};
 use status::{Counters, RunOutcome, RunTracker};
 
 /// What [`Batch::configure`] stores: applied to each run's [`Runner`].
@@ -85,11 +85,6 @@ pub struct Batch<J: Job, I> {
     listener: Option<BoxListener<J::Step>>,
 }
 
-/// A concurrency of zero, refused by [`Batch::try_concurrency`]: no run could ever start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a batch's concurrency must be at least 1: with 0, no run could ever start")]
-pub struct ZeroConcurrency;
-
 impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     /// How many runs a batch runs at once unless [`concurrency`](Batch::concurrency) says
     /// otherwise.
@@ -118,16 +113,15 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     pub fn concurrency(self, runs: usize) -> Self {
         match self.try_concurrency(runs) {
             Ok(batch) => batch,
-            Err(ZeroConcurrency) => {
-                panic!("Batch::concurrency: the concurrency must be at least 1, got 0")
-            }
+            Err(_) => panic!("Batch::concurrency: the concurrency must be at least 1, got 0"),
         }
     }
 
-    /// Runs at most `runs` runs at once, or returns [`ZeroConcurrency`] if `runs` is zero.
-    pub fn try_concurrency(mut self, runs: usize) -> Result<Self, ZeroConcurrency> {
+    /// Runs at most `runs` runs at once, or returns [`ZeroLimit::BatchConcurrency`] if `runs` is
+    /// zero.
+    pub fn try_concurrency(mut self, runs: usize) -> Result<Self, ZeroLimit> {
         if runs == 0 {
-            return Err(ZeroConcurrency);
+            return Err(ZeroLimit::BatchConcurrency);
         }
         self.concurrency = runs;
         Ok(self)

@@ -86,6 +86,10 @@ impl std::fmt::Debug for StepPolicies {
 
 /// The generated enum naming the steps of one job, one variant per step.
 pub trait JobStep: Copy + Eq + Hash + Debug + Display + Send + Sync + 'static {
+    /// The name of the job these are the steps of: its [`Job::NAME`]. With the step's
+    /// [`name`](JobStep::name), it identifies the step in a
+    /// [`LimitRegistry`](crate::LimitRegistry) (and, later, in a store).
+    const JOB: &'static str;
     /// Every step, in declaration order.
     const ALL: &'static [Self];
     /// Every step's static description, indexed like [`JobStep::ALL`].

@@ -19,13 +19,14 @@ pub mod __private;
 pub use batch::ProgressBars;
 pub use batch::{
     Batch, BatchAbort, BatchItem, BatchResults, BatchRun, BatchStatus, BatchSummary, RunCounts,
-    StatusHandle, StatusListener, StepCounts, ZeroConcurrency,
+    StatusHandle, StatusListener, StepCounts,
 };
 pub use context::{Enrich, StepContext};
 pub use error::{BoxError, JobError, StepError, StepFailure, StepPanic};
 pub use job::{Job, JobStep, StepInfo, StepPolicies};
 pub use jobgraph_macros::job;
-pub use limit::{LimitError, Limits, Rate, RateParseError, StepLimits};
+#[doc(hidden)]
+pub use limit::{LimitRegistry, Rate, RateParseError, StepLimits, ZeroLimit};
 pub use report::{JobReport, Listener, StepEvent, StepReport, StepState};
 pub use retry::{Retry, RetryPolicy};
 pub use runner::{JobErrorOf, JobHandle, JobResult, Runner, Until};

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{Enrich, RunInfo};
-use crate::limit::Limits;
+use crate::limit::LimitRegistry;
 use crate::report::{JobReport, Listener, StepEvent, StepReport, StepState};
 use crate::{JobError, JobStep, RetryPolicy, StepContext, StepError, StepFailure};
 
@@ -26,8 +26,8 @@ pub(crate) struct RunOptions<S> {
     pub(crate) listener: Option<Listener<S>>,
     /// A token whose cancellation cancels the run (the run gets a child of it).
     pub(crate) cancel_on: Option<CancellationToken>,
-    /// The registry of per-step limits; `None` is [`Limits::global`].
-    pub(crate) limits: Option<Limits>,
+    /// The registry of per-step limits; `None` is [`LimitRegistry::global`].
+    pub(crate) limits: Option<LimitRegistry>,
     /// True if the run starts from outputs given to it ([`Runner::seed`](crate::Runner::seed)).
     pub(crate) seeded: bool,
     /// The step the run stops after ([`Runner::until`](crate::Runner::until)).
@@ -60,8 +60,8 @@ pub struct RunCore<S: JobStep> {
     pub(crate) options: RunOptions<S>,
     /// Whether a [`JobHandle`](crate::JobHandle) may cancel the run, so the scheduler watches.
     pub(crate) cancellable: bool,
-    /// [`Limits::global`], looked up once per run: the registry of a run whose options name none.
-    global_limits: &'static Limits,
+    /// [`LimitRegistry::global`], looked up once per run: the registry of a run whose options name none.
+    global_limits: &'static LimitRegistry,
     /// True if the run overrides no step's retry policy or timeout: a step that declares none
     /// may take the lean path (see `exec::lean_start`).
     pub(crate) no_overrides: bool,
@@ -205,7 +205,7 @@ impl<S: JobStep> RunCore<S> {
         let enriches = options.job_enrich.is_some() || !options.enrich.is_empty();
         RunCore {
             info: Arc::new(RunInfo::new(job_name, options.job_id.take(), cancel)),
-            global_limits: Limits::global(),
+            global_limits: LimitRegistry::global(),
             no_overrides,
             enriches,
             options,
@@ -337,7 +337,7 @@ impl<S: JobStep> RunCore<S> {
 
     /// The registry of per-step limits this run uses.
     #[inline]
-    pub(crate) fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &LimitRegistry {
         self.options.limits.as_ref().unwrap_or(self.global_limits)
     }
 

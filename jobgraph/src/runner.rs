@@ -8,7 +8,7 @@ use tracing::Instrument as _;
 
 use crate::report::{JobReport, StepEvent};
 use crate::run::{RunCore, RunOptions};
-use crate::{CancellationToken, Job, JobError, Limits, RetryPolicy, StepContext};
+use crate::{CancellationToken, Job, JobError, LimitRegistry, RetryPolicy, StepContext};
 
 /// The outcome of a run: every step's output, or the error naming the step that failed first
 /// (with the outputs of the steps that completed).
@@ -143,9 +143,9 @@ impl<'j, J: Job> Runner<'j, J> {
     }
 
     /// Enforces per-step limits (`#[step(concurrency = ..)]`, `#[step(rate = ..)]`) through
-    /// `limits` instead of [`Limits::global`]: runs that share a registry share their limits,
+    /// `limits` instead of [`LimitRegistry::global`]: runs that share a registry share their limits,
     /// so tests and separate subsystems need not share state by accident.
-    pub fn limits(mut self, limits: &Limits) -> Self {
+    pub fn limits(mut self, limits: &LimitRegistry) -> Self {
         self.options.limits = Some(limits.clone());
         self
     }

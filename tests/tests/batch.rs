@@ -14,7 +14,7 @@ use futures::StreamExt as _;
 use futures::stream::{FusedStream as _, Stream as _};
 use jobgraph::{
     Batch, BatchStatus, BatchSummary, CancellationToken, RunCounts, StepContext, StepCounts,
-    StepEvent, StepState, ZeroConcurrency, job,
+    StepEvent, StepState, ZeroLimit, job,
 };
 use tokio::time::{sleep, timeout};
 
@@ -310,7 +310,7 @@ fn a_zero_concurrency_is_refused() {
     let err = Batch::new([Row::new(&probe, 0)])
         .try_concurrency(0)
         .unwrap_err();
-    assert_eq!(err, ZeroConcurrency);
+    assert_eq!(err, ZeroLimit::BatchConcurrency);
     assert_eq!(
         err.to_string(),
         "a batch's concurrency must be at least 1: with 0, no run could ever start"

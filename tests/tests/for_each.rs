@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobgraph::{Limits, Retry, StepContext, StepError, StepEvent, StepState, job};
+use jobgraph::{LimitRegistry, Retry, StepContext, StepError, StepEvent, StepState, job};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -663,7 +663,7 @@ impl Shared {
 #[tokio::test(start_paused = true)]
 async fn the_step_concurrency_limits_elements_across_runs() {
     let job = Shared::default();
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let start = Instant::now();
     let (a, b) = timeout(HANG, async {
         tokio::join!(

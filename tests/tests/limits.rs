@@ -1,8 +1,8 @@
 //! Per-step limits: `#[step(concurrency = N)]` never exceeded under load (and used fully), shared
-//! by every run of a job type through a `Limits` registry (the global one by default, or one per
+//! by every run of a job type through a `LimitRegistry` registry (the global one by default, or one per
 //! run), `#[step(rate = "..")]` and `burst` spacing starts exactly under the paused clock, retries
 //! re-acquiring their permit after the back-off, the wait kept out of the timeout, cancelled runs
-//! (and `fail_fast`) giving permits and turns back, `Limits` overrides, `Rate` parse errors, and
+//! (and `fail_fast`) giving permits and turns back, `LimitRegistry` overrides, `Rate` parse errors, and
 //! the report and events of a step that waited.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
-use jobgraph::{Limits, Rate, Retry, StepContext, StepEvent, StepState, job};
+use jobgraph::{LimitRegistry, Rate, Retry, StepContext, StepEvent, StepState, job};
 use tokio::time::{Instant, sleep, timeout};
 
 /// Turns a hang into a failure; with the paused clock it costs no real time.
@@ -144,7 +144,7 @@ async fn concurrency_is_never_exceeded_and_used_fully_by_100_runs() {
         fetching: Gauge::default(),
         warming: Gauge::default(),
     };
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let start = Instant::now();
     let runs = (0..100).map(|_| job.runner().limits(&limits).run());
     let results = timeout(HANG, join_all(runs)).await.expect("runs hung");
@@ -194,7 +194,7 @@ async fn concurrency_holds_across_threads() {
         // Only reached if the limit is below 3.
         deadline: std::time::Instant::now() + Duration::from_secs(5),
     });
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let tasks: Vec<_> = (0..100)
         .map(|_| {
             let (job, limits) = (Arc::clone(&job), limits.clone());
@@ -249,7 +249,7 @@ async fn runs_sharing_a_registry_share_the_limit() {
         starts: Arc::clone(&starts),
     };
     let (a, b, c) = (single("a"), single("b"), single("c"));
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     // Different instances of one job type, one registry (and a clone of it): one at a time.
     let (ra, rb, rc) = timeout(
         HANG,
@@ -284,12 +284,12 @@ async fn separate_registries_and_job_types_do_not_share() {
         name: "other",
         starts: Arc::clone(&starts),
     };
-    let shared = Limits::new();
+    let shared = LimitRegistry::new();
     let (ra, rb, ro) = timeout(
         HANG,
         futures::future::join3(
             a.runner().limits(&shared).run(),
-            b.runner().limits(&Limits::new()).run(),
+            b.runner().limits(&LimitRegistry::new()).run(),
             other.runner().limits(&shared).run(),
         ),
     )
@@ -322,7 +322,7 @@ async fn the_global_registry_is_the_default() {
         starts: Arc::clone(&starts),
     };
     let (a, b, c, d) = (global("a"), global("b"), global("c"), global("d"));
-    // `run`, a spawned `start` and `runner().limits(Limits::global())` share the global
+    // `run`, a spawned `start` and `runner().limits(LimitRegistry::global())` share the global
     // registry; a run with its own registry does not.
     let started = b.start();
     let (ra, rb, rc, rd) = timeout(
@@ -330,8 +330,8 @@ async fn the_global_registry_is_the_default() {
         futures::future::join4(
             a.run(),
             started.wait(),
-            c.runner().limits(Limits::global()).run(),
-            d.runner().limits(&Limits::new()).run(),
+            c.runner().limits(LimitRegistry::global()).run(),
+            d.runner().limits(&LimitRegistry::new()).run(),
         ),
     )
     .await
@@ -393,7 +393,7 @@ async fn rates_space_starts_exactly() {
     let job = Paced {
         starts: Starts::new(),
     };
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let runs = (0..20).map(|_| job.runner().limits(&limits).run());
     let results = timeout(HANG, join_all(runs)).await.expect("runs hung");
     assert!(results.iter().all(Result::is_ok));
@@ -410,6 +410,70 @@ async fn rates_space_starts_exactly() {
     assert_eq!(job.starts.of("per_hour"), spaced(20, secs(1)));
     // `per_second` of run i is done at i * 100ms; 4/s spaces `both` 250ms apart.
     assert_eq!(job.starts.of("both"), spaced(20, ms(250)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rates on the real clock
+
+/// One call per run, at most 1000 a second with bursts of 5; the run with `stall` blocks its
+/// thread for 50ms as it starts, as a step doing blocking work on the executor would.
+struct Stalling {
+    stall: bool,
+    starts: Arc<Mutex<Vec<std::time::Instant>>>,
+}
+
+#[job]
+impl Stalling {
+    #[step(rate = "1000/s burst 5")]
+    async fn call(&self) {
+        self.starts.lock().unwrap().push(std::time::Instant::now());
+        if self.stall {
+            std::thread::sleep(ms(50));
+        }
+    }
+}
+
+/// The most of `starts` (sorted) that fall in any closed window `width` long.
+fn most_in_any_window(starts: &[std::time::Instant], width: Duration) -> usize {
+    (0..starts.len())
+        .map(|i| {
+            starts[i..]
+                .iter()
+                .take_while(|t| t.duration_since(starts[i]) <= width)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// After the executor stalls, runs whose turn passed during the stall still start at the rate:
+/// in any window `w`, at most `burst + 1 + w / interval`, on the real clock.
+#[test]
+fn rates_hold_on_the_real_clock_after_the_executor_stalls() {
+    const RUNS: usize = 200;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let jobs: Vec<Stalling> = (0..RUNS)
+        .map(|i| Stalling {
+            stall: i == 10,
+            starts: starts.clone(),
+        })
+        .collect();
+    let limits = LimitRegistry::new();
+    let runs = jobs.iter().map(|job| job.runner().limits(&limits).run());
+    let results = runtime.block_on(join_all(runs));
+    assert!(results.iter().all(Result::is_ok));
+
+    let mut starts = starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), RUNS);
+    starts.sort();
+    // The bound is 5 + 1 + 10 = 16; the slack of 9 absorbs starts measured late on a loaded
+    // machine. Releasing every run whose turn passed during the stall starts about 50 at once.
+    let most = most_in_any_window(&starts, ms(10));
+    assert!(most <= 25, "{most} starts within 10ms, at most 16 allowed");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,7 +513,7 @@ async fn the_slot_is_released_during_the_back_off_and_taken_again() {
         fails: 0,
         starts: Arc::clone(&starts),
     };
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let ((flaky_result, flaky_report), (steady_result, steady_report)) = timeout(
         HANG,
         futures::future::join(
@@ -500,7 +564,7 @@ async fn the_retry_waits_for_its_slot_behind_runs_that_asked_first() {
             starts: Arc::clone(&starts),
         })
         .collect();
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let runs = std::iter::once(&flaky)
         .chain(&steady)
         .map(|job| job.runner().limits(&limits).run());
@@ -542,7 +606,7 @@ async fn each_retry_is_a_start_under_the_rate() {
     let job = PacedRetry {
         starts: Starts::new(),
     };
-    let result = timeout(HANG, job.runner().limits(&Limits::new()).run())
+    let result = timeout(HANG, job.runner().limits(&LimitRegistry::new()).run())
         .await
         .expect("run hung");
     assert_eq!(result.unwrap().call, 3);
@@ -577,7 +641,7 @@ async fn cancelled_runs_give_their_slot_back() {
         hold,
         starts: Arc::clone(&starts),
     };
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
 
     // A run holding the slot is dropped at 5ms: the next one starts then.
     let (stuck, next) = (hold("stuck", HOUR), hold("next", ms(10)));
@@ -625,7 +689,7 @@ impl Timed {
 
 #[tokio::test(start_paused = true)]
 async fn waiting_for_a_limit_is_not_part_of_the_timeout() {
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let start = Instant::now();
     let runs = (0..5).map(|_| Timed.runner().limits(&limits).run());
     let results = timeout(HANG, join_all(runs)).await.expect("runs hung");
@@ -657,7 +721,7 @@ impl Doomed {
 
 #[tokio::test(start_paused = true)]
 async fn fail_fast_cancels_a_step_waiting_for_a_limit() {
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let ((_, holder), (_, cancelled), (_, later)) = timeout(
         HANG,
         futures::future::join3(
@@ -715,7 +779,7 @@ impl Open {
 
 /// Runs `Open` 5 times at once through `limits`: when `free` and `capped` started in each run,
 /// from the start of the first.
-async fn open_starts(limits: &Limits) -> (Vec<Duration>, Vec<Duration>) {
+async fn open_starts(limits: &LimitRegistry) -> (Vec<Duration>, Vec<Duration>) {
     let job = Open {
         starts: Starts::new(),
     };
@@ -727,7 +791,7 @@ async fn open_starts(limits: &Limits) -> (Vec<Duration>, Vec<Duration>) {
 
 #[tokio::test(start_paused = true)]
 async fn overrides_replace_the_declared_limits_and_clear_restores_them() {
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let declared = (all_at(5, ms(0)), spaced(5, ms(10)));
     assert_eq!(open_starts(&limits).await, declared);
 
@@ -739,7 +803,7 @@ async fn overrides_replace_the_declared_limits_and_clear_restores_them() {
         (spaced(5, ms(10)), all_at(5, ms(0)))
     );
     // Only in that registry.
-    assert_eq!(open_starts(&Limits::new()).await, declared);
+    assert_eq!(open_starts(&LimitRegistry::new()).await, declared);
 
     // A rate, with the concurrency override still in force, and one parsed at run time.
     limits.set_rate(OpenStep::Free, Rate::per_second(10));
@@ -782,14 +846,16 @@ async fn overrides_replace_the_declared_limits_and_clear_restores_them() {
 #[tokio::test(start_paused = true)]
 async fn overrides_of_the_global_registry_need_no_runner_option() {
     // `Open` is run through the global registry by this test only.
-    Limits::global().set_concurrency(OpenStep::Free, 2).unwrap();
+    LimitRegistry::global()
+        .set_concurrency(OpenStep::Free, 2)
+        .unwrap();
     let job = Open {
         starts: Starts::new(),
     };
     let results = timeout(HANG, join_all((0..4).map(|_| job.run())))
         .await
         .expect("runs hung");
-    Limits::global().clear(OpenStep::Free);
+    LimitRegistry::global().clear(OpenStep::Free);
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(job.starts.of("free"), [ms(0), ms(0), ms(10), ms(10)]);
 }
@@ -834,7 +900,7 @@ async fn a_step_that_waited_starts_after_the_wait_in_the_report_and_events() {
             starts: Arc::clone(&starts),
         },
     );
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&events);
     let origin = Instant::now();
@@ -898,7 +964,7 @@ impl PacedReport {
 
 #[tokio::test(start_paused = true)]
 async fn a_step_that_waited_for_the_rate_starts_after_the_wait() {
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let runs = (0..3).map(|_| PacedReport.runner().limits(&limits).run_with_report());
     let outcomes = timeout(HANG, join_all(runs)).await.expect("runs hung");
     let mut started: Vec<_> = outcomes

@@ -40,6 +40,7 @@ pub(crate) fn step_enum(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStr
         }
     });
     let name = job.step_enum();
+    let job_name = &job.name;
     let job_ident = &job.ident;
     let variants = job.steps.iter().map(|s| &s.variant);
     let variant_docs = job.steps.iter().map(|s| {
@@ -91,6 +92,7 @@ pub(crate) fn step_enum(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStr
         }
 
         impl #p::JobStep for #name {
+            const JOB: &'static #p::str = #job_name;
             const ALL: &'static [Self] = #name::ALL;
             const STEPS: &'static [#p::StepInfo] = &[ #(#infos),* ];
             fn name(self) -> &'static #p::str {

@@ -3,12 +3,19 @@
 //! Options are parsed into plain structs; an unknown, repeated or malformed option is recorded in
 //! the [`Ctxt`] and parsing goes on, so one compile reports every mistake.
 
+use std::num::NonZeroU32;
+
 use proc_macro2::TokenStream;
 use syn::meta::ParseNestedMeta;
 use syn::punctuated::Punctuated;
 use syn::{Attribute, Expr, ExprCall, Ident, Lit, LitStr, Path, Token};
 
 use crate::error::Ctxt;
+
+/// The grammar of `rate = "..."`: the very file the runtime parses `Rate` with, so an attribute
+/// and a configuration string are read, and refused, alike.
+#[path = "../../../jobgraph/src/limit/grammar.rs"]
+mod rate_grammar;
 
 /// The options of `#[job(...)]`.
 #[derive(Default)]
@@ -52,7 +59,7 @@ pub(crate) struct ForEach {
     pub(crate) concurrency: Option<Expr>,
 }
 
-/// A `rate = "..."` literal, parsed: `count` starts per `period_secs`.
+/// A `rate = "..."` literal, parsed by the shared grammar: `count` starts per `period_secs`.
 pub(crate) struct RateLit {
     pub(crate) count: u32,
     pub(crate) period_secs: u64,
@@ -147,15 +154,15 @@ pub(crate) fn step_args(attr: &Attribute, cx: &mut Ctxt) -> StepArgs {
                     "expected a rate as a string: `rate = \"10/s\"` (also `/m`, `/h`)",
                 )
             })?;
-            match parse_rate(&lit.value()) {
-                Ok((count, period_secs, burst)) => {
+            match rate_grammar::parse(&lit.value()) {
+                Ok(rate) => {
                     args.rate = Some(RateLit {
-                        count,
-                        period_secs,
-                        burst,
+                        count: rate.count.get(),
+                        period_secs: rate.period_secs,
+                        burst: rate.burst.map(NonZeroU32::get),
                     })
                 }
-                Err(message) => cx.error_spanned_by(&lit, message),
+                Err(error) => cx.error_spanned_by(&lit, error),
             }
         } else if meta.path.is_ident("for_each") {
             seen.once(&meta, cx);
@@ -261,82 +268,6 @@ fn check_positive(expr: &Expr, option: &str, consequence: &str, cx: &mut Ctxt) {
             format_args!("`{option}` cannot be negative: give at least 1"),
         );
     }
-}
-
-/// Parses `"<count>/<unit>"`, optionally followed by `burst <n>`: `(count, period in seconds,
-/// burst)`, or what is wrong. The grammar and the messages are those of `jobgraph::Rate`'s
-/// `FromStr` (jobgraph/src/limit.rs), so a rate reads the same in an attribute and in a config
-/// file; keep the two in step.
-pub(crate) fn parse_rate(text: &str) -> Result<(u32, u64, Option<u32>), String> {
-    let input = text.trim();
-    if input.is_empty() {
-        return Err("rate is empty; expected `<count>/<unit>`, as in `10/s`".to_owned());
-    }
-    let Some((count, rest)) = input.split_once('/') else {
-        return Err(format!(
-            "rate `{input}`: expected `<count>/<unit>`, as in `10/s`"
-        ));
-    };
-    let count = count.trim_end();
-    if count.is_empty() {
-        return Err(format!(
-            "rate `{input}`: the count before `/` is missing, as in `10/s`"
-        ));
-    }
-    let count = rate_number(input, count, "count", "10/s")?;
-    if count == 0 {
-        return Err(format!(
-            "rate `{input}` is zero: at least 1 start per period must be allowed, as in `1/s`; \
-             to remove the limit, leave the rate out"
-        ));
-    }
-    let rest = rest.trim_start();
-    let (unit, tail) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-    let period_secs = match unit {
-        "" => {
-            return Err(format!(
-                "rate `{input}`: the unit after `/` is missing; expected `s`, `m` or `h`, as in `10/s`"
-            ));
-        }
-        "s" | "sec" | "second" => 1,
-        "m" | "min" | "minute" => 60,
-        "h" | "hour" => 3600,
-        _ => {
-            return Err(format!(
-                "rate `{input}`: unknown unit `{unit}`; expected `s`, `m` or `h`, as in `10/s`"
-            ));
-        }
-    };
-    let tail = tail.trim();
-    if tail.is_empty() {
-        return Ok((count, period_secs, None));
-    }
-    let mut words = tail.split_whitespace();
-    let (Some("burst"), Some(burst), None) = (words.next(), words.next(), words.next()) else {
-        return Err(format!(
-            "rate `{input}`: unexpected `{tail}` after the unit; expected nothing or \
-             `burst <n>`, as in `10/s burst 5`"
-        ));
-    };
-    match rate_number(input, burst, "burst size", "10/s burst 5")? {
-        0 => Err(format!(
-            "rate `{input}` has a burst of 0: the burst is how many attempts may start at once, \
-             at least 1"
-        )),
-        burst => Ok((count, period_secs, Some(burst))),
-    }
-}
-
-/// A whole number of a rate string: digits only, at most `u32::MAX`.
-fn rate_number(input: &str, number: &str, what: &str, example: &str) -> Result<u32, String> {
-    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "rate `{input}`: `{number}` is not a whole number; expected a {what}, as in `{example}`"
-        ));
-    }
-    number.parse().map_err(|_| {
-        format!("rate `{input}`: {what} `{number}` is too large; the most is 4294967295")
-    })
 }
 
 /// What follows `option =`, or an error on the option's name when no `=` follows it: syn's own

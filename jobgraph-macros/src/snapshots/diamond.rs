@@ -70,6 +70,7 @@ impl ::jobgraph::__private::fmt::Display for DiamondStep {
     }
 }
 impl ::jobgraph::__private::JobStep for DiamondStep {
+    const JOB: &'static ::jobgraph::__private::str = "Diamond";
     const ALL: &'static [Self] = DiamondStep::ALL;
     const STEPS: &'static [::jobgraph::__private::StepInfo] = &[
         ::jobgraph::__private::StepInfo::__edges(

@@ -55,6 +55,7 @@ impl __jobgraph_private_Report::fmt::Display for ReportStep {
     }
 }
 impl __jobgraph_private_Report::JobStep for ReportStep {
+    const JOB: &'static __jobgraph_private_Report::str = "report";
     const ALL: &'static [Self] = ReportStep::ALL;
     const STEPS: &'static [__jobgraph_private_Report::StepInfo] = &[
         __jobgraph_private_Report::StepInfo::__edges(

@@ -1,6 +1,6 @@
 // Every form of `concurrency`, `rate` and `burst`: a user's const expression, each unit of a rate
 // (short and long), the burst in the rate string or as `burst`, and both limits on one step.
-use jobgraph::{Limits, job};
+use jobgraph::{LimitRegistry, job};
 
 const MAX: u32 = 2;
 const BURST: u32 = 3;
@@ -47,7 +47,7 @@ impl Limited {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let limits = Limits::new();
+    let limits = LimitRegistry::new();
     let out = Limited.runner().limits(&limits).run().await.unwrap();
     assert_eq!(
         (out.fetch, out.per_second, out.burst_option, out.everything),

@@ -1,5 +1,5 @@
 // `concurrency` is evaluated at compile time: a value only known at run time is rejected (set it
-// with `Limits::set_concurrency` instead).
+// with `LimitRegistry::set_concurrency` instead).
 use jobgraph::job;
 
 fn workers() -> u32 {
