@@ -25,7 +25,6 @@ pub use context::{Enrich, StepContext};
 pub use error::{BoxError, JobError, StepError, StepFailure, StepPanic};
 pub use job::{Job, JobStep, StepInfo, StepPolicies};
 pub use jobgraph_macros::job;
-#[doc(hidden)]
 pub use limit::{LimitRegistry, Rate, RateParseError, StepLimits, ZeroLimit};
 pub use report::{JobReport, Listener, StepEvent, StepReport, StepState};
 pub use retry::{Retry, RetryPolicy};
