@@ -10,6 +10,7 @@ pub use core::fmt::{self, Debug};
 pub use core::future::{Future, poll_fn};
 pub use core::hash::Hash;
 pub use core::marker::{Copy, PhantomData, Send, Sync};
+pub use core::ops::FnOnce;
 pub use core::option::Option::{self, None, Some};
 pub use core::pin::{Pin, pin};
 pub use core::primitive::{bool, str, u32, u64, usize};
@@ -162,19 +163,21 @@ where
     JobHandle::new(run, tokio::spawn(future))
 }
 
-/// The run state for `start`.
+/// The run state for `start_with`, with the options `runner` holds, and the outputs it starts
+/// from.
 #[inline]
-pub fn handle_core<J: Job>() -> Arc<RunCore<J::Step>> {
-    JobHandle::<J>::core()
+pub fn handle_core<J: Job>(runner: Runner<'_, J>) -> (Arc<RunCore<J::Step>>, J::Partial) {
+    JobHandle::<J>::core(runner)
 }
 
-/// Runs `job` in its span: what the spawned task of `start` awaits.
+/// Runs `job` from `seed` in its span: what the spawned task of `start` awaits.
 #[inline]
 pub fn drive<'a, J: Job>(
     job: &'a J,
     run: &'a RunCore<J::Step>,
+    seed: J::Partial,
 ) -> impl Future<Output = JobResult<J>> + 'a {
-    crate::runner::drive_to_end(job, run, J::Partial::default())
+    crate::runner::drive_to_end(job, run, seed)
 }
 
 /// `Runner::new`, for the generated `runner()`.

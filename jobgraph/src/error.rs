@@ -310,6 +310,25 @@ impl<S: JobStep, P> JobError<S, P> {
 impl<S: JobStep, P> fmt::Display for JobError<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let root = self.root_cause();
+        if root.error.is_cancelled() {
+            // Cancelled by its caller (its handle, its token, its batch), not failed: say which
+            // steps were stopped.
+            write!(f, "job `{}` was cancelled", self.job_name())?;
+            let running: Vec<&str> = self
+                .failures
+                .iter()
+                .filter(|failure| {
+                    failure.error.is_cancelled()
+                        && self.report.step(failure.step).started().is_some()
+                })
+                .map(|failure| failure.step.name())
+                .collect();
+            return match running.as_slice() {
+                [] => Ok(()),
+                [one] => write!(f, " while step `{one}` ran"),
+                many => write!(f, " while steps `{}` ran", many.join("`, `")),
+            };
+        }
         write!(
             f,
             "job `{}` failed: step `{}` ",

@@ -225,9 +225,11 @@ pub struct JobHandle<J: Job> {
 }
 
 impl<J: Job> JobHandle<J> {
-    /// The run state for a job about to be started.
-    pub(crate) fn core() -> Arc<RunCore<J::Step>> {
-        Arc::new(RunCore::for_job::<J>(RunOptions::default(), true))
+    /// The run state for a job about to be started with `runner`'s options, and the outputs it
+    /// starts from.
+    pub(crate) fn core(runner: Runner<'_, J>) -> (Arc<RunCore<J::Step>>, J::Partial) {
+        let run = Arc::new(RunCore::for_job::<J>(runner.options, true));
+        (run, runner.seed)
     }
 
     pub(crate) fn new(run: Arc<RunCore<J::Step>>, task: JoinHandle<JobResult<J>>) -> Self {

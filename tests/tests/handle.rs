@@ -156,6 +156,11 @@ async fn cancel_stops_running_steps_and_wait_reports_them_cancelled() {
     assert!(err.is_cancelled());
     assert_eq!(err.job_id(), id);
     assert_eq!(err.step(), GatedStep::Gate);
+    // Cancelled by its caller: not a failure.
+    assert_eq!(
+        err.to_string(),
+        "job `Gated` was cancelled while step `gate` ran"
+    );
     assert!(token.is_cancelled(), "the run's token is cancelled with it");
     assert_eq!(
         probe.gate_dropped.load(Ordering::SeqCst),
@@ -239,4 +244,36 @@ async fn start_runs_on_a_multi_threaded_runtime() {
         .expect("wait hung")
         .unwrap();
     assert_eq!(out.after_gate, "quick+3");
+}
+
+/// `start_with` spawns a run with the runner's options: a job id, a seed, a listener.
+#[tokio::test(start_paused = true)]
+async fn start_with_takes_the_runners_options() {
+    let (job, _tx, probe) = gated();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let heard = events.clone();
+    let handle = job.start_with(|run| {
+        run.job_id("gated-7")
+            .seed(GatedPartial {
+                gate: Some(5),
+                ..Default::default()
+            })
+            .listener(move |event| heard.lock().unwrap().push(format!("{event:?}")))
+    });
+    assert_eq!(handle.id(), "gated-7");
+    let out = timeout(HANG, handle.wait())
+        .await
+        .expect("wait hung")
+        .unwrap();
+    assert_eq!(out.gate, 5);
+    assert_eq!(out.after_gate, "quick+5");
+    assert!(
+        probe.token.lock().unwrap().is_none(),
+        "the seeded `gate` never ran"
+    );
+    assert_eq!(*probe.ids.lock().unwrap(), ["gated-7"]);
+    assert!(
+        !events.lock().unwrap().is_empty(),
+        "the listener heard the run"
+    );
 }

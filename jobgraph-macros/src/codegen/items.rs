@@ -337,7 +337,7 @@ fn start_method(job: &Job<'_>, paths: &Paths) -> TokenStream {
     let spawn = quote_spanned! {span=>
         #p_at::spawn::<Self, _>(__jg_handle, async move {
             let __jg_job = self;
-            #p_at::drive(&__jg_job, &__jg_task).await
+            #p_at::drive(&__jg_job, &__jg_task, __jg_seed).await
         })
     };
     quote! {
@@ -347,7 +347,23 @@ fn start_method(job: &Job<'_>, paths: &Paths) -> TokenStream {
         pub fn start(self) -> #p::JobHandle<Self>
         where #bounds
         {
-            let __jg_handle = #p::handle_core::<Self>();
+            Self::start_with(self, |__jg_runner| __jg_runner)
+        }
+
+        /// [`start`](Self::start) with per-run options: `configure` is given the job's runner
+        /// and returns it with the options of the run to spawn (job id, retry, timeouts,
+        /// limits, listener, `cancel_on`, `sequential`, `seed`, ...):
+        /// `job.start_with(|run| run.job_id("nightly").fail_fast())`.
+        pub fn start_with(
+            self,
+            configure: impl for<'__jg_r> #p::FnOnce(
+                #p::Runner<'__jg_r, Self>,
+            ) -> #p::Runner<'__jg_r, Self>,
+        ) -> #p::JobHandle<Self>
+        where #bounds
+        {
+            let (__jg_handle, __jg_seed) =
+                #p::handle_core::<Self>(configure(#p::runner(&self)));
             let __jg_task = #p::Clone::clone(&__jg_handle);
             #spawn
         }

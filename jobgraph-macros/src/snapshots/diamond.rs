@@ -577,7 +577,27 @@ digraph "Diamond" {
         for<'__jg> DiamondOutputs: ::jobgraph::__private::Send + 'static,
         for<'__jg> DiamondPartial: ::jobgraph::__private::Send + 'static,
     {
-        let __jg_handle = ::jobgraph::__private::handle_core::<Self>();
+        Self::start_with(self, |__jg_runner| __jg_runner)
+    }
+    /// [`start`](Self::start) with per-run options: `configure` is given the job's runner
+    /// and returns it with the options of the run to spawn (job id, retry, timeouts,
+    /// limits, listener, `cancel_on`, `sequential`, `seed`, ...):
+    /// `job.start_with(|run| run.job_id("nightly").fail_fast())`.
+    pub fn start_with(
+        self,
+        configure: impl for<'__jg_r> ::jobgraph::__private::FnOnce(
+            ::jobgraph::__private::Runner<'__jg_r, Self>,
+        ) -> ::jobgraph::__private::Runner<'__jg_r, Self>,
+    ) -> ::jobgraph::__private::JobHandle<Self>
+    where
+        for<'__jg> Self: ::jobgraph::__private::Send + ::jobgraph::__private::Sync
+            + 'static,
+        for<'__jg> DiamondOutputs: ::jobgraph::__private::Send + 'static,
+        for<'__jg> DiamondPartial: ::jobgraph::__private::Send + 'static,
+    {
+        let (__jg_handle, __jg_seed) = ::jobgraph::__private::handle_core::<
+            Self,
+        >(configure(::jobgraph::__private::runner(&self)));
         let __jg_task = ::jobgraph::__private::Clone::clone(&__jg_handle);
         ::jobgraph::__private::spawn::<
             Self,
@@ -586,7 +606,7 @@ digraph "Diamond" {
             __jg_handle,
             async move {
                 let __jg_job = self;
-                ::jobgraph::__private::drive(&__jg_job, &__jg_task).await
+                ::jobgraph::__private::drive(&__jg_job, &__jg_task, __jg_seed).await
             },
         )
     }

@@ -441,7 +441,28 @@ digraph "report" {
             D::Row,
         >: __jobgraph_private_Report::Send + __jobgraph_private_Report::Sync + 'static,
     {
-        let __jg_handle = __jobgraph_private_Report::handle_core::<Self>();
+        Self::start_with(self, |__jg_runner| __jg_runner)
+    }
+    /// [`start`](Self::start) with per-run options: `configure` is given the job's runner
+    /// and returns it with the options of the run to spawn (job id, retry, timeouts,
+    /// limits, listener, `cancel_on`, `sequential`, `seed`, ...):
+    /// `job.start_with(|run| run.job_id("nightly").fail_fast())`.
+    pub fn start_with(
+        self,
+        configure: impl for<'__jg_r> __jobgraph_private_Report::FnOnce(
+            __jobgraph_private_Report::Runner<'__jg_r, Self>,
+        ) -> __jobgraph_private_Report::Runner<'__jg_r, Self>,
+    ) -> __jobgraph_private_Report::JobHandle<Self>
+    where
+        'a: 'static,
+        D: __jobgraph_private_Report::Send + __jobgraph_private_Report::Sync + 'static,
+        Vec<
+            D::Row,
+        >: __jobgraph_private_Report::Send + __jobgraph_private_Report::Sync + 'static,
+    {
+        let (__jg_handle, __jg_seed) = __jobgraph_private_Report::handle_core::<
+            Self,
+        >(configure(__jobgraph_private_Report::runner(&self)));
         let __jg_task = __jobgraph_private_Report::Clone::clone(&__jg_handle);
         __jobgraph_private_Report::spawn::<
             Self,
@@ -450,7 +471,7 @@ digraph "report" {
             __jg_handle,
             async move {
                 let __jg_job = self;
-                __jobgraph_private_Report::drive(&__jg_job, &__jg_task).await
+                __jobgraph_private_Report::drive(&__jg_job, &__jg_task, __jg_seed).await
             },
         )
     }
