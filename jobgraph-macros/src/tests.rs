@@ -49,6 +49,26 @@ fn generic_with_options() {
     );
 }
 
+/// Every step option and `enrich`: the per-step functions that evaluate them, the policies as
+/// data, and the partial outputs a seeded run starts from.
+#[test]
+fn every_option() {
+    check(
+        quote!(enrich = tag_tenant),
+        quote! {
+            impl Crawl {
+                #[step(retry = Retry::fixed(3, Duration::from_millis(10)), timeout = Duration::from_secs(self.secs))]
+                async fn pages(&self) -> Result<Vec<u32>, Error> { Ok(vec![1, 2]) }
+                #[step(for_each(pages, concurrency = 4), concurrency = Self::POOL, rate = "10/s", burst = 2)]
+                async fn fetch(&self, ctx: &StepContext, pages: &u32) -> String { pages.to_string() }
+                #[step]
+                async fn index(&self, fetch: &[String]) -> usize { fetch.len() }
+            }
+        },
+        expect_file!["snapshots/every_option.rs"],
+    );
+}
+
 #[test]
 fn errors_keep_the_users_impl() {
     check(
