@@ -31,7 +31,9 @@ use std::panic::AssertUnwindSafe;
 
 use tokio_util::sync::WaitForCancellationFuture;
 
+pub use crate::durable::{Codec, DecodeError, DurableJob, Encode, Stored, codec, decode};
 pub use crate::error::BoxError;
+pub use crate::store::StoredRun;
 use crate::error::StepFailure;
 use crate::error::StepPanic;
 pub use crate::exec::{AttemptContext, NoContext, NoRetry, StepFuture};
@@ -706,6 +708,7 @@ impl<S: JobStep> RunCore<S> {
         retry: Option<R>,
         timeout: Option<Duration>,
         limits: &'a StepLimits,
+        encode: Option<Encode<T>>,
         attempt: F,
     ) -> StepFuture<Fut, impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>>
     where
@@ -718,6 +721,7 @@ impl<S: JobStep> RunCore<S> {
             retry,
             timeout,
             limits,
+            encode,
         };
         start_step(self, step, policies, attempt)
     }
@@ -732,6 +736,7 @@ impl<S: JobStep> RunCore<S> {
         retry: Option<R>,
         timeout: Option<Duration>,
         limits: &'a StepLimits,
+        encode: Option<Encode<Vec<T>>>,
         bound: Option<u32>,
         elements: &'e [E],
         attempt: F,
@@ -749,6 +754,7 @@ impl<S: JobStep> RunCore<S> {
             retry,
             timeout,
             limits,
+            encode,
         };
         let bound = bound.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         StepFuture::Managed {

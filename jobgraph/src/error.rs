@@ -27,6 +27,9 @@ pub enum StepError {
     /// A policy of the step's attribute could not be used: its expression panicked, or its value
     /// is invalid (a timeout of zero). The step did not run.
     Policy(String),
+    /// The step's output could not be stored (a `#[job(durable)]` run): the store's error. The
+    /// output is lost; the next resume runs the step again.
+    Checkpoint(BoxError),
     /// One element of a `#[step(for_each(..))]` step failed (after its own retries): which one,
     /// by its index in the parent's output, and why. The other elements were cancelled.
     Element {
@@ -46,6 +49,7 @@ impl StepError {
             StepError::Error(e) => &**e,
             StepError::Panic(p) => p,
             StepError::Timeout(_) | StepError::Cancelled | StepError::Policy(_) => self,
+            StepError::Checkpoint(e) => &**e,
             StepError::Element { error, .. } => error.as_error(),
         }
     }
@@ -98,6 +102,7 @@ impl StepError {
         match self.innermost() {
             StepError::Error(e) => Some(&**e),
             StepError::Panic(p) => Some(p),
+            StepError::Checkpoint(e) => Some(&**e),
             _ => None,
         }
     }
@@ -111,6 +116,7 @@ impl StepError {
             StepError::Timeout(d) => write!(f, "timed out after {d:?}"),
             StepError::Cancelled => f.write_str("was cancelled"),
             StepError::Policy(message) => write!(f, "has an invalid policy: {message}"),
+            StepError::Checkpoint(_) => f.write_str("completed, but its output could not be stored"),
             StepError::Element { index, error } => {
                 write!(f, "element {index}: ")?;
                 error.fmt_without_cause(f)

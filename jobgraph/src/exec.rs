@@ -19,16 +19,19 @@ use tracing::{Instrument as _, Span};
 
 use crate::error::{BoxError, StepError, StepPanic};
 use crate::limit::{StepLimiter, StepLimits};
+use crate::durable::{Encode, checkpoint};
 use crate::report::StepEvent;
 use crate::run::RunCore;
 use crate::{JobStep, RetryPolicy, StepContext};
 
 /// The policies a step's attribute gives it, evaluated as the step starts; a
 /// [`Runner`](crate::Runner) may override each.
-pub(crate) struct Policies<'a, R> {
+pub(crate) struct Policies<'a, R, T> {
     pub(crate) retry: Option<R>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) limits: &'a StepLimits,
+    /// How a durable job stores the step's output; `None` for other jobs.
+    pub(crate) encode: Option<Encode<T>>,
 }
 
 /// The retry policy of a step whose attribute declares none: never retries.
@@ -116,7 +119,7 @@ fn drop_managed<G>(future: Option<Pin<Box<G>>>) {
 pub(crate) fn start_step<'a, S, R, C, T, F, Fut>(
     run: &'a RunCore<S>,
     step: S,
-    policies: Policies<'a, R>,
+    policies: Policies<'a, R, T>,
     mut attempt: F,
 ) -> StepFuture<Fut, impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>>
 where
@@ -134,7 +137,7 @@ where
             started,
         },
         Plan::General(general) => StepFuture::Managed {
-            future: general_future(run, step, general, own, attempt),
+            future: general_future(run, step, general, own, policies.encode, attempt),
         },
     }
 }
@@ -148,6 +151,7 @@ fn general_future<'a, S, R, C, T, F, Fut>(
     step: S,
     general: General<'a>,
     own_retry: Option<R>,
+    encode: Option<Encode<T>>,
     attempt: F,
 ) -> Managed<impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>>
 where
@@ -157,7 +161,7 @@ where
     F: FnMut(C) -> Fut + 'a,
     Fut: Future<Output = Result<T, BoxError>> + 'a,
 {
-    Managed::new(with_policies(run, step, general, own_retry, attempt))
+    Managed::new(with_policies(run, step, general, own_retry, encode, attempt))
 }
 
 /// How a step runs: see [`plan`].
@@ -217,7 +221,12 @@ fn plan_general<'a, S: JobStep>(
     let timeout = run.timeout_override(step).or(timeout);
     let limiter = run.limits().limiter(step, limits);
     let mut span = None;
-    if retry_override.is_none() && !own_retry && timeout.is_none() && limiter.is_none() {
+    if retry_override.is_none()
+        && !own_retry
+        && timeout.is_none()
+        && limiter.is_none()
+        && run.durable().is_none()
+    {
         // Entering a span no subscriber wants costs more than the rest of a trivial step. No
         // subscriber wants any when none takes `INFO` (the span's level): then none is made.
         let first = if tracing::level_enabled!(tracing::Level::INFO) {
@@ -271,6 +280,7 @@ async fn with_policies<S, R, C, T, F, Fut>(
     step: S,
     general: General<'_>,
     own_retry: Option<R>,
+    encode: Option<Encode<T>>,
     attempt: F,
 ) -> Result<T, StepError>
 where
@@ -296,6 +306,8 @@ where
     let (outcome, n, span) =
         attempts(run, step, None, policies, general.span, on_start, attempt).await;
     let started = first_start.unwrap_or_else(|| run.now());
+    // A durable run's output is stored before its children (or the report) learn of it.
+    let outcome = checkpoint(run, step, n, started, outcome, encode).await;
     span.in_scope(|| end(run, step, n, started, outcome))
 }
 
@@ -382,7 +394,7 @@ where
 pub(crate) async fn run_for_each<'e, S, R, C, E, T, F, Fut>(
     run: &RunCore<S>,
     step: S,
-    policies: Policies<'_, R>,
+    policies: Policies<'_, R, Vec<T>>,
     elements: &'e [E],
     bound: Option<usize>,
     attempt: F,
@@ -458,6 +470,7 @@ where
         None => Ok(outputs.into_iter().flatten().collect()),
         Some(error) => Err(error),
     };
+    let outcome = checkpoint(run, step, attempts, first_start, outcome, policies.encode).await;
     end(run, step, attempts, first_start, outcome)
 }
 

@@ -32,6 +32,8 @@ pub(crate) struct RunOptions<S> {
     pub(crate) seeded: bool,
     /// The step the run stops after ([`Runner::until`](crate::Runner::until)).
     pub(crate) until: Option<S>,
+    /// Where a durable run checkpoints its steps.
+    pub(crate) durable: Option<crate::durable::Durable>,
 }
 
 impl<S> Default for RunOptions<S> {
@@ -49,6 +51,7 @@ impl<S> Default for RunOptions<S> {
             limits: None,
             seeded: false,
             until: None,
+            durable: None,
         }
     }
 }
@@ -201,7 +204,9 @@ impl<S: JobStep> RunCore<S> {
             Some(parent) => (Some(parent.child_token()), true),
             None => (cancellable.then(CancellationToken::new), cancellable),
         };
-        let no_overrides = options.retry.is_empty() && options.timeout.is_empty();
+        // A durable run's steps take the general path, which checkpoints them.
+        let no_overrides =
+            options.retry.is_empty() && options.timeout.is_empty() && options.durable.is_none();
         let enriches = options.job_enrich.is_some() || !options.enrich.is_empty();
         RunCore {
             info: Arc::new(RunInfo::new(job_name, options.job_id.take(), cancel)),
@@ -220,6 +225,17 @@ impl<S: JobStep> RunCore<S> {
 
     pub(crate) fn job_id(&self) -> &str {
         self.info.job_id()
+    }
+
+    /// When the run started, on the wall clock.
+    pub(crate) fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// Where a durable run checkpoints its steps; `None` for other runs.
+    #[inline]
+    pub(crate) fn durable(&self) -> Option<&crate::durable::Durable> {
+        self.options.durable.as_ref()
     }
 
     fn cell(&self, step: S) -> &StepCell<S> {

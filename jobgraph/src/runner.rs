@@ -163,6 +163,34 @@ impl<'j, J: Job> Runner<'j, J> {
         (result, run.report())
     }
 
+    /// Checkpoints the run into `store` and resumes it from what `store` holds: see
+    /// [`DurableRunner`](crate::durable::DurableRunner). Only for `#[job(durable)]` jobs.
+    pub fn store(self, store: &(impl crate::store::Store + Clone)) -> crate::durable::DurableRunner<'j, J>
+    where
+        J: crate::durable::DurableJob,
+    {
+        crate::durable::DurableRunner::new(self, Arc::new(store.clone()))
+    }
+
+    /// The run's id, if one was given.
+    pub(crate) fn job_id_option(&self) -> Option<&Arc<str>> {
+        self.options.job_id.as_ref()
+    }
+
+    /// The job this runner runs.
+    pub(crate) fn job(&self) -> &'j J {
+        self.job
+    }
+
+    /// The job, the state of a run that checkpoints through `durable`, and its seed.
+    pub(crate) fn durable(
+        mut self,
+        durable: crate::durable::Durable,
+    ) -> (&'j J, RunCore<J::Step>, J::Partial) {
+        self.options.durable = Some(durable);
+        self.core(false)
+    }
+
     /// The job, the run's state, made in the poll that starts the run (the clock reading the
     /// run starts at is its first step's start too), and the outputs it starts from.
     fn core(self, cancellable: bool) -> (&'j J, RunCore<J::Step>, J::Partial) {
@@ -192,6 +220,11 @@ impl<J: Job> Until<'_, J> {
         let result = drive(job, &run, seed).await;
         (result, run.report())
     }
+}
+
+/// A runner for `job`.
+pub(crate) fn runner_of<J: Job>(job: &J) -> Runner<'_, J> {
+    Runner::new(job)
 }
 
 /// Runs `job` from `seed` inside the run's span: the outputs the run has.

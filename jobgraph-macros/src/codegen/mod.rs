@@ -4,6 +4,7 @@
 
 mod checks;
 mod dot;
+mod durable;
 mod items;
 mod paths;
 mod scheduler;
@@ -57,6 +58,7 @@ pub(crate) fn generate(job: &Job<'_>, graph: &Graph) -> TokenStream {
     let partial = items::partial_struct(job, &paths);
     let job_impl = items::job_impl(job, graph, &paths);
     let step_fns = steps::step_fns(job, &paths);
+    let durable = durable::durable_impl(job, &paths);
     let checks = checks::checks(job, &paths);
     let import = &paths.import;
     quote! {
@@ -66,6 +68,7 @@ pub(crate) fn generate(job: &Job<'_>, graph: &Graph) -> TokenStream {
         #partial
         #job_impl
         #step_fns
+        #durable
         #checks
     }
 }

@@ -38,11 +38,13 @@ pub(crate) fn step_fns(job: &Job<'_>, paths: &Paths) -> TokenStream {
         let start = start(job, s, paths);
         quote!(#policies #start)
     });
+    let codecs = super::durable::codec_fns(job, paths);
     quote! {
         #[doc(hidden)]
         #[allow(clippy::type_complexity, clippy::too_many_arguments, dead_code)]
         impl #impl_generics #self_ty #where_clause {
             #(#fns)*
+            #codecs
         }
     }
 }
@@ -142,6 +144,7 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
         }
         false => quote!(&#p::StepLimits::NONE),
     };
+    let encode = super::durable::encode_arg(job, s, paths);
     let started = match (&s.for_each, elements) {
         (Some(for_each), Some(elements)) => {
             let bound = match &for_each.concurrency {
@@ -158,6 +161,7 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
                     #retry,
                     #timeout,
                     #limits,
+                    #encode,
                     #bound,
                     #elements,
                     move |#ctx: #ctx_ty, #elem| async move { #result },
@@ -177,6 +181,7 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
                     #retry,
                     #timeout,
                     #limits,
+                    #encode,
                     #attempt,
                 )
             }

@@ -25,6 +25,8 @@ pub(crate) struct Job<'a> {
     pub(crate) enrich: Option<Path>,
     /// `#[job(local)]`: no `start`.
     pub(crate) local: bool,
+    /// `#[job(durable)]`, with the option's span: the job is a `DurableJob`.
+    pub(crate) durable: Option<Ident>,
     pub(crate) steps: Vec<Step<'a>>,
     /// Every method of the impl, steps or not, to find collisions with generated items.
     pub(crate) methods: Vec<&'a ImplItemFn>,
@@ -116,6 +118,7 @@ impl<'a> Job<'a> {
             krate: args.krate,
             enrich: args.enrich,
             local: args.local,
+            durable: args.durable,
             ident,
             item,
             steps,

@@ -28,9 +28,12 @@ pub(crate) struct JobArgs {
     pub(crate) enrich: Option<Path>,
     /// `local`: no `start`, so steps' futures need not be `Send`.
     pub(crate) local: bool,
+    /// `durable`: the job's value and every output are stored, so runs checkpoint and resume.
+    pub(crate) durable: Option<Ident>,
 }
 
-const JOB_OPTIONS: &str = "`name = \"...\"`, `enrich = path`, `local`, `crate = path`";
+const JOB_OPTIONS: &str =
+    "`name = \"...\"`, `enrich = path`, `local`, `durable`, `crate = path`";
 
 /// The options of one `#[step(...)]`.
 #[derive(Default)]
@@ -94,6 +97,12 @@ pub(crate) fn job_args(tokens: TokenStream, cx: &mut Ctxt) -> JobArgs {
                 return Err(meta.error("`local` takes no value: write `#[job(local)]`"));
             }
             args.local = true;
+        } else if meta.path.is_ident("durable") {
+            seen.once(&meta, cx);
+            if !meta.input.is_empty() && !meta.input.peek(Token![,]) {
+                return Err(meta.error("`durable` takes no value: write `#[job(durable)]`"));
+            }
+            args.durable = meta.path.get_ident().cloned();
         } else {
             return Err(unknown_option(&meta, "#[job]", JOB_OPTIONS));
         }
