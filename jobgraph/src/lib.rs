@@ -10,6 +10,7 @@ mod report;
 mod retry;
 mod run;
 mod runner;
+pub mod store;
 
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]
