@@ -33,13 +33,13 @@ use tokio_util::sync::WaitForCancellationFuture;
 
 pub use crate::durable::{Codec, DecodeError, DurableJob, Encode, Stored, codec, decode};
 pub use crate::error::BoxError;
-pub use crate::store::StoredRun;
 use crate::error::StepFailure;
 use crate::error::StepPanic;
 pub use crate::exec::{AttemptContext, NoContext, NoRetry, StepFuture};
 use crate::exec::{
     Managed, Policies, StepFutureProj, report_completed, report_failed, run_for_each, start_step,
 };
+pub use crate::store::StoredRun;
 
 /// The `Result` a step method returns, split into output and error.
 #[diagnostic::on_unimplemented(

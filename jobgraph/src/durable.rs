@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::run::RunCore;
-use crate::runner::{JobErrorOf, Runner, drive};
+use crate::runner::{Runner, drive};
 use crate::store::{
     GraphSpec, RunSpec, RunState, StepOutcome, StepSpec, Store, StoreError, StoredRun,
 };
@@ -264,10 +264,7 @@ fn descendants<S: JobStep>(step: S) -> impl Iterator<Item = S> {
             stack.extend_from_slice(S::STEPS[index].children());
         }
     }
-    S::ALL
-        .iter()
-        .copied()
-        .filter(move |s| seen[s.index()])
+    S::ALL.iter().copied().filter(move |s| seen[s.index()])
 }
 
 /// The graph of `J` as the store keeps it, so the run's report, DOT and redrive work from the
@@ -303,6 +300,16 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
         }
     }
 
+    /// Sets the run's id: the key of the run in the store. Running an id again resumes it.
+    ///
+    /// # Panics
+    ///
+    /// If `id` is empty.
+    pub fn job_id(mut self, id: impl Into<String>) -> Self {
+        self.runner = self.runner.job_id(id);
+        self
+    }
+
     /// Records the run as part of the named batch (for listing and counting).
     pub fn batch(mut self, name: impl Into<String>) -> Self {
         self.batch = Some(name.into());
@@ -336,19 +343,29 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
             graph: &graph,
             batch: batch.as_deref(),
         };
-        let stored = store
-            .open_run(spec, &owner, LEASE)
-            .await
-            .map_err(|error| DurableError::Store {
-                run: id.clone(),
-                error,
-            })?;
-        let seed = J::__decode(&stored).map_err(|error| DurableError::Decode {
-            run: id.clone(),
-            error,
-        })?;
+        let stored =
+            store
+                .open_run(spec, &owner, LEASE)
+                .await
+                .map_err(|error| DurableError::Store {
+                    run: id.clone(),
+                    error,
+                })?;
+        let seed = match J::__decode(&stored) {
+            Ok(seed) => seed,
+            Err(error) => {
+                // Nothing ran: give the lease back, the run paused until the step is reset.
+                let text = error.to_string();
+                let _ = store
+                    .finish_run(&id, &owner, RunState::Cancelled, Some(&text))
+                    .await;
+                return Err(DurableError::Decode { run: id, error });
+            }
+        };
         if stored.state == RunState::Succeeded {
-            let finish = store.finish_run(&id, &owner, RunState::Succeeded, None).await;
+            let finish = store
+                .finish_run(&id, &owner, RunState::Succeeded, None)
+                .await;
             finish.map_err(|error| DurableError::Store {
                 run: id.clone(),
                 error,
@@ -371,7 +388,10 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
                 futures::future::Either::Right((error, drive)) => {
                     // The lease is lost: another runner may run this run now. Stop.
                     drop(drive);
-                    return Err(DurableError::Store { run: id, error });
+                    return Err(DurableError::Store {
+                        run: id.clone(),
+                        error,
+                    });
                 }
             }
         };
@@ -436,5 +456,7 @@ pub async fn resume<J: DurableJob>(
         error,
     })?;
     let runner = crate::runner::runner_of(&job).job_id(id);
-    DurableRunner::new(runner, Arc::new(store.clone())).run().await
+    DurableRunner::new(runner, Arc::new(store.clone()))
+        .run()
+        .await
 }

@@ -116,7 +116,9 @@ impl StepError {
             StepError::Timeout(d) => write!(f, "timed out after {d:?}"),
             StepError::Cancelled => f.write_str("was cancelled"),
             StepError::Policy(message) => write!(f, "has an invalid policy: {message}"),
-            StepError::Checkpoint(_) => f.write_str("completed, but its output could not be stored"),
+            StepError::Checkpoint(_) => {
+                f.write_str("completed, but its output could not be stored")
+            }
             StepError::Element { index, error } => {
                 write!(f, "element {index}: ")?;
                 error.fmt_without_cause(f)

@@ -17,9 +17,9 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use tracing::{Instrument as _, Span};
 
+use crate::durable::{Encode, checkpoint};
 use crate::error::{BoxError, StepError, StepPanic};
 use crate::limit::{StepLimiter, StepLimits};
-use crate::durable::{Encode, checkpoint};
 use crate::report::StepEvent;
 use crate::run::RunCore;
 use crate::{JobStep, RetryPolicy, StepContext};
@@ -161,7 +161,9 @@ where
     F: FnMut(C) -> Fut + 'a,
     Fut: Future<Output = Result<T, BoxError>> + 'a,
 {
-    Managed::new(with_policies(run, step, general, own_retry, encode, attempt))
+    Managed::new(with_policies(
+        run, step, general, own_retry, encode, attempt,
+    ))
 }
 
 /// How a step runs: see [`plan`].
@@ -410,6 +412,7 @@ where
     use futures::stream::FuturesUnordered;
 
     let limiter = run.limits().limiter(step, policies.limits);
+    let encode = policies.encode;
     let policies = AttemptPolicies {
         retry: run
             .retry_override(step)
@@ -470,7 +473,7 @@ where
         None => Ok(outputs.into_iter().flatten().collect()),
         Some(error) => Err(error),
     };
-    let outcome = checkpoint(run, step, attempts, first_start, outcome, policies.encode).await;
+    let outcome = checkpoint(run, step, attempts, first_start, outcome, encode).await;
     end(run, step, attempts, first_start, outcome)
 }
 

@@ -2,6 +2,7 @@
 
 mod batch;
 mod context;
+pub mod durable;
 mod error;
 mod exec;
 mod job;

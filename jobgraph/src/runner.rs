@@ -165,7 +165,10 @@ impl<'j, J: Job> Runner<'j, J> {
 
     /// Checkpoints the run into `store` and resumes it from what `store` holds: see
     /// [`DurableRunner`](crate::durable::DurableRunner). Only for `#[job(durable)]` jobs.
-    pub fn store(self, store: &(impl crate::store::Store + Clone)) -> crate::durable::DurableRunner<'j, J>
+    pub fn store(
+        self,
+        store: &(impl crate::store::Store + Clone),
+    ) -> crate::durable::DurableRunner<'j, J>
     where
         J: crate::durable::DurableJob,
     {

@@ -86,4 +86,3 @@ fn a_run_allocates_a_constant_number_of_times() {
         "a subscriber's spans and events allocate per step: {per_step} per step"
     );
 }
-

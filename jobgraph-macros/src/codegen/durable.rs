@@ -69,8 +69,8 @@ pub(crate) fn durable_impl(job: &Job<'_>, paths: &Paths) -> TokenStream {
         let f = codec_fn(s);
         quote!(#ident: #p::decode(#run, #name, Self::#f())?,)
     });
-    let marker = (!job.item.generics.params.is_empty())
-        .then(|| quote!(__jobgraph_marker: #p::PhantomData,));
+    let marker =
+        (!job.item.generics.params.is_empty()).then(|| quote!(__jobgraph_marker: #p::PhantomData,));
     // The job's value is the run's input: spanned on the impl's type, with the option.
     let span = self_ty.span();
     let p_at = paths.private_at(span);

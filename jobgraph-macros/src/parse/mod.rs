@@ -32,8 +32,7 @@ pub(crate) struct JobArgs {
     pub(crate) durable: Option<Ident>,
 }
 
-const JOB_OPTIONS: &str =
-    "`name = \"...\"`, `enrich = path`, `local`, `durable`, `crate = path`";
+const JOB_OPTIONS: &str = "`name = \"...\"`, `enrich = path`, `local`, `durable`, `crate = path`";
 
 /// The options of one `#[step(...)]`.
 #[derive(Default)]

@@ -643,6 +643,7 @@ impl Diamond {
                 ::jobgraph::__private::None::<::jobgraph::__private::NoRetry>,
                 ::jobgraph::__private::None,
                 &::jobgraph::__private::StepLimits::NONE,
+                ::jobgraph::__private::None,
                 move |_: ::jobgraph::__private::NoContext| ::jobgraph::__private::Infallible::new(
                     Self::a(self),
                 ),
@@ -680,6 +681,7 @@ impl Diamond {
                 ::jobgraph::__private::None::<::jobgraph::__private::NoRetry>,
                 ::jobgraph::__private::None,
                 &::jobgraph::__private::StepLimits::NONE,
+                ::jobgraph::__private::None,
                 move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
                     {
                         let __jg_out = Self::b(self, __jg_in0).await;
@@ -720,6 +722,7 @@ impl Diamond {
                 ::jobgraph::__private::None::<::jobgraph::__private::NoRetry>,
                 ::jobgraph::__private::None,
                 &::jobgraph::__private::StepLimits::NONE,
+                ::jobgraph::__private::None,
                 move |__jg_ctx: ::jobgraph::__private::StepContext| async move {
                     ::jobgraph::__private::infallible(
                         Self::c(self, &__jg_ctx, __jg_in1).await,
@@ -759,6 +762,7 @@ impl Diamond {
                 ::jobgraph::__private::None::<::jobgraph::__private::NoRetry>,
                 ::jobgraph::__private::None,
                 &::jobgraph::__private::StepLimits::NONE,
+                ::jobgraph::__private::None,
                 move |_: ::jobgraph::__private::NoContext| ::jobgraph::__private::Infallible::new(
                     Self::d(self, __jg_in0),
                 ),

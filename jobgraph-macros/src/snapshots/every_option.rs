@@ -573,6 +573,7 @@ impl Crawl {
                     ::jobgraph::__private::timeout(Self::__jg_timeout_pages(self))?,
                 ),
                 &::jobgraph::__private::StepLimits::NONE,
+                ::jobgraph::__private::None,
                 move |__jg_ctx: ::jobgraph::__private::NoContext| async move {
                     {
                         let __jg_out = Self::pages(self).await;
@@ -662,6 +663,7 @@ impl Crawl {
                 ::jobgraph::__private::None::<::jobgraph::__private::NoRetry>,
                 ::jobgraph::__private::None,
                 Self::__jg_limits_fetch(self),
+                ::jobgraph::__private::None,
                 Self::__jg_bound_fetch(self),
                 ::jobgraph::__private::elements::<Vec<u32>>(__jg_p1),
                 move |__jg_ctx: ::jobgraph::__private::StepContext, __jg_elem| async move {
@@ -711,6 +713,7 @@ impl Crawl {
                 ::jobgraph::__private::None::<::jobgraph::__private::NoRetry>,
                 ::jobgraph::__private::None,
                 &::jobgraph::__private::StepLimits::NONE,
+                ::jobgraph::__private::None,
                 move |_: ::jobgraph::__private::NoContext| ::jobgraph::__private::Infallible::new(
                     Self::index(self, __jg_in0),
                 ),

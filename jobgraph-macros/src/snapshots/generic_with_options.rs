@@ -511,6 +511,7 @@ where
                 __jobgraph_private_Report::None::<__jobgraph_private_Report::NoRetry>,
                 __jobgraph_private_Report::None,
                 &__jobgraph_private_Report::StepLimits::NONE,
+                __jobgraph_private_Report::None,
                 move |__jg_ctx: __jobgraph_private_Report::NoContext| async move {
                     {
                         let __jg_out = Self::load(self).await;
@@ -554,6 +555,7 @@ where
                 __jobgraph_private_Report::None::<__jobgraph_private_Report::NoRetry>,
                 __jobgraph_private_Report::None,
                 &__jobgraph_private_Report::StepLimits::NONE,
+                __jobgraph_private_Report::None,
                 move |_: __jobgraph_private_Report::NoContext| __jobgraph_private_Report::Infallible::new(
                     Self::render(self, __jg_in0),
                 ),

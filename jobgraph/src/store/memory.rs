@@ -12,10 +12,11 @@ use super::{
 };
 
 /// A [`Store`] in memory: same semantics as [`SqliteStore`](super::SqliteStore), leases and
-/// fencing included (on the wall clock), and nothing survives the process. For tests.
-#[derive(Debug, Default)]
+/// fencing included (on the wall clock), and nothing survives the process. For tests. Clones
+/// share one store.
+#[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    inner: Mutex<Inner>,
+    inner: std::sync::Arc<Mutex<Inner>>,
 }
 
 #[derive(Debug, Default)]
