@@ -123,37 +123,18 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
         quote!(#p::infallible(#call))
     };
 
-    let retry = match &s.retry {
-        Some(_) => {
-            let f = step_fn("retry", s);
-            quote!(#p::Some(Self::#f(self)))
-        }
-        None => quote!(#p::None::<#p::NoRetry>),
-    };
-    let timeout = match &s.timeout {
-        Some(_) => {
-            let f = step_fn("timeout", s);
-            quote!(#p::Some(#p::timeout(Self::#f(self))?))
-        }
-        None => quote!(#p::None),
-    };
-    let limits = match s.concurrency.is_some() || s.rate.is_some() {
-        true => {
-            let f = step_fn("limits", s);
-            quote!(Self::#f(self))
-        }
-        false => quote!(&#p::StepLimits::NONE),
-    };
+    let PolicyCalls {
+        retry,
+        timeout,
+        limits,
+        bound,
+    } = PolicyCalls::new(s, paths);
+    let retry = retry
+        .map(|retry| quote!(#p::Some(#retry)))
+        .unwrap_or_else(|| quote!(#p::None::<#p::NoRetry>));
     let encode = super::durable::encode_arg(job, s, paths);
     let started = match (&s.for_each, elements) {
-        (Some(for_each), Some(elements)) => {
-            let bound = match &for_each.concurrency {
-                Some(_) => {
-                    let f = step_fn("bound", s);
-                    quote!(Self::#f(self))
-                }
-                None => quote!(#p::None),
-            };
+        (Some(_), Some(elements)) => {
             quote! {
                 #p::RunCore::for_each(
                     #run,
@@ -272,6 +253,47 @@ fn policy_fns(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
     fns
 }
 
+/// The calls that evaluate a step's policies (through its policy functions), as the start
+/// function and `Job::policies` both use them.
+struct PolicyCalls {
+    /// The retry policy, if the step declares one.
+    retry: Option<TokenStream>,
+    /// `Option<Duration>`, a zero timeout returned as the step's error with `?`.
+    timeout: TokenStream,
+    /// `&'static StepLimits`.
+    limits: TokenStream,
+    /// `Option<u32>`: the `for_each` bound.
+    bound: TokenStream,
+}
+
+impl PolicyCalls {
+    fn new(s: &Step<'_>, paths: &Paths) -> Self {
+        let p = &paths.private;
+        let call = |what: &str| {
+            let f = step_fn(what, s);
+            quote!(Self::#f(self))
+        };
+        PolicyCalls {
+            retry: s.retry.as_ref().map(|_| call("retry")),
+            timeout: match &s.timeout {
+                Some(_) => {
+                    let timeout = call("timeout");
+                    quote!(#p::Some(#p::timeout(#timeout)?))
+                }
+                None => quote!(#p::None),
+            },
+            limits: match s.concurrency.is_some() || s.rate.is_some() {
+                true => call("limits"),
+                false => quote!(&#p::StepLimits::NONE),
+            },
+            bound: match s.for_each.as_ref().and_then(|f| f.concurrency.as_ref()) {
+                Some(_) => call("bound"),
+                None => quote!(#p::None),
+            },
+        }
+    }
+}
+
 /// The body of `Job::policies`: each step's options as data.
 pub(crate) fn policies_body(job: &Job<'_>, paths: &Paths) -> TokenStream {
     let p = &paths.private;
@@ -279,34 +301,15 @@ pub(crate) fn policies_body(job: &Job<'_>, paths: &Paths) -> TokenStream {
     let step = local1("step");
     let arms = job.steps.iter().map(|s| {
         let variant = &s.variant;
-        let retry = match &s.retry {
-            Some(_) => {
-                let f = step_fn("retry", s);
-                quote!(#p::Some(#p::shared_retry(Self::#f(self))))
-            }
-            None => quote!(#p::None),
-        };
-        let timeout = match &s.timeout {
-            Some(_) => {
-                let f = step_fn("timeout", s);
-                quote!(#p::Some(#p::timeout(Self::#f(self))?))
-            }
-            None => quote!(#p::None),
-        };
-        let limits = match s.concurrency.is_some() || s.rate.is_some() {
-            true => {
-                let f = step_fn("limits", s);
-                quote!(Self::#f(self))
-            }
-            false => quote!(&#p::StepLimits::NONE),
-        };
-        let bound = match s.for_each.as_ref().and_then(|f| f.concurrency.as_ref()) {
-            Some(_) => {
-                let f = step_fn("bound", s);
-                quote!(Self::#f(self))
-            }
-            None => quote!(#p::None),
-        };
+        let PolicyCalls {
+            retry,
+            timeout,
+            limits,
+            bound,
+        } = PolicyCalls::new(s, paths);
+        let retry = retry
+            .map(|retry| quote!(#p::Some(#p::shared_retry(#retry))))
+            .unwrap_or_else(|| quote!(#p::None));
         quote! {
             #step_enum::#variant => #p::Ok(#p::step_policies(#retry, #timeout, #limits, #bound)),
         }
