@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jobgraph::durable::{DurableError, resume};
+use jobgraph::store::{MemoryStore, RunState, SqliteStore, StepStatus, Store, StoreError};
 use jobgraph::job;
-use jobgraph::store::{MemoryStore, RunState, StepStatus, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -115,6 +115,19 @@ macro_rules! on_both_stores {
                 }
             )*
         }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().join("jobs.db");
+                    let store = jobgraph::store::SqliteStore::open(path.to_str().unwrap())
+                        .await
+                        .unwrap();
+                    super::$case(store).await;
+                }
+            )*
+        }
     };
 }
 
@@ -215,11 +228,7 @@ async fn resume_from_input<S: Store + Clone>(store: S) {
     fail(customer, None);
     let out = resume::<Import>(&store, "import-103").await.unwrap();
     assert_eq!(out.invoice, "customer-103: 32 (audit 206)");
-    assert_eq!(
-        ran(customer, "audit"),
-        1,
-        "`audit` completed in the first run"
-    );
+    assert_eq!(ran(customer, "audit"), 1, "`audit` completed in the first run");
 
     let missing = resume::<Import>(&store, "no-such-run").await.unwrap_err();
     assert!(
@@ -314,6 +323,8 @@ async fn age<S: Store>(store: &S, by: Duration) {
     let any: &dyn std::any::Any = store;
     if let Some(memory) = any.downcast_ref::<MemoryStore>() {
         memory.age_leases(by).await;
+    } else if let Some(sqlite) = any.downcast_ref::<SqliteStore>() {
+        sqlite.age_leases(by).await;
     } else {
         unreachable!("a store of the suite");
     }

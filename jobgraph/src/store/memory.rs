@@ -1,5 +1,6 @@
 //! `MemoryStore`: the [`Store`] contract on maps behind a mutex, for tests.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -364,7 +365,7 @@ impl Store for MemoryStore {
                         .is_none_or(|batch| r.run.batch.as_ref() == Some(batch))
                 })
                 .collect();
-            runs.sort_by(|a, b| (b.run.created_at, b.seq).cmp(&(a.run.created_at, a.seq)));
+            runs.sort_by_key(|r| Reverse((r.run.created_at, r.seq)));
             runs.truncate(filter.limit.unwrap_or(usize::MAX));
             Ok(runs
                 .into_iter()
@@ -455,7 +456,7 @@ impl Store for MemoryStore {
                         .any(|s| s.name == step && s.state == StepStatus::Failed)
                 })
                 .collect();
-            runs.sort_by(|a, b| (b.run.created_at, b.seq).cmp(&(a.run.created_at, a.seq)));
+            runs.sort_by_key(|r| Reverse((r.run.created_at, r.seq)));
             Ok(runs.into_iter().map(|r| r.run.id.clone()).collect())
         })
     }

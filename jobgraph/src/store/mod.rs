@@ -38,8 +38,14 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 mod memory;
+#[cfg(feature = "sqlite")]
+mod schema;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Where durable runs are kept: runs, their steps' states and outputs, and `for_each` elements.
 ///

@@ -1,0 +1,973 @@
+//! `SqliteStore`: the [`Store`] contract on an embedded SQLite database, through `sqlx`.
+//!
+//! Every statement is a constant next to the one function that runs it; `sqlx::query` (not the
+//! compile-time macros) runs them, and the contract tests check them. Every write is one
+//! `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock up front, so concurrent
+//! processes queue on `busy_timeout` instead of failing mid-transaction on a lock upgrade.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+
+use super::schema;
+use super::{
+    GraphSpec, RunFilter, RunSpec, RunState, RunSummary, StepOutcome, StepStatus, StepTally, Store,
+    StoreError, StoredRun, StoredStep, millis, now_ms, plus,
+};
+
+/// A [`Store`] in an embedded SQLite database: runs survive the process (and, with
+/// [`Synchronous::Full`], power loss).
+///
+/// The database is in WAL mode (readers never block the writer), with foreign keys on, an
+/// explicit [`Synchronous`] mode and a `busy_timeout`. Opening it creates the file and its
+/// tables (prefixed `jobgraph_`), migrates an older schema, and refuses a newer one
+/// ([`StoreError::Schema`]). Several processes may open one file: their writes serialize.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+/// How hard SQLite flushes each commit to disk (`PRAGMA synchronous`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Synchronous {
+    /// `FULL`: a commit is on disk when it returns; it survives a process crash and power loss
+    /// (or an OS crash). One fsync per commit.
+    #[default]
+    Full,
+    /// `NORMAL`: in WAL mode a commit survives a process crash (`kill -9`), but power loss or
+    /// an OS crash may lose the last commits (never corrupts the database). Fewer fsyncs,
+    /// faster commits.
+    Normal,
+}
+
+/// How [`SqliteStore::open_with`] opens the database.
+///
+/// # Default
+///
+/// `synchronous`: [`Synchronous::Full`]; `busy_timeout`: 5 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// How hard each commit is flushed to disk.
+    pub synchronous: Synchronous,
+    /// How long a statement waits for another connection's (or process's) lock before it fails.
+    pub busy_timeout: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SqliteOptions {
+    /// The defaults: [`Synchronous::Full`], a 5 s busy timeout.
+    pub const fn new() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets how hard each commit is flushed to disk.
+    pub const fn with_synchronous(mut self, synchronous: Synchronous) -> Self {
+        self.synchronous = synchronous;
+        self
+    }
+
+    /// Sets how long a statement waits for a lock.
+    pub const fn with_busy_timeout(mut self, busy_timeout: Duration) -> Self {
+        self.busy_timeout = busy_timeout;
+        self
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) the database at `path_or_url` with the default
+    /// [`SqliteOptions`]: a path (`jobs.db`), a URL (`sqlite://jobs.db`, `sqlite:jobs.db?...`),
+    /// or `sqlite::memory:` (a private database that lives as long as this store).
+    pub async fn open(path_or_url: &str) -> Result<SqliteStore, StoreError> {
+        Self::open_with(path_or_url, SqliteOptions::default()).await
+    }
+
+    /// Opens (creating it if missing) the database at `path_or_url` with `options`.
+    pub async fn open_with(
+        path_or_url: &str,
+        options: SqliteOptions,
+    ) -> Result<SqliteStore, StoreError> {
+        let memory = path_or_url.contains(":memory:") || path_or_url.contains("mode=memory");
+        let connect = if path_or_url.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(path_or_url)?
+        } else if path_or_url == ":memory:" {
+            SqliteConnectOptions::from_str("sqlite::memory:")?
+        } else {
+            SqliteConnectOptions::new().filename(path_or_url)
+        };
+        let connect = connect
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .synchronous(match options.synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(options.busy_timeout);
+        let pool = if memory {
+            // An in-memory database lives as long as a connection to it: keep exactly one.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(4)
+        }
+        .connect_with(connect)
+        .await?;
+        schema::migrate(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Closes the database's connections; the store fails every call after.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Moves every lease's expiry `by` into the past, as if that much time had passed: protocol
+    /// tests age leases in SQL instead of sleeping.
+    ///
+    /// # Panics
+    ///
+    /// If the database fails (a test helper).
+    #[doc(hidden)]
+    pub async fn age_leases(&self, by: Duration) {
+        sqlx::query(AGE_LEASES)
+            .bind(millis(by))
+            .execute(&self.pool)
+            .await
+            .expect("age_leases: the store's database failed");
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// A decoding error is a corrupt value (`what`); anything else is the database failing.
+pub(super) fn corrupt_or_database(error: sqlx::Error, what: &str) -> StoreError {
+    match error {
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt {
+            what: format!("{what} cannot be read ({error})"),
+        },
+        error => StoreError::from(error),
+    }
+}
+
+fn get<'r, T>(row: &'r SqliteRow, column: &str, table: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
+{
+    row.try_get(column)
+        .map_err(|e| corrupt_or_database(e, &format!("{table}.{column}")))
+}
+
+fn run_state(value: &str, run: &str) -> Result<RunState, StoreError> {
+    value.parse().map_err(|e| StoreError::Corrupt {
+        what: format!("the state of run `{run}`: {e}"),
+    })
+}
+
+fn step_status(value: &str, run: &str, step: &str) -> Result<StepStatus, StoreError> {
+    value.parse().map_err(|e| StoreError::Corrupt {
+        what: format!("the state of step `{step}` of run `{run}`: {e}"),
+    })
+}
+
+fn graph(json: &str, run: &str) -> Result<GraphSpec, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        what: format!("the graph of run `{run}` ({e})"),
+    })
+}
+
+fn lease_lost(run: &str, owner: &str) -> StoreError {
+    StoreError::LeaseLost {
+        run: run.to_owned(),
+        owner: owner.to_owned(),
+    }
+}
+
+fn no_such_run(run: &str) -> StoreError {
+    StoreError::NoSuchRun {
+        run: run.to_owned(),
+    }
+}
+
+fn no_such_step(run: &str, step: &str) -> StoreError {
+    StoreError::NoSuchStep {
+        run: run.to_owned(),
+        step: step.to_owned(),
+    }
+}
+
+// ---- Statements, one function each ------------------------------------------------------------
+
+const AGE_LEASES: &str =
+    "UPDATE jobgraph_runs SET lease_until = lease_until - ?1 WHERE lease_until IS NOT NULL";
+
+/// A run's job, state and lease, for `open_run` and `reset_step`.
+struct Head {
+    job: String,
+    state: RunState,
+    graph: String,
+    lease_owner: Option<String>,
+    lease_until: Option<i64>,
+}
+
+const SELECT_HEAD: &str = "SELECT job, state, graph, lease_owner, lease_until
+    FROM jobgraph_runs WHERE id = ?1";
+
+async fn select_head(conn: &mut SqliteConnection, run: &str) -> Result<Option<Head>, StoreError> {
+    let Some(row) = sqlx::query(SELECT_HEAD)
+        .bind(run)
+        .fetch_optional(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    const T: &str = "jobgraph_runs";
+    Ok(Some(Head {
+        job: get(&row, "job", T)?,
+        state: run_state(get(&row, "state", T)?, run)?,
+        graph: get(&row, "graph", T)?,
+        lease_owner: get(&row, "lease_owner", T)?,
+        lease_until: get(&row, "lease_until", T)?,
+    }))
+}
+
+const INSERT_RUN: &str = "INSERT INTO jobgraph_runs
+    (id, job, batch, input, graph, state, lease_owner, lease_until, created_at, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8)";
+
+async fn insert_run(
+    conn: &mut SqliteConnection,
+    spec: &RunSpec<'_>,
+    graph: &str,
+    owner: &str,
+    until: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(INSERT_RUN)
+        .bind(spec.id)
+        .bind(spec.job)
+        .bind(spec.batch)
+        .bind(spec.input)
+        .bind(graph)
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+const INSERT_STEP: &str = "INSERT INTO jobgraph_steps (run_id, name, position, state)
+    VALUES (?1, ?2, ?3, 'pending')";
+
+async fn insert_step(
+    conn: &mut SqliteConnection,
+    run: &str,
+    name: &str,
+    position: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(INSERT_STEP)
+        .bind(run)
+        .bind(name)
+        .bind(position)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+const TAKE_LEASE: &str = "UPDATE jobgraph_runs
+    SET lease_owner = ?2, lease_until = ?3, updated_at = ?4 WHERE id = ?1";
+
+async fn take_lease(
+    conn: &mut SqliteConnection,
+    run: &str,
+    owner: &str,
+    until: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(TAKE_LEASE)
+        .bind(run)
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+const RESUME_RUN: &str = "UPDATE jobgraph_runs SET state = 'running', error = NULL WHERE id = ?1";
+
+async fn resume_run(conn: &mut SqliteConnection, run: &str) -> Result<(), StoreError> {
+    sqlx::query(RESUME_RUN).bind(run).execute(conn).await?;
+    Ok(())
+}
+
+const RESUME_STEPS: &str = "UPDATE jobgraph_steps SET state = 'pending', error = NULL
+    WHERE run_id = ?1 AND state <> 'completed'";
+
+async fn resume_steps(conn: &mut SqliteConnection, run: &str) -> Result<(), StoreError> {
+    sqlx::query(RESUME_STEPS).bind(run).execute(conn).await?;
+    Ok(())
+}
+
+/// Fencing in one statement: touches the run if `owner` holds its lease.
+const FENCE: &str = "UPDATE jobgraph_runs SET updated_at = ?3 WHERE id = ?1 AND lease_owner = ?2";
+
+const SELECT_EXISTS: &str = "SELECT 1 FROM jobgraph_runs WHERE id = ?1";
+
+/// Whether the run exists.
+async fn run_exists(conn: &mut SqliteConnection, run: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query(SELECT_EXISTS)
+        .bind(run)
+        .fetch_optional(conn)
+        .await?
+        .is_some())
+}
+
+/// Ok if `owner` holds the run's lease (and marks the run written); else why not.
+async fn fence(
+    conn: &mut SqliteConnection,
+    run: &str,
+    owner: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(FENCE)
+        .bind(run)
+        .bind(owner)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else if run_exists(conn, run).await? {
+        Err(lease_lost(run, owner))
+    } else {
+        Err(no_such_run(run))
+    }
+}
+
+const RENEW_LEASE: &str = "UPDATE jobgraph_runs SET lease_until = ?2 WHERE id = ?1";
+
+async fn renew_lease(conn: &mut SqliteConnection, run: &str, until: i64) -> Result<(), StoreError> {
+    sqlx::query(RENEW_LEASE)
+        .bind(run)
+        .bind(until)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+const SETTLE_STEP: &str = "UPDATE jobgraph_steps
+    SET state = ?3, attempts = ?4, output = ?5, error = ?6, started_at = ?7, ended_at = ?8
+    WHERE run_id = ?1 AND name = ?2";
+
+/// Records a completed or failed step; [`StoreError::NoSuchStep`] if there is none.
+async fn settle_step(
+    conn: &mut SqliteConnection,
+    run: &str,
+    state: StepStatus,
+    outcome: &StepOutcome<'_>,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(SETTLE_STEP)
+        .bind(run)
+        .bind(outcome.step)
+        .bind(state.as_str())
+        .bind(i64::from(outcome.attempts))
+        .bind(outcome.output)
+        .bind(outcome.error)
+        .bind(outcome.started_at)
+        .bind(outcome.ended_at)
+        .execute(conn)
+        .await?;
+    match done.rows_affected() {
+        0 => Err(no_such_step(run, outcome.step)),
+        _ => Ok(()),
+    }
+}
+
+const SKIP_STEP: &str =
+    "UPDATE jobgraph_steps SET state = 'skipped' WHERE run_id = ?1 AND name = ?2";
+
+async fn skip_step(conn: &mut SqliteConnection, run: &str, step: &str) -> Result<(), StoreError> {
+    let done = sqlx::query(SKIP_STEP)
+        .bind(run)
+        .bind(step)
+        .execute(conn)
+        .await?;
+    match done.rows_affected() {
+        0 => Err(no_such_step(run, step)),
+        _ => Ok(()),
+    }
+}
+
+const UPSERT_ELEMENT: &str = "INSERT INTO jobgraph_elements (run_id, step, idx, output)
+    VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT (run_id, step, idx) DO UPDATE SET output = excluded.output";
+
+async fn upsert_element(
+    conn: &mut SqliteConnection,
+    run: &str,
+    step: &str,
+    index: usize,
+    output: &str,
+) -> Result<(), StoreError> {
+    let index = i64::try_from(index).map_err(|_| no_such_step(run, step))?;
+    let done = sqlx::query(UPSERT_ELEMENT)
+        .bind(run)
+        .bind(step)
+        .bind(index)
+        .bind(output)
+        .execute(conn)
+        .await;
+    match done {
+        Ok(_) => Ok(()),
+        // The element's (run, step) must be a step of the run.
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            Err(no_such_step(run, step))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+const SELECT_ELEMENTS: &str = "SELECT idx, output FROM jobgraph_elements
+    WHERE run_id = ?1 AND step = ?2 ORDER BY idx";
+
+async fn select_elements(
+    conn: &mut SqliteConnection,
+    run: &str,
+    step: &str,
+) -> Result<Vec<(usize, String)>, StoreError> {
+    let rows = sqlx::query(SELECT_ELEMENTS)
+        .bind(run)
+        .bind(step)
+        .fetch_all(conn)
+        .await?;
+    const T: &str = "jobgraph_elements";
+    rows.iter()
+        .map(|row| {
+            let idx: i64 = get(row, "idx", T)?;
+            let idx = usize::try_from(idx).map_err(|_| StoreError::Corrupt {
+                what: format!("element {idx} of step `{step}` of run `{run}` has a negative index"),
+            })?;
+            Ok((idx, get(row, "output", T)?))
+        })
+        .collect()
+}
+
+const SELECT_STEP_EXISTS: &str = "SELECT 1 FROM jobgraph_steps WHERE run_id = ?1 AND name = ?2";
+
+async fn step_exists(
+    conn: &mut SqliteConnection,
+    run: &str,
+    step: &str,
+) -> Result<bool, StoreError> {
+    Ok(sqlx::query(SELECT_STEP_EXISTS)
+        .bind(run)
+        .bind(step)
+        .fetch_optional(conn)
+        .await?
+        .is_some())
+}
+
+const FINISH_RUN: &str = "UPDATE jobgraph_runs
+    SET state = ?3, error = ?4, lease_owner = NULL, lease_until = NULL, updated_at = ?5
+    WHERE id = ?1 AND lease_owner = ?2";
+
+/// Whether the run was finished (`owner` held its lease).
+async fn finish_run(
+    conn: &mut SqliteConnection,
+    run: &str,
+    owner: &str,
+    state: RunState,
+    error: Option<&str>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(FINISH_RUN)
+        .bind(run)
+        .bind(owner)
+        .bind(state.as_str())
+        .bind(error)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+const SELECT_RUN: &str = "SELECT id, job, batch, input, graph, state, error, created_at, updated_at
+    FROM jobgraph_runs WHERE id = ?1";
+
+async fn select_run(
+    conn: &mut SqliteConnection,
+    run: &str,
+) -> Result<Option<StoredRun>, StoreError> {
+    let Some(row) = sqlx::query(SELECT_RUN)
+        .bind(run)
+        .fetch_optional(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    const T: &str = "jobgraph_runs";
+    Ok(Some(StoredRun {
+        id: get(&row, "id", T)?,
+        job: get(&row, "job", T)?,
+        batch: get(&row, "batch", T)?,
+        input: get(&row, "input", T)?,
+        graph: graph(get(&row, "graph", T)?, run)?,
+        state: run_state(get(&row, "state", T)?, run)?,
+        error: get(&row, "error", T)?,
+        created_at: get(&row, "created_at", T)?,
+        updated_at: get(&row, "updated_at", T)?,
+        steps: Vec::new(),
+    }))
+}
+
+const SELECT_STEPS: &str = "SELECT name, state, attempts, output, error, started_at, ended_at
+    FROM jobgraph_steps WHERE run_id = ?1 ORDER BY position";
+
+async fn select_steps(
+    conn: &mut SqliteConnection,
+    run: &str,
+) -> Result<Vec<StoredStep>, StoreError> {
+    let rows = sqlx::query(SELECT_STEPS).bind(run).fetch_all(conn).await?;
+    const T: &str = "jobgraph_steps";
+    rows.iter()
+        .map(|row| {
+            let name: String = get(row, "name", T)?;
+            let attempts: i64 = get(row, "attempts", T)?;
+            Ok(StoredStep {
+                state: step_status(get(row, "state", T)?, run, &name)?,
+                attempts: u32::try_from(attempts).map_err(|_| StoreError::Corrupt {
+                    what: format!("step `{name}` of run `{run}` has {attempts} attempts"),
+                })?,
+                output: get(row, "output", T)?,
+                error: get(row, "error", T)?,
+                started_at: get(row, "started_at", T)?,
+                ended_at: get(row, "ended_at", T)?,
+                name,
+            })
+        })
+        .collect()
+}
+
+const SELECT_SUMMARIES: &str = "SELECT r.id, r.job, r.batch, r.state, r.created_at, r.updated_at,
+        COUNT(CASE WHEN s.state = 'pending' THEN 1 END) AS pending,
+        COUNT(CASE WHEN s.state = 'completed' THEN 1 END) AS completed,
+        COUNT(CASE WHEN s.state = 'failed' THEN 1 END) AS failed,
+        COUNT(CASE WHEN s.state = 'skipped' THEN 1 END) AS skipped,
+        COUNT(CASE WHEN s.state = 'cancelled' THEN 1 END) AS cancelled
+    FROM jobgraph_runs r LEFT JOIN jobgraph_steps s ON s.run_id = r.id
+    WHERE (?1 IS NULL OR r.job = ?1) AND (?2 IS NULL OR r.state = ?2)
+        AND (?3 IS NULL OR r.batch = ?3)
+    GROUP BY r.id
+    ORDER BY r.created_at DESC, r.rowid DESC
+    LIMIT ?4";
+
+async fn select_summaries(
+    conn: &mut SqliteConnection,
+    filter: &RunFilter,
+) -> Result<Vec<RunSummary>, StoreError> {
+    // SQLite reads a negative LIMIT as none.
+    let limit = filter.limit.map_or(-1, |l| i64::try_from(l).unwrap_or(-1));
+    let rows = sqlx::query(SELECT_SUMMARIES)
+        .bind(filter.job.as_deref())
+        .bind(filter.state.map(RunState::as_str))
+        .bind(filter.batch.as_deref())
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    const T: &str = "jobgraph_runs";
+    let count = |row: &SqliteRow, column: &str| -> Result<usize, StoreError> {
+        let n: i64 = get(row, column, T)?;
+        usize::try_from(n).map_err(|_| StoreError::Corrupt {
+            what: format!("a step count of {n}"),
+        })
+    };
+    rows.iter()
+        .map(|row| {
+            let id: String = get(row, "id", T)?;
+            Ok(RunSummary {
+                job: get(row, "job", T)?,
+                batch: get(row, "batch", T)?,
+                state: run_state(get(row, "state", T)?, &id)?,
+                created_at: get(row, "created_at", T)?,
+                updated_at: get(row, "updated_at", T)?,
+                steps: StepTally {
+                    pending: count(row, "pending")?,
+                    completed: count(row, "completed")?,
+                    failed: count(row, "failed")?,
+                    skipped: count(row, "skipped")?,
+                    cancelled: count(row, "cancelled")?,
+                },
+                id,
+            })
+        })
+        .collect()
+}
+
+const RESET_STEP: &str = "UPDATE jobgraph_steps
+    SET state = 'pending', attempts = 0, output = NULL, error = NULL, started_at = NULL,
+        ended_at = NULL
+    WHERE run_id = ?1 AND name = ?2";
+
+async fn reset_step(conn: &mut SqliteConnection, run: &str, step: &str) -> Result<(), StoreError> {
+    let done = sqlx::query(RESET_STEP)
+        .bind(run)
+        .bind(step)
+        .execute(conn)
+        .await?;
+    match done.rows_affected() {
+        0 => Err(StoreError::Corrupt {
+            what: format!("step `{step}` of run `{run}` is in its stored graph but has no row"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+const DELETE_ELEMENTS: &str = "DELETE FROM jobgraph_elements WHERE run_id = ?1 AND step = ?2";
+
+async fn delete_elements(
+    conn: &mut SqliteConnection,
+    run: &str,
+    step: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(DELETE_ELEMENTS)
+        .bind(run)
+        .bind(step)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A run that ended (or was cancelled) becomes pending: the next open resumes it.
+const MAKE_RESUMABLE: &str = "UPDATE jobgraph_runs SET
+        state = CASE WHEN state IN ('succeeded', 'failed', 'cancelled') THEN 'pending' ELSE state END,
+        error = CASE WHEN state IN ('succeeded', 'failed', 'cancelled') THEN NULL ELSE error END,
+        updated_at = ?2
+    WHERE id = ?1";
+
+async fn make_resumable(
+    conn: &mut SqliteConnection,
+    run: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(MAKE_RESUMABLE)
+        .bind(run)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+const SELECT_FAILED_RUNS: &str = "SELECT r.id FROM jobgraph_runs r
+    JOIN jobgraph_steps s ON s.run_id = r.id
+    WHERE r.job = ?1 AND s.name = ?2 AND s.state = 'failed'
+    ORDER BY r.created_at DESC, r.rowid DESC";
+
+async fn select_failed_runs(
+    conn: &mut SqliteConnection,
+    job: &str,
+    step: &str,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(SELECT_FAILED_RUNS)
+        .bind(job)
+        .bind(step)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| get(row, "id", "jobgraph_runs"))
+        .collect()
+}
+
+// ---- The contract -------------------------------------------------------------------------------
+
+impl Store for SqliteStore {
+    fn open_run<'a>(
+        &'a self,
+        spec: RunSpec<'a>,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<StoredRun, StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            let now = now_ms();
+            let until = plus(now, lease);
+            match select_head(&mut tx, spec.id).await? {
+                None => {
+                    if let Some(reason) = spec.graph.check() {
+                        return Err(StoreError::InvalidGraph {
+                            run: spec.id.to_owned(),
+                            reason,
+                        });
+                    }
+                    let graph = serde_json::to_string(spec.graph).map_err(|e| {
+                        StoreError::InvalidGraph {
+                            run: spec.id.to_owned(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    insert_run(&mut tx, &spec, &graph, owner, until, now).await?;
+                    for (position, step) in spec.graph.steps.iter().enumerate() {
+                        let position = i64::try_from(position).unwrap_or(i64::MAX);
+                        insert_step(&mut tx, spec.id, &step.name, position).await?;
+                    }
+                }
+                Some(head) => {
+                    if head.job != spec.job {
+                        return Err(StoreError::Mismatch {
+                            run: spec.id.to_owned(),
+                            stored_job: head.job,
+                            job: spec.job.to_owned(),
+                        });
+                    }
+                    if let (Some(holder), Some(held_until)) = (head.lease_owner, head.lease_until)
+                        && holder != owner
+                        && held_until > now
+                    {
+                        return Err(StoreError::Busy {
+                            run: spec.id.to_owned(),
+                            owner: holder,
+                            until: held_until,
+                        });
+                    }
+                    take_lease(&mut tx, spec.id, owner, until, now).await?;
+                    if !head.state.is_terminal() {
+                        resume_run(&mut tx, spec.id).await?;
+                        resume_steps(&mut tx, spec.id).await?;
+                    }
+                }
+            }
+            let mut run = select_run(&mut tx, spec.id)
+                .await?
+                .ok_or_else(|| no_such_run(spec.id))?;
+            run.steps = select_steps(&mut tx, spec.id).await?;
+            tx.commit().await?;
+            Ok(run)
+        }
+        .boxed()
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            let now = now_ms();
+            fence(&mut tx, run_id, owner, now).await?;
+            renew_lease(&mut tx, run_id, plus(now, lease)).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn step_completed<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+        outcome: StepOutcome<'a>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            fence(&mut tx, run_id, owner, now_ms()).await?;
+            settle_step(&mut tx, run_id, StepStatus::Completed, &outcome).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn step_failed<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+        outcome: StepOutcome<'a>,
+        skipped: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            fence(&mut tx, run_id, owner, now_ms()).await?;
+            settle_step(&mut tx, run_id, StepStatus::Failed, &outcome).await?;
+            for step in skipped {
+                skip_step(&mut tx, run_id, step).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn element_completed<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+        step: &'a str,
+        index: usize,
+        output: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            fence(&mut tx, run_id, owner, now_ms()).await?;
+            upsert_element(&mut tx, run_id, step, index, output).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn elements<'a>(
+        &'a self,
+        run_id: &'a str,
+        step: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(usize, String)>, StoreError>> {
+        async move {
+            let mut tx = self.pool.begin().await?;
+            let elements = select_elements(&mut tx, run_id, step).await?;
+            if elements.is_empty() && !step_exists(&mut tx, run_id, step).await? {
+                return Err(if run_exists(&mut tx, run_id).await? {
+                    no_such_step(run_id, step)
+                } else {
+                    no_such_run(run_id)
+                });
+            }
+            tx.commit().await?;
+            Ok(elements)
+        }
+        .boxed()
+    }
+
+    fn finish_run<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+        state: RunState,
+        error: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if !matches!(
+                state,
+                RunState::Succeeded | RunState::Failed | RunState::Cancelled
+            ) {
+                return Err(StoreError::NotTerminal {
+                    run: run_id.to_owned(),
+                    state,
+                });
+            }
+            let mut tx = self.begin().await?;
+            if !finish_run(&mut tx, run_id, owner, state, error, now_ms()).await? {
+                return Err(if run_exists(&mut tx, run_id).await? {
+                    lease_lost(run_id, owner)
+                } else {
+                    no_such_run(run_id)
+                });
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn load_run<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRun>, StoreError>> {
+        async move {
+            // One read transaction: the run and its steps from one snapshot.
+            let mut tx = self.pool.begin().await?;
+            let Some(mut run) = select_run(&mut tx, run_id).await? else {
+                return Ok(None);
+            };
+            run.steps = select_steps(&mut tx, run_id).await?;
+            tx.commit().await?;
+            Ok(Some(run))
+        }
+        .boxed()
+    }
+
+    fn list_runs<'a>(
+        &'a self,
+        filter: &'a RunFilter,
+    ) -> BoxFuture<'a, Result<Vec<RunSummary>, StoreError>> {
+        async move {
+            let mut conn = self.pool.acquire().await?;
+            select_summaries(&mut conn, filter).await
+        }
+        .boxed()
+    }
+
+    fn reset_step<'a>(
+        &'a self,
+        run_id: &'a str,
+        step: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            let now = now_ms();
+            let head = select_head(&mut tx, run_id)
+                .await?
+                .ok_or_else(|| no_such_run(run_id))?;
+            let graph = graph(&head.graph, run_id)?;
+            let root = graph
+                .position(step)
+                .ok_or_else(|| no_such_step(run_id, step))?;
+            if let (Some(holder), Some(until)) = (head.lease_owner, head.lease_until)
+                && until > now
+            {
+                return Err(StoreError::Busy {
+                    run: run_id.to_owned(),
+                    owner: holder,
+                    until,
+                });
+            }
+            let mut names = Vec::new();
+            for (spec, hit) in graph.steps.iter().zip(graph.descendants(root)) {
+                if hit {
+                    reset_step(&mut tx, run_id, &spec.name).await?;
+                    delete_elements(&mut tx, run_id, &spec.name).await?;
+                    names.push(spec.name.clone());
+                }
+            }
+            make_resumable(&mut tx, run_id, now).await?;
+            tx.commit().await?;
+            Ok(names)
+        }
+        .boxed()
+    }
+
+    fn runs_where_failed<'a>(
+        &'a self,
+        job: &'a str,
+        step: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            let mut conn = self.pool.acquire().await?;
+            select_failed_runs(&mut conn, job, step).await
+        }
+        .boxed()
+    }
+}
