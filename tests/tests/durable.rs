@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use jobgraph::durable::{DurableError, resume};
-use jobgraph::store::{MemoryStore, RunState, SqliteStore, StepStatus, Store, StoreError};
 use jobgraph::job;
+use jobgraph::store::{MemoryStore, RunState, SqliteStore, StepStatus, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -104,14 +104,15 @@ impl Import {
     }
 }
 
-/// Runs `case` on a fresh in-memory store and a fresh SQLite file.
+/// Runs `case` on a fresh in-memory store and a fresh SQLite file, with customers numbered from
+/// a base of its own (the step counters are global).
 macro_rules! on_both_stores {
     ($($name:ident => $case:ident,)*) => {
         mod memory {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$case(jobgraph::store::MemoryStore::new()).await;
+                    super::$case(jobgraph::store::MemoryStore::new(), 0).await;
                 }
             )*
         }
@@ -124,7 +125,7 @@ macro_rules! on_both_stores {
                     let store = jobgraph::store::SqliteStore::open(path.to_str().unwrap())
                         .await
                         .unwrap();
-                    super::$case(store).await;
+                    super::$case(store, 1000).await;
                 }
             )*
         }
@@ -140,8 +141,8 @@ on_both_stores! {
     an_output_that_no_longer_decodes_is_a_clear_error => undecodable_output,
 }
 
-async fn checkpoints_and_resumes<S: Store + Clone>(store: S) {
-    let customer = 101;
+async fn checkpoints_and_resumes<S: Store + Clone>(store: S, base: u64) {
+    let customer = base + 101;
     fail(customer, Some("orders"));
     let err = Import { customer }
         .runner()
@@ -167,7 +168,7 @@ async fn checkpoints_and_resumes<S: Store + Clone>(store: S) {
     let profile = stored.steps.iter().find(|s| s.name == "profile").unwrap();
     assert_eq!(
         profile.output.as_deref(),
-        Some(r#"{"name":"customer-101","tier":2}"#)
+        Some(format!(r#"{{"name":"customer-{customer}","tier":2}}"#).as_str())
     );
 
     // The same id again: what completed is loaded, not run.
@@ -179,8 +180,11 @@ async fn checkpoints_and_resumes<S: Store + Clone>(store: S) {
         .run()
         .await
         .unwrap();
-    assert_eq!(out.invoice, "customer-101: 32 (audit 202)");
-    assert_eq!(out.profile.name, "customer-101");
+    assert_eq!(
+        out.invoice,
+        format!("customer-{customer}: 32 (audit {})", customer * 2)
+    );
+    assert_eq!(out.profile.name, format!("customer-{customer}"));
     assert_eq!(
         (ran(customer, "profile"), ran(customer, "audit")),
         (1, 1),
@@ -192,8 +196,8 @@ async fn checkpoints_and_resumes<S: Store + Clone>(store: S) {
     assert_eq!(stored.state, RunState::Succeeded);
 }
 
-async fn completed_run_runs_nothing<S: Store + Clone>(store: S) {
-    let customer = 102;
+async fn completed_run_runs_nothing<S: Store + Clone>(store: S, base: u64) {
+    let customer = base + 102;
     let first = Import { customer }
         .runner()
         .store(&store)
@@ -215,8 +219,8 @@ async fn completed_run_runs_nothing<S: Store + Clone>(store: S) {
     }
 }
 
-async fn resume_from_input<S: Store + Clone>(store: S) {
-    let customer = 103;
+async fn resume_from_input<S: Store + Clone>(store: S, base: u64) {
+    let customer = base + 103;
     fail(customer, Some("profile"));
     let _ = Import { customer }
         .runner()
@@ -227,8 +231,15 @@ async fn resume_from_input<S: Store + Clone>(store: S) {
         .unwrap_err();
     fail(customer, None);
     let out = resume::<Import>(&store, "import-103").await.unwrap();
-    assert_eq!(out.invoice, "customer-103: 32 (audit 206)");
-    assert_eq!(ran(customer, "audit"), 1, "`audit` completed in the first run");
+    assert_eq!(
+        out.invoice,
+        format!("customer-{customer}: 32 (audit {})", customer * 2)
+    );
+    assert_eq!(
+        ran(customer, "audit"),
+        1,
+        "`audit` completed in the first run"
+    );
 
     let missing = resume::<Import>(&store, "no-such-run").await.unwrap_err();
     assert!(
@@ -268,8 +279,8 @@ impl Stuck {
     }
 }
 
-async fn dropped_run_resumes<S: Store + Clone>(store: S) {
-    let customer = 104;
+async fn dropped_run_resumes<S: Store + Clone>(store: S, base: u64) {
+    let customer = base + 104;
     let job = Stuck {
         customer,
         hang: true,
@@ -313,7 +324,7 @@ async fn dropped_run_resumes<S: Store + Clone>(store: S) {
     .run()
     .await
     .unwrap();
-    assert_eq!(out.second, 105);
+    assert_eq!(out.second, customer + 1);
     assert_eq!(ran(customer, "first"), 1, "the committed step ran again");
     assert_eq!(ran(customer, "second"), 2);
 }
@@ -330,8 +341,8 @@ async fn age<S: Store>(store: &S, by: Duration) {
     }
 }
 
-async fn one_runner_at_a_time_case<S: Store + Clone>(store: S) {
-    let customer = 105;
+async fn one_runner_at_a_time_case<S: Store + Clone>(store: S, base: u64) {
+    let customer = base + 105;
     let slow = Stuck {
         customer,
         hang: true,
@@ -395,8 +406,8 @@ impl ImportV2 {
     }
 }
 
-async fn undecodable_output<S: Store + Clone>(store: S) {
-    let customer = 106;
+async fn undecodable_output<S: Store + Clone>(store: S, base: u64) {
+    let customer = base + 106;
     fail(customer, Some("orders"));
     let _ = Import { customer }
         .runner()
@@ -428,6 +439,6 @@ async fn undecodable_output<S: Store + Clone>(store: S) {
         .run()
         .await
         .unwrap();
-    assert_eq!(out.profile, 106);
+    assert_eq!(out.profile, customer);
     assert_eq!(ran(customer, "profile-v2"), 1);
 }
