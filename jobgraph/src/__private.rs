@@ -31,7 +31,9 @@ use std::panic::AssertUnwindSafe;
 
 use tokio_util::sync::WaitForCancellationFuture;
 
-pub use crate::durable::{Codec, DecodeError, DurableJob, Encode, Stored, codec, decode};
+pub use crate::durable::{
+    Codec, DecodeError, DurableJob, ElementsCodec, Encode, Stored, codec, decode, elements_codec,
+};
 pub use crate::error::BoxError;
 use crate::error::StepFailure;
 use crate::error::StepPanic;
@@ -736,7 +738,7 @@ impl<S: JobStep> RunCore<S> {
         retry: Option<R>,
         timeout: Option<Duration>,
         limits: &'a StepLimits,
-        encode: Option<Encode<Vec<T>>>,
+        codec: Option<ElementsCodec<T>>,
         bound: Option<u32>,
         elements: &'e [E],
         attempt: F,
@@ -754,11 +756,19 @@ impl<S: JobStep> RunCore<S> {
             retry,
             timeout,
             limits,
-            encode,
+            encode: codec.as_ref().map(|codec| codec.all.encode),
         };
         let bound = bound.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         StepFuture::Managed {
-            future: Managed::new(run_for_each(self, step, policies, elements, bound, attempt)),
+            future: Managed::new(run_for_each(
+                self,
+                step,
+                policies,
+                codec.map(|codec| codec.element),
+                elements,
+                bound,
+                attempt,
+            )),
         }
     }
 

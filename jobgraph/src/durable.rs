@@ -59,6 +59,32 @@ pub struct Codec<T> {
     pub decode: fn(&str) -> Result<T, serde_json::Error>,
 }
 
+impl<T> Clone for Codec<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Codec<T> {}
+
+/// How the outputs of a `for_each` step are stored: each element's as it completes, and the
+/// step's whole `Vec` when all did.
+pub struct ElementsCodec<T> {
+    /// One element's output.
+    pub element: Codec<T>,
+    /// The step's output.
+    pub all: Codec<Vec<T>>,
+}
+
+/// The codecs of a `for_each` step whose elements output `T`.
+#[doc(hidden)]
+pub fn elements_codec<T: Stored>() -> ElementsCodec<T> {
+    ElementsCodec {
+        element: codec::<T>(),
+        all: codec::<Vec<T>>(),
+    }
+}
+
 /// The codec of a stored type.
 #[doc(hidden)]
 pub fn codec<T: Stored>() -> Codec<T> {

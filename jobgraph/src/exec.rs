@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use tracing::{Instrument as _, Span};
 
-use crate::durable::{Encode, checkpoint};
+use crate::durable::{Codec, Encode, checkpoint};
 use crate::error::{BoxError, StepError, StepPanic};
 use crate::limit::{StepLimiter, StepLimits};
 use crate::report::StepEvent;
@@ -397,6 +397,7 @@ pub(crate) async fn run_for_each<'e, S, R, C, E, T, F, Fut>(
     run: &RunCore<S>,
     step: S,
     policies: Policies<'_, R, Vec<T>>,
+    element_codec: Option<Codec<T>>,
     elements: &'e [E],
     bound: Option<usize>,
     attempt: F,
@@ -436,11 +437,29 @@ where
             let make = |ctx| attempt(ctx, value);
             let (outcome, _, _) =
                 attempts(run, step, Some(index), policies, None, on_start, make).await;
+            // A durable run stores each element as it completes: a crash mid fan-out redoes
+            // only the elements that did not.
+            let outcome = match (outcome, element_codec) {
+                (Ok(output), Some(codec)) => {
+                    checkpoint_element(run, step, index, output, codec).await
+                }
+                (outcome, _) => outcome,
+            };
             (index, outcome)
         }
     };
     let mut outputs: Vec<Option<T>> = elements.iter().map(|_| None).collect();
-    let mut pending = elements.iter().enumerate();
+    if let Some(codec) = element_codec {
+        stored_elements(run, step, codec, &mut outputs).await;
+    }
+    let done: Vec<bool> = match element_codec {
+        Some(_) => outputs.iter().map(Option::is_some).collect(),
+        None => Vec::new(),
+    };
+    let mut pending = elements
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !done.get(*index).copied().unwrap_or(false));
     let mut running = FuturesUnordered::new();
     // A sequential run runs one thing at a time: one element, too.
     let bound = if run.options.sequential {
@@ -475,6 +494,52 @@ where
     };
     let outcome = checkpoint(run, step, attempts, first_start, outcome, encode).await;
     end(run, step, attempts, first_start, outcome)
+}
+
+/// Stores element `index` of `step`'s fan-out in a durable run; a failed commit fails the
+/// element.
+async fn checkpoint_element<S: JobStep, T>(
+    run: &RunCore<S>,
+    step: S,
+    index: usize,
+    output: T,
+    codec: Codec<T>,
+) -> Result<T, StepError> {
+    let Some(durable) = run.durable() else {
+        return Ok(output);
+    };
+    let json = (codec.encode)(&output).map_err(|e| StepError::Checkpoint(Box::new(e)))?;
+    durable
+        .store
+        .element_completed(&durable.run_id, &durable.owner, step.name(), index, &json)
+        .await
+        .map_err(|e| StepError::Checkpoint(Box::new(e)))?;
+    Ok(output)
+}
+
+/// Fills `outputs` with the elements of `step` an earlier attempt of a durable run stored. An
+/// element that no longer decodes, or a store that cannot be read, runs the elements again.
+async fn stored_elements<S: JobStep, T>(
+    run: &RunCore<S>,
+    step: S,
+    codec: Codec<T>,
+    outputs: &mut [Option<T>],
+) {
+    let Some(durable) = run.durable() else {
+        return;
+    };
+    match durable.store.elements(&durable.run_id, step.name()).await {
+        Ok(stored) => {
+            for (index, json) in stored {
+                if let (Some(slot), Ok(output)) = (outputs.get_mut(index), (codec.decode)(&json)) {
+                    *slot = Some(output);
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(step = step.name(), %error, "stored elements could not be read; running them again");
+        }
+    }
 }
 
 /// The span of attempt `n` of a step (of one of its elements, for a `for_each` step).

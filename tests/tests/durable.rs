@@ -139,6 +139,7 @@ on_both_stores! {
     a_dropped_run_resumes_after_its_lease_expires => dropped_run_resumes,
     one_runner_at_a_time => one_runner_at_a_time_case,
     an_output_that_no_longer_decodes_is_a_clear_error => undecodable_output,
+    a_fan_out_resumes_only_its_unfinished_elements => fan_out_resumes,
 }
 
 async fn checkpoints_and_resumes<S: Store + Clone>(store: S, base: u64) {
@@ -441,4 +442,60 @@ async fn undecodable_output<S: Store + Clone>(store: S, base: u64) {
         .unwrap();
     assert_eq!(out.profile, customer);
     assert_eq!(ran(customer, "profile-v2"), 1);
+}
+
+/// A fan-out whose elements run one at a time; element `3` fails while `FAILING` says so.
+#[derive(Serialize, Deserialize)]
+struct Fan {
+    customer: u64,
+}
+
+const ELEMENT: [&str; 5] = ["e0", "e1", "e2", "e3", "e4"];
+
+#[job(durable)]
+impl Fan {
+    #[step]
+    async fn items(&self) -> Vec<u32> {
+        vec![0, 1, 2, 3, 4]
+    }
+
+    #[step(for_each(items, concurrency = 1))]
+    async fn square(&self, items: &u32) -> Result<u32, CrmDown> {
+        mark(self.customer, ELEMENT[*items as usize]);
+        if *items == 3 && fails(self.customer, "square") {
+            return Err(CrmDown);
+        }
+        Ok(items * items)
+    }
+
+    #[step]
+    async fn total(&self, square: &[u32]) -> u32 {
+        square.iter().sum()
+    }
+}
+
+async fn fan_out_resumes<S: Store + Clone>(store: S, base: u64) {
+    let customer = base + 107;
+    fail(customer, Some("square"));
+    let err = Fan { customer }
+        .runner()
+        .store(&store)
+        .job_id("fan-107")
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.job_error().map(|e| e.step()), Some(FanStep::Square));
+    fail(customer, None);
+    let out = Fan { customer }
+        .runner()
+        .store(&store)
+        .job_id("fan-107")
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(out.square, [0, 1, 4, 9, 16]);
+    assert_eq!(out.total, 30);
+    let runs: Vec<u32> = ELEMENT.iter().map(|e| ran(customer, e)).collect();
+    // Elements 0-2 completed in the first run and are not run again; 3 failed, 4 never started.
+    assert_eq!(runs, [1, 1, 1, 2, 1]);
 }

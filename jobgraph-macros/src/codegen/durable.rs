@@ -23,7 +23,6 @@ pub(crate) fn codec_fns(job: &Job<'_>, paths: &Paths) -> TokenStream {
         return TokenStream::new();
     }
     let fns = job.steps.iter().map(|s| {
-        let ty = &s.output.ty;
         let f = codec_fn(s);
         // Spanned on the step's return type: the output that cannot be stored is named there.
         let span = match &s.method.sig.output {
@@ -31,25 +30,43 @@ pub(crate) fn codec_fns(job: &Job<'_>, paths: &Paths) -> TokenStream {
             syn::ReturnType::Default => s.ident.span(),
         };
         let p_at = paths.private_at(span);
-        quote_spanned! {span=>
-            #[inline]
-            fn #f() -> #p_at::Codec<#ty> {
-                #p_at::codec::<#ty>()
+        // A `for_each` step's elements are stored one by one: its codec is its element's, with
+        // the `Vec`'s beside it.
+        match &s.output.element {
+            Some(element) => quote_spanned! {span=>
+                #[inline]
+                fn #f() -> #p_at::ElementsCodec<#element> {
+                    #p_at::elements_codec::<#element>()
+                }
+            },
+            None => {
+                let ty = &s.output.ty;
+                quote_spanned! {span=>
+                    #[inline]
+                    fn #f() -> #p_at::Codec<#ty> {
+                        #p_at::codec::<#ty>()
+                    }
+                }
             }
         }
     });
     quote!(#(#fns)*)
 }
 
-/// The `encode` argument of a step's start: its codec's `encode` in a durable job.
+/// The codec argument of a step's start in a durable job: its codec's `encode` (for a
+/// `for_each` step, its elements' codec).
 pub(crate) fn encode_arg(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
     let p = &paths.private;
-    match job.durable {
-        Some(_) => {
+    match (&job.durable, &s.output.element) {
+        (Some(_), Some(_)) => {
+            let f = codec_fn(s);
+            quote!(#p::Some(Self::#f()))
+        }
+        (Some(_), None) => {
             let f = codec_fn(s);
             quote!(#p::Some(Self::#f().encode))
         }
-        None => quote!(#p::None),
+        (None, _) => quote!(#p::None),
     }
 }
 
@@ -67,7 +84,11 @@ pub(crate) fn durable_impl(job: &Job<'_>, paths: &Paths) -> TokenStream {
         let ident = s.ident;
         let name = &s.name;
         let f = codec_fn(s);
-        quote!(#ident: #p::decode(#run, #name, Self::#f())?,)
+        let codec = match s.output.element {
+            Some(_) => quote!(Self::#f().all),
+            None => quote!(Self::#f()),
+        };
+        quote!(#ident: #p::decode(#run, #name, #codec)?,)
     });
     let marker =
         (!job.item.generics.params.is_empty()).then(|| quote!(__jobgraph_marker: #p::PhantomData,));

@@ -75,6 +75,8 @@ pub(crate) struct Output {
     pub(crate) fallible: bool,
     /// For a `Result`, the span of its error type (of the whole type for `io::Result<T>`).
     pub(crate) error_span: Option<proc_macro2::Span>,
+    /// For a `for_each` step, the output of one element: `ty` is a `Vec` of it.
+    pub(crate) element: Option<Type>,
 }
 
 /// The name of the attribute marking steps.
@@ -228,12 +230,14 @@ impl Output {
                 ty: syn::parse_quote_spanned!(span=> ::std::vec::Vec<#ty>),
                 fallible,
                 error_span,
+                element: Some(ty),
             };
         }
         Output {
             ty,
             fallible,
             error_span,
+            element: None,
         }
     }
 }
