@@ -1,0 +1,249 @@
+//! Nothing a user supplies panics a run: a panic in enrichment, a retry policy or its `when`
+//! predicate, a panic payload that panics when dropped, and a step future whose guard panics when
+//! the library drops it (timeout, `fail_fast`, cancellation, a dropped run) each becomes a step's
+//! failure or a logged error, with the run and its task intact.
+
+use std::time::Duration;
+
+use jobgraph::{Retry, RetryPolicy, StepContext, StepError, job};
+use tokio::time::sleep;
+
+/// Longer than any test waits: only a timeout or a cancellation ends it.
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, thiserror::Error)]
+#[error("flaky")]
+struct Flaky;
+
+/// Panics when dropped: held by a step's future, or carried as a panic payload.
+struct Bomb;
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        // Never while unwinding: that would abort the test process, whatever the library does.
+        if !std::thread::panicking() {
+            panic!("bomb dropped");
+        }
+    }
+}
+
+fn panic_enrich(_: &mut StepContext) {
+    panic!("enrichment panicked");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enrichment
+
+struct Enriched;
+
+#[job(enrich = panic_enrich)]
+impl Enriched {
+    /// No policy: the lean path.
+    #[step]
+    async fn lean(&self) -> u32 {
+        1
+    }
+
+    /// A retry policy: the general path.
+    #[step(retry = Retry::fixed(3, Duration::ZERO))]
+    async fn general(&self, ctx: &StepContext) -> u32 {
+        ctx.attempt()
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_job_enrichment_fails_the_step_on_either_path() {
+    let err = Enriched.run().await.unwrap_err();
+    assert_eq!(err.failures().len(), 2, "{err:?}");
+    for failure in err.failures() {
+        assert!(failure.error().is_panic(), "{failure}");
+        assert!(
+            failure.to_string().contains("enrichment panicked"),
+            "{failure}"
+        );
+    }
+}
+
+struct Plain;
+
+#[job]
+impl Plain {
+    #[step]
+    async fn first(&self) -> u32 {
+        1
+    }
+
+    #[step]
+    async fn second(&self, first: &u32) -> u32 {
+        first + 1
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_runner_enrichment_fails_the_step_on_the_general_path() {
+    let err = Plain
+        .runner()
+        // A run override takes the general path.
+        .timeout(PlainStep::First, HOUR)
+        .enrich(|ctx| {
+            if ctx.step_name() == "first" {
+                panic!("runner enrichment panicked");
+            }
+        })
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.step(), PlainStep::First);
+    assert!(err.root_cause().error().is_panic());
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert_eq!(err.skipped(), [PlainStep::Second]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Retry policies
+
+struct Broken;
+
+#[job]
+impl Broken {
+    #[step]
+    async fn fail(&self) -> Result<u32, Flaky> {
+        Err(Flaky)
+    }
+
+    #[step]
+    async fn after(&self, fail: &u32) -> u32 {
+        *fail
+    }
+}
+
+struct PanickingPolicy;
+
+impl RetryPolicy for PanickingPolicy {
+    fn should_retry(&self, _: u32, _: &StepError) -> Option<Duration> {
+        panic!("policy panicked");
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_retry_policy_fails_the_step() {
+    let err = Broken
+        .runner()
+        .retry(BrokenStep::Fail, PanickingPolicy)
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.step(), BrokenStep::Fail);
+    let text = err.root_cause().error().to_string();
+    assert!(text.contains("policy panicked"), "{text}");
+    assert!(
+        text.contains("flaky"),
+        "the attempt's own error is kept: {text}"
+    );
+    assert_eq!(err.report().step(BrokenStep::Fail).attempts(), 1);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_when_predicate_fails_the_step() {
+    let policy = Retry::fixed(3, Duration::ZERO).when(|_| panic!("predicate panicked"));
+    let err = Broken
+        .runner()
+        .retry(BrokenStep::Fail, policy)
+        .run()
+        .await
+        .unwrap_err();
+    let text = err.root_cause().error().to_string();
+    assert!(text.contains("predicate panicked"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Panic payloads and guards that panic when dropped
+
+struct Payload;
+
+#[job]
+impl Payload {
+    #[step]
+    async fn lean(&self) -> u32 {
+        std::panic::panic_any(Bomb)
+    }
+
+    #[step(timeout = HOUR)]
+    async fn general(&self) -> u32 {
+        std::panic::panic_any(Bomb)
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panic_payload_that_panics_when_dropped_is_the_steps_failure() {
+    let err = Payload.run().await.unwrap_err();
+    assert_eq!(err.failures().len(), 2, "{err:?}");
+    assert!(err.failures().iter().all(|f| f.error().is_panic()));
+}
+
+struct Guarded;
+
+#[job]
+impl Guarded {
+    #[step(timeout = Duration::from_millis(10))]
+    async fn timed(&self) -> u32 {
+        let _bomb = Bomb;
+        sleep(HOUR).await;
+        1
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_guard_panicking_when_a_timeout_drops_it_leaves_the_timeout() {
+    let err = Guarded.run().await.unwrap_err();
+    assert!(err.root_cause().error().is_timeout(), "{err}");
+}
+
+struct FailFast;
+
+#[job]
+impl FailFast {
+    #[step]
+    async fn held(&self) -> u32 {
+        let _bomb = Bomb;
+        sleep(HOUR).await;
+        1
+    }
+
+    #[step(timeout = HOUR)]
+    async fn held_general(&self) -> u32 {
+        let _bomb = Bomb;
+        sleep(HOUR).await;
+        1
+    }
+
+    #[step]
+    async fn fail(&self) -> Result<u32, Flaky> {
+        sleep(Duration::from_millis(10)).await;
+        Err(Flaky)
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn guards_panicking_when_fail_fast_drops_them_leave_the_run_intact() {
+    let err = FailFast.runner().fail_fast().run().await.unwrap_err();
+    assert_eq!(err.step(), FailFastStep::Fail);
+    assert_eq!(err.failures().len(), 3, "{err:?}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn guards_panicking_when_cancel_drops_them_leave_the_task_intact() {
+    let handle = FailFast.start();
+    sleep(Duration::from_millis(1)).await;
+    handle.cancel();
+    let err = handle.wait().await.unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn guards_panicking_when_the_run_future_is_dropped_stay_inside() {
+    let mut run = Box::pin(FailFast.run());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(run.as_mut().poll(&mut cx).is_pending());
+    drop(run);
+}
