@@ -1,11 +1,13 @@
-//! Nothing a user supplies panics a run: a panic in enrichment, a retry policy or its `when`
-//! predicate, a panic payload that panics when dropped, and a step future whose guard panics when
-//! the library drops it (timeout, `fail_fast`, cancellation, a dropped run) each becomes a step's
-//! failure or a logged error, with the run and its task intact.
+//! Nothing a user supplies panics a run: a panic in enrichment, a listener, a retry policy or
+//! its `when` predicate, a panic payload that panics when dropped, and a step future whose guard
+//! panics when the library drops it (timeout, `fail_fast`, cancellation, a dropped run) each
+//! becomes a step's failure or a logged error, with the run and its task intact.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use jobgraph::{Retry, RetryPolicy, StepContext, StepError, job};
+use jobgraph::{Retry, RetryPolicy, StepContext, StepError, StepEvent, job};
 use tokio::time::sleep;
 
 /// Longer than any test waits: only a timeout or a cancellation ends it.
@@ -97,6 +99,43 @@ async fn a_panicking_runner_enrichment_fails_the_step_on_the_general_path() {
     assert!(err.root_cause().error().is_panic());
     assert!(err.to_string().contains("panicked"), "{err}");
     assert_eq!(err.skipped(), [PlainStep::Second]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listeners
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_listener_loses_its_events_and_the_run_goes_on() {
+    let heard = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&heard);
+    let out = Plain
+        .runner()
+        .listener(|_| panic!("listener panicked"))
+        .listener(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+        })
+        .run()
+        .await
+        .unwrap();
+    assert_eq!(out.second, 2);
+    // The listener after the panicking one still hears every event: 2 started, 2 completed.
+    assert_eq!(heard.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_listener_panicking_on_failure_and_skip_events_leaves_the_error_intact() {
+    let err = Broken
+        .runner()
+        .listener(|event| {
+            if matches!(event, StepEvent::Failed { .. } | StepEvent::Skipped { .. }) {
+                panic!("listener panicked");
+            }
+        })
+        .run()
+        .await
+        .unwrap_err();
+    assert_eq!(err.step(), BrokenStep::Fail);
+    assert_eq!(err.skipped(), [BrokenStep::After]);
 }
 
 // ---------------------------------------------------------------------------------------------
