@@ -8,10 +8,12 @@ use tracing::Instrument as _;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use crate::error::StepFailure;
 use crate::report::{JobReport, StepEvent};
 use crate::run::{RunCore, RunOptions};
 use crate::{
-    CancellationToken, Job, JobError, JobStep, LimitRegistry, RetryPolicy, StepContext, StepPanic,
+    CancellationToken, Job, JobError, JobStep, LimitRegistry, RetryPolicy, StepContext, StepError,
+    StepPanic,
 };
 
 /// The outcome of a run: every step's output, or the error naming the step that failed first
@@ -196,6 +198,30 @@ fn listener_panicked<S: JobStep>(event: &StepEvent<'_, S>, panic: StepPanic) {
         panic = %panic,
         "a run's listener panicked: it misses this event, and the run goes on"
     );
+}
+
+/// The error of a run of `J` that could not start (a batch's input or its `configure` closure
+/// panicked): its first step (in declaration order) fails with `error` before running, the steps
+/// that depend on it are skipped and the others cancelled, and `listener` hears of it as it would
+/// of a run.
+pub(crate) fn unstarted<J: Job>(
+    error: StepError,
+    listener: impl Fn(&StepEvent<'_, J::Step>) + Send + Sync + 'static,
+) -> JobErrorOf<J> {
+    let options = RunOptions {
+        listener: Some(Arc::new(move |event: &StepEvent<'_, J::Step>| {
+            hear(&listener, event)
+        })),
+        ..RunOptions::default()
+    };
+    let run = RunCore::for_job::<J>(options, false);
+    let step = J::Step::ALL[0];
+    let now = run.read_clock();
+    crate::exec::report_failed(&run, step, 0, now, &error);
+    match run.finish(now, vec![StepFailure::new(step, error)]) {
+        Err(error) => error.with_partial(J::Partial::default()),
+        Ok(()) => unreachable!("jobgraph: a run with a failed step ended without an error"),
+    }
 }
 
 /// A run that stops after one step: [`Runner::until`].

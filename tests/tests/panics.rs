@@ -1,13 +1,14 @@
 //! Nothing a user supplies panics a run: a panic in enrichment, a listener, a retry policy or
-//! its `when` predicate, a panic payload that panics when dropped, and a step future whose guard
-//! panics when the library drops it (timeout, `fail_fast`, cancellation, a dropped run) each
-//! becomes a step's failure or a logged error, with the run and its task intact.
+//! its `when` predicate, a batch's input iterator, `configure` closure or status listener, a
+//! panic payload that panics when dropped, and a step future whose guard panics when the library
+//! drops it (timeout, `fail_fast`, cancellation, a dropped run) each becomes a step's failure or
+//! a logged error, with the run, its task and the batch intact.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobgraph::{Retry, RetryPolicy, StepContext, StepError, StepEvent, job};
+use jobgraph::{Batch, BatchStatus, Retry, RetryPolicy, StepContext, StepError, StepEvent, job};
 use tokio::time::sleep;
 
 /// Longer than any test waits: only a timeout or a cancellation ends it.
@@ -285,4 +286,114 @@ async fn guards_panicking_when_the_run_future_is_dropped_stay_inside() {
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(run.as_mut().poll(&mut cx).is_pending());
     drop(run);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Batches
+
+struct Row {
+    n: u32,
+}
+
+#[job]
+impl Row {
+    #[step]
+    async fn load(&self) -> u32 {
+        self.n
+    }
+
+    #[step]
+    async fn double(&self, load: &u32) -> u32 {
+        load * 2
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_input_iterator_ends_the_inputs_with_a_failed_run() {
+    let inputs = (0..5).map(|n| {
+        if n == 3 {
+            panic!("input iterator panicked");
+        }
+        Row { n }
+    });
+    let done = Batch::new(inputs).concurrency(2).run().await;
+    assert_eq!(done.results.len(), 4);
+    assert!(done.results[..3].iter().all(Result::is_ok));
+    let err = done.results[3].as_ref().unwrap_err();
+    assert!(err.to_string().contains("panicked"), "{err}");
+    assert!(
+        err.root_cause()
+            .error()
+            .to_string()
+            .contains("input iterator panicked"),
+        "{err:?}"
+    );
+    let s = done.summary;
+    assert_eq!((s.total, s.succeeded, s.failed, s.cancelled), (4, 3, 1, 0));
+    assert!(!done.is_success());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_configure_closure_fails_that_run_only() {
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&statuses);
+    let done = Batch::new((0..4).map(|n| Row { n }))
+        .configure(|index, runner| {
+            if index == 1 {
+                panic!("configure panicked");
+            }
+            runner
+        })
+        .status_listener(move |status: &BatchStatus<RowStep>| {
+            seen.lock().unwrap().push(status.clone());
+        })
+        .run()
+        .await;
+    assert!(done.results[1].is_err());
+    let err = done.results[1].as_ref().unwrap_err();
+    assert!(
+        err.root_cause()
+            .error()
+            .to_string()
+            .contains("configure panicked"),
+        "{err:?}"
+    );
+    let s = done.summary;
+    assert_eq!((s.total, s.succeeded, s.failed), (4, 3, 1));
+    let last = statuses.lock().unwrap().last().cloned().unwrap();
+    assert!(last.finished);
+    assert_eq!(last.runs.running, 0);
+    for step in &last.steps {
+        assert_eq!((step.waiting, step.running), (0, 0), "{step:?}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_panicking_status_listener_loses_that_call_and_the_batch_goes_on() {
+    let done = Batch::new((0..4).map(|n| Row { n }))
+        .concurrency(2)
+        .status_listener(|_: &BatchStatus<RowStep>| panic!("status listener panicked"))
+        .run()
+        .await;
+    assert_eq!(done.results.len(), 4);
+    assert!(done.is_success());
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_batch_whose_run_listener_panicked_accounts_for_every_run() {
+    let mut batch = Batch::new((0..4).map(|n| Row { n }))
+        .concurrency(2)
+        .configure(|_, runner| runner.listener(|_| panic!("run listener panicked")))
+        .start();
+    let mut seen = 0;
+    while let Some(item) = futures::StreamExt::next(&mut batch).await {
+        assert!(item.result.is_ok());
+        seen += 1;
+    }
+    assert_eq!(seen, 4);
+    assert_eq!(batch.summary().succeeded, 4);
+    let status = batch.status();
+    assert!(status.finished);
+    assert_eq!(status.runs.running, 0);
+    assert_eq!(status.step(RowStep::Double).completed, 4);
 }
