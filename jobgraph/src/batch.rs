@@ -15,9 +15,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
 use futures::stream::{FusedStream, FuturesUnordered, Stream, StreamExt as _};
 
-use crate::{CancellationToken, Job, JobResult, Runner, ZeroLimit};
+use crate::runner::unstarted;
+use crate::{
+    CancellationToken, Job, JobErrorOf, JobResult, Runner, StepError, StepPanic, ZeroLimit,
+};
 use status::{Counters, RunOutcome, RunTracker};
 
 /// What [`Batch::configure`] stores: applied to each run's [`Runner`].
@@ -36,7 +41,10 @@ type BoxListener<S> = Box<dyn StatusListener<S> + Send>;
 /// which works when the job's runs are `Send`, as for [`start`](crate::JobHandle).
 ///
 /// Inputs are taken from the iterator lazily, one as each run slot frees up, so a batch of a
-/// million inputs never holds more than `concurrency` of them.
+/// million inputs never holds more than `concurrency` of them. An iterator that panics gives no
+/// more: the input it failed to give counts as a failed run (its error names the job's first
+/// step, [`panicked`](crate::StepError::is_panic), with the iterator's panic message), and the
+/// batch ends when the runs going have ended.
 ///
 /// ```
 /// use jobgraph::{Batch, job};
@@ -150,6 +158,10 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     /// Any option applies, but the batch then adds its own [`cancel_on`](Runner::cancel_on)
     /// (the batch's abort), replacing one set here, and its own
     /// [`listener`](Runner::listener) (for the status), beside one set here.
+    ///
+    /// If `configure` panics, that input's run fails without starting: its error names the job's
+    /// first step, [`panicked`](crate::StepError::is_panic), with a message that says
+    /// `configure` panicked for which input; the other runs go on.
     pub fn configure(
         mut self,
         configure: impl for<'j> Fn(usize, Runner<'j, J>) -> Runner<'j, J> + Send + Sync + 'static,
@@ -161,6 +173,9 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     /// Tells `listener` the batch's [`BatchStatus`] as it changes: at most once per poll of the
     /// batch, when something changed, and once when the batch ends. See [`StatusListener`];
     /// `ProgressBars` (feature `progress`) is one.
+    ///
+    /// A listener that panics misses that status (a `tracing::error!` says so), and the batch
+    /// goes on.
     pub fn status_listener(
         mut self,
         listener: impl StatusListener<J::Step> + Send + 'static,
@@ -232,15 +247,37 @@ struct RunEnv<J: Job> {
 }
 
 /// The future of the run of input `index`: owns the input, so the batch needs no `Send` of it.
-async fn run_one<J: Job>(index: usize, job: J, env: RunEnv<J>) -> (usize, JobResult<J>) {
+/// `Err` holds the panic of the input iterator that should have given it: the run fails without
+/// starting (see [`unstarted`]), as it does when `configure` panics.
+async fn run_one<J: Job>(
+    index: usize,
+    job: Result<J, StepPanic>,
+    env: RunEnv<J>,
+) -> (usize, JobResult<J>) {
     let RunEnv {
         configure,
         token,
         tracker,
     } = env;
+    let job = match job {
+        Ok(job) => job,
+        Err(panic) => {
+            let message =
+                format!("the batch's input iterator panicked giving input {index}: {panic}");
+            return (index, Err(unstarted_run::<J>(message, tracker)));
+        }
+    };
     let mut runner = Runner::new(&job);
     if let Some(configure) = &configure {
-        runner = configure(index, runner);
+        match catch_unwind(AssertUnwindSafe(|| configure(index, runner))) {
+            Ok(configured) => runner = configured,
+            Err(payload) => {
+                let panic = StepPanic::from_payload(payload);
+                let message =
+                    format!("the batch's `configure` panicked for input {index}: {panic}");
+                return (index, Err(unstarted_run::<J>(message, tracker)));
+            }
+        }
     }
     let result = runner
         .cancel_on(&token)
@@ -248,6 +285,16 @@ async fn run_one<J: Job>(index: usize, job: J, env: RunEnv<J>) -> (usize, JobRes
         .run()
         .await;
     (index, result)
+}
+
+/// The error of a run that could not start because the batch's own callbacks panicked: its
+/// first step carries the panic (`message` says whose), and the batch's status hears of it.
+#[cold]
+#[inline(never)]
+fn unstarted_run<J: Job>(message: String, tracker: RunTracker) -> JobErrorOf<J> {
+    tracing::error!(job = J::NAME, "{message}");
+    let error = StepError::Panic(StepPanic::new(message));
+    unstarted::<J>(error, move |event| tracker.on_event(event))
 }
 
 /// A started [`Batch`]: a [`Stream`] of [`BatchItem`]s, one per input taken, in the order the
@@ -270,7 +317,7 @@ pub struct BatchRun<J: Job, I, F> {
     concurrency: usize,
     fail_fast: bool,
     runs: FuturesUnordered<F>,
-    make: fn(usize, J, RunEnv<J>) -> F,
+    make: fn(usize, Result<J, StepPanic>, RunEnv<J>) -> F,
     configure: Option<Configure<J>>,
     /// The batch's token: every run is cancelled with it (`Runner::cancel_on`).
     token: CancellationToken,
@@ -375,11 +422,18 @@ where
             let Some(inputs) = &mut self.inputs else {
                 return;
             };
-            let Some(job) = inputs.next() else {
-                self.inputs = None;
-                self.counters.inputs_ended(self.taken, 0);
-                return;
+            let job = match catch_unwind(AssertUnwindSafe(|| inputs.next())) {
+                Ok(Some(job)) => Ok(job),
+                Ok(None) => {
+                    self.inputs = None;
+                    self.counters.inputs_ended(self.taken, 0);
+                    return;
+                }
+                // A panicking iterator gives no more inputs: the input it failed to give is a
+                // failed run, and the batch ends once the runs going have ended.
+                Err(payload) => Err(StepPanic::from_payload(payload)),
             };
+            let failed = job.is_err();
             let index = self.taken;
             self.taken += 1;
             self.counters.run_started(self.taken);
@@ -389,7 +443,25 @@ where
                 tracker: RunTracker::new(Arc::clone(&self.counters)),
             };
             self.runs.push((self.make)(index, job, env));
+            if failed {
+                self.end_inputs();
+                return;
+            }
         }
+    }
+
+    /// Drops the inputs after their iterator panicked (catching a panic of its drop, too): the
+    /// batch's total is the inputs taken, the failed one included.
+    #[cold]
+    #[inline(never)]
+    fn end_inputs(&mut self) {
+        if let Some(inputs) = self.inputs.take()
+            && let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(inputs)))
+        {
+            let panic = StepPanic::from_payload(payload);
+            tracing::error!(job = J::NAME, panic = %panic, "a batch's input iterator panicked when dropped");
+        }
+        self.counters.inputs_ended(self.taken, 0);
     }
 
     fn poll_runs(&mut self, cx: &mut Context<'_>) -> Poll<Option<BatchItem<J>>> {
@@ -424,7 +496,14 @@ where
         }
         self.notified = Some(version);
         let _ = self.counters.read_into(status);
-        listener.on_status(status);
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| listener.on_status(status))) {
+            let panic = StepPanic::from_payload(payload);
+            tracing::error!(
+                job = J::NAME,
+                panic = %panic,
+                "a batch's status listener panicked: it misses this status, and the batch goes on"
+            );
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::error::Error;
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use crate::JobStep;
@@ -24,8 +25,10 @@ pub enum StepError {
     /// The run was cancelled (by [`JobHandle::cancel`](crate::JobHandle::cancel), or by
     /// [`fail_fast`](crate::Runner::fail_fast) after another step failed) while this step ran.
     Cancelled,
-    /// A policy of the step's attribute could not be used: its expression panicked, or its value
-    /// is invalid (a timeout of zero). The step did not run.
+    /// A policy of the step could not be used. Either an expression of its attribute panicked,
+    /// or its value is invalid (a timeout of zero), and the step did not run; or its retry policy
+    /// (or that policy's [`when`](crate::Retry::when) predicate) panicked when asked about a
+    /// failed attempt, and the text says what panicked and how that attempt failed.
     Policy(String),
     /// The step's output could not be stored (a `#[job(durable)]` run): the store's error. The
     /// output is lost; the next resume runs the step again.
@@ -166,12 +169,23 @@ impl StepPanic {
         } else {
             "<non-string panic payload>".to_owned()
         };
+        drop_payload(payload);
         StepPanic::new(message)
     }
 
     /// The panic message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+}
+
+/// Drops a caught panic's payload, which is the user's value: a payload whose `Drop` panics too
+/// is caught there, and that second payload is leaked rather than dropped, since dropping it
+/// could panic again, without end.
+pub(crate) fn drop_payload(payload: Box<dyn Any + Send>) {
+    if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+        std::mem::forget(again);
+        tracing::error!("a panic's payload panicked when dropped: its own payload is leaked");
     }
 }
 

@@ -7,7 +7,7 @@
 //! its timers and back-off state do not make every step's future larger.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -58,7 +58,7 @@ pin_project_lite::pin_project! {
     pub enum StepFuture<Fut, G> {
         /// The step's one attempt (the user's code), and when the step started (nanoseconds
         /// since the run started).
-        Lean { #[pin] attempt: Fut, started: u64 },
+        Lean { #[pin] attempt: QuietDrop<Fut>, started: u64 },
         /// A future running and reporting the whole step.
         Managed { future: Managed<G> },
     }
@@ -108,6 +108,65 @@ fn drop_managed<G>(future: Option<Pin<Box<G>>>) {
     drop(future);
 }
 
+pin_project_lite::pin_project! {
+    /// A step's attempt (the user's future), whose drop never panics.
+    ///
+    /// The library drops an attempt that has not ended when it times out, when the run is
+    /// cancelled or stops under `fail_fast`, and when the run's future is dropped. A value the
+    /// attempt holds (a guard) may panic in its `Drop`: that panic is caught here and logged,
+    /// and the step ends as it was going to (timed out, cancelled), so it never reaches the
+    /// scheduler, the run's task or a batch. Costs a branch per poll, and nothing while dropping
+    /// does not panic.
+    pub struct QuietDrop<F> {
+        // `None` once dropped in place.
+        #[pin]
+        future: Option<F>,
+    }
+
+    impl<F> PinnedDrop for QuietDrop<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut future = this.project().future;
+            if future.is_some() {
+                drop_quietly(move || future.set(None));
+            }
+        }
+    }
+}
+
+impl<F> QuietDrop<F> {
+    #[inline]
+    pub(crate) fn new(future: F) -> Self {
+        QuietDrop {
+            future: Some(future),
+        }
+    }
+}
+
+impl<F: Future> Future for QuietDrop<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        match self.project().future.as_pin_mut() {
+            Some(future) => future.poll(cx),
+            None => unreachable!("jobgraph: a step's attempt was polled after it was dropped"),
+        }
+    }
+}
+
+/// Runs `drop` (the drop of an attempt's future), catching and logging a panic: out of line, one
+/// copy per closure type, called only by [`QuietDrop`]'s drop.
+#[inline(never)]
+fn drop_quietly(drop: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(drop)) {
+        let panic = StepPanic::from_payload(payload);
+        tracing::error!(
+            panic = %panic,
+            "a step's future panicked when dropped (timed out, cancelled, or its run dropped); the step ends as it would have"
+        );
+    }
+}
+
 /// Starts `step`: the one runtime function the generated scheduler calls when a step's
 /// dependencies completed.
 ///
@@ -133,7 +192,7 @@ where
     let plan = plan(run, step, own.is_some(), policies.timeout, policies.limits);
     match plan {
         Plan::Lean { started } => StepFuture::Lean {
-            attempt: attempt(C::new(run, step, 1, None, None)),
+            attempt: QuietDrop::new(attempt(C::new(run, step, 1, None, None))),
             started,
         },
         Plan::General(general) => StepFuture::Managed {
@@ -351,9 +410,15 @@ where
         let span = first_span
             .take()
             .unwrap_or_else(|| new_span(step, n, element));
-        let ctx = C::new(run, step, n, element, Some(&span));
         let outcome = async {
-            let attempt = stale(run, guarded(attempt(ctx)));
+            // Enrichment runs as the context is made: a panic there is the attempt's failure.
+            let made = catch_unwind(AssertUnwindSafe(|| {
+                attempt(C::new(run, step, n, element, Some(&span)))
+            }));
+            let attempt = match made {
+                Ok(attempt) => stale(run, guarded(attempt)),
+                Err(payload) => return Err(StepError::Panic(StepPanic::from_payload(payload))),
+            };
             match policies.timeout {
                 None => attempt.await,
                 Some(limit) => match tokio::time::timeout(limit, attempt).await {
@@ -369,11 +434,13 @@ where
             Ok(output) => return (Ok(output), n, span),
             Err(error) => error,
         };
-        let Some(delay) = policies
-            .retry
-            .and_then(|policy| policy.should_retry(n, &error))
-        else {
+        let Some(policy) = policies.retry else {
             return (Err(error), n, span);
+        };
+        let delay = match catch_unwind(AssertUnwindSafe(|| policy.should_retry(n, &error))) {
+            Ok(Some(delay)) => delay,
+            Ok(None) => return (Err(error), n, span),
+            Err(payload) => return (Err(policy_panicked(n, &error, payload)), n, span),
         };
         span.in_scope(|| tracing::warn!(?delay, error = %error, "step attempt failed; retrying"));
         run.emit(&StepEvent::Retrying {
@@ -386,6 +453,17 @@ where
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// The failure of a step whose retry policy (or its `when` predicate) panicked when asked about
+/// attempt `n`, which failed with `error`: says both, as the policy's panic ends the step.
+#[cold]
+#[inline(never)]
+fn policy_panicked(n: u32, error: &StepError, payload: Box<dyn std::any::Any + Send>) -> StepError {
+    let panic = StepPanic::from_payload(payload);
+    StepError::Policy(format!(
+        "its retry policy panicked ({panic}) when attempt {n} failed: {error}"
+    ))
 }
 
 /// Runs a `#[step(for_each(..))]` step: `attempt` once per element of `elements` (again for
@@ -635,7 +713,10 @@ where
     Fut: Future<Output = Result<T, BoxError>>,
 {
     tracing::debug!("step started");
-    match AssertUnwindSafe(attempt).catch_unwind().await {
+    match AssertUnwindSafe(QuietDrop::new(attempt))
+        .catch_unwind()
+        .await
+    {
         Ok(Ok(output)) => Ok(output),
         Ok(Err(error)) => Err(StepError::Error(error)),
         Err(payload) => Err(StepError::Panic(StepPanic::from_payload(payload))),

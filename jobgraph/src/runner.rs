@@ -6,9 +6,15 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::error::StepFailure;
 use crate::report::{JobReport, StepEvent};
 use crate::run::{RunCore, RunOptions};
-use crate::{CancellationToken, Job, JobError, LimitRegistry, RetryPolicy, StepContext};
+use crate::{
+    CancellationToken, Job, JobError, JobStep, LimitRegistry, RetryPolicy, StepContext, StepError,
+    StepPanic,
+};
 
 /// The outcome of a run: every step's output, or the error naming the step that failed first
 /// (with the outputs of the steps that completed).
@@ -119,10 +125,14 @@ impl<'j, J: Job> Runner<'j, J> {
     ///
     /// Calling it again adds a listener: each event goes to every listener, in the order they
     /// were added. (A [`Batch`](crate::Batch) adds its own beside those of its runs.)
+    ///
+    /// A listener that panics misses that event and nothing else does: the panic is caught,
+    /// logged with `tracing::error!`, and the run, its steps and the other listeners go on.
     pub fn listener(
         mut self,
         listener: impl Fn(&StepEvent<'_, J::Step>) + Send + Sync + 'static,
     ) -> Self {
+        let listener = move |event: &StepEvent<'_, J::Step>| hear(&listener, event);
         self.options.listener = Some(match self.options.listener.take() {
             None => Arc::new(listener),
             Some(first) => Arc::new(move |event: &StepEvent<'_, J::Step>| {
@@ -203,6 +213,48 @@ impl<'j, J: Job> Runner<'j, J> {
     }
 }
 
+/// Tells `listener` of `event`, catching a panic: the listener misses the event, a
+/// `tracing::error!` says so, and the run goes on.
+fn hear<S: JobStep>(listener: &impl Fn(&StepEvent<'_, S>), event: &StepEvent<'_, S>) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| listener(event))) {
+        listener_panicked(event, StepPanic::from_payload(payload));
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn listener_panicked<S: JobStep>(event: &StepEvent<'_, S>, panic: StepPanic) {
+    tracing::error!(
+        ?event,
+        panic = %panic,
+        "a run's listener panicked: it misses this event, and the run goes on"
+    );
+}
+
+/// The error of a run of `J` that could not start (a batch's input or its `configure` closure
+/// panicked): its first step (in declaration order) fails with `error` before running, the steps
+/// that depend on it are skipped and the others cancelled, and `listener` hears of it as it would
+/// of a run.
+pub(crate) fn unstarted<J: Job>(
+    error: StepError,
+    listener: impl Fn(&StepEvent<'_, J::Step>) + Send + Sync + 'static,
+) -> JobErrorOf<J> {
+    let options = RunOptions {
+        listener: Some(Arc::new(move |event: &StepEvent<'_, J::Step>| {
+            hear(&listener, event)
+        })),
+        ..RunOptions::default()
+    };
+    let run = RunCore::for_job::<J>(options, false);
+    let step = J::Step::ALL[0];
+    let now = run.read_clock();
+    crate::exec::report_failed(&run, step, 0, now, &error);
+    match run.finish(now, vec![StepFailure::new(step, error)]) {
+        Err(error) => error.with_partial(J::Partial::default()),
+        Ok(()) => unreachable!("jobgraph: a run with a failed step ended without an error"),
+    }
+}
+
 /// A run that stops after one step: [`Runner::until`].
 #[must_use = "a runner does nothing until `run` is awaited"]
 pub struct Until<'j, J: Job> {
@@ -255,6 +307,13 @@ pub(crate) async fn drive_to_end<J: Job>(
 }
 
 /// A run spawned on tokio by the generated `start`: watch it, cancel it, wait for it.
+///
+/// # Dropping the handle
+///
+/// Dropping a `JobHandle` does **not** cancel the run, as dropping a tokio `JoinHandle` does
+/// not: the run goes on, detached, to its end, holding what its steps hold meanwhile (a
+/// `concurrency` slot, a place under a rate), and its result is lost. To stop it, call
+/// [`cancel`](JobHandle::cancel) before dropping the handle.
 pub struct JobHandle<J: Job> {
     run: Arc<RunCore<J::Step>>,
     task: JoinHandle<JobResult<J>>,
@@ -304,8 +363,9 @@ impl<J: Job> JobHandle<J> {
     pub async fn wait(self) -> JobResult<J> {
         match self.task.await {
             Ok(result) => result,
-            // Steps' panics are caught per step; a panic here is the runtime shutting down or a
-            // listener panicking: pass it on as it is.
+            // The run catches the panics of the user's code it calls (steps, enrichment,
+            // policies, listeners, the drop of a step's future): a panic here is one it cannot
+            // (the job value's own `Drop`) or a bug in jobgraph. Pass it on as it is.
             Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
             // The runtime shut down and dropped the run: its steps were cancelled.
             Err(_) => Err(self.run.abandon().with_partial(J::Partial::default())),
