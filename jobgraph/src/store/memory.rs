@@ -12,7 +12,7 @@ use super::{
     StoreError, StoredRun, StoredStep, millis, now_ms, plus,
 };
 
-/// A [`Store`] in memory: same semantics as [`SqliteStore`](super::SqliteStore), leases and
+/// A [`Store`] in memory: same semantics as `SqliteStore`, leases and
 /// fencing included (on the wall clock), and nothing survives the process. For tests.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
