@@ -12,9 +12,8 @@ use super::{
     StoreError, StoredRun, StoredStep, millis, now_ms, plus,
 };
 
-/// A [`Store`] in memory: same semantics as [`SqliteStore`](super::SqliteStore), leases and
-/// fencing included (on the wall clock), and nothing survives the process. For tests. Clones
-/// share one store.
+/// A [`Store`] in memory: same semantics as `SqliteStore`, leases and fencing included (on the
+/// wall clock), and nothing survives the process. For tests. Clones share one store.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     inner: std::sync::Arc<Mutex<Inner>>,

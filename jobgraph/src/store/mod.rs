@@ -8,7 +8,7 @@
 //!
 //! Two stores implement the one contract (and pass the one contract test suite):
 //!
-//! - [`SqliteStore`] (feature `sqlite`, on by default): an embedded SQLite database through
+//! - `SqliteStore` (feature `sqlite`, on by default): an embedded SQLite database through
 //!   `sqlx`, for runs that must survive a crash.
 //! - [`MemoryStore`]: maps behind a mutex, for tests; same semantics, including leases and
 //!   fencing.
