@@ -288,7 +288,14 @@ pub(crate) fn drive<'a, J: Job>(
     run: &'a RunCore<J::Step>,
     seed: J::Partial,
 ) -> impl Future<Output = Result<J::Partial, JobErrorOf<J>>> + 'a {
-    let span = tracing::info_span!("job", job = J::NAME, job_id = run.job_id());
+    // Only for a subscriber that takes it: the span's fields would make the run's id (an
+    // allocation) even when nothing records them, as tracing's `log` feature (which sqlx turns
+    // on) evaluates them for `log` too.
+    let span = if tracing::level_enabled!(tracing::Level::INFO) {
+        tracing::info_span!("job", job = J::NAME, job_id = run.job_id())
+    } else {
+        tracing::Span::none()
+    };
     // The run future holds every step's future, so it is large: box it once per run, so that
     // moving it (into `Instrumented`, into the caller's future) copies a pointer, not the graph.
     // Writing it into a fresh allocation lets the compiler build it there rather than on the
