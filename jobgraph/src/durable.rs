@@ -481,7 +481,7 @@ pub async fn resume<J: DurableJob>(
         what: "does not decode as the job's type",
         error,
     })?;
-    let runner = crate::runner::runner_of(&job).job_id(id);
+    let runner = crate::runner::runner(&job).job_id(id);
     DurableRunner::new(runner, Arc::new(store.clone()))
         .run()
         .await

@@ -6,11 +6,14 @@ pub mod durable;
 mod error;
 mod exec;
 mod job;
+mod lend;
 mod limit;
+mod policy;
 mod report;
 mod retry;
 mod run;
 mod runner;
+mod sched;
 pub mod store;
 
 #[doc(hidden)]

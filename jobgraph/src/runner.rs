@@ -277,11 +277,6 @@ impl<J: Job> Until<'_, J> {
     }
 }
 
-/// A runner for `job`.
-pub(crate) fn runner_of<J: Job>(job: &J) -> Runner<'_, J> {
-    Runner::new(job)
-}
-
 /// Runs `job` from `seed` inside the run's span: the outputs the run has.
 pub(crate) fn drive<'a, J: Job>(
     job: &'a J,
@@ -388,4 +383,41 @@ impl<J: Job> std::fmt::Debug for JobHandle<J> {
             .field("finished", &self.is_finished())
             .finish()
     }
+}
+
+// What the generated `runner()`, `start` and `start_with` call.
+
+/// Spawns a started job's run: `start` calls this from the job's own impl, where the run
+/// future's type is known, so a step that is not `Send` is reported there.
+#[inline]
+pub fn spawn<J: Job, F>(run: Arc<RunCore<J::Step>>, future: F) -> JobHandle<J>
+where
+    F: Future<Output = JobResult<J>> + Send + 'static,
+    J::Outputs: Send + 'static,
+    J::Partial: Send + 'static,
+{
+    JobHandle::new(run, tokio::spawn(future))
+}
+
+/// The run state for `start_with`, with the options `runner` holds, and the outputs it starts
+/// from.
+#[inline]
+pub fn handle_core<J: Job>(runner: Runner<'_, J>) -> (Arc<RunCore<J::Step>>, J::Partial) {
+    JobHandle::<J>::core(runner)
+}
+
+/// Runs `job` from `seed` in its span: what the spawned task of `start` awaits.
+#[inline]
+pub fn drive_started<'a, J: Job>(
+    job: &'a J,
+    run: &'a RunCore<J::Step>,
+    seed: J::Partial,
+) -> impl Future<Output = JobResult<J>> + 'a {
+    drive_to_end(job, run, seed)
+}
+
+/// `Runner::new`, for the generated `runner()`.
+#[inline]
+pub fn runner<J: Job>(job: &J) -> Runner<'_, J> {
+    Runner::new(job)
 }

@@ -337,7 +337,7 @@ fn start_method(job: &Job<'_>, paths: &Paths) -> TokenStream {
     let spawn = quote_spanned! {span=>
         #p_at::spawn::<Self, _>(__jg_handle, async move {
             let __jg_job = self;
-            #p_at::drive(&__jg_job, &__jg_task, __jg_seed).await
+            #p_at::drive_started(&__jg_job, &__jg_task, __jg_seed).await
         })
     };
     quote! {

@@ -606,7 +606,8 @@ digraph "Diamond" {
             __jg_handle,
             async move {
                 let __jg_job = self;
-                ::jobgraph::__private::drive(&__jg_job, &__jg_task, __jg_seed).await
+                ::jobgraph::__private::drive_started(&__jg_job, &__jg_task, __jg_seed)
+                    .await
             },
         )
     }

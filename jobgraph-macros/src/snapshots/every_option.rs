@@ -526,7 +526,8 @@ digraph "Crawl" {
             __jg_handle,
             async move {
                 let __jg_job = self;
-                ::jobgraph::__private::drive(&__jg_job, &__jg_task, __jg_seed).await
+                ::jobgraph::__private::drive_started(&__jg_job, &__jg_task, __jg_seed)
+                    .await
             },
         )
     }

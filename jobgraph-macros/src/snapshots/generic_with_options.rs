@@ -471,7 +471,12 @@ digraph "report" {
             __jg_handle,
             async move {
                 let __jg_job = self;
-                __jobgraph_private_Report::drive(&__jg_job, &__jg_task, __jg_seed).await
+                __jobgraph_private_Report::drive_started(
+                        &__jg_job,
+                        &__jg_task,
+                        __jg_seed,
+                    )
+                    .await
             },
         )
     }
