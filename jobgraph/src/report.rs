@@ -46,7 +46,8 @@ impl StepState {
         !matches!(self, StepState::Pending | StepState::Running)
     }
 
-    fn colour(self) -> &'static str {
+    /// The DOT fill colour of a step in this state (also used by stored runs' DOT).
+    pub(crate) fn colour(self) -> &'static str {
         match self {
             StepState::Pending => "white",
             StepState::Running => "gold",
@@ -269,8 +270,9 @@ const TEXT_MAX_CHARS: usize = 2_000;
 /// space, any other control character as the text `\u{..}`, and at most
 /// [`TEXT_MAX_CHARS`] characters, then `… (N characters)` if it was longer.
 ///
-/// The macro writes `Job::DOT`'s name with the same rules (`jobgraph-macros/src/codegen/dot.rs`).
-fn dot_text(s: &str) -> String {
+/// The macro writes `Job::DOT`'s name with the same rules (`jobgraph-macros/src/codegen/dot.rs`),
+/// and a stored run's DOT (`store/render.rs`) calls this one.
+pub(crate) fn dot_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len().min(TEXT_MAX_CHARS) + 2);
     let mut chars = s.chars().peekable();
     let mut written = 0;
@@ -301,7 +303,8 @@ fn dot_text(s: &str) -> String {
 /// `%` starts comments and `%%{init}%%` directives; `<` and `>` open HTML) becomes the entity code
 /// `#<decimal>;`, which Mermaid shows as the character. At most [`TEXT_MAX_CHARS`] characters,
 /// then `… (N characters)`: Mermaid refuses a whole chart longer than 50,000 characters.
-fn mermaid_text(s: &str) -> String {
+/// A stored run's Gantt (`store/render.rs`) calls this one too.
+pub(crate) fn mermaid_text(s: &str) -> String {
     let mut out = String::with_capacity(s.len().min(TEXT_MAX_CHARS));
     for (written, c) in s.chars().enumerate() {
         if written == TEXT_MAX_CHARS {

@@ -28,7 +28,8 @@
 //! Inputs and outputs are JSON text (`&str` in, `String` out); the store never parses them.
 //! Timestamps are Unix milliseconds (`i64`). The stored graph ([`GraphSpec`]) lets the store
 //! compute a step's descendants without the job type (for [`Store::reset_step`]), and lets
-//! inspection tools draw a run from the store alone.
+//! inspection tools draw a run from the store alone ([`StoredRun::dot`],
+//! [`StoredRun::mermaid_gantt`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -38,6 +39,8 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 mod memory;
+// `StoredRun::dot`, `StoredRun::mermaid_gantt` and the report helpers: inherent methods.
+mod render;
 #[cfg(feature = "sqlite")]
 mod schema;
 #[cfg(feature = "sqlite")]
