@@ -12,6 +12,7 @@ pub use core::hash::Hash;
 pub use core::marker::{Copy, PhantomData, Send, Sync};
 pub use core::ops::FnOnce;
 pub use core::option::Option::{self, None, Some};
+pub use core::panic;
 pub use core::pin::{Pin, pin};
 pub use core::primitive::{bool, str, u32, u64, usize};
 pub use core::result::Result::{self, Err, Ok};

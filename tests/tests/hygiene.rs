@@ -66,6 +66,7 @@ mod shadowed {
     pub(crate) struct str;
     pub(crate) struct usize;
     pub(crate) struct u64;
+    pub(crate) struct u32;
     pub(crate) struct bool;
 
     // Crate roots, as relative paths.
@@ -95,6 +96,11 @@ mod shadowed {
     macro_rules! panic {
         ($($t:tt)*) => {
             compile_error!("shadowed panic!")
+        };
+    }
+    macro_rules! assert {
+        ($($t:tt)*) => {
+            compile_error!("shadowed assert!")
         };
     }
     macro_rules! unreachable {
@@ -206,6 +212,62 @@ mod shadowed {
             }
         }
     }
+
+    /// Tags every attempt (for `#[job(enrich)]`).
+    pub(crate) fn tag(ctx: &mut ::jobgraph::StepContext) {
+        ctx.record("tagged", "yes");
+    }
+
+    /// Every step option, with everything above shadowed.
+    pub(crate) struct AllOptions;
+
+    impl AllOptions {
+        const POOL: ::core::primitive::u32 = 2;
+    }
+
+    #[::jobgraph::job(enrich = tag, durable)]
+    impl AllOptions {
+        #[step(
+            retry = ::jobgraph::Retry::fixed(2, ::core::time::Duration::from_millis(1)),
+            timeout = ::core::time::Duration::from_secs(5)
+        )]
+        async fn items(&self) -> ::std::vec::Vec<::core::primitive::u32> {
+            ::std::vec![1, 2, 3]
+        }
+
+        #[step(
+            for_each(items, concurrency = 2),
+            concurrency = Self::POOL,
+            rate = "1000/s",
+            burst = 4
+        )]
+        async fn double(&self, items: &::core::primitive::u32) -> ::core::primitive::u64 {
+            ::core::primitive::u64::from(*items) * 2
+        }
+
+        #[step]
+        async fn total(&self, double: &[::core::primitive::u64]) -> ::core::primitive::u64 {
+            double.iter().sum()
+        }
+    }
+
+    impl ::serde::Serialize for AllOptions {
+        fn serialize<S: ::serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> ::core::result::Result<S::Ok, S::Error> {
+            serializer.serialize_unit()
+        }
+    }
+
+    impl<'de> ::serde::Deserialize<'de> for AllOptions {
+        fn deserialize<D: ::serde::Deserializer<'de>>(
+            deserializer: D,
+        ) -> ::core::result::Result<Self, D::Error> {
+            <() as ::serde::Deserialize>::deserialize(deserializer)?;
+            ::core::result::Result::Ok(AllOptions)
+        }
+    }
 }
 
 use std::error::Error as _;
@@ -224,6 +286,13 @@ async fn a_job_runs_with_everything_shadowed() {
     assert_eq!(format!("{:?}", ShadowedStep::WithCtx), "WithCtx");
     assert_eq!(Shadowed::STEPS[0].doc(), "The root.");
     assert!(Shadowed::DOT.contains(r#""unit" -> "with_ctx" [style=dashed];"#));
+}
+
+#[tokio::test]
+async fn every_option_works_with_everything_shadowed() {
+    let out = shadowed::AllOptions.run().await.unwrap();
+    assert_eq!(out.double, [2, 4, 6]);
+    assert_eq!(out.total, 12);
 }
 
 #[tokio::test]

@@ -239,7 +239,9 @@ fn policy_fns(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
         let p_at = paths.private_at(expr.span());
         let check = quote_spanned! {expr.span()=> {
             let value: #p_at::u32 = #expr;
-            ::core::assert!(value > 0, #message);
+            if value == 0 {
+                #p_at::panic!(#message);
+            }
             value
         }};
         let bound = constant(job, quote!(#p::u32), check, &[expr], quote!());
@@ -330,7 +332,7 @@ fn limits(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
         quote_spanned!(expr.span()=> {
             let value: #p_at::u32 = #expr;
             if value == 0 {
-                ::core::panic!(#message);
+                #p_at::panic!(#message);
             }
             value
         })

@@ -593,7 +593,7 @@ impl Crawl {
                     {
                         let value: ::jobgraph::__private::u32 = Self::POOL;
                         if value == 0 {
-                            ::core::panic!(
+                            ::jobgraph::__private::panic!(
                                 "`concurrency` of step `fetch` is 0: give at least 1"
                             );
                         }
@@ -608,7 +608,7 @@ impl Crawl {
                     {
                         let value: ::jobgraph::__private::u32 = 2;
                         if value == 0 {
-                            ::core::panic!(
+                            ::jobgraph::__private::panic!(
                                 "`burst` of step `fetch` is 0: give at least 1"
                             );
                         }
@@ -625,10 +625,11 @@ impl Crawl {
         ::jobgraph::__private::Some({
             const __JG_VALUE: ::jobgraph::__private::u32 = {
                 let value: ::jobgraph::__private::u32 = 4;
-                ::core::assert!(
-                    value > 0,
-                    "`for_each(.., concurrency = ..)` of step `fetch` is 0: no element could run; give at least 1"
-                );
+                if value == 0 {
+                    ::jobgraph::__private::panic!(
+                        "`for_each(.., concurrency = ..)` of step `fetch` is 0: no element could run; give at least 1"
+                    );
+                }
                 value
             };
             __JG_VALUE
