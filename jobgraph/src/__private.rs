@@ -38,6 +38,6 @@ pub use crate::lend::{
 pub use crate::policy::{policies, shared_retry, step_policies, timeout};
 pub use crate::runner::{drive_started, handle_core, runner, spawn};
 pub use crate::sched::{
-    Failures, Graph, Mask, Sched, Slot, Stop, Suspend, completed, turn, unreachable_step, waker,
+    Failures, Mask, Sched, Slot, Stop, Suspend, TopoGraph, completed, turn, unreachable_step, waker,
 };
 pub use crate::store::StoredRun;

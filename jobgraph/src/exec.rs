@@ -60,7 +60,7 @@ pin_project_lite::pin_project! {
         /// since the run started).
         Lean { #[pin] attempt: QuietDrop<Fut>, started: u64 },
         /// A future running and reporting the whole step.
-        Managed { future: Managed<G> },
+        GeneralFuture { future: GeneralFuture<G> },
     }
 }
 
@@ -70,15 +70,15 @@ pin_project_lite::pin_project! {
 /// glue of a general path's future (its timer, its spans, its limiter's permit) would otherwise
 /// be copied into every step's turn, making the code the scheduler runs per step several times
 /// larger than what it runs, and the processor's instruction cache miss on every step.
-pub struct Managed<G>(Option<Pin<Box<G>>>);
+pub struct GeneralFuture<G>(Option<Pin<Box<G>>>);
 
-impl<G> Managed<G> {
+impl<G> GeneralFuture<G> {
     pub(crate) fn new(future: G) -> Self {
-        Managed(Some(Box::pin(future)))
+        GeneralFuture(Some(Box::pin(future)))
     }
 }
 
-impl<T, G: Future<Output = Result<T, StepError>>> Future for Managed<G> {
+impl<T, G: Future<Output = Result<T, StepError>>> Future for GeneralFuture<G> {
     type Output = Result<T, StepError>;
 
     #[inline]
@@ -96,7 +96,7 @@ fn poll_managed<G: Future>(future: Pin<&mut G>, cx: &mut Context<'_>) -> Poll<G:
     future.poll(cx)
 }
 
-impl<G> Drop for Managed<G> {
+impl<G> Drop for GeneralFuture<G> {
     #[inline]
     fn drop(&mut self) {
         drop_managed(self.0.take());
@@ -195,7 +195,7 @@ where
             attempt: QuietDrop::new(attempt(C::new(run, step, 1, None, None))),
             started,
         },
-        Plan::General(general) => StepFuture::Managed {
+        Plan::General(general) => StepFuture::GeneralFuture {
             future: general_future(run, step, general, own, policies.encode, attempt),
         },
     }
@@ -212,7 +212,7 @@ fn general_future<'a, S, R, C, T, F, Fut>(
     own_retry: Option<R>,
     encode: Option<Encode<T>>,
     attempt: F,
-) -> Managed<impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>>
+) -> GeneralFuture<impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>>
 where
     S: JobStep,
     R: RetryPolicy,
@@ -220,9 +220,7 @@ where
     F: FnMut(C) -> Fut + 'a,
     Fut: Future<Output = Result<T, BoxError>> + 'a,
 {
-    Managed::new(with_policies(
-        run, step, general, own_retry, encode, attempt,
-    ))
+    GeneralFuture::new(run_general(run, step, general, own_retry, encode, attempt))
 }
 
 /// How a step runs: see [`plan`].
@@ -260,7 +258,7 @@ fn plan<'a, S: JobStep>(
     if !own_retry
         && timeout.is_none()
         && limits.is_none()
-        && let Some(started) = lean_start(run, step)
+        && let Some(started) = start_if_lean(run, step)
     {
         return Plan::Lean { started };
     }
@@ -297,7 +295,7 @@ fn plan_general<'a, S: JobStep>(
         };
         if first.is_disabled() {
             return Plan::Lean {
-                started: start_lean(run, step),
+                started: record_lean_start(run, step),
             };
         }
         span = Some(first);
@@ -315,20 +313,20 @@ fn plan_general<'a, S: JobStep>(
 /// returns when; else `None`, and [`plan_general`] decides. Out of line, one copy per job: the
 /// scheduler's code for each step holds only the call.
 #[inline(never)]
-fn lean_start<S: JobStep>(run: &RunCore<S>, step: S) -> Option<u64> {
+fn start_if_lean<S: JobStep>(run: &RunCore<S>, step: S) -> Option<u64> {
     if !run.no_overrides
         || run.limits().overridden()
         || tracing::level_enabled!(tracing::Level::INFO)
     {
         return None;
     }
-    Some(start_lean(run, step))
+    Some(record_lean_start(run, step))
 }
 
 /// Starts the one attempt of a step on the lean path: returns when it started. Inline in
-/// [`lean_start`], which every step's start calls, so that call is the only one.
+/// [`start_if_lean`], which every step's start calls, so that call is the only one.
 #[inline(always)]
-fn start_lean<S: JobStep>(run: &RunCore<S>, step: S) -> u64 {
+fn record_lean_start<S: JobStep>(run: &RunCore<S>, step: S) -> u64 {
     let started = run.now();
     run.attempt_started(step, 1, started);
     tracing::debug!(step = step.name(), "step started");
@@ -336,7 +334,7 @@ fn start_lean<S: JobStep>(run: &RunCore<S>, step: S) -> u64 {
 }
 
 /// Every attempt of a step on the general path.
-async fn with_policies<S, R, C, T, F, Fut>(
+async fn run_general<S, R, C, T, F, Fut>(
     run: &RunCore<S>,
     step: S,
     general: General<'_>,

@@ -66,7 +66,7 @@ pub struct RunCore<S: JobStep> {
     /// [`LimitRegistry::global`], looked up once per run: the registry of a run whose options name none.
     global_limits: &'static LimitRegistry,
     /// True if the run overrides no step's retry policy or timeout: a step that declares none
-    /// may take the lean path (see `exec::lean_start`).
+    /// may take the lean path (see `exec::start_if_lean`).
     pub(crate) no_overrides: bool,
     /// True if the job or the run enriches contexts.
     enriches: bool,
@@ -414,7 +414,7 @@ impl<S: JobStep> RunCore<S> {
     }
 
     /// Records that `step` was running when the run stopped.
-    pub(crate) fn cancel_step(&self, step: S) {
+    pub(crate) fn record_cancelled(&self, step: S) {
         let cell = self.cell(step);
         let since = from_nanos(cell.started.load(Ordering::Relaxed))
             .map(|s| self.since_start(Instant::now()).saturating_sub(s));
@@ -441,7 +441,7 @@ impl<S: JobStep> RunCore<S> {
         let failures = running
             .iter()
             .map(|&s| {
-                self.cancel_step(s);
+                self.record_cancelled(s);
                 StepFailure::new(s, StepError::Cancelled)
             })
             .collect();

@@ -15,8 +15,8 @@ use tokio_util::sync::WaitForCancellationFuture;
 use crate::durable::{ElementsCodec, Encode};
 use crate::error::{BoxError, StepFailure, StepPanic};
 use crate::exec::{
-    AttemptContext, Managed, Policies, StepFuture, StepFutureProj, report_completed, report_failed,
-    run_for_each, start_step,
+    AttemptContext, GeneralFuture, Policies, StepFuture, StepFutureProj, report_completed,
+    report_failed, run_for_each, start_step,
 };
 use crate::limit::StepLimits;
 use crate::run::RunCore;
@@ -140,9 +140,9 @@ impl<const W: usize> Mask<W> {
 }
 
 /// A job's graph as the scheduler sees it, built at compile time: for each step, by its position
-/// in a topological order, the positions of the steps it waits for and of the steps that wait for
-/// it.
-pub struct Graph<const W: usize, const N: usize> {
+/// in a topological order (not its index in `ALL`, as the macro's graph and `StepInfo` have it),
+/// the positions of the steps it waits for and of the steps that wait for it.
+pub struct TopoGraph<const W: usize, const N: usize> {
     /// Each step's position in the topological order, by its index in `ALL`.
     pub positions: [usize; N],
     /// The steps each step waits for.
@@ -189,7 +189,7 @@ impl<const W: usize> Sched<W> {
 
     /// Records that step `k` completed: each child whose dependencies all completed is ready.
     #[inline]
-    pub fn complete<const N: usize>(&mut self, k: usize, graph: &Graph<W, N>) {
+    pub fn complete<const N: usize>(&mut self, k: usize, graph: &TopoGraph<W, N>) {
         self.running.remove(k);
         self.done.insert(k);
         // This runs once per step: a child that waits for this step alone (every step of a
@@ -250,7 +250,7 @@ impl<const W: usize> Sched<W> {
 pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
     run: &RunCore<S>,
     sched: &mut Sched<W>,
-    graph: &Graph<W, N>,
+    graph: &TopoGraph<W, N>,
     k: usize,
     step: S,
     mut future: Pin<&mut Option<StepFuture<Fut, G>>>,
@@ -299,7 +299,7 @@ pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
                 }
             }
         }
-        StepFutureProj::Managed { future } => match Pin::new(future).poll(cx) {
+        StepFutureProj::GeneralFuture { future } => match Pin::new(future).poll(cx) {
             Poll::Pending => {}
             Poll::Ready(Ok(value)) => {
                 sched.complete(k, graph);
@@ -319,7 +319,7 @@ pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
 fn lean_completed<const W: usize, const N: usize, S: JobStep>(
     run: &RunCore<S>,
     sched: &mut Sched<W>,
-    graph: &Graph<W, N>,
+    graph: &TopoGraph<W, N>,
     k: usize,
     step: S,
     started: u64,
@@ -483,7 +483,7 @@ impl<S: JobStep> RunCore<S> {
     #[inline]
     pub fn sched<const W: usize, const N: usize>(
         &self,
-        graph: &Graph<W, N>,
+        graph: &TopoGraph<W, N>,
         seeded: impl FnOnce() -> [bool; N],
     ) -> Sched<W> {
         let mut sched = Sched {
@@ -509,7 +509,7 @@ impl<S: JobStep> RunCore<S> {
     #[inline(never)]
     fn plan_partial<const W: usize, const N: usize>(
         &self,
-        graph: &Graph<W, N>,
+        graph: &TopoGraph<W, N>,
         sched: &mut Sched<W>,
         seeded: [bool; N],
     ) {
@@ -612,8 +612,8 @@ impl<S: JobStep> RunCore<S> {
             encode: codec.as_ref().map(|codec| codec.all.encode),
         };
         let bound = bound.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        StepFuture::Managed {
-            future: Managed::new(run_for_each(
+        StepFuture::GeneralFuture {
+            future: GeneralFuture::new(run_for_each(
                 self,
                 step,
                 policies,
@@ -627,8 +627,8 @@ impl<S: JobStep> RunCore<S> {
 
     /// Records that the run stopped while `step` ran.
     #[cold]
-    pub fn cancelled_step(&self, step: S, failures: &mut Failures<S>) {
-        self.cancel_step(step);
+    pub fn stopped_step(&self, step: S, failures: &mut Failures<S>) {
+        self.record_cancelled(step);
         failures.push(step, StepError::Cancelled);
     }
 

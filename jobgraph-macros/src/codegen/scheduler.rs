@@ -125,7 +125,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
         quote! {
             if #p::Sched::is_running(&#sched, #k) {
                 #p::Pin::set(&mut #fut, #p::None);
-                #p::RunCore::cancelled_step(#run, #step_enum::#variant, &mut #failures);
+                #p::RunCore::stopped_step(#run, #step_enum::#variant, &mut #failures);
             }
         }
     });
@@ -143,7 +143,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
         #(#slot_decls)*
         let mut #failures = #p::Failures::<#step_enum>::new();
         {
-            const #graph_const: #p::Graph<#words, #n> = #p::Graph {
+            const #graph_const: #p::TopoGraph<#words, #n> = #p::TopoGraph {
                 positions: [#(#position),*],
                 deps: [#(#deps),*],
                 children: [#(#children),*],

@@ -251,7 +251,7 @@ impl ::jobgraph::__private::Job for Diamond {
                 DiamondStep,
             >::new();
             {
-                const __JG_GRAPH: ::jobgraph::__private::Graph<1usize, 4usize> = ::jobgraph::__private::Graph {
+                const __JG_GRAPH: ::jobgraph::__private::TopoGraph<1usize, 4usize> = ::jobgraph::__private::TopoGraph {
                     positions: [0usize, 1usize, 2usize, 3usize],
                     deps: [
                         ::jobgraph::__private::Mask([0u64]),
@@ -412,7 +412,7 @@ impl ::jobgraph::__private::Job for Diamond {
                             &mut __jg_fut0,
                             ::jobgraph::__private::None,
                         );
-                        ::jobgraph::__private::RunCore::cancelled_step(
+                        ::jobgraph::__private::RunCore::stopped_step(
                             __jg_run,
                             DiamondStep::A,
                             &mut __jg_failures,
@@ -423,7 +423,7 @@ impl ::jobgraph::__private::Job for Diamond {
                             &mut __jg_fut1,
                             ::jobgraph::__private::None,
                         );
-                        ::jobgraph::__private::RunCore::cancelled_step(
+                        ::jobgraph::__private::RunCore::stopped_step(
                             __jg_run,
                             DiamondStep::B,
                             &mut __jg_failures,
@@ -434,7 +434,7 @@ impl ::jobgraph::__private::Job for Diamond {
                             &mut __jg_fut2,
                             ::jobgraph::__private::None,
                         );
-                        ::jobgraph::__private::RunCore::cancelled_step(
+                        ::jobgraph::__private::RunCore::stopped_step(
                             __jg_run,
                             DiamondStep::C,
                             &mut __jg_failures,
@@ -445,7 +445,7 @@ impl ::jobgraph::__private::Job for Diamond {
                             &mut __jg_fut3,
                             ::jobgraph::__private::None,
                         );
-                        ::jobgraph::__private::RunCore::cancelled_step(
+                        ::jobgraph::__private::RunCore::stopped_step(
                             __jg_run,
                             DiamondStep::D,
                             &mut __jg_failures,

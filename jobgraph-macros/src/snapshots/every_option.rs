@@ -214,7 +214,7 @@ impl ::jobgraph::__private::Job for Crawl {
             );
             let mut __jg_failures = ::jobgraph::__private::Failures::<CrawlStep>::new();
             {
-                const __JG_GRAPH: ::jobgraph::__private::Graph<1usize, 3usize> = ::jobgraph::__private::Graph {
+                const __JG_GRAPH: ::jobgraph::__private::TopoGraph<1usize, 3usize> = ::jobgraph::__private::TopoGraph {
                     positions: [0usize, 1usize, 2usize],
                     deps: [
                         ::jobgraph::__private::Mask([0u64]),
@@ -350,7 +350,7 @@ impl ::jobgraph::__private::Job for Crawl {
                             &mut __jg_fut0,
                             ::jobgraph::__private::None,
                         );
-                        ::jobgraph::__private::RunCore::cancelled_step(
+                        ::jobgraph::__private::RunCore::stopped_step(
                             __jg_run,
                             CrawlStep::Pages,
                             &mut __jg_failures,
@@ -361,7 +361,7 @@ impl ::jobgraph::__private::Job for Crawl {
                             &mut __jg_fut1,
                             ::jobgraph::__private::None,
                         );
-                        ::jobgraph::__private::RunCore::cancelled_step(
+                        ::jobgraph::__private::RunCore::stopped_step(
                             __jg_run,
                             CrawlStep::Fetch,
                             &mut __jg_failures,
@@ -372,7 +372,7 @@ impl ::jobgraph::__private::Job for Crawl {
                             &mut __jg_fut2,
                             ::jobgraph::__private::None,
                         );
-                        ::jobgraph::__private::RunCore::cancelled_step(
+                        ::jobgraph::__private::RunCore::stopped_step(
                             __jg_run,
                             CrawlStep::Index,
                             &mut __jg_failures,

@@ -201,7 +201,7 @@ where
                 ReportStep,
             >::new();
             {
-                const __JG_GRAPH: __jobgraph_private_Report::Graph<1usize, 2usize> = __jobgraph_private_Report::Graph {
+                const __JG_GRAPH: __jobgraph_private_Report::TopoGraph<1usize, 2usize> = __jobgraph_private_Report::TopoGraph {
                     positions: [0usize, 1usize],
                     deps: [
                         __jobgraph_private_Report::Mask([0u64]),
@@ -315,7 +315,7 @@ where
                             &mut __jg_fut0,
                             __jobgraph_private_Report::None,
                         );
-                        __jobgraph_private_Report::RunCore::cancelled_step(
+                        __jobgraph_private_Report::RunCore::stopped_step(
                             __jg_run,
                             ReportStep::Load,
                             &mut __jg_failures,
@@ -329,7 +329,7 @@ where
                             &mut __jg_fut1,
                             __jobgraph_private_Report::None,
                         );
-                        __jobgraph_private_Report::RunCore::cancelled_step(
+                        __jobgraph_private_Report::RunCore::stopped_step(
                             __jg_run,
                             ReportStep::Render,
                             &mut __jg_failures,
