@@ -385,9 +385,9 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
             futures::pin_mut!(drive);
             match futures::future::select(drive, heartbeat).await {
                 futures::future::Either::Left((result, _)) => result,
-                futures::future::Either::Right((error, drive)) => {
-                    // The lease is lost: another runner may run this run now. Stop.
-                    drop(drive);
+                futures::future::Either::Right((error, _)) => {
+                    // The lease is lost: another runner may run this run now. Stop: returning
+                    // drops the run's future (pinned in this scope) and its steps.
                     return Err(DurableError::Store {
                         run: id.clone(),
                         error,
