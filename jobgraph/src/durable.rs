@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::batch::durable::{DurableBatch, DurableBatchResults, DurableResult, batch_run_id};
 use crate::run::RunCore;
 use crate::runner::{Runner, drive};
 use crate::store::{
@@ -422,7 +423,7 @@ async fn heartbeat(store: &dyn Store, run_id: &str, owner: &str) -> StoreError {
 }
 
 /// An owner id unique to this runner: the process, and a counter.
-fn owner_id() -> String {
+pub(crate) fn owner_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!(
@@ -459,4 +460,31 @@ pub async fn resume<J: DurableJob>(
     DurableRunner::new(runner, Arc::new(store.clone()))
         .run()
         .await
+}
+
+/// Resumes durable batch `name` of `J` from the store alone: a [`DurableBatch`] of every run the
+/// store holds for the batch (runs `name/0`, `name/1`..., in that order), which, when run, runs
+/// from their stored inputs those that did not succeed, and loads the outputs of those that did.
+/// Set its concurrency, status listener and other options before running it:
+/// `resume_batch::<Import>(&store, "nightly").concurrency(8).run().await`.
+///
+/// # Panics
+///
+/// If `name` is empty.
+pub fn resume_batch<J: DurableJob>(
+    store: &(impl Store + Clone),
+    name: impl Into<String>,
+) -> DurableBatch<J> {
+    DurableBatch::new(
+        Arc::new(store.clone()),
+        name.into(),
+        None,
+        crate::batch::durable::Options {
+            concurrency: crate::Batch::<J, std::iter::Empty<J>>::DEFAULT_CONCURRENCY,
+            fail_fast: false,
+            cancel_on: None,
+            configure: None,
+            listener: None,
+        },
+    )
 }
