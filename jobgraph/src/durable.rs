@@ -290,6 +290,7 @@ pub struct DurableRunner<'j, J: DurableJob> {
     runner: Runner<'j, J>,
     store: Arc<dyn Store>,
     batch: Option<String>,
+    lease: Duration,
 }
 
 impl<'j, J: DurableJob> DurableRunner<'j, J> {
@@ -298,7 +299,23 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
             runner,
             store,
             batch: None,
+            lease: LEASE,
         }
+    }
+
+    /// Sets how long the run's lease lasts without renewal ([`LEASE`] unless set): how long
+    /// a runner that died keeps its run from other runners. It is renewed every third of it.
+    ///
+    /// # Panics
+    ///
+    /// If `lease` is zero.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        assert!(
+            !lease.is_zero(),
+            "DurableRunner::lease: a lease must not be zero"
+        );
+        self.lease = lease;
+        self
     }
 
     /// Sets the run's id: the key of the run in the store. Running an id again resumes it.
@@ -324,6 +341,7 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
             runner,
             store,
             batch,
+            lease,
         } = self;
         let run_id: Arc<str> = match runner.job_id_option() {
             Some(id) => Arc::clone(id),
@@ -346,7 +364,7 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
         };
         let stored =
             store
-                .open_run(spec, &owner, LEASE)
+                .open_run(spec, &owner, lease)
                 .await
                 .map_err(|error| DurableError::Store {
                     run: id.clone(),
@@ -380,7 +398,7 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
         };
         let (job, run, seed) = runner.job_id(id.clone()).seed(seed).durable(durable);
         let result = {
-            let heartbeat = heartbeat(&*store, &id, &owner);
+            let heartbeat = heartbeat(&*store, &id, &owner, lease);
             let drive = drive(job, &run, seed);
             futures::pin_mut!(heartbeat);
             futures::pin_mut!(drive);
@@ -412,11 +430,11 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
     }
 }
 
-/// Renews the run's lease every third of [`LEASE`]; returns only if the lease is lost.
-async fn heartbeat(store: &dyn Store, run_id: &str, owner: &str) -> StoreError {
+/// Renews the run's lease every third of `lease`; returns only if the lease is lost.
+async fn heartbeat(store: &dyn Store, run_id: &str, owner: &str, lease: Duration) -> StoreError {
     loop {
-        tokio::time::sleep(LEASE / 3).await;
-        if let Err(error) = store.renew_lease(run_id, owner, LEASE).await {
+        tokio::time::sleep(lease / 3).await;
+        if let Err(error) = store.renew_lease(run_id, owner, lease).await {
             return error;
         }
     }

@@ -7,13 +7,16 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt as _};
 
 use super::status::{Counters, RunOutcome, RunTracker};
 use super::{BatchStatus, BatchSummary, BoxListener, Configure, StatusListener};
 use crate::durable::{DurableError, DurableErrorOf, DurableJob, DurableRunner, LEASE};
-use crate::store::{RunFilter, RunSpec, RunState, RunSummary, StepStatus, Store, StoredRun};
+use crate::store::{
+    RunFilter, RunSpec, RunState, RunSummary, StepStatus, Store, StoreError, StoredRun,
+};
 use crate::{CancellationToken, Job, JobStep, Runner, ZeroLimit};
 
 /// What a durable run returns: its outputs, or why not.
@@ -104,6 +107,7 @@ pub struct DurableBatch<J: DurableJob> {
     cancel_on: Option<CancellationToken>,
     configure: Option<Configure<J>>,
     listener: Option<BoxListener<J::Step>>,
+    lease: Duration,
 }
 
 /// The options of a [`Batch`](super::Batch) that a [`DurableBatch`] keeps.
@@ -143,6 +147,7 @@ impl<J: DurableJob> DurableBatch<J> {
             cancel_on: options.cancel_on,
             configure: options.configure,
             listener: options.listener,
+            lease: LEASE,
         }
     }
 
@@ -174,6 +179,26 @@ impl<J: DurableJob> DurableBatch<J> {
         }
         self.concurrency = runs;
         Ok(self)
+    }
+
+    /// Sets each run's lease ([`DurableRunner::lease`]; [`LEASE`] unless set): how long a
+    /// process that died keeps its runs from the next one.
+    ///
+    /// A run whose lease another runner holds (it is running elsewhere, or its process died
+    /// less than a lease ago) is not an error: the batch waits for that lease to end, then runs
+    /// it. So a batch resumed right after a crash finishes the runs that were in flight once
+    /// their leases expire.
+    ///
+    /// # Panics
+    ///
+    /// If `lease` is zero.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        assert!(
+            !lease.is_zero(),
+            "DurableBatch::lease: a lease must not be zero"
+        );
+        self.lease = lease;
+        self
     }
 
     /// Stops the batch as soon as one run fails: no run starts after it, runs going are
@@ -228,6 +253,7 @@ impl<J: DurableJob> DurableBatch<J> {
             cancel_on,
             configure,
             listener,
+            lease,
         } = self;
         let plan = plan::<J>(&*store, &name, source).await?;
         let total = plan.len();
@@ -278,6 +304,7 @@ impl<J: DurableJob> DurableBatch<J> {
                     configure: configure.clone(),
                     token: token.clone(),
                     counters: Arc::clone(&counters),
+                    lease,
                 };
                 runs.push(run_planned::<J>(index, planned, env));
             }
@@ -403,7 +430,7 @@ async fn plan<J: DurableJob>(
     if let Some(other) = listed.iter().find(|run| run.job != J::NAME) {
         return Err(DurableError::Store {
             run: other.id.clone(),
-            error: crate::store::StoreError::Mismatch {
+            error: StoreError::Mismatch {
                 run: other.id.clone(),
                 stored_job: other.job.clone(),
                 job: J::NAME.to_owned(),
@@ -515,7 +542,7 @@ async fn load<J: DurableJob>(store: &dyn Store, id: &str) -> Result<StoredRun, D
         .load_run(id)
         .await
         .map_err(store_error)?
-        .ok_or_else(|| store_error(crate::store::StoreError::NoSuchRun { run: id.to_owned() }))
+        .ok_or_else(|| store_error(StoreError::NoSuchRun { run: id.to_owned() }))
 }
 
 /// Which steps of `J` completed in `run`, by index.
@@ -536,6 +563,7 @@ struct Env<J: Job> {
     configure: Option<Configure<J>>,
     token: CancellationToken,
     counters: Arc<Counters>,
+    lease: Duration,
 }
 
 /// Runs (or, if it succeeded, loads) the planned run at `index`: its result, and whether it ran.
@@ -550,6 +578,7 @@ async fn run_planned<J: DurableJob>(
         configure,
         token,
         counters,
+        lease,
     } = env;
     let Planned {
         id, job, completed, ..
@@ -557,20 +586,38 @@ async fn run_planned<J: DurableJob>(
     let Some(job) = job else {
         return (index, load_outputs::<J>(&*store, &id).await, false);
     };
-    let tracker = RunTracker::with_completed(counters, &completed);
-    let mut runner = Runner::new(&job);
-    if let Some(configure) = &configure {
-        runner = configure(index, runner);
+    let tracker = Arc::new(RunTracker::with_completed(counters, &completed));
+    loop {
+        let mut runner = Runner::new(&job);
+        if let Some(configure) = &configure {
+            runner = configure(index, runner);
+        }
+        let tracker = Arc::clone(&tracker);
+        let runner = runner
+            .cancel_on(&token)
+            .listener(move |event| tracker.on_event(event));
+        let result = DurableRunner::new(runner, Arc::clone(&store))
+            .lease(lease)
+            .job_id(id.clone())
+            .batch(&*batch)
+            .run()
+            .await;
+        // Another runner holds the run: it runs elsewhere, or its process died. Wait for its
+        // lease to end, then try again (the batch's abort ends the wait).
+        let Err(DurableError::Store {
+            error: StoreError::Busy { until, .. },
+            ..
+        }) = &result
+        else {
+            return (index, result, true);
+        };
+        let wait = u64::try_from(until.saturating_sub(crate::store::now_ms())).unwrap_or(0) + 50;
+        let sleep = std::pin::pin!(tokio::time::sleep(Duration::from_millis(wait)));
+        let cancelled = std::pin::pin!(token.cancelled());
+        if let futures::future::Either::Right(_) = futures::future::select(sleep, cancelled).await {
+            return (index, result, true);
+        }
     }
-    let runner = runner
-        .cancel_on(&token)
-        .listener(move |event| tracker.on_event(event));
-    let result = DurableRunner::new(runner, store)
-        .job_id(id)
-        .batch(&*batch)
-        .run()
-        .await;
-    (index, result, true)
 }
 
 /// The stored outputs of run `id`, which succeeded.
