@@ -1,6 +1,7 @@
 //! [`Batch`]: many runs of one job type, a bounded number at a time, inside the caller's task;
 //! [`BatchRun`], the stream of their results, with its abort handle and live status.
 
+pub(crate) mod durable;
 #[cfg(feature = "progress")]
 mod progress;
 mod status;
@@ -182,6 +183,45 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     ) -> Self {
         self.listener = Some(Box::new(listener));
         self
+    }
+
+    /// Makes the batch durable: a [`DurableBatch`](crate::durable::DurableBatch) named `name`
+    /// in `store`, with this batch's options. Input `i` becomes run `name/i` (see
+    /// [`batch_run_id`](crate::durable::batch_run_id)): every input is stored before any runs,
+    /// every step is checkpointed, and running the batch again runs only what did not succeed.
+    /// Only for `#[job(durable)]` jobs. The inputs are collected: the whole batch is stored.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is empty.
+    pub fn store(
+        self,
+        store: &(impl crate::store::Store + Clone),
+        name: impl Into<String>,
+    ) -> crate::durable::DurableBatch<J>
+    where
+        J: crate::durable::DurableJob,
+    {
+        let Batch {
+            inputs,
+            concurrency,
+            fail_fast,
+            cancel_on,
+            configure,
+            listener,
+        } = self;
+        durable::DurableBatch::new(
+            Arc::new(store.clone()),
+            name.into(),
+            Some(inputs.collect()),
+            durable::Options {
+                concurrency,
+                fail_fast,
+                cancel_on,
+                configure,
+                listener,
+            },
+        )
     }
 
     /// Starts the batch: the returned [`BatchRun`] is a stream of the runs' results as they end,

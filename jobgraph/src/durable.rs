@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::batch::durable::{DurableBatch, DurableBatchResults, DurableResult, batch_run_id};
 use crate::run::RunCore;
 use crate::runner::{Runner, drive};
 use crate::store::{
@@ -315,6 +316,7 @@ pub struct DurableRunner<'j, J: DurableJob> {
     runner: Runner<'j, J>,
     store: Arc<dyn Store>,
     batch: Option<String>,
+    lease: Duration,
 }
 
 impl<'j, J: DurableJob> DurableRunner<'j, J> {
@@ -323,7 +325,23 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
             runner,
             store,
             batch: None,
+            lease: LEASE,
         }
+    }
+
+    /// Sets how long the run's lease lasts without renewal ([`LEASE`] unless set): how long
+    /// a runner that died keeps its run from other runners. It is renewed every third of it.
+    ///
+    /// # Panics
+    ///
+    /// If `lease` is zero.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        assert!(
+            !lease.is_zero(),
+            "DurableRunner::lease: a lease must not be zero"
+        );
+        self.lease = lease;
+        self
     }
 
     /// Sets the run's id: the key of the run in the store. Running an id again resumes it.
@@ -349,6 +367,7 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
             runner,
             store,
             batch,
+            lease,
         } = self;
         let run_id: Arc<str> = match runner.job_id_option() {
             Some(id) => Arc::clone(id),
@@ -371,7 +390,7 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
         };
         let stored =
             store
-                .open_run(spec, &owner, LEASE)
+                .open_run(spec, &owner, lease)
                 .await
                 .map_err(|error| DurableError::Store {
                     run: id.clone(),
@@ -405,15 +424,15 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
         };
         let (job, run, seed) = runner.job_id(id.clone()).seed(seed).durable(durable);
         let result = {
-            let heartbeat = heartbeat(&*store, &id, &owner);
+            let heartbeat = heartbeat(&*store, &id, &owner, lease);
             let drive = drive(job, &run, seed);
             futures::pin_mut!(heartbeat);
             futures::pin_mut!(drive);
             match futures::future::select(drive, heartbeat).await {
                 futures::future::Either::Left((result, _)) => result,
                 futures::future::Either::Right((error, _)) => {
-                    // The lease is lost: another runner may run this run now. Stop (the run's
-                    // future is dropped on return).
+                    // The lease is lost: another runner may run this run now. Stop: returning
+                    // drops the run's future (pinned in this scope) and its steps.
                     return Err(DurableError::Store {
                         run: id.clone(),
                         error,
@@ -437,18 +456,18 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
     }
 }
 
-/// Renews the run's lease every third of [`LEASE`]; returns only if the lease is lost.
-async fn heartbeat(store: &dyn Store, run_id: &str, owner: &str) -> StoreError {
+/// Renews the run's lease every third of `lease`; returns only if the lease is lost.
+async fn heartbeat(store: &dyn Store, run_id: &str, owner: &str, lease: Duration) -> StoreError {
     loop {
-        tokio::time::sleep(LEASE / 3).await;
-        if let Err(error) = store.renew_lease(run_id, owner, LEASE).await {
+        tokio::time::sleep(lease / 3).await;
+        if let Err(error) = store.renew_lease(run_id, owner, lease).await {
             return error;
         }
     }
 }
 
 /// An owner id unique to this runner: the process, and a counter.
-fn owner_id() -> String {
+pub(crate) fn owner_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!(
@@ -485,4 +504,31 @@ pub async fn resume<J: DurableJob>(
     DurableRunner::new(runner, Arc::new(store.clone()))
         .run()
         .await
+}
+
+/// Resumes durable batch `name` of `J` from the store alone: a [`DurableBatch`] of every run the
+/// store holds for the batch (runs `name/0`, `name/1`..., in that order), which, when run, runs
+/// from their stored inputs those that did not succeed, and loads the outputs of those that did.
+/// Set its concurrency, status listener and other options before running it:
+/// `resume_batch::<Import>(&store, "nightly").concurrency(8).run().await`.
+///
+/// # Panics
+///
+/// If `name` is empty.
+pub fn resume_batch<J: DurableJob>(
+    store: &(impl Store + Clone),
+    name: impl Into<String>,
+) -> DurableBatch<J> {
+    DurableBatch::new(
+        Arc::new(store.clone()),
+        name.into(),
+        None,
+        crate::batch::durable::Options {
+            concurrency: crate::Batch::<J, std::iter::Empty<J>>::DEFAULT_CONCURRENCY,
+            fail_fast: false,
+            cancel_on: None,
+            configure: None,
+            listener: None,
+        },
+    )
 }

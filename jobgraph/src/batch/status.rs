@@ -396,6 +396,21 @@ impl Counters {
         });
     }
 
+    /// What a durable batch finds in its store before it runs anything: `succeeded` runs that
+    /// already succeeded (every step completed), and, for each step, `completed[i]` more runs
+    /// (not succeeded) in which step `i` already completed.
+    pub(crate) fn preset(&self, succeeded: usize, completed: &[usize]) {
+        if succeeded == 0 && completed.iter().all(|&n| n == 0) {
+            return;
+        }
+        self.write(|c| {
+            add(&c.runs[RUN_SUCCEEDED], succeeded);
+            for (cells, &more) in c.steps.iter().zip(completed) {
+                add(&cells[usize::from(COMPLETED - 1)], succeeded + more);
+            }
+        });
+    }
+
     /// The batch's stream ended.
     pub(crate) fn finished(&self) {
         self.write(|c| {
@@ -440,6 +455,19 @@ impl RunTracker {
             .map(|_| AtomicU8::new(WAITING))
             .collect();
         RunTracker { counters, states }
+    }
+
+    /// The tracker of a run whose steps marked in `completed` (indexed like
+    /// [`JobStep::index`]) completed before it started, as [`Counters::preset`] counted them:
+    /// their events change nothing.
+    pub(crate) fn with_completed(counters: Arc<Counters>, completed: &[bool]) -> Self {
+        let tracker = RunTracker::new(counters);
+        for (state, &done) in tracker.states.iter().zip(completed) {
+            if done {
+                state.store(COMPLETED, Ordering::Relaxed);
+            }
+        }
+        tracker
     }
 
     pub(crate) fn on_event<S: JobStep>(&self, event: &StepEvent<'_, S>) {
