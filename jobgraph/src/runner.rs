@@ -387,12 +387,13 @@ impl<J: Job> std::fmt::Debug for JobHandle<J> {
 
 // What the generated `runner()`, `start` and `start_with` call.
 
-/// Spawns a started job's run: `start` calls this from the job's own impl, where the run
-/// future's type is known, so a step that is not `Send` is reported there.
+/// Spawns a started job's run: the generated `start` calls this from the job's own impl, where
+/// the run future's type is known, so a step that is not `Send` is reported there. rustc's note
+/// on that error names this function and shows its bound's line: both say what to do.
 #[inline]
-pub fn spawn<J: Job, F>(run: Arc<RunCore<J::Step>>, future: F) -> JobHandle<J>
+pub fn start<J: Job, F>(run: Arc<RunCore<J::Step>>, future: F) -> JobHandle<J>
 where
-    F: Future<Output = JobResult<J>> + Send + 'static,
+    F: Future<Output = JobResult<J>> + Send + 'static, // Not `Send`? `#[job(local)]` leaves `start` out.
     J::Outputs: Send + 'static,
     J::Partial: Send + 'static,
 {

@@ -335,7 +335,7 @@ fn start_method(job: &Job<'_>, paths: &Paths) -> TokenStream {
     let span = job.item.self_ty.span();
     let p_at = paths.private_at(span);
     let spawn = quote_spanned! {span=>
-        #p_at::spawn::<Self, _>(__jg_handle, async move {
+        #p_at::start::<Self, _>(__jg_handle, async move {
             let __jg_job = self;
             #p_at::drive_started(&__jg_job, &__jg_task, __jg_seed).await
         })

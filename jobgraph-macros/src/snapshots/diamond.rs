@@ -599,7 +599,7 @@ digraph "Diamond" {
             Self,
         >(configure(::jobgraph::__private::runner(&self)));
         let __jg_task = ::jobgraph::__private::Clone::clone(&__jg_handle);
-        ::jobgraph::__private::spawn::<
+        ::jobgraph::__private::start::<
             Self,
             _,
         >(

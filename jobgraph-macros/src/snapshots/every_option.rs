@@ -519,7 +519,7 @@ digraph "Crawl" {
             Self,
         >(configure(::jobgraph::__private::runner(&self)));
         let __jg_task = ::jobgraph::__private::Clone::clone(&__jg_handle);
-        ::jobgraph::__private::spawn::<
+        ::jobgraph::__private::start::<
             Self,
             _,
         >(

@@ -464,7 +464,7 @@ digraph "report" {
             Self,
         >(configure(__jobgraph_private_Report::runner(&self)));
         let __jg_task = __jobgraph_private_Report::Clone::clone(&__jg_handle);
-        __jobgraph_private_Report::spawn::<
+        __jobgraph_private_Report::start::<
             Self,
             _,
         >(
