@@ -261,7 +261,12 @@ pub(crate) async fn checkpoint<S: JobStep, T>(
                 return Err(error);
             }
             let text = error.to_string();
-            let skipped: Vec<&str> = descendants(step).map(JobStep::name).collect();
+            // The steps the run is about to record as skipped: the same rule, before it does.
+            let skipped: Vec<&str> = run
+                .to_skip(step)
+                .iter()
+                .map(|&i| S::ALL[i].name())
+                .collect();
             let outcome = StepOutcome {
                 step: step.name(),
                 attempts,
@@ -280,18 +285,6 @@ pub(crate) async fn checkpoint<S: JobStep, T>(
             Err(error)
         }
     }
-}
-
-/// Every step that waits for `step`, directly or not.
-fn descendants<S: JobStep>(step: S) -> impl Iterator<Item = S> {
-    let mut seen = vec![false; S::ALL.len()];
-    let mut stack: Vec<usize> = S::STEPS[step.index()].children().to_vec();
-    while let Some(index) = stack.pop() {
-        if !std::mem::replace(&mut seen[index], true) {
-            stack.extend_from_slice(S::STEPS[index].children());
-        }
-    }
-    S::ALL.iter().copied().filter(move |s| seen[s.index()])
 }
 
 /// The graph of `J` as the store keeps it, so the run's report, DOT and redrive work from the

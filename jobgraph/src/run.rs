@@ -322,25 +322,42 @@ impl<S: JobStep> RunCore<S> {
         cell.end(nanos, StepState::Failed);
     }
 
-    /// Records that every step waiting for `failed`, directly or not, is skipped: the moment it
-    /// failed, so the live report, the listener and a batch's status see it while other
-    /// branches still run.
-    pub(crate) fn skip_descendants(&self, failed: S) {
-        let step = failed;
-        let mut below: Vec<usize> = S::STEPS[step.index()].children().to_vec();
+    /// The steps a failure of `failed` skips, by index, in the order they are met: every step
+    /// waiting for it, directly or not, that has not started. A step whose output is already
+    /// there (seeded) is not skipped, nor what waits for it alone through it.
+    pub(crate) fn to_skip(&self, failed: S) -> Vec<usize> {
+        let mut seen = vec![false; self.steps.len()];
+        let mut to_skip = Vec::new();
+        let mut below: Vec<usize> = S::STEPS[failed.index()].children().to_vec();
         while let Some(index) = below.pop() {
-            let cell = &self.steps[index];
-            if cell.state() != StepState::Pending {
+            if std::mem::replace(&mut seen[index], true)
+                || self.steps[index].state() != StepState::Pending
+            {
                 continue;
             }
-            cell.detail().skipped_because = Some(step);
-            cell.set_state(StepState::Skipped);
+            to_skip.push(index);
             below.extend_from_slice(S::STEPS[index].children());
+        }
+        to_skip
+    }
+
+    /// Records that the steps a failure of `failed` skips ([`to_skip`](Self::to_skip)) are
+    /// skipped: the moment it failed, so the live report, the listener and a batch's status see
+    /// it while other branches still run.
+    pub(crate) fn skip_descendants(&self, failed: S) {
+        for index in self.to_skip(failed) {
+            let cell = &self.steps[index];
+            cell.detail().skipped_because = Some(failed);
+            cell.set_state(StepState::Skipped);
             let skipped = S::ALL[index];
-            tracing::debug!(step = skipped.name(), because = step.name(), "step skipped");
+            tracing::debug!(
+                step = skipped.name(),
+                because = failed.name(),
+                "step skipped"
+            );
             self.emit(&StepEvent::Skipped {
                 step: skipped,
-                because: step,
+                because: failed,
             });
         }
     }
