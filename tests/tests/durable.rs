@@ -104,35 +104,7 @@ impl Import {
     }
 }
 
-/// Runs `case` on a fresh in-memory store and a fresh SQLite file, with customers numbered from
-/// a base of its own (the step counters are global).
-macro_rules! on_both_stores {
-    ($($name:ident => $case:ident,)*) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$case(jobgraph::store::MemoryStore::new(), 0).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let path = dir.path().join("jobs.db");
-                    let store = jobgraph::store::SqliteStore::open(path.to_str().unwrap())
-                        .await
-                        .unwrap();
-                    super::$case(store, 1000).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores! {
+jobgraph_tests::on_both_stores! {
     checkpoints_each_step_and_resumes_only_the_rest => checkpoints_and_resumes,
     a_completed_run_returns_its_stored_outputs => completed_run_runs_nothing,
     resume_needs_only_the_stored_input => resume_from_input,

@@ -84,33 +84,7 @@ impl Row {
     }
 }
 
-macro_rules! on_both_stores {
-    ($($name:ident => $case:ident,)*) => {
-        mod memory {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    super::$case(jobgraph::store::MemoryStore::new(), 0).await;
-                }
-            )*
-        }
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let path = dir.path().join("jobs.db");
-                    let store = jobgraph::store::SqliteStore::open(path.to_str().unwrap())
-                        .await
-                        .unwrap();
-                    super::$case(store, 1000).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_stores! {
+jobgraph_tests::on_both_stores! {
     a_rerun_runs_only_the_failed_runs => rerun_runs_only_failed,
     a_dropped_batch_resumes_from_the_store_alone => dropped_batch_resumes,
 }
