@@ -54,13 +54,13 @@ fn generic_with_options() {
 #[test]
 fn every_option() {
     check(
-        quote!(enrich = tag_tenant),
+        quote!(enrich = tag_tenant, resources = Api),
         quote! {
             impl Crawl {
                 #[step(retry = Retry::fixed(3, Duration::from_millis(10)), timeout = Duration::from_secs(self.secs))]
                 async fn pages(&self) -> Result<Vec<u32>, Error> { Ok(vec![1, 2]) }
                 #[step(for_each(pages, concurrency = 4), concurrency = Self::POOL, rate = "10/s", burst = 2)]
-                async fn fetch(&self, ctx: &StepContext, pages: &u32) -> String { pages.to_string() }
+                async fn fetch(&self, ctx: &StepContext, pages: &u32, api: &Api) -> String { pages.to_string() }
                 #[step]
                 async fn index(&self, fetch: &[String]) -> usize { fetch.len() }
             }

@@ -87,6 +87,7 @@ type BoxListener<S> = Box<dyn StatusListener<S> + Send>;
 #[must_use = "a batch does nothing until it is run or started and polled"]
 pub struct Batch<J: Job, I> {
     inputs: I,
+    resources: Arc<J::Resources>,
     concurrency: usize,
     fail_fast: bool,
     cancel_on: Option<CancellationToken>,
@@ -94,16 +95,29 @@ pub struct Batch<J: Job, I> {
     listener: Option<BoxListener<J::Step>>,
 }
 
+impl<J: Job<Resources = ()>, I: Iterator<Item = J>> Batch<J, I> {
+    /// A batch of one run per input, in the iterator's order: the index of a run, in its
+    /// [`BatchItem`] and in [`BatchResults::results`], is its input's position. For a job that
+    /// declares resources, [`with_resources`](Batch::with_resources).
+    pub fn new(inputs: impl IntoIterator<Item = J, IntoIter = I>) -> Self {
+        Batch::with_resources(inputs, Arc::new(()))
+    }
+}
+
 impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     /// How many runs a batch runs at once unless [`concurrency`](Batch::concurrency) says
     /// otherwise.
     pub const DEFAULT_CONCURRENCY: usize = 16;
 
-    /// A batch of one run per input, in the iterator's order: the index of a run, in its
-    /// [`BatchItem`] and in [`BatchResults::results`], is its input's position.
-    pub fn new(inputs: impl IntoIterator<Item = J, IntoIter = I>) -> Self {
+    /// [`new`](Batch::new) for a job that declares resources (`#[job(resources = T)]`): the
+    /// steps of every run borrow `resources`.
+    pub fn with_resources(
+        inputs: impl IntoIterator<Item = J, IntoIter = I>,
+        resources: Arc<J::Resources>,
+    ) -> Self {
         Batch {
             inputs: inputs.into_iter(),
+            resources,
             concurrency: Self::DEFAULT_CONCURRENCY,
             fail_fast: false,
             cancel_on: None,
@@ -204,6 +218,7 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     {
         let Batch {
             inputs,
+            resources,
             concurrency,
             fail_fast,
             cancel_on,
@@ -220,6 +235,7 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
                 cancel_on,
                 configure,
                 listener,
+                resources,
             },
         )
     }
@@ -229,6 +245,7 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     pub fn start(self) -> BatchRun<J, I, impl Future<Output = (usize, JobResult<J>)>> {
         let Batch {
             inputs,
+            resources,
             concurrency,
             fail_fast,
             cancel_on,
@@ -249,6 +266,7 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
             fail_fast,
             runs: FuturesUnordered::new(),
             make: run_one::<J>,
+            resources,
             configure,
             token,
             abort_seen: false,
@@ -281,6 +299,7 @@ impl<J: Job, I> fmt::Debug for Batch<J, I> {
 
 /// What each run's future needs besides its input.
 struct RunEnv<J: Job> {
+    resources: Arc<J::Resources>,
     configure: Option<Configure<J>>,
     token: CancellationToken,
     tracker: RunTracker,
@@ -295,6 +314,7 @@ async fn run_one<J: Job>(
     env: RunEnv<J>,
 ) -> (usize, JobResult<J>) {
     let RunEnv {
+        resources,
         configure,
         token,
         tracker,
@@ -307,7 +327,7 @@ async fn run_one<J: Job>(
             return (index, Err(unstarted_run::<J>(message, tracker)));
         }
     };
-    let mut runner = Runner::new(&job);
+    let mut runner = Runner::with_resources(&job, &*resources);
     if let Some(configure) = &configure {
         match catch_unwind(AssertUnwindSafe(|| configure(index, runner))) {
             Ok(configured) => runner = configured,
@@ -358,6 +378,8 @@ pub struct BatchRun<J: Job, I, F> {
     fail_fast: bool,
     runs: FuturesUnordered<F>,
     make: fn(usize, Result<J, StepPanic>, RunEnv<J>) -> F,
+    /// What every run's steps borrow.
+    resources: Arc<J::Resources>,
     configure: Option<Configure<J>>,
     /// The batch's token: every run is cancelled with it (`Runner::cancel_on`).
     token: CancellationToken,
@@ -478,6 +500,7 @@ where
             self.taken += 1;
             self.counters.run_started(self.taken);
             let env = RunEnv {
+                resources: Arc::clone(&self.resources),
                 configure: self.configure.clone(),
                 token: self.token.clone(),
                 tracker: RunTracker::new(Arc::clone(&self.counters)),

@@ -472,10 +472,21 @@ pub(crate) fn owner_id() -> String {
 }
 
 /// Resumes stored run `id` of `J` from its stored input alone: runs what did not complete, and
-/// returns the outputs (a completed run's stored outputs, without running anything).
-pub async fn resume<J: DurableJob>(
+/// returns the outputs (a completed run's stored outputs, without running anything). For a job
+/// that declares resources, [`resume_with`].
+pub async fn resume<J: DurableJob<Resources = ()>>(
     store: &(impl Store + Clone),
     id: &str,
+) -> Result<J::Outputs, DurableErrorOf<J>> {
+    resume_with::<J>(store, id, &()).await
+}
+
+/// [`resume`] for a job that declares resources (`#[job(durable, resources = T)]`): its steps
+/// borrow `resources`, which the store does not hold.
+pub async fn resume_with<J: DurableJob>(
+    store: &(impl Store + Clone),
+    id: &str,
+    resources: &J::Resources,
 ) -> Result<J::Outputs, DurableErrorOf<J>> {
     let stored = store
         .load_run(id)
@@ -493,7 +504,7 @@ pub async fn resume<J: DurableJob>(
         what: "does not decode as the job's type",
         error,
     })?;
-    let runner = crate::runner::runner(&job).job_id(id);
+    let runner = Runner::with_resources(&job, resources).job_id(id);
     DurableRunner::new(runner, Arc::new(store.clone()))
         .run()
         .await
@@ -503,14 +514,29 @@ pub async fn resume<J: DurableJob>(
 /// store holds for the batch (runs `name/0`, `name/1`..., in that order), which, when run, runs
 /// from their stored inputs those that did not succeed, and loads the outputs of those that did.
 /// Set its concurrency, status listener and other options before running it:
-/// `resume_batch::<Import>(&store, "nightly").concurrency(8).run().await`.
+/// `resume_batch::<Import>(&store, "nightly").concurrency(8).run().await`. For a job that
+/// declares resources, [`resume_batch_with`].
 ///
 /// # Panics
 ///
 /// If `name` is empty.
-pub fn resume_batch<J: DurableJob>(
+pub fn resume_batch<J: DurableJob<Resources = ()>>(
     store: &(impl Store + Clone),
     name: impl Into<String>,
+) -> DurableBatch<J> {
+    resume_batch_with(store, name, Arc::new(()))
+}
+
+/// [`resume_batch`] for a job that declares resources (`#[job(durable, resources = T)]`): every
+/// run's steps borrow `resources`.
+///
+/// # Panics
+///
+/// If `name` is empty.
+pub fn resume_batch_with<J: DurableJob>(
+    store: &(impl Store + Clone),
+    name: impl Into<String>,
+    resources: Arc<J::Resources>,
 ) -> DurableBatch<J> {
     DurableBatch::new(
         Arc::new(store.clone()),
@@ -522,6 +548,7 @@ pub fn resume_batch<J: DurableJob>(
             cancel_on: None,
             configure: None,
             listener: None,
+            resources,
         },
     )
 }

@@ -31,17 +31,24 @@ pub trait Job: Sized {
     /// ([`Runner::until`](crate::Runner::until)), and a failed run hands one back
     /// ([`JobError::partial`]).
     type Partial: Default;
+    /// What its steps borrow besides their parents' outputs (`#[job(resources = T)]`): clients,
+    /// pools, configuration, anything that is not the job's input and is not stored with a
+    /// durable run. One value is given to each run ([`Runner::with_resources`](crate::Runner::with_resources),
+    /// the generated `run(&self, resources)`), and every step that takes a `&T` parameter
+    /// borrows it. `()` for a job that declares none.
+    type Resources: ?Sized;
 
     /// The enrichment of `#[job(enrich = ..)]`, run before every attempt of every step.
     #[doc(hidden)]
     const __ENRICH: Option<fn(&mut StepContext)> = None;
 
-    /// Runs the graph with the given run state, starting from the outputs in `seed`; what `run`,
+    /// Runs the graph with the given resources and run state, starting from the outputs in `seed`; what `run`,
     /// `Runner` and `start` drive. Returns every output the run has (all of them, unless it
     /// stopped at [`Runner::until`](crate::Runner::until)).
     #[doc(hidden)]
     fn __run<'a>(
         &'a self,
+        resources: &'a Self::Resources,
         run: &'a RunCore<Self::Step>,
         seed: Self::Partial,
     ) -> impl Future<Output = Result<Self::Partial, JobError<Self::Step, Self::Partial>>> + 'a;

@@ -29,15 +29,26 @@ pub type JobErrorOf<J> = JobError<<J as Job>::Step, <J as Job>::Partial>;
 #[must_use = "a runner does nothing until `run` is awaited"]
 pub struct Runner<'j, J: Job> {
     job: &'j J,
+    resources: &'j J::Resources,
     options: RunOptions<J::Step>,
     seed: J::Partial,
 }
 
-impl<'j, J: Job> Runner<'j, J> {
-    /// A runner for `job` with no options: what the generated `job.runner()` returns.
+impl<'j, J: Job<Resources = ()>> Runner<'j, J> {
+    /// A runner for `job` with no options: what the generated `job.runner()` returns. For a job
+    /// that declares resources, [`with_resources`](Runner::with_resources).
     pub fn new(job: &'j J) -> Self {
+        Runner::with_resources(job, &())
+    }
+}
+
+impl<'j, J: Job> Runner<'j, J> {
+    /// A runner for `job` whose steps borrow `resources` (`#[job(resources = T)]`), with no
+    /// options: what the generated `job.runner(&resources)` returns.
+    pub fn with_resources(job: &'j J, resources: &'j J::Resources) -> Self {
         Runner {
             job,
+            resources,
             options: RunOptions::default(),
             seed: J::Partial::default(),
         }
@@ -199,19 +210,38 @@ impl<'j, J: Job> Runner<'j, J> {
     pub(crate) fn durable(
         mut self,
         durable: crate::durable::Durable,
-    ) -> (&'j J, RunCore<J::Step>, J::Partial) {
+    ) -> (Lent<'j, J>, RunCore<J::Step>, J::Partial) {
         self.options.durable = Some(durable);
         self.core(false)
     }
 
-    /// The job, the run's state, made in the poll that starts the run (the clock reading the
-    /// run starts at is its first step's start too), and the outputs it starts from.
-    fn core(self, cancellable: bool) -> (&'j J, RunCore<J::Step>, J::Partial) {
+    /// The job and its resources, the run's state, made in the poll that starts the run (the
+    /// clock reading the run starts at is its first step's start too), and the outputs it
+    /// starts from.
+    fn core(self, cancellable: bool) -> (Lent<'j, J>, RunCore<J::Step>, J::Partial) {
         let run = RunCore::for_job::<J>(self.options, cancellable);
         run.polled_now();
-        (self.job, run, self.seed)
+        let job = Lent {
+            job: self.job,
+            resources: self.resources,
+        };
+        (job, run, self.seed)
     }
 }
+
+/// What a run's steps borrow: the job value and the resources given to the run.
+pub(crate) struct Lent<'j, J: Job> {
+    pub(crate) job: &'j J,
+    pub(crate) resources: &'j J::Resources,
+}
+
+impl<J: Job> Clone for Lent<'_, J> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<J: Job> Copy for Lent<'_, J> {}
 
 /// Tells `listener` of `event`, catching a panic: the listener misses the event, a
 /// `tracing::error!` says so, and the run goes on.
@@ -279,7 +309,7 @@ impl<J: Job> Until<'_, J> {
 
 /// Runs `job` from `seed` inside the run's span: the outputs the run has.
 pub(crate) fn drive<'a, J: Job>(
-    job: &'a J,
+    job: Lent<'a, J>,
     run: &'a RunCore<J::Step>,
     seed: J::Partial,
 ) -> impl Future<Output = Result<J::Partial, JobErrorOf<J>>> + 'a {
@@ -295,13 +325,13 @@ pub(crate) fn drive<'a, J: Job>(
     // moving it (into `Instrumented`, into the caller's future) copies a pointer, not the graph.
     // Writing it into a fresh allocation lets the compiler build it there rather than on the
     // stack and then copy it.
-    let run = Box::write(Box::new_uninit(), job.__run(run, seed));
+    let run = Box::write(Box::new_uninit(), job.job.__run(job.resources, run, seed));
     Box::into_pin(run).instrument(span)
 }
 
 /// Runs `job` from `seed` to its end: every step's output.
 pub(crate) async fn drive_to_end<J: Job>(
-    job: &J,
+    job: Lent<'_, J>,
     run: &RunCore<J::Step>,
     seed: J::Partial,
 ) -> JobResult<J> {
@@ -407,18 +437,14 @@ pub fn handle_core<J: Job>(runner: Runner<'_, J>) -> (Arc<RunCore<J::Step>>, J::
     JobHandle::<J>::core(runner)
 }
 
-/// Runs `job` from `seed` in its span: what the spawned task of `start` awaits.
+/// Runs `job` with `resources` from `seed` in its span: what the spawned task of `start`
+/// awaits.
 #[inline]
 pub fn drive_started<'a, J: Job>(
     job: &'a J,
+    resources: &'a J::Resources,
     run: &'a RunCore<J::Step>,
     seed: J::Partial,
 ) -> impl Future<Output = JobResult<J>> + 'a {
-    drive_to_end(job, run, seed)
-}
-
-/// `Runner::new`, for the generated `runner()`.
-#[inline]
-pub fn runner<J: Job>(job: &J) -> Runner<'_, J> {
-    Runner::new(job)
+    drive_to_end(Lent { job, resources }, run, seed)
 }

@@ -225,7 +225,12 @@ mod shadowed {
         const POOL: ::core::primitive::u32 = 2;
     }
 
-    #[::jobgraph::job(enrich = tag, durable)]
+    /// The resources of `AllOptions`' steps.
+    pub(crate) struct Pool {
+        pub(crate) factor: ::core::primitive::u64,
+    }
+
+    #[::jobgraph::job(enrich = tag, durable, resources = Pool)]
     impl AllOptions {
         #[step(
             retry = ::jobgraph::Retry::fixed(2, ::core::time::Duration::from_millis(1)),
@@ -241,8 +246,12 @@ mod shadowed {
             rate = "1000/s",
             burst = 4
         )]
-        async fn double(&self, items: &::core::primitive::u32) -> ::core::primitive::u64 {
-            ::core::primitive::u64::from(*items) * 2
+        async fn double(
+            &self,
+            items: &::core::primitive::u32,
+            pool: &Pool,
+        ) -> ::core::primitive::u64 {
+            ::core::primitive::u64::from(*items) * pool.factor
         }
 
         #[step]
@@ -290,7 +299,10 @@ async fn a_job_runs_with_everything_shadowed() {
 
 #[tokio::test]
 async fn every_option_works_with_everything_shadowed() {
-    let out = shadowed::AllOptions.run().await.unwrap();
+    let out = shadowed::AllOptions
+        .run(&shadowed::Pool { factor: 2 })
+        .await
+        .unwrap();
     assert_eq!(out.double, [2, 4, 6]);
     assert_eq!(out.total, 12);
 }

@@ -249,6 +249,11 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let dot = dot(job, graph);
     let run_body = scheduler::run_body(job, graph, paths);
     let run_param = super::paths::local1("run");
+    let res_param = super::paths::local1("res");
+    let resources = job
+        .resources
+        .as_ref()
+        .map_or_else(|| quote!(()), |ty| quote!(#ty));
     let seed_param = super::paths::local1("seed");
     let step_param = super::paths::local1("step");
     let partial_param = super::paths::local1("partial");
@@ -270,6 +275,7 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let error = quote!(#p::JobError<#step_enum, #partial #ty_generics>);
     let result = quote!(#p::Result<#outputs #ty_generics, #error>);
     let start = (!job.local).then(|| start_method(job, paths));
+    let run_fns = run_fns(job, &result, paths);
     quote! {
         impl #impl_generics #p::Job for #self_ty #where_clause {
             const NAME: &'static #p::str = #name;
@@ -278,10 +284,12 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
             type Step = #step_enum;
             type Outputs = #outputs #ty_generics;
             type Partial = #partial #ty_generics;
+            type Resources = #resources;
             #enrich
 
             fn __run<'__jg>(
                 &'__jg self,
+                #res_param: &'__jg #resources,
                 #run_param: &'__jg #p::RunCore<#step_enum>,
                 #seed_param: #partial #ty_generics,
             ) -> impl #p::Future<Output = #p::Result<#partial #ty_generics, #error>> + '__jg {
@@ -309,45 +317,100 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
             /// Every step's name, parents, `after` dependencies and doc comment, in declaration order.
             pub const STEPS: &'static [#p::StepInfo] = <Self as #p::Job>::STEPS;
 
-            /// Runs the job in the caller's task: each step starts as soon as the steps it waits
-            /// for have completed. Returns every step's output, or the error naming the step that
-            /// failed first. Dropping the future cancels every running step.
-            pub async fn run(&self) -> #result {
-                #p::Runner::run(#p::runner(self)).await
-            }
-
-            /// A run of the job with per-run options (retry, timeouts, enrichment, listener,
-            /// sequential or fail-fast mode, job id).
-            pub fn runner(&self) -> #p::Runner<'_, Self> {
-                #p::runner(self)
-            }
+            #run_fns
 
             #start
         }
     }
 }
 
+/// `run` and `runner`: with a `resources: &T` parameter when the job declares
+/// `#[job(resources = T)]`.
+fn run_fns(job: &Job<'_>, result: &TokenStream, paths: &Paths) -> TokenStream {
+    let p = &paths.private;
+    let Some(resources) = &job.resources else {
+        return quote! {
+            /// Runs the job in the caller's task: each step starts as soon as the steps it waits
+            /// for have completed. Returns every step's output, or the error naming the step that
+            /// failed first. Dropping the future cancels every running step.
+            pub async fn run(&self) -> #result {
+                #p::Runner::run(#p::Runner::new(self)).await
+            }
+
+            /// A run of the job with per-run options (retry, timeouts, enrichment, listener,
+            /// sequential or fail-fast mode, job id).
+            pub fn runner(&self) -> #p::Runner<'_, Self> {
+                #p::Runner::new(self)
+            }
+        };
+    };
+    quote! {
+        /// Runs the job in the caller's task, its steps borrowing `resources`: each step starts
+        /// as soon as the steps it waits for have completed. Returns every step's output, or the
+        /// error naming the step that failed first. Dropping the future cancels every running
+        /// step.
+        pub async fn run(&self, resources: &#resources) -> #result {
+            #p::Runner::run(#p::Runner::with_resources(self, resources)).await
+        }
+
+        /// A run of the job whose steps borrow `resources`, with per-run options (retry,
+        /// timeouts, enrichment, listener, sequential or fail-fast mode, job id).
+        pub fn runner<'__jg>(
+            &'__jg self,
+            resources: &'__jg #resources,
+        ) -> #p::Runner<'__jg, Self> {
+            #p::Runner::with_resources(self, resources)
+        }
+    }
+}
+
 /// `fn start(self) -> JobHandle<Self>`: the run spawned on tokio. Its future must be `Send`; the
-/// check is spanned on the impl's type so the error names the job.
+/// check is spanned on the impl's type so the error names the job. A job with resources takes
+/// them as an `Arc`, which the spawned run keeps.
 fn start_method(job: &Job<'_>, paths: &Paths) -> TokenStream {
     let p = &paths.private;
     let bounds = start_bounds(job, paths);
     let span = job.item.self_ty.span();
     let p_at = paths.private_at(span);
+    let (param, arg, runner, lent) = match &job.resources {
+        None => (
+            None,
+            None,
+            quote!(#p::Runner::new(&self)),
+            quote_spanned!(span=> &()),
+        ),
+        Some(ty) => (
+            Some(quote!(resources: #p::Arc<#ty>,)),
+            Some(quote!(resources,)),
+            quote!(#p::Runner::with_resources(&self, &*resources)),
+            quote_spanned!(span=> &*resources),
+        ),
+    };
     let spawn = quote_spanned! {span=>
         #p_at::start::<Self, _>(__jg_handle, async move {
             let __jg_job = self;
-            #p_at::drive_started(&__jg_job, &__jg_task, __jg_seed).await
+            #p_at::drive_started(&__jg_job, #lent, &__jg_task, __jg_seed).await
         })
     };
+    let doc = match &job.resources {
+        None => quote! {
+            /// Spawns the run on tokio and returns its handle: its id, a live report, `cancel()` and
+            /// `wait()`, which returns what `run` would have. Needs every step's future to be
+            /// `Send` (`#[job(local)]` leaves `start` out for jobs whose steps are not).
+        },
+        Some(_) => quote! {
+            /// Spawns the run on tokio, its steps borrowing `resources` (kept until the run ends),
+            /// and returns its handle: its id, a live report, `cancel()` and `wait()`, which
+            /// returns what `run` would have. Needs every step's future to be `Send`
+            /// (`#[job(local)]` leaves `start` out for jobs whose steps are not).
+        },
+    };
     quote! {
-        /// Spawns the run on tokio and returns its handle: its id, a live report, `cancel()` and
-        /// `wait()`, which returns what `run` would have. Needs every step's future to be
-        /// `Send` (`#[job(local)]` leaves `start` out for jobs whose steps are not).
-        pub fn start(self) -> #p::JobHandle<Self>
+        #doc
+        pub fn start(self, #param) -> #p::JobHandle<Self>
         where #bounds
         {
-            Self::start_with(self, |__jg_runner| __jg_runner)
+            Self::start_with(self, #arg |__jg_runner| __jg_runner)
         }
 
         /// [`start`](Self::start) with per-run options: `configure` is given the job's runner
@@ -356,14 +419,14 @@ fn start_method(job: &Job<'_>, paths: &Paths) -> TokenStream {
         /// `job.start_with(|run| run.job_id("nightly").fail_fast())`.
         pub fn start_with(
             self,
+            #param
             configure: impl for<'__jg_r> #p::FnOnce(
                 #p::Runner<'__jg_r, Self>,
             ) -> #p::Runner<'__jg_r, Self>,
         ) -> #p::JobHandle<Self>
         where #bounds
         {
-            let (__jg_handle, __jg_seed) =
-                #p::handle_core::<Self>(configure(#p::runner(&self)));
+            let (__jg_handle, __jg_seed) = #p::handle_core::<Self>(configure(#runner));
             let __jg_task = #p::Clone::clone(&__jg_handle);
             #spawn
         }
@@ -404,12 +467,19 @@ fn start_bounds(job: &Job<'_>, paths: &Paths) -> TokenStream {
     let p = &paths.private;
     let generics = &job.item.generics;
     let outputs = job.outputs_struct();
+    // The spawned run keeps the resources' `Arc` and its steps borrow them on tokio's threads.
+    let resources = job.resources.as_ref().map(|ty| {
+        let span = ty.span();
+        let p_at = paths.private_at(span);
+        quote_spanned!(span=> for<'__jg> #ty: #p_at::Send + #p_at::Sync + 'static,)
+    });
     if generics.params.is_empty() {
         let partial = job.partial_struct();
         return quote! {
             for<'__jg> Self: #p::Send + #p::Sync + 'static,
             for<'__jg> #outputs: #p::Send + 'static,
             for<'__jg> #partial: #p::Send + 'static,
+            #resources
         };
     }
     let params: Vec<&syn::Ident> = generics.type_params().map(|t| &t.ident).collect();
@@ -433,7 +503,7 @@ fn start_bounds(job: &Job<'_>, paths: &Paths) -> TokenStream {
             bounds.push(quote!(#ty: #p::Send + #p::Sync + 'static,));
         }
     }
-    quote!(#(#bounds)*)
+    quote!(#(#bounds)* #resources)
 }
 
 /// True if `ty` names one of `params` (as `T` or `T::Assoc`).

@@ -28,6 +28,11 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let partial = job.partial_struct();
 
     let run = local1("run");
+    // The run's resources, given to each step's start function when the job declares them.
+    let resources = job.resources.as_ref().map(|_| {
+        let res = local1("res");
+        quote!(#res,)
+    });
     let seed = local1("seed");
     let sched = local1("sched");
     let stop = local1("stop");
@@ -110,7 +115,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                 #k,
                 #step_enum::#variant,
                 #p::Pin::as_mut(&mut #fut),
-                &|| Self::#start(self, #run, #(#parents),*),
+                &|| Self::#start(self, #resources #run, #(#parents),*),
                 &#slot,
                 &mut #failures,
                 #cx,

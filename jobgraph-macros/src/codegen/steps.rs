@@ -56,6 +56,7 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
     let run = local1("run");
     let ctx = local1("ctx");
     let elem = local1("elem");
+    let res = local1("res");
     let step_enum = job.step_enum();
     let method = s.ident;
     let variant = &s.variant;
@@ -97,6 +98,7 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
                 }
             }
             Param::Context(_) => quote!(&#ctx),
+            Param::Resources(_) => res.to_token_stream(),
             Param::Unsupported(_) => unreachable!("validated parameters"),
         })
         .collect();
@@ -172,11 +174,13 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
         "Starts step `{}` from its parents' outputs: its future, or why it cannot start.",
         s.name
     );
+    let res_param = job.resources.as_ref().map(|ty| quote!(#res: &'__jg #ty,));
     quote! {
         #[doc = #doc]
         #[inline]
         fn #name<'__jg>(
             &'__jg self,
+            #res_param
             #run: &'__jg #p::RunCore<#step_enum>,
             #(#fn_params),*
         ) -> #p::Result<

@@ -27,6 +27,8 @@ pub(crate) struct Job<'a> {
     pub(crate) local: bool,
     /// `#[job(durable)]`, with the option's span: the job is a `DurableJob`.
     pub(crate) durable: Option<Ident>,
+    /// `#[job(resources = T)]`: what the steps borrow besides their parents' outputs.
+    pub(crate) resources: Option<Type>,
     pub(crate) steps: Vec<Step<'a>>,
     /// Every method of the impl, steps or not, to find collisions with generated items.
     pub(crate) methods: Vec<&'a ImplItemFn>,
@@ -62,6 +64,9 @@ pub(crate) enum Param<'a> {
     Parent { name: &'a Ident, ty: &'a Type },
     /// `_: &StepContext`: the run context.
     Context(&'a PatType),
+    /// `name: &T`, where `T` is the job's `resources` type and `name` is not a step: the
+    /// resources given to the run.
+    Resources(&'a PatType),
     /// A parameter the scheduler cannot fill; `validate` says why.
     Unsupported(&'a PatType),
 }
@@ -103,7 +108,7 @@ impl<'a> Job<'a> {
                 _ => None,
             })
             .collect();
-        let steps = methods
+        let mut steps: Vec<Step<'a>> = methods
             .iter()
             .filter_map(|method| {
                 let mut attrs = method.attrs.iter().filter(|a| is_step_attr(a));
@@ -115,12 +120,16 @@ impl<'a> Job<'a> {
                 Some(Step::from_syn(method, args))
             })
             .collect();
+        if let Some(resources) = &args.resources {
+            resources_params(&mut steps, resources);
+        }
         Some(Job {
             name: args.name.map_or_else(|| ident.to_string(), |n| n.value()),
             krate: args.krate,
             enrich: args.enrich,
             local: args.local,
             durable: args.durable,
+            resources: args.resources,
             ident,
             item,
             steps,
@@ -147,6 +156,35 @@ impl<'a> Job<'a> {
     pub(crate) fn partial_struct(&self) -> Ident {
         Ident::new(&format!("{}Partial", self.ident), self.ident.span())
     }
+}
+
+/// Marks as [`Param::Resources`] every parameter that takes `&resources` and does not name a
+/// step (a step's name wins: its output is what the parameter takes).
+fn resources_params(steps: &mut [Step<'_>], resources: &Type) {
+    let names: Vec<String> = steps.iter().map(|s| s.ident.to_string()).collect();
+    let resources = type_text(resources);
+    for step in steps {
+        for param in &mut step.params {
+            if let Param::Parent { name, ty } = *param
+                && !names.iter().any(|n| *name == n)
+                && type_text(ty) == resources
+                && let FnArg::Typed(pat_type) = step
+                    .method
+                    .sig
+                    .inputs
+                    .iter()
+                    .find(|arg| matches!(arg, FnArg::Typed(p) if is_named(p, name)))
+                    .expect("the parameter is the method's")
+            {
+                *param = Param::Resources(pat_type);
+            }
+        }
+    }
+}
+
+/// Whether `pat_type`'s pattern is the plain name `name`.
+fn is_named(pat_type: &PatType, name: &Ident) -> bool {
+    matches!(&*pat_type.pat, syn::Pat::Ident(p) if p.ident == *name)
 }
 
 impl<'a> Step<'a> {

@@ -30,9 +30,13 @@ pub(crate) struct JobArgs {
     pub(crate) local: bool,
     /// `durable`: the job's value and every output are stored, so runs checkpoint and resume.
     pub(crate) durable: Option<Ident>,
+    /// `resources = Type`: what steps borrow besides their parents' outputs (clients, pools),
+    /// given to each run and not stored.
+    pub(crate) resources: Option<syn::Type>,
 }
 
-const JOB_OPTIONS: &str = "`name = \"...\"`, `enrich = path`, `local`, `durable`, `crate = path`";
+const JOB_OPTIONS: &str = "`name = \"...\"`, `enrich = path`, `local`, `durable`, \
+                           `resources = Type`, `crate = path`";
 
 /// The options of one `#[step(...)]`.
 #[derive(Default)]
@@ -102,6 +106,9 @@ pub(crate) fn job_args(tokens: TokenStream, cx: &mut Ctxt) -> JobArgs {
                 return Err(meta.error("`durable` takes no value: write `#[job(durable)]`"));
             }
             args.durable = meta.path.get_ident().cloned();
+        } else if meta.path.is_ident("resources") {
+            seen.once(&meta, cx);
+            args.resources = Some(value(&meta, "resources = MyClients")?.parse()?);
         } else {
             return Err(unknown_option(&meta, "#[job]", JOB_OPTIONS));
         }

@@ -4,7 +4,7 @@ impl Crawl {
         Ok(vec![1, 2])
     }
     #[allow(clippy::ptr_arg, clippy::borrowed_box, clippy::too_many_arguments)]
-    async fn fetch(&self, ctx: &StepContext, pages: &u32) -> String {
+    async fn fetch(&self, ctx: &StepContext, pages: &u32, api: &Api) -> String {
         pages.to_string()
     }
     #[allow(clippy::ptr_arg, clippy::borrowed_box, clippy::too_many_arguments)]
@@ -183,11 +183,13 @@ impl ::jobgraph::__private::Job for Crawl {
     type Step = CrawlStep;
     type Outputs = CrawlOutputs;
     type Partial = CrawlPartial;
+    type Resources = Api;
     const __ENRICH: ::jobgraph::__private::Option<
         fn(&mut ::jobgraph::__private::StepContext),
     > = ::jobgraph::__private::Some(tag_tenant);
     fn __run<'__jg>(
         &'__jg self,
+        __jg_res: &'__jg Api,
         __jg_run: &'__jg ::jobgraph::__private::RunCore<CrawlStep>,
         __jg_seed: CrawlPartial,
     ) -> impl ::jobgraph::__private::Future<
@@ -279,7 +281,7 @@ impl ::jobgraph::__private::Job for Crawl {
                                             0usize,
                                             CrawlStep::Pages,
                                             ::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                                            &|| Self::__jg_start_pages(self, __jg_run),
+                                            &|| Self::__jg_start_pages(self, __jg_res, __jg_run),
                                             &__jg_slot0,
                                             &mut __jg_failures,
                                             __jg_cx,
@@ -295,6 +297,7 @@ impl ::jobgraph::__private::Job for Crawl {
                                             ::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
                                             &|| Self::__jg_start_fetch(
                                                 self,
+                                                __jg_res,
                                                 __jg_run,
                                                 ::jobgraph::__private::Slot::get(&__jg_slot0),
                                             ),
@@ -313,6 +316,7 @@ impl ::jobgraph::__private::Job for Crawl {
                                             ::jobgraph::__private::Pin::as_mut(&mut __jg_fut2),
                                             &|| Self::__jg_start_index(
                                                 self,
+                                                __jg_res,
                                                 __jg_run,
                                                 ::jobgraph::__private::Slot::get(&__jg_slot1),
                                             ),
@@ -471,33 +475,47 @@ digraph "Crawl" {
     pub const DOT: &'static ::jobgraph::__private::str = <Self as ::jobgraph::__private::Job>::DOT;
     /// Every step's name, parents, `after` dependencies and doc comment, in declaration order.
     pub const STEPS: &'static [::jobgraph::__private::StepInfo] = <Self as ::jobgraph::__private::Job>::STEPS;
-    /// Runs the job in the caller's task: each step starts as soon as the steps it waits
-    /// for have completed. Returns every step's output, or the error naming the step that
-    /// failed first. Dropping the future cancels every running step.
+    /// Runs the job in the caller's task, its steps borrowing `resources`: each step starts
+    /// as soon as the steps it waits for have completed. Returns every step's output, or the
+    /// error naming the step that failed first. Dropping the future cancels every running
+    /// step.
     pub async fn run(
         &self,
+        resources: &Api,
     ) -> ::jobgraph::__private::Result<
         CrawlOutputs,
         ::jobgraph::__private::JobError<CrawlStep, CrawlPartial>,
     > {
-        ::jobgraph::__private::Runner::run(::jobgraph::__private::runner(self)).await
+        ::jobgraph::__private::Runner::run(
+                ::jobgraph::__private::Runner::with_resources(self, resources),
+            )
+            .await
     }
-    /// A run of the job with per-run options (retry, timeouts, enrichment, listener,
-    /// sequential or fail-fast mode, job id).
-    pub fn runner(&self) -> ::jobgraph::__private::Runner<'_, Self> {
-        ::jobgraph::__private::runner(self)
+    /// A run of the job whose steps borrow `resources`, with per-run options (retry,
+    /// timeouts, enrichment, listener, sequential or fail-fast mode, job id).
+    pub fn runner<'__jg>(
+        &'__jg self,
+        resources: &'__jg Api,
+    ) -> ::jobgraph::__private::Runner<'__jg, Self> {
+        ::jobgraph::__private::Runner::with_resources(self, resources)
     }
-    /// Spawns the run on tokio and returns its handle: its id, a live report, `cancel()` and
-    /// `wait()`, which returns what `run` would have. Needs every step's future to be
-    /// `Send` (`#[job(local)]` leaves `start` out for jobs whose steps are not).
-    pub fn start(self) -> ::jobgraph::__private::JobHandle<Self>
+    /// Spawns the run on tokio, its steps borrowing `resources` (kept until the run ends),
+    /// and returns its handle: its id, a live report, `cancel()` and `wait()`, which
+    /// returns what `run` would have. Needs every step's future to be `Send`
+    /// (`#[job(local)]` leaves `start` out for jobs whose steps are not).
+    pub fn start(
+        self,
+        resources: ::jobgraph::__private::Arc<Api>,
+    ) -> ::jobgraph::__private::JobHandle<Self>
     where
         for<'__jg> Self: ::jobgraph::__private::Send + ::jobgraph::__private::Sync
             + 'static,
         for<'__jg> CrawlOutputs: ::jobgraph::__private::Send + 'static,
         for<'__jg> CrawlPartial: ::jobgraph::__private::Send + 'static,
+        for<'__jg> Api: ::jobgraph::__private::Send + ::jobgraph::__private::Sync
+            + 'static,
     {
-        Self::start_with(self, |__jg_runner| __jg_runner)
+        Self::start_with(self, resources, |__jg_runner| __jg_runner)
     }
     /// [`start`](Self::start) with per-run options: `configure` is given the job's runner
     /// and returns it with the options of the run to spawn (job id, retry, timeouts,
@@ -505,6 +523,7 @@ digraph "Crawl" {
     /// `job.start_with(|run| run.job_id("nightly").fail_fast())`.
     pub fn start_with(
         self,
+        resources: ::jobgraph::__private::Arc<Api>,
         configure: impl for<'__jg_r> ::jobgraph::__private::FnOnce(
             ::jobgraph::__private::Runner<'__jg_r, Self>,
         ) -> ::jobgraph::__private::Runner<'__jg_r, Self>,
@@ -514,10 +533,12 @@ digraph "Crawl" {
             + 'static,
         for<'__jg> CrawlOutputs: ::jobgraph::__private::Send + 'static,
         for<'__jg> CrawlPartial: ::jobgraph::__private::Send + 'static,
+        for<'__jg> Api: ::jobgraph::__private::Send + ::jobgraph::__private::Sync
+            + 'static,
     {
         let (__jg_handle, __jg_seed) = ::jobgraph::__private::handle_core::<
             Self,
-        >(configure(::jobgraph::__private::runner(&self)));
+        >(configure(::jobgraph::__private::Runner::with_resources(&self, &*resources)));
         let __jg_task = ::jobgraph::__private::Clone::clone(&__jg_handle);
         ::jobgraph::__private::start::<
             Self,
@@ -526,7 +547,12 @@ digraph "Crawl" {
             __jg_handle,
             async move {
                 let __jg_job = self;
-                ::jobgraph::__private::drive_started(&__jg_job, &__jg_task, __jg_seed)
+                ::jobgraph::__private::drive_started(
+                        &__jg_job,
+                        &*resources,
+                        &__jg_task,
+                        __jg_seed,
+                    )
                     .await
             },
         )
@@ -547,6 +573,7 @@ impl Crawl {
     #[inline]
     fn __jg_start_pages<'__jg>(
         &'__jg self,
+        __jg_res: &'__jg Api,
         __jg_run: &'__jg ::jobgraph::__private::RunCore<CrawlStep>,
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
@@ -639,6 +666,7 @@ impl Crawl {
     #[inline]
     fn __jg_start_fetch<'__jg>(
         &'__jg self,
+        __jg_res: &'__jg Api,
         __jg_run: &'__jg ::jobgraph::__private::RunCore<CrawlStep>,
         __jg_p1: &'__jg Vec<u32>,
     ) -> ::jobgraph::__private::Result<
@@ -674,6 +702,7 @@ impl Crawl {
                                 self,
                                 &__jg_ctx,
                                 ::jobgraph::__private::element::<_, u32>(__jg_elem),
+                                __jg_res,
                             )
                             .await,
                     )
@@ -685,6 +714,7 @@ impl Crawl {
     #[inline]
     fn __jg_start_index<'__jg>(
         &'__jg self,
+        __jg_res: &'__jg Api,
         __jg_run: &'__jg ::jobgraph::__private::RunCore<CrawlStep>,
         __jg_p0: &'__jg ::std::vec::Vec<String>,
     ) -> ::jobgraph::__private::Result<

@@ -179,8 +179,10 @@ where
     type Step = ReportStep;
     type Outputs = ReportOutputs<'a, D>;
     type Partial = ReportPartial<'a, D>;
+    type Resources = ();
     fn __run<'__jg>(
         &'__jg self,
+        __jg_res: &'__jg (),
         __jg_run: &'__jg __jobgraph_private_Report::RunCore<ReportStep>,
         __jg_seed: ReportPartial<'a, D>,
     ) -> impl __jobgraph_private_Report::Future<
@@ -422,13 +424,15 @@ digraph "report" {
         ReportOutputs<'a, D>,
         __jobgraph_private_Report::JobError<ReportStep, ReportPartial<'a, D>>,
     > {
-        __jobgraph_private_Report::Runner::run(__jobgraph_private_Report::runner(self))
+        __jobgraph_private_Report::Runner::run(
+                __jobgraph_private_Report::Runner::new(self),
+            )
             .await
     }
     /// A run of the job with per-run options (retry, timeouts, enrichment, listener,
     /// sequential or fail-fast mode, job id).
     pub fn runner(&self) -> __jobgraph_private_Report::Runner<'_, Self> {
-        __jobgraph_private_Report::runner(self)
+        __jobgraph_private_Report::Runner::new(self)
     }
     /// Spawns the run on tokio and returns its handle: its id, a live report, `cancel()` and
     /// `wait()`, which returns what `run` would have. Needs every step's future to be
@@ -462,7 +466,7 @@ digraph "report" {
     {
         let (__jg_handle, __jg_seed) = __jobgraph_private_Report::handle_core::<
             Self,
-        >(configure(__jobgraph_private_Report::runner(&self)));
+        >(configure(__jobgraph_private_Report::Runner::new(&self)));
         let __jg_task = __jobgraph_private_Report::Clone::clone(&__jg_handle);
         __jobgraph_private_Report::start::<
             Self,
@@ -473,6 +477,7 @@ digraph "report" {
                 let __jg_job = self;
                 __jobgraph_private_Report::drive_started(
                         &__jg_job,
+                        &(),
                         &__jg_task,
                         __jg_seed,
                     )

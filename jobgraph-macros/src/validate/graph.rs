@@ -119,11 +119,20 @@ fn unknown(job: &Job<'_>, step: &Ident, ident: &Ident, data: bool, names: &[Stri
         None if data && job.methods.iter().any(|m| m.sig.ident == *ident) => {
             format!("{what}: the method `{ident}` is not marked `#[step]`")
         }
-        None if data => format!(
-            "{what}; a parameter names the step whose output it takes (the steps are {}), \
-             or is a `&StepContext`",
-            list(names)
-        ),
+        None if data => match &job.resources {
+            Some(resources) => format!(
+                "{what}; a parameter names the step whose output it takes (the steps are {}), \
+                 or is a `&StepContext`, or takes the job's resources as `{ident}: &{}`",
+                list(names),
+                crate::model::type_text(resources)
+            ),
+            None => format!(
+                "{what}; a parameter names the step whose output it takes (the steps are {}), \
+                 or is a `&StepContext`, or takes the job's resources (declare them with \
+                 `#[job(resources = T)]`)",
+                list(names)
+            ),
+        },
         None => format!("{what} (the steps are {})", list(names)),
     }
 }

@@ -45,6 +45,7 @@ pub(super) fn signature(step: &Step<'_>, cx: &mut Ctxt) {
         }
     }
     let mut context = None;
+    let mut resources = None;
     for param in &step.params {
         match param {
             Param::Parent { name, ty } => {
@@ -64,6 +65,19 @@ pub(super) fn signature(step: &Step<'_>, cx: &mut Ctxt) {
                         pat_type,
                         format_args!(
                             "step `{}` takes `&StepContext` twice; one parameter is enough \
+                             (the first is `{}`)",
+                            step.ident,
+                            quote::ToTokens::to_token_stream(&first.pat)
+                        ),
+                    );
+                }
+            }
+            Param::Resources(pat_type) => {
+                if let Some(first) = resources.replace(*pat_type) {
+                    cx.error_spanned_by(
+                        pat_type,
+                        format_args!(
+                            "step `{}` takes the job's resources twice; one parameter is enough \
                              (the first is `{}`)",
                             step.ident,
                             quote::ToTokens::to_token_stream(&first.pat)

@@ -107,6 +107,7 @@ pub struct DurableBatch<J: DurableJob> {
     cancel_on: Option<CancellationToken>,
     configure: Option<Configure<J>>,
     listener: Option<BoxListener<J::Step>>,
+    resources: Arc<J::Resources>,
     lease: Duration,
 }
 
@@ -117,6 +118,7 @@ pub(crate) struct Options<J: Job> {
     pub(crate) cancel_on: Option<CancellationToken>,
     pub(crate) configure: Option<Configure<J>>,
     pub(crate) listener: Option<BoxListener<J::Step>>,
+    pub(crate) resources: Arc<J::Resources>,
 }
 
 impl<J: DurableJob> DurableBatch<J> {
@@ -147,6 +149,7 @@ impl<J: DurableJob> DurableBatch<J> {
             cancel_on: options.cancel_on,
             configure: options.configure,
             listener: options.listener,
+            resources: options.resources,
             lease: LEASE,
         }
     }
@@ -253,6 +256,7 @@ impl<J: DurableJob> DurableBatch<J> {
             cancel_on,
             configure,
             listener,
+            resources,
             lease,
         } = self;
         let plan = plan::<J>(&*store, &name, source).await?;
@@ -302,6 +306,7 @@ impl<J: DurableJob> DurableBatch<J> {
                     store: Arc::clone(&store),
                     batch: Arc::clone(&name),
                     configure: configure.clone(),
+                    resources: Arc::clone(&resources),
                     token: token.clone(),
                     counters: Arc::clone(&counters),
                     lease,
@@ -561,6 +566,7 @@ struct Env<J: Job> {
     store: Arc<dyn Store>,
     batch: Arc<str>,
     configure: Option<Configure<J>>,
+    resources: Arc<J::Resources>,
     token: CancellationToken,
     counters: Arc<Counters>,
     lease: Duration,
@@ -576,6 +582,7 @@ async fn run_planned<J: DurableJob>(
         store,
         batch,
         configure,
+        resources,
         token,
         counters,
         lease,
@@ -588,7 +595,7 @@ async fn run_planned<J: DurableJob>(
     };
     let tracker = Arc::new(RunTracker::with_completed(counters, &completed));
     loop {
-        let mut runner = Runner::new(&job);
+        let mut runner = Runner::with_resources(&job, &*resources);
         if let Some(configure) = &configure {
             runner = configure(index, runner);
         }
