@@ -25,6 +25,7 @@
 //! the end. Without `--db` the database is in a temporary directory, deleted at exit.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -44,11 +45,15 @@ const BATCH: &str = "import";
 /// the next process once their leases expire.
 const LEASE: Duration = Duration::from_secs(3);
 
-/// How many times each step's body completed in this process (retried attempts not counted).
-static COMPLETED: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
-
-/// How many attempts of `fetch_profile` failed in this process (and were retried).
-static FLAKES: AtomicUsize = AtomicUsize::new(0);
+/// The fake CRM the steps call, and what it saw in this process: the job's resources, given
+/// to the batch in each process and never stored (the stored input is the customer id alone).
+#[derive(Default)]
+struct Crm {
+    /// How many times each step's body completed (retried attempts not counted).
+    completed: [AtomicUsize; 4],
+    /// How many attempts of `fetch_profile` failed (and were retried).
+    flakes: AtomicUsize,
+}
 
 /// A failed call to the fake CRM.
 #[derive(Debug, thiserror::Error)]
@@ -74,21 +79,21 @@ struct Import {
     customer: u64,
 }
 
-#[job(durable)]
+#[job(durable, resources = Crm)]
 impl Import {
     /// Fetches the profile from a CRM that answers 503 to about one attempt in four; retried.
     #[step(retry = Retry::fixed(6, Duration::from_millis(5)))]
-    async fn fetch_profile(&self, ctx: &StepContext) -> Result<Profile, Unavailable> {
+    async fn fetch_profile(&self, ctx: &StepContext, crm: &Crm) -> Result<Profile, Unavailable> {
         tokio::time::sleep(Duration::from_millis(2)).await;
         // A pseudo-random, but reproducible, failure of this attempt.
         let roll = (self.customer * 2654435761 + u64::from(ctx.attempt()) * 40503) % 100;
         if roll < 25 && ctx.attempt() < 6 {
-            FLAKES.fetch_add(1, Ordering::Relaxed);
+            crm.flakes.fetch_add(1, Ordering::Relaxed);
             return Err(Unavailable {
                 customer: self.customer,
             });
         }
-        COMPLETED[0].fetch_add(1, Ordering::Relaxed);
+        crm.completed[0].fetch_add(1, Ordering::Relaxed);
         Ok(Profile {
             name: format!("customer-{}", self.customer),
             tenure_years: self.customer % 12,
@@ -97,9 +102,9 @@ impl Import {
 
     /// Lists the customer's order totals, in cents: slow (30 to 90 ms).
     #[step]
-    async fn fetch_orders(&self) -> Vec<u64> {
+    async fn fetch_orders(&self, crm: &Crm) -> Vec<u64> {
         tokio::time::sleep(Duration::from_millis(30 + self.customer % 7 * 10)).await;
-        COMPLETED[1].fetch_add(1, Ordering::Relaxed);
+        crm.completed[1].fetch_add(1, Ordering::Relaxed);
         (0..self.customer % 5 + 1)
             .map(|i| 1_000 + i * 250 + self.customer)
             .collect()
@@ -107,16 +112,16 @@ impl Import {
 
     /// Scores the customer from its tenure and spending.
     #[step]
-    async fn score(&self, fetch_profile: &Profile, fetch_orders: &[u64]) -> u64 {
-        COMPLETED[2].fetch_add(1, Ordering::Relaxed);
+    async fn score(&self, fetch_profile: &Profile, fetch_orders: &[u64], crm: &Crm) -> u64 {
+        crm.completed[2].fetch_add(1, Ordering::Relaxed);
         fetch_profile.tenure_years * 10 + fetch_orders.iter().sum::<u64>() / 1_000
     }
 
     /// Writes the score to the warehouse: here, returns the row it would write.
     #[step]
-    async fn save(&self, fetch_profile: &Profile, score: &u64) -> String {
+    async fn save(&self, fetch_profile: &Profile, score: &u64, crm: &Crm) -> String {
         tokio::time::sleep(Duration::from_millis(1)).await;
-        COMPLETED[3].fetch_add(1, Ordering::Relaxed);
+        crm.completed[3].fetch_add(1, Ordering::Relaxed);
         format!("{},{score}", fetch_profile.name)
     }
 }
@@ -201,7 +206,9 @@ async fn main() {
     let bars = ProgressBars::new();
     let crash_after = args.crash_after;
     let started = Instant::now();
-    let batch = Batch::new((0..CUSTOMERS).map(|customer| Import { customer }))
+    let crm = Arc::new(Crm::default());
+    let inputs = (0..CUSTOMERS).map(|customer| Import { customer });
+    let batch = Batch::with_resources(inputs, Arc::clone(&crm))
         .concurrency(32)
         .status_listener(move |status: &BatchStatus<ImportStep>| {
             bars.on_status(status);
@@ -220,7 +227,8 @@ async fn main() {
         .expect("the store failed");
     let elapsed = started.elapsed();
 
-    let completed: Vec<usize> = COMPLETED
+    let completed: Vec<usize> = crm
+        .completed
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
         .collect();
@@ -233,7 +241,7 @@ async fn main() {
         completed[1],
         completed[2],
         completed[3],
-        FLAKES.load(Ordering::Relaxed),
+        crm.flakes.load(Ordering::Relaxed),
     );
     println!(
         "loaded: {} runs, {steps_before} steps from the store",
