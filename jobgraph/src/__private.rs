@@ -18,7 +18,10 @@ pub use core::primitive::{bool, str, u32, u64, usize};
 pub use core::result::Result::{self, Err, Ok};
 pub use core::task::{Context, Poll, Waker};
 pub use core::time::Duration;
+pub use std::string::String;
 pub use std::sync::Arc;
+
+pub use serde_json::Error as JsonError;
 
 pub use crate::error::{JobError, StepError};
 pub use crate::job::{Job, JobStep, StepEdges, StepInfo, StepPolicies};
@@ -29,6 +32,7 @@ pub use crate::{RetryPolicy, StepContext};
 
 pub use crate::durable::{
     Codec, DecodeError, DurableJob, ElementsCodec, Encode, Stored, codec, decode, elements_codec,
+    encode,
 };
 pub use crate::error::BoxError;
 pub use crate::exec::{AttemptContext, NoContext, NoRetry, StepFuture};

@@ -39,6 +39,23 @@ pub trait DurableJob: Job {
     /// from.
     #[doc(hidden)]
     fn __decode(run: &StoredRun) -> Result<Self::Partial, DecodeError>;
+
+    /// The stored form of `step`'s output, if `partial` holds it: what a worker commits after
+    /// running one step.
+    #[doc(hidden)]
+    fn __encode(
+        partial: &Self::Partial,
+        step: Self::Step,
+    ) -> Result<Option<String>, serde_json::Error>;
+}
+
+/// Encodes `value`, if there is one, with `encode`.
+#[doc(hidden)]
+pub fn encode<T>(
+    value: &Option<T>,
+    encode: Encode<T>,
+) -> Result<Option<String>, serde_json::Error> {
+    value.as_ref().map(encode).transpose()
 }
 
 /// What can be stored: the value of a `#[job(durable)]` job and its steps' outputs.

@@ -90,6 +90,19 @@ pub(crate) fn durable_impl(job: &Job<'_>, paths: &Paths) -> TokenStream {
         };
         quote!(#ident: #p::decode(#run, #name, #codec)?,)
     });
+    let step_enum = job.step_enum();
+    let partial_param = format_ident!("__jg_partial");
+    let step_param = format_ident!("__jg_step");
+    let encodes = job.steps.iter().map(|s| {
+        let ident = s.ident;
+        let variant = &s.variant;
+        let f = codec_fn(s);
+        let encode = match s.output.element {
+            Some(_) => quote!(Self::#f().all.encode),
+            None => quote!(Self::#f().encode),
+        };
+        quote!(#step_enum::#variant => #p::encode(&#partial_param.#ident, #encode),)
+    });
     let marker =
         (!job.item.generics.params.is_empty()).then(|| quote!(__jobgraph_marker: #p::PhantomData,));
     // The job's value is the run's input: spanned on the impl's type, with the option.
@@ -112,6 +125,15 @@ pub(crate) fn durable_impl(job: &Job<'_>, paths: &Paths) -> TokenStream {
                     #(#fields)*
                     #marker
                 })
+            }
+
+            fn __encode(
+                #partial_param: &#partial #ty_generics,
+                #step_param: #step_enum,
+            ) -> #p::Result<#p::Option<#p::String>, #p::JsonError> {
+                match #step_param {
+                    #(#encodes)*
+                }
             }
         }
     }
