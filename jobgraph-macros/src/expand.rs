@@ -1,4 +1,5 @@
-//! The pipeline: parse -> model -> validate -> codegen, or the user's impl plus every error.
+//! The pipeline: parse -> model -> validate -> codegen, or every error, the user's impl and the
+//! fallback items that keep the rest of the crate compiling.
 
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -21,6 +22,7 @@ pub(crate) fn job(args: TokenStream, input: TokenStream) -> TokenStream {
         Err(_) => return input,
     };
     let mut cx = Ctxt::default();
+    let names_crate = names_crate(&args);
     let args = parse::job_args(args, &mut cx);
     let model = Job::from_syn(&item, args, &mut cx);
     let graph = model.as_ref().and_then(|job| validate::job(job, &mut cx));
@@ -30,9 +32,23 @@ pub(crate) fn job(args: TokenStream, input: TokenStream) -> TokenStream {
             let generated = codegen::generate(&job, &graph);
             quote!(#stripped #generated)
         }
-        (Err(errors), ..) => quote!(#errors #stripped),
+        (Err(errors), model, _) => {
+            // A `crate = ..` the errors left unread: the fallback's paths to `::jobgraph` could
+            // fail to resolve at every use, so there is none.
+            let fallback = model
+                .filter(|job| job.krate.is_some() || !names_crate)
+                .map(|job| codegen::fallback(&job));
+            quote!(#errors #stripped #fallback)
+        }
         (Ok(()), ..) => unreachable!("validation failed without reporting an error"),
     }
+}
+
+/// True if the `#[job(..)]` arguments name the `crate` option, read or not.
+fn names_crate(args: &TokenStream) -> bool {
+    args.clone()
+        .into_iter()
+        .any(|token| matches!(token, proc_macro2::TokenTree::Ident(ident) if ident == "crate"))
 }
 
 /// The error for `#[job]` on an item other than an `impl`, on the item's name when it has one.

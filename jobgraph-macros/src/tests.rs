@@ -87,6 +87,33 @@ fn errors_keep_the_users_impl() {
     );
 }
 
+/// A job with errors still gets its generated items, so code using them compiles and only the
+/// errors are reported; with no graph, `STEPS` have no edges and the scheduler only panics. Left
+/// out: the variant of a step whose variant an earlier step took, the field of a step whose output
+/// has no size, the second definition of a step, and the `run` the user's impl defines itself.
+#[test]
+fn errors_emit_fallback_items() {
+    check(
+        quote!(),
+        quote! {
+            impl Loop {
+                #[step]
+                async fn load_db(&self, render: &String) -> u32 { 1 }
+                #[step]
+                async fn load__db(&self) -> u32 { 2 }
+                #[step]
+                async fn render(&self, load_db: &u32) -> String { String::new() }
+                #[step]
+                async fn render(&self) -> String { String::new() }
+                #[step]
+                async fn bytes(&self) -> [u8] { todo!() }
+                fn run(&self) {}
+            }
+        },
+        expect_file!["snapshots/errors_emit_fallback_items.rs"],
+    );
+}
+
 /// Expands `source` (parsed as tokens from text, so it may hold any identifier) and returns the
 /// expansion's text.
 fn expand_text(args: &str, source: &str) -> String {
@@ -139,4 +166,29 @@ fn long_cycle_names_its_path_once() {
         .map(|e| e.split('}').next().map_or(0, str::len))
         .sum();
     assert!(errors < 40_000, "{errors} characters of errors");
+}
+
+/// Without a graph the fallback items name the runtime's paths: when the errors left a `crate = ..`
+/// unread, those paths are unknown, and none are emitted; nor for a trait impl, which is no job.
+#[test]
+fn no_fallback_without_the_runtimes_path_or_for_a_trait_impl() {
+    let step = "#[step] async fn a(&self) -> u32 { 1 }";
+    for (args, source) in [
+        (
+            "retries = 3, crate = ::my::jobgraph",
+            format!("impl Bad {{ {step} }}"),
+        ),
+        ("crate", format!("impl Bad {{ {step} }}")),
+        ("", format!("impl Display for Bad {{ {step} }}")),
+    ] {
+        let out = expand_text(args, &source);
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(!out.contains("BadStep"), "#[job({args})] {source}: {out}");
+    }
+    let out = expand_text(
+        "crate = ::my::jobgraph",
+        "impl Bad { #[step(retries = 3)] async fn a(&self) -> u32 { 1 } }",
+    );
+    assert!(out.contains("compile_error"), "{out}");
+    assert!(out.contains("pub enum BadStep"), "{out}");
 }

@@ -12,11 +12,16 @@ use super::scheduler;
 use crate::model::Job;
 use crate::validate::Graph;
 
-/// `FooStep`: a variant per step, with `name()`, `index()`, `ALL` and `Display`.
-pub(crate) fn step_enum(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStream {
+/// `FooStep`: a variant per step, with `name()`, `index()`, `ALL` and `Display`. Without a graph
+/// (a job with errors: [`super::fallback`]) its `STEPS` have no edges.
+pub(crate) fn step_enum(job: &Job<'_>, graph: Option<&Graph>, paths: &Paths) -> TokenStream {
     let p = &paths.private;
     let infos = job.steps.iter().enumerate().map(|(i, s)| {
         let n = &s.name;
+        let Some(graph) = graph else {
+            let doc = &s.doc;
+            return quote!(#p::StepInfo::__new(#n, &[], &[], #doc));
+        };
         let parents = graph.parents[i].iter().map(|&j| &job.steps[j].name);
         let after = graph.after[i].iter().map(|&j| &job.steps[j].name);
         let doc = &s.doc;
@@ -239,15 +244,29 @@ fn marker_field(job: &Job<'_>, paths: &Paths) -> Option<TokenStream> {
 
 /// `impl Job for Foo` with the scheduler, and the inherent items: `DOT`, `STEPS`, `run`,
 /// `runner` and (unless `#[job(local)]`) `start`.
-pub(crate) fn job_impl(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStream {
+///
+/// Without a graph (a job with errors: [`super::fallback`]) the items keep their signatures, but
+/// `DOT` is empty and the scheduler and the policies are bodies that cannot run: there are no
+/// step functions for them to call.
+pub(crate) fn job_impl(job: &Job<'_>, graph: Option<&Graph>, paths: &Paths) -> TokenStream {
     let p = &paths.private;
     let (impl_generics, ty_generics, where_clause) = job.item.generics.split_for_impl();
     let self_ty = &job.item.self_ty;
     let step_enum = job.step_enum();
     let outputs = job.outputs_struct();
     let name = &job.name;
-    let dot = dot(job, graph);
-    let run_body = scheduler::run_body(job, graph, paths);
+    let (dot, run_body, policies) = match graph {
+        Some(graph) => (
+            dot(job, graph),
+            scheduler::run_body(job, graph, paths),
+            super::steps::policies_body(job, paths),
+        ),
+        None => (
+            String::new(),
+            super::fallback::never_runs(paths),
+            super::fallback::never_runs(paths),
+        ),
+    };
     let run_param = super::paths::local1("run");
     let res_param = super::paths::local1("res");
     let resources = job
@@ -258,7 +277,6 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let step_param = super::paths::local1("step");
     let partial_param = super::paths::local1("partial");
     let partial = job.partial_struct();
-    let policies = super::steps::policies_body(job, paths);
     let idents: Vec<_> = job.steps.iter().map(|s| s.ident).collect();
     let marker_init = marker_field(job, paths)
         .is_some()

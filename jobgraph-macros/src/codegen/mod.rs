@@ -1,10 +1,12 @@
 //! Code generation, from a validated model: the user's impl (without the macro's attributes), the
 //! step enum, the outputs and partial outputs structs, the `Job` impl and the inherent items with
-//! the scheduler, and a function per step.
+//! the scheduler, and a function per step; for a job with errors, the items that keep the rest of
+//! the crate compiling (`fallback`).
 
 mod checks;
 mod dot;
 mod durable;
+mod fallback;
 mod items;
 mod paths;
 mod scheduler;
@@ -17,6 +19,8 @@ use syn::{ImplItem, ItemImpl};
 
 use crate::model::{Job, is_step_attr};
 use crate::validate::Graph;
+
+pub(crate) use fallback::fallback;
 
 /// The user's impl with the `#[step]` attributes removed: what is emitted in every case, so the
 /// rest of the crate keeps compiling even when the job has errors.
@@ -53,10 +57,10 @@ pub(crate) fn user_impl(item: &ItemImpl) -> ItemImpl {
 /// Everything `#[job]` adds next to the user's impl.
 pub(crate) fn generate(job: &Job<'_>, graph: &Graph) -> TokenStream {
     let paths = paths::Paths::new(job);
-    let step_enum = items::step_enum(job, graph, &paths);
+    let step_enum = items::step_enum(job, Some(graph), &paths);
     let outputs = items::outputs_struct(job, &paths);
     let partial = items::partial_struct(job, &paths);
-    let job_impl = items::job_impl(job, graph, &paths);
+    let job_impl = items::job_impl(job, Some(graph), &paths);
     let step_fns = steps::step_fns(job, &paths);
     let durable = durable::durable_impl(job, &paths);
     let checks = checks::checks(job, &paths);

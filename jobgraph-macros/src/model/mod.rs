@@ -11,7 +11,9 @@ use syn::{
 use crate::error::Ctxt;
 use crate::parse::{self, JobArgs};
 
-/// One `#[job]` impl block.
+/// One `#[job]` impl block. `Clone` so a job with errors can generate from the steps it still can
+/// (`codegen::fallback`).
+#[derive(Clone)]
 pub(crate) struct Job<'a> {
     pub(crate) item: &'a ItemImpl,
     /// The self type's name: `Foo` for `impl<D> Foo<D>`, and for `impl r#Foo` (the names derived
@@ -35,6 +37,7 @@ pub(crate) struct Job<'a> {
 }
 
 /// One `#[step]` method.
+#[derive(Clone)]
 pub(crate) struct Step<'a> {
     pub(crate) method: &'a ImplItemFn,
     pub(crate) ident: &'a Ident,
@@ -59,6 +62,7 @@ pub(crate) struct Step<'a> {
 }
 
 /// A step's parameter, classified by what the scheduler passes to it.
+#[derive(Clone)]
 pub(crate) enum Param<'a> {
     /// `name: &T`: the output of step `name`.
     Parent { name: &'a Ident, ty: &'a Type },
@@ -72,6 +76,7 @@ pub(crate) enum Param<'a> {
 }
 
 /// What a step outputs.
+#[derive(Clone)]
 pub(crate) struct Output {
     /// The type stored for the children: `T` of `Result<T, E>`, or the return type; for a
     /// `for_each` step, a `Vec` of that.

@@ -58,6 +58,7 @@ pub(crate) struct StepArgs {
 }
 
 /// `for_each(param, concurrency = n)`: the step runs once per element of `param`'s output.
+#[derive(Clone)]
 pub(crate) struct ForEach {
     /// The parameter whose parent's output holds the elements.
     pub(crate) param: Ident,
@@ -66,6 +67,7 @@ pub(crate) struct ForEach {
 }
 
 /// A `rate = "..."` literal, parsed by the shared grammar: `count` starts per `period_secs`.
+#[derive(Clone)]
 pub(crate) struct RateLit {
     pub(crate) count: u32,
     pub(crate) period_secs: u64,

@@ -42,6 +42,28 @@ pub(crate) fn job(job: &Job<'_>, cx: &mut Ctxt) -> Option<Graph> {
     graph::build(job, cx)
 }
 
+/// True if step `i` of a job with errors still gets its variant in the step enum that
+/// `codegen::fallback` emits: unless [`reserved_names`] refused the variant (a step defined twice,
+/// a variant taken by an earlier step, or `ALL`).
+pub(crate) fn keeps_variant(job: &Job<'_>, i: usize) -> bool {
+    let step = &job.steps[i];
+    step.variant != "ALL"
+        && !job.steps[..i]
+            .iter()
+            .any(|s| s.name == step.name || s.variant == step.variant)
+}
+
+/// True if step `i` of a job with errors still gets its field in the outputs structs that
+/// `codegen::fallback` emits: unless the step is defined twice ([`reserved_names`]), or its output
+/// has no type a field can hold (a type without a size, or the step's own generic parameter: both
+/// reported by [`step::signature`]).
+pub(crate) fn keeps_field(job: &Job<'_>, i: usize) -> bool {
+    let step = &job.steps[i];
+    !job.steps[..i].iter().any(|s| s.name == step.name)
+        && step::unsized_output(step).is_none()
+        && !step::output_names_own_generics(step)
+}
+
 fn reserved_names(job: &Job<'_>, cx: &mut Ctxt) {
     for item in &job.item.items {
         let ident = match item {

@@ -283,20 +283,18 @@ fn lent_lifetimes(step: &Step<'_>, cx: &mut Ctxt) {
 /// An output whose size is not known (`[T]`, `str`, `dyn Trait`): it is stored for the children,
 /// and an `async fn` cannot return it anyway.
 fn sized_output(step: &Step<'_>, cx: &mut Ctxt) {
-    let ReturnType::Type(_, written) = &step.method.sig.output else {
+    let Some((output, without_size)) = unsized_output(step) else {
         return;
     };
-    let output = crate::model::result_types(written).map_or(&**written, |(ok, _)| ok);
-    let instead = match unsized_type(output) {
-        Some(Type::Slice(slice)) => format!(
+    let instead = match without_size {
+        Type::Slice(slice) => format!(
             "`Vec<{0}>` (or `Box<[{0}]>`)",
             crate::model::type_text(&slice.elem)
         ),
-        Some(Type::TraitObject(_)) => {
+        Type::TraitObject(_) => {
             format!("`Box<{}>`", crate::model::type_text(output))
         }
-        Some(_) => "`String` (or `Box<str>`)".to_owned(),
-        None => return,
+        _ => "`String` (or `Box<str>`)".to_owned(),
     };
     cx.error_spanned_by(
         output,
@@ -307,6 +305,43 @@ fn sized_output(step: &Step<'_>, cx: &mut Ctxt) {
             crate::model::type_text(output)
         ),
     );
+}
+
+/// The output a step returns (`T` of `Result<T, E>`) and the type without a size in it, when it
+/// has one.
+pub(super) fn unsized_output<'a>(step: &Step<'a>) -> Option<(&'a Type, &'a Type)> {
+    let ReturnType::Type(_, written) = &step.method.sig.output else {
+        return None;
+    };
+    let output = crate::model::result_types(written).map_or(&**written, |(ok, _)| ok);
+    unsized_type(output).map(|without_size| (output, without_size))
+}
+
+/// True if the step's output names one of the step's own type or const parameters (`signature`
+/// reports such a step as generic): outside the method, that name means nothing.
+pub(super) fn output_names_own_generics(step: &Step<'_>) -> bool {
+    let own: Vec<&syn::Ident> = step
+        .method
+        .sig
+        .generics
+        .params
+        .iter()
+        .filter_map(|param| match param {
+            GenericParam::Type(t) => Some(&t.ident),
+            GenericParam::Const(c) => Some(&c.ident),
+            GenericParam::Lifetime(_) => None,
+        })
+        .collect();
+    !own.is_empty() && mentions(quote::ToTokens::to_token_stream(&step.output.ty), &own)
+}
+
+/// True if `tokens` hold one of `names` at any depth.
+fn mentions(tokens: proc_macro2::TokenStream, names: &[&syn::Ident]) -> bool {
+    tokens.into_iter().any(|tree| match tree {
+        proc_macro2::TokenTree::Ident(ident) => names.contains(&&ident),
+        proc_macro2::TokenTree::Group(group) => mentions(group.stream(), names),
+        _ => false,
+    })
 }
 
 /// `ty` itself when it is written as a type without a size: a slice, `str`, a bare `dyn Trait`.
