@@ -182,8 +182,10 @@ impl ::jobgraph::__private::Job for Loop {
     type Step = LoopStep;
     type Outputs = LoopOutputs;
     type Partial = LoopPartial;
+    type Resources = ();
     fn __run<'__jg>(
         &'__jg self,
+        __jg_res: &'__jg (),
         __jg_run: &'__jg ::jobgraph::__private::RunCore<LoopStep>,
         __jg_seed: LoopPartial,
     ) -> impl ::jobgraph::__private::Future<
@@ -228,7 +230,7 @@ impl Loop {
     /// A run of the job with per-run options (retry, timeouts, enrichment, listener,
     /// sequential or fail-fast mode, job id).
     pub fn runner(&self) -> ::jobgraph::__private::Runner<'_, Self> {
-        ::jobgraph::__private::runner(self)
+        ::jobgraph::__private::Runner::new(self)
     }
     /// Spawns the run on tokio and returns its handle: its id, a live report, `cancel()` and
     /// `wait()`, which returns what `run` would have. Needs every step's future to be
@@ -260,7 +262,7 @@ impl Loop {
     {
         let (__jg_handle, __jg_seed) = ::jobgraph::__private::handle_core::<
             Self,
-        >(configure(::jobgraph::__private::runner(&self)));
+        >(configure(::jobgraph::__private::Runner::new(&self)));
         let __jg_task = ::jobgraph::__private::Clone::clone(&__jg_handle);
         ::jobgraph::__private::start::<
             Self,
@@ -269,7 +271,12 @@ impl Loop {
             __jg_handle,
             async move {
                 let __jg_job = self;
-                ::jobgraph::__private::drive_started(&__jg_job, &__jg_task, __jg_seed)
+                ::jobgraph::__private::drive_started(
+                        &__jg_job,
+                        &(),
+                        &__jg_task,
+                        __jg_seed,
+                    )
                     .await
             },
         )

@@ -166,8 +166,10 @@ impl ::jobgraph::__private::Job for Broken {
     type Step = BrokenStep;
     type Outputs = BrokenOutputs;
     type Partial = BrokenPartial;
+    type Resources = ();
     fn __run<'__jg>(
         &'__jg self,
+        __jg_res: &'__jg (),
         __jg_run: &'__jg ::jobgraph::__private::RunCore<BrokenStep>,
         __jg_seed: BrokenPartial,
     ) -> impl ::jobgraph::__private::Future<
@@ -218,12 +220,13 @@ impl Broken {
         BrokenOutputs,
         ::jobgraph::__private::JobError<BrokenStep, BrokenPartial>,
     > {
-        ::jobgraph::__private::Runner::run(::jobgraph::__private::runner(self)).await
+        ::jobgraph::__private::Runner::run(::jobgraph::__private::Runner::new(self))
+            .await
     }
     /// A run of the job with per-run options (retry, timeouts, enrichment, listener,
     /// sequential or fail-fast mode, job id).
     pub fn runner(&self) -> ::jobgraph::__private::Runner<'_, Self> {
-        ::jobgraph::__private::runner(self)
+        ::jobgraph::__private::Runner::new(self)
     }
     /// Spawns the run on tokio and returns its handle: its id, a live report, `cancel()` and
     /// `wait()`, which returns what `run` would have. Needs every step's future to be
@@ -255,7 +258,7 @@ impl Broken {
     {
         let (__jg_handle, __jg_seed) = ::jobgraph::__private::handle_core::<
             Self,
-        >(configure(::jobgraph::__private::runner(&self)));
+        >(configure(::jobgraph::__private::Runner::new(&self)));
         let __jg_task = ::jobgraph::__private::Clone::clone(&__jg_handle);
         ::jobgraph::__private::start::<
             Self,
@@ -264,7 +267,12 @@ impl Broken {
             __jg_handle,
             async move {
                 let __jg_job = self;
-                ::jobgraph::__private::drive_started(&__jg_job, &__jg_task, __jg_seed)
+                ::jobgraph::__private::drive_started(
+                        &__jg_job,
+                        &(),
+                        &__jg_task,
+                        __jg_seed,
+                    )
                     .await
             },
         )
