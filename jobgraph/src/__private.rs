@@ -24,11 +24,12 @@ pub use std::sync::Arc;
 pub use serde_json::Error as JsonError;
 
 pub use crate::error::{JobError, StepError};
-pub use crate::job::{Job, JobStep, StepEdges, StepInfo, StepPolicies};
+pub use crate::job::{Job, JobStep, SendJob, StepEdges, StepInfo, StepPolicies};
 pub use crate::limit::{Rate, StepLimits};
 pub use crate::run::RunCore;
 pub use crate::runner::{JobHandle, JobResult, Runner};
 pub use crate::{RetryPolicy, StepContext};
+pub use std::boxed::Box;
 
 pub use crate::durable::{
     Codec, DecodeError, DurableJob, ElementsCodec, Encode, Stored, codec, decode, elements_codec,

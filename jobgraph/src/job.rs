@@ -65,6 +65,32 @@ pub trait Job: Sized {
     fn policies(&self, step: Self::Step) -> Result<StepPolicies, crate::StepError>;
 }
 
+/// A job whose run future is `Send`, so that it can run on any thread: what `#[job]` implements
+/// for every job but a `#[job(local)]` one (whose steps' futures need not be `Send`). A
+/// [`Worker`](crate::Worker) runs only such jobs.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is a `#[job(local)]` job: its steps' futures need not be `Send`, so it cannot run on a worker",
+    label = "a worker runs each step on tokio's threads",
+    note = "leave `local` out of `#[job(..)]` (every step's future must then be `Send`)"
+)]
+pub trait SendJob: Job {
+    /// [`Job::__run`], boxed as a `Send` future.
+    #[doc(hidden)]
+    #[allow(clippy::type_complexity)]
+    fn __run_send<'a>(
+        &'a self,
+        resources: &'a Self::Resources,
+        run: &'a RunCore<Self::Step>,
+        seed: Self::Partial,
+    ) -> std::pin::Pin<
+        Box<
+            dyn Future<Output = Result<Self::Partial, JobError<Self::Step, Self::Partial>>>
+                + Send
+                + 'a,
+        >,
+    >;
+}
+
 /// The policies of one step, as its `#[step(..)]` attribute declares them: what
 /// [`Job::policies`] returns.
 #[derive(Clone)]

@@ -1,6 +1,7 @@
 #![doc = include_str!("../../README.md")]
 
 mod batch;
+mod client;
 mod context;
 pub mod durable;
 mod error;
@@ -15,6 +16,7 @@ mod run;
 mod runner;
 mod sched;
 pub mod store;
+mod worker;
 
 #[doc(hidden)]
 #[allow(missing_docs, unreachable_pub)]
@@ -26,12 +28,15 @@ pub use batch::{
     Batch, BatchAbort, BatchItem, BatchResults, BatchRun, BatchStatus, BatchSummary, RunCounts,
     StatusHandle, StatusListener, StepCounts,
 };
+pub use client::{Client, ClientError, Submit};
 pub use context::{Enrich, StepContext};
 pub use error::{BoxError, JobError, StepError, StepFailure, StepPanic};
-pub use job::{Job, JobStep, StepInfo, StepPolicies};
+pub use job::{Job, JobStep, SendJob, StepInfo, StepPolicies};
 pub use jobgraph_macros::job;
 pub use limit::{LimitRegistry, Rate, RateParseError, StepLimits, ZeroLimit};
 pub use report::{JobReport, Listener, StepEvent, StepReport, StepState};
 pub use retry::{Retry, RetryPolicy};
 pub use runner::{JobErrorOf, JobHandle, JobResult, Runner, Until};
+pub use store::queue::Submitted;
 pub use tokio_util::sync::CancellationToken;
+pub use worker::{CLAIM_LEASE, Worker, WorkerStats};

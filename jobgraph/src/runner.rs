@@ -307,20 +307,45 @@ impl<J: Job> Until<'_, J> {
     }
 }
 
+impl<'j, J> Until<'j, J>
+where
+    J: crate::job::SendJob + Sync,
+    J::Resources: Sync,
+    J::Partial: Send,
+{
+    /// [`run`](Until::run), as a `Send` future: what a worker awaits.
+    pub(crate) fn run_send(
+        self,
+    ) -> impl Future<Output = Result<J::Partial, JobErrorOf<J>>> + Send + 'j {
+        let (job, run, seed) = self.runner.core(false);
+        async move {
+            let span = run_span::<J>(&run);
+            J::__run_send(job.job, job.resources, &run, seed)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+/// The span of a run, for a subscriber that takes it.
+fn run_span<J: Job>(run: &RunCore<J::Step>) -> tracing::Span {
+    // Only for a subscriber that takes it: the span's fields would make the run's id (an
+    // allocation) even when nothing records them, as tracing's `log` feature (which sqlx turns
+    // on) evaluates them for `log` too.
+    if tracing::level_enabled!(tracing::Level::INFO) {
+        tracing::info_span!("job", job = J::NAME, job_id = run.job_id())
+    } else {
+        tracing::Span::none()
+    }
+}
+
 /// Runs `job` from `seed` inside the run's span: the outputs the run has.
 pub(crate) fn drive<'a, J: Job>(
     job: Lent<'a, J>,
     run: &'a RunCore<J::Step>,
     seed: J::Partial,
 ) -> impl Future<Output = Result<J::Partial, JobErrorOf<J>>> + 'a {
-    // Only for a subscriber that takes it: the span's fields would make the run's id (an
-    // allocation) even when nothing records them, as tracing's `log` feature (which sqlx turns
-    // on) evaluates them for `log` too.
-    let span = if tracing::level_enabled!(tracing::Level::INFO) {
-        tracing::info_span!("job", job = J::NAME, job_id = run.job_id())
-    } else {
-        tracing::Span::none()
-    };
+    let span = run_span::<J>(run);
     // The run future holds every step's future, so it is large: box it once per run, so that
     // moving it (into `Instrumented`, into the caller's future) copies a pointer, not the graph.
     // Writing it into a fresh allocation lets the compiler build it there rather than on the

@@ -982,7 +982,7 @@ async fn sqlite_refuses_another_schema_version() {
             .fetch_one(&mut raw(dir.path()).await)
             .await
             .unwrap();
-    assert_eq!(version, "1");
+    assert_eq!(version, "2");
 
     execute(
         dir.path(),
@@ -995,7 +995,7 @@ async fn sqlite_refuses_another_schema_version() {
             err,
             StoreError::Schema {
                 found: 99,
-                expected: 1
+                expected: 2
             }
         ),
         "{err:?}"

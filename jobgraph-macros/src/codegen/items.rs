@@ -293,6 +293,27 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: Option<&Graph>, paths: &Paths) -> T
     let error = quote!(#p::JobError<#step_enum, #partial #ty_generics>);
     let result = quote!(#p::Result<#outputs #ty_generics, #error>);
     let start = (!job.local).then(|| start_method(job, paths));
+    let send_job = (!job.local).then(|| {
+        let bounds = start_bounds(job, paths);
+        let predicates = where_clause.iter().flat_map(|w| &w.predicates);
+        quote! {
+            impl #impl_generics #p::SendJob for #self_ty
+            where #(#predicates,)* #bounds
+            {
+                fn __run_send<'__jg>(
+                    &'__jg self,
+                    #res_param: &'__jg #resources,
+                    #run_param: &'__jg #p::RunCore<#step_enum>,
+                    #seed_param: #partial #ty_generics,
+                ) -> #p::Pin<#p::Box<
+                    dyn #p::Future<Output = #p::Result<#partial #ty_generics, #error>>
+                        + #p::Send + '__jg,
+                >> {
+                    #p::Box::pin(<Self as #p::Job>::__run(self, #res_param, #run_param, #seed_param))
+                }
+            }
+        }
+    });
     let run_fns = run_fns(job, &result, paths);
     quote! {
         impl #impl_generics #p::Job for #self_ty #where_clause {
@@ -339,6 +360,8 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: Option<&Graph>, paths: &Paths) -> T
 
             #start
         }
+
+        #send_job
     }
 }
 

@@ -39,12 +39,16 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 mod memory;
+// The queue protocol: submitted runs executed one step at a time by workers.
+pub mod queue;
 // `StoredRun::dot`, `StoredRun::mermaid_gantt` and the report helpers: inherent methods.
 mod render;
 #[cfg(feature = "sqlite")]
 mod schema;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_queue;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "sqlite")]
@@ -557,6 +561,40 @@ pub enum StoreError {
         run: String,
         /// The owner that lost it.
         owner: String,
+    },
+    /// `worker` no longer holds claim `attempt` of the step: its lease expired and another
+    /// claim took the step, the step was settled, or its run ended or was aborted. Nothing was
+    /// written (a queue's fence).
+    #[error(
+        "worker `{worker}` no longer holds claim {attempt} of step `{step}` of run `{run}` (its \
+         lease expired and the step was claimed again, or the run ended or was aborted); its \
+         result was not stored"
+    )]
+    ClaimLost {
+        /// The run.
+        run: String,
+        /// The step.
+        step: String,
+        /// The claim's number.
+        attempt: u32,
+        /// The worker that held it.
+        worker: String,
+    },
+    /// A submitted run's id is taken by another run.
+    #[error(
+        "run id `{run}` is taken by another run; submit with another id (or an idempotency key)"
+    )]
+    IdTaken {
+        /// The run id.
+        run: String,
+    },
+    /// A submission the queue refuses: say why.
+    #[error("cannot submit a run of job `{job}`: {why}")]
+    InvalidSubmission {
+        /// The job.
+        job: String,
+        /// Why.
+        why: String,
     },
     /// The run id is taken by a run of another job.
     #[error(

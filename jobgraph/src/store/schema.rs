@@ -13,7 +13,10 @@ use super::sqlite::corrupt_or_database;
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_runs_steps_elements.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_runs_steps_elements.sql"),
+    include_str!("migrations/0002_queue.sql"),
+];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS jobgraph_meta (
     key   TEXT NOT NULL PRIMARY KEY,

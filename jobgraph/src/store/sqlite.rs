@@ -141,22 +141,25 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    /// Moves every lease's expiry `by` into the past, as if that much time had passed: protocol
-    /// tests age leases in SQL instead of sleeping.
+    /// Moves every lease's expiry (runs' and claimed steps') and every queued run's time to live
+    /// `by` into the past, as if that much time had passed: protocol tests age leases in SQL
+    /// instead of sleeping.
     ///
     /// # Panics
     ///
     /// If the database fails (a test helper).
     #[doc(hidden)]
     pub async fn age_leases(&self, by: Duration) {
-        sqlx::query(AGE_LEASES)
-            .bind(millis(by))
-            .execute(&self.pool)
-            .await
-            .expect("age_leases: the store's database failed");
+        for statement in [AGE_LEASES, AGE_CLAIMS, AGE_EXPIRIES] {
+            sqlx::query(statement)
+                .bind(millis(by))
+                .execute(&self.pool)
+                .await
+                .expect("age_leases: the store's database failed");
+        }
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+    pub(super) async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
@@ -175,7 +178,7 @@ pub(super) fn corrupt_or_database(error: sqlx::Error, what: &str) -> StoreError 
     }
 }
 
-fn get<'r, T>(row: &'r SqliteRow, column: &str, table: &str) -> Result<T, StoreError>
+pub(super) fn get<'r, T>(row: &'r SqliteRow, column: &str, table: &str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
 {
@@ -195,7 +198,7 @@ fn step_status(value: &str, run: &str, step: &str) -> Result<StepStatus, StoreEr
     })
 }
 
-fn graph(json: &str, run: &str) -> Result<GraphSpec, StoreError> {
+pub(super) fn graph(json: &str, run: &str) -> Result<GraphSpec, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
         what: format!("the graph of run `{run}` ({e})"),
     })
@@ -208,13 +211,13 @@ fn lease_lost(run: &str, owner: &str) -> StoreError {
     }
 }
 
-fn no_such_run(run: &str) -> StoreError {
+pub(super) fn no_such_run(run: &str) -> StoreError {
     StoreError::NoSuchRun {
         run: run.to_owned(),
     }
 }
 
-fn no_such_step(run: &str, step: &str) -> StoreError {
+pub(super) fn no_such_step(run: &str, step: &str) -> StoreError {
     StoreError::NoSuchStep {
         run: run.to_owned(),
         step: step.to_owned(),
@@ -225,6 +228,12 @@ fn no_such_step(run: &str, step: &str) -> StoreError {
 
 const AGE_LEASES: &str =
     "UPDATE jobgraph_runs SET lease_until = lease_until - ?1 WHERE lease_until IS NOT NULL";
+
+const AGE_CLAIMS: &str =
+    "UPDATE jobgraph_steps SET lease_until = lease_until - ?1 WHERE lease_until IS NOT NULL";
+
+const AGE_EXPIRIES: &str =
+    "UPDATE jobgraph_runs SET expires_at = expires_at - ?1 WHERE expires_at IS NOT NULL";
 
 /// A run's job, state and lease, for `open_run` and `reset_step`.
 struct Head {

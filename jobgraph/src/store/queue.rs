@@ -1,0 +1,184 @@
+//! The queue: runs submitted by a [`Client`](crate::Client) and executed one step at a time by
+//! [`Worker`](crate::Worker)s, in any number of processes sharing one store.
+//!
+//! The protocol is the one PostgreSQL job queues proved (River, Oban, graphile-worker, awa), on
+//! steps rather than whole jobs:
+//!
+//! - [`submit`](Queue::submit) stores the run, its input and its steps; a step with no
+//!   dependency is *ready* at the run's `run_at`, the others wait for their dependencies
+//!   (parents and `after` steps). A submit with an idempotency key that exists returns the first
+//!   run.
+//! - [`claim`](Queue::claim) takes up to `limit` ready steps of the given jobs, highest priority
+//!   first, then oldest `ready_at`, each under a lease until now + `lease`, and returns each with
+//!   the run's input and its dependencies' outputs. Each claim increments the step's claim
+//!   number, which *fences* it: only the holder of the latest claim can settle the step. A step
+//!   whose lease expired is ready again (its worker died or stalled); once a step's claims
+//!   expired `max_attempts` times it fails instead.
+//! - [`heartbeat`](Queue::heartbeat) extends the leases of the claims a worker still holds and
+//!   says which it lost and which were aborted.
+//! - [`complete`](Queue::complete) stores the step's output, and in the same transaction makes
+//!   each child whose last dependency this was ready, and ends the run when no step is left.
+//!   [`fail`](Queue::fail) either puts the step back, ready at `retry_at` (its retry policy
+//!   asked for it and `max_fails` allows it), or fails it for good and skips its descendants.
+//!   Both are fenced: a stale claim gets [`StoreError::LeaseLost`] and changes nothing.
+//! - [`abort`](Queue::abort) cancels a run: its pending steps never start, and the workers running
+//!   its claimed steps learn of it at their next heartbeat, which cancels them.
+//!
+//! Steps run at least once; each step's output and each run's outcome are committed exactly
+//! once.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use super::{GraphSpec, Store, StoreError};
+
+/// The queue protocol of a store: see the [module docs](self).
+pub trait Queue: Store {
+    /// Stores a new run for workers to execute, or, if `submission.key` names a run of the same
+    /// job, returns that run's id with `created: false`.
+    fn submit<'a>(
+        &'a self,
+        submission: Submission<'a>,
+    ) -> BoxFuture<'a, Result<Submitted, StoreError>>;
+
+    /// Claims up to `limit` ready steps of the runs of `jobs` for `worker`, each until now +
+    /// `lease`. Before claiming, fails the runs whose time to live expired and the steps whose
+    /// claims expired `max_attempts` times.
+    fn claim<'a>(
+        &'a self,
+        worker: &'a str,
+        jobs: &'a [&'a str],
+        limit: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claim>, StoreError>>;
+
+    /// Extends to now + `lease` each of `claims` that `worker` still holds: for each claim, in
+    /// order, whether it is still held.
+    fn heartbeat<'a>(
+        &'a self,
+        worker: &'a str,
+        claims: &'a [ClaimId],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Held>, StoreError>>;
+
+    /// Step `claim.step` completed with `output` (JSON): stored, its children whose last
+    /// dependency it was made ready, and the run ended if no step is left, in one transaction.
+    /// [`StoreError::LeaseLost`] if `worker` no longer holds the claim.
+    fn complete<'a>(
+        &'a self,
+        worker: &'a str,
+        claim: &'a ClaimId,
+        output: &'a str,
+        started_at: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Step `claim.step` returned `error`. With `retry_at` (its retry policy asks for another
+    /// attempt) and fewer fails than the run's `max_fails`, it is ready again at `retry_at`;
+    /// otherwise it fails, its descendants are skipped, and the run ends if no step is left.
+    /// Fenced like [`complete`](Queue::complete).
+    fn fail<'a>(
+        &'a self,
+        worker: &'a str,
+        claim: &'a ClaimId,
+        error: &'a str,
+        started_at: i64,
+        retry_at: Option<i64>,
+    ) -> BoxFuture<'a, Result<Failed, StoreError>>;
+
+    /// Cancels run `run` if it has not ended: its pending steps are cancelled, and its claimed
+    /// steps' heartbeats say [`Held::Aborted`]. `false` if the run had already ended.
+    /// [`StoreError::NoSuchRun`] if there is no such run.
+    fn abort<'a>(&'a self, run: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+}
+
+/// A run to submit: what [`Queue::submit`] stores.
+#[derive(Clone, Copy, Debug)]
+pub struct Submission<'a> {
+    /// The run's id.
+    pub id: &'a str,
+    /// The job's name.
+    pub job: &'a str,
+    /// The job's input, JSON.
+    pub input: &'a str,
+    /// The job's graph.
+    pub graph: &'a GraphSpec,
+    /// The batch the run belongs to, if any.
+    pub batch: Option<&'a str>,
+    /// The idempotency key: a second submit of the same job with this key returns the first run.
+    pub key: Option<&'a str>,
+    /// Higher runs' steps are claimed first.
+    pub priority: i32,
+    /// When the run's first steps become ready (Unix ms).
+    pub run_at: i64,
+    /// When the run fails if it has not ended (Unix ms), if ever.
+    pub expires_at: Option<i64>,
+    /// How many claims of one step may expire before the step fails (at least 1).
+    pub max_attempts: u32,
+    /// How many errors one step may return before it fails for good, if its retry policy asks
+    /// for more (at least 1); `None`: the retry policy alone decides.
+    pub max_fails: Option<u32>,
+}
+
+/// What [`Queue::submit`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    /// The run's id: the new run's, or the first run's with the same key.
+    pub id: String,
+    /// Whether this submit created the run.
+    pub created: bool,
+}
+
+/// Which claim of which step: what fences a worker's writes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClaimId {
+    /// The run's id.
+    pub run: String,
+    /// The step's name.
+    pub step: String,
+    /// The claim's number: 1 for the step's first claim.
+    pub attempt: u32,
+}
+
+/// A step claimed by a worker: what it needs to run it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The run, the step and the claim's number.
+    pub id: ClaimId,
+    /// The run's job.
+    pub job: String,
+    /// The step's index in the job's graph.
+    pub position: usize,
+    /// How many earlier claims of the step returned an error.
+    pub fails: u32,
+    /// The run's input, JSON.
+    pub input: String,
+    /// The outputs of the step's parents and `after` steps: (name, JSON), in graph order.
+    pub deps: Vec<(String, String)>,
+    /// When the claim's lease ends unless renewed (Unix ms).
+    pub lease_until: i64,
+}
+
+/// What [`Queue::heartbeat`] found of one claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Held {
+    /// Still the worker's; its lease is extended.
+    Held,
+    /// Another claim took the step (this one's lease expired), or the step was settled: the
+    /// worker must stop it, and cannot commit it.
+    Lost,
+    /// Its run was aborted: the worker must cancel the step.
+    Aborted,
+}
+
+/// What [`Queue::fail`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Failed {
+    /// The step is ready again at this time (Unix ms).
+    Retrying {
+        /// When.
+        at: i64,
+    },
+    /// The step failed for good: its descendants are skipped.
+    Failed,
+}

@@ -1,0 +1,562 @@
+//! The [`Queue`] protocol on SQLite: several worker processes on one machine, no server.
+//!
+//! Every write is one `BEGIN IMMEDIATE` transaction, so claims are disjoint without `SKIP
+//! LOCKED`: SQLite has one writer at a time, and a claim reads and updates its steps in one
+//! statement.
+
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use sqlx::{Row, SqliteConnection};
+
+use super::queue::{Claim, ClaimId, Failed, Held, Queue, Submission, Submitted};
+use super::sqlite::{SqliteStore, get, graph};
+use super::{GraphSpec, StoreError, now_ms, plus};
+
+impl Queue for SqliteStore {
+    fn submit<'a>(&'a self, s: Submission<'a>) -> BoxFuture<'a, Result<Submitted, StoreError>> {
+        async move {
+            check_submission(&s)?;
+            let mut tx = self.begin().await?;
+            if let Some(key) = s.key {
+                let found: Option<String> = sqlx::query_scalar(SELECT_BY_KEY)
+                    .bind(s.job)
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(id) = found {
+                    return Ok(Submitted { id, created: false });
+                }
+            }
+            let graph_json = serde_json::to_string(s.graph).map_err(|e| StoreError::Corrupt {
+                what: format!("the graph of job `{}` cannot be written ({e})", s.job),
+            })?;
+            let now = now_ms();
+            let inserted = sqlx::query(INSERT_QUEUED_RUN)
+                .bind(s.id)
+                .bind(s.job)
+                .bind(s.batch)
+                .bind(s.input)
+                .bind(&graph_json)
+                .bind(now)
+                .bind(s.key)
+                .bind(s.priority)
+                .bind(s.expires_at)
+                .bind(i64::from(s.max_attempts))
+                .bind(s.max_fails.map(i64::from))
+                .execute(&mut *tx)
+                .await;
+            if let Err(sqlx::Error::Database(e)) = &inserted
+                && e.is_unique_violation()
+            {
+                return Err(StoreError::IdTaken {
+                    run: s.id.to_owned(),
+                });
+            }
+            inserted?;
+            for (position, step) in s.graph.steps.iter().enumerate() {
+                let waiting = dependencies(s.graph, position).len();
+                let ready_at = (waiting == 0).then_some(s.run_at);
+                sqlx::query(INSERT_QUEUED_STEP)
+                    .bind(s.id)
+                    .bind(&step.name)
+                    .bind(position as i64)
+                    .bind(s.job)
+                    .bind(waiting as i64)
+                    .bind(ready_at)
+                    .bind(s.priority)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(Submitted {
+                id: s.id.to_owned(),
+                created: true,
+            })
+        }
+        .boxed()
+    }
+
+    fn claim<'a>(
+        &'a self,
+        worker: &'a str,
+        jobs: &'a [&'a str],
+        limit: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claim>, StoreError>> {
+        async move {
+            if limit == 0 || jobs.is_empty() {
+                return Ok(Vec::new());
+            }
+            let jobs_json = serde_json::to_string(jobs).expect("names serialize");
+            let now = now_ms();
+            let until = plus(now, lease);
+            let mut tx = self.begin().await?;
+            expire_runs(&mut tx, now).await?;
+            exhaust_steps(&mut tx, &jobs_json, now).await?;
+            let rows = sqlx::query(CLAIM)
+                .bind(worker)
+                .bind(until)
+                .bind(&jobs_json)
+                .bind(now)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&mut *tx)
+                .await?;
+            // `RETURNING` has no order: claim in the queue's.
+            let mut rows = rows;
+            rows.sort_by_key(|row| {
+                let priority: i64 = row.try_get("priority").unwrap_or(0);
+                let ready_at: i64 = row.try_get("ready_at").unwrap_or(0);
+                (std::cmp::Reverse(priority), ready_at)
+            });
+            let mut claims = Vec::with_capacity(rows.len());
+            for row in rows {
+                const T: &str = "jobgraph_steps";
+                let run: String = get(&row, "run_id", T)?;
+                let step: String = get(&row, "name", T)?;
+                let position: i64 = get(&row, "position", T)?;
+                let attempt: i64 = get(&row, "claims", T)?;
+                let fails: i64 = get(&row, "fails", T)?;
+                let job: String = get(&row, "job", T)?;
+                sqlx::query(START_RUN)
+                    .bind(&run)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                let head = sqlx::query(SELECT_INPUT)
+                    .bind(&run)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let input: String = get(&head, "input", "jobgraph_runs")?;
+                let spec = graph(&get::<String>(&head, "graph", "jobgraph_runs")?, &run)?;
+                let position = usize::try_from(position).map_err(|_| StoreError::Corrupt {
+                    what: format!("the position of step `{step}` of run `{run}`"),
+                })?;
+                let deps = dependencies(&spec, position);
+                let mut outputs = Vec::with_capacity(deps.len());
+                for dep in deps {
+                    let name = &spec.steps[dep].name;
+                    let output: Option<String> = sqlx::query_scalar(SELECT_OUTPUT)
+                        .bind(&run)
+                        .bind(name)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .flatten();
+                    let output = output.ok_or_else(|| StoreError::Corrupt {
+                        what: format!(
+                            "step `{step}` of run `{run}` was ready without the output of `{name}`"
+                        ),
+                    })?;
+                    outputs.push((name.clone(), output));
+                }
+                claims.push(Claim {
+                    id: ClaimId {
+                        run,
+                        step,
+                        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                    },
+                    job,
+                    position,
+                    fails: u32::try_from(fails).unwrap_or(u32::MAX),
+                    input,
+                    deps: outputs,
+                    lease_until: until,
+                });
+            }
+            tx.commit().await?;
+            Ok(claims)
+        }
+        .boxed()
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        worker: &'a str,
+        claims: &'a [ClaimId],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Held>, StoreError>> {
+        async move {
+            let until = plus(now_ms(), lease);
+            let mut tx = self.begin().await?;
+            let mut held = Vec::with_capacity(claims.len());
+            for claim in claims {
+                let renewed = sqlx::query(RENEW_CLAIM)
+                    .bind(&claim.run)
+                    .bind(&claim.step)
+                    .bind(worker)
+                    .bind(i64::from(claim.attempt))
+                    .bind(until)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                held.push(if renewed == 1 {
+                    Held::Held
+                } else {
+                    let state: Option<String> = sqlx::query_scalar(SELECT_RUN_STATE)
+                        .bind(&claim.run)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match state.as_deref() {
+                        Some("cancelled") => Held::Aborted,
+                        _ => Held::Lost,
+                    }
+                });
+            }
+            tx.commit().await?;
+            Ok(held)
+        }
+        .boxed()
+    }
+
+    fn complete<'a>(
+        &'a self,
+        worker: &'a str,
+        claim: &'a ClaimId,
+        output: &'a str,
+        started_at: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let now = now_ms();
+            let mut tx = self.begin().await?;
+            let done = sqlx::query(COMPLETE_STEP)
+                .bind(&claim.run)
+                .bind(&claim.step)
+                .bind(worker)
+                .bind(i64::from(claim.attempt))
+                .bind(output)
+                .bind(started_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if done != 1 {
+                return Err(claim_lost(claim, worker));
+            }
+            let spec = run_graph(&mut tx, &claim.run).await?;
+            let position = spec
+                .position(&claim.step)
+                .ok_or_else(|| super::sqlite::no_such_step(&claim.run, &claim.step))?;
+            for child in children(&spec, position) {
+                sqlx::query(DEPENDENCY_DONE)
+                    .bind(&claim.run)
+                    .bind(child as i64)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            settle_run(&mut tx, &claim.run, now).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn fail<'a>(
+        &'a self,
+        worker: &'a str,
+        claim: &'a ClaimId,
+        error: &'a str,
+        started_at: i64,
+        retry_at: Option<i64>,
+    ) -> BoxFuture<'a, Result<Failed, StoreError>> {
+        async move {
+            let now = now_ms();
+            let mut tx = self.begin().await?;
+            if let Some(at) = retry_at {
+                let retried = sqlx::query(RETRY_STEP)
+                    .bind(&claim.run)
+                    .bind(&claim.step)
+                    .bind(worker)
+                    .bind(i64::from(claim.attempt))
+                    .bind(error)
+                    .bind(started_at)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if retried == 1 {
+                    tx.commit().await?;
+                    return Ok(Failed::Retrying { at });
+                }
+            }
+            let failed = sqlx::query(FAIL_STEP)
+                .bind(&claim.run)
+                .bind(&claim.step)
+                .bind(worker)
+                .bind(i64::from(claim.attempt))
+                .bind(error)
+                .bind(started_at)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if failed != 1 {
+                return Err(claim_lost(claim, worker));
+            }
+            skip_descendants(&mut tx, &claim.run, &claim.step).await?;
+            settle_run(&mut tx, &claim.run, now).await?;
+            tx.commit().await?;
+            Ok(Failed::Failed)
+        }
+        .boxed()
+    }
+
+    fn abort<'a>(&'a self, run: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let now = now_ms();
+            let mut tx = self.begin().await?;
+            let state: Option<String> = sqlx::query_scalar(SELECT_RUN_STATE)
+                .bind(run)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(state) = state else {
+                return Err(super::sqlite::no_such_run(run));
+            };
+            if !matches!(state.as_str(), "pending" | "running") {
+                return Ok(false);
+            }
+            sqlx::query(ABORT_RUN)
+                .bind(run)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(CANCEL_PENDING_STEPS)
+                .bind(run)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .boxed()
+    }
+}
+
+/// A submission whose numbers no run can have.
+fn check_submission(s: &Submission<'_>) -> Result<(), StoreError> {
+    if let Some(why) = s.graph.check() {
+        return Err(StoreError::InvalidGraph {
+            run: s.id.to_owned(),
+            reason: why,
+        });
+    }
+    if s.max_attempts == 0 || s.max_fails == Some(0) {
+        return Err(StoreError::InvalidSubmission {
+            job: s.job.to_owned(),
+            why: "max_attempts and max_fails must be at least 1".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn claim_lost(claim: &ClaimId, worker: &str) -> StoreError {
+    StoreError::ClaimLost {
+        run: claim.run.clone(),
+        step: claim.step.clone(),
+        attempt: claim.attempt,
+        worker: worker.to_owned(),
+    }
+}
+
+/// The steps `position` waits for: its parents and `after` steps, each once, ascending.
+pub(super) fn dependencies(graph: &GraphSpec, position: usize) -> Vec<usize> {
+    let step = &graph.steps[position];
+    let mut deps: Vec<usize> = step.parents.iter().chain(&step.after).copied().collect();
+    deps.sort_unstable();
+    deps.dedup();
+    deps
+}
+
+/// The steps that wait for `position`, each once, ascending.
+pub(super) fn children(graph: &GraphSpec, position: usize) -> Vec<usize> {
+    (0..graph.steps.len())
+        .filter(|&c| dependencies(graph, c).contains(&position))
+        .collect()
+}
+
+async fn run_graph(conn: &mut SqliteConnection, run: &str) -> Result<GraphSpec, StoreError> {
+    let json: Option<String> = sqlx::query_scalar(SELECT_GRAPH)
+        .bind(run)
+        .fetch_optional(conn)
+        .await?;
+    let json = json.ok_or_else(|| super::sqlite::no_such_run(run))?;
+    graph(&json, run)
+}
+
+/// Fails the queued runs whose time to live is over, cancelling their pending steps.
+async fn expire_runs(conn: &mut SqliteConnection, now: i64) -> Result<(), StoreError> {
+    let expired: Vec<String> = sqlx::query_scalar(EXPIRE_RUNS)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    for run in expired {
+        sqlx::query(CANCEL_PENDING_STEPS)
+            .bind(&run)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Fails the steps whose claims expired `max_attempts` times (their last lease is over too).
+async fn exhaust_steps(
+    conn: &mut SqliteConnection,
+    jobs_json: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query(EXHAUST_STEPS)
+        .bind(jobs_json)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in rows {
+        let run: String = get(&row, "run_id", "jobgraph_steps")?;
+        let step: String = get(&row, "name", "jobgraph_steps")?;
+        skip_descendants(conn, &run, &step).await?;
+        settle_run(conn, &run, now).await?;
+    }
+    Ok(())
+}
+
+async fn skip_descendants(
+    conn: &mut SqliteConnection,
+    run: &str,
+    step: &str,
+) -> Result<(), StoreError> {
+    let spec = run_graph(conn, run).await?;
+    let Some(position) = spec.position(step) else {
+        return Ok(());
+    };
+    for (index, skipped) in spec.descendants(position).into_iter().enumerate() {
+        if skipped && index != position {
+            sqlx::query(SKIP_STEP)
+                .bind(run)
+                .bind(index as i64)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Ends run `run` if none of its steps is pending: failed if one failed, else succeeded.
+async fn settle_run(conn: &mut SqliteConnection, run: &str, now: i64) -> Result<(), StoreError> {
+    let row = sqlx::query(COUNT_LEFT)
+        .bind(run)
+        .fetch_one(&mut *conn)
+        .await?;
+    let pending: i64 = row.try_get("pending").unwrap_or(0);
+    let failed: Option<String> = row.try_get("failed").unwrap_or(None);
+    if pending > 0 {
+        return Ok(());
+    }
+    let (state, error) = match failed {
+        Some(step) => ("failed", Some(format!("step `{step}` failed"))),
+        None => ("succeeded", None),
+    };
+    sqlx::query(END_RUN)
+        .bind(run)
+        .bind(state)
+        .bind(error)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+// ---- Statements ---------------------------------------------------------------------------------
+
+const SELECT_BY_KEY: &str = "SELECT id FROM jobgraph_runs WHERE job = ?1 AND idem_key = ?2";
+
+const INSERT_QUEUED_RUN: &str = "INSERT INTO jobgraph_runs
+    (id, job, batch, input, graph, state, created_at, updated_at,
+     queued, idem_key, priority, expires_at, max_attempts, max_fails)
+    VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, 1, ?7, ?8, ?9, ?10, ?11)";
+
+const INSERT_QUEUED_STEP: &str = "INSERT INTO jobgraph_steps
+    (run_id, name, position, state, job, waiting, ready_at, priority)
+    VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7)";
+
+const EXPIRE_RUNS: &str = "UPDATE jobgraph_runs
+    SET state = 'failed', error = 'its time to live expired', updated_at = ?1
+    WHERE queued = 1 AND expires_at IS NOT NULL AND expires_at <= ?1
+      AND state IN ('pending', 'running')
+    RETURNING id";
+
+const EXHAUST_STEPS: &str = "UPDATE jobgraph_steps
+    SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = ?2,
+        attempts = claims,
+        error = 'its worker stopped answering (lease expired) on each of its ' || claims || ' claims'
+    WHERE state = 'pending' AND worker IS NOT NULL AND lease_until <= ?2
+      AND job IN (SELECT value FROM json_each(?1))
+      AND claims >= (SELECT max_attempts FROM jobgraph_runs r WHERE r.id = run_id)
+    RETURNING run_id, name";
+
+const CLAIM: &str = "UPDATE jobgraph_steps
+    SET worker = ?1, lease_until = ?2, claims = claims + 1
+    WHERE rowid IN (
+        SELECT rowid FROM jobgraph_steps
+        WHERE job IN (SELECT value FROM json_each(?3))
+          AND state = 'pending' AND ready_at IS NOT NULL AND ready_at <= ?4
+          AND (worker IS NULL OR lease_until <= ?4)
+        ORDER BY priority DESC, ready_at
+        LIMIT ?5)
+    RETURNING run_id, name, position, claims, fails, job, priority, ready_at";
+
+const START_RUN: &str = "UPDATE jobgraph_runs SET state = 'running', updated_at = ?2
+    WHERE id = ?1 AND state = 'pending'";
+
+const SELECT_INPUT: &str = "SELECT input, graph FROM jobgraph_runs WHERE id = ?1";
+
+const SELECT_GRAPH: &str = "SELECT graph FROM jobgraph_runs WHERE id = ?1";
+
+const SELECT_OUTPUT: &str = "SELECT output FROM jobgraph_steps
+    WHERE run_id = ?1 AND name = ?2 AND state = 'completed'";
+
+const RENEW_CLAIM: &str = "UPDATE jobgraph_steps SET lease_until = ?5
+    WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'";
+
+const SELECT_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = ?1";
+
+const COMPLETE_STEP: &str = "UPDATE jobgraph_steps
+    SET state = 'completed', output = ?5, attempts = claims, error = NULL,
+        started_at = COALESCE(started_at, ?6), ended_at = ?7,
+        worker = NULL, lease_until = NULL, ready_at = NULL
+    WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'";
+
+const DEPENDENCY_DONE: &str = "UPDATE jobgraph_steps
+    SET waiting = waiting - 1, ready_at = CASE WHEN waiting = 1 THEN ?3 ELSE NULL END
+    WHERE run_id = ?1 AND position = ?2 AND state = 'pending' AND waiting > 0";
+
+const RETRY_STEP: &str = "UPDATE jobgraph_steps
+    SET fails = fails + 1, error = ?5, attempts = claims, started_at = COALESCE(started_at, ?6),
+        worker = NULL, lease_until = NULL, ready_at = ?7
+    WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'
+      AND fails + 1 < COALESCE((SELECT max_fails FROM jobgraph_runs r WHERE r.id = run_id),
+                               9223372036854775807)";
+
+const FAIL_STEP: &str = "UPDATE jobgraph_steps
+    SET state = 'failed', fails = fails + 1, error = ?5, attempts = claims,
+        started_at = COALESCE(started_at, ?6), ended_at = ?7,
+        worker = NULL, lease_until = NULL, ready_at = NULL
+    WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'";
+
+const SKIP_STEP: &str = "UPDATE jobgraph_steps
+    SET state = 'skipped', ready_at = NULL, worker = NULL, lease_until = NULL
+    WHERE run_id = ?1 AND position = ?2 AND state = 'pending'";
+
+const COUNT_LEFT: &str = "SELECT
+        COUNT(*) FILTER (WHERE state = 'pending') AS pending,
+        MIN(name) FILTER (WHERE state = 'failed') AS failed
+    FROM jobgraph_steps WHERE run_id = ?1";
+
+const END_RUN: &str = "UPDATE jobgraph_runs SET state = ?2, error = ?3, updated_at = ?4
+    WHERE id = ?1 AND state IN ('pending', 'running')";
+
+const ABORT_RUN: &str = "UPDATE jobgraph_runs
+    SET state = 'cancelled', error = 'aborted', updated_at = ?2 WHERE id = ?1";
+
+const CANCEL_PENDING_STEPS: &str = "UPDATE jobgraph_steps
+    SET state = 'cancelled', ready_at = NULL, ended_at = ?2
+    WHERE run_id = ?1 AND state = 'pending'";
