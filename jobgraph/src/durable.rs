@@ -226,6 +226,31 @@ pub fn decode<T>(
     }
 }
 
+/// The outputs of stored run `run`, which succeeded, from its decoded outputs `seed`.
+///
+/// A step of `J` the run holds no output of (the job gained the step after the run succeeded)
+/// is [`StoreError::NoSuchStep`] naming it: `J::__outputs` needs every step's output, and
+/// panicked without one.
+pub(crate) fn succeeded_outputs<J: DurableJob>(
+    run: &StoredRun,
+    seed: J::Partial,
+) -> Result<J::Outputs, DurableErrorOf<J>> {
+    let missing = J::Step::ALL.iter().map(|s| s.name()).find(|&name| {
+        !run.step(name)
+            .is_some_and(|s| s.state == crate::store::StepStatus::Completed && s.output.is_some())
+    });
+    match missing {
+        None => Ok(J::__outputs(seed)),
+        Some(step) => Err(DurableError::Store {
+            run: run.id.clone(),
+            error: StoreError::NoSuchStep {
+                run: run.id.clone(),
+                step: step.to_owned(),
+            },
+        }),
+    }
+}
+
 /// Unix milliseconds of a moment `nanos` after the run started.
 fn unix_ms<S: JobStep>(run: &RunCore<S>, nanos: u64) -> i64 {
     let at = run.started_at() + Duration::from_nanos(nanos);
@@ -425,7 +450,7 @@ impl<'j, J: DurableJob> DurableRunner<'j, J> {
                 run: id.clone(),
                 error,
             })?;
-            return Ok(J::__outputs(seed));
+            return succeeded_outputs::<J>(&stored, seed);
         }
         let durable = Durable {
             store: Arc::clone(&store),

@@ -1,6 +1,8 @@
 //! Integration tests and benchmarks of jobgraph live in `tests/` and `benches/`; this library
 //! holds what several test files share.
 
+pub mod kill;
+
 /// Runs each `case` (an `async fn(store, base: u64)`) as a test on a fresh in-memory store (in
 /// module `memory`) and on a fresh SQLite file (module `sqlite`). `base` numbers the case's
 /// inputs apart per store (0 and 1000), for counters that are global to the test binary.

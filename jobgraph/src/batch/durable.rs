@@ -634,7 +634,7 @@ async fn load_outputs<J: DurableJob>(store: &dyn Store, id: &str) -> DurableResu
         run: id.to_owned(),
         error,
     })?;
-    Ok(J::__outputs(seed))
+    crate::durable::succeeded_outputs::<J>(&run, seed)
 }
 
 /// Calls the status listener when the counts changed since its last call.
