@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::durable::{DecodeError, DurableJob, graph_spec};
-use crate::store::queue::{Queue, Submission, Submitted};
+use crate::store::queue::{BatchCounts, Queue, Submission, Submitted};
 use crate::store::{RunState, StoreError, StoredRun, now_ms, plus};
+use crate::{BatchStatus, RunCounts, StepCounts};
 use crate::{Job, JobStep};
 
 /// Submits runs of `#[job(durable)]` jobs for [`Worker`](crate::Worker)s to execute, and reads
@@ -68,18 +69,86 @@ impl Client {
     /// Submits a run of `job` (its value is the run's input): set its options on the returned
     /// [`Submit`], then `.await` it.
     pub fn submit<'c, J: DurableJob>(&'c self, job: &'c J) -> Submit<'c, J> {
-        Submit {
-            client: self,
-            job,
-            id: None,
-            key: None,
-            batch: None,
-            priority: 0,
-            run_at: None,
-            ttl: None,
-            max_attempts: Submit::<J>::DEFAULT_MAX_ATTEMPTS,
-            max_fails: None,
-        }
+        Submit::new(
+            self,
+            One {
+                job,
+                id: None,
+                key: None,
+                batch: None,
+            },
+        )
+    }
+
+    /// Submits a run per input as batch `name`, in one transaction: runs `name/0`, `name/1`...,
+    /// numbered on after the batch's runs already stored, so submitting to a batch again appends
+    /// to it. Set their options (`held`, priority, TTL...) on the returned [`Submit`], then
+    /// `.await` it for the new runs' ids.
+    pub fn submit_batch<J: DurableJob>(
+        &self,
+        name: impl Into<String>,
+        inputs: impl IntoIterator<Item = J>,
+    ) -> Submit<'_, J, Many<J>> {
+        Submit::new(
+            self,
+            Many {
+                name: name.into(),
+                inputs: inputs.into_iter().collect(),
+                held: false,
+            },
+        )
+    }
+
+    /// Releases the held runs of batch `name`: their first steps become ready now. How many.
+    pub async fn release(&self, name: &str) -> Result<u64, ClientError> {
+        Ok(self.queue.release(name).await?)
+    }
+
+    /// Aborts every run of batch `name` that has not ended: how many.
+    pub async fn abort_batch(&self, name: &str) -> Result<u64, ClientError> {
+        Ok(self.queue.abort_batch(name).await?)
+    }
+
+    /// The runs of batch `name` by state, and each step's counts across them (Alya's
+    /// BatchDone).
+    pub async fn batch_counts(&self, name: &str) -> Result<BatchCounts, ClientError> {
+        Ok(self.queue.batch_counts(name).await?)
+    }
+
+    /// The status of batch `name` as a local [`Batch`](crate::Batch) reports it, for the same
+    /// [`ProgressBars`](crate::ProgressBars) and status listeners.
+    pub async fn batch_status<J: Job>(
+        &self,
+        name: &str,
+    ) -> Result<BatchStatus<J::Step>, ClientError> {
+        let counts = self.queue.batch_counts(name).await?;
+        Ok(status_of::<J>(&counts))
+    }
+
+    /// The status of batch `name` every `every`, until every run has ended (the last status is
+    /// `finished`): what drives [`ProgressBars`](crate::ProgressBars) from the database.
+    pub fn watch_batch<J: Job>(
+        &self,
+        name: impl Into<String>,
+        every: Duration,
+    ) -> impl futures::Stream<Item = Result<BatchStatus<J::Step>, ClientError>> + '_ {
+        let name = name.into();
+        futures::stream::unfold(Some(true), move |state| {
+            let name = name.clone();
+            async move {
+                let first = state?;
+                if !first {
+                    tokio::time::sleep(every).await;
+                }
+                match self.batch_status::<J>(&name).await {
+                    Ok(status) => {
+                        let next = (!status.finished).then_some(false);
+                        Some((Ok(status), next))
+                    }
+                    Err(error) => Some((Err(error), None)),
+                }
+            }
+        })
     }
 
     /// The run as stored now: its state and each step's.
@@ -151,14 +220,36 @@ impl Client {
     }
 }
 
-/// A run about to be submitted: [`Client::submit`]. `.await` it to submit.
+/// Runs about to be submitted: one ([`Client::submit`]) or a batch ([`Client::submit_batch`]).
+/// Set their options, then `.await` it.
 #[must_use = "a submit does nothing until awaited"]
-pub struct Submit<'c, J: DurableJob> {
+pub struct Submit<'c, J: DurableJob, W = One<'c, J>> {
     client: &'c Client,
+    what: W,
+    options: Options,
+    job: std::marker::PhantomData<fn() -> J>,
+}
+
+/// What [`Client::submit`] submits: one run, with its own id and idempotency key.
+#[derive(Debug)]
+pub struct One<'c, J> {
     job: &'c J,
     id: Option<String>,
     key: Option<String>,
     batch: Option<String>,
+}
+
+/// What [`Client::submit_batch`] submits: a run per input, in a named batch.
+#[derive(Debug)]
+pub struct Many<J> {
+    name: String,
+    inputs: Vec<J>,
+    held: bool,
+}
+
+/// The options every submitted run has.
+#[derive(Debug, Clone, Copy)]
+struct Options {
     priority: i32,
     run_at: Option<SystemTime>,
     ttl: Option<Duration>,
@@ -166,121 +257,208 @@ pub struct Submit<'c, J: DurableJob> {
     max_fails: Option<u32>,
 }
 
-impl<J: DurableJob> std::fmt::Debug for Submit<'_, J> {
+impl<J: DurableJob, W: std::fmt::Debug> std::fmt::Debug for Submit<'_, J, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Submit")
             .field("job", &J::NAME)
-            .field("id", &self.id)
-            .field("key", &self.key)
-            .field("priority", &self.priority)
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
 
-impl<'c, J: DurableJob> Submit<'c, J> {
+impl<'c, J: DurableJob, W> Submit<'c, J, W> {
     /// How many claims of one step may expire (its worker died or stalled past its lease)
     /// before the step fails, unless set.
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
-    /// The run's id (a new unique one unless set).
-    pub fn id(mut self, id: impl Into<String>) -> Self {
-        self.id = Some(id.into());
-        self
-    }
-
-    /// The idempotency key: submitting `J` again with the same key returns the first run
-    /// ([`Submitted::created`] is `false`), also when both submits race.
-    pub fn key(mut self, key: impl Into<String>) -> Self {
-        self.key = Some(key.into());
-        self
-    }
-
-    /// Records the run as part of the named batch.
-    pub fn batch(mut self, name: impl Into<String>) -> Self {
-        self.batch = Some(name.into());
-        self
+    fn new(client: &'c Client, what: W) -> Self {
+        Submit {
+            client,
+            what,
+            options: Options {
+                priority: 0,
+                run_at: None,
+                ttl: None,
+                max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+                max_fails: None,
+            },
+            job: std::marker::PhantomData,
+        }
     }
 
     /// Steps of higher-priority runs are claimed first (0 unless set; may be negative).
     pub fn priority(mut self, priority: i32) -> Self {
-        self.priority = priority;
+        self.options.priority = priority;
         self
     }
 
-    /// The run's first steps become ready at `at`, not now.
+    /// The runs' first steps become ready at `at`, not now.
     pub fn run_at(mut self, at: SystemTime) -> Self {
-        self.run_at = Some(at);
+        self.options.run_at = Some(at);
         self
     }
 
-    /// The run fails if it has not ended `ttl` after it is submitted (its time to live).
+    /// A run fails if it has not ended `ttl` after it is submitted (its time to live).
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = Some(ttl);
+        self.options.ttl = Some(ttl);
         self
     }
 
     /// How many claims of one step may expire before the step fails
     /// ([`DEFAULT_MAX_ATTEMPTS`](Self::DEFAULT_MAX_ATTEMPTS) unless set).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
-        self.max_attempts = attempts;
+        self.options.max_attempts = attempts;
         self
     }
 
     /// How many errors one step may return before it fails for good, even if its retry policy
     /// asks for more (its retry policy alone decides unless set).
     pub fn max_fails(mut self, fails: u32) -> Self {
-        self.max_fails = Some(fails);
+        self.options.max_fails = Some(fails);
+        self
+    }
+
+    /// The submission every run shares, once its options are checked.
+    fn template<'s>(
+        &self,
+        graph: &'s crate::store::GraphSpec,
+        now: i64,
+    ) -> Result<Submission<'s>, ClientError> {
+        let o = &self.options;
+        let invalid = |why: &str| {
+            ClientError::Store(StoreError::InvalidSubmission {
+                job: J::NAME.to_owned(),
+                why: why.to_owned(),
+            })
+        };
+        if o.max_attempts == 0 {
+            return Err(invalid("`max_attempts` must be at least 1"));
+        }
+        if o.max_fails == Some(0) {
+            return Err(invalid("`max_fails` must be at least 1"));
+        }
+        if o.ttl.is_some_and(|ttl| ttl.is_zero()) {
+            return Err(invalid(
+                "a time to live must be longer than zero: the run would expire at once",
+            ));
+        }
+        Ok(Submission {
+            id: "",
+            job: J::NAME,
+            input: "",
+            graph,
+            batch: None,
+            key: None,
+            held: false,
+            priority: o.priority,
+            run_at: o.run_at.map_or(now, unix_ms),
+            expires_at: o.ttl.map(|ttl| plus(now, ttl)),
+            max_attempts: o.max_attempts,
+            max_fails: o.max_fails,
+        })
+    }
+}
+
+fn encode<J: DurableJob>(job: &J) -> Result<String, ClientError> {
+    (J::__input().encode)(job).map_err(|error| ClientError::Encode {
+        job: J::NAME,
+        error,
+    })
+}
+
+impl<'c, J: DurableJob> Submit<'c, J, One<'c, J>> {
+    /// The run's id (a new unique one unless set).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.what.id = Some(id.into());
+        self
+    }
+
+    /// The idempotency key: submitting `J` again with the same key returns the first run
+    /// ([`Submitted::created`] is `false`), also when both submits race.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.what.key = Some(key.into());
+        self
+    }
+
+    /// Records the run as part of the named batch.
+    pub fn batch(mut self, name: impl Into<String>) -> Self {
+        self.what.batch = Some(name.into());
         self
     }
 
     async fn send(self) -> Result<Submitted, ClientError> {
-        let invalid = |why: String| {
-            ClientError::Store(StoreError::InvalidSubmission {
-                job: J::NAME.to_owned(),
-                why,
-            })
-        };
-        if self.max_attempts == 0 {
-            return Err(invalid("`max_attempts` must be at least 1".to_owned()));
-        }
-        if self.max_fails == Some(0) {
-            return Err(invalid("`max_fails` must be at least 1".to_owned()));
-        }
-        if self.ttl.is_some_and(|ttl| ttl.is_zero()) {
-            return Err(invalid(
-                "a time to live must be longer than zero: the run would expire at once".to_owned(),
-            ));
-        }
-        if self.id.as_deref() == Some("") {
-            return Err(invalid("a run id must not be empty".to_owned()));
-        }
-        let input = (J::__input().encode)(self.job).map_err(|error| ClientError::Encode {
-            job: J::NAME,
-            error,
-        })?;
-        let now = now_ms();
-        let run_at = self.run_at.map_or(now, unix_ms);
-        let id = self.id.unwrap_or_else(|| new_run_id(J::NAME));
         let graph = graph_spec::<J>();
+        let template = self.template(&graph, now_ms())?;
+        let One {
+            job,
+            id,
+            key,
+            batch,
+        } = self.what;
+        if id.as_deref() == Some("") {
+            return Err(ClientError::Store(StoreError::InvalidSubmission {
+                job: J::NAME.to_owned(),
+                why: "a run id must not be empty".to_owned(),
+            }));
+        }
+        let input = encode(job)?;
+        let id = id.unwrap_or_else(|| new_run_id(J::NAME));
         let submission = Submission {
             id: &id,
-            job: J::NAME,
             input: &input,
-            graph: &graph,
-            batch: self.batch.as_deref(),
-            key: self.key.as_deref(),
-            priority: self.priority,
-            run_at,
-            expires_at: self.ttl.map(|ttl| plus(now, ttl)),
-            max_attempts: self.max_attempts,
-            max_fails: self.max_fails,
+            batch: batch.as_deref(),
+            key: key.as_deref(),
+            ..template
         };
         Ok(self.client.queue.submit(submission).await?)
     }
 }
 
-impl<'c, J: DurableJob + Sync> IntoFuture for Submit<'c, J> {
+impl<'c, J: DurableJob> Submit<'c, J, Many<J>> {
+    /// Holds the runs: none starts until [`Client::release`] releases the batch (Alya's
+    /// waitabit).
+    pub fn held(mut self) -> Self {
+        self.what.held = true;
+        self
+    }
+
+    async fn send(self) -> Result<Vec<String>, ClientError> {
+        if self.what.name.is_empty() {
+            return Err(ClientError::Store(StoreError::InvalidSubmission {
+                job: J::NAME.to_owned(),
+                why: "a batch's name must not be empty: its runs are named after it".to_owned(),
+            }));
+        }
+        let graph = graph_spec::<J>();
+        let template = Submission {
+            held: self.what.held,
+            ..self.template(&graph, now_ms())?
+        };
+        let inputs = self
+            .what
+            .inputs
+            .iter()
+            .map(encode)
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(self
+            .client
+            .queue
+            .submit_batch(&self.what.name, template, &inputs)
+            .await?)
+    }
+}
+
+impl<'c, J: DurableJob + Sync> IntoFuture for Submit<'c, J, One<'c, J>> {
     type Output = Result<Submitted, ClientError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'c>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.send())
+    }
+}
+
+impl<'c, J: DurableJob + Send + Sync + 'c> IntoFuture for Submit<'c, J, Many<J>> {
+    type Output = Result<Vec<String>, ClientError>;
     type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send + 'c>>;
 
     fn into_future(self) -> Self::IntoFuture {
@@ -331,6 +509,39 @@ pub enum ClientError {
         #[source]
         error: serde_json::Error,
     },
+}
+
+/// A batch's counts as a local batch's status.
+fn status_of<J: Job>(counts: &BatchCounts) -> BatchStatus<J::Step> {
+    let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    let steps = J::Step::ALL
+        .iter()
+        .map(|&step| {
+            let mut c = StepCounts::zero(step);
+            if let Some(found) = counts.steps.iter().find(|s| s.name == step.name()) {
+                c.waiting = n(found.waiting);
+                c.running = n(found.running);
+                c.completed = n(found.completed);
+                c.failed = n(found.failed);
+                c.skipped = n(found.skipped);
+                c.cancelled = n(found.cancelled);
+            }
+            c
+        })
+        .collect();
+    BatchStatus {
+        total: n(counts.total()),
+        total_known: true,
+        finished: counts.is_finished(),
+        runs: RunCounts {
+            waiting: n(counts.pending),
+            running: n(counts.running),
+            succeeded: n(counts.succeeded),
+            failed: n(counts.failed),
+            cancelled: n(counts.cancelled),
+        },
+        steps,
+    }
 }
 
 /// A new run id: the job's name and a part unique to this process and moment.

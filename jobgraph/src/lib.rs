@@ -28,7 +28,7 @@ pub use batch::{
     Batch, BatchAbort, BatchItem, BatchResults, BatchRun, BatchStatus, BatchSummary, RunCounts,
     StatusHandle, StatusListener, StepCounts,
 };
-pub use client::{Client, ClientError, Submit};
+pub use client::{Client, ClientError, Many, One, Submit};
 pub use context::{Enrich, StepContext};
 pub use error::{BoxError, JobError, StepError, StepFailure, StepPanic};
 pub use job::{Job, JobStep, SendJob, StepInfo, StepPolicies};

@@ -504,3 +504,83 @@ async fn a_worker_drains_its_running_steps_on_shutdown_and_fails_bad_input_clear
         attempt: 0,
     };
 }
+
+#[tokio::test]
+async fn a_held_batch_runs_nothing_until_released_and_appends_number_on() {
+    let (_dir, store) = store().await;
+    let client = Client::new(&store);
+    let ids = client
+        .submit_batch("nightly", (0..3).map(|n| Diamond { n }))
+        .held()
+        .await
+        .unwrap();
+    assert_eq!(ids, ["nightly/0", "nightly/1", "nightly/2"]);
+    let more = client
+        .submit_batch("nightly", (3..5).map(|n| Diamond { n }))
+        .held()
+        .await
+        .unwrap();
+    assert_eq!(more, ["nightly/3", "nightly/4"]);
+    let counts = client.batch_counts("nightly").await.unwrap();
+    assert_eq!((counts.total(), counts.pending, counts.held), (5, 5, 5));
+    assert!(
+        store
+            .claim(WORKER, &["Diamond"], 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(client.release("nightly").await.unwrap(), 5);
+    let worker = Worker::new(&store).job::<Diamond>();
+    while worker.run_once().await.unwrap().claimed > 0 {}
+    let counts = client.batch_counts("nightly").await.unwrap();
+    assert_eq!((counts.succeeded, counts.held), (5, 0));
+    assert!(counts.is_finished());
+    assert_eq!(counts.steps.len(), 4);
+    assert!(counts.steps.iter().all(|s| s.completed == 5));
+    let out = client
+        .wait::<Diamond>("nightly/4", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(out.d, 45);
+}
+
+#[tokio::test]
+async fn a_batch_is_aborted_whole_and_its_status_is_a_local_batchs() {
+    use futures::StreamExt as _;
+    let (_dir, store) = store().await;
+    let client = Client::new(&store);
+    client
+        .submit_batch("b", (0..4).map(|n| Diamond { n }))
+        .await
+        .unwrap();
+    // Two runs complete their root; then the batch is aborted.
+    let roots = store.claim(WORKER, &["Diamond"], 2, LEASE).await.unwrap();
+    for claim in &roots {
+        store.complete(WORKER, &claim.id, "1", 0).await.unwrap();
+    }
+    let status = client.batch_status::<Diamond>("b").await.unwrap();
+    assert_eq!(status.step(DiamondStep::A).completed, 2);
+    assert_eq!(status.step(DiamondStep::A).waiting, 2);
+    assert_eq!(status.runs.running, 2);
+    assert!(!status.finished);
+
+    assert_eq!(client.abort_batch("b").await.unwrap(), 4);
+    assert_eq!(client.abort_batch("b").await.unwrap(), 0);
+    let statuses: Vec<_> = client
+        .watch_batch::<Diamond>("b", Duration::from_millis(1))
+        .collect()
+        .await;
+    let last = statuses.last().unwrap().as_ref().unwrap();
+    assert!(last.finished);
+    assert_eq!(last.runs.cancelled, 4);
+    assert_eq!(last.step(DiamondStep::D).cancelled, 4);
+    assert!(
+        store
+            .claim(WORKER, &["Diamond"], 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -108,7 +108,7 @@ pub struct StepCounts<S> {
 }
 
 impl<S> StepCounts<S> {
-    fn zero(step: S) -> Self {
+    pub(crate) fn zero(step: S) -> Self {
         StepCounts {
             step,
             waiting: 0,

@@ -90,6 +90,79 @@ pub trait Queue: Store {
     /// steps' heartbeats say [`Held::Aborted`]. `false` if the run had already ended.
     /// [`StoreError::NoSuchRun`] if there is no such run.
     fn abort<'a>(&'a self, run: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Stores one run per input in batch `batch`, in one transaction, as runs `batch/N`
+    /// numbered on from the batch's runs already stored (so a second call appends), each with
+    /// `template`'s job, graph and options (its `id`, `input`, `batch` and `key` are not used).
+    /// Returns the new runs' ids, in the inputs' order.
+    fn submit_batch<'a>(
+        &'a self,
+        batch: &'a str,
+        template: Submission<'a>,
+        inputs: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+
+    /// Releases the held runs of batch `batch` (submitted with [`Submission::held`]): their first
+    /// steps become ready now. Returns how many runs it released.
+    fn release<'a>(&'a self, batch: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// [Aborts](Queue::abort) every run of batch `batch` that has not ended: how many.
+    fn abort_batch<'a>(&'a self, batch: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// How many runs of batch `batch` are in each state, and each step's counts across them.
+    fn batch_counts<'a>(&'a self, batch: &'a str)
+    -> BoxFuture<'a, Result<BatchCounts, StoreError>>;
+}
+
+/// The runs of a batch by state, and its steps' states across those runs: what
+/// [`Queue::batch_counts`] returns (Alya's BatchDone).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Runs not started (held runs included).
+    pub pending: u64,
+    /// Of which held, waiting for [`Queue::release`].
+    pub held: u64,
+    /// Runs with a step claimed or completed, not ended.
+    pub running: u64,
+    /// Runs that succeeded.
+    pub succeeded: u64,
+    /// Runs that failed.
+    pub failed: u64,
+    /// Runs aborted.
+    pub cancelled: u64,
+    /// Each step (by name, in the order first seen in the job's graph) and its counts.
+    pub steps: Vec<StepCount>,
+}
+
+impl BatchCounts {
+    /// Every run of the batch.
+    pub fn total(&self) -> u64 {
+        self.pending + self.running + self.succeeded + self.failed + self.cancelled
+    }
+
+    /// Whether every run has ended.
+    pub fn is_finished(&self) -> bool {
+        self.pending + self.running == 0
+    }
+}
+
+/// One step's states across the runs of a batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepCount {
+    /// The step's name.
+    pub name: String,
+    /// Not claimed: waiting for dependencies, ready, or held.
+    pub waiting: u64,
+    /// Claimed under a live lease.
+    pub running: u64,
+    /// Completed.
+    pub completed: u64,
+    /// Failed for good.
+    pub failed: u64,
+    /// Skipped: a step it depends on failed.
+    pub skipped: u64,
+    /// Cancelled: the run was aborted or expired.
+    pub cancelled: u64,
 }
 
 /// A run to submit: what [`Queue::submit`] stores.
@@ -107,6 +180,8 @@ pub struct Submission<'a> {
     pub batch: Option<&'a str>,
     /// The idempotency key: a second submit of the same job with this key returns the first run.
     pub key: Option<&'a str>,
+    /// Held: no step is ready until [`Queue::release`] releases the run's batch.
+    pub held: bool,
     /// Higher runs' steps are claimed first.
     pub priority: i32,
     /// When the run's first steps become ready (Unix ms).

@@ -9,7 +9,9 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt};
 use sqlx::{Row, SqliteConnection};
 
-use super::queue::{Claim, ClaimId, Failed, Held, Queue, Submission, Submitted};
+use super::queue::{
+    BatchCounts, Claim, ClaimId, Failed, Held, Queue, StepCount, Submission, Submitted,
+};
 use super::sqlite::{SqliteStore, get, graph};
 use super::{GraphSpec, StoreError, now_ms, plus};
 
@@ -28,46 +30,8 @@ impl Queue for SqliteStore {
                     return Ok(Submitted { id, created: false });
                 }
             }
-            let graph_json = serde_json::to_string(s.graph).map_err(|e| StoreError::Corrupt {
-                what: format!("the graph of job `{}` cannot be written ({e})", s.job),
-            })?;
-            let now = now_ms();
-            let inserted = sqlx::query(INSERT_QUEUED_RUN)
-                .bind(s.id)
-                .bind(s.job)
-                .bind(s.batch)
-                .bind(s.input)
-                .bind(&graph_json)
-                .bind(now)
-                .bind(s.key)
-                .bind(s.priority)
-                .bind(s.expires_at)
-                .bind(i64::from(s.max_attempts))
-                .bind(s.max_fails.map(i64::from))
-                .execute(&mut *tx)
-                .await;
-            if let Err(sqlx::Error::Database(e)) = &inserted
-                && e.is_unique_violation()
-            {
-                return Err(StoreError::IdTaken {
-                    run: s.id.to_owned(),
-                });
-            }
-            inserted?;
-            for (position, step) in s.graph.steps.iter().enumerate() {
-                let waiting = dependencies(s.graph, position).len();
-                let ready_at = (waiting == 0).then_some(s.run_at);
-                sqlx::query(INSERT_QUEUED_STEP)
-                    .bind(s.id)
-                    .bind(&step.name)
-                    .bind(position as i64)
-                    .bind(s.job)
-                    .bind(waiting as i64)
-                    .bind(ready_at)
-                    .bind(s.priority)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            let graph_json = graph_json(&s)?;
+            insert_submission(&mut tx, &s, &graph_json, now_ms()).await?;
             tx.commit().await?;
             Ok(Submitted {
                 id: s.id.to_owned(),
@@ -301,6 +265,147 @@ impl Queue for SqliteStore {
         .boxed()
     }
 
+    fn submit_batch<'a>(
+        &'a self,
+        batch: &'a str,
+        template: Submission<'a>,
+        inputs: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            check_submission(&template)?;
+            let graph_json = graph_json(&template)?;
+            let now = now_ms();
+            let mut tx = self.begin().await?;
+            let stored: i64 = sqlx::query_scalar(COUNT_BATCH)
+                .bind(batch)
+                .fetch_one(&mut *tx)
+                .await?;
+            let first = usize::try_from(stored).unwrap_or(0);
+            let mut ids = Vec::with_capacity(inputs.len());
+            for (i, input) in inputs.iter().enumerate() {
+                let id = crate::durable::batch_run_id(batch, first + i);
+                let submission = Submission {
+                    id: &id,
+                    input,
+                    batch: Some(batch),
+                    key: None,
+                    ..template
+                };
+                insert_submission(&mut tx, &submission, &graph_json, now).await?;
+                ids.push(id);
+            }
+            tx.commit().await?;
+            Ok(ids)
+        }
+        .boxed()
+    }
+
+    fn release<'a>(&'a self, batch: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let now = now_ms();
+            let mut tx = self.begin().await?;
+            sqlx::query(RELEASE_STEPS)
+                .bind(batch)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let released = sqlx::query(RELEASE_RUNS)
+                .bind(batch)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok(released)
+        }
+        .boxed()
+    }
+
+    fn abort_batch<'a>(&'a self, batch: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let now = now_ms();
+            let mut tx = self.begin().await?;
+            let runs: Vec<String> = sqlx::query_scalar(ABORT_BATCH)
+                .bind(batch)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await?;
+            for run in &runs {
+                sqlx::query(CANCEL_PENDING_STEPS)
+                    .bind(run)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(runs.len() as u64)
+        }
+        .boxed()
+    }
+
+    fn batch_counts<'a>(
+        &'a self,
+        batch: &'a str,
+    ) -> BoxFuture<'a, Result<BatchCounts, StoreError>> {
+        async move {
+            let now = now_ms();
+            let mut conn = self.pool().acquire().await?;
+            let mut counts = BatchCounts::default();
+            let rows = sqlx::query(COUNT_BATCH_RUNS)
+                .bind(batch)
+                .fetch_all(&mut *conn)
+                .await?;
+            for row in rows {
+                let state: String = get(&row, "state", "jobgraph_runs")?;
+                let held: i64 = get(&row, "held", "jobgraph_runs")?;
+                let n = u64::try_from(get::<i64>(&row, "n", "jobgraph_runs")?).unwrap_or(0);
+                match state.as_str() {
+                    "pending" => {
+                        counts.pending += n;
+                        if held == 1 {
+                            counts.held += n;
+                        }
+                    }
+                    "running" => counts.running += n,
+                    "succeeded" => counts.succeeded += n,
+                    "failed" => counts.failed += n,
+                    _ => counts.cancelled += n,
+                }
+            }
+            let rows = sqlx::query(COUNT_BATCH_STEPS)
+                .bind(batch)
+                .bind(now)
+                .fetch_all(&mut *conn)
+                .await?;
+            for row in rows {
+                const T: &str = "jobgraph_steps";
+                let name: String = get(&row, "name", T)?;
+                let state: String = get(&row, "state", T)?;
+                let n = u64::try_from(get::<i64>(&row, "n", T)?).unwrap_or(0);
+                let index = match counts.steps.iter().position(|s| s.name == name) {
+                    Some(index) => index,
+                    None => {
+                        counts.steps.push(StepCount {
+                            name,
+                            ..StepCount::default()
+                        });
+                        counts.steps.len() - 1
+                    }
+                };
+                let step = &mut counts.steps[index];
+                match state.as_str() {
+                    "running" => step.running += n,
+                    "completed" => step.completed += n,
+                    "failed" => step.failed += n,
+                    "skipped" => step.skipped += n,
+                    "cancelled" => step.cancelled += n,
+                    _ => step.waiting += n,
+                }
+            }
+            Ok(counts)
+        }
+        .boxed()
+    }
+
     fn abort<'a>(&'a self, run: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
             let now = now_ms();
@@ -330,6 +435,60 @@ impl Queue for SqliteStore {
         }
         .boxed()
     }
+}
+
+fn graph_json(s: &Submission<'_>) -> Result<String, StoreError> {
+    serde_json::to_string(s.graph).map_err(|e| StoreError::Corrupt {
+        what: format!("the graph of job `{}` cannot be written ({e})", s.job),
+    })
+}
+
+/// Inserts run `s` and its steps: each step with no dependency ready at `s.run_at` (unless the
+/// run is held), the others waiting for theirs.
+async fn insert_submission(
+    conn: &mut SqliteConnection,
+    s: &Submission<'_>,
+    graph_json: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let inserted = sqlx::query(INSERT_QUEUED_RUN)
+        .bind(s.id)
+        .bind(s.job)
+        .bind(s.batch)
+        .bind(s.input)
+        .bind(graph_json)
+        .bind(now)
+        .bind(s.key)
+        .bind(s.priority)
+        .bind(s.expires_at)
+        .bind(i64::from(s.max_attempts))
+        .bind(s.max_fails.map(i64::from))
+        .bind(i64::from(s.held))
+        .execute(&mut *conn)
+        .await;
+    if let Err(sqlx::Error::Database(e)) = &inserted
+        && e.is_unique_violation()
+    {
+        return Err(StoreError::IdTaken {
+            run: s.id.to_owned(),
+        });
+    }
+    inserted?;
+    for (position, step) in s.graph.steps.iter().enumerate() {
+        let waiting = dependencies(s.graph, position).len();
+        let ready_at = (waiting == 0 && !s.held).then_some(s.run_at);
+        sqlx::query(INSERT_QUEUED_STEP)
+            .bind(s.id)
+            .bind(&step.name)
+            .bind(position as i64)
+            .bind(s.job)
+            .bind(waiting as i64)
+            .bind(ready_at)
+            .bind(s.priority)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// A submission whose numbers no run can have.
@@ -471,8 +630,33 @@ const SELECT_BY_KEY: &str = "SELECT id FROM jobgraph_runs WHERE job = ?1 AND ide
 
 const INSERT_QUEUED_RUN: &str = "INSERT INTO jobgraph_runs
     (id, job, batch, input, graph, state, created_at, updated_at,
-     queued, idem_key, priority, expires_at, max_attempts, max_fails)
-    VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, 1, ?7, ?8, ?9, ?10, ?11)";
+     queued, idem_key, priority, expires_at, max_attempts, max_fails, held)
+    VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, 1, ?7, ?8, ?9, ?10, ?11, ?12)";
+
+const COUNT_BATCH: &str = "SELECT COUNT(*) FROM jobgraph_runs WHERE batch = ?1";
+
+const RELEASE_STEPS: &str = "UPDATE jobgraph_steps SET ready_at = ?2
+    WHERE run_id IN (SELECT id FROM jobgraph_runs WHERE batch = ?1 AND held = 1)
+      AND state = 'pending' AND waiting = 0 AND ready_at IS NULL";
+
+const RELEASE_RUNS: &str = "UPDATE jobgraph_runs SET held = 0 WHERE batch = ?1 AND held = 1";
+
+const ABORT_BATCH: &str = "UPDATE jobgraph_runs
+    SET state = 'cancelled', error = 'aborted', updated_at = ?2
+    WHERE batch = ?1 AND state IN ('pending', 'running')
+    RETURNING id";
+
+const COUNT_BATCH_RUNS: &str = "SELECT state, held, COUNT(*) AS n FROM jobgraph_runs
+    WHERE batch = ?1 GROUP BY state, held";
+
+const COUNT_BATCH_STEPS: &str = "SELECT s.name AS name,
+        CASE WHEN s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until > ?2
+             THEN 'running' ELSE s.state END AS state,
+        COUNT(*) AS n, MIN(s.position) AS position
+    FROM jobgraph_steps s JOIN jobgraph_runs r ON r.id = s.run_id
+    WHERE r.batch = ?1
+    GROUP BY 1, 2
+    ORDER BY position";
 
 const INSERT_QUEUED_STEP: &str = "INSERT INTO jobgraph_steps
     (run_id, name, position, state, job, waiting, ready_at, priority)

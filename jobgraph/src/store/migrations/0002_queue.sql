@@ -14,6 +14,8 @@ ALTER TABLE jobgraph_runs ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 5 CHE
 -- How many times one step may return an error before it fails for good (NULL: its retry
 -- policy alone decides).
 ALTER TABLE jobgraph_runs ADD COLUMN max_fails INTEGER CHECK (max_fails > 0);
+-- Submitted held (Alya's waitabit): no step is ready until the batch is released.
+ALTER TABLE jobgraph_runs ADD COLUMN held INTEGER NOT NULL DEFAULT 0 CHECK (held IN (0, 1));
 
 CREATE UNIQUE INDEX jobgraph_runs_by_key ON jobgraph_runs (job, idem_key)
     WHERE idem_key IS NOT NULL;
