@@ -322,6 +322,7 @@ impl<'c, J: DurableJob, W> Submit<'c, J, W> {
     fn template<'s>(
         &self,
         graph: &'s crate::store::GraphSpec,
+        limits: &'s [(&'s str, crate::StepLimits)],
         now: i64,
     ) -> Result<Submission<'s>, ClientError> {
         let o = &self.options;
@@ -350,6 +351,7 @@ impl<'c, J: DurableJob, W> Submit<'c, J, W> {
             batch: None,
             key: None,
             held: false,
+            limits,
             priority: o.priority,
             run_at: o.run_at.map_or(now, unix_ms),
             expires_at: o.ttl.map(|ttl| plus(now, ttl)),
@@ -357,6 +359,27 @@ impl<'c, J: DurableJob, W> Submit<'c, J, W> {
             max_fails: o.max_fails,
         })
     }
+}
+
+/// The limits `job`'s steps declare (evaluated on this value: they are shared by every run of
+/// the job), for the steps that have some.
+fn limits_of<J: DurableJob>(
+    job: &J,
+) -> Result<Vec<(&'static str, crate::StepLimits)>, ClientError> {
+    let mut limits = Vec::new();
+    for &step in J::Step::ALL {
+        let policies = job.policies(step).map_err(|error| {
+            ClientError::Store(StoreError::InvalidSubmission {
+                job: J::NAME.to_owned(),
+                why: format!("the policies of step `{step}` cannot be evaluated: {error}"),
+            })
+        })?;
+        let l = policies.limits;
+        if l.concurrency().is_some() || l.rate().is_some() {
+            limits.push((step.name(), l));
+        }
+    }
+    Ok(limits)
 }
 
 fn encode<J: DurableJob>(job: &J) -> Result<String, ClientError> {
@@ -388,7 +411,8 @@ impl<'c, J: DurableJob> Submit<'c, J, One<'c, J>> {
 
     async fn send(self) -> Result<Submitted, ClientError> {
         let graph = graph_spec::<J>();
-        let template = self.template(&graph, now_ms())?;
+        let limits = limits_of(self.what.job)?;
+        let template = self.template(&graph, &limits, now_ms())?;
         let One {
             job,
             id,
@@ -430,9 +454,13 @@ impl<'c, J: DurableJob> Submit<'c, J, Many<J>> {
             }));
         }
         let graph = graph_spec::<J>();
+        let limits = match self.what.inputs.first() {
+            Some(first) => limits_of(first)?,
+            None => return Ok(Vec::new()),
+        };
         let template = Submission {
             held: self.what.held,
-            ..self.template(&graph, now_ms())?
+            ..self.template(&graph, &limits, now_ms())?
         };
         let inputs = self
             .what

@@ -584,3 +584,71 @@ async fn a_batch_is_aborted_whole_and_its_status_is_a_local_batchs() {
             .is_empty()
     );
 }
+
+/// A step limited to 2 live claims across every worker, and a rate-limited one.
+#[derive(Serialize, Deserialize)]
+struct Limited {
+    n: u64,
+}
+
+#[job(durable)]
+impl Limited {
+    #[step(concurrency = 2)]
+    async fn pooled(&self) -> u64 {
+        self.n
+    }
+
+    #[step(rate = "1/h burst 3")]
+    async fn metered(&self) -> u64 {
+        self.n
+    }
+}
+
+#[tokio::test]
+async fn step_limits_hold_across_workers() {
+    let (_dir, store) = store().await;
+    let client = Client::new(&store);
+    client
+        .submit_batch("limited", (0..10).map(|n| Limited { n }))
+        .await
+        .unwrap();
+    let jobs = ["Limited"];
+    // Two workers ask for everything: together they get 2 `pooled` and 3 `metered` (the
+    // bucket's burst), the rest waits.
+    let first = store.claim("w1", &jobs, 100, LEASE).await.unwrap();
+    let second = store.claim("w2", &jobs, 100, LEASE).await.unwrap();
+    let all: Vec<_> = first.iter().chain(&second).collect();
+    let count = |step: &str| all.iter().filter(|c| c.id.step == step).count();
+    assert_eq!((count("pooled"), count("metered")), (2, 3));
+    assert!(
+        store
+            .claim("w3", &jobs, 100, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A `pooled` claim that completes gives its place to the next; the rate's bucket refills
+    // at one per hour only.
+    let pooled = all.iter().find(|c| c.id.step == "pooled").unwrap();
+    let holder = if first.iter().any(|c| c.id == pooled.id) {
+        "w1"
+    } else {
+        "w2"
+    };
+    store.complete(holder, &pooled.id, "0", 0).await.unwrap();
+    let next = store.claim("w3", &jobs, 100, LEASE).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id.step, "pooled");
+    // An expired claim no longer counts: its step is claimed again in its place.
+    store.age_leases(LEASE + Duration::from_secs(1)).await;
+    let reclaimed = store.claim("w4", &jobs, 100, LEASE).await.unwrap();
+    assert_eq!(
+        reclaimed.iter().filter(|c| c.id.step == "pooled").count(),
+        2
+    );
+    assert_eq!(
+        reclaimed.iter().filter(|c| c.id.step == "metered").count(),
+        0
+    );
+}

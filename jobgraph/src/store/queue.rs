@@ -32,6 +32,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 
 use super::{GraphSpec, Store, StoreError};
+use crate::StepLimits;
 
 /// The queue protocol of a store: see the [module docs](self).
 pub trait Queue: Store {
@@ -43,7 +44,9 @@ pub trait Queue: Store {
     ) -> BoxFuture<'a, Result<Submitted, StoreError>>;
 
     /// Claims up to `limit` ready steps of the runs of `jobs` for `worker`, each until now +
-    /// `lease`. Before claiming, fails the runs whose time to live expired and the steps whose
+    /// `lease`, within each step's limits: no more live claims of a step than its
+    /// `concurrency`, no more claims than its `rate` allows (a token bucket shared by every
+    /// worker). Before claiming, fails the runs whose time to live expired and the steps whose
     /// claims expired `max_attempts` times.
     fn claim<'a>(
         &'a self,
@@ -182,6 +185,10 @@ pub struct Submission<'a> {
     pub key: Option<&'a str>,
     /// Held: no step is ready until [`Queue::release`] releases the run's batch.
     pub held: bool,
+    /// The job's per-step limits (`#[step(concurrency = .., rate = ..)]`), held across every
+    /// worker by the claims: (step name, limits), for the steps that have some. The latest
+    /// submit's limits replace a job's earlier ones.
+    pub limits: &'a [(&'a str, StepLimits)],
     /// Higher runs' steps are claimed first.
     pub priority: i32,
     /// When the run's first steps become ready (Unix ms).

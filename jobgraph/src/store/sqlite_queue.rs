@@ -31,7 +31,9 @@ impl Queue for SqliteStore {
                 }
             }
             let graph_json = graph_json(&s)?;
-            insert_submission(&mut tx, &s, &graph_json, now_ms()).await?;
+            let now = now_ms();
+            insert_submission(&mut tx, &s, &graph_json, now).await?;
+            upsert_limits(&mut tx, &s, now).await?;
             tx.commit().await?;
             Ok(Submitted {
                 id: s.id.to_owned(),
@@ -58,12 +60,15 @@ impl Queue for SqliteStore {
             let mut tx = self.begin().await?;
             expire_runs(&mut tx, now).await?;
             exhaust_steps(&mut tx, &jobs_json, now).await?;
+            let chosen = choose(&mut tx, &jobs_json, limit, now).await?;
+            if chosen.is_empty() {
+                tx.commit().await?;
+                return Ok(Vec::new());
+            }
             let rows = sqlx::query(CLAIM)
                 .bind(worker)
                 .bind(until)
-                .bind(&jobs_json)
-                .bind(now)
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .bind(serde_json::to_string(&chosen).expect("row ids serialize"))
                 .fetch_all(&mut *tx)
                 .await?;
             // `RETURNING` has no order: claim in the queue's.
@@ -294,6 +299,7 @@ impl Queue for SqliteStore {
                 insert_submission(&mut tx, &submission, &graph_json, now).await?;
                 ids.push(id);
             }
+            upsert_limits(&mut tx, &template, now).await?;
             tx.commit().await?;
             Ok(ids)
         }
@@ -437,6 +443,116 @@ impl Queue for SqliteStore {
     }
 }
 
+/// A limited step among the candidates: how many more of it this claim may take.
+struct Room {
+    job: String,
+    step: String,
+    left: i64,
+    /// The rate's bucket after refilling, to store less what is taken.
+    tokens: Option<f64>,
+    taken: i64,
+}
+
+/// The row ids of the ready steps to claim, in the queue's order (priority, then ready time),
+/// at most `limit`, within each step's concurrency and rate; updates the rate buckets.
+async fn choose(
+    conn: &mut SqliteConnection,
+    jobs_json: &str,
+    limit: usize,
+    now: i64,
+) -> Result<Vec<i64>, StoreError> {
+    // More candidates than needed: some may belong to a step whose limit leaves less room.
+    let candidates = sqlx::query(CANDIDATES)
+        .bind(jobs_json)
+        .bind(now)
+        .bind(i64::try_from(limit.saturating_mul(4).saturating_add(16)).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut rooms: Vec<Room> = Vec::new();
+    let mut chosen = Vec::with_capacity(limit);
+    for row in &candidates {
+        if chosen.len() == limit {
+            break;
+        }
+        const T: &str = "jobgraph_steps";
+        let rowid: i64 = get(row, "rid", T)?;
+        let limited: Option<String> = get(row, "limited", T)?;
+        if limited.is_none() {
+            chosen.push(rowid);
+            continue;
+        }
+        let job: String = get(row, "job", T)?;
+        let step: String = get(row, "name", T)?;
+        let index = match rooms.iter().position(|r| r.job == job && r.step == step) {
+            Some(index) => index,
+            None => {
+                let room = room(conn, row, job, step, now).await?;
+                rooms.push(room);
+                rooms.len() - 1
+            }
+        };
+        let room = &mut rooms[index];
+        if room.left > 0 {
+            room.left -= 1;
+            room.taken += 1;
+            chosen.push(rowid);
+        }
+    }
+    for room in rooms {
+        if let Some(tokens) = room.tokens {
+            sqlx::query(TAKE_TOKENS)
+                .bind(&room.job)
+                .bind(&room.step)
+                .bind(tokens - room.taken as f64)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(chosen)
+}
+
+/// How many claims of a limited step `row` describes are allowed now.
+async fn room(
+    conn: &mut SqliteConnection,
+    row: &sqlx::sqlite::SqliteRow,
+    job: String,
+    step: String,
+    now: i64,
+) -> Result<Room, StoreError> {
+    const T: &str = "jobgraph_limits";
+    let concurrency: Option<i64> = get(row, "concurrency", T)?;
+    let rate_count: Option<i64> = get(row, "rate_count", T)?;
+    let period: Option<i64> = get(row, "rate_period_ms", T)?;
+    let burst: Option<i64> = get(row, "burst", T)?;
+    let mut left = i64::MAX;
+    if let Some(concurrency) = concurrency {
+        let running: i64 = sqlx::query_scalar(COUNT_CLAIMED)
+            .bind(&job)
+            .bind(&step)
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await?;
+        left = left.min(concurrency - running);
+    }
+    let mut bucket = None;
+    if let (Some(count), Some(period), Some(burst)) = (rate_count, period, burst) {
+        let tokens: f64 = get(row, "tokens", T)?;
+        let refilled_at: i64 = get(row, "refilled_at", T)?;
+        let elapsed = (now - refilled_at).max(0) as f64;
+        let refilled = (tokens + elapsed * count as f64 / period as f64).min(burst as f64);
+        left = left.min(refilled.floor() as i64);
+        bucket = Some(refilled);
+    }
+    Ok(Room {
+        job,
+        step,
+        left,
+        tokens: bucket,
+        taken: 0,
+    })
+}
+
 fn graph_json(s: &Submission<'_>) -> Result<String, StoreError> {
     serde_json::to_string(s.graph).map_err(|e| StoreError::Corrupt {
         what: format!("the graph of job `{}` cannot be written ({e})", s.job),
@@ -485,6 +601,28 @@ async fn insert_submission(
             .bind(waiting as i64)
             .bind(ready_at)
             .bind(s.priority)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Stores the limits a submission declares for its job's steps (keeping their rate buckets).
+async fn upsert_limits(
+    conn: &mut SqliteConnection,
+    s: &Submission<'_>,
+    now: i64,
+) -> Result<(), StoreError> {
+    for (step, limits) in s.limits {
+        let rate = limits.rate();
+        sqlx::query(UPSERT_LIMITS)
+            .bind(s.job)
+            .bind(step)
+            .bind(limits.concurrency().map(i64::from))
+            .bind(rate.map(|r| i64::from(r.count())))
+            .bind(rate.map(|r| super::millis(r.period()).max(1)))
+            .bind(rate.map(|r| i64::from(r.burst_size())))
+            .bind(now)
             .execute(&mut *conn)
             .await?;
     }
@@ -677,15 +815,40 @@ const EXHAUST_STEPS: &str = "UPDATE jobgraph_steps
       AND claims >= (SELECT max_attempts FROM jobgraph_runs r WHERE r.id = run_id)
     RETURNING run_id, name";
 
+/// The ready steps of `jobs`, best first, with their limits; a step whose concurrency is used
+/// up is left out here (so it cannot crowd out the others), its rate in `choose`.
+const CANDIDATES: &str = "SELECT s.rowid AS rid, s.job AS job, s.name AS name,
+        l.step AS limited, l.concurrency, l.rate_count, l.rate_period_ms, l.burst, l.tokens,
+        l.refilled_at
+    FROM jobgraph_steps s
+    LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.name
+    WHERE s.job IN (SELECT value FROM json_each(?1))
+      AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2
+      AND (s.worker IS NULL OR s.lease_until <= ?2)
+      AND (l.concurrency IS NULL OR l.concurrency > (
+          SELECT COUNT(*) FROM jobgraph_steps c
+          WHERE c.job = s.job AND c.name = s.name AND c.state = 'pending'
+            AND c.worker IS NOT NULL AND c.lease_until > ?2))
+    ORDER BY s.priority DESC, s.ready_at
+    LIMIT ?3";
+
+const COUNT_CLAIMED: &str = "SELECT COUNT(*) FROM jobgraph_steps
+    WHERE job = ?1 AND name = ?2 AND state = 'pending' AND worker IS NOT NULL
+      AND lease_until > ?3";
+
+const TAKE_TOKENS: &str = "UPDATE jobgraph_limits SET tokens = ?3, refilled_at = ?4
+    WHERE job = ?1 AND step = ?2";
+
+const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
+    (job, step, concurrency, rate_count, rate_period_ms, burst, tokens, refilled_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?6, 0), ?7)
+    ON CONFLICT (job, step) DO UPDATE SET
+        concurrency = excluded.concurrency, rate_count = excluded.rate_count,
+        rate_period_ms = excluded.rate_period_ms, burst = excluded.burst";
+
 const CLAIM: &str = "UPDATE jobgraph_steps
     SET worker = ?1, lease_until = ?2, claims = claims + 1
-    WHERE rowid IN (
-        SELECT rowid FROM jobgraph_steps
-        WHERE job IN (SELECT value FROM json_each(?3))
-          AND state = 'pending' AND ready_at IS NOT NULL AND ready_at <= ?4
-          AND (worker IS NULL OR lease_until <= ?4)
-        ORDER BY priority DESC, ready_at
-        LIMIT ?5)
+    WHERE rowid IN (SELECT value FROM json_each(?3))
     RETURNING run_id, name, position, claims, fails, job, priority, ready_at";
 
 const START_RUN: &str = "UPDATE jobgraph_runs SET state = 'running', updated_at = ?2

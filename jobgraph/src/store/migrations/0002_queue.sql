@@ -42,3 +42,21 @@ CREATE INDEX jobgraph_steps_ready ON jobgraph_steps (job, priority DESC, ready_a
     WHERE state = 'pending' AND ready_at IS NOT NULL;
 CREATE INDEX jobgraph_steps_leased ON jobgraph_steps (lease_until)
     WHERE state = 'pending' AND worker IS NOT NULL;
+
+-- Per-step limits across every worker (`#[step(concurrency = .., rate = ..)]`), as the latest
+-- submit declared them, and the rate's token bucket.
+CREATE TABLE jobgraph_limits (
+    job            TEXT    NOT NULL,
+    step           TEXT    NOT NULL,
+    concurrency    INTEGER CHECK (concurrency > 0),
+    rate_count     INTEGER CHECK (rate_count > 0),
+    rate_period_ms INTEGER CHECK (rate_period_ms > 0),
+    burst          INTEGER CHECK (burst > 0),
+    tokens         REAL    NOT NULL DEFAULT 0,
+    refilled_at    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (job, step)
+) STRICT;
+
+-- Counting a limited step's live claims.
+CREATE INDEX jobgraph_steps_claimed ON jobgraph_steps (job, name)
+    WHERE state = 'pending' AND worker IS NOT NULL;
