@@ -11,6 +11,7 @@ Examples:
   jobgraph --store jobs.db gantt import-7
   jobgraph --store jobs.db redrive import-7 orders
   jobgraph --store jobs.db redrive --failed orders --job Import
+  jobgraph --store postgres://jobs@db.internal/jobs runs --job Import
 
 Exit codes: 0 done, 1 error, 2 usage error.";
 
@@ -19,7 +20,7 @@ Exit codes: 0 done, 1 error, 2 usage error.";
 #[command(name = "jobgraph", version, after_help = EXAMPLES)]
 pub(crate) struct Cli {
     /// The store: `sqlite://jobs.db` (relative), `sqlite:///var/lib/jobs.db` (absolute) or a path
-    /// to the database file; PostgreSQL comes with the distributed phase.
+    /// to the database file; or a PostgreSQL database, `postgres://user:password@host/database`.
     #[arg(long, global = true, env = "JOBGRAPH_STORE", value_name = "URL")]
     pub(crate) store: Option<String>,
 

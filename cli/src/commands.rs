@@ -46,7 +46,9 @@ pub(crate) async fn run(cli: &Cli, url: &str) -> Output {
             };
         }
     };
-    let output = run_on(&store, url, cli, terminal_width()).await;
+    // Messages show the URL without its password.
+    let shown = store_url::shown(url);
+    let output = run_on(store.store(), &shown, cli, terminal_width()).await;
     store.close().await;
     output
 }

@@ -1,11 +1,15 @@
 //! The `jobgraph` binary against SQLite files filled through the `Store` API: each command, its
-//! `--json` parsed back, and the errors with their exit codes.
+//! `--json` parsed back, and the errors with their exit codes; then against a PostgreSQL
+//! database filled the same way (on the tests' private server, `jobgraph_tests::pg`; skipped
+//! where PostgreSQL is not installed).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use jobgraph::store::{GraphSpec, RunSpec, RunState, SqliteStore, StepOutcome, StepSpec, Store};
+use jobgraph::store::{
+    GraphSpec, PgStore, RunSpec, RunState, SqliteStore, StepOutcome, StepSpec, Store,
+};
 use serde_json::Value;
 
 const OWNER: &str = "test-runner";
@@ -52,7 +56,7 @@ fn done(step: &str, at: i64, ms: i64) -> StepOutcome<'_> {
 }
 
 /// A run of `Import` whose `parse` step failed (store skipped), finished unless `busy`.
-async fn failed_import(store: &SqliteStore, id: &str, batch: Option<&str>, busy: bool) {
+async fn failed_import(store: &dyn Store, id: &str, batch: Option<&str>, busy: bool) {
     let graph = import_graph();
     let spec = RunSpec {
         id,
@@ -105,55 +109,60 @@ fn fixture(busy_failure: bool) -> Fixture {
         .unwrap();
     rt.block_on(async {
         let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
-        let graph = import_graph();
-        let spec = RunSpec {
-            id: "import-1",
-            job: "Import",
-            input: "{\"customer\":1}",
-            graph: &graph,
-            batch: Some("nightly"),
-        };
-        store
-            .open_run(spec, OWNER, Duration::from_secs(30))
-            .await
-            .unwrap();
-        for (i, step) in ["fetch", "parse", "store", "audit"].into_iter().enumerate() {
-            let at = 1_767_225_600_000 + 100 * i as i64;
-            store
-                .step_completed("import-1", OWNER, done(step, at, 90))
-                .await
-                .unwrap();
-        }
-        store
-            .finish_run("import-1", OWNER, RunState::Succeeded, None)
-            .await
-            .unwrap();
-        failed_import(&store, "import-2", Some("nightly"), false).await;
-        failed_import(&store, "import-3", None, false).await;
-        let export = GraphSpec {
-            steps: vec![StepSpec {
-                name: "dump".to_owned(),
-                parents: vec![],
-                after: vec![],
-            }],
-        };
-        let spec = RunSpec {
-            id: "export-1",
-            job: "Export",
-            input: "null",
-            graph: &export,
-            batch: None,
-        };
-        store
-            .open_run(spec, WORKER, Duration::from_secs(3600))
-            .await
-            .unwrap();
-        if busy_failure {
-            failed_import(&store, "import-4", None, true).await;
-        }
+        fill(&store, busy_failure).await;
         store.close().await;
     });
     Fixture { _dir: dir, path }
+}
+
+/// The runs of [`fixture`].
+async fn fill(store: &dyn Store, busy_failure: bool) {
+    let graph = import_graph();
+    let spec = RunSpec {
+        id: "import-1",
+        job: "Import",
+        input: "{\"customer\":1}",
+        graph: &graph,
+        batch: Some("nightly"),
+    };
+    store
+        .open_run(spec, OWNER, Duration::from_secs(30))
+        .await
+        .unwrap();
+    for (i, step) in ["fetch", "parse", "store", "audit"].into_iter().enumerate() {
+        let at = 1_767_225_600_000 + 100 * i as i64;
+        store
+            .step_completed("import-1", OWNER, done(step, at, 90))
+            .await
+            .unwrap();
+    }
+    store
+        .finish_run("import-1", OWNER, RunState::Succeeded, None)
+        .await
+        .unwrap();
+    failed_import(store, "import-2", Some("nightly"), false).await;
+    failed_import(store, "import-3", None, false).await;
+    let export = GraphSpec {
+        steps: vec![StepSpec {
+            name: "dump".to_owned(),
+            parents: vec![],
+            after: vec![],
+        }],
+    };
+    let spec = RunSpec {
+        id: "export-1",
+        job: "Export",
+        input: "null",
+        graph: &export,
+        batch: None,
+    };
+    store
+        .open_run(spec, WORKER, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    if busy_failure {
+        failed_import(store, "import-4", None, true).await;
+    }
 }
 
 struct Out {
@@ -577,12 +586,24 @@ fn bad_stores_are_errors_with_exit_code_1() {
     );
     assert!(!missing.exists(), "the command created a store");
 
-    let pg = jobgraph(&["--store", "postgres://localhost/jobs", "runs"], &[]);
+    // A PostgreSQL server that is not there (a socket directory that does not exist).
+    let pg = jobgraph(
+        &[
+            "--store",
+            "postgres://jobs:secret@/jobs?host=%2Fnowhere",
+            "runs",
+        ],
+        &[],
+    );
     assert_eq!(pg.code, 1);
     assert!(
+        pg.stderr.starts_with(
+            "error: cannot open the store `postgres://jobs:***@/jobs?host=%2Fnowhere`"
+        ) && pg.stderr.contains("that its server is up"),
+        "{}",
         pg.stderr
-            .contains("PostgreSQL stores come with the distributed phase")
     );
+    assert!(!pg.stderr.contains("secret"), "{}", pg.stderr);
 
     let junk = dir.path().join("junk.db");
     std::fs::write(
@@ -630,4 +651,94 @@ fn usage_errors_exit_with_code_2() {
     let help = jobgraph(&["--help"], &[]);
     assert_eq!(help.code, 0);
     assert!(help.stdout.contains("redrive") && help.stdout.contains("Exit codes"));
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// `jobgraph --store URL args...` on a PostgreSQL URL, expecting exit code `code`.
+fn on_url(url: &str, args: &[&str], code: i32) -> Out {
+    let mut all = vec!["--store", url];
+    all.extend_from_slice(args);
+    let out = jobgraph(&all, &[]);
+    assert_eq!(
+        out.code, code,
+        "jobgraph {all:?}\nstdout:\n{}\nstderr:\n{}",
+        out.stdout, out.stderr
+    );
+    out
+}
+
+#[test]
+fn a_postgres_store_is_read_and_redriven_like_a_sqlite_file() {
+    let Some(db) = block_on(jobgraph_tests::pg::database()) else {
+        return;
+    };
+    block_on(async {
+        let store = PgStore::connect(db.url()).await.unwrap();
+        fill(&store, true).await;
+        store.close().await;
+    });
+    let url = db.url();
+    let all = on_url(url, &["runs", "--json"], 0).json();
+    assert_eq!(
+        ids(&all),
+        ["import-4", "export-1", "import-3", "import-2", "import-1"]
+    );
+    assert_eq!(all[3]["steps"]["failed"], 1);
+    let table = on_url(url, &["show", "import-2"], 0).stdout;
+    assert!(table.contains("run      import-2\n"), "{table}");
+    let dot = on_url(url, &["dot", "import-2"], 0).stdout;
+    assert!(dot.starts_with("digraph"), "{dot}");
+
+    let out = on_url(url, &["redrive", "import-2", "parse"], 0);
+    assert!(
+        out.stdout
+            .contains("reset 2 steps of run `import-2` (job `Import`): parse, store\n"),
+        "{}",
+        out.stdout
+    );
+    let run = on_url(url, &["show", "import-2", "--json"], 0).json();
+    assert_eq!(run["state"], "pending");
+    // import-4 is held by its runner's live lease: reported, not reset, exit 1.
+    let out = on_url(url, &["redrive", "--failed", "parse", "--job", "Import"], 1);
+    assert!(
+        out.stdout.contains("import-3") && out.stdout.contains("import-4"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("1 run was not reset"), "{}", out.stderr);
+    // From the environment too.
+    let out = jobgraph(&["runs", "--json"], &[("JOBGRAPH_STORE", url)]);
+    assert_eq!((out.code, ids(&out.json()).len()), (0, 5), "{}", out.stderr);
+}
+
+#[test]
+fn a_postgres_database_without_a_store_is_an_error_and_stays_so() {
+    let Some(db) = block_on(jobgraph_tests::pg::database()) else {
+        return;
+    };
+    for _ in 0..2 {
+        let out = on_url(db.url(), &["runs"], 1);
+        assert!(
+            out.stderr.starts_with("error: no store in the database")
+                && out.stderr.contains("no jobgraph tables"),
+            "{}",
+            out.stderr
+        );
+    }
+    // A database that does not exist is the server's error.
+    let missing = db.url_of("no_such_database");
+    let out = on_url(&missing, &["runs"], 1);
+    assert!(
+        out.stderr.starts_with("error: cannot open the store")
+            && out.stderr.contains("no_such_database"),
+        "{}",
+        out.stderr
+    );
 }

@@ -2,7 +2,7 @@
 //! stopped (also after its process died: the run's future dropped mid-way, its lease aged in the
 //! store), a completed run returns its stored outputs without running anything, a run id is run
 //! by one runner at a time, and a stored output that no longer decodes is a clear error until
-//! its step is reset. Each case runs on the in-memory store and on SQLite.
+//! its step is reset. Each case runs on the in-memory store, on SQLite and on PostgreSQL.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use jobgraph::durable::{DurableError, resume};
 use jobgraph::job;
-use jobgraph::store::{MemoryStore, RunState, SqliteStore, StepStatus, Store, StoreError};
+use jobgraph::store::{MemoryStore, PgStore, RunState, SqliteStore, StepStatus, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -309,6 +309,8 @@ async fn age<S: Store>(store: &S, by: Duration) {
         memory.age_leases(by).await;
     } else if let Some(sqlite) = any.downcast_ref::<SqliteStore>() {
         sqlite.age_leases(by).await;
+    } else if let Some(postgres) = any.downcast_ref::<PgStore>() {
+        postgres.age_leases(by).await;
     } else {
         unreachable!("a store of the suite");
     }

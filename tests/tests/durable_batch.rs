@@ -1,14 +1,14 @@
 //! Durable batches: a named batch stores its inputs as runs `NAME/INDEX`, running it again runs
 //! only the runs that did not succeed, a batch whose future was dropped mid-way resumes from the
 //! store alone (`resume_batch`), and the status starts from what the store holds. Each case runs
-//! on the in-memory store and on SQLite.
+//! on the in-memory store, on SQLite and on PostgreSQL.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobgraph::durable::resume_batch;
-use jobgraph::store::{MemoryStore, RunFilter, RunState, SqliteStore, Store};
+use jobgraph::store::{MemoryStore, PgStore, RunFilter, RunState, SqliteStore, Store};
 use jobgraph::{Batch, BatchStatus, job};
 use serde::{Deserialize, Serialize};
 
@@ -254,6 +254,8 @@ async fn age<S: Store>(store: &S, by: Duration) {
         memory.age_leases(by).await;
     } else if let Some(sqlite) = any.downcast_ref::<SqliteStore>() {
         sqlite.age_leases(by).await;
+    } else if let Some(postgres) = any.downcast_ref::<PgStore>() {
+        postgres.age_leases(by).await;
     } else {
         unreachable!("a store of the suite");
     }

@@ -1,6 +1,9 @@
-//! The `Store` contract, written once and run against every store (`MemoryStore` and
-//! `SqliteStore`, each test with its own database), then the SQLite store's own promises:
-//! persistence, the schema version check, corrupt rows, concurrent processes.
+//! The `Store` contract, written once and run against every store (`MemoryStore`, `SqliteStore`
+//! and `PgStore`, each test with its own database), then the SQLite store's own promises:
+//! persistence, the schema version check, corrupt rows, concurrent processes; and the
+//! PostgreSQL store's: the same, plus concurrent first opens of one database, and times on the
+//! database's clock. The PostgreSQL tests run on a private server the tests start
+//! (`jobgraph_tests::pg`), and are skipped where PostgreSQL is not installed.
 //!
 //! Leases are aged with `age_leases` rather than by sleeping.
 
@@ -11,9 +14,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use jobgraph::store::{
-    GraphSpec, MemoryStore, RunFilter, RunSpec, RunState, SqliteOptions, SqliteStore, StepOutcome,
-    StepSpec, StepStatus, StepTally, Store, StoreError, StoredRun, Synchronous,
+    GraphSpec, MemoryStore, PgOptions, PgStore, RunFilter, RunSpec, RunState, SqliteOptions,
+    SqliteStore, StepOutcome, StepSpec, StepStatus, StepTally, Store, StoreError, StoredRun,
+    Synchronous,
 };
+use jobgraph_tests::pg::{self, TestDb};
 
 const LEASE: Duration = Duration::from_secs(30);
 const JOB: &str = "Import";
@@ -30,6 +35,12 @@ impl TestStore for MemoryStore {
 }
 
 impl TestStore for SqliteStore {
+    fn age(&self, by: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(self.age_leases(by))
+    }
+}
+
+impl TestStore for PgStore {
     fn age(&self, by: Duration) -> BoxFuture<'_, ()> {
         Box::pin(self.age_leases(by))
     }
@@ -847,6 +858,18 @@ macro_rules! contract {
                 }
             )*
         }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(db) = jobgraph_tests::pg::database().await else {
+                        return;
+                    };
+                    let store = super::pg_store(&db).await;
+                    super::$test(std::sync::Arc::new(store)).await;
+                }
+            )*
+        }
     };
 }
 
@@ -1069,6 +1092,294 @@ fn sqlite_processes_racing_on_one_file_have_one_winner() {
         std::thread::spawn(move || {
             block_on(async {
                 let store = SqliteStore::open(&path).await.unwrap();
+                let g = graph();
+                let mut won = Vec::new();
+                for round in 0..20 {
+                    let id = format!("race-{round}");
+                    match store.open_run(spec(&id, &g), owner, LEASE).await {
+                        Ok(_) => won.push(id),
+                        Err(StoreError::Busy { .. }) => {}
+                        Err(e) => panic!("{owner}: {e:?}"),
+                    }
+                }
+                won
+            })
+        })
+    };
+    let (a, b) = (race("a"), race("b"));
+    let (a, b) = (a.join().unwrap(), b.join().unwrap());
+    assert_eq!(a.len() + b.len(), 20, "{a:?} {b:?}");
+    assert!(a.iter().all(|id| !b.contains(id)));
+}
+
+// ---- PostgreSQL only -------------------------------------------------------------------------
+
+async fn pg_store(db: &TestDb) -> PgStore {
+    PgStore::connect(db.url()).await.unwrap()
+}
+
+/// A plain connection to the test's database, as another program would open it.
+async fn pg_raw(db: &TestDb) -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(db.url()).await.unwrap()
+}
+
+async fn pg_execute(db: &TestDb, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = pg_raw(db).await;
+    sqlx::query(sql).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_survives_reconnecting() {
+    let Some(db) = pg::database().await else {
+        return;
+    };
+    let g = graph();
+    let store = pg_store(&db).await;
+    store.open_run(spec("r1", &g), "a", LEASE).await.unwrap();
+    store
+        .step_completed("r1", "a", completed("fetch", r#"{"n":1}"#))
+        .await
+        .unwrap();
+    store
+        .element_completed("r1", "a", "enrich", 3, "\"e\"")
+        .await
+        .unwrap();
+    let before = load(&store, "r1").await;
+    store.close().await;
+    drop(store);
+
+    let options = PgOptions::new()
+        .with_max_connections(1)
+        .with_acquire_timeout(Duration::from_secs(5));
+    let store = PgStore::connect_with(db.url(), options).await.unwrap();
+    assert_eq!(load(&store, "r1").await, before);
+    assert_eq!(
+        store.elements("r1", "enrich").await.unwrap(),
+        [(3, "\"e\"".to_owned())]
+    );
+    // The lease survived too.
+    let err = store
+        .open_run(spec("r1", &g), "b", LEASE)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Busy { .. }), "{err:?}");
+    // A closed store fails, saying where to look.
+    store.close().await;
+    let err = store.load_run("r1").await.unwrap_err();
+    assert!(matches!(err, StoreError::Database(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn postgres_refuses_another_schema_version() {
+    let Some(db) = pg::database().await else {
+        return;
+    };
+    pg_store(&db).await.close().await;
+    let version: String =
+        sqlx::query_scalar("SELECT value FROM jobgraph_meta WHERE key = 'schema_version'")
+            .fetch_one(&mut pg_raw(&db).await)
+            .await
+            .unwrap();
+    assert_eq!(version, "1");
+
+    pg_execute(
+        &db,
+        "UPDATE jobgraph_meta SET value = '99' WHERE key = 'schema_version'",
+    )
+    .await;
+    let err = PgStore::connect(db.url()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Schema {
+                found: 99,
+                expected: 1
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("schema version 99") && message.contains("upgrade jobgraph"),
+        "{message}"
+    );
+
+    pg_execute(
+        &db,
+        "UPDATE jobgraph_meta SET value = '-1' WHERE key = 'schema_version'",
+    )
+    .await;
+    let err = PgStore::connect(db.url()).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Schema { found: -1, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("restore it from a backup"),
+        "{err}"
+    );
+
+    pg_execute(
+        &db,
+        "UPDATE jobgraph_meta SET value = 'one' WHERE key = 'schema_version'",
+    )
+    .await;
+    let err = PgStore::connect(db.url()).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { what } if what.contains("`one`")),
+        "{err:?}"
+    );
+}
+
+/// Stores opening one new database at once (processes starting together) all succeed, and the
+/// schema is created once.
+#[test]
+fn postgres_concurrent_first_opens_migrate_once() {
+    let Some(db) = block_on(pg::database()) else {
+        return;
+    };
+    // Each "process" is its own runtime on its own thread, with its own pool; all connect
+    // first, then all open the store at once.
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let opens: Vec<_> = (0..8)
+        .map(|i| {
+            let (url, barrier) = (db.url().to_owned(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                block_on(async {
+                    let store = PgStore::connect(&url).await.unwrap();
+                    let g = graph();
+                    let id = format!("r{i}");
+                    store.open_run(spec(&id, &g), "a", LEASE).await.unwrap();
+                    store.close().await;
+                })
+            })
+        })
+        .collect();
+    for open in opens {
+        open.join().unwrap();
+    }
+    block_on(async {
+        let version: String =
+            sqlx::query_scalar("SELECT value FROM jobgraph_meta WHERE key = 'schema_version'")
+                .fetch_one(&mut pg_raw(&db).await)
+                .await
+                .unwrap();
+        assert_eq!(version, "1");
+        let store = pg_store(&db).await;
+        let runs = store.list_runs(&RunFilter::default()).await.unwrap();
+        assert_eq!(runs.len(), 8);
+    });
+}
+
+#[tokio::test]
+async fn postgres_reports_corrupt_rows() {
+    let Some(db) = pg::database().await else {
+        return;
+    };
+    let g = graph();
+    let store = pg_store(&db).await;
+    store.open_run(spec("r1", &g), "a", LEASE).await.unwrap();
+    store.open_run(spec("r2", &g), "a", LEASE).await.unwrap();
+    pg_execute(
+        &db,
+        r#"UPDATE jobgraph_runs SET graph = '{"steps": 7}' WHERE id = 'r1'"#,
+    )
+    .await;
+    let err = store.load_run("r1").await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { what } if what.contains("graph of run `r1`")),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("restore the database"), "{err}");
+    store.age(LEASE * 2).await;
+    let err = store.reset_step("r1", "fetch").await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    // Other runs still read.
+    assert_eq!(load(&store, "r2").await.steps.len(), 5);
+}
+
+/// Leases expire on the database's clock, and the runner's times come back to the millisecond.
+#[tokio::test]
+async fn postgres_times_are_the_databases_and_exact() {
+    let Some(db) = pg::database().await else {
+        return;
+    };
+    let g = graph();
+    let store = pg_store(&db).await;
+    let mut raw = pg_raw(&db).await;
+    // The server's clock, read by another connection, and the contract's millisecond.
+    let server_now = async |raw: &mut sqlx::PgConnection| -> i64 {
+        sqlx::query_scalar("SELECT jobgraph_ms(clock_timestamp())")
+            .fetch_one(raw)
+            .await
+            .unwrap()
+    };
+    let before = server_now(&mut raw).await;
+    let run = store.open_run(spec("r1", &g), "a", LEASE).await.unwrap();
+    let after = server_now(&mut raw).await;
+    assert!(before <= run.created_at && run.created_at <= after);
+    assert_eq!(run.created_at, run.updated_at);
+    let err = store
+        .open_run(spec("r1", &g), "b", LEASE)
+        .await
+        .unwrap_err();
+    let StoreError::Busy { until, .. } = err else {
+        panic!("{err:?}")
+    };
+    let lease = i64::try_from(LEASE.as_millis()).unwrap();
+    assert!(before + lease <= until && until <= after + lease, "{until}");
+    // Aged by a second: the lease ends a second earlier.
+    store.age(Duration::from_secs(1)).await;
+    let err = store
+        .open_run(spec("r1", &g), "b", LEASE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Busy { until: aged, .. } if aged == until - 1_000),
+        "{err:?}"
+    );
+
+    // A step's times are the runner's, to the millisecond: before the epoch, at it, and in the
+    // year 9999.
+    for (started, ended) in [
+        (-1_500, -1),
+        (0, 999),
+        (1_700_000_000_250, 1_700_000_000_999),
+        (253_402_300_799_998, 253_402_300_799_999),
+    ] {
+        let outcome = StepOutcome {
+            started_at: Some(started),
+            ended_at: ended,
+            ..completed("fetch", "1")
+        };
+        store.step_completed("r1", "a", outcome).await.unwrap();
+        let fetch = load(&store, "r1").await.steps[0].clone();
+        assert_eq!(
+            (fetch.started_at, fetch.ended_at),
+            (Some(started), Some(ended))
+        );
+    }
+    // A lease far longer than the database's calendar is capped, not an error.
+    store.renew_lease("r1", "a", Duration::MAX).await.unwrap();
+}
+
+/// Two stores on one database (two processes) race `open_run`: one wins each id.
+#[test]
+fn postgres_processes_racing_on_one_database_have_one_winner() {
+    let Some(db) = block_on(pg::database()) else {
+        return;
+    };
+    // Create the schema first: this test is about the runs.
+    block_on(async { pg_store(&db).await.close().await });
+    let race = |owner: &'static str| {
+        let url = db.url().to_owned();
+        std::thread::spawn(move || {
+            block_on(async {
+                let store = PgStore::connect(&url).await.unwrap();
                 let g = graph();
                 let mut won = Vec::new();
                 for round in 0..20 {

@@ -6,10 +6,12 @@
 //! what the store holds. Operators list runs, read them, and reset steps so that the next resume
 //! runs them again ([`Store::reset_step`], "redrive").
 //!
-//! Two stores implement the one contract (and pass the one contract test suite):
+//! Three stores implement the one contract (and pass the one contract test suite):
 //!
 //! - `SqliteStore` (feature `sqlite`, on by default): an embedded SQLite database through
 //!   `sqlx`, for runs that must survive a crash.
+//! - `PgStore` (feature `postgres`): a PostgreSQL database through `sqlx`, shared by processes
+//!   on many machines; leases expire on the database's clock.
 //! - [`MemoryStore`]: maps behind a mutex, for tests; same semantics, including leases and
 //!   fencing.
 //!
@@ -22,6 +24,10 @@
 //! checks, in the same transaction, that its owner still holds the lease, and fails with
 //! [`StoreError::LeaseLost`] otherwise, changing nothing. An owner whose lease expired but was
 //! not taken over still holds it (nobody else can have written), and may renew it.
+//!
+//! "Now" is the store's clock: the process's for `MemoryStore` and `SqliteStore` (every process
+//! of a SQLite file is on one machine), the database server's for `PgStore` (processes on many
+//! machines compare leases against one clock, so their clocks' skew does not matter).
 //!
 //! # Data
 //!
@@ -42,6 +48,10 @@ mod memory;
 // The queue protocol: submitted runs executed one step at a time by workers.
 pub mod queue;
 // `StoredRun::dot`, `StoredRun::mermaid_gantt` and the report helpers: inherent methods.
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "postgres")]
+mod postgres_schema;
 mod render;
 #[cfg(feature = "sqlite")]
 mod schema;
@@ -51,6 +61,8 @@ mod sqlite;
 mod sqlite_queue;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgOptions, PgStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
@@ -647,10 +659,11 @@ pub enum StoreError {
         /// The state given.
         state: RunState,
     },
-    /// The database failed (I/O, locking past the busy timeout, a closed pool...).
+    /// The database failed (I/O, locking past the busy timeout, a closed pool, a server that
+    /// cannot be reached...).
     #[error(
-        "the store's database failed; check its path, permissions and free disk space (the cause \
-         follows)"
+        "the store's database failed; check its path or URL, that its server is up, permissions \
+         and free disk space (the cause follows)"
     )]
     Database(#[source] BoxError),
     /// A stored value cannot be read back.
@@ -683,14 +696,15 @@ fn schema_message(found: i64, expected: i64) -> String {
     }
 }
 
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         StoreError::Database(Box::new(error))
     }
 }
 
-/// The wall clock, Unix milliseconds: the one clock of both stores (leases, timestamps).
+/// The wall clock, Unix milliseconds: the one clock of `MemoryStore` and `SqliteStore` (leases,
+/// timestamps); `PgStore` uses the database server's.
 pub(crate) fn now_ms() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
@@ -703,7 +717,8 @@ pub(crate) fn plus(at: i64, d: Duration) -> i64 {
     at.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// A [`Duration`] in ms, saturating (for [`MemoryStore::age_leases`] and its SQLite twin).
+/// A [`Duration`] in ms, saturating (for [`MemoryStore::age_leases`] and its SQLite and PostgreSQL
+/// twins, and `PgStore`'s leases).
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -1,0 +1,1016 @@
+//! `PgStore`: the [`Store`] contract on PostgreSQL, through `sqlx`.
+//!
+//! Every statement is a constant next to the one function that runs it, as in `sqlite.rs`, and
+//! the contract tests check them against a real server. Each method is one transaction (a
+//! method of one statement is one statement, which PostgreSQL runs as its own transaction):
+//!
+//! - **Locks, not a global writer.** A write locks the run's row first, and only it: fencing is
+//!   an `UPDATE ... WHERE id = $1 AND lease_owner = $2` on the run, which holds the row until
+//!   commit, so a takeover cannot slip in between the check and the write; `open_run` and
+//!   `reset_step` read the run `FOR UPDATE`. Runs do not wait for one another. Every write locks
+//!   the run before its steps and elements, so two writers never deadlock.
+//! - **One clock: the database's.** Lease expiry and the run's `created_at` and `updated_at` are
+//!   `now()` on the server (SQLite uses the runner's clock, since there every process is on one
+//!   machine; here processes on many machines share runs, and comparing one machine's lease
+//!   expiry with another's clock would let clock skew hand a live run to a second owner).
+//!   `now()` is the time the transaction started: a transaction that waited for a row lock
+//!   computes a lease that much shorter (milliseconds: every transaction here is a few
+//!   statements), never longer. A step's `started_at` and `ended_at` are the runner's, as given.
+//! - **Reads from one snapshot.** `load_run` and `elements` read in a `REPEATABLE READ, READ
+//!   ONLY` transaction: the run and its steps as of one moment, without locks.
+//! - **Concurrent creation.** Two owners opening a new run at once both find no row; the
+//!   `INSERT ... ON CONFLICT DO NOTHING` of the second waits for the first to commit, inserts
+//!   nothing, and the second reads the committed run (and its live lease) `FOR UPDATE`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+
+use super::postgres_schema;
+use super::{
+    GraphSpec, RunFilter, RunSpec, RunState, RunSummary, StepOutcome, StepStatus, StepTally, Store,
+    StoreError, StoredRun, StoredStep, millis,
+};
+
+/// A [`Store`] in a PostgreSQL database: runs survive their processes and are shared by
+/// processes on many machines.
+///
+/// Opening it connects a pool, creates its tables (prefixed `jobgraph_`, in the first schema of
+/// the connection's `search_path`) and two functions (`jobgraph_ms`, `jobgraph_at`) if missing,
+/// migrates an older schema, and refuses a newer one ([`StoreError::Schema`]); processes
+/// opening one database at once are safe (an advisory lock serializes the migration). Times
+/// are stored as `timestamptz` and leases expire on the database's clock (see the module
+/// source for why). Tested on PostgreSQL 15.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), jobgraph::store::StoreError> {
+/// use jobgraph::store::{PgOptions, PgStore};
+///
+/// let store = PgStore::connect("postgres://jobs:secret@db.internal/jobs").await?;
+/// // A unix socket (the directory, percent-encoded) and a bigger pool:
+/// let local = PgStore::connect_with(
+///     "postgres:///jobs?host=%2Fvar%2Frun%2Fpostgresql",
+///     PgOptions::new().with_max_connections(32),
+/// )
+/// .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+/// How [`PgStore::connect_with`] connects.
+///
+/// # Default
+///
+/// `max_connections`: 8; `acquire_timeout`: 30 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PgOptions {
+    /// The most connections the store's pool opens to the server: how many of its calls run at
+    /// once (a call holds one connection for its transaction).
+    pub max_connections: u32,
+    /// How long a call waits for a connection of the pool (all busy, or the server unreachable)
+    /// before it fails with [`StoreError::Database`].
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PgOptions {
+    /// The defaults: at most 8 connections, a 30 s acquire timeout.
+    pub const fn new() -> Self {
+        Self {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the most connections the pool opens (at least 1).
+    pub const fn with_max_connections(mut self, max_connections: u32) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// Sets how long a call waits for a connection.
+    pub const fn with_acquire_timeout(mut self, acquire_timeout: Duration) -> Self {
+        self.acquire_timeout = acquire_timeout;
+        self
+    }
+}
+
+/// The longest lease the database is asked for (1,000 years): a longer one would overflow
+/// `timestamptz`, and is forever anyway.
+const MAX_LEASE_MS: i64 = 1_000 * 365 * 24 * 3_600 * 1_000;
+
+/// A lease in ms, capped at [`MAX_LEASE_MS`].
+fn lease_ms(lease: Duration) -> i64 {
+    millis(lease).min(MAX_LEASE_MS)
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://user:password@host:port/database`, or
+    /// `postgresql://`; a unix socket's directory goes in `?host=`, percent-encoded) with the
+    /// default [`PgOptions`], and creates or migrates its schema. The database must exist.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        Self::connect_with(url, PgOptions::default()).await
+    }
+
+    /// Connects to the database at `url` with `options`, and creates or migrates its schema.
+    pub async fn connect_with(url: &str, options: PgOptions) -> Result<PgStore, StoreError> {
+        let mut connect = PgConnectOptions::from_str(url)?;
+        if connect.get_application_name().is_none() {
+            // Names the store's sessions in `pg_stat_activity`.
+            connect = connect.application_name("jobgraph");
+        }
+        // sqlx pings a pooled connection before lending it (`test_before_acquire`): a round trip
+        // per call, kept, so that a server restart costs the calls after it nothing but a
+        // reconnection.
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        postgres_schema::migrate(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// Closes the pool's connections; the store fails every call after.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Moves every lease's expiry `by` into the past, as if that much time had passed: protocol
+    /// tests age leases in SQL instead of sleeping.
+    ///
+    /// # Panics
+    ///
+    /// If the database fails (a test helper).
+    #[doc(hidden)]
+    pub async fn age_leases(&self, by: Duration) {
+        sqlx::query(AGE_LEASES)
+            .bind(lease_ms(by))
+            .execute(&self.pool)
+            .await
+            .expect("age_leases: the store's database failed");
+    }
+
+    /// A read-write transaction (`READ COMMITTED`: each statement sees what committed before
+    /// it; the row locks give the isolation the contract needs).
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A read-only transaction on one snapshot.
+    async fn snapshot(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?)
+    }
+}
+
+/// A decoding error is a corrupt value (`what`); anything else is the database failing.
+pub(super) fn corrupt_or_database(error: sqlx::Error, what: &str) -> StoreError {
+    match error {
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt {
+            what: format!("{what} cannot be read ({error})"),
+        },
+        error => StoreError::from(error),
+    }
+}
+
+fn get<'r, T>(row: &'r PgRow, column: &str, table: &str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
+{
+    row.try_get(column)
+        .map_err(|e| corrupt_or_database(e, &format!("{table}.{column}")))
+}
+
+fn run_state(value: &str, run: &str) -> Result<RunState, StoreError> {
+    value.parse().map_err(|e| StoreError::Corrupt {
+        what: format!("the state of run `{run}`: {e}"),
+    })
+}
+
+fn step_status(value: &str, run: &str, step: &str) -> Result<StepStatus, StoreError> {
+    value.parse().map_err(|e| StoreError::Corrupt {
+        what: format!("the state of step `{step}` of run `{run}`: {e}"),
+    })
+}
+
+fn graph(json: &str, run: &str) -> Result<GraphSpec, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        what: format!("the graph of run `{run}` ({e})"),
+    })
+}
+
+fn lease_lost(run: &str, owner: &str) -> StoreError {
+    StoreError::LeaseLost {
+        run: run.to_owned(),
+        owner: owner.to_owned(),
+    }
+}
+
+fn no_such_run(run: &str) -> StoreError {
+    StoreError::NoSuchRun {
+        run: run.to_owned(),
+    }
+}
+
+fn no_such_step(run: &str, step: &str) -> StoreError {
+    StoreError::NoSuchStep {
+        run: run.to_owned(),
+        step: step.to_owned(),
+    }
+}
+
+// ---- Statements, one function each ------------------------------------------------------------
+
+const AGE_LEASES: &str = "UPDATE jobgraph_runs
+    SET lease_until = lease_until - $1 * interval '1 millisecond'
+    WHERE lease_until IS NOT NULL";
+
+/// A run's job, state, graph and lease, locked for the rest of the transaction, for `open_run`
+/// and `reset_step`.
+struct Head {
+    job: String,
+    state: RunState,
+    graph: String,
+    lease_owner: Option<String>,
+    lease_until: Option<i64>,
+    /// Whether the lease is live on the database's clock.
+    live: bool,
+}
+
+const LOCK_HEAD: &str = "SELECT job, state, graph::text AS graph, lease_owner,
+        jobgraph_ms(lease_until) AS lease_until, coalesce(lease_until > now(), false) AS live
+    FROM jobgraph_runs WHERE id = $1 FOR UPDATE";
+
+async fn lock_head(conn: &mut PgConnection, run: &str) -> Result<Option<Head>, StoreError> {
+    let Some(row) = sqlx::query(LOCK_HEAD)
+        .bind(run)
+        .fetch_optional(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    const T: &str = "jobgraph_runs";
+    Ok(Some(Head {
+        job: get(&row, "job", T)?,
+        state: run_state(get(&row, "state", T)?, run)?,
+        graph: get(&row, "graph", T)?,
+        lease_owner: get(&row, "lease_owner", T)?,
+        lease_until: get(&row, "lease_until", T)?,
+        live: get(&row, "live", T)?,
+    }))
+}
+
+const INSERT_RUN: &str = "INSERT INTO jobgraph_runs
+    (id, job, batch, input, graph, state, lease_owner, lease_until, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5::jsonb, 'running', $6, now() + $7 * interval '1 millisecond',
+        now(), now())
+    ON CONFLICT (id) DO NOTHING";
+
+/// Whether the run was inserted: `false` if another transaction created it first (this one
+/// waited for that one to commit).
+async fn insert_run(
+    conn: &mut PgConnection,
+    spec: &RunSpec<'_>,
+    graph: &str,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(INSERT_RUN)
+        .bind(spec.id)
+        .bind(spec.job)
+        .bind(spec.batch)
+        .bind(spec.input)
+        .bind(graph)
+        .bind(owner)
+        .bind(lease_ms(lease))
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// All of a new run's steps in one statement, numbered in graph order.
+const INSERT_STEPS: &str = "INSERT INTO jobgraph_steps (run_id, idx, name, state)
+    SELECT $1, (t.ord - 1)::integer, t.name, 'pending'
+    FROM unnest($2::text[]) WITH ORDINALITY AS t (name, ord)";
+
+async fn insert_steps(
+    conn: &mut PgConnection,
+    run: &str,
+    graph: &GraphSpec,
+) -> Result<(), StoreError> {
+    let names: Vec<&str> = graph.steps.iter().map(|s| s.name.as_str()).collect();
+    sqlx::query(INSERT_STEPS)
+        .bind(run)
+        .bind(names)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes the lease; a run that has not ended (pending, running, cancelled) becomes running.
+const TAKE_LEASE: &str = "UPDATE jobgraph_runs SET
+        lease_owner = $2, lease_until = now() + $3 * interval '1 millisecond', updated_at = now(),
+        state = CASE WHEN state IN ('succeeded', 'failed') THEN state ELSE 'running' END,
+        error = CASE WHEN state IN ('succeeded', 'failed') THEN error ELSE NULL END
+    WHERE id = $1";
+
+async fn take_lease(
+    conn: &mut PgConnection,
+    run: &str,
+    owner: &str,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    sqlx::query(TAKE_LEASE)
+        .bind(run)
+        .bind(owner)
+        .bind(lease_ms(lease))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+const RESUME_STEPS: &str = "UPDATE jobgraph_steps SET state = 'pending', error = NULL
+    WHERE run_id = $1 AND state <> 'completed'";
+
+async fn resume_steps(conn: &mut PgConnection, run: &str) -> Result<(), StoreError> {
+    sqlx::query(RESUME_STEPS).bind(run).execute(conn).await?;
+    Ok(())
+}
+
+const SELECT_EXISTS: &str = "SELECT 1 FROM jobgraph_runs WHERE id = $1";
+
+/// Whether the run exists.
+async fn run_exists(conn: &mut PgConnection, run: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query(SELECT_EXISTS)
+        .bind(run)
+        .fetch_optional(conn)
+        .await?
+        .is_some())
+}
+
+/// Why a fenced statement that changed no row failed: the run exists (so `owner` lost its
+/// lease) or not.
+async fn not_fenced(conn: &mut PgConnection, run: &str, owner: &str) -> StoreError {
+    match run_exists(conn, run).await {
+        Ok(true) => lease_lost(run, owner),
+        Ok(false) => no_such_run(run),
+        Err(e) => e,
+    }
+}
+
+/// Fencing in one statement: touches the run if `owner` holds its lease, and keeps the run's
+/// row locked until the transaction ends (so the lease cannot change hands before it commits).
+const FENCE: &str =
+    "UPDATE jobgraph_runs SET updated_at = now() WHERE id = $1 AND lease_owner = $2";
+
+/// Ok if `owner` holds the run's lease (and marks the run written); else why not.
+async fn fence(conn: &mut PgConnection, run: &str, owner: &str) -> Result<(), StoreError> {
+    let done = sqlx::query(FENCE)
+        .bind(run)
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        Err(not_fenced(conn, run, owner).await)
+    }
+}
+
+/// Fenced and renewed in one statement.
+const RENEW_LEASE: &str = "UPDATE jobgraph_runs
+    SET lease_until = now() + $3 * interval '1 millisecond', updated_at = now()
+    WHERE id = $1 AND lease_owner = $2";
+
+/// Whether `owner` held the lease (and now holds it for `lease` more).
+async fn renew_lease(
+    conn: &mut PgConnection,
+    run: &str,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(RENEW_LEASE)
+        .bind(run)
+        .bind(owner)
+        .bind(lease_ms(lease))
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+const SETTLE_STEP: &str = "UPDATE jobgraph_steps
+    SET state = $3, attempts = $4, output = $5, error = $6, started_at = jobgraph_at($7),
+        ended_at = jobgraph_at($8)
+    WHERE run_id = $1 AND name = $2";
+
+/// Records a completed or failed step; [`StoreError::NoSuchStep`] if there is none.
+async fn settle_step(
+    conn: &mut PgConnection,
+    run: &str,
+    state: StepStatus,
+    outcome: &StepOutcome<'_>,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(SETTLE_STEP)
+        .bind(run)
+        .bind(outcome.step)
+        .bind(state.as_str())
+        .bind(i64::from(outcome.attempts))
+        .bind(outcome.output)
+        .bind(outcome.error)
+        .bind(outcome.started_at)
+        .bind(outcome.ended_at)
+        .execute(conn)
+        .await?;
+    match done.rows_affected() {
+        0 => Err(no_such_step(run, outcome.step)),
+        _ => Ok(()),
+    }
+}
+
+const SKIP_STEPS: &str = "UPDATE jobgraph_steps SET state = 'skipped'
+    WHERE run_id = $1 AND name = ANY ($2::text[])
+    RETURNING name";
+
+/// Marks `steps` skipped; [`StoreError::NoSuchStep`] naming the first that the run lacks.
+async fn skip_steps(conn: &mut PgConnection, run: &str, steps: &[&str]) -> Result<(), StoreError> {
+    if steps.is_empty() {
+        return Ok(());
+    }
+    let skipped: Vec<String> = sqlx::query_scalar(SKIP_STEPS)
+        .bind(run)
+        .bind(steps)
+        .fetch_all(conn)
+        .await?;
+    match steps.iter().find(|&&s| !skipped.iter().any(|k| k == s)) {
+        Some(missing) => Err(no_such_step(run, missing)),
+        None => Ok(()),
+    }
+}
+
+/// The element's step is found by name; none found (no such step) inserts nothing.
+const UPSERT_ELEMENT: &str = "INSERT INTO jobgraph_elements (run_id, step_idx, idx, output)
+    SELECT run_id, idx, $3, $4 FROM jobgraph_steps WHERE run_id = $1 AND name = $2
+    ON CONFLICT (run_id, step_idx, idx) DO UPDATE SET output = excluded.output";
+
+async fn upsert_element(
+    conn: &mut PgConnection,
+    run: &str,
+    step: &str,
+    index: usize,
+    output: &str,
+) -> Result<(), StoreError> {
+    let index = i64::try_from(index).map_err(|_| no_such_step(run, step))?;
+    let done = sqlx::query(UPSERT_ELEMENT)
+        .bind(run)
+        .bind(step)
+        .bind(index)
+        .bind(output)
+        .execute(conn)
+        .await?;
+    match done.rows_affected() {
+        0 => Err(no_such_step(run, step)),
+        _ => Ok(()),
+    }
+}
+
+const SELECT_ELEMENTS: &str = "SELECT e.idx, e.output
+    FROM jobgraph_elements e
+    JOIN jobgraph_steps s ON s.run_id = e.run_id AND s.idx = e.step_idx
+    WHERE s.run_id = $1 AND s.name = $2
+    ORDER BY e.idx";
+
+async fn select_elements(
+    conn: &mut PgConnection,
+    run: &str,
+    step: &str,
+) -> Result<Vec<(usize, String)>, StoreError> {
+    let rows = sqlx::query(SELECT_ELEMENTS)
+        .bind(run)
+        .bind(step)
+        .fetch_all(conn)
+        .await?;
+    const T: &str = "jobgraph_elements";
+    rows.iter()
+        .map(|row| {
+            let idx: i64 = get(row, "idx", T)?;
+            let idx = usize::try_from(idx).map_err(|_| StoreError::Corrupt {
+                what: format!("element {idx} of step `{step}` of run `{run}` has a negative index"),
+            })?;
+            Ok((idx, get(row, "output", T)?))
+        })
+        .collect()
+}
+
+const SELECT_STEP_EXISTS: &str = "SELECT 1 FROM jobgraph_steps WHERE run_id = $1 AND name = $2";
+
+async fn step_exists(conn: &mut PgConnection, run: &str, step: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query(SELECT_STEP_EXISTS)
+        .bind(run)
+        .bind(step)
+        .fetch_optional(conn)
+        .await?
+        .is_some())
+}
+
+/// Fenced and finished in one statement.
+const FINISH_RUN: &str = "UPDATE jobgraph_runs
+    SET state = $3, error = $4, lease_owner = NULL, lease_until = NULL, updated_at = now()
+    WHERE id = $1 AND lease_owner = $2";
+
+/// Whether the run was finished (`owner` held its lease).
+async fn finish_run(
+    conn: &mut PgConnection,
+    run: &str,
+    owner: &str,
+    state: RunState,
+    error: Option<&str>,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(FINISH_RUN)
+        .bind(run)
+        .bind(owner)
+        .bind(state.as_str())
+        .bind(error)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+const SELECT_RUN: &str = "SELECT id, job, batch, input, graph::text AS graph, state, error,
+        jobgraph_ms(created_at) AS created_at, jobgraph_ms(updated_at) AS updated_at
+    FROM jobgraph_runs WHERE id = $1";
+
+async fn select_run(conn: &mut PgConnection, run: &str) -> Result<Option<StoredRun>, StoreError> {
+    let Some(row) = sqlx::query(SELECT_RUN)
+        .bind(run)
+        .fetch_optional(conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    const T: &str = "jobgraph_runs";
+    Ok(Some(StoredRun {
+        id: get(&row, "id", T)?,
+        job: get(&row, "job", T)?,
+        batch: get(&row, "batch", T)?,
+        input: get(&row, "input", T)?,
+        graph: graph(get(&row, "graph", T)?, run)?,
+        state: run_state(get(&row, "state", T)?, run)?,
+        error: get(&row, "error", T)?,
+        created_at: get(&row, "created_at", T)?,
+        updated_at: get(&row, "updated_at", T)?,
+        steps: Vec::new(),
+    }))
+}
+
+const SELECT_STEPS: &str = "SELECT name, state, attempts, output, error,
+        jobgraph_ms(started_at) AS started_at, jobgraph_ms(ended_at) AS ended_at
+    FROM jobgraph_steps WHERE run_id = $1 ORDER BY idx";
+
+async fn select_steps(conn: &mut PgConnection, run: &str) -> Result<Vec<StoredStep>, StoreError> {
+    let rows = sqlx::query(SELECT_STEPS).bind(run).fetch_all(conn).await?;
+    const T: &str = "jobgraph_steps";
+    rows.iter()
+        .map(|row| {
+            let name: String = get(row, "name", T)?;
+            let attempts: i64 = get(row, "attempts", T)?;
+            Ok(StoredStep {
+                state: step_status(get(row, "state", T)?, run, &name)?,
+                attempts: u32::try_from(attempts).map_err(|_| StoreError::Corrupt {
+                    what: format!("step `{name}` of run `{run}` has {attempts} attempts"),
+                })?,
+                output: get(row, "output", T)?,
+                error: get(row, "error", T)?,
+                started_at: get(row, "started_at", T)?,
+                ended_at: get(row, "ended_at", T)?,
+                name,
+            })
+        })
+        .collect()
+}
+
+/// The newest runs that match first (an index scan, cut at the limit), then each one's tally.
+const SELECT_SUMMARIES: &str = "SELECT r.id, r.job, r.batch, r.state,
+        jobgraph_ms(r.created_at) AS created_at, jobgraph_ms(r.updated_at) AS updated_at,
+        t.pending, t.completed, t.failed, t.skipped, t.cancelled
+    FROM (
+        SELECT id, job, batch, state, created_at, updated_at, seq FROM jobgraph_runs
+        WHERE ($1::text IS NULL OR job = $1) AND ($2::text IS NULL OR state = $2)
+            AND ($3::text IS NULL OR batch = $3)
+        ORDER BY created_at DESC, seq DESC
+        LIMIT $4
+    ) r
+    CROSS JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE s.state = 'pending') AS pending,
+            count(*) FILTER (WHERE s.state = 'completed') AS completed,
+            count(*) FILTER (WHERE s.state = 'failed') AS failed,
+            count(*) FILTER (WHERE s.state = 'skipped') AS skipped,
+            count(*) FILTER (WHERE s.state = 'cancelled') AS cancelled
+        FROM jobgraph_steps s WHERE s.run_id = r.id
+    ) t
+    ORDER BY r.created_at DESC, r.seq DESC";
+
+async fn select_summaries(
+    conn: &mut PgConnection,
+    filter: &RunFilter,
+) -> Result<Vec<RunSummary>, StoreError> {
+    // `LIMIT NULL` is no limit.
+    let limit = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    let rows = sqlx::query(SELECT_SUMMARIES)
+        .bind(filter.job.as_deref())
+        .bind(filter.state.map(RunState::as_str))
+        .bind(filter.batch.as_deref())
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    const T: &str = "jobgraph_runs";
+    let count = |row: &PgRow, column: &str| -> Result<usize, StoreError> {
+        let n: i64 = get(row, column, T)?;
+        usize::try_from(n).map_err(|_| StoreError::Corrupt {
+            what: format!("a step count of {n}"),
+        })
+    };
+    rows.iter()
+        .map(|row| {
+            let id: String = get(row, "id", T)?;
+            Ok(RunSummary {
+                job: get(row, "job", T)?,
+                batch: get(row, "batch", T)?,
+                state: run_state(get(row, "state", T)?, &id)?,
+                created_at: get(row, "created_at", T)?,
+                updated_at: get(row, "updated_at", T)?,
+                steps: StepTally {
+                    pending: count(row, "pending")?,
+                    completed: count(row, "completed")?,
+                    failed: count(row, "failed")?,
+                    skipped: count(row, "skipped")?,
+                    cancelled: count(row, "cancelled")?,
+                },
+                id,
+            })
+        })
+        .collect()
+}
+
+const RESET_STEPS: &str = "UPDATE jobgraph_steps
+    SET state = 'pending', attempts = 0, output = NULL, error = NULL, started_at = NULL,
+        ended_at = NULL
+    WHERE run_id = $1 AND name = ANY ($2::text[])
+    RETURNING name";
+
+/// Resets `steps` (names of the stored graph); each must have its row.
+async fn reset_steps(conn: &mut PgConnection, run: &str, steps: &[&str]) -> Result<(), StoreError> {
+    let reset: Vec<String> = sqlx::query_scalar(RESET_STEPS)
+        .bind(run)
+        .bind(steps)
+        .fetch_all(conn)
+        .await?;
+    match steps.iter().find(|&&s| !reset.iter().any(|r| r == s)) {
+        Some(step) => Err(StoreError::Corrupt {
+            what: format!("step `{step}` of run `{run}` is in its stored graph but has no row"),
+        }),
+        None => Ok(()),
+    }
+}
+
+const DELETE_ELEMENTS: &str = "DELETE FROM jobgraph_elements e USING jobgraph_steps s
+    WHERE s.run_id = $1 AND s.name = ANY ($2::text[])
+        AND e.run_id = s.run_id AND e.step_idx = s.idx";
+
+async fn delete_elements(
+    conn: &mut PgConnection,
+    run: &str,
+    steps: &[&str],
+) -> Result<(), StoreError> {
+    sqlx::query(DELETE_ELEMENTS)
+        .bind(run)
+        .bind(steps)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A run that ended (or was cancelled) becomes pending: the next open resumes it.
+const MAKE_RESUMABLE: &str = "UPDATE jobgraph_runs SET
+        state = CASE WHEN state IN ('succeeded', 'failed', 'cancelled') THEN 'pending' ELSE state END,
+        error = CASE WHEN state IN ('succeeded', 'failed', 'cancelled') THEN NULL ELSE error END,
+        updated_at = now()
+    WHERE id = $1";
+
+async fn make_resumable(conn: &mut PgConnection, run: &str) -> Result<(), StoreError> {
+    sqlx::query(MAKE_RESUMABLE).bind(run).execute(conn).await?;
+    Ok(())
+}
+
+const SELECT_FAILED_RUNS: &str = "SELECT r.id FROM jobgraph_runs r
+    JOIN jobgraph_steps s ON s.run_id = r.id
+    WHERE r.job = $1 AND s.name = $2 AND s.state = 'failed'
+    ORDER BY r.created_at DESC, r.seq DESC";
+
+async fn select_failed_runs(
+    conn: &mut PgConnection,
+    job: &str,
+    step: &str,
+) -> Result<Vec<String>, StoreError> {
+    let rows = sqlx::query(SELECT_FAILED_RUNS)
+        .bind(job)
+        .bind(step)
+        .fetch_all(conn)
+        .await?;
+    rows.iter()
+        .map(|row| get(row, "id", "jobgraph_runs"))
+        .collect()
+}
+
+// ---- The contract -------------------------------------------------------------------------------
+
+/// `open_run` on an existing (locked) run: checks, takes the lease, resumes.
+async fn open_existing(
+    conn: &mut PgConnection,
+    spec: &RunSpec<'_>,
+    head: Head,
+    owner: &str,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    if head.job != spec.job {
+        return Err(StoreError::Mismatch {
+            run: spec.id.to_owned(),
+            stored_job: head.job,
+            job: spec.job.to_owned(),
+        });
+    }
+    if let (Some(holder), Some(until)) = (head.lease_owner, head.lease_until)
+        && holder != owner
+        && head.live
+    {
+        return Err(StoreError::Busy {
+            run: spec.id.to_owned(),
+            owner: holder,
+            until,
+        });
+    }
+    take_lease(&mut *conn, spec.id, owner, lease).await?;
+    if !head.state.is_terminal() {
+        resume_steps(conn, spec.id).await?;
+    }
+    Ok(())
+}
+
+impl Store for PgStore {
+    fn open_run<'a>(
+        &'a self,
+        spec: RunSpec<'a>,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<StoredRun, StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            match lock_head(&mut tx, spec.id).await? {
+                Some(head) => open_existing(&mut tx, &spec, head, owner, lease).await?,
+                None => {
+                    if let Some(reason) = spec.graph.check() {
+                        return Err(StoreError::InvalidGraph {
+                            run: spec.id.to_owned(),
+                            reason,
+                        });
+                    }
+                    let graph = serde_json::to_string(spec.graph).map_err(|e| {
+                        StoreError::InvalidGraph {
+                            run: spec.id.to_owned(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    if insert_run(&mut tx, &spec, &graph, owner, lease).await? {
+                        insert_steps(&mut tx, spec.id, spec.graph).await?;
+                    } else {
+                        // Created by a concurrent open since our read, and committed: this
+                        // statement sees it.
+                        let head = lock_head(&mut tx, spec.id)
+                            .await?
+                            .ok_or_else(|| no_such_run(spec.id))?;
+                        open_existing(&mut tx, &spec, head, owner, lease).await?;
+                    }
+                }
+            }
+            let mut run = select_run(&mut tx, spec.id)
+                .await?
+                .ok_or_else(|| no_such_run(spec.id))?;
+            run.steps = select_steps(&mut tx, spec.id).await?;
+            tx.commit().await?;
+            Ok(run)
+        }
+        .boxed()
+    }
+
+    fn renew_lease<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut conn = self.pool.acquire().await?;
+            if renew_lease(&mut conn, run_id, owner, lease).await? {
+                Ok(())
+            } else {
+                Err(not_fenced(&mut conn, run_id, owner).await)
+            }
+        }
+        .boxed()
+    }
+
+    fn step_completed<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+        outcome: StepOutcome<'a>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            fence(&mut tx, run_id, owner).await?;
+            settle_step(&mut tx, run_id, StepStatus::Completed, &outcome).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn step_failed<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+        outcome: StepOutcome<'a>,
+        skipped: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            fence(&mut tx, run_id, owner).await?;
+            settle_step(&mut tx, run_id, StepStatus::Failed, &outcome).await?;
+            skip_steps(&mut tx, run_id, skipped).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn element_completed<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+        step: &'a str,
+        index: usize,
+        output: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            fence(&mut tx, run_id, owner).await?;
+            upsert_element(&mut tx, run_id, step, index, output).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn elements<'a>(
+        &'a self,
+        run_id: &'a str,
+        step: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<(usize, String)>, StoreError>> {
+        async move {
+            let mut tx = self.snapshot().await?;
+            let elements = select_elements(&mut tx, run_id, step).await?;
+            if elements.is_empty() && !step_exists(&mut tx, run_id, step).await? {
+                return Err(if run_exists(&mut tx, run_id).await? {
+                    no_such_step(run_id, step)
+                } else {
+                    no_such_run(run_id)
+                });
+            }
+            tx.commit().await?;
+            Ok(elements)
+        }
+        .boxed()
+    }
+
+    fn finish_run<'a>(
+        &'a self,
+        run_id: &'a str,
+        owner: &'a str,
+        state: RunState,
+        error: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            if !matches!(
+                state,
+                RunState::Succeeded | RunState::Failed | RunState::Cancelled
+            ) {
+                return Err(StoreError::NotTerminal {
+                    run: run_id.to_owned(),
+                    state,
+                });
+            }
+            let mut conn = self.pool.acquire().await?;
+            if finish_run(&mut conn, run_id, owner, state, error).await? {
+                Ok(())
+            } else {
+                Err(not_fenced(&mut conn, run_id, owner).await)
+            }
+        }
+        .boxed()
+    }
+
+    fn load_run<'a>(
+        &'a self,
+        run_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRun>, StoreError>> {
+        async move {
+            let mut tx = self.snapshot().await?;
+            let Some(mut run) = select_run(&mut tx, run_id).await? else {
+                return Ok(None);
+            };
+            run.steps = select_steps(&mut tx, run_id).await?;
+            tx.commit().await?;
+            Ok(Some(run))
+        }
+        .boxed()
+    }
+
+    fn list_runs<'a>(
+        &'a self,
+        filter: &'a RunFilter,
+    ) -> BoxFuture<'a, Result<Vec<RunSummary>, StoreError>> {
+        async move {
+            let mut conn = self.pool.acquire().await?;
+            select_summaries(&mut conn, filter).await
+        }
+        .boxed()
+    }
+
+    fn reset_step<'a>(
+        &'a self,
+        run_id: &'a str,
+        step: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            let head = lock_head(&mut tx, run_id)
+                .await?
+                .ok_or_else(|| no_such_run(run_id))?;
+            let graph = graph(&head.graph, run_id)?;
+            let root = graph
+                .position(step)
+                .ok_or_else(|| no_such_step(run_id, step))?;
+            if let (Some(holder), Some(until)) = (head.lease_owner, head.lease_until)
+                && head.live
+            {
+                return Err(StoreError::Busy {
+                    run: run_id.to_owned(),
+                    owner: holder,
+                    until,
+                });
+            }
+            let names: Vec<&str> = graph
+                .steps
+                .iter()
+                .zip(graph.descendants(root))
+                .filter(|(_, hit)| *hit)
+                .map(|(spec, _)| spec.name.as_str())
+                .collect();
+            reset_steps(&mut tx, run_id, &names).await?;
+            delete_elements(&mut tx, run_id, &names).await?;
+            make_resumable(&mut tx, run_id).await?;
+            tx.commit().await?;
+            Ok(names.into_iter().map(str::to_owned).collect())
+        }
+        .boxed()
+    }
+
+    fn runs_where_failed<'a>(
+        &'a self,
+        job: &'a str,
+        step: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            let mut conn = self.pool.acquire().await?;
+            select_failed_runs(&mut conn, job, step).await
+        }
+        .boxed()
+    }
+}
