@@ -3,6 +3,7 @@
 
 pub mod kill;
 pub mod pg;
+pub mod queue_jobs;
 
 /// Runs each `case` (an `async fn(store, base: u64)`) as a test on every store: a fresh
 /// in-memory store (module `memory`), a fresh SQLite file (module `sqlite`) and a fresh

@@ -1,0 +1,82 @@
+//! Real worker processes share one store: a batch submitted by this process is run by three
+//! worker processes (`src/bin/queue_worker.rs`) claiming its steps; every run succeeds with the
+//! outputs a pure evaluation gives, and every step is committed once.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use jobgraph::Client;
+use jobgraph::store::{RunState, SqliteStore, StepStatus, Store as _};
+use jobgraph_tests::queue_jobs::{BATCH, Fan, expected_merge};
+
+const RUNS: u64 = 150;
+const WORKERS: usize = 3;
+/// Steps per run: load, north, south, east, parts, merge.
+const STEPS: u64 = 6;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_worker_processes_run_a_batch_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet.db");
+    let path = path.to_str().unwrap().to_owned();
+    let store = SqliteStore::open(&path).await.unwrap();
+    let client = Client::new(&store);
+    let ids = client
+        .submit_batch(BATCH, (0..RUNS).map(|n| Fan { n }))
+        .held()
+        .await
+        .unwrap();
+    assert_eq!(ids.len() as u64, RUNS);
+
+    let children: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            Command::new(env!("CARGO_BIN_EXE_queue_worker"))
+                .args([path.as_str(), &format!("worker-{w}")])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Every worker is up and polling before any step is ready.
+    client.release(BATCH).await.unwrap();
+
+    let outputs = tokio::task::spawn_blocking(move || {
+        children
+            .into_iter()
+            .map(|child| child.wait_with_output().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let outputs = tokio::time::timeout(Duration::from_secs(120), outputs)
+        .await
+        .expect("the workers finish the batch")
+        .unwrap();
+    let mut completed = Vec::new();
+    for output in &outputs {
+        assert!(output.status.success(), "a worker failed: {output:?}");
+        let line = String::from_utf8_lossy(&output.stdout);
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[0], "done", "{line}");
+        let numbers: Vec<u64> = fields[2..].iter().map(|f| f.parse().unwrap()).collect();
+        // claimed, completed, failed, retried, fenced, cancelled
+        assert_eq!(numbers[0], numbers[1], "{line}");
+        assert_eq!(&numbers[2..], [0, 0, 0, 0], "{line}");
+        completed.push(numbers[1]);
+    }
+    println!("steps completed per worker: {completed:?}");
+    assert_eq!(completed.iter().sum::<u64>(), RUNS * STEPS);
+
+    let counts = client.batch_counts(BATCH).await.unwrap();
+    assert_eq!((counts.succeeded, counts.total()), (RUNS, RUNS));
+    for (n, id) in ids.iter().enumerate() {
+        let out = client.result::<Fan>(id).await.unwrap().unwrap();
+        assert_eq!(out.merge, expected_merge(n as u64), "run {id}");
+        let run = store.load_run(id).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Succeeded);
+        assert!(
+            run.steps
+                .iter()
+                .all(|s| s.state == StepStatus::Completed && s.attempts == 1),
+            "run {id}: each step claimed and committed once"
+        );
+    }
+}
