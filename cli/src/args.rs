@@ -11,6 +11,8 @@ Examples:
   jobgraph --store jobs.db gantt import-7
   jobgraph --store jobs.db redrive import-7 orders
   jobgraph --store jobs.db redrive --failed orders --job Import
+  jobgraph --store jobs.db workers
+  jobgraph --store jobs.db abort --batch nightly
   jobgraph --store postgres://jobs@db.internal/jobs runs --job Import
 
 Exit codes: 0 done, 1 error, 2 usage error.";
@@ -57,6 +59,23 @@ pub(crate) enum Command {
     /// in one run (`redrive ID STEP`), or in every run of a job where that step failed
     /// (`redrive --failed STEP --job JOB`).
     Redrive(RedriveArgs),
+    /// List the leases held now: the steps each worker has claimed, and the runs durable runners
+    /// hold, until when.
+    Workers,
+    /// Abort a submitted run (`abort ID`) or every run of a batch (`abort --batch NAME`): steps
+    /// not started never start, running ones are cancelled at their worker's next heartbeat.
+    Abort(AbortArgs),
+}
+
+/// `jobgraph abort`.
+#[derive(Args, Debug)]
+pub(crate) struct AbortArgs {
+    /// The run.
+    #[arg(required_unless_present = "batch", conflicts_with = "batch")]
+    pub(crate) id: Option<String>,
+    /// Abort every run of this batch that has not ended.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) batch: Option<String>,
 }
 
 /// `jobgraph runs`.

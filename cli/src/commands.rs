@@ -2,10 +2,11 @@
 
 use std::fmt::Write as _;
 
+use jobgraph::store::queue::Queue;
 use jobgraph::store::{RunFilter, Store, StoreError, StoredRun};
 use serde::Serialize;
 
-use crate::args::{Cli, Command, RedriveArgs, RunsArgs};
+use crate::args::{AbortArgs, Cli, Command, RedriveArgs, RunsArgs};
 use crate::failure::Failure;
 use crate::store_url;
 use crate::table::Table;
@@ -25,6 +26,8 @@ pub(crate) struct Output {
 /// What the command's context says about printing.
 struct Ctx<'a> {
     store: &'a dyn Store,
+    /// The store's queue, if its engine has one.
+    queue: Option<&'a dyn Queue>,
     /// The `--store` URL, for the commands a message suggests.
     url: &'a str,
     json: bool,
@@ -48,7 +51,7 @@ pub(crate) async fn run(cli: &Cli, url: &str) -> Output {
     };
     // Messages show the URL without its password.
     let shown = store_url::shown(url);
-    let output = run_on(store.store(), &shown, cli, terminal_width()).await;
+    let output = run_on(store.store(), store.queue(), &shown, cli, terminal_width()).await;
     store.close().await;
     output
 }
@@ -56,12 +59,14 @@ pub(crate) async fn run(cli: &Cli, url: &str) -> Output {
 /// Runs the command on `store` (`url` names it in messages).
 pub(crate) async fn run_on(
     store: &dyn Store,
+    queue: Option<&dyn Queue>,
     url: &str,
     cli: &Cli,
     width: Option<usize>,
 ) -> Output {
     let mut ctx = Ctx {
         store,
+        queue,
         url,
         json: cli.json,
         width,
@@ -74,6 +79,8 @@ pub(crate) async fn run_on(
         Command::Dot { id } => draw(&mut ctx, id, "dot", StoredRun::dot).await,
         Command::Gantt { id } => draw(&mut ctx, id, "gantt", StoredRun::mermaid_gantt).await,
         Command::Redrive(args) => redrive(&mut ctx, args).await,
+        Command::Workers => workers(&mut ctx).await,
+        Command::Abort(args) => abort(&mut ctx, args).await,
     };
     Output {
         stdout: ctx.out,
@@ -200,6 +207,89 @@ async fn runs(ctx: &mut Ctx<'_>, args: &RunsArgs) -> Result<(), Failure> {
         ]);
     }
     ctx.out.push_str(&table.render(ctx.width));
+    Ok(())
+}
+
+impl<'a> Ctx<'a> {
+    /// The store's queue, or why this store has none.
+    fn queue(&self) -> Result<&'a dyn Queue, Failure> {
+        self.queue.ok_or_else(|| {
+            Failure::new(
+                "this store's engine holds no queue of submitted runs yet (SQLite does)".to_owned(),
+            )
+        })
+    }
+}
+
+/// `jobgraph workers`.
+async fn workers(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
+    let leases = ctx.queue()?.leases().await.map_err(|e| ctx.explain(e))?;
+    if ctx.json {
+        return ctx.json(&leases);
+    }
+    if leases.is_empty() {
+        let _ = writeln!(
+            ctx.notes,
+            "no lease is held: no worker or runner is running anything"
+        );
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut table = Table::new(&[
+        "~HOLDER",
+        "~RUN",
+        "~STEP",
+        "+CLAIM",
+        "LEASE UNTIL (UTC)",
+        "LEFT",
+    ]);
+    for lease in &leases {
+        let left = lease.until - now;
+        table.row(vec![
+            lease.holder.clone(),
+            lease.run.clone(),
+            lease
+                .step
+                .clone()
+                .unwrap_or_else(|| "(whole run)".to_owned()),
+            lease.attempt.map(|a| a.to_string()).unwrap_or_default(),
+            utc(lease.until),
+            if left > 0 {
+                duration(std::time::Duration::from_millis(left.unsigned_abs()))
+            } else {
+                "expired".to_owned()
+            },
+        ]);
+    }
+    ctx.out.push_str(&table.render(ctx.width));
+    Ok(())
+}
+
+/// `jobgraph abort ID` and `jobgraph abort --batch NAME`.
+async fn abort(ctx: &mut Ctx<'_>, args: &AbortArgs) -> Result<(), Failure> {
+    let queue = ctx.queue()?;
+    let (what, count) = match (&args.id, &args.batch) {
+        (_, Some(batch)) => {
+            let n = queue.abort_batch(batch).await.map_err(|e| ctx.explain(e))?;
+            (format!("batch `{}`", clean(batch)), n)
+        }
+        (Some(id), None) => {
+            let aborted = queue.abort(id).await.map_err(|e| ctx.explain(e))?;
+            (format!("run `{}`", clean(id)), u64::from(aborted))
+        }
+        (None, None) => unreachable!("clap requires an id or --batch"),
+    };
+    if ctx.json {
+        return ctx.json(&serde_json::json!({ "aborted": count }));
+    }
+    let _ = match count {
+        0 => writeln!(
+            ctx.out,
+            "{what}: nothing to abort, every run had already ended"
+        ),
+        1 => writeln!(ctx.out, "{what}: aborted 1 run"),
+        n => writeln!(ctx.out, "{what}: aborted {n} runs"),
+    };
     Ok(())
 }
 

@@ -40,6 +40,14 @@ impl Opened {
         }
     }
 
+    /// Its queue, if its engine has one.
+    pub(crate) fn queue(&self) -> Option<&dyn jobgraph::store::queue::Queue> {
+        match self {
+            Opened::Sqlite(store) => Some(store),
+            Opened::Postgres(_) => None,
+        }
+    }
+
     /// Closes its connections.
     pub(crate) async fn close(&self) {
         match self {

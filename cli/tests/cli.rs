@@ -742,3 +742,77 @@ fn a_postgres_database_without_a_store_is_an_error_and_stays_so() {
         out.stderr
     );
 }
+
+/// Two runs submitted to the queue of a fresh SQLite store as batch `nightly`, and a third,
+/// `manual`; the first ready step (`nightly/0`'s `fetch`) claimed by worker `w-1`.
+fn queued() -> Fixture {
+    use jobgraph::store::queue::{Queue, Submission};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    block_on(async {
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let graph = import_graph();
+        let template = Submission {
+            id: "",
+            job: "Import",
+            input: "{}",
+            graph: &graph,
+            batch: None,
+            key: None,
+            held: false,
+            limits: &[],
+            priority: 0,
+            run_at: 0,
+            expires_at: None,
+            max_attempts: 3,
+            max_fails: None,
+        };
+        let inputs = ["{}".to_owned(), "{}".to_owned()];
+        store
+            .submit_batch("nightly", template, &inputs)
+            .await
+            .unwrap();
+        store
+            .submit(Submission {
+                id: "manual",
+                ..template
+            })
+            .await
+            .unwrap();
+        store
+            .claim("w-1", &["Import"], 1, Duration::from_secs(600))
+            .await
+            .unwrap();
+        store.close().await;
+    });
+    Fixture { _dir: dir, path }
+}
+
+#[test]
+fn workers_lists_the_claims_and_abort_ends_runs_and_batches() {
+    let f = queued();
+    let out = on(&f, &["workers"], 0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[0].starts_with("HOLDER"), "{}", out.stdout);
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(lines[1].starts_with("w-1 "), "{}", out.stdout);
+    assert!(lines[1].contains(" fetch "), "{}", out.stdout);
+    let json = on(&f, &["workers", "--json"], 0).json();
+    assert_eq!(json[0]["holder"], "w-1");
+    assert_eq!(json[0]["attempt"], 1);
+
+    let out = on(&f, &["abort", "--batch", "nightly"], 0);
+    assert_eq!(out.stdout, "batch `nightly`: aborted 2 runs\n");
+    let out = on(&f, &["abort", "--batch", "nightly"], 0);
+    assert_eq!(
+        out.stdout,
+        "batch `nightly`: nothing to abort, every run had already ended\n"
+    );
+    let run = on(&f, &["abort", "nightly/0", "--json"], 0).json();
+    assert_eq!(run["aborted"], 0);
+    let out = on(&f, &["abort", "missing"], 1);
+    assert!(out.stderr.contains("no run `missing`"), "{}", out.stderr);
+    on(&f, &["abort"], 2);
+    let shown = on(&f, &["show", "nightly/1", "--json"], 0).json();
+    assert_eq!(shown["state"], "cancelled");
+}

@@ -115,6 +115,25 @@ pub trait Queue: Store {
     /// How many runs of batch `batch` are in each state, and each step's counts across them.
     fn batch_counts<'a>(&'a self, batch: &'a str)
     -> BoxFuture<'a, Result<BatchCounts, StoreError>>;
+
+    /// Every lease held now, live or expired but not yet taken over: the steps claimed by
+    /// workers, and the runs held by durable runners; by holder, then run.
+    fn leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>>;
+}
+
+/// A lease, as [`Queue::leases`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Lease {
+    /// The worker or runner holding it.
+    pub holder: String,
+    /// The run.
+    pub run: String,
+    /// The claimed step, for a worker's claim; `None` for a runner's lease on a whole run.
+    pub step: Option<String>,
+    /// The claim's number, for a worker's claim.
+    pub attempt: Option<u32>,
+    /// When it ends unless renewed (Unix ms); in the past: expired, and free to take.
+    pub until: i64,
 }
 
 /// The runs of a batch by state, and its steps' states across those runs: what

@@ -10,7 +10,7 @@ use futures::future::{BoxFuture, FutureExt};
 use sqlx::{Row, SqliteConnection};
 
 use super::queue::{
-    BatchCounts, Claim, ClaimId, Failed, Held, Queue, StepCount, Submission, Submitted,
+    BatchCounts, Claim, ClaimId, Failed, Held, Lease, Queue, StepCount, Submission, Submitted,
 };
 use super::sqlite::{SqliteStore, get, graph};
 use super::{GraphSpec, StoreError, now_ms, plus};
@@ -412,6 +412,26 @@ impl Queue for SqliteStore {
         .boxed()
     }
 
+    fn leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
+        async move {
+            let rows = sqlx::query(SELECT_LEASES).fetch_all(self.pool()).await?;
+            let mut leases = Vec::with_capacity(rows.len());
+            for row in rows {
+                const T: &str = "jobgraph_steps";
+                let attempt: Option<i64> = get(&row, "attempt", T)?;
+                leases.push(Lease {
+                    holder: get(&row, "holder", T)?,
+                    run: get(&row, "run", T)?,
+                    step: get(&row, "step", T)?,
+                    attempt: attempt.map(|a| u32::try_from(a).unwrap_or(u32::MAX)),
+                    until: get(&row, "until", T)?,
+                });
+            }
+            Ok(leases)
+        }
+        .boxed()
+    }
+
     fn abort<'a>(&'a self, run: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
         async move {
             let now = now_ms();
@@ -770,6 +790,14 @@ const INSERT_QUEUED_RUN: &str = "INSERT INTO jobgraph_runs
     (id, job, batch, input, graph, state, created_at, updated_at,
      queued, idem_key, priority, expires_at, max_attempts, max_fails, held)
     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, 1, ?7, ?8, ?9, ?10, ?11, ?12)";
+
+const SELECT_LEASES: &str = "SELECT worker AS holder, run_id AS run, name AS step,
+        claims AS attempt, lease_until AS until
+    FROM jobgraph_steps WHERE state = 'pending' AND worker IS NOT NULL
+    UNION ALL
+    SELECT lease_owner, id, NULL, NULL, lease_until
+    FROM jobgraph_runs WHERE state = 'running' AND lease_owner IS NOT NULL
+    ORDER BY 1, 2, 3";
 
 const COUNT_BATCH: &str = "SELECT COUNT(*) FROM jobgraph_runs WHERE batch = ?1";
 
