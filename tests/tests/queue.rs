@@ -652,3 +652,65 @@ async fn step_limits_hold_across_workers() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_run_a_worker_cannot_decode_fails_with_a_clear_error_instead_of_sticking() {
+    use jobgraph::store::queue::Submission;
+    use jobgraph::store::{GraphSpec, StepSpec};
+    let (_dir, store) = store().await;
+    let spec = |name: &str, parents: &[usize]| StepSpec {
+        name: name.to_owned(),
+        parents: parents.to_vec(),
+        after: Vec::new(),
+    };
+    let graph = GraphSpec {
+        steps: vec![
+            spec("a", &[]),
+            spec("b", &[0]),
+            spec("c", &[0]),
+            spec("d", &[1, 2]),
+        ],
+    };
+    let submit = |id: &'static str, input: &'static str, graph: &'static GraphSpec| Submission {
+        id,
+        job: "Diamond",
+        input,
+        graph,
+        batch: None,
+        key: None,
+        held: false,
+        limits: &[],
+        priority: 0,
+        run_at: 0,
+        expires_at: None,
+        max_attempts: 3,
+        max_fails: None,
+    };
+    let graph: &'static GraphSpec = Box::leak(Box::new(graph));
+    store
+        .submit(submit("bad-input", r#"{"m": 1}"#, graph))
+        .await
+        .unwrap();
+    let renamed: &'static GraphSpec = Box::leak(Box::new(GraphSpec {
+        steps: vec![spec("fetch", &[])],
+    }));
+    store
+        .submit(submit("other-code", r#"{"n": 1}"#, renamed))
+        .await
+        .unwrap();
+
+    let worker = Worker::new(&store).job::<Diamond>();
+    while worker.run_once().await.unwrap().claimed > 0 {}
+    let client = Client::new(&store);
+    let bad = client.status("bad-input").await.unwrap();
+    assert_eq!(bad.state, RunState::Failed);
+    let error = bad.step("a").unwrap().error.clone().unwrap();
+    assert!(
+        error.contains("does not decode as job `Diamond`"),
+        "{error}"
+    );
+    let other = client.status("other-code").await.unwrap();
+    assert_eq!(other.state, RunState::Failed);
+    let error = other.step("fetch").unwrap().error.clone().unwrap();
+    assert!(error.contains("has no step `fetch`"), "{error}");
+}
