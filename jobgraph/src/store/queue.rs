@@ -115,6 +115,16 @@ pub trait Queue: Store {
     /// How many runs of batch `batch` are in each state, and each step's counts across them.
     fn batch_counts<'a>(&'a self, batch: &'a str)
     -> BoxFuture<'a, Result<BatchCounts, StoreError>>;
+
+    /// Waits at most `timeout` for a step of `jobs` to become ready, after a
+    /// [`claim`](Queue::claim) of `jobs` found none: what an idle worker does before it claims
+    /// again. A hint, not a promise: it may return early with nothing ready, and the caller
+    /// claims again either way. The default sleeps `timeout` (polling); `PgStore` returns as
+    /// soon as a `NOTIFY` says a step of `jobs` became ready since the last claim of `jobs`.
+    fn wait_ready<'a>(&'a self, jobs: &'a [&'a str], timeout: Duration) -> BoxFuture<'a, ()> {
+        let _ = jobs;
+        Box::pin(tokio::time::sleep(timeout))
+    }
 }
 
 /// The runs of a batch by state, and its steps' states across those runs: what
