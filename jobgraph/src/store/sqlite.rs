@@ -244,17 +244,14 @@ fn no_such_step(run: &str, step: &str) -> StoreError {
 const AGE_LEASES: &str =
     "UPDATE jobgraph_runs SET lease_until = lease_until - ?1 WHERE lease_until IS NOT NULL";
 
-/// A run's job, state and lease, for `open_run` and `reset_step`.
+/// A run's graph and lease, for `reset_step`.
 struct Head {
-    job: String,
-    state: RunState,
     graph: String,
     lease_owner: Option<String>,
     lease_until: Option<i64>,
 }
 
-const SELECT_HEAD: &str = "SELECT job, state, graph, lease_owner, lease_until
-    FROM jobgraph_runs WHERE id = ?1";
+const SELECT_HEAD: &str = "SELECT graph, lease_owner, lease_until FROM jobgraph_runs WHERE id = ?1";
 
 async fn select_head(conn: &mut SqliteConnection, run: &str) -> Result<Option<Head>, StoreError> {
     let Some(row) = sqlx::query(SELECT_HEAD)
@@ -266,18 +263,21 @@ async fn select_head(conn: &mut SqliteConnection, run: &str) -> Result<Option<He
     };
     const T: &str = "jobgraph_runs";
     Ok(Some(Head {
-        job: get(&row, "job", T)?,
-        state: run_state(get(&row, "state", T)?, run)?,
         graph: get(&row, "graph", T)?,
         lease_owner: get(&row, "lease_owner", T)?,
         lease_until: get(&row, "lease_until", T)?,
     }))
 }
 
+/// A new run and its pending steps, read from its graph's JSON (`?5`): one round trip.
 const INSERT_RUN: &str = "INSERT INTO jobgraph_runs
     (id, job, batch, input, graph, state, lease_owner, lease_until, created_at, updated_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8)";
+    VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8);
+INSERT INTO jobgraph_steps (run_id, name, position, state)
+    SELECT ?1, json_extract(step.value, '$.name'), step.key, 'pending'
+    FROM json_each(?5, '$.steps') AS step";
 
+/// Inserts run `spec.id` and its steps, running under `owner`'s lease: the rows it inserted.
 async fn insert_run(
     conn: &mut SqliteConnection,
     spec: &RunSpec<'_>,
@@ -285,8 +285,8 @@ async fn insert_run(
     owner: &str,
     until: i64,
     now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(INSERT_RUN)
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(INSERT_RUN)
         .bind(spec.id)
         .bind(spec.job)
         .bind(spec.batch)
@@ -297,29 +297,15 @@ async fn insert_run(
         .bind(now)
         .execute(conn)
         .await?;
-    Ok(())
+    Ok(done.rows_affected())
 }
 
-const INSERT_STEP: &str = "INSERT INTO jobgraph_steps (run_id, name, position, state)
-    VALUES (?1, ?2, ?3, 'pending')";
-
-async fn insert_step(
-    conn: &mut SqliteConnection,
-    run: &str,
-    name: &str,
-    position: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(INSERT_STEP)
-        .bind(run)
-        .bind(name)
-        .bind(position)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
+/// Takes the lease; with `?5` true, the run is running again (its error cleared).
 const TAKE_LEASE: &str = "UPDATE jobgraph_runs
-    SET lease_owner = ?2, lease_until = ?3, updated_at = ?4 WHERE id = ?1";
+    SET lease_owner = ?2, lease_until = ?3, updated_at = ?4,
+        state = CASE WHEN ?5 THEN 'running' ELSE state END,
+        error = CASE WHEN ?5 THEN NULL ELSE error END
+    WHERE id = ?1";
 
 async fn take_lease(
     conn: &mut SqliteConnection,
@@ -327,21 +313,16 @@ async fn take_lease(
     owner: &str,
     until: i64,
     now: i64,
+    resume: bool,
 ) -> Result<(), StoreError> {
     sqlx::query(TAKE_LEASE)
         .bind(run)
         .bind(owner)
         .bind(until)
         .bind(now)
+        .bind(resume)
         .execute(conn)
         .await?;
-    Ok(())
-}
-
-const RESUME_RUN: &str = "UPDATE jobgraph_runs SET state = 'running', error = NULL WHERE id = ?1";
-
-async fn resume_run(conn: &mut SqliteConnection, run: &str) -> Result<(), StoreError> {
-    sqlx::query(RESUME_RUN).bind(run).execute(conn).await?;
     Ok(())
 }
 
@@ -400,17 +381,25 @@ async fn renew_lease(conn: &mut SqliteConnection, run: &str, until: i64) -> Resu
     Ok(())
 }
 
+/// Records a completed or failed step if `owner` (`?9`) holds the run's lease, and marks the
+/// run written (`?10`): fencing and the write in one round trip. Changes 2 rows, or none.
 const SETTLE_STEP: &str = "UPDATE jobgraph_steps
     SET state = ?3, attempts = ?4, output = ?5, error = ?6, started_at = ?7, ended_at = ?8
-    WHERE run_id = ?1 AND name = ?2";
+    WHERE run_id = ?1 AND name = ?2
+        AND EXISTS (SELECT 1 FROM jobgraph_runs WHERE id = ?1 AND lease_owner = ?9);
+UPDATE jobgraph_runs SET updated_at = ?10 WHERE id = ?1 AND changes() = 1";
 
-/// Records a completed or failed step; [`StoreError::NoSuchStep`] if there is none.
+/// Records a completed or failed step, fenced: [`StoreError::LeaseLost`],
+/// [`StoreError::NoSuchRun`] or [`StoreError::NoSuchStep`] if it cannot (having changed
+/// nothing but, diagnosing, the run's `updated_at`: the caller rolls back).
 async fn settle_step(
     conn: &mut SqliteConnection,
     run: &str,
+    owner: &str,
     state: StepStatus,
     outcome: &StepOutcome<'_>,
 ) -> Result<(), StoreError> {
+    let now = now_ms();
     let done = sqlx::query(SETTLE_STEP)
         .bind(run)
         .bind(outcome.step)
@@ -420,12 +409,17 @@ async fn settle_step(
         .bind(outcome.error)
         .bind(outcome.started_at)
         .bind(outcome.ended_at)
-        .execute(conn)
+        .bind(owner)
+        .bind(now)
+        .execute(&mut *conn)
         .await?;
-    match done.rows_affected() {
-        0 => Err(no_such_step(run, outcome.step)),
-        _ => Ok(()),
+    if done.rows_affected() == 2 {
+        return Ok(());
     }
+    // Nothing changed: the lease, the run or the step is missing. `fence` says which of the
+    // first two.
+    fence(conn, run, owner, now).await?;
+    Err(no_such_step(run, outcome.step))
 }
 
 const SKIP_STEP: &str =
@@ -536,13 +530,28 @@ async fn finish_run(
     Ok(done.rows_affected() == 1)
 }
 
-const SELECT_RUN: &str = "SELECT id, job, batch, input, graph, state, error, created_at, updated_at
+const SELECT_RUN: &str =
+    "SELECT id, job, batch, input, graph, state, error, created_at, updated_at,
+        lease_owner, lease_until
     FROM jobgraph_runs WHERE id = ?1";
 
 async fn select_run(
     conn: &mut SqliteConnection,
     run: &str,
 ) -> Result<Option<StoredRun>, StoreError> {
+    Ok(select_run_and_lease(conn, run)
+        .await?
+        .map(|(stored, _)| stored))
+}
+
+/// Who holds a run's lease, and until when (Unix ms).
+type Lease = (Option<String>, Option<i64>);
+
+/// The run (without its steps) and its lease.
+async fn select_run_and_lease(
+    conn: &mut SqliteConnection,
+    run: &str,
+) -> Result<Option<(StoredRun, Lease)>, StoreError> {
     let Some(row) = sqlx::query(SELECT_RUN)
         .bind(run)
         .fetch_optional(conn)
@@ -551,7 +560,7 @@ async fn select_run(
         return Ok(None);
     };
     const T: &str = "jobgraph_runs";
-    Ok(Some(StoredRun {
+    let stored = StoredRun {
         id: get(&row, "id", T)?,
         job: get(&row, "job", T)?,
         batch: get(&row, "batch", T)?,
@@ -562,7 +571,9 @@ async fn select_run(
         created_at: get(&row, "created_at", T)?,
         updated_at: get(&row, "updated_at", T)?,
         steps: Vec::new(),
-    }))
+    };
+    let lease = (get(&row, "lease_owner", T)?, get(&row, "lease_until", T)?);
+    Ok(Some((stored, lease)))
 }
 
 const SELECT_STEPS: &str = "SELECT name, state, attempts, output, error, started_at, ended_at
@@ -925,7 +936,6 @@ fn apply<'c>(
                 ended_at,
                 skipped,
             } => {
-                fence(conn, run, owner, now_ms()).await?;
                 let outcome = StepOutcome {
                     step,
                     attempts: *attempts,
@@ -934,7 +944,7 @@ fn apply<'c>(
                     started_at: *started_at,
                     ended_at: *ended_at,
                 };
-                settle_step(conn, run, *state, &outcome).await?;
+                settle_step(conn, run, owner, *state, &outcome).await?;
                 for step in skipped {
                     skip_step(conn, run, step).await?;
                 }
@@ -970,7 +980,8 @@ fn apply<'c>(
     .boxed()
 }
 
-/// Creates or loads the run and takes its lease (see [`Store::open_run`]).
+/// Creates or loads the run and takes its lease (see [`Store::open_run`]): 2 round trips for
+/// a new run, 4 for a stored one. The run returned is what was written, not read back.
 async fn open_run(
     conn: &mut SqliteConnection,
     spec: &RunSpec<'_>,
@@ -979,53 +990,77 @@ async fn open_run(
 ) -> Result<StoredRun, StoreError> {
     let now = now_ms();
     let until = plus(now, lease);
-    match select_head(conn, spec.id).await? {
-        None => {
-            if let Some(reason) = spec.graph.check() {
-                return Err(StoreError::InvalidGraph {
-                    run: spec.id.to_owned(),
-                    reason,
-                });
-            }
-            let graph =
-                serde_json::to_string(spec.graph).map_err(|e| StoreError::InvalidGraph {
-                    run: spec.id.to_owned(),
-                    reason: e.to_string(),
-                })?;
-            insert_run(conn, spec, &graph, owner, until, now).await?;
-            for (position, step) in spec.graph.steps.iter().enumerate() {
-                let position = i64::try_from(position).unwrap_or(i64::MAX);
-                insert_step(conn, spec.id, &step.name, position).await?;
-            }
+    let Some((mut run, (holder, held_until))) = select_run_and_lease(conn, spec.id).await? else {
+        if let Some(reason) = spec.graph.check() {
+            return Err(StoreError::InvalidGraph {
+                run: spec.id.to_owned(),
+                reason,
+            });
         }
-        Some(head) => {
-            if head.job != spec.job {
-                return Err(StoreError::Mismatch {
-                    run: spec.id.to_owned(),
-                    stored_job: head.job,
-                    job: spec.job.to_owned(),
-                });
-            }
-            if let (Some(holder), Some(held_until)) = (head.lease_owner, head.lease_until)
-                && holder != owner
-                && held_until > now
-            {
-                return Err(StoreError::Busy {
-                    run: spec.id.to_owned(),
-                    owner: holder,
-                    until: held_until,
-                });
-            }
-            take_lease(conn, spec.id, owner, until, now).await?;
-            if !head.state.is_terminal() {
-                resume_run(conn, spec.id).await?;
-                resume_steps(conn, spec.id).await?;
-            }
+        let invalid = |reason: String| StoreError::InvalidGraph {
+            run: spec.id.to_owned(),
+            reason,
+        };
+        let graph = serde_json::to_string(spec.graph).map_err(|e| invalid(e.to_string()))?;
+        let inserted = insert_run(conn, spec, &graph, owner, until, now).await?;
+        let steps = spec.graph.steps.len();
+        if usize::try_from(inserted).ok() != Some(1 + steps) {
+            return Err(invalid(format!(
+                "its {steps} steps were stored as {} rows",
+                inserted.saturating_sub(1)
+            )));
         }
+        return Ok(StoredRun {
+            id: spec.id.to_owned(),
+            job: spec.job.to_owned(),
+            batch: spec.batch.map(str::to_owned),
+            input: spec.input.to_owned(),
+            graph: spec.graph.clone(),
+            state: RunState::Running,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            steps: spec
+                .graph
+                .steps
+                .iter()
+                .map(|step| StoredStep {
+                    name: step.name.clone(),
+                    state: StepStatus::Pending,
+                    attempts: 0,
+                    output: None,
+                    error: None,
+                    started_at: None,
+                    ended_at: None,
+                })
+                .collect(),
+        });
+    };
+    if run.job != spec.job {
+        return Err(StoreError::Mismatch {
+            run: spec.id.to_owned(),
+            stored_job: run.job,
+            job: spec.job.to_owned(),
+        });
     }
-    let mut run = select_run(conn, spec.id)
-        .await?
-        .ok_or_else(|| no_such_run(spec.id))?;
+    if let (Some(holder), Some(held_until)) = (holder, held_until)
+        && holder != owner
+        && held_until > now
+    {
+        return Err(StoreError::Busy {
+            run: spec.id.to_owned(),
+            owner: holder,
+            until: held_until,
+        });
+    }
+    let resume = !run.state.is_terminal();
+    take_lease(conn, spec.id, owner, until, now, resume).await?;
+    if resume {
+        resume_steps(conn, spec.id).await?;
+        run.state = RunState::Running;
+        run.error = None;
+    }
+    run.updated_at = now;
     run.steps = select_steps(conn, spec.id).await?;
     Ok(run)
 }
@@ -1290,6 +1325,58 @@ mod tests {
             started_at: None,
             ended_at: 1,
         }
+    }
+
+    /// `open_run` builds the run it returns from what it wrote, without reading it back: it must
+    /// be what the store holds, for a new run, a resumed one and one that ended.
+    #[tokio::test(flavor = "current_thread")]
+    async fn open_run_returns_what_is_stored() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let graph = GraphSpec {
+            steps: ["a", "b"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| StepSpec {
+                    name: (*name).to_owned(),
+                    parents: (0..i).collect(),
+                    after: Vec::new(),
+                })
+                .collect(),
+        };
+        let spec = RunSpec {
+            id: "r1",
+            job: "J",
+            input: "{\"n\":1}",
+            graph: &graph,
+            batch: Some("nightly"),
+        };
+        let lease = Duration::from_secs(60);
+        let stored = || async { store.load_run("r1").await.unwrap().unwrap() };
+
+        let opened = store.open_run(spec, "o1", lease).await.unwrap();
+        assert_eq!(opened, stored().await);
+        store
+            .step_completed("r1", "o1", outcome("a"))
+            .await
+            .unwrap();
+        store
+            .finish_run("r1", "o1", RunState::Cancelled, Some("stop"))
+            .await
+            .unwrap();
+        let resumed = store.open_run(spec, "o2", lease).await.unwrap();
+        assert_eq!(resumed.state, RunState::Running);
+        assert_eq!(resumed, stored().await);
+        store
+            .step_completed("r1", "o2", outcome("b"))
+            .await
+            .unwrap();
+        store
+            .finish_run("r1", "o2", RunState::Succeeded, None)
+            .await
+            .unwrap();
+        let ended = store.open_run(spec, "o3", lease).await.unwrap();
+        assert_eq!(ended.state, RunState::Succeeded);
+        assert_eq!(ended, stored().await);
     }
 
     /// Writes queued together commit in one transaction; one that fails fails alone, with the
