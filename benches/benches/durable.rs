@@ -3,7 +3,7 @@
 //! against a jorb-style checkpoint (the whole batch rewritten as one JSON file after each run).
 //!
 //! `cargo bench -p jobgraph-benches --bench durable` prints two markdown tables (times, then
-//! ratios with their goals); progress goes to stderr. About 2 minutes on 2 cores. Settings,
+//! ratios with their goals); progress goes to stderr. About 2½ minutes on 2 cores. Settings,
 //! from the environment: `DURABLE_RUNS` (runs per batch, 1,000), `DURABLE_CONCURRENCY` (runs at
 //! once, 16: the batch default), `DURABLE_WIDE_CONCURRENCY` (the SQLite batches again with this
 //! many at once, 64; 0 leaves them out), `DURABLE_ROUNDS` (7), `DURABLE_RAW_COMMITS` (commits
