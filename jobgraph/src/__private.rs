@@ -41,7 +41,7 @@ pub use crate::lend::{
     ElementAs, Elements, Infallible, OutputAs, StepResult, element, elements, infallible, parent,
 };
 pub use crate::policy::{policies, shared_retry, step_policies, timeout};
-pub use crate::runner::{drive_started, handle_core, start};
+pub use crate::runner::{drive_started, handle_core, send_run, start};
 pub use crate::sched::{
     Failures, Mask, Sched, Slot, Stop, Suspend, TopoGraph, completed, turn, unreachable_step, waker,
 };

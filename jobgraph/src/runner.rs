@@ -442,13 +442,13 @@ impl<J: Job> std::fmt::Debug for JobHandle<J> {
 
 // What the generated `runner()`, `start` and `start_with` call.
 
-/// Spawns a started job's run: the generated `start` calls this from the job's own impl, where
-/// the run future's type is known, so a step that is not `Send` is reported there. rustc's note
-/// on that error names this function and shows its bound's line: both say what to do.
+/// Spawns a started job's run: the generated `start` calls this with a future built on
+/// [`drive_started`], which is `Send` when the job and its resources are (a step that is not
+/// `Send` is reported by [`send_run`]).
 #[inline]
 pub fn start<J: Job, F>(run: Arc<RunCore<J::Step>>, future: F) -> JobHandle<J>
 where
-    F: Future<Output = JobResult<J>> + Send + 'static, // Not `Send`? `#[job(local)]` leaves `start` out.
+    F: Future<Output = JobResult<J>> + Send + 'static,
     J::Outputs: Send + 'static,
     J::Partial: Send + 'static,
 {
@@ -463,13 +463,27 @@ pub fn handle_core<J: Job>(runner: Runner<'_, J>) -> (Arc<RunCore<J::Step>>, J::
 }
 
 /// Runs `job` with `resources` from `seed` in its span: what the spawned task of `start`
-/// awaits.
+/// awaits. Its run future is [`SendJob`](crate::SendJob)'s, so a step that is not `Send` is
+/// reported once, where the job implements it.
 #[inline]
-pub fn drive_started<'a, J: Job>(
+pub async fn drive_started<'a, J: crate::job::SendJob>(
     job: &'a J,
     resources: &'a J::Resources,
     run: &'a RunCore<J::Step>,
     seed: J::Partial,
-) -> impl Future<Output = JobResult<J>> + 'a {
-    drive_to_end(Lent { job, resources }, run, seed)
+) -> JobResult<J> {
+    let span = run_span::<J>(run);
+    J::__run_send(job, resources, run, seed)
+        .instrument(span)
+        .await
+        .map(J::__outputs)
+}
+
+/// A job's run future, boxed as `Send`: what the generated `SendJob` impl returns, so that a
+/// step whose future is not `Send` is reported here, once, with what to do.
+#[inline]
+pub fn send_run<'a, T>(
+    future: impl Future<Output = T> + Send + 'a, // Not `Send`? `#[job(local)]` leaves `start` and workers out.
+) -> std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>> {
+    Box::pin(future)
 }

@@ -296,6 +296,13 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: Option<&Graph>, paths: &Paths) -> T
     let send_job = (!job.local).then(|| {
         let bounds = start_bounds(job, paths);
         let predicates = where_clause.iter().flat_map(|w| &w.predicates);
+        // Spanned on the impl's type: a step whose future is not `Send` is reported there, by
+        // `send_run`, whose bound's line says what to do.
+        let span = job.item.self_ty.span();
+        let p_at = paths.private_at(span);
+        let boxed = quote_spanned! {span=>
+            #p_at::send_run(<Self as #p::Job>::__run(self, #res_param, #run_param, #seed_param))
+        };
         quote! {
             impl #impl_generics #p::SendJob for #self_ty
             where #(#predicates,)* #bounds
@@ -309,7 +316,7 @@ pub(crate) fn job_impl(job: &Job<'_>, graph: Option<&Graph>, paths: &Paths) -> T
                     dyn #p::Future<Output = #p::Result<#partial #ty_generics, #error>>
                         + #p::Send + '__jg,
                 >> {
-                    #p::Box::pin(<Self as #p::Job>::__run(self, #res_param, #run_param, #seed_param))
+                    #boxed
                 }
             }
         }

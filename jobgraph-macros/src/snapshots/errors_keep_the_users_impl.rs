@@ -299,7 +299,7 @@ where
             > + ::jobgraph::__private::Send + '__jg,
         >,
     > {
-        ::jobgraph::__private::Box::pin(
+        ::jobgraph::__private::send_run(
             <Self as ::jobgraph::__private::Job>::__run(
                 self,
                 __jg_res,

@@ -510,7 +510,7 @@ where
             > + __jobgraph_private_Report::Send + '__jg,
         >,
     > {
-        __jobgraph_private_Report::Box::pin(
+        __jobgraph_private_Report::send_run(
             <Self as __jobgraph_private_Report::Job>::__run(
                 self,
                 __jg_res,
