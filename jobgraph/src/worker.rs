@@ -216,10 +216,12 @@ impl Worker {
                 }
                 continue;
             }
-            // Only the wait is raced with shutdown: a step's result is settled to the end.
+            // With room left, a step becoming ready is claimed while the others run. Only the
+            // waits are raced: a step's result is settled to the end.
+            let room_left = pool.running.len() < self.concurrency;
             tokio::select! {
                 ended = pool.wait() => pool.settle(ended).await?,
-                () = tokio::time::sleep(self.poll), if claimed == room && room > 0 => {}
+                () = self.queue.wait_ready(&jobs, self.poll), if room_left => {}
                 () = shutdown.cancelled() => break,
             }
         }

@@ -83,6 +83,8 @@ on_both_queues! {
     a_held_batch_runs_nothing_until_released_and_appends_number_on => held_batch,
     a_batch_is_aborted_whole_and_its_status_is_a_local_batchs => batch_aborted_whole,
     step_limits_hold_across_workers => step_limits_hold_across_workers,
+    an_empty_rate_bucket_does_not_crowd_out_other_steps => empty_bucket_crowds_out_nothing,
+    a_returned_error_is_not_an_expired_lease => errors_are_not_expiries,
     a_run_a_worker_cannot_decode_fails_with_a_clear_error_instead_of_sticking => undecodable_runs_fail_clearly,
 }
 
@@ -1142,4 +1144,64 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
     let claims = store.claim(WORKER, &["Diamond"], 10, LEASE).await.unwrap();
     assert_eq!(claims.len(), 1);
     assert_eq!(claims[0].id.run, new.id);
+}
+
+async fn empty_bucket_crowds_out_nothing(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    // Many high-priority runs of a rate-limited step whose bucket (burst 3) is used up...
+    client
+        .submit_batch("metered", (0..30).map(|n| Limited { n }))
+        .priority(100)
+        .await
+        .unwrap();
+    let taken = store.claim(WORKER, &["Limited"], 100, LEASE).await.unwrap();
+    assert_eq!(taken.iter().filter(|c| c.id.step == "metered").count(), 3);
+    // ...and one low-priority step of another job: the claim reaches it.
+    let run = client.submit(&Diamond { n: 1 }).await.unwrap();
+    let next = store
+        .claim(WORKER, &["Limited", "Diamond"], 1, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        (next[0].id.run.as_str(), next[0].id.step.as_str()),
+        (run.id.as_str(), "a")
+    );
+}
+
+async fn errors_are_not_expiries(store: impl TestQueue, base: u64) {
+    let client = Client::new(&store);
+    let run = client
+        .submit(&Flaky {
+            fail: 1,
+            key: base + 7,
+        })
+        .max_attempts(1)
+        .await
+        .unwrap();
+    // The first claim returns an error and is put back: not an expired lease.
+    let worker = Worker::new(&store).job::<Flaky>();
+    assert_eq!(worker.run_once().await.unwrap().retried, 1);
+    // The second claim's lease expires: that is the one expiry `max_attempts(1)` allows...
+    let claims = store.claim(WORKER, &["Flaky"], 1, LEASE).await.unwrap();
+    assert_eq!(claims[0].id.attempt, 2);
+    store.age_leases(LEASE + Duration::from_secs(1)).await;
+    assert!(
+        store
+            .claim(WORKER, &["Flaky"], 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stored = store.load_run(&run.id).await.unwrap().unwrap();
+    let call = stored.step("call").unwrap();
+    assert_eq!(call.state, StepStatus::Failed);
+    assert!(
+        call.error
+            .as_deref()
+            .unwrap()
+            .contains("on 1 of its claims"),
+        "{:?}",
+        call.error
+    );
 }

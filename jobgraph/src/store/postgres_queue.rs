@@ -1313,7 +1313,7 @@ const EXPIRE_RUNS: &str = "WITH expired AS (
 const SELECT_EXHAUSTED: &str = "SELECT s.run_id, s.name
     FROM jobgraph_steps s JOIN jobgraph_runs r ON r.id = s.run_id
     WHERE s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until <= now()
-      AND s.job = ANY ($1) AND s.claims >= r.max_attempts";
+      AND s.job = ANY ($1) AND s.claims - s.fails >= r.max_attempts";
 
 const LOCK_RUN_SKIP: &str = "SELECT graph::text AS graph, max_attempts FROM jobgraph_runs
     WHERE id = $1 FOR UPDATE SKIP LOCKED";
@@ -1322,10 +1322,10 @@ const LOCK_RUN_SKIP: &str = "SELECT graph::text AS graph, max_attempts FROM jobg
 const EXHAUST_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = now(),
         attempts = claims,
-        error = 'its worker stopped answering (lease expired) on each of its '
-            || claims::text || ' claims'
+        error = 'its worker stopped answering (lease expired) on '
+            || (claims - fails)::text || ' of its claims'
     WHERE run_id = $1 AND name = $2 AND state = 'pending' AND worker IS NOT NULL
-      AND lease_until <= now() AND claims >= $3
+      AND lease_until <= now() AND claims - fails >= $3
     RETURNING idx";
 
 /// The limit rows of `$1`'s limited steps that have a ready step, locked in (job, step) order;
@@ -1360,7 +1360,7 @@ const CANDIDATES: &str = "SELECT s.run_id, s.idx, s.job, s.name, s.priority,
     LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.name
     WHERE s.job = ANY ($1)
       AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
-      AND (s.worker IS NULL OR (s.lease_until <= now() AND s.claims < r.max_attempts))
+      AND (s.worker IS NULL OR (s.lease_until <= now() AND s.claims - s.fails < r.max_attempts))
       AND (r.expires_at IS NULL OR r.expires_at > now())
       AND (l.step IS NULL OR EXISTS (
           SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)

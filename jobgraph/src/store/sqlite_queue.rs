@@ -837,14 +837,16 @@ const EXPIRE_RUNS: &str = "UPDATE jobgraph_runs
 const EXHAUST_STEPS: &str = "UPDATE jobgraph_steps
     SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = ?2,
         attempts = claims,
-        error = 'its worker stopped answering (lease expired) on each of its ' || claims || ' claims'
+        error = 'its worker stopped answering (lease expired) on ' || (claims - fails)
+            || ' of its claims'
     WHERE state = 'pending' AND worker IS NOT NULL AND lease_until <= ?2
       AND job IN (SELECT value FROM json_each(?1))
-      AND claims >= (SELECT max_attempts FROM jobgraph_runs r WHERE r.id = run_id)
+      AND claims - fails >= (SELECT max_attempts FROM jobgraph_runs r WHERE r.id = run_id)
     RETURNING run_id, name";
 
 /// The ready steps of `jobs`, best first, with their limits; a step whose concurrency is used
-/// up is left out here (so it cannot crowd out the others), its rate in `choose`.
+/// up or whose rate bucket is empty is left out here (so it cannot crowd out the others);
+/// `choose` takes no more of a limited step than its room.
 const CANDIDATES: &str = "SELECT s.rowid AS rid, s.job AS job, s.name AS name,
         l.step AS limited, l.concurrency, l.rate_count, l.rate_period_ms, l.burst, l.tokens,
         l.refilled_at
@@ -857,6 +859,8 @@ const CANDIDATES: &str = "SELECT s.rowid AS rid, s.job AS job, s.name AS name,
           SELECT COUNT(*) FROM jobgraph_steps c
           WHERE c.job = s.job AND c.name = s.name AND c.state = 'pending'
             AND c.worker IS NOT NULL AND c.lease_until > ?2))
+      AND (l.rate_count IS NULL OR MIN(l.burst,
+          l.tokens + MAX(?2 - l.refilled_at, 0) * 1.0 * l.rate_count / l.rate_period_ms) >= 1)
     ORDER BY s.priority DESC, s.ready_at
     LIMIT ?3";
 
