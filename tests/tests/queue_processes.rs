@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use jobgraph::Client;
-use jobgraph::store::{RunState, SqliteStore, StepStatus, Store as _};
+use jobgraph::store::queue::Queue;
+use jobgraph::store::{PgStore, RunState, SqliteStore, StepStatus};
 use jobgraph_tests::queue_jobs::{BATCH, Fan, expected_merge};
 
 const RUNS: u64 = 150;
@@ -15,11 +16,26 @@ const WORKERS: usize = 3;
 const STEPS: u64 = 6;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn three_worker_processes_run_a_batch_to_the_end() {
+async fn three_worker_processes_run_a_batch_to_the_end_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fleet.db");
     let path = path.to_str().unwrap().to_owned();
     let store = SqliteStore::open(&path).await.unwrap();
+    fleet(store, &path).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_worker_processes_run_a_batch_to_the_end_on_postgres() {
+    let Some(db) = jobgraph_tests::pg::database().await else {
+        return;
+    };
+    let store = PgStore::connect(db.url()).await.unwrap();
+    fleet(store, db.url()).await;
+}
+
+/// Submits the batch held to `store` (at `url`), runs three worker processes on it, checks.
+async fn fleet(store: impl Queue + Clone, url: &str) {
+    let path = url.to_owned();
     let client = Client::new(&store);
     let ids = client
         .submit_batch(BATCH, (0..RUNS).map(|n| Fan { n }))

@@ -3,11 +3,12 @@
 //! [`BATCH`](jobgraph_tests::queue_jobs::BATCH) has ended, then prints one line,
 //! `done NAME CLAIMED COMPLETED FAILED RETRIED FENCED CANCELLED`, and exits.
 //!
-//! `queue_worker STORE NAME`: `STORE` is a SQLite file.
+//! `queue_worker STORE NAME`: `STORE` is a SQLite file, or a `postgres://` URL.
 
 use std::time::Duration;
 
-use jobgraph::store::SqliteStore;
+use jobgraph::store::queue::Queue;
+use jobgraph::store::{PgStore, SqliteStore};
 use jobgraph::{CancellationToken, Client, Worker};
 use jobgraph_tests::queue_jobs::{BATCH, Fan};
 
@@ -18,7 +19,17 @@ async fn main() {
         eprintln!("usage: queue_worker STORE NAME");
         std::process::exit(2);
     };
-    let store = SqliteStore::open(&path).await.expect("open the store");
+    if path.starts_with("postgres") {
+        let store = PgStore::connect(&path).await.expect("open the store");
+        work(store, name).await;
+    } else {
+        let store = SqliteStore::open(&path).await.expect("open the store");
+        work(store, name).await;
+    }
+}
+
+/// Runs the worker on `store` until the batch has ended; prints its stats.
+async fn work(store: impl Queue + Clone, name: String) {
     let worker = Worker::new(&store)
         .job::<Fan>()
         .name(name.clone())
