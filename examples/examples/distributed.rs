@@ -4,7 +4,12 @@
 //! ```text
 //! cargo run -p jobgraph-examples --example distributed                       # a SQLite file
 //! cargo run -p jobgraph-examples --example distributed -- --db /tmp/fleet.db
+//! cargo run -p jobgraph-examples --example distributed -- --postgres         # a private server
+//! DATABASE_URL=postgres://... cargo run -p jobgraph-examples --example distributed
 //! ```
+//!
+//! `--postgres` starts a private PostgreSQL from the installed server binaries (the tests'
+//! harness: a temporary directory, a unix socket, gone when this process exits).
 //!
 //! Each run of `Report` loads a customer, then three steps run from that output in parallel
 //! (`orders`, `tickets`, `invoices`, each a few milliseconds of "I/O"), and `summary` joins them:
@@ -21,12 +26,12 @@
 //! Workers claim ready *steps*, not whole runs: one run's steps spread over the fleet. At the
 //! end each worker says how many steps it ran.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use jobgraph::store::{SqliteOptions, SqliteStore, Synchronous};
+use jobgraph::store::queue::Queue;
+use jobgraph::store::{PgStore, SqliteOptions, SqliteStore, Synchronous};
 use jobgraph::{CancellationToken, Client, ProgressBars, StatusListener as _, Worker, job};
 use serde::{Deserialize, Serialize};
 
@@ -87,34 +92,58 @@ impl Report {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let mut db: Option<PathBuf> = None;
+    let mut db: Option<String> = std::env::var("DATABASE_URL").ok();
+    let mut postgres = false;
     let mut worker: Option<String> = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--db" => db = args.next().map(PathBuf::from),
+            "--db" => db = args.next(),
+            "--postgres" => postgres = true,
             "--worker" => worker = args.next(),
             other => {
-                eprintln!("unknown argument `{other}`; usage: distributed [--db PATH]");
+                eprintln!(
+                    "unknown argument `{other}`; usage: distributed [--db PATH | --postgres]"
+                );
                 std::process::exit(2);
             }
         }
     }
+    // Kept until the end: the private server and the temporary directory.
+    let mut _server = None;
     let temp = tempfile::tempdir().expect("a temporary directory");
-    let path = db.unwrap_or_else(|| temp.path().join("fleet.db"));
-    let path = path.to_str().expect("a UTF-8 path").to_owned();
-    // `NORMAL` survives a process crash in WAL mode (power loss may lose the last commits).
-    let options = SqliteOptions::new().with_synchronous(Synchronous::Normal);
-    let store = SqliteStore::open_with(&path, options)
-        .await
-        .expect("open the store");
-    match worker {
-        Some(name) => work(store, name).await,
-        None => lead(store, &path).await,
+    if postgres && db.is_none() {
+        let Some(server) = jobgraph_tests::pg::database().await else {
+            eprintln!("--postgres: PostgreSQL's server binaries are not installed");
+            std::process::exit(1);
+        };
+        db = Some(server.url().to_owned());
+        _server = Some(server);
+    }
+    let url = db.unwrap_or_else(|| {
+        let path = temp.path().join("fleet.db");
+        path.to_str().expect("a UTF-8 path").to_owned()
+    });
+    if url.starts_with("postgres") {
+        let store = PgStore::connect(&url).await.expect("connect to PostgreSQL");
+        match worker {
+            Some(name) => work(store, name).await,
+            None => lead(store, &url).await,
+        }
+    } else {
+        // `NORMAL` survives a process crash in WAL mode (power loss may lose the last commits).
+        let options = SqliteOptions::new().with_synchronous(Synchronous::Normal);
+        let store = SqliteStore::open_with(&url, options)
+            .await
+            .expect("open the store");
+        match worker {
+            Some(name) => work(store, name).await,
+            None => lead(store, &url).await,
+        }
     }
 }
 
 /// A worker process: runs `Report` steps until the batch has ended, then prints how many.
-async fn work(store: SqliteStore, name: String) {
+async fn work(store: impl Queue + Clone, name: String) {
     let worker = Worker::new(&store)
         .job::<Report>()
         .name(name.clone())
@@ -141,7 +170,7 @@ async fn work(store: SqliteStore, name: String) {
 }
 
 /// The leading process: submits the batch, starts the workers, draws the progress.
-async fn lead(store: SqliteStore, path: &str) {
+async fn lead(store: impl Queue + Clone, path: &str) {
     let client = Client::new(&store);
     let started = Instant::now();
     let ids = client
