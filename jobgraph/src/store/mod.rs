@@ -248,6 +248,22 @@ impl GraphSpec {
         None
     }
 
+    /// The steps `position` waits for: its parents and `after` steps, each once, ascending.
+    pub fn dependencies(&self, position: usize) -> Vec<usize> {
+        let step = &self.steps[position];
+        let mut deps: Vec<usize> = step.parents.iter().chain(&step.after).copied().collect();
+        deps.sort_unstable();
+        deps.dedup();
+        deps
+    }
+
+    /// The steps that wait for `position` (through `parents` or `after`), each once, ascending.
+    pub fn children(&self, position: usize) -> Vec<usize> {
+        (0..self.steps.len())
+            .filter(|&c| self.dependencies(c).contains(&position))
+            .collect()
+    }
+
     /// Step `root` and every step that depends on it through `parents` or `after`, directly or
     /// not, as a mask over the steps (in graph order). Edges out of range are ignored.
     pub fn descendants(&self, root: usize) -> Vec<bool> {

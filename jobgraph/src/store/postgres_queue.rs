@@ -73,8 +73,8 @@ const BATCH_LOCK: i32 = i32::from_be_bytes(*b"jgba");
 impl Queue for PgStore {
     fn submit<'a>(&'a self, s: Submission<'a>) -> BoxFuture<'a, Result<Submitted, StoreError>> {
         async move {
-            check_submission(&s)?;
-            let graph_json = graph_json(&s)?;
+            s.check()?;
+            let graph_json = s.graph_json()?;
             let mut tx = self.begin().await?;
             if let Some(key) = s.key
                 && let Some(id) = select_by_key(&mut tx, s.job, key).await?
@@ -184,7 +184,7 @@ impl Queue for PgStore {
         async move {
             let mut tx = self.begin().await?;
             let Some(head) = lock_run(&mut tx, &claim.run).await? else {
-                return Err(claim_lost(claim, worker));
+                return Err(claim.lost(worker));
             };
             let position: Option<i32> = sqlx::query_scalar(COMPLETE_STEP)
                 .bind(&claim.run)
@@ -196,10 +196,10 @@ impl Queue for PgStore {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(position) = position else {
-                return Err(claim_lost(claim, worker));
+                return Err(claim.lost(worker));
             };
             let spec = graph(&head.graph, &claim.run)?;
-            let kids = children(&spec, index(position, claim)?);
+            let kids = spec.children(index(position, claim)?);
             if !kids.is_empty() {
                 let ready: Vec<bool> = sqlx::query_scalar(DEPENDENCY_DONE)
                     .bind(&claim.run)
@@ -228,7 +228,7 @@ impl Queue for PgStore {
         async move {
             let mut tx = self.begin().await?;
             let Some(head) = lock_run(&mut tx, &claim.run).await? else {
-                return Err(claim_lost(claim, worker));
+                return Err(claim.lost(worker));
             };
             if let Some(at) = retry_at {
                 let retried = sqlx::query(RETRY_STEP)
@@ -259,7 +259,7 @@ impl Queue for PgStore {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(position) = position else {
-                return Err(claim_lost(claim, worker));
+                return Err(claim.lost(worker));
             };
             let spec = graph(&head.graph, &claim.run)?;
             skip_descendants(&mut tx, &claim.run, &spec, index(position, claim)?).await?;
@@ -318,8 +318,8 @@ impl Queue for PgStore {
         inputs: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         async move {
-            check_submission(&template)?;
-            let graph_json = graph_json(&template)?;
+            template.check()?;
+            let graph_json = template.graph_json()?;
             let mut tx = self.begin().await?;
             // Appends to one batch number their runs one after the other.
             sqlx::query(LOCK_BATCH)
@@ -740,7 +740,8 @@ async fn take(
         let position = usize::try_from(position).map_err(|_| StoreError::Corrupt {
             what: format!("the position of step `{step}` of run `{run}`"),
         })?;
-        let deps: Vec<(String, String)> = dependencies(spec, position)
+        let deps: Vec<(String, String)> = spec
+            .dependencies(position)
             .into_iter()
             .filter_map(|dep| spec.steps.get(dep))
             .map(|dep| (dep.name.clone(), String::new()))
@@ -863,7 +864,7 @@ async fn insert_steps(
 ) -> Result<(), StoreError> {
     let names: Vec<&str> = s.graph.steps.iter().map(|st| st.name.as_str()).collect();
     let waiting: Vec<i32> = (0..s.graph.steps.len())
-        .map(|p| i32::try_from(dependencies(s.graph, p).len()).unwrap_or(i32::MAX))
+        .map(|p| i32::try_from(s.graph.dependencies(p).len()).unwrap_or(i32::MAX))
         .collect();
     sqlx::query(INSERT_QUEUED_STEPS)
         .bind(runs)
@@ -969,38 +970,6 @@ async fn settle_run(conn: &mut PgConnection, run: &str) -> Result<(), StoreError
     Ok(())
 }
 
-fn graph_json(s: &Submission<'_>) -> Result<String, StoreError> {
-    serde_json::to_string(s.graph).map_err(|e| StoreError::Corrupt {
-        what: format!("the graph of job `{}` cannot be written ({e})", s.job),
-    })
-}
-
-/// A submission whose numbers no run can have (as `sqlite_queue.rs` checks it).
-fn check_submission(s: &Submission<'_>) -> Result<(), StoreError> {
-    if let Some(why) = s.graph.check() {
-        return Err(StoreError::InvalidGraph {
-            run: s.id.to_owned(),
-            reason: why,
-        });
-    }
-    if s.max_attempts == 0 || s.max_fails == Some(0) {
-        return Err(StoreError::InvalidSubmission {
-            job: s.job.to_owned(),
-            why: "max_attempts and max_fails must be at least 1".to_owned(),
-        });
-    }
-    Ok(())
-}
-
-fn claim_lost(claim: &ClaimId, worker: &str) -> StoreError {
-    StoreError::ClaimLost {
-        run: claim.run.clone(),
-        step: claim.step.clone(),
-        attempt: claim.attempt,
-        worker: worker.to_owned(),
-    }
-}
-
 /// A stored step index as a graph position.
 fn index(position: i32, claim: &ClaimId) -> Result<usize, StoreError> {
     usize::try_from(position).map_err(|_| StoreError::Corrupt {
@@ -1016,22 +985,6 @@ fn positions(indices: &[usize]) -> Vec<i32> {
     indices
         .iter()
         .map(|&i| i32::try_from(i).unwrap_or(i32::MAX))
-        .collect()
-}
-
-/// The steps `position` waits for: its parents and `after` steps, each once, ascending.
-fn dependencies(graph: &GraphSpec, position: usize) -> Vec<usize> {
-    let step = &graph.steps[position];
-    let mut deps: Vec<usize> = step.parents.iter().chain(&step.after).copied().collect();
-    deps.sort_unstable();
-    deps.dedup();
-    deps
-}
-
-/// The steps that wait for `position`, each once, ascending.
-fn children(graph: &GraphSpec, position: usize) -> Vec<usize> {
-    (0..graph.steps.len())
-        .filter(|&c| dependencies(graph, c).contains(&position))
         .collect()
 }
 

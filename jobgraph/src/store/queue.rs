@@ -231,6 +231,44 @@ pub struct Submission<'a> {
     pub max_fails: Option<u32>,
 }
 
+impl Submission<'_> {
+    /// Why no run can have these numbers or this graph, if so: what every queue checks first.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if let Some(why) = self.graph.check() {
+            return Err(StoreError::InvalidGraph {
+                run: self.id.to_owned(),
+                reason: why,
+            });
+        }
+        if self.max_attempts == 0 || self.max_fails == Some(0) {
+            return Err(StoreError::InvalidSubmission {
+                job: self.job.to_owned(),
+                why: "max_attempts and max_fails must be at least 1".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The graph as stored, JSON.
+    pub(crate) fn graph_json(&self) -> Result<String, StoreError> {
+        serde_json::to_string(self.graph).map_err(|e| StoreError::Corrupt {
+            what: format!("the graph of job `{}` cannot be written ({e})", self.job),
+        })
+    }
+}
+
+impl ClaimId {
+    /// The error of `worker`'s write under this claim, which it no longer holds.
+    pub(crate) fn lost(&self, worker: &str) -> StoreError {
+        StoreError::ClaimLost {
+            run: self.run.clone(),
+            step: self.step.clone(),
+            attempt: self.attempt,
+            worker: worker.to_owned(),
+        }
+    }
+}
+
 /// What [`Queue::submit`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Submitted {

@@ -18,7 +18,7 @@ use super::{GraphSpec, StoreError, now_ms, plus};
 impl Queue for SqliteStore {
     fn submit<'a>(&'a self, s: Submission<'a>) -> BoxFuture<'a, Result<Submitted, StoreError>> {
         async move {
-            check_submission(&s)?;
+            s.check()?;
             let mut tx = self.begin().await?;
             if let Some(key) = s.key {
                 let found: Option<String> = sqlx::query_scalar(SELECT_BY_KEY)
@@ -30,7 +30,7 @@ impl Queue for SqliteStore {
                     return Ok(Submitted { id, created: false });
                 }
             }
-            let graph_json = graph_json(&s)?;
+            let graph_json = s.graph_json()?;
             let now = now_ms();
             insert_submission(&mut tx, &s, &graph_json, now).await?;
             upsert_limits(&mut tx, &s, now).await?;
@@ -101,7 +101,7 @@ impl Queue for SqliteStore {
                 let position = usize::try_from(position).map_err(|_| StoreError::Corrupt {
                     what: format!("the position of step `{step}` of run `{run}`"),
                 })?;
-                let deps = dependencies(&spec, position);
+                let deps = spec.dependencies(position);
                 let mut outputs = Vec::with_capacity(deps.len());
                 for dep in deps {
                     let name = &spec.steps[dep].name;
@@ -199,13 +199,13 @@ impl Queue for SqliteStore {
                 .await?
                 .rows_affected();
             if done != 1 {
-                return Err(claim_lost(claim, worker));
+                return Err(claim.lost(worker));
             }
             let spec = run_graph(&mut tx, &claim.run).await?;
             let position = spec
                 .position(&claim.step)
                 .ok_or_else(|| super::sqlite::no_such_step(&claim.run, &claim.step))?;
-            for child in children(&spec, position) {
+            for child in spec.children(position) {
                 sqlx::query(DEPENDENCY_DONE)
                     .bind(&claim.run)
                     .bind(child as i64)
@@ -260,7 +260,7 @@ impl Queue for SqliteStore {
                 .await?
                 .rows_affected();
             if failed != 1 {
-                return Err(claim_lost(claim, worker));
+                return Err(claim.lost(worker));
             }
             skip_descendants(&mut tx, &claim.run, &claim.step).await?;
             settle_run(&mut tx, &claim.run, now).await?;
@@ -277,8 +277,8 @@ impl Queue for SqliteStore {
         inputs: &'a [String],
     ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         async move {
-            check_submission(&template)?;
-            let graph_json = graph_json(&template)?;
+            template.check()?;
+            let graph_json = template.graph_json()?;
             let now = now_ms();
             let mut tx = self.begin().await?;
             let stored: i64 = sqlx::query_scalar(COUNT_BATCH)
@@ -573,12 +573,6 @@ async fn room(
     })
 }
 
-fn graph_json(s: &Submission<'_>) -> Result<String, StoreError> {
-    serde_json::to_string(s.graph).map_err(|e| StoreError::Corrupt {
-        what: format!("the graph of job `{}` cannot be written ({e})", s.job),
-    })
-}
-
 /// Inserts run `s` and its steps: each step with no dependency ready at `s.run_at` (unless the
 /// run is held), the others waiting for theirs.
 async fn insert_submission(
@@ -611,7 +605,7 @@ async fn insert_submission(
     }
     inserted?;
     for (position, step) in s.graph.steps.iter().enumerate() {
-        let waiting = dependencies(s.graph, position).len();
+        let waiting = s.graph.dependencies(position).len();
         let ready_at = (waiting == 0 && !s.held).then_some(s.run_at);
         sqlx::query(INSERT_QUEUED_STEP)
             .bind(s.id)
@@ -647,48 +641,6 @@ async fn upsert_limits(
             .await?;
     }
     Ok(())
-}
-
-/// A submission whose numbers no run can have.
-fn check_submission(s: &Submission<'_>) -> Result<(), StoreError> {
-    if let Some(why) = s.graph.check() {
-        return Err(StoreError::InvalidGraph {
-            run: s.id.to_owned(),
-            reason: why,
-        });
-    }
-    if s.max_attempts == 0 || s.max_fails == Some(0) {
-        return Err(StoreError::InvalidSubmission {
-            job: s.job.to_owned(),
-            why: "max_attempts and max_fails must be at least 1".to_owned(),
-        });
-    }
-    Ok(())
-}
-
-fn claim_lost(claim: &ClaimId, worker: &str) -> StoreError {
-    StoreError::ClaimLost {
-        run: claim.run.clone(),
-        step: claim.step.clone(),
-        attempt: claim.attempt,
-        worker: worker.to_owned(),
-    }
-}
-
-/// The steps `position` waits for: its parents and `after` steps, each once, ascending.
-pub(super) fn dependencies(graph: &GraphSpec, position: usize) -> Vec<usize> {
-    let step = &graph.steps[position];
-    let mut deps: Vec<usize> = step.parents.iter().chain(&step.after).copied().collect();
-    deps.sort_unstable();
-    deps.dedup();
-    deps
-}
-
-/// The steps that wait for `position`, each once, ascending.
-pub(super) fn children(graph: &GraphSpec, position: usize) -> Vec<usize> {
-    (0..graph.steps.len())
-        .filter(|&c| dependencies(graph, c).contains(&position))
-        .collect()
 }
 
 async fn run_graph(conn: &mut SqliteConnection, run: &str) -> Result<GraphSpec, StoreError> {
