@@ -11,7 +11,7 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 
 use crate::client::step_named;
 use crate::durable::DurableJob;
-use crate::store::queue::{Claim, ClaimId, Failed, Held, Queue};
+use crate::store::queue::{Claim, ClaimId, Completion, Failed, Held, Queue};
 use crate::store::{GraphSpec, RunState, StepStatus, StoreError, StoredRun, StoredStep};
 use crate::store::{now_ms, plus};
 use crate::{CancellationToken, RetryPolicy, Runner, StepError};
@@ -87,6 +87,8 @@ pub struct WorkerStats {
     pub fenced: usize,
     /// Steps cancelled: aborted runs, lost claims, shutdown.
     pub cancelled: usize,
+    /// Store calls that failed and were tried again (claims, commits, heartbeats).
+    pub store_errors: usize,
 }
 
 impl Worker {
@@ -183,96 +185,254 @@ impl Worker {
         &self.name
     }
 
-    /// Claims the ready steps there are (up to the concurrency), runs them, commits each, and
+    /// Claims the ready steps there are (up to the concurrency), runs them, commits them, and
     /// returns: for tests and one-shot tools. Steps that become ready meanwhile wait for the next
-    /// call. Heartbeats run while the steps do.
+    /// call. Heartbeats run while the steps do. A store error is returned, not retried.
     pub async fn run_once(&self) -> Result<WorkerStats, StoreError> {
-        let mut pool = Pool::new(self);
-        pool.claim(self.concurrency).await?;
-        while pool.next().await? {}
+        let mut pool = Pool::new(self, true);
+        pool.serve(&CancellationToken::new()).await?;
         Ok(pool.stats)
     }
 
-    /// Runs until `shutdown` is cancelled: claims ready steps whenever it has room, runs them,
-    /// commits them, heartbeats its claims. On shutdown it stops claiming and lets the running
-    /// steps finish for at most the [drain timeout](Worker::drain_timeout). Returns what it did,
-    /// or the store's error if the store failed.
+    /// Runs until `shutdown` is cancelled: claims ready steps whenever it has room (many at a
+    /// time), runs them, commits the ones that ended meanwhile together, heartbeats its claims;
+    /// claims, commits and heartbeats overlap with each other and with the steps. On shutdown it
+    /// stops claiming and lets the running steps finish and commit for at most the [drain
+    /// timeout](Worker::drain_timeout), then cancels the rest (their claims expire and other
+    /// workers take them).
+    ///
+    /// A store that fails (a lost connection, a restarted server, a locked database) does not
+    /// end the worker: the call is logged (`tracing`, warn) and tried again after a backoff
+    /// (100 ms doubling to 5 s), and results wait for it; [`WorkerStats::store_errors`] counts
+    /// them. So this returns `Ok` with what it did.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<WorkerStats, StoreError> {
-        let mut pool = Pool::new(self);
-        let jobs: Vec<&str> = self.jobs.keys().copied().collect();
-        loop {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let room = self.concurrency - pool.running.len();
-            let claimed = if room > 0 { pool.claim(room).await? } else { 0 };
-            if pool.running.is_empty() {
-                if claimed == 0 {
-                    // Idle: until a step is ready (the store may say so early), or a poll.
-                    tokio::select! {
-                        () = self.queue.wait_ready(&jobs, self.poll) => {}
-                        () = shutdown.cancelled() => break,
-                    }
-                }
-                continue;
-            }
-            // With room left, a step becoming ready is claimed while the others run. Only the
-            // waits are raced: a step's result is settled to the end.
-            let room_left = pool.running.len() < self.concurrency;
-            tokio::select! {
-                ended = pool.wait() => pool.settle(ended).await?,
-                () = self.queue.wait_ready(&jobs, self.poll), if room_left => {}
-                () = shutdown.cancelled() => break,
-            }
-        }
-        // Drain: no more claims; let the running steps end, then cancel what is left.
-        let deadline = tokio::time::sleep(self.drain);
-        tokio::pin!(deadline);
-        while !pool.running.is_empty() {
-            tokio::select! {
-                ended = pool.wait() => pool.settle(ended).await?,
-                () = &mut deadline => {
-                    for token in pool.tokens.values() {
-                        token.cancel();
-                    }
-                    while pool.next().await? {}
-                }
-            }
-        }
+        let mut pool = Pool::new(self, false);
+        pool.serve(&shutdown).await?;
         Ok(pool.stats)
     }
 }
 
-/// The steps a worker is running, their tokens, and what it did.
+/// The most claims a worker holds per step it runs at once: the steps it ran whose results
+/// wait for a commit count too, so claiming goes on while a commit is slow, up to this.
+const HELD_PER_SLOT: usize = 4;
+
+/// The first wait after a store error; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How a step's result was settled.
+enum Outcome {
+    Completed,
+    Retried,
+    Failed,
+    Fenced,
+    Cancelled,
+}
+
+/// What settling some results did: the outcome of each settled, the results left unsettled
+/// (the store failed), and its error.
+struct Settled {
+    done: Vec<(ClaimId, Outcome)>,
+    left: Vec<Ended>,
+    error: Option<StoreError>,
+}
+
+/// A worker's loop: the steps it runs, the claims it holds, and the store calls in flight
+/// (at most one claim, one commit and one heartbeat at a time, each its own future, so they
+/// overlap).
 struct Pool<'w> {
     worker: &'w Worker,
+    /// `run_once`: one claim, then finish; store errors are returned.
+    once: bool,
+    jobs: Arc<[&'static str]>,
     running: FuturesUnordered<BoxFuture<Ended>>,
+    /// Every claim held: running, or ended and waiting for its commit.
     tokens: HashMap<ClaimId, CancellationToken>,
-    heartbeat: Pin<Box<tokio::time::Sleep>>,
+    /// Steps that ended, not yet settled.
+    ended: Vec<Ended>,
     stats: WorkerStats,
 }
 
 impl<'w> Pool<'w> {
-    fn new(worker: &'w Worker) -> Self {
+    fn new(worker: &'w Worker, once: bool) -> Self {
         Pool {
             worker,
+            once,
+            jobs: worker.jobs.keys().copied().collect(),
             running: FuturesUnordered::new(),
             tokens: HashMap::new(),
-            heartbeat: Box::pin(tokio::time::sleep(worker.lease / 3)),
+            ended: Vec::new(),
             stats: WorkerStats::default(),
         }
     }
 
-    /// Claims up to `room` steps and starts them: how many it claimed.
-    async fn claim(&mut self, room: usize) -> Result<usize, StoreError> {
-        let jobs: Vec<&str> = self.worker.jobs.keys().copied().collect();
-        let claims = self
-            .worker
-            .queue
-            .claim(&self.worker.name, &jobs, room, self.worker.lease)
-            .await?;
-        let count = claims.len();
-        self.stats.claimed += count;
+    /// How many more steps to claim now.
+    fn room(&self) -> usize {
+        let slots = self.worker.concurrency.saturating_sub(self.running.len());
+        let held = (self.worker.concurrency * HELD_PER_SLOT).saturating_sub(self.tokens.len());
+        slots.min(held)
+    }
+
+    /// The loop of [`Worker::run`] and [`Worker::run_once`]: returns when shut down and
+    /// drained (or, `once`, when its one claim is settled).
+    async fn serve(&mut self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        let worker = self.worker;
+        let queue = &worker.queue;
+        let name: Arc<str> = worker.name.as_str().into();
+        let mut claiming: Option<BoxFuture<(usize, Result<Vec<Claim>, StoreError>)>> = None;
+        let mut settling: Option<BoxFuture<Settled>> = None;
+        let mut beating: Option<BoxFuture<(Vec<ClaimId>, Result<Vec<Held>, StoreError>)>> = None;
+        let mut waiting: Option<BoxFuture<()>> = None;
+        let mut backoff: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut delay = FIRST_BACKOFF;
+        let mut heartbeat = Box::pin(tokio::time::sleep(worker.lease / 3));
+        // The last claim found fewer steps than it asked for: wait for news before the next.
+        let mut idle = false;
+        let mut stopping = false;
+        let mut claimed_once = false;
+        let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut drained = false;
+        loop {
+            let can_claim = !stopping && !(self.once && claimed_once) && backoff.is_none();
+            let room = self.room();
+            if can_claim && claiming.is_none() && !idle && room > 0 {
+                let (queue, name, jobs) =
+                    (Arc::clone(queue), Arc::clone(&name), Arc::clone(&self.jobs));
+                let lease = worker.lease;
+                claiming = Some(Box::pin(async move {
+                    (room, queue.claim(&name, &jobs, room, lease).await)
+                }));
+                claimed_once = true;
+            }
+            if can_claim && idle && waiting.is_none() {
+                let (queue, jobs, poll) = (Arc::clone(queue), Arc::clone(&self.jobs), worker.poll);
+                waiting = Some(Box::pin(async move { queue.wait_ready(&jobs, poll).await }));
+            }
+            if settling.is_none() && backoff.is_none() && !self.ended.is_empty() {
+                let ended = std::mem::take(&mut self.ended);
+                let (queue, name) = (Arc::clone(queue), Arc::clone(&name));
+                settling = Some(Box::pin(async move { settle(&*queue, &name, ended).await }));
+            }
+            let busy = claiming.is_some() || settling.is_some() || !self.running.is_empty();
+            if !busy && self.ended.is_empty() && (stopping || (self.once && claimed_once)) {
+                return Ok(());
+            }
+            tokio::select! {
+                Some(ended) = self.running.next(), if !self.running.is_empty() => {
+                    self.ended.push(ended);
+                }
+                (asked, claimed) = async { claiming.as_mut().expect("guarded").await },
+                    if claiming.is_some() =>
+                {
+                    claiming = None;
+                    match claimed {
+                        Ok(claims) => {
+                            delay = FIRST_BACKOFF;
+                            idle = claims.len() < asked;
+                            self.start(claims);
+                        }
+                        Err(error) if self.once => return Err(error),
+                        Err(error) => {
+                            self.stats.store_errors += 1;
+                            tracing::warn!(%error, "a worker's claim failed; it tries again");
+                            backoff = Some(Box::pin(tokio::time::sleep(delay)));
+                            delay = (delay * 2).min(MAX_BACKOFF);
+                        }
+                    }
+                }
+                settled = async { settling.as_mut().expect("guarded").await },
+                    if settling.is_some() =>
+                {
+                    settling = None;
+                    // Children of what it committed may be ready now: look again.
+                    idle = idle && settled.done.is_empty();
+                    self.apply(settled.done);
+                    if let Some(error) = settled.error {
+                        if self.once {
+                            return Err(error);
+                        }
+                        self.stats.store_errors += 1;
+                        if drained {
+                            // Past the drain deadline: the claims will expire and other
+                            // workers redo these steps.
+                            tracing::warn!(%error, "a worker's commit failed after its drain \
+                                deadline; its results are dropped");
+                            for (id, _, _) in &settled.left {
+                                self.tokens.remove(id);
+                            }
+                        } else {
+                            tracing::warn!(%error, "a worker's commit failed; it tries again");
+                            let mut left = settled.left;
+                            left.append(&mut self.ended);
+                            self.ended = left;
+                            backoff = Some(Box::pin(tokio::time::sleep(delay)));
+                            delay = (delay * 2).min(MAX_BACKOFF);
+                        }
+                    } else {
+                        delay = FIRST_BACKOFF;
+                    }
+                }
+                () = async { waiting.as_mut().expect("guarded").await }, if waiting.is_some() => {
+                    waiting = None;
+                    idle = false;
+                }
+                () = async { backoff.as_mut().expect("guarded").await }, if backoff.is_some() => {
+                    backoff = None;
+                    idle = false;
+                }
+                () = &mut heartbeat, if beating.is_none() => {
+                    heartbeat.as_mut().reset(tokio::time::Instant::now() + worker.lease / 3);
+                    let ids: Vec<ClaimId> = self.tokens.keys().cloned().collect();
+                    if !ids.is_empty() {
+                        let (queue, name, lease) = (Arc::clone(queue), Arc::clone(&name), worker.lease);
+                        beating = Some(Box::pin(async move {
+                            let held = queue.heartbeat(&name, &ids, lease).await;
+                            (ids, held)
+                        }));
+                    }
+                }
+                (ids, held) = async { beating.as_mut().expect("guarded").await },
+                    if beating.is_some() =>
+                {
+                    beating = None;
+                    match held {
+                        Ok(held) => {
+                            for (id, held) in ids.iter().zip(held) {
+                                if held != Held::Held
+                                    && let Some(token) = self.tokens.get(id)
+                                {
+                                    token.cancel();
+                                }
+                            }
+                        }
+                        // Tried again at the next beat: the claims expire only if none gets
+                        // through.
+                        Err(error) => {
+                            self.stats.store_errors += 1;
+                            tracing::warn!(%error, "a worker's heartbeat failed; it tries again");
+                        }
+                    }
+                }
+                () = shutdown.cancelled(), if !stopping => {
+                    stopping = true;
+                    waiting = None;
+                    deadline = Some(Box::pin(tokio::time::sleep(worker.drain)));
+                }
+                () = async { deadline.as_mut().expect("guarded").await },
+                    if deadline.is_some() && !drained =>
+                {
+                    drained = true;
+                    for token in self.tokens.values() {
+                        token.cancel();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the steps `claims`.
+    fn start(&mut self, claims: Vec<Claim>) {
+        self.stats.claimed += claims.len();
         for claim in claims {
             let id = claim.id.clone();
             let token = CancellationToken::new();
@@ -284,104 +444,96 @@ impl<'w> Pool<'w> {
                 (id, started, execution)
             }));
         }
-        Ok(count)
     }
 
-    /// Waits for the next step to end and settles it, heartbeating meanwhile: `false` once no
-    /// step runs.
-    async fn next(&mut self) -> Result<bool, StoreError> {
-        if self.running.is_empty() {
-            return Ok(false);
-        }
-        let ended = self.wait().await;
-        self.settle(ended).await?;
-        Ok(true)
-    }
-
-    /// Waits for the next step to end, heartbeating meanwhile (a heartbeat that fails is tried
-    /// again at the next beat: the claims expire only if none gets through). Cancel-safe: a step
-    /// that ended is returned, never lost. Pends forever if no step runs.
-    async fn wait(&mut self) -> Ended {
-        loop {
-            if self.running.is_empty() {
-                return std::future::pending().await;
-            }
-            tokio::select! {
-                Some(ended) = self.running.next() => {
-                    self.tokens.remove(&ended.0);
-                    return ended;
-                }
-                () = &mut self.heartbeat => {
-                    if let Err(error) = self.beat().await {
-                        tracing::warn!(%error, "a worker's heartbeat failed; it tries again");
-                    }
-                }
+    /// Counts what was settled; its claims are no longer held.
+    fn apply(&mut self, done: Vec<(ClaimId, Outcome)>) {
+        for (id, outcome) in done {
+            self.tokens.remove(&id);
+            match outcome {
+                Outcome::Completed => self.stats.completed += 1,
+                Outcome::Retried => self.stats.retried += 1,
+                Outcome::Failed => self.stats.failed += 1,
+                Outcome::Fenced => self.stats.fenced += 1,
+                Outcome::Cancelled => self.stats.cancelled += 1,
             }
         }
     }
+}
 
-    /// Renews the claims held, and cancels those lost or aborted.
-    async fn beat(&mut self) -> Result<(), StoreError> {
-        let lease = self.worker.lease;
-        self.heartbeat
-            .as_mut()
-            .reset(tokio::time::Instant::now() + lease / 3);
-        let ids: Vec<ClaimId> = self.tokens.keys().cloned().collect();
-        if ids.is_empty() {
-            return Ok(());
+/// Stores how steps ended: the outputs of those that completed, together
+/// ([`Queue::complete_many`]), then each error (retried or failed for good). Cancelled steps
+/// store nothing. A result the queue fences out (the claim was lost) is counted and dropped.
+async fn settle(queue: &dyn Queue, worker: &str, ended: Vec<Ended>) -> Settled {
+    let mut settled = Settled {
+        done: Vec::with_capacity(ended.len()),
+        left: Vec::new(),
+        error: None,
+    };
+    let mut completed = Vec::new();
+    let mut failed = Vec::new();
+    for (id, started, execution) in ended {
+        match execution {
+            Execution::Cancelled => settled.done.push((id, Outcome::Cancelled)),
+            Execution::Completed(output) => completed.push((id, started, output)),
+            Execution::Failed { error, retry_at } => failed.push((id, started, error, retry_at)),
         }
-        let held = self
-            .worker
-            .queue
-            .heartbeat(&self.worker.name, &ids, lease)
-            .await?;
-        for (id, held) in ids.iter().zip(held) {
-            if held != Held::Held
-                && let Some(token) = self.tokens.get(id)
-            {
-                token.cancel();
-            }
-        }
-        Ok(())
     }
-
-    /// Stores how a step ended: its output, or its error (retried or failed for good). A
-    /// result the queue fences out (the claim was lost) is counted and dropped.
-    async fn settle(&mut self, (id, started, execution): Ended) -> Result<(), StoreError> {
-        let id = &id;
-        let queue = &self.worker.queue;
-        let name = &self.worker.name;
-        let settled = match execution {
-            Execution::Cancelled => {
-                self.stats.cancelled += 1;
-                return Ok(());
-            }
-            Execution::Completed(output) => queue
-                .complete(name, id, &output, started)
-                .await
-                .map(|()| self.stats.completed += 1),
-            Execution::Failed { error, retry_at } => {
-                match queue.fail(name, id, &error, started, retry_at).await {
-                    Ok(Failed::Retrying { .. }) => {
-                        self.stats.retried += 1;
-                        Ok(())
-                    }
-                    Ok(Failed::Failed) => {
-                        self.stats.failed += 1;
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
+    if !completed.is_empty() {
+        let batch: Vec<Completion<'_>> = completed
+            .iter()
+            .map(|(id, started, output)| Completion {
+                claim: id,
+                output,
+                started_at: *started,
+            })
+            .collect();
+        match queue.complete_many(worker, &batch).await {
+            Ok(stored) => {
+                drop(batch);
+                for ((id, _, _), stored) in completed.into_iter().zip(stored) {
+                    let outcome = if stored {
+                        Outcome::Completed
+                    } else {
+                        Outcome::Fenced
+                    };
+                    settled.done.push((id, outcome));
                 }
             }
-        };
-        match settled {
-            Err(StoreError::ClaimLost { .. }) => {
-                self.stats.fenced += 1;
-                Ok(())
+            Err(error) => {
+                drop(batch);
+                settled.error = Some(error);
+                settled.left.extend(
+                    completed
+                        .into_iter()
+                        .map(|(id, started, output)| (id, started, Execution::Completed(output))),
+                );
             }
-            other => other,
         }
     }
+    let mut failed = failed.into_iter();
+    if settled.error.is_none() {
+        for (id, started, error, retry_at) in failed.by_ref() {
+            match queue.fail(worker, &id, &error, started, retry_at).await {
+                Ok(Failed::Retrying { .. }) => settled.done.push((id, Outcome::Retried)),
+                Ok(Failed::Failed) => settled.done.push((id, Outcome::Failed)),
+                Err(StoreError::ClaimLost { .. }) => settled.done.push((id, Outcome::Fenced)),
+                Err(e) => {
+                    settled.error = Some(e);
+                    settled
+                        .left
+                        .push((id, started, Execution::Failed { error, retry_at }));
+                    break;
+                }
+            }
+        }
+    }
+    settled
+        .left
+        .extend(failed.map(|(id, started, error, retry_at)| {
+            (id, started, Execution::Failed { error, retry_at })
+        }));
+    settled
 }
 
 /// A retry policy that never retries: in a worker, the queue applies the step's own policy.

@@ -32,6 +32,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use super::postgres_queue::Ready;
 use super::postgres_schema;
+use super::queue::Sweeps;
 use super::{
     GraphSpec, RunFilter, RunSpec, RunState, RunSummary, StepOutcome, StepStatus, StepTally, Store,
     StoreError, StoredRun, StoredStep, millis,
@@ -66,6 +67,8 @@ pub struct PgStore {
     /// The queue's LISTEN connection, shared by the store's clones (started by the first
     /// idle worker: see `postgres_queue`).
     ready: Arc<Ready>,
+    /// When the queue's next sweep is due (shared by the clones).
+    sweeps: Arc<Sweeps>,
 }
 
 /// How [`PgStore::connect_with`] connects.
@@ -147,6 +150,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             ready: Arc::default(),
+            sweeps: Arc::default(),
         })
     }
 
@@ -164,17 +168,22 @@ impl PgStore {
     /// If the database fails (a test helper).
     #[doc(hidden)]
     pub async fn age_leases(&self, by: Duration) {
-        for statement in [AGE_LEASES, AGE_CLAIMS, AGE_EXPIRIES] {
+        for statement in [AGE_LEASES, AGE_CLAIMS, AGE_EXPIRIES, AGE_STEP_EXPIRIES] {
             sqlx::query(statement)
                 .bind(lease_ms(by))
                 .execute(&self.pool)
                 .await
                 .expect("age_leases: the store's database failed");
         }
+        self.sweeps.now();
     }
 
     pub(super) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub(super) fn sweeps(&self) -> &Sweeps {
+        &self.sweeps
     }
 
     pub(super) fn ready(&self) -> &Ready {
@@ -267,6 +276,10 @@ const AGE_CLAIMS: &str = "UPDATE jobgraph_steps
     WHERE lease_until IS NOT NULL";
 
 const AGE_EXPIRIES: &str = "UPDATE jobgraph_runs
+    SET expires_at = expires_at - $1 * interval '1 millisecond'
+    WHERE expires_at IS NOT NULL";
+
+const AGE_STEP_EXPIRIES: &str = "UPDATE jobgraph_steps
     SET expires_at = expires_at - $1 * interval '1 millisecond'
     WHERE expires_at IS NOT NULL";
 

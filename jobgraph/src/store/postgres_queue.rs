@@ -56,7 +56,8 @@ use tokio::sync::watch;
 
 use super::postgres::{PgStore, get, graph, lease_ms, no_such_run};
 use super::queue::{
-    BatchCounts, Claim, ClaimId, Failed, Held, Lease, Queue, StepCount, Submission, Submitted,
+    BatchCounts, Claim, ClaimId, Completion, Failed, Held, Lease, Queue, StepCount, Submission,
+    Submitted,
 };
 use super::{GraphSpec, StoreError, millis};
 
@@ -121,7 +122,16 @@ impl Queue for PgStore {
             }
             // Before anything this claim can see: news after this is news to its worker.
             self.ready().claiming(jobs);
-            self.sweep(jobs).await?;
+            if self.sweeps().due() {
+                self.sweep(jobs).await?;
+            }
+            let limited: bool = sqlx::query_scalar(ANY_LIMITED_READY)
+                .bind(jobs)
+                .fetch_one(self.pool())
+                .await?;
+            if !limited {
+                return claim_unlimited(self.pool(), worker, jobs, limit, lease).await;
+            }
             let mut tx = self.begin().await?;
             let chosen = choose(&mut tx, jobs, limit).await?;
             if chosen.is_empty() {
@@ -174,45 +184,96 @@ impl Queue for PgStore {
         .boxed()
     }
 
-    fn complete<'a>(
+    fn complete_many<'a>(
         &'a self,
         worker: &'a str,
-        claim: &'a ClaimId,
-        output: &'a str,
-        started_at: i64,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        done: &'a [Completion<'a>],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
         async move {
+            if done.is_empty() {
+                return Ok(Vec::new());
+            }
             let mut tx = self.begin().await?;
-            let Some(head) = lock_run(&mut tx, &claim.run).await? else {
-                return Err(claim.lost(worker));
+            // The runs first, in id order (as every writer of several runs locks them).
+            let mut runs: Vec<&str> = done.iter().map(|c| c.claim.run.as_str()).collect();
+            runs.sort_unstable();
+            runs.dedup();
+            let mut heads: HashMap<String, (String, GraphSpec)> = HashMap::new();
+            for row in sqlx::query(LOCK_RUNS)
+                .bind(&runs)
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                const T: &str = "jobgraph_runs";
+                let id: String = get(&row, "id", T)?;
+                let spec = graph(get(&row, "graph", T)?, &id)?;
+                heads.insert(id, (get(&row, "job", T)?, spec));
+            }
+            let column = |f: fn(&Completion<'a>) -> &'a str| -> Vec<&'a str> {
+                done.iter().map(f).collect()
             };
-            let position: Option<i32> = sqlx::query_scalar(COMPLETE_STEP)
-                .bind(&claim.run)
-                .bind(&claim.step)
+            let stored = sqlx::query(COMPLETE_STEPS)
                 .bind(worker)
-                .bind(i64::from(claim.attempt))
-                .bind(output)
-                .bind(started_at)
-                .fetch_optional(&mut *tx)
+                .bind(column(|c| c.claim.run.as_str()))
+                .bind(column(|c| c.claim.step.as_str()))
+                .bind(
+                    done.iter()
+                        .map(|c| i64::from(c.claim.attempt))
+                        .collect::<Vec<_>>(),
+                )
+                .bind(column(|c| c.output))
+                .bind(done.iter().map(|c| c.started_at).collect::<Vec<_>>())
+                .fetch_all(&mut *tx)
                 .await?;
-            let Some(position) = position else {
-                return Err(claim.lost(worker));
-            };
-            let spec = graph(&head.graph, &claim.run)?;
-            let kids = spec.children(index(position, claim)?);
+            // Each child's dependencies that completed here, counted (two parents of one child
+            // may complete in one call).
+            let mut kids: HashMap<(String, i32), i32> = HashMap::new();
+            let mut committed: std::collections::HashSet<(String, String)> = Default::default();
+            for row in &stored {
+                const T: &str = "jobgraph_steps";
+                let run: String = get(row, "run_id", T)?;
+                let step: String = get(row, "name", T)?;
+                let position: i32 = get(row, "idx", T)?;
+                let (_, spec) = heads.get(&run).ok_or_else(|| no_such_run(&run))?;
+                let position = usize::try_from(position).map_err(|_| StoreError::Corrupt {
+                    what: format!("the position of step `{step}` of run `{run}` is {position}"),
+                })?;
+                for kid in spec.children(position) {
+                    *kids
+                        .entry((run.clone(), i32::try_from(kid).unwrap_or(i32::MAX)))
+                        .or_default() += 1;
+                }
+                committed.insert((run, step));
+            }
             if !kids.is_empty() {
-                let ready: Vec<bool> = sqlx::query_scalar(DEPENDENCY_DONE)
-                    .bind(&claim.run)
-                    .bind(positions(&kids))
+                let (keys, counts): (Vec<_>, Vec<i32>) = kids.into_iter().unzip();
+                let (kid_runs, kid_positions): (Vec<String>, Vec<i32>) = keys.into_iter().unzip();
+                let ready: Vec<Option<String>> = sqlx::query_scalar(DEPENDENCIES_DONE)
+                    .bind(&kid_runs)
+                    .bind(&kid_positions)
+                    .bind(&counts)
                     .fetch_all(&mut *tx)
                     .await?;
-                if ready.contains(&true) {
-                    notify(&mut tx, &head.job).await?;
+                let mut ready: Vec<String> = ready.into_iter().flatten().collect();
+                ready.sort_unstable();
+                ready.dedup();
+                for job in &ready {
+                    notify(&mut tx, job).await?;
                 }
             }
-            settle_run(&mut tx, &claim.run).await?;
+            if !committed.is_empty() {
+                let touched: Vec<&str> = runs
+                    .iter()
+                    .copied()
+                    .filter(|run| committed.iter().any(|(r, _)| r == run))
+                    .collect();
+                settle_runs(&mut tx, &touched).await?;
+            }
             tx.commit().await?;
-            Ok(())
+            Ok(done
+                .iter()
+                .map(|c| committed.contains(&(c.claim.run.clone(), c.claim.step.clone())))
+                .collect())
         }
         .boxed()
     }
@@ -515,13 +576,10 @@ impl PgStore {
     }
 }
 
-/// A ready step a claim chose, with its place in the queue's order.
+/// A ready step a claim chose.
 struct Chosen {
     run: String,
     position: i32,
-    /// (priority descending, ready time, the run's creation, the step's index): the queue's
-    /// order, to return the claims in.
-    order: (std::cmp::Reverse<i32>, i64, i64, i32),
 }
 
 /// A limited step with ready steps: how many more of it this claim may take.
@@ -585,12 +643,6 @@ async fn choose(
             chosen.push(Chosen {
                 run: get(row, "run_id", T)?,
                 position: get(row, "idx", T)?,
-                order: (
-                    std::cmp::Reverse(get(row, "priority", T)?),
-                    get(row, "ready_at", T)?,
-                    get(row, "seq", "jobgraph_runs")?,
-                    get(row, "idx", T)?,
-                ),
             });
         }
         if chosen.len() >= limit || !refused {
@@ -607,7 +659,6 @@ async fn choose(
                 .await?;
         }
     }
-    chosen.sort_by_key(|c| c.order);
     Ok(chosen)
 }
 
@@ -684,6 +735,75 @@ async fn lock_rooms(conn: &mut PgConnection, jobs: &[&str]) -> Result<Vec<Room>,
     Ok(rooms)
 }
 
+/// Claims up to `limit` ready steps of `jobs` for `worker`, when none of their limited steps is
+/// ready: one statement (its own transaction) picks each job's best steps from the queue's index
+/// (`SKIP LOCKED`), claims the best `limit` of them, marks their runs running and returns their
+/// inputs. A limited step is never taken here, even if it became ready since the caller looked.
+async fn claim_unlimited(
+    pool: &PgPool,
+    worker: &str,
+    jobs: &[&str],
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<Claim>, StoreError> {
+    let mut conn = pool.acquire().await?;
+    let rows = sqlx::query(CLAIM_UNLIMITED)
+        .bind(jobs)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(worker)
+        .bind(lease_ms(lease))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut taken = Vec::with_capacity(rows.len());
+    let mut heads: HashMap<String, (String, GraphSpec)> = HashMap::new();
+    for row in &rows {
+        let step = Taken::read(row)?;
+        if !heads.contains_key(&step.run) {
+            const T: &str = "jobgraph_runs";
+            let spec = graph(get(row, "graph", T)?, &step.run)?;
+            heads.insert(step.run.clone(), (get(row, "input", T)?, spec));
+        }
+        taken.push(step);
+    }
+    finish(&mut conn, taken, &heads).await
+}
+
+/// A step a claim took, as its `RETURNING` row says.
+struct Taken {
+    run: String,
+    position: i32,
+    step: String,
+    attempt: i64,
+    fails: i64,
+    job: String,
+    lease_until: i64,
+    /// The queue's order: (priority descending, ready time, the run's creation, the step's
+    /// index).
+    order: (std::cmp::Reverse<i32>, i64, i64, i32),
+}
+
+impl Taken {
+    fn read(row: &sqlx::postgres::PgRow) -> Result<Taken, StoreError> {
+        const T: &str = "jobgraph_steps";
+        let position: i32 = get(row, "idx", T)?;
+        Ok(Taken {
+            run: get(row, "run_id", T)?,
+            position,
+            step: get(row, "name", T)?,
+            attempt: get(row, "claims", T)?,
+            fails: get(row, "fails", T)?,
+            job: get(row, "job", T)?,
+            lease_until: get(row, "lease_until", T)?,
+            order: (
+                std::cmp::Reverse(get(row, "priority", T)?),
+                get(row, "ready_ms", T)?,
+                get(row, "run_seq", T)?,
+                position,
+            ),
+        })
+    }
+}
+
 /// Claims the `chosen` steps for `worker` until now + `lease`, marks their runs running, and
 /// reads what each needs: the run's input and its dependencies' outputs.
 async fn take(
@@ -719,26 +839,26 @@ async fn take(
         let spec = graph(get(&row, "graph", T)?, &id)?;
         heads.insert(id, (get(&row, "input", T)?, spec));
     }
-    // `RETURNING` has no order: the claims go in the queue's (`chosen`'s).
-    let mut claimed: Vec<Option<Claim>> = vec![None; chosen.len()];
+    let taken = rows.iter().map(Taken::read).collect::<Result<_, _>>()?;
+    finish(conn, taken, &heads).await
+}
+
+/// The claims of the steps `taken`, in the queue's order, each with its run's input (`heads`:
+/// input and graph by run) and its dependencies' outputs, read here.
+async fn finish(
+    conn: &mut PgConnection,
+    mut taken: Vec<Taken>,
+    heads: &HashMap<String, (String, GraphSpec)>,
+) -> Result<Vec<Claim>, StoreError> {
+    // `RETURNING` has no order.
+    taken.sort_by_key(|t| t.order);
     let mut dep_runs: Vec<String> = Vec::new();
     let mut dep_names: Vec<String> = Vec::new();
-    for row in &rows {
-        const T: &str = "jobgraph_steps";
-        let run: String = get(row, "run_id", T)?;
-        let position: i32 = get(row, "idx", T)?;
-        let step: String = get(row, "name", T)?;
-        let attempt: i64 = get(row, "claims", T)?;
-        let fails: i64 = get(row, "fails", T)?;
-        let Some(slot) = chosen
-            .iter()
-            .position(|c| c.run == run && c.position == position)
-        else {
-            continue;
-        };
-        let (input, spec) = heads.get(&run).ok_or_else(|| no_such_run(&run))?;
-        let position = usize::try_from(position).map_err(|_| StoreError::Corrupt {
-            what: format!("the position of step `{step}` of run `{run}`"),
+    let mut claims = Vec::with_capacity(taken.len());
+    for t in taken {
+        let (input, spec) = heads.get(&t.run).ok_or_else(|| no_such_run(&t.run))?;
+        let position = usize::try_from(t.position).map_err(|_| StoreError::Corrupt {
+            what: format!("the position of step `{}` of run `{}`", t.step, t.run),
         })?;
         let deps: Vec<(String, String)> = spec
             .dependencies(position)
@@ -747,53 +867,49 @@ async fn take(
             .map(|dep| (dep.name.clone(), String::new()))
             .collect();
         for (name, _) in &deps {
-            dep_runs.push(run.clone());
+            dep_runs.push(t.run.clone());
             dep_names.push(name.clone());
         }
-        claimed[slot] = Some(Claim {
+        claims.push(Claim {
             id: ClaimId {
-                run,
-                step,
-                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                run: t.run,
+                step: t.step,
+                attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
             },
-            job: get(row, "job", T)?,
+            job: t.job,
             position,
-            fails: u32::try_from(fails).unwrap_or(u32::MAX),
+            fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
             input: input.clone(),
             deps,
-            lease_until: get(row, "lease_until", T)?,
+            lease_until: t.lease_until,
         });
     }
+    if dep_runs.is_empty() {
+        return Ok(claims);
+    }
     let mut outputs: HashMap<(String, String), String> = HashMap::new();
-    if !dep_runs.is_empty() {
-        for row in sqlx::query(SELECT_OUTPUTS)
-            .bind(&dep_runs)
-            .bind(&dep_names)
-            .fetch_all(&mut *conn)
-            .await?
-        {
-            const T: &str = "jobgraph_steps";
-            let output: Option<String> = get(&row, "output", T)?;
-            if let Some(output) = output {
-                outputs.insert((get(&row, "run_id", T)?, get(&row, "name", T)?), output);
-            }
+    for row in sqlx::query(SELECT_OUTPUTS)
+        .bind(&dep_runs)
+        .bind(&dep_names)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        const T: &str = "jobgraph_steps";
+        let output: Option<String> = get(&row, "output", T)?;
+        if let Some(output) = output {
+            outputs.insert((get(&row, "run_id", T)?, get(&row, "name", T)?), output);
         }
     }
-    let mut claims = Vec::with_capacity(rows.len());
-    for mut claim in claimed.into_iter().flatten() {
+    for claim in &mut claims {
         for (name, output) in &mut claim.deps {
             let key = (claim.id.run.clone(), name.clone());
-            *output = outputs
-                .get(&key)
-                .cloned()
-                .ok_or_else(|| StoreError::Corrupt {
-                    what: format!(
-                        "step `{}` of run `{}` was ready without the output of `{name}`",
-                        claim.id.step, claim.id.run
-                    ),
-                })?;
+            *output = outputs.get(&key).cloned().ok_or_else(|| StoreError::Corrupt {
+                what: format!(
+                    "step `{}` of run `{}` was ready without the output of `{name}`",
+                    claim.id.step, claim.id.run
+                ),
+            })?;
         }
-        claims.push(claim);
     }
     Ok(claims)
 }
@@ -945,26 +1061,44 @@ async fn skip_descendants(
     Ok(())
 }
 
-/// Ends run `run` (locked by the caller, so no other transaction changes its steps' states
-/// meanwhile) if none of its steps is pending: failed if one failed, else succeeded.
+/// Ends run `run` (locked by the caller): [`settle_runs`] of one.
 async fn settle_run(conn: &mut PgConnection, run: &str) -> Result<(), StoreError> {
-    let row = sqlx::query(COUNT_LEFT)
-        .bind(run)
-        .fetch_one(&mut *conn)
+    settle_runs(conn, &[run]).await
+}
+
+/// Ends each of `runs` (locked by the caller, so no other transaction changes their steps'
+/// states meanwhile) that has no pending step left: failed if one of its steps failed, else
+/// succeeded.
+async fn settle_runs(conn: &mut PgConnection, runs: &[&str]) -> Result<(), StoreError> {
+    let rows = sqlx::query(COUNT_LEFT)
+        .bind(runs)
+        .fetch_all(&mut *conn)
         .await?;
-    let pending: i64 = get(&row, "pending", "jobgraph_steps")?;
-    let failed: Option<String> = get(&row, "failed", "jobgraph_steps")?;
-    if pending > 0 {
+    let mut ended: Vec<String> = Vec::new();
+    let mut states: Vec<&str> = Vec::new();
+    let mut errors: Vec<Option<String>> = Vec::new();
+    for row in &rows {
+        const T: &str = "jobgraph_steps";
+        let pending: i64 = get(row, "pending", T)?;
+        if pending > 0 {
+            continue;
+        }
+        let failed: Option<String> = get(row, "failed", T)?;
+        ended.push(get(row, "run_id", T)?);
+        states.push(if failed.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        });
+        errors.push(failed.map(|step| format!("step `{step}` failed")));
+    }
+    if ended.is_empty() {
         return Ok(());
     }
-    let (state, error) = match failed {
-        Some(step) => ("failed", Some(format!("step `{step}` failed"))),
-        None => ("succeeded", None),
-    };
-    sqlx::query(END_RUN)
-        .bind(run)
-        .bind(state)
-        .bind(error)
+    sqlx::query(END_RUNS)
+        .bind(&ended)
+        .bind(&states)
+        .bind(&errors)
         .execute(conn)
         .await?;
     Ok(())
@@ -1199,13 +1333,17 @@ const INSERT_QUEUED_RUNS: &str = "INSERT INTO jobgraph_runs
     ON CONFLICT DO NOTHING
     RETURNING id";
 
-/// Every step of every run in `$1`, numbered in graph order.
+/// Every step of every run in `$1`, numbered in graph order, with the run's creation order,
+/// `max_attempts` and `expires_at` (what a claim filters and orders on).
 const INSERT_QUEUED_STEPS: &str = "INSERT INTO jobgraph_steps
-        (run_id, idx, name, state, job, waiting, ready_at, priority)
+        (run_id, idx, name, state, job, waiting, ready_at, priority,
+         run_seq, max_attempts, expires_at)
     SELECT r.id, (t.ord - 1)::integer, t.name, 'pending', $4, t.waiting,
-        CASE WHEN t.waiting = 0 AND NOT $5 THEN jobgraph_at($6) END, $7
-    FROM unnest($1::text[]) AS r (id)
-    CROSS JOIN unnest($2::text[], $3::integer[]) WITH ORDINALITY AS t (name, waiting, ord)";
+        CASE WHEN t.waiting = 0 AND NOT $5 THEN jobgraph_at($6) END, $7,
+        r.seq, r.max_attempts, r.expires_at
+    FROM jobgraph_runs r
+    CROSS JOIN unnest($2::text[], $3::integer[]) WITH ORDINALITY AS t (name, waiting, ord)
+    WHERE r.id = ANY ($1)";
 
 const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
         (job, step, concurrency, rate_count, rate_period_ms, burst, tokens, refilled_at)
@@ -1301,29 +1439,97 @@ const COUNT_CLAIMED: &str = "SELECT s.job, s.name, count(*) AS n
     WHERE s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until > now()
     GROUP BY s.job, s.name";
 
-/// The ready steps of `$1`, best first, locked (`SKIP LOCKED`: passing over the steps other
+/// Whether a limited step of `$1` is ready: then a claim locks the limit rows (`choose`).
+const ANY_LIMITED_READY: &str = "SELECT EXISTS (SELECT 1 FROM jobgraph_limits l
+    WHERE l.job = ANY ($1)
+      AND EXISTS (SELECT 1 FROM jobgraph_steps s
+          WHERE s.job = l.job AND s.name = l.step
+            AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()))";
+
+/// The conditions on a step's row (`s`) that make it claimable now: ready, not held by a live
+/// claim, not exhausted, its run not expired. Every column is the step's own, so a claim reads
+/// `jobgraph_steps_ready` in order.
+macro_rules! claimable {
+    () => {
+        "s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
+          AND (s.worker IS NULL
+               OR (s.lease_until <= now() AND s.claims - s.fails < s.max_attempts))
+          AND (s.expires_at IS NULL OR s.expires_at > now())"
+    };
+}
+
+/// The columns of a claimed step that `Taken::read` reads.
+macro_rules! taken {
+    () => {
+        "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
+        jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until"
+    };
+}
+
+/// `claim_unlimited`'s statement: for each job of `$1`, its best `$2` claimable steps that have
+/// no limits (`SKIP LOCKED`: passing over the steps other transactions hold), of which the best
+/// `$2` are claimed for `$3` until now + `$4` ms; their pending runs become running (a run
+/// another transaction holds is passed over: that transaction ends it or found it running). One
+/// row per claimed step, with its run's input and graph.
+const CLAIM_UNLIMITED: &str = concat!(
+    "WITH picked AS (
+        SELECT p.run_id, p.idx FROM unnest($1::text[]) AS j (job)
+        CROSS JOIN LATERAL (
+            SELECT s.run_id, s.idx, s.priority, s.ready_at, s.run_seq
+            FROM jobgraph_steps s
+            WHERE s.job = j.job AND ",
+    claimable!(),
+    "
+              AND NOT EXISTS (SELECT 1 FROM jobgraph_limits l
+                  WHERE l.job = s.job AND l.step = s.name)
+            ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
+            LIMIT $2
+            FOR UPDATE OF s SKIP LOCKED
+        ) p
+        ORDER BY p.priority DESC, p.ready_at, p.run_seq, p.idx
+        LIMIT $2
+    ),
+    claimed AS (
+        UPDATE jobgraph_steps s
+        SET worker = $3, lease_until = now() + $4 * interval '1 millisecond',
+            claims = s.claims + 1
+        FROM picked p
+        WHERE s.run_id = p.run_id AND s.idx = p.idx
+        RETURNING ",
+    taken!(),
+    "
+    ),
+    started AS (
+        UPDATE jobgraph_runs SET state = 'running', updated_at = now()
+        WHERE id IN (SELECT id FROM jobgraph_runs
+            WHERE id IN (SELECT run_id FROM claimed) AND state = 'pending'
+            FOR UPDATE SKIP LOCKED)
+    )
+    SELECT c.*, r.input, r.graph::text AS graph
+    FROM claimed c JOIN jobgraph_runs r ON r.id = c.run_id"
+);
+
+/// The claimable steps of `$1`, best first, locked (`SKIP LOCKED`: passing over the steps other
 /// transactions hold), at most `$6`: unlimited steps, and limited steps with room (`$2[i]`,
 /// `$3[i]`, whose limit rows this transaction locked); not the steps this claim already chose
-/// (`$4[i]`, `$5[i]`). Not the steps of expired runs, nor exhausted ones: a sweep may have
-/// passed over them.
-const CANDIDATES: &str = "SELECT s.run_id, s.idx, s.job, s.name, s.priority,
-        jobgraph_ms(s.ready_at) AS ready_at, r.seq, l.step IS NOT NULL AS limited
+/// (`$4[i]`, `$5[i]`).
+const CANDIDATES: &str = concat!(
+    "SELECT s.run_id, s.idx, s.job, s.name, l.step IS NOT NULL AS limited
     FROM jobgraph_steps s
-    JOIN jobgraph_runs r ON r.id = s.run_id
     LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.name
-    WHERE s.job = ANY ($1)
-      AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
-      AND (s.worker IS NULL OR (s.lease_until <= now() AND s.claims - s.fails < r.max_attempts))
-      AND (r.expires_at IS NULL OR r.expires_at > now())
+    WHERE s.job = ANY ($1) AND ",
+    claimable!(),
+    "
       AND (l.step IS NULL OR EXISTS (
           SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)
           WHERE o.job = s.job AND o.step = s.name))
       AND NOT EXISTS (
           SELECT 1 FROM unnest($4::text[], $5::integer[]) AS c (run_id, idx)
           WHERE c.run_id = s.run_id AND c.idx = s.idx)
-    ORDER BY s.priority DESC, s.ready_at, r.seq, s.idx
+    ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
     LIMIT $6
-    FOR UPDATE OF s SKIP LOCKED";
+    FOR UPDATE OF s SKIP LOCKED"
+);
 
 /// Stores the bucket less what was taken; `greatest`: a claim that began earlier but locked the
 /// row later must not move its refill time back (the time in between would refill twice).
@@ -1331,12 +1537,14 @@ const TAKE_TOKENS: &str = "UPDATE jobgraph_limits
     SET tokens = $3, refilled_at = greatest(refilled_at, now())
     WHERE job = $1 AND step = $2";
 
-const CLAIM: &str = "UPDATE jobgraph_steps s
+const CLAIM: &str = concat!(
+    "UPDATE jobgraph_steps s
     SET worker = $1, lease_until = now() + $2 * interval '1 millisecond', claims = s.claims + 1
     FROM unnest($3::text[], $4::integer[]) AS c (run_id, idx)
     WHERE s.run_id = c.run_id AND s.idx = c.idx
-    RETURNING s.run_id, s.idx, s.name, s.claims, s.fails, s.job,
-        jobgraph_ms(s.lease_until) AS lease_until";
+    RETURNING ",
+    taken!()
+);
 
 /// A pending run becomes running; one another transaction holds is passed over (`SKIP LOCKED`:
 /// a claim waits for no run), as that transaction ends it or found it running.
@@ -1364,18 +1572,30 @@ const LOCK_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1 FOR 
 const LOCK_RUN: &str = "SELECT job, graph::text AS graph, max_fails FROM jobgraph_runs
     WHERE id = $1 FOR UPDATE";
 
-const COMPLETE_STEP: &str = "UPDATE jobgraph_steps
-    SET state = 'completed', output = $5, attempts = claims, error = NULL,
-        started_at = coalesce(started_at, jobgraph_at($6)), ended_at = now(),
-        worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
-    RETURNING idx";
+/// The runs `$1`, locked in id order: what completing their steps needs.
+const LOCK_RUNS: &str = "SELECT id, job, graph::text AS graph FROM jobgraph_runs
+    WHERE id = ANY ($1) ORDER BY id FOR UPDATE";
 
-/// One dependency of each child completed; the last makes it ready. Whether each became ready.
-const DEPENDENCY_DONE: &str = "UPDATE jobgraph_steps
-    SET waiting = waiting - 1, ready_at = CASE WHEN waiting = 1 THEN now() END
-    WHERE run_id = $1 AND idx = ANY ($2) AND state = 'pending' AND waiting > 0
-    RETURNING waiting = 0";
+/// Each (`$2[i]`, `$3[i]`) that `$1` holds under claim `$4[i]` completed with output `$5[i]`,
+/// started at `$6[i]` (Unix ms): the steps it stored (a claim it no longer holds is not).
+const COMPLETE_STEPS: &str = "UPDATE jobgraph_steps s
+    SET state = 'completed', output = c.output, attempts = s.claims, error = NULL,
+        started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(),
+        worker = NULL, lease_until = NULL, ready_at = NULL
+    FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[])
+        AS c (run_id, name, claims, output, started)
+    WHERE s.run_id = c.run_id AND s.name = c.name AND s.worker = $1 AND s.claims = c.claims
+      AND s.state = 'pending'
+    RETURNING s.run_id, s.name, s.idx";
+
+/// `$3[i]` dependencies of step `$2[i]` of run `$1[i]` completed; the last makes it ready. The
+/// jobs of the steps that became ready.
+const DEPENDENCIES_DONE: &str = "UPDATE jobgraph_steps s
+    SET waiting = greatest(s.waiting - d.n, 0),
+        ready_at = CASE WHEN s.waiting <= d.n THEN now() END
+    FROM unnest($1::text[], $2::integer[], $3::integer[]) AS d (run_id, idx, n)
+    WHERE s.run_id = d.run_id AND s.idx = d.idx AND s.state = 'pending' AND s.waiting > 0
+    RETURNING CASE WHEN s.waiting = 0 THEN s.job END AS job";
 
 const RETRY_STEP: &str = "UPDATE jobgraph_steps
     SET fails = fails + 1, error = $5, attempts = claims,
@@ -1395,14 +1615,18 @@ const SKIP_STEPS: &str = "UPDATE jobgraph_steps
     SET state = 'skipped', ready_at = NULL, worker = NULL, lease_until = NULL
     WHERE run_id = $1 AND idx = ANY ($2) AND state = 'pending'";
 
-/// `COLLATE \"C\"`: the first failed step by byte order, as SQLite's `MIN`.
-const COUNT_LEFT: &str = "SELECT
+/// Per run of `$1`: how many steps are pending, and the first failed step by byte order
+/// (`COLLATE \"C\"`, as SQLite's `MIN`).
+const COUNT_LEFT: &str = "SELECT run_id,
         count(*) FILTER (WHERE state = 'pending') AS pending,
         min(name COLLATE \"C\") FILTER (WHERE state = 'failed') AS failed
-    FROM jobgraph_steps WHERE run_id = $1";
+    FROM jobgraph_steps WHERE run_id = ANY ($1)
+    GROUP BY run_id";
 
-const END_RUN: &str = "UPDATE jobgraph_runs SET state = $2, error = $3, updated_at = now()
-    WHERE id = $1 AND state IN ('pending', 'running')";
+const END_RUNS: &str = "UPDATE jobgraph_runs r
+    SET state = e.state, error = e.error, updated_at = now()
+    FROM unnest($1::text[], $2::text[], $3::text[]) AS e (id, state, error)
+    WHERE r.id = e.id AND r.state IN ('pending', 'running')";
 
 const ABORT_RUN: &str = "UPDATE jobgraph_runs
     SET state = 'cancelled', error = 'aborted', updated_at = now() WHERE id = $1";

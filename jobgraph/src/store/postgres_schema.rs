@@ -19,6 +19,7 @@ pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 const MIGRATIONS: &[&str] = &[
     include_str!("postgres_migrations/0001_runs_steps_elements.sql"),
     include_str!("postgres_migrations/0002_queue.sql"),
+    include_str!("postgres_migrations/0003_claim_index.sql"),
 ];
 
 /// The key of the advisory lock that serializes migrations: "jobgraph" in ASCII, one key per

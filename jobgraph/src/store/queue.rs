@@ -20,7 +20,7 @@
 //!   each child whose last dependency this was ready, and ends the run when no step is left.
 //!   [`fail`](Queue::fail) either puts the step back, ready at `retry_at` (its retry policy
 //!   asked for it and `max_fails` allows it), or fails it for good and skips its descendants.
-//!   Both are fenced: a stale claim gets [`StoreError::LeaseLost`] and changes nothing.
+//!   Both are fenced: a stale claim gets [`StoreError::ClaimLost`] and changes nothing.
 //! - [`abort`](Queue::abort) cancels a run: its pending steps never start, and the workers running
 //!   its claimed steps learn of it at their next heartbeat, which cancels them.
 //!
@@ -65,16 +65,38 @@ pub trait Queue: Store {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Vec<Held>, StoreError>>;
 
-    /// Step `claim.step` completed with `output` (JSON): stored, its children whose last
-    /// dependency it was made ready, and the run ended if no step is left, in one transaction.
-    /// [`StoreError::LeaseLost`] if `worker` no longer holds the claim.
+    /// Steps completed, each with its output (JSON), in one transaction: each output stored, the
+    /// children whose last dependency it was made ready, and each run ended if no step is left.
+    /// For each completion, in order: `true` if it was committed, `false` if `worker` no longer
+    /// holds its claim (fenced: nothing of it was written). Workers settle the steps that ended
+    /// meanwhile this way, so one commit carries many.
+    fn complete_many<'a>(
+        &'a self,
+        worker: &'a str,
+        done: &'a [Completion<'a>],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>>;
+
+    /// Step `claim.step` completed with `output` (JSON): [`complete_many`](Queue::complete_many)
+    /// of one. [`StoreError::ClaimLost`] if `worker` no longer holds the claim.
     fn complete<'a>(
         &'a self,
         worker: &'a str,
         claim: &'a ClaimId,
         output: &'a str,
         started_at: i64,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let done = [Completion {
+                claim,
+                output,
+                started_at,
+            }];
+            match self.complete_many(worker, &done).await?.first() {
+                Some(true) => Ok(()),
+                _ => Err(claim.lost(worker)),
+            }
+        })
+    }
 
     /// Step `claim.step` returned `error`. With `retry_at` (its retry policy asks for another
     /// attempt) and fewer fails than the run's `max_fails`, it is ready again at `retry_at`;
@@ -128,6 +150,38 @@ pub trait Queue: Store {
     fn wait_ready<'a>(&'a self, jobs: &'a [&'a str], timeout: Duration) -> BoxFuture<'a, ()> {
         let _ = jobs;
         Box::pin(tokio::time::sleep(timeout))
+    }
+}
+
+/// How often a store's claims sweep for expired runs and exhausted steps (a claim never takes
+/// either in the meantime: the sweep only records their failure).
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// When a store's next sweep is due, shared by its clones: the sweeps of many claims a second
+/// are one.
+#[derive(Debug, Default)]
+pub(crate) struct Sweeps {
+    /// Unix ms; 0: now.
+    next: std::sync::atomic::AtomicI64,
+}
+
+impl Sweeps {
+    /// Whether a sweep is due; if it is, the next one is due in [`SWEEP_EVERY`] (so only the
+    /// caller that got `true` sweeps).
+    pub(crate) fn due(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = super::now_ms();
+        let next = self.next.load(Relaxed);
+        now >= next
+            && self
+                .next
+                .compare_exchange(next, super::plus(now, SWEEP_EVERY), Relaxed, Relaxed)
+                .is_ok()
+    }
+
+    /// The next claim sweeps (time moved: `age_leases`).
+    pub(crate) fn now(&self) {
+        self.next.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -306,6 +360,17 @@ pub struct Claim {
     pub deps: Vec<(String, String)>,
     /// When the claim's lease ends unless renewed (Unix ms).
     pub lease_until: i64,
+}
+
+/// A step that completed, as [`Queue::complete_many`] takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion<'a> {
+    /// Its claim.
+    pub claim: &'a ClaimId,
+    /// Its output, JSON.
+    pub output: &'a str,
+    /// When it started (Unix ms).
+    pub started_at: i64,
 }
 
 /// What [`Queue::heartbeat`] found of one claim.

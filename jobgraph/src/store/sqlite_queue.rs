@@ -4,13 +4,15 @@
 //! LOCKED`: SQLite has one writer at a time, and a claim reads and updates its steps in one
 //! statement.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use sqlx::{Row, SqliteConnection};
 
 use super::queue::{
-    BatchCounts, Claim, ClaimId, Failed, Held, Lease, Queue, StepCount, Submission, Submitted,
+    BatchCounts, Claim, ClaimId, Completion, Failed, Held, Lease, Queue, StepCount, Submission,
+    Submitted,
 };
 use super::sqlite::{SqliteStore, get, graph};
 use super::{GraphSpec, StoreError, now_ms, plus};
@@ -177,45 +179,61 @@ impl Queue for SqliteStore {
         .boxed()
     }
 
-    fn complete<'a>(
+    fn complete_many<'a>(
         &'a self,
         worker: &'a str,
-        claim: &'a ClaimId,
-        output: &'a str,
-        started_at: i64,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        done: &'a [Completion<'a>],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
         async move {
+            if done.is_empty() {
+                return Ok(Vec::new());
+            }
             let now = now_ms();
             let mut tx = self.begin().await?;
-            let done = sqlx::query(COMPLETE_STEP)
-                .bind(&claim.run)
-                .bind(&claim.step)
-                .bind(worker)
-                .bind(i64::from(claim.attempt))
-                .bind(output)
-                .bind(started_at)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if done != 1 {
-                return Err(claim.lost(worker));
-            }
-            let spec = run_graph(&mut tx, &claim.run).await?;
-            let position = spec
-                .position(&claim.step)
-                .ok_or_else(|| super::sqlite::no_such_step(&claim.run, &claim.step))?;
-            for child in spec.children(position) {
-                sqlx::query(DEPENDENCY_DONE)
+            let mut graphs: HashMap<&str, GraphSpec> = HashMap::new();
+            let mut committed = Vec::with_capacity(done.len());
+            let mut touched: Vec<&str> = Vec::new();
+            for c in done {
+                let claim = c.claim;
+                let stored = sqlx::query(COMPLETE_STEP)
                     .bind(&claim.run)
-                    .bind(child as i64)
+                    .bind(&claim.step)
+                    .bind(worker)
+                    .bind(i64::from(claim.attempt))
+                    .bind(c.output)
+                    .bind(c.started_at)
                     .bind(now)
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected()
+                    == 1;
+                committed.push(stored);
+                if !stored {
+                    continue;
+                }
+                if !graphs.contains_key(claim.run.as_str()) {
+                    let spec = run_graph(&mut tx, &claim.run).await?;
+                    graphs.insert(&claim.run, spec);
+                    touched.push(&claim.run);
+                }
+                let spec = &graphs[claim.run.as_str()];
+                let position = spec
+                    .position(&claim.step)
+                    .ok_or_else(|| super::sqlite::no_such_step(&claim.run, &claim.step))?;
+                for child in spec.children(position) {
+                    sqlx::query(DEPENDENCY_DONE)
+                        .bind(&claim.run)
+                        .bind(child as i64)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
-            settle_run(&mut tx, &claim.run, now).await?;
+            for run in touched {
+                settle_run(&mut tx, run, now).await?;
+            }
             tx.commit().await?;
-            Ok(())
+            Ok(committed)
         }
         .boxed()
     }
