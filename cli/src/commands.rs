@@ -26,8 +26,8 @@ pub(crate) struct Output {
 /// What the command's context says about printing.
 struct Ctx<'a> {
     store: &'a dyn Store,
-    /// The store's queue, if its engine has one.
-    queue: Option<&'a dyn Queue>,
+    /// The store's queue of submitted runs.
+    queue: &'a dyn Queue,
     /// The `--store` URL, for the commands a message suggests.
     url: &'a str,
     json: bool,
@@ -59,7 +59,7 @@ pub(crate) async fn run(cli: &Cli, url: &str) -> Output {
 /// Runs the command on `store` (`url` names it in messages).
 pub(crate) async fn run_on(
     store: &dyn Store,
-    queue: Option<&dyn Queue>,
+    queue: &dyn Queue,
     url: &str,
     cli: &Cli,
     width: Option<usize>,
@@ -210,20 +210,9 @@ async fn runs(ctx: &mut Ctx<'_>, args: &RunsArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-impl<'a> Ctx<'a> {
-    /// The store's queue, or why this store has none.
-    fn queue(&self) -> Result<&'a dyn Queue, Failure> {
-        self.queue.ok_or_else(|| {
-            Failure::new(
-                "this store's engine holds no queue of submitted runs yet (SQLite does)".to_owned(),
-            )
-        })
-    }
-}
-
 /// `jobgraph workers`.
 async fn workers(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
-    let leases = ctx.queue()?.leases().await.map_err(|e| ctx.explain(e))?;
+    let leases = ctx.queue.leases().await.map_err(|e| ctx.explain(e))?;
     if ctx.json {
         return ctx.json(&leases);
     }
@@ -267,7 +256,7 @@ async fn workers(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
 
 /// `jobgraph abort ID` and `jobgraph abort --batch NAME`.
 async fn abort(ctx: &mut Ctx<'_>, args: &AbortArgs) -> Result<(), Failure> {
-    let queue = ctx.queue()?;
+    let queue = ctx.queue;
     let (what, count) = match (&args.id, &args.batch) {
         (_, Some(batch)) => {
             let n = queue.abort_batch(batch).await.map_err(|e| ctx.explain(e))?;

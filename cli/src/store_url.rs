@@ -40,11 +40,11 @@ impl Opened {
         }
     }
 
-    /// Its queue, if its engine has one.
-    pub(crate) fn queue(&self) -> Option<&dyn jobgraph::store::queue::Queue> {
+    /// Its queue.
+    pub(crate) fn queue(&self) -> &dyn jobgraph::store::queue::Queue {
         match self {
-            Opened::Sqlite(store) => Some(store),
-            Opened::Postgres(_) => None,
+            Opened::Sqlite(store) => store,
+            Opened::Postgres(store) => store,
         }
     }
 

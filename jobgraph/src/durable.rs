@@ -4,9 +4,10 @@
 //! [`Runner::store`](crate::Runner::store) makes a [`DurableRunner`]: it opens the run in the
 //! store (creating it with the job's value as its input, or loading it), takes the run's lease
 //! so no other runner executes it at the same time, seeds the run with every output already
-//! stored, and runs the rest. Each step's output is committed in its own transaction before any
-//! of its children starts; a failed step's error and attempts are recorded with the steps it
-//! skipped. [`resume`] does the same from the stored input alone.
+//! stored, and runs the rest. Each step's output is committed before any of its children starts
+//! (a `SqliteStore` commits it together with the other runs' writes queued at the same time; a
+//! write that fails is rolled back alone); a failed step's error and attempts are recorded with
+//! the steps it skipped. [`resume`] does the same from the stored input alone.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -3,6 +3,7 @@
 mod batch;
 mod client;
 mod context;
+mod dot_text;
 pub mod durable;
 mod error;
 mod exec;

@@ -259,43 +259,7 @@ impl<S: JobStep> JobReport<S> {
     }
 }
 
-/// The most characters of a user's text (a step's error, the job's name or id) that
-/// [`JobReport::dot`] writes in one quoted string, and [`JobReport::mermaid_gantt`] in its title.
-/// Escaped for DOT, a character takes at most 7 bytes (`\\u{9f}` for a control character), so
-/// the longest tooltip stays far below Graphviz's limit of 16,383 bytes for a quoted string.
-const TEXT_MAX_CHARS: usize = 2_000;
-
-/// `s` as the inside of a DOT quoted string that Graphviz reads as an escString (a label or
-/// tooltip): `"` and `\` escaped, a line break (`\n`, `\r\n` or `\r`) as DOT's `\n`, a tab as a
-/// space, any other control character as the text `\u{..}`, and at most
-/// [`TEXT_MAX_CHARS`] characters, then `… (N characters)` if it was longer.
-///
-/// The macro writes `Job::DOT`'s name with the same rules (`jobgraph-macros/src/codegen/dot.rs`),
-/// and a stored run's DOT (`store/render.rs`) calls this one.
-pub(crate) fn dot_text(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(TEXT_MAX_CHARS) + 2);
-    let mut chars = s.chars().peekable();
-    let mut written = 0;
-    while let Some(c) = chars.next() {
-        if written == TEXT_MAX_CHARS {
-            let _ = write!(out, "… ({} characters)", s.chars().count());
-            break;
-        }
-        written += 1;
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\r' if chars.peek() == Some(&'\n') => written -= 1,
-            '\n' | '\r' => out.push_str("\\n"),
-            '\t' => out.push(' '),
-            c if c.is_control() => {
-                let _ = write!(out, "\\\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub(crate) use crate::dot_text::{TEXT_MAX_CHARS, dot_text};
 
 /// `s` as text on one line of a Mermaid chart: every character that Mermaid's preprocessing or
 /// its gantt lexer reads as more than text (line breaks and other control characters end a line

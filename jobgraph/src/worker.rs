@@ -199,6 +199,7 @@ impl Worker {
     /// or the store's error if the store failed.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<WorkerStats, StoreError> {
         let mut pool = Pool::new(self);
+        let jobs: Vec<&str> = self.jobs.keys().copied().collect();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -207,8 +208,9 @@ impl Worker {
             let claimed = if room > 0 { pool.claim(room).await? } else { 0 };
             if pool.running.is_empty() {
                 if claimed == 0 {
+                    // Idle: until a step is ready (the store may say so early), or a poll.
                     tokio::select! {
-                        () = tokio::time::sleep(self.poll) => {}
+                        () = self.queue.wait_ready(&jobs, self.poll) => {}
                         () = shutdown.cancelled() => break,
                     }
                 }

@@ -1,23 +1,111 @@
-//! The queue protocol on SQLite: submit, claims under leases fenced by claim number, children
-//! made ready in the completing transaction, retries through the queue, max attempts and max
-//! fails, time to live, abort, and the worker and client on top. Leases are aged in SQL
-//! (`age_leases`), never slept out.
+//! The queue protocol, on SQLite and on PostgreSQL (every case runs on both, module `sqlite` and
+//! module `postgres`): submit, claims under leases fenced by claim number, children made ready in
+//! the completing transaction, retries through the queue, max attempts and max fails, time to
+//! live, abort, batches, limits, and the worker and client on top. Leases are aged in SQL
+//! (`age_leases`), never slept out. Then PostgreSQL's own promises: claims from several
+//! connections at once pass over each other's rows (`SKIP LOCKED`), limits hold under concurrent
+//! claims, LISTEN/NOTIFY wakes an idle worker long before its poll, and workers on four
+//! connections run a batch to the end while it is being aborted.
 
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobgraph::store::queue::{ClaimId, Failed, Held, Queue};
-use jobgraph::store::{RunState, SqliteStore, StepStatus, Store as _, StoreError};
+use jobgraph::store::{PgStore, RunState, SqliteStore, StepStatus, Store as _, StoreError};
 use jobgraph::{CancellationToken, Client, ClientError, Retry, Worker, job};
 use serde::{Deserialize, Serialize};
 
-async fn store() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("queue.db");
-    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
-    (dir, store)
+/// A store the cases run on: a queue, and its test helper.
+trait TestQueue: Queue + Clone {
+    /// Moves leases and times to live `by` into the past (the stores' `age_leases`).
+    fn age_leases(&self, by: Duration) -> impl Future<Output = ()> + Send;
+}
+
+impl TestQueue for SqliteStore {
+    async fn age_leases(&self, by: Duration) {
+        SqliteStore::age_leases(self, by).await;
+    }
+}
+
+impl TestQueue for PgStore {
+    async fn age_leases(&self, by: Duration) {
+        PgStore::age_leases(self, by).await;
+    }
+}
+
+/// Runs each `case` (an `async fn(store, base: u64)`) as a test on a fresh SQLite file (module
+/// `sqlite`) and a fresh database of the test binary's PostgreSQL (module `postgres`, skipped
+/// where PostgreSQL is not installed unless required). `base` (1000 and 2000) keeps the cases'
+/// global counters apart when both run at once.
+macro_rules! on_both_queues {
+    ($($name:ident => $case:ident,)*) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let path = dir.path().join("queue.db");
+                    let store = jobgraph::store::SqliteStore::open(path.to_str().unwrap())
+                        .await
+                        .unwrap();
+                    super::$case(store, 1000).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(db) = jobgraph_tests::pg::database().await else {
+                        return;
+                    };
+                    let store = jobgraph::store::PgStore::connect(db.url()).await.unwrap();
+                    super::$case(store, 2000).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_queues! {
+    a_worker_runs_a_submitted_run_to_its_outputs => worker_runs_a_submitted_run,
+    concurrent_claims_are_disjoint => concurrent_claims_are_disjoint,
+    a_stale_workers_completion_is_fenced_out => stale_completion_is_fenced_out,
+    a_fan_in_becomes_ready_once_when_its_parents_complete_concurrently => fan_in_ready_once,
+    a_duplicate_submit_returns_the_first_run_even_when_they_race => duplicate_submits_race,
+    claims_follow_priority_then_ready_time_and_wait_for_run_at => claims_follow_priority,
+    expired_leases_count_against_max_attempts => expired_leases_count,
+    retries_go_through_the_queue_and_max_fails_caps_them => retries_through_the_queue,
+    a_run_past_its_time_to_live_fails => time_to_live,
+    abort_reaches_a_running_step_through_its_heartbeat => abort_reaches_a_running_step,
+    a_worker_drains_its_running_steps_on_shutdown_and_fails_bad_input_clearly => worker_drains,
+    a_held_batch_runs_nothing_until_released_and_appends_number_on => held_batch,
+    a_batch_is_aborted_whole_and_its_status_is_a_local_batchs => batch_aborted_whole,
+    step_limits_hold_across_workers => step_limits_hold_across_workers,
+    a_run_a_worker_cannot_decode_fails_with_a_clear_error_instead_of_sticking => undecodable_runs_fail_clearly,
+}
+
+/// Counters of the jobs' executions, per key (a case's `base` and what it counts).
+static COUNTS: Mutex<Option<HashMap<u64, u32>>> = Mutex::new(None);
+
+/// Adds one to counter `key`: its value before.
+fn bump(key: u64) -> u32 {
+    let mut counts = COUNTS.lock().unwrap();
+    let n = counts
+        .get_or_insert_with(HashMap::new)
+        .entry(key)
+        .or_insert(0);
+    *n += 1;
+    *n - 1
+}
+
+fn count(key: u64) -> u32 {
+    let counts = COUNTS.lock().unwrap();
+    counts
+        .as_ref()
+        .and_then(|c| c.get(&key).copied())
+        .unwrap_or(0)
 }
 
 /// `a` feeds `b` and `c`, which both feed `d`: a fan-in.
@@ -52,9 +140,7 @@ impl Diamond {
 const WORKER: &str = "worker-1";
 const LEASE: Duration = Duration::from_secs(30);
 
-#[tokio::test]
-async fn a_worker_runs_a_submitted_run_to_its_outputs() {
-    let (_dir, store) = store().await;
+async fn worker_runs_a_submitted_run(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     let run = client.submit(&Diamond { n: 2 }).await.unwrap();
     assert!(run.created);
@@ -85,9 +171,7 @@ async fn a_worker_runs_a_submitted_run_to_its_outputs() {
     assert!(stored.steps.iter().all(|s| s.attempts == 1));
 }
 
-#[tokio::test]
-async fn concurrent_claims_are_disjoint() {
-    let (_dir, store) = store().await;
+async fn concurrent_claims_are_disjoint(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     for n in 0..40 {
         client.submit(&Diamond { n }).await.unwrap();
@@ -120,9 +204,7 @@ async fn concurrent_claims_are_disjoint() {
     assert!(all.iter().all(|c| c.step == "a" && c.attempt == 1));
 }
 
-#[tokio::test]
-async fn a_stale_workers_completion_is_fenced_out() {
-    let (_dir, store) = store().await;
+async fn stale_completion_is_fenced_out(store: impl TestQueue, _base: u64) {
     let run = Client::new(&store).submit(&Diamond { n: 1 }).await.unwrap();
     let first = store.claim("slow", &["Diamond"], 1, LEASE).await.unwrap();
     assert_eq!(first.len(), 1);
@@ -161,10 +243,9 @@ async fn a_stale_workers_completion_is_fenced_out() {
     assert!(store.complete("fast", &second[0].id, "1", 0).await.is_err());
 }
 
-#[tokio::test]
-async fn a_fan_in_becomes_ready_once_when_its_parents_complete_concurrently() {
-    for round in 0..10 {
-        let (_dir, store) = store().await;
+async fn fan_in_ready_once(store: impl TestQueue, base: u64) {
+    // Each round's run is done before the next is submitted: each claim sees only the round's.
+    for round in base..base + 10 {
         Client::new(&store)
             .submit(&Diamond { n: round })
             .await
@@ -206,9 +287,7 @@ async fn a_fan_in_becomes_ready_once_when_its_parents_complete_concurrently() {
     }
 }
 
-#[tokio::test]
-async fn a_duplicate_submit_returns_the_first_run_even_when_they_race() {
-    let (_dir, store) = store().await;
+async fn duplicate_submits_race(store: impl TestQueue, _base: u64) {
     let submits = (0..8).map(|_| {
         let store = store.clone();
         tokio::spawn(async move {
@@ -228,9 +307,7 @@ async fn a_duplicate_submit_returns_the_first_run_even_when_they_race() {
     assert_eq!(ids.len(), 1);
 }
 
-#[tokio::test]
-async fn claims_follow_priority_then_ready_time_and_wait_for_run_at() {
-    let (_dir, store) = store().await;
+async fn claims_follow_priority(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     let low = client.submit(&Diamond { n: 1 }).await.unwrap();
     let high = client.submit(&Diamond { n: 2 }).priority(10).await.unwrap();
@@ -246,9 +323,7 @@ async fn claims_follow_priority_then_ready_time_and_wait_for_run_at() {
     assert!(!order.contains(&later.id));
 }
 
-#[tokio::test]
-async fn expired_leases_count_against_max_attempts() {
-    let (_dir, store) = store().await;
+async fn expired_leases_count(store: impl TestQueue, _base: u64) {
     let run = Client::new(&store)
         .submit(&Diamond { n: 1 })
         .max_attempts(2)
@@ -282,13 +357,12 @@ async fn expired_leases_count_against_max_attempts() {
     assert_eq!(stored.step("d").unwrap().state, StepStatus::Skipped);
 }
 
-/// Fails its first `fail` calls, then succeeds.
+/// Fails its first `fail` calls, then succeeds; its calls are counted in counter `key`.
 #[derive(Serialize, Deserialize)]
 struct Flaky {
     fail: u32,
+    key: u64,
 }
-
-static FLAKY_CALLS: AtomicU32 = AtomicU32::new(0);
 
 #[derive(Debug, thiserror::Error)]
 #[error("the API answered 503")]
@@ -298,7 +372,7 @@ struct Unavailable;
 impl Flaky {
     #[step(retry = Retry::fixed(10, Duration::ZERO))]
     async fn call(&self) -> Result<u32, Unavailable> {
-        let n = FLAKY_CALLS.fetch_add(1, Ordering::SeqCst);
+        let n = bump(self.key);
         if n < self.fail {
             Err(Unavailable)
         } else {
@@ -307,14 +381,14 @@ impl Flaky {
     }
 }
 
-#[tokio::test]
-async fn retries_go_through_the_queue_and_max_fails_caps_them() {
-    let (_dir, store) = store().await;
+async fn retries_through_the_queue(store: impl TestQueue, base: u64) {
     let client = Client::new(&store);
     let worker = Worker::new(&store).job::<Flaky>();
-    FLAKY_CALLS.store(0, Ordering::SeqCst);
     let capped = client
-        .submit(&Flaky { fail: 100 })
+        .submit(&Flaky {
+            fail: 100,
+            key: base + 1,
+        })
         .max_fails(3)
         .await
         .unwrap();
@@ -351,8 +425,13 @@ async fn retries_go_through_the_queue_and_max_fails_caps_them() {
     );
 
     // Without a cap, the step's policy decides: it succeeds on the third call.
-    FLAKY_CALLS.store(0, Ordering::SeqCst);
-    let ok = client.submit(&Flaky { fail: 2 }).await.unwrap();
+    let ok = client
+        .submit(&Flaky {
+            fail: 2,
+            key: base + 2,
+        })
+        .await
+        .unwrap();
     while worker.run_once().await.unwrap().claimed > 0 {}
     assert_eq!(
         client
@@ -364,9 +443,7 @@ async fn retries_go_through_the_queue_and_max_fails_caps_them() {
     );
 }
 
-#[tokio::test]
-async fn a_run_past_its_time_to_live_fails() {
-    let (_dir, store) = store().await;
+async fn time_to_live(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     let run = client
         .submit(&Diamond { n: 1 })
@@ -395,18 +472,18 @@ async fn a_run_past_its_time_to_live_fails() {
     assert!(zero.unwrap_err().to_string().contains("time to live"));
 }
 
-/// Waits until released (or cancelled): a step that is running when its run is aborted.
+/// Waits until cancelled: a step that is running when its run is aborted. Counts its starts in
+/// counter `key` and its drops in `key + 1`.
 #[derive(Serialize, Deserialize)]
-struct Slow;
+struct Slow {
+    key: u64,
+}
 
-static SLOW_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
-static SLOW_DROPPED: AtomicU32 = AtomicU32::new(0);
-
-struct CountDrop;
+struct CountDrop(u64);
 
 impl Drop for CountDrop {
     fn drop(&mut self) {
-        SLOW_DROPPED.fetch_add(1, Ordering::SeqCst);
+        bump(self.0);
     }
 }
 
@@ -414,8 +491,8 @@ impl Drop for CountDrop {
 impl Slow {
     #[step]
     async fn wait(&self) -> u32 {
-        let _guard = CountDrop;
-        SLOW_STARTED.notify_one();
+        let _guard = CountDrop(self.key + 1);
+        bump(self.key);
         std::future::pending::<()>().await;
         0
     }
@@ -426,11 +503,10 @@ impl Slow {
     }
 }
 
-#[tokio::test]
-async fn abort_reaches_a_running_step_through_its_heartbeat() {
-    let (_dir, store) = store().await;
+async fn abort_reaches_a_running_step(store: impl TestQueue, base: u64) {
     let client = Client::new(&store);
-    let run = client.submit(&Slow).await.unwrap();
+    let key = base + 10;
+    let run = client.submit(&Slow { key }).await.unwrap();
     let worker = Worker::new(&store)
         .job::<Slow>()
         .lease(Duration::from_millis(300));
@@ -439,10 +515,12 @@ async fn abort_reaches_a_running_step_through_its_heartbeat() {
         let shutdown = shutdown.clone();
         async move { worker.run(shutdown).await }
     });
-    SLOW_STARTED.notified().await;
+    while count(key) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(client.abort(&run.id).await.unwrap());
     // The next heartbeat (a third of the lease) cancels the step.
-    while SLOW_DROPPED.load(Ordering::SeqCst) == 0 {
+    while count(key + 1) == 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     shutdown.cancel();
@@ -459,9 +537,7 @@ async fn abort_reaches_a_running_step_through_its_heartbeat() {
     assert!(!client.abort(&run.id).await.unwrap());
 }
 
-#[tokio::test]
-async fn a_worker_drains_its_running_steps_on_shutdown_and_fails_bad_input_clearly() {
-    let (_dir, store) = store().await;
+async fn worker_drains(store: impl TestQueue, base: u64) {
     let client = Client::new(&store);
     let mut ids = Vec::new();
     for n in 0..5 {
@@ -492,7 +568,13 @@ async fn a_worker_drains_its_running_steps_on_shutdown_and_fails_bad_input_clear
         client.result::<Diamond>("nope").await,
         Err(ClientError::Store(StoreError::NoSuchRun { .. }))
     ));
-    let flaky = client.submit(&Flaky { fail: 0 }).await.unwrap();
+    let flaky = client
+        .submit(&Flaky {
+            fail: 0,
+            key: base + 3,
+        })
+        .await
+        .unwrap();
     assert!(matches!(
         client.result::<Diamond>(&flaky.id).await,
         Err(ClientError::Store(StoreError::Mismatch { .. }))
@@ -505,9 +587,7 @@ async fn a_worker_drains_its_running_steps_on_shutdown_and_fails_bad_input_clear
     };
 }
 
-#[tokio::test]
-async fn a_held_batch_runs_nothing_until_released_and_appends_number_on() {
-    let (_dir, store) = store().await;
+async fn held_batch(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     let ids = client
         .submit_batch("nightly", (0..3).map(|n| Diamond { n }))
@@ -546,10 +626,8 @@ async fn a_held_batch_runs_nothing_until_released_and_appends_number_on() {
     assert_eq!(out.d, 45);
 }
 
-#[tokio::test]
-async fn a_batch_is_aborted_whole_and_its_status_is_a_local_batchs() {
+async fn batch_aborted_whole(store: impl TestQueue, _base: u64) {
     use futures::StreamExt as _;
-    let (_dir, store) = store().await;
     let client = Client::new(&store);
     client
         .submit_batch("b", (0..4).map(|n| Diamond { n }))
@@ -604,9 +682,7 @@ impl Limited {
     }
 }
 
-#[tokio::test]
-async fn step_limits_hold_across_workers() {
-    let (_dir, store) = store().await;
+async fn step_limits_hold_across_workers(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     client
         .submit_batch("limited", (0..10).map(|n| Limited { n }))
@@ -651,4 +727,419 @@ async fn step_limits_hold_across_workers() {
         reclaimed.iter().filter(|c| c.id.step == "metered").count(),
         0
     );
+}
+
+async fn undecodable_runs_fail_clearly(store: impl TestQueue, _base: u64) {
+    use jobgraph::store::queue::Submission;
+    use jobgraph::store::{GraphSpec, StepSpec};
+    let spec = |name: &str, parents: &[usize]| StepSpec {
+        name: name.to_owned(),
+        parents: parents.to_vec(),
+        after: Vec::new(),
+    };
+    let graph = GraphSpec {
+        steps: vec![
+            spec("a", &[]),
+            spec("b", &[0]),
+            spec("c", &[0]),
+            spec("d", &[1, 2]),
+        ],
+    };
+    let submit = |id: &'static str, input: &'static str, graph: &'static GraphSpec| Submission {
+        id,
+        job: "Diamond",
+        input,
+        graph,
+        batch: None,
+        key: None,
+        held: false,
+        limits: &[],
+        priority: 0,
+        run_at: 0,
+        expires_at: None,
+        max_attempts: 3,
+        max_fails: None,
+    };
+    let graph: &'static GraphSpec = Box::leak(Box::new(graph));
+    store
+        .submit(submit("bad-input", r#"{"m": 1}"#, graph))
+        .await
+        .unwrap();
+    let renamed: &'static GraphSpec = Box::leak(Box::new(GraphSpec {
+        steps: vec![spec("fetch", &[])],
+    }));
+    store
+        .submit(submit("other-code", r#"{"n": 1}"#, renamed))
+        .await
+        .unwrap();
+
+    let worker = Worker::new(&store).job::<Diamond>();
+    while worker.run_once().await.unwrap().claimed > 0 {}
+    let client = Client::new(&store);
+    let bad = client.status("bad-input").await.unwrap();
+    assert_eq!(bad.state, RunState::Failed);
+    let error = bad.step("a").unwrap().error.clone().unwrap();
+    assert!(
+        error.contains("does not decode as job `Diamond`"),
+        "{error}"
+    );
+    let other = client.status("other-code").await.unwrap();
+    assert_eq!(other.state, RunState::Failed);
+    let error = other.step("fetch").unwrap().error.clone().unwrap();
+    assert!(error.contains("has no step `fetch`"), "{error}");
+}
+
+// ---- PostgreSQL only ----------------------------------------------------------------------------
+
+/// A fresh database and `n` stores on it, each with a pool of its own (as `n` processes).
+async fn pg_stores(n: usize) -> Option<(jobgraph_tests::pg::TestDb, Vec<PgStore>)> {
+    let db = jobgraph_tests::pg::database().await?;
+    let mut stores = Vec::with_capacity(n);
+    for _ in 0..n {
+        stores.push(PgStore::connect(db.url()).await.unwrap());
+    }
+    Some((db, stores))
+}
+
+/// Fails the test if `what` takes longer than `secs` seconds: what must not block.
+async fn within<T>(secs: u64, what: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), what)
+        .await
+        .unwrap_or_else(|_| panic!("blocked for {secs} s"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_claim_passes_over_rows_another_transaction_holds() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let client = Client::new(store);
+    for n in 0..5 {
+        client.submit(&Diamond { n }).await.unwrap();
+    }
+    // Another transaction holds the first ready step (as a claim in flight would).
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    let held: String = sqlx::query_scalar(
+        "SELECT run_id FROM jobgraph_steps WHERE state = 'pending' AND ready_at IS NOT NULL
+         ORDER BY priority DESC, ready_at LIMIT 1 FOR UPDATE",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    // Without `SKIP LOCKED` this claim would wait for that transaction, forever.
+    let claims = within(10, store.claim(WORKER, &["Diamond"], 10, LEASE))
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 4);
+    assert!(claims.iter().all(|c| c.id.run != held));
+    tx.rollback().await.unwrap();
+    let last = store.claim(WORKER, &["Diamond"], 10, LEASE).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].id.run, held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_concurrent_claims_from_four_connections_are_disjoint() {
+    let Some((_db, stores)) = pg_stores(4).await else {
+        return;
+    };
+    let client = Client::new(&stores[0]);
+    client
+        .submit_batch("many", (0..60).map(|n| Diamond { n }))
+        .await
+        .unwrap();
+    let start = Arc::new(tokio::sync::Barrier::new(stores.len()));
+    let claimers: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(w, store)| {
+            let (store, start) = (store.clone(), Arc::clone(&start));
+            tokio::spawn(async move {
+                let name = format!("w{w}");
+                let mut got = Vec::new();
+                start.wait().await;
+                loop {
+                    let claims = store.claim(&name, &["Diamond"], 2, LEASE).await.unwrap();
+                    if claims.is_empty() {
+                        return got;
+                    }
+                    got.extend(claims.into_iter().map(|c| c.id));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for claimer in claimers {
+        all.extend(within(60, claimer).await.unwrap());
+    }
+    assert_eq!(all.len(), 60);
+    let distinct: HashSet<_> = all.iter().map(|c| c.run.clone()).collect();
+    assert_eq!(distinct.len(), 60);
+    assert!(all.iter().all(|c| c.step == "a" && c.attempt == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_limits_hold_under_concurrent_claims() {
+    for _round in 0..3 {
+        let Some((_db, stores)) = pg_stores(6).await else {
+            return;
+        };
+        Client::new(&stores[0])
+            .submit_batch("limited", (0..10).map(|n| Limited { n }))
+            .await
+            .unwrap();
+        // Six workers ask for everything at once, three times: 2 `pooled` (its concurrency) and
+        // 3 `metered` (its bucket's burst) in all.
+        let wave = |stores: &[PgStore]| {
+            let start = Arc::new(tokio::sync::Barrier::new(stores.len()));
+            let claimers: Vec<_> = stores
+                .iter()
+                .enumerate()
+                .map(|(w, store)| {
+                    let (store, start) = (store.clone(), Arc::clone(&start));
+                    tokio::spawn(async move {
+                        let name = format!("w{w}");
+                        start.wait().await;
+                        let claims = store.claim(&name, &["Limited"], 100, LEASE).await;
+                        let claims = claims.unwrap().into_iter();
+                        claims.map(|c| (name.clone(), c)).collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            async move {
+                let mut all = Vec::new();
+                for claimer in claimers {
+                    all.extend(within(60, claimer).await.unwrap());
+                }
+                all
+            }
+        };
+        let steps = |claims: &[(String, jobgraph::store::queue::Claim)], step: &str| {
+            claims.iter().filter(|(_, c)| c.id.step == step).count()
+        };
+        let mut claimed = Vec::new();
+        for _ in 0..3 {
+            claimed.extend(wave(&stores).await);
+        }
+        assert_eq!(
+            (steps(&claimed, "pooled"), steps(&claimed, "metered")),
+            (2, 3)
+        );
+        // The two `pooled` complete, at once: two more, no more, whoever asks.
+        let settles: Vec<_> = claimed
+            .iter()
+            .filter(|(_, c)| c.id.step == "pooled")
+            .map(|(holder, c)| {
+                let (store, holder, id) = (stores[1].clone(), holder.clone(), c.id.clone());
+                tokio::spawn(async move { store.complete(&holder, &id, "0", 0).await.unwrap() })
+            })
+            .collect();
+        for settle in settles {
+            within(60, settle).await.unwrap();
+        }
+        let mut again = Vec::new();
+        for _ in 0..3 {
+            again.extend(wave(&stores).await);
+        }
+        assert_eq!((steps(&again, "pooled"), steps(&again, "metered")), (2, 0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_notification_wakes_an_idle_wait() {
+    let Some((_db, stores)) = pg_stores(2).await else {
+        return;
+    };
+    let (worker, client) = (&stores[0], Client::new(&stores[1]));
+    let jobs = ["Diamond"];
+    // The first wait starts the store's listener and returns: nothing was heard yet.
+    assert!(
+        worker
+            .claim(WORKER, &jobs, 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    within(10, worker.wait_ready(&jobs, Duration::from_secs(60))).await;
+    // From now on a wait after an empty claim waits for news.
+    assert!(
+        worker
+            .claim(WORKER, &jobs, 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let waiting = worker.wait_ready(&jobs, Duration::from_secs(60));
+    tokio::pin!(waiting);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "the wait returned without news"
+    );
+    // News of another job does not wake it.
+    client.submit(&Flaky { fail: 0, key: 3000 }).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "news of another job woke the wait"
+    );
+    // A submit of its job wakes it, long before its 60 s.
+    let run = client.submit(&Diamond { n: 7 }).await.unwrap();
+    within(10, &mut waiting).await;
+    let claims = worker.claim(WORKER, &jobs, 1, LEASE).await.unwrap();
+    assert_eq!(claims[0].id.run, run.id);
+
+    // A notification sent between an empty claim and the wait after it is not lost.
+    assert!(
+        worker
+            .claim(WORKER, &jobs, 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    worker
+        .complete(WORKER, &claims[0].id, "7", 0)
+        .await
+        .unwrap();
+    within(10, worker.wait_ready(&jobs, Duration::from_secs(60))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notify_wakes_an_idle_worker_long_before_its_poll() {
+    let Some((_db, stores)) = pg_stores(2).await else {
+        return;
+    };
+    let client = Client::new(&stores[1]);
+    // Polls once a minute: only a notification gets its runs done within the test's timeouts.
+    let worker = Worker::new(&stores[0])
+        .job::<Diamond>()
+        .poll_interval(Duration::from_secs(60));
+    let shutdown = CancellationToken::new();
+    let working = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    for n in 0..5 {
+        let run = client.submit(&Diamond { n }).await.unwrap();
+        let out = client
+            .wait::<Diamond>(&run.id, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(out.d, n + 1 + n * 10);
+    }
+    shutdown.cancel();
+    let stats = within(60, working).await.unwrap().unwrap();
+    assert_eq!(stats.completed, 20);
+}
+
+/// Workers on four connections run a batch while half of it is aborted: no store error (a
+/// deadlock would be one), every run ends once, the aborted ones cancelled or already ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_workers_on_four_connections_run_a_batch_being_aborted() {
+    let Some((_db, stores)) = pg_stores(5).await else {
+        return;
+    };
+    let client = Client::new(&stores[4]);
+    let ids = client
+        .submit_batch("busy", (0..40).map(|n| Diamond { n }))
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let workers: Vec<_> = stores[..4]
+        .iter()
+        .enumerate()
+        .map(|(w, store)| {
+            let worker = Worker::new(store)
+                .job::<Diamond>()
+                .name(format!("w{w}"))
+                .concurrency(4)
+                .poll_interval(Duration::from_millis(20));
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { worker.run(shutdown).await })
+        })
+        .collect();
+    let mut aborted = 0;
+    for id in ids.iter().step_by(2) {
+        if client.abort(id).await.unwrap() {
+            aborted += 1;
+        }
+    }
+    within(60, async {
+        while !client.batch_counts("busy").await.unwrap().is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    shutdown.cancel();
+    let mut completed = 0;
+    for worker in workers {
+        completed += within(60, worker).await.unwrap().unwrap().completed;
+    }
+    let counts = client.batch_counts("busy").await.unwrap();
+    assert_eq!(counts.cancelled, aborted);
+    assert_eq!(counts.succeeded, 40 - aborted);
+    assert_eq!(counts.failed, 0);
+    // Each step of each run completed once; an aborted run's completed steps are counted too.
+    let stored: usize = counts.steps.iter().map(|s| s.completed as usize).sum();
+    assert_eq!(completed, stored);
+    for (i, id) in ids.iter().enumerate() {
+        let run = client.status(id).await.unwrap();
+        if i % 2 == 1 {
+            assert_eq!(run.state, RunState::Succeeded, "{id}");
+        }
+    }
+}
+
+/// A database of schema version 1 (the store before the queue) with a run: opening it migrates
+/// it to the queue's schema, and the run is intact and not queued.
+#[tokio::test]
+async fn postgres_a_version_1_database_migrates_to_the_queue() {
+    use sqlx::Connection as _;
+    let Some(db) = jobgraph_tests::pg::database().await else {
+        return;
+    };
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql(include_str!(
+        "../../jobgraph/src/store/postgres_migrations/0001_runs_steps_elements.sql"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        r#"CREATE TABLE jobgraph_meta (key text NOT NULL PRIMARY KEY, value text NOT NULL);
+        INSERT INTO jobgraph_meta VALUES ('schema_version', '1');
+        INSERT INTO jobgraph_runs (id, job, input, graph, state, created_at, updated_at)
+            VALUES ('old', 'Diamond', '{"n":1}',
+                '{"steps":[{"name":"a","parents":[],"after":[]}]}', 'pending', now(), now());
+        INSERT INTO jobgraph_steps (run_id, idx, name, state) VALUES ('old', 0, 'a', 'pending');"#,
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let store = PgStore::connect(db.url()).await.unwrap();
+    let version: String =
+        sqlx::query_scalar("SELECT value FROM jobgraph_meta WHERE key = 'schema_version'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(version, "2");
+    let old = store.load_run("old").await.unwrap().unwrap();
+    assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
+    // Not submitted through the queue: no worker claims it.
+    assert!(
+        store
+            .claim(WORKER, &["Diamond"], 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let new = Client::new(&store).submit(&Diamond { n: 2 }).await.unwrap();
+    let claims = store.claim(WORKER, &["Diamond"], 10, LEASE).await.unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].id.run, new.id);
 }

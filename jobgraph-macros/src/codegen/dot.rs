@@ -32,39 +32,15 @@ pub(crate) fn dot(job: &Job<'_>, graph: &Graph) -> String {
     out
 }
 
-/// The most characters of the job's name written into the DOT text; Graphviz rejects a quoted
-/// string of 16,384 bytes or more.
-const MAX_CHARS: usize = 2_000;
+/// The escaping of DOT text, written once for both crates: the very file the runtime escapes
+/// its reports' and stored runs' DOT with.
+#[path = "../../../jobgraph/src/dot_text.rs"]
+mod dot_text;
 
-/// `s` as a DOT quoted string, by the rules of the runtime's `dot_text`
-/// (`jobgraph/src/report.rs`), so `Job::DOT` and a run's DOT name the job alike: `"` and `\`
-/// escaped, a line break as `\n`, a tab as a space, other control characters (NUL included) as
-/// the text `\u{..}`, at most [`MAX_CHARS`] characters and then `… (N characters)`.
+/// `s` as a DOT quoted string, by the runtime's rules, so `Job::DOT` and a run's DOT name the job
+/// alike.
 fn quoted(s: &str) -> String {
-    let mut out = String::with_capacity(s.len().min(MAX_CHARS) + 2);
-    out.push('"');
-    let mut chars = s.chars().peekable();
-    let mut written = 0;
-    while let Some(c) = chars.next() {
-        if written == MAX_CHARS {
-            let _ = write!(out, "… ({} characters)", s.chars().count());
-            break;
-        }
-        written += 1;
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\r' if chars.peek() == Some(&'\n') => written -= 1,
-            '\n' | '\r' => out.push_str("\\n"),
-            '\t' => out.push(' '),
-            c if c.is_control() => {
-                let _ = write!(out, "\\\\u{{{:x}}}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    format!("\"{}\"", dot_text::dot_text(s))
 }
 
 #[cfg(test)]

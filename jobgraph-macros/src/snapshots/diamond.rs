@@ -620,6 +620,37 @@ digraph "Diamond" {
         )
     }
 }
+impl ::jobgraph::__private::SendJob for Diamond
+where
+    for<'__jg> Self: ::jobgraph::__private::Send + ::jobgraph::__private::Sync + 'static,
+    for<'__jg> DiamondOutputs: ::jobgraph::__private::Send + 'static,
+    for<'__jg> DiamondPartial: ::jobgraph::__private::Send + 'static,
+{
+    fn __run_send<'__jg>(
+        &'__jg self,
+        __jg_res: &'__jg (),
+        __jg_run: &'__jg ::jobgraph::__private::RunCore<DiamondStep>,
+        __jg_seed: DiamondPartial,
+    ) -> ::jobgraph::__private::Pin<
+        ::jobgraph::__private::Box<
+            dyn ::jobgraph::__private::Future<
+                Output = ::jobgraph::__private::Result<
+                    DiamondPartial,
+                    ::jobgraph::__private::JobError<DiamondStep, DiamondPartial>,
+                >,
+            > + ::jobgraph::__private::Send + '__jg,
+        >,
+    > {
+        ::jobgraph::__private::Box::pin(
+            <Self as ::jobgraph::__private::Job>::__run(
+                self,
+                __jg_res,
+                __jg_run,
+                __jg_seed,
+            ),
+        )
+    }
+}
 #[doc(hidden)]
 #[allow(clippy::type_complexity, clippy::too_many_arguments, dead_code)]
 impl Diamond {

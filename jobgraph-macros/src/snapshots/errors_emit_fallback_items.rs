@@ -282,3 +282,34 @@ impl Loop {
         )
     }
 }
+impl ::jobgraph::__private::SendJob for Loop
+where
+    for<'__jg> Self: ::jobgraph::__private::Send + ::jobgraph::__private::Sync + 'static,
+    for<'__jg> LoopOutputs: ::jobgraph::__private::Send + 'static,
+    for<'__jg> LoopPartial: ::jobgraph::__private::Send + 'static,
+{
+    fn __run_send<'__jg>(
+        &'__jg self,
+        __jg_res: &'__jg (),
+        __jg_run: &'__jg ::jobgraph::__private::RunCore<LoopStep>,
+        __jg_seed: LoopPartial,
+    ) -> ::jobgraph::__private::Pin<
+        ::jobgraph::__private::Box<
+            dyn ::jobgraph::__private::Future<
+                Output = ::jobgraph::__private::Result<
+                    LoopPartial,
+                    ::jobgraph::__private::JobError<LoopStep, LoopPartial>,
+                >,
+            > + ::jobgraph::__private::Send + '__jg,
+        >,
+    > {
+        ::jobgraph::__private::Box::pin(
+            <Self as ::jobgraph::__private::Job>::__run(
+                self,
+                __jg_res,
+                __jg_run,
+                __jg_seed,
+            ),
+        )
+    }
+}

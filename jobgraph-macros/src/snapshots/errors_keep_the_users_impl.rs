@@ -278,3 +278,34 @@ impl Broken {
         )
     }
 }
+impl ::jobgraph::__private::SendJob for Broken
+where
+    for<'__jg> Self: ::jobgraph::__private::Send + ::jobgraph::__private::Sync + 'static,
+    for<'__jg> BrokenOutputs: ::jobgraph::__private::Send + 'static,
+    for<'__jg> BrokenPartial: ::jobgraph::__private::Send + 'static,
+{
+    fn __run_send<'__jg>(
+        &'__jg self,
+        __jg_res: &'__jg (),
+        __jg_run: &'__jg ::jobgraph::__private::RunCore<BrokenStep>,
+        __jg_seed: BrokenPartial,
+    ) -> ::jobgraph::__private::Pin<
+        ::jobgraph::__private::Box<
+            dyn ::jobgraph::__private::Future<
+                Output = ::jobgraph::__private::Result<
+                    BrokenPartial,
+                    ::jobgraph::__private::JobError<BrokenStep, BrokenPartial>,
+                >,
+            > + ::jobgraph::__private::Send + '__jg,
+        >,
+    > {
+        ::jobgraph::__private::Box::pin(
+            <Self as ::jobgraph::__private::Job>::__run(
+                self,
+                __jg_res,
+                __jg_run,
+                __jg_seed,
+            ),
+        )
+    }
+}

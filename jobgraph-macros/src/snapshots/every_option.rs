@@ -558,6 +558,38 @@ digraph "Crawl" {
         )
     }
 }
+impl ::jobgraph::__private::SendJob for Crawl
+where
+    for<'__jg> Self: ::jobgraph::__private::Send + ::jobgraph::__private::Sync + 'static,
+    for<'__jg> CrawlOutputs: ::jobgraph::__private::Send + 'static,
+    for<'__jg> CrawlPartial: ::jobgraph::__private::Send + 'static,
+    for<'__jg> Api: ::jobgraph::__private::Send + ::jobgraph::__private::Sync + 'static,
+{
+    fn __run_send<'__jg>(
+        &'__jg self,
+        __jg_res: &'__jg Api,
+        __jg_run: &'__jg ::jobgraph::__private::RunCore<CrawlStep>,
+        __jg_seed: CrawlPartial,
+    ) -> ::jobgraph::__private::Pin<
+        ::jobgraph::__private::Box<
+            dyn ::jobgraph::__private::Future<
+                Output = ::jobgraph::__private::Result<
+                    CrawlPartial,
+                    ::jobgraph::__private::JobError<CrawlStep, CrawlPartial>,
+                >,
+            > + ::jobgraph::__private::Send + '__jg,
+        >,
+    > {
+        ::jobgraph::__private::Box::pin(
+            <Self as ::jobgraph::__private::Job>::__run(
+                self,
+                __jg_res,
+                __jg_run,
+                __jg_seed,
+            ),
+        )
+    }
+}
 #[doc(hidden)]
 #[allow(clippy::type_complexity, clippy::too_many_arguments, dead_code)]
 impl Crawl {

@@ -486,6 +486,40 @@ digraph "report" {
         )
     }
 }
+impl<'a, D: Db> __jobgraph_private_Report::SendJob for Report<'a, D>
+where
+    D: Send,
+    'a: 'static,
+    D: __jobgraph_private_Report::Send + __jobgraph_private_Report::Sync + 'static,
+    Vec<
+        D::Row,
+    >: __jobgraph_private_Report::Send + __jobgraph_private_Report::Sync + 'static,
+{
+    fn __run_send<'__jg>(
+        &'__jg self,
+        __jg_res: &'__jg (),
+        __jg_run: &'__jg __jobgraph_private_Report::RunCore<ReportStep>,
+        __jg_seed: ReportPartial<'a, D>,
+    ) -> __jobgraph_private_Report::Pin<
+        __jobgraph_private_Report::Box<
+            dyn __jobgraph_private_Report::Future<
+                Output = __jobgraph_private_Report::Result<
+                    ReportPartial<'a, D>,
+                    __jobgraph_private_Report::JobError<ReportStep, ReportPartial<'a, D>>,
+                >,
+            > + __jobgraph_private_Report::Send + '__jg,
+        >,
+    > {
+        __jobgraph_private_Report::Box::pin(
+            <Self as __jobgraph_private_Report::Job>::__run(
+                self,
+                __jg_res,
+                __jg_run,
+                __jg_seed,
+            ),
+        )
+    }
+}
 #[doc(hidden)]
 #[allow(clippy::type_complexity, clippy::too_many_arguments, dead_code)]
 impl<'a, D: Db> Report<'a, D>

@@ -15,7 +15,7 @@ use super::status::{Counters, RunOutcome, RunTracker};
 use super::{BatchStatus, BatchSummary, BoxListener, Configure, StatusListener};
 use crate::durable::{DurableError, DurableErrorOf, DurableJob, DurableRunner, LEASE};
 use crate::store::{
-    RunFilter, RunSpec, RunState, RunSummary, StepStatus, Store, StoreError, StoredRun,
+    GraphSpec, RunFilter, RunSpec, RunState, RunSummary, StepStatus, Store, StoreError, StoredRun,
 };
 use crate::{CancellationToken, Job, JobStep, Runner, ZeroLimit};
 
@@ -447,8 +447,8 @@ async fn plan<J: DurableJob>(
         Source::Inputs(inputs) => {
             let stored: HashMap<&str, &RunSummary> =
                 listed.iter().map(|run| (run.id.as_str(), run)).collect();
-            let graph = crate::durable::graph_spec::<J>();
-            let owner = crate::durable::owner_id();
+            // The inputs without a run: (id, input JSON), stored below.
+            let mut new = Vec::new();
             for (index, job) in inputs.into_iter().enumerate() {
                 let id = batch_run_id(name, index);
                 let Some(summary) = stored.get(id.as_str()) else {
@@ -458,21 +458,7 @@ async fn plan<J: DurableJob>(
                             what: "could not be encoded",
                             error,
                         })?;
-                    let spec = RunSpec {
-                        id: &id,
-                        job: J::NAME,
-                        input: &input,
-                        graph: &graph,
-                        batch: Some(name),
-                    };
-                    store
-                        .open_run(spec, &owner, LEASE)
-                        .await
-                        .map_err(store_error(&id))?;
-                    store
-                        .finish_run(&id, &owner, RunState::Cancelled, Some(NOT_STARTED))
-                        .await
-                        .map_err(store_error(&id))?;
+                    new.push((id.clone(), input));
                     planned.push(Planned {
                         id,
                         job: Some(job),
@@ -494,6 +480,23 @@ async fn plan<J: DurableJob>(
                     succeeded,
                     completed,
                 });
+            }
+            // Many at once: a store that commits concurrent writes together (`SqliteStore`)
+            // stores the batch in a few transactions, not two per input.
+            let graph = crate::durable::graph_spec::<J>();
+            let owner = crate::durable::owner_id();
+            let mut new = new.iter();
+            let mut storing = FuturesUnordered::new();
+            loop {
+                while storing.len() < STORING_AT_ONCE
+                    && let Some((id, input)) = new.next()
+                {
+                    storing.push(store_input::<J>(store, name, &graph, &owner, id, input));
+                }
+                match storing.next().await {
+                    Some(stored) => stored?,
+                    None => break,
+                }
             }
         }
         Source::Stored => {
@@ -535,6 +538,39 @@ async fn plan<J: DurableJob>(
         }
     }
     Ok(planned)
+}
+
+/// How many inputs [`plan`] stores at once.
+const STORING_AT_ONCE: usize = 256;
+
+/// Stores run `id` of batch `name` with `input`, not started: resumable, its lease released.
+async fn store_input<J: DurableJob>(
+    store: &dyn Store,
+    name: &str,
+    graph: &GraphSpec,
+    owner: &str,
+    id: &str,
+    input: &str,
+) -> Result<(), DurableErrorOf<J>> {
+    let store_error = |error| DurableError::Store {
+        run: id.to_owned(),
+        error,
+    };
+    let spec = RunSpec {
+        id,
+        job: J::NAME,
+        input,
+        graph,
+        batch: Some(name),
+    };
+    store
+        .open_run(spec, owner, LEASE)
+        .await
+        .map_err(store_error)?;
+    store
+        .finish_run(id, owner, RunState::Cancelled, Some(NOT_STARTED))
+        .await
+        .map_err(store_error)
 }
 
 /// Loads run `id`, which the store listed.

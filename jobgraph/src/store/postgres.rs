@@ -23,12 +23,14 @@
 //!   nothing, and the second reads the committed run (and its live lease) `FOR UPDATE`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
+use super::postgres_queue::Ready;
 use super::postgres_schema;
 use super::{
     GraphSpec, RunFilter, RunSpec, RunState, RunSummary, StepOutcome, StepStatus, StepTally, Store,
@@ -61,6 +63,9 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The queue's LISTEN connection, shared by the store's clones (started by the first
+    /// idle worker: see `postgres_queue`).
+    ready: Arc<Ready>,
 }
 
 /// How [`PgStore::connect_with`] connects.
@@ -111,7 +116,7 @@ impl PgOptions {
 const MAX_LEASE_MS: i64 = 1_000 * 365 * 24 * 3_600 * 1_000;
 
 /// A lease in ms, capped at [`MAX_LEASE_MS`].
-fn lease_ms(lease: Duration) -> i64 {
+pub(super) fn lease_ms(lease: Duration) -> i64 {
     millis(lease).min(MAX_LEASE_MS)
 }
 
@@ -139,7 +144,10 @@ impl PgStore {
             .connect_with(connect)
             .await?;
         postgres_schema::migrate(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            ready: Arc::default(),
+        })
     }
 
     /// Closes the pool's connections; the store fails every call after.
@@ -147,29 +155,40 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    /// Moves every lease's expiry `by` into the past, as if that much time had passed: protocol
-    /// tests age leases in SQL instead of sleeping.
+    /// Moves every lease's expiry (runs' and claimed steps') and every queued run's time to live
+    /// `by` into the past, as if that much time had passed: protocol tests age leases in SQL
+    /// instead of sleeping.
     ///
     /// # Panics
     ///
     /// If the database fails (a test helper).
     #[doc(hidden)]
     pub async fn age_leases(&self, by: Duration) {
-        sqlx::query(AGE_LEASES)
-            .bind(lease_ms(by))
-            .execute(&self.pool)
-            .await
-            .expect("age_leases: the store's database failed");
+        for statement in [AGE_LEASES, AGE_CLAIMS, AGE_EXPIRIES] {
+            sqlx::query(statement)
+                .bind(lease_ms(by))
+                .execute(&self.pool)
+                .await
+                .expect("age_leases: the store's database failed");
+        }
+    }
+
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(super) fn ready(&self) -> &Ready {
+        &self.ready
     }
 
     /// A read-write transaction (`READ COMMITTED`: each statement sees what committed before
     /// it; the row locks give the isolation the contract needs).
-    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+    pub(super) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
 
     /// A read-only transaction on one snapshot.
-    async fn snapshot(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+    pub(super) async fn snapshot(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -191,7 +210,7 @@ pub(super) fn corrupt_or_database(error: sqlx::Error, what: &str) -> StoreError 
     }
 }
 
-fn get<'r, T>(row: &'r PgRow, column: &str, table: &str) -> Result<T, StoreError>
+pub(super) fn get<'r, T>(row: &'r PgRow, column: &str, table: &str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
 {
@@ -211,7 +230,7 @@ fn step_status(value: &str, run: &str, step: &str) -> Result<StepStatus, StoreEr
     })
 }
 
-fn graph(json: &str, run: &str) -> Result<GraphSpec, StoreError> {
+pub(super) fn graph(json: &str, run: &str) -> Result<GraphSpec, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
         what: format!("the graph of run `{run}` ({e})"),
     })
@@ -224,7 +243,7 @@ fn lease_lost(run: &str, owner: &str) -> StoreError {
     }
 }
 
-fn no_such_run(run: &str) -> StoreError {
+pub(super) fn no_such_run(run: &str) -> StoreError {
     StoreError::NoSuchRun {
         run: run.to_owned(),
     }
@@ -242,6 +261,14 @@ fn no_such_step(run: &str, step: &str) -> StoreError {
 const AGE_LEASES: &str = "UPDATE jobgraph_runs
     SET lease_until = lease_until - $1 * interval '1 millisecond'
     WHERE lease_until IS NOT NULL";
+
+const AGE_CLAIMS: &str = "UPDATE jobgraph_steps
+    SET lease_until = lease_until - $1 * interval '1 millisecond'
+    WHERE lease_until IS NOT NULL";
+
+const AGE_EXPIRIES: &str = "UPDATE jobgraph_runs
+    SET expires_at = expires_at - $1 * interval '1 millisecond'
+    WHERE expires_at IS NOT NULL";
 
 /// A run's job, state, graph and lease, locked for the rest of the transaction, for `open_run`
 /// and `reset_step`.

@@ -16,9 +16,10 @@ use super::postgres::corrupt_or_database;
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes a database from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!(
-    "postgres_migrations/0001_runs_steps_elements.sql"
-)];
+const MIGRATIONS: &[&str] = &[
+    include_str!("postgres_migrations/0001_runs_steps_elements.sql"),
+    include_str!("postgres_migrations/0002_queue.sql"),
+];
 
 /// The key of the advisory lock that serializes migrations: "jobgraph" in ASCII, one key per
 /// database (advisory locks are per database), released at commit or rollback.

@@ -119,6 +119,16 @@ pub trait Queue: Store {
     /// Every lease held now, live or expired but not yet taken over: the steps claimed by
     /// workers, and the runs held by durable runners; by holder, then run.
     fn leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>>;
+
+    /// Waits at most `timeout` for a step of `jobs` to become ready, after a
+    /// [`claim`](Queue::claim) of `jobs` found none: what an idle worker does before it claims
+    /// again. A hint, not a promise: it may return early with nothing ready, and the caller
+    /// claims again either way. The default sleeps `timeout` (polling); `PgStore` returns as
+    /// soon as a `NOTIFY` says a step of `jobs` became ready since the last claim of `jobs`.
+    fn wait_ready<'a>(&'a self, jobs: &'a [&'a str], timeout: Duration) -> BoxFuture<'a, ()> {
+        let _ = jobs;
+        Box::pin(tokio::time::sleep(timeout))
+    }
 }
 
 /// A lease, as [`Queue::leases`] lists it.

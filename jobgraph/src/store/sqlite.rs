@@ -1,11 +1,15 @@
 //! `SqliteStore`: the [`Store`] contract on an embedded SQLite database, through `sqlx`.
 //!
 //! Every statement is a constant next to the one function that runs it; `sqlx::query` (not the
-//! compile-time macros) runs them, and the contract tests check them. Every write is one
+//! compile-time macros) runs them, and the contract tests check them. Every write is in a
 //! `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock up front, so concurrent
-//! processes queue on `busy_timeout` instead of failing mid-transaction on a lock upgrade.
+//! processes queue on `busy_timeout` instead of failing mid-transaction on a lock upgrade. A
+//! runner's writes are committed in groups (`commit_groups`): one transaction for the writes of
+//! every run of the process that were queued while the previous one committed.
 
+use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
@@ -13,6 +17,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::schema;
 use super::{
@@ -27,9 +32,20 @@ use super::{
 /// explicit [`Synchronous`] mode and a `busy_timeout`. Opening it creates the file and its
 /// tables (prefixed `jobgraph_`), migrates an older schema, and refuses a newer one
 /// ([`StoreError::Schema`]). Several processes may open one file: their writes serialize.
+///
+/// The runners of one process share its writes: every write of a runner (opening a run, a
+/// step's checkpoint, a lease renewal, finishing a run) is queued, and one transaction commits
+/// all the writes queued while the previous one committed (a *group commit*). Each call returns
+/// once the transaction holding its write committed, so a step's output is still on disk before
+/// any of its children starts; concurrent runs share the commits (one fsync per transaction with
+/// [`Synchronous::Full`]) instead of queueing for SQLite's write lock one step at a time.
+/// Opening a store spawns the task that commits them onto the current tokio runtime; it ends
+/// when the last clone of the store is dropped.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The queue of the group commit (`commit_groups`).
+    writes: mpsc::UnboundedSender<Pending>,
 }
 
 /// How hard SQLite flushes each commit to disk (`PRAGMA synchronous`).
@@ -133,7 +149,9 @@ impl SqliteStore {
         .connect_with(connect)
         .await?;
         schema::migrate(&pool).await?;
-        Ok(SqliteStore { pool })
+        let (writes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(commit_groups(pool.clone(), queue));
+        Ok(SqliteStore { pool, writes })
     }
 
     /// Closes the database's connections; the store fails every call after.
@@ -239,17 +257,14 @@ const AGE_CLAIMS: &str =
 const AGE_EXPIRIES: &str =
     "UPDATE jobgraph_runs SET expires_at = expires_at - ?1 WHERE expires_at IS NOT NULL";
 
-/// A run's job, state and lease, for `open_run` and `reset_step`.
+/// A run's graph and lease, for `reset_step`.
 struct Head {
-    job: String,
-    state: RunState,
     graph: String,
     lease_owner: Option<String>,
     lease_until: Option<i64>,
 }
 
-const SELECT_HEAD: &str = "SELECT job, state, graph, lease_owner, lease_until
-    FROM jobgraph_runs WHERE id = ?1";
+const SELECT_HEAD: &str = "SELECT graph, lease_owner, lease_until FROM jobgraph_runs WHERE id = ?1";
 
 async fn select_head(conn: &mut SqliteConnection, run: &str) -> Result<Option<Head>, StoreError> {
     let Some(row) = sqlx::query(SELECT_HEAD)
@@ -261,18 +276,21 @@ async fn select_head(conn: &mut SqliteConnection, run: &str) -> Result<Option<He
     };
     const T: &str = "jobgraph_runs";
     Ok(Some(Head {
-        job: get(&row, "job", T)?,
-        state: run_state(get(&row, "state", T)?, run)?,
         graph: get(&row, "graph", T)?,
         lease_owner: get(&row, "lease_owner", T)?,
         lease_until: get(&row, "lease_until", T)?,
     }))
 }
 
+/// A new run and its pending steps, read from its graph's JSON (`?5`): one round trip.
 const INSERT_RUN: &str = "INSERT INTO jobgraph_runs
     (id, job, batch, input, graph, state, lease_owner, lease_until, created_at, updated_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8)";
+    VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7, ?8, ?8);
+INSERT INTO jobgraph_steps (run_id, name, position, state)
+    SELECT ?1, json_extract(step.value, '$.name'), step.key, 'pending'
+    FROM json_each(?5, '$.steps') AS step";
 
+/// Inserts run `spec.id` and its steps, running under `owner`'s lease: the rows it inserted.
 async fn insert_run(
     conn: &mut SqliteConnection,
     spec: &RunSpec<'_>,
@@ -280,8 +298,8 @@ async fn insert_run(
     owner: &str,
     until: i64,
     now: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(INSERT_RUN)
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(INSERT_RUN)
         .bind(spec.id)
         .bind(spec.job)
         .bind(spec.batch)
@@ -292,29 +310,15 @@ async fn insert_run(
         .bind(now)
         .execute(conn)
         .await?;
-    Ok(())
+    Ok(done.rows_affected())
 }
 
-const INSERT_STEP: &str = "INSERT INTO jobgraph_steps (run_id, name, position, state)
-    VALUES (?1, ?2, ?3, 'pending')";
-
-async fn insert_step(
-    conn: &mut SqliteConnection,
-    run: &str,
-    name: &str,
-    position: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(INSERT_STEP)
-        .bind(run)
-        .bind(name)
-        .bind(position)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
+/// Takes the lease; with `?5` true, the run is running again (its error cleared).
 const TAKE_LEASE: &str = "UPDATE jobgraph_runs
-    SET lease_owner = ?2, lease_until = ?3, updated_at = ?4 WHERE id = ?1";
+    SET lease_owner = ?2, lease_until = ?3, updated_at = ?4,
+        state = CASE WHEN ?5 THEN 'running' ELSE state END,
+        error = CASE WHEN ?5 THEN NULL ELSE error END
+    WHERE id = ?1";
 
 async fn take_lease(
     conn: &mut SqliteConnection,
@@ -322,21 +326,16 @@ async fn take_lease(
     owner: &str,
     until: i64,
     now: i64,
+    resume: bool,
 ) -> Result<(), StoreError> {
     sqlx::query(TAKE_LEASE)
         .bind(run)
         .bind(owner)
         .bind(until)
         .bind(now)
+        .bind(resume)
         .execute(conn)
         .await?;
-    Ok(())
-}
-
-const RESUME_RUN: &str = "UPDATE jobgraph_runs SET state = 'running', error = NULL WHERE id = ?1";
-
-async fn resume_run(conn: &mut SqliteConnection, run: &str) -> Result<(), StoreError> {
-    sqlx::query(RESUME_RUN).bind(run).execute(conn).await?;
     Ok(())
 }
 
@@ -395,17 +394,25 @@ async fn renew_lease(conn: &mut SqliteConnection, run: &str, until: i64) -> Resu
     Ok(())
 }
 
+/// Records a completed or failed step if `owner` (`?9`) holds the run's lease, and marks the
+/// run written (`?10`): fencing and the write in one round trip. Changes 2 rows, or none.
 const SETTLE_STEP: &str = "UPDATE jobgraph_steps
     SET state = ?3, attempts = ?4, output = ?5, error = ?6, started_at = ?7, ended_at = ?8
-    WHERE run_id = ?1 AND name = ?2";
+    WHERE run_id = ?1 AND name = ?2
+        AND EXISTS (SELECT 1 FROM jobgraph_runs WHERE id = ?1 AND lease_owner = ?9);
+UPDATE jobgraph_runs SET updated_at = ?10 WHERE id = ?1 AND changes() = 1";
 
-/// Records a completed or failed step; [`StoreError::NoSuchStep`] if there is none.
+/// Records a completed or failed step, fenced: [`StoreError::LeaseLost`],
+/// [`StoreError::NoSuchRun`] or [`StoreError::NoSuchStep`] if it cannot (having changed
+/// nothing but, diagnosing, the run's `updated_at`: the caller rolls back).
 async fn settle_step(
     conn: &mut SqliteConnection,
     run: &str,
+    owner: &str,
     state: StepStatus,
     outcome: &StepOutcome<'_>,
 ) -> Result<(), StoreError> {
+    let now = now_ms();
     let done = sqlx::query(SETTLE_STEP)
         .bind(run)
         .bind(outcome.step)
@@ -415,12 +422,17 @@ async fn settle_step(
         .bind(outcome.error)
         .bind(outcome.started_at)
         .bind(outcome.ended_at)
-        .execute(conn)
+        .bind(owner)
+        .bind(now)
+        .execute(&mut *conn)
         .await?;
-    match done.rows_affected() {
-        0 => Err(no_such_step(run, outcome.step)),
-        _ => Ok(()),
+    if done.rows_affected() == 2 {
+        return Ok(());
     }
+    // Nothing changed: the lease, the run or the step is missing. `fence` says which of the
+    // first two.
+    fence(conn, run, owner, now).await?;
+    Err(no_such_step(run, outcome.step))
 }
 
 const SKIP_STEP: &str =
@@ -531,13 +543,28 @@ async fn finish_run(
     Ok(done.rows_affected() == 1)
 }
 
-const SELECT_RUN: &str = "SELECT id, job, batch, input, graph, state, error, created_at, updated_at
+const SELECT_RUN: &str =
+    "SELECT id, job, batch, input, graph, state, error, created_at, updated_at,
+        lease_owner, lease_until
     FROM jobgraph_runs WHERE id = ?1";
 
 async fn select_run(
     conn: &mut SqliteConnection,
     run: &str,
 ) -> Result<Option<StoredRun>, StoreError> {
+    Ok(select_run_and_lease(conn, run)
+        .await?
+        .map(|(stored, _)| stored))
+}
+
+/// Who holds a run's lease, and until when (Unix ms).
+type Lease = (Option<String>, Option<i64>);
+
+/// The run (without its steps) and its lease.
+async fn select_run_and_lease(
+    conn: &mut SqliteConnection,
+    run: &str,
+) -> Result<Option<(StoredRun, Lease)>, StoreError> {
     let Some(row) = sqlx::query(SELECT_RUN)
         .bind(run)
         .fetch_optional(conn)
@@ -546,7 +573,7 @@ async fn select_run(
         return Ok(None);
     };
     const T: &str = "jobgraph_runs";
-    Ok(Some(StoredRun {
+    let stored = StoredRun {
         id: get(&row, "id", T)?,
         job: get(&row, "job", T)?,
         batch: get(&row, "batch", T)?,
@@ -557,7 +584,9 @@ async fn select_run(
         created_at: get(&row, "created_at", T)?,
         updated_at: get(&row, "updated_at", T)?,
         steps: Vec::new(),
-    }))
+    };
+    let lease = (get(&row, "lease_owner", T)?, get(&row, "lease_until", T)?);
+    Ok(Some((stored, lease)))
 }
 
 const SELECT_STEPS: &str = "SELECT name, state, attempts, output, error, started_at, ended_at
@@ -717,6 +746,354 @@ async fn select_failed_runs(
         .collect()
 }
 
+// ---- Writes, committed in groups ----------------------------------------------------------------
+
+/// The most writes one transaction commits.
+const MAX_GROUP: usize = 256;
+
+/// A runner's write, with owned copies of its arguments: the group commit runs it in another
+/// task.
+enum Write {
+    OpenRun {
+        id: String,
+        job: String,
+        input: String,
+        graph: GraphSpec,
+        batch: Option<String>,
+        owner: String,
+        lease: Duration,
+    },
+    RenewLease {
+        run: String,
+        owner: String,
+        lease: Duration,
+    },
+    /// A step completed or failed, and the steps its failure skips.
+    SettleStep {
+        run: String,
+        owner: String,
+        state: StepStatus,
+        step: String,
+        attempts: u32,
+        output: Option<String>,
+        error: Option<String>,
+        started_at: Option<i64>,
+        ended_at: i64,
+        skipped: Vec<String>,
+    },
+    ElementCompleted {
+        run: String,
+        owner: String,
+        step: String,
+        index: usize,
+        output: String,
+    },
+    FinishRun {
+        run: String,
+        owner: String,
+        state: RunState,
+        error: Option<String>,
+    },
+}
+
+/// What a write returns: the run it opened, or nothing.
+enum Written {
+    Run(Box<StoredRun>),
+    Done,
+}
+
+/// A write waiting for its group, and the caller waiting for its commit.
+struct Pending {
+    write: Write,
+    reply: oneshot::Sender<Result<Written, StoreError>>,
+}
+
+/// The error of a write whose group commit is gone (the runtime that ran it shut down).
+fn writer_gone() -> StoreError {
+    StoreError::from(sqlx::Error::WorkerCrashed)
+}
+
+/// Commits the writes of this process's runners in groups, until every store handle is dropped.
+///
+/// Each transaction takes every write queued while the previous one committed (at most
+/// [`MAX_GROUP`]), in queue order: under concurrency, one commit (one fsync with
+/// [`Synchronous::Full`]) serves many steps, and no caller hears of its write before the
+/// transaction holding it committed.
+async fn commit_groups(pool: SqlitePool, mut queue: mpsc::UnboundedReceiver<Pending>) {
+    let mut group = Vec::new();
+    while let Some(first) = queue.recv().await {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        commit_group(&pool, &mut group).await;
+    }
+}
+
+/// Commits `group`'s writes in one transaction and tells each caller, emptying `group`.
+///
+/// A write that fails (its fencing, a missing step, a statement) fails alone, as it would have
+/// in a transaction of its own after the writes queued before it: the transaction is rolled
+/// back and the others run again without it. If the transaction cannot start (the write lock
+/// stayed taken past the busy timeout) or commit, every write of the group fails with that
+/// error.
+async fn commit_group(pool: &SqlitePool, group: &mut Vec<Pending>) {
+    loop {
+        // A caller that stopped waiting gets no write, as if it had dropped its transaction.
+        group.retain(|pending| !pending.reply.is_closed());
+        if group.is_empty() {
+            return;
+        }
+        let mut tx = match pool.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => tx,
+            Err(error) => return fail_group(group, error),
+        };
+        let mut written = Vec::with_capacity(group.len());
+        let mut failed = None;
+        for (index, pending) in group.iter().enumerate() {
+            match apply(&mut tx, &pending.write).await {
+                Ok(done) => written.push(done),
+                Err(error) => {
+                    failed = Some((index, error));
+                    break;
+                }
+            }
+        }
+        if let Some((index, error)) = failed {
+            let _ = tx.rollback().await;
+            let pending = group.remove(index);
+            let _ = pending.reply.send(Err(error));
+            continue;
+        }
+        if let Err(error) = tx.commit().await {
+            return fail_group(group, error);
+        }
+        for (pending, done) in group.drain(..).zip(written) {
+            let _ = pending.reply.send(Ok(done));
+        }
+        return;
+    }
+}
+
+/// Tells every caller of `group` that its transaction failed with `error`.
+fn fail_group(group: &mut Vec<Pending>, error: sqlx::Error) {
+    let error = Arc::new(error);
+    for pending in group.drain(..) {
+        let shared = GroupFailed(Arc::clone(&error));
+        let _ = pending
+            .reply
+            .send(Err(StoreError::Database(Box::new(shared))));
+    }
+}
+
+/// The database error of a group's transaction, told to each of its writes.
+#[derive(Debug)]
+struct GroupFailed(Arc<sqlx::Error>);
+
+impl fmt::Display for GroupFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the transaction committing this write with others failed")
+    }
+}
+
+impl std::error::Error for GroupFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+/// One write's statements, in the caller's transaction.
+fn apply<'c>(
+    conn: &'c mut SqliteConnection,
+    write: &'c Write,
+) -> BoxFuture<'c, Result<Written, StoreError>> {
+    async move {
+        match write {
+            Write::OpenRun {
+                id,
+                job,
+                input,
+                graph,
+                batch,
+                owner,
+                lease,
+            } => {
+                let spec = RunSpec {
+                    id,
+                    job,
+                    input,
+                    graph,
+                    batch: batch.as_deref(),
+                };
+                let run = open_run(conn, &spec, owner, *lease).await?;
+                Ok(Written::Run(Box::new(run)))
+            }
+            Write::RenewLease { run, owner, lease } => {
+                let now = now_ms();
+                fence(conn, run, owner, now).await?;
+                renew_lease(conn, run, plus(now, *lease)).await?;
+                Ok(Written::Done)
+            }
+            Write::SettleStep {
+                run,
+                owner,
+                state,
+                step,
+                attempts,
+                output,
+                error,
+                started_at,
+                ended_at,
+                skipped,
+            } => {
+                let outcome = StepOutcome {
+                    step,
+                    attempts: *attempts,
+                    output: output.as_deref(),
+                    error: error.as_deref(),
+                    started_at: *started_at,
+                    ended_at: *ended_at,
+                };
+                settle_step(conn, run, owner, *state, &outcome).await?;
+                for step in skipped {
+                    skip_step(conn, run, step).await?;
+                }
+                Ok(Written::Done)
+            }
+            Write::ElementCompleted {
+                run,
+                owner,
+                step,
+                index,
+                output,
+            } => {
+                fence(conn, run, owner, now_ms()).await?;
+                upsert_element(conn, run, step, *index, output).await?;
+                Ok(Written::Done)
+            }
+            Write::FinishRun {
+                run,
+                owner,
+                state,
+                error,
+            } => {
+                if finish_run(conn, run, owner, *state, error.as_deref(), now_ms()).await? {
+                    Ok(Written::Done)
+                } else if run_exists(conn, run).await? {
+                    Err(lease_lost(run, owner))
+                } else {
+                    Err(no_such_run(run))
+                }
+            }
+        }
+    }
+    .boxed()
+}
+
+/// Creates or loads the run and takes its lease (see [`Store::open_run`]): 2 round trips for
+/// a new run, 4 for a stored one. The run returned is what was written, not read back.
+async fn open_run(
+    conn: &mut SqliteConnection,
+    spec: &RunSpec<'_>,
+    owner: &str,
+    lease: Duration,
+) -> Result<StoredRun, StoreError> {
+    let now = now_ms();
+    let until = plus(now, lease);
+    let Some((mut run, (holder, held_until))) = select_run_and_lease(conn, spec.id).await? else {
+        if let Some(reason) = spec.graph.check() {
+            return Err(StoreError::InvalidGraph {
+                run: spec.id.to_owned(),
+                reason,
+            });
+        }
+        let invalid = |reason: String| StoreError::InvalidGraph {
+            run: spec.id.to_owned(),
+            reason,
+        };
+        let graph = serde_json::to_string(spec.graph).map_err(|e| invalid(e.to_string()))?;
+        let inserted = insert_run(conn, spec, &graph, owner, until, now).await?;
+        let steps = spec.graph.steps.len();
+        if usize::try_from(inserted).ok() != Some(1 + steps) {
+            return Err(invalid(format!(
+                "its {steps} steps were stored as {} rows",
+                inserted.saturating_sub(1)
+            )));
+        }
+        return Ok(StoredRun {
+            id: spec.id.to_owned(),
+            job: spec.job.to_owned(),
+            batch: spec.batch.map(str::to_owned),
+            input: spec.input.to_owned(),
+            graph: spec.graph.clone(),
+            state: RunState::Running,
+            error: None,
+            created_at: now,
+            updated_at: now,
+            steps: spec
+                .graph
+                .steps
+                .iter()
+                .map(|step| StoredStep {
+                    name: step.name.clone(),
+                    state: StepStatus::Pending,
+                    attempts: 0,
+                    output: None,
+                    error: None,
+                    started_at: None,
+                    ended_at: None,
+                })
+                .collect(),
+        });
+    };
+    if run.job != spec.job {
+        return Err(StoreError::Mismatch {
+            run: spec.id.to_owned(),
+            stored_job: run.job,
+            job: spec.job.to_owned(),
+        });
+    }
+    if let (Some(holder), Some(held_until)) = (holder, held_until)
+        && holder != owner
+        && held_until > now
+    {
+        return Err(StoreError::Busy {
+            run: spec.id.to_owned(),
+            owner: holder,
+            until: held_until,
+        });
+    }
+    let resume = !run.state.is_terminal();
+    take_lease(conn, spec.id, owner, until, now, resume).await?;
+    if resume {
+        resume_steps(conn, spec.id).await?;
+        run.state = RunState::Running;
+        run.error = None;
+    }
+    run.updated_at = now;
+    run.steps = select_steps(conn, spec.id).await?;
+    Ok(run)
+}
+
+impl SqliteStore {
+    /// Queues `write` for the group commit; returns once the transaction holding it committed.
+    async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        let (reply, committed) = oneshot::channel();
+        self.writes
+            .send(Pending { write, reply })
+            .map_err(|_| writer_gone())?;
+        committed.await.map_err(|_| writer_gone())?
+    }
+
+    /// [`SqliteStore::write`], for a write that returns nothing.
+    async fn write_done(&self, write: Write) -> Result<(), StoreError> {
+        self.write(write).await.map(|_| ())
+    }
+}
+
 // ---- The contract -------------------------------------------------------------------------------
 
 impl Store for SqliteStore {
@@ -726,61 +1103,20 @@ impl Store for SqliteStore {
         owner: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<StoredRun, StoreError>> {
+        let write = Write::OpenRun {
+            id: spec.id.to_owned(),
+            job: spec.job.to_owned(),
+            input: spec.input.to_owned(),
+            graph: spec.graph.clone(),
+            batch: spec.batch.map(str::to_owned),
+            owner: owner.to_owned(),
+            lease,
+        };
         async move {
-            let mut tx = self.begin().await?;
-            let now = now_ms();
-            let until = plus(now, lease);
-            match select_head(&mut tx, spec.id).await? {
-                None => {
-                    if let Some(reason) = spec.graph.check() {
-                        return Err(StoreError::InvalidGraph {
-                            run: spec.id.to_owned(),
-                            reason,
-                        });
-                    }
-                    let graph = serde_json::to_string(spec.graph).map_err(|e| {
-                        StoreError::InvalidGraph {
-                            run: spec.id.to_owned(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                    insert_run(&mut tx, &spec, &graph, owner, until, now).await?;
-                    for (position, step) in spec.graph.steps.iter().enumerate() {
-                        let position = i64::try_from(position).unwrap_or(i64::MAX);
-                        insert_step(&mut tx, spec.id, &step.name, position).await?;
-                    }
-                }
-                Some(head) => {
-                    if head.job != spec.job {
-                        return Err(StoreError::Mismatch {
-                            run: spec.id.to_owned(),
-                            stored_job: head.job,
-                            job: spec.job.to_owned(),
-                        });
-                    }
-                    if let (Some(holder), Some(held_until)) = (head.lease_owner, head.lease_until)
-                        && holder != owner
-                        && held_until > now
-                    {
-                        return Err(StoreError::Busy {
-                            run: spec.id.to_owned(),
-                            owner: holder,
-                            until: held_until,
-                        });
-                    }
-                    take_lease(&mut tx, spec.id, owner, until, now).await?;
-                    if !head.state.is_terminal() {
-                        resume_run(&mut tx, spec.id).await?;
-                        resume_steps(&mut tx, spec.id).await?;
-                    }
-                }
+            match self.write(write).await? {
+                Written::Run(run) => Ok(*run),
+                Written::Done => Err(no_such_run(spec.id)),
             }
-            let mut run = select_run(&mut tx, spec.id)
-                .await?
-                .ok_or_else(|| no_such_run(spec.id))?;
-            run.steps = select_steps(&mut tx, spec.id).await?;
-            tx.commit().await?;
-            Ok(run)
         }
         .boxed()
     }
@@ -791,14 +1127,11 @@ impl Store for SqliteStore {
         owner: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            let mut tx = self.begin().await?;
-            let now = now_ms();
-            fence(&mut tx, run_id, owner, now).await?;
-            renew_lease(&mut tx, run_id, plus(now, lease)).await?;
-            tx.commit().await?;
-            Ok(())
-        }
+        self.write_done(Write::RenewLease {
+            run: run_id.to_owned(),
+            owner: owner.to_owned(),
+            lease,
+        })
         .boxed()
     }
 
@@ -808,14 +1141,8 @@ impl Store for SqliteStore {
         owner: &'a str,
         outcome: StepOutcome<'a>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            let mut tx = self.begin().await?;
-            fence(&mut tx, run_id, owner, now_ms()).await?;
-            settle_step(&mut tx, run_id, StepStatus::Completed, &outcome).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .boxed()
+        self.write_done(settle(run_id, owner, StepStatus::Completed, &outcome, &[]))
+            .boxed()
     }
 
     fn step_failed<'a>(
@@ -825,17 +1152,8 @@ impl Store for SqliteStore {
         outcome: StepOutcome<'a>,
         skipped: &'a [&'a str],
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            let mut tx = self.begin().await?;
-            fence(&mut tx, run_id, owner, now_ms()).await?;
-            settle_step(&mut tx, run_id, StepStatus::Failed, &outcome).await?;
-            for step in skipped {
-                skip_step(&mut tx, run_id, step).await?;
-            }
-            tx.commit().await?;
-            Ok(())
-        }
-        .boxed()
+        self.write_done(settle(run_id, owner, StepStatus::Failed, &outcome, skipped))
+            .boxed()
     }
 
     fn element_completed<'a>(
@@ -846,16 +1164,15 @@ impl Store for SqliteStore {
         index: usize,
         output: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        async move {
-            let mut tx = self.begin().await?;
-            fence(&mut tx, run_id, owner, now_ms()).await?;
-            upsert_element(&mut tx, run_id, step, index, output).await?;
-            tx.commit().await?;
-            Ok(())
-        }
+        self.write_done(Write::ElementCompleted {
+            run: run_id.to_owned(),
+            owner: owner.to_owned(),
+            step: step.to_owned(),
+            index,
+            output: output.to_owned(),
+        })
         .boxed()
     }
-
     fn elements<'a>(
         &'a self,
         run_id: &'a str,
@@ -894,16 +1211,13 @@ impl Store for SqliteStore {
                     state,
                 });
             }
-            let mut tx = self.begin().await?;
-            if !finish_run(&mut tx, run_id, owner, state, error, now_ms()).await? {
-                return Err(if run_exists(&mut tx, run_id).await? {
-                    lease_lost(run_id, owner)
-                } else {
-                    no_such_run(run_id)
-                });
-            }
-            tx.commit().await?;
-            Ok(())
+            self.write_done(Write::FinishRun {
+                run: run_id.to_owned(),
+                owner: owner.to_owned(),
+                state,
+                error: error.map(str::to_owned),
+            })
+            .await
         }
         .boxed()
     }
@@ -985,5 +1299,153 @@ impl Store for SqliteStore {
             select_failed_runs(&mut conn, job, step).await
         }
         .boxed()
+    }
+}
+
+/// The write of a settled step.
+fn settle(
+    run: &str,
+    owner: &str,
+    state: StepStatus,
+    outcome: &StepOutcome<'_>,
+    skipped: &[&str],
+) -> Write {
+    Write::SettleStep {
+        run: run.to_owned(),
+        owner: owner.to_owned(),
+        state,
+        step: outcome.step.to_owned(),
+        attempts: outcome.attempts,
+        output: outcome.output.map(str::to_owned),
+        error: outcome.error.map(str::to_owned),
+        started_at: outcome.started_at,
+        ended_at: outcome.ended_at,
+        skipped: skipped.iter().map(|&s| s.to_owned()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StepSpec;
+
+    fn outcome(step: &str) -> StepOutcome<'_> {
+        StepOutcome {
+            step,
+            attempts: 1,
+            output: Some("1"),
+            error: None,
+            started_at: None,
+            ended_at: 1,
+        }
+    }
+
+    /// `open_run` builds the run it returns from what it wrote, without reading it back: it must
+    /// be what the store holds, for a new run, a resumed one and one that ended.
+    #[tokio::test(flavor = "current_thread")]
+    async fn open_run_returns_what_is_stored() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let graph = GraphSpec {
+            steps: ["a", "b"]
+                .iter()
+                .enumerate()
+                .map(|(i, name)| StepSpec {
+                    name: (*name).to_owned(),
+                    parents: (0..i).collect(),
+                    after: Vec::new(),
+                })
+                .collect(),
+        };
+        let spec = RunSpec {
+            id: "r1",
+            job: "J",
+            input: "{\"n\":1}",
+            graph: &graph,
+            batch: Some("nightly"),
+        };
+        let lease = Duration::from_secs(60);
+        let stored = || async { store.load_run("r1").await.unwrap().unwrap() };
+
+        let opened = store.open_run(spec, "o1", lease).await.unwrap();
+        assert_eq!(opened, stored().await);
+        store
+            .step_completed("r1", "o1", outcome("a"))
+            .await
+            .unwrap();
+        store
+            .finish_run("r1", "o1", RunState::Cancelled, Some("stop"))
+            .await
+            .unwrap();
+        let resumed = store.open_run(spec, "o2", lease).await.unwrap();
+        assert_eq!(resumed.state, RunState::Running);
+        assert_eq!(resumed, stored().await);
+        store
+            .step_completed("r1", "o2", outcome("b"))
+            .await
+            .unwrap();
+        store
+            .finish_run("r1", "o2", RunState::Succeeded, None)
+            .await
+            .unwrap();
+        let ended = store.open_run(spec, "o3", lease).await.unwrap();
+        assert_eq!(ended.state, RunState::Succeeded);
+        assert_eq!(ended, stored().await);
+    }
+
+    /// Writes queued together commit in one transaction; one that fails fails alone, with the
+    /// error it would have had alone, and the others commit.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_that_fails_fails_alone_in_its_group() {
+        let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+        let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+        let graph = GraphSpec {
+            steps: names
+                .iter()
+                .map(|name| StepSpec {
+                    name: name.clone(),
+                    parents: Vec::new(),
+                    after: Vec::new(),
+                })
+                .collect(),
+        };
+        let spec = |id| RunSpec {
+            id,
+            job: "J",
+            input: "{}",
+            graph: &graph,
+            batch: None,
+        };
+        let lease = Duration::from_secs(60);
+        store.open_run(spec("r1"), "a", lease).await.unwrap();
+        store.open_run(spec("r2"), "b", lease).await.unwrap();
+        // Every write is queued before the group commit's task runs (one thread): one group.
+        let mut writes = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            writes.push(store.step_completed("r1", "a", outcome(name)));
+            if i == 5 {
+                writes.push(store.step_completed("r2", "a", outcome(name)));
+            }
+            if i == 10 {
+                writes.push(store.step_completed("r1", "a", outcome("nope")));
+            }
+        }
+        let results = futures::future::join_all(writes).await;
+        for (i, result) in results.iter().enumerate() {
+            match i {
+                6 => assert!(
+                    matches!(result, Err(StoreError::LeaseLost { run, .. }) if run == "r2"),
+                    "{result:?}"
+                ),
+                12 => assert!(
+                    matches!(result, Err(StoreError::NoSuchStep { step, .. }) if step == "nope"),
+                    "{result:?}"
+                ),
+                _ => assert!(result.is_ok(), "write {i}: {result:?}"),
+            }
+        }
+        let r1 = store.load_run("r1").await.unwrap().unwrap();
+        assert!(r1.steps.iter().all(|s| s.state == StepStatus::Completed));
+        let r2 = store.load_run("r2").await.unwrap().unwrap();
+        assert!(r2.steps.iter().all(|s| s.state == StepStatus::Pending));
     }
 }

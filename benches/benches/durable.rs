@@ -1,0 +1,680 @@
+//! What durability costs: a batch of runs of an 8-step `#[job(durable)]` job, checkpointed into
+//! SQLite, against the same batch in memory, against SQLite's own limit on this machine, and
+//! against a jorb-style checkpoint (the whole batch rewritten as one JSON file after each run).
+//!
+//! `cargo bench -p jobgraph-benches --bench durable` prints two markdown tables (times, then
+//! ratios with their goals); progress goes to stderr. About 2½ minutes on 2 cores. Settings,
+//! from the environment: `DURABLE_RUNS` (runs per batch, 1,000), `DURABLE_CONCURRENCY` (runs at
+//! once, 16: the batch default), `DURABLE_WIDE_CONCURRENCY` (the SQLite batches again with this
+//! many at once, 64; 0 leaves them out), `DURABLE_ROUNDS` (7), `DURABLE_RAW_COMMITS` (commits
+//! per raw-loop sample, 1,000). Database and JSON files go to a fresh temporary directory per
+//! sample (`TMPDIR` moves them).
+//!
+//! The job is the 8-step diamond of the `batch` bench, every step returning at once, so what is
+//! timed is jobgraph and the store:
+//!
+//! ```text
+//! conn ─┬─ orders ─┬─ revenue ─┬─ by_customer ─┬─ summary
+//!       │          │           │               │
+//!       │          └─ count ───┴─ average ─────┘
+//!       └─ customers ──────────┘ (by_customer takes customers and revenue)
+//! ```
+//!
+//! Contenders, each timing one batch of `DURABLE_RUNS` runs (inputs `seed = 0..RUNS`) on a
+//! multi_thread runtime with 2 workers:
+//!
+//! - `in memory`: `Batch::new(inputs).concurrency(C).run()`: no store, nothing persisted.
+//! - `MemoryStore`: `Batch::new(inputs).concurrency(C).store(&MemoryStore, "bench").run()`: the
+//!   whole durable protocol (inputs stored first, a lease per run, a checkpoint per step, the
+//!   run finished) on maps behind a mutex.
+//! - `SQLite NORMAL`, `SQLite FULL`: the same on a `SqliteStore` in a new file with
+//!   `synchronous` NORMAL or FULL (WAL), `C` runs at once and again `DURABLE_WIDE_CONCURRENCY`
+//!   at once: the store commits the writes queued together in one transaction, so how many
+//!   runs are going decides how many steps share a commit. Opening the store is not timed.
+//! - `raw commit loop NORMAL/FULL`: SQLite's limit here: `DURABLE_RAW_COMMITS` transactions in
+//!   a row, each `BEGIN IMMEDIATE`, an `UPDATE` of one row of a table shaped like
+//!   `jobgraph_steps` (same columns, primary key and index, the values a completed step writes)
+//!   and `COMMIT`, through sqlx on a pool built with `SqliteStore`'s settings (WAL, the same
+//!   `synchronous`, foreign keys, 5 s busy timeout, 4 connections, no ping before use).
+//! - `jorb-style JSON file`: what a careful jorb does: the batch's whole state (every run's
+//!   input, state and the output of each of its steps, as jorb's job context) is one JSON file,
+//!   written once before the runs start and rewritten after each run completes: serialize,
+//!   write a temporary file, `fsync` it, rename it over the old one (no fsync of the directory:
+//!   that would only slow it down). The runs themselves run in memory, as `in memory` does.
+//!
+//! Each round times every contender once, in a rotated order, so the ratios compare samples
+//! taken seconds apart; a ratio is the median of the rounds' ratios, with quartiles. A
+//! contender faster than 50 ms is repeated within its round and averaged. Every batch is
+//! checked: the sum of the runs' summaries, and for the stores that every run succeeded with
+//! all 8 steps completed (the JSON file is read back and checked too).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use futures::future::{BoxFuture, FutureExt as _};
+use jobgraph::store::{
+    MemoryStore, RunFilter, RunState, SqliteOptions, SqliteStore, Store, Synchronous,
+};
+use jobgraph::{Batch, job};
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::runtime::Runtime;
+
+/// Steps per run.
+const STEPS: usize = 8;
+/// A contender faster than this is repeated within its round.
+const MIN_SAMPLE: Duration = Duration::from_millis(50);
+
+/// One input of the batch: every step's output derives from `seed`.
+#[derive(Serialize, Deserialize)]
+struct Diamond {
+    seed: u64,
+}
+
+#[job(durable)]
+impl Diamond {
+    #[step]
+    async fn conn(&self) -> u64 {
+        self.seed
+    }
+
+    #[step]
+    async fn orders(&self, conn: &u64) -> u64 {
+        conn + 1
+    }
+
+    #[step]
+    async fn customers(&self, conn: &u64) -> u64 {
+        conn + 2
+    }
+
+    #[step]
+    async fn revenue(&self, orders: &u64) -> u64 {
+        orders * 3
+    }
+
+    #[step]
+    async fn count(&self, orders: &u64) -> u64 {
+        orders + 4
+    }
+
+    #[step]
+    async fn by_customer(&self, customers: &u64, revenue: &u64) -> u64 {
+        customers + revenue
+    }
+
+    #[step]
+    async fn average(&self, count: &u64, revenue: &u64) -> u64 {
+        revenue / count
+    }
+
+    #[step]
+    async fn summary(&self, by_customer: &u64, average: &u64) -> u64 {
+        by_customer + average
+    }
+}
+
+/// The sum of the summaries of runs `0..runs`, computed directly.
+fn expected(runs: usize) -> u64 {
+    (0..runs as u64)
+        .map(|seed| {
+            let orders = seed + 1;
+            let revenue = orders * 3;
+            (seed + 2 + revenue) + revenue / (orders + 4)
+        })
+        .sum()
+}
+
+/// The benchmark's settings.
+#[derive(Clone, Copy)]
+struct Settings {
+    runs: usize,
+    concurrency: usize,
+    /// The SQLite batches again at this concurrency, if not 0.
+    wide: usize,
+    rounds: usize,
+    raw_commits: usize,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let setting = |name: &str, default: usize| -> usize {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let wide = setting("DURABLE_WIDE_CONCURRENCY", 64);
+        let concurrency = setting("DURABLE_CONCURRENCY", 16).max(1);
+        Settings {
+            runs: setting("DURABLE_RUNS", 1_000).max(1),
+            concurrency,
+            wide: if wide == concurrency { 0 } else { wide },
+            rounds: setting("DURABLE_ROUNDS", 7).max(1),
+            raw_commits: setting("DURABLE_RAW_COMMITS", 1_000).max(1),
+        }
+    }
+}
+
+/// What a contender stores, if anything.
+#[derive(Clone, Copy, PartialEq)]
+enum Contender {
+    InMemory,
+    MemoryStore,
+    /// A durable batch on SQLite, with this many runs at once.
+    Sqlite(Synchronous, usize),
+    Raw(Synchronous),
+    Jorb,
+}
+
+impl Contender {
+    /// Every contender of a run with settings `s`, in the order of the table.
+    fn all(s: &Settings) -> Vec<Contender> {
+        let mut all = vec![Contender::InMemory, Contender::MemoryStore];
+        for sync in [Synchronous::Normal, Synchronous::Full] {
+            all.push(Contender::Sqlite(sync, s.concurrency));
+            if s.wide > 0 {
+                all.push(Contender::Sqlite(sync, s.wide));
+            }
+        }
+        all.extend([
+            Contender::Raw(Synchronous::Normal),
+            Contender::Raw(Synchronous::Full),
+            Contender::Jorb,
+        ]);
+        all
+    }
+
+    fn name(self) -> String {
+        let mode = |sync| match sync {
+            Synchronous::Normal => "NORMAL",
+            _ => "FULL",
+        };
+        match self {
+            Contender::InMemory => "jobgraph in memory (no store)".to_owned(),
+            Contender::MemoryStore => "jobgraph + MemoryStore".to_owned(),
+            Contender::Sqlite(sync, at_once) => {
+                format!("jobgraph + SQLite {}, {at_once} at once", mode(sync))
+            }
+            Contender::Raw(sync) => format!("raw commit loop {}", mode(sync)),
+            Contender::Jorb => "jorb-style JSON file (fsync)".to_owned(),
+        }
+    }
+
+    /// How many units one sample times: steps for a batch, commits for the raw loop.
+    fn units(self, s: &Settings) -> usize {
+        match self {
+            Contender::Raw(_) => s.raw_commits,
+            _ => s.runs * STEPS,
+        }
+    }
+}
+
+/// One sample of `contender`: the time of its timed part (a whole batch, or the raw loop),
+/// which runs in a task spawned onto a worker of `rt`.
+fn sample(rt: &Runtime, contender: Contender, s: Settings) -> Duration {
+    let timed = match contender {
+        Contender::InMemory => in_memory(s).boxed(),
+        Contender::MemoryStore => {
+            async move { durable_batch(&MemoryStore::new(), s.concurrency, s).await }.boxed()
+        }
+        Contender::Sqlite(synchronous, at_once) => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("jobs.db");
+            let options = SqliteOptions::new().with_synchronous(synchronous);
+            // Opened in `block_on`, not in the spawned task: the future of `open_with` does not
+            // pass the compiler's `Send` check for `tokio::spawn` (sqlx's executors in the
+            // migration; higher-ranked lifetimes).
+            let store = rt
+                .block_on(SqliteStore::open_with(path.to_str().unwrap(), options))
+                .unwrap();
+            let took = spawned(rt, {
+                let store = store.clone();
+                async move { durable_batch(&store, at_once, s).await }.boxed()
+            });
+            rt.block_on(store.close());
+            return took;
+        }
+        Contender::Raw(synchronous) => raw_commits(synchronous, s).boxed(),
+        Contender::Jorb => jorb(s).boxed(),
+    };
+    spawned(rt, timed)
+}
+
+/// Runs `future` in a task spawned onto a worker of `rt`, as a multi_thread program does.
+fn spawned(rt: &Runtime, future: BoxFuture<'static, Duration>) -> Duration {
+    rt.block_on(async move { tokio::spawn(future).await.unwrap() })
+}
+
+async fn in_memory(s: Settings) -> Duration {
+    let start = Instant::now();
+    let batch = Batch::new((0..s.runs as u64).map(|seed| Diamond { seed }))
+        .concurrency(s.concurrency)
+        .run()
+        .await;
+    let took = start.elapsed();
+    assert!(batch.is_success());
+    let sum: u64 = batch.results.into_iter().map(|r| r.unwrap().summary).sum();
+    assert_eq!(sum, expected(s.runs), "in memory");
+    took
+}
+
+/// One durable batch named `bench` into `store` (empty), `at_once` runs at a time, checked
+/// against the store.
+async fn durable_batch(store: &(impl Store + Clone), at_once: usize, s: Settings) -> Duration {
+    let start = Instant::now();
+    let batch = Batch::new((0..s.runs as u64).map(|seed| Diamond { seed }))
+        .concurrency(at_once)
+        .store(store, "bench")
+        .run()
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert!(batch.is_success());
+    assert_eq!(batch.loaded, 0, "the store must start empty");
+    let sum: u64 = batch.results.into_iter().map(|r| r.unwrap().summary).sum();
+    assert_eq!(sum, expected(s.runs), "durable batch");
+    let filter = RunFilter {
+        batch: Some("bench".to_owned()),
+        ..RunFilter::default()
+    };
+    let runs = store.list_runs(&filter).await.unwrap();
+    assert_eq!(runs.len(), s.runs);
+    for run in &runs {
+        assert_eq!(run.state, RunState::Succeeded, "run {}", run.id);
+        assert_eq!(run.steps.completed, STEPS, "run {}", run.id);
+    }
+    took
+}
+
+/// A table shaped like `jobgraph_steps` (the columns, primary key and index of migration 0001),
+/// without the foreign key to a runs table.
+const RAW_TABLE: &str = "CREATE TABLE raw_steps (
+    run_id     TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    position   INTEGER NOT NULL,
+    state      TEXT    NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    output     TEXT,
+    error      TEXT,
+    started_at INTEGER,
+    ended_at   INTEGER,
+    PRIMARY KEY (run_id, name)
+) STRICT;
+CREATE INDEX raw_steps_by_name_state ON raw_steps (name, state);";
+
+const RAW_INSERT: &str =
+    "INSERT INTO raw_steps (run_id, name, position, state) VALUES (?1, ?2, ?3, 'pending')";
+
+/// What `SqliteStore` writes for a completed step, to one row.
+const RAW_UPDATE: &str = "UPDATE raw_steps
+    SET state = ?3, attempts = ?4, output = ?5, error = NULL, started_at = ?6, ended_at = ?7
+    WHERE run_id = ?1 AND name = ?2";
+
+/// The step names of the diamond, for the raw rows' names.
+const NAMES: [&str; STEPS] = [
+    "conn",
+    "orders",
+    "customers",
+    "revenue",
+    "count",
+    "by_customer",
+    "average",
+    "summary",
+];
+
+/// `s.raw_commits` single-row transactions in a row, on a pool with `SqliteStore`'s settings.
+async fn raw_commits(synchronous: Synchronous, s: Settings) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raw.db");
+    // `SqliteStore::open_with` (jobgraph/src/store/sqlite.rs), for a file.
+    let connect = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .foreign_keys(true)
+        .synchronous(match synchronous {
+            Synchronous::Normal => SqliteSynchronous::Normal,
+            _ => SqliteSynchronous::Full,
+        })
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .test_before_acquire(false)
+        .connect_with(connect)
+        .await
+        .unwrap();
+    sqlx::raw_sql(RAW_TABLE).execute(&pool).await.unwrap();
+    // As many rows as the batch has steps, inserted in one transaction (not timed); the loop
+    // completes them in order, then pends them again, so every update changes the index.
+    let rows = s.runs * STEPS;
+    let mut tx = pool.begin().await.unwrap();
+    for i in 0..rows {
+        sqlx::query(RAW_INSERT)
+            .bind(format!("bench/{}", i / STEPS))
+            .bind(NAMES[i % STEPS])
+            .bind((i % STEPS) as i64)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let now = jobgraph_now_ms();
+    let start = Instant::now();
+    for i in 0..s.raw_commits {
+        let row = i % rows;
+        let state = if (i / rows).is_multiple_of(2) {
+            "completed"
+        } else {
+            "pending"
+        };
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let done = sqlx::query(RAW_UPDATE)
+            .bind(format!("bench/{}", row / STEPS))
+            .bind(NAMES[row % STEPS])
+            .bind(state)
+            .bind(1_i64)
+            .bind((row as u64 * 3 + 12_345).to_string())
+            .bind(now)
+            .bind(now + 1)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(done.rows_affected(), 1);
+        tx.commit().await.unwrap();
+    }
+    let took = start.elapsed();
+    pool.close().await;
+    took
+}
+
+fn jobgraph_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// One job of a jorb-style run: jorb's job context is a wide struct with a field per state's
+/// result; `state` is the job's state (`pending`, then `done`).
+#[derive(Serialize, Deserialize)]
+struct JorbJob {
+    id: String,
+    state: String,
+    seed: u64,
+    conn: Option<u64>,
+    orders: Option<u64>,
+    customers: Option<u64>,
+    revenue: Option<u64>,
+    count: Option<u64>,
+    by_customer: Option<u64>,
+    average: Option<u64>,
+    summary: Option<u64>,
+    state_errors: Vec<String>,
+}
+
+/// A jorb-style run: the whole batch.
+#[derive(Serialize, Deserialize)]
+struct JorbRun {
+    name: String,
+    jobs: Vec<JorbJob>,
+}
+
+/// Rewrites `run` as `path`, crash-safely: a temporary file, fsync, rename over the old one.
+fn checkpoint(run: &JorbRun, path: &Path) {
+    use std::io::Write as _;
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_vec(run).unwrap();
+    let mut file = std::fs::File::create(&tmp).unwrap();
+    file.write_all(&json).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The batch run in memory, the whole batch's state rewritten after each completed run.
+async fn jorb(s: Settings) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("run.json");
+    let start = Instant::now();
+    let mut run = JorbRun {
+        name: "bench".to_owned(),
+        jobs: (0..s.runs)
+            .map(|i| JorbJob {
+                id: format!("bench/{i}"),
+                state: "pending".to_owned(),
+                seed: i as u64,
+                conn: None,
+                orders: None,
+                customers: None,
+                revenue: None,
+                count: None,
+                by_customer: None,
+                average: None,
+                summary: None,
+                state_errors: Vec::new(),
+            })
+            .collect(),
+    };
+    checkpoint(&run, &path);
+    let mut results = Batch::new((0..s.runs as u64).map(|seed| Diamond { seed }))
+        .concurrency(s.concurrency)
+        .start();
+    while let Some(item) = results.next().await {
+        let out = item.result.unwrap();
+        let job = &mut run.jobs[item.index];
+        job.state = "done".to_owned();
+        job.conn = Some(out.conn);
+        job.orders = Some(out.orders);
+        job.customers = Some(out.customers);
+        job.revenue = Some(out.revenue);
+        job.count = Some(out.count);
+        job.by_customer = Some(out.by_customer);
+        job.average = Some(out.average);
+        job.summary = Some(out.summary);
+        checkpoint(&run, &path);
+    }
+    drop(results);
+    let took = start.elapsed();
+    let stored: JorbRun = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(stored.jobs.iter().all(|j| j.state == "done"));
+    let sum: u64 = stored.jobs.iter().map(|j| j.summary.unwrap()).sum();
+    assert_eq!(sum, expected(s.runs), "jorb");
+    took
+}
+
+/// The median and quartiles of `values`.
+fn quartiles(mut values: Vec<f64>) -> [f64; 3] {
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    [at(0.25), at(0.5), at(0.75)]
+}
+
+fn spread(q: [f64; 3], digits: usize) -> String {
+    format!("{:.d$} [{:.d$}–{:.d$}]", q[1], q[0], q[2], d = digits)
+}
+
+/// Seconds per sample of each contender in each round: `times[contender][round]`.
+type Times = Vec<Vec<f64>>;
+
+fn measure(rt: &Runtime, s: Settings, contenders: &[Contender]) -> Times {
+    let mut times: Times = vec![Vec::with_capacity(s.rounds); contenders.len()];
+    for round in 0..s.rounds {
+        let started = Instant::now();
+        for i in 0..contenders.len() {
+            let k = (round + i) % contenders.len();
+            let mut total = Duration::ZERO;
+            let mut n = 0u32;
+            while total < MIN_SAMPLE || n == 0 {
+                total += sample(rt, contenders[k], s);
+                n += 1;
+            }
+            times[k].push(total.as_secs_f64() / f64::from(n));
+        }
+        eprintln!(
+            "round {}/{} took {:.1} s",
+            round + 1,
+            s.rounds,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    times
+}
+
+/// Best-effort facts about the machine and the build, for the report's header.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    format!("{cores} cores, {cpu}; commit {commit}")
+}
+
+fn report(times: &Times, s: Settings, contenders: &[Contender]) -> String {
+    let t = |c: Contender| &times[contenders.iter().position(|&k| k == c).unwrap()];
+    // Per round, the time of one unit (a step, or a raw commit).
+    let per_unit = |c: Contender, round: usize| t(c)[round] / c.units(&s) as f64;
+    // Per round, the ratio of two contenders' per-unit times.
+    let ratio = |a: Contender, b: Contender| -> [f64; 3] {
+        quartiles(
+            (0..s.rounds)
+                .map(|r| per_unit(a, r) / per_unit(b, r))
+                .collect(),
+        )
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "# Durable runs: {}\n", machine());
+    let _ = writeln!(
+        out,
+        "{} runs of the 8-step diamond per batch, {} at once unless said; multi_thread runtime \
+         (2 workers); raw loop: {} commits per sample; median of {} rounds [quartiles]. A \
+         durable run makes 12 store writes: its input stored (open and finish), then open, 8 \
+         steps, finish; `SqliteStore` commits the writes queued together in one transaction.\n",
+        s.runs, s.concurrency, s.raw_commits, s.rounds
+    );
+    let _ = writeln!(
+        out,
+        "| contender | per sample | µs per step (per commit for raw) | steps/s (commits/s for raw) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for &c in contenders {
+        let [_, secs, _] = quartiles(t(c).clone());
+        let us = quartiles((0..s.rounds).map(|r| per_unit(c, r) * 1e6).collect());
+        let rate = c.units(&s) as f64 / secs;
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} ms | {} | {:.0} |",
+            c.name(),
+            secs * 1e3,
+            spread(us, if us[1] < 10.0 { 2 } else { 1 }),
+            rate
+        );
+    }
+    use Contender::{InMemory, Jorb, MemoryStore, Raw, Sqlite};
+    use Synchronous::{Full, Normal};
+    let widths: Vec<usize> = [s.concurrency, s.wide]
+        .into_iter()
+        .filter(|&w| w > 0)
+        .collect();
+    let _ = writeln!(
+        out,
+        "\n| ratio (per round, median [quartiles]) | value | goal |"
+    );
+    let _ = writeln!(out, "|---|---:|---|");
+    let mut line = |what: String, q: [f64; 3], digits: usize, goal: Option<f64>| {
+        let goal = match goal {
+            None => String::new(),
+            Some(goal) => {
+                let met = if q[1] >= goal { "met" } else { "**missed**" };
+                format!("≥ {goal} ({met})")
+            }
+        };
+        let _ = writeln!(out, "| {what} | {} | {goal} |", spread(q, digits));
+    };
+    line(
+        "MemoryStore: µs/step ÷ in memory".to_owned(),
+        ratio(MemoryStore, InMemory),
+        1,
+        None,
+    );
+    for sync in [Normal, Full] {
+        let c = Sqlite(sync, s.concurrency);
+        line(
+            format!("{}: µs/step ÷ in memory", c.name()),
+            ratio(c, InMemory),
+            0,
+            None,
+        );
+        line(
+            format!("{}: µs/step ÷ MemoryStore", c.name()),
+            ratio(c, MemoryStore),
+            1,
+            None,
+        );
+    }
+    for sync in [Normal, Full] {
+        for &w in &widths {
+            // steps/s ÷ commits/s = µs per commit ÷ µs per step.
+            let c = Sqlite(sync, w);
+            let pct = ratio(Raw(sync), c).map(|x| x * 100.0);
+            line(
+                format!(
+                    "{}: steps/s as % of {} commits/s",
+                    c.name(),
+                    Raw(sync).name()
+                ),
+                pct,
+                0,
+                Some(50.0),
+            );
+        }
+    }
+    for sync in [Full, Normal] {
+        for &w in &widths {
+            // Same number of runs: the ratio of the batches' times.
+            let c = Sqlite(sync, w);
+            line(
+                format!(
+                    "{} runs: jorb-style JSON file ÷ {} (× faster)",
+                    s.runs,
+                    c.name()
+                ),
+                ratio(Jorb, c),
+                2,
+                (sync == Full).then_some(10.0),
+            );
+        }
+    }
+    out
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; anything else is a filter this harness does not take.
+    let s = Settings::from_env();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    eprintln!(
+        "durable: {} runs x {} steps, concurrency {} (and {} for SQLite), {} rounds",
+        s.runs, STEPS, s.concurrency, s.wide, s.rounds
+    );
+    let contenders = Contender::all(&s);
+    let times = measure(&rt, s, &contenders);
+    print!("{}", report(&times, s, &contenders));
+}

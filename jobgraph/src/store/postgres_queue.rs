@@ -1,0 +1,1468 @@
+//! The [`Queue`] protocol on PostgreSQL: workers on many machines sharing one database, with the
+//! semantics of the SQLite queue (`sqlite_queue.rs`), where one writer at a time made every
+//! question of concurrency moot. Here transactions run at once (`READ COMMITTED`), so each
+//! method says what it locks, and the locks are taken in one order so that no two transactions
+//! ever wait for each other (PostgreSQL would end one of them with a deadlock error):
+//!
+//! - **The run's row first.** Every transaction that changes the state of steps (complete,
+//!   fail, abort, expiry, exhaustion, release) locks their run's row first (`FOR UPDATE`), and
+//!   the steps after. The run's row is thus the mutex of its steps' states: a fan-in whose two
+//!   parents complete at once is made ready by the second, which waited for the first's commit
+//!   and then sees `waiting` at 1 (and ending the run counts the steps left under the same lock,
+//!   so two last steps completing at once cannot both see the other pending).
+//! - **Claims never wait for rows.** A claim picks its steps with `FOR UPDATE SKIP LOCKED`: a
+//!   step another claim (or a completion, an abort...) holds is passed over, so concurrent
+//!   workers neither block each other nor claim one step twice. A claim changes no step's state
+//!   (only `worker`, `lease_until`, `claims`), so it needs no run lock; it marks a pending run
+//!   running with `SKIP LOCKED` too (a run locked by someone else is being written by a
+//!   transaction that ends it or already found it running). The one thing a claim waits for is a
+//!   limit row (below), and whoever holds one never waits for a claim's rows.
+//! - **Limits: the `jobgraph_limits` row, `FOR UPDATE`.** A claim locks the limit rows of the
+//!   limited steps that have ready steps, in (job, step) order (so two claims never lock two of
+//!   them in opposite orders), and only then counts the step's live claims and reads its rate
+//!   bucket: every claim of a limited step holds its row, so the count sees every claim committed
+//!   before, and no other is in flight. A step whose limit row the claim did not lock is not
+//!   claimed by it. (An advisory lock per (job, step) would serialize the same way, but the row
+//!   is there anyway, holds the bucket the claim updates, and a row lock needs no hash.)
+//!   Unlimited steps take no lock but their own.
+//! - **Heartbeats renew one claim per statement**, outside any transaction: a heartbeat never
+//!   holds a row while waiting for another.
+//! - **Numbering a batch** takes a transaction-scoped advisory lock on the batch's name, so two
+//!   appends to one batch number their runs one after the other.
+//! - **Idempotent submits** insert `ON CONFLICT DO NOTHING` on the unique (job, key) index: a
+//!   duplicate waits for the first to commit, inserts nothing, and reads the first's run.
+//!
+//! Leases, time to live and readiness are compared with the database's `now()` (the time the
+//! transaction began); the times a client or worker chose (`run_at`, `expires_at`, `retry_at`)
+//! are stored as given.
+//!
+//! **LISTEN/NOTIFY.** A transaction that makes a step ready (submit, complete, release, retry)
+//! sends `NOTIFY jobgraph_ready` with the job's name (delivered at commit). The first idle worker
+//! of a store starts one listening connection for all its clones ([`Ready`]); each claim notes
+//! the generation of the news it began after, and [`Queue::wait_ready`] returns when news of one
+//! of its jobs came after the last claim of that job began (or if the listener reconnected, when
+//! news may have been lost). So a notification sent between a worker's empty claim and its wait
+//! is not lost: the wait returns at once. Polling stays the fallback (a lease that expires, a
+//! `run_at` that comes, a listener that cannot connect).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt};
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+use super::postgres::{PgStore, get, graph, lease_ms, no_such_run};
+use super::queue::{
+    BatchCounts, Claim, ClaimId, Failed, Held, Lease, Queue, StepCount, Submission, Submitted,
+};
+use super::{GraphSpec, StoreError, millis};
+
+/// The channel of the readiness notifications; the payload is the job's name.
+const CHANNEL: &str = "jobgraph_ready";
+
+/// The listening connection's `application_name`, in `pg_stat_activity`.
+const LISTENER_NAME: &str = "jobgraph-listener";
+
+/// The first key of the advisory locks that number a batch's runs ("jgba"); the second is the
+/// hash of the batch's name. Two-key advisory locks do not overlap one-key ones (the migration's).
+const BATCH_LOCK: i32 = i32::from_be_bytes(*b"jgba");
+
+impl Queue for PgStore {
+    fn submit<'a>(&'a self, s: Submission<'a>) -> BoxFuture<'a, Result<Submitted, StoreError>> {
+        async move {
+            check_submission(&s)?;
+            let graph_json = graph_json(&s)?;
+            let mut tx = self.begin().await?;
+            if let Some(key) = s.key
+                && let Some(id) = select_by_key(&mut tx, s.job, key).await?
+            {
+                return Ok(Submitted { id, created: false });
+            }
+            let inserted = insert_runs(&mut tx, &s, &graph_json, &[s.id], &[s.input]).await?;
+            if inserted.is_empty() {
+                // Another submit inserted the key (or the id) since the read above; the insert
+                // waited for it to commit, so the read now sees it.
+                if let Some(key) = s.key
+                    && let Some(id) = select_by_key(&mut tx, s.job, key).await?
+                {
+                    return Ok(Submitted { id, created: false });
+                }
+                return Err(StoreError::IdTaken {
+                    run: s.id.to_owned(),
+                });
+            }
+            insert_steps(&mut tx, &s, &inserted).await?;
+            upsert_limits(&mut tx, &s).await?;
+            if !s.held {
+                notify(&mut tx, s.job).await?;
+            }
+            tx.commit().await?;
+            Ok(Submitted {
+                id: s.id.to_owned(),
+                created: true,
+            })
+        }
+        .boxed()
+    }
+
+    fn claim<'a>(
+        &'a self,
+        worker: &'a str,
+        jobs: &'a [&'a str],
+        limit: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Claim>, StoreError>> {
+        async move {
+            if limit == 0 || jobs.is_empty() {
+                return Ok(Vec::new());
+            }
+            // Before anything this claim can see: news after this is news to its worker.
+            self.ready().claiming(jobs);
+            self.sweep(jobs).await?;
+            let mut tx = self.begin().await?;
+            let chosen = choose(&mut tx, jobs, limit).await?;
+            if chosen.is_empty() {
+                tx.commit().await?;
+                return Ok(Vec::new());
+            }
+            let claims = take(&mut tx, worker, &chosen, lease).await?;
+            tx.commit().await?;
+            Ok(claims)
+        }
+        .boxed()
+    }
+
+    fn heartbeat<'a>(
+        &'a self,
+        worker: &'a str,
+        claims: &'a [ClaimId],
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Vec<Held>, StoreError>> {
+        async move {
+            let mut conn = self.pool().acquire().await?;
+            let mut held = Vec::with_capacity(claims.len());
+            for claim in claims {
+                // One statement each, no transaction: a heartbeat holds no row while it waits
+                // for another.
+                let renewed = sqlx::query(RENEW_CLAIM)
+                    .bind(&claim.run)
+                    .bind(&claim.step)
+                    .bind(worker)
+                    .bind(i64::from(claim.attempt))
+                    .bind(lease_ms(lease))
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected();
+                held.push(if renewed == 1 {
+                    Held::Held
+                } else {
+                    let state: Option<String> = sqlx::query_scalar(SELECT_RUN_STATE)
+                        .bind(&claim.run)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    match state.as_deref() {
+                        Some("cancelled") => Held::Aborted,
+                        _ => Held::Lost,
+                    }
+                });
+            }
+            Ok(held)
+        }
+        .boxed()
+    }
+
+    fn complete<'a>(
+        &'a self,
+        worker: &'a str,
+        claim: &'a ClaimId,
+        output: &'a str,
+        started_at: i64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            let Some(head) = lock_run(&mut tx, &claim.run).await? else {
+                return Err(claim_lost(claim, worker));
+            };
+            let position: Option<i32> = sqlx::query_scalar(COMPLETE_STEP)
+                .bind(&claim.run)
+                .bind(&claim.step)
+                .bind(worker)
+                .bind(i64::from(claim.attempt))
+                .bind(output)
+                .bind(started_at)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(position) = position else {
+                return Err(claim_lost(claim, worker));
+            };
+            let spec = graph(&head.graph, &claim.run)?;
+            let kids = children(&spec, index(position, claim)?);
+            if !kids.is_empty() {
+                let ready: Vec<bool> = sqlx::query_scalar(DEPENDENCY_DONE)
+                    .bind(&claim.run)
+                    .bind(positions(&kids))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if ready.contains(&true) {
+                    notify(&mut tx, &head.job).await?;
+                }
+            }
+            settle_run(&mut tx, &claim.run).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn fail<'a>(
+        &'a self,
+        worker: &'a str,
+        claim: &'a ClaimId,
+        error: &'a str,
+        started_at: i64,
+        retry_at: Option<i64>,
+    ) -> BoxFuture<'a, Result<Failed, StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            let Some(head) = lock_run(&mut tx, &claim.run).await? else {
+                return Err(claim_lost(claim, worker));
+            };
+            if let Some(at) = retry_at {
+                let retried = sqlx::query(RETRY_STEP)
+                    .bind(&claim.run)
+                    .bind(&claim.step)
+                    .bind(worker)
+                    .bind(i64::from(claim.attempt))
+                    .bind(error)
+                    .bind(started_at)
+                    .bind(at)
+                    .bind(head.max_fails)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if retried == 1 {
+                    notify(&mut tx, &head.job).await?;
+                    tx.commit().await?;
+                    return Ok(Failed::Retrying { at });
+                }
+            }
+            let position: Option<i32> = sqlx::query_scalar(FAIL_STEP)
+                .bind(&claim.run)
+                .bind(&claim.step)
+                .bind(worker)
+                .bind(i64::from(claim.attempt))
+                .bind(error)
+                .bind(started_at)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(position) = position else {
+                return Err(claim_lost(claim, worker));
+            };
+            let spec = graph(&head.graph, &claim.run)?;
+            skip_descendants(&mut tx, &claim.run, &spec, index(position, claim)?).await?;
+            settle_run(&mut tx, &claim.run).await?;
+            tx.commit().await?;
+            Ok(Failed::Failed)
+        }
+        .boxed()
+    }
+
+    fn leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
+        async move {
+            let rows = sqlx::query(SELECT_LEASES).fetch_all(self.pool()).await?;
+            let mut leases = Vec::with_capacity(rows.len());
+            for row in rows {
+                const T: &str = "jobgraph_steps";
+                let attempt: Option<i64> = get(&row, "attempt", T)?;
+                leases.push(Lease {
+                    holder: get(&row, "holder", T)?,
+                    run: get(&row, "run", T)?,
+                    step: get(&row, "step", T)?,
+                    attempt: attempt.map(|a| u32::try_from(a).unwrap_or(u32::MAX)),
+                    until: get(&row, "until", T)?,
+                });
+            }
+            Ok(leases)
+        }
+        .boxed()
+    }
+
+    fn abort<'a>(&'a self, run: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            let state: Option<String> = sqlx::query_scalar(LOCK_RUN_STATE)
+                .bind(run)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(state) = state else {
+                return Err(no_such_run(run));
+            };
+            if !matches!(state.as_str(), "pending" | "running") {
+                return Ok(false);
+            }
+            sqlx::query(ABORT_RUN).bind(run).execute(&mut *tx).await?;
+            cancel_pending_steps(&mut tx, &[run.to_owned()]).await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .boxed()
+    }
+
+    fn submit_batch<'a>(
+        &'a self,
+        batch: &'a str,
+        template: Submission<'a>,
+        inputs: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            check_submission(&template)?;
+            let graph_json = graph_json(&template)?;
+            let mut tx = self.begin().await?;
+            // Appends to one batch number their runs one after the other.
+            sqlx::query(LOCK_BATCH)
+                .bind(BATCH_LOCK)
+                .bind(batch)
+                .execute(&mut *tx)
+                .await?;
+            let stored: i64 = sqlx::query_scalar(COUNT_BATCH)
+                .bind(batch)
+                .fetch_one(&mut *tx)
+                .await?;
+            let first = usize::try_from(stored).unwrap_or(0);
+            let ids: Vec<String> = (0..inputs.len())
+                .map(|i| crate::durable::batch_run_id(batch, first + i))
+                .collect();
+            let template = Submission {
+                batch: Some(batch),
+                key: None,
+                ..template
+            };
+            let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+            let inserted =
+                insert_runs(&mut tx, &template, &graph_json, &id_refs, &input_refs).await?;
+            if inserted.len() != ids.len() {
+                let taken = ids.iter().find(|id| !inserted.contains(id));
+                return Err(StoreError::IdTaken {
+                    run: taken.cloned().unwrap_or_default(),
+                });
+            }
+            insert_steps(&mut tx, &template, &inserted).await?;
+            upsert_limits(&mut tx, &template).await?;
+            if !template.held && !ids.is_empty() {
+                notify(&mut tx, template.job).await?;
+            }
+            tx.commit().await?;
+            Ok(ids)
+        }
+        .boxed()
+    }
+
+    fn release<'a>(&'a self, batch: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            let runs: Vec<String> = sqlx::query_scalar(RELEASE_RUNS)
+                .bind(batch)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut jobs: Vec<String> = sqlx::query_scalar(RELEASE_STEPS)
+                .bind(&runs)
+                .fetch_all(&mut *tx)
+                .await?;
+            jobs.sort_unstable();
+            jobs.dedup();
+            for job in &jobs {
+                notify(&mut tx, job).await?;
+            }
+            tx.commit().await?;
+            Ok(runs.len() as u64)
+        }
+        .boxed()
+    }
+
+    fn abort_batch<'a>(&'a self, batch: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let mut tx = self.begin().await?;
+            let runs: Vec<String> = sqlx::query_scalar(ABORT_BATCH)
+                .bind(batch)
+                .fetch_all(&mut *tx)
+                .await?;
+            cancel_pending_steps(&mut tx, &runs).await?;
+            tx.commit().await?;
+            Ok(runs.len() as u64)
+        }
+        .boxed()
+    }
+
+    fn batch_counts<'a>(
+        &'a self,
+        batch: &'a str,
+    ) -> BoxFuture<'a, Result<BatchCounts, StoreError>> {
+        async move {
+            // Both counts from one snapshot.
+            let mut tx = self.snapshot().await?;
+            let mut counts = BatchCounts::default();
+            let rows = sqlx::query(COUNT_BATCH_RUNS)
+                .bind(batch)
+                .fetch_all(&mut *tx)
+                .await?;
+            for row in rows {
+                const T: &str = "jobgraph_runs";
+                let state: String = get(&row, "state", T)?;
+                let held: bool = get(&row, "held", T)?;
+                let n = u64::try_from(get::<i64>(&row, "n", T)?).unwrap_or(0);
+                match state.as_str() {
+                    "pending" => {
+                        counts.pending += n;
+                        if held {
+                            counts.held += n;
+                        }
+                    }
+                    "running" => counts.running += n,
+                    "succeeded" => counts.succeeded += n,
+                    "failed" => counts.failed += n,
+                    _ => counts.cancelled += n,
+                }
+            }
+            let rows = sqlx::query(COUNT_BATCH_STEPS)
+                .bind(batch)
+                .fetch_all(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            for row in rows {
+                const T: &str = "jobgraph_steps";
+                let name: String = get(&row, "name", T)?;
+                let state: String = get(&row, "state", T)?;
+                let n = u64::try_from(get::<i64>(&row, "n", T)?).unwrap_or(0);
+                let index = match counts.steps.iter().position(|s| s.name == name) {
+                    Some(index) => index,
+                    None => {
+                        counts.steps.push(StepCount {
+                            name,
+                            ..StepCount::default()
+                        });
+                        counts.steps.len() - 1
+                    }
+                };
+                let step = &mut counts.steps[index];
+                match state.as_str() {
+                    "running" => step.running += n,
+                    "completed" => step.completed += n,
+                    "failed" => step.failed += n,
+                    "skipped" => step.skipped += n,
+                    "cancelled" => step.cancelled += n,
+                    _ => step.waiting += n,
+                }
+            }
+            Ok(counts)
+        }
+        .boxed()
+    }
+
+    fn wait_ready<'a>(&'a self, jobs: &'a [&'a str], timeout: Duration) -> BoxFuture<'a, ()> {
+        async move { self.ready().wait(self.pool(), jobs, timeout).await }.boxed()
+    }
+}
+
+impl PgStore {
+    /// What a claim does first, each in a transaction of its own that commits before the claim's
+    /// begins: fails the runs whose time to live expired, and the steps of `jobs` whose claims
+    /// expired `max_attempts` times. (The claim's own choice skips both too, so a sweep that
+    /// passed over a locked row changes nothing it may claim.)
+    async fn sweep(&self, jobs: &[&str]) -> Result<(), StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        // One statement: the runs (`SKIP LOCKED`: one another transaction writes is left to the
+        // next claim), then their pending steps.
+        sqlx::query(EXPIRE_RUNS).execute(&mut *conn).await?;
+        let exhausted = sqlx::query(SELECT_EXHAUSTED)
+            .bind(jobs)
+            .fetch_all(&mut *conn)
+            .await?;
+        drop(conn);
+        for row in exhausted {
+            const T: &str = "jobgraph_steps";
+            let run: String = get(&row, "run_id", T)?;
+            let step: String = get(&row, "name", T)?;
+            let mut tx = self.begin().await?;
+            // The run first, as every write of its steps' states; one another transaction holds
+            // is left to the next claim.
+            let head = sqlx::query(LOCK_RUN_SKIP)
+                .bind(&run)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(head) = head else {
+                continue;
+            };
+            let max_attempts: i64 = get(&head, "max_attempts", "jobgraph_runs")?;
+            let position: Option<i32> = sqlx::query_scalar(EXHAUST_STEP)
+                .bind(&run)
+                .bind(&step)
+                .bind(max_attempts)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(position) = position {
+                let spec = graph(get(&head, "graph", "jobgraph_runs")?, &run)?;
+                let position = usize::try_from(position).unwrap_or(usize::MAX);
+                skip_descendants(&mut tx, &run, &spec, position).await?;
+                settle_run(&mut tx, &run).await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A ready step a claim chose, with its place in the queue's order.
+struct Chosen {
+    run: String,
+    position: i32,
+    /// (priority descending, ready time, the run's creation, the step's index): the queue's
+    /// order, to return the claims in.
+    order: (std::cmp::Reverse<i32>, i64, i64, i32),
+}
+
+/// A limited step with ready steps: how many more of it this claim may take.
+struct Room {
+    job: String,
+    step: String,
+    left: i64,
+    /// The rate's bucket after refilling, to store less what is taken.
+    tokens: Option<f64>,
+    taken: i64,
+}
+
+/// The ready steps to claim, locked, at most `limit`, in the queue's order (priority, then
+/// ready time), within each step's concurrency and rate; updates the rate buckets.
+async fn choose(
+    conn: &mut PgConnection,
+    jobs: &[&str],
+    limit: usize,
+) -> Result<Vec<Chosen>, StoreError> {
+    let mut rooms = lock_rooms(conn, jobs).await?;
+    let mut chosen: Vec<Chosen> = Vec::new();
+    // Each round takes what the queue's order offers; a round that met a step whose room ran
+    // out during it (those rows stay locked until commit, unclaimed) asks again without that
+    // step. Each such round drops at least one step: at most one round per limited step, plus
+    // one.
+    loop {
+        let open: Vec<&Room> = rooms.iter().filter(|r| r.left > 0).collect();
+        let open_jobs: Vec<&str> = open.iter().map(|r| r.job.as_str()).collect();
+        let open_steps: Vec<&str> = open.iter().map(|r| r.step.as_str()).collect();
+        let chosen_runs: Vec<&str> = chosen.iter().map(|c| c.run.as_str()).collect();
+        let chosen_positions: Vec<i32> = chosen.iter().map(|c| c.position).collect();
+        let want = limit - chosen.len();
+        let rows = sqlx::query(CANDIDATES)
+            .bind(jobs)
+            .bind(&open_jobs)
+            .bind(&open_steps)
+            .bind(&chosen_runs)
+            .bind(&chosen_positions)
+            .bind(i64::try_from(want).unwrap_or(i64::MAX))
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut refused = false;
+        for row in &rows {
+            const T: &str = "jobgraph_steps";
+            let limited: bool = get(row, "limited", T)?;
+            if limited {
+                let job: String = get(row, "job", T)?;
+                let step: String = get(row, "name", T)?;
+                let room = rooms.iter_mut().find(|r| r.job == job && r.step == step);
+                match room {
+                    Some(room) if room.left > 0 => {
+                        room.left -= 1;
+                        room.taken += 1;
+                    }
+                    _ => {
+                        refused = true;
+                        continue;
+                    }
+                }
+            }
+            chosen.push(Chosen {
+                run: get(row, "run_id", T)?,
+                position: get(row, "idx", T)?,
+                order: (
+                    std::cmp::Reverse(get(row, "priority", T)?),
+                    get(row, "ready_at", T)?,
+                    get(row, "seq", "jobgraph_runs")?,
+                    get(row, "idx", T)?,
+                ),
+            });
+        }
+        if chosen.len() >= limit || !refused {
+            break;
+        }
+    }
+    for room in &rooms {
+        if let Some(tokens) = room.tokens {
+            sqlx::query(TAKE_TOKENS)
+                .bind(&room.job)
+                .bind(&room.step)
+                .bind(tokens - room.taken as f64)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    chosen.sort_by_key(|c| c.order);
+    Ok(chosen)
+}
+
+/// Locks the limit rows of `jobs`' limited steps that have ready steps (in (job, step) order),
+/// and says how many claims of each are allowed now.
+async fn lock_rooms(conn: &mut PgConnection, jobs: &[&str]) -> Result<Vec<Room>, StoreError> {
+    let rows = sqlx::query(LOCK_LIMITS)
+        .bind(jobs)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut rooms = Vec::with_capacity(rows.len());
+    let mut concurrent: Vec<(usize, i64)> = Vec::new();
+    for row in &rows {
+        const T: &str = "jobgraph_limits";
+        let concurrency: Option<i64> = get(row, "concurrency", T)?;
+        let rate_count: Option<i64> = get(row, "rate_count", T)?;
+        let period: Option<i64> = get(row, "rate_period_ms", T)?;
+        let burst: Option<i64> = get(row, "burst", T)?;
+        let mut left = i64::MAX;
+        let mut tokens = None;
+        if let (Some(count), Some(period), Some(burst)) = (rate_count, period, burst) {
+            let stored: f64 = get(row, "tokens", T)?;
+            let elapsed: i64 = get(row, "elapsed_ms", T)?;
+            let refilled =
+                (stored + elapsed.max(0) as f64 * count as f64 / period as f64).min(burst as f64);
+            left = refilled.floor() as i64;
+            tokens = Some(refilled);
+        }
+        if let Some(concurrency) = concurrency {
+            concurrent.push((rooms.len(), concurrency));
+        }
+        rooms.push(Room {
+            job: get(row, "job", T)?,
+            step: get(row, "step", T)?,
+            left,
+            tokens,
+            taken: 0,
+        });
+    }
+    if concurrent.is_empty() {
+        return Ok(rooms);
+    }
+    // Counted now that the rows are locked: this statement sees every claim committed by the
+    // claims that held them before, and no claim of these steps is in flight.
+    let job_names: Vec<&str> = concurrent
+        .iter()
+        .map(|&(i, _)| rooms[i].job.as_str())
+        .collect();
+    let step_names: Vec<&str> = concurrent
+        .iter()
+        .map(|&(i, _)| rooms[i].step.as_str())
+        .collect();
+    let counted = sqlx::query(COUNT_CLAIMED)
+        .bind(&job_names)
+        .bind(&step_names)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut running: HashMap<(String, String), i64> = HashMap::new();
+    for row in &counted {
+        const T: &str = "jobgraph_steps";
+        running.insert(
+            (get(row, "job", T)?, get(row, "name", T)?),
+            get(row, "n", T)?,
+        );
+    }
+    for (i, concurrency) in concurrent {
+        let room = &mut rooms[i];
+        let live = running
+            .get(&(room.job.clone(), room.step.clone()))
+            .copied()
+            .unwrap_or(0);
+        room.left = room.left.min(concurrency - live);
+    }
+    Ok(rooms)
+}
+
+/// Claims the `chosen` steps for `worker` until now + `lease`, marks their runs running, and
+/// reads what each needs: the run's input and its dependencies' outputs.
+async fn take(
+    conn: &mut PgConnection,
+    worker: &str,
+    chosen: &[Chosen],
+    lease: Duration,
+) -> Result<Vec<Claim>, StoreError> {
+    let runs: Vec<&str> = chosen.iter().map(|c| c.run.as_str()).collect();
+    let positions: Vec<i32> = chosen.iter().map(|c| c.position).collect();
+    let rows = sqlx::query(CLAIM)
+        .bind(worker)
+        .bind(lease_ms(lease))
+        .bind(&runs)
+        .bind(&positions)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut distinct: Vec<&str> = runs.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    sqlx::query(START_RUNS)
+        .bind(&distinct)
+        .execute(&mut *conn)
+        .await?;
+    let mut heads: HashMap<String, (String, GraphSpec)> = HashMap::new();
+    for row in sqlx::query(SELECT_INPUTS)
+        .bind(&distinct)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        const T: &str = "jobgraph_runs";
+        let id: String = get(&row, "id", T)?;
+        let spec = graph(get(&row, "graph", T)?, &id)?;
+        heads.insert(id, (get(&row, "input", T)?, spec));
+    }
+    // `RETURNING` has no order: the claims go in the queue's (`chosen`'s).
+    let mut claimed: Vec<Option<Claim>> = vec![None; chosen.len()];
+    let mut dep_runs: Vec<String> = Vec::new();
+    let mut dep_names: Vec<String> = Vec::new();
+    for row in &rows {
+        const T: &str = "jobgraph_steps";
+        let run: String = get(row, "run_id", T)?;
+        let position: i32 = get(row, "idx", T)?;
+        let step: String = get(row, "name", T)?;
+        let attempt: i64 = get(row, "claims", T)?;
+        let fails: i64 = get(row, "fails", T)?;
+        let Some(slot) = chosen
+            .iter()
+            .position(|c| c.run == run && c.position == position)
+        else {
+            continue;
+        };
+        let (input, spec) = heads.get(&run).ok_or_else(|| no_such_run(&run))?;
+        let position = usize::try_from(position).map_err(|_| StoreError::Corrupt {
+            what: format!("the position of step `{step}` of run `{run}`"),
+        })?;
+        let deps: Vec<(String, String)> = dependencies(spec, position)
+            .into_iter()
+            .filter_map(|dep| spec.steps.get(dep))
+            .map(|dep| (dep.name.clone(), String::new()))
+            .collect();
+        for (name, _) in &deps {
+            dep_runs.push(run.clone());
+            dep_names.push(name.clone());
+        }
+        claimed[slot] = Some(Claim {
+            id: ClaimId {
+                run,
+                step,
+                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+            },
+            job: get(row, "job", T)?,
+            position,
+            fails: u32::try_from(fails).unwrap_or(u32::MAX),
+            input: input.clone(),
+            deps,
+            lease_until: get(row, "lease_until", T)?,
+        });
+    }
+    let mut outputs: HashMap<(String, String), String> = HashMap::new();
+    if !dep_runs.is_empty() {
+        for row in sqlx::query(SELECT_OUTPUTS)
+            .bind(&dep_runs)
+            .bind(&dep_names)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            const T: &str = "jobgraph_steps";
+            let output: Option<String> = get(&row, "output", T)?;
+            if let Some(output) = output {
+                outputs.insert((get(&row, "run_id", T)?, get(&row, "name", T)?), output);
+            }
+        }
+    }
+    let mut claims = Vec::with_capacity(rows.len());
+    for mut claim in claimed.into_iter().flatten() {
+        for (name, output) in &mut claim.deps {
+            let key = (claim.id.run.clone(), name.clone());
+            *output = outputs
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: format!(
+                        "step `{}` of run `{}` was ready without the output of `{name}`",
+                        claim.id.step, claim.id.run
+                    ),
+                })?;
+        }
+        claims.push(claim);
+    }
+    Ok(claims)
+}
+
+/// A run's row, locked for the rest of the transaction: what completing or failing its steps
+/// needs.
+struct Head {
+    job: String,
+    graph: String,
+    max_fails: Option<i64>,
+}
+
+async fn lock_run(conn: &mut PgConnection, run: &str) -> Result<Option<Head>, StoreError> {
+    let Some(row) = sqlx::query(LOCK_RUN).bind(run).fetch_optional(conn).await? else {
+        return Ok(None);
+    };
+    const T: &str = "jobgraph_runs";
+    Ok(Some(Head {
+        job: get(&row, "job", T)?,
+        graph: get(&row, "graph", T)?,
+        max_fails: get(&row, "max_fails", T)?,
+    }))
+}
+
+async fn select_by_key(
+    conn: &mut PgConnection,
+    job: &str,
+    key: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(SELECT_BY_KEY)
+        .bind(job)
+        .bind(key)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Inserts the runs `ids` (with `inputs`) of submission `s`, skipping an id or key that exists:
+/// the ids inserted.
+async fn insert_runs(
+    conn: &mut PgConnection,
+    s: &Submission<'_>,
+    graph_json: &str,
+    ids: &[&str],
+    inputs: &[&str],
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(INSERT_QUEUED_RUNS)
+        .bind(ids)
+        .bind(inputs)
+        .bind(s.job)
+        .bind(s.batch)
+        .bind(graph_json)
+        .bind(s.key)
+        .bind(s.priority)
+        .bind(s.expires_at)
+        .bind(i64::from(s.max_attempts))
+        .bind(s.max_fails.map(i64::from))
+        .bind(s.held)
+        .fetch_all(conn)
+        .await?)
+}
+
+/// Inserts the steps of runs `runs`, all of submission `s`'s graph: each step with no
+/// dependency ready at `s.run_at` (unless held), the others waiting for theirs.
+async fn insert_steps(
+    conn: &mut PgConnection,
+    s: &Submission<'_>,
+    runs: &[String],
+) -> Result<(), StoreError> {
+    let names: Vec<&str> = s.graph.steps.iter().map(|st| st.name.as_str()).collect();
+    let waiting: Vec<i32> = (0..s.graph.steps.len())
+        .map(|p| i32::try_from(dependencies(s.graph, p).len()).unwrap_or(i32::MAX))
+        .collect();
+    sqlx::query(INSERT_QUEUED_STEPS)
+        .bind(runs)
+        .bind(&names)
+        .bind(&waiting)
+        .bind(s.job)
+        .bind(s.held)
+        .bind(s.run_at)
+        .bind(s.priority)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Stores the limits a submission declares for its job's steps (keeping their rate buckets), in
+/// (job, step) order, the order claims lock them in.
+async fn upsert_limits(conn: &mut PgConnection, s: &Submission<'_>) -> Result<(), StoreError> {
+    let mut limits: Vec<_> = s.limits.to_vec();
+    limits.sort_by_key(|(step, _)| *step);
+    for (step, limits) in limits {
+        let rate = limits.rate();
+        sqlx::query(UPSERT_LIMITS)
+            .bind(s.job)
+            .bind(step)
+            .bind(limits.concurrency().map(i64::from))
+            .bind(rate.map(|r| i64::from(r.count())))
+            .bind(rate.map(|r| millis(r.period()).max(1)))
+            .bind(rate.map(|r| i64::from(r.burst_size())))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Tells the listening workers that a step of `job` is ready (when the transaction commits).
+async fn notify(conn: &mut PgConnection, job: &str) -> Result<(), StoreError> {
+    sqlx::query(NOTIFY)
+        .bind(CHANNEL)
+        .bind(job)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn cancel_pending_steps(conn: &mut PgConnection, runs: &[String]) -> Result<(), StoreError> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(CANCEL_PENDING_STEPS)
+        .bind(runs)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Skips the pending descendants of step `position` (the run is locked).
+async fn skip_descendants(
+    conn: &mut PgConnection,
+    run: &str,
+    spec: &GraphSpec,
+    position: usize,
+) -> Result<(), StoreError> {
+    let skipped: Vec<usize> = spec
+        .descendants(position)
+        .into_iter()
+        .enumerate()
+        .filter(|&(index, hit)| hit && index != position)
+        .map(|(index, _)| index)
+        .collect();
+    if skipped.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(SKIP_STEPS)
+        .bind(run)
+        .bind(positions(&skipped))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Ends run `run` (locked by the caller, so no other transaction changes its steps' states
+/// meanwhile) if none of its steps is pending: failed if one failed, else succeeded.
+async fn settle_run(conn: &mut PgConnection, run: &str) -> Result<(), StoreError> {
+    let row = sqlx::query(COUNT_LEFT)
+        .bind(run)
+        .fetch_one(&mut *conn)
+        .await?;
+    let pending: i64 = get(&row, "pending", "jobgraph_steps")?;
+    let failed: Option<String> = get(&row, "failed", "jobgraph_steps")?;
+    if pending > 0 {
+        return Ok(());
+    }
+    let (state, error) = match failed {
+        Some(step) => ("failed", Some(format!("step `{step}` failed"))),
+        None => ("succeeded", None),
+    };
+    sqlx::query(END_RUN)
+        .bind(run)
+        .bind(state)
+        .bind(error)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn graph_json(s: &Submission<'_>) -> Result<String, StoreError> {
+    serde_json::to_string(s.graph).map_err(|e| StoreError::Corrupt {
+        what: format!("the graph of job `{}` cannot be written ({e})", s.job),
+    })
+}
+
+/// A submission whose numbers no run can have (as `sqlite_queue.rs` checks it).
+fn check_submission(s: &Submission<'_>) -> Result<(), StoreError> {
+    if let Some(why) = s.graph.check() {
+        return Err(StoreError::InvalidGraph {
+            run: s.id.to_owned(),
+            reason: why,
+        });
+    }
+    if s.max_attempts == 0 || s.max_fails == Some(0) {
+        return Err(StoreError::InvalidSubmission {
+            job: s.job.to_owned(),
+            why: "max_attempts and max_fails must be at least 1".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn claim_lost(claim: &ClaimId, worker: &str) -> StoreError {
+    StoreError::ClaimLost {
+        run: claim.run.clone(),
+        step: claim.step.clone(),
+        attempt: claim.attempt,
+        worker: worker.to_owned(),
+    }
+}
+
+/// A stored step index as a graph position.
+fn index(position: i32, claim: &ClaimId) -> Result<usize, StoreError> {
+    usize::try_from(position).map_err(|_| StoreError::Corrupt {
+        what: format!(
+            "the position of step `{}` of run `{}` is {position}",
+            claim.step, claim.run
+        ),
+    })
+}
+
+/// Graph positions as the `idx` column's type.
+fn positions(indices: &[usize]) -> Vec<i32> {
+    indices
+        .iter()
+        .map(|&i| i32::try_from(i).unwrap_or(i32::MAX))
+        .collect()
+}
+
+/// The steps `position` waits for: its parents and `after` steps, each once, ascending.
+fn dependencies(graph: &GraphSpec, position: usize) -> Vec<usize> {
+    let step = &graph.steps[position];
+    let mut deps: Vec<usize> = step.parents.iter().chain(&step.after).copied().collect();
+    deps.sort_unstable();
+    deps.dedup();
+    deps
+}
+
+/// The steps that wait for `position`, each once, ascending.
+fn children(graph: &GraphSpec, position: usize) -> Vec<usize> {
+    (0..graph.steps.len())
+        .filter(|&c| dependencies(graph, c).contains(&position))
+        .collect()
+}
+
+// ---- LISTEN/NOTIFY --------------------------------------------------------------------------
+
+/// The readiness news of one store (shared by its clones): a listening connection, started by
+/// the first [`wait_ready`](Queue::wait_ready), that counts the notifications it hears, and
+/// what each job's latest claim had heard when it began.
+#[derive(Debug, Default)]
+pub(crate) struct Ready {
+    state: Mutex<ReadyState>,
+    /// Held while starting the listener: one per store.
+    starting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct ReadyState {
+    /// The listener's news; `None` until it listens (and after it stopped).
+    news: Option<watch::Receiver<News>>,
+    /// Per job: the news' generation when its latest claim began.
+    claimed: HashMap<String, u64>,
+}
+
+/// What the listener heard: a generation per notification, and the latest of each job's.
+#[derive(Debug, Default)]
+struct News {
+    generation: u64,
+    /// The generation at which news may have been lost (the listener reconnected).
+    any: u64,
+    jobs: HashMap<String, u64>,
+}
+
+impl News {
+    /// One more notification: of `job`, or of anything (`None`).
+    fn heard(&mut self, job: Option<&str>) {
+        self.generation += 1;
+        let generation = self.generation;
+        match job {
+            None => self.any = generation,
+            Some(job) => match self.jobs.get_mut(job) {
+                Some(latest) => *latest = generation,
+                None => {
+                    self.jobs.insert(job.to_owned(), generation);
+                }
+            },
+        }
+    }
+
+    /// Whether news of `job` came after generation `since`.
+    fn fresh(&self, job: &str, since: u64) -> bool {
+        self.any > since || self.jobs.get(job).is_some_and(|&g| g > since)
+    }
+}
+
+impl Ready {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadyState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A claim of `jobs` begins: what it finds ready is as of now (if the listener runs).
+    fn claiming(&self, jobs: &[&str]) {
+        let mut state = self.lock();
+        let Some(generation) = state.news.as_ref().map(|news| news.borrow().generation) else {
+            return;
+        };
+        for job in jobs {
+            match state.claimed.get_mut(*job) {
+                Some(since) => *since = generation,
+                None => {
+                    state.claimed.insert((*job).to_owned(), generation);
+                }
+            }
+        }
+    }
+
+    /// [`Queue::wait_ready`]: until news of `jobs` came after their latest claims began, or
+    /// `timeout`.
+    async fn wait(&self, pool: &PgPool, jobs: &[&str], timeout: Duration) {
+        let now = tokio::time::Instant::now();
+        // A poll interval too long to add (`Duration::MAX`) is about forever: 30 years.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+        let listening = {
+            let mut state = self.lock();
+            if state
+                .news
+                .as_ref()
+                .is_some_and(|news| news.has_changed().is_err())
+            {
+                // The listener stopped: start another.
+                state.news = None;
+            }
+            state.news.clone().map(|news| {
+                let since: Option<Vec<u64>> = jobs
+                    .iter()
+                    .map(|j| state.claimed.get(*j).copied())
+                    .collect();
+                (news, since)
+            })
+        };
+        let Some((mut news, since)) = listening else {
+            if pool.is_closed() {
+                tokio::time::sleep_until(deadline).await;
+                return;
+            }
+            // Nothing heard yet, so nothing to wait for: once the listener runs, the caller's
+            // next claim notes what it had heard, and its next wait waits for news after it.
+            if let Err(error) = self.start(pool).await {
+                tracing::warn!(
+                    %error,
+                    "the queue's LISTEN connection failed; idle workers poll instead"
+                );
+                tokio::time::sleep_until(deadline).await;
+            }
+            return;
+        };
+        // A job not claimed since the listener started: claim it first.
+        let Some(since) = since else {
+            return;
+        };
+        let woke = tokio::time::timeout_at(
+            deadline,
+            news.wait_for(|news| jobs.iter().zip(&since).any(|(j, &s)| news.fresh(j, s))),
+        )
+        .await
+        .map(|heard| heard.is_ok());
+        if woke == Ok(false) {
+            // The listener stopped while waiting: poll out the rest (the next wait restarts it).
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    /// Starts the store's listener (unless another wait just did).
+    async fn start(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let _starting = self.starting.lock().await;
+        if self.lock().news.is_some() {
+            return Ok(());
+        }
+        let news = listen(pool).await?;
+        let mut state = self.lock();
+        state.news = Some(news);
+        // Generations count from zero again: what claims noted was of the last listener.
+        state.claimed.clear();
+        Ok(())
+    }
+}
+
+/// Connects a listener on [`CHANNEL`] (its own connection, not one of the store's pool), and
+/// runs it in a task that counts what it hears, until the store is dropped (every receiver of
+/// the news) or closed.
+async fn listen(pool: &PgPool) -> Result<watch::Receiver<News>, sqlx::Error> {
+    let options = (*pool.connect_options())
+        .clone()
+        .application_name(LISTENER_NAME);
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(options);
+    let mut listener = PgListener::connect_with(&own).await?;
+    listener.listen(CHANNEL).await?;
+    let (tx, rx) = watch::channel(News::default());
+    let closed = pool.close_event();
+    tokio::spawn(async move {
+        tokio::pin!(closed);
+        loop {
+            let mut failed = false;
+            tokio::select! {
+                () = tx.closed() => break,
+                () = &mut closed => break,
+                heard = listener.try_recv() => match heard {
+                    Ok(Some(notification)) => {
+                        tx.send_modify(|news| news.heard(Some(notification.payload())));
+                    }
+                    // Reconnected (and listening again): what was sent meanwhile is lost.
+                    Ok(None) => tx.send_modify(|news| news.heard(None)),
+                    Err(error) => {
+                        tracing::warn!(%error, "the queue's LISTEN connection failed; retrying");
+                        tx.send_modify(|news| news.heard(None));
+                        failed = true;
+                    }
+                },
+            }
+            if failed {
+                tokio::select! {
+                    () = tx.closed() => break,
+                    () = &mut closed => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+        drop(listener);
+        own.close().await;
+    });
+    Ok(rx)
+}
+
+// ---- Statements ---------------------------------------------------------------------------------
+
+const SELECT_BY_KEY: &str = "SELECT id FROM jobgraph_runs WHERE job = $1 AND idem_key = $2";
+
+/// One row per (id, input), in their order (so `seq` numbers them in it); an id or a (job, key)
+/// that exists is skipped, after waiting for the transaction that inserted it, if running.
+const INSERT_QUEUED_RUNS: &str = "INSERT INTO jobgraph_runs
+        (id, job, batch, input, graph, state, created_at, updated_at,
+         queued, idem_key, priority, expires_at, max_attempts, max_fails, held)
+    SELECT t.id, $3, $4, t.input, $5::jsonb, 'pending', now(), now(),
+        true, $6, $7, jobgraph_at($8), $9, $10, $11
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t (id, input, ord)
+    ORDER BY t.ord
+    ON CONFLICT DO NOTHING
+    RETURNING id";
+
+/// Every step of every run in `$1`, numbered in graph order.
+const INSERT_QUEUED_STEPS: &str = "INSERT INTO jobgraph_steps
+        (run_id, idx, name, state, job, waiting, ready_at, priority)
+    SELECT r.id, (t.ord - 1)::integer, t.name, 'pending', $4, t.waiting,
+        CASE WHEN t.waiting = 0 AND NOT $5 THEN jobgraph_at($6) END, $7
+    FROM unnest($1::text[]) AS r (id)
+    CROSS JOIN unnest($2::text[], $3::integer[]) WITH ORDINALITY AS t (name, waiting, ord)";
+
+const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
+        (job, step, concurrency, rate_count, rate_period_ms, burst, tokens, refilled_at)
+    VALUES ($1, $2, $3, $4, $5, $6, coalesce($6, 0), now())
+    ON CONFLICT (job, step) DO UPDATE SET
+        concurrency = excluded.concurrency, rate_count = excluded.rate_count,
+        rate_period_ms = excluded.rate_period_ms, burst = excluded.burst";
+
+const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+const LOCK_BATCH: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+
+const COUNT_BATCH: &str = "SELECT count(*) FROM jobgraph_runs WHERE batch = $1";
+
+/// The held runs of a batch, locked in id order (as `ABORT_BATCH` locks them).
+const RELEASE_RUNS: &str = "UPDATE jobgraph_runs SET held = false
+    WHERE id IN (SELECT id FROM jobgraph_runs WHERE batch = $1 AND held ORDER BY id FOR UPDATE)
+    RETURNING id";
+
+const RELEASE_STEPS: &str = "UPDATE jobgraph_steps SET ready_at = now()
+    WHERE run_id = ANY ($1) AND state = 'pending' AND waiting = 0 AND ready_at IS NULL
+    RETURNING job";
+
+const ABORT_BATCH: &str = "UPDATE jobgraph_runs
+    SET state = 'cancelled', error = 'aborted', updated_at = now()
+    WHERE id IN (SELECT id FROM jobgraph_runs
+        WHERE batch = $1 AND state IN ('pending', 'running') ORDER BY id FOR UPDATE)
+    RETURNING id";
+
+const COUNT_BATCH_RUNS: &str = "SELECT state, held, count(*) AS n FROM jobgraph_runs
+    WHERE batch = $1 GROUP BY state, held";
+
+const COUNT_BATCH_STEPS: &str = "SELECT s.name AS name,
+        CASE WHEN s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until > now()
+             THEN 'running' ELSE s.state END AS state,
+        count(*) AS n, min(s.idx) AS position
+    FROM jobgraph_steps s JOIN jobgraph_runs r ON r.id = s.run_id
+    WHERE r.batch = $1
+    GROUP BY 1, 2
+    ORDER BY position";
+
+/// Fails the queued runs whose time to live is over and cancels their pending steps, in one
+/// statement; a run another transaction holds is left to the next claim.
+const EXPIRE_RUNS: &str = "WITH expired AS (
+        UPDATE jobgraph_runs
+        SET state = 'failed', error = 'its time to live expired', updated_at = now()
+        WHERE id IN (SELECT id FROM jobgraph_runs
+            WHERE queued AND expires_at IS NOT NULL AND expires_at <= now()
+              AND state IN ('pending', 'running')
+            FOR UPDATE SKIP LOCKED)
+        RETURNING id
+    )
+    UPDATE jobgraph_steps s SET state = 'cancelled', ready_at = NULL, ended_at = now()
+    FROM expired e
+    WHERE s.run_id = e.id AND s.state = 'pending'";
+
+/// The steps of `jobs` whose claims expired `max_attempts` times (their last lease is over too).
+const SELECT_EXHAUSTED: &str = "SELECT s.run_id, s.name
+    FROM jobgraph_steps s JOIN jobgraph_runs r ON r.id = s.run_id
+    WHERE s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until <= now()
+      AND s.job = ANY ($1) AND s.claims >= r.max_attempts";
+
+const LOCK_RUN_SKIP: &str = "SELECT graph::text AS graph, max_attempts FROM jobgraph_runs
+    WHERE id = $1 FOR UPDATE SKIP LOCKED";
+
+/// Checked again under the run's lock: the step may have been completed or claimed since.
+const EXHAUST_STEP: &str = "UPDATE jobgraph_steps
+    SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = now(),
+        attempts = claims,
+        error = 'its worker stopped answering (lease expired) on each of its '
+            || claims::text || ' claims'
+    WHERE run_id = $1 AND name = $2 AND state = 'pending' AND worker IS NOT NULL
+      AND lease_until <= now() AND claims >= $3
+    RETURNING idx";
+
+/// The limit rows of `$1`'s limited steps that have a ready step, locked in (job, step) order;
+/// with the time since each bucket was refilled.
+const LOCK_LIMITS: &str = "SELECT l.job, l.step, l.concurrency, l.rate_count, l.rate_period_ms,
+        l.burst, l.tokens, jobgraph_ms(now()) - jobgraph_ms(l.refilled_at) AS elapsed_ms
+    FROM jobgraph_limits l
+    WHERE l.job = ANY ($1)
+      AND EXISTS (SELECT 1 FROM jobgraph_steps s
+          WHERE s.job = l.job AND s.name = l.step
+            AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
+            AND (s.worker IS NULL OR s.lease_until <= now()))
+    ORDER BY l.job, l.step
+    FOR UPDATE OF l";
+
+/// Live claims of the steps (`$1[i]`, `$2[i]`).
+const COUNT_CLAIMED: &str = "SELECT s.job, s.name, count(*) AS n
+    FROM jobgraph_steps s
+    JOIN unnest($1::text[], $2::text[]) AS l (job, step) ON s.job = l.job AND s.name = l.step
+    WHERE s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until > now()
+    GROUP BY s.job, s.name";
+
+/// The ready steps of `$1`, best first, locked (`SKIP LOCKED`: passing over the steps other
+/// transactions hold), at most `$6`: unlimited steps, and limited steps with room (`$2[i]`,
+/// `$3[i]`, whose limit rows this transaction locked); not the steps this claim already chose
+/// (`$4[i]`, `$5[i]`). Not the steps of expired runs, nor exhausted ones: a sweep may have
+/// passed over them.
+const CANDIDATES: &str = "SELECT s.run_id, s.idx, s.job, s.name, s.priority,
+        jobgraph_ms(s.ready_at) AS ready_at, r.seq, l.step IS NOT NULL AS limited
+    FROM jobgraph_steps s
+    JOIN jobgraph_runs r ON r.id = s.run_id
+    LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.name
+    WHERE s.job = ANY ($1)
+      AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
+      AND (s.worker IS NULL OR (s.lease_until <= now() AND s.claims < r.max_attempts))
+      AND (r.expires_at IS NULL OR r.expires_at > now())
+      AND (l.step IS NULL OR EXISTS (
+          SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)
+          WHERE o.job = s.job AND o.step = s.name))
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest($4::text[], $5::integer[]) AS c (run_id, idx)
+          WHERE c.run_id = s.run_id AND c.idx = s.idx)
+    ORDER BY s.priority DESC, s.ready_at, r.seq, s.idx
+    LIMIT $6
+    FOR UPDATE OF s SKIP LOCKED";
+
+/// Stores the bucket less what was taken; `greatest`: a claim that began earlier but locked the
+/// row later must not move its refill time back (the time in between would refill twice).
+const TAKE_TOKENS: &str = "UPDATE jobgraph_limits
+    SET tokens = $3, refilled_at = greatest(refilled_at, now())
+    WHERE job = $1 AND step = $2";
+
+const CLAIM: &str = "UPDATE jobgraph_steps s
+    SET worker = $1, lease_until = now() + $2 * interval '1 millisecond', claims = s.claims + 1
+    FROM unnest($3::text[], $4::integer[]) AS c (run_id, idx)
+    WHERE s.run_id = c.run_id AND s.idx = c.idx
+    RETURNING s.run_id, s.idx, s.name, s.claims, s.fails, s.job,
+        jobgraph_ms(s.lease_until) AS lease_until";
+
+/// A pending run becomes running; one another transaction holds is passed over (`SKIP LOCKED`:
+/// a claim waits for no run), as that transaction ends it or found it running.
+const START_RUNS: &str = "UPDATE jobgraph_runs SET state = 'running', updated_at = now()
+    WHERE id IN (SELECT id FROM jobgraph_runs
+        WHERE id = ANY ($1) AND state = 'pending' FOR UPDATE SKIP LOCKED)";
+
+const SELECT_INPUTS: &str = "SELECT id, input, graph::text AS graph FROM jobgraph_runs
+    WHERE id = ANY ($1)";
+
+const SELECT_OUTPUTS: &str = "SELECT s.run_id, s.name, s.output
+    FROM jobgraph_steps s
+    JOIN unnest($1::text[], $2::text[]) AS d (run_id, name)
+        ON s.run_id = d.run_id AND s.name = d.name
+    WHERE s.state = 'completed'";
+
+const RENEW_CLAIM: &str = "UPDATE jobgraph_steps
+    SET lease_until = now() + $5 * interval '1 millisecond'
+    WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'";
+
+const SELECT_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1";
+
+const LOCK_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1 FOR UPDATE";
+
+const LOCK_RUN: &str = "SELECT job, graph::text AS graph, max_fails FROM jobgraph_runs
+    WHERE id = $1 FOR UPDATE";
+
+const COMPLETE_STEP: &str = "UPDATE jobgraph_steps
+    SET state = 'completed', output = $5, attempts = claims, error = NULL,
+        started_at = coalesce(started_at, jobgraph_at($6)), ended_at = now(),
+        worker = NULL, lease_until = NULL, ready_at = NULL
+    WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
+    RETURNING idx";
+
+/// One dependency of each child completed; the last makes it ready. Whether each became ready.
+const DEPENDENCY_DONE: &str = "UPDATE jobgraph_steps
+    SET waiting = waiting - 1, ready_at = CASE WHEN waiting = 1 THEN now() END
+    WHERE run_id = $1 AND idx = ANY ($2) AND state = 'pending' AND waiting > 0
+    RETURNING waiting = 0";
+
+const RETRY_STEP: &str = "UPDATE jobgraph_steps
+    SET fails = fails + 1, error = $5, attempts = claims,
+        started_at = coalesce(started_at, jobgraph_at($6)),
+        worker = NULL, lease_until = NULL, ready_at = jobgraph_at($7)
+    WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
+      AND fails + 1 < coalesce($8, 9223372036854775807)";
+
+const FAIL_STEP: &str = "UPDATE jobgraph_steps
+    SET state = 'failed', fails = fails + 1, error = $5, attempts = claims,
+        started_at = coalesce(started_at, jobgraph_at($6)), ended_at = now(),
+        worker = NULL, lease_until = NULL, ready_at = NULL
+    WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
+    RETURNING idx";
+
+const SKIP_STEPS: &str = "UPDATE jobgraph_steps
+    SET state = 'skipped', ready_at = NULL, worker = NULL, lease_until = NULL
+    WHERE run_id = $1 AND idx = ANY ($2) AND state = 'pending'";
+
+/// `COLLATE \"C\"`: the first failed step by byte order, as SQLite's `MIN`.
+const COUNT_LEFT: &str = "SELECT
+        count(*) FILTER (WHERE state = 'pending') AS pending,
+        min(name COLLATE \"C\") FILTER (WHERE state = 'failed') AS failed
+    FROM jobgraph_steps WHERE run_id = $1";
+
+const END_RUN: &str = "UPDATE jobgraph_runs SET state = $2, error = $3, updated_at = now()
+    WHERE id = $1 AND state IN ('pending', 'running')";
+
+const ABORT_RUN: &str = "UPDATE jobgraph_runs
+    SET state = 'cancelled', error = 'aborted', updated_at = now() WHERE id = $1";
+
+const CANCEL_PENDING_STEPS: &str = "UPDATE jobgraph_steps
+    SET state = 'cancelled', ready_at = NULL, ended_at = now()
+    WHERE run_id = ANY ($1) AND state = 'pending'";
+
+/// The claims workers hold and the runs durable runners hold, live or expired.
+const SELECT_LEASES: &str = "SELECT worker AS holder, run_id AS run, name AS step,
+        claims AS attempt, jobgraph_ms(lease_until) AS until
+    FROM jobgraph_steps WHERE state = 'pending' AND worker IS NOT NULL
+    UNION ALL
+    SELECT lease_owner, id, NULL, NULL, jobgraph_ms(lease_until)
+    FROM jobgraph_runs WHERE state = 'running' AND lease_owner IS NOT NULL
+    ORDER BY 1, 2, 3";
