@@ -480,10 +480,15 @@ async fn jobgraph_worker<Q: Queue + Clone>(store: Q, name: &str, workload: Workl
             shutdown.cancel();
         })
     };
-    let stats = worker
-        .run(shutdown)
-        .await
-        .expect("the worker's store failed");
+    let stats = match worker.run(shutdown).await {
+        Ok(stats) => stats,
+        Err(error) => {
+            // Reported to the coordinator, which marks the cell.
+            println!("error the worker's store failed: {error}");
+            std::io::stdout().flush().unwrap();
+            std::process::exit(3);
+        }
+    };
     stopper.await.unwrap();
     done(&format!(
         "claimed={} completed={} failed={}",
@@ -870,8 +875,10 @@ impl Workers {
             let mut out = String::new();
             let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
             let status = child.wait().unwrap();
-            assert!(status.success(), "a worker failed: {status}");
             said.extend(out.lines().map(str::to_owned));
+            if !status.success() {
+                said.push(format!("error: a worker process exited with {status}"));
+            }
         }
         said
     }
@@ -886,7 +893,7 @@ struct Burn {
     jobs_per_s: f64,
     steps_per_s: f64,
     secs: f64,
-    /// `Some(jobs finished)` if the cap stopped it first.
+    /// `Some(jobs finished)` if the cap stopped it first, or a worker process failed.
     capped: Option<u64>,
     /// What the workers printed when they stopped.
     said: Vec<String>,
@@ -921,12 +928,15 @@ async fn burn_down(
     let said = workers.stop();
     let secs = took.as_secs_f64();
     let finished = jobs - left as u64;
-    let done: Vec<&String> = said.iter().filter(|l| l.starts_with("done")).collect();
+    let done: Vec<&String> = said
+        .iter()
+        .filter(|l| l.starts_with("done") || l.starts_with("error"))
+        .collect();
     let burn = Burn {
         jobs_per_s: finished as f64 / secs,
         steps_per_s: (finished * workload.steps()) as f64 / secs,
         secs,
-        capped: (left > 0).then_some(finished),
+        capped: (left > 0 || said.iter().any(|l| l.starts_with("error"))).then_some(finished),
         said: said.clone(),
     };
     eprintln!(
@@ -1349,7 +1359,8 @@ fn report(
     }
 
     println!(
-        "\n`*`: not burned down within {} s; the rate of the jobs finished by then.",
+        "\n`*`: not burned down within {} s, or a worker process failed (the log says which); \
+         the rate of the jobs finished by then.",
         o.cap.as_secs()
     );
     println!("\n### jobgraph graphs (steps/s; a `for_each` element is a step)\n");
