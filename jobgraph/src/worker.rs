@@ -220,6 +220,12 @@ const HELD_PER_SLOT: usize = 4;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// A claim's answer: how many steps it asked for, and what it got.
+type Claimed = (usize, Result<Vec<Claim>, StoreError>);
+
+/// A heartbeat's answer: the claims it renewed, and whether each is still held.
+type Beaten = (Vec<ClaimId>, Result<Vec<Held>, StoreError>);
+
 /// How a step's result was settled.
 enum Outcome {
     Completed,
@@ -279,9 +285,9 @@ impl<'w> Pool<'w> {
         let worker = self.worker;
         let queue = &worker.queue;
         let name: Arc<str> = worker.name.as_str().into();
-        let mut claiming: Option<BoxFuture<(usize, Result<Vec<Claim>, StoreError>)>> = None;
+        let mut claiming: Option<BoxFuture<Claimed>> = None;
         let mut settling: Option<BoxFuture<Settled>> = None;
-        let mut beating: Option<BoxFuture<(Vec<ClaimId>, Result<Vec<Held>, StoreError>)>> = None;
+        let mut beating: Option<BoxFuture<Beaten>> = None;
         let mut waiting: Option<BoxFuture<()>> = None;
         let mut backoff: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut delay = FIRST_BACKOFF;
@@ -293,7 +299,7 @@ impl<'w> Pool<'w> {
         let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut drained = false;
         loop {
-            let can_claim = !stopping && !(self.once && claimed_once) && backoff.is_none();
+            let can_claim = !(stopping || self.once && claimed_once) && backoff.is_none();
             let room = self.room();
             if can_claim && claiming.is_none() && !idle && room > 0 {
                 let (queue, name, jobs) =

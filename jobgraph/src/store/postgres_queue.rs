@@ -9,8 +9,13 @@
 //!   the steps after. The run's row is thus the mutex of its steps' states: a fan-in whose two
 //!   parents complete at once is made ready by the second, which waited for the first's commit
 //!   and then sees `waiting` at 1 (and ending the run counts the steps left under the same lock,
-//!   so two last steps completing at once cannot both see the other pending).
-//! - **Claims never wait for rows.** A claim picks its steps with `FOR UPDATE SKIP LOCKED`: a
+//!   so two last steps completing at once cannot both see the other pending). A transaction that
+//!   writes several runs (`complete_many`, `release`, `abort_batch`) locks them in id order.
+//! - **Claims never wait for rows, and read one index.** A claim picks its steps with `FOR
+//!   UPDATE SKIP LOCKED` from `jobgraph_steps_ready`, in the index's order (priority, ready
+//!   time, the run's creation, the step's index: every column on the step's row), one job at a
+//!   time, so it reads about as many rows as it claims, whatever the backlog. With no limited
+//!   step ready it is one statement. A
 //!   step another claim (or a completion, an abort...) holds is passed over, so concurrent
 //!   workers neither block each other nor claim one step twice. A claim changes no step's state
 //!   (only `worker`, `lease_until`, `claims`), so it needs no run lock; it marks a pending run
@@ -125,12 +130,8 @@ impl Queue for PgStore {
             if self.sweeps().due() {
                 self.sweep(jobs).await?;
             }
-            let limited: bool = sqlx::query_scalar(ANY_LIMITED_READY)
-                .bind(jobs)
-                .fetch_one(self.pool())
-                .await?;
-            if !limited {
-                return claim_unlimited(self.pool(), worker, jobs, limit, lease).await;
+            if let Some(claims) = claim_unlimited(self.pool(), worker, jobs, limit, lease).await? {
+                return Ok(claims);
             }
             let mut tx = self.begin().await?;
             let chosen = choose(&mut tx, jobs, limit).await?;
@@ -735,17 +736,18 @@ async fn lock_rooms(conn: &mut PgConnection, jobs: &[&str]) -> Result<Vec<Room>,
     Ok(rooms)
 }
 
-/// Claims up to `limit` ready steps of `jobs` for `worker`, when none of their limited steps is
-/// ready: one statement (its own transaction) picks each job's best steps from the queue's index
-/// (`SKIP LOCKED`), claims the best `limit` of them, marks their runs running and returns their
-/// inputs. A limited step is never taken here, even if it became ready since the caller looked.
+/// Claims up to `limit` ready steps of `jobs` for `worker` if none of their limited steps is
+/// ready (else `None`: the claim must lock limit rows, `choose`): one statement (its own
+/// transaction) picks each job's best steps from the queue's index (`SKIP LOCKED`), claims the
+/// best `limit` of them, marks their runs running and returns their inputs. A limited step is
+/// never taken here, even if it became ready since the statement looked.
 async fn claim_unlimited(
     pool: &PgPool,
     worker: &str,
     jobs: &[&str],
     limit: usize,
     lease: Duration,
-) -> Result<Vec<Claim>, StoreError> {
+) -> Result<Option<Vec<Claim>>, StoreError> {
     let mut conn = pool.acquire().await?;
     let rows = sqlx::query(CLAIM_UNLIMITED)
         .bind(jobs)
@@ -757,6 +759,13 @@ async fn claim_unlimited(
     let mut taken = Vec::with_capacity(rows.len());
     let mut heads: HashMap<String, (String, GraphSpec)> = HashMap::new();
     for row in &rows {
+        if get::<bool>(row, "limited", "jobgraph_limits")? {
+            return Ok(None);
+        }
+        // The one row of a claim that took nothing.
+        if get::<Option<String>>(row, "run_id", "jobgraph_steps")?.is_none() {
+            continue;
+        }
         let step = Taken::read(row)?;
         if !heads.contains_key(&step.run) {
             const T: &str = "jobgraph_runs";
@@ -765,7 +774,7 @@ async fn claim_unlimited(
         }
         taken.push(step);
     }
-    finish(&mut conn, taken, &heads).await
+    finish(&mut conn, taken, &heads).await.map(Some)
 }
 
 /// A step a claim took, as its `RETURNING` row says.
@@ -903,12 +912,15 @@ async fn finish(
     for claim in &mut claims {
         for (name, output) in &mut claim.deps {
             let key = (claim.id.run.clone(), name.clone());
-            *output = outputs.get(&key).cloned().ok_or_else(|| StoreError::Corrupt {
-                what: format!(
-                    "step `{}` of run `{}` was ready without the output of `{name}`",
-                    claim.id.step, claim.id.run
-                ),
-            })?;
+            *output = outputs
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: format!(
+                        "step `{}` of run `{}` was ready without the output of `{name}`",
+                        claim.id.step, claim.id.run
+                    ),
+                })?;
         }
     }
     Ok(claims)
@@ -1439,13 +1451,6 @@ const COUNT_CLAIMED: &str = "SELECT s.job, s.name, count(*) AS n
     WHERE s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until > now()
     GROUP BY s.job, s.name";
 
-/// Whether a limited step of `$1` is ready: then a claim locks the limit rows (`choose`).
-const ANY_LIMITED_READY: &str = "SELECT EXISTS (SELECT 1 FROM jobgraph_limits l
-    WHERE l.job = ANY ($1)
-      AND EXISTS (SELECT 1 FROM jobgraph_steps s
-          WHERE s.job = l.job AND s.name = l.step
-            AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()))";
-
 /// The conditions on a step's row (`s`) that make it claimable now: ready, not held by a live
 /// claim, not exhausted, its run not expired. Every column is the step's own, so a claim reads
 /// `jobgraph_steps_ready` in order.
@@ -1466,14 +1471,24 @@ macro_rules! taken {
     };
 }
 
-/// `claim_unlimited`'s statement: for each job of `$1`, its best `$2` claimable steps that have
-/// no limits (`SKIP LOCKED`: passing over the steps other transactions hold), of which the best
-/// `$2` are claimed for `$3` until now + `$4` ms; their pending runs become running (a run
-/// another transaction holds is passed over: that transaction ends it or found it running). One
-/// row per claimed step, with its run's input and graph.
+/// `claim_unlimited`'s statement. If a limited step of a job of `$1` is ready, one row saying
+/// so (`limited`), and nothing claimed. Else: for each job of `$1`, its best `$2` claimable steps
+/// (`SKIP LOCKED`: passing over the steps other transactions hold) that have no limits, of which
+/// the best `$2` are claimed for `$3` until now + `$4` ms, and their pending runs become running
+/// (a run another transaction holds is passed over: that transaction ends it or found it
+/// running); one row per claimed step, with its run's input and graph (or one row of `NULL`s if
+/// none).
 const CLAIM_UNLIMITED: &str = concat!(
-    "WITH picked AS (
-        SELECT p.run_id, p.idx FROM unnest($1::text[]) AS j (job)
+    "WITH flag AS (
+        SELECT EXISTS (SELECT 1 FROM jobgraph_limits l
+            WHERE l.job = ANY ($1)
+              AND EXISTS (SELECT 1 FROM jobgraph_steps s
+                  WHERE s.job = l.job AND s.name = l.step
+                    AND s.state = 'pending' AND s.ready_at IS NOT NULL
+                    AND s.ready_at <= now())) AS limited
+    ),
+    picked AS (
+        SELECT p.run_id, p.idx FROM flag, unnest($1::text[]) AS j (job)
         CROSS JOIN LATERAL (
             SELECT s.run_id, s.idx, s.priority, s.ready_at, s.run_seq
             FROM jobgraph_steps s
@@ -1486,6 +1501,7 @@ const CLAIM_UNLIMITED: &str = concat!(
             LIMIT $2
             FOR UPDATE OF s SKIP LOCKED
         ) p
+        WHERE NOT flag.limited
         ORDER BY p.priority DESC, p.ready_at, p.run_seq, p.idx
         LIMIT $2
     ),
@@ -1505,8 +1521,9 @@ const CLAIM_UNLIMITED: &str = concat!(
             WHERE id IN (SELECT run_id FROM claimed) AND state = 'pending'
             FOR UPDATE SKIP LOCKED)
     )
-    SELECT c.*, r.input, r.graph::text AS graph
-    FROM claimed c JOIN jobgraph_runs r ON r.id = c.run_id"
+    SELECT f.limited, c.*, r.input, r.graph::text AS graph
+    FROM flag f
+    LEFT JOIN (claimed c JOIN jobgraph_runs r ON r.id = c.run_id) ON true"
 );
 
 /// The claimable steps of `$1`, best first, locked (`SKIP LOCKED`: passing over the steps other

@@ -62,7 +62,7 @@ impl Queue for SqliteStore {
             let mut tx = self.begin().await?;
             expire_runs(&mut tx, now).await?;
             exhaust_steps(&mut tx, &jobs_json, now).await?;
-            let chosen = choose(&mut tx, &jobs_json, limit, now).await?;
+            let chosen = choose(&mut tx, jobs, limit, now).await?;
             if chosen.is_empty() {
                 tx.commit().await?;
                 return Ok(Vec::new());
@@ -495,17 +495,32 @@ struct Room {
 /// at most `limit`, within each step's concurrency and rate; updates the rate buckets.
 async fn choose(
     conn: &mut SqliteConnection,
-    jobs_json: &str,
+    jobs: &[&str],
     limit: usize,
     now: i64,
 ) -> Result<Vec<i64>, StoreError> {
-    // More candidates than needed: some may belong to a step whose limit leaves less room.
-    let candidates = sqlx::query(CANDIDATES)
-        .bind(jobs_json)
-        .bind(now)
-        .bind(i64::try_from(limit.saturating_mul(4).saturating_add(16)).unwrap_or(i64::MAX))
-        .fetch_all(&mut *conn)
-        .await?;
+    // More candidates than needed: some may belong to a step whose limit leaves less room. One
+    // query per job (`job = ?`), so each reads `jobgraph_steps_ready` in order and stops at its
+    // limit; their rows are merged in the queue's order here.
+    let want = i64::try_from(limit.saturating_mul(4).saturating_add(16)).unwrap_or(i64::MAX);
+    let mut candidates = Vec::new();
+    for job in jobs {
+        candidates.extend(
+            sqlx::query(CANDIDATES)
+                .bind(job)
+                .bind(now)
+                .bind(want)
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+    }
+    if jobs.len() > 1 {
+        candidates.sort_by_key(|row| {
+            let priority: i64 = row.try_get("priority").unwrap_or(0);
+            let ready_at: i64 = row.try_get("ready_at").unwrap_or(0);
+            (std::cmp::Reverse(priority), ready_at)
+        });
+    }
     let mut rooms: Vec<Room> = Vec::new();
     let mut chosen = Vec::with_capacity(limit);
     for row in &candidates {
@@ -814,15 +829,15 @@ const EXHAUST_STEPS: &str = "UPDATE jobgraph_steps
       AND claims - fails >= (SELECT max_attempts FROM jobgraph_runs r WHERE r.id = run_id)
     RETURNING run_id, name";
 
-/// The ready steps of `jobs`, best first, with their limits; a step whose concurrency is used
+/// The ready steps of job `?1`, best first, with their limits; a step whose concurrency is used
 /// up or whose rate bucket is empty is left out here (so it cannot crowd out the others);
 /// `choose` takes no more of a limited step than its room.
 const CANDIDATES: &str = "SELECT s.rowid AS rid, s.job AS job, s.name AS name,
-        l.step AS limited, l.concurrency, l.rate_count, l.rate_period_ms, l.burst, l.tokens,
+        s.priority AS priority, s.ready_at AS ready_at, l.step AS limited, l.concurrency, l.rate_count, l.rate_period_ms, l.burst, l.tokens,
         l.refilled_at
     FROM jobgraph_steps s
     LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.name
-    WHERE s.job IN (SELECT value FROM json_each(?1))
+    WHERE s.job = ?1
       AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2
       AND (s.worker IS NULL OR s.lease_until <= ?2)
       AND (l.concurrency IS NULL OR l.concurrency > (

@@ -1,0 +1,1221 @@
+//! The database path: jobgraph's queue (`Client`, `Worker`) on PostgreSQL and on SQLite against
+//! the PostgreSQL job queues awa, graphile_worker and apalis, on one private PostgreSQL server
+//! started for the run (`jobgraph_tests::pg`: `initdb` in a temporary directory on /dev/shm, a
+//! unix socket, `fsync=off`, `synchronous_commit=off`), every system in the same run.
+//!
+//! `cargo bench -p jobgraph-benches --bench queue` runs every cell with a backlog of 2,000 jobs
+//! and 50 latency samples (a few minutes); `-- --full` with the backlog of 20,000 and 200 samples
+//! (the documented run, about 15 minutes: jobgraph on PostgreSQL is the slow part);
+//! `-- --cap SECONDS` stops a burn-down still running after that long (120 s unless set: the
+//! rate is then of the jobs finished, marked `*`); `-- --only NAME[,NAME..]` only those systems
+//! (`jobgraph-pg`, `jobgraph-sqlite`, `awa`, `graphile`, `apalis`); `-- --cells burn,graphs,latency`
+//! only those cells; `-- --rounds N` repeats every throughput cell N times and reports the
+//! median; `-- --jobs N` sets the backlog. It prints markdown tables. `-- --diagnose` instead
+//! burns down the single-step backlog with 1 and 2 worker processes that count and time their
+//! SQL statements (sqlx's `tracing` events), and prints them per job.
+//!
+//! Cells:
+//!
+//! 1. **Burn-down**: a backlog of single-step no-op jobs, inserted before any worker starts, run
+//!    to the end by 1, 2 and 4 worker *processes* (this binary, re-run with `--worker`): jobs/s
+//!    from the moment every worker process is connected and told to go until a poll of the
+//!    database (every 20 ms) finds no job left unfinished.
+//! 2. **Graphs** (jobgraph only): the same for an 8-step diamond job and a job whose step
+//!    `for_each`es over 100 elements: steps/s (a `for_each` element counts as a step).
+//! 3. **Latency**: one worker process on an idle system; one job submitted at a time, then its
+//!    completion polled every 0.5 ms from the submitting process: p50 and p99 of submit to
+//!    completion seen. The peers and jobgraph on PostgreSQL wake on LISTEN/NOTIFY; jobgraph on
+//!    SQLite polls (every 200 ms, its default, and every 10 ms).
+//!
+//! Each system runs in a fresh database (a fresh SQLite file on /dev/shm for jobgraph-sqlite).
+//! Peers are configured as their own documentation and benchmarks recommend for throughput
+//! (see `Peer configs` below); every worker process runs a 2-thread tokio runtime.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jobgraph::store::queue::Queue;
+use jobgraph::store::{PgStore, SqliteStore};
+use jobgraph::{CancellationToken, Client, Worker, job};
+use serde::{Deserialize, Serialize};
+
+// ---------------------------------------------------------------------------------------------
+// The systems and their workloads.
+
+/// A system under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum System {
+    JobgraphPg,
+    JobgraphSqlite,
+    Awa,
+    Graphile,
+    Apalis,
+}
+
+/// The systems this build measures: jobgraph's two stores, and with `--features peers` the
+/// three peers.
+const SYSTEMS: &[System] = &[
+    System::JobgraphPg,
+    System::JobgraphSqlite,
+    #[cfg(feature = "peers")]
+    System::Awa,
+    #[cfg(feature = "peers")]
+    System::Graphile,
+    #[cfg(feature = "peers")]
+    System::Apalis,
+];
+
+/// The peers this build measures (none without `--features peers`).
+const PEERS: &[System] = &[
+    #[cfg(feature = "peers")]
+    System::Awa,
+    #[cfg(feature = "peers")]
+    System::Graphile,
+    #[cfg(feature = "peers")]
+    System::Apalis,
+];
+
+/// What a peer's cell does in a build without them.
+#[cfg(not(feature = "peers"))]
+fn no_peers() -> ! {
+    panic!(
+        "the peers are built with `--features peers` (cargo bench -p jobgraph-benches --bench queue --features peers)"
+    )
+}
+
+#[cfg(feature = "peers")]
+#[path = "queue/peers.rs"]
+mod peers;
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::JobgraphPg => "jobgraph-pg",
+            System::JobgraphSqlite => "jobgraph-sqlite",
+            System::Awa => "awa",
+            System::Graphile => "graphile",
+            System::Apalis => "apalis",
+        }
+    }
+
+    fn parse(name: &str) -> Option<System> {
+        SYSTEMS.iter().copied().find(|s| s.name() == name)
+    }
+
+    fn is_jobgraph(self) -> bool {
+        matches!(self, System::JobgraphPg | System::JobgraphSqlite)
+    }
+}
+
+/// What the jobs are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    /// One step that returns at once.
+    Noop,
+    /// The 8-step diamond (jobgraph only).
+    Diamond,
+    /// A source, a step `for_each`ing over its 100 elements, a sink (jobgraph only).
+    ForEach,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Noop => "noop",
+            Workload::Diamond => "diamond",
+            Workload::ForEach => "for_each",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Workload> {
+        [Workload::Noop, Workload::Diamond, Workload::ForEach]
+            .into_iter()
+            .find(|w| w.name() == name)
+    }
+
+    /// Steps per claim, on average over a run: 1, except `for_each`, whose 100 elements are
+    /// one claim (3 claims, 102 steps). Only an estimate of a capped `for_each` burn-down, whose
+    /// claims need not be a third of each kind.
+    fn steps_per_claim(self) -> f64 {
+        match self {
+            Workload::ForEach => 102.0 / 3.0,
+            _ => 1.0,
+        }
+    }
+
+    /// Steps each job runs (a `for_each` element counts as one).
+    fn steps(self) -> u64 {
+        match self {
+            Workload::Noop => 1,
+            Workload::Diamond => 8,
+            Workload::ForEach => 102,
+        }
+    }
+}
+
+/// How a worker process is configured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// For throughput, as the system's docs recommend.
+    Throughput,
+    /// For latency on an idle system: the peers' batching off; jobgraph polling every 200 ms,
+    /// its default.
+    Latency,
+    /// jobgraph only: latency, polling every 10 ms.
+    LatencyFastPoll,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Throughput => "throughput",
+            Mode::Latency => "latency",
+            Mode::LatencyFastPoll => "latency-fast-poll",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Mode> {
+        [Mode::Throughput, Mode::Latency, Mode::LatencyFastPoll]
+            .into_iter()
+            .find(|m| m.name() == name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// jobgraph's jobs.
+
+/// A single step that returns at once.
+#[derive(Serialize, Deserialize)]
+struct Noop {
+    n: u64,
+}
+
+#[job(durable)]
+impl Noop {
+    #[step]
+    async fn only(&self) -> u64 {
+        self.n
+    }
+}
+
+/// The 8-step diamond of the `graphs` and `batch` benches.
+#[derive(Serialize, Deserialize)]
+struct Diamond {
+    seed: u64,
+}
+
+#[job(durable)]
+impl Diamond {
+    #[step]
+    async fn conn(&self) -> u64 {
+        self.seed
+    }
+
+    #[step]
+    async fn orders(&self, conn: &u64) -> u64 {
+        conn + 1
+    }
+
+    #[step]
+    async fn customers(&self, conn: &u64) -> u64 {
+        conn + 2
+    }
+
+    #[step]
+    async fn revenue(&self, orders: &u64) -> u64 {
+        orders * 3
+    }
+
+    #[step]
+    async fn count(&self, orders: &u64) -> u64 {
+        orders + 4
+    }
+
+    #[step]
+    async fn by_customer(&self, customers: &u64, revenue: &u64) -> u64 {
+        customers + revenue
+    }
+
+    #[step]
+    async fn average(&self, count: &u64, revenue: &u64) -> u64 {
+        revenue / count
+    }
+
+    #[step]
+    async fn summary(&self, by_customer: &u64, average: &u64) -> u64 {
+        by_customer + average
+    }
+}
+
+/// A source of 100 elements, a step over each element, a sink.
+#[derive(Serialize, Deserialize)]
+struct Fan100 {
+    n: u64,
+}
+
+#[job(durable)]
+impl Fan100 {
+    #[step]
+    async fn items(&self) -> Vec<u64> {
+        (0..100).map(|i| self.n + i).collect()
+    }
+
+    #[step(for_each(items))]
+    async fn each(&self, items: &u64) -> u64 {
+        items * 2
+    }
+
+    #[step]
+    async fn total(&self, each: &[u64]) -> u64 {
+        each.iter().sum()
+    }
+}
+
+/// Steps a jobgraph worker process runs at once (what the README's example sets).
+const JOBGRAPH_CONCURRENCY: usize = 16;
+
+// ---------------------------------------------------------------------------------------------
+// `--diagnose`: the SQL statements a worker process runs.
+
+/// Set in a worker's environment, it counts and times its SQL statements, and prints them with
+/// `done`.
+const SQL_STATS_ENV: &str = "QBENCH_SQL_STATS";
+
+/// Statements by their first words: how many, and their total time (sqlx's `elapsed`: from
+/// sending the statement until its last row was read).
+#[derive(Default)]
+struct SqlStats {
+    by_kind: std::sync::Mutex<std::collections::BTreeMap<String, (u64, f64)>>,
+}
+
+/// A `tracing` layer feeding [`SqlStats`] from sqlx's `sqlx::query` events.
+struct SqlStatsLayer(Arc<SqlStats>);
+
+#[derive(Default)]
+struct QueryFields {
+    summary: String,
+    statement: String,
+    elapsed: f64,
+}
+
+impl tracing::field::Visit for QueryFields {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        match field.name() {
+            "summary" => self.summary = value.to_owned(),
+            "db.statement" => self.statement = value.to_owned(),
+            _ => {}
+        }
+    }
+
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        if field.name() == "elapsed_secs" {
+            self.elapsed = value;
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "summary" => self.summary = format!("{value:?}"),
+            "db.statement" => self.statement = format!("{value:?}"),
+            _ => {}
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SqlStatsLayer {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if event.metadata().target() != "sqlx::query" {
+            return;
+        }
+        let mut fields = QueryFields::default();
+        event.record(&mut fields);
+        // The statement's first 9 words name it well enough (sqlx's summary has 4).
+        let text = if fields.statement.trim().is_empty() {
+            &fields.summary
+        } else {
+            &fields.statement
+        };
+        let words: Vec<&str> = text.split_whitespace().take(9).collect();
+        let kind = words.join(" ").replace('"', "");
+        let mut map = self.0.by_kind.lock().unwrap();
+        let entry = map.entry(kind).or_default();
+        entry.0 += 1;
+        entry.1 += fields.elapsed;
+    }
+}
+
+/// Installs the statement counter if [`SQL_STATS_ENV`] is set.
+fn sql_stats() -> Option<Arc<SqlStats>> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    std::env::var_os(SQL_STATS_ENV)?;
+    let stats = Arc::new(SqlStats::default());
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("sqlx::query", tracing::Level::TRACE);
+    let subscriber = tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(
+        SqlStatsLayer(Arc::clone(&stats)),
+        filter,
+    ));
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    Some(stats)
+}
+
+/// One line: `kind=count/total_ms;...`, tab-separated entries.
+fn sql_stats_line(stats: &SqlStats) -> String {
+    let map = stats.by_kind.lock().unwrap();
+    map.iter()
+        .map(|(kind, (n, secs))| format!("{kind}={n}/{:.1}", secs * 1e3))
+        .collect::<Vec<_>>()
+        .join("\t")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Worker processes.
+
+/// `queue --worker SYSTEM WORKLOAD MODE URL NAME`: connects, prints `ready`, waits for `go` on
+/// stdin, works until `stop` (or the end of stdin), prints `done`, exits.
+fn worker_main(args: &[String]) {
+    let [system, workload, mode, url, name] = args else {
+        panic!("usage: queue --worker SYSTEM WORKLOAD MODE URL NAME, got {args:?}");
+    };
+    let system = System::parse(system).expect("a system");
+    let workload = Workload::parse(workload).expect("a workload");
+    let mode = Mode::parse(mode).expect("a mode");
+    let stats = sql_stats();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        match system {
+            System::JobgraphPg => {
+                let store = PgStore::connect(url).await.expect("connect the PgStore");
+                jobgraph_worker(store, name, workload, mode).await;
+            }
+            System::JobgraphSqlite => {
+                let store = SqliteStore::open(url).await.expect("open the SQLite store");
+                jobgraph_worker(store, name, workload, mode).await;
+            }
+            #[cfg(feature = "peers")]
+            peer => peers::worker(peer, url, name, mode).await,
+            #[cfg(not(feature = "peers"))]
+            _ => no_peers(),
+        }
+    });
+    if let Some(stats) = stats {
+        println!("sql {}", sql_stats_line(&stats));
+    }
+}
+
+/// Prints `ready`, then waits for `go`.
+fn ready_then_go() {
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "go", "the coordinator says go");
+}
+
+/// Resolves once stdin says `stop` or closes.
+async fn stop_signal() {
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    })
+    .await
+    .unwrap();
+}
+
+fn done(what: &str) {
+    println!("done {what}");
+    std::io::stdout().flush().unwrap();
+}
+
+async fn jobgraph_worker<Q: Queue + Clone>(store: Q, name: &str, workload: Workload, mode: Mode) {
+    let poll = match mode {
+        Mode::Throughput | Mode::Latency => Duration::from_millis(200),
+        Mode::LatencyFastPoll => Duration::from_millis(10),
+    };
+    let worker = Worker::new(&store)
+        .name(name)
+        .concurrency(JOBGRAPH_CONCURRENCY)
+        .poll_interval(poll);
+    let worker = match workload {
+        Workload::Noop => worker.job::<Noop>(),
+        Workload::Diamond => worker.job::<Diamond>(),
+        Workload::ForEach => worker.job::<Fan100>(),
+    };
+    ready_then_go();
+    let shutdown = CancellationToken::new();
+    let stopper = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            stop_signal().await;
+            shutdown.cancel();
+        })
+    };
+    let stats = match worker.run(shutdown).await {
+        Ok(stats) => stats,
+        Err(error) => {
+            // Reported to the coordinator, which marks the cell.
+            println!("error the worker's store failed: {error}");
+            std::io::stdout().flush().unwrap();
+            std::process::exit(3);
+        }
+    };
+    stopper.await.unwrap();
+    done(&format!(
+        "claimed={} completed={} failed={}",
+        stats.claimed, stats.completed, stats.failed
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The coordinator: databases, backlogs, counts.
+
+/// Where a cell's system keeps its jobs.
+enum Db {
+    Pg {
+        url: String,
+    },
+    Sqlite {
+        path: String,
+        _dir: tempfile::TempDir,
+    },
+}
+
+impl Db {
+    fn url(&self) -> &str {
+        match self {
+            Db::Pg { url } => url,
+            Db::Sqlite { path, .. } => path,
+        }
+    }
+}
+
+async fn fresh_db(system: System) -> Db {
+    if system == System::JobgraphSqlite {
+        // On /dev/shm, as the PostgreSQL server's data: neither system pays for a disk.
+        let dir = tempfile::Builder::new()
+            .prefix("jobgraph-qbench-")
+            .tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .unwrap();
+        let path = dir.path().join("jobs.db").to_str().unwrap().to_owned();
+        return Db::Sqlite { path, _dir: dir };
+    }
+    let db = jobgraph_tests::pg::database()
+        .await
+        .expect("the queue bench needs PostgreSQL's server binaries (initdb, postgres)");
+    Db::Pg {
+        url: db.url().to_owned(),
+    }
+}
+
+/// Creates the system's schema and inserts `jobs` jobs of `workload`.
+async fn setup_and_insert(system: System, db: &Db, workload: Workload, jobs: u64) {
+    match system {
+        System::JobgraphPg => {
+            let store = PgStore::connect(db.url()).await.unwrap();
+            jobgraph_insert(&store, workload, jobs).await;
+        }
+        System::JobgraphSqlite => {
+            let store = SqliteStore::open(db.url()).await.unwrap();
+            jobgraph_insert(&store, workload, jobs).await;
+        }
+        #[cfg(feature = "peers")]
+        peer => peers::setup_and_insert(peer, db.url(), jobs).await,
+        #[cfg(not(feature = "peers"))]
+        _ => no_peers(),
+    }
+}
+
+async fn jobgraph_insert<Q: Queue + Clone>(store: &Q, workload: Workload, jobs: u64) {
+    let client = Client::new(store);
+    match workload {
+        Workload::Noop => {
+            client
+                .submit_batch("bench", (0..jobs).map(|n| Noop { n }))
+                .await
+                .unwrap();
+        }
+        Workload::Diamond => {
+            client
+                .submit_batch("bench", (0..jobs).map(|seed| Diamond { seed }))
+                .await
+                .unwrap();
+        }
+        Workload::ForEach => {
+            client
+                .submit_batch("bench", (0..jobs).map(|n| Fan100 { n }))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// A connection that counts a system's unfinished jobs.
+enum Counter {
+    Pg(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+    #[cfg(feature = "peers")]
+    Peer(peers::Counter),
+}
+
+/// Jobs not yet finished (for jobgraph: runs).
+const JOBGRAPH_LEFT: &str =
+    "SELECT count(*) FROM jobgraph_runs WHERE state IN ('pending', 'running')";
+
+impl Counter {
+    async fn new(system: System, db: &Db) -> Counter {
+        match system {
+            System::JobgraphSqlite => Counter::Sqlite(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(
+                        sqlx::sqlite::SqliteConnectOptions::from_str(&format!(
+                            "sqlite://{}",
+                            db.url()
+                        ))
+                        .unwrap()
+                        .read_only(true),
+                    )
+                    .await
+                    .unwrap(),
+            ),
+            System::JobgraphPg => Counter::Pg(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(db.url())
+                    .await
+                    .unwrap(),
+            ),
+            #[cfg(feature = "peers")]
+            peer => Counter::Peer(peers::Counter::new(peer, db.url()).await),
+            #[cfg(not(feature = "peers"))]
+            _ => no_peers(),
+        }
+    }
+
+    async fn left(&self) -> i64 {
+        match self {
+            Counter::Pg(pool) => sqlx::query_scalar(JOBGRAPH_LEFT)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+            Counter::Sqlite(pool) => sqlx::query_scalar(JOBGRAPH_LEFT)
+                .fetch_one(pool)
+                .await
+                .unwrap(),
+            #[cfg(feature = "peers")]
+            Counter::Peer(counter) => counter.left().await,
+        }
+    }
+}
+
+/// Worker processes, told to go together.
+struct Workers {
+    children: Vec<(Child, ChildStdin, BufReader<ChildStdout>)>,
+}
+
+impl Workers {
+    /// Starts `n` worker processes and waits until each says it is ready.
+    fn start(system: System, workload: Workload, mode: Mode, db: &Db, n: usize) -> Workers {
+        let exe = std::env::current_exe().unwrap();
+        let children = (0..n)
+            .map(|i| {
+                let mut command = Command::new(&exe);
+                if DIAGNOSE.load(std::sync::atomic::Ordering::Relaxed) {
+                    command.env(SQL_STATS_ENV, "1");
+                }
+                let mut child = command
+                    .args(["--worker", system.name(), workload.name(), mode.name()])
+                    .arg(db.url())
+                    .arg(format!("{}-{i}", system.name()))
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let stdin = child.stdin.take().unwrap();
+                let stdout = BufReader::new(child.stdout.take().unwrap());
+                (child, stdin, stdout)
+            })
+            .collect::<Vec<_>>();
+        let mut workers = Workers { children };
+        for (_, _, stdout) in &mut workers.children {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            assert_eq!(
+                line.trim(),
+                "ready",
+                "a {} worker failed to start",
+                system.name()
+            );
+        }
+        workers
+    }
+
+    fn go(&mut self) {
+        for (_, stdin, _) in &mut self.children {
+            writeln!(stdin, "go").unwrap();
+            stdin.flush().unwrap();
+        }
+    }
+
+    /// Tells every worker to stop, and waits for them: what each said it did.
+    fn stop(mut self) -> Vec<String> {
+        for (_, stdin, _) in &mut self.children {
+            let _ = writeln!(stdin, "stop");
+            let _ = stdin.flush();
+        }
+        let mut said = Vec::new();
+        for (mut child, stdin, mut stdout) in self.children.drain(..) {
+            drop(stdin);
+            let mut out = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+            let status = child.wait().unwrap();
+            said.extend(out.lines().map(str::to_owned));
+            if !status.success() {
+                said.push(format!("error: a worker process exited with {status}"));
+            }
+        }
+        said
+    }
+}
+
+/// Set by `--diagnose`: worker processes count their SQL statements.
+static DIAGNOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// One burn-down: jobs (runs) per second, and steps per second.
+#[derive(Clone, Debug)]
+struct Burn {
+    jobs_per_s: f64,
+    steps_per_s: f64,
+    secs: f64,
+    /// `Some(jobs finished)` if the cap stopped it first, or a worker process failed.
+    capped: Option<u64>,
+    /// What the workers printed when they stopped.
+    said: Vec<String>,
+}
+
+/// The claims the workers said they completed (`done claimed=.. completed=N ..`; jobgraph only).
+fn completed_claims(said: &[String]) -> u64 {
+    said.iter()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("completed="))
+        })
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum()
+}
+
+/// Burns down a backlog of `jobs` jobs of `workload` with `procs` worker processes, stopping at
+/// `cap` if the backlog is not gone by then (the rate is then of the jobs finished).
+async fn burn_down(
+    system: System,
+    workload: Workload,
+    jobs: u64,
+    procs: usize,
+    cap: Duration,
+) -> Burn {
+    let db = fresh_db(system).await;
+    let inserted = Instant::now();
+    setup_and_insert(system, &db, workload, jobs).await;
+    let insert_time = inserted.elapsed();
+    let counter = Counter::new(system, &db).await;
+    assert_eq!(counter.left().await, jobs as i64, "the backlog is in");
+    let mut workers = Workers::start(system, workload, Mode::Throughput, &db, procs);
+    workers.go();
+    let began = Instant::now();
+    let left = loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let left = counter.left().await;
+        if left == 0 || began.elapsed() >= cap {
+            break left;
+        }
+    };
+    let took = began.elapsed();
+    let said = workers.stop();
+    let secs = took.as_secs_f64();
+    let finished = jobs - left as u64;
+    let done: Vec<&String> = said
+        .iter()
+        .filter(|l| l.starts_with("done") || l.starts_with("error"))
+        .collect();
+    let burn = Burn {
+        jobs_per_s: finished as f64 / secs,
+        steps_per_s: if left == 0 {
+            (finished * workload.steps()) as f64 / secs
+        } else {
+            // Runs are claimed breadth-first (oldest ready step first), so a capped graph
+            // burn-down may finish few runs: count the steps the workers completed.
+            completed_claims(&said) as f64 * workload.steps_per_claim() / secs
+        },
+        secs,
+        capped: (left > 0 || said.iter().any(|l| l.starts_with("error"))).then_some(finished),
+        said: said.clone(),
+    };
+    eprintln!(
+        "  {:<16} {:<9} {procs} proc: {finished} of {jobs} jobs in {:.2} s = {:.0} jobs/s, \
+         {:.0} steps/s (backlog inserted in {:.2} s) {done:?}",
+        system.name(),
+        workload.name(),
+        secs,
+        burn.jobs_per_s,
+        burn.steps_per_s,
+        insert_time.as_secs_f64(),
+    );
+    burn
+}
+
+/// Submits one job to an idle system; how long until its completion is seen.
+async fn latency(system: System, mode: Mode, samples: usize) -> Vec<Duration> {
+    let db = fresh_db(system).await;
+    setup_and_insert(system, &db, Workload::Noop, 0).await;
+    let counter = Counter::new(system, &db).await;
+    let mut workers = Workers::start(system, Workload::Noop, mode, &db, 1);
+    workers.go();
+    let submitter = Submitter::new(system, &db).await;
+    // Let the workers settle (LISTEN, first polls).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut out = Vec::with_capacity(samples);
+    for i in 0..samples {
+        // Idle gaps of 10-220 ms, spread evenly over a 200 ms poll, so that a polling worker is
+        // met at every phase of its sleep.
+        let gap = 10 + (i as u64 * 7_919) % 211;
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+        let began = Instant::now();
+        submitter.submit(i as i64).await;
+        loop {
+            if counter.left().await == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(500));
+            assert!(
+                began.elapsed() < Duration::from_secs(30),
+                "{} did not complete a job in 30 s",
+                system.name()
+            );
+        }
+        out.push(began.elapsed());
+    }
+    workers.stop();
+    out
+}
+
+/// Submits one job at a time, for the latency cells.
+enum Submitter {
+    Pg(PgStore),
+    Sqlite(SqliteStore),
+    #[cfg(feature = "peers")]
+    Peer(peers::Submitter),
+}
+
+impl Submitter {
+    async fn new(system: System, db: &Db) -> Submitter {
+        match system {
+            System::JobgraphPg => Submitter::Pg(PgStore::connect(db.url()).await.unwrap()),
+            System::JobgraphSqlite => Submitter::Sqlite(SqliteStore::open(db.url()).await.unwrap()),
+            #[cfg(feature = "peers")]
+            peer => Submitter::Peer(peers::Submitter::new(peer, db.url()).await),
+            #[cfg(not(feature = "peers"))]
+            _ => no_peers(),
+        }
+    }
+
+    async fn submit(&self, seq: i64) {
+        match self {
+            Submitter::Pg(store) => {
+                Client::new(store)
+                    .submit(&Noop { n: seq as u64 })
+                    .await
+                    .unwrap();
+            }
+            Submitter::Sqlite(store) => {
+                Client::new(store)
+                    .submit(&Noop { n: seq as u64 })
+                    .await
+                    .unwrap();
+            }
+            #[cfg(feature = "peers")]
+            Submitter::Peer(submitter) => submitter.submit(seq).await,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reporting.
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn rate(x: Option<f64>) -> String {
+    match x {
+        Some(x) => format!("{x:.0}"),
+        None => "—".to_owned(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "—".to_owned(),
+    }
+}
+
+struct Options {
+    /// How long a burn-down may take: a system still working then is stopped, and its rate is
+    /// that of the jobs it finished.
+    cap: Duration,
+    /// Which cells: `burn`, `graphs`, `latency` (all unless `--cells` says).
+    cells: Vec<String>,
+    diagnose: bool,
+    jobs: u64,
+    rounds: usize,
+    samples: usize,
+    only: Vec<System>,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut o = Options {
+        cap: Duration::from_secs(120),
+        cells: vec!["burn".into(), "graphs".into(), "latency".into()],
+        diagnose: false,
+        jobs: 2_000,
+        rounds: 1,
+        samples: 50,
+        only: SYSTEMS.to_vec(),
+    };
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--full" => {
+                o.jobs = 20_000;
+                o.samples = 200;
+            }
+            "--diagnose" => o.diagnose = true,
+            "--cap" => {
+                i += 1;
+                o.cap = Duration::from_secs(args[i].parse().expect("--cap SECONDS"));
+            }
+            "--cells" => {
+                i += 1;
+                o.cells = args[i].split(',').map(str::to_owned).collect();
+            }
+            "--jobs" => {
+                i += 1;
+                o.jobs = args[i].parse().expect("--jobs N");
+            }
+            "--rounds" => {
+                i += 1;
+                o.rounds = args[i].parse().expect("--rounds N");
+            }
+            "--only" => {
+                i += 1;
+                o.only = args[i]
+                    .split(',')
+                    .map(|s| System::parse(s).unwrap_or_else(|| panic!("no system {s}")))
+                    .collect();
+            }
+            // `cargo bench` passes `--bench`; filters are not supported.
+            _ => {}
+        }
+        i += 1;
+    }
+    o
+}
+
+const PROCS: [usize; 3] = [1, 2, 4];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--worker") {
+        worker_main(&args[2..]);
+        return;
+    }
+    let o = options();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(coordinate(o));
+}
+
+async fn coordinate(o: Options) {
+    let run = o.only.clone();
+    // Start the cluster before anything is timed.
+    if run.iter().any(|s| *s != System::JobgraphSqlite) {
+        drop(fresh_db(System::JobgraphPg).await);
+        if let Some(t) = jobgraph_tests::pg::startup_time() {
+            eprintln!("PostgreSQL started in {t:?}");
+        }
+    }
+    let jobs = o.jobs;
+    if o.diagnose {
+        DIAGNOSE.store(true, std::sync::atomic::Ordering::Relaxed);
+        for &system in &run {
+            for procs in [1, 2] {
+                diagnose(system, jobs, procs).await;
+            }
+        }
+        return;
+    }
+    eprintln!(
+        "backlog {jobs} jobs; {} round(s); {} latency samples",
+        o.rounds, o.samples
+    );
+
+    // 1 and 4: single-step burn-down.
+    let mut noop: Vec<(System, usize, f64, bool)> = Vec::new();
+    let cell = |name: &str| o.cells.iter().any(|c| c == name);
+    for &procs in PROCS.iter().filter(|_| cell("burn")) {
+        for &system in &run {
+            let mut capped = false;
+            let rates: Vec<f64> = {
+                let mut v = Vec::new();
+                for _ in 0..o.rounds {
+                    let burn = burn_down(system, Workload::Noop, jobs, procs, o.cap).await;
+                    capped |= burn.capped.is_some();
+                    v.push(burn.jobs_per_s);
+                }
+                v
+            };
+            noop.push((system, procs, median(rates), capped));
+        }
+    }
+
+    // 2: graphs, jobgraph only.
+    let mut graphs: Vec<(System, Workload, usize, f64, bool)> = Vec::new();
+    for workload in [Workload::Diamond, Workload::ForEach]
+        .into_iter()
+        .filter(|_| cell("graphs"))
+    {
+        // Diamonds: as many steps as the single-step backlog. `for_each` runs go through a
+        // claim per step (3 per run), their 100 elements inside one: a 20th as many runs.
+        let runs = match workload {
+            Workload::ForEach => jobs / 20,
+            _ => jobs / workload.steps(),
+        }
+        .max(1);
+        for &procs in &PROCS {
+            for &system in run.iter().filter(|s| s.is_jobgraph()) {
+                let (mut v, mut capped) = (Vec::new(), false);
+                for _ in 0..o.rounds {
+                    let burn = burn_down(system, workload, runs, procs, o.cap).await;
+                    capped |= burn.capped.is_some();
+                    v.push(burn.steps_per_s);
+                }
+                graphs.push((system, workload, procs, median(v), capped));
+            }
+        }
+    }
+
+    // 3: latency.
+    let mut lat: Vec<(String, Duration, Duration)> = Vec::new();
+    for &system in run.iter().filter(|_| cell("latency")) {
+        let modes: &[Mode] = if system.is_jobgraph() {
+            &[Mode::Latency, Mode::LatencyFastPoll]
+        } else {
+            &[Mode::Latency]
+        };
+        for &mode in modes {
+            let mut samples = latency(system, mode, o.samples).await;
+            samples.sort();
+            let label = match mode {
+                Mode::LatencyFastPoll => format!("{} (poll 10 ms)", system.name()),
+                _ if system == System::JobgraphPg => {
+                    format!("{} (LISTEN/NOTIFY, poll 200 ms)", system.name())
+                }
+                _ if system.is_jobgraph() => format!("{} (poll 200 ms, default)", system.name()),
+                _ => format!("{} (LISTEN/NOTIFY)", system.name()),
+            };
+            let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+            eprintln!("  latency {label}: p50 {} p99 {}", ms(p50), ms(p99));
+            lat.push((label, p50, p99));
+        }
+    }
+
+    report(&o, &noop, &graphs, &lat);
+}
+
+/// One burn-down of `jobs` single-step jobs by `procs` worker processes that count their SQL
+/// statements: per job, how many of each kind and how long they took.
+async fn diagnose(system: System, jobs: u64, procs: usize) {
+    let burn = burn_down(
+        system,
+        Workload::Noop,
+        jobs,
+        procs,
+        Duration::from_secs(900),
+    )
+    .await;
+    let mut by_kind: std::collections::BTreeMap<String, (u64, f64)> = Default::default();
+    for line in burn.said.iter().filter_map(|l| l.strip_prefix("sql ")) {
+        for entry in line.split('\t').filter(|e| !e.is_empty()) {
+            let (kind, numbers) = entry.rsplit_once('=').unwrap();
+            let (n, ms) = numbers.split_once('/').unwrap();
+            let e = by_kind.entry(kind.to_owned()).or_default();
+            e.0 += n.parse::<u64>().unwrap();
+            e.1 += ms.parse::<f64>().unwrap();
+        }
+    }
+    let (total_n, total_ms) = by_kind
+        .values()
+        .fold((0, 0.0), |(n, ms), (a, b)| (n + a, ms + b));
+    let wall_ms = burn.secs * 1e3;
+    println!(
+        "\n#### {} single-step, {jobs} jobs, {procs} worker process(es): {:.0} jobs/s\n",
+        system.name(),
+        burn.jobs_per_s
+    );
+    println!(
+        "{:.2} statements per job; {:.3} ms of statement time per job (summed over the \
+         statements, which overlap); the burn-down took {:.3} ms of wall time per job\n",
+        total_n as f64 / jobs as f64,
+        total_ms / jobs as f64,
+        wall_ms / jobs as f64,
+    );
+    println!("| statement (first words) | per job | ms per job | mean ms |");
+    println!("|---|---:|---:|---:|");
+    let mut rows: Vec<_> = by_kind.into_iter().collect();
+    rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+    for (kind, (n, ms)) in rows {
+        println!(
+            "| `{}` | {:.3} | {:.3} | {:.3} |",
+            kind.replace('|', "\\|"),
+            n as f64 / jobs as f64,
+            ms / jobs as f64,
+            ms / n as f64
+        );
+    }
+}
+
+fn report(
+    o: &Options,
+    noop: &[(System, usize, f64, bool)],
+    graphs: &[(System, Workload, usize, f64, bool)],
+    lat: &[(String, Duration, Duration)],
+) {
+    let get = |system: System, procs: usize| {
+        noop.iter()
+            .find(|(s, p, _, _)| *s == system && *p == procs)
+            .map(|(_, _, r, _)| *r)
+    };
+    let capped = |system: System, procs: usize| {
+        noop.iter()
+            .any(|(s, p, _, c)| *s == system && *p == procs && *c)
+    };
+    let rate_of = |system: System, procs: usize| {
+        let r = rate(get(system, procs));
+        if capped(system, procs) {
+            format!("{r} *")
+        } else {
+            r
+        }
+    };
+    println!(
+        "\n### Single-step jobs, backlog of {} burned down (jobs/s, median of {} round(s))\n",
+        o.jobs, o.rounds
+    );
+    println!(
+        "| worker processes | jobgraph-pg | jobgraph-sqlite | awa | graphile | apalis | fastest peer \
+         | jobgraph-pg ÷ fastest | jobgraph-sqlite ÷ fastest |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    for &procs in &PROCS {
+        let fastest = PEERS
+            .iter()
+            .copied()
+            .filter_map(|p| get(p, procs).map(|r| (p, r)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let pg = get(System::JobgraphPg, procs);
+        let sqlite = get(System::JobgraphSqlite, procs);
+        println!(
+            "| {procs} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            rate_of(System::JobgraphPg, procs),
+            rate_of(System::JobgraphSqlite, procs),
+            rate_of(System::Awa, procs),
+            rate_of(System::Graphile, procs),
+            rate_of(System::Apalis, procs),
+            fastest.map_or("—".to_owned(), |(p, r)| format!("{} {r:.0}", p.name())),
+            ratio(pg, fastest.map(|f| f.1)),
+            ratio(sqlite, fastest.map(|f| f.1)),
+        );
+    }
+
+    println!(
+        "\n`*`: not burned down within {} s, or a worker process failed (the log says which); \
+         the rate of the jobs finished by then.",
+        o.cap.as_secs()
+    );
+    println!("\n### jobgraph graphs (steps/s; a `for_each` element is a step)\n");
+    println!(
+        "| store | worker processes | single-step jobs/s | diamond steps/s | ÷ single-step \
+         | for_each steps/s | ÷ single-step |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for system in [System::JobgraphPg, System::JobgraphSqlite] {
+        for &procs in &PROCS {
+            let g = |w: Workload| {
+                graphs
+                    .iter()
+                    .find(|(s, gw, p, _, _)| *s == system && *gw == w && *p == procs)
+                    .map(|(_, _, _, r, c)| (*r, *c))
+            };
+            let shown = |x: Option<(f64, bool)>| match x {
+                Some((r, true)) => format!("{r:.0} *"),
+                other => rate(other.map(|(r, _)| r)),
+            };
+            let single = get(system, procs);
+            let (diamond, each) = (g(Workload::Diamond), g(Workload::ForEach));
+            println!(
+                "| {} | {procs} | {} | {} | {} | {} | {} |",
+                system.name(),
+                rate_of(system, procs),
+                shown(diamond),
+                ratio(diamond.map(|d| d.0), single),
+                shown(each),
+                ratio(each.map(|e| e.0), single),
+            );
+        }
+    }
+
+    println!(
+        "\n### Submit to completion seen, one job at a time on an idle system ({} samples)\n",
+        o.samples
+    );
+    println!("| system | p50 | p99 | p50 ÷ fastest peer's p50 |");
+    println!("|---|---:|---:|---:|");
+    let best_peer = lat
+        .iter()
+        .filter(|(l, _, _)| !l.starts_with("jobgraph"))
+        .map(|(_, p50, _)| *p50)
+        .min();
+    for (label, p50, p99) in lat {
+        println!(
+            "| {label} | {} | {} | {} |",
+            ms(*p50),
+            ms(*p99),
+            ratio(Some(p50.as_secs_f64()), best_peer.map(|d| d.as_secs_f64()))
+        );
+    }
+}
