@@ -276,6 +276,9 @@ impl Fan100 {
 
 /// Steps a jobgraph worker process runs at once (what the README's example sets).
 const JOBGRAPH_CONCURRENCY: usize = 16;
+/// For throughput, as `Worker::prefetch` recommends for short steps (graphile_worker's perf
+/// test keeps a local queue of 500 likewise); none for latency.
+const JOBGRAPH_PREFETCH: usize = 240;
 
 // ---------------------------------------------------------------------------------------------
 // `--diagnose`: the SQL statements a worker process runs.
@@ -443,9 +446,14 @@ async fn jobgraph_worker<Q: Queue + Clone>(store: Q, name: &str, workload: Workl
         Mode::Throughput | Mode::Latency => Duration::from_millis(200),
         Mode::LatencyFastPoll => Duration::from_millis(10),
     };
+    let prefetch = match mode {
+        Mode::Throughput => JOBGRAPH_PREFETCH,
+        Mode::Latency | Mode::LatencyFastPoll => 0,
+    };
     let worker = Worker::new(&store)
         .name(name)
         .concurrency(JOBGRAPH_CONCURRENCY)
+        .prefetch(prefetch)
         .poll_interval(poll);
     let worker = match workload {
         Workload::Noop => worker.job::<Noop>(),

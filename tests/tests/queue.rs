@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobgraph::store::queue::{ClaimId, Failed, Held, Queue};
+use jobgraph::store::queue::{ClaimId, Completion, Failed, Held, Queue};
 use jobgraph::store::{PgStore, RunState, SqliteStore, StepStatus, Store as _, StoreError};
 use jobgraph::{CancellationToken, Client, ClientError, Retry, Worker, job};
 use serde::{Deserialize, Serialize};
@@ -86,6 +86,8 @@ on_both_queues! {
     an_empty_rate_bucket_does_not_crowd_out_other_steps => empty_bucket_crowds_out_nothing,
     a_returned_error_is_not_an_expired_lease => errors_are_not_expiries,
     a_run_a_worker_cannot_decode_fails_with_a_clear_error_instead_of_sticking => undecodable_runs_fail_clearly,
+    completions_commit_together_each_fenced_alone => complete_many_together,
+    a_worker_prefetches_claims_but_runs_no_more_than_its_concurrency => prefetch_runs_within_concurrency,
 }
 
 /// Counters of the jobs' executions, per key (a case's `base` and what it counts).
@@ -589,6 +591,174 @@ async fn worker_drains(store: impl TestQueue, base: u64) {
     };
 }
 
+/// One `complete_many` settles steps of several runs: each fenced alone (a stale claim is
+/// refused, the others commit), two parents of one child completed together make it ready once,
+/// and the run ends in the same call as its last step.
+async fn complete_many_together(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let one = client.submit(&Diamond { n: 1 }).await.unwrap().id;
+    let two = client.submit(&Diamond { n: 2 }).await.unwrap().id;
+    let roots = store.claim(WORKER, &["Diamond"], 2, LEASE).await.unwrap();
+    assert_eq!(roots.len(), 2);
+    let stale = ClaimId {
+        attempt: roots[1].id.attempt + 1,
+        ..roots[1].id.clone()
+    };
+    let done = [
+        Completion {
+            claim: &roots[0].id,
+            output: "1",
+            started_at: 0,
+        },
+        Completion {
+            claim: &stale,
+            output: "999",
+            started_at: 0,
+        },
+    ];
+    assert_eq!(
+        store.complete_many(WORKER, &done).await.unwrap(),
+        [true, false]
+    );
+    assert_eq!(roots[0].id.run, one);
+    // Run one's `b` and `c` are ready; run two's root is still claimed, not completed.
+    let parents = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+    let names: HashSet<_> = parents
+        .iter()
+        .map(|c| (c.id.run.as_str(), c.id.step.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        HashSet::from([(one.as_str(), "b"), (one.as_str(), "c")])
+    );
+    let stored = store.load_run(&two).await.unwrap().unwrap();
+    assert_eq!(stored.step("a").unwrap().state, StepStatus::Pending);
+    // Both parents of `d`, and run two's root, in one call: `d` becomes ready once.
+    let done: Vec<Completion<'_>> = parents
+        .iter()
+        .map(|c| Completion {
+            claim: &c.id,
+            output: "5",
+            started_at: 0,
+        })
+        .chain([Completion {
+            claim: &roots[1].id,
+            output: "2",
+            started_at: 0,
+        }])
+        .collect();
+    assert_eq!(
+        store.complete_many(WORKER, &done).await.unwrap(),
+        [true, true, true]
+    );
+    let next = store.claim(WORKER, &["Diamond"], 10, LEASE).await.unwrap();
+    let mut names: Vec<_> = next
+        .iter()
+        .map(|c| (c.id.run.as_str(), c.id.step.as_str()))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            (one.as_str(), "d"),
+            (two.as_str(), "b"),
+            (two.as_str(), "c")
+        ]
+    );
+    let d = next.iter().find(|c| c.id.step == "d").unwrap();
+    assert_eq!(
+        d.deps,
+        [
+            ("b".to_owned(), "5".to_owned()),
+            ("c".to_owned(), "5".to_owned())
+        ]
+    );
+    // The run ends in the call that completes its last step.
+    let last = [Completion {
+        claim: &d.id,
+        output: "10",
+        started_at: 0,
+    }];
+    assert_eq!(store.complete_many(WORKER, &last).await.unwrap(), [true]);
+    assert_eq!(
+        client.status(&one).await.unwrap().state,
+        RunState::Succeeded
+    );
+    // Nothing to settle is nothing done.
+    assert!(store.complete_many(WORKER, &[]).await.unwrap().is_empty());
+}
+
+/// Counts its executions in counter `key`, and the steps of `key` running at once.
+#[derive(Serialize, Deserialize)]
+struct Busy {
+    key: u64,
+}
+
+/// Per key: the steps running now, and the most that ran at once.
+static RUNNING: Mutex<Option<HashMap<u64, (u32, u32)>>> = Mutex::new(None);
+
+fn most_at_once(key: u64) -> u32 {
+    RUNNING
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|r| r.get(&key))
+        .map_or(0, |r| r.1)
+}
+
+#[job(durable)]
+impl Busy {
+    #[step]
+    async fn work(&self) -> u64 {
+        {
+            let mut running = RUNNING.lock().unwrap();
+            let r = running
+                .get_or_insert_with(HashMap::new)
+                .entry(self.key)
+                .or_default();
+            r.0 += 1;
+            r.1 = r.1.max(r.0);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(r) = RUNNING
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|r| r.get_mut(&self.key))
+        {
+            r.0 -= 1;
+        }
+        bump(self.key);
+        self.key
+    }
+}
+
+/// A worker with `prefetch` claims its concurrency and its prefetch in one claim, and runs no
+/// more steps at once than its concurrency.
+async fn prefetch_runs_within_concurrency(store: impl TestQueue, base: u64) {
+    let key = base + 40;
+    let client = Client::new(&store);
+    for _ in 0..6 {
+        client.submit(&Busy { key }).await.unwrap();
+    }
+    let worker = Worker::new(&store).job::<Busy>().concurrency(2).prefetch(4);
+    let stats = worker.run_once().await.unwrap();
+    assert_eq!((stats.claimed, stats.completed), (6, 6));
+    assert_eq!(count(key), 6);
+    assert_eq!(most_at_once(key), 2);
+    // Without prefetch, a claim takes no more than the concurrency.
+    for _ in 0..3 {
+        client.submit(&Busy { key }).await.unwrap();
+    }
+    let stats = Worker::new(&store)
+        .job::<Busy>()
+        .concurrency(2)
+        .run_once()
+        .await
+        .unwrap();
+    assert_eq!(stats.claimed, 2);
+}
+
 async fn held_batch(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     let ids = client
@@ -1080,7 +1250,10 @@ async fn postgres_workers_on_four_connections_run_a_batch_being_aborted() {
     shutdown.cancel();
     let mut completed = 0;
     for worker in workers {
-        completed += within(60, worker).await.unwrap().unwrap().completed;
+        let stats = within(60, worker).await.unwrap().unwrap();
+        // A deadlock would be a store error, which the worker retries and counts.
+        assert_eq!(stats.store_errors, 0, "{stats:?}");
+        completed += stats.completed;
     }
     let counts = client.batch_counts("busy").await.unwrap();
     assert_eq!(counts.cancelled, aborted);
@@ -1204,4 +1377,66 @@ async fn errors_are_not_expiries(store: impl TestQueue, base: u64) {
         "{:?}",
         call.error
     );
+}
+
+/// The database goes away under a running worker (every connection terminated, new ones refused
+/// for a while): the worker does not end, it retries its claims and commits with backoff, and
+/// every run completes once the database is back, each step once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_worker_rides_out_a_database_outage() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(2).await else {
+        return;
+    };
+    let key = 2050;
+    let client = Client::new(&stores[1]);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(client.submit(&Busy { key }).await.unwrap().id);
+    }
+    let worker = Worker::new(&stores[0])
+        .job::<Busy>()
+        .concurrency(2)
+        .poll_interval(Duration::from_millis(20));
+    let shutdown = CancellationToken::new();
+    let working = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    while count(key) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The outage: from the cluster's maintenance database, as its superuser.
+    let mut admin = sqlx::PgConnection::connect(&db.url_of("postgres"))
+        .await
+        .unwrap();
+    let name = db.name();
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+    )
+    .bind(name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!terminated.is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    for id in &ids {
+        within(60, client.wait::<Busy>(id, Duration::from_secs(60)))
+            .await
+            .unwrap();
+    }
+    shutdown.cancel();
+    let stats = within(60, working).await.unwrap().unwrap();
+    assert!(stats.store_errors > 0, "{stats:?}");
+    // Each step's output committed once; a step whose commit was lost ran again (at least once).
+    assert_eq!(stats.completed + stats.fenced, 20, "{stats:?}");
+    assert!(count(key) >= 20);
 }

@@ -295,7 +295,7 @@ impl Counter {
     pub(crate) async fn left(&self) -> i64 {
         match self {
             Counter::Sqlx08(pool, sql) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-            Counter::Sqlx09(pool, sql) => sqlx09::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Counter::Sqlx09(pool, sql) => sqlx09::query_scalar(*sql).fetch_one(pool).await.unwrap(),
         }
     }
 }
