@@ -1380,7 +1380,7 @@ const RELEASE_STEPS: &str = "UPDATE jobgraph_steps SET ready_at = now()
     RETURNING job";
 
 const ABORT_BATCH: &str = "UPDATE jobgraph_runs
-    SET state = 'cancelled', error = 'aborted', updated_at = now()
+    SET state = 'cancelled', error = 'aborted', updated_at = now(), expires_at = NULL
     WHERE id IN (SELECT id FROM jobgraph_runs
         WHERE batch = $1 AND state IN ('pending', 'running') ORDER BY id FOR UPDATE)
     RETURNING id";
@@ -1401,7 +1401,8 @@ const COUNT_BATCH_STEPS: &str = "SELECT s.name AS name,
 /// statement; a run another transaction holds is left to the next claim.
 const EXPIRE_RUNS: &str = "WITH expired AS (
         UPDATE jobgraph_runs
-        SET state = 'failed', error = 'its time to live expired', updated_at = now()
+        SET state = 'failed', error = 'its time to live expired', updated_at = now(),
+            expires_at = NULL
         WHERE id IN (SELECT id FROM jobgraph_runs
             WHERE queued AND expires_at IS NOT NULL AND expires_at <= now()
               AND state IN ('pending', 'running')
@@ -1414,9 +1415,9 @@ const EXPIRE_RUNS: &str = "WITH expired AS (
 
 /// The steps of `jobs` whose claims expired `max_attempts` times (their last lease is over too).
 const SELECT_EXHAUSTED: &str = "SELECT s.run_id, s.name
-    FROM jobgraph_steps s JOIN jobgraph_runs r ON r.id = s.run_id
-    WHERE s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until <= now()
-      AND s.job = ANY ($1) AND s.claims - s.fails >= r.max_attempts";
+    FROM jobgraph_steps s
+    WHERE s.job = ANY ($1) AND s.state = 'pending' AND s.ready_at IS NOT NULL
+      AND s.worker IS NOT NULL AND s.lease_until <= now() AND s.claims - s.fails >= s.max_attempts";
 
 const LOCK_RUN_SKIP: &str = "SELECT graph::text AS graph, max_attempts FROM jobgraph_runs
     WHERE id = $1 FOR UPDATE SKIP LOCKED";
@@ -1448,7 +1449,8 @@ const LOCK_LIMITS: &str = "SELECT l.job, l.step, l.concurrency, l.rate_count, l.
 const COUNT_CLAIMED: &str = "SELECT s.job, s.name, count(*) AS n
     FROM jobgraph_steps s
     JOIN unnest($1::text[], $2::text[]) AS l (job, step) ON s.job = l.job AND s.name = l.step
-    WHERE s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until > now()
+    WHERE s.state = 'pending' AND s.ready_at IS NOT NULL
+      AND s.worker IS NOT NULL AND s.lease_until > now()
     GROUP BY s.job, s.name";
 
 /// The conditions on a step's row (`s`) that make it claimable now: ready, not held by a live
@@ -1641,12 +1643,13 @@ const COUNT_LEFT: &str = "SELECT run_id,
     GROUP BY run_id";
 
 const END_RUNS: &str = "UPDATE jobgraph_runs r
-    SET state = e.state, error = e.error, updated_at = now()
+    SET state = e.state, error = e.error, updated_at = now(), expires_at = NULL
     FROM unnest($1::text[], $2::text[], $3::text[]) AS e (id, state, error)
     WHERE r.id = e.id AND r.state IN ('pending', 'running')";
 
 const ABORT_RUN: &str = "UPDATE jobgraph_runs
-    SET state = 'cancelled', error = 'aborted', updated_at = now() WHERE id = $1";
+    SET state = 'cancelled', error = 'aborted', updated_at = now(), expires_at = NULL
+    WHERE id = $1";
 
 const CANCEL_PENDING_STEPS: &str = "UPDATE jobgraph_steps
     SET state = 'cancelled', ready_at = NULL, ended_at = now()
