@@ -1080,37 +1080,10 @@ async fn settle_run(conn: &mut PgConnection, run: &str) -> Result<(), StoreError
 
 /// Ends each of `runs` (locked by the caller, so no other transaction changes their steps'
 /// states meanwhile) that has no pending step left: failed if one of its steps failed, else
-/// succeeded.
+/// succeeded. One statement.
 async fn settle_runs(conn: &mut PgConnection, runs: &[&str]) -> Result<(), StoreError> {
-    let rows = sqlx::query(COUNT_LEFT)
+    sqlx::query(END_SETTLED_RUNS)
         .bind(runs)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut ended: Vec<String> = Vec::new();
-    let mut states: Vec<&str> = Vec::new();
-    let mut errors: Vec<Option<String>> = Vec::new();
-    for row in &rows {
-        const T: &str = "jobgraph_steps";
-        let pending: i64 = get(row, "pending", T)?;
-        if pending > 0 {
-            continue;
-        }
-        let failed: Option<String> = get(row, "failed", T)?;
-        ended.push(get(row, "run_id", T)?);
-        states.push(if failed.is_some() {
-            "failed"
-        } else {
-            "succeeded"
-        });
-        errors.push(failed.map(|step| format!("step `{step}` failed")));
-    }
-    if ended.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(END_RUNS)
-        .bind(&ended)
-        .bind(&states)
-        .bind(&errors)
         .execute(conn)
         .await?;
     Ok(())
@@ -1634,18 +1607,20 @@ const SKIP_STEPS: &str = "UPDATE jobgraph_steps
     SET state = 'skipped', ready_at = NULL, worker = NULL, lease_until = NULL
     WHERE run_id = $1 AND idx = ANY ($2) AND state = 'pending'";
 
-/// Per run of `$1`: how many steps are pending, and the first failed step by byte order
-/// (`COLLATE \"C\"`, as SQLite's `MIN`).
-const COUNT_LEFT: &str = "SELECT run_id,
-        count(*) FILTER (WHERE state = 'pending') AS pending,
-        min(name COLLATE \"C\") FILTER (WHERE state = 'failed') AS failed
-    FROM jobgraph_steps WHERE run_id = ANY ($1)
-    GROUP BY run_id";
-
-const END_RUNS: &str = "UPDATE jobgraph_runs r
-    SET state = e.state, error = e.error, updated_at = now(), expires_at = NULL
-    FROM unnest($1::text[], $2::text[], $3::text[]) AS e (id, state, error)
-    WHERE r.id = e.id AND r.state IN ('pending', 'running')";
+/// Ends each run of `$1` none of whose steps is pending: failed, naming its first failed step
+/// by byte order (`COLLATE \"C\"`, as SQLite's `MIN`), if one failed; else succeeded.
+const END_SETTLED_RUNS: &str = "WITH settled AS (
+        SELECT run_id, min(name COLLATE \"C\") FILTER (WHERE state = 'failed') AS failed
+        FROM jobgraph_steps WHERE run_id = ANY ($1)
+        GROUP BY run_id
+        HAVING count(*) FILTER (WHERE state = 'pending') = 0
+    )
+    UPDATE jobgraph_runs r
+    SET state = CASE WHEN s.failed IS NULL THEN 'succeeded' ELSE 'failed' END,
+        error = CASE WHEN s.failed IS NOT NULL THEN 'step `' || s.failed || '` failed' END,
+        updated_at = now(), expires_at = NULL
+    FROM settled s
+    WHERE r.id = s.run_id AND r.state IN ('pending', 'running')";
 
 const ABORT_RUN: &str = "UPDATE jobgraph_runs
     SET state = 'cancelled', error = 'aborted', updated_at = now(), expires_at = NULL
