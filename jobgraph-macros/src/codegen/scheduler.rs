@@ -9,12 +9,16 @@
 //! parent completes in, never at a level barrier, and a poll costs what the running steps cost,
 //! not what the whole graph does.
 //!
-//! A job's compile time grows linearly with its number of steps (it grew with the cube before):
-//! nothing rustc checks or compiles grows with the number of steps in two ways at once.
+//! A job's compile time grows linearly with its number of steps: nothing rustc checks or
+//! compiles grows with the number of steps in two ways at once. With a local per step's future
+//! and per slot, held across the block's `.await`s, it grew with the cube: rustc's layout of an
+//! `async` block (which `cargo check` computes too, for the `Send` analysis) compares every two
+//! such locals at every statement, 54% of `cargo check` of a 300-step chain under `perf`
+//! (`StorageConflictVisitor::apply_state`), and borrow checking's liveness of those locals took
+//! 13% more; a 1,000-step chain took 708 s to build. So:
 //! - the slots are one tuple, and the steps' futures are in chunks of sixteen ([`CHUNK`]
 //!   consecutive positions), one pinned local each: the `async` block holds a few locals per
-//!   sixteen steps across its `.await`s (rustc's layout of an `async` block compares every two
-//!   of them at every statement);
+//!   sixteen steps across its `.await`s;
 //! - each chunk's turn is a closure of its own, called at once (inlined in a release build),
 //!   holding the match over the chunk's steps: the `async` block holds an arm per chunk;
 //! - a step's place is typed where it is declared, from its start function's signature
