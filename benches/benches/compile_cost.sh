@@ -13,6 +13,9 @@
 # incremental compilation off (touching changes nothing, so incremental would reuse everything;
 # this is the cost of compiling the crate). Prints a markdown table with the median and every
 # run. Set KEEP=1 to keep the temp dir.
+#
+# Then, unless CHAINS=0, how the debug build grows with the number of steps: `compile_chain.sh`
+# with chains of 100, 300 and 1,000 steps (CHAINS="100 300" for other sizes).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -134,3 +137,10 @@ for crate in jobgraph_grid handwritten_grid; do
     esac
     echo "| $crate | $what | $lines | $median | ${results[$crate]// /, } |"
 done
+
+if [[ "${CHAINS:-}" != 0 ]]; then
+    echo
+    # Word splitting of CHAINS is intended: one argument per size.
+    # shellcheck disable=SC2086
+    bash "$ROOT/benches/benches/compile_chain.sh" ${CHAINS:-100 300 1000}
+fi

@@ -43,6 +43,7 @@ pub use crate::lend::{
 pub use crate::policy::{policies, shared_retry, step_policies, timeout};
 pub use crate::runner::{drive_started, handle_core, send_run, start};
 pub use crate::sched::{
-    Failures, Mask, Sched, Slot, Stop, Suspend, TopoGraph, completed, turn, unreachable_step, waker,
+    Chunk, Failures, Sched, Slot, Stop, Suspend, TopoGraph, completed, turn, unreachable_step,
+    unstarted, waker,
 };
 pub use crate::store::StoredRun;

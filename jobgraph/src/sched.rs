@@ -80,6 +80,138 @@ impl<T> Slot<T> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The places of sixteen steps' futures (the steps at sixteen consecutive positions of the
+    /// topological order), pinned where the run's future is; a last chunk's unused places are
+    /// `()`.
+    ///
+    /// The run's future holds one chunk per sixteen steps, not a local per step: rustc's layout
+    /// of an `async` block compares the locals it holds across an `.await` with each other at
+    /// every statement, so with a local per step a job's compile time grew with the cube of its
+    /// number of steps.
+    #[project = ChunkProj]
+    #[allow(missing_docs, clippy::type_complexity)]
+    pub struct Chunk<F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15> {
+        #[pin] pub f0: F0,
+        #[pin] pub f1: F1,
+        #[pin] pub f2: F2,
+        #[pin] pub f3: F3,
+        #[pin] pub f4: F4,
+        #[pin] pub f5: F5,
+        #[pin] pub f6: F6,
+        #[pin] pub f7: F7,
+        #[pin] pub f8: F8,
+        #[pin] pub f9: F9,
+        #[pin] pub f10: F10,
+        #[pin] pub f11: F11,
+        #[pin] pub f12: F12,
+        #[pin] pub f13: F13,
+        #[pin] pub f14: F14,
+        #[pin] pub f15: F15,
+    }
+}
+
+impl<F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15>
+    Chunk<F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15>
+{
+    /// A chunk of these places.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub const fn new(
+        f0: F0,
+        f1: F1,
+        f2: F2,
+        f3: F3,
+        f4: F4,
+        f5: F5,
+        f6: F6,
+        f7: F7,
+        f8: F8,
+        f9: F9,
+        f10: F10,
+        f11: F11,
+        f12: F12,
+        f13: F13,
+        f14: F14,
+        f15: F15,
+    ) -> Self {
+        Chunk {
+            f0,
+            f1,
+            f2,
+            f3,
+            f4,
+            f5,
+            f6,
+            f7,
+            f8,
+            f9,
+            f10,
+            f11,
+            f12,
+            f13,
+            f14,
+            f15,
+        }
+    }
+
+    /// Every place, pinned.
+    #[inline]
+    #[allow(clippy::type_complexity)]
+    pub fn places(
+        self: Pin<&mut Self>,
+    ) -> (
+        Pin<&mut F0>,
+        Pin<&mut F1>,
+        Pin<&mut F2>,
+        Pin<&mut F3>,
+        Pin<&mut F4>,
+        Pin<&mut F5>,
+        Pin<&mut F6>,
+        Pin<&mut F7>,
+        Pin<&mut F8>,
+        Pin<&mut F9>,
+        Pin<&mut F10>,
+        Pin<&mut F11>,
+        Pin<&mut F12>,
+        Pin<&mut F13>,
+        Pin<&mut F14>,
+        Pin<&mut F15>,
+    ) {
+        let ChunkProj {
+            f0,
+            f1,
+            f2,
+            f3,
+            f4,
+            f5,
+            f6,
+            f7,
+            f8,
+            f9,
+            f10,
+            f11,
+            f12,
+            f13,
+            f14,
+            f15,
+        } = self.project();
+        (
+            f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15,
+        )
+    }
+}
+
+/// No future yet, in the place of the step that start function `start` starts: typed where the
+/// run's future declares the place, so the compiler does not carry an unknown type per step
+/// through the rest of the scheduler. `start` is never called.
+#[inline(always)]
+pub fn unstarted<'a, J: ?Sized + 'a, R: ?Sized + 'a, S: JobStep, P, Fut, G>(
+    _start: impl FnOnce(&'a J, &'a R, &'a RunCore<S>, P) -> Result<StepFuture<Fut, G>, StepError>,
+) -> Option<StepFuture<Fut, G>> {
+    None
+}
+
 /// A fixed-size set of step positions, `W` words of 64 steps.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Mask<const W: usize>(pub [u64; W]);
@@ -96,7 +228,7 @@ impl<const W: usize> Mask<W> {
 
     #[inline]
     /// Adds position `index`.
-    pub fn insert(&mut self, index: usize) {
+    pub const fn insert(&mut self, index: usize) {
         self.0[index / 64] |= 1 << (index % 64);
     }
 
@@ -152,6 +284,39 @@ pub struct TopoGraph<const W: usize, const N: usize> {
     /// The children that wait for this step alone: ready the moment it completes, with no
     /// check of their other dependencies.
     pub sole_children: [Mask<W>; N],
+}
+
+impl<const W: usize, const N: usize> TopoGraph<W, N> {
+    /// The graph whose step at index `i` (in `ALL`) has position `positions[i]`, and whose step
+    /// at position `k` waits for the steps at positions `deps[ends[k - 1]..ends[k]]` (from 0 for
+    /// the first): the masks built at compile time from the edges, so the generated code grows
+    /// with the number of edges, not with the number of steps times the masks' width.
+    pub const fn new(positions: [usize; N], deps: &[usize], ends: [usize; N]) -> Self {
+        let mut graph = TopoGraph {
+            positions,
+            deps: [Mask::EMPTY; N],
+            children: [Mask::EMPTY; N],
+            sole_children: [Mask::EMPTY; N],
+        };
+        let (mut k, mut start) = (0, 0);
+        while k < N {
+            let end = ends[k];
+            let mut e = start;
+            while e < end {
+                graph.deps[k].insert(deps[e]);
+                graph.children[deps[e]].insert(k);
+                e += 1;
+            }
+            // A step's dependencies hold no step twice (naming one twice is an error), so a
+            // step with one dependency waits for it alone.
+            if end == start + 1 {
+                graph.sole_children[deps[start]].insert(k);
+            }
+            start = end;
+            k += 1;
+        }
+        graph
+    }
 }
 
 /// The scheduler's bookkeeping for one run, by topological position: which steps may start,
@@ -247,14 +412,28 @@ impl<const W: usize> Sched<W> {
 /// holds, the fewer the processor fetches per step.
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
-pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
-    run: &RunCore<S>,
+pub fn turn<
+    'a,
+    const W: usize,
+    const N: usize,
+    J: ?Sized + 'a,
+    R: ?Sized + 'a,
+    S: JobStep,
+    P,
+    T,
+    Fut,
+    G,
+>(
+    job: &'a J,
+    res: &'a R,
+    run: &'a RunCore<S>,
     sched: &mut Sched<W>,
     graph: &TopoGraph<W, N>,
     k: usize,
     step: S,
     mut future: Pin<&mut Option<StepFuture<Fut, G>>>,
-    start: &impl Fn() -> Result<StepFuture<Fut, G>, StepError>,
+    start: impl FnOnce(&'a J, &'a R, &'a RunCore<S>, P) -> Result<StepFuture<Fut, G>, StepError>,
+    parents: P,
     slot: &Slot<T>,
     failures: &mut Failures<S>,
     cx: &mut Context<'_>,
@@ -265,7 +444,7 @@ pub fn turn<const W: usize, const N: usize, S: JobStep, T, Fut, G>(
     if sched.take_ready(k) {
         // Starting runs the user's code too: the attribute's policy expressions and
         // enrichment. Whatever goes wrong there is the step's failure.
-        match std::panic::catch_unwind(AssertUnwindSafe(start)) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| start(job, res, run, parents))) {
             Ok(Ok(started)) => future.set(Some(started)),
             Ok(Err(error)) => return start_failed(run, sched, k, step, error, failures),
             Err(payload) => {

@@ -1,13 +1,31 @@
 //! The scheduler: the body of `Job::__run`, generated per job from masks known at compile time.
 //!
-//! The run future owns a slot per step's output and a pinned slot per step's future, so nothing is
-//! boxed or allocated per step. Steps are numbered by their position in a topological order, and
-//! the scheduler keeps three bitmasks: ready (dependencies completed, not started), running and
-//! done. Each poll visits only the ready and running steps, lowest position first: a ready step
-//! is started and polled, a running one is polled, and a step that completes marks its children
-//! ready. Children come later in the order, so a step starts in the very poll its last parent
-//! completes in, never at a level barrier, and a poll costs what the running steps cost, not what
-//! the whole graph does.
+//! The run future owns a slot per step's output and a pinned place per step's future, so nothing
+//! is boxed or allocated per step. Steps are numbered by their position in a topological order,
+//! and the scheduler keeps three bitmasks: ready (dependencies completed, not started), running
+//! and done. Each poll visits only the ready and running steps, lowest position first: a ready
+//! step is started and polled, a running one is polled, and a step that completes marks its
+//! children ready. Children come later in the order, so a step starts in the very poll its last
+//! parent completes in, never at a level barrier, and a poll costs what the running steps cost,
+//! not what the whole graph does.
+//!
+//! A job's compile time grows linearly with its number of steps: nothing rustc checks or
+//! compiles grows with the number of steps in two ways at once. With a local per step's future
+//! and per slot, held across the block's `.await`s, it grew with the cube: rustc's layout of an
+//! `async` block (which `cargo check` computes too, for the `Send` analysis) compares every two
+//! such locals at every statement, 54% of `cargo check` of a 300-step chain under `perf`
+//! (`StorageConflictVisitor::apply_state`), and borrow checking's liveness of those locals took
+//! 13% more; a 1,000-step chain took 708 s to build. So:
+//! - the slots are one tuple, and the steps' futures are in chunks of sixteen ([`CHUNK`]
+//!   consecutive positions), one pinned local each: the `async` block holds a few locals per
+//!   sixteen steps across its `.await`s;
+//! - each chunk's turn is a closure of its own, called at once (inlined in a release build),
+//!   holding the match over the chunk's steps: the `async` block holds an arm per chunk;
+//! - a step's place is typed where it is declared, from its start function's signature
+//!   (`jobgraph::__private::unstarted`), and no closure is made per step: the type
+//!   checker carries no unknown per step through the body (it checks what is still unknown again
+//!   and again, and a closure's captures stay unknown until the end of the body);
+//! - the graph's masks are built by a `const fn` from the edges, not written out.
 //!
 //! Every call is fully qualified (`Sched::take_ready(&mut s, ..)`, not `s.take_ready(..)`), so no
 //! trait of the user's in scope can take a method call over.
@@ -20,6 +38,10 @@ use super::steps::start_fn;
 use crate::model::{Job, Param};
 use crate::validate::Graph;
 
+/// How many steps' futures one chunk of the run's future holds: the places of
+/// `jobgraph::__private::Chunk`.
+const CHUNK: usize = 16;
+
 pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStream {
     let p = &paths.private;
     let n = job.steps.len();
@@ -28,11 +50,8 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let partial = job.partial_struct();
 
     let run = local1("run");
-    // The run's resources, given to each step's start function when the job declares them.
-    let resources = job.resources.as_ref().map(|_| {
-        let res = local1("res");
-        quote!(#res,)
-    });
+    // The run's resources (`&()` when the job declares none), given to each step's start function.
+    let res = local1("res");
     let seed = local1("seed");
     let sched = local1("sched");
     let stop = local1("stop");
@@ -40,24 +59,53 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let cx = local1("cx");
     let waker = local1("waker");
     let graph_const = quote::format_ident!("__JG_GRAPH", span = proc_macro2::Span::mixed_site());
-    let slot = |i: usize| local("slot", i);
+    let slots = local1("slots");
+    // Step `i`'s output slot: a field of the one tuple of slots.
+    let slot = |i: usize| {
+        let i = syn::Index::from(i);
+        quote!(#slots.#i)
+    };
     let seeded = |i: usize| local("seed", i);
-    let fut = |i: usize| local("fut", i);
+    let chunk = |c: usize| local("chunk", c);
+    // The place of the future of the step at position `k`, in its chunk's closure.
+    let place = |k: usize| local("f", k % CHUNK);
+    let chunks = n.div_ceil(CHUNK);
     let idents: Vec<_> = job.steps.iter().map(|s| s.ident).collect();
 
     let seeds = (0..n).map(seeded);
-    let slot_decls = job.steps.iter().enumerate().map(|(i, s)| {
-        let (slot, seeded) = (slot(i), seeded(i));
+    let slot_values = job.steps.iter().enumerate().map(|(i, s)| {
+        let seeded = seeded(i);
         let ty = &s.output.ty;
-        quote!(let #slot: #p::Slot<#ty> = #p::Slot::seeded(#seeded);)
+        quote!(#p::Slot::<#ty>::seeded(#seeded),)
     });
     let is_set = (0..n).map(|i| {
         let slot = slot(i);
         quote!(#p::Slot::is_set(&#slot))
     });
-    let fut_decls = (0..n).map(|i| {
-        let fut = fut(i);
-        quote!(let mut #fut = #p::pin!(#p::None);)
+    // The start function of the step at position `k`, and its parents' slots.
+    let start_of = |k: usize| {
+        let s = &job.steps[graph.topo[k]];
+        let start = start_fn(s);
+        let parents = s.params.iter().filter_map(|param| match param {
+            Param::Parent { name, .. } => {
+                let parent = slot(job.step_index(name).expect("validated parent"));
+                Some(quote!(&#parent,))
+            }
+            _ => None,
+        });
+        (quote!(Self::#start), quote!((#(#parents)*)))
+    };
+    let chunk_decls = (0..chunks).map(|c| {
+        let chunk = chunk(c);
+        let places = (0..CHUNK).map(|j| {
+            if c * CHUNK + j < n {
+                let (start, _) = start_of(c * CHUNK + j);
+                quote!(#p::unstarted(#start))
+            } else {
+                quote!(())
+            }
+        });
+        quote!(let mut #chunk = #p::pin!(#p::Chunk::new(#(#places),*));)
     });
 
     // Positions in the topological order.
@@ -65,72 +113,109 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     for (k, &i) in graph.topo.iter().enumerate() {
         position[i] = k;
     }
-    let mask = |positions: &mut dyn Iterator<Item = usize>| {
-        let mut mask = vec![0u64; words];
-        for k in positions {
-            mask[k / 64] |= 1 << (k % 64);
-        }
-        quote!(#p::Mask([#(#mask),*]))
-    };
-    let deps = graph
+    // Each step's dependencies by position, one list after another, and where each list ends.
+    let mut dep_positions = Vec::new();
+    let dep_ends: Vec<usize> = graph
         .topo
         .iter()
-        .map(|&i| mask(&mut graph.deps[i].iter().map(|&d| position[d])));
-    let children = graph.topo.iter().map(|&i| {
-        mask(
-            &mut (0..n)
-                .filter(|&c| graph.deps[c].contains(&i))
-                .map(|c| position[c]),
-        )
-    });
-    // A step's dependencies hold no step twice (naming one twice is an error), so a child that
-    // waits for `i` alone has exactly `[i]`.
-    let sole_children = graph.topo.iter().map(|&i| {
-        mask(
-            &mut (0..n)
-                .filter(|&c| graph.deps[c] == [i])
-                .map(|c| position[c]),
-        )
-    });
+        .map(|&i| {
+            dep_positions.extend(graph.deps[i].iter().map(|&d| position[d]));
+            dep_positions.len()
+        })
+        .collect();
 
-    let arms = graph.topo.iter().enumerate().map(|(k, &i)| {
+    let arm = |k: usize| {
+        let i = graph.topo[k];
         let s = &job.steps[i];
         let variant = &s.variant;
-        let (slot, fut) = (slot(i), fut(i));
-        let start = start_fn(s);
-        // The step's parents' outputs, borrowed from their slots as the step starts: in the
-        // scheduler's pass, so no reference to a slot (not `Sync`) lives across an `.await`.
-        let parents = s.params.iter().filter_map(|param| match param {
-            Param::Parent { name, .. } => {
-                let parent = local("slot", job.step_index(name).expect("validated parent"));
-                Some(quote!(#p::Slot::get(&#parent)))
-            }
-            _ => None,
-        });
+        let (own_slot, place) = (slot(i), place(k));
+        let (start, parents) = start_of(k);
         quote! {
             #k => #p::turn(
+                self,
+                #res,
                 #run,
-                &mut #sched,
+                &mut *#sched,
                 &#graph_const,
                 #k,
                 #step_enum::#variant,
-                #p::Pin::as_mut(&mut #fut),
-                &|| Self::#start(self, #resources #run, #(#parents),*),
-                &#slot,
-                &mut #failures,
-                #cx,
+                #p::Pin::as_mut(&mut #place),
+                #start,
+                #parents,
+                &#own_slot,
+                &mut *#failures,
+                &mut *#cx,
             ),
+        }
+    };
+    // `let (__jg_f0, .., __jg_f15) = Chunk::places(..)`: the places of chunk `c`'s steps.
+    let places = |c: usize| {
+        let names = (0..CHUNK).map(|j| {
+            if c * CHUNK + j < n {
+                let place = place(c * CHUNK + j);
+                quote!(mut #place)
+            } else {
+                quote!(_)
+            }
+        });
+        quote!(let (#(#names),*) = #p::Chunk::places(__jg_chunk);)
+    };
+    // A chunk's turn: a closure of its own, called at once, holding the match over the chunk's
+    // steps (see the module's docs). A `move` closure given references, so it captures a
+    // reference to the slots' tuple, not one per parent it reads.
+    let chunk_arms = (0..chunks).map(|c| {
+        let places = places(c);
+        let chunk = chunk(c);
+        let arms = (c * CHUNK..n.min((c + 1) * CHUNK)).map(arm);
+        quote! {
+            #c => {
+                let (#slots, #sched, #failures, #cx, __jg_chunk) = (
+                    &#slots,
+                    &mut #sched,
+                    &mut #failures,
+                    &mut *#cx,
+                    #p::Pin::as_mut(&mut #chunk),
+                );
+                (move || {
+                    #places
+                    match __jg_k {
+                        #(#arms)*
+                        _ => #p::unreachable_step(),
+                    }
+                })()
+            }
         }
     });
 
-    let cancel_running = job.steps.iter().enumerate().map(|(i, s)| {
+    // A stopped run drops the futures of its running steps, chunk by chunk, then records them
+    // as stopped, in declaration order.
+    let drop_running = (0..chunks).map(|c| {
+        let places = places(c);
+        let chunk = chunk(c);
+        let drops = (c * CHUNK..n.min((c + 1) * CHUNK)).map(|k| {
+            let place = place(k);
+            quote! {
+                if #p::Sched::is_running(#sched, #k) {
+                    #p::Pin::set(&mut #place, #p::None);
+                }
+            }
+        });
+        quote! {
+            {
+                let (#sched, __jg_chunk) = (&#sched, #p::Pin::as_mut(&mut #chunk));
+                (move || {
+                    #places
+                    #(#drops)*
+                })();
+            }
+        }
+    });
+    let record_stopped = job.steps.iter().enumerate().map(|(i, s)| {
         let variant = &s.variant;
-        let fut = fut(i);
         let k = position[i];
         quote! {
-            if #p::Sched::is_running(&#sched, #k) {
-                #p::Pin::set(&mut #fut, #p::None);
-                #p::RunCore::stopped_step(#run, #step_enum::#variant, &mut #failures);
+            if #p::Sched::is_running(#sched, #k) {
+                #p::RunCore::stopped_step(#run, #step_enum::#variant, &mut *#failures);
             }
         }
     });
@@ -145,21 +230,20 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
 
     quote! {
         let #partial { #(#idents: #seeds,)* .. } = #seed;
-        #(#slot_decls)*
+        let #slots = (#(#slot_values)*);
         let mut #failures = #p::Failures::<#step_enum>::new();
         {
-            const #graph_const: #p::TopoGraph<#words, #n> = #p::TopoGraph {
-                positions: [#(#position),*],
-                deps: [#(#deps),*],
-                children: [#(#children),*],
-                sole_children: [#(#sole_children),*],
-            };
+            const #graph_const: #p::TopoGraph<#words, #n> = #p::TopoGraph::new(
+                [#(#position),*],
+                &[#(#dep_positions),*],
+                [#(#dep_ends),*],
+            );
             let mut #sched = #p::RunCore::sched(#run, &#graph_const, || [#(#is_set),*]);
             let mut #stop = #p::RunCore::stop(#run);
-            #(#fut_decls)*
-            // The passes run in this async block itself, not in a `poll_fn` closure: a closure
-            // would capture a pointer per step's slot, start and future and load them all on
-            // every poll, while the block reaches its locals where they are.
+            #(#chunk_decls)*
+            // The passes run in this async block itself, not in a `poll_fn` closure held across
+            // its `.await`s: the slots are not `Sync`, so the block may hold references to them
+            // only within a pass (the chunks' closures, made in the pass), or it is not `Send`.
             let mut #waker = #p::waker().await;
             let __jg_stopped = 'stop: loop {
                 {
@@ -171,8 +255,8 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                     loop {
                         let mut __jg_from = 0;
                         while let #p::Some(__jg_k) = #p::Sched::next(&#sched, __jg_from) {
-                            match __jg_k {
-                                #(#arms)*
+                            match __jg_k / #CHUNK {
+                                #(#chunk_arms)*
                                 _ => #p::unreachable_step(),
                             }
                             __jg_from = __jg_k + 1;
@@ -194,7 +278,11 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                 #p::RunCore::woken(#run);
             };
             if __jg_stopped {
-                #(#cancel_running)*
+                #(#drop_running)*
+                let (#sched, #failures) = (&#sched, &mut #failures);
+                (move || {
+                    #(#record_stopped)*
+                })();
             }
         }
         let __jg_partial = #partial {

@@ -1,9 +1,10 @@
 //! A function per step, and each step's policies as data.
 //!
 //! For each step the macro emits, in a hidden inherent impl of the job:
-//! - `__jg_start_<step>(&self, run, parents..)`: starts the step from its parents' outputs (the
-//!   parents' whole outputs, lent to the step's parameters as their declared types). Every engine
-//!   runs a step through it; the in-process scheduler calls it the moment the step is ready.
+//! - `__jg_start_<step>(&self, resources, run, (parents..))`: starts the step from its parents'
+//!   output slots (the parents' whole outputs, lent to the step's parameters as their declared
+//!   types). Every engine runs a step through it; the in-process scheduler calls it the moment the
+//!   step is ready.
 //! - `__jg_retry_<step>`, `__jg_timeout_<step>`, `__jg_limits_<step>`, `__jg_bound_<step>` for
 //!   the options its attribute declares: each attribute expression is emitted once, in its own
 //!   function, so a mistake in it is reported once and the start function and
@@ -63,8 +64,11 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
     let out_ty = &s.output.ty;
     let name = start_fn(s);
 
-    // One parameter per parent the step takes, in parameter order: the parent's whole output.
-    let mut fn_params = Vec::new();
+    // One slot per parent the step takes, in parameter order, as one tuple: the parent's whole
+    // output, read from its slot here.
+    let mut slot_names = Vec::new();
+    let mut slot_types = Vec::new();
+    let mut gets = Vec::new();
     // `let __jg_inJ = <parent J's output, lent as the parameter's type>;`; the attempt closure
     // captures these references.
     let mut inputs = Vec::new();
@@ -77,8 +81,11 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
             Param::Parent { name, ty } => {
                 let parent = job.step_index(name).expect("validated parent");
                 let given = local("p", j);
+                let slot = local("s", j);
                 let parent_ty = &job.steps[parent].output.ty;
-                fn_params.push(quote!(#given: &'__jg #parent_ty));
+                slot_types.push(quote!(&'__jg #p::Slot<#parent_ty>));
+                gets.push(quote!(let #given = #p::Slot::get(#slot);));
+                slot_names.push(slot);
                 // Spanned on the user's parameter type, the parent's output type too: a mismatch
                 // is reported on the parameter.
                 let span = ty.span();
@@ -174,15 +181,20 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
         "Starts step `{}` from its parents' outputs: its future, or why it cannot start.",
         s.name
     );
-    let res_param = job.resources.as_ref().map(|ty| quote!(#res: &'__jg #ty,));
+    // Every start function has the same parameters, so the scheduler can name one by its path
+    // alone (the run's resources are `()` when the job declares none).
+    let res_param = match &job.resources {
+        Some(ty) => quote!(#res: &'__jg #ty),
+        None => quote!(_: &'__jg ()),
+    };
     quote! {
         #[doc = #doc]
         #[inline]
         fn #name<'__jg>(
             &'__jg self,
-            #res_param
+            #res_param,
             #run: &'__jg #p::RunCore<#step_enum>,
-            #(#fn_params),*
+            (#(#slot_names,)*): (#(#slot_types,)*),
         ) -> #p::Result<
             #p::StepFuture<
                 impl #p::Future<Output = #p::Result<#out_ty, #p::BoxError>> + '__jg,
@@ -190,6 +202,7 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
             >,
             #p::StepError,
         > {
+            #(#gets)*
             #(#inputs)*
             #p::Ok(#started)
         }

@@ -237,65 +237,38 @@ impl ::jobgraph::__private::Job for Diamond {
                 d: __jg_seed3,
                 ..
             } = __jg_seed;
-            let __jg_slot0: ::jobgraph::__private::Slot<u32> = ::jobgraph::__private::Slot::seeded(
-                __jg_seed0,
-            );
-            let __jg_slot1: ::jobgraph::__private::Slot<u32> = ::jobgraph::__private::Slot::seeded(
-                __jg_seed1,
-            );
-            let __jg_slot2: ::jobgraph::__private::Slot<String> = ::jobgraph::__private::Slot::seeded(
-                __jg_seed2,
-            );
-            let __jg_slot3: ::jobgraph::__private::Slot<()> = ::jobgraph::__private::Slot::seeded(
-                __jg_seed3,
+            let __jg_slots = (
+                ::jobgraph::__private::Slot::<u32>::seeded(__jg_seed0),
+                ::jobgraph::__private::Slot::<u32>::seeded(__jg_seed1),
+                ::jobgraph::__private::Slot::<String>::seeded(__jg_seed2),
+                ::jobgraph::__private::Slot::<()>::seeded(__jg_seed3),
             );
             let mut __jg_failures = ::jobgraph::__private::Failures::<
                 DiamondStep,
             >::new();
             {
-                const __JG_GRAPH: ::jobgraph::__private::TopoGraph<1usize, 4usize> = ::jobgraph::__private::TopoGraph {
-                    positions: [0usize, 1usize, 2usize, 3usize],
-                    deps: [
-                        ::jobgraph::__private::Mask([0u64]),
-                        ::jobgraph::__private::Mask([1u64]),
-                        ::jobgraph::__private::Mask([1u64]),
-                        ::jobgraph::__private::Mask([6u64]),
-                    ],
-                    children: [
-                        ::jobgraph::__private::Mask([6u64]),
-                        ::jobgraph::__private::Mask([8u64]),
-                        ::jobgraph::__private::Mask([8u64]),
-                        ::jobgraph::__private::Mask([0u64]),
-                    ],
-                    sole_children: [
-                        ::jobgraph::__private::Mask([6u64]),
-                        ::jobgraph::__private::Mask([0u64]),
-                        ::jobgraph::__private::Mask([0u64]),
-                        ::jobgraph::__private::Mask([0u64]),
-                    ],
-                };
+                const __JG_GRAPH: ::jobgraph::__private::TopoGraph<1usize, 4usize> = ::jobgraph::__private::TopoGraph::new(
+                    [0usize, 1usize, 2usize, 3usize],
+                    &[0usize, 0usize, 1usize, 2usize],
+                    [0usize, 1usize, 2usize, 4usize],
+                );
                 let mut __jg_sched = ::jobgraph::__private::RunCore::sched(
                     __jg_run,
                     &__JG_GRAPH,
                     || [
-                        ::jobgraph::__private::Slot::is_set(&__jg_slot0),
-                        ::jobgraph::__private::Slot::is_set(&__jg_slot1),
-                        ::jobgraph::__private::Slot::is_set(&__jg_slot2),
-                        ::jobgraph::__private::Slot::is_set(&__jg_slot3),
+                        ::jobgraph::__private::Slot::is_set(&__jg_slots.0),
+                        ::jobgraph::__private::Slot::is_set(&__jg_slots.1),
+                        ::jobgraph::__private::Slot::is_set(&__jg_slots.2),
+                        ::jobgraph::__private::Slot::is_set(&__jg_slots.3),
                     ],
                 );
                 let mut __jg_stop = ::jobgraph::__private::RunCore::stop(__jg_run);
-                let mut __jg_fut0 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::None
-                );
-                let mut __jg_fut1 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::None
-                );
-                let mut __jg_fut2 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::None
-                );
-                let mut __jg_fut3 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::None
+                let mut __jg_chunk0 = ::jobgraph::__private::pin!(
+                    ::jobgraph::__private::Chunk::new(::jobgraph::__private::unstarted(Self::__jg_start_a),
+                    ::jobgraph::__private::unstarted(Self::__jg_start_b),
+                    ::jobgraph::__private::unstarted(Self::__jg_start_c),
+                    ::jobgraph::__private::unstarted(Self::__jg_start_d), (), (), (), (),
+                    (), (), (), (), (), (), (), ())
                 );
                 let mut __jg_waker = ::jobgraph::__private::waker().await;
                 let __jg_stopped = 'stop: loop {
@@ -316,74 +289,112 @@ impl ::jobgraph::__private::Job for Diamond {
                                 &__jg_sched,
                                 __jg_from,
                             ) {
-                                match __jg_k {
+                                match __jg_k / 16usize {
                                     0usize => {
-                                        ::jobgraph::__private::turn(
-                                            __jg_run,
-                                            &mut __jg_sched,
-                                            &__JG_GRAPH,
-                                            0usize,
-                                            DiamondStep::A,
-                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                                            &|| Self::__jg_start_a(self, __jg_run),
-                                            &__jg_slot0,
-                                            &mut __jg_failures,
+                                        let (
+                                            __jg_slots,
+                                            __jg_sched,
+                                            __jg_failures,
                                             __jg_cx,
-                                        )
-                                    }
-                                    1usize => {
-                                        ::jobgraph::__private::turn(
-                                            __jg_run,
+                                            __jg_chunk,
+                                        ) = (
+                                            &__jg_slots,
                                             &mut __jg_sched,
-                                            &__JG_GRAPH,
-                                            1usize,
-                                            DiamondStep::B,
-                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
-                                            &|| Self::__jg_start_b(
-                                                self,
-                                                __jg_run,
-                                                ::jobgraph::__private::Slot::get(&__jg_slot0),
-                                            ),
-                                            &__jg_slot1,
                                             &mut __jg_failures,
-                                            __jg_cx,
-                                        )
-                                    }
-                                    2usize => {
-                                        ::jobgraph::__private::turn(
-                                            __jg_run,
-                                            &mut __jg_sched,
-                                            &__JG_GRAPH,
-                                            2usize,
-                                            DiamondStep::C,
-                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut2),
-                                            &|| Self::__jg_start_c(
-                                                self,
-                                                __jg_run,
-                                                ::jobgraph::__private::Slot::get(&__jg_slot0),
-                                            ),
-                                            &__jg_slot2,
-                                            &mut __jg_failures,
-                                            __jg_cx,
-                                        )
-                                    }
-                                    3usize => {
-                                        ::jobgraph::__private::turn(
-                                            __jg_run,
-                                            &mut __jg_sched,
-                                            &__JG_GRAPH,
-                                            3usize,
-                                            DiamondStep::D,
-                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut3),
-                                            &|| Self::__jg_start_d(
-                                                self,
-                                                __jg_run,
-                                                ::jobgraph::__private::Slot::get(&__jg_slot1),
-                                            ),
-                                            &__jg_slot3,
-                                            &mut __jg_failures,
-                                            __jg_cx,
-                                        )
+                                            &mut *__jg_cx,
+                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_chunk0),
+                                        );
+                                        (move || {
+                                            let (
+                                                mut __jg_f0,
+                                                mut __jg_f1,
+                                                mut __jg_f2,
+                                                mut __jg_f3,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                            ) = ::jobgraph::__private::Chunk::places(__jg_chunk);
+                                            match __jg_k {
+                                                0usize => {
+                                                    ::jobgraph::__private::turn(
+                                                        self,
+                                                        __jg_res,
+                                                        __jg_run,
+                                                        &mut *__jg_sched,
+                                                        &__JG_GRAPH,
+                                                        0usize,
+                                                        DiamondStep::A,
+                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f0),
+                                                        Self::__jg_start_a,
+                                                        (),
+                                                        &__jg_slots.0,
+                                                        &mut *__jg_failures,
+                                                        &mut *__jg_cx,
+                                                    )
+                                                }
+                                                1usize => {
+                                                    ::jobgraph::__private::turn(
+                                                        self,
+                                                        __jg_res,
+                                                        __jg_run,
+                                                        &mut *__jg_sched,
+                                                        &__JG_GRAPH,
+                                                        1usize,
+                                                        DiamondStep::B,
+                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f1),
+                                                        Self::__jg_start_b,
+                                                        (&__jg_slots.0,),
+                                                        &__jg_slots.1,
+                                                        &mut *__jg_failures,
+                                                        &mut *__jg_cx,
+                                                    )
+                                                }
+                                                2usize => {
+                                                    ::jobgraph::__private::turn(
+                                                        self,
+                                                        __jg_res,
+                                                        __jg_run,
+                                                        &mut *__jg_sched,
+                                                        &__JG_GRAPH,
+                                                        2usize,
+                                                        DiamondStep::C,
+                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f2),
+                                                        Self::__jg_start_c,
+                                                        (&__jg_slots.0,),
+                                                        &__jg_slots.2,
+                                                        &mut *__jg_failures,
+                                                        &mut *__jg_cx,
+                                                    )
+                                                }
+                                                3usize => {
+                                                    ::jobgraph::__private::turn(
+                                                        self,
+                                                        __jg_res,
+                                                        __jg_run,
+                                                        &mut *__jg_sched,
+                                                        &__JG_GRAPH,
+                                                        3usize,
+                                                        DiamondStep::D,
+                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f3),
+                                                        Self::__jg_start_d,
+                                                        (&__jg_slots.1,),
+                                                        &__jg_slots.3,
+                                                        &mut *__jg_failures,
+                                                        &mut *__jg_cx,
+                                                    )
+                                                }
+                                                _ => ::jobgraph::__private::unreachable_step(),
+                                            }
+                                        })()
                                     }
                                     _ => ::jobgraph::__private::unreachable_step(),
                                 }
@@ -409,57 +420,106 @@ impl ::jobgraph::__private::Job for Diamond {
                     ::jobgraph::__private::RunCore::woken(__jg_run);
                 };
                 if __jg_stopped {
-                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 0usize) {
-                        ::jobgraph::__private::Pin::set(
-                            &mut __jg_fut0,
-                            ::jobgraph::__private::None,
+                    {
+                        let (__jg_sched, __jg_chunk) = (
+                            &__jg_sched,
+                            ::jobgraph::__private::Pin::as_mut(&mut __jg_chunk0),
                         );
-                        ::jobgraph::__private::RunCore::stopped_step(
-                            __jg_run,
-                            DiamondStep::A,
-                            &mut __jg_failures,
-                        );
+                        (move || {
+                            let (
+                                mut __jg_f0,
+                                mut __jg_f1,
+                                mut __jg_f2,
+                                mut __jg_f3,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                            ) = ::jobgraph::__private::Chunk::places(__jg_chunk);
+                            if ::jobgraph::__private::Sched::is_running(
+                                __jg_sched,
+                                0usize,
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_f0,
+                                    ::jobgraph::__private::None,
+                                );
+                            }
+                            if ::jobgraph::__private::Sched::is_running(
+                                __jg_sched,
+                                1usize,
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_f1,
+                                    ::jobgraph::__private::None,
+                                );
+                            }
+                            if ::jobgraph::__private::Sched::is_running(
+                                __jg_sched,
+                                2usize,
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_f2,
+                                    ::jobgraph::__private::None,
+                                );
+                            }
+                            if ::jobgraph::__private::Sched::is_running(
+                                __jg_sched,
+                                3usize,
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_f3,
+                                    ::jobgraph::__private::None,
+                                );
+                            }
+                        })();
                     }
-                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 1usize) {
-                        ::jobgraph::__private::Pin::set(
-                            &mut __jg_fut1,
-                            ::jobgraph::__private::None,
-                        );
-                        ::jobgraph::__private::RunCore::stopped_step(
-                            __jg_run,
-                            DiamondStep::B,
-                            &mut __jg_failures,
-                        );
-                    }
-                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 2usize) {
-                        ::jobgraph::__private::Pin::set(
-                            &mut __jg_fut2,
-                            ::jobgraph::__private::None,
-                        );
-                        ::jobgraph::__private::RunCore::stopped_step(
-                            __jg_run,
-                            DiamondStep::C,
-                            &mut __jg_failures,
-                        );
-                    }
-                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 3usize) {
-                        ::jobgraph::__private::Pin::set(
-                            &mut __jg_fut3,
-                            ::jobgraph::__private::None,
-                        );
-                        ::jobgraph::__private::RunCore::stopped_step(
-                            __jg_run,
-                            DiamondStep::D,
-                            &mut __jg_failures,
-                        );
-                    }
+                    let (__jg_sched, __jg_failures) = (&__jg_sched, &mut __jg_failures);
+                    (move || {
+                        if ::jobgraph::__private::Sched::is_running(__jg_sched, 0usize) {
+                            ::jobgraph::__private::RunCore::stopped_step(
+                                __jg_run,
+                                DiamondStep::A,
+                                &mut *__jg_failures,
+                            );
+                        }
+                        if ::jobgraph::__private::Sched::is_running(__jg_sched, 1usize) {
+                            ::jobgraph::__private::RunCore::stopped_step(
+                                __jg_run,
+                                DiamondStep::B,
+                                &mut *__jg_failures,
+                            );
+                        }
+                        if ::jobgraph::__private::Sched::is_running(__jg_sched, 2usize) {
+                            ::jobgraph::__private::RunCore::stopped_step(
+                                __jg_run,
+                                DiamondStep::C,
+                                &mut *__jg_failures,
+                            );
+                        }
+                        if ::jobgraph::__private::Sched::is_running(__jg_sched, 3usize) {
+                            ::jobgraph::__private::RunCore::stopped_step(
+                                __jg_run,
+                                DiamondStep::D,
+                                &mut *__jg_failures,
+                            );
+                        }
+                    })();
                 }
             }
             let __jg_partial = DiamondPartial {
-                a: ::jobgraph::__private::Slot::into_inner(__jg_slot0),
-                b: ::jobgraph::__private::Slot::into_inner(__jg_slot1),
-                c: ::jobgraph::__private::Slot::into_inner(__jg_slot2),
-                d: ::jobgraph::__private::Slot::into_inner(__jg_slot3),
+                a: ::jobgraph::__private::Slot::into_inner(__jg_slots.0),
+                b: ::jobgraph::__private::Slot::into_inner(__jg_slots.1),
+                c: ::jobgraph::__private::Slot::into_inner(__jg_slots.2),
+                d: ::jobgraph::__private::Slot::into_inner(__jg_slots.3),
             };
             match ::jobgraph::__private::RunCore::end(__jg_run, __jg_failures) {
                 ::jobgraph::__private::Ok(()) => ::jobgraph::__private::Ok(__jg_partial),
@@ -658,7 +718,9 @@ impl Diamond {
     #[inline]
     fn __jg_start_a<'__jg>(
         &'__jg self,
+        _: &'__jg (),
         __jg_run: &'__jg ::jobgraph::__private::RunCore<DiamondStep>,
+        (): (),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -694,8 +756,9 @@ impl Diamond {
     #[inline]
     fn __jg_start_b<'__jg>(
         &'__jg self,
+        _: &'__jg (),
         __jg_run: &'__jg ::jobgraph::__private::RunCore<DiamondStep>,
-        __jg_p0: &'__jg u32,
+        (__jg_s0,): (&'__jg ::jobgraph::__private::Slot<u32>,),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -713,6 +776,7 @@ impl Diamond {
         >,
         ::jobgraph::__private::StepError,
     > {
+        let __jg_p0 = ::jobgraph::__private::Slot::get(__jg_s0);
         let __jg_in0 = ::jobgraph::__private::parent::<u32, u32>(__jg_p0);
         ::jobgraph::__private::Ok(
             ::jobgraph::__private::RunCore::step(
@@ -735,8 +799,9 @@ impl Diamond {
     #[inline]
     fn __jg_start_c<'__jg>(
         &'__jg self,
+        _: &'__jg (),
         __jg_run: &'__jg ::jobgraph::__private::RunCore<DiamondStep>,
-        __jg_p1: &'__jg u32,
+        (__jg_s1,): (&'__jg ::jobgraph::__private::Slot<u32>,),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -754,6 +819,7 @@ impl Diamond {
         >,
         ::jobgraph::__private::StepError,
     > {
+        let __jg_p1 = ::jobgraph::__private::Slot::get(__jg_s1);
         let __jg_in1 = ::jobgraph::__private::parent::<u32, u32>(__jg_p1);
         ::jobgraph::__private::Ok(
             ::jobgraph::__private::RunCore::step(
@@ -775,8 +841,9 @@ impl Diamond {
     #[inline]
     fn __jg_start_d<'__jg>(
         &'__jg self,
+        _: &'__jg (),
         __jg_run: &'__jg ::jobgraph::__private::RunCore<DiamondStep>,
-        __jg_p0: &'__jg u32,
+        (__jg_s0,): (&'__jg ::jobgraph::__private::Slot<u32>,),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -794,6 +861,7 @@ impl Diamond {
         >,
         ::jobgraph::__private::StepError,
     > {
+        let __jg_p0 = ::jobgraph::__private::Slot::get(__jg_s0);
         let __jg_in0 = ::jobgraph::__private::parent::<u32, u32>(__jg_p0);
         ::jobgraph::__private::Ok(
             ::jobgraph::__private::RunCore::step(

@@ -205,53 +205,35 @@ impl ::jobgraph::__private::Job for Crawl {
                 index: __jg_seed2,
                 ..
             } = __jg_seed;
-            let __jg_slot0: ::jobgraph::__private::Slot<Vec<u32>> = ::jobgraph::__private::Slot::seeded(
-                __jg_seed0,
-            );
-            let __jg_slot1: ::jobgraph::__private::Slot<::std::vec::Vec<String>> = ::jobgraph::__private::Slot::seeded(
-                __jg_seed1,
-            );
-            let __jg_slot2: ::jobgraph::__private::Slot<usize> = ::jobgraph::__private::Slot::seeded(
-                __jg_seed2,
+            let __jg_slots = (
+                ::jobgraph::__private::Slot::<Vec<u32>>::seeded(__jg_seed0),
+                ::jobgraph::__private::Slot::<
+                    ::std::vec::Vec<String>,
+                >::seeded(__jg_seed1),
+                ::jobgraph::__private::Slot::<usize>::seeded(__jg_seed2),
             );
             let mut __jg_failures = ::jobgraph::__private::Failures::<CrawlStep>::new();
             {
-                const __JG_GRAPH: ::jobgraph::__private::TopoGraph<1usize, 3usize> = ::jobgraph::__private::TopoGraph {
-                    positions: [0usize, 1usize, 2usize],
-                    deps: [
-                        ::jobgraph::__private::Mask([0u64]),
-                        ::jobgraph::__private::Mask([1u64]),
-                        ::jobgraph::__private::Mask([2u64]),
-                    ],
-                    children: [
-                        ::jobgraph::__private::Mask([2u64]),
-                        ::jobgraph::__private::Mask([4u64]),
-                        ::jobgraph::__private::Mask([0u64]),
-                    ],
-                    sole_children: [
-                        ::jobgraph::__private::Mask([2u64]),
-                        ::jobgraph::__private::Mask([4u64]),
-                        ::jobgraph::__private::Mask([0u64]),
-                    ],
-                };
+                const __JG_GRAPH: ::jobgraph::__private::TopoGraph<1usize, 3usize> = ::jobgraph::__private::TopoGraph::new(
+                    [0usize, 1usize, 2usize],
+                    &[0usize, 1usize],
+                    [0usize, 1usize, 2usize],
+                );
                 let mut __jg_sched = ::jobgraph::__private::RunCore::sched(
                     __jg_run,
                     &__JG_GRAPH,
                     || [
-                        ::jobgraph::__private::Slot::is_set(&__jg_slot0),
-                        ::jobgraph::__private::Slot::is_set(&__jg_slot1),
-                        ::jobgraph::__private::Slot::is_set(&__jg_slot2),
+                        ::jobgraph::__private::Slot::is_set(&__jg_slots.0),
+                        ::jobgraph::__private::Slot::is_set(&__jg_slots.1),
+                        ::jobgraph::__private::Slot::is_set(&__jg_slots.2),
                     ],
                 );
                 let mut __jg_stop = ::jobgraph::__private::RunCore::stop(__jg_run);
-                let mut __jg_fut0 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::None
-                );
-                let mut __jg_fut1 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::None
-                );
-                let mut __jg_fut2 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::None
+                let mut __jg_chunk0 = ::jobgraph::__private::pin!(
+                    ::jobgraph::__private::Chunk::new(::jobgraph::__private::unstarted(Self::__jg_start_pages),
+                    ::jobgraph::__private::unstarted(Self::__jg_start_fetch),
+                    ::jobgraph::__private::unstarted(Self::__jg_start_index), (), (), (),
+                    (), (), (), (), (), (), (), (), (), ())
                 );
                 let mut __jg_waker = ::jobgraph::__private::waker().await;
                 let __jg_stopped = 'stop: loop {
@@ -272,58 +254,95 @@ impl ::jobgraph::__private::Job for Crawl {
                                 &__jg_sched,
                                 __jg_from,
                             ) {
-                                match __jg_k {
+                                match __jg_k / 16usize {
                                     0usize => {
-                                        ::jobgraph::__private::turn(
-                                            __jg_run,
-                                            &mut __jg_sched,
-                                            &__JG_GRAPH,
-                                            0usize,
-                                            CrawlStep::Pages,
-                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut0),
-                                            &|| Self::__jg_start_pages(self, __jg_res, __jg_run),
-                                            &__jg_slot0,
-                                            &mut __jg_failures,
+                                        let (
+                                            __jg_slots,
+                                            __jg_sched,
+                                            __jg_failures,
                                             __jg_cx,
-                                        )
-                                    }
-                                    1usize => {
-                                        ::jobgraph::__private::turn(
-                                            __jg_run,
+                                            __jg_chunk,
+                                        ) = (
+                                            &__jg_slots,
                                             &mut __jg_sched,
-                                            &__JG_GRAPH,
-                                            1usize,
-                                            CrawlStep::Fetch,
-                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut1),
-                                            &|| Self::__jg_start_fetch(
-                                                self,
-                                                __jg_res,
-                                                __jg_run,
-                                                ::jobgraph::__private::Slot::get(&__jg_slot0),
-                                            ),
-                                            &__jg_slot1,
                                             &mut __jg_failures,
-                                            __jg_cx,
-                                        )
-                                    }
-                                    2usize => {
-                                        ::jobgraph::__private::turn(
-                                            __jg_run,
-                                            &mut __jg_sched,
-                                            &__JG_GRAPH,
-                                            2usize,
-                                            CrawlStep::Index,
-                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_fut2),
-                                            &|| Self::__jg_start_index(
-                                                self,
-                                                __jg_res,
-                                                __jg_run,
-                                                ::jobgraph::__private::Slot::get(&__jg_slot1),
-                                            ),
-                                            &__jg_slot2,
-                                            &mut __jg_failures,
-                                            __jg_cx,
-                                        )
+                                            &mut *__jg_cx,
+                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_chunk0),
+                                        );
+                                        (move || {
+                                            let (
+                                                mut __jg_f0,
+                                                mut __jg_f1,
+                                                mut __jg_f2,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                            ) = ::jobgraph::__private::Chunk::places(__jg_chunk);
+                                            match __jg_k {
+                                                0usize => {
+                                                    ::jobgraph::__private::turn(
+                                                        self,
+                                                        __jg_res,
+                                                        __jg_run,
+                                                        &mut *__jg_sched,
+                                                        &__JG_GRAPH,
+                                                        0usize,
+                                                        CrawlStep::Pages,
+                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f0),
+                                                        Self::__jg_start_pages,
+                                                        (),
+                                                        &__jg_slots.0,
+                                                        &mut *__jg_failures,
+                                                        &mut *__jg_cx,
+                                                    )
+                                                }
+                                                1usize => {
+                                                    ::jobgraph::__private::turn(
+                                                        self,
+                                                        __jg_res,
+                                                        __jg_run,
+                                                        &mut *__jg_sched,
+                                                        &__JG_GRAPH,
+                                                        1usize,
+                                                        CrawlStep::Fetch,
+                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f1),
+                                                        Self::__jg_start_fetch,
+                                                        (&__jg_slots.0,),
+                                                        &__jg_slots.1,
+                                                        &mut *__jg_failures,
+                                                        &mut *__jg_cx,
+                                                    )
+                                                }
+                                                2usize => {
+                                                    ::jobgraph::__private::turn(
+                                                        self,
+                                                        __jg_res,
+                                                        __jg_run,
+                                                        &mut *__jg_sched,
+                                                        &__JG_GRAPH,
+                                                        2usize,
+                                                        CrawlStep::Index,
+                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f2),
+                                                        Self::__jg_start_index,
+                                                        (&__jg_slots.1,),
+                                                        &__jg_slots.2,
+                                                        &mut *__jg_failures,
+                                                        &mut *__jg_cx,
+                                                    )
+                                                }
+                                                _ => ::jobgraph::__private::unreachable_step(),
+                                            }
+                                        })()
                                     }
                                     _ => ::jobgraph::__private::unreachable_step(),
                                 }
@@ -349,45 +368,89 @@ impl ::jobgraph::__private::Job for Crawl {
                     ::jobgraph::__private::RunCore::woken(__jg_run);
                 };
                 if __jg_stopped {
-                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 0usize) {
-                        ::jobgraph::__private::Pin::set(
-                            &mut __jg_fut0,
-                            ::jobgraph::__private::None,
+                    {
+                        let (__jg_sched, __jg_chunk) = (
+                            &__jg_sched,
+                            ::jobgraph::__private::Pin::as_mut(&mut __jg_chunk0),
                         );
-                        ::jobgraph::__private::RunCore::stopped_step(
-                            __jg_run,
-                            CrawlStep::Pages,
-                            &mut __jg_failures,
-                        );
+                        (move || {
+                            let (
+                                mut __jg_f0,
+                                mut __jg_f1,
+                                mut __jg_f2,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                            ) = ::jobgraph::__private::Chunk::places(__jg_chunk);
+                            if ::jobgraph::__private::Sched::is_running(
+                                __jg_sched,
+                                0usize,
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_f0,
+                                    ::jobgraph::__private::None,
+                                );
+                            }
+                            if ::jobgraph::__private::Sched::is_running(
+                                __jg_sched,
+                                1usize,
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_f1,
+                                    ::jobgraph::__private::None,
+                                );
+                            }
+                            if ::jobgraph::__private::Sched::is_running(
+                                __jg_sched,
+                                2usize,
+                            ) {
+                                ::jobgraph::__private::Pin::set(
+                                    &mut __jg_f2,
+                                    ::jobgraph::__private::None,
+                                );
+                            }
+                        })();
                     }
-                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 1usize) {
-                        ::jobgraph::__private::Pin::set(
-                            &mut __jg_fut1,
-                            ::jobgraph::__private::None,
-                        );
-                        ::jobgraph::__private::RunCore::stopped_step(
-                            __jg_run,
-                            CrawlStep::Fetch,
-                            &mut __jg_failures,
-                        );
-                    }
-                    if ::jobgraph::__private::Sched::is_running(&__jg_sched, 2usize) {
-                        ::jobgraph::__private::Pin::set(
-                            &mut __jg_fut2,
-                            ::jobgraph::__private::None,
-                        );
-                        ::jobgraph::__private::RunCore::stopped_step(
-                            __jg_run,
-                            CrawlStep::Index,
-                            &mut __jg_failures,
-                        );
-                    }
+                    let (__jg_sched, __jg_failures) = (&__jg_sched, &mut __jg_failures);
+                    (move || {
+                        if ::jobgraph::__private::Sched::is_running(__jg_sched, 0usize) {
+                            ::jobgraph::__private::RunCore::stopped_step(
+                                __jg_run,
+                                CrawlStep::Pages,
+                                &mut *__jg_failures,
+                            );
+                        }
+                        if ::jobgraph::__private::Sched::is_running(__jg_sched, 1usize) {
+                            ::jobgraph::__private::RunCore::stopped_step(
+                                __jg_run,
+                                CrawlStep::Fetch,
+                                &mut *__jg_failures,
+                            );
+                        }
+                        if ::jobgraph::__private::Sched::is_running(__jg_sched, 2usize) {
+                            ::jobgraph::__private::RunCore::stopped_step(
+                                __jg_run,
+                                CrawlStep::Index,
+                                &mut *__jg_failures,
+                            );
+                        }
+                    })();
                 }
             }
             let __jg_partial = CrawlPartial {
-                pages: ::jobgraph::__private::Slot::into_inner(__jg_slot0),
-                fetch: ::jobgraph::__private::Slot::into_inner(__jg_slot1),
-                index: ::jobgraph::__private::Slot::into_inner(__jg_slot2),
+                pages: ::jobgraph::__private::Slot::into_inner(__jg_slots.0),
+                fetch: ::jobgraph::__private::Slot::into_inner(__jg_slots.1),
+                index: ::jobgraph::__private::Slot::into_inner(__jg_slots.2),
             };
             match ::jobgraph::__private::RunCore::end(__jg_run, __jg_failures) {
                 ::jobgraph::__private::Ok(()) => ::jobgraph::__private::Ok(__jg_partial),
@@ -607,6 +670,7 @@ impl Crawl {
         &'__jg self,
         __jg_res: &'__jg Api,
         __jg_run: &'__jg ::jobgraph::__private::RunCore<CrawlStep>,
+        (): (),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -700,7 +764,7 @@ impl Crawl {
         &'__jg self,
         __jg_res: &'__jg Api,
         __jg_run: &'__jg ::jobgraph::__private::RunCore<CrawlStep>,
-        __jg_p1: &'__jg Vec<u32>,
+        (__jg_s1,): (&'__jg ::jobgraph::__private::Slot<Vec<u32>>,),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -718,6 +782,7 @@ impl Crawl {
         >,
         ::jobgraph::__private::StepError,
     > {
+        let __jg_p1 = ::jobgraph::__private::Slot::get(__jg_s1);
         ::jobgraph::__private::Ok(
             ::jobgraph::__private::RunCore::for_each(
                 __jg_run,
@@ -748,7 +813,7 @@ impl Crawl {
         &'__jg self,
         __jg_res: &'__jg Api,
         __jg_run: &'__jg ::jobgraph::__private::RunCore<CrawlStep>,
-        __jg_p0: &'__jg ::std::vec::Vec<String>,
+        (__jg_s0,): (&'__jg ::jobgraph::__private::Slot<::std::vec::Vec<String>>,),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -766,6 +831,7 @@ impl Crawl {
         >,
         ::jobgraph::__private::StepError,
     > {
+        let __jg_p0 = ::jobgraph::__private::Slot::get(__jg_s0);
         let __jg_in0 = ::jobgraph::__private::parent::<
             ::std::vec::Vec<String>,
             [String],

@@ -193,45 +193,32 @@ where
     > + '__jg {
         async move {
             let ReportPartial { load: __jg_seed0, render: __jg_seed1, .. } = __jg_seed;
-            let __jg_slot0: __jobgraph_private_Report::Slot<Vec<D::Row>> = __jobgraph_private_Report::Slot::seeded(
-                __jg_seed0,
-            );
-            let __jg_slot1: __jobgraph_private_Report::Slot<Option<Box<Self>>> = __jobgraph_private_Report::Slot::seeded(
-                __jg_seed1,
+            let __jg_slots = (
+                __jobgraph_private_Report::Slot::<Vec<D::Row>>::seeded(__jg_seed0),
+                __jobgraph_private_Report::Slot::<Option<Box<Self>>>::seeded(__jg_seed1),
             );
             let mut __jg_failures = __jobgraph_private_Report::Failures::<
                 ReportStep,
             >::new();
             {
-                const __JG_GRAPH: __jobgraph_private_Report::TopoGraph<1usize, 2usize> = __jobgraph_private_Report::TopoGraph {
-                    positions: [0usize, 1usize],
-                    deps: [
-                        __jobgraph_private_Report::Mask([0u64]),
-                        __jobgraph_private_Report::Mask([1u64]),
-                    ],
-                    children: [
-                        __jobgraph_private_Report::Mask([2u64]),
-                        __jobgraph_private_Report::Mask([0u64]),
-                    ],
-                    sole_children: [
-                        __jobgraph_private_Report::Mask([2u64]),
-                        __jobgraph_private_Report::Mask([0u64]),
-                    ],
-                };
+                const __JG_GRAPH: __jobgraph_private_Report::TopoGraph<1usize, 2usize> = __jobgraph_private_Report::TopoGraph::new(
+                    [0usize, 1usize],
+                    &[0usize],
+                    [0usize, 1usize],
+                );
                 let mut __jg_sched = __jobgraph_private_Report::RunCore::sched(
                     __jg_run,
                     &__JG_GRAPH,
                     || [
-                        __jobgraph_private_Report::Slot::is_set(&__jg_slot0),
-                        __jobgraph_private_Report::Slot::is_set(&__jg_slot1),
+                        __jobgraph_private_Report::Slot::is_set(&__jg_slots.0),
+                        __jobgraph_private_Report::Slot::is_set(&__jg_slots.1),
                     ],
                 );
                 let mut __jg_stop = __jobgraph_private_Report::RunCore::stop(__jg_run);
-                let mut __jg_fut0 = __jobgraph_private_Report::pin!(
-                    __jobgraph_private_Report::None
-                );
-                let mut __jg_fut1 = __jobgraph_private_Report::pin!(
-                    __jobgraph_private_Report::None
+                let mut __jg_chunk0 = __jobgraph_private_Report::pin!(
+                    __jobgraph_private_Report::Chunk::new(__jobgraph_private_Report::unstarted(Self::__jg_start_load),
+                    __jobgraph_private_Report::unstarted(Self::__jg_start_render), (),
+                    (), (), (), (), (), (), (), (), (), (), (), (), ())
                 );
                 let mut __jg_waker = __jobgraph_private_Report::waker().await;
                 let __jg_stopped = 'stop: loop {
@@ -252,38 +239,78 @@ where
                                 &__jg_sched,
                                 __jg_from,
                             ) {
-                                match __jg_k {
+                                match __jg_k / 16usize {
                                     0usize => {
-                                        __jobgraph_private_Report::turn(
-                                            __jg_run,
-                                            &mut __jg_sched,
-                                            &__JG_GRAPH,
-                                            0usize,
-                                            ReportStep::Load,
-                                            __jobgraph_private_Report::Pin::as_mut(&mut __jg_fut0),
-                                            &|| Self::__jg_start_load(self, __jg_run),
-                                            &__jg_slot0,
-                                            &mut __jg_failures,
+                                        let (
+                                            __jg_slots,
+                                            __jg_sched,
+                                            __jg_failures,
                                             __jg_cx,
-                                        )
-                                    }
-                                    1usize => {
-                                        __jobgraph_private_Report::turn(
-                                            __jg_run,
+                                            __jg_chunk,
+                                        ) = (
+                                            &__jg_slots,
                                             &mut __jg_sched,
-                                            &__JG_GRAPH,
-                                            1usize,
-                                            ReportStep::Render,
-                                            __jobgraph_private_Report::Pin::as_mut(&mut __jg_fut1),
-                                            &|| Self::__jg_start_render(
-                                                self,
-                                                __jg_run,
-                                                __jobgraph_private_Report::Slot::get(&__jg_slot0),
-                                            ),
-                                            &__jg_slot1,
                                             &mut __jg_failures,
-                                            __jg_cx,
-                                        )
+                                            &mut *__jg_cx,
+                                            __jobgraph_private_Report::Pin::as_mut(&mut __jg_chunk0),
+                                        );
+                                        (move || {
+                                            let (
+                                                mut __jg_f0,
+                                                mut __jg_f1,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                                _,
+                                            ) = __jobgraph_private_Report::Chunk::places(__jg_chunk);
+                                            match __jg_k {
+                                                0usize => {
+                                                    __jobgraph_private_Report::turn(
+                                                        self,
+                                                        __jg_res,
+                                                        __jg_run,
+                                                        &mut *__jg_sched,
+                                                        &__JG_GRAPH,
+                                                        0usize,
+                                                        ReportStep::Load,
+                                                        __jobgraph_private_Report::Pin::as_mut(&mut __jg_f0),
+                                                        Self::__jg_start_load,
+                                                        (),
+                                                        &__jg_slots.0,
+                                                        &mut *__jg_failures,
+                                                        &mut *__jg_cx,
+                                                    )
+                                                }
+                                                1usize => {
+                                                    __jobgraph_private_Report::turn(
+                                                        self,
+                                                        __jg_res,
+                                                        __jg_run,
+                                                        &mut *__jg_sched,
+                                                        &__JG_GRAPH,
+                                                        1usize,
+                                                        ReportStep::Render,
+                                                        __jobgraph_private_Report::Pin::as_mut(&mut __jg_f1),
+                                                        Self::__jg_start_render,
+                                                        (&__jg_slots.0,),
+                                                        &__jg_slots.1,
+                                                        &mut *__jg_failures,
+                                                        &mut *__jg_cx,
+                                                    )
+                                                }
+                                                _ => __jobgraph_private_Report::unreachable_step(),
+                                            }
+                                        })()
                                     }
                                     _ => __jobgraph_private_Report::unreachable_step(),
                                 }
@@ -309,39 +336,78 @@ where
                     __jobgraph_private_Report::RunCore::woken(__jg_run);
                 };
                 if __jg_stopped {
-                    if __jobgraph_private_Report::Sched::is_running(
-                        &__jg_sched,
-                        0usize,
-                    ) {
-                        __jobgraph_private_Report::Pin::set(
-                            &mut __jg_fut0,
-                            __jobgraph_private_Report::None,
+                    {
+                        let (__jg_sched, __jg_chunk) = (
+                            &__jg_sched,
+                            __jobgraph_private_Report::Pin::as_mut(&mut __jg_chunk0),
                         );
-                        __jobgraph_private_Report::RunCore::stopped_step(
-                            __jg_run,
-                            ReportStep::Load,
-                            &mut __jg_failures,
-                        );
+                        (move || {
+                            let (
+                                mut __jg_f0,
+                                mut __jg_f1,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                                _,
+                            ) = __jobgraph_private_Report::Chunk::places(__jg_chunk);
+                            if __jobgraph_private_Report::Sched::is_running(
+                                __jg_sched,
+                                0usize,
+                            ) {
+                                __jobgraph_private_Report::Pin::set(
+                                    &mut __jg_f0,
+                                    __jobgraph_private_Report::None,
+                                );
+                            }
+                            if __jobgraph_private_Report::Sched::is_running(
+                                __jg_sched,
+                                1usize,
+                            ) {
+                                __jobgraph_private_Report::Pin::set(
+                                    &mut __jg_f1,
+                                    __jobgraph_private_Report::None,
+                                );
+                            }
+                        })();
                     }
-                    if __jobgraph_private_Report::Sched::is_running(
-                        &__jg_sched,
-                        1usize,
-                    ) {
-                        __jobgraph_private_Report::Pin::set(
-                            &mut __jg_fut1,
-                            __jobgraph_private_Report::None,
-                        );
-                        __jobgraph_private_Report::RunCore::stopped_step(
-                            __jg_run,
-                            ReportStep::Render,
-                            &mut __jg_failures,
-                        );
-                    }
+                    let (__jg_sched, __jg_failures) = (&__jg_sched, &mut __jg_failures);
+                    (move || {
+                        if __jobgraph_private_Report::Sched::is_running(
+                            __jg_sched,
+                            0usize,
+                        ) {
+                            __jobgraph_private_Report::RunCore::stopped_step(
+                                __jg_run,
+                                ReportStep::Load,
+                                &mut *__jg_failures,
+                            );
+                        }
+                        if __jobgraph_private_Report::Sched::is_running(
+                            __jg_sched,
+                            1usize,
+                        ) {
+                            __jobgraph_private_Report::RunCore::stopped_step(
+                                __jg_run,
+                                ReportStep::Render,
+                                &mut *__jg_failures,
+                            );
+                        }
+                    })();
                 }
             }
             let __jg_partial = ReportPartial {
-                load: __jobgraph_private_Report::Slot::into_inner(__jg_slot0),
-                render: __jobgraph_private_Report::Slot::into_inner(__jg_slot1),
+                load: __jobgraph_private_Report::Slot::into_inner(__jg_slots.0),
+                render: __jobgraph_private_Report::Slot::into_inner(__jg_slots.1),
                 __jobgraph_marker: __jobgraph_private_Report::PhantomData,
             };
             match __jobgraph_private_Report::RunCore::end(__jg_run, __jg_failures) {
@@ -530,7 +596,9 @@ where
     #[inline]
     fn __jg_start_load<'__jg>(
         &'__jg self,
+        _: &'__jg (),
         __jg_run: &'__jg __jobgraph_private_Report::RunCore<ReportStep>,
+        (): (),
     ) -> __jobgraph_private_Report::Result<
         __jobgraph_private_Report::StepFuture<
             impl __jobgraph_private_Report::Future<
@@ -569,8 +637,9 @@ where
     #[inline]
     fn __jg_start_render<'__jg>(
         &'__jg self,
+        _: &'__jg (),
         __jg_run: &'__jg __jobgraph_private_Report::RunCore<ReportStep>,
-        __jg_p0: &'__jg Vec<D::Row>,
+        (__jg_s0,): (&'__jg __jobgraph_private_Report::Slot<Vec<D::Row>>,),
     ) -> __jobgraph_private_Report::Result<
         __jobgraph_private_Report::StepFuture<
             impl __jobgraph_private_Report::Future<
@@ -588,6 +657,7 @@ where
         >,
         __jobgraph_private_Report::StepError,
     > {
+        let __jg_p0 = __jobgraph_private_Report::Slot::get(__jg_s0);
         let __jg_in0 = __jobgraph_private_Report::parent::<
             Vec<D::Row>,
             Vec<D::Row>,
