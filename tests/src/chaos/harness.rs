@@ -1,7 +1,6 @@
 //! The harness: a store, its witness tables, the worker processes, the submitter, the seeded
 //! nemesis, the heal phase, then the [checker](super::check).
 
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
