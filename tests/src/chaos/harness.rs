@@ -258,6 +258,23 @@ pub async fn run(
                 return Ok(None);
             };
             let url = db.url().to_owned();
+            // The cluster runs with `synchronous_commit=off` (the tests' data is thrown away),
+            // which loses the last commits when the server crashes: a restart would lose
+            // committed runs the checker rightly counts. This database's sessions wait for their
+            // commits (`fsync=off` is no matter: the kernel keeps the writes of a process that
+            // crashed).
+            let admin_url = db.url_of("postgres");
+            let mut conn = sqlx::PgConnection::connect(&admin_url)
+                .await
+                .map_err(|e| e.to_string())?;
+            sqlx::raw_sql(&format!(
+                "ALTER DATABASE {} SET synchronous_commit = on",
+                db.name()
+            ))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("cannot make the database's commits durable: {e}"))?;
+            let _ = conn.close().await;
             // Creates the store's schema.
             PgStore::connect(&url).await.map_err(|e| e.to_string())?;
             let pool = PgPoolOptions::new()
