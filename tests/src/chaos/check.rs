@@ -10,7 +10,7 @@ use sqlx::Row as _;
 
 use super::harness::{Admin, BATCH, Injected};
 use super::jobs::{expected, parents_of, steps_of};
-use super::{Backend, Fault, Profile};
+use super::{Backend, Profile};
 
 /// 1. Every submitted run exists and succeeded (the workload never fails for good).
 pub const LOST: &str = "1. no run lost: every run ended, and succeeded";
@@ -549,7 +549,7 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
             let (before, after) = (pair[0], pair[1]);
             let explained = fails > 0
                 || cx.injected.iter().any(|fault| {
-                    let hits = fault.fault.is_global()
+                    let hits = fault.fault.is_global(cx.backend)
                         || fault.victim.as_deref() == Some(before.worker.as_str());
                     // A fault that began before the first execution but lasted past it (a
                     // stop, a database down) explains it too.
@@ -581,7 +581,7 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
             f.recovery_ms.push((at - fault.at_ms).max(0));
         }
     }
-    let _ = (cx.profile, cx.seed, cx.done_lines, cx.wall, Fault::Kill);
+    let _ = (cx.done_lines, cx.wall);
 
     Outcome {
         backend: cx.backend,

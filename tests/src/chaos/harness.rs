@@ -1,7 +1,7 @@
 //! The harness: a store, its witness tables, the worker processes, the submitter, the seeded
 //! nemesis, the heal phase, then the [checker](super::check).
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -355,8 +355,7 @@ pub async fn run(
         }
     };
     let nemesis = nemesis(&mut fleet, &admin, &url, profile, seed);
-    let (submitted, injected) = tokio::join!(submitter, nemesis);
-    let (submitted, injected) = (submitted?, injected?);
+    let (submitted, injected) = tokio::try_join!(submitter, nemesis)?;
 
     // Heal: every worker running, the database up; then wait for every run to end.
     fleet.tend(true)?;
@@ -409,10 +408,17 @@ async fn nemesis(
     let mut injected: Vec<Injected> = Vec::new();
     let end = Instant::now() + profile.window;
     let lease_ms = profile.lease.as_millis() as u64;
+    let mut round = 0;
     while Instant::now() < end {
         let gap = Duration::from_millis(rng.between(profile.gap_ms));
         wait_tending(fleet, gap).await?;
-        let Some(fault) = rng.pick(&profile.faults) else {
+        // Each kind once first (a short run sees them all), then at random.
+        let fault = match profile.faults.get(round) {
+            Some(&fault) => Some(fault),
+            None => rng.pick(&profile.faults),
+        };
+        round += 1;
+        let Some(fault) = fault else {
             continue;
         };
         let live: Vec<usize> = (0..fleet.slots.len())
@@ -466,7 +472,10 @@ async fn nemesis(
             }
             Fault::Lock => {
                 let hold = Duration::from_millis(rng.between((500, 4_000)));
-                lock(url, hold).await?;
+                if !lock(url, hold).await? {
+                    // A stopped worker holds the lock: the stop is this fault.
+                    continue;
+                }
                 record.until_ms = now_ms();
             }
         }
@@ -593,24 +602,28 @@ async fn pressure(url: &str, admin: &Admin, hold: Duration) -> usize {
     taken
 }
 
-/// Holds SQLite's write lock for `hold`.
-async fn lock(url: &str, hold: Duration) -> Result<(), String> {
+/// Holds SQLite's write lock for `hold`; `false` if it could not take it within a second (a
+/// stopped worker may hold it, and the nemesis must not wait for the worker it is to continue).
+async fn lock(url: &str, hold: Duration) -> Result<bool, String> {
     let options = SqliteConnectOptions::new()
         .filename(url)
-        .busy_timeout(Duration::from_secs(30));
+        .busy_timeout(Duration::from_secs(1));
     let mut conn = sqlx::SqliteConnection::connect_with(&options)
         .await
         .map_err(|e| format!("cannot open the SQLite file to lock it: {e}"))?;
-    sqlx::raw_sql("BEGIN IMMEDIATE")
+    if sqlx::raw_sql("BEGIN IMMEDIATE")
         .execute(&mut conn)
         .await
-        .map_err(|e| format!("cannot take SQLite's write lock: {e}"))?;
+        .is_err()
+    {
+        let _ = conn.close().await;
+        return Ok(false);
+    }
     tokio::time::sleep(hold).await;
     sqlx::raw_sql("ROLLBACK")
         .execute(&mut conn)
         .await
         .map_err(|e| format!("cannot release SQLite's write lock: {e}"))?;
     let _ = conn.close().await;
-    let _ = std::io::stderr().flush();
-    Ok(())
+    Ok(true)
 }

@@ -86,9 +86,9 @@ pub fn long_ms() -> u64 {
         .unwrap_or(1_500)
 }
 
-/// A short pause, so that faults land in steps too: 2 to 9 ms.
+/// A pause, so that workers hold steps when faults land: 20 to 79 ms.
 async fn work(x: u64) {
-    tokio::time::sleep(Duration::from_millis(2 + x % 8)).await;
+    tokio::time::sleep(Duration::from_millis(20 + x % 60)).await;
 }
 
 /// A run of `a ── b ── c ── d`.

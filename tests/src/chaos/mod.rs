@@ -99,9 +99,14 @@ impl Fault {
         }
     }
 
-    /// Whether it hits every worker at once (the database), not one.
-    pub fn is_global(self) -> bool {
-        !matches!(self, Fault::Kill | Fault::Stop)
+    /// Whether it may delay every worker on `backend` (the database), not only its victim: on
+    /// SQLite a stopped worker may hold the write lock, and every other waits for it.
+    pub fn is_global(self, backend: Backend) -> bool {
+        match self {
+            Fault::Kill => false,
+            Fault::Stop => backend == Backend::Sqlite,
+            _ => true,
+        }
     }
 
     fn on(self, backend: Backend) -> bool {
