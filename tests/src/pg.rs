@@ -15,7 +15,8 @@
 //! killed. So the cluster is stopped by a watchdog: a small `sh` started with the cluster, whose
 //! standard input is a pipe that only this process holds the writing end of. When this process
 //! ends, however it ends (even `kill -9`), the kernel closes that end, the watchdog's `read`
-//! returns, and it sends the postmaster `SIGQUIT` (immediate shutdown: nothing to keep), waits
+//! returns, and it sends the postmaster (the one the data directory's `postmaster.pid` names:
+//! [`restart`] may have replaced the first) `SIGQUIT` (immediate shutdown: nothing to keep), waits
 //! for it (10 s at most), and removes the directory. The watchdog and the server each run in a
 //! process group of their own, and the watchdog ignores `SIGINT`, `SIGTERM` and `SIGHUP`, so a
 //! Ctrl-C or a kill of the test's process group ends the test but not them. Only a machine that

@@ -20,8 +20,11 @@ use serde_json::Value;
 use super::witness::{Witness, WitnessError};
 use crate::kill::mix;
 
-/// The jobs, by name, with each one's steps in graph order and each step's parents.
-pub const SHAPES: [(&str, &[(&str, &[&str])]); 4] = [
+/// A job's steps in graph order, each with its parents.
+pub type Steps = &'static [(&'static str, &'static [&'static str])];
+
+/// The jobs, by name, with their steps.
+pub const SHAPES: [(&str, Steps); 4] = [
     (
         "Chain",
         &[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("d", &["c"])],
@@ -54,7 +57,7 @@ pub fn shape_of(n: u64) -> &'static str {
 }
 
 /// The steps of job `job`, with their parents.
-pub fn steps_of(job: &str) -> &'static [(&'static str, &'static [&'static str])] {
+pub fn steps_of(job: &str) -> Steps {
     SHAPES
         .iter()
         .find(|(name, _)| *name == job)
