@@ -1,6 +1,7 @@
 //! Integration tests and benchmarks of jobgraph live in `tests/` and `benches/`; this library
 //! holds what several test files share.
 
+pub mod chaos;
 pub mod kill;
 pub mod pg;
 pub mod queue_jobs;

@@ -15,7 +15,8 @@
 //! killed. So the cluster is stopped by a watchdog: a small `sh` started with the cluster, whose
 //! standard input is a pipe that only this process holds the writing end of. When this process
 //! ends, however it ends (even `kill -9`), the kernel closes that end, the watchdog's `read`
-//! returns, and it sends the postmaster `SIGQUIT` (immediate shutdown: nothing to keep), waits
+//! returns, and it sends the postmaster (the one the data directory's `postmaster.pid` names:
+//! [`restart`] may have replaced the first) `SIGQUIT` (immediate shutdown: nothing to keep), waits
 //! for it (10 s at most), and removes the directory. The watchdog and the server each run in a
 //! process group of their own, and the watchdog ignores `SIGINT`, `SIGTERM` and `SIGHUP`, so a
 //! Ctrl-C or a kill of the test's process group ends the test but not them. Only a machine that
@@ -33,7 +34,7 @@ use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
@@ -80,6 +81,10 @@ struct Cluster {
     _watchdog: Mutex<ChildStdin>,
     /// How long `initdb` and the server's start took.
     started_in: Duration,
+    /// The running postmaster, and what starts another ([`restart`]).
+    server: Mutex<Child>,
+    bin: PathBuf,
+    user: Option<(u32, u32)>,
 }
 
 enum State {
@@ -308,18 +313,42 @@ fn start_in(bin: &Path) -> Result<Cluster, String> {
         ));
     }
 
+    let (child, _) = spawn_server(bin, user, &dir, began)?;
+    let watchdog = watchdog(child.id(), &dir)?;
+    Ok(Cluster {
+        dir,
+        _watchdog: Mutex::new(watchdog),
+        started_in: began.elapsed(),
+        server: Mutex::new(child),
+        bin: bin.to_path_buf(),
+        user,
+    })
+}
+
+/// Starts `postgres` on the cluster in `dir` and waits until it accepts connections (at most
+/// [`START_TIMEOUT`] after `began`); its log is appended to `dir/postgres.log`.
+fn spawn_server(
+    bin: &Path,
+    user: Option<(u32, u32)>,
+    dir: &Path,
+    began: Instant,
+) -> Result<(Child, Duration), String> {
+    let data = dir.join("data");
     let log_path = dir.join("postgres.log");
-    let log = File::create(&log_path)
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let log_err = log
         .try_clone()
         .map_err(|e| format!("cannot share the log file: {e}"))?;
-    let mut server = as_server(bin.join("postgres"), user, &dir);
+    let mut server = as_server(bin.join("postgres"), user, dir);
     server
         .arg("-D")
         .arg(&data)
         .arg("-k")
-        .arg(&dir)
+        .arg(dir)
         .args(["-p", &PORT.to_string()])
         .args(["-c", "listen_addresses="])
         .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
@@ -332,16 +361,19 @@ fn start_in(bin: &Path) -> Result<Cluster, String> {
     let mut child = server
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", bin.join("postgres").display()))?;
-    let pid = child.id();
-    let watchdog = watchdog(pid, &dir)?;
+    let pid = child.id().to_string();
 
-    // Ready when the postmaster's pid file says so (its 8th line; what `pg_ctl -w` reads).
+    // Ready when the postmaster's pid file (its own: first line) says so (its 8th line; what
+    // `pg_ctl -w` reads).
     let pid_file = data.join("postmaster.pid");
     let log_tail = || fs::read_to_string(&log_path).unwrap_or_default();
     loop {
         let status = fs::read_to_string(&pid_file).unwrap_or_default();
-        if status.lines().nth(7).is_some_and(|l| l.trim() == "ready") {
-            break;
+        let mut lines = status.lines();
+        if lines.next().is_some_and(|l| l.trim() == pid)
+            && lines.nth(6).is_some_and(|l| l.trim() == "ready")
+        {
+            return Ok((child, began.elapsed()));
         }
         if let Ok(Some(exit)) = child.try_wait() {
             return Err(format!(
@@ -350,6 +382,8 @@ fn start_in(bin: &Path) -> Result<Cluster, String> {
             ));
         }
         if began.elapsed() > START_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
             return Err(format!(
                 "postgres did not accept connections within {START_TIMEOUT:?}; its log:\n{}",
                 log_tail()
@@ -357,11 +391,38 @@ fn start_in(bin: &Path) -> Result<Cluster, String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Ok(Cluster {
-        dir,
-        _watchdog: Mutex::new(watchdog),
-        started_in: began.elapsed(),
-    })
+}
+
+/// Restarts this process's cluster as a crash does: the postmaster is told to quit at once
+/// (`SIGQUIT`, immediate shutdown: every connection is cut, nothing is checkpointed), stays down
+/// for `down_for`, and is started again on the same data directory and socket (crash recovery
+/// replays its log). Returns once it accepts connections again, with how long it was
+/// unreachable. For the chaos tests; other tests of the same binary see their connections cut
+/// too, so only a binary whose tests expect that may call it.
+///
+/// # Errors
+///
+/// If there is no cluster in this process, or the server cannot be stopped or started.
+pub fn restart(down_for: Duration) -> Result<Duration, String> {
+    let Some(State::Ready(cluster)) = CLUSTER.get() else {
+        return Err("no PostgreSQL cluster runs in this process: call `database` first".into());
+    };
+    let mut server = cluster.server.lock().unwrap_or_else(|e| e.into_inner());
+    let began = Instant::now();
+    let quit = Command::new("kill")
+        .args(["-QUIT", &server.id().to_string()])
+        .status()
+        .map_err(|e| format!("cannot run `kill`: {e}"))?;
+    if !quit.success() {
+        return Err(format!("`kill -QUIT {}` failed ({quit})", server.id()));
+    }
+    server
+        .wait()
+        .map_err(|e| format!("cannot wait for the postmaster: {e}"))?;
+    std::thread::sleep(down_for);
+    let (child, _) = spawn_server(&cluster.bin, cluster.user, &cluster.dir, Instant::now())?;
+    *server = child;
+    Ok(began.elapsed())
 }
 
 /// Starts the process that stops the server `pid` and removes `dir` once this process ends (its
@@ -369,9 +430,11 @@ fn start_in(bin: &Path) -> Result<Cluster, String> {
 fn watchdog(pid: u32, dir: &Path) -> Result<ChildStdin, String> {
     const SCRIPT: &str = r#"trap '' INT TERM HUP
 read _ignored
-kill -QUIT "$1" 2>/dev/null
+pid=$(head -n 1 "$2/data/postmaster.pid" 2>/dev/null)
+[ -n "$pid" ] || pid=$1
+kill -QUIT "$pid" 2>/dev/null
 i=0
-while kill -0 "$1" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 rm -rf "$2""#;
     let mut child = Command::new("sh")
         .args(["-c", SCRIPT, "jobgraph-pg-watchdog"])

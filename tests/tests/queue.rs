@@ -87,6 +87,7 @@ on_both_queues! {
     a_returned_error_is_not_an_expired_lease => errors_are_not_expiries,
     a_run_a_worker_cannot_decode_fails_with_a_clear_error_instead_of_sticking => undecodable_runs_fail_clearly,
     completions_commit_together_each_fenced_alone => complete_many_together,
+    a_stale_and_a_live_claim_of_one_step_in_one_call_are_told_apart => stale_and_live_claim_together,
     a_worker_prefetches_claims_but_runs_no_more_than_its_concurrency => prefetch_runs_within_concurrency,
 }
 
@@ -589,6 +590,43 @@ async fn worker_drains(store: impl TestQueue, base: u64) {
         step: String::new(),
         attempt: 0,
     };
+}
+
+/// A worker whose claim of a step expired (its database was down past the lease) and which
+/// claimed the step again settles both executions in one `complete_many` (the first one's
+/// commit waited for the database): the live claim commits, the stale one is fenced, and the
+/// answer says which (found by the chaos suite: the answer was keyed by step, not by claim, and
+/// said both were stored).
+async fn stale_and_live_claim_together(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let run = client.submit(&Diamond { n: 3 }).await.unwrap().id;
+    let first = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    assert_eq!(first.len(), 1);
+    store.age_leases(LEASE * 2).await;
+    let again = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (&again[0].id.step, again[0].id.attempt),
+        (&first[0].id.step, first[0].id.attempt + 1)
+    );
+    let done = [
+        Completion {
+            claim: &first[0].id,
+            output: "7",
+            started_at: 0,
+        },
+        Completion {
+            claim: &again[0].id,
+            output: "8",
+            started_at: 0,
+        },
+    ];
+    assert_eq!(
+        store.complete_many(WORKER, &done).await.unwrap(),
+        [false, true]
+    );
+    let stored = store.load_run(&run).await.unwrap().unwrap();
+    assert_eq!(stored.step("a").unwrap().output.as_deref(), Some("8"));
 }
 
 /// One `complete_many` settles steps of several runs: each fenced alone (a stale claim is

@@ -229,7 +229,11 @@ impl Queue for PgStore {
             // Each child's dependencies that completed here, counted (two parents of one child
             // may complete in one call).
             let mut kids: HashMap<(String, i32), i32> = HashMap::new();
-            let mut committed: std::collections::HashSet<(String, String)> = Default::default();
+            // By claim, not by step: a worker may settle a stale and a live claim of one step
+            // together (the stale one's commit waited for the database), and only the live one
+            // was stored.
+            let mut committed: std::collections::HashSet<(String, String, i64)> =
+                Default::default();
             for row in &stored {
                 const T: &str = "jobgraph_steps";
                 let run: String = get(row, "run_id", T)?;
@@ -244,7 +248,7 @@ impl Queue for PgStore {
                         .entry((run.clone(), i32::try_from(kid).unwrap_or(i32::MAX)))
                         .or_default() += 1;
                 }
-                committed.insert((run, step));
+                committed.insert((run, step, get(row, "claims", T)?));
             }
             if !kids.is_empty() {
                 let (keys, counts): (Vec<_>, Vec<i32>) = kids.into_iter().unzip();
@@ -266,14 +270,20 @@ impl Queue for PgStore {
                 let touched: Vec<&str> = runs
                     .iter()
                     .copied()
-                    .filter(|run| committed.iter().any(|(r, _)| r == run))
+                    .filter(|run| committed.iter().any(|(r, _, _)| r == run))
                     .collect();
                 settle_runs(&mut tx, &touched).await?;
             }
             tx.commit().await?;
             Ok(done
                 .iter()
-                .map(|c| committed.contains(&(c.claim.run.clone(), c.claim.step.clone())))
+                .map(|c| {
+                    committed.contains(&(
+                        c.claim.run.clone(),
+                        c.claim.step.clone(),
+                        i64::from(c.claim.attempt),
+                    ))
+                })
                 .collect())
         }
         .boxed()
@@ -1578,7 +1588,7 @@ const COMPLETE_STEPS: &str = "UPDATE jobgraph_steps s
         AS c (run_id, name, claims, output, started)
     WHERE s.run_id = c.run_id AND s.name = c.name AND s.worker = $1 AND s.claims = c.claims
       AND s.state = 'pending'
-    RETURNING s.run_id, s.name, s.idx";
+    RETURNING s.run_id, s.name, s.idx, s.claims";
 
 /// `$3[i]` dependencies of step `$2[i]` of run `$1[i]` completed; the last makes it ready. The
 /// jobs of the steps that became ready.
