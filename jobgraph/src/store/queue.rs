@@ -17,7 +17,9 @@
 //! - [`heartbeat`](Queue::heartbeat) extends the leases of the claims a worker still holds and
 //!   says which it lost and which were aborted.
 //! - [`complete`](Queue::complete) stores the step's output, and in the same transaction makes
-//!   each child whose last dependency this was ready, and ends the run when no step is left.
+//!   each child whose last dependency this was ready, and ends the run when no step is left;
+//!   [`complete_many`](Queue::complete_many) does so for many steps in one transaction, each
+//!   fenced on its own (what a worker commits the steps that ended meanwhile with).
 //!   [`fail`](Queue::fail) either puts the step back, ready at `retry_at` (its retry policy
 //!   asked for it and `max_fails` allows it), or fails it for good and skips its descendants.
 //!   Both are fenced: a stale claim gets [`StoreError::ClaimLost`] and changes nothing.
