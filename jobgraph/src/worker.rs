@@ -510,27 +510,30 @@ async fn settle(queue: &dyn Queue, worker: &str, ended: Vec<Ended>) -> Settled {
         left: Vec::new(),
         error: None,
     };
-    let mut completed = Vec::new();
-    let mut failed = Vec::new();
-    for (id, started, execution) in ended {
-        match execution {
-            Execution::Cancelled => settled.done.push((id, Outcome::Cancelled)),
-            Execution::Completed(output) => completed.push((id, started, output)),
-            Execution::Failed { error, retry_at } => failed.push((id, started, error, retry_at)),
+    let (mut completed, mut failed) = (Vec::new(), Vec::new());
+    for ended in ended {
+        match ended.2 {
+            Execution::Cancelled => settled.done.push((ended.0, Outcome::Cancelled)),
+            Execution::Completed(_) => completed.push(ended),
+            Execution::Failed { .. } => failed.push(ended),
         }
     }
     if !completed.is_empty() {
         let batch: Vec<Completion<'_>> = completed
             .iter()
-            .map(|(id, started, output)| Completion {
-                claim: id,
-                output,
-                started_at: *started,
+            .filter_map(|(id, started, execution)| match execution {
+                Execution::Completed(output) => Some(Completion {
+                    claim: id,
+                    output,
+                    started_at: *started,
+                }),
+                _ => None,
             })
             .collect();
-        match queue.complete_many(worker, &batch).await {
+        let result = queue.complete_many(worker, &batch).await;
+        drop(batch);
+        match result {
             Ok(stored) => {
-                drop(batch);
                 for ((id, _, _), stored) in completed.into_iter().zip(stored) {
                     let outcome = if stored {
                         Outcome::Completed
@@ -541,38 +544,30 @@ async fn settle(queue: &dyn Queue, worker: &str, ended: Vec<Ended>) -> Settled {
                 }
             }
             Err(error) => {
-                drop(batch);
                 settled.error = Some(error);
-                settled.left.extend(
-                    completed
-                        .into_iter()
-                        .map(|(id, started, output)| (id, started, Execution::Completed(output))),
-                );
+                settled.left = completed;
             }
         }
     }
     let mut failed = failed.into_iter();
     if settled.error.is_none() {
-        for (id, started, error, retry_at) in failed.by_ref() {
-            match queue.fail(worker, &id, &error, started, retry_at).await {
-                Ok(Failed::Retrying { .. }) => settled.done.push((id, Outcome::Retried)),
-                Ok(Failed::Failed) => settled.done.push((id, Outcome::Failed)),
-                Err(StoreError::ClaimLost { .. }) => settled.done.push((id, Outcome::Fenced)),
+        for ended in failed.by_ref() {
+            let (id, started, Execution::Failed { error, retry_at }) = &ended else {
+                continue;
+            };
+            match queue.fail(worker, id, error, *started, *retry_at).await {
+                Ok(Failed::Retrying { .. }) => settled.done.push((ended.0, Outcome::Retried)),
+                Ok(Failed::Failed) => settled.done.push((ended.0, Outcome::Failed)),
+                Err(StoreError::ClaimLost { .. }) => settled.done.push((ended.0, Outcome::Fenced)),
                 Err(e) => {
                     settled.error = Some(e);
-                    settled
-                        .left
-                        .push((id, started, Execution::Failed { error, retry_at }));
+                    settled.left.push(ended);
                     break;
                 }
             }
         }
     }
-    settled
-        .left
-        .extend(failed.map(|(id, started, error, retry_at)| {
-            (id, started, Execution::Failed { error, retry_at })
-        }));
+    settled.left.extend(failed);
     settled
 }
 
