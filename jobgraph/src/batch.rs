@@ -192,6 +192,15 @@ pub(crate) struct BatchOptions<J: Job> {
 }
 
 impl<J: Job> BatchOptions<J> {
+    /// The batch's own cancellation: a child of [`cancel_on`](Batch::cancel_on)'s token if one
+    /// was given, so cancelling the batch does not cancel it.
+    pub(crate) fn token(&self) -> CancellationToken {
+        match &self.cancel_on {
+            Some(parent) => parent.child_token(),
+            None => CancellationToken::new(),
+        }
+    }
+
     /// The defaults: [`Batch::DEFAULT_CONCURRENCY`] runs at once, nothing else set.
     pub(crate) fn new(resources: Arc<J::Resources>) -> Self {
         BatchOptions {
@@ -267,40 +276,26 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     /// [`JobHandle`](crate::JobHandle)): the runs make progress only while the
     /// stream is polled.
     pub fn stream(self) -> BatchRun<J, I, impl Future<Output = (usize, JobResult<J>)>> {
-        let Batch {
-            inputs,
-            options:
-                BatchOptions {
-                    resources,
-                    concurrency,
-                    cancel_on_failure,
-                    cancel_on,
-                    configure,
-                    listener,
-                },
-        } = self;
-        let token = match cancel_on {
-            Some(parent) => parent.child_token(),
-            None => CancellationToken::new(),
-        };
+        let Batch { inputs, options } = self;
+        let token = options.token();
         let (low, high) = inputs.size_hint();
         let known = high == Some(low);
         let counters = Arc::new(Counters::new::<J::Step>(if known { low } else { 0 }, known));
         BatchRun {
             inputs: Some(inputs),
             taken: 0,
-            concurrency,
-            cancel_on_failure,
+            concurrency: options.concurrency,
+            cancel_on_failure: options.cancel_on_failure,
             runs: FuturesUnordered::new(),
             make: run_one::<J>,
-            resources,
-            configure,
+            resources: options.resources,
+            configure: options.configure,
             token,
             cancel_seen: false,
             counters,
             notified: None,
-            scratch: listener.as_ref().map(|_| BatchStatus::empty()),
-            listener,
+            scratch: options.listener.as_ref().map(|_| BatchStatus::empty()),
+            listener: options.listener,
             ended: false,
         }
     }

@@ -174,17 +174,18 @@ impl<J: DurableJob> DurableBatch<J> {
             store,
             name,
             source,
-            options:
-                BatchOptions {
-                    resources,
-                    concurrency,
-                    cancel_on_failure,
-                    cancel_on,
-                    configure,
-                    listener,
-                },
+            options,
             lease,
         } = self;
+        let token = options.token();
+        let BatchOptions {
+            resources,
+            concurrency,
+            cancel_on_failure,
+            configure,
+            listener,
+            ..
+        } = options;
         let plan = plan::<J>(&*store, &name, source).await?;
         let total = plan.len();
         let counters = Arc::new(Counters::new::<J::Step>(total, true));
@@ -208,10 +209,6 @@ impl<J: DurableJob> DurableBatch<J> {
         };
         notifier.notify();
 
-        let token = match cancel_on {
-            Some(parent) => parent.child_token(),
-            None => CancellationToken::new(),
-        };
         let name: Arc<str> = Arc::from(name);
         let run_ids: Vec<String> = plan.iter().map(|p| p.id.clone()).collect();
         let mut by_index: Vec<Option<DurableResult<J>>> = Vec::with_capacity(total);
