@@ -762,8 +762,8 @@ fn queued() -> Fixture {
             held: false,
             limits: &[],
             priority: 0,
-            run_at: 0,
-            expires_at: None,
+            run_at: Some(0),
+            ttl: None,
             max_attempts: 3,
             max_fails: None,
         };

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::durable::{DecodeError, DurableJob, graph_spec};
 use crate::store::queue::{BatchCounts, Queue, Submission, Submitted};
-use crate::store::{RunState, StoreError, StoredRun, now_ms, plus};
+use crate::store::{RunState, StoreError, StoredRun, now_ms};
 use crate::{BatchStatus, RunCounts, StepCounts};
 use crate::{Job, JobStep};
 
@@ -323,7 +323,6 @@ impl<'c, J: DurableJob, W> Submit<'c, J, W> {
         &self,
         graph: &'s crate::store::GraphSpec,
         limits: &'s [(&'s str, crate::StepLimits)],
-        now: i64,
     ) -> Result<Submission<'s>, ClientError> {
         let o = &self.options;
         let invalid = |why: &str| {
@@ -353,8 +352,8 @@ impl<'c, J: DurableJob, W> Submit<'c, J, W> {
             held: false,
             limits,
             priority: o.priority,
-            run_at: o.run_at.map_or(now, unix_ms),
-            expires_at: o.ttl.map(|ttl| plus(now, ttl)),
+            run_at: o.run_at.map(unix_ms),
+            ttl: o.ttl,
             max_attempts: o.max_attempts,
             max_fails: o.max_fails,
         })
@@ -412,7 +411,7 @@ impl<'c, J: DurableJob> Submit<'c, J, One<'c, J>> {
     async fn send(self) -> Result<Submitted, ClientError> {
         let graph = graph_spec::<J>();
         let limits = limits_of(self.what.job)?;
-        let template = self.template(&graph, &limits, now_ms())?;
+        let template = self.template(&graph, &limits)?;
         let One {
             job,
             id,
@@ -460,7 +459,7 @@ impl<'c, J: DurableJob> Submit<'c, J, Many<J>> {
         };
         let template = Submission {
             held: self.what.held,
-            ..self.template(&graph, &limits, now_ms())?
+            ..self.template(&graph, &limits)?
         };
         let inputs = self
             .what

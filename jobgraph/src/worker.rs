@@ -11,9 +11,9 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 
 use crate::client::step_named;
 use crate::durable::DurableJob;
+use crate::store::now_ms;
 use crate::store::queue::{Claim, ClaimId, Completion, Failed, Held, Queue};
 use crate::store::{GraphSpec, RunState, StepStatus, StoreError, StoredRun, StoredStep};
-use crate::store::{now_ms, plus};
 use crate::{CancellationToken, RetryPolicy, Runner, StepError};
 
 /// How long a claim lasts without a heartbeat, unless [`Worker::lease`] says otherwise: a worker
@@ -24,10 +24,11 @@ pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
 enum Execution {
     /// The step's output, JSON.
     Completed(String),
-    /// The step's error (its chain, as text), and when to try again if its retry policy asks.
+    /// The step's error (its chain, as text), and how long to wait before trying again if its
+    /// retry policy asks (the store adds it to its own clock).
     Failed {
         error: String,
-        retry_at: Option<i64>,
+        retry_in: Option<Duration>,
     },
     /// The claim was cancelled (lost, aborted, or the worker shut down): nothing to store.
     Cancelled,
@@ -552,10 +553,10 @@ async fn settle(queue: &dyn Queue, worker: &str, ended: Vec<Ended>) -> Settled {
     let mut failed = failed.into_iter();
     if settled.error.is_none() {
         for ended in failed.by_ref() {
-            let (id, started, Execution::Failed { error, retry_at }) = &ended else {
+            let (id, started, Execution::Failed { error, retry_in }) = &ended else {
                 continue;
             };
-            match queue.fail(worker, id, error, *started, *retry_at).await {
+            match queue.fail(worker, id, error, *started, *retry_in).await {
                 Ok(Failed::Retrying { .. }) => settled.done.push((ended.0, Outcome::Retried)),
                 Ok(Failed::Failed) => settled.done.push((ended.0, Outcome::Failed)),
                 Err(StoreError::ClaimLost { .. }) => settled.done.push((ended.0, Outcome::Fenced)),
@@ -589,7 +590,7 @@ where
 {
     let fail = |error: String| Execution::Failed {
         error,
-        retry_at: None,
+        retry_in: None,
     };
     let Some(step) = step_named::<J>(&claim.id.step) else {
         return fail(format!(
@@ -633,12 +634,10 @@ where
         Err(error) => {
             let cause = error.root_cause().error();
             let retry = job.policies(step).ok().and_then(|p| p.retry);
-            let retry_at = retry
-                .and_then(|policy| policy.should_retry(claim.fails + 1, cause))
-                .map(|delay| plus(now_ms(), delay));
+            let retry_in = retry.and_then(|policy| policy.should_retry(claim.fails + 1, cause));
             Execution::Failed {
                 error: chain(cause),
-                retry_at,
+                retry_in,
             }
         }
     }

@@ -78,6 +78,7 @@ on_both_queues! {
     expired_leases_count_against_max_attempts => expired_leases_count,
     retries_go_through_the_queue_and_max_fails_caps_them => retries_through_the_queue,
     a_run_past_its_time_to_live_fails => time_to_live,
+    a_retry_waits_its_delay_by_the_stores_clock => retry_delay_counts_from_the_stores_clock,
     abort_reaches_a_running_step_through_its_heartbeat => abort_reaches_a_running_step,
     a_worker_drains_its_running_steps_on_shutdown_and_fails_bad_input_clearly => worker_drains,
     a_held_batch_runs_nothing_until_released_and_appends_number_on => held_batch,
@@ -448,6 +449,48 @@ async fn retries_through_the_queue(store: impl TestQueue, base: u64) {
     );
 }
 
+/// This machine's clock, in Unix milliseconds.
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    i64::try_from(since.as_millis()).expect("a Unix time in milliseconds fits in i64")
+}
+
+async fn retry_delay_counts_from_the_stores_clock(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    client.submit(&Diamond { n: 1 }).await.unwrap();
+    let claim = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+    let [claim] = &claim[..] else {
+        panic!("one step is ready: {claim:?}")
+    };
+    let hour = Duration::from_secs(3600);
+    let before = unix_ms();
+    let failed = store
+        .fail(WORKER, &claim.id, "503", before, Some(hour))
+        .await
+        .unwrap();
+    let after = unix_ms();
+    // The store adds the delay to its own clock (here the same machine's, so it falls between
+    // the two readings, give or take a second of rounding).
+    let Failed::Retrying { at } = failed else {
+        panic!("the step is retried: {failed:?}")
+    };
+    let hour_ms = 3_600_000;
+    assert!(
+        (before + hour_ms - 1000..=after + hour_ms + 1000).contains(&at),
+        "retry at {at}, failed between {before} and {after}"
+    );
+    // Not ready before then.
+    assert!(
+        store
+            .claim(WORKER, &["Diamond"], 5, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn time_to_live(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     let run = client
@@ -455,8 +498,17 @@ async fn time_to_live(store: impl TestQueue, _base: u64) {
         .ttl(Duration::from_secs(60))
         .await
         .unwrap();
-    // Sixty seconds later, as far as the store knows.
-    store.age_leases(Duration::from_secs(61)).await;
+    // Fifty-nine seconds later, as far as the store knows, it still runs: the time to live
+    // counts from the store's clock when it stored the run (not from a client's clock).
+    store.age_leases(Duration::from_secs(59)).await;
+    let claimed = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        client.status(&run.id).await.unwrap().state,
+        RunState::Running
+    );
+    // Sixty-one.
+    store.age_leases(Duration::from_secs(2)).await;
     assert!(
         store
             .claim(WORKER, &["Diamond"], 5, LEASE)
@@ -965,8 +1017,8 @@ async fn undecodable_runs_fail_clearly(store: impl TestQueue, _base: u64) {
         held: false,
         limits: &[],
         priority: 0,
-        run_at: 0,
-        expires_at: None,
+        run_at: Some(0),
+        ttl: None,
         max_attempts: 3,
         max_fails: None,
     };

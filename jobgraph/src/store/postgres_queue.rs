@@ -38,8 +38,9 @@
 //!   duplicate waits for the first to commit, inserts nothing, and reads the first's run.
 //!
 //! Leases, time to live and readiness are compared with the database's `now()` (the time the
-//! transaction began); the times a client or worker chose (`run_at`, `expires_at`, `retry_at`)
-//! are stored as given.
+//! transaction began), and the delays a client or worker gives (a time to live, a retry's
+//! delay) are added to it, so a client or worker whose clock is off moves no deadline. Only a
+//! `run_at` the user chose is stored as given.
 //!
 //! **LISTEN/NOTIFY.** A transaction that makes a step ready (submit, complete, release, retry)
 //! sends `NOTIFY jobgraph_ready` with the job's name (delivered at commit). The first idle worker
@@ -295,27 +296,26 @@ impl Queue for PgStore {
         claim: &'a ClaimId,
         error: &'a str,
         started_at: i64,
-        retry_at: Option<i64>,
+        retry_in: Option<Duration>,
     ) -> BoxFuture<'a, Result<Failed, StoreError>> {
         async move {
             let mut tx = self.begin().await?;
             let Some(head) = lock_run(&mut tx, &claim.run).await? else {
                 return Err(claim.lost(worker));
             };
-            if let Some(at) = retry_at {
-                let retried = sqlx::query(RETRY_STEP)
+            if let Some(delay) = retry_in {
+                let retried: Option<i64> = sqlx::query_scalar(RETRY_STEP)
                     .bind(&claim.run)
                     .bind(&claim.step)
                     .bind(worker)
                     .bind(i64::from(claim.attempt))
                     .bind(error)
                     .bind(started_at)
-                    .bind(at)
+                    .bind(delay_ms(delay))
                     .bind(head.max_fails)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if retried == 1 {
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(at) = retried {
                     notify(&mut tx, &head.job).await?;
                     tx.commit().await?;
                     return Ok(Failed::Retrying { at });
@@ -985,7 +985,7 @@ async fn insert_runs(
         .bind(graph_json)
         .bind(s.key)
         .bind(s.priority)
-        .bind(s.expires_at)
+        .bind(s.ttl.map(delay_ms))
         .bind(i64::from(s.max_attempts))
         .bind(s.max_fails.map(i64::from))
         .bind(s.held)
@@ -1322,7 +1322,7 @@ const INSERT_QUEUED_RUNS: &str = "INSERT INTO jobgraph_runs
         (id, job, batch, input, graph, state, created_at, updated_at,
          queued, idem_key, priority, expires_at, max_attempts, max_fails, held)
     SELECT t.id, $3, $4, t.input, $5::jsonb, 'pending', now(), now(),
-        true, $6, $7, jobgraph_at($8), $9, $10, $11
+        true, $6, $7, now() + $8 * interval '1 millisecond', $9, $10, $11
     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t (id, input, ord)
     ORDER BY t.ord
     ON CONFLICT DO NOTHING
@@ -1334,7 +1334,7 @@ const INSERT_QUEUED_STEPS: &str = "INSERT INTO jobgraph_steps
         (run_id, idx, name, state, job, waiting, ready_at, priority,
          run_seq, max_attempts, expires_at)
     SELECT r.id, (t.ord - 1)::integer, t.name, 'pending', $4, t.waiting,
-        CASE WHEN t.waiting = 0 AND NOT $5 THEN jobgraph_at($6) END, $7,
+        CASE WHEN t.waiting = 0 AND NOT $5 THEN coalesce(jobgraph_at($6), now()) END, $7,
         r.seq, r.max_attempts, r.expires_at
     FROM jobgraph_runs r
     CROSS JOIN unnest($2::text[], $3::integer[]) WITH ORDINALITY AS t (name, waiting, ord)
@@ -1348,6 +1348,13 @@ const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
         rate_period_ms = excluded.rate_period_ms, burst = excluded.burst";
 
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// A delay (a retry's, a time to live) in milliseconds, as PostgreSQL adds it to `now()`: at
+/// most a century, since a longer interval would leave `timestamptz`'s range.
+fn delay_ms(delay: Duration) -> i64 {
+    const CENTURY_MS: i64 = 100 * 366 * 24 * 60 * 60 * 1000;
+    super::millis(delay).min(CENTURY_MS)
+}
 
 const LOCK_BATCH: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 
@@ -1602,9 +1609,10 @@ const DEPENDENCIES_DONE: &str = "UPDATE jobgraph_steps s
 const RETRY_STEP: &str = "UPDATE jobgraph_steps
     SET fails = fails + 1, error = $5, attempts = claims,
         started_at = coalesce(started_at, jobgraph_at($6)),
-        worker = NULL, lease_until = NULL, ready_at = jobgraph_at($7)
+        worker = NULL, lease_until = NULL, ready_at = now() + $7 * interval '1 millisecond'
     WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
-      AND fails + 1 < coalesce($8, 9223372036854775807)";
+      AND fails + 1 < coalesce($8, 9223372036854775807)
+    RETURNING jobgraph_ms(ready_at)";
 
 const FAIL_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'failed', fails = fails + 1, error = $5, attempts = claims,

@@ -100,17 +100,18 @@ pub trait Queue: Store {
         })
     }
 
-    /// Step `claim.step` returned `error`. With `retry_at` (its retry policy asks for another
-    /// attempt) and fewer fails than the run's `max_fails`, it is ready again at `retry_at`;
-    /// otherwise it fails, its descendants are skipped, and the run ends if no step is left.
-    /// Fenced like [`complete`](Queue::complete).
+    /// Step `claim.step` returned `error`. With `retry_in` (its retry policy asks for another
+    /// attempt after that delay) and fewer fails than the run's `max_fails`, it is ready again
+    /// `retry_in` from now by the store's clock (not the worker's: a worker whose clock is off
+    /// delays no retry); otherwise it fails, its descendants are skipped, and the run ends if no
+    /// step is left. Fenced like [`complete`](Queue::complete).
     fn fail<'a>(
         &'a self,
         worker: &'a str,
         claim: &'a ClaimId,
         error: &'a str,
         started_at: i64,
-        retry_at: Option<i64>,
+        retry_in: Option<Duration>,
     ) -> BoxFuture<'a, Result<Failed, StoreError>>;
 
     /// Cancels run `run` if it has not ended: its pending steps are cancelled, and its claimed
@@ -276,10 +277,11 @@ pub struct Submission<'a> {
     pub limits: &'a [(&'a str, StepLimits)],
     /// Higher runs' steps are claimed first.
     pub priority: i32,
-    /// When the run's first steps become ready (Unix ms).
-    pub run_at: i64,
-    /// When the run fails if it has not ended (Unix ms), if ever.
-    pub expires_at: Option<i64>,
+    /// When the run's first steps become ready (Unix ms); `None`: now, by the store's clock.
+    pub run_at: Option<i64>,
+    /// How long after it is stored the run fails if it has not ended, if ever: counted from the
+    /// store's clock, so a client whose clock is off shortens or stretches no run's life.
+    pub ttl: Option<Duration>,
     /// How many claims of one step may expire before the step fails (at least 1).
     pub max_attempts: u32,
     /// How many errors one step may return before it fails for good, if its retry policy asks

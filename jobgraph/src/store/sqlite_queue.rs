@@ -244,12 +244,13 @@ impl Queue for SqliteStore {
         claim: &'a ClaimId,
         error: &'a str,
         started_at: i64,
-        retry_at: Option<i64>,
+        retry_in: Option<Duration>,
     ) -> BoxFuture<'a, Result<Failed, StoreError>> {
         async move {
             let now = now_ms();
             let mut tx = self.begin().await?;
-            if let Some(at) = retry_at {
+            if let Some(delay) = retry_in {
+                let at = plus(now, delay);
                 let retried = sqlx::query(RETRY_STEP)
                     .bind(&claim.run)
                     .bind(&claim.step)
@@ -606,8 +607,8 @@ async fn room(
     })
 }
 
-/// Inserts run `s` and its steps: each step with no dependency ready at `s.run_at` (unless the
-/// run is held), the others waiting for theirs.
+/// Inserts run `s` and its steps: each step with no dependency ready at `s.run_at` (or `now`;
+/// unless the run is held), the others waiting for theirs. The run expires `s.ttl` after `now`.
 async fn insert_submission(
     conn: &mut SqliteConnection,
     s: &Submission<'_>,
@@ -623,7 +624,7 @@ async fn insert_submission(
         .bind(now)
         .bind(s.key)
         .bind(s.priority)
-        .bind(s.expires_at)
+        .bind(s.ttl.map(|ttl| plus(now, ttl)))
         .bind(i64::from(s.max_attempts))
         .bind(s.max_fails.map(i64::from))
         .bind(i64::from(s.held))
@@ -639,7 +640,7 @@ async fn insert_submission(
     inserted?;
     for (position, step) in s.graph.steps.iter().enumerate() {
         let waiting = s.graph.dependencies(position).len();
-        let ready_at = (waiting == 0 && !s.held).then_some(s.run_at);
+        let ready_at = (waiting == 0 && !s.held).then_some(s.run_at.unwrap_or(now));
         sqlx::query(INSERT_QUEUED_STEP)
             .bind(s.id)
             .bind(&step.name)

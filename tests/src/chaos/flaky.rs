@@ -222,12 +222,12 @@ impl<S: Queue + Clone> Queue for Flaky<S> {
         claim: &'a ClaimId,
         error: &'a str,
         started_at: i64,
-        retry_at: Option<i64>,
+        retry_in: Option<Duration>,
     ) -> BoxFuture<'a, Result<Failed, StoreError>> {
         Box::pin(async move {
             let answer = self
                 .inner
-                .fail(worker, claim, error, started_at, retry_at)
+                .fail(worker, claim, error, started_at, retry_in)
                 .await;
             let stored = match &answer {
                 Ok(_) => true,
