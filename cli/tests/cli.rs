@@ -761,6 +761,7 @@ fn queued() -> Fixture {
             key: None,
             held: false,
             limits: &[],
+            fan_outs: &[],
             priority: 0,
             run_at: 0,
             expires_at: None,

@@ -532,10 +532,29 @@ where
         Some(_) => outputs.iter().map(Option::is_some).collect(),
         None => Vec::new(),
     };
-    let mut pending = elements
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| !done.get(*index).copied().unwrap_or(false));
+    // A worker's claim of one element runs that one (`RunOptions::only_element`).
+    let only = run
+        .options
+        .only_element
+        .filter(|_| run.options.until == Some(step));
+    if let Some(index) = only
+        && index >= elements.len()
+    {
+        let error = StepError::Element {
+            index,
+            error: Box::new(StepError::Error(
+                format!(
+                    "the parent's output has {} elements: there is no element {index}",
+                    elements.len()
+                )
+                .into(),
+            )),
+        };
+        return end(run, step, 0, first_start, Err(error));
+    }
+    let mut pending = elements.iter().enumerate().filter(|(index, _)| {
+        !done.get(*index).copied().unwrap_or(false) && only.is_none_or(|only| only == *index)
+    });
     let mut running = FuturesUnordered::new();
     // A sequential run runs one thing at a time: one element, too.
     let bound = if run.options.sequential {
@@ -564,7 +583,8 @@ where
     drop(running);
     let attempts = total.into_inner();
     let outcome = match failed {
-        // Every element completed, so every slot holds its output.
+        // Every element completed, so every slot holds its output (the one element's, for a
+        // worker's claim of one).
         None => Ok(outputs.into_iter().flatten().collect()),
         Some(error) => Err(error),
     };

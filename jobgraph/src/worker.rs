@@ -612,17 +612,27 @@ where
         Ok(seed) => seed,
         Err(error) => return fail(error.to_string()),
     };
-    let result = Runner::with_resources(&job, resources)
+    let mut runner = Runner::with_resources(&job, resources)
         .job_id(claim.id.run.clone())
         .seed(seed)
         .retry(step, NoRetries)
-        .cancel_on(&token)
-        .until(step)
-        .run_send()
-        .await;
+        .cancel_on(&token);
+    if let Some(element) = claim.id.element {
+        runner = runner.only_element(element);
+    }
+    let result = runner.until(step).run_send().await;
     match result {
         Ok(partial) => match J::__encode(&partial, step) {
-            Ok(Some(output)) => Execution::Completed(output),
+            Ok(Some(output)) => match claim.id.element {
+                None => Execution::Completed(output),
+                Some(element) => match only_item(&output) {
+                    Some(item) => Execution::Completed(item.to_owned()),
+                    None => fail(format!(
+                        "element {element} ran, but its step's output `{output}` is not a \
+                         list of one (a bug in jobgraph)"
+                    )),
+                },
+            },
             Ok(None) => fail(format!(
                 "step `{}` ended without an output (a bug in jobgraph)",
                 claim.id.step
@@ -633,8 +643,13 @@ where
         Err(error) => {
             let cause = error.root_cause().error();
             let retry = job.policies(step).ok().and_then(|p| p.retry);
+            // An element's policy is asked about the element's error, as in a local run.
+            let asked = match cause {
+                StepError::Element { error, .. } if claim.id.element.is_some() => error,
+                cause => cause,
+            };
             let retry_at = retry
-                .and_then(|policy| policy.should_retry(claim.fails + 1, cause))
+                .and_then(|policy| policy.should_retry(claim.fails + 1, asked))
                 .map(|delay| plus(now_ms(), delay));
             Execution::Failed {
                 error: chain(cause),
@@ -642,6 +657,13 @@ where
             }
         }
     }
+}
+
+/// The one item of a JSON list of one (`[x]`: `x`, as written), if `json` is one.
+fn only_item(json: &str) -> Option<&str> {
+    serde_json::from_str::<[serde::de::IgnoredAny; 1]>(json).ok()?;
+    let inner = json.trim().strip_prefix('[')?.strip_suffix(']')?.trim();
+    (!inner.is_empty()).then_some(inner)
 }
 
 /// A stored run holding the claim's dependencies' outputs: what `DurableJob::__decode` reads.

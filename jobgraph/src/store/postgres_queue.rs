@@ -354,6 +354,7 @@ impl Queue for PgStore {
                     run: get(&row, "run", T)?,
                     step: get(&row, "step", T)?,
                     attempt: attempt.map(|a| u32::try_from(a).unwrap_or(u32::MAX)),
+                    element: None,
                     until: get(&row, "until", T)?,
                 });
             }
@@ -894,6 +895,7 @@ async fn finish(
                 run: t.run,
                 step: t.step,
                 attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
+                element: None,
             },
             job: t.job,
             position,

@@ -198,6 +198,9 @@ pub struct Lease {
     pub step: Option<String>,
     /// The claim's number, for a worker's claim.
     pub attempt: Option<u32>,
+    /// The claimed element of a `for_each` step (its index in the parent's output), for a
+    /// worker's claim of one element.
+    pub element: Option<usize>,
     /// When it ends unless renewed (Unix ms); in the past: expired, and free to take.
     pub until: i64,
 }
@@ -285,6 +288,23 @@ pub struct Submission<'a> {
     /// How many errors one step may return before it fails for good, if its retry policy asks
     /// for more (at least 1); `None`: the retry policy alone decides.
     pub max_fails: Option<u32>,
+    /// The job's `for_each` steps, whose elements are claimed one by one (an element is a claim
+    /// of its own, so a fan-out spreads over the workers). A `for_each` step not listed here is
+    /// claimed whole, and its worker runs every element.
+    pub fan_outs: &'a [FanOut],
+}
+
+/// A `#[step(for_each(parent, concurrency = n))]` step of a submitted job: what
+/// [`Submission::fan_outs`] lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FanOut {
+    /// The step's index in the job's graph.
+    pub step: usize,
+    /// The index of the parent whose output's elements it runs over (one of the step's
+    /// parents).
+    pub over: usize,
+    /// `concurrency = n`: at most `n` of a run's elements claimed at once; `None`: no bound.
+    pub bound: Option<u32>,
 }
 
 impl Submission<'_> {
@@ -302,7 +322,48 @@ impl Submission<'_> {
                 why: "max_attempts and max_fails must be at least 1".to_owned(),
             });
         }
+        if let Some(why) = self.fan_out_error() {
+            return Err(StoreError::InvalidSubmission {
+                job: self.job.to_owned(),
+                why,
+            });
+        }
         Ok(())
+    }
+
+    /// Why [`fan_outs`](Submission::fan_outs) does not fit the graph, if it does not.
+    fn fan_out_error(&self) -> Option<String> {
+        let steps = &self.graph.steps;
+        for (i, fan) in self.fan_outs.iter().enumerate() {
+            let Some(step) = steps.get(fan.step) else {
+                return Some(format!(
+                    "fan-out {i} names step {}, but the graph has {} steps",
+                    fan.step,
+                    steps.len()
+                ));
+            };
+            if !step.parents.contains(&fan.over) {
+                return Some(format!(
+                    "step `{}` fans out over step {}, which is not one of its parents",
+                    step.name, fan.over
+                ));
+            }
+            if fan.bound == Some(0) {
+                return Some(format!(
+                    "step `{}`'s fan-out bound must be at least 1",
+                    step.name
+                ));
+            }
+            if self.fan_outs[..i].iter().any(|f| f.step == fan.step) {
+                return Some(format!("step `{}` is listed as a fan-out twice", step.name));
+            }
+        }
+        None
+    }
+
+    /// The fan-out of step `position`, if it is one.
+    pub(crate) fn fan_out(&self, position: usize) -> Option<&FanOut> {
+        self.fan_outs.iter().find(|f| f.step == position)
     }
 
     /// The graph as stored, JSON.
@@ -341,11 +402,15 @@ pub struct ClaimId {
     pub run: String,
     /// The step's name.
     pub step: String,
-    /// The claim's number: 1 for the step's first claim.
+    /// The claim's number: 1 for the step's (or the element's) first claim.
     pub attempt: u32,
+    /// For a claim of one element of a `for_each` step: its index in the parent's output. Each
+    /// element is claimed, numbered, fenced and settled on its own.
+    pub element: Option<usize>,
 }
 
-/// A step claimed by a worker: what it needs to run it.
+/// A step (or one element of a `for_each` step: [`ClaimId::element`]) claimed by a worker: what
+/// it needs to run it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
     /// The run, the step and the claim's number.
@@ -354,11 +419,13 @@ pub struct Claim {
     pub job: String,
     /// The step's index in the job's graph.
     pub position: usize,
-    /// How many earlier claims of the step returned an error.
+    /// How many earlier claims of the step (of the element) returned an error.
     pub fails: u32,
     /// The run's input, JSON.
     pub input: String,
-    /// The outputs of the step's parents and `after` steps: (name, JSON), in graph order.
+    /// The outputs of the step's parents and `after` steps: (name, JSON), in graph order. An
+    /// element's claim carries its parent's whole output, of which it runs element
+    /// [`ClaimId::element`].
     pub deps: Vec<(String, String)>,
     /// When the claim's lease ends unless renewed (Unix ms).
     pub lease_until: i64,
