@@ -1018,7 +1018,7 @@ async fn sqlite_refuses_another_schema_version() {
             err,
             StoreError::Schema {
                 found: 99,
-                expected: 2
+                expected: 3
             }
         ),
         "{err:?}"
@@ -1196,7 +1196,7 @@ async fn postgres_refuses_another_schema_version() {
             err,
             StoreError::Schema {
                 found: 99,
-                expected: 3
+                expected: 4
             }
         ),
         "{err:?}"
