@@ -28,6 +28,46 @@
 //!
 //! Steps run at least once; each step's output and each run's outcome are committed exactly
 //! once.
+//!
+//! # Fan-outs: `for_each` elements are claims of their own
+//!
+//! A `#[step(for_each(parent, concurrency = n))]` step listed in [`Submission::fan_outs`] is
+//! never claimed itself; its elements are, one by one, so one fan-out spreads over the workers:
+//!
+//! - **Expansion.** When the step's last dependency completes (in that completion's
+//!   transaction), the store counts the elements of `parent`'s stored output (a `Vec`, a
+//!   `Box<[E]>` or an array serializes as a JSON list: `json_array_length` on SQLite,
+//!   `jsonb_array_length` on PostgreSQL) and inserts one row per element into
+//!   `jobgraph_queue_elements`, ready at once, or, with a bound `n`, the first `n` of them, the
+//!   next one becoming ready as each completes (so at most `n` elements of a run are ready or
+//!   claimed at once). Over an empty list the step completes at once with `[]`, and its children
+//!   become ready in the same transaction. Over an output that is not a list the step is claimed
+//!   whole (its worker's decoding then fails it with a clear error).
+//! - **Claims.** An element is claimed as a step is, in the same [`claim`](Queue::claim) and
+//!   the same queue order (priority, ready time, run, step, then element index): under a lease,
+//!   fenced by its own claim number ([`ClaimId::element`] names it), renewed by heartbeats,
+//!   failed after `max_attempts` expired leases, retried through the queue at `retry_at` on its
+//!   own (the other elements are not run again) until `max_fails`. The step's `concurrency` and
+//!   `rate` count element claims, across every run and worker. The claim carries the parent's
+//!   whole output; the worker runs only its element (`Runner`'s `only_element`) and commits
+//!   that element's output.
+//! - **Completion.** Completing the last element stores the step's output, its elements'
+//!   outputs as a JSON list in index order, with attempts the sum of its elements' claims, and
+//!   makes its children ready, in the same transaction, through the same code as completing a
+//!   step ([`complete_many`](Queue::complete_many) settles steps and elements together).
+//! - **Failure.** An element that fails for good (its retry policy gives up, `max_fails`, or
+//!   `max_attempts` expired leases) fails the step with its error, which names it (`element 2:
+//!   returned an error: ...`, as `StepError::Element` says it), cancels the other elements
+//!   (their heartbeats say [`Held::Lost`]; their results are refused), skips the step's
+//!   descendants and settles the run.
+//! - **Abort and time to live** cancel pending elements with the run's pending steps: their
+//!   heartbeats say [`Held::Aborted`].
+//! - **Status.** A fan-out counts as running in [`batch_counts`](Queue::batch_counts) from its
+//!   expansion until it ends; [`leases`](Queue::leases) lists each element's claim
+//!   ([`Lease::element`]).
+//!
+//! A run submitted without `fan_outs` (or stored before the fan-out schema) claims its `for_each`
+//! steps whole, and the worker runs every element.
 
 use std::time::Duration;
 
