@@ -1293,18 +1293,33 @@ async fn element_done(
     step: &str,
     n: i64,
 ) -> Result<Option<i32>, StoreError> {
-    sqlx::query(RELEASE_NEXT_ELEMENTS)
+    let Some(counted) = sqlx::query(COUNT_ELEMENTS_DONE)
         .bind(run)
         .bind(step)
         .bind(n)
-        .execute(&mut *conn)
-        .await?;
-    let left: i64 = sqlx::query_scalar(COUNT_ELEMENTS_LEFT)
-        .bind(run)
-        .bind(step)
-        .fetch_one(&mut *conn)
-        .await?;
-    if left > 0 {
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    const T: &str = "jobgraph_steps";
+    let done: i64 = get(&counted, "fan_done", T)?;
+    let size: Option<i64> = get(&counted, "fan_size", T)?;
+    if let Some(bound) = get::<Option<i64>>(&counted, "fan_bound", T)? {
+        // The elements are made ready in index order, one per completion after the first
+        // `bound`: these `n` completions' are the next `n`.
+        sqlx::query(RELEASE_ELEMENTS)
+            .bind(run)
+            .bind(step)
+            .bind(bound + done - n)
+            .bind(bound + done)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let size = size.ok_or_else(|| StoreError::Corrupt {
+        what: format!("fan-out `{step}` of run `{run}` has elements but no count of them"),
+    })?;
+    if done < size {
         return Ok(None);
     }
     Ok(sqlx::query_scalar(COMPLETE_FAN_OUT)
@@ -1408,18 +1423,18 @@ async fn expand(
             Ok(Expanded::Empty)
         }
         Some(n) => {
+            let job: String = sqlx::query_scalar(SET_FAN_SIZE)
+                .bind(run)
+                .bind(position)
+                .bind(i64::from(n))
+                .fetch_one(&mut *conn)
+                .await?;
             sqlx::query(INSERT_ELEMENTS)
                 .bind(run)
                 .bind(position)
                 .bind(i64::from(n))
                 .execute(&mut *conn)
                 .await?;
-            let job: String =
-                sqlx::query_scalar("SELECT job FROM jobgraph_steps WHERE run_id = $1 AND idx = $2")
-                    .bind(run)
-                    .bind(position)
-                    .fetch_one(&mut *conn)
-                    .await?;
             Ok(Expanded::Ready(job))
         }
     }
@@ -2138,15 +2153,21 @@ const COMPLETE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements s
       AND s.claims = c.claims AND s.state = 'pending'
     RETURNING s.run_id, s.step, s.position, s.idx, s.claims, s.job";
 
-/// `$3` elements of fan-out `$2` of run `$1` completed: as many as the bound held back are ready.
-const RELEASE_NEXT_ELEMENTS: &str = "UPDATE jobgraph_queue_elements SET ready_at = now()
-    WHERE run_id = $1 AND step = $2 AND idx IN (
-        SELECT idx FROM jobgraph_queue_elements
-        WHERE run_id = $1 AND step = $2 AND state = 'pending' AND ready_at IS NULL
-        ORDER BY idx LIMIT $3)";
+/// Fan-out `$2` (a position) of run `$1` has `$3` elements: its job.
+const SET_FAN_SIZE: &str = "UPDATE jobgraph_steps SET fan_size = $3, fan_done = 0
+    WHERE run_id = $1 AND idx = $2
+    RETURNING job";
 
-const COUNT_ELEMENTS_LEFT: &str = "SELECT count(*) FROM jobgraph_queue_elements
-    WHERE run_id = $1 AND step = $2 AND state <> 'completed'";
+/// `$3` more elements of fan-out `$2` of run `$1` completed: how many have, of how many, and its
+/// bound.
+const COUNT_ELEMENTS_DONE: &str = "UPDATE jobgraph_steps SET fan_done = fan_done + $3
+    WHERE run_id = $1 AND name = $2 AND state = 'pending'
+    RETURNING fan_done, fan_size, fan_bound";
+
+/// The elements `$3..$4` of fan-out `$2`, held back by its bound, are ready.
+const RELEASE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements SET ready_at = now()
+    WHERE run_id = $1 AND step = $2 AND idx >= $3 AND idx < $4
+      AND state = 'pending' AND ready_at IS NULL";
 
 /// Fan-out `$2` of run `$1` completed: its output is its elements' outputs in their order (`[]`
 /// if it has none), its attempts their claims. Its position, if it was pending.

@@ -857,18 +857,32 @@ async fn element_done(
     step: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    sqlx::query(RELEASE_NEXT_ELEMENT)
+    let Some(counted) = sqlx::query(COUNT_ELEMENT_DONE)
         .bind(run)
         .bind(step)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    let left: i64 = sqlx::query_scalar(COUNT_ELEMENTS_LEFT)
-        .bind(run)
-        .bind(step)
-        .fetch_one(&mut *conn)
-        .await?;
-    if left > 0 {
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(false);
+    };
+    const T: &str = "jobgraph_steps";
+    let done: i64 = get(&counted, "fan_done", T)?;
+    let size: Option<i64> = get(&counted, "fan_size", T)?;
+    if let Some(bound) = get::<Option<i64>>(&counted, "fan_bound", T)? {
+        // The elements are made ready in index order, one per completion after the first
+        // `bound`: this completion's is the next.
+        sqlx::query(RELEASE_ELEMENT)
+            .bind(run)
+            .bind(step)
+            .bind(bound + done - 1)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let size = size.ok_or_else(|| StoreError::Corrupt {
+        what: format!("fan-out `{step}` of run `{run}` has elements but no count of them"),
+    })?;
+    if done < size {
         return Ok(false);
     }
     let rows = sqlx::query(SELECT_ELEMENT_OUTPUTS)
@@ -986,6 +1000,12 @@ async fn expand(
         }
         Some(n) => {
             let bound: Option<i64> = get(row, "fan_bound", T)?;
+            sqlx::query(SET_FAN_SIZE)
+                .bind(run)
+                .bind(position)
+                .bind(n)
+                .execute(&mut *conn)
+                .await?;
             sqlx::query(INSERT_ELEMENTS)
                 .bind(run)
                 .bind(&step)
@@ -1371,14 +1391,17 @@ const INSERT_ELEMENTS: &str = "WITH RECURSIVE i (x) AS (
     SELECT ?1, ?2, ?3, x, ?5, ?6, 'pending', CASE WHEN ?8 IS NULL OR x < ?8 THEN ?7 END
     FROM i";
 
-/// An element completed: the first element the step's bound held back is ready.
-const RELEASE_NEXT_ELEMENT: &str = "UPDATE jobgraph_queue_elements SET ready_at = ?3
-    WHERE rowid = (SELECT rowid FROM jobgraph_queue_elements
-        WHERE run_id = ?1 AND step = ?2 AND state = 'pending' AND ready_at IS NULL
-        ORDER BY idx LIMIT 1)";
+const SET_FAN_SIZE: &str = "UPDATE jobgraph_steps SET fan_size = ?3, fan_done = 0
+    WHERE run_id = ?1 AND position = ?2";
 
-const COUNT_ELEMENTS_LEFT: &str = "SELECT COUNT(*) FROM jobgraph_queue_elements
-    WHERE run_id = ?1 AND step = ?2 AND state <> 'completed'";
+/// One more element of fan-out `?2` completed: how many have, of how many, and its bound.
+const COUNT_ELEMENT_DONE: &str = "UPDATE jobgraph_steps SET fan_done = fan_done + 1
+    WHERE run_id = ?1 AND name = ?2 AND state = 'pending'
+    RETURNING fan_done, fan_size, fan_bound";
+
+/// Element `?3`, held back by its step's bound, is ready.
+const RELEASE_ELEMENT: &str = "UPDATE jobgraph_queue_elements SET ready_at = ?4
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?3 AND state = 'pending' AND ready_at IS NULL";
 
 const SELECT_ELEMENT_OUTPUTS: &str = "SELECT output, claims, started_at
     FROM jobgraph_queue_elements WHERE run_id = ?1 AND step = ?2 ORDER BY idx";

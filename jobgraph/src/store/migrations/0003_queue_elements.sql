@@ -10,6 +10,11 @@
 ALTER TABLE jobgraph_steps ADD COLUMN fan_over INTEGER CHECK (fan_over >= 0);
 -- `for_each(.., concurrency = n)`: at most n of the run's elements ready or claimed at once.
 ALTER TABLE jobgraph_steps ADD COLUMN fan_bound INTEGER CHECK (fan_bound > 0);
+-- A fan-out's elements, once inserted, and how many completed: the last completion completes
+-- the step, and with a bound each completion makes element `fan_bound + fan_done - 1` ready,
+-- without reading the other elements.
+ALTER TABLE jobgraph_steps ADD COLUMN fan_size INTEGER CHECK (fan_size >= 0);
+ALTER TABLE jobgraph_steps ADD COLUMN fan_done INTEGER NOT NULL DEFAULT 0 CHECK (fan_done >= 0);
 
 CREATE TABLE jobgraph_queue_elements (
     run_id      TEXT    NOT NULL,

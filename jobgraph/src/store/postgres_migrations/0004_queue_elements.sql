@@ -13,6 +13,11 @@
 ALTER TABLE jobgraph_steps ADD COLUMN fan_over integer CHECK (fan_over >= 0);
 -- `for_each(.., concurrency = n)`: at most n of the run's elements ready or claimed at once.
 ALTER TABLE jobgraph_steps ADD COLUMN fan_bound bigint CHECK (fan_bound > 0);
+-- A fan-out's elements, once inserted, and how many completed: the last completion completes
+-- the step, and with a bound the completions make the next elements ready by index, without
+-- reading the other elements.
+ALTER TABLE jobgraph_steps ADD COLUMN fan_size bigint CHECK (fan_size >= 0);
+ALTER TABLE jobgraph_steps ADD COLUMN fan_done bigint NOT NULL DEFAULT 0 CHECK (fan_done >= 0);
 
 CREATE TABLE jobgraph_queue_elements (
     run_id       text        NOT NULL,
