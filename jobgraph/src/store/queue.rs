@@ -284,7 +284,7 @@ pub struct StepCount {
     pub name: String,
     /// Not claimed: waiting for dependencies, ready, or held.
     pub waiting: u64,
-    /// Claimed under a live lease.
+    /// Claimed under a live lease; a fan-out, from its elements' insertion until it ends.
     pub running: u64,
     /// Completed.
     pub completed: u64,
