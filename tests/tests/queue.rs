@@ -98,6 +98,7 @@ on_both_queues! {
     an_empty_fan_out_completes_at_once => empty_fan_out,
     the_fan_out_bound_and_the_steps_concurrency_limit_element_claims => element_limits,
     abort_reaches_running_element_claims => abort_reaches_elements,
+    a_fan_outs_run_past_its_time_to_live_fails_and_cancels_its_elements => fan_out_expires,
 }
 
 /// Counters of the jobs' executions, per key (a case's `base` and what it counts).
@@ -2008,5 +2009,43 @@ async fn abort_reaches_elements(store: impl TestQueue, base: u64) {
     let stored = client.status(&run.id).await.unwrap();
     assert_eq!(stored.state, RunState::Cancelled);
     assert_eq!(stored.step("each").unwrap().state, StepStatus::Cancelled);
+    assert!(store.leases().await.unwrap().is_empty());
+}
+
+async fn fan_out_expires(store: impl TestQueue, base: u64) {
+    let client = Client::new(&store);
+    let run = client
+        .submit(&Pages {
+            key: base + 580,
+            pages: vec![1, 2],
+        })
+        .ttl(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let list = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
+    store
+        .complete(WORKER, &list[0].id, "[1,2]", 0)
+        .await
+        .unwrap();
+    let elements = store.claim(WORKER, &["Pages"], 10, LEASE).await.unwrap();
+    assert_eq!(elements.len(), 2);
+    // The run's time to live ends while its elements run: the next claim fails the run.
+    store.age_leases(Duration::from_secs(61)).await;
+    assert!(
+        store
+            .claim(WORKER, &["Pages"], 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stored = client.status(&run.id).await.unwrap();
+    assert_eq!(stored.state, RunState::Failed);
+    assert_eq!(stored.step("fetch").unwrap().state, StepStatus::Cancelled);
+    let ids: Vec<ClaimId> = elements.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(
+        store.heartbeat(WORKER, &ids, LEASE).await.unwrap(),
+        [Held::Lost, Held::Lost]
+    );
+    assert!(store.complete(WORKER, &ids[0], "\"x\"", 0).await.is_err());
     assert!(store.leases().await.unwrap().is_empty());
 }
