@@ -44,7 +44,9 @@ type Handler = Arc<dyn Fn(Claim, CancellationToken) -> BoxFuture<Execution> + Se
 /// Executes the ready steps of submitted runs: claims them from the queue (highest priority
 /// first, each under a lease renewed by heartbeats), runs each from its parents' stored outputs,
 /// and commits its output, which makes its children ready for any worker. Any number of
-/// workers, in any number of processes, may share a store.
+/// workers, in any number of processes, may share a store. The elements of a `for_each` step
+/// are claimed one by one, like steps: a worker runs the elements it claimed, and other workers
+/// run the others (see the [queue's docs](crate::store::queue)).
 ///
 /// A step's retry policy is applied by the queue, not in the worker: a failed attempt is put
 /// back, ready after the policy's delay, and any worker may take it. A worker whose lease on a
@@ -77,9 +79,9 @@ impl std::fmt::Debug for Worker {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerStats {
-    /// Steps claimed.
+    /// Steps claimed (an element of a `for_each` step counts as one).
     pub claimed: usize,
-    /// Steps completed and committed.
+    /// Steps completed and committed (an element counts as one).
     pub completed: usize,
     /// Steps that failed for good.
     pub failed: usize,
