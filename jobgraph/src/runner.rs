@@ -215,8 +215,9 @@ impl<'j, J: Job> Runner<'j, J> {
         self.core(false)
     }
 
-    /// Runs only element `index` of the [`until`](Runner::until) step, if it is a `for_each`
-    /// step: a worker's claim of one element.
+    /// The [`until`](Runner::until) step, if it is a `for_each` step, runs one element, whose
+    /// index in its parent's whole output is `index`, from a seeded parent's output that holds
+    /// only that element: a worker's claim of one element.
     pub(crate) fn only_element(mut self, index: usize) -> Self {
         self.options.only_element = Some(index);
         self

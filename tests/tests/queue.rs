@@ -1561,7 +1561,7 @@ async fn listed(store: &impl TestQueue, batch: &str, key: u64, pages: Vec<u32>) 
 async fn fan_out_spreads_over_workers(store: impl TestQueue, base: u64) {
     let key = base + 500;
     let run = listed(&store, "spread", key, vec![3, 1, 2, 7]).await;
-    // Two claimers share the fan-out: disjoint elements, each with the parent's output.
+    // Two claimers share the fan-out: disjoint elements, each with its element.
     let first = store.claim("w1", &["Pages"], 2, LEASE).await.unwrap();
     let second = store.claim("w2", &["Pages"], 10, LEASE).await.unwrap();
     assert_eq!(first.len(), 2);
@@ -1572,7 +1572,9 @@ async fn fan_out_spreads_over_workers(store: impl TestQueue, base: u64) {
     for claim in &all {
         assert_eq!(claim.id.step, "fetch");
         assert_eq!(claim.id.attempt, 1);
-        assert_eq!(claim.deps, [("list".to_owned(), "[3,1,2,7]".to_owned())]);
+        // The iterated parent's output is the claim's element alone.
+        let page = [3, 1, 2, 7][claim.id.element.unwrap()];
+        assert_eq!(claim.deps, [("list".to_owned(), format!("[{page}]"))]);
     }
     // Each element claim is a lease of its own; the step counts as running.
     let leases = store.leases().await.unwrap();

@@ -931,6 +931,8 @@ struct Taken {
     step: String,
     /// The claimed element of a fan-out.
     element: Option<i64>,
+    /// An element's parent (its position) and the element (JSON).
+    input: Option<(i32, String)>,
     attempt: i64,
     fails: i64,
     job: String,
@@ -945,11 +947,14 @@ impl Taken {
         const T: &str = "jobgraph_steps";
         let position: i32 = get(row, "idx", T)?;
         let element: Option<i64> = get(row, "element", T)?;
+        let over: Option<i32> = get(row, "over", T)?;
+        let input: Option<String> = get(row, "element_input", T)?;
         Ok(Taken {
             run: get(row, "run_id", T)?,
             position,
             step: get(row, "name", T)?,
             element,
+            input: over.zip(input),
             attempt: get(row, "claims", T)?,
             fails: get(row, "fails", T)?,
             job: get(row, "job", T)?,
@@ -1043,15 +1048,24 @@ async fn finish(
         let position = usize::try_from(t.position).map_err(|_| StoreError::Corrupt {
             what: format!("the position of step `{}` of run `{}`", t.step, t.run),
         })?;
+        // An element's claim carries its element of the parent it iterates, as a list of one;
+        // the other outputs are read below (empty until then).
         let deps: Vec<(String, String)> = spec
             .dependencies(position)
             .into_iter()
-            .filter_map(|dep| spec.steps.get(dep))
-            .map(|dep| (dep.name.clone(), String::new()))
+            .filter_map(|dep| Some((dep, spec.steps.get(dep)?)))
+            .map(|(dep, step)| match &t.input {
+                Some((over, input)) if usize::try_from(*over).ok() == Some(dep) => {
+                    (step.name.clone(), format!("[{input}]"))
+                }
+                _ => (step.name.clone(), String::new()),
+            })
             .collect();
-        for (name, _) in &deps {
-            dep_runs.push(t.run.clone());
-            dep_names.push(name.clone());
+        for (name, output) in &deps {
+            if output.is_empty() {
+                dep_runs.push(t.run.clone());
+                dep_names.push(name.clone());
+            }
         }
         claims.push(Claim {
             id: ClaimId {
@@ -1086,6 +1100,9 @@ async fn finish(
     }
     for claim in &mut claims {
         for (name, output) in &mut claim.deps {
+            if !output.is_empty() {
+                continue;
+            }
             let key = (claim.id.run.clone(), name.clone());
             *output = outputs
                 .get(&key)
@@ -1432,7 +1449,6 @@ async fn expand(
             sqlx::query(INSERT_ELEMENTS)
                 .bind(run)
                 .bind(position)
-                .bind(i64::from(n))
                 .execute(&mut *conn)
                 .await?;
             Ok(Expanded::Ready(job))
@@ -1914,17 +1930,18 @@ macro_rules! taken {
     () => {
         "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
         jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until,
-        NULL::bigint AS element"
+        NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input"
     };
 }
 
 /// The same columns of a claimed element (`s`, of `jobgraph_queue_elements`): its step's
-/// position as `idx`, its own index as `element`.
+/// position as `idx`, its own index as `element`, its parent's position and the element itself
+/// (`over`, `element_input`: `input` is the run's, in the claim's rows).
 macro_rules! taken_element {
     () => {
         "s.run_id, s.position AS idx, s.step AS name, s.claims, s.fails, s.job, s.priority,
         s.run_seq, jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until,
-        s.idx AS element"
+        s.idx AS element, s.over, s.input AS element_input"
     };
 }
 
@@ -2193,14 +2210,18 @@ const READY_WHOLE: &str = "UPDATE jobgraph_steps SET ready_at = now()
     WHERE run_id = $1 AND idx = $2 AND state = 'pending'
     RETURNING job";
 
-/// Elements 0..`$3` of fan-out `$2` (a position) of run `$1`, the first `fan_bound` of them (all
-/// if none) ready now; its name and job.
+/// One element of fan-out `$2` (a position) of run `$1` per element of its parent's output (each
+/// cut out as JSON, the parent's output parsed once), the first `fan_bound` of them (all if none)
+/// ready now.
 const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
-        (run_id, step, position, idx, job, priority, run_seq, max_attempts, expires_at, state,
-         ready_at)
-    SELECT s.run_id, s.name, s.idx, g.i, s.job, s.priority, s.run_seq, s.max_attempts,
-        s.expires_at, 'pending', CASE WHEN s.fan_bound IS NULL OR g.i < s.fan_bound THEN now() END
-    FROM jobgraph_steps s, generate_series(0::bigint, $3::bigint - 1) AS g (i)
+        (run_id, step, position, idx, over, input, job, priority, run_seq, max_attempts,
+         expires_at, state, ready_at)
+    SELECT s.run_id, s.name, s.idx, e.ord - 1, s.fan_over, e.value::text, s.job, s.priority,
+        s.run_seq, s.max_attempts, s.expires_at, 'pending',
+        CASE WHEN s.fan_bound IS NULL OR e.ord - 1 < s.fan_bound THEN now() END
+    FROM jobgraph_steps s
+    JOIN jobgraph_steps p ON p.run_id = s.run_id AND p.idx = s.fan_over AND p.state = 'completed'
+    CROSS JOIN LATERAL jsonb_array_elements(p.output::jsonb) WITH ORDINALITY AS e (value, ord)
     WHERE s.run_id = $1 AND s.idx = $2 AND s.state = 'pending'";
 
 /// `$3[i]` dependencies of step `$2[i]` of run `$1[i]` completed; the last makes it ready, or,

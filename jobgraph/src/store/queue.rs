@@ -38,7 +38,8 @@
 //!   transaction), the store counts the elements of `parent`'s stored output (a `Vec`, a
 //!   `Box<[E]>` or an array serializes as a JSON list: `json_array_length` on SQLite,
 //!   `jsonb_array_length` on PostgreSQL) and inserts one row per element into
-//!   `jobgraph_queue_elements`, ready at once, or, with a bound `n`, the first `n` of them, the
+//!   `jobgraph_queue_elements`, each holding its element (cut out of the parent's output once,
+//!   here: `json_each`, `jsonb_array_elements`), ready at once, or, with a bound `n`, the first `n` of them, the
 //!   next one becoming ready as each completes (so at most `n` elements of a run are ready or
 //!   claimed at once). Over an empty list the step completes at once with `[]`, and its children
 //!   become ready in the same transaction. Over an output that is not a list the step is claimed
@@ -48,9 +49,10 @@
 //!   fenced by its own claim number ([`ClaimId::element`] names it), renewed by heartbeats,
 //!   failed after `max_attempts` expired leases, retried through the queue at `retry_at` on its
 //!   own (the other elements are not run again) until `max_fails`. The step's `concurrency` and
-//!   `rate` count element claims, across every run and worker. The claim carries the parent's
-//!   whole output; the worker runs only its element (`Runner`'s `only_element`) and commits
-//!   that element's output.
+//!   `rate` count element claims, across every run and worker. The claim carries, as the
+//!   iterated parent's output, its element alone (a list of one: a claim costs the element's
+//!   size, not the whole list's); the worker runs that element (`Runner`'s `only_element`, which
+//!   keeps its index for `StepContext::element`) and commits its output.
 //! - **Completion.** Completing the last element stores the step's output, its elements'
 //!   outputs as a JSON list in index order, with attempts the sum of its elements' claims, and
 //!   makes its children ready, in the same transaction, through the same code as completing a
@@ -463,9 +465,9 @@ pub struct Claim {
     pub fails: u32,
     /// The run's input, JSON.
     pub input: String,
-    /// The outputs of the step's parents and `after` steps: (name, JSON), in graph order. An
-    /// element's claim carries its parent's whole output, of which it runs element
-    /// [`ClaimId::element`].
+    /// The outputs of the step's parents and `after` steps: (name, JSON), in graph order. For an
+    /// element's claim, the iterated parent's output is element [`ClaimId::element`] alone, as a
+    /// list of one (`[x]`; re-encoded by the database, so equal as JSON, not byte for byte).
     pub deps: Vec<(String, String)>,
     /// When the claim's lease ends unless renewed (Unix ms).
     pub lease_until: i64,

@@ -758,6 +758,8 @@ struct Taken {
     step: String,
     position: i64,
     element: Option<i64>,
+    /// An element's parent (its position) and the element (JSON).
+    input: Option<(i64, String)>,
     attempt: i64,
     fails: i64,
     job: String,
@@ -769,11 +771,14 @@ impl Taken {
     fn read(row: &sqlx::sqlite::SqliteRow) -> Result<Taken, StoreError> {
         const T: &str = "jobgraph_steps";
         let element: Option<i64> = get(row, "element", T)?;
+        let over: Option<i64> = get(row, "over", T)?;
+        let input: Option<String> = get(row, "input", T)?;
         Ok(Taken {
             run: get(row, "run_id", T)?,
             step: get(row, "name", T)?,
             position: get(row, "position", T)?,
             element,
+            input: over.zip(input),
             attempt: get(row, "claims", T)?,
             fails: get(row, "fails", T)?,
             job: get(row, "job", T)?,
@@ -816,6 +821,13 @@ async fn claim_of(
     let mut outputs = Vec::with_capacity(deps.len());
     for dep in deps {
         let name = &spec.steps[dep].name;
+        // An element's claim carries its element of the parent it iterates, as a list of one.
+        if let Some((over, input)) = &t.input
+            && usize::try_from(*over).ok() == Some(dep)
+        {
+            outputs.push((name.clone(), format!("[{input}]")));
+            continue;
+        }
         let output: Option<String> = sqlx::query_scalar(SELECT_OUTPUT)
             .bind(run)
             .bind(name)
@@ -1010,7 +1022,7 @@ async fn expand(
                 .bind(run)
                 .bind(&step)
                 .bind(position)
-                .bind(n)
+                .bind(over)
                 .bind(get::<String>(row, "job", T)?)
                 .bind(get::<i64>(row, "priority", T)?)
                 .bind(now)
@@ -1326,13 +1338,14 @@ const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
 const CLAIM: &str = "UPDATE jobgraph_steps
     SET worker = ?1, lease_until = ?2, claims = claims + 1
     WHERE rowid IN (SELECT value FROM json_each(?3))
-    RETURNING run_id, name, position, NULL AS element, claims, fails, job, priority, ready_at";
+    RETURNING run_id, name, position, NULL AS element, NULL AS over, NULL AS input, claims, fails,
+        job, priority, ready_at";
 
 const CLAIM_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
     SET worker = ?1, lease_until = ?2, claims = claims + 1
     WHERE rowid IN (SELECT value FROM json_each(?3))
-    RETURNING run_id, step AS name, position, idx AS element, claims, fails, job, priority,
-        ready_at";
+    RETURNING run_id, step AS name, position, idx AS element, over, input, claims, fails, job,
+        priority, ready_at";
 
 const START_RUN: &str = "UPDATE jobgraph_runs SET state = 'running', updated_at = ?2
     WHERE id = ?1 AND state = 'pending'";
@@ -1382,14 +1395,15 @@ const SELECT_LIST_LENGTH: &str = "SELECT CASE WHEN json_type(output) = 'array'
 const READY_WHOLE: &str = "UPDATE jobgraph_steps SET ready_at = ?3
     WHERE run_id = ?1 AND position = ?2 AND state = 'pending'";
 
-/// Elements 0..`?4` of fan-out `?2` (at `?3`) of run `?1`, the first `?8` (all if NULL) ready
-/// at `?7`.
-const INSERT_ELEMENTS: &str = "WITH RECURSIVE i (x) AS (
-        SELECT 0 UNION ALL SELECT x + 1 FROM i WHERE x + 1 < ?4
-    )
-    INSERT INTO jobgraph_queue_elements (run_id, step, position, idx, job, priority, state, ready_at)
-    SELECT ?1, ?2, ?3, x, ?5, ?6, 'pending', CASE WHEN ?8 IS NULL OR x < ?8 THEN ?7 END
-    FROM i";
+/// One element of fan-out `?2` (at `?3`) of run `?1` per element of its parent `?4`'s output
+/// (each cut out as JSON), the first `?8` (all if NULL) ready at `?7`.
+const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
+        (run_id, step, position, idx, over, input, job, priority, state, ready_at)
+    SELECT ?1, ?2, ?3, j.key, ?4, p.output -> j.key, ?5, ?6, 'pending',
+        CASE WHEN ?8 IS NULL OR j.key < ?8 THEN ?7 END
+    FROM jobgraph_steps p, json_each(p.output) AS j
+    WHERE p.run_id = ?1 AND p.position = ?4 AND p.state = 'completed'
+    ORDER BY j.key";
 
 const SET_FAN_SIZE: &str = "UPDATE jobgraph_steps SET fan_size = ?3, fan_done = 0
     WHERE run_id = ?1 AND position = ?2";

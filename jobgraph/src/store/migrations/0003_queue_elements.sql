@@ -23,6 +23,10 @@ CREATE TABLE jobgraph_queue_elements (
     position    INTEGER NOT NULL,
     -- The element's index in the parent's output.
     idx         INTEGER NOT NULL CHECK (idx >= 0),
+    -- The parent's position, and the element itself (JSON, cut from the parent's output once,
+    -- at insertion): an element's claim carries it, not the parent's whole output.
+    over        INTEGER NOT NULL,
+    input       TEXT    NOT NULL,
     -- Copied from the step: what claims filter and order on.
     job         TEXT    NOT NULL,
     priority    INTEGER NOT NULL DEFAULT 0,

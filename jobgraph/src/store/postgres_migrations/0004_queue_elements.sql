@@ -26,6 +26,10 @@ CREATE TABLE jobgraph_queue_elements (
     position     integer     NOT NULL,
     -- The element's index in the parent's output.
     idx          bigint      NOT NULL CHECK (idx >= 0),
+    -- The parent's position, and the element itself (JSON, cut from the parent's output once,
+    -- at insertion): an element's claim carries it, not the parent's whole output.
+    over         integer     NOT NULL,
+    input        text        NOT NULL,
     -- Copied from the step: what claims filter and order on (as on `jobgraph_steps`).
     job          text        NOT NULL,
     priority     integer     NOT NULL DEFAULT 0,
