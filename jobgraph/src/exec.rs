@@ -503,7 +503,9 @@ where
     // Attempts count those of every element, as they start: none yet.
     run.set_attempts(step, 0);
     let total = AtomicU32::new(0);
-    let element = |index: usize, value: &'e E| {
+    // `slot`: where the element is in `elements`; `index`: its index in the parent's output (the
+    // same, but for a worker's claim of one element).
+    let element = |slot: usize, index: usize, value: &'e E| {
         let attempt = &attempt;
         let total = &total;
         async move {
@@ -522,7 +524,7 @@ where
                 }
                 (outcome, _) => outcome,
             };
-            (index, outcome)
+            (slot, index, outcome)
         }
     };
     let mut outputs: Vec<Option<T>> = elements.iter().map(|_| None).collect();
@@ -533,10 +535,32 @@ where
         Some(_) => outputs.iter().map(Option::is_some).collect(),
         None => Vec::new(),
     };
+    // A worker's claim of one element (`RunOptions::only_element`): the parent's output it was
+    // given holds that element only.
+    let only = run
+        .options
+        .only_element
+        .filter(|_| run.options.until == Some(step));
+    if let Some(index) = only
+        && elements.len() != 1
+    {
+        let error = StepError::Element {
+            index,
+            error: Box::new(StepError::Error(
+                format!(
+                    "the claim of element {index} carries {} elements, not the one",
+                    elements.len()
+                )
+                .into(),
+            )),
+        };
+        return report_outcome(run, step, 0, first_start, Err(error));
+    }
     let mut pending = elements
         .iter()
         .enumerate()
-        .filter(|(index, _)| !done.get(*index).copied().unwrap_or(false));
+        .filter(|(slot, _)| !done.get(*slot).copied().unwrap_or(false))
+        .map(|(slot, value)| (slot, only.unwrap_or(slot), value));
     let mut running = FuturesUnordered::new();
     // A sequential run runs one thing at a time: one element, too.
     let bound = if run.options.sequential {
@@ -547,14 +571,14 @@ where
     let failed = loop {
         while running.len() < bound {
             match pending.next() {
-                Some((index, value)) => running.push(element(index, value)),
+                Some((slot, index, value)) => running.push(element(slot, index, value)),
                 None => break,
             }
         }
         match running.next().await {
             None => break None,
-            Some((index, Ok(output))) => outputs[index] = Some(output),
-            Some((index, Err(error))) => {
+            Some((slot, _, Ok(output))) => outputs[slot] = Some(output),
+            Some((_, index, Err(error))) => {
                 break Some(StepError::Element {
                     index,
                     error: Box::new(error),

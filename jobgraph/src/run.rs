@@ -34,6 +34,10 @@ pub(crate) struct RunOptions<S> {
     pub(crate) until: Option<S>,
     /// Where a durable run checkpoints its steps.
     pub(crate) durable: Option<crate::durable::Durable>,
+    /// A worker's claim of one element of a `for_each` step: the [`until`](Self::until) step,
+    /// if it is a `for_each` step, is given a parent's output that holds only this element (its
+    /// index in the whole output), and outputs the one-element `Vec` of its output.
+    pub(crate) only_element: Option<usize>,
 }
 
 impl<S> Default for RunOptions<S> {
@@ -52,6 +56,7 @@ impl<S> Default for RunOptions<S> {
             seeded: false,
             until: None,
             durable: None,
+            only_element: None,
         }
     }
 }

@@ -172,16 +172,23 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    /// Moves every lease's expiry (runs' and claimed steps') and every queued run's time to live
-    /// `by` into the past, as if that much time had passed: protocol tests age leases in SQL
-    /// instead of sleeping.
+    /// Moves every lease's expiry (runs', claimed steps' and claimed elements') and every queued
+    /// run's time to live `by` into the past, as if that much time had passed: protocol tests age
+    /// leases in SQL instead of sleeping.
     ///
     /// # Panics
     ///
     /// If the database fails (a test helper).
     #[doc(hidden)]
     pub async fn age_leases(&self, by: Duration) {
-        for statement in [AGE_LEASES, AGE_CLAIMS, AGE_EXPIRIES, AGE_STEP_EXPIRIES] {
+        for statement in [
+            AGE_LEASES,
+            AGE_CLAIMS,
+            AGE_EXPIRIES,
+            AGE_STEP_EXPIRIES,
+            AGE_ELEMENT_CLAIMS,
+            AGE_ELEMENT_EXPIRIES,
+        ] {
             sqlx::query(statement)
                 .bind(lease_ms(by))
                 .execute(&self.pool)
@@ -293,6 +300,14 @@ const AGE_EXPIRIES: &str = "UPDATE jobgraph_runs
     WHERE expires_at IS NOT NULL";
 
 const AGE_STEP_EXPIRIES: &str = "UPDATE jobgraph_steps
+    SET expires_at = expires_at - $1 * interval '1 millisecond'
+    WHERE expires_at IS NOT NULL";
+
+const AGE_ELEMENT_CLAIMS: &str = "UPDATE jobgraph_queue_elements
+    SET lease_until = lease_until - $1 * interval '1 millisecond'
+    WHERE lease_until IS NOT NULL";
+
+const AGE_ELEMENT_EXPIRIES: &str = "UPDATE jobgraph_queue_elements
     SET expires_at = expires_at - $1 * interval '1 millisecond'
     WHERE expires_at IS NOT NULL";
 

@@ -201,7 +201,7 @@ impl<S: Queue + Clone> Queue for Flaky<S> {
                 self.witness
                     .ack(Ack {
                         run: &completion.claim.run,
-                        step: &completion.claim.step,
+                        step: &unit(completion.claim),
                         claim: completion.claim.attempt,
                         kind: "complete",
                         stored,
@@ -238,7 +238,7 @@ impl<S: Queue + Clone> Queue for Flaky<S> {
             self.witness
                 .ack(Ack {
                     run: &claim.run,
-                    step: &claim.step,
+                    step: &unit(claim),
                     claim: claim.attempt,
                     kind: "fail",
                     stored,
@@ -286,5 +286,13 @@ impl<S: Queue + Clone> Queue for Flaky<S> {
 
     fn wait_ready<'a>(&'a self, jobs: &'a [&'a str], timeout: Duration) -> BoxFuture<'a, ()> {
         self.inner.wait_ready(jobs, timeout)
+    }
+}
+
+/// What the witness calls a claim's work: its step, or `step[i]` for an element of a fan-out.
+fn unit(claim: &ClaimId) -> String {
+    match claim.element {
+        Some(i) => format!("{}[{i}]", claim.step),
+        None => claim.step.clone(),
     }
 }
