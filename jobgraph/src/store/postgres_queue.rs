@@ -222,9 +222,6 @@ impl Queue for PgStore {
             }
             let (elements, steps): (Vec<&Completion<'a>>, Vec<&Completion<'a>>) =
                 done.iter().partition(|c| c.claim.element.is_some());
-            let column = |of: &[&Completion<'a>],
-                          f: fn(&Completion<'a>) -> &'a str|
-             -> Vec<&'a str> { of.iter().map(|c| f(c)).collect() };
             // Each child's dependencies that completed here, counted (two parents of one child
             // may complete in one call).
             let mut kids: HashMap<(String, i32), i32> = HashMap::new();
@@ -246,18 +243,7 @@ impl Queue for PgStore {
             let mut committed: std::collections::HashSet<(String, String, i64, Option<i64>)> =
                 Default::default();
             if !steps.is_empty() {
-                let stored = sqlx::query(COMPLETE_STEPS)
-                    .bind(worker)
-                    .bind(column(&steps, |c| c.claim.run.as_str()))
-                    .bind(column(&steps, |c| c.claim.step.as_str()))
-                    .bind(
-                        steps
-                            .iter()
-                            .map(|c| i64::from(c.claim.attempt))
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(column(&steps, |c| c.output))
-                    .bind(steps.iter().map(|c| c.started_at).collect::<Vec<_>>())
+                let stored = completions(COMPLETE_STEPS, worker, &steps)
                     .fetch_all(&mut *tx)
                     .await?;
                 for row in &stored {
@@ -269,18 +255,7 @@ impl Queue for PgStore {
             }
             let mut news: Vec<String> = Vec::new();
             if !elements.is_empty() {
-                let stored = sqlx::query(COMPLETE_ELEMENTS)
-                    .bind(worker)
-                    .bind(column(&elements, |c| c.claim.run.as_str()))
-                    .bind(column(&elements, |c| c.claim.step.as_str()))
-                    .bind(
-                        elements
-                            .iter()
-                            .map(|c| i64::from(c.claim.attempt))
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(column(&elements, |c| c.output))
-                    .bind(elements.iter().map(|c| c.started_at).collect::<Vec<_>>())
+                let stored = completions(COMPLETE_ELEMENTS, worker, &elements)
                     .bind(
                         elements
                             .iter()
@@ -1786,6 +1761,34 @@ const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
         rate_period_ms = excluded.rate_period_ms, burst = excluded.burst";
 
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// `statement` ([`COMPLETE_STEPS`] or [`COMPLETE_ELEMENTS`]) with what every completion binds:
+/// `$1` the worker, then one array each of runs, steps, claim numbers, outputs and start times.
+fn completions<'q>(
+    statement: &'q str,
+    worker: &'q str,
+    done: &[&Completion<'q>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(statement)
+        .bind(worker)
+        .bind(
+            done.iter()
+                .map(|c| c.claim.run.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            done.iter()
+                .map(|c| c.claim.step.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            done.iter()
+                .map(|c| i64::from(c.claim.attempt))
+                .collect::<Vec<_>>(),
+        )
+        .bind(done.iter().map(|c| c.output).collect::<Vec<_>>())
+        .bind(done.iter().map(|c| c.started_at).collect::<Vec<_>>())
+}
 
 /// A delay (a retry's, a time to live) in milliseconds, as PostgreSQL adds it to `now()`: at
 /// most a century, since a longer interval would leave `timestamptz`'s range.
