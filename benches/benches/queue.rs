@@ -1077,6 +1077,7 @@ async fn coordinate(o: Options) {
 /// One burn-down of `jobs` single-step jobs by `procs` worker processes that count their SQL
 /// statements: per job, how many of each kind and how long they took.
 async fn diagnose(system: System, jobs: u64, procs: usize) {
+    let server_stats = ServerStats::reset(system).await;
     let burn = burn_down(
         system,
         Workload::Noop,
@@ -1123,6 +1124,79 @@ async fn diagnose(system: System, jobs: u64, procs: usize) {
             ms / jobs as f64,
             ms / n as f64
         );
+    }
+    if let Some(stats) = server_stats {
+        stats.print(jobs).await;
+    }
+}
+
+/// The server's view of a diagnosed burn-down, from `pg_stat_statements` when the cluster
+/// loads it (`JOBGRAPH_PG_SETTINGS=shared_preload_libraries=pg_stat_statements`): each
+/// statement's execution time, and the pages it dirtied and the WAL records it wrote, which
+/// count the row versions it wrote.
+struct ServerStats {
+    url: String,
+}
+
+impl ServerStats {
+    /// Clears the server's statistics; `None` for SQLite, or when the server does not load
+    /// `pg_stat_statements`.
+    async fn reset(system: System) -> Option<Self> {
+        use sqlx::Connection as _;
+        if system == System::JobgraphSqlite {
+            return None;
+        }
+        let url = fresh_db(system).await.url().to_owned();
+        let mut conn = sqlx::PgConnection::connect(&url).await.ok()?;
+        let created = sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&mut conn)
+            .await;
+        let reset = sqlx::query("SELECT pg_stat_statements_reset()")
+            .execute(&mut conn)
+            .await;
+        if created.is_err() || reset.is_err() {
+            eprintln!(
+                "note: no server statistics (start the cluster with \
+                 {}=shared_preload_libraries=pg_stat_statements)",
+                jobgraph_tests::pg::SETTINGS_ENV
+            );
+            return None;
+        }
+        Some(Self { url })
+    }
+
+    async fn print(&self, jobs: u64) {
+        use sqlx::{Connection as _, Row as _};
+        let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
+        let rows = sqlx::query(
+            "SELECT regexp_replace(left(query, 70), '\\s+', ' ', 'g') AS query,
+                calls, total_exec_time, rows, shared_blks_hit + shared_blks_read AS blocks,
+                shared_blks_dirtied AS dirtied, wal_records
+            FROM pg_stat_statements
+            WHERE query NOT LIKE '%pg_stat_statements%'
+            ORDER BY total_exec_time DESC
+            LIMIT 15",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let per_job = |v: f64| v / jobs as f64;
+        println!("\nThe server's side (`pg_stat_statements`), per job:\n");
+        println!("| statement | calls | exec ms | rows | blocks | dirtied | WAL records |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+        for row in rows {
+            let query: String = row.get("query");
+            println!(
+                "| `{}` | {:.3} | {:.4} | {:.2} | {:.1} | {:.2} | {:.2} |",
+                query.replace('|', "\\|"),
+                per_job(row.get::<i64, _>("calls") as f64),
+                per_job(row.get::<f64, _>("total_exec_time")),
+                per_job(row.get::<i64, _>("rows") as f64),
+                per_job(row.get::<i64, _>("blocks") as f64),
+                per_job(row.get::<i64, _>("dirtied") as f64),
+                per_job(row.get::<i64, _>("wal_records") as f64),
+            );
+        }
     }
 }
 

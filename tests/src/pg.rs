@@ -43,6 +43,11 @@ use std::time::{Duration, Instant};
 /// found (`.ci/run` sets it).
 pub const REQUIRE_ENV: &str = "JOBGRAPH_REQUIRE_POSTGRES";
 
+/// Extra server settings for diagnosis, `name=value` separated by spaces, each given to
+/// `postgres` as `-c name=value` after the defaults (which it can override): for example
+/// `shared_preload_libraries=pg_stat_statements` for the queue bench's `--diagnose`.
+pub const SETTINGS_ENV: &str = "JOBGRAPH_PG_SETTINGS";
+
 /// The port in the socket's name (`.s.PGSQL.5432`); nothing listens on TCP.
 const PORT: u16 = 5432;
 
@@ -353,6 +358,12 @@ fn spawn_server(
         .args(["-c", "listen_addresses="])
         .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
         .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+        .args(
+            std::env::var(SETTINGS_ENV)
+                .unwrap_or_default()
+                .split_whitespace()
+                .flat_map(|setting| ["-c", setting]),
+        )
         // Its own process group: a Ctrl-C or a kill of the test's group does not reach it, the
         // watchdog stops it (a postmaster killed outright leaves its shared memory behind).
         .process_group(0)
