@@ -849,13 +849,32 @@ async fn commit_groups(mut writer: Writer, mut queue: mpsc::UnboundedReceiver<Pe
     let mut group = Vec::new();
     while let Some(first) = queue.recv().await {
         group.push(first);
-        while group.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
+        take_queued(&mut queue, &mut group);
+        // The callers answered by the last commit are woken but may not have run yet (on a
+        // busy machine, or queued behind this task on its thread): let them queue their next
+        // writes into this group rather than wait a whole commit for the next one.
+        for _ in 0..MAX_YIELDS {
+            let before = group.len();
+            tokio::task::yield_now().await;
+            take_queued(&mut queue, &mut group);
+            if group.len() == before {
+                break;
             }
         }
         commit_group(&mut writer, &mut group).await;
+    }
+}
+
+/// How many times the group commit lets other tasks run while they add writes to its group.
+const MAX_YIELDS: usize = 4;
+
+/// Moves the writes waiting in `queue` into `group`, up to [`MAX_GROUP`].
+fn take_queued(queue: &mut mpsc::UnboundedReceiver<Pending>, group: &mut Vec<Pending>) {
+    while group.len() < MAX_GROUP {
+        match queue.try_recv() {
+            Ok(next) => group.push(next),
+            Err(_) => break,
+        }
     }
 }
 
