@@ -5,7 +5,10 @@
 //! `BEGIN IMMEDIATE` transaction: it takes SQLite's write lock up front, so concurrent
 //! processes queue on `busy_timeout` instead of failing mid-transaction on a lock upgrade. A
 //! runner's writes are committed in groups (`commit_groups`): one transaction for the writes of
-//! every run of the process that were queued while the previous one committed.
+//! every run of the process that were queued while the previous one committed, written
+//! set-based (`write_group`: one script reads what the group's fencing needs, one writes each
+//! kind of write in one statement and commits), since each statement sqlx runs is a round trip
+//! to the connection's thread.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -44,7 +47,8 @@ use super::{
 /// any of its children starts; concurrent runs share the commits (one fsync per transaction with
 /// [`Synchronous::Full`]) instead of queueing for SQLite's write lock one step at a time.
 /// Opening a store spawns the task that commits them onto the current tokio runtime; it ends
-/// when the last clone of the store is dropped.
+/// when the last clone of the store is dropped. For a file it writes on a connection of its
+/// own, besides the pool's 4.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
