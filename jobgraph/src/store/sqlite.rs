@@ -1101,26 +1101,32 @@ fn apply<'c>(
 
 // ---- A group, set-based -------------------------------------------------------------------------
 
-/// What a segment of a group reads first, in one round trip: who holds the lease of each run
-/// its writes touch (the first argument: run ids), which of the steps they name exist (the
-/// second: `[run, step]` pairs), the runs it opens, with their steps (the third and fourth:
-/// run ids), and how many rows the connection changed so far (for [`write_sql!`]'s check).
+/// What a segment of a group reads first, in one round trip and one row (each row is a message
+/// from the connection's thread): who holds the lease of each run its writes touch (the first
+/// argument: run ids; `[id, owner]` pairs), which of the steps they name exist (the second:
+/// `[run, step]` pairs), the runs it opens (the third: run ids; [`SELECT_RUN`]'s columns) with
+/// their steps (the fourth: the same ids; [`SELECT_STEPS`]' columns and the run's id first,
+/// in graph order), and how many rows the connection changed so far (for [`write_sql!`]'s
+/// check).
 ///
 /// The arguments are JSON arrays, bound to `?` in order (sqlx binds a script's `?`s one after
 /// the other, statement after statement; numbered ones it would bind wrong).
 macro_rules! read_sql {
     () => {
-        "SELECT r.id, r.lease_owner FROM jobgraph_runs AS r
-    WHERE r.id IN (SELECT value FROM json_each(?));
-SELECT s.run_id, s.name FROM json_each(?) AS k
-    JOIN jobgraph_steps AS s ON s.run_id = k.value ->> 0 AND s.name = k.value ->> 1;
-SELECT id, job, batch, input, graph, state, error, created_at, updated_at,
-        lease_owner, lease_until
-    FROM jobgraph_runs WHERE id IN (SELECT value FROM json_each(?));
-SELECT run_id, name, state, attempts, output, error, started_at, ended_at
-    FROM jobgraph_steps WHERE run_id IN (SELECT value FROM json_each(?))
-    ORDER BY run_id, position;
-SELECT total_changes() AS changes"
+        "SELECT
+    (SELECT json_group_array(json_array(r.id, r.lease_owner)) FROM jobgraph_runs AS r
+        WHERE r.id IN (SELECT value FROM json_each(?))) AS leases,
+    (SELECT json_group_array(json_array(s.run_id, s.name)) FROM json_each(?) AS k
+        JOIN jobgraph_steps AS s ON s.run_id = k.value ->> 0 AND s.name = k.value ->> 1)
+        AS steps,
+    (SELECT json_group_array(json_array(r.id, r.job, r.batch, r.input, r.graph, r.state,
+            r.error, r.created_at, r.updated_at, r.lease_owner, r.lease_until))
+        FROM jobgraph_runs AS r WHERE r.id IN (SELECT value FROM json_each(?))) AS runs,
+    (SELECT json_group_array(json_array(s.run_id, s.name, s.state, s.attempts, s.output,
+            s.error, s.started_at, s.ended_at) ORDER BY s.run_id, s.position)
+        FROM jobgraph_steps AS s WHERE s.run_id IN (SELECT value FROM json_each(?)))
+        AS run_steps,
+    total_changes() AS changes"
     };
 }
 
@@ -1181,7 +1187,7 @@ const READ: &str = read_sql!();
 /// The first segment's reads on the writer's own connection: the transaction begins with them.
 const BEGIN_AND_READ: &str = concat!("BEGIN IMMEDIATE;\n", read_sql!());
 /// How many statements [`READ`] is.
-const READ_STATEMENTS: usize = 5;
+const READ_STATEMENTS: usize = 1;
 /// A segment's writes, in the group's open transaction.
 const WRITE: &str = write_sql!();
 /// The last segment's writes on the writer's own connection: the transaction commits with them.
@@ -1416,37 +1422,66 @@ struct Seen {
 impl Seen {
     /// From [`READ`]'s rows, statement by statement.
     fn read(rows: &[Vec<SqliteRow>]) -> Result<Seen, StoreError> {
-        const R: &str = "jobgraph_runs";
-        const S: &str = "jobgraph_steps";
-        let mut seen = Seen::default();
-        let [leases, steps, runs, run_steps, changes] = rows else {
+        const T: &str = "a group's reads";
+        let [read] = rows else {
             return Err(StoreError::Corrupt {
                 what: format!("a group's reads returned {} results", rows.len()),
             });
         };
-        for row in changes {
-            seen.changes = get(row, "changes", "total_changes()")?;
+        let [row] = read.as_slice() else {
+            return Err(StoreError::Corrupt {
+                what: format!("a group's reads returned {} rows", read.len()),
+            });
+        };
+        let decode = |column: &str| -> Result<String, StoreError> { get(row, column, T) };
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            what: format!("a group's reads cannot be read ({e})"),
+        };
+        let leases: Vec<(String, Option<String>)> =
+            serde_json::from_str(&decode("leases")?).map_err(corrupt)?;
+        let steps: Vec<(String, String)> =
+            serde_json::from_str(&decode("steps")?).map_err(corrupt)?;
+        let runs: Vec<ReadRun> = serde_json::from_str(&decode("runs")?).map_err(corrupt)?;
+        let run_steps: Vec<ReadStep> =
+            serde_json::from_str(&decode("run_steps")?).map_err(corrupt)?;
+        let mut seen = Seen {
+            changes: get(row, "changes", T)?,
+            ..Seen::default()
+        };
+        seen.owners.extend(leases);
+        for (run, step) in steps {
+            seen.steps.entry(run).or_default().insert(step);
         }
-        for row in leases {
-            seen.owners
-                .insert(get(row, "id", R)?, get(row, "lease_owner", R)?);
+        for (id, job, batch, input, graph_text, state, error, created, updated, owner, until) in
+            runs
+        {
+            let run = StoredRun {
+                graph: graph(&graph_text, &id)?,
+                state: run_state(&state, &id)?,
+                id: id.clone(),
+                job,
+                batch,
+                input,
+                error,
+                created_at: created,
+                updated_at: updated,
+                steps: Vec::new(),
+            };
+            seen.owners.insert(id.clone(), owner.clone());
+            seen.runs.insert(id, (run, (owner, until)));
         }
-        for row in steps {
-            let run: String = get(row, "run_id", S)?;
-            seen.steps
-                .entry(run)
-                .or_default()
-                .insert(get(row, "name", S)?);
-        }
-        for row in runs {
-            let id: String = get(row, "id", R)?;
-            let (run, lease) = run_and_lease(row, &id)?;
-            seen.owners.insert(id.clone(), lease.0.clone());
-            seen.runs.insert(id, (run, lease));
-        }
-        for row in run_steps {
-            let id: String = get(row, "run_id", S)?;
-            let step = stored_step(row, &id)?;
+        for (id, name, state, attempts, output, error, started_at, ended_at) in run_steps {
+            let step = StoredStep {
+                state: step_status(&state, &id, &name)?,
+                attempts: u32::try_from(attempts).map_err(|_| StoreError::Corrupt {
+                    what: format!("step `{name}` of run `{id}` has {attempts} attempts"),
+                })?,
+                output,
+                error,
+                started_at,
+                ended_at,
+                name,
+            };
             seen.steps
                 .entry(id.clone())
                 .or_default()
@@ -1480,6 +1515,33 @@ impl Seen {
         }
     }
 }
+
+/// A run opened, as [`read_sql!`] reads it.
+type ReadRun = (
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<String>,
+    Option<i64>,
+);
+
+/// A step of a run opened, as [`read_sql!`] reads it.
+type ReadStep = (
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
 
 /// A settled step, as [`write_sql!`] takes it.
 type Settled<'w> = (
