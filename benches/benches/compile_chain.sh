@@ -2,16 +2,20 @@
 # Compile cost of chains of N steps (`s0 -> s1 -> ... -> sN-1`), each one `#[job]`: how the
 # debug build time grows with the number of steps.
 #
-#   bash benches/benches/compile_chain.sh            # 100, 300 and 1000 steps
+#   bash benches/benches/compile_chain.sh            # 100, 300 and 1000 steps, 3 rounds
 #   bash benches/benches/compile_chain.sh 100 300    # the sizes given
+#   ROUNDS=5 bash benches/benches/compile_chain.sh 100 1000
 #
 # Creates one throwaway binary crate per size in a temp dir (path dependency on this
 # workspace's `jobgraph`, without default features), sharing one target dir. The dependencies
-# are built once, by a one-step chain; then, for each size, `src/main.rs` is touched and
-# `cargo check` and `cargo build` (debug, incremental off) of just that crate are timed.
-# `check` is type and borrow checking (and the layout of the run's `async` block); `build`
-# adds code generation and linking. The last column is the build time over the smallest
-# size's. Prints a markdown table. Set KEEP=1 to keep the temp dir.
+# are built once, by a one-step chain; then, in each of ROUNDS rounds, for each size in turn,
+# `src/main.rs` is touched and `cargo check` and `cargo build` (debug, incremental off) of just
+# that crate are timed, wall clock and CPU (user + system, of cargo and rustc). `check` is type
+# and borrow checking (and the layout of the run's `async` block); `build` adds code generation
+# and linking. A cell is the median of the rounds. The ratios are each round's build time over
+# the first size's in the same round, median of the rounds [lowest–highest]: on a shared
+# machine a build's time moves by 2x between minutes, and the rounds pair sizes built moments
+# apart. Prints a markdown table. Set KEEP=1 to keep the temp dir.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -56,35 +60,70 @@ TOML
     echo "$dir"
 }
 
-timed() { # dir, cargo command -> seconds of that command after touching src/main.rs
+timed() { # dir, cargo command -> "wall cpu" seconds of that command after touching src/main.rs
     touch "$1/src/main.rs"
-    local start end
-    start=$(date +%s.%N)
     # Warnings (of jobgraph without its default features) go to a log, shown if the build fails.
-    if ! cargo "$2" --quiet --manifest-path "$1/Cargo.toml" 2>"$WORK/cargo.log"; then
+    if ! /usr/bin/time -f "%e %U %S" -o "$WORK/time.txt" \
+        cargo "$2" --quiet --manifest-path "$1/Cargo.toml" 2>"$WORK/cargo.log"; then
         cat "$WORK/cargo.log" >&2
         exit 1
     fi
-    end=$(date +%s.%N)
-    awk -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", e - s }'
+    awk '{ printf "%.2f %.2f", $1, $2 + $3 }' "$WORK/time.txt"
 }
+
+if [[ ! -x /usr/bin/time ]]; then
+    echo "compile_chain.sh needs /usr/bin/time (apt-get install -y time)" >&2
+    exit 1
+fi
+ROUNDS="${ROUNDS:-3}"
 
 echo "warming the dependencies..." >&2
 warm="$(crate 1)"
 timed "$warm" build >/dev/null
 timed "$warm" check >/dev/null
 
-echo "debug, incremental off, dependencies built: $(nproc) CPUs, $(rustc --version)"
-echo
-echo "| steps | cargo check (s) | cargo build (s) | build ÷ ${SIZES[0]} steps' |"
-echo "|---:|---:|---:|---:|"
-first=
+declare -A dirs
 for n in "${SIZES[@]}"; do
-    dir="$(crate "$n")"
-    check="$(timed "$dir" check)"
-    build="$(timed "$dir" build)"
-    "$CARGO_TARGET_DIR/debug/chain$n" >/dev/null
-    first="${first:-$build}"
-    awk -v n="$n" -v c="$check" -v b="$build" -v f="$first" \
-        'BEGIN { printf "| %s | %.1f | %.1f | %.1f |\n", n, c, b, b / f }'
+    dirs[$n]="$(crate "$n")"
 done
+# One line per (round, size): round n check_wall build_wall build_cpu.
+results="$WORK/results.txt"
+: >"$results"
+for ((round = 1; round <= ROUNDS; round++)); do
+    for n in "${SIZES[@]}"; do
+        echo "round $round/$ROUNDS: $n steps..." >&2
+        checked="$(timed "${dirs[$n]}" check)"
+        built="$(timed "${dirs[$n]}" build)"
+        read -r check _ <<<"$checked"
+        read -r wall cpu <<<"$built"
+        "$CARGO_TARGET_DIR/debug/chain$n" >/dev/null
+        echo "$round $n $check $wall $cpu" >>"$results"
+    done
+done
+
+echo "debug, incremental off, dependencies built: $(nproc) CPUs, $(rustc --version), $ROUNDS rounds"
+echo
+echo "| steps | cargo check (s) | cargo build (s) | build CPU (s) | build ÷ ${SIZES[0]} steps' | build CPU ÷ ${SIZES[0]} steps' |"
+echo "|---:|---:|---:|---:|---:|---:|"
+python3 - "$results" "${SIZES[0]}" <<'PY'
+import statistics, sys
+
+rows = [line.split() for line in open(sys.argv[1])]
+first = sys.argv[2]
+by = {}
+for r, n, check, wall, cpu in rows:
+    by.setdefault(n, []).append((r, float(check), float(wall), float(cpu)))
+base = {r: (wall, cpu) for r, _, wall, cpu in by[first]}
+
+def spread(values):
+    return f"{statistics.median(values):.1f} [{min(values):.1f}–{max(values):.1f}]"
+
+for n, runs in by.items():
+    checks = [c for _, c, _, _ in runs]
+    walls = [w for _, _, w, _ in runs]
+    cpus = [c for _, _, _, c in runs]
+    wall_ratio = [w / base[r][0] for r, _, w, _ in runs]
+    cpu_ratio = [c / base[r][1] for r, _, _, c in runs]
+    print(f"| {int(n):,} | {statistics.median(checks):.1f} | {statistics.median(walls):.1f} "
+          f"| {statistics.median(cpus):.1f} | {spread(wall_ratio)} | {spread(cpu_ratio)} |")
+PY

@@ -461,7 +461,7 @@ async fn jorb(s: Settings) -> Duration {
     checkpoint(&run, &path);
     let mut results = Batch::new((0..s.runs as u64).map(|seed| Diamond { seed }))
         .concurrency(s.concurrency)
-        .start();
+        .stream();
     while let Some(item) = results.next().await {
         let out = item.result.unwrap();
         let job = &mut run.jobs[item.index];

@@ -136,14 +136,9 @@ impl Workload {
             .find(|w| w.name() == name)
     }
 
-    /// Steps per claim, on average over a run: 1, except `for_each`, whose 100 elements are
-    /// one claim (3 claims, 102 steps). Only an estimate of a capped `for_each` burn-down, whose
-    /// claims need not be a third of each kind.
+    /// Steps per claim: 1, a `for_each` element included (each is claimed on its own).
     fn steps_per_claim(self) -> f64 {
-        match self {
-            Workload::ForEach => 102.0 / 3.0,
-            _ => 1.0,
-        }
+        1.0
     }
 
     /// Steps each job runs (a `for_each` element counts as one).
@@ -580,9 +575,12 @@ enum Counter {
 /// Jobs not yet finished (for jobgraph: runs).
 const JOBGRAPH_LEFT: &str =
     "SELECT count(*) FROM jobgraph_runs WHERE state IN ('pending', 'running')";
-/// Steps ready or running (`jobgraph_steps_ready`'s rows).
-const JOBGRAPH_BUSY: &str =
-    "SELECT count(*) FROM jobgraph_steps WHERE state = 'pending' AND ready_at IS NOT NULL";
+/// Steps and fan-out elements ready or running (`jobgraph_steps_ready`'s and
+/// `jobgraph_queue_elements_ready`'s rows): a fan-out's step is neither while its elements run.
+const JOBGRAPH_BUSY: &str = "SELECT
+    (SELECT count(*) FROM jobgraph_steps WHERE state = 'pending' AND ready_at IS NOT NULL)
+    + (SELECT count(*) FROM jobgraph_queue_elements
+       WHERE state = 'pending' AND ready_at IS NOT NULL)";
 
 impl Counter {
     async fn new(system: System, db: &Db) -> Counter {

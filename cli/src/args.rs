@@ -59,8 +59,8 @@ pub(crate) enum Command {
     /// in one run (`redrive ID STEP`), or in every run of a job where that step failed
     /// (`redrive --failed STEP --job JOB`).
     Redrive(RedriveArgs),
-    /// List the leases held now: the steps each worker has claimed, and the runs durable runners
-    /// hold, until when.
+    /// List the leases held now: the steps each worker has claimed (an element of a `for_each`
+    /// step as `step[i]`), and the runs durable runners hold, until when.
     Workers,
     /// Abort a submitted run (`abort ID`) or every run of a batch (`abort --batch NAME`): steps
     /// not started never start, running ones are cancelled at their worker's next heartbeat.

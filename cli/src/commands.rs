@@ -237,10 +237,11 @@ async fn workers(ctx: &mut Ctx<'_>) -> Result<(), Failure> {
         table.row(vec![
             lease.holder.clone(),
             lease.run.clone(),
-            lease
-                .step
-                .clone()
-                .unwrap_or_else(|| "(whole run)".to_owned()),
+            match (&lease.step, lease.element) {
+                (Some(step), Some(element)) => format!("{step}[{element}]"),
+                (Some(step), None) => step.clone(),
+                (None, _) => "(whole run)".to_owned(),
+            },
             lease.attempt.map(|a| a.to_string()).unwrap_or_default(),
             utc(lease.until),
             if left > 0 {

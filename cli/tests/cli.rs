@@ -761,9 +761,10 @@ fn queued() -> Fixture {
             key: None,
             held: false,
             limits: &[],
+            fan_outs: &[],
             priority: 0,
-            run_at: 0,
-            expires_at: None,
+            run_at: Some(0),
+            ttl: None,
             max_attempts: 3,
             max_fails: None,
         };
@@ -815,4 +816,65 @@ fn workers_lists_the_claims_and_abort_ends_runs_and_batches() {
     on(&f, &["abort"], 2);
     let shown = on(&f, &["show", "nightly/1", "--json"], 0).json();
     assert_eq!(shown["state"], "cancelled");
+}
+
+#[test]
+fn workers_lists_each_element_claim_of_a_fan_out() {
+    use jobgraph::store::queue::{FanOut, Queue, Submission};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    block_on(async {
+        let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+        let graph = import_graph();
+        // `parse` runs once per element of `fetch`'s output.
+        let fan_outs = [FanOut {
+            step: 1,
+            over: 0,
+            bound: None,
+        }];
+        store
+            .submit(Submission {
+                id: "fanned",
+                job: "Import",
+                input: "{}",
+                graph: &graph,
+                batch: None,
+                key: None,
+                held: false,
+                limits: &[],
+                fan_outs: &fan_outs,
+                priority: 0,
+                run_at: Some(0),
+                ttl: None,
+                max_attempts: 3,
+                max_fails: None,
+            })
+            .await
+            .unwrap();
+        let lease = Duration::from_secs(600);
+        let fetch = store.claim("w-1", &["Import"], 1, lease).await.unwrap();
+        store
+            .complete("w-1", &fetch[0].id, "[1,2]", 0)
+            .await
+            .unwrap();
+        let claims = store.claim("w-2", &["Import"], 10, lease).await.unwrap();
+        assert_eq!(claims.len(), 3, "{claims:?}");
+        store.close().await;
+    });
+    let f = Fixture { _dir: dir, path };
+    let out = on(&f, &["workers"], 0);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", out.stdout);
+    assert!(out.stdout.contains(" parse[0] "), "{}", out.stdout);
+    assert!(out.stdout.contains(" parse[1] "), "{}", out.stdout);
+    assert!(out.stdout.contains(" audit "), "{}", out.stdout);
+    let json = on(&f, &["workers", "--json"], 0).json();
+    let elements: Vec<_> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["element"].clone())
+        .collect();
+    assert!(elements.contains(&serde_json::json!(0)), "{json}");
+    assert!(elements.contains(&serde_json::json!(null)), "{json}");
 }

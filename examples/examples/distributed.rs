@@ -12,19 +12,21 @@
 //! harness: a temporary directory, a unix socket, gone when this process exits).
 //!
 //! Each run of `Report` loads a customer, then three steps run from that output in parallel
-//! (`orders`, `tickets`, `invoices`, each a few milliseconds of "I/O"), and `summary` joins them:
+//! (`orders`, `tickets`, `months`, each a few milliseconds of "I/O"), `invoices` runs once per
+//! month `months` lists (a `for_each` fan-out), and `summary` joins them:
 //!
 //! ```text
-//! load ──┬── orders ───┐
-//!        ├── tickets ──┼── summary
-//!        └── invoices ─┘
+//! load ──┬── orders ─────────────────────────────┐
+//!        ├── tickets ────────────────────────────┼── summary
+//!        └── months ── invoices (one per month) ─┘
 //! ```
 //!
 //! This process submits the batch held, starts the workers (this same program, run as
 //! `distributed --worker NAME --db PATH`), releases the batch, and draws `ProgressBars` from
 //! `Client::watch_batch`: the counts come from the database, so any process could draw them.
-//! Workers claim ready *steps*, not whole runs: one run's steps spread over the fleet. At the
-//! end each worker says how many steps it ran.
+//! Workers claim ready *steps*, not whole runs: one run's steps spread over the fleet, and so do
+//! the elements of one fan-out, each a claim of its own. At the end each worker says how many
+//! steps (an element counts as one) it ran.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -77,14 +79,23 @@ impl Report {
         load % 5
     }
 
+    /// The months to invoice: one element each for `invoices`.
     #[step]
-    async fn invoices(&self, load: &u64) -> u64 {
+    async fn months(&self, load: &u64) -> Vec<u64> {
+        io(1).await;
+        (0..3).map(|month| load + month).collect()
+    }
+
+    /// One month's invoices: each element is claimed on its own, by any worker.
+    #[step(for_each(months))]
+    async fn invoices(&self, months: &u64) -> u64 {
         io(2).await;
-        load % 11
+        months % 11
     }
 
     #[step]
-    async fn summary(&self, orders: &u64, tickets: &u64, invoices: &u64) -> String {
+    async fn summary(&self, orders: &u64, tickets: &u64, invoices: &[u64]) -> String {
+        let invoices: u64 = invoices.iter().sum();
         format!("{orders} orders, {tickets} tickets, {invoices} invoices")
     }
 }

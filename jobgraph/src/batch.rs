@@ -1,5 +1,96 @@
 //! [`Batch`]: many runs of one job type, a bounded number at a time, inside the caller's task;
-//! [`BatchRun`], the stream of their results, with its abort handle and live status.
+//! [`BatchRun`], the stream of their results, with its cancel handle and live status.
+
+/// The setters of the options every batch takes ([`BatchOptions`]), for [`Batch`] and
+/// [`DurableBatch`](durable::DurableBatch): one definition each. `$batch` names the type in
+/// panic messages; the type has a field `options: BatchOptions<J>`.
+macro_rules! batch_options {
+    ($batch:literal) => {
+        /// Runs at most `runs` runs at once ([`DEFAULT_CONCURRENCY`](crate::Batch::DEFAULT_CONCURRENCY)
+        /// unless set).
+        ///
+        /// # Panics
+        ///
+        /// If `runs` is zero, as no run could ever start. [`try_concurrency`](Self::try_concurrency)
+        /// returns an error instead, for a value that comes from configuration.
+        pub fn concurrency(self, runs: usize) -> Self {
+            match self.try_concurrency(runs) {
+                Ok(batch) => batch,
+                Err(_) => panic!(concat!(
+                    $batch,
+                    "::concurrency: the concurrency must be at least 1, got 0"
+                )),
+            }
+        }
+
+        /// Runs at most `runs` runs at once, or returns [`ZeroLimit::BatchConcurrency`] if `runs`
+        /// is zero.
+        pub fn try_concurrency(mut self, runs: usize) -> Result<Self, crate::ZeroLimit> {
+            if runs == 0 {
+                return Err(crate::ZeroLimit::BatchConcurrency);
+            }
+            self.options.concurrency = runs;
+            Ok(self)
+        }
+
+        /// Cancels the batch as soon as one run fails, that is, ends with an error that is not a
+        /// cancellation: no run starts after it, and the runs going are cancelled.
+        ///
+        /// To stop each run at its own first failed step
+        /// ([`Runner::fail_fast`](crate::Runner::fail_fast)), set that through
+        /// [`configure`](Self::configure).
+        pub fn cancel_on_failure(mut self) -> Self {
+            self.options.cancel_on_failure = true;
+            self
+        }
+
+        /// Cancels the batch when `token` is cancelled: no run starts after it, and the runs
+        /// going are cancelled.
+        pub fn cancel_on(mut self, token: &crate::CancellationToken) -> Self {
+            self.options.cancel_on = Some(token.clone());
+            self
+        }
+
+        /// Configures each run: `configure` is called with the run's index and its
+        /// [`Runner`](crate::Runner), when the run starts, and returns the runner to run:
+        /// `.configure(|index, runner| runner.job_id(format!("row-{index}")))`.
+        ///
+        /// Any option applies, but the batch then adds its own
+        /// [`cancel_on`](crate::Runner::cancel_on) (the batch's cancellation), replacing one set
+        /// here, and its own [`listener`](crate::Runner::listener) (for the status), beside one
+        /// set here. A durable batch also sets each run's id (`NAME/INDEX`).
+        ///
+        /// If `configure` panics, that input's run fails without starting: its error names the
+        /// job's first step, [`panicked`](crate::StepError::is_panic), with a message that says
+        /// `configure` panicked for which input; the other runs go on.
+        pub fn configure(
+            mut self,
+            configure: impl for<'j> Fn(usize, crate::Runner<'j, J>) -> crate::Runner<'j, J>
+            + Send
+            + Sync
+            + 'static,
+        ) -> Self {
+            self.options.configure = Some(std::sync::Arc::new(configure));
+            self
+        }
+
+        /// Tells `listener` the batch's [`BatchStatus`](crate::BatchStatus) as it changes: at
+        /// most once per poll of the batch, when something changed, and once when the batch
+        /// ends. See [`StatusListener`](crate::StatusListener); `ProgressBars` (feature
+        /// `progress`) is one. A durable batch's first call, before any run starts, has the
+        /// counts the store already holds.
+        ///
+        /// A listener that panics misses that status (a `tracing::error!` says so), and the
+        /// batch goes on.
+        pub fn status_listener(
+            mut self,
+            listener: impl crate::StatusListener<J::Step> + Send + 'static,
+        ) -> Self {
+            self.options.listener = Some(Box::new(listener));
+            self
+        }
+    };
+}
 
 pub(crate) mod durable;
 #[cfg(feature = "progress")]
@@ -21,9 +112,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use futures::stream::{FusedStream, FuturesUnordered, Stream, StreamExt as _};
 
 use crate::runner::unstarted;
-use crate::{
-    CancellationToken, Job, JobErrorOf, JobResult, Runner, StepError, StepPanic, ZeroLimit,
-};
+use crate::{CancellationToken, Job, JobErrorOf, JobResult, Runner, StepError, StepPanic};
 use status::{Counters, RunOutcome, RunTracker};
 
 /// What [`Batch::configure`] stores: applied to each run's [`Runner`].
@@ -41,7 +130,7 @@ type BoxListener<S> = Box<dyn StatusListener<S> + Send>;
 /// not. To run a batch on another thread, spawn the whole batch (`tokio::spawn(batch.run())`),
 /// which works when the job's runs are `Send`, as for [`start`](crate::JobHandle).
 ///
-/// Inputs are taken from the iterator lazily, one as each run slot frees up, so a batch of a
+/// Inputs are taken from the iterator lazily, one as each run ends, so a batch of a
 /// million inputs never holds more than `concurrency` of them. An iterator that panics gives no
 /// more: the input it failed to give counts as a failed run (its error names the job's first
 /// step, [`panicked`](crate::StepError::is_panic), with the iterator's panic message), and the
@@ -84,16 +173,49 @@ type BoxListener<S> = Box<dyn StatusListener<S> + Send>;
 /// assert_eq!((batch.summary.total, batch.summary.succeeded, batch.summary.failed), (3, 2, 1));
 /// # }
 /// ```
-#[must_use = "a batch does nothing until it is run or started and polled"]
+#[must_use = "a batch does nothing until it is run, or streamed and polled"]
 pub struct Batch<J: Job, I> {
     inputs: I,
-    resources: Arc<J::Resources>,
-    concurrency: usize,
-    fail_fast: bool,
-    cancel_on: Option<CancellationToken>,
-    configure: Option<Configure<J>>,
-    listener: Option<BoxListener<J::Step>>,
+    options: BatchOptions<J>,
 }
+
+/// What every batch takes besides its inputs: a [`Batch`]'s options, which the
+/// [`DurableBatch`](durable::DurableBatch) it becomes keeps. Set through the setters
+/// `batch_options!` defines on both.
+pub(crate) struct BatchOptions<J: Job> {
+    pub(crate) resources: Arc<J::Resources>,
+    pub(crate) concurrency: usize,
+    pub(crate) cancel_on_failure: bool,
+    pub(crate) cancel_on: Option<CancellationToken>,
+    pub(crate) configure: Option<Configure<J>>,
+    pub(crate) listener: Option<BoxListener<J::Step>>,
+}
+
+impl<J: Job> BatchOptions<J> {
+    /// The batch's own cancellation: a child of [`cancel_on`](Batch::cancel_on)'s token if one
+    /// was given, so cancelling the batch does not cancel it.
+    pub(crate) fn token(&self) -> CancellationToken {
+        match &self.cancel_on {
+            Some(parent) => parent.child_token(),
+            None => CancellationToken::new(),
+        }
+    }
+
+    /// The defaults: [`Batch::DEFAULT_CONCURRENCY`] runs at once, nothing else set.
+    pub(crate) fn new(resources: Arc<J::Resources>) -> Self {
+        BatchOptions {
+            resources,
+            concurrency: DEFAULT_CONCURRENCY,
+            cancel_on_failure: false,
+            cancel_on: None,
+            configure: None,
+            listener: None,
+        }
+    }
+}
+
+/// See [`Batch::DEFAULT_CONCURRENCY`].
+const DEFAULT_CONCURRENCY: usize = 16;
 
 impl<J: Job<Resources = ()>, I: Iterator<Item = J>> Batch<J, I> {
     /// A batch of one run per input, in the iterator's order: the index of a run, in its
@@ -107,7 +229,7 @@ impl<J: Job<Resources = ()>, I: Iterator<Item = J>> Batch<J, I> {
 impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     /// How many runs a batch runs at once unless [`concurrency`](Batch::concurrency) says
     /// otherwise.
-    pub const DEFAULT_CONCURRENCY: usize = 16;
+    pub const DEFAULT_CONCURRENCY: usize = DEFAULT_CONCURRENCY;
 
     /// [`new`](Batch::new) for a job that declares resources (`#[job(resources = T)]`): the
     /// steps of every run borrow `resources`.
@@ -117,87 +239,11 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     ) -> Self {
         Batch {
             inputs: inputs.into_iter(),
-            resources,
-            concurrency: Self::DEFAULT_CONCURRENCY,
-            fail_fast: false,
-            cancel_on: None,
-            configure: None,
-            listener: None,
+            options: BatchOptions::new(resources),
         }
     }
 
-    /// Runs at most `runs` runs at once ([`DEFAULT_CONCURRENCY`](Batch::DEFAULT_CONCURRENCY)
-    /// unless set).
-    ///
-    /// # Panics
-    ///
-    /// If `runs` is zero, as no run could ever start. [`try_concurrency`](Batch::try_concurrency)
-    /// returns an error instead, for a value that comes from configuration.
-    pub fn concurrency(self, runs: usize) -> Self {
-        match self.try_concurrency(runs) {
-            Ok(batch) => batch,
-            Err(_) => panic!("Batch::concurrency: the concurrency must be at least 1, got 0"),
-        }
-    }
-
-    /// Runs at most `runs` runs at once, or returns [`ZeroLimit::BatchConcurrency`] if `runs` is
-    /// zero.
-    pub fn try_concurrency(mut self, runs: usize) -> Result<Self, ZeroLimit> {
-        if runs == 0 {
-            return Err(ZeroLimit::BatchConcurrency);
-        }
-        self.concurrency = runs;
-        Ok(self)
-    }
-
-    /// Aborts the batch (see [`BatchRun::abort`]) as soon as one run fails, that is, ends with an
-    /// error that is not a cancellation.
-    ///
-    /// Not to be confused with [`Runner::fail_fast`], which stops one run at its first failed
-    /// step; set that one through [`configure`](Batch::configure).
-    pub fn fail_fast(mut self) -> Self {
-        self.fail_fast = true;
-        self
-    }
-
-    /// Aborts the batch when `token` is cancelled, as [`BatchRun::abort`] would.
-    pub fn cancel_on(mut self, token: &CancellationToken) -> Self {
-        self.cancel_on = Some(token.clone());
-        self
-    }
-
-    /// Configures each run: `configure` is called with the run's index and its [`Runner`], when
-    /// the run starts, and returns the runner to run:
-    /// `.configure(|index, runner| runner.job_id(format!("row-{index}")))`.
-    ///
-    /// Any option applies, but the batch then adds its own [`cancel_on`](Runner::cancel_on)
-    /// (the batch's abort), replacing one set here, and its own
-    /// [`listener`](Runner::listener) (for the status), beside one set here.
-    ///
-    /// If `configure` panics, that input's run fails without starting: its error names the job's
-    /// first step, [`panicked`](crate::StepError::is_panic), with a message that says
-    /// `configure` panicked for which input; the other runs go on.
-    pub fn configure(
-        mut self,
-        configure: impl for<'j> Fn(usize, Runner<'j, J>) -> Runner<'j, J> + Send + Sync + 'static,
-    ) -> Self {
-        self.configure = Some(Arc::new(configure));
-        self
-    }
-
-    /// Tells `listener` the batch's [`BatchStatus`] as it changes: at most once per poll of the
-    /// batch, when something changed, and once when the batch ends. See [`StatusListener`];
-    /// `ProgressBars` (feature `progress`) is one.
-    ///
-    /// A listener that panics misses that status (a `tracing::error!` says so), and the batch
-    /// goes on.
-    pub fn status_listener(
-        mut self,
-        listener: impl StatusListener<J::Step> + Send + 'static,
-    ) -> Self {
-        self.listener = Some(Box::new(listener));
-        self
-    }
+    batch_options!("Batch");
 
     /// Makes the batch durable: a [`DurableBatch`](crate::durable::DurableBatch) named `name`
     /// in `store`, with this batch's options. Input `i` becomes run `name/i` (see
@@ -216,72 +262,48 @@ impl<J: Job, I: Iterator<Item = J>> Batch<J, I> {
     where
         J: crate::durable::DurableJob,
     {
-        let Batch {
-            inputs,
-            resources,
-            concurrency,
-            fail_fast,
-            cancel_on,
-            configure,
-            listener,
-        } = self;
+        let Batch { inputs, options } = self;
         durable::DurableBatch::new(
             Arc::new(store.clone()),
             name.into(),
             Some(inputs.collect()),
-            durable::Options {
-                concurrency,
-                fail_fast,
-                cancel_on,
-                configure,
-                listener,
-                resources,
-            },
+            options,
         )
     }
 
-    /// Starts the batch: the returned [`BatchRun`] is a stream of the runs' results as they end,
-    /// and runs them as it is polled.
-    pub fn start(self) -> BatchRun<J, I, impl Future<Output = (usize, JobResult<J>)>> {
-        let Batch {
-            inputs,
-            resources,
-            concurrency,
-            fail_fast,
-            cancel_on,
-            configure,
-            listener,
-        } = self;
-        let token = match cancel_on {
-            Some(parent) => parent.child_token(),
-            None => CancellationToken::new(),
-        };
+    /// The batch as a [`BatchRun`]: a stream of the runs' results as they end. Nothing is
+    /// spawned (unlike a job's `start()`, which spawns its run and returns a
+    /// [`JobHandle`](crate::JobHandle)): the runs make progress only while the
+    /// stream is polled.
+    pub fn stream(self) -> BatchRun<J, I, impl Future<Output = (usize, JobResult<J>)>> {
+        let Batch { inputs, options } = self;
+        let token = options.token();
         let (low, high) = inputs.size_hint();
         let known = high == Some(low);
         let counters = Arc::new(Counters::new::<J::Step>(if known { low } else { 0 }, known));
         BatchRun {
             inputs: Some(inputs),
             taken: 0,
-            concurrency,
-            fail_fast,
+            concurrency: options.concurrency,
+            cancel_on_failure: options.cancel_on_failure,
             runs: FuturesUnordered::new(),
             make: run_one::<J>,
-            resources,
-            configure,
+            resources: options.resources,
+            configure: options.configure,
             token,
-            abort_seen: false,
+            cancel_seen: false,
             counters,
             notified: None,
-            scratch: listener.as_ref().map(|_| BatchStatus::empty()),
-            listener,
+            scratch: options.listener.as_ref().map(|_| BatchStatus::empty()),
+            listener: options.listener,
             ended: false,
         }
     }
 
     /// Runs the batch to its end: every run's result, in input order, and the summary. The same
-    /// as `batch.start().wait()`.
+    /// as `batch.stream().wait()`.
     pub async fn run(self) -> BatchResults<J> {
-        self.start().wait().await
+        self.stream().wait().await
     }
 }
 
@@ -289,10 +311,10 @@ impl<J: Job, I> fmt::Debug for Batch<J, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batch")
             .field("job", &J::NAME)
-            .field("concurrency", &self.concurrency)
-            .field("fail_fast", &self.fail_fast)
-            .field("configured", &self.configure.is_some())
-            .field("status_listener", &self.listener.is_some())
+            .field("concurrency", &self.options.concurrency)
+            .field("cancel_on_failure", &self.options.cancel_on_failure)
+            .field("configured", &self.options.configure.is_some())
+            .field("status_listener", &self.options.listener.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -357,11 +379,11 @@ fn unstarted_run<J: Job>(message: String, tracker: RunTracker) -> JobErrorOf<J> 
     unstarted::<J>(error, move |event| tracker.on_event(event))
 }
 
-/// A started [`Batch`]: a [`Stream`] of [`BatchItem`]s, one per input taken, in the order the
+/// A [`Batch`] as a [`Stream`] ([`Batch::stream`]): a stream of [`BatchItem`]s, one per input taken, in the order the
 /// runs end. The runs make progress only while it is polled.
 ///
 /// [`wait`](BatchRun::wait) drives it to the end and returns the results in input order;
-/// [`abort`](BatchRun::abort) (or a [`BatchAbort`] handle) stops it early;
+/// [`cancel`](BatchRun::cancel) (or a [`BatchCancelHandle`] handle) stops it early;
 /// [`status`](BatchRun::status) and [`status_handle`](BatchRun::status_handle) tell how far it
 /// got.
 ///
@@ -370,12 +392,12 @@ fn unstarted_run<J: Job>(message: String, tracker: RunTracker) -> JobErrorOf<J> 
 /// iterator and the job's runs are.
 #[must_use = "streams do nothing unless polled"]
 pub struct BatchRun<J: Job, I, F> {
-    /// `None` once exhausted or aborted: no input is taken any more.
+    /// `None` once exhausted or cancelled: no input is taken any more.
     inputs: Option<I>,
     /// How many inputs were taken: the next input's index.
     taken: usize,
     concurrency: usize,
-    fail_fast: bool,
+    cancel_on_failure: bool,
     runs: FuturesUnordered<F>,
     make: fn(usize, Result<J, StepPanic>, RunEnv<J>) -> F,
     /// What every run's steps borrow.
@@ -383,8 +405,8 @@ pub struct BatchRun<J: Job, I, F> {
     configure: Option<Configure<J>>,
     /// The batch's token: every run is cancelled with it (`Runner::cancel_on`).
     token: CancellationToken,
-    /// Whether the abort was seen and the inputs dropped.
-    abort_seen: bool,
+    /// Whether the cancellation was seen and the inputs dropped.
+    cancel_seen: bool,
     counters: Arc<Counters>,
     listener: Option<BoxListener<J::Step>>,
     /// The counters' version at the listener's last call.
@@ -400,7 +422,7 @@ pub struct BatchRun<J: Job, I, F> {
 impl<J: Job, I, F> Unpin for BatchRun<J, I, F> {}
 
 impl<J: Job, I, F> BatchRun<J, I, F> {
-    /// Aborts the batch: no new run starts, runs still going are cancelled (their steps dropped
+    /// Cancels the batch: no new run starts, runs still going are cancelled (their steps dropped
     /// and recorded as cancelled, as [`JobHandle::cancel`](crate::JobHandle::cancel) would). The
     /// stream then yields the results of the runs that were going, cancelled (or finished, for a
     /// run that ended at that very moment), and ends.
@@ -408,20 +430,20 @@ impl<J: Job, I, F> BatchRun<J, I, F> {
     /// Inputs not taken yet are never taken: they have no item in the stream nor result in
     /// [`BatchResults`], and count in [`BatchSummary::not_started`] (and as cancelled) when their
     /// number is known (the iterator's `size_hint` is exact). No effect once the stream ended.
-    pub fn abort(&self) {
+    pub fn cancel(&self) {
         self.token.cancel();
     }
 
-    /// A handle that aborts the batch from anywhere: cloneable, `Send` and `Sync`.
-    pub fn abort_handle(&self) -> BatchAbort {
-        BatchAbort {
+    /// A handle that cancels the batch from anywhere: cloneable, `Send` and `Sync`.
+    pub fn cancel_handle(&self) -> BatchCancelHandle {
+        BatchCancelHandle {
             token: self.token.clone(),
         }
     }
 
-    /// True once the batch was aborted (by [`abort`](BatchRun::abort), a [`BatchAbort`],
-    /// [`Batch::cancel_on`] or [`Batch::fail_fast`]).
-    pub fn is_aborted(&self) -> bool {
+    /// True once the batch was cancelled (by [`cancel`](BatchRun::cancel), a [`BatchCancelHandle`],
+    /// [`Batch::cancel_on`] or [`Batch::cancel_on_failure`]).
+    pub fn is_cancelled(&self) -> bool {
         self.token.is_cancelled()
     }
 
@@ -452,16 +474,17 @@ where
     /// Runs the batch to its end: every started run's result, in input order, and the summary.
     pub async fn wait(mut self) -> BatchResults<J> {
         // The size hint is the iterator's: trust it only so far.
-        let mut slots: Vec<Option<JobResult<J>>> = Vec::with_capacity(self.size_hint().0.min(4096));
+        let mut by_index: Vec<Option<JobResult<J>>> =
+            Vec::with_capacity(self.size_hint().0.min(4096));
         while let Some(BatchItem { index, result }) = self.next().await {
-            if slots.len() <= index {
-                slots.resize_with(index + 1, || None);
+            if by_index.len() <= index {
+                by_index.resize_with(index + 1, || None);
             }
-            slots[index] = Some(result);
+            by_index[index] = Some(result);
         }
-        let results = slots
+        let results = by_index
             .into_iter()
-            .map(|slot| slot.expect("jobgraph: a batch yields one result per input it takes"))
+            .map(|result| result.expect("jobgraph: a batch yields one result per input it takes"))
             .collect();
         BatchResults {
             results,
@@ -469,10 +492,10 @@ where
         }
     }
 
-    /// Takes inputs and starts their runs until `concurrency` run, unless the batch is aborted.
+    /// Takes inputs and starts their runs until `concurrency` run, unless the batch is cancelled.
     fn fill(&mut self) {
-        if !self.abort_seen && self.token.is_cancelled() {
-            self.abort_seen = true;
+        if !self.cancel_seen && self.token.is_cancelled() {
+            self.cancel_seen = true;
             if let Some(inputs) = self.inputs.take() {
                 let (low, high) = inputs.size_hint();
                 let not_started = if high == Some(low) { low } else { 0 };
@@ -507,7 +530,7 @@ where
             };
             self.runs.push((self.make)(index, job, env));
             if failed {
-                self.end_inputs();
+                self.drop_inputs();
                 return;
             }
         }
@@ -517,7 +540,7 @@ where
     /// batch's total is the inputs taken, the failed one included.
     #[cold]
     #[inline(never)]
-    fn end_inputs(&mut self) {
+    fn drop_inputs(&mut self) {
         if let Some(inputs) = self.inputs.take()
             && let Err(payload) = catch_unwind(AssertUnwindSafe(move || drop(inputs)))
         {
@@ -537,12 +560,12 @@ where
                     Err(_) => RunOutcome::Failed,
                 };
                 self.counters.run_ended(outcome);
-                if self.fail_fast && outcome == RunOutcome::Failed {
+                if self.cancel_on_failure && outcome == RunOutcome::Failed {
                     self.token.cancel();
                 }
                 Poll::Ready(Some(BatchItem { index, result }))
             }
-            // Nothing runs, and `fill` started nothing: the inputs are exhausted or aborted.
+            // Nothing runs, and `fill` started nothing: the inputs are exhausted or cancelled.
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -628,26 +651,26 @@ impl<J: Job, I, F> fmt::Debug for BatchRun<J, I, F> {
             .field("concurrency", &self.concurrency)
             .field("taken", &self.taken)
             .field("running", &self.runs.len())
-            .field("aborted", &self.is_aborted())
+            .field("cancelled", &self.is_cancelled())
             .field("ended", &self.ended)
             .finish_non_exhaustive()
     }
 }
 
-/// Aborts a batch from anywhere: see [`BatchRun::abort`]. Cloneable, `Send` and `Sync`.
+/// Cancels a batch from anywhere: see [`BatchRun::cancel`]. Cloneable, `Send` and `Sync`.
 #[derive(Debug, Clone)]
-pub struct BatchAbort {
+pub struct BatchCancelHandle {
     token: CancellationToken,
 }
 
-impl BatchAbort {
-    /// Aborts the batch: no new run starts, runs still going are cancelled.
-    pub fn abort(&self) {
+impl BatchCancelHandle {
+    /// Cancels the batch: no new run starts, runs still going are cancelled.
+    pub fn cancel(&self) {
         self.token.cancel();
     }
 
-    /// True once the batch was aborted.
-    pub fn is_aborted(&self) -> bool {
+    /// True once the batch was cancelled.
+    pub fn is_cancelled(&self) -> bool {
         self.token.is_cancelled()
     }
 }
@@ -656,7 +679,7 @@ impl BatchAbort {
 pub struct BatchItem<J: Job> {
     /// The input's position in the batch's inputs.
     pub index: usize,
-    /// What [`Runner::run`] returned for it. A run cancelled by the batch's abort is an error
+    /// What [`Runner::run`] returned for it. A run cancelled with the batch is an error
     /// whose [`is_cancelled`](crate::JobError::is_cancelled) is true.
     pub result: JobResult<J>,
 }
@@ -676,7 +699,7 @@ where
 /// How a batch ended: [`Batch::run`], [`BatchRun::wait`].
 pub struct BatchResults<J: Job> {
     /// Each started run's result, by input index: `results[i]` is input `i`'s. Inputs are
-    /// started in order, so these are the first `results.len()` inputs; an aborted batch leaves
+    /// started in order, so these are the first `results.len()` inputs; a cancelled batch leaves
     /// the rest out (see [`BatchSummary::not_started`]).
     pub results: Vec<JobResult<J>>,
     /// The counts of runs by outcome.
@@ -713,9 +736,9 @@ pub struct BatchSummary {
     /// Runs that failed with an error that is not a cancellation.
     pub failed: usize,
     /// Runs whose error [`is_cancelled`](crate::JobError::is_cancelled), and inputs never started
-    /// because the batch was aborted (`not_started`).
+    /// because the batch was cancelled (`not_started`).
     pub cancelled: usize,
-    /// Inputs never taken from the iterator because the batch was aborted, counted when the
+    /// Inputs never taken from the iterator because the batch was cancelled, counted when the
     /// iterator's `size_hint` was exact (otherwise 0: they are unknown). They are part of
     /// `cancelled` and `total`, but have no result: `results.len() == total - not_started`.
     pub not_started: usize,

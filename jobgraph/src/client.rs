@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::durable::{DecodeError, DurableJob, graph_spec};
-use crate::store::queue::{BatchCounts, Queue, Submission, Submitted};
-use crate::store::{RunState, StoreError, StoredRun, now_ms, plus};
+use crate::store::queue::{BatchCounts, FanOut, Queue, Submission, Submitted};
+use crate::store::{RunState, StoreError, StoredRun, now_ms};
 use crate::{BatchStatus, RunCounts, StepCounts};
 use crate::{Job, JobStep};
 
@@ -322,8 +322,7 @@ impl<'c, J: DurableJob, W> Submit<'c, J, W> {
     fn template<'s>(
         &self,
         graph: &'s crate::store::GraphSpec,
-        limits: &'s [(&'s str, crate::StepLimits)],
-        now: i64,
+        limits: &'s Limits,
     ) -> Result<Submission<'s>, ClientError> {
         let o = &self.options;
         let invalid = |why: &str| {
@@ -351,22 +350,29 @@ impl<'c, J: DurableJob, W> Submit<'c, J, W> {
             batch: None,
             key: None,
             held: false,
-            limits,
+            limits: &limits.limits,
+            fan_outs: &limits.fan_outs,
             priority: o.priority,
-            run_at: o.run_at.map_or(now, unix_ms),
-            expires_at: o.ttl.map(|ttl| plus(now, ttl)),
+            run_at: o.run_at.map(unix_ms),
+            ttl: o.ttl,
             max_attempts: o.max_attempts,
             max_fails: o.max_fails,
         })
     }
 }
 
+/// What a submission says of a job's steps beyond its graph: their limits, and its `for_each`
+/// steps (claimed element by element).
+struct Limits {
+    limits: Vec<(&'static str, crate::StepLimits)>,
+    fan_outs: Vec<FanOut>,
+}
+
 /// The limits `job`'s steps declare (evaluated on this value: they are shared by every run of
-/// the job), for the steps that have some.
-fn limits_of<J: DurableJob>(
-    job: &J,
-) -> Result<Vec<(&'static str, crate::StepLimits)>, ClientError> {
+/// the job), for the steps that have some, and its `for_each` steps with their bounds.
+fn limits_of<J: DurableJob>(job: &J) -> Result<Limits, ClientError> {
     let mut limits = Vec::new();
+    let mut fan_outs = Vec::new();
     for &step in J::Step::ALL {
         let policies = job.policies(step).map_err(|error| {
             ClientError::Store(StoreError::InvalidSubmission {
@@ -378,8 +384,15 @@ fn limits_of<J: DurableJob>(
         if l.concurrency().is_some() || l.rate().is_some() {
             limits.push((step.name(), l));
         }
+        if let Some(over) = J::STEPS[step.index()].for_each() {
+            fan_outs.push(FanOut {
+                step: step.index(),
+                over,
+                bound: policies.for_each_bound,
+            });
+        }
     }
-    Ok(limits)
+    Ok(Limits { limits, fan_outs })
 }
 
 fn encode<J: DurableJob>(job: &J) -> Result<String, ClientError> {
@@ -412,7 +425,7 @@ impl<'c, J: DurableJob> Submit<'c, J, One<'c, J>> {
     async fn send(self) -> Result<Submitted, ClientError> {
         let graph = graph_spec::<J>();
         let limits = limits_of(self.what.job)?;
-        let template = self.template(&graph, &limits, now_ms())?;
+        let template = self.template(&graph, &limits)?;
         let One {
             job,
             id,
@@ -460,7 +473,7 @@ impl<'c, J: DurableJob> Submit<'c, J, Many<J>> {
         };
         let template = Submission {
             held: self.what.held,
-            ..self.template(&graph, &limits, now_ms())?
+            ..self.template(&graph, &limits)?
         };
         let inputs = self
             .what

@@ -585,13 +585,6 @@ pub fn resume_batch_with<J: DurableJob>(
         Arc::new(store.clone()),
         name.into(),
         None,
-        crate::batch::durable::Options {
-            concurrency: crate::Batch::<J, std::iter::Empty<J>>::DEFAULT_CONCURRENCY,
-            fail_fast: false,
-            cancel_on: None,
-            configure: None,
-            listener: None,
-            resources,
-        },
+        crate::batch::BatchOptions::new(resources),
     )
 }

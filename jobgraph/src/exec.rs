@@ -46,7 +46,7 @@ impl RetryPolicy for NoRetry {
 }
 
 pin_project_lite::pin_project! {
-    /// A started step, in the slot the scheduler polls it from.
+    /// A started step, in the place the scheduler polls it from.
     ///
     /// On the lean path it is the attempt's own future: the scheduler's turn polls it, catches a
     /// panic and reports the step's end through calls shared by every step, so the code generic
@@ -84,7 +84,7 @@ impl<T, G: Future<Output = Result<T, StepError>>> Future for GeneralFuture<G> {
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.0 {
-            Some(future) => poll_managed(future.as_mut(), cx),
+            Some(future) => poll_general(future.as_mut(), cx),
             None => unreachable!("jobgraph: a step's future was polled after it was dropped"),
         }
     }
@@ -92,19 +92,20 @@ impl<T, G: Future<Output = Result<T, StepError>>> Future for GeneralFuture<G> {
 
 /// Polls the future of a step on the general path: out of line, like its drop.
 #[inline(never)]
-fn poll_managed<G: Future>(future: Pin<&mut G>, cx: &mut Context<'_>) -> Poll<G::Output> {
+fn poll_general<G: Future>(future: Pin<&mut G>, cx: &mut Context<'_>) -> Poll<G::Output> {
     future.poll(cx)
 }
 
 impl<G> Drop for GeneralFuture<G> {
     #[inline]
     fn drop(&mut self) {
-        drop_managed(self.0.take());
+        drop_general(self.0.take());
     }
 }
 
+/// Drops the future of a step on the general path: out of line (see [`GeneralFuture`]).
 #[inline(never)]
-fn drop_managed<G>(future: Option<Pin<Box<G>>>) {
+fn drop_general<G>(future: Option<Pin<Box<G>>>) {
     drop(future);
 }
 
@@ -367,7 +368,7 @@ where
     let started = first_start.unwrap_or_else(|| run.now());
     // A durable run's output is stored before its children (or the report) learn of it.
     let outcome = checkpoint(run, step, n, started, outcome, encode).await;
-    span.in_scope(|| end(run, step, n, started, outcome))
+    span.in_scope(|| report_outcome(run, step, n, started, outcome))
 }
 
 /// What every attempt of a step (or of one element of a `for_each` step) runs under.
@@ -502,7 +503,9 @@ where
     // Attempts count those of every element, as they start: none yet.
     run.set_attempts(step, 0);
     let total = AtomicU32::new(0);
-    let element = |index: usize, value: &'e E| {
+    // `slot`: where the element is in `elements`; `index`: its index in the parent's output (the
+    // same, but for a worker's claim of one element).
+    let element = |slot: usize, index: usize, value: &'e E| {
         let attempt = &attempt;
         let total = &total;
         async move {
@@ -521,7 +524,7 @@ where
                 }
                 (outcome, _) => outcome,
             };
-            (index, outcome)
+            (slot, index, outcome)
         }
     };
     let mut outputs: Vec<Option<T>> = elements.iter().map(|_| None).collect();
@@ -532,10 +535,32 @@ where
         Some(_) => outputs.iter().map(Option::is_some).collect(),
         None => Vec::new(),
     };
+    // A worker's claim of one element (`RunOptions::only_element`): the parent's output it was
+    // given holds that element only.
+    let only = run
+        .options
+        .only_element
+        .filter(|_| run.options.until == Some(step));
+    if let Some(index) = only
+        && elements.len() != 1
+    {
+        let error = StepError::Element {
+            index,
+            error: Box::new(StepError::Error(
+                format!(
+                    "the claim of element {index} carries {} elements, not the one",
+                    elements.len()
+                )
+                .into(),
+            )),
+        };
+        return report_outcome(run, step, 0, first_start, Err(error));
+    }
     let mut pending = elements
         .iter()
         .enumerate()
-        .filter(|(index, _)| !done.get(*index).copied().unwrap_or(false));
+        .filter(|(slot, _)| !done.get(*slot).copied().unwrap_or(false))
+        .map(|(slot, value)| (slot, only.unwrap_or(slot), value));
     let mut running = FuturesUnordered::new();
     // A sequential run runs one thing at a time: one element, too.
     let bound = if run.options.sequential {
@@ -546,14 +571,14 @@ where
     let failed = loop {
         while running.len() < bound {
             match pending.next() {
-                Some((index, value)) => running.push(element(index, value)),
+                Some((slot, index, value)) => running.push(element(slot, index, value)),
                 None => break,
             }
         }
         match running.next().await {
             None => break None,
-            Some((index, Ok(output))) => outputs[index] = Some(output),
-            Some((index, Err(error))) => {
+            Some((slot, _, Ok(output))) => outputs[slot] = Some(output),
+            Some((_, index, Err(error))) => {
                 break Some(StepError::Element {
                     index,
                     error: Box::new(error),
@@ -564,12 +589,12 @@ where
     drop(running);
     let attempts = total.into_inner();
     let outcome = match failed {
-        // Every element completed, so every slot holds its output.
+        // Every element completed, so every element has its output.
         None => Ok(outputs.into_iter().flatten().collect()),
         Some(error) => Err(error),
     };
     let outcome = checkpoint(run, step, attempts, first_start, outcome, encode).await;
-    end(run, step, attempts, first_start, outcome)
+    report_outcome(run, step, attempts, first_start, outcome)
 }
 
 /// Stores element `index` of `step`'s fan-out in a durable run; a failed commit fails the
@@ -607,8 +632,8 @@ async fn stored_elements<S: JobStep, T>(
     match durable.store.elements(&durable.run_id, step.name()).await {
         Ok(stored) => {
             for (index, json) in stored {
-                if let (Some(slot), Ok(output)) = (outputs.get_mut(index), (codec.decode)(&json)) {
-                    *slot = Some(output);
+                if let (Some(kept), Ok(output)) = (outputs.get_mut(index), (codec.decode)(&json)) {
+                    *kept = Some(output);
                 }
             }
         }
@@ -721,8 +746,9 @@ where
     }
 }
 
-/// Ends a step after its last attempt, `n`, inside that attempt's span.
-fn end<S: JobStep, T>(
+/// Reports how a step ended after its last attempt, `n` (inside that attempt's span), and
+/// passes its outcome on.
+fn report_outcome<S: JobStep, T>(
     run: &RunCore<S>,
     step: S,
     n: u32,

@@ -26,8 +26,8 @@ pub mod __private;
 #[cfg(feature = "progress")]
 pub use batch::ProgressBars;
 pub use batch::{
-    Batch, BatchAbort, BatchItem, BatchResults, BatchRun, BatchStatus, BatchSummary, RunCounts,
-    StatusHandle, StatusListener, StepCounts,
+    Batch, BatchCancelHandle, BatchItem, BatchResults, BatchRun, BatchStatus, BatchSummary,
+    RunCounts, StatusHandle, StatusListener, StepCounts,
 };
 pub use client::{Client, ClientError, Many, One, Submit};
 pub use context::{Enrich, StepContext};

@@ -34,6 +34,10 @@ pub(crate) struct RunOptions<S> {
     pub(crate) until: Option<S>,
     /// Where a durable run checkpoints its steps.
     pub(crate) durable: Option<crate::durable::Durable>,
+    /// A worker's claim of one element of a `for_each` step: the [`until`](Self::until) step,
+    /// if it is a `for_each` step, is given a parent's output that holds only this element (its
+    /// index in the whole output), and outputs the one-element `Vec` of its output.
+    pub(crate) only_element: Option<usize>,
 }
 
 impl<S> Default for RunOptions<S> {
@@ -52,6 +56,7 @@ impl<S> Default for RunOptions<S> {
             seeded: false,
             until: None,
             durable: None,
+            only_element: None,
         }
     }
 }
@@ -161,7 +166,7 @@ impl<S: JobStep> StepCell<S> {
     /// Records that the step ended in `state` after `nanos` nanoseconds: the state last, so a
     /// snapshot that sees it sees the duration (and anything written before the call).
     #[inline]
-    fn end(&self, nanos: u64, state: StepState) {
+    fn record_end(&self, nanos: u64, state: StepState) {
         self.duration
             .store(nanos.saturating_add(1), Ordering::Relaxed);
         self.set_state(state);
@@ -312,14 +317,14 @@ impl<S: JobStep> RunCore<S> {
     /// Records that `step` completed after `nanos` nanoseconds.
     #[inline]
     pub(crate) fn step_completed(&self, step: S, nanos: u64) {
-        self.cell(step).end(nanos, StepState::Completed);
+        self.cell(step).record_end(nanos, StepState::Completed);
     }
 
     /// Records that `step` failed with `error` after `nanos` nanoseconds.
     pub(crate) fn step_failed(&self, step: S, nanos: u64, error: String) {
         let cell = self.cell(step);
         cell.detail().error = Some(error);
-        cell.end(nanos, StepState::Failed);
+        cell.record_end(nanos, StepState::Failed);
     }
 
     /// The steps a failure of `failed` skips, by index, in the order they are met: every step
@@ -520,8 +525,9 @@ impl<S: JobStep> RunCore<S> {
 
     /// In a run [`until`](crate::Runner::until) a step, the steps it needs, by index: that step
     /// and every step it waits for, directly or not, up to the steps whose outputs were given.
-    /// `None` when the run needs every step.
-    fn needed(&self) -> Option<Vec<bool>> {
+    /// `None` when the run needs every step. The scheduler plans with it (after marking the
+    /// seeded steps completed), and [`finish`](RunCore::finish) cancels what it left pending.
+    pub(crate) fn needed(&self) -> Option<Vec<bool>> {
         let until = self.options.until?;
         let mut needed = vec![false; S::ALL.len()];
         let mut stack = vec![until.index()];

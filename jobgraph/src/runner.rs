@@ -215,6 +215,14 @@ impl<'j, J: Job> Runner<'j, J> {
         self.core(false)
     }
 
+    /// The [`until`](Runner::until) step, if it is a `for_each` step, runs one element, whose
+    /// index in its parent's whole output is `index`, from a seeded parent's output that holds
+    /// only that element: a worker's claim of one element.
+    pub(crate) fn only_element(mut self, index: usize) -> Self {
+        self.options.only_element = Some(index);
+        self
+    }
+
     /// The job and its resources, the run's state, made in the poll that starts the run (the
     /// clock reading the run starts at is its first step's start too), and the outputs it
     /// starts from.

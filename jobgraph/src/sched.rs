@@ -1,5 +1,5 @@
 //! The in-process engine: what the scheduler generated for each job runs on. A run's output
-//! slots, the step masks (ready, running, done) in topological order, each step's turn in a pass
+//! cells, the step masks (ready, running, done) in topological order, each step's turn in a pass
 //! (start it from its function when it is ready, poll it, record how it ended), what stops a run
 //! early, and the suspension between passes.
 
@@ -38,19 +38,19 @@ pub fn completed<T>(output: Option<T>) -> T {
 /// cell is not `Sync`, so the run future holds the cells themselves and never a reference to one
 /// across an `.await`: a started step holds the `&T` its parent's cell lent it, which is `Send`
 /// when `T` is `Sync`, as before.
-pub struct Slot<T>(OnceCell<T>);
+pub struct OutputCell<T>(OnceCell<T>);
 
-impl<T> Slot<T> {
-    /// A slot holding `seed`, the output given before the run started, if any.
+impl<T> OutputCell<T> {
+    /// A cell holding `seed`, the output given before the run started, if any.
     #[inline]
     pub fn seeded(seed: Option<T>) -> Self {
         match seed {
-            None => Slot(OnceCell::new()),
-            Some(value) => Slot(OnceCell::from(value)),
+            None => OutputCell(OnceCell::new()),
+            Some(value) => OutputCell(OnceCell::from(value)),
         }
     }
 
-    /// True if the slot holds its step's output.
+    /// True if the cell holds its step's output.
     #[inline]
     pub fn is_set(&self) -> bool {
         self.0.get().is_some()
@@ -434,7 +434,7 @@ pub fn turn<
     mut future: Pin<&mut Option<StepFuture<Fut, G>>>,
     start: impl FnOnce(&'a J, &'a R, &'a RunCore<S>, P) -> Result<StepFuture<Fut, G>, StepError>,
     parents: P,
-    slot: &Slot<T>,
+    cell: &OutputCell<T>,
     failures: &mut Failures<S>,
     cx: &mut Context<'_>,
 ) where
@@ -456,7 +456,7 @@ pub fn turn<
     let Some(running) = future.as_mut().as_pin_mut() else {
         return;
     };
-    // The ended future stays in its slot until the run ends (its step is no longer running, so
+    // The ended future stays in its place until the run ends (its step is no longer running, so
     // it is never polled again): dropping it here would cost a drop per step, for nothing it
     // still holds but references and the step's context.
     match running.project() {
@@ -466,7 +466,7 @@ pub fn turn<
                 Ok(Poll::Pending) => {}
                 Ok(Poll::Ready(Ok(value))) => {
                     lean_completed(run, sched, graph, k, step, *started);
-                    slot.set(value);
+                    cell.set(value);
                 }
                 Ok(Poll::Ready(Err(error))) => {
                     let error = StepError::Error(error);
@@ -482,7 +482,7 @@ pub fn turn<
             Poll::Pending => {}
             Poll::Ready(Ok(value)) => {
                 sched.complete(k, graph);
-                slot.set(value);
+                cell.set(value);
             }
             Poll::Ready(Err(error)) => {
                 sched.fail(k);
@@ -696,17 +696,10 @@ impl<S: JobStep> RunCore<S> {
             sched.done.insert(graph.positions[index]);
             self.step_seeded(S::ALL[index]);
         }
-        if let Some(until) = self.options.until {
-            // From the target back to the first steps, in reverse topological order: a step is
-            // wanted if a wanted step waits for it and its output is not known yet.
+        if let Some(needed) = self.needed() {
             sched.wanted = Mask::EMPTY;
-            sched.wanted.insert(graph.positions[until.index()]);
-            for k in (0..N).rev() {
-                if sched.wanted.contains(k) && !sched.done.contains(k) {
-                    for (wanted, deps) in sched.wanted.0.iter_mut().zip(&graph.deps[k].0) {
-                        *wanted |= deps;
-                    }
-                }
+            for (index, _) in needed.iter().enumerate().filter(|(_, needed)| **needed) {
+                sched.wanted.insert(graph.positions[index]);
             }
         }
         // A seeded step never starts: its output is there already.
@@ -811,8 +804,9 @@ impl<S: JobStep> RunCore<S> {
         failures.push(step, StepError::Cancelled);
     }
 
-    /// Ends the run: `Ok(())` if every step completed, else the run's error.
-    pub fn end(&self, failures: Failures<S>) -> Result<(), JobError<S>> {
+    /// Concludes the run as its last step ended: `Ok(())` if every step completed, else the
+    /// run's error.
+    pub fn conclude(&self, failures: Failures<S>) -> Result<(), JobError<S>> {
         // The run ends in the poll its last step ended in (or was cancelled in): that poll's
         // latest reading, if any, is its end.
         self.finish(self.now(), failures.0)

@@ -11,9 +11,9 @@ use futures::stream::{FuturesUnordered, StreamExt as _};
 
 use crate::client::step_named;
 use crate::durable::DurableJob;
+use crate::store::now_ms;
 use crate::store::queue::{Claim, ClaimId, Completion, Failed, Held, Queue};
 use crate::store::{GraphSpec, RunState, StepStatus, StoreError, StoredRun, StoredStep};
-use crate::store::{now_ms, plus};
 use crate::{CancellationToken, RetryPolicy, Runner, StepError};
 
 /// How long a claim lasts without a heartbeat, unless [`Worker::lease`] says otherwise: a worker
@@ -24,10 +24,11 @@ pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
 enum Execution {
     /// The step's output, JSON.
     Completed(String),
-    /// The step's error (its chain, as text), and when to try again if its retry policy asks.
+    /// The step's error (its chain, as text), and how long to wait before trying again if its
+    /// retry policy asks (the store adds it to its own clock).
     Failed {
         error: String,
-        retry_at: Option<i64>,
+        retry_in: Option<Duration>,
     },
     /// The claim was cancelled (lost, aborted, or the worker shut down): nothing to store.
     Cancelled,
@@ -44,7 +45,9 @@ type Handler = Arc<dyn Fn(Claim, CancellationToken) -> BoxFuture<Execution> + Se
 /// Executes the ready steps of submitted runs: claims them from the queue (highest priority
 /// first, each under a lease renewed by heartbeats), runs each from its parents' stored outputs,
 /// and commits its output, which makes its children ready for any worker. Any number of
-/// workers, in any number of processes, may share a store.
+/// workers, in any number of processes, may share a store. The elements of a `for_each` step
+/// are claimed one by one, like steps: a worker runs the elements it claimed, and other workers
+/// run the others (see the [queue's docs](crate::store::queue)).
 ///
 /// A step's retry policy is applied by the queue, not in the worker: a failed attempt is put
 /// back, ready after the policy's delay, and any worker may take it. A worker whose lease on a
@@ -77,9 +80,9 @@ impl std::fmt::Debug for Worker {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerStats {
-    /// Steps claimed.
+    /// Steps claimed (an element of a `for_each` step counts as one).
     pub claimed: usize,
-    /// Steps completed and committed.
+    /// Steps completed and committed (an element counts as one).
     pub completed: usize,
     /// Steps that failed for good.
     pub failed: usize,
@@ -552,10 +555,10 @@ async fn settle(queue: &dyn Queue, worker: &str, ended: Vec<Ended>) -> Settled {
     let mut failed = failed.into_iter();
     if settled.error.is_none() {
         for ended in failed.by_ref() {
-            let (id, started, Execution::Failed { error, retry_at }) = &ended else {
+            let (id, started, Execution::Failed { error, retry_in }) = &ended else {
                 continue;
             };
-            match queue.fail(worker, id, error, *started, *retry_at).await {
+            match queue.fail(worker, id, error, *started, *retry_in).await {
                 Ok(Failed::Retrying { .. }) => settled.done.push((ended.0, Outcome::Retried)),
                 Ok(Failed::Failed) => settled.done.push((ended.0, Outcome::Failed)),
                 Err(StoreError::ClaimLost { .. }) => settled.done.push((ended.0, Outcome::Fenced)),
@@ -589,7 +592,7 @@ where
 {
     let fail = |error: String| Execution::Failed {
         error,
-        retry_at: None,
+        retry_in: None,
     };
     let Some(step) = step_named::<J>(&claim.id.step) else {
         return fail(format!(
@@ -612,17 +615,27 @@ where
         Ok(seed) => seed,
         Err(error) => return fail(error.to_string()),
     };
-    let result = Runner::with_resources(&job, resources)
+    let mut runner = Runner::with_resources(&job, resources)
         .job_id(claim.id.run.clone())
         .seed(seed)
         .retry(step, NoRetries)
-        .cancel_on(&token)
-        .until(step)
-        .run_send()
-        .await;
+        .cancel_on(&token);
+    if let Some(element) = claim.id.element {
+        runner = runner.only_element(element);
+    }
+    let result = runner.until(step).run_send().await;
     match result {
         Ok(partial) => match J::__encode(&partial, step) {
-            Ok(Some(output)) => Execution::Completed(output),
+            Ok(Some(output)) => match claim.id.element {
+                None => Execution::Completed(output),
+                Some(element) => match only_item(&output) {
+                    Some(item) => Execution::Completed(item.to_owned()),
+                    None => fail(format!(
+                        "element {element} ran, but its step's output `{output}` is not a \
+                         list of one (a bug in jobgraph)"
+                    )),
+                },
+            },
             Ok(None) => fail(format!(
                 "step `{}` ended without an output (a bug in jobgraph)",
                 claim.id.step
@@ -633,15 +646,25 @@ where
         Err(error) => {
             let cause = error.root_cause().error();
             let retry = job.policies(step).ok().and_then(|p| p.retry);
-            let retry_at = retry
-                .and_then(|policy| policy.should_retry(claim.fails + 1, cause))
-                .map(|delay| plus(now_ms(), delay));
+            // An element's policy is asked about the element's error, as in a local run.
+            let asked = match cause {
+                StepError::Element { error, .. } if claim.id.element.is_some() => error,
+                cause => cause,
+            };
+            let retry_in = retry.and_then(|policy| policy.should_retry(claim.fails + 1, asked));
             Execution::Failed {
                 error: chain(cause),
-                retry_at,
+                retry_in,
             }
         }
     }
+}
+
+/// The one item of a JSON list of one (`[x]`: `x`, as written), if `json` is one.
+fn only_item(json: &str) -> Option<&str> {
+    serde_json::from_str::<[serde::de::IgnoredAny; 1]>(json).ok()?;
+    let inner = json.trim().strip_prefix('[')?.strip_suffix(']')?.trim();
+    (!inner.is_empty()).then_some(inner)
 }
 
 /// A stored run holding the claim's dependencies' outputs: what `DurableJob::__decode` reads.

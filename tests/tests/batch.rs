@@ -1,6 +1,6 @@
 //! Batches: many inputs of one job type, a bounded number of runs at a time, in the caller's
 //! task. Results in input order and as a stream; the concurrency bound; lazily taken inputs;
-//! abort (by the run, a handle, a token, fail-fast); the live status (per-step and per-run
+//! cancellation (by the run, a handle, a token, the first failure); the live status (per-step and per-run
 //! counts), pollable and pushed to a listener; per-run configuration; `Send` and non-`Send` jobs.
 
 use std::cell::Cell;
@@ -236,7 +236,7 @@ async fn results_are_in_input_order_with_each_failure_at_its_row() {
 async fn the_stream_yields_every_index_once_as_runs_end() {
     let probe = Probe::new();
     let rows = (0..30).map(|n| Row::new(&probe, n).load_ms((u64::from(n) * 7) % 30));
-    let mut run = Batch::new(rows).concurrency(5).start();
+    let mut run = Batch::new(rows).concurrency(5).stream();
     assert_eq!(run.size_hint(), (30, Some(30)));
     let mut order = Vec::new();
     while let Some(item) = timeout(HANG, run.next()).await.expect("batch hung") {
@@ -337,7 +337,7 @@ async fn inputs_are_taken_no_further_ahead_than_the_concurrency() {
             Row::new(&probe, n).load_ms(u64::from(n % 5))
         })
     };
-    let mut run = Batch::new(rows).concurrency(CONCURRENCY).start();
+    let mut run = Batch::new(rows).concurrency(CONCURRENCY).stream();
     assert_eq!(
         taken.load(Ordering::SeqCst),
         0,
@@ -367,21 +367,21 @@ async fn inputs_are_taken_no_further_ahead_than_the_concurrency() {
 // Abort
 
 #[tokio::test(start_paused = true)]
-async fn abort_starts_no_new_run_and_cancels_the_running_ones() {
+async fn cancel_starts_no_new_run_and_cancels_the_running_ones() {
     let probe = Probe::new();
     // Row `n` loads for `1000 + 100n` ms, so runs end one at a time: rows 0 to 3 end first,
     // then 4 and 5 (at 2450ms and 2650ms), while rows 6, 7 and 8 still load.
     let rows = (0..100).map(|n| Row::new(&probe, n).load_ms(1000 + 100 * u64::from(n)));
-    let mut run = Batch::new(rows).concurrency(4).start();
+    let mut run = Batch::new(rows).concurrency(4).stream();
     let mut items = Vec::new();
     while let Some(item) = timeout(HANG, run.next()).await.expect("batch hung") {
         items.push(item);
         if items.len() == 6 {
             // Six runs ended; three run, and the slot of the sixth is refilled at the next poll:
             // 9 inputs were taken.
-            assert!(!run.is_aborted());
-            run.abort();
-            assert!(run.is_aborted());
+            assert!(!run.is_cancelled());
+            run.cancel();
+            assert!(run.is_cancelled());
         }
     }
     assert_eq!(
@@ -430,20 +430,20 @@ async fn abort_starts_no_new_run_and_cancels_the_running_ones() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_abort_handle_aborts_from_another_task() {
+async fn a_cancel_handle_cancels_from_another_task() {
     let probe = Probe::new();
     let rows = (0..100).map(|n| Row::new(&probe, n).load_ms(1000));
-    let run = Batch::new(rows).concurrency(4).start();
-    let handle = run.abort_handle();
-    let aborter = tokio::spawn(async move {
+    let run = Batch::new(rows).concurrency(4).stream();
+    let handle = run.cancel_handle();
+    let canceller = tokio::spawn(async move {
         // The first four runs end at 1025ms; the next four load until 2025ms.
         sleep(ms(1500)).await;
-        handle.abort();
+        handle.cancel();
         handle
     });
     let batch = timeout(HANG, run.wait()).await.expect("batch hung");
-    let handle = aborter.await.unwrap();
-    assert!(handle.is_aborted());
+    let handle = canceller.await.unwrap();
+    assert!(handle.is_cancelled());
     assert_eq!(probe.started(), 8);
     assert_eq!(batch.results.len(), 8);
     assert!(batch.results[..4].iter().all(Result::is_ok));
@@ -471,14 +471,17 @@ async fn an_abort_handle_aborts_from_another_task() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn fail_fast_aborts_the_batch_at_the_first_failed_run() {
+async fn cancel_on_failure_cancels_the_batch_at_the_first_failed_run() {
     let probe = Probe::new();
     // Two at a time, 30ms a run: rows 4 and 5 start at 60ms; row 5 fails at 70ms and its run
     // ends at 75ms, while row 4 is still doubling.
     let rows = (0..50).map(|n| Row::new(&probe, n).failing(n == 5));
-    let batch = timeout(HANG, Batch::new(rows).concurrency(2).fail_fast().run())
-        .await
-        .expect("batch hung");
+    let batch = timeout(
+        HANG,
+        Batch::new(rows).concurrency(2).cancel_on_failure().run(),
+    )
+    .await
+    .expect("batch hung");
     assert_eq!(batch.results.len(), 6);
     assert!(batch.results[..4].iter().all(Result::is_ok));
     assert!(batch.results[4].as_ref().unwrap_err().is_cancelled());
@@ -498,7 +501,7 @@ async fn fail_fast_aborts_the_batch_at_the_first_failed_run() {
 }
 
 #[tokio::test]
-async fn a_cancelled_token_aborts_the_batch_before_it_starts() {
+async fn a_cancelled_token_cancels_the_batch_before_it_starts() {
     let probe = Probe::new();
     let recorder = Recorder::default();
     let token = CancellationToken::new();
@@ -507,8 +510,8 @@ async fn a_cancelled_token_aborts_the_batch_before_it_starts() {
     let mut run = Batch::new(rows)
         .cancel_on(&token)
         .status_listener(recorder.listener())
-        .start();
-    assert!(run.is_aborted());
+        .stream();
+    assert!(run.is_cancelled());
     assert!(run.next().await.is_none());
     assert_eq!(probe.started(), 0);
     assert_eq!(
@@ -529,22 +532,22 @@ async fn a_cancelled_token_aborts_the_batch_before_it_starts() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn aborting_inputs_of_unknown_number_leaves_the_rest_uncounted() {
+async fn cancelling_inputs_of_unknown_number_leaves_the_rest_uncounted() {
     let probe = Probe::new();
     let rows = {
         let probe = Arc::clone(&probe);
         let mut n = 0;
-        // An endless iterator: without the abort the batch would never end.
+        // An endless iterator: without the cancellation the batch would never end.
         std::iter::from_fn(move || {
             n += 1;
             Some(Row::new(&probe, n).load_ms(1000))
         })
     };
-    let mut run = Batch::new(rows).concurrency(3).start();
-    let abort = run.abort_handle();
+    let mut run = Batch::new(rows).concurrency(3).stream();
+    let cancel = run.cancel_handle();
     tokio::spawn(async move {
         sleep(ms(500)).await;
-        abort.abort();
+        cancel.cancel();
     });
     let mut items = 0;
     while let Some(item) = timeout(HANG, run.next()).await.expect("batch hung") {
@@ -572,7 +575,7 @@ async fn the_final_status_counts_every_step_of_every_run() {
     use RowStep::*;
     let probe = Probe::new();
     let rows = (0..12).map(|n| Row::new(&probe, n).failing(n % 4 == 3));
-    let mut run = Batch::new(rows).concurrency(5).start();
+    let mut run = Batch::new(rows).concurrency(5).stream();
     let initial = run.status();
     assert_adds_up(&initial);
     assert_eq!(
@@ -610,7 +613,7 @@ async fn the_status_mid_run_counts_waiting_running_and_done_steps() {
     let probe = Probe::new();
     // Two at a time. Each run: load 0-10ms, square 10-15ms, double 10-30ms, total at 30ms.
     let rows = (0..6).map(|n| Row::new(&probe, n));
-    let run = Batch::new(rows).concurrency(2).start();
+    let run = Batch::new(rows).concurrency(2).stream();
     let handle = run.status_handle();
     let observer = tokio::spawn(async move {
         sleep(ms(12)).await;
@@ -658,7 +661,7 @@ async fn the_listener_is_called_at_most_once_per_poll_and_last_with_the_final_st
     let mut run = Batch::new(rows)
         .concurrency(6)
         .status_listener(recorder.listener())
-        .start();
+        .stream();
     let mut polls = 0;
     let mut items = 0;
     let stream = futures::stream::poll_fn(|cx| {
@@ -698,7 +701,7 @@ async fn a_status_handle_read_from_another_thread_always_adds_up() {
         let probe = Arc::clone(&probe);
         (0..2000).map(move |n| Row::new(&probe, n).failing(n % 7 == 0).load_ms(0))
     };
-    let run = Batch::new(rows).concurrency(64).start();
+    let run = Batch::new(rows).concurrency(64).stream();
     let handle = run.status_handle();
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
@@ -738,7 +741,7 @@ async fn with_inputs_of_unknown_number_the_total_is_the_inputs_taken_so_far() {
     let mut run = Batch::new(rows)
         .concurrency(3)
         .status_listener(recorder.listener())
-        .start();
+        .stream();
     assert_eq!((run.status().total, run.status().total_known), (0, false));
     while let Some(item) = timeout(HANG, run.next()).await.expect("batch hung") {
         assert!(item.result.is_ok());
@@ -825,7 +828,7 @@ async fn a_batch_of_send_jobs_can_be_spawned_whole() {
     assert!(batch.is_success());
 
     let rows = (0..20).map(move |n| Row::new(&probe, n).load_ms(1));
-    let run = Batch::new(rows).concurrency(4).start();
+    let run = Batch::new(rows).concurrency(4).stream();
     let status = run.status_handle();
     let indices = tokio::spawn(run.map(|item| item.index).collect::<Vec<_>>())
         .await

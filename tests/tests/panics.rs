@@ -384,7 +384,7 @@ async fn a_batch_whose_run_listener_panicked_accounts_for_every_run() {
     let mut batch = Batch::new((0..4).map(|n| Row { n }))
         .concurrency(2)
         .configure(|_, runner| runner.listener(|_| panic!("run listener panicked")))
-        .start();
+        .stream();
     let mut seen = 0;
     while let Some(item) = futures::StreamExt::next(&mut batch).await {
         assert!(item.result.is_ok());

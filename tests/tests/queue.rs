@@ -7,7 +7,7 @@
 //! claims, LISTEN/NOTIFY wakes an idle worker long before its poll, and workers on four
 //! connections run a batch to the end while it is being aborted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,13 +18,15 @@ use serde::{Deserialize, Serialize};
 
 /// A store the cases run on: a queue, and its test helper.
 trait TestQueue: Queue + Clone {
-    /// Moves leases and times to live `by` into the past (the stores' `age_leases`).
+    /// Moves leases (steps', elements' and runs') and times to live `by` into the past (the
+    /// stores' `age_leases`).
     fn age_leases(&self, by: Duration) -> impl Future<Output = ()> + Send;
 }
 
 impl TestQueue for SqliteStore {
     async fn age_leases(&self, by: Duration) {
         SqliteStore::age_leases(self, by).await;
+        SqliteStore::age_element_leases(self, by).await;
     }
 }
 
@@ -78,6 +80,7 @@ on_both_queues! {
     expired_leases_count_against_max_attempts => expired_leases_count,
     retries_go_through_the_queue_and_max_fails_caps_them => retries_through_the_queue,
     a_run_past_its_time_to_live_fails => time_to_live,
+    a_retry_waits_its_delay_by_the_stores_clock => retry_delay_counts_from_the_stores_clock,
     abort_reaches_a_running_step_through_its_heartbeat => abort_reaches_a_running_step,
     a_worker_drains_its_running_steps_on_shutdown_and_fails_bad_input_clearly => worker_drains,
     a_held_batch_runs_nothing_until_released_and_appends_number_on => held_batch,
@@ -89,6 +92,14 @@ on_both_queues! {
     completions_commit_together_each_fenced_alone => complete_many_together,
     a_stale_and_a_live_claim_of_one_step_in_one_call_are_told_apart => stale_and_live_claim_together,
     a_worker_prefetches_claims_but_runs_no_more_than_its_concurrency => prefetch_runs_within_concurrency,
+    a_fan_outs_elements_are_claimed_one_by_one_by_several_workers => fan_out_spreads_over_workers,
+    an_elements_expired_lease_is_reclaimed_and_its_stale_completion_fenced => element_lease_expires,
+    a_failing_element_is_retried_alone_and_one_failing_for_good_fails_its_step => element_failures,
+    a_failed_element_cancels_the_other_elements_claims => failed_element_cancels_the_others,
+    an_empty_fan_out_completes_at_once => empty_fan_out,
+    the_fan_out_bound_and_the_steps_concurrency_limit_element_claims => element_limits,
+    abort_reaches_running_element_claims => abort_reaches_elements,
+    a_fan_outs_run_past_its_time_to_live_fails_and_cancels_its_elements => fan_out_expires,
 }
 
 /// Counters of the jobs' executions, per key (a case's `base` and what it counts).
@@ -448,6 +459,48 @@ async fn retries_through_the_queue(store: impl TestQueue, base: u64) {
     );
 }
 
+/// This machine's clock, in Unix milliseconds.
+fn unix_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    i64::try_from(since.as_millis()).expect("a Unix time in milliseconds fits in i64")
+}
+
+async fn retry_delay_counts_from_the_stores_clock(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    client.submit(&Diamond { n: 1 }).await.unwrap();
+    let claim = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+    let [claim] = &claim[..] else {
+        panic!("one step is ready: {claim:?}")
+    };
+    let hour = Duration::from_secs(3600);
+    let before = unix_ms();
+    let failed = store
+        .fail(WORKER, &claim.id, "503", before, Some(hour))
+        .await
+        .unwrap();
+    let after = unix_ms();
+    // The store adds the delay to its own clock (here the same machine's, so it falls between
+    // the two readings, give or take a second of rounding).
+    let Failed::Retrying { at } = failed else {
+        panic!("the step is retried: {failed:?}")
+    };
+    let hour_ms = 3_600_000;
+    assert!(
+        (before + hour_ms - 1000..=after + hour_ms + 1000).contains(&at),
+        "retry at {at}, failed between {before} and {after}"
+    );
+    // Not ready before then.
+    assert!(
+        store
+            .claim(WORKER, &["Diamond"], 5, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 async fn time_to_live(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     let run = client
@@ -455,8 +508,17 @@ async fn time_to_live(store: impl TestQueue, _base: u64) {
         .ttl(Duration::from_secs(60))
         .await
         .unwrap();
-    // Sixty seconds later, as far as the store knows.
-    store.age_leases(Duration::from_secs(61)).await;
+    // Fifty-nine seconds later, as far as the store knows, it still runs: the time to live
+    // counts from the store's clock when it stored the run (not from a client's clock).
+    store.age_leases(Duration::from_secs(59)).await;
+    let claimed = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        client.status(&run.id).await.unwrap().state,
+        RunState::Running
+    );
+    // Sixty-one.
+    store.age_leases(Duration::from_secs(2)).await;
     assert!(
         store
             .claim(WORKER, &["Diamond"], 5, LEASE)
@@ -589,6 +651,7 @@ async fn worker_drains(store: impl TestQueue, base: u64) {
         run: String::new(),
         step: String::new(),
         attempt: 0,
+        element: None,
     };
 }
 
@@ -964,9 +1027,10 @@ async fn undecodable_runs_fail_clearly(store: impl TestQueue, _base: u64) {
         key: None,
         held: false,
         limits: &[],
+        fan_outs: &[],
         priority: 0,
-        run_at: 0,
-        expires_at: None,
+        run_at: Some(0),
+        ttl: None,
         max_attempts: 3,
         max_fails: None,
     };
@@ -1340,7 +1404,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "3");
+    assert_eq!(version, "4");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -1477,4 +1541,565 @@ async fn postgres_a_worker_rides_out_a_database_outage() {
     // Each step's output committed once; a step whose commit was lost ran again (at least once).
     assert_eq!(stats.completed + stats.fenced, 20, "{stats:?}");
     assert!(count(key) >= 20);
+}
+
+// ---- Fan-outs: `for_each` elements claimed one by one ------------------------------------------
+
+#[derive(Debug, thiserror::Error)]
+#[error("page {0} not found")]
+struct NotFound(u32);
+
+/// A fan-out between two steps: `fetch` runs once per page (counted in counter `key * 1000 +
+/// page`); page 404 always fails, page 500 fails on its first execution only.
+#[derive(Serialize, Deserialize)]
+struct Pages {
+    key: u64,
+    pages: Vec<u32>,
+}
+
+#[job(durable)]
+impl Pages {
+    #[step]
+    async fn list(&self) -> Vec<u32> {
+        self.pages.clone()
+    }
+
+    #[step(for_each(list), retry = Retry::fixed(3, Duration::ZERO))]
+    async fn fetch(&self, list: &u32) -> Result<String, NotFound> {
+        let before = bump(self.key * 1000 + u64::from(*list));
+        match (*list, before) {
+            (404, _) | (500, 0) => Err(NotFound(*list)),
+            (page, _) => Ok(format!("page {page}")),
+        }
+    }
+
+    #[step]
+    async fn index(&self, fetch: &[String]) -> String {
+        fetch.join(",")
+    }
+}
+
+/// The steps of `claims`, with their elements.
+fn units(claims: &[jobgraph::store::queue::Claim]) -> BTreeSet<(String, Option<usize>)> {
+    claims
+        .iter()
+        .map(|c| (c.id.step.clone(), c.id.element))
+        .collect()
+}
+
+/// Submits `pages` (in batch `batch`), claims and completes `list`: its elements are ready.
+async fn listed(store: &impl TestQueue, batch: &str, key: u64, pages: Vec<u32>) -> String {
+    let client = Client::new(store);
+    let ids = client
+        .submit_batch(
+            batch,
+            [Pages {
+                key,
+                pages: pages.clone(),
+            }],
+        )
+        .await
+        .unwrap();
+    let list = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
+    assert_eq!(units(&list), BTreeSet::from([("list".to_owned(), None)]));
+    let output = serde_json::to_string(&pages).unwrap();
+    store
+        .complete(WORKER, &list[0].id, &output, 0)
+        .await
+        .unwrap();
+    ids[0].clone()
+}
+
+async fn fan_out_spreads_over_workers(store: impl TestQueue, base: u64) {
+    let key = base + 500;
+    let run = listed(&store, "spread", key, vec![3, 1, 2, 7]).await;
+    // Two claimers share the fan-out: disjoint elements, each with its element.
+    let first = store.claim("w1", &["Pages"], 2, LEASE).await.unwrap();
+    let second = store.claim("w2", &["Pages"], 10, LEASE).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(second.len(), 2);
+    let all: Vec<_> = first.iter().chain(&second).collect();
+    let elements: BTreeSet<_> = all.iter().map(|c| c.id.element.unwrap()).collect();
+    assert_eq!(elements, BTreeSet::from([0, 1, 2, 3]));
+    for claim in &all {
+        assert_eq!(claim.id.step, "fetch");
+        assert_eq!(claim.id.attempt, 1);
+        // The iterated parent's output is the claim's element alone.
+        let page = [3, 1, 2, 7][claim.id.element.unwrap()];
+        assert_eq!(claim.deps, [("list".to_owned(), format!("[{page}]"))]);
+    }
+    // Each element claim is a lease of its own; the step counts as running.
+    let leases = store.leases().await.unwrap();
+    let leased: BTreeSet<_> = leases
+        .iter()
+        .map(|l| (l.holder.as_str(), l.element.unwrap()))
+        .collect();
+    let expected: BTreeSet<_> = first
+        .iter()
+        .map(|c| ("w1", c.id.element.unwrap()))
+        .chain(second.iter().map(|c| ("w2", c.id.element.unwrap())))
+        .collect();
+    assert_eq!(leased, expected);
+    let counts = Client::new(&store).batch_counts("spread").await.unwrap();
+    let fetch = counts.steps.iter().find(|s| s.name == "fetch").unwrap();
+    assert_eq!((fetch.running, fetch.waiting), (1, 0));
+    // Completed in any order, in two transactions: the step's output is in element order.
+    let holder = |c: &&&jobgraph::store::queue::Claim| if first.contains(c) { "w1" } else { "w2" };
+    let mut by_element: Vec<_> = all.clone();
+    by_element.sort_by_key(|c| std::cmp::Reverse(c.id.element));
+    let pages = [3, 1, 2, 7];
+    for claim in &by_element {
+        let output = format!("\"p{}\"", pages[claim.id.element.unwrap()]);
+        let done = store
+            .complete_many(
+                holder(&claim),
+                &[Completion {
+                    claim: &claim.id,
+                    output: &output,
+                    started_at: 0,
+                }],
+            )
+            .await
+            .unwrap();
+        assert_eq!(done, [true]);
+    }
+    let stored = store.load_run(&run).await.unwrap().unwrap();
+    let step = stored.step("fetch").unwrap();
+    assert_eq!(step.state, StepStatus::Completed);
+    assert_eq!(step.output.as_deref(), Some(r#"["p3","p1","p2","p7"]"#));
+    assert_eq!(step.attempts, 4);
+    // Its child is ready exactly once.
+    let index = store.claim("w3", &["Pages"], 10, LEASE).await.unwrap();
+    assert_eq!(units(&index), BTreeSet::from([("index".to_owned(), None)]));
+    assert_eq!(index[0].deps[0].1, r#"["p3","p1","p2","p7"]"#);
+    assert!(
+        store
+            .claim("w3", &["Pages"], 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .complete("w3", &index[0].id, "\"x\"", 0)
+        .await
+        .unwrap();
+
+    // Real workers: one runs `list`, then each runs part of the fan-out, then `index`.
+    let client = Client::new(&store);
+    let key = base + 510;
+    let run = client
+        .submit(&Pages {
+            key,
+            pages: (1..=6).collect(),
+        })
+        .await
+        .unwrap();
+    let one = Worker::new(&store)
+        .job::<Pages>()
+        .concurrency(2)
+        .name("one");
+    let two = Worker::new(&store)
+        .job::<Pages>()
+        .concurrency(8)
+        .name("two");
+    assert_eq!(one.run_once().await.unwrap().completed, 1);
+    assert_eq!(one.run_once().await.unwrap().completed, 2);
+    assert_eq!(two.run_once().await.unwrap().completed, 4);
+    assert_eq!(one.run_once().await.unwrap().completed, 1);
+    let out = client
+        .wait::<Pages>(&run.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let expected: Vec<String> = (1..=6).map(|p| format!("page {p}")).collect();
+    assert_eq!(out.fetch, expected);
+    assert_eq!(out.index, expected.join(","));
+    for page in 1..=6 {
+        assert_eq!(count(key * 1000 + page), 1, "page {page}");
+    }
+}
+
+async fn element_lease_expires(store: impl TestQueue, base: u64) {
+    let run = listed(&store, "expiry", base + 520, vec![1, 2]).await;
+    let slow = store.claim("slow", &["Pages"], 10, LEASE).await.unwrap();
+    assert_eq!(slow.len(), 2);
+    assert!(
+        store
+            .claim("fast", &["Pages"], 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // `slow` stalls past its leases: `fast` claims both elements again.
+    store.age_leases(LEASE + Duration::from_secs(1)).await;
+    let fast = store.claim("fast", &["Pages"], 10, LEASE).await.unwrap();
+    assert_eq!(units(&fast), units(&slow));
+    assert!(fast.iter().all(|c| c.id.attempt == 2));
+    let ids: Vec<ClaimId> = slow.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(
+        store.heartbeat("slow", &ids, LEASE).await.unwrap(),
+        [Held::Lost, Held::Lost]
+    );
+    let late = store.complete("slow", &slow[0].id, "\"late\"", 0).await;
+    assert!(
+        matches!(late, Err(StoreError::ClaimLost { attempt: 1, .. })),
+        "{late:?}"
+    );
+    let fast_ids: Vec<ClaimId> = fast.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(
+        store.heartbeat("fast", &fast_ids, LEASE).await.unwrap(),
+        [Held::Held, Held::Held]
+    );
+    for claim in &fast {
+        let output = format!("\"e{}\"", claim.id.element.unwrap());
+        store.complete("fast", &claim.id, &output, 0).await.unwrap();
+    }
+    let stored = store.load_run(&run).await.unwrap().unwrap();
+    let fetch = stored.step("fetch").unwrap();
+    assert_eq!(fetch.output.as_deref(), Some(r#"["e0","e1"]"#));
+    assert_eq!(fetch.attempts, 4);
+    // A settled element cannot be completed again.
+    assert!(
+        store
+            .complete("fast", &fast[0].id, "\"x\"", 0)
+            .await
+            .is_err()
+    );
+}
+
+async fn element_failures(store: impl TestQueue, base: u64) {
+    let client = Client::new(&store);
+    let worker = Worker::new(&store).job::<Pages>();
+    // Page 500 fails once: only it runs again, through the queue.
+    let key = base + 530;
+    let run = client
+        .submit(&Pages {
+            key,
+            pages: vec![1, 500, 2],
+        })
+        .await
+        .unwrap();
+    assert_eq!(worker.run_once().await.unwrap().completed, 1);
+    let stats = worker.run_once().await.unwrap();
+    assert_eq!((stats.claimed, stats.completed, stats.retried), (3, 2, 1));
+    let stats = worker.run_once().await.unwrap();
+    assert_eq!((stats.claimed, stats.completed), (1, 1));
+    worker.run_once().await.unwrap();
+    let out = client
+        .wait::<Pages>(&run.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.fetch, ["page 1", "page 500", "page 2"]);
+    assert_eq!(
+        (
+            count(key * 1000 + 1),
+            count(key * 1000 + 500),
+            count(key * 1000 + 2)
+        ),
+        (1, 2, 1)
+    );
+
+    // Page 404 fails every time: after its retries, the step fails naming it, `index` is
+    // skipped, the run fails.
+    let key = base + 540;
+    let run = client
+        .submit(&Pages {
+            key,
+            pages: vec![1, 404],
+        })
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        worker.run_once().await.unwrap();
+    }
+    let stored = client.status(&run.id).await.unwrap();
+    assert_eq!(stored.state, RunState::Failed);
+    let fetch = stored.step("fetch").unwrap();
+    assert_eq!(fetch.state, StepStatus::Failed);
+    assert_eq!(
+        fetch.error.as_deref(),
+        Some("element 1: returned an error: page 404 not found")
+    );
+    assert_eq!(stored.step("index").unwrap().state, StepStatus::Skipped);
+    assert_eq!((count(key * 1000 + 1), count(key * 1000 + 404)), (1, 3));
+}
+
+async fn failed_element_cancels_the_others(store: impl TestQueue, base: u64) {
+    let run = listed(&store, "cancels", base + 550, vec![1, 404, 2, 3]).await;
+    let first = store.claim("w1", &["Pages"], 2, LEASE).await.unwrap();
+    let second = store.claim("w2", &["Pages"], 2, LEASE).await.unwrap();
+    let failing = first
+        .iter()
+        .chain(&second)
+        .find(|c| c.id.element == Some(1))
+        .unwrap();
+    let holder = if first.contains(failing) { "w1" } else { "w2" };
+    let failed = store
+        .fail(
+            holder,
+            &failing.id,
+            "element 1: returned an error: gone",
+            0,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(failed, Failed::Failed);
+    let stored = store.load_run(&run).await.unwrap().unwrap();
+    assert_eq!(stored.state, RunState::Failed);
+    let fetch = stored.step("fetch").unwrap();
+    assert_eq!(
+        (fetch.state, fetch.error.as_deref()),
+        (
+            StepStatus::Failed,
+            Some("element 1: returned an error: gone")
+        )
+    );
+    assert_eq!(stored.step("index").unwrap().state, StepStatus::Skipped);
+    // The other elements' claims are over: their heartbeats say so, their results are refused.
+    let others: Vec<ClaimId> = second.iter().map(|c| c.id.clone()).collect();
+    if holder == "w1" {
+        assert_eq!(
+            store.heartbeat("w2", &others, LEASE).await.unwrap(),
+            [Held::Lost, Held::Lost]
+        );
+        assert!(store.complete("w2", &others[0], "\"x\"", 0).await.is_err());
+    }
+    assert!(store.leases().await.unwrap().is_empty());
+    assert!(
+        store
+            .claim("w3", &["Pages"], 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn empty_fan_out(store: impl TestQueue, base: u64) {
+    let client = Client::new(&store);
+    let run = client
+        .submit(&Pages {
+            key: base + 560,
+            pages: Vec::new(),
+        })
+        .await
+        .unwrap();
+    let worker = Worker::new(&store).job::<Pages>();
+    assert_eq!(worker.run_once().await.unwrap().completed, 1);
+    // `fetch` completed with `list`: its child is ready.
+    let stored = client.status(&run.id).await.unwrap();
+    let fetch = stored.step("fetch").unwrap();
+    assert_eq!(
+        (fetch.state, fetch.output.as_deref()),
+        (StepStatus::Completed, Some("[]"))
+    );
+    let stats = worker.run_once().await.unwrap();
+    assert_eq!((stats.claimed, stats.completed), (1, 1));
+    let out = client
+        .wait::<Pages>(&run.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(out.fetch.is_empty());
+    assert_eq!(out.index, "");
+}
+
+/// Fan-outs with limits: `halves` at most 2 elements at once per run, `pooled` at most 3
+/// element claims at once across every run and worker.
+#[derive(Serialize, Deserialize)]
+struct Bounded {
+    n: u32,
+}
+
+#[job(durable)]
+impl Bounded {
+    #[step]
+    async fn items(&self) -> Vec<u32> {
+        (0..self.n).collect()
+    }
+
+    #[step(for_each(items, concurrency = 2))]
+    async fn halves(&self, items: &u32) -> u32 {
+        items / 2
+    }
+
+    #[step(for_each(items), concurrency = 3)]
+    async fn pooled(&self, items: &u32) -> u32 {
+        items * 2
+    }
+}
+
+async fn element_limits(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let a = client.submit(&Bounded { n: 5 }).await.unwrap().id;
+    let b = client.submit(&Bounded { n: 5 }).await.unwrap().id;
+    let jobs = ["Bounded"];
+    for root in store.claim(WORKER, &jobs, 10, LEASE).await.unwrap() {
+        store
+            .complete(WORKER, &root.id, "[0,1,2,3,4]", 0)
+            .await
+            .unwrap();
+    }
+    // Two workers ask for everything: 2 `halves` elements per run, 3 `pooled` in all.
+    let first = store.claim("w1", &jobs, 100, LEASE).await.unwrap();
+    let second = store.claim("w2", &jobs, 100, LEASE).await.unwrap();
+    let all: Vec<_> = first.iter().chain(&second).collect();
+    let of = |run: &str, step: &str| {
+        all.iter()
+            .filter(|c| c.id.run == run && c.id.step == step)
+            .count()
+    };
+    assert_eq!((of(&a, "halves"), of(&b, "halves")), (2, 2));
+    assert_eq!(of(&a, "pooled") + of(&b, "pooled"), 3);
+    assert!(
+        store
+            .claim("w3", &jobs, 100, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A completed element makes room: the next element of its run's `halves`, and one more
+    // `pooled` element.
+    let holder = |c: &jobgraph::store::queue::Claim| {
+        if first.iter().any(|f| f.id == c.id) {
+            "w1"
+        } else {
+            "w2"
+        }
+    };
+    let halves = all
+        .iter()
+        .find(|c| c.id.run == a && c.id.step == "halves")
+        .unwrap();
+    let pooled = all.iter().find(|c| c.id.step == "pooled").unwrap();
+    store
+        .complete(holder(halves), &halves.id, "0", 0)
+        .await
+        .unwrap();
+    store
+        .complete(holder(pooled), &pooled.id, "0", 0)
+        .await
+        .unwrap();
+    let next = store.claim("w3", &jobs, 100, LEASE).await.unwrap();
+    let got: Vec<_> = next
+        .iter()
+        .map(|c| (c.id.run == a, c.id.step.as_str()))
+        .collect();
+    assert_eq!(next.len(), 2, "{got:?}");
+    assert!(got.contains(&(true, "halves")), "{got:?}");
+    assert!(got.iter().any(|(_, step)| *step == "pooled"), "{got:?}");
+    let released = next.iter().find(|c| c.id.step == "halves").unwrap();
+    assert_eq!(released.id.element, Some(2));
+}
+
+/// A fan-out whose elements wait until cancelled: counts their starts in counter `key` and their
+/// drops in `key + 1`.
+#[derive(Serialize, Deserialize)]
+struct SlowFan {
+    key: u64,
+}
+
+#[job(durable)]
+impl SlowFan {
+    #[step]
+    async fn items(&self) -> Vec<u32> {
+        vec![1, 2]
+    }
+
+    #[step(for_each(items))]
+    async fn each(&self, items: &u32) -> u32 {
+        let _guard = CountDrop(self.key + 1);
+        bump(self.key);
+        std::future::pending::<()>().await;
+        *items
+    }
+}
+
+async fn abort_reaches_elements(store: impl TestQueue, base: u64) {
+    let client = Client::new(&store);
+    let key = base + 570;
+    let run = client.submit(&SlowFan { key }).await.unwrap();
+    let workers: Vec<_> = ["one", "two"]
+        .into_iter()
+        .map(|name| {
+            let worker = Worker::new(&store)
+                .job::<SlowFan>()
+                .name(name)
+                .concurrency(1)
+                .lease(Duration::from_millis(300))
+                .poll_interval(Duration::from_millis(10));
+            let shutdown = CancellationToken::new();
+            let working = tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move { worker.run(shutdown).await }
+            });
+            (shutdown, working)
+        })
+        .collect();
+    // Each worker runs one element (concurrency 1).
+    while count(key) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let holders: BTreeSet<_> = store
+        .leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.holder)
+        .collect();
+    assert_eq!(
+        holders,
+        BTreeSet::from(["one".to_owned(), "two".to_owned()])
+    );
+    assert!(client.abort(&run.id).await.unwrap());
+    // The next heartbeats cancel both elements.
+    while count(key + 1) < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut cancelled = 0;
+    for (shutdown, working) in workers {
+        shutdown.cancel();
+        cancelled += working.await.unwrap().unwrap().cancelled;
+    }
+    assert_eq!(cancelled, 2);
+    let stored = client.status(&run.id).await.unwrap();
+    assert_eq!(stored.state, RunState::Cancelled);
+    assert_eq!(stored.step("each").unwrap().state, StepStatus::Cancelled);
+    assert!(store.leases().await.unwrap().is_empty());
+}
+
+async fn fan_out_expires(store: impl TestQueue, base: u64) {
+    let client = Client::new(&store);
+    let run = client
+        .submit(&Pages {
+            key: base + 580,
+            pages: vec![1, 2],
+        })
+        .ttl(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let list = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
+    store
+        .complete(WORKER, &list[0].id, "[1,2]", 0)
+        .await
+        .unwrap();
+    let elements = store.claim(WORKER, &["Pages"], 10, LEASE).await.unwrap();
+    assert_eq!(elements.len(), 2);
+    // The run's time to live ends while its elements run: the next claim fails the run.
+    store.age_leases(Duration::from_secs(61)).await;
+    assert!(
+        store
+            .claim(WORKER, &["Pages"], 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stored = client.status(&run.id).await.unwrap();
+    assert_eq!(stored.state, RunState::Failed);
+    assert_eq!(stored.step("fetch").unwrap().state, StepStatus::Cancelled);
+    let ids: Vec<ClaimId> = elements.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(
+        store.heartbeat(WORKER, &ids, LEASE).await.unwrap(),
+        [Held::Lost, Held::Lost]
+    );
+    assert!(store.complete(WORKER, &ids[0], "\"x\"", 0).await.is_err());
+    assert!(store.leases().await.unwrap().is_empty());
 }

@@ -1,6 +1,7 @@
 //! Real worker processes share one store: a batch submitted by this process is run by three
-//! worker processes (`src/bin/queue_worker.rs`) claiming its steps; every run succeeds with the
-//! outputs a pure evaluation gives, and every step is committed once.
+//! worker processes (`src/bin/queue_worker.rs`) claiming its steps, and the elements of its
+//! fan-outs one by one; every run succeeds with the outputs a pure evaluation gives, and every
+//! step and element is committed once.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,8 +13,14 @@ use jobgraph_tests::queue_jobs::{BATCH, Fan, expected_merge};
 
 const RUNS: u64 = 150;
 const WORKERS: usize = 3;
-/// Steps per run: load, north, south, east, parts, merge.
-const STEPS: u64 = 6;
+/// Steps per run claimed whole: load, north, south, east, merge (and `parts`, one claim per
+/// element: [`elements`]).
+const STEPS: u64 = 5;
+
+/// The elements of run `n`'s fan-out `parts` (`load`'s output).
+fn elements(n: u64) -> u64 {
+    n % 4 + 1
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_worker_processes_run_a_batch_to_the_end_on_sqlite() {
@@ -79,7 +86,8 @@ async fn fleet(store: impl Queue + Clone, url: &str) {
         completed.push(numbers[1]);
     }
     println!("steps completed per worker: {completed:?}");
-    assert_eq!(completed.iter().sum::<u64>(), RUNS * STEPS);
+    let claims = RUNS * STEPS + (0..RUNS).map(elements).sum::<u64>();
+    assert_eq!(completed.iter().sum::<u64>(), claims);
 
     let counts = client.batch_counts(BATCH).await.unwrap();
     assert_eq!((counts.succeeded, counts.total()), (RUNS, RUNS));
@@ -88,11 +96,16 @@ async fn fleet(store: impl Queue + Clone, url: &str) {
         assert_eq!(out.merge, expected_merge(n as u64), "run {id}");
         let run = store.load_run(id).await.unwrap().unwrap();
         assert_eq!(run.state, RunState::Succeeded);
+        // A fan-out's attempts are its elements' claims.
+        let once = |s: &jobgraph::store::StoredStep| match s.name.as_str() {
+            "parts" => elements(n as u64),
+            _ => 1,
+        };
         assert!(
             run.steps
                 .iter()
-                .all(|s| s.state == StepStatus::Completed && s.attempts == 1),
-            "run {id}: each step claimed and committed once"
+                .all(|s| s.state == StepStatus::Completed && u64::from(s.attempts) == once(s)),
+            "run {id}: each step and element claimed and committed once"
         );
     }
 }

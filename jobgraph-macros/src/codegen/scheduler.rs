@@ -1,6 +1,6 @@
 //! The scheduler: the body of `Job::__run`, generated per job from masks known at compile time.
 //!
-//! The run future owns a slot per step's output and a pinned place per step's future, so nothing
+//! The run future owns a cell per step's output and a pinned place per step's future, so nothing
 //! is boxed or allocated per step. Steps are numbered by their position in a topological order,
 //! and the scheduler keeps three bitmasks: ready (dependencies completed, not started), running
 //! and done. Each poll visits only the ready and running steps, lowest position first: a ready
@@ -11,12 +11,12 @@
 //!
 //! A job's compile time grows linearly with its number of steps: nothing rustc checks or
 //! compiles grows with the number of steps in two ways at once. With a local per step's future
-//! and per slot, held across the block's `.await`s, it grew with the cube: rustc's layout of an
+//! and per cell, held across the block's `.await`s, it grew with the cube: rustc's layout of an
 //! `async` block (which `cargo check` computes too, for the `Send` analysis) compares every two
 //! such locals at every statement, 54% of `cargo check` of a 300-step chain under `perf`
 //! (`StorageConflictVisitor::apply_state`), and borrow checking's liveness of those locals took
 //! 13% more; a 1,000-step chain took 708 s to build. So:
-//! - the slots are one tuple, and the steps' futures are in chunks of sixteen ([`CHUNK`]
+//! - the cells are one tuple, and the steps' futures are in chunks of sixteen ([`CHUNK`]
 //!   consecutive positions), one pinned local each: the `async` block holds a few locals per
 //!   sixteen steps across its `.await`s;
 //! - each chunk's turn is a closure of its own, called at once (inlined in a release build),
@@ -59,11 +59,11 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let cx = local1("cx");
     let waker = local1("waker");
     let graph_const = quote::format_ident!("__JG_GRAPH", span = proc_macro2::Span::mixed_site());
-    let slots = local1("slots");
-    // Step `i`'s output slot: a field of the one tuple of slots.
-    let slot = |i: usize| {
+    let cells = local1("outputs");
+    // Step `i`'s output cell: a field of the one tuple of cells.
+    let cell = |i: usize| {
         let i = syn::Index::from(i);
-        quote!(#slots.#i)
+        quote!(#cells.#i)
     };
     let seeded = |i: usize| local("seed", i);
     let chunk = |c: usize| local("chunk", c);
@@ -73,22 +73,22 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     let idents: Vec<_> = job.steps.iter().map(|s| s.ident).collect();
 
     let seeds = (0..n).map(seeded);
-    let slot_values = job.steps.iter().enumerate().map(|(i, s)| {
+    let cell_values = job.steps.iter().enumerate().map(|(i, s)| {
         let seeded = seeded(i);
         let ty = &s.output.ty;
-        quote!(#p::Slot::<#ty>::seeded(#seeded),)
+        quote!(#p::OutputCell::<#ty>::seeded(#seeded),)
     });
     let is_set = (0..n).map(|i| {
-        let slot = slot(i);
-        quote!(#p::Slot::is_set(&#slot))
+        let cell = cell(i);
+        quote!(#p::OutputCell::is_set(&#cell))
     });
-    // The start function of the step at position `k`, and its parents' slots.
+    // The start function of the step at position `k`, and its parents' cells.
     let start_of = |k: usize| {
         let s = &job.steps[graph.topo[k]];
         let start = start_fn(s);
         let parents = s.params.iter().filter_map(|param| match param {
             Param::Parent { name, .. } => {
-                let parent = slot(job.step_index(name).expect("validated parent"));
+                let parent = cell(job.step_index(name).expect("validated parent"));
                 Some(quote!(&#parent,))
             }
             _ => None,
@@ -128,7 +128,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
         let i = graph.topo[k];
         let s = &job.steps[i];
         let variant = &s.variant;
-        let (own_slot, place) = (slot(i), place(k));
+        let (own_cell, place) = (cell(i), place(k));
         let (start, parents) = start_of(k);
         quote! {
             #k => #p::turn(
@@ -142,7 +142,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
                 #p::Pin::as_mut(&mut #place),
                 #start,
                 #parents,
-                &#own_slot,
+                &#own_cell,
                 &mut *#failures,
                 &mut *#cx,
             ),
@@ -162,15 +162,15 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
     };
     // A chunk's turn: a closure of its own, called at once, holding the match over the chunk's
     // steps (see the module's docs). A `move` closure given references, so it captures a
-    // reference to the slots' tuple, not one per parent it reads.
+    // reference to the cells' tuple, not one per parent it reads.
     let chunk_arms = (0..chunks).map(|c| {
         let places = places(c);
         let chunk = chunk(c);
         let arms = (c * CHUNK..n.min((c + 1) * CHUNK)).map(arm);
         quote! {
             #c => {
-                let (#slots, #sched, #failures, #cx, __jg_chunk) = (
-                    &#slots,
+                let (#cells, #sched, #failures, #cx, __jg_chunk) = (
+                    &#cells,
                     &mut #sched,
                     &mut #failures,
                     &mut *#cx,
@@ -222,15 +222,15 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
 
     let fields = job.steps.iter().enumerate().map(|(i, s)| {
         let ident = s.ident;
-        let slot = slot(i);
-        quote!(#ident: #p::Slot::into_inner(#slot),)
+        let cell = cell(i);
+        quote!(#ident: #p::OutputCell::into_inner(#cell),)
     });
     let marker =
         (!job.item.generics.params.is_empty()).then(|| quote!(__jobgraph_marker: #p::PhantomData,));
 
     quote! {
         let #partial { #(#idents: #seeds,)* .. } = #seed;
-        let #slots = (#(#slot_values)*);
+        let #cells = (#(#cell_values)*);
         let mut #failures = #p::Failures::<#step_enum>::new();
         {
             const #graph_const: #p::TopoGraph<#words, #n> = #p::TopoGraph::new(
@@ -242,7 +242,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
             let mut #stop = #p::RunCore::stop(#run);
             #(#chunk_decls)*
             // The passes run in this async block itself, not in a `poll_fn` closure held across
-            // its `.await`s: the slots are not `Sync`, so the block may hold references to them
+            // its `.await`s: the cells are not `Sync`, so the block may hold references to them
             // only within a pass (the chunks' closures, made in the pass), or it is not `Send`.
             let mut #waker = #p::waker().await;
             let __jg_stopped = 'stop: loop {
@@ -289,7 +289,7 @@ pub(crate) fn run_body(job: &Job<'_>, graph: &Graph, paths: &Paths) -> TokenStre
             #(#fields)*
             #marker
         };
-        match #p::RunCore::end(#run, #failures) {
+        match #p::RunCore::conclude(#run, #failures) {
             #p::Ok(()) => #p::Ok(__jg_partial),
             #p::Err(__jg_error) => #p::Err(#p::JobError::with_partial(__jg_error, __jg_partial)),
         }

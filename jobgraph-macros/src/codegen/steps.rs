@@ -2,7 +2,7 @@
 //!
 //! For each step the macro emits, in a hidden inherent impl of the job:
 //! - `__jg_start_<step>(&self, resources, run, (parents..))`: starts the step from its parents'
-//!   output slots (the parents' whole outputs, lent to the step's parameters as their declared
+//!   output cells (the parents' whole outputs, lent to the step's parameters as their declared
 //!   types). Every engine runs a step through it; the in-process scheduler calls it the moment the
 //!   step is ready.
 //! - `__jg_retry_<step>`, `__jg_timeout_<step>`, `__jg_limits_<step>`, `__jg_bound_<step>` for
@@ -64,10 +64,10 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
     let out_ty = &s.output.ty;
     let name = start_fn(s);
 
-    // One slot per parent the step takes, in parameter order, as one tuple: the parent's whole
-    // output, read from its slot here.
-    let mut slot_names = Vec::new();
-    let mut slot_types = Vec::new();
+    // One cell per parent the step takes, in parameter order, as one tuple: the parent's whole
+    // output, read from its cell here.
+    let mut cell_names = Vec::new();
+    let mut cell_types = Vec::new();
     let mut gets = Vec::new();
     // `let __jg_inJ = <parent J's output, lent as the parameter's type>;`; the attempt closure
     // captures these references.
@@ -81,11 +81,11 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
             Param::Parent { name, ty } => {
                 let parent = job.step_index(name).expect("validated parent");
                 let given = local("p", j);
-                let slot = local("s", j);
+                let cell = local("s", j);
                 let parent_ty = &job.steps[parent].output.ty;
-                slot_types.push(quote!(&'__jg #p::Slot<#parent_ty>));
-                gets.push(quote!(let #given = #p::Slot::get(#slot);));
-                slot_names.push(slot);
+                cell_types.push(quote!(&'__jg #p::OutputCell<#parent_ty>));
+                gets.push(quote!(let #given = #p::OutputCell::get(#cell);));
+                cell_names.push(cell);
                 // Spanned on the user's parameter type, the parent's output type too: a mismatch
                 // is reported on the parameter.
                 let span = ty.span();
@@ -194,7 +194,7 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
             &'__jg self,
             #res_param,
             #run: &'__jg #p::RunCore<#step_enum>,
-            (#(#slot_names,)*): (#(#slot_types,)*),
+            (#(#cell_names,)*): (#(#cell_types,)*),
         ) -> #p::Result<
             #p::StepFuture<
                 impl #p::Future<Output = #p::Result<#out_ty, #p::BoxError>> + '__jg,

@@ -237,11 +237,11 @@ impl ::jobgraph::__private::Job for Diamond {
                 d: __jg_seed3,
                 ..
             } = __jg_seed;
-            let __jg_slots = (
-                ::jobgraph::__private::Slot::<u32>::seeded(__jg_seed0),
-                ::jobgraph::__private::Slot::<u32>::seeded(__jg_seed1),
-                ::jobgraph::__private::Slot::<String>::seeded(__jg_seed2),
-                ::jobgraph::__private::Slot::<()>::seeded(__jg_seed3),
+            let __jg_outputs = (
+                ::jobgraph::__private::OutputCell::<u32>::seeded(__jg_seed0),
+                ::jobgraph::__private::OutputCell::<u32>::seeded(__jg_seed1),
+                ::jobgraph::__private::OutputCell::<String>::seeded(__jg_seed2),
+                ::jobgraph::__private::OutputCell::<()>::seeded(__jg_seed3),
             );
             let mut __jg_failures = ::jobgraph::__private::Failures::<
                 DiamondStep,
@@ -256,10 +256,10 @@ impl ::jobgraph::__private::Job for Diamond {
                     __jg_run,
                     &__JG_GRAPH,
                     || [
-                        ::jobgraph::__private::Slot::is_set(&__jg_slots.0),
-                        ::jobgraph::__private::Slot::is_set(&__jg_slots.1),
-                        ::jobgraph::__private::Slot::is_set(&__jg_slots.2),
-                        ::jobgraph::__private::Slot::is_set(&__jg_slots.3),
+                        ::jobgraph::__private::OutputCell::is_set(&__jg_outputs.0),
+                        ::jobgraph::__private::OutputCell::is_set(&__jg_outputs.1),
+                        ::jobgraph::__private::OutputCell::is_set(&__jg_outputs.2),
+                        ::jobgraph::__private::OutputCell::is_set(&__jg_outputs.3),
                     ],
                 );
                 let mut __jg_stop = ::jobgraph::__private::RunCore::stop(__jg_run);
@@ -292,13 +292,13 @@ impl ::jobgraph::__private::Job for Diamond {
                                 match __jg_k / 16usize {
                                     0usize => {
                                         let (
-                                            __jg_slots,
+                                            __jg_outputs,
                                             __jg_sched,
                                             __jg_failures,
                                             __jg_cx,
                                             __jg_chunk,
                                         ) = (
-                                            &__jg_slots,
+                                            &__jg_outputs,
                                             &mut __jg_sched,
                                             &mut __jg_failures,
                                             &mut *__jg_cx,
@@ -336,7 +336,7 @@ impl ::jobgraph::__private::Job for Diamond {
                                                         ::jobgraph::__private::Pin::as_mut(&mut __jg_f0),
                                                         Self::__jg_start_a,
                                                         (),
-                                                        &__jg_slots.0,
+                                                        &__jg_outputs.0,
                                                         &mut *__jg_failures,
                                                         &mut *__jg_cx,
                                                     )
@@ -352,8 +352,8 @@ impl ::jobgraph::__private::Job for Diamond {
                                                         DiamondStep::B,
                                                         ::jobgraph::__private::Pin::as_mut(&mut __jg_f1),
                                                         Self::__jg_start_b,
-                                                        (&__jg_slots.0,),
-                                                        &__jg_slots.1,
+                                                        (&__jg_outputs.0,),
+                                                        &__jg_outputs.1,
                                                         &mut *__jg_failures,
                                                         &mut *__jg_cx,
                                                     )
@@ -369,8 +369,8 @@ impl ::jobgraph::__private::Job for Diamond {
                                                         DiamondStep::C,
                                                         ::jobgraph::__private::Pin::as_mut(&mut __jg_f2),
                                                         Self::__jg_start_c,
-                                                        (&__jg_slots.0,),
-                                                        &__jg_slots.2,
+                                                        (&__jg_outputs.0,),
+                                                        &__jg_outputs.2,
                                                         &mut *__jg_failures,
                                                         &mut *__jg_cx,
                                                     )
@@ -386,8 +386,8 @@ impl ::jobgraph::__private::Job for Diamond {
                                                         DiamondStep::D,
                                                         ::jobgraph::__private::Pin::as_mut(&mut __jg_f3),
                                                         Self::__jg_start_d,
-                                                        (&__jg_slots.1,),
-                                                        &__jg_slots.3,
+                                                        (&__jg_outputs.1,),
+                                                        &__jg_outputs.3,
                                                         &mut *__jg_failures,
                                                         &mut *__jg_cx,
                                                     )
@@ -516,12 +516,12 @@ impl ::jobgraph::__private::Job for Diamond {
                 }
             }
             let __jg_partial = DiamondPartial {
-                a: ::jobgraph::__private::Slot::into_inner(__jg_slots.0),
-                b: ::jobgraph::__private::Slot::into_inner(__jg_slots.1),
-                c: ::jobgraph::__private::Slot::into_inner(__jg_slots.2),
-                d: ::jobgraph::__private::Slot::into_inner(__jg_slots.3),
+                a: ::jobgraph::__private::OutputCell::into_inner(__jg_outputs.0),
+                b: ::jobgraph::__private::OutputCell::into_inner(__jg_outputs.1),
+                c: ::jobgraph::__private::OutputCell::into_inner(__jg_outputs.2),
+                d: ::jobgraph::__private::OutputCell::into_inner(__jg_outputs.3),
             };
-            match ::jobgraph::__private::RunCore::end(__jg_run, __jg_failures) {
+            match ::jobgraph::__private::RunCore::conclude(__jg_run, __jg_failures) {
                 ::jobgraph::__private::Ok(()) => ::jobgraph::__private::Ok(__jg_partial),
                 ::jobgraph::__private::Err(__jg_error) => {
                     ::jobgraph::__private::Err(
@@ -758,7 +758,7 @@ impl Diamond {
         &'__jg self,
         _: &'__jg (),
         __jg_run: &'__jg ::jobgraph::__private::RunCore<DiamondStep>,
-        (__jg_s0,): (&'__jg ::jobgraph::__private::Slot<u32>,),
+        (__jg_s0,): (&'__jg ::jobgraph::__private::OutputCell<u32>,),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -776,7 +776,7 @@ impl Diamond {
         >,
         ::jobgraph::__private::StepError,
     > {
-        let __jg_p0 = ::jobgraph::__private::Slot::get(__jg_s0);
+        let __jg_p0 = ::jobgraph::__private::OutputCell::get(__jg_s0);
         let __jg_in0 = ::jobgraph::__private::parent::<u32, u32>(__jg_p0);
         ::jobgraph::__private::Ok(
             ::jobgraph::__private::RunCore::step(
@@ -801,7 +801,7 @@ impl Diamond {
         &'__jg self,
         _: &'__jg (),
         __jg_run: &'__jg ::jobgraph::__private::RunCore<DiamondStep>,
-        (__jg_s1,): (&'__jg ::jobgraph::__private::Slot<u32>,),
+        (__jg_s1,): (&'__jg ::jobgraph::__private::OutputCell<u32>,),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -819,7 +819,7 @@ impl Diamond {
         >,
         ::jobgraph::__private::StepError,
     > {
-        let __jg_p1 = ::jobgraph::__private::Slot::get(__jg_s1);
+        let __jg_p1 = ::jobgraph::__private::OutputCell::get(__jg_s1);
         let __jg_in1 = ::jobgraph::__private::parent::<u32, u32>(__jg_p1);
         ::jobgraph::__private::Ok(
             ::jobgraph::__private::RunCore::step(
@@ -843,7 +843,7 @@ impl Diamond {
         &'__jg self,
         _: &'__jg (),
         __jg_run: &'__jg ::jobgraph::__private::RunCore<DiamondStep>,
-        (__jg_s0,): (&'__jg ::jobgraph::__private::Slot<u32>,),
+        (__jg_s0,): (&'__jg ::jobgraph::__private::OutputCell<u32>,),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -861,7 +861,7 @@ impl Diamond {
         >,
         ::jobgraph::__private::StepError,
     > {
-        let __jg_p0 = ::jobgraph::__private::Slot::get(__jg_s0);
+        let __jg_p0 = ::jobgraph::__private::OutputCell::get(__jg_s0);
         let __jg_in0 = ::jobgraph::__private::parent::<u32, u32>(__jg_p0);
         ::jobgraph::__private::Ok(
             ::jobgraph::__private::RunCore::step(

@@ -205,12 +205,12 @@ impl ::jobgraph::__private::Job for Crawl {
                 index: __jg_seed2,
                 ..
             } = __jg_seed;
-            let __jg_slots = (
-                ::jobgraph::__private::Slot::<Vec<u32>>::seeded(__jg_seed0),
-                ::jobgraph::__private::Slot::<
+            let __jg_outputs = (
+                ::jobgraph::__private::OutputCell::<Vec<u32>>::seeded(__jg_seed0),
+                ::jobgraph::__private::OutputCell::<
                     ::std::vec::Vec<String>,
                 >::seeded(__jg_seed1),
-                ::jobgraph::__private::Slot::<usize>::seeded(__jg_seed2),
+                ::jobgraph::__private::OutputCell::<usize>::seeded(__jg_seed2),
             );
             let mut __jg_failures = ::jobgraph::__private::Failures::<CrawlStep>::new();
             {
@@ -223,9 +223,9 @@ impl ::jobgraph::__private::Job for Crawl {
                     __jg_run,
                     &__JG_GRAPH,
                     || [
-                        ::jobgraph::__private::Slot::is_set(&__jg_slots.0),
-                        ::jobgraph::__private::Slot::is_set(&__jg_slots.1),
-                        ::jobgraph::__private::Slot::is_set(&__jg_slots.2),
+                        ::jobgraph::__private::OutputCell::is_set(&__jg_outputs.0),
+                        ::jobgraph::__private::OutputCell::is_set(&__jg_outputs.1),
+                        ::jobgraph::__private::OutputCell::is_set(&__jg_outputs.2),
                     ],
                 );
                 let mut __jg_stop = ::jobgraph::__private::RunCore::stop(__jg_run);
@@ -257,13 +257,13 @@ impl ::jobgraph::__private::Job for Crawl {
                                 match __jg_k / 16usize {
                                     0usize => {
                                         let (
-                                            __jg_slots,
+                                            __jg_outputs,
                                             __jg_sched,
                                             __jg_failures,
                                             __jg_cx,
                                             __jg_chunk,
                                         ) = (
-                                            &__jg_slots,
+                                            &__jg_outputs,
                                             &mut __jg_sched,
                                             &mut __jg_failures,
                                             &mut *__jg_cx,
@@ -301,7 +301,7 @@ impl ::jobgraph::__private::Job for Crawl {
                                                         ::jobgraph::__private::Pin::as_mut(&mut __jg_f0),
                                                         Self::__jg_start_pages,
                                                         (),
-                                                        &__jg_slots.0,
+                                                        &__jg_outputs.0,
                                                         &mut *__jg_failures,
                                                         &mut *__jg_cx,
                                                     )
@@ -317,8 +317,8 @@ impl ::jobgraph::__private::Job for Crawl {
                                                         CrawlStep::Fetch,
                                                         ::jobgraph::__private::Pin::as_mut(&mut __jg_f1),
                                                         Self::__jg_start_fetch,
-                                                        (&__jg_slots.0,),
-                                                        &__jg_slots.1,
+                                                        (&__jg_outputs.0,),
+                                                        &__jg_outputs.1,
                                                         &mut *__jg_failures,
                                                         &mut *__jg_cx,
                                                     )
@@ -334,8 +334,8 @@ impl ::jobgraph::__private::Job for Crawl {
                                                         CrawlStep::Index,
                                                         ::jobgraph::__private::Pin::as_mut(&mut __jg_f2),
                                                         Self::__jg_start_index,
-                                                        (&__jg_slots.1,),
-                                                        &__jg_slots.2,
+                                                        (&__jg_outputs.1,),
+                                                        &__jg_outputs.2,
                                                         &mut *__jg_failures,
                                                         &mut *__jg_cx,
                                                     )
@@ -448,11 +448,11 @@ impl ::jobgraph::__private::Job for Crawl {
                 }
             }
             let __jg_partial = CrawlPartial {
-                pages: ::jobgraph::__private::Slot::into_inner(__jg_slots.0),
-                fetch: ::jobgraph::__private::Slot::into_inner(__jg_slots.1),
-                index: ::jobgraph::__private::Slot::into_inner(__jg_slots.2),
+                pages: ::jobgraph::__private::OutputCell::into_inner(__jg_outputs.0),
+                fetch: ::jobgraph::__private::OutputCell::into_inner(__jg_outputs.1),
+                index: ::jobgraph::__private::OutputCell::into_inner(__jg_outputs.2),
             };
-            match ::jobgraph::__private::RunCore::end(__jg_run, __jg_failures) {
+            match ::jobgraph::__private::RunCore::conclude(__jg_run, __jg_failures) {
                 ::jobgraph::__private::Ok(()) => ::jobgraph::__private::Ok(__jg_partial),
                 ::jobgraph::__private::Err(__jg_error) => {
                     ::jobgraph::__private::Err(
@@ -764,7 +764,7 @@ impl Crawl {
         &'__jg self,
         __jg_res: &'__jg Api,
         __jg_run: &'__jg ::jobgraph::__private::RunCore<CrawlStep>,
-        (__jg_s1,): (&'__jg ::jobgraph::__private::Slot<Vec<u32>>,),
+        (__jg_s1,): (&'__jg ::jobgraph::__private::OutputCell<Vec<u32>>,),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -782,7 +782,7 @@ impl Crawl {
         >,
         ::jobgraph::__private::StepError,
     > {
-        let __jg_p1 = ::jobgraph::__private::Slot::get(__jg_s1);
+        let __jg_p1 = ::jobgraph::__private::OutputCell::get(__jg_s1);
         ::jobgraph::__private::Ok(
             ::jobgraph::__private::RunCore::for_each(
                 __jg_run,
@@ -813,7 +813,7 @@ impl Crawl {
         &'__jg self,
         __jg_res: &'__jg Api,
         __jg_run: &'__jg ::jobgraph::__private::RunCore<CrawlStep>,
-        (__jg_s0,): (&'__jg ::jobgraph::__private::Slot<::std::vec::Vec<String>>,),
+        (__jg_s0,): (&'__jg ::jobgraph::__private::OutputCell<::std::vec::Vec<String>>,),
     ) -> ::jobgraph::__private::Result<
         ::jobgraph::__private::StepFuture<
             impl ::jobgraph::__private::Future<
@@ -831,7 +831,7 @@ impl Crawl {
         >,
         ::jobgraph::__private::StepError,
     > {
-        let __jg_p0 = ::jobgraph::__private::Slot::get(__jg_s0);
+        let __jg_p0 = ::jobgraph::__private::OutputCell::get(__jg_s0);
         let __jg_in0 = ::jobgraph::__private::parent::<
             ::std::vec::Vec<String>,
             [String],

@@ -193,9 +193,11 @@ where
     > + '__jg {
         async move {
             let ReportPartial { load: __jg_seed0, render: __jg_seed1, .. } = __jg_seed;
-            let __jg_slots = (
-                __jobgraph_private_Report::Slot::<Vec<D::Row>>::seeded(__jg_seed0),
-                __jobgraph_private_Report::Slot::<Option<Box<Self>>>::seeded(__jg_seed1),
+            let __jg_outputs = (
+                __jobgraph_private_Report::OutputCell::<Vec<D::Row>>::seeded(__jg_seed0),
+                __jobgraph_private_Report::OutputCell::<
+                    Option<Box<Self>>,
+                >::seeded(__jg_seed1),
             );
             let mut __jg_failures = __jobgraph_private_Report::Failures::<
                 ReportStep,
@@ -210,8 +212,8 @@ where
                     __jg_run,
                     &__JG_GRAPH,
                     || [
-                        __jobgraph_private_Report::Slot::is_set(&__jg_slots.0),
-                        __jobgraph_private_Report::Slot::is_set(&__jg_slots.1),
+                        __jobgraph_private_Report::OutputCell::is_set(&__jg_outputs.0),
+                        __jobgraph_private_Report::OutputCell::is_set(&__jg_outputs.1),
                     ],
                 );
                 let mut __jg_stop = __jobgraph_private_Report::RunCore::stop(__jg_run);
@@ -242,13 +244,13 @@ where
                                 match __jg_k / 16usize {
                                     0usize => {
                                         let (
-                                            __jg_slots,
+                                            __jg_outputs,
                                             __jg_sched,
                                             __jg_failures,
                                             __jg_cx,
                                             __jg_chunk,
                                         ) = (
-                                            &__jg_slots,
+                                            &__jg_outputs,
                                             &mut __jg_sched,
                                             &mut __jg_failures,
                                             &mut *__jg_cx,
@@ -286,7 +288,7 @@ where
                                                         __jobgraph_private_Report::Pin::as_mut(&mut __jg_f0),
                                                         Self::__jg_start_load,
                                                         (),
-                                                        &__jg_slots.0,
+                                                        &__jg_outputs.0,
                                                         &mut *__jg_failures,
                                                         &mut *__jg_cx,
                                                     )
@@ -302,8 +304,8 @@ where
                                                         ReportStep::Render,
                                                         __jobgraph_private_Report::Pin::as_mut(&mut __jg_f1),
                                                         Self::__jg_start_render,
-                                                        (&__jg_slots.0,),
-                                                        &__jg_slots.1,
+                                                        (&__jg_outputs.0,),
+                                                        &__jg_outputs.1,
                                                         &mut *__jg_failures,
                                                         &mut *__jg_cx,
                                                     )
@@ -406,11 +408,13 @@ where
                 }
             }
             let __jg_partial = ReportPartial {
-                load: __jobgraph_private_Report::Slot::into_inner(__jg_slots.0),
-                render: __jobgraph_private_Report::Slot::into_inner(__jg_slots.1),
+                load: __jobgraph_private_Report::OutputCell::into_inner(__jg_outputs.0),
+                render: __jobgraph_private_Report::OutputCell::into_inner(
+                    __jg_outputs.1,
+                ),
                 __jobgraph_marker: __jobgraph_private_Report::PhantomData,
             };
-            match __jobgraph_private_Report::RunCore::end(__jg_run, __jg_failures) {
+            match __jobgraph_private_Report::RunCore::conclude(__jg_run, __jg_failures) {
                 __jobgraph_private_Report::Ok(()) => {
                     __jobgraph_private_Report::Ok(__jg_partial)
                 }
@@ -639,7 +643,7 @@ where
         &'__jg self,
         _: &'__jg (),
         __jg_run: &'__jg __jobgraph_private_Report::RunCore<ReportStep>,
-        (__jg_s0,): (&'__jg __jobgraph_private_Report::Slot<Vec<D::Row>>,),
+        (__jg_s0,): (&'__jg __jobgraph_private_Report::OutputCell<Vec<D::Row>>,),
     ) -> __jobgraph_private_Report::Result<
         __jobgraph_private_Report::StepFuture<
             impl __jobgraph_private_Report::Future<
@@ -657,7 +661,7 @@ where
         >,
         __jobgraph_private_Report::StepError,
     > {
-        let __jg_p0 = __jobgraph_private_Report::Slot::get(__jg_s0);
+        let __jg_p0 = __jobgraph_private_Report::OutputCell::get(__jg_s0);
         let __jg_in0 = __jobgraph_private_Report::parent::<
             Vec<D::Row>,
             Vec<D::Row>,

@@ -12,12 +12,12 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt as _};
 
 use super::status::{Counters, RunOutcome, RunTracker};
-use super::{BatchStatus, BatchSummary, BoxListener, Configure, StatusListener};
+use super::{BatchOptions, BatchStatus, BatchSummary, BoxListener, Configure};
 use crate::durable::{DurableError, DurableErrorOf, DurableJob, DurableRunner, LEASE};
 use crate::store::{
     GraphSpec, RunFilter, RunSpec, RunState, RunSummary, StepStatus, Store, StoreError, StoredRun,
 };
-use crate::{CancellationToken, Job, JobStep, Runner, ZeroLimit};
+use crate::{CancellationToken, Job, JobStep, Runner};
 
 /// What a durable run returns: its outputs, or why not.
 pub type DurableResult<J> = Result<<J as Job>::Outputs, DurableErrorOf<J>>;
@@ -49,7 +49,9 @@ enum Source<J> {
 /// that run id and the batch's name: every step is checkpointed, and a run resumes from the
 /// steps it completed. A run that already succeeded is not run again: its outputs are loaded
 /// from the store. A run that failed runs again (its completed steps are loaded, its failed
-/// steps run).
+/// steps run). A batch cancelled ([`cancel_on`](DurableBatch::cancel_on),
+/// [`cancel_on_failure`](DurableBatch::cancel_on_failure)) leaves its runs stored and
+/// resumable, those it cancelled and those it never started.
 ///
 /// The [status](DurableBatch::status_listener) starts from the store: runs that succeeded count
 /// as succeeded, and the steps that completed in the other runs as completed, before anything
@@ -102,23 +104,8 @@ pub struct DurableBatch<J: DurableJob> {
     store: Arc<dyn Store>,
     name: String,
     source: Source<J>,
-    concurrency: usize,
-    fail_fast: bool,
-    cancel_on: Option<CancellationToken>,
-    configure: Option<Configure<J>>,
-    listener: Option<BoxListener<J::Step>>,
-    resources: Arc<J::Resources>,
+    options: BatchOptions<J>,
     lease: Duration,
-}
-
-/// The options of a [`Batch`](super::Batch) that a [`DurableBatch`] keeps.
-pub(crate) struct Options<J: Job> {
-    pub(crate) concurrency: usize,
-    pub(crate) fail_fast: bool,
-    pub(crate) cancel_on: Option<CancellationToken>,
-    pub(crate) configure: Option<Configure<J>>,
-    pub(crate) listener: Option<BoxListener<J::Step>>,
-    pub(crate) resources: Arc<J::Resources>,
 }
 
 impl<J: DurableJob> DurableBatch<J> {
@@ -131,7 +118,7 @@ impl<J: DurableJob> DurableBatch<J> {
         store: Arc<dyn Store>,
         name: String,
         inputs: Option<Vec<J>>,
-        options: Options<J>,
+        options: BatchOptions<J>,
     ) -> Self {
         assert!(
             !name.is_empty(),
@@ -144,12 +131,7 @@ impl<J: DurableJob> DurableBatch<J> {
                 Some(inputs) => Source::Inputs(inputs),
                 None => Source::Stored,
             },
-            concurrency: options.concurrency,
-            fail_fast: options.fail_fast,
-            cancel_on: options.cancel_on,
-            configure: options.configure,
-            listener: options.listener,
-            resources: options.resources,
+            options,
             lease: LEASE,
         }
     }
@@ -159,30 +141,7 @@ impl<J: DurableJob> DurableBatch<J> {
         &self.name
     }
 
-    /// Runs at most `runs` runs at once (16 unless set).
-    ///
-    /// # Panics
-    ///
-    /// If `runs` is zero. [`try_concurrency`](DurableBatch::try_concurrency) returns an error
-    /// instead.
-    pub fn concurrency(self, runs: usize) -> Self {
-        match self.try_concurrency(runs) {
-            Ok(batch) => batch,
-            Err(_) => {
-                panic!("DurableBatch::concurrency: the concurrency must be at least 1, got 0")
-            }
-        }
-    }
-
-    /// Runs at most `runs` runs at once, or returns [`ZeroLimit::BatchConcurrency`] if `runs` is
-    /// zero.
-    pub fn try_concurrency(mut self, runs: usize) -> Result<Self, ZeroLimit> {
-        if runs == 0 {
-            return Err(ZeroLimit::BatchConcurrency);
-        }
-        self.concurrency = runs;
-        Ok(self)
-    }
+    batch_options!("DurableBatch");
 
     /// Sets each run's lease ([`DurableRunner::lease`]; [`LEASE`] unless set): how long a
     /// process that died keeps its runs from the next one.
@@ -204,42 +163,6 @@ impl<J: DurableJob> DurableBatch<J> {
         self
     }
 
-    /// Stops the batch as soon as one run fails: no run starts after it, runs going are
-    /// cancelled (and stay resumable in the store).
-    pub fn fail_fast(mut self) -> Self {
-        self.fail_fast = true;
-        self
-    }
-
-    /// Stops the batch when `token` is cancelled: no run starts after it, runs going are
-    /// cancelled (and stay resumable in the store).
-    pub fn cancel_on(mut self, token: &CancellationToken) -> Self {
-        self.cancel_on = Some(token.clone());
-        self
-    }
-
-    /// Configures each run's [`Runner`] when it starts, as [`Batch::configure`](super::Batch::configure)
-    /// does. The batch then sets the run's id (`NAME/INDEX`), replacing one set here, its
-    /// cancellation and its listener (beside one set here).
-    pub fn configure(
-        mut self,
-        configure: impl for<'j> Fn(usize, Runner<'j, J>) -> Runner<'j, J> + Send + Sync + 'static,
-    ) -> Self {
-        self.configure = Some(Arc::new(configure));
-        self
-    }
-
-    /// Tells `listener` the batch's [`BatchStatus`] as it changes, as
-    /// [`Batch::status_listener`](super::Batch::status_listener) does; its first call, before any
-    /// run starts, has the counts the store already holds.
-    pub fn status_listener(
-        mut self,
-        listener: impl StatusListener<J::Step> + Send + 'static,
-    ) -> Self {
-        self.listener = Some(Box::new(listener));
-        self
-    }
-
     /// Stores the inputs that have no run yet, then runs every run of the batch that has not
     /// succeeded, and loads the outputs of those that have: every run's result in input order.
     ///
@@ -251,14 +174,18 @@ impl<J: DurableJob> DurableBatch<J> {
             store,
             name,
             source,
-            concurrency,
-            fail_fast,
-            cancel_on,
-            configure,
-            listener,
-            resources,
+            options,
             lease,
         } = self;
+        let token = options.token();
+        let BatchOptions {
+            resources,
+            concurrency,
+            cancel_on_failure,
+            configure,
+            listener,
+            ..
+        } = options;
         let plan = plan::<J>(&*store, &name, source).await?;
         let total = plan.len();
         let counters = Arc::new(Counters::new::<J::Step>(total, true));
@@ -282,14 +209,10 @@ impl<J: DurableJob> DurableBatch<J> {
         };
         notifier.notify();
 
-        let token = match cancel_on {
-            Some(parent) => parent.child_token(),
-            None => CancellationToken::new(),
-        };
         let name: Arc<str> = Arc::from(name);
         let run_ids: Vec<String> = plan.iter().map(|p| p.id.clone()).collect();
-        let mut slots: Vec<Option<DurableResult<J>>> = Vec::with_capacity(total);
-        slots.resize_with(total, || None);
+        let mut by_index: Vec<Option<DurableResult<J>>> = Vec::with_capacity(total);
+        by_index.resize_with(total, || None);
         let mut pending = plan.into_iter().enumerate();
         let mut runs = FuturesUnordered::new();
         let mut taken = 0;
@@ -329,17 +252,18 @@ impl<J: DurableJob> DurableBatch<J> {
                     Err(_) => RunOutcome::Failed,
                 };
                 counters.run_ended(outcome);
-                if fail_fast && outcome == RunOutcome::Failed {
+                if cancel_on_failure && outcome == RunOutcome::Failed {
                     token.cancel();
                 }
             }
-            slots[index] = Some(result);
+            by_index[index] = Some(result);
         }
-        // Aborted: the runs not started stay stored, resumable; here they count as cancelled.
+        // Cancelled: the runs not started stay stored, resumable; here they count as cancelled.
         counters.inputs_ended(taken, total - taken);
         counters.finished();
         notifier.notify();
-        let results: Vec<DurableResult<J>> = slots.into_iter().map_while(|slot| slot).collect();
+        let results: Vec<DurableResult<J>> =
+            by_index.into_iter().map_while(|result| result).collect();
         let summary = counters.summary::<J::Step>();
         let mut run_ids = run_ids;
         run_ids.truncate(results.len());
@@ -364,8 +288,8 @@ impl<J: DurableJob> fmt::Debug for DurableBatch<J> {
                     Source::Stored => None,
                 },
             )
-            .field("concurrency", &self.concurrency)
-            .field("fail_fast", &self.fail_fast)
+            .field("concurrency", &self.options.concurrency)
+            .field("cancel_on_failure", &self.options.cancel_on_failure)
             .finish_non_exhaustive()
     }
 }
@@ -373,7 +297,7 @@ impl<J: DurableJob> fmt::Debug for DurableBatch<J> {
 /// How a [`DurableBatch`] ended.
 pub struct DurableBatchResults<J: Job> {
     /// Each run's result, in input order (for [`resume_batch`](crate::durable::resume_batch),
-    /// in the order of the runs' indices). A batch stopped early ([`fail_fast`](DurableBatch::fail_fast),
+    /// in the order of the runs' indices). A batch stopped early ([`cancel_on_failure`](DurableBatch::cancel_on_failure),
     /// [`cancel_on`](DurableBatch::cancel_on)) leaves out the runs it did not start.
     pub results: Vec<DurableResult<J>>,
     /// The run id of each result (`NAME/INDEX`).
@@ -646,7 +570,7 @@ async fn run_planned<J: DurableJob>(
             .run()
             .await;
         // Another runner holds the run: it runs elsewhere, or its process died. Wait for its
-        // lease to end, then try again (the batch's abort ends the wait).
+        // lease to end, then try again (the batch's cancellation ends the wait).
         let Err(DurableError::Store {
             error: StoreError::Busy { until, .. },
             ..

@@ -138,6 +138,19 @@ impl PgStore {
             // Names the store's sessions in `pg_stat_activity`.
             connect = connect.application_name("jobgraph");
         }
+        // The store's statements are prepared once per connection; PostgreSQL would still plan
+        // each of the first five runs of one for its parameters (and any later run whose generic
+        // plan it guesses costlier). Their plans do not depend on the values (ids, names,
+        // limits): planning them once halves a claim's time on an idle database and takes a
+        // fifth off a commit's (measured with `SELECT 1` at 0.13 ms: claim 1.31 → 0.66 ms,
+        // complete 1.14 → 0.93 ms, submit 1.22 → 1.03 ms). Only these connections' own setting,
+        // and not if the URL's `options` set it.
+        if !connect
+            .get_options()
+            .is_some_and(|options| options.contains("plan_cache_mode"))
+        {
+            connect = connect.options([("plan_cache_mode", "force_generic_plan")]);
+        }
         // sqlx pings a pooled connection before lending it (`test_before_acquire`): a round trip
         // per call, kept, so that a server restart costs the calls after it nothing but a
         // reconnection.
@@ -159,16 +172,23 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    /// Moves every lease's expiry (runs' and claimed steps') and every queued run's time to live
-    /// `by` into the past, as if that much time had passed: protocol tests age leases in SQL
-    /// instead of sleeping.
+    /// Moves every lease's expiry (runs', claimed steps' and claimed elements') and every queued
+    /// run's time to live `by` into the past, as if that much time had passed: protocol tests age
+    /// leases in SQL instead of sleeping.
     ///
     /// # Panics
     ///
     /// If the database fails (a test helper).
     #[doc(hidden)]
     pub async fn age_leases(&self, by: Duration) {
-        for statement in [AGE_LEASES, AGE_CLAIMS, AGE_EXPIRIES, AGE_STEP_EXPIRIES] {
+        for statement in [
+            AGE_LEASES,
+            AGE_CLAIMS,
+            AGE_EXPIRIES,
+            AGE_STEP_EXPIRIES,
+            AGE_ELEMENT_CLAIMS,
+            AGE_ELEMENT_EXPIRIES,
+        ] {
             sqlx::query(statement)
                 .bind(lease_ms(by))
                 .execute(&self.pool)
@@ -280,6 +300,14 @@ const AGE_EXPIRIES: &str = "UPDATE jobgraph_runs
     WHERE expires_at IS NOT NULL";
 
 const AGE_STEP_EXPIRIES: &str = "UPDATE jobgraph_steps
+    SET expires_at = expires_at - $1 * interval '1 millisecond'
+    WHERE expires_at IS NOT NULL";
+
+const AGE_ELEMENT_CLAIMS: &str = "UPDATE jobgraph_queue_elements
+    SET lease_until = lease_until - $1 * interval '1 millisecond'
+    WHERE lease_until IS NOT NULL";
+
+const AGE_ELEMENT_EXPIRIES: &str = "UPDATE jobgraph_queue_elements
     SET expires_at = expires_at - $1 * interval '1 millisecond'
     WHERE expires_at IS NOT NULL";
 

@@ -38,8 +38,9 @@
 //!   duplicate waits for the first to commit, inserts nothing, and reads the first's run.
 //!
 //! Leases, time to live and readiness are compared with the database's `now()` (the time the
-//! transaction began); the times a client or worker chose (`run_at`, `expires_at`, `retry_at`)
-//! are stored as given.
+//! transaction began), and the delays a client or worker gives (a time to live, a retry's
+//! delay) are added to it, so a client or worker whose clock is off moves no deadline. Only a
+//! `run_at` the user chose is stored as given.
 //!
 //! **LISTEN/NOTIFY.** A transaction that makes a step ready (submit, complete, release, retry)
 //! sends `NOTIFY jobgraph_ready` with the job's name (delivered at commit). The first idle worker
@@ -56,7 +57,7 @@ use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row as _};
 use tokio::sync::watch;
 
 use super::postgres::{PgStore, get, graph, lease_ms, no_such_run};
@@ -158,15 +159,24 @@ impl Queue for PgStore {
             for claim in claims {
                 // One statement each, no transaction: a heartbeat holds no row while it waits
                 // for another.
-                let renewed = sqlx::query(RENEW_CLAIM)
-                    .bind(&claim.run)
-                    .bind(&claim.step)
-                    .bind(worker)
-                    .bind(i64::from(claim.attempt))
-                    .bind(lease_ms(lease))
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected();
+                let renewed = match claim.element {
+                    None => sqlx::query(RENEW_CLAIM)
+                        .bind(&claim.run)
+                        .bind(&claim.step)
+                        .bind(worker)
+                        .bind(i64::from(claim.attempt))
+                        .bind(lease_ms(lease)),
+                    Some(element) => sqlx::query(RENEW_ELEMENT)
+                        .bind(&claim.run)
+                        .bind(&claim.step)
+                        .bind(worker)
+                        .bind(i64::from(claim.attempt))
+                        .bind(lease_ms(lease))
+                        .bind(element_index(element)),
+                }
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
                 held.push(if renewed == 1 {
                     Held::Held
                 } else {
@@ -210,67 +220,87 @@ impl Queue for PgStore {
                 let spec = graph(get(&row, "graph", T)?, &id)?;
                 heads.insert(id, (get(&row, "job", T)?, spec));
             }
-            let column = |f: fn(&Completion<'a>) -> &'a str| -> Vec<&'a str> {
-                done.iter().map(f).collect()
-            };
-            let stored = sqlx::query(COMPLETE_STEPS)
-                .bind(worker)
-                .bind(column(|c| c.claim.run.as_str()))
-                .bind(column(|c| c.claim.step.as_str()))
-                .bind(
-                    done.iter()
-                        .map(|c| i64::from(c.claim.attempt))
-                        .collect::<Vec<_>>(),
-                )
-                .bind(column(|c| c.output))
-                .bind(done.iter().map(|c| c.started_at).collect::<Vec<_>>())
-                .fetch_all(&mut *tx)
-                .await?;
+            let (elements, steps): (Vec<&Completion<'a>>, Vec<&Completion<'a>>) =
+                done.iter().partition(|c| c.claim.element.is_some());
             // Each child's dependencies that completed here, counted (two parents of one child
             // may complete in one call).
             let mut kids: HashMap<(String, i32), i32> = HashMap::new();
-            // By claim, not by step: a worker may settle a stale and a live claim of one step
-            // together (the stale one's commit waited for the database), and only the live one
-            // was stored.
-            let mut committed: std::collections::HashSet<(String, String, i64)> =
-                Default::default();
-            for row in &stored {
-                const T: &str = "jobgraph_steps";
-                let run: String = get(row, "run_id", T)?;
-                let step: String = get(row, "name", T)?;
-                let position: i32 = get(row, "idx", T)?;
-                let (_, spec) = heads.get(&run).ok_or_else(|| no_such_run(&run))?;
+            let mut add_kids = |run: &str, position: i32| -> Result<(), StoreError> {
+                let (_, spec) = heads.get(run).ok_or_else(|| no_such_run(run))?;
                 let position = usize::try_from(position).map_err(|_| StoreError::Corrupt {
-                    what: format!("the position of step `{step}` of run `{run}` is {position}"),
+                    what: format!("a step position of run `{run}` is {position}"),
                 })?;
                 for kid in spec.children(position) {
                     *kids
-                        .entry((run.clone(), i32::try_from(kid).unwrap_or(i32::MAX)))
+                        .entry((run.to_owned(), i32::try_from(kid).unwrap_or(i32::MAX)))
                         .or_default() += 1;
                 }
-                committed.insert((run, step, get(row, "claims", T)?));
-            }
-            if !kids.is_empty() {
-                let (keys, counts): (Vec<_>, Vec<i32>) = kids.into_iter().unzip();
-                let (kid_runs, kid_positions): (Vec<String>, Vec<i32>) = keys.into_iter().unzip();
-                let ready: Vec<Option<String>> = sqlx::query_scalar(DEPENDENCIES_DONE)
-                    .bind(&kid_runs)
-                    .bind(&kid_positions)
-                    .bind(&counts)
+                Ok(())
+            };
+            // By claim, not by step: a worker may settle a stale and a live claim of one step
+            // together (the stale one's commit waited for the database), and only the live one
+            // was stored.
+            let mut committed: std::collections::HashSet<(String, String, i64, Option<i64>)> =
+                Default::default();
+            if !steps.is_empty() {
+                let stored = completions(COMPLETE_STEPS, worker, &steps)
                     .fetch_all(&mut *tx)
                     .await?;
-                let mut ready: Vec<String> = ready.into_iter().flatten().collect();
-                ready.sort_unstable();
-                ready.dedup();
-                for job in &ready {
-                    notify(&mut tx, job).await?;
+                for row in &stored {
+                    const T: &str = "jobgraph_steps";
+                    let run: String = get(row, "run_id", T)?;
+                    add_kids(&run, get(row, "idx", T)?)?;
+                    committed.insert((run, get(row, "name", T)?, get(row, "claims", T)?, None));
                 }
+            }
+            let mut news: Vec<String> = Vec::new();
+            if !elements.is_empty() {
+                let stored = completions(COMPLETE_ELEMENTS, worker, &elements)
+                    .bind(
+                        elements
+                            .iter()
+                            .map(|c| c.claim.element.map_or(-1, element_index))
+                            .collect::<Vec<_>>(),
+                    )
+                    .fetch_all(&mut *tx)
+                    .await?;
+                // Each fan-out's elements completed here, counted.
+                let mut fans: Vec<(String, String, String, i64)> = Vec::new();
+                for row in &stored {
+                    const T: &str = "jobgraph_queue_elements";
+                    let run: String = get(row, "run_id", T)?;
+                    let step: String = get(row, "step", T)?;
+                    let idx: i64 = get(row, "idx", T)?;
+                    committed.insert((
+                        run.clone(),
+                        step.clone(),
+                        get(row, "claims", T)?,
+                        Some(idx),
+                    ));
+                    match fans.iter_mut().find(|f| f.0 == run && f.1 == step) {
+                        Some(fan) => fan.3 += 1,
+                        None => fans.push((run, step, get(row, "job", T)?, 1)),
+                    }
+                }
+                for (run, step, job, n) in fans {
+                    if let Some(position) = element_done(&mut tx, &run, &step, n).await? {
+                        add_kids(&run, position)?;
+                    } else {
+                        news.push(job);
+                    }
+                }
+            }
+            news.extend(dependencies_done(&mut tx, kids, &heads).await?);
+            news.sort_unstable();
+            news.dedup();
+            for job in &news {
+                notify(&mut tx, job).await?;
             }
             if !committed.is_empty() {
                 let touched: Vec<&str> = runs
                     .iter()
                     .copied()
-                    .filter(|run| committed.iter().any(|(r, _, _)| r == run))
+                    .filter(|run| committed.iter().any(|(r, _, _, _)| r == run))
                     .collect();
                 settle_runs(&mut tx, &touched).await?;
             }
@@ -282,6 +312,7 @@ impl Queue for PgStore {
                         c.claim.run.clone(),
                         c.claim.step.clone(),
                         i64::from(c.claim.attempt),
+                        c.claim.element.map(element_index),
                     ))
                 })
                 .collect())
@@ -295,27 +326,34 @@ impl Queue for PgStore {
         claim: &'a ClaimId,
         error: &'a str,
         started_at: i64,
-        retry_at: Option<i64>,
+        retry_in: Option<Duration>,
     ) -> BoxFuture<'a, Result<Failed, StoreError>> {
         async move {
             let mut tx = self.begin().await?;
             let Some(head) = lock_run(&mut tx, &claim.run).await? else {
                 return Err(claim.lost(worker));
             };
-            if let Some(at) = retry_at {
-                let retried = sqlx::query(RETRY_STEP)
+            if let Some(element) = claim.element {
+                let failed = fail_element(
+                    &mut tx, worker, claim, element, error, started_at, retry_in, &head,
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(failed);
+            }
+            if let Some(delay) = retry_in {
+                let retried: Option<i64> = sqlx::query_scalar(RETRY_STEP)
                     .bind(&claim.run)
                     .bind(&claim.step)
                     .bind(worker)
                     .bind(i64::from(claim.attempt))
                     .bind(error)
                     .bind(started_at)
-                    .bind(at)
+                    .bind(delay_ms(delay))
                     .bind(head.max_fails)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if retried == 1 {
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(at) = retried {
                     notify(&mut tx, &head.job).await?;
                     tx.commit().await?;
                     return Ok(Failed::Retrying { at });
@@ -354,6 +392,8 @@ impl Queue for PgStore {
                     run: get(&row, "run", T)?,
                     step: get(&row, "step", T)?,
                     attempt: attempt.map(|a| u32::try_from(a).unwrap_or(u32::MAX)),
+                    element: get::<Option<i64>>(&row, "element", T)?
+                        .and_then(|e| usize::try_from(e).ok()),
                     until: get(&row, "until", T)?,
                 });
             }
@@ -583,14 +623,44 @@ impl PgStore {
             }
             tx.commit().await?;
         }
+        let exhausted = sqlx::query(SELECT_EXHAUSTED_ELEMENTS)
+            .bind(jobs)
+            .fetch_all(self.pool())
+            .await?;
+        for row in exhausted {
+            const T: &str = "jobgraph_queue_elements";
+            let run: String = get(&row, "run_id", T)?;
+            let step: String = get(&row, "step", T)?;
+            let idx: i64 = get(&row, "idx", T)?;
+            let mut tx = self.begin().await?;
+            let head = sqlx::query(LOCK_RUN_SKIP)
+                .bind(&run)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(head) = head else {
+                continue;
+            };
+            let error: Option<String> = sqlx::query_scalar(EXHAUST_ELEMENT)
+                .bind(&run)
+                .bind(&step)
+                .bind(idx)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(error) = error {
+                let spec = graph(get(&head, "graph", "jobgraph_runs")?, &run)?;
+                fail_fan_out(&mut tx, &run, &step, &error, &spec).await?;
+            }
+            tx.commit().await?;
+        }
         Ok(())
     }
 }
 
-/// A ready step a claim chose.
+/// A ready step a claim chose, or an element of one: (its step's name, its index).
 struct Chosen {
     run: String,
     position: i32,
+    element: Option<(String, i64)>,
 }
 
 /// A limited step with ready steps: how many more of it this claim may take.
@@ -620,10 +690,19 @@ async fn choose(
         let open: Vec<&Room> = rooms.iter().filter(|r| r.left > 0).collect();
         let open_jobs: Vec<&str> = open.iter().map(|r| r.job.as_str()).collect();
         let open_steps: Vec<&str> = open.iter().map(|r| r.step.as_str()).collect();
-        let chosen_runs: Vec<&str> = chosen.iter().map(|c| c.run.as_str()).collect();
-        let chosen_positions: Vec<i32> = chosen.iter().map(|c| c.position).collect();
+        let chosen_steps: Vec<&Chosen> = chosen.iter().filter(|c| c.element.is_none()).collect();
+        let chosen_runs: Vec<&str> = chosen_steps.iter().map(|c| c.run.as_str()).collect();
+        let chosen_positions: Vec<i32> = chosen_steps.iter().map(|c| c.position).collect();
+        let chosen_elements: Vec<(&str, &str, i64)> = chosen
+            .iter()
+            .filter_map(|c| {
+                c.element
+                    .as_ref()
+                    .map(|(step, idx)| (c.run.as_str(), step.as_str(), *idx))
+            })
+            .collect();
         let want = limit - chosen.len();
-        let rows = sqlx::query(CANDIDATES)
+        let mut rows = sqlx::query(CANDIDATES)
             .bind(jobs)
             .bind(&open_jobs)
             .bind(&open_steps)
@@ -632,6 +711,34 @@ async fn choose(
             .bind(i64::try_from(want).unwrap_or(i64::MAX))
             .fetch_all(&mut *conn)
             .await?;
+        rows.extend(
+            sqlx::query(ELEMENT_CANDIDATES)
+                .bind(jobs)
+                .bind(&open_jobs)
+                .bind(&open_steps)
+                .bind(chosen_elements.iter().map(|e| e.0).collect::<Vec<_>>())
+                .bind(chosen_elements.iter().map(|e| e.1).collect::<Vec<_>>())
+                .bind(i64::try_from(want).unwrap_or(i64::MAX))
+                .bind(chosen_elements.iter().map(|e| e.2).collect::<Vec<_>>())
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+        // Both tables' best, in the queue's order; what is past `want` stays locked, unclaimed,
+        // until the claim commits.
+        let order = |row: &sqlx::postgres::PgRow| -> (std::cmp::Reverse<i32>, i64, i64, i32, i64) {
+            (
+                std::cmp::Reverse(row.try_get("priority").unwrap_or(0)),
+                row.try_get("ready_ms").unwrap_or(0),
+                row.try_get("run_seq").unwrap_or(0),
+                row.try_get("idx").unwrap_or(0),
+                row.try_get::<Option<i64>, _>("element")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(-1),
+            )
+        };
+        rows.sort_by_key(order);
+        rows.truncate(want);
         let mut refused = false;
         for row in &rows {
             const T: &str = "jobgraph_steps";
@@ -651,9 +758,14 @@ async fn choose(
                     }
                 }
             }
+            let element: Option<i64> = get(row, "element", T)?;
             chosen.push(Chosen {
                 run: get(row, "run_id", T)?,
                 position: get(row, "idx", T)?,
+                element: match element {
+                    Some(idx) => Some((get(row, "name", T)?, idx)),
+                    None => None,
+                },
             });
         }
         if chosen.len() >= limit || !refused {
@@ -792,23 +904,32 @@ struct Taken {
     run: String,
     position: i32,
     step: String,
+    /// The claimed element of a fan-out.
+    element: Option<i64>,
+    /// An element's parent (its position) and the element (JSON).
+    input: Option<(i32, String)>,
     attempt: i64,
     fails: i64,
     job: String,
     lease_until: i64,
     /// The queue's order: (priority descending, ready time, the run's creation, the step's
-    /// index).
-    order: (std::cmp::Reverse<i32>, i64, i64, i32),
+    /// index, the element's).
+    order: (std::cmp::Reverse<i32>, i64, i64, i32, i64),
 }
 
 impl Taken {
     fn read(row: &sqlx::postgres::PgRow) -> Result<Taken, StoreError> {
         const T: &str = "jobgraph_steps";
         let position: i32 = get(row, "idx", T)?;
+        let element: Option<i64> = get(row, "element", T)?;
+        let over: Option<i32> = get(row, "over", T)?;
+        let input: Option<String> = get(row, "element_input", T)?;
         Ok(Taken {
             run: get(row, "run_id", T)?,
             position,
             step: get(row, "name", T)?,
+            element,
+            input: over.zip(input),
             attempt: get(row, "claims", T)?,
             fails: get(row, "fails", T)?,
             job: get(row, "job", T)?,
@@ -818,6 +939,7 @@ impl Taken {
                 get(row, "ready_ms", T)?,
                 get(row, "run_seq", T)?,
                 position,
+                element.map_or(-1, |e| e),
             ),
         })
     }
@@ -832,14 +954,36 @@ async fn take(
     lease: Duration,
 ) -> Result<Vec<Claim>, StoreError> {
     let runs: Vec<&str> = chosen.iter().map(|c| c.run.as_str()).collect();
-    let positions: Vec<i32> = chosen.iter().map(|c| c.position).collect();
-    let rows = sqlx::query(CLAIM)
+    let steps: Vec<&Chosen> = chosen.iter().filter(|c| c.element.is_none()).collect();
+    let step_runs: Vec<&str> = steps.iter().map(|c| c.run.as_str()).collect();
+    let positions: Vec<i32> = steps.iter().map(|c| c.position).collect();
+    let mut rows = sqlx::query(CLAIM)
         .bind(worker)
         .bind(lease_ms(lease))
-        .bind(&runs)
+        .bind(&step_runs)
         .bind(&positions)
         .fetch_all(&mut *conn)
         .await?;
+    let elements: Vec<(&str, &str, i64)> = chosen
+        .iter()
+        .filter_map(|c| {
+            c.element
+                .as_ref()
+                .map(|(step, idx)| (c.run.as_str(), step.as_str(), *idx))
+        })
+        .collect();
+    if !elements.is_empty() {
+        rows.extend(
+            sqlx::query(CLAIM_ELEMENTS)
+                .bind(worker)
+                .bind(lease_ms(lease))
+                .bind(elements.iter().map(|e| e.0).collect::<Vec<_>>())
+                .bind(elements.iter().map(|e| e.1).collect::<Vec<_>>())
+                .bind(elements.iter().map(|e| e.2).collect::<Vec<_>>())
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+    }
     let mut distinct: Vec<&str> = runs.clone();
     distinct.sort_unstable();
     distinct.dedup();
@@ -879,21 +1023,31 @@ async fn finish(
         let position = usize::try_from(t.position).map_err(|_| StoreError::Corrupt {
             what: format!("the position of step `{}` of run `{}`", t.step, t.run),
         })?;
+        // An element's claim carries its element of the parent it iterates, as a list of one;
+        // the other outputs are read below (empty until then).
         let deps: Vec<(String, String)> = spec
             .dependencies(position)
             .into_iter()
-            .filter_map(|dep| spec.steps.get(dep))
-            .map(|dep| (dep.name.clone(), String::new()))
+            .filter_map(|dep| Some((dep, spec.steps.get(dep)?)))
+            .map(|(dep, step)| match &t.input {
+                Some((over, input)) if usize::try_from(*over).ok() == Some(dep) => {
+                    (step.name.clone(), format!("[{input}]"))
+                }
+                _ => (step.name.clone(), String::new()),
+            })
             .collect();
-        for (name, _) in &deps {
-            dep_runs.push(t.run.clone());
-            dep_names.push(name.clone());
+        for (name, output) in &deps {
+            if output.is_empty() {
+                dep_runs.push(t.run.clone());
+                dep_names.push(name.clone());
+            }
         }
         claims.push(Claim {
             id: ClaimId {
                 run: t.run,
                 step: t.step,
                 attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
+                element: t.element.and_then(|e| usize::try_from(e).ok()),
             },
             job: t.job,
             position,
@@ -921,6 +1075,9 @@ async fn finish(
     }
     for claim in &mut claims {
         for (name, output) in &mut claim.deps {
+            if !output.is_empty() {
+                continue;
+            }
             let key = (claim.id.run.clone(), name.clone());
             *output = outputs
                 .get(&key)
@@ -985,7 +1142,7 @@ async fn insert_runs(
         .bind(graph_json)
         .bind(s.key)
         .bind(s.priority)
-        .bind(s.expires_at)
+        .bind(s.ttl.map(delay_ms))
         .bind(i64::from(s.max_attempts))
         .bind(s.max_fails.map(i64::from))
         .bind(s.held)
@@ -1004,6 +1161,15 @@ async fn insert_steps(
     let waiting: Vec<i32> = (0..s.graph.steps.len())
         .map(|p| i32::try_from(s.graph.dependencies(p).len()).unwrap_or(i32::MAX))
         .collect();
+    let fan_over: Vec<Option<i32>> = (0..s.graph.steps.len())
+        .map(|p| {
+            s.fan_out(p)
+                .map(|f| i32::try_from(f.over).unwrap_or(i32::MAX))
+        })
+        .collect();
+    let fan_bound: Vec<Option<i64>> = (0..s.graph.steps.len())
+        .map(|p| s.fan_out(p).and_then(|f| f.bound).map(i64::from))
+        .collect();
     sqlx::query(INSERT_QUEUED_STEPS)
         .bind(runs)
         .bind(&names)
@@ -1012,6 +1178,8 @@ async fn insert_steps(
         .bind(s.held)
         .bind(s.run_at)
         .bind(s.priority)
+        .bind(&fan_over)
+        .bind(&fan_bound)
         .execute(conn)
         .await?;
     Ok(())
@@ -1052,6 +1220,10 @@ async fn cancel_pending_steps(conn: &mut PgConnection, runs: &[String]) -> Resul
         return Ok(());
     }
     sqlx::query(CANCEL_PENDING_STEPS)
+        .bind(runs)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(CANCEL_PENDING_ELEMENTS)
         .bind(runs)
         .execute(conn)
         .await?;
@@ -1096,6 +1268,246 @@ async fn settle_runs(conn: &mut PgConnection, runs: &[&str]) -> Result<(), Store
         .bind(runs)
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// An element's index as stored.
+fn element_index(element: usize) -> i64 {
+    i64::try_from(element).unwrap_or(i64::MAX)
+}
+
+/// `n` elements of fan-out `step` of `run` (locked) completed: lets as many elements the step's
+/// bound held back be claimed, and, if none is left, completes the step with the elements'
+/// outputs in their order. The step's position if it completed.
+async fn element_done(
+    conn: &mut PgConnection,
+    run: &str,
+    step: &str,
+    n: i64,
+) -> Result<Option<i32>, StoreError> {
+    let Some(counted) = sqlx::query(COUNT_ELEMENTS_DONE)
+        .bind(run)
+        .bind(step)
+        .bind(n)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(None);
+    };
+    const T: &str = "jobgraph_steps";
+    let done: i64 = get(&counted, "fan_done", T)?;
+    let size: Option<i64> = get(&counted, "fan_size", T)?;
+    if let Some(bound) = get::<Option<i64>>(&counted, "fan_bound", T)? {
+        // The elements are made ready in index order, one per completion after the first
+        // `bound`: these `n` completions' are the next `n`.
+        sqlx::query(RELEASE_ELEMENTS)
+            .bind(run)
+            .bind(step)
+            .bind(bound + done - n)
+            .bind(bound + done)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let size = size.ok_or_else(|| StoreError::Corrupt {
+        what: format!("fan-out `{step}` of run `{run}` has elements but no count of them"),
+    })?;
+    if done < size {
+        return Ok(None);
+    }
+    Ok(sqlx::query_scalar(COMPLETE_FAN_OUT)
+        .bind(run)
+        .bind(step)
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+/// `kids[(run, step)]` dependencies of each step completed (their runs locked, `heads` holding
+/// their graphs): the last makes a step ready, or a fan-out get its elements; a fan-out over an
+/// empty list completes at once with `[]`, and its children are next. The jobs that have news.
+async fn dependencies_done(
+    conn: &mut PgConnection,
+    mut kids: HashMap<(String, i32), i32>,
+    heads: &HashMap<String, (String, GraphSpec)>,
+) -> Result<Vec<String>, StoreError> {
+    let mut news = Vec::new();
+    while !kids.is_empty() {
+        let (keys, counts): (Vec<_>, Vec<i32>) = std::mem::take(&mut kids).into_iter().unzip();
+        let (kid_runs, kid_positions): (Vec<String>, Vec<i32>) = keys.into_iter().unzip();
+        let rows = sqlx::query(DEPENDENCIES_DONE)
+            .bind(&kid_runs)
+            .bind(&kid_positions)
+            .bind(&counts)
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in &rows {
+            const T: &str = "jobgraph_steps";
+            if let Some(job) = get::<Option<String>>(row, "job", T)? {
+                news.push(job);
+            }
+            if !get::<bool>(row, "fan", T)? {
+                continue;
+            }
+            let run: String = get(row, "run_id", T)?;
+            let position: i32 = get(row, "idx", T)?;
+            let over: Option<i32> = get(row, "fan_over", T)?;
+            match expand(conn, &run, position, over.unwrap_or(-1)).await? {
+                Expanded::Ready(job) => news.push(job),
+                Expanded::Empty => {
+                    let (_, spec) = heads.get(&run).ok_or_else(|| no_such_run(&run))?;
+                    for kid in spec.children(usize::try_from(position).unwrap_or(usize::MAX)) {
+                        *kids
+                            .entry((run.clone(), i32::try_from(kid).unwrap_or(i32::MAX)))
+                            .or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(news)
+}
+
+/// What became of a fan-out whose last dependency completed.
+enum Expanded {
+    /// Its elements (or, over an output that is not a list, the step itself) are ready: the
+    /// job's news.
+    Ready(String),
+    /// Over an empty list, it completed with `[]`.
+    Empty,
+}
+
+/// Fan-out `position` of `run` (locked) became ready: one element row per element of its parent
+/// `over`'s output, the first `fan_bound` of them ready now. Over an empty list the step
+/// completes at once; over an output that is not a list it is claimed whole, as a step (its
+/// worker's decoding then says what is wrong).
+async fn expand(
+    conn: &mut PgConnection,
+    run: &str,
+    position: i32,
+    over: i32,
+) -> Result<Expanded, StoreError> {
+    let length: Option<Option<i32>> = sqlx::query_scalar(SELECT_LIST_LENGTH)
+        .bind(run)
+        .bind(over)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match length.flatten() {
+        None => {
+            let job: Option<String> = sqlx::query_scalar(READY_WHOLE)
+                .bind(run)
+                .bind(position)
+                .fetch_optional(&mut *conn)
+                .await?;
+            Ok(Expanded::Ready(job.unwrap_or_default()))
+        }
+        Some(0) => {
+            let name = sqlx::query_scalar::<_, String>(
+                "SELECT name FROM jobgraph_steps WHERE run_id = $1 AND idx = $2",
+            )
+            .bind(run)
+            .bind(position)
+            .fetch_one(&mut *conn)
+            .await?;
+            sqlx::query(COMPLETE_FAN_OUT)
+                .bind(run)
+                .bind(&name)
+                .execute(&mut *conn)
+                .await?;
+            Ok(Expanded::Empty)
+        }
+        Some(n) => {
+            let job: String = sqlx::query_scalar(SET_FAN_SIZE)
+                .bind(run)
+                .bind(position)
+                .bind(i64::from(n))
+                .fetch_one(&mut *conn)
+                .await?;
+            sqlx::query(INSERT_ELEMENTS)
+                .bind(run)
+                .bind(position)
+                .execute(&mut *conn)
+                .await?;
+            Ok(Expanded::Ready(job))
+        }
+    }
+}
+
+/// Element `element` of `claim.step` returned `error` (its run `head` locked): ready again at
+/// `retry_in` from now (the database's clock) if its retry policy asks and `max_fails` allows, else it fails, and so does its
+/// step (fenced).
+#[allow(clippy::too_many_arguments)]
+async fn fail_element(
+    conn: &mut PgConnection,
+    worker: &str,
+    claim: &ClaimId,
+    element: usize,
+    error: &str,
+    started_at: i64,
+    retry_in: Option<Duration>,
+    head: &Head,
+) -> Result<Failed, StoreError> {
+    if let Some(delay) = retry_in {
+        let retried: Option<i64> = sqlx::query_scalar(RETRY_ELEMENT)
+            .bind(&claim.run)
+            .bind(&claim.step)
+            .bind(worker)
+            .bind(i64::from(claim.attempt))
+            .bind(error)
+            .bind(started_at)
+            .bind(delay_ms(delay))
+            .bind(head.max_fails)
+            .bind(element_index(element))
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(at) = retried {
+            notify(conn, &head.job).await?;
+            return Ok(Failed::Retrying { at });
+        }
+    }
+    let failed = sqlx::query(FAIL_ELEMENT)
+        .bind(&claim.run)
+        .bind(&claim.step)
+        .bind(worker)
+        .bind(i64::from(claim.attempt))
+        .bind(error)
+        .bind(started_at)
+        .bind(element_index(element))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if failed != 1 {
+        return Err(claim.lost(worker));
+    }
+    let spec = graph(&head.graph, &claim.run)?;
+    fail_fan_out(conn, &claim.run, &claim.step, error, &spec).await?;
+    Ok(Failed::Failed)
+}
+
+/// An element of fan-out `step` of `run` (locked) failed for good with `error` (which names
+/// it): the step fails, its other elements are cancelled (their workers learn it at their next
+/// heartbeat), its descendants are skipped, and the run ends if no step is left.
+async fn fail_fan_out(
+    conn: &mut PgConnection,
+    run: &str,
+    step: &str,
+    error: &str,
+    spec: &GraphSpec,
+) -> Result<(), StoreError> {
+    let position: Option<i32> = sqlx::query_scalar(FAIL_FAN_OUT)
+        .bind(run)
+        .bind(step)
+        .bind(error)
+        .fetch_optional(&mut *conn)
+        .await?;
+    sqlx::query(CANCEL_FAN_OUT_ELEMENTS)
+        .bind(run)
+        .bind(step)
+        .execute(&mut *conn)
+        .await?;
+    if let Some(position) = position {
+        let position = usize::try_from(position).unwrap_or(usize::MAX);
+        skip_descendants(conn, run, spec, position).await?;
+        settle_run(conn, run).await?;
+    }
     Ok(())
 }
 
@@ -1322,7 +1734,7 @@ const INSERT_QUEUED_RUNS: &str = "INSERT INTO jobgraph_runs
         (id, job, batch, input, graph, state, created_at, updated_at,
          queued, idem_key, priority, expires_at, max_attempts, max_fails, held)
     SELECT t.id, $3, $4, t.input, $5::jsonb, 'pending', now(), now(),
-        true, $6, $7, jobgraph_at($8), $9, $10, $11
+        true, $6, $7, now() + $8 * interval '1 millisecond', $9, $10, $11
     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t (id, input, ord)
     ORDER BY t.ord
     ON CONFLICT DO NOTHING
@@ -1332,12 +1744,13 @@ const INSERT_QUEUED_RUNS: &str = "INSERT INTO jobgraph_runs
 /// `max_attempts` and `expires_at` (what a claim filters and orders on).
 const INSERT_QUEUED_STEPS: &str = "INSERT INTO jobgraph_steps
         (run_id, idx, name, state, job, waiting, ready_at, priority,
-         run_seq, max_attempts, expires_at)
+         run_seq, max_attempts, expires_at, fan_over, fan_bound)
     SELECT r.id, (t.ord - 1)::integer, t.name, 'pending', $4, t.waiting,
-        CASE WHEN t.waiting = 0 AND NOT $5 THEN jobgraph_at($6) END, $7,
-        r.seq, r.max_attempts, r.expires_at
+        CASE WHEN t.waiting = 0 AND NOT $5 THEN coalesce(jobgraph_at($6), now()) END, $7,
+        r.seq, r.max_attempts, r.expires_at, t.fan_over, t.fan_bound
     FROM jobgraph_runs r
-    CROSS JOIN unnest($2::text[], $3::integer[]) WITH ORDINALITY AS t (name, waiting, ord)
+    CROSS JOIN unnest($2::text[], $3::integer[], $8::integer[], $9::bigint[])
+        WITH ORDINALITY AS t (name, waiting, fan_over, fan_bound, ord)
     WHERE r.id = ANY ($1)";
 
 const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
@@ -1348,6 +1761,41 @@ const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
         rate_period_ms = excluded.rate_period_ms, burst = excluded.burst";
 
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
+/// `statement` ([`COMPLETE_STEPS`] or [`COMPLETE_ELEMENTS`]) with what every completion binds:
+/// `$1` the worker, then one array each of runs, steps, claim numbers, outputs and start times.
+fn completions<'q>(
+    statement: &'q str,
+    worker: &'q str,
+    done: &[&Completion<'q>],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(statement)
+        .bind(worker)
+        .bind(
+            done.iter()
+                .map(|c| c.claim.run.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            done.iter()
+                .map(|c| c.claim.step.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            done.iter()
+                .map(|c| i64::from(c.claim.attempt))
+                .collect::<Vec<_>>(),
+        )
+        .bind(done.iter().map(|c| c.output).collect::<Vec<_>>())
+        .bind(done.iter().map(|c| c.started_at).collect::<Vec<_>>())
+}
+
+/// A delay (a retry's, a time to live) in milliseconds, as PostgreSQL adds it to `now()`: at
+/// most a century, since a longer interval would leave `timestamptz`'s range.
+fn delay_ms(delay: Duration) -> i64 {
+    const CENTURY_MS: i64 = 100 * 366 * 24 * 60 * 60 * 1000;
+    super::millis(delay).min(CENTURY_MS)
+}
 
 const LOCK_BATCH: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 
@@ -1360,6 +1808,7 @@ const RELEASE_RUNS: &str = "UPDATE jobgraph_runs SET held = false
 
 const RELEASE_STEPS: &str = "UPDATE jobgraph_steps SET ready_at = now()
     WHERE run_id = ANY ($1) AND state = 'pending' AND waiting = 0 AND ready_at IS NULL
+      AND fan_over IS NULL
     RETURNING job";
 
 const ABORT_BATCH: &str = "UPDATE jobgraph_runs
@@ -1373,6 +1822,11 @@ const COUNT_BATCH_RUNS: &str = "SELECT state, held, count(*) AS n FROM jobgraph_
 
 const COUNT_BATCH_STEPS: &str = "SELECT s.name AS name,
         CASE WHEN s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until > now()
+             THEN 'running'
+             -- A fan-out runs from its first element to its last.
+             WHEN s.state = 'pending' AND s.fan_over IS NOT NULL AND EXISTS (
+                 SELECT 1 FROM jobgraph_queue_elements e
+                 WHERE e.run_id = s.run_id AND e.step = s.name)
              THEN 'running' ELSE s.state END AS state,
         count(*) AS n, min(s.idx) AS position
     FROM jobgraph_steps s JOIN jobgraph_runs r ON r.id = s.run_id
@@ -1392,7 +1846,12 @@ const EXPIRE_RUNS: &str = "WITH expired AS (
             FOR UPDATE SKIP LOCKED)
         RETURNING id
     )
-    UPDATE jobgraph_steps s SET state = 'cancelled', ready_at = NULL, ended_at = now()
+    , steps AS (
+        UPDATE jobgraph_steps s SET state = 'cancelled', ready_at = NULL, ended_at = now()
+        FROM expired e
+        WHERE s.run_id = e.id AND s.state = 'pending'
+    )
+    UPDATE jobgraph_queue_elements s SET state = 'cancelled', ready_at = NULL, ended_at = now()
     FROM expired e
     WHERE s.run_id = e.id AND s.state = 'pending'";
 
@@ -1401,6 +1860,21 @@ const SELECT_EXHAUSTED: &str = "SELECT s.run_id, s.name
     FROM jobgraph_steps s
     WHERE s.job = ANY ($1) AND s.state = 'pending' AND s.ready_at IS NOT NULL
       AND s.worker IS NOT NULL AND s.lease_until <= now() AND s.claims - s.fails >= s.max_attempts";
+
+/// The elements of `jobs`' fan-outs whose claims expired `max_attempts` times.
+const SELECT_EXHAUSTED_ELEMENTS: &str = "SELECT s.run_id, s.step, s.idx
+    FROM jobgraph_queue_elements s
+    WHERE s.job = ANY ($1) AND s.state = 'pending' AND s.ready_at IS NOT NULL
+      AND s.worker IS NOT NULL AND s.lease_until <= now() AND s.claims - s.fails >= s.max_attempts";
+
+/// Checked again under the run's lock; the error names the element (and fails its step).
+const EXHAUST_ELEMENT: &str = "UPDATE jobgraph_queue_elements
+    SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = now(),
+        error = 'element ' || idx::text || ': its worker stopped answering (lease expired) on '
+            || (claims - fails)::text || ' of its claims'
+    WHERE run_id = $1 AND step = $2 AND idx = $3 AND state = 'pending' AND worker IS NOT NULL
+      AND lease_until <= now() AND claims - fails >= max_attempts
+    RETURNING error";
 
 const LOCK_RUN_SKIP: &str = "SELECT graph::text AS graph, max_attempts FROM jobgraph_runs
     WHERE id = $1 FOR UPDATE SKIP LOCKED";
@@ -1421,20 +1895,32 @@ const LOCK_LIMITS: &str = "SELECT l.job, l.step, l.concurrency, l.rate_count, l.
         l.burst, l.tokens, jobgraph_ms(now()) - jobgraph_ms(l.refilled_at) AS elapsed_ms
     FROM jobgraph_limits l
     WHERE l.job = ANY ($1)
-      AND EXISTS (SELECT 1 FROM jobgraph_steps s
+      AND (EXISTS (SELECT 1 FROM jobgraph_steps s
           WHERE s.job = l.job AND s.name = l.step
             AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
             AND (s.worker IS NULL OR s.lease_until <= now()))
+        OR EXISTS (SELECT 1 FROM jobgraph_queue_elements s
+          WHERE s.job = l.job AND s.step = l.step
+            AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
+            AND (s.worker IS NULL OR s.lease_until <= now())))
     ORDER BY l.job, l.step
     FOR UPDATE OF l";
 
-/// Live claims of the steps (`$1[i]`, `$2[i]`).
-const COUNT_CLAIMED: &str = "SELECT s.job, s.name, count(*) AS n
-    FROM jobgraph_steps s
-    JOIN unnest($1::text[], $2::text[]) AS l (job, step) ON s.job = l.job AND s.name = l.step
-    WHERE s.state = 'pending' AND s.ready_at IS NOT NULL
-      AND s.worker IS NOT NULL AND s.lease_until > now()
-    GROUP BY s.job, s.name";
+/// Live claims of the steps (`$1[i]`, `$2[i]`): of each step, and of its elements.
+const COUNT_CLAIMED: &str = "SELECT c.job, c.name, count(*) AS n FROM (
+        SELECT s.job, s.name
+        FROM jobgraph_steps s
+        JOIN unnest($1::text[], $2::text[]) AS l (job, step) ON s.job = l.job AND s.name = l.step
+        WHERE s.state = 'pending' AND s.ready_at IS NOT NULL
+          AND s.worker IS NOT NULL AND s.lease_until > now()
+        UNION ALL
+        SELECT s.job, s.step
+        FROM jobgraph_queue_elements s
+        JOIN unnest($1::text[], $2::text[]) AS l (job, step) ON s.job = l.job AND s.step = l.step
+        WHERE s.state = 'pending' AND s.ready_at IS NOT NULL
+          AND s.worker IS NOT NULL AND s.lease_until > now()
+    ) c
+    GROUP BY c.job, c.name";
 
 /// The conditions on a step's row (`s`) that make it claimable now: ready, not held by a live
 /// claim, not exhausted, its run not expired. Every column is the step's own, so a claim reads
@@ -1452,28 +1938,46 @@ macro_rules! claimable {
 macro_rules! taken {
     () => {
         "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
-        jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until"
+        jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until,
+        NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input"
     };
 }
 
-/// `claim_unlimited`'s statement. If a limited step of a job of `$1` is ready, one row saying
-/// so (`limited`), and nothing claimed. Else: for each job of `$1`, its best `$2` claimable steps
-/// (`SKIP LOCKED`: passing over the steps other transactions hold) that have no limits, of which
-/// the best `$2` are claimed for `$3` until now + `$4` ms, and their pending runs become running
-/// (a run another transaction holds is passed over: that transaction ends it or found it
-/// running); one row per claimed step, with its run's input and graph (or one row of `NULL`s if
-/// none).
+/// The same columns of a claimed element (`s`, of `jobgraph_queue_elements`): its step's
+/// position as `idx`, its own index as `element`, its parent's position and the element itself
+/// (`over`, `element_input`: `input` is the run's, in the claim's rows).
+macro_rules! taken_element {
+    () => {
+        "s.run_id, s.position AS idx, s.step AS name, s.claims, s.fails, s.job, s.priority,
+        s.run_seq, jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until,
+        s.idx AS element, s.over, s.input AS element_input"
+    };
+}
+
+/// `claim_unlimited`'s statement. If a limited step of a job of `$1` is ready (or one of its
+/// elements), one row saying so (`limited`), and nothing claimed. Else: for each job of `$1`, its
+/// best `$2` claimable steps and its best `$2` claimable fan-out elements (`SKIP LOCKED`: passing
+/// over the rows other transactions hold) that have no limits, of which the best `$2` are claimed
+/// for `$3` until now + `$4` ms, and the pending runs of the steps become running (a run another
+/// transaction holds is passed over: that transaction ends it or found it running; an element's
+/// run is running already); one row per claim, with its run's input and graph (or one row of
+/// `NULL`s if none).
 const CLAIM_UNLIMITED: &str = concat!(
     "WITH flag AS (
         SELECT EXISTS (SELECT 1 FROM jobgraph_limits l
             WHERE l.job = ANY ($1)
-              AND EXISTS (SELECT 1 FROM jobgraph_steps s
+              AND (EXISTS (SELECT 1 FROM jobgraph_steps s
                   WHERE s.job = l.job AND s.name = l.step
                     AND s.state = 'pending' AND s.ready_at IS NOT NULL
-                    AND s.ready_at <= now())) AS limited
+                    AND s.ready_at <= now())
+                OR EXISTS (SELECT 1 FROM jobgraph_queue_elements s
+                  WHERE s.job = l.job AND s.step = l.step
+                    AND s.state = 'pending' AND s.ready_at IS NOT NULL
+                    AND s.ready_at <= now()))) AS limited
     ),
-    picked AS (
-        SELECT p.run_id, p.idx FROM flag, unnest($1::text[]) AS j (job)
+    picked_steps AS (
+        SELECT p.run_id, p.idx, p.priority, p.ready_at, p.run_seq
+        FROM flag, unnest($1::text[]) AS j (job)
         CROSS JOIN LATERAL (
             SELECT s.run_id, s.idx, s.priority, s.ready_at, s.run_seq
             FROM jobgraph_steps s
@@ -1487,7 +1991,32 @@ const CLAIM_UNLIMITED: &str = concat!(
             FOR UPDATE OF s SKIP LOCKED
         ) p
         WHERE NOT flag.limited
-        ORDER BY p.priority DESC, p.ready_at, p.run_seq, p.idx
+    ),
+    picked_elements AS (
+        SELECT p.run_id, p.position, p.step, p.idx, p.priority, p.ready_at, p.run_seq
+        FROM flag, unnest($1::text[]) AS j (job)
+        CROSS JOIN LATERAL (
+            SELECT s.run_id, s.position, s.step, s.idx, s.priority, s.ready_at, s.run_seq
+            FROM jobgraph_queue_elements s
+            WHERE s.job = j.job AND ",
+    claimable!(),
+    "
+              AND NOT EXISTS (SELECT 1 FROM jobgraph_limits l
+                  WHERE l.job = s.job AND l.step = s.step)
+            ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.position, s.idx
+            LIMIT $2
+            FOR UPDATE OF s SKIP LOCKED
+        ) p
+        WHERE NOT flag.limited
+    ),
+    picked AS (
+        SELECT run_id, idx AS position, NULL::text AS step, NULL::bigint AS element,
+            priority, ready_at, run_seq
+        FROM picked_steps
+        UNION ALL
+        SELECT run_id, position, step, idx, priority, ready_at, run_seq
+        FROM picked_elements
+        ORDER BY priority DESC, ready_at, run_seq, position, element NULLS FIRST
         LIMIT $2
     ),
     claimed AS (
@@ -1495,9 +2024,20 @@ const CLAIM_UNLIMITED: &str = concat!(
         SET worker = $3, lease_until = now() + $4 * interval '1 millisecond',
             claims = s.claims + 1
         FROM picked p
-        WHERE s.run_id = p.run_id AND s.idx = p.idx
+        WHERE p.element IS NULL AND s.run_id = p.run_id AND s.idx = p.position
         RETURNING ",
     taken!(),
+    "
+    ),
+    claimed_elements AS (
+        UPDATE jobgraph_queue_elements s
+        SET worker = $3, lease_until = now() + $4 * interval '1 millisecond',
+            claims = s.claims + 1
+        FROM picked p
+        WHERE p.element IS NOT NULL
+          AND s.run_id = p.run_id AND s.step = p.step AND s.idx = p.element
+        RETURNING ",
+    taken_element!(),
     "
     ),
     started AS (
@@ -1508,7 +2048,8 @@ const CLAIM_UNLIMITED: &str = concat!(
     )
     SELECT f.limited, c.*, r.input, r.graph::text AS graph
     FROM flag f
-    LEFT JOIN (claimed c JOIN jobgraph_runs r ON r.id = c.run_id) ON true"
+    LEFT JOIN ((SELECT * FROM claimed UNION ALL SELECT * FROM claimed_elements) c
+        JOIN jobgraph_runs r ON r.id = c.run_id) ON true"
 );
 
 /// The claimable steps of `$1`, best first, locked (`SKIP LOCKED`: passing over the steps other
@@ -1516,7 +2057,8 @@ const CLAIM_UNLIMITED: &str = concat!(
 /// `$3[i]`, whose limit rows this transaction locked); not the steps this claim already chose
 /// (`$4[i]`, `$5[i]`).
 const CANDIDATES: &str = concat!(
-    "SELECT s.run_id, s.idx, s.job, s.name, l.step IS NOT NULL AS limited
+    "SELECT s.run_id, s.idx, s.job, s.name, l.step IS NOT NULL AS limited,
+        NULL::bigint AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
     FROM jobgraph_steps s
     LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.name
     WHERE s.job = ANY ($1) AND ",
@@ -1529,6 +2071,27 @@ const CANDIDATES: &str = concat!(
           SELECT 1 FROM unnest($4::text[], $5::integer[]) AS c (run_id, idx)
           WHERE c.run_id = s.run_id AND c.idx = s.idx)
     ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
+    LIMIT $6
+    FOR UPDATE OF s SKIP LOCKED"
+);
+
+/// The claimable fan-out elements of `$1`, as `CANDIDATES` (its `$2`, `$3`, `$6`); not the
+/// elements this claim already chose (`$4[i]`, `$5[i]`, `$7[i]`: run, step, element).
+const ELEMENT_CANDIDATES: &str = concat!(
+    "SELECT s.run_id, s.position AS idx, s.job, s.step AS name, l.step IS NOT NULL AS limited,
+        s.idx AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
+    FROM jobgraph_queue_elements s
+    LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.step
+    WHERE s.job = ANY ($1) AND ",
+    claimable!(),
+    "
+      AND (l.step IS NULL OR EXISTS (
+          SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)
+          WHERE o.job = s.job AND o.step = s.step))
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest($4::text[], $5::text[], $7::bigint[]) AS c (run_id, step, idx)
+          WHERE c.run_id = s.run_id AND c.step = s.step AND c.idx = s.idx)
+    ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.position, s.idx
     LIMIT $6
     FOR UPDATE OF s SKIP LOCKED"
 );
@@ -1546,6 +2109,15 @@ const CLAIM: &str = concat!(
     WHERE s.run_id = c.run_id AND s.idx = c.idx
     RETURNING ",
     taken!()
+);
+
+const CLAIM_ELEMENTS: &str = concat!(
+    "UPDATE jobgraph_queue_elements s
+    SET worker = $1, lease_until = now() + $2 * interval '1 millisecond', claims = s.claims + 1
+    FROM unnest($3::text[], $4::text[], $5::bigint[]) AS c (run_id, step, idx)
+    WHERE s.run_id = c.run_id AND s.step = c.step AND s.idx = c.idx
+    RETURNING ",
+    taken_element!()
 );
 
 /// A pending run becomes running; one another transaction holds is passed over (`SKIP LOCKED`:
@@ -1566,6 +2138,11 @@ const SELECT_OUTPUTS: &str = "SELECT s.run_id, s.name, s.output
 const RENEW_CLAIM: &str = "UPDATE jobgraph_steps
     SET lease_until = now() + $5 * interval '1 millisecond'
     WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'";
+
+const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements
+    SET lease_until = now() + $5 * interval '1 millisecond'
+    WHERE run_id = $1 AND step = $2 AND idx = $6 AND worker = $3 AND claims = $4
+      AND state = 'pending'";
 
 const SELECT_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1";
 
@@ -1590,21 +2167,90 @@ const COMPLETE_STEPS: &str = "UPDATE jobgraph_steps s
       AND s.state = 'pending'
     RETURNING s.run_id, s.name, s.idx, s.claims";
 
-/// `$3[i]` dependencies of step `$2[i]` of run `$1[i]` completed; the last makes it ready. The
-/// jobs of the steps that became ready.
+/// Each (`$2[i]`, `$3[i]`, `$7[i]`: run, step, element) that `$1` holds under claim `$4[i]`
+/// completed with output `$5[i]`, started at `$6[i]` (Unix ms): the elements it stored.
+const COMPLETE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements s
+    SET state = 'completed', output = c.output, error = NULL,
+        started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(),
+        worker = NULL, lease_until = NULL, ready_at = NULL
+    FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[])
+        AS c (run_id, step, claims, output, started, idx)
+    WHERE s.run_id = c.run_id AND s.step = c.step AND s.idx = c.idx AND s.worker = $1
+      AND s.claims = c.claims AND s.state = 'pending'
+    RETURNING s.run_id, s.step, s.position, s.idx, s.claims, s.job";
+
+/// Fan-out `$2` (a position) of run `$1` has `$3` elements: its job.
+const SET_FAN_SIZE: &str = "UPDATE jobgraph_steps SET fan_size = $3, fan_done = 0
+    WHERE run_id = $1 AND idx = $2
+    RETURNING job";
+
+/// `$3` more elements of fan-out `$2` of run `$1` completed: how many have, of how many, and its
+/// bound.
+const COUNT_ELEMENTS_DONE: &str = "UPDATE jobgraph_steps SET fan_done = fan_done + $3
+    WHERE run_id = $1 AND name = $2 AND state = 'pending'
+    RETURNING fan_done, fan_size, fan_bound";
+
+/// The elements `$3..$4` of fan-out `$2`, held back by its bound, are ready.
+const RELEASE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements SET ready_at = now()
+    WHERE run_id = $1 AND step = $2 AND idx >= $3 AND idx < $4
+      AND state = 'pending' AND ready_at IS NULL";
+
+/// Fan-out `$2` of run `$1` completed: its output is its elements' outputs in their order (`[]`
+/// if it has none), its attempts their claims. Its position, if it was pending.
+const COMPLETE_FAN_OUT: &str = "UPDATE jobgraph_steps s
+    SET state = 'completed',
+        output = coalesce('[' || e.outputs || ']', '[]'), attempts = e.attempts, error = NULL,
+        started_at = coalesce(s.started_at, e.started, now()), ended_at = now(),
+        worker = NULL, lease_until = NULL, ready_at = NULL
+    FROM (SELECT string_agg(output, ',' ORDER BY idx) AS outputs,
+            coalesce(sum(claims), 0) AS attempts, min(started_at) AS started
+        FROM jobgraph_queue_elements WHERE run_id = $1 AND step = $2) e
+    WHERE s.run_id = $1 AND s.name = $2 AND s.state = 'pending'
+    RETURNING s.idx";
+
+/// The length of step `$2`'s output, if it is a list.
+const SELECT_LIST_LENGTH: &str = "SELECT CASE WHEN jsonb_typeof(o) = 'array'
+        THEN jsonb_array_length(o) END AS n
+    FROM (SELECT output::jsonb AS o FROM jobgraph_steps
+        WHERE run_id = $1 AND idx = $2 AND state = 'completed') p";
+
+/// A fan-out whose parent's output is not a list is claimed whole: its job.
+const READY_WHOLE: &str = "UPDATE jobgraph_steps SET ready_at = now()
+    WHERE run_id = $1 AND idx = $2 AND state = 'pending'
+    RETURNING job";
+
+/// One element of fan-out `$2` (a position) of run `$1` per element of its parent's output (each
+/// cut out as JSON, the parent's output parsed once), the first `fan_bound` of them (all if none)
+/// ready now.
+const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
+        (run_id, step, position, idx, over, input, job, priority, run_seq, max_attempts,
+         expires_at, state, ready_at)
+    SELECT s.run_id, s.name, s.idx, e.ord - 1, s.fan_over, e.value::text, s.job, s.priority,
+        s.run_seq, s.max_attempts, s.expires_at, 'pending',
+        CASE WHEN s.fan_bound IS NULL OR e.ord - 1 < s.fan_bound THEN now() END
+    FROM jobgraph_steps s
+    JOIN jobgraph_steps p ON p.run_id = s.run_id AND p.idx = s.fan_over AND p.state = 'completed'
+    CROSS JOIN LATERAL jsonb_array_elements(p.output::jsonb) WITH ORDINALITY AS e (value, ord)
+    WHERE s.run_id = $1 AND s.idx = $2 AND s.state = 'pending'";
+
+/// `$3[i]` dependencies of step `$2[i]` of run `$1[i]` completed; the last makes it ready, or,
+/// for a fan-out, ready for its elements. The jobs of the steps that became ready, and the
+/// fan-outs that did (`fan`).
 const DEPENDENCIES_DONE: &str = "UPDATE jobgraph_steps s
     SET waiting = greatest(s.waiting - d.n, 0),
-        ready_at = CASE WHEN s.waiting <= d.n THEN now() END
+        ready_at = CASE WHEN s.waiting <= d.n AND s.fan_over IS NULL THEN now() END
     FROM unnest($1::text[], $2::integer[], $3::integer[]) AS d (run_id, idx, n)
     WHERE s.run_id = d.run_id AND s.idx = d.idx AND s.state = 'pending' AND s.waiting > 0
-    RETURNING CASE WHEN s.waiting = 0 THEN s.job END AS job";
+    RETURNING CASE WHEN s.waiting = 0 AND s.fan_over IS NULL THEN s.job END AS job,
+        s.waiting = 0 AND s.fan_over IS NOT NULL AS fan, s.run_id, s.idx, s.fan_over";
 
 const RETRY_STEP: &str = "UPDATE jobgraph_steps
     SET fails = fails + 1, error = $5, attempts = claims,
         started_at = coalesce(started_at, jobgraph_at($6)),
-        worker = NULL, lease_until = NULL, ready_at = jobgraph_at($7)
+        worker = NULL, lease_until = NULL, ready_at = now() + $7 * interval '1 millisecond'
     WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
-      AND fails + 1 < coalesce($8, 9223372036854775807)";
+      AND fails + 1 < coalesce($8, 9223372036854775807)
+    RETURNING jobgraph_ms(ready_at)";
 
 const FAIL_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'failed', fails = fails + 1, error = $5, attempts = claims,
@@ -1612,6 +2258,38 @@ const FAIL_STEP: &str = "UPDATE jobgraph_steps
         worker = NULL, lease_until = NULL, ready_at = NULL
     WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
     RETURNING idx";
+
+const RETRY_ELEMENT: &str = "UPDATE jobgraph_queue_elements
+    SET fails = fails + 1, error = $5, started_at = coalesce(started_at, jobgraph_at($6)),
+        worker = NULL, lease_until = NULL, ready_at = now() + $7 * interval '1 millisecond'
+    WHERE run_id = $1 AND step = $2 AND idx = $9 AND worker = $3 AND claims = $4
+      AND state = 'pending' AND fails + 1 < coalesce($8, 9223372036854775807)
+    RETURNING jobgraph_ms(ready_at)";
+
+const FAIL_ELEMENT: &str = "UPDATE jobgraph_queue_elements
+    SET state = 'failed', fails = fails + 1, error = $5,
+        started_at = coalesce(started_at, jobgraph_at($6)), ended_at = now(),
+        worker = NULL, lease_until = NULL, ready_at = NULL
+    WHERE run_id = $1 AND step = $2 AND idx = $7 AND worker = $3 AND claims = $4
+      AND state = 'pending'";
+
+/// Fan-out `$2` of run `$1` failed with its element's error `$3`; its attempts are its
+/// elements' claims. Its position, if it was pending.
+const FAIL_FAN_OUT: &str = "UPDATE jobgraph_steps s
+    SET state = 'failed', error = $3, ended_at = now(), ready_at = NULL,
+        attempts = e.attempts, started_at = coalesce(s.started_at, e.started)
+    FROM (SELECT coalesce(sum(claims), 0) AS attempts, min(started_at) AS started
+        FROM jobgraph_queue_elements WHERE run_id = $1 AND step = $2) e
+    WHERE s.run_id = $1 AND s.name = $2 AND s.state = 'pending'
+    RETURNING s.idx";
+
+const CANCEL_FAN_OUT_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
+    SET state = 'cancelled', ready_at = NULL, ended_at = now()
+    WHERE run_id = $1 AND step = $2 AND state = 'pending'";
+
+const CANCEL_PENDING_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
+    SET state = 'cancelled', ready_at = NULL, ended_at = now()
+    WHERE run_id = ANY ($1) AND state = 'pending'";
 
 const SKIP_STEPS: &str = "UPDATE jobgraph_steps
     SET state = 'skipped', ready_at = NULL, worker = NULL, lease_until = NULL
@@ -1642,9 +2320,12 @@ const CANCEL_PENDING_STEPS: &str = "UPDATE jobgraph_steps
 
 /// The claims workers hold and the runs durable runners hold, live or expired.
 const SELECT_LEASES: &str = "SELECT worker AS holder, run_id AS run, name AS step,
-        claims AS attempt, jobgraph_ms(lease_until) AS until
+        claims AS attempt, NULL::bigint AS element, jobgraph_ms(lease_until) AS until
     FROM jobgraph_steps WHERE state = 'pending' AND worker IS NOT NULL
     UNION ALL
-    SELECT lease_owner, id, NULL, NULL, jobgraph_ms(lease_until)
+    SELECT worker, run_id, step, claims, idx, jobgraph_ms(lease_until)
+    FROM jobgraph_queue_elements WHERE state = 'pending' AND worker IS NOT NULL
+    UNION ALL
+    SELECT lease_owner, id, NULL, NULL, NULL, jobgraph_ms(lease_until)
     FROM jobgraph_runs WHERE state = 'running' AND lease_owner IS NOT NULL
-    ORDER BY 1, 2, 3";
+    ORDER BY 1, 2, 3, 5";

@@ -28,6 +28,48 @@
 //!
 //! Steps run at least once; each step's output and each run's outcome are committed exactly
 //! once.
+//!
+//! # Fan-outs: `for_each` elements are claims of their own
+//!
+//! A `#[step(for_each(parent, concurrency = n))]` step listed in [`Submission::fan_outs`] is
+//! never claimed itself; its elements are, one by one, so one fan-out spreads over the workers:
+//!
+//! - **Expansion.** When the step's last dependency completes (in that completion's
+//!   transaction), the store counts the elements of `parent`'s stored output (a `Vec`, a
+//!   `Box<[E]>` or an array serializes as a JSON list: `json_array_length` on SQLite,
+//!   `jsonb_array_length` on PostgreSQL) and inserts one row per element into
+//!   `jobgraph_queue_elements`, each holding its element (cut out of the parent's output once,
+//!   here: `json_each`, `jsonb_array_elements`), ready at once, or, with a bound `n`, the first `n` of them, the
+//!   next one becoming ready as each completes (so at most `n` elements of a run are ready or
+//!   claimed at once). Over an empty list the step completes at once with `[]`, and its children
+//!   become ready in the same transaction. Over an output that is not a list the step is claimed
+//!   whole (its worker's decoding then fails it with a clear error).
+//! - **Claims.** An element is claimed as a step is, in the same [`claim`](Queue::claim) and
+//!   the same queue order (priority, ready time, run, step, then element index): under a lease,
+//!   fenced by its own claim number ([`ClaimId::element`] names it), renewed by heartbeats,
+//!   failed after `max_attempts` expired leases, retried through the queue at `retry_at` on its
+//!   own (the other elements are not run again) until `max_fails`. The step's `concurrency` and
+//!   `rate` count element claims, across every run and worker. The claim carries, as the
+//!   iterated parent's output, its element alone (a list of one: a claim costs the element's
+//!   size, not the whole list's); the worker runs that element (`Runner`'s `only_element`, which
+//!   keeps its index for `StepContext::element`) and commits its output.
+//! - **Completion.** Completing the last element stores the step's output, its elements'
+//!   outputs as a JSON list in index order, with attempts the sum of its elements' claims, and
+//!   makes its children ready, in the same transaction, through the same code as completing a
+//!   step ([`complete_many`](Queue::complete_many) settles steps and elements together).
+//! - **Failure.** An element that fails for good (its retry policy gives up, `max_fails`, or
+//!   `max_attempts` expired leases) fails the step with its error, which names it (`element 2:
+//!   returned an error: ...`, as `StepError::Element` says it), cancels the other elements
+//!   (their heartbeats say [`Held::Lost`]; their results are refused), skips the step's
+//!   descendants and settles the run.
+//! - **Abort and time to live** cancel pending elements with the run's pending steps: their
+//!   heartbeats say [`Held::Aborted`].
+//! - **Status.** A fan-out counts as running in [`batch_counts`](Queue::batch_counts) from its
+//!   expansion until it ends; [`leases`](Queue::leases) lists each element's claim
+//!   ([`Lease::element`]).
+//!
+//! A run submitted without `fan_outs` (or stored before the fan-out schema) claims its `for_each`
+//! steps whole, and the worker runs every element.
 
 use std::time::Duration;
 
@@ -100,17 +142,18 @@ pub trait Queue: Store {
         })
     }
 
-    /// Step `claim.step` returned `error`. With `retry_at` (its retry policy asks for another
-    /// attempt) and fewer fails than the run's `max_fails`, it is ready again at `retry_at`;
-    /// otherwise it fails, its descendants are skipped, and the run ends if no step is left.
-    /// Fenced like [`complete`](Queue::complete).
+    /// Step `claim.step` returned `error`. With `retry_in` (its retry policy asks for another
+    /// attempt after that delay) and fewer fails than the run's `max_fails`, it is ready again
+    /// `retry_in` from now by the store's clock (not the worker's: a worker whose clock is off
+    /// delays no retry); otherwise it fails, its descendants are skipped, and the run ends if no
+    /// step is left. Fenced like [`complete`](Queue::complete).
     fn fail<'a>(
         &'a self,
         worker: &'a str,
         claim: &'a ClaimId,
         error: &'a str,
         started_at: i64,
-        retry_at: Option<i64>,
+        retry_in: Option<Duration>,
     ) -> BoxFuture<'a, Result<Failed, StoreError>>;
 
     /// Cancels run `run` if it has not ended: its pending steps are cancelled, and its claimed
@@ -198,6 +241,9 @@ pub struct Lease {
     pub step: Option<String>,
     /// The claim's number, for a worker's claim.
     pub attempt: Option<u32>,
+    /// The claimed element of a `for_each` step (its index in the parent's output), for a
+    /// worker's claim of one element.
+    pub element: Option<usize>,
     /// When it ends unless renewed (Unix ms); in the past: expired, and free to take.
     pub until: i64,
 }
@@ -241,7 +287,7 @@ pub struct StepCount {
     pub name: String,
     /// Not claimed: waiting for dependencies, ready, or held.
     pub waiting: u64,
-    /// Claimed under a live lease.
+    /// Claimed under a live lease; a fan-out, from its elements' insertion until it ends.
     pub running: u64,
     /// Completed.
     pub completed: u64,
@@ -276,15 +322,33 @@ pub struct Submission<'a> {
     pub limits: &'a [(&'a str, StepLimits)],
     /// Higher runs' steps are claimed first.
     pub priority: i32,
-    /// When the run's first steps become ready (Unix ms).
-    pub run_at: i64,
-    /// When the run fails if it has not ended (Unix ms), if ever.
-    pub expires_at: Option<i64>,
+    /// When the run's first steps become ready (Unix ms); `None`: now, by the store's clock.
+    pub run_at: Option<i64>,
+    /// How long after it is stored the run fails if it has not ended, if ever: counted from the
+    /// store's clock, so a client whose clock is off shortens or stretches no run's life.
+    pub ttl: Option<Duration>,
     /// How many claims of one step may expire before the step fails (at least 1).
     pub max_attempts: u32,
     /// How many errors one step may return before it fails for good, if its retry policy asks
     /// for more (at least 1); `None`: the retry policy alone decides.
     pub max_fails: Option<u32>,
+    /// The job's `for_each` steps, whose elements are claimed one by one (an element is a claim
+    /// of its own, so a fan-out spreads over the workers). A `for_each` step not listed here is
+    /// claimed whole, and its worker runs every element.
+    pub fan_outs: &'a [FanOut],
+}
+
+/// A `#[step(for_each(parent, concurrency = n))]` step of a submitted job: what
+/// [`Submission::fan_outs`] lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FanOut {
+    /// The step's index in the job's graph.
+    pub step: usize,
+    /// The index of the parent whose output's elements it runs over (one of the step's
+    /// parents).
+    pub over: usize,
+    /// `concurrency = n`: at most `n` of a run's elements claimed at once; `None`: no bound.
+    pub bound: Option<u32>,
 }
 
 impl Submission<'_> {
@@ -302,7 +366,48 @@ impl Submission<'_> {
                 why: "max_attempts and max_fails must be at least 1".to_owned(),
             });
         }
+        if let Some(why) = self.fan_out_error() {
+            return Err(StoreError::InvalidSubmission {
+                job: self.job.to_owned(),
+                why,
+            });
+        }
         Ok(())
+    }
+
+    /// Why [`fan_outs`](Submission::fan_outs) does not fit the graph, if it does not.
+    fn fan_out_error(&self) -> Option<String> {
+        let steps = &self.graph.steps;
+        for (i, fan) in self.fan_outs.iter().enumerate() {
+            let Some(step) = steps.get(fan.step) else {
+                return Some(format!(
+                    "fan-out {i} names step {}, but the graph has {} steps",
+                    fan.step,
+                    steps.len()
+                ));
+            };
+            if !step.parents.contains(&fan.over) {
+                return Some(format!(
+                    "step `{}` fans out over step {}, which is not one of its parents",
+                    step.name, fan.over
+                ));
+            }
+            if fan.bound == Some(0) {
+                return Some(format!(
+                    "step `{}`'s fan-out bound must be at least 1",
+                    step.name
+                ));
+            }
+            if self.fan_outs[..i].iter().any(|f| f.step == fan.step) {
+                return Some(format!("step `{}` is listed as a fan-out twice", step.name));
+            }
+        }
+        None
+    }
+
+    /// The fan-out of step `position`, if it is one.
+    pub(crate) fn fan_out(&self, position: usize) -> Option<&FanOut> {
+        self.fan_outs.iter().find(|f| f.step == position)
     }
 
     /// The graph as stored, JSON.
@@ -341,11 +446,15 @@ pub struct ClaimId {
     pub run: String,
     /// The step's name.
     pub step: String,
-    /// The claim's number: 1 for the step's first claim.
+    /// The claim's number: 1 for the step's (or the element's) first claim.
     pub attempt: u32,
+    /// For a claim of one element of a `for_each` step: its index in the parent's output. Each
+    /// element is claimed, numbered, fenced and settled on its own.
+    pub element: Option<usize>,
 }
 
-/// A step claimed by a worker: what it needs to run it.
+/// A step (or one element of a `for_each` step: [`ClaimId::element`]) claimed by a worker: what
+/// it needs to run it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
     /// The run, the step and the claim's number.
@@ -354,11 +463,13 @@ pub struct Claim {
     pub job: String,
     /// The step's index in the job's graph.
     pub position: usize,
-    /// How many earlier claims of the step returned an error.
+    /// How many earlier claims of the step (of the element) returned an error.
     pub fails: u32,
     /// The run's input, JSON.
     pub input: String,
-    /// The outputs of the step's parents and `after` steps: (name, JSON), in graph order.
+    /// The outputs of the step's parents and `after` steps: (name, JSON), in graph order. For an
+    /// element's claim, the iterated parent's output is element [`ClaimId::element`] alone, as a
+    /// list of one (`[x]`; re-encoded by the database, so equal as JSON, not byte for byte).
     pub deps: Vec<(String, String)>,
     /// When the claim's lease ends unless renewed (Unix ms).
     pub lease_until: i64,

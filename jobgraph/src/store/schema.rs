@@ -16,6 +16,7 @@ pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_runs_steps_elements.sql"),
     include_str!("migrations/0002_queue.sql"),
+    include_str!("migrations/0003_queue_elements.sql"),
 ];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS jobgraph_meta (

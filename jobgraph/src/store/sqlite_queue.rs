@@ -67,72 +67,36 @@ impl Queue for SqliteStore {
                 tx.commit().await?;
                 return Ok(Vec::new());
             }
-            let rows = sqlx::query(CLAIM)
-                .bind(worker)
-                .bind(until)
-                .bind(serde_json::to_string(&chosen).expect("row ids serialize"))
-                .fetch_all(&mut *tx)
-                .await?;
-            // `RETURNING` has no order: claim in the queue's.
-            let mut rows = rows;
-            rows.sort_by_key(|row| {
-                let priority: i64 = row.try_get("priority").unwrap_or(0);
-                let ready_at: i64 = row.try_get("ready_at").unwrap_or(0);
-                (std::cmp::Reverse(priority), ready_at)
-            });
-            let mut claims = Vec::with_capacity(rows.len());
-            for row in rows {
-                const T: &str = "jobgraph_steps";
-                let run: String = get(&row, "run_id", T)?;
-                let step: String = get(&row, "name", T)?;
-                let position: i64 = get(&row, "position", T)?;
-                let attempt: i64 = get(&row, "claims", T)?;
-                let fails: i64 = get(&row, "fails", T)?;
-                let job: String = get(&row, "job", T)?;
-                sqlx::query(START_RUN)
-                    .bind(&run)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                let head = sqlx::query(SELECT_INPUT)
-                    .bind(&run)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let input: String = get(&head, "input", "jobgraph_runs")?;
-                let spec = graph(&get::<String>(&head, "graph", "jobgraph_runs")?, &run)?;
-                let position = usize::try_from(position).map_err(|_| StoreError::Corrupt {
-                    what: format!("the position of step `{step}` of run `{run}`"),
-                })?;
-                let deps = spec.dependencies(position);
-                let mut outputs = Vec::with_capacity(deps.len());
-                for dep in deps {
-                    let name = &spec.steps[dep].name;
-                    let output: Option<String> = sqlx::query_scalar(SELECT_OUTPUT)
-                        .bind(&run)
-                        .bind(name)
-                        .fetch_optional(&mut *tx)
-                        .await?
-                        .flatten();
-                    let output = output.ok_or_else(|| StoreError::Corrupt {
-                        what: format!(
-                            "step `{step}` of run `{run}` was ready without the output of `{name}`"
-                        ),
-                    })?;
-                    outputs.push((name.clone(), output));
+            let mut taken = Vec::with_capacity(chosen.len());
+            let steps: Vec<i64> = chosen
+                .iter()
+                .filter(|c| !c.element)
+                .map(|c| c.rowid)
+                .collect();
+            let elements: Vec<i64> = chosen
+                .iter()
+                .filter(|c| c.element)
+                .map(|c| c.rowid)
+                .collect();
+            for (statement, rowids) in [(CLAIM, steps), (CLAIM_ELEMENTS, elements)] {
+                if rowids.is_empty() {
+                    continue;
                 }
-                claims.push(Claim {
-                    id: ClaimId {
-                        run,
-                        step,
-                        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-                    },
-                    job,
-                    position,
-                    fails: u32::try_from(fails).unwrap_or(u32::MAX),
-                    input,
-                    deps: outputs,
-                    lease_until: until,
-                });
+                let rows = sqlx::query(statement)
+                    .bind(worker)
+                    .bind(until)
+                    .bind(serde_json::to_string(&rowids).expect("row ids serialize"))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in rows {
+                    taken.push(Taken::read(&row)?);
+                }
+            }
+            // `RETURNING` has no order: claim in the queue's.
+            taken.sort_by_key(|t| t.order);
+            let mut claims = Vec::with_capacity(taken.len());
+            for t in taken {
+                claims.push(claim_of(&mut tx, t, now, until).await?);
             }
             tx.commit().await?;
             Ok(claims)
@@ -151,15 +115,24 @@ impl Queue for SqliteStore {
             let mut tx = self.begin().await?;
             let mut held = Vec::with_capacity(claims.len());
             for claim in claims {
-                let renewed = sqlx::query(RENEW_CLAIM)
-                    .bind(&claim.run)
-                    .bind(&claim.step)
-                    .bind(worker)
-                    .bind(i64::from(claim.attempt))
-                    .bind(until)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
+                let renewed = match claim.element {
+                    None => sqlx::query(RENEW_CLAIM)
+                        .bind(&claim.run)
+                        .bind(&claim.step)
+                        .bind(worker)
+                        .bind(i64::from(claim.attempt))
+                        .bind(until),
+                    Some(element) => sqlx::query(RENEW_ELEMENT)
+                        .bind(&claim.run)
+                        .bind(&claim.step)
+                        .bind(worker)
+                        .bind(i64::from(claim.attempt))
+                        .bind(until)
+                        .bind(element_index(element)),
+                }
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
                 held.push(if renewed == 1 {
                     Held::Held
                 } else {
@@ -195,17 +168,28 @@ impl Queue for SqliteStore {
             let mut touched: Vec<&str> = Vec::new();
             for c in done {
                 let claim = c.claim;
-                let stored = sqlx::query(COMPLETE_STEP)
-                    .bind(&claim.run)
-                    .bind(&claim.step)
-                    .bind(worker)
-                    .bind(i64::from(claim.attempt))
-                    .bind(c.output)
-                    .bind(c.started_at)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
+                let stored = match claim.element {
+                    None => sqlx::query(COMPLETE_STEP)
+                        .bind(&claim.run)
+                        .bind(&claim.step)
+                        .bind(worker)
+                        .bind(i64::from(claim.attempt))
+                        .bind(c.output)
+                        .bind(c.started_at)
+                        .bind(now),
+                    Some(element) => sqlx::query(COMPLETE_ELEMENT)
+                        .bind(&claim.run)
+                        .bind(&claim.step)
+                        .bind(worker)
+                        .bind(i64::from(claim.attempt))
+                        .bind(c.output)
+                        .bind(c.started_at)
+                        .bind(now)
+                        .bind(element_index(element)),
+                }
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
                     == 1;
                 committed.push(stored);
                 if !stored {
@@ -220,14 +204,13 @@ impl Queue for SqliteStore {
                 let position = spec
                     .position(&claim.step)
                     .ok_or_else(|| super::sqlite::no_such_step(&claim.run, &claim.step))?;
-                for child in spec.children(position) {
-                    sqlx::query(DEPENDENCY_DONE)
-                        .bind(&claim.run)
-                        .bind(child as i64)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
+                // An element: the step completes with its last element.
+                if claim.element.is_some()
+                    && !element_done(&mut tx, &claim.run, &claim.step, now).await?
+                {
+                    continue;
                 }
+                step_done(&mut tx, &claim.run, spec, position, now).await?;
             }
             for run in touched {
                 settle_run(&mut tx, run, now).await?;
@@ -244,12 +227,28 @@ impl Queue for SqliteStore {
         claim: &'a ClaimId,
         error: &'a str,
         started_at: i64,
-        retry_at: Option<i64>,
+        retry_in: Option<Duration>,
     ) -> BoxFuture<'a, Result<Failed, StoreError>> {
         async move {
             let now = now_ms();
             let mut tx = self.begin().await?;
-            if let Some(at) = retry_at {
+            if let Some(element) = claim.element {
+                let failed = fail_element(
+                    &mut tx,
+                    worker,
+                    claim,
+                    element,
+                    error,
+                    started_at,
+                    retry_in.map(|delay| plus(now, delay)),
+                    now,
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(failed);
+            }
+            if let Some(delay) = retry_in {
+                let at = plus(now, delay);
                 let retried = sqlx::query(RETRY_STEP)
                     .bind(&claim.run)
                     .bind(&claim.step)
@@ -354,11 +353,7 @@ impl Queue for SqliteStore {
                 .fetch_all(&mut *tx)
                 .await?;
             for run in &runs {
-                sqlx::query(CANCEL_PENDING_STEPS)
-                    .bind(run)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                cancel_pending(&mut tx, run, now).await?;
             }
             tx.commit().await?;
             Ok(runs.len() as u64)
@@ -437,11 +432,13 @@ impl Queue for SqliteStore {
             for row in rows {
                 const T: &str = "jobgraph_steps";
                 let attempt: Option<i64> = get(&row, "attempt", T)?;
+                let element: Option<i64> = get(&row, "element", T)?;
                 leases.push(Lease {
                     holder: get(&row, "holder", T)?,
                     run: get(&row, "run", T)?,
                     step: get(&row, "step", T)?,
                     attempt: attempt.map(|a| u32::try_from(a).unwrap_or(u32::MAX)),
+                    element: element.and_then(|e| usize::try_from(e).ok()),
                     until: get(&row, "until", T)?,
                 });
             }
@@ -469,11 +466,7 @@ impl Queue for SqliteStore {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(CANCEL_PENDING_STEPS)
-                .bind(run)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            cancel_pending(&mut tx, run, now).await?;
             tx.commit().await?;
             Ok(true)
         }
@@ -491,47 +484,61 @@ struct Room {
     taken: i64,
 }
 
-/// The row ids of the ready steps to claim, in the queue's order (priority, then ready time),
-/// at most `limit`, within each step's concurrency and rate; updates the rate buckets.
+/// A ready step or element a claim chose: its row id in `jobgraph_steps`, or in
+/// `jobgraph_queue_elements` if `element`.
+struct Chosen {
+    rowid: i64,
+    element: bool,
+}
+
+/// The ready steps and elements to claim, in the queue's order (priority, then ready time), at
+/// most `limit`, within each step's concurrency and rate (an element counts as a claim of its
+/// step); updates the rate buckets.
 async fn choose(
     conn: &mut SqliteConnection,
     jobs: &[&str],
     limit: usize,
     now: i64,
-) -> Result<Vec<i64>, StoreError> {
+) -> Result<Vec<Chosen>, StoreError> {
     // More candidates than needed: some may belong to a step whose limit leaves less room. One
-    // query per job (`job = ?`), so each reads `jobgraph_steps_ready` in order and stops at its
-    // limit; their rows are merged in the queue's order here.
+    // query per job and table (`job = ?`), so each reads its ready index in order and stops at
+    // its limit; their rows are merged in the queue's order here.
     let want = i64::try_from(limit.saturating_mul(4).saturating_add(16)).unwrap_or(i64::MAX);
     let mut candidates = Vec::new();
     for job in jobs {
-        candidates.extend(
-            sqlx::query(CANDIDATES)
+        for (statement, element) in [(CANDIDATES, false), (ELEMENT_CANDIDATES, true)] {
+            for row in sqlx::query(statement)
                 .bind(job)
                 .bind(now)
                 .bind(want)
                 .fetch_all(&mut *conn)
-                .await?,
-        );
+                .await?
+            {
+                candidates.push((row, element));
+            }
+        }
     }
-    if jobs.len() > 1 {
-        candidates.sort_by_key(|row| {
-            let priority: i64 = row.try_get("priority").unwrap_or(0);
-            let ready_at: i64 = row.try_get("ready_at").unwrap_or(0);
-            (std::cmp::Reverse(priority), ready_at)
-        });
-    }
+    // Stable: a table's rows keep their order (an element's index) among equals.
+    candidates.sort_by_key(|(row, _)| {
+        let priority: i64 = row.try_get("priority").unwrap_or(0);
+        let ready_at: i64 = row.try_get("ready_at").unwrap_or(0);
+        (std::cmp::Reverse(priority), ready_at)
+    });
     let mut rooms: Vec<Room> = Vec::new();
     let mut chosen = Vec::with_capacity(limit);
-    for row in &candidates {
+    for (row, element) in &candidates {
         if chosen.len() == limit {
             break;
         }
         const T: &str = "jobgraph_steps";
         let rowid: i64 = get(row, "rid", T)?;
         let limited: Option<String> = get(row, "limited", T)?;
+        let pick = Chosen {
+            rowid,
+            element: *element,
+        };
         if limited.is_none() {
-            chosen.push(rowid);
+            chosen.push(pick);
             continue;
         }
         let job: String = get(row, "job", T)?;
@@ -548,7 +555,7 @@ async fn choose(
         if room.left > 0 {
             room.left -= 1;
             room.taken += 1;
-            chosen.push(rowid);
+            chosen.push(pick);
         }
     }
     for room in rooms {
@@ -606,8 +613,8 @@ async fn room(
     })
 }
 
-/// Inserts run `s` and its steps: each step with no dependency ready at `s.run_at` (unless the
-/// run is held), the others waiting for theirs.
+/// Inserts run `s` and its steps: each step with no dependency ready at `s.run_at` (or `now`;
+/// unless the run is held), the others waiting for theirs. The run expires `s.ttl` after `now`.
 async fn insert_submission(
     conn: &mut SqliteConnection,
     s: &Submission<'_>,
@@ -623,7 +630,7 @@ async fn insert_submission(
         .bind(now)
         .bind(s.key)
         .bind(s.priority)
-        .bind(s.expires_at)
+        .bind(s.ttl.map(|ttl| plus(now, ttl)))
         .bind(i64::from(s.max_attempts))
         .bind(s.max_fails.map(i64::from))
         .bind(i64::from(s.held))
@@ -639,7 +646,8 @@ async fn insert_submission(
     inserted?;
     for (position, step) in s.graph.steps.iter().enumerate() {
         let waiting = s.graph.dependencies(position).len();
-        let ready_at = (waiting == 0 && !s.held).then_some(s.run_at);
+        let ready_at = (waiting == 0 && !s.held).then_some(s.run_at.unwrap_or(now));
+        let fan = s.fan_out(position);
         sqlx::query(INSERT_QUEUED_STEP)
             .bind(s.id)
             .bind(&step.name)
@@ -648,6 +656,8 @@ async fn insert_submission(
             .bind(waiting as i64)
             .bind(ready_at)
             .bind(s.priority)
+            .bind(fan.map(|f| f.over as i64))
+            .bind(fan.and_then(|f| f.bound).map(i64::from))
             .execute(&mut *conn)
             .await?;
     }
@@ -692,11 +702,7 @@ async fn expire_runs(conn: &mut SqliteConnection, now: i64) -> Result<(), StoreE
         .fetch_all(&mut *conn)
         .await?;
     for run in expired {
-        sqlx::query(CANCEL_PENDING_STEPS)
-            .bind(&run)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+        cancel_pending(conn, &run, now).await?;
     }
     Ok(())
 }
@@ -717,6 +723,18 @@ async fn exhaust_steps(
         let step: String = get(&row, "name", "jobgraph_steps")?;
         skip_descendants(conn, &run, &step).await?;
         settle_run(conn, &run, now).await?;
+    }
+    let rows = sqlx::query(EXHAUST_ELEMENTS)
+        .bind(jobs_json)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    for row in rows {
+        const T: &str = "jobgraph_queue_elements";
+        let run: String = get(&row, "run_id", T)?;
+        let step: String = get(&row, "step", T)?;
+        let error: String = get(&row, "error", T)?;
+        fail_fan_out(conn, &run, &step, &error, now).await?;
     }
     Ok(())
 }
@@ -740,6 +758,402 @@ async fn skip_descendants(
         }
     }
     Ok(())
+}
+
+/// A step or element a claim took, as its `RETURNING` row says.
+struct Taken {
+    run: String,
+    step: String,
+    position: i64,
+    element: Option<i64>,
+    /// An element's parent (its position) and the element (JSON).
+    input: Option<(i64, String)>,
+    attempt: i64,
+    fails: i64,
+    job: String,
+    /// The queue's order: (priority descending, ready time, the element's index).
+    order: (std::cmp::Reverse<i64>, i64, i64),
+}
+
+impl Taken {
+    fn read(row: &sqlx::sqlite::SqliteRow) -> Result<Taken, StoreError> {
+        const T: &str = "jobgraph_steps";
+        let element: Option<i64> = get(row, "element", T)?;
+        let over: Option<i64> = get(row, "over", T)?;
+        let input: Option<String> = get(row, "input", T)?;
+        Ok(Taken {
+            run: get(row, "run_id", T)?,
+            step: get(row, "name", T)?,
+            position: get(row, "position", T)?,
+            element,
+            input: over.zip(input),
+            attempt: get(row, "claims", T)?,
+            fails: get(row, "fails", T)?,
+            job: get(row, "job", T)?,
+            order: (
+                std::cmp::Reverse(get(row, "priority", T)?),
+                get(row, "ready_at", T)?,
+                element.unwrap_or(0),
+            ),
+        })
+    }
+}
+
+/// The claim of `t`, taken until `until`: its run marked running, with the run's input and its
+/// dependencies' outputs.
+async fn claim_of(
+    conn: &mut SqliteConnection,
+    t: Taken,
+    now: i64,
+    until: i64,
+) -> Result<Claim, StoreError> {
+    let Taken { run, step, .. } = &t;
+    sqlx::query(START_RUN)
+        .bind(run)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    let head = sqlx::query(SELECT_INPUT)
+        .bind(run)
+        .fetch_one(&mut *conn)
+        .await?;
+    let input: String = get(&head, "input", "jobgraph_runs")?;
+    let spec = graph(&get::<String>(&head, "graph", "jobgraph_runs")?, run)?;
+    let position = usize::try_from(t.position)
+        .ok()
+        .filter(|&p| p < spec.steps.len())
+        .ok_or_else(|| StoreError::Corrupt {
+            what: format!("the position of step `{step}` of run `{run}`"),
+        })?;
+    let deps = spec.dependencies(position);
+    let mut outputs = Vec::with_capacity(deps.len());
+    for dep in deps {
+        let name = &spec.steps[dep].name;
+        // An element's claim carries its element of the parent it iterates, as a list of one.
+        if let Some((over, input)) = &t.input
+            && usize::try_from(*over).ok() == Some(dep)
+        {
+            outputs.push((name.clone(), format!("[{input}]")));
+            continue;
+        }
+        let output: Option<String> = sqlx::query_scalar(SELECT_OUTPUT)
+            .bind(run)
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+        let output = output.ok_or_else(|| StoreError::Corrupt {
+            what: format!("step `{step}` of run `{run}` was ready without the output of `{name}`"),
+        })?;
+        outputs.push((name.clone(), output));
+    }
+    Ok(Claim {
+        id: ClaimId {
+            run: t.run,
+            step: t.step,
+            attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
+            element: t.element.and_then(|e| usize::try_from(e).ok()),
+        },
+        job: t.job,
+        position,
+        fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
+        input,
+        deps: outputs,
+        lease_until: until,
+    })
+}
+
+/// An element's index as stored.
+fn element_index(element: usize) -> i64 {
+    i64::try_from(element).unwrap_or(i64::MAX)
+}
+
+/// An element of fan-out `step` of `run` completed: lets the next element the step's bound held
+/// back be claimed, and, if it was the last, completes the step with the elements' outputs in
+/// their order (a JSON list). Whether the step completed.
+async fn element_done(
+    conn: &mut SqliteConnection,
+    run: &str,
+    step: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let Some(counted) = sqlx::query(COUNT_ELEMENT_DONE)
+        .bind(run)
+        .bind(step)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(false);
+    };
+    const T: &str = "jobgraph_steps";
+    let done: i64 = get(&counted, "fan_done", T)?;
+    let size: Option<i64> = get(&counted, "fan_size", T)?;
+    if let Some(bound) = get::<Option<i64>>(&counted, "fan_bound", T)? {
+        // The elements are made ready in index order, one per completion after the first
+        // `bound`: this completion's is the next.
+        sqlx::query(RELEASE_ELEMENT)
+            .bind(run)
+            .bind(step)
+            .bind(bound + done - 1)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let size = size.ok_or_else(|| StoreError::Corrupt {
+        what: format!("fan-out `{step}` of run `{run}` has elements but no count of them"),
+    })?;
+    if done < size {
+        return Ok(false);
+    }
+    let rows = sqlx::query(SELECT_ELEMENT_OUTPUTS)
+        .bind(run)
+        .bind(step)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut output = String::from("[");
+    let (mut attempts, mut started) = (0_i64, None::<i64>);
+    for (i, row) in rows.iter().enumerate() {
+        const T: &str = "jobgraph_queue_elements";
+        if i > 0 {
+            output.push(',');
+        }
+        output.push_str(&get::<String>(row, "output", T)?);
+        attempts += get::<i64>(row, "claims", T)?;
+        if let Some(at) = get::<Option<i64>>(row, "started_at", T)? {
+            started = Some(started.map_or(at, |s| s.min(at)));
+        }
+    }
+    output.push(']');
+    let completed = sqlx::query(COMPLETE_FAN_OUT)
+        .bind(run)
+        .bind(step)
+        .bind(&output)
+        .bind(attempts)
+        .bind(started)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    Ok(completed == 1)
+}
+
+/// Step `position` of `run` completed (its output is stored): each child whose last dependency
+/// it was becomes ready, or, for a fan-out, gets its elements; a fan-out over an empty list
+/// completes at once, with `[]`, and so on down.
+async fn step_done(
+    conn: &mut SqliteConnection,
+    run: &str,
+    spec: &GraphSpec,
+    position: usize,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut done = vec![position];
+    while let Some(position) = done.pop() {
+        for child in spec.children(position) {
+            let row = sqlx::query(DEPENDENCY_DONE)
+                .bind(run)
+                .bind(child as i64)
+                .bind(now)
+                .fetch_optional(&mut *conn)
+                .await?;
+            let Some(row) = row else {
+                continue;
+            };
+            const T: &str = "jobgraph_steps";
+            let waiting: i64 = get(&row, "waiting", T)?;
+            let over: Option<i64> = get(&row, "fan_over", T)?;
+            if let (0, Some(over)) = (waiting, over)
+                && expand(conn, run, &row, over, now).await?
+            {
+                done.push(child);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fan-out step `row` of `run` became ready: one element row per element of its parent `over`'s
+/// output, the first `fan_bound` of them ready now. Over an empty list the step completes at
+/// once with `[]` (`true`: its children are next); over an output that is not a list it is
+/// claimed whole, as a step (its worker's decoding then says what is wrong).
+async fn expand(
+    conn: &mut SqliteConnection,
+    run: &str,
+    row: &sqlx::sqlite::SqliteRow,
+    over: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    const T: &str = "jobgraph_steps";
+    let step: String = get(row, "name", T)?;
+    let position: i64 = get(row, "position", T)?;
+    let parent = sqlx::query(SELECT_LIST_LENGTH)
+        .bind(run)
+        .bind(over)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let length: Option<i64> = match &parent {
+        Some(parent) => get(parent, "n", T)?,
+        None => None,
+    };
+    match length {
+        None => {
+            sqlx::query(READY_WHOLE)
+                .bind(run)
+                .bind(position)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+            Ok(false)
+        }
+        Some(0) => {
+            let completed = sqlx::query(COMPLETE_FAN_OUT)
+                .bind(run)
+                .bind(&step)
+                .bind("[]")
+                .bind(0_i64)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            Ok(completed == 1)
+        }
+        Some(n) => {
+            let bound: Option<i64> = get(row, "fan_bound", T)?;
+            sqlx::query(SET_FAN_SIZE)
+                .bind(run)
+                .bind(position)
+                .bind(n)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(INSERT_ELEMENTS)
+                .bind(run)
+                .bind(&step)
+                .bind(position)
+                .bind(over)
+                .bind(get::<String>(row, "job", T)?)
+                .bind(get::<i64>(row, "priority", T)?)
+                .bind(now)
+                .bind(bound)
+                .execute(&mut *conn)
+                .await?;
+            Ok(false)
+        }
+    }
+}
+
+/// Element `element` of `claim.step` returned `error`: ready again at `retry_at` if its retry
+/// policy asks and `max_fails` allows, else it fails, and so does its step (fenced).
+#[allow(clippy::too_many_arguments)]
+async fn fail_element(
+    conn: &mut SqliteConnection,
+    worker: &str,
+    claim: &ClaimId,
+    element: usize,
+    error: &str,
+    started_at: i64,
+    retry_at: Option<i64>,
+    now: i64,
+) -> Result<Failed, StoreError> {
+    if let Some(at) = retry_at {
+        let retried = sqlx::query(RETRY_ELEMENT)
+            .bind(&claim.run)
+            .bind(&claim.step)
+            .bind(worker)
+            .bind(i64::from(claim.attempt))
+            .bind(error)
+            .bind(started_at)
+            .bind(at)
+            .bind(element_index(element))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        if retried == 1 {
+            return Ok(Failed::Retrying { at });
+        }
+    }
+    let failed = sqlx::query(FAIL_ELEMENT)
+        .bind(&claim.run)
+        .bind(&claim.step)
+        .bind(worker)
+        .bind(i64::from(claim.attempt))
+        .bind(error)
+        .bind(started_at)
+        .bind(now)
+        .bind(element_index(element))
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if failed != 1 {
+        return Err(claim.lost(worker));
+    }
+    fail_fan_out(conn, &claim.run, &claim.step, error, now).await?;
+    Ok(Failed::Failed)
+}
+
+/// An element of fan-out `step` of `run` failed for good with `error` (which names it): the
+/// step fails, its other elements are cancelled (their workers learn it at their next
+/// heartbeat), its descendants are skipped, and the run ends if no step is left.
+async fn fail_fan_out(
+    conn: &mut SqliteConnection,
+    run: &str,
+    step: &str,
+    error: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let failed = sqlx::query(FAIL_FAN_OUT)
+        .bind(run)
+        .bind(step)
+        .bind(error)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    sqlx::query(CANCEL_FAN_OUT_ELEMENTS)
+        .bind(run)
+        .bind(step)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    if failed == 1 {
+        skip_descendants(conn, run, step).await?;
+        settle_run(conn, run, now).await?;
+    }
+    Ok(())
+}
+
+/// Cancels the pending steps and elements of `run` (aborted or expired).
+async fn cancel_pending(
+    conn: &mut SqliteConnection,
+    run: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    for statement in [CANCEL_PENDING_STEPS, CANCEL_PENDING_ELEMENTS] {
+        sqlx::query(statement)
+            .bind(run)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Moves the leases of element claims `by` into the past: what
+    /// [`age_leases`](SqliteStore::age_leases) does for steps' claims and runs, for the claims
+    /// of `for_each` elements (protocol tests call both).
+    ///
+    /// # Panics
+    ///
+    /// If the database fails (a test helper).
+    #[doc(hidden)]
+    pub async fn age_element_leases(&self, by: Duration) {
+        sqlx::query(AGE_ELEMENT_CLAIMS)
+            .bind(super::millis(by))
+            .execute(self.pool())
+            .await
+            .expect("age_element_leases: the store's database failed");
+    }
 }
 
 /// Ends run `run` if none of its steps is pending: failed if one failed, else succeeded.
@@ -777,18 +1191,21 @@ const INSERT_QUEUED_RUN: &str = "INSERT INTO jobgraph_runs
     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6, 1, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 const SELECT_LEASES: &str = "SELECT worker AS holder, run_id AS run, name AS step,
-        claims AS attempt, lease_until AS until
+        claims AS attempt, NULL AS element, lease_until AS until
     FROM jobgraph_steps WHERE state = 'pending' AND worker IS NOT NULL
     UNION ALL
-    SELECT lease_owner, id, NULL, NULL, lease_until
+    SELECT worker, run_id, step, claims, idx, lease_until
+    FROM jobgraph_queue_elements WHERE state = 'pending' AND worker IS NOT NULL
+    UNION ALL
+    SELECT lease_owner, id, NULL, NULL, NULL, lease_until
     FROM jobgraph_runs WHERE state = 'running' AND lease_owner IS NOT NULL
-    ORDER BY 1, 2, 3";
+    ORDER BY 1, 2, 3, 5";
 
 const COUNT_BATCH: &str = "SELECT COUNT(*) FROM jobgraph_runs WHERE batch = ?1";
 
 const RELEASE_STEPS: &str = "UPDATE jobgraph_steps SET ready_at = ?2
     WHERE run_id IN (SELECT id FROM jobgraph_runs WHERE batch = ?1 AND held = 1)
-      AND state = 'pending' AND waiting = 0 AND ready_at IS NULL";
+      AND state = 'pending' AND waiting = 0 AND ready_at IS NULL AND fan_over IS NULL";
 
 const RELEASE_RUNS: &str = "UPDATE jobgraph_runs SET held = 0 WHERE batch = ?1 AND held = 1";
 
@@ -802,6 +1219,11 @@ const COUNT_BATCH_RUNS: &str = "SELECT state, held, COUNT(*) AS n FROM jobgraph_
 
 const COUNT_BATCH_STEPS: &str = "SELECT s.name AS name,
         CASE WHEN s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until > ?2
+             THEN 'running'
+             -- A fan-out runs from its first element to its last.
+             WHEN s.state = 'pending' AND s.fan_over IS NOT NULL AND EXISTS (
+                 SELECT 1 FROM jobgraph_queue_elements e
+                 WHERE e.run_id = s.run_id AND e.step = s.name)
              THEN 'running' ELSE s.state END AS state,
         COUNT(*) AS n, MIN(s.position) AS position
     FROM jobgraph_steps s JOIN jobgraph_runs r ON r.id = s.run_id
@@ -810,8 +1232,8 @@ const COUNT_BATCH_STEPS: &str = "SELECT s.name AS name,
     ORDER BY position";
 
 const INSERT_QUEUED_STEP: &str = "INSERT INTO jobgraph_steps
-    (run_id, name, position, state, job, waiting, ready_at, priority)
-    VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7)";
+    (run_id, name, position, state, job, waiting, ready_at, priority, fan_over, fan_bound)
+    VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9)";
 
 const EXPIRE_RUNS: &str = "UPDATE jobgraph_runs
     SET state = 'failed', error = 'its time to live expired', updated_at = ?1
@@ -829,29 +1251,87 @@ const EXHAUST_STEPS: &str = "UPDATE jobgraph_steps
       AND claims - fails >= (SELECT max_attempts FROM jobgraph_runs r WHERE r.id = run_id)
     RETURNING run_id, name";
 
+/// The elements of `?1`'s fan-outs whose claims expired `max_attempts` times: each fails,
+/// naming itself in its error (which fails its step).
+const EXHAUST_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
+    SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = ?2,
+        error = 'element ' || idx || ': its worker stopped answering (lease expired) on '
+            || (claims - fails) || ' of its claims'
+    WHERE state = 'pending' AND worker IS NOT NULL AND lease_until <= ?2
+      AND job IN (SELECT value FROM json_each(?1))
+      AND claims - fails >= (SELECT max_attempts FROM jobgraph_runs r WHERE r.id = run_id)
+    RETURNING run_id, step, error";
+
+/// The live claims at `?2` of the step named `$name` of job `$job` (SQL expressions): of the
+/// step, and of its elements.
+macro_rules! live_claims {
+    ($job:literal, $name:literal) => {
+        concat!(
+            "(SELECT COUNT(*) FROM jobgraph_steps c
+              WHERE c.job = ",
+            $job,
+            " AND c.name = ",
+            $name,
+            " AND c.state = 'pending'
+                AND c.worker IS NOT NULL AND c.lease_until > ?2)
+            + (SELECT COUNT(*) FROM jobgraph_queue_elements c
+              WHERE c.job = ",
+            $job,
+            " AND c.step = ",
+            $name,
+            " AND c.state = 'pending'
+                AND c.worker IS NOT NULL AND c.lease_until > ?2)"
+        )
+    };
+}
+
 /// The ready steps of job `?1`, best first, with their limits; a step whose concurrency is used
 /// up or whose rate bucket is empty is left out here (so it cannot crowd out the others);
 /// `choose` takes no more of a limited step than its room.
-const CANDIDATES: &str = "SELECT s.rowid AS rid, s.job AS job, s.name AS name,
-        s.priority AS priority, s.ready_at AS ready_at, l.step AS limited, l.concurrency, l.rate_count, l.rate_period_ms, l.burst, l.tokens,
-        l.refilled_at
+const CANDIDATES: &str = concat!(
+    "SELECT s.rowid AS rid, s.job AS job, s.name AS name,
+        s.priority AS priority, s.ready_at AS ready_at, l.step AS limited, l.concurrency,
+        l.rate_count, l.rate_period_ms, l.burst, l.tokens, l.refilled_at
     FROM jobgraph_steps s
     LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.name
     WHERE s.job = ?1
       AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2
       AND (s.worker IS NULL OR s.lease_until <= ?2)
-      AND (l.concurrency IS NULL OR l.concurrency > (
-          SELECT COUNT(*) FROM jobgraph_steps c
-          WHERE c.job = s.job AND c.name = s.name AND c.state = 'pending'
-            AND c.worker IS NOT NULL AND c.lease_until > ?2))
+      AND (l.concurrency IS NULL OR l.concurrency > ",
+    live_claims!("s.job", "s.name"),
+    ")
       AND (l.rate_count IS NULL OR MIN(l.burst,
           l.tokens + MAX(?2 - l.refilled_at, 0) * 1.0 * l.rate_count / l.rate_period_ms) >= 1)
     ORDER BY s.priority DESC, s.ready_at
-    LIMIT ?3";
+    LIMIT ?3"
+);
 
-const COUNT_CLAIMED: &str = "SELECT COUNT(*) FROM jobgraph_steps
-    WHERE job = ?1 AND name = ?2 AND state = 'pending' AND worker IS NOT NULL
-      AND lease_until > ?3";
+/// The ready elements of job `?1`'s fan-outs, best first (then by index), as `CANDIDATES`.
+const ELEMENT_CANDIDATES: &str = concat!(
+    "SELECT e.rowid AS rid, e.job AS job, e.step AS name,
+        e.priority AS priority, e.ready_at AS ready_at, l.step AS limited, l.concurrency,
+        l.rate_count, l.rate_period_ms, l.burst, l.tokens, l.refilled_at
+    FROM jobgraph_queue_elements e
+    LEFT JOIN jobgraph_limits l ON l.job = e.job AND l.step = e.step
+    WHERE e.job = ?1
+      AND e.state = 'pending' AND e.ready_at IS NOT NULL AND e.ready_at <= ?2
+      AND (e.worker IS NULL OR e.lease_until <= ?2)
+      AND (l.concurrency IS NULL OR l.concurrency > ",
+    live_claims!("e.job", "e.step"),
+    ")
+      AND (l.rate_count IS NULL OR MIN(l.burst,
+          l.tokens + MAX(?2 - l.refilled_at, 0) * 1.0 * l.rate_count / l.rate_period_ms) >= 1)
+    ORDER BY e.priority DESC, e.ready_at, e.idx
+    LIMIT ?3"
+);
+
+const COUNT_CLAIMED: &str = "SELECT
+    (SELECT COUNT(*) FROM jobgraph_steps
+     WHERE job = ?1 AND name = ?2 AND state = 'pending' AND worker IS NOT NULL
+       AND lease_until > ?3)
+    + (SELECT COUNT(*) FROM jobgraph_queue_elements
+     WHERE job = ?1 AND step = ?2 AND state = 'pending' AND worker IS NOT NULL
+       AND lease_until > ?3)";
 
 const TAKE_TOKENS: &str = "UPDATE jobgraph_limits SET tokens = ?3, refilled_at = ?4
     WHERE job = ?1 AND step = ?2";
@@ -866,7 +1346,14 @@ const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
 const CLAIM: &str = "UPDATE jobgraph_steps
     SET worker = ?1, lease_until = ?2, claims = claims + 1
     WHERE rowid IN (SELECT value FROM json_each(?3))
-    RETURNING run_id, name, position, claims, fails, job, priority, ready_at";
+    RETURNING run_id, name, position, NULL AS element, NULL AS over, NULL AS input, claims, fails,
+        job, priority, ready_at";
+
+const CLAIM_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
+    SET worker = ?1, lease_until = ?2, claims = claims + 1
+    WHERE rowid IN (SELECT value FROM json_each(?3))
+    RETURNING run_id, step AS name, position, idx AS element, over, input, claims, fails, job,
+        priority, ready_at";
 
 const START_RUN: &str = "UPDATE jobgraph_runs SET state = 'running', updated_at = ?2
     WHERE id = ?1 AND state = 'pending'";
@@ -881,6 +1368,10 @@ const SELECT_OUTPUT: &str = "SELECT output FROM jobgraph_steps
 const RENEW_CLAIM: &str = "UPDATE jobgraph_steps SET lease_until = ?5
     WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'";
 
+const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements SET lease_until = ?5
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?6 AND worker = ?3 AND claims = ?4
+      AND state = 'pending'";
+
 const SELECT_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = ?1";
 
 const COMPLETE_STEP: &str = "UPDATE jobgraph_steps
@@ -889,9 +1380,94 @@ const COMPLETE_STEP: &str = "UPDATE jobgraph_steps
         worker = NULL, lease_until = NULL, ready_at = NULL
     WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'";
 
+const COMPLETE_ELEMENT: &str = "UPDATE jobgraph_queue_elements
+    SET state = 'completed', output = ?5, error = NULL, started_at = COALESCE(started_at, ?6),
+        ended_at = ?7, worker = NULL, lease_until = NULL, ready_at = NULL
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?8 AND worker = ?3 AND claims = ?4
+      AND state = 'pending'";
+
+/// One more dependency of step `?2` completed: the last makes it ready, unless it is a fan-out
+/// (its elements are made instead). What it is now.
 const DEPENDENCY_DONE: &str = "UPDATE jobgraph_steps
-    SET waiting = waiting - 1, ready_at = CASE WHEN waiting = 1 THEN ?3 ELSE NULL END
-    WHERE run_id = ?1 AND position = ?2 AND state = 'pending' AND waiting > 0";
+    SET waiting = waiting - 1,
+        ready_at = CASE WHEN waiting = 1 AND fan_over IS NULL THEN ?3 ELSE NULL END
+    WHERE run_id = ?1 AND position = ?2 AND state = 'pending' AND waiting > 0
+    RETURNING name, position, waiting, fan_over, fan_bound, job, priority";
+
+/// The length of step `?2`'s output, if it is a list.
+const SELECT_LIST_LENGTH: &str = "SELECT CASE WHEN json_type(output) = 'array'
+        THEN json_array_length(output) END AS n
+    FROM jobgraph_steps WHERE run_id = ?1 AND position = ?2 AND state = 'completed'";
+
+/// A fan-out whose parent's output is not a list is claimed whole.
+const READY_WHOLE: &str = "UPDATE jobgraph_steps SET ready_at = ?3
+    WHERE run_id = ?1 AND position = ?2 AND state = 'pending'";
+
+/// One element of fan-out `?2` (at `?3`) of run `?1` per element of its parent `?4`'s output
+/// (each cut out as JSON), the first `?8` (all if NULL) ready at `?7`.
+const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
+        (run_id, step, position, idx, over, input, job, priority, state, ready_at)
+    SELECT ?1, ?2, ?3, j.key, ?4, p.output -> j.key, ?5, ?6, 'pending',
+        CASE WHEN ?8 IS NULL OR j.key < ?8 THEN ?7 END
+    FROM jobgraph_steps p, json_each(p.output) AS j
+    WHERE p.run_id = ?1 AND p.position = ?4 AND p.state = 'completed'
+    ORDER BY j.key";
+
+const SET_FAN_SIZE: &str = "UPDATE jobgraph_steps SET fan_size = ?3, fan_done = 0
+    WHERE run_id = ?1 AND position = ?2";
+
+/// One more element of fan-out `?2` completed: how many have, of how many, and its bound.
+const COUNT_ELEMENT_DONE: &str = "UPDATE jobgraph_steps SET fan_done = fan_done + 1
+    WHERE run_id = ?1 AND name = ?2 AND state = 'pending'
+    RETURNING fan_done, fan_size, fan_bound";
+
+/// Element `?3`, held back by its step's bound, is ready.
+const RELEASE_ELEMENT: &str = "UPDATE jobgraph_queue_elements SET ready_at = ?4
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?3 AND state = 'pending' AND ready_at IS NULL";
+
+const SELECT_ELEMENT_OUTPUTS: &str = "SELECT output, claims, started_at
+    FROM jobgraph_queue_elements WHERE run_id = ?1 AND step = ?2 ORDER BY idx";
+
+/// Fan-out `?2` completed with output `?3` (its elements' outputs, in order), after `?4` claims.
+const COMPLETE_FAN_OUT: &str = "UPDATE jobgraph_steps
+    SET state = 'completed', output = ?3, attempts = ?4, error = NULL,
+        started_at = COALESCE(started_at, ?5), ended_at = ?6,
+        worker = NULL, lease_until = NULL, ready_at = NULL
+    WHERE run_id = ?1 AND name = ?2 AND state = 'pending'";
+
+const RETRY_ELEMENT: &str = "UPDATE jobgraph_queue_elements
+    SET fails = fails + 1, error = ?5, started_at = COALESCE(started_at, ?6),
+        worker = NULL, lease_until = NULL, ready_at = ?7
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?8 AND worker = ?3 AND claims = ?4
+      AND state = 'pending'
+      AND fails + 1 < COALESCE((SELECT max_fails FROM jobgraph_runs r WHERE r.id = run_id),
+                               9223372036854775807)";
+
+const FAIL_ELEMENT: &str = "UPDATE jobgraph_queue_elements
+    SET state = 'failed', fails = fails + 1, error = ?5, started_at = COALESCE(started_at, ?6),
+        ended_at = ?7, worker = NULL, lease_until = NULL, ready_at = NULL
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?8 AND worker = ?3 AND claims = ?4
+      AND state = 'pending'";
+
+/// Fan-out `?2` failed with its element's error `?3`; its attempts are its elements' claims.
+const FAIL_FAN_OUT: &str = "UPDATE jobgraph_steps
+    SET state = 'failed', error = ?3, ended_at = ?4, ready_at = NULL,
+        attempts = (SELECT COALESCE(SUM(e.claims), 0) FROM jobgraph_queue_elements e
+            WHERE e.run_id = ?1 AND e.step = ?2),
+        started_at = COALESCE(started_at, (SELECT MIN(e.started_at)
+            FROM jobgraph_queue_elements e WHERE e.run_id = ?1 AND e.step = ?2))
+    WHERE run_id = ?1 AND name = ?2 AND state = 'pending'";
+
+const CANCEL_FAN_OUT_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
+    SET state = 'cancelled', ready_at = NULL, ended_at = ?3
+    WHERE run_id = ?1 AND step = ?2 AND state = 'pending'";
+
+const CANCEL_PENDING_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
+    SET state = 'cancelled', ready_at = NULL, ended_at = ?2
+    WHERE run_id = ?1 AND state = 'pending'";
+
+const AGE_ELEMENT_CLAIMS: &str = "UPDATE jobgraph_queue_elements
+    SET lease_until = lease_until - ?1 WHERE lease_until IS NOT NULL";
 
 const RETRY_STEP: &str = "UPDATE jobgraph_steps
     SET fails = fails + 1, error = ?5, attempts = claims, started_at = COALESCE(started_at, ?6),

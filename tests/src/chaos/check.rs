@@ -277,9 +277,13 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
             }
         }
     );
+    // Steps, and the elements of fan-outs (claimed one by one) as units `step[i]`.
     let steps: HashMap<(String, String), Step> = fetch!(
         admin,
-        "SELECT run_id, name, state, output, claims, fails FROM jobgraph_steps",
+        "SELECT run_id, name, state, output, claims, fails FROM jobgraph_steps
+         UNION ALL
+         SELECT run_id, step || '[' || idx || ']', state, output, claims, fails
+         FROM jobgraph_queue_elements",
         |row| (
             (row.get::<String, _>("run_id"), row.get::<String, _>("name")),
             Step {
@@ -486,8 +490,21 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
     }
 
     // 7. Fencing: each commit by the holder of the claim it was made under; each completion a
-    // worker was told was stored is that commit.
+    // worker was told was stored is that commit. A fan-out claimed element by element is
+    // committed by its last element's commit, under no claim of its own: its elements' commits
+    // are checked instead.
+    let fanned: HashSet<(&str, &str)> = commits
+        .iter()
+        .filter_map(|c| {
+            let (step, _) = c.step.split_once('[')?;
+            Some((c.run.as_str(), step))
+        })
+        .collect();
     for commit in &commits {
+        if commit.holder.is_none() && fanned.contains(&(commit.run.as_str(), commit.step.as_str()))
+        {
+            continue;
+        }
         v.check(
             FENCE,
             commit.holder.is_some() && commit.claim.is_some(),
@@ -536,7 +553,10 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
     for ((run, unit), list) in &executed {
         f.duplicates += list.len() as u64 - 1;
         let step = &list[0].step;
-        let row = steps.get(&((*run).to_owned(), step.clone()));
+        // An element claimed on its own is counted in its own row.
+        let row = steps
+            .get(&((*run).to_owned(), (*unit).to_owned()))
+            .or_else(|| steps.get(&((*run).to_owned(), step.clone())));
         let claims = row.map_or(0, |s| s.claims);
         let fails = row.map_or(0, |s| s.fails);
         v.check(BOUNDED, list.len() as i64 <= claims, || {

@@ -201,7 +201,7 @@ impl<S: Queue + Clone> Queue for Flaky<S> {
                 self.witness
                     .ack(Ack {
                         run: &completion.claim.run,
-                        step: &completion.claim.step,
+                        step: &unit(completion.claim),
                         claim: completion.claim.attempt,
                         kind: "complete",
                         stored,
@@ -222,12 +222,12 @@ impl<S: Queue + Clone> Queue for Flaky<S> {
         claim: &'a ClaimId,
         error: &'a str,
         started_at: i64,
-        retry_at: Option<i64>,
+        retry_in: Option<Duration>,
     ) -> BoxFuture<'a, Result<Failed, StoreError>> {
         Box::pin(async move {
             let answer = self
                 .inner
-                .fail(worker, claim, error, started_at, retry_at)
+                .fail(worker, claim, error, started_at, retry_in)
                 .await;
             let stored = match &answer {
                 Ok(_) => true,
@@ -238,7 +238,7 @@ impl<S: Queue + Clone> Queue for Flaky<S> {
             self.witness
                 .ack(Ack {
                     run: &claim.run,
-                    step: &claim.step,
+                    step: &unit(claim),
                     claim: claim.attempt,
                     kind: "fail",
                     stored,
@@ -286,5 +286,13 @@ impl<S: Queue + Clone> Queue for Flaky<S> {
 
     fn wait_ready<'a>(&'a self, jobs: &'a [&'a str], timeout: Duration) -> BoxFuture<'a, ()> {
         self.inner.wait_ready(jobs, timeout)
+    }
+}
+
+/// What the witness calls a claim's work: its step, or `step[i]` for an element of a fan-out.
+fn unit(claim: &ClaimId) -> String {
+    match claim.element {
+        Some(i) => format!("{}[{i}]", claim.step),
+        None => claim.step.clone(),
     }
 }

@@ -543,12 +543,18 @@ where
         .map(drop)
 }
 
-/// The steps worker `name` holds now (best effort: `None` if the database did not answer).
+/// The steps (and fan-out elements, as `step[i]`) worker `name` holds now (best effort: `None` if the database did not answer).
 async fn held_by(admin: &Admin, name: &str) -> Option<Vec<(String, String)>> {
     const SQL_PG: &str =
-        "SELECT run_id, name FROM jobgraph_steps WHERE worker = $1 AND state = 'pending'";
+        "SELECT run_id, name FROM jobgraph_steps WHERE worker = $1 AND state = 'pending'
+        UNION ALL
+        SELECT run_id, step || '[' || idx || ']' FROM jobgraph_queue_elements
+        WHERE worker = $1 AND state = 'pending'";
     const SQL_LITE: &str =
-        "SELECT run_id, name FROM jobgraph_steps WHERE worker = ?1 AND state = 'pending'";
+        "SELECT run_id, name FROM jobgraph_steps WHERE worker = ?1 AND state = 'pending'
+        UNION ALL
+        SELECT run_id, step || '[' || idx || ']' FROM jobgraph_queue_elements
+        WHERE worker = ?1 AND state = 'pending'";
     match admin {
         Admin::Pg(pool) => sqlx::query_as(SQL_PG).bind(name).fetch_all(pool).await.ok(),
         Admin::Sqlite(pool) => sqlx::query_as(SQL_LITE)

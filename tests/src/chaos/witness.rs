@@ -7,7 +7,9 @@
 //! - `chaos_commits`: one row per commit of a step's output, written by a trigger in the
 //!   committing transaction, with the claim it was committed under (its number and holder) and,
 //!   on PostgreSQL, the session that committed it (`application_name`: each worker names its
-//!   connections after itself);
+//!   connections after itself); likewise one row per commit of a fan-out's element (claimed one
+//!   by one), as unit `step[i]`, and the fan-out's own commit (its elements' outputs, assembled
+//!   by the last element's commit) under no claim;
 //! - `chaos_ends`: one row per transition of a run to a terminal state, by a trigger;
 //! - `chaos_acks`: what each worker's store answered to each completion and failure it sent
 //!   (written by [`Flaky`](super::flaky::Flaky) after the answer), and the answers it replaced
@@ -46,6 +48,16 @@ BEGIN
 END $$;
 CREATE TRIGGER chaos_commit AFTER UPDATE ON jobgraph_steps
     FOR EACH ROW WHEN (NEW.state = 'completed') EXECUTE FUNCTION chaos_commit();
+CREATE FUNCTION chaos_element_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO chaos_commits (run_id, step, claim, holder, committer, output, at_ms)
+    VALUES (NEW.run_id, NEW.step || '[' || NEW.idx || ']', OLD.claims, OLD.worker,
+            current_setting('application_name', true), NEW.output,
+            jobgraph_ms(clock_timestamp()));
+    RETURN NEW;
+END $$;
+CREATE TRIGGER chaos_element_commit AFTER UPDATE ON jobgraph_queue_elements
+    FOR EACH ROW WHEN (NEW.state = 'completed') EXECUTE FUNCTION chaos_element_commit();
 CREATE FUNCTION chaos_end() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO chaos_ends (run_id, old_state, new_state, at_ms)
@@ -84,6 +96,15 @@ CREATE TRIGGER chaos_commit AFTER UPDATE ON jobgraph_steps WHEN NEW.state = 'com
 BEGIN
     INSERT INTO chaos_commits (run_id, step, claim, holder, committer, output, at_ms)
     VALUES (NEW.run_id, NEW.name, OLD.claims, OLD.worker, NULL, NEW.output, ",
+    sqlite_now!(),
+    ");
+END;
+CREATE TRIGGER chaos_element_commit AFTER UPDATE ON jobgraph_queue_elements
+    WHEN NEW.state = 'completed'
+BEGIN
+    INSERT INTO chaos_commits (run_id, step, claim, holder, committer, output, at_ms)
+    VALUES (NEW.run_id, NEW.step || '[' || NEW.idx || ']', OLD.claims, OLD.worker, NULL,
+            NEW.output, ",
     sqlite_now!(),
     ");
 END;
