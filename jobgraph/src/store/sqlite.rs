@@ -134,37 +134,57 @@ impl SqliteStore {
         };
         let connect = connect
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .synchronous(match options.synchronous {
                 Synchronous::Full => SqliteSynchronous::Full,
                 Synchronous::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(options.busy_timeout);
-        let pool = if memory {
-            // An in-memory database lives as long as a connection to it: keep exactly one.
-            SqlitePoolOptions::new()
+        if memory {
+            // An in-memory database lives as long as a connection to it: keep exactly one. Its
+            // journal is in memory whatever is asked; no other process opens it.
+            let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .min_connections(1)
                 .idle_timeout(None)
                 .max_lifetime(None)
-        } else {
-            SqlitePoolOptions::new().max_connections(4)
+                .test_before_acquire(false)
+                .connect_with(connect.journal_mode(SqliteJournalMode::Wal))
+                .await?;
+            schema::migrate(&mut *pool.acquire().await?).await?;
+            return Ok(Self::start(pool, None, None));
         }
-        // A local file's connections do not go stale: no ping before each use (it cost a round
-        // trip to the connection's thread per write, about a third of a commit's time).
-        .test_before_acquire(false)
-        .connect_with(connect.clone())
-        .await?;
-        schema::migrate(&pool).await?;
+        // A file: one connection first switches it to WAL (kept in the file, so later connections
+        // need not ask) and migrates it, waiting for any other process doing the same; it then
+        // becomes the writer's own connection.
+        let mut first = SqliteConnection::connect_with(&connect).await?;
+        wal(&mut first, options.busy_timeout).await?;
+        schema::migrate(&mut first).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            // A local file's connections do not go stale: no ping before each use (it cost a
+            // round trip to the connection's thread per write, about a third of a commit's time).
+            .test_before_acquire(false)
+            .connect_with(connect.clone())
+            .await?;
+        Ok(Self::start(pool, Some(connect), Some(first)))
+    }
+
+    /// The store on `pool`, and its group commit spawned, writing on `own` (else a connection
+    /// opened with `connect`, else the pool's).
+    fn start(
+        pool: SqlitePool,
+        connect: Option<SqliteConnectOptions>,
+        own: Option<SqliteConnection>,
+    ) -> SqliteStore {
         let (writes, queue) = mpsc::unbounded_channel();
         let writer = Writer {
             pool: pool.clone(),
-            connect: (!memory).then_some(connect),
-            own: None,
+            connect,
+            own,
         };
         tokio::spawn(commit_groups(writer, queue));
-        Ok(SqliteStore { pool, writes })
+        SqliteStore { pool, writes }
     }
 
     /// Closes the database's connections; the store fails every call after.
@@ -257,6 +277,41 @@ pub(super) fn no_such_step(run: &str, step: &str) -> StoreError {
         run: run.to_owned(),
         step: step.to_owned(),
     }
+}
+
+/// Switches the file `conn` is open on to WAL mode, waiting up to `busy_timeout` for other
+/// connections (processes opening the same new file at once).
+///
+/// `PRAGMA journal_mode = WAL` reads the database header and then upgrades to a write lock; if
+/// another connection holds or waits for that lock, SQLite returns `SQLITE_BUSY` at once instead
+/// of calling the busy handler (waiting could deadlock), so `busy_timeout` alone does not cover
+/// it: the statement is retried, with the read lock released in between.
+async fn wal(conn: &mut SqliteConnection, busy_timeout: Duration) -> Result<(), StoreError> {
+    let deadline = tokio::time::Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await {
+            Ok(_) => return Ok(()),
+            Err(error) if is_busy(&error) && tokio::time::Instant::now() + pause < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Whether `error` is SQLite's `SQLITE_BUSY` or `SQLITE_LOCKED` (or one of their extended codes).
+fn is_busy(error: &sqlx::Error) -> bool {
+    const SQLITE_BUSY: i32 = 5;
+    const SQLITE_LOCKED: i32 = 6;
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    error
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
 }
 
 // ---- Statements, one function each ------------------------------------------------------------
