@@ -1161,8 +1161,8 @@ fn apply<'c>(
 /// argument: run ids; `[id, owner]` pairs), which of the steps they name exist (the second:
 /// `[run, step]` pairs), the runs it opens (the third: run ids; [`SELECT_RUN`]'s columns) with
 /// their steps (the fourth: the same ids; [`SELECT_STEPS`]' columns and the run's id first,
-/// in graph order), and how many rows the connection changed so far (for [`write_sql!`]'s
-/// check).
+/// in graph order), and how many rows the connection changed so far (for
+/// [`CHECK`]).
 ///
 /// The arguments are JSON arrays, bound to `?` in order (sqlx binds a script's `?`s one after
 /// the other, statement after statement; numbered ones it would bind wrong).
@@ -1186,56 +1186,72 @@ macro_rules! read_sql {
 }
 
 /// What a segment of a group writes: one statement per kind of write for all its writes of
-/// that kind, then a check that they changed as many rows as planned (it fails the script with
-/// malformed JSON otherwise, before the commit). The arguments, bound to `?` in order (see
-/// [`read_sql!`]), are now and JSON arrays with one element per write: new runs `[id, job,
-/// batch, input, graph, owner, until]` (twice: the runs, then their steps, read from the
-/// graph), leases taken `[id, owner, until, resume]` (twice: the runs, then a resumed run's
-/// unfinished steps, pending again), settled steps `[run, step, state, attempts, output, error,
-/// started_at, ended_at]`, skipped steps `[run, step]`, elements `[run, step, index, output]`,
-/// renewed leases `[run, until]`, finished runs `[run, state, error]`, the runs written (ids),
-/// and the connection's total of changed rows the statements must reach.
-macro_rules! write_sql {
-    () => {
-        "INSERT INTO jobgraph_runs
+/// that kind, in this order, then [`CHECK`]. A segment's script holds only the statements of
+/// the kinds it writes ([`Plan::sql`]): sqlx sends a result from the connection's thread for
+/// each statement run, and most groups write 4 or 5 kinds of the 10. Each takes JSON arrays with
+/// one element per write and, where marked `now`, the time, bound to `?` in order (see
+/// [`read_sql!`]): new runs `[id, job, batch, input, graph, owner, until]` (the runs, then
+/// their steps, read from the graph), leases taken `[id, owner, until, resume]` (the runs, then
+/// a resumed run's unfinished steps, pending again), settled steps `[run, step, state,
+/// attempts, output, error, started_at, ended_at]`, skipped steps `[run, step]`, elements
+/// `[run, step, index, output]`, renewed leases `[run, until]`, finished runs `[run, state,
+/// error]`, and the runs written (ids).
+const WRITES: [&str; WRITE_KINDS] = [
+    // now, now, new runs
+    "INSERT INTO jobgraph_runs
     (id, job, batch, input, graph, state, lease_owner, lease_until, created_at, updated_at)
     SELECT w.value ->> 0, w.value ->> 1, w.value ->> 2, w.value ->> 3, w.value ->> 4, 'running',
         w.value ->> 5, w.value ->> 6, ?, ?
-    FROM json_each(?) AS w;
-INSERT INTO jobgraph_steps (run_id, name, position, state)
+    FROM json_each(?) AS w",
+    // new runs
+    "INSERT INTO jobgraph_steps (run_id, name, position, state)
     SELECT w.value ->> 0, json_extract(step.value, '$.name'), step.key, 'pending'
-    FROM json_each(?) AS w, json_each(w.value ->> 4, '$.steps') AS step;
-UPDATE jobgraph_runs
+    FROM json_each(?) AS w, json_each(w.value ->> 4, '$.steps') AS step",
+    // now, leases
+    "UPDATE jobgraph_runs
     SET lease_owner = w.value ->> 1, lease_until = w.value ->> 2, updated_at = ?,
         state = CASE WHEN w.value ->> 3 THEN 'running' ELSE jobgraph_runs.state END,
         error = CASE WHEN w.value ->> 3 THEN NULL ELSE jobgraph_runs.error END
-    FROM json_each(?) AS w WHERE jobgraph_runs.id = w.value ->> 0;
-UPDATE jobgraph_steps SET state = 'pending', error = NULL
+    FROM json_each(?) AS w WHERE jobgraph_runs.id = w.value ->> 0",
+    // leases
+    "UPDATE jobgraph_steps SET state = 'pending', error = NULL
     WHERE jobgraph_steps.state <> 'completed' AND jobgraph_steps.run_id IN
-        (SELECT w.value ->> 0 FROM json_each(?) AS w WHERE w.value ->> 3);
-UPDATE jobgraph_steps
+        (SELECT w.value ->> 0 FROM json_each(?) AS w WHERE w.value ->> 3)",
+    // settled steps
+    "UPDATE jobgraph_steps
     SET state = w.value ->> 2, attempts = w.value ->> 3, output = w.value ->> 4,
         error = w.value ->> 5, started_at = w.value ->> 6, ended_at = w.value ->> 7
     FROM json_each(?) AS w
-    WHERE jobgraph_steps.run_id = w.value ->> 0 AND jobgraph_steps.name = w.value ->> 1;
-UPDATE jobgraph_steps SET state = 'skipped'
+    WHERE jobgraph_steps.run_id = w.value ->> 0 AND jobgraph_steps.name = w.value ->> 1",
+    // skipped steps
+    "UPDATE jobgraph_steps SET state = 'skipped'
     FROM json_each(?) AS w
-    WHERE jobgraph_steps.run_id = w.value ->> 0 AND jobgraph_steps.name = w.value ->> 1;
-INSERT INTO jobgraph_elements (run_id, step, idx, output)
+    WHERE jobgraph_steps.run_id = w.value ->> 0 AND jobgraph_steps.name = w.value ->> 1",
+    // elements
+    "INSERT INTO jobgraph_elements (run_id, step, idx, output)
     SELECT w.value ->> 0, w.value ->> 1, w.value ->> 2, w.value ->> 3 FROM json_each(?) AS w
     WHERE true
-    ON CONFLICT (run_id, step, idx) DO UPDATE SET output = excluded.output;
-UPDATE jobgraph_runs SET lease_until = w.value ->> 1
-    FROM json_each(?) AS w WHERE jobgraph_runs.id = w.value ->> 0;
-UPDATE jobgraph_runs
+    ON CONFLICT (run_id, step, idx) DO UPDATE SET output = excluded.output",
+    // renewed leases
+    "UPDATE jobgraph_runs SET lease_until = w.value ->> 1
+    FROM json_each(?) AS w WHERE jobgraph_runs.id = w.value ->> 0",
+    // now, finished runs
+    "UPDATE jobgraph_runs
     SET state = w.value ->> 1, error = w.value ->> 2, lease_owner = NULL, lease_until = NULL,
         updated_at = ?
-    FROM json_each(?) AS w WHERE jobgraph_runs.id = w.value ->> 0;
-UPDATE jobgraph_runs SET updated_at = ?
-    WHERE jobgraph_runs.id IN (SELECT w.value FROM json_each(?) AS w);
-SELECT json(CASE WHEN total_changes() = ? THEN 'null' ELSE '{' END)"
-    };
-}
+    FROM json_each(?) AS w WHERE jobgraph_runs.id = w.value ->> 0",
+    // now, the runs written
+    "UPDATE jobgraph_runs SET updated_at = ?
+    WHERE jobgraph_runs.id IN (SELECT w.value FROM json_each(?) AS w)",
+];
+
+/// How many kinds of statements [`WRITES`] has.
+const WRITE_KINDS: usize = 10;
+
+/// The end of a segment's writes: a check that they changed as many rows as planned (the
+/// connection's total of changed rows they must reach, bound to `?`); it fails the script with
+/// malformed JSON otherwise, before the commit.
+const CHECK: &str = "SELECT json(CASE WHEN total_changes() = ? THEN 'null' ELSE '{' END)";
 
 /// A segment's reads, in the group's open transaction.
 const READ: &str = read_sql!();
@@ -1243,13 +1259,6 @@ const READ: &str = read_sql!();
 const BEGIN_AND_READ: &str = concat!("BEGIN IMMEDIATE;\n", read_sql!());
 /// How many statements [`READ`] is.
 const READ_STATEMENTS: usize = 1;
-/// A segment's writes, in the group's open transaction.
-const WRITE: &str = write_sql!();
-/// The last segment's writes on the writer's own connection: the transaction commits with them.
-const WRITE_AND_COMMIT: &str = concat!(write_sql!(), ";\nCOMMIT");
-/// How many statements [`WRITE`] is.
-const WRITE_STATEMENTS: usize = 11;
-
 /// Why a group was not written set-based.
 enum Trouble {
     /// The transaction could not begin or commit: every write of the group fails with this.
@@ -1300,14 +1309,11 @@ async fn write_group(
         for write in segment {
             answers.push(plan.write(write, &mut seen, now));
         }
-        let write = plan.query(
-            if commit { WRITE_AND_COMMIT } else { WRITE },
-            now,
-            seen.changes,
-        );
-        match script(conn, write, WRITE_STATEMENTS + usize::from(commit)).await {
+        let (sql, statements) = plan.sql(commit);
+        let write = plan.query(&sql, now, seen.changes);
+        match script(conn, write, statements + usize::from(commit)).await {
             Ok(_) => {}
-            Err((at, error)) if commit && at == WRITE_STATEMENTS => {
+            Err((at, error)) if commit && at == statements => {
                 return Err(Trouble::Failed(error));
             }
             Err(_) => return Err(rolled_back(conn, own).await),
@@ -1357,7 +1363,7 @@ async fn script<'q>(
 /// segment if it opens a run a write before it in the segment touched (the run must be read
 /// after those writes), or if it writes what a write before it in the segment writes (the
 /// same step, element, lease renewal or finish: one statement cannot write a row twice in
-/// order). Every other pair of writes commutes, given the order of [`write_sql!`]'s statements
+/// order). Every other pair of writes commutes, given the order of [`WRITES`]'s statements
 /// (runs opened first, finished last).
 fn segments(writes: &[&Write]) -> Vec<std::ops::Range<usize>> {
     #[derive(Default)]
@@ -1598,7 +1604,7 @@ type ReadStep = (
     Option<i64>,
 );
 
-/// A settled step, as [`write_sql!`] takes it.
+/// A settled step, as [`WRITES`] takes it.
 type Settled<'w> = (
     &'w str,
     &'w str,
@@ -1610,7 +1616,7 @@ type Settled<'w> = (
     i64,
 );
 
-/// A new run, as [`write_sql!`] takes it.
+/// A new run, as [`WRITES`] takes it.
 type NewRun<'w> = (
     &'w str,
     &'w str,
@@ -1621,7 +1627,7 @@ type NewRun<'w> = (
     i64,
 );
 
-/// What a segment writes: [`write_sql!`]'s arguments.
+/// What a segment writes: [`WRITES`]'s arguments.
 #[derive(Default)]
 struct Plan<'w> {
     runs: Vec<NewRun<'w>>,
@@ -1786,14 +1792,50 @@ impl<'w> Plan<'w> {
         }
     }
 
-    /// [`write_sql!`] (`sql`) with the plan bound to it: the connection's total of changed rows
-    /// was `changes` before.
-    fn query(
+    /// Which of [`WRITES`]' statements the segment runs: those of the kinds it writes (a
+    /// resumed run whose steps all completed has none to make pending again).
+    fn kinds(&self) -> [bool; WRITE_KINDS] {
+        [
+            !self.runs.is_empty(),
+            !self.runs.is_empty(),
+            !self.leases.is_empty(),
+            self.resumed > 0,
+            !self.settled.is_empty(),
+            !self.skipped.is_empty(),
+            !self.elements.is_empty(),
+            !self.renewed.is_empty(),
+            !self.finished.is_empty(),
+            !self.touched.is_empty(),
+        ]
+    }
+
+    /// The segment's script: its statements of [`WRITES`], [`CHECK`], and with `commit` a
+    /// `COMMIT`; and how many statements it has before the commit.
+    fn sql(&self, commit: bool) -> (String, usize) {
+        let mut sql = String::new();
+        let mut statements = 0;
+        for (statement, runs) in WRITES.iter().zip(self.kinds()) {
+            if runs {
+                sql.push_str(statement);
+                sql.push_str(";\n");
+                statements += 1;
+            }
+        }
+        sql.push_str(CHECK);
+        if commit {
+            sql.push_str(";\nCOMMIT");
+        }
+        (sql, statements + 1)
+    }
+
+    /// The segment's script `sql` ([`Plan::sql`]) with the plan bound to it: the connection's
+    /// total of changed rows was `changes` before.
+    fn query<'q>(
         &self,
-        sql: &'static str,
+        sql: &'q str,
         now: i64,
         changes: i64,
-    ) -> sqlx::query::Query<'static, Sqlite, sqlx::sqlite::SqliteArguments<'static>> {
+    ) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
         let planned = self.runs.len()
             + self.steps
             + self.leases.len()
@@ -1805,25 +1847,40 @@ impl<'w> Plan<'w> {
             + self.finished.len()
             + self.touched.len();
         let total = changes.saturating_add(i64::try_from(planned).unwrap_or(i64::MAX));
-        let runs = json(&self.runs);
-        let leases = json(&self.leases);
-        sqlx::query(sql)
-            .bind(now)
-            .bind(now)
-            .bind(runs.clone())
-            .bind(runs)
-            .bind(now)
-            .bind(leases.clone())
-            .bind(leases)
-            .bind(json(&self.settled))
-            .bind(json(&self.skipped))
-            .bind(json(&self.elements))
-            .bind(json(&self.renewed))
-            .bind(now)
-            .bind(json(&self.finished))
-            .bind(now)
-            .bind(json(&self.touched))
-            .bind(total)
+        let [runs, steps, leases, resumed, settled, skipped, elements, renewed, finished, touched] =
+            self.kinds();
+        let mut query = sqlx::query(sql);
+        if runs {
+            query = query.bind(now).bind(now).bind(json(&self.runs));
+        }
+        if steps {
+            query = query.bind(json(&self.runs));
+        }
+        if leases {
+            query = query.bind(now).bind(json(&self.leases));
+        }
+        if resumed {
+            query = query.bind(json(&self.leases));
+        }
+        if settled {
+            query = query.bind(json(&self.settled));
+        }
+        if skipped {
+            query = query.bind(json(&self.skipped));
+        }
+        if elements {
+            query = query.bind(json(&self.elements));
+        }
+        if renewed {
+            query = query.bind(json(&self.renewed));
+        }
+        if finished {
+            query = query.bind(now).bind(json(&self.finished));
+        }
+        if touched {
+            query = query.bind(now).bind(json(&self.touched));
+        }
+        query.bind(total)
     }
 }
 
@@ -2594,20 +2651,20 @@ mod tests {
         plan.settled
             .push(("r1", "nope", "completed", 1, Some("1"), None, None, 1));
         plan.touched.insert("r1");
-        let write = plan.query(WRITE_AND_COMMIT, 1, changes);
-        let Err((at, error)) = script(&mut conn, write, WRITE_STATEMENTS + 1).await else {
+        let (sql, statements) = plan.sql(true);
+        let write = plan.query(&sql, 1, changes);
+        let Err((at, error)) = script(&mut conn, write, statements + 1).await else {
             panic!("the script committed");
         };
-        assert_eq!(at, WRITE_STATEMENTS - 1, "the check: {error}");
+        assert_eq!(at, statements - 1, "the check: {error}");
         sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
         // The same plan, right: it commits.
         let changes = begin_and_read_nothing(&mut conn).await;
         plan.settled[0].1 = "s0";
-        let write = plan.query(WRITE_AND_COMMIT, 1, changes);
-        let rows = script(&mut conn, write, WRITE_STATEMENTS + 1)
-            .await
-            .unwrap();
-        assert_eq!(rows.len(), WRITE_STATEMENTS + 1);
+        let (sql, statements) = plan.sql(true);
+        let write = plan.query(&sql, 1, changes);
+        let rows = script(&mut conn, write, statements + 1).await.unwrap();
+        assert_eq!(rows.len(), statements + 1);
         let run = store.load_run("r1").await.unwrap().unwrap();
         assert_eq!(run.steps[0].state, StepStatus::Completed);
         assert_eq!(run.updated_at, 1);
