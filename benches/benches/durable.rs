@@ -8,7 +8,8 @@
 //! once, 16: the batch default), `DURABLE_WIDE_CONCURRENCY` (the SQLite batches again with this
 //! many at once, 64; 0 leaves them out), `DURABLE_ROUNDS` (7), `DURABLE_RAW_COMMITS` (commits
 //! per raw-loop sample, 1,000). Database and JSON files go to a fresh temporary directory per
-//! sample (`TMPDIR` moves them).
+//! sample (`TMPDIR` moves them). `DURABLE_ONLY=<part of a name>` times only the contenders
+//! whose name holds it and prints their times alone (to profile them, e.g. under `perf`).
 //!
 //! The job is the 8-step diamond of the `batch` bench, every step returning at once, so what is
 //! timed is jobgraph and the store:
@@ -675,6 +676,19 @@ fn main() {
         s.runs, STEPS, s.concurrency, s.wide, s.rounds
     );
     let contenders = Contender::all(&s);
+    if let Ok(only) = std::env::var("DURABLE_ONLY") {
+        // A profile of some contenders (`perf record`): their times alone, no ratios.
+        let chosen: Vec<Contender> = contenders
+            .into_iter()
+            .filter(|c| c.name().contains(&only))
+            .collect();
+        let times = measure(&rt, s, &chosen);
+        for (c, times) in chosen.iter().zip(&times) {
+            let per_unit: Vec<f64> = times.iter().map(|t| t * 1e6 / c.units(&s) as f64).collect();
+            println!("{}: µs per unit {per_unit:.1?}", c.name());
+        }
+        return;
+    }
     let times = measure(&rt, s, &contenders);
     print!("{}", report(&times, s, &contenders));
 }

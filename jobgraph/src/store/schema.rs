@@ -4,7 +4,7 @@
 //! in one `BEGIN IMMEDIATE` transaction (so processes opening a new file at once serialize), and
 //! refuses a database of a version this build does not know.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{Connection as _, SqliteConnection};
 
 use super::StoreError;
 use super::sqlite::corrupt_or_database;
@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_runs_steps_elements.sql"),
     include_str!("migrations/0002_queue.sql"),
     include_str!("migrations/0003_queue_elements.sql"),
+    include_str!("migrations/0004_steps_failed_index.sql"),
 ];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS jobgraph_meta (
@@ -30,8 +31,8 @@ const UPSERT_VERSION: &str = "INSERT INTO jobgraph_meta (key, value) VALUES ('sc
     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 /// Brings the database to [`SCHEMA_VERSION`], or says why it cannot.
-pub(super) async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+pub(super) async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     create_meta(&mut tx).await?;
     let found = schema_version(&mut tx).await?.unwrap_or(0);
     let Some(missing) = usize::try_from(found)
