@@ -198,6 +198,20 @@ impl PgStore {
         self.sweeps.now();
     }
 
+    /// The database's clock (`now()`), Unix ms: what leases and times to live are counted on,
+    /// for protocol tests that read them back.
+    ///
+    /// # Panics
+    ///
+    /// If the database fails (a test helper).
+    #[doc(hidden)]
+    pub async fn clock_ms(&self) -> i64 {
+        sqlx::query_scalar("SELECT jobgraph_ms(now())")
+            .fetch_one(&self.pool)
+            .await
+            .expect("clock_ms: the store's database failed")
+    }
+
     pub(super) fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_runs_steps_elements.sql"),
     include_str!("migrations/0002_queue.sql"),
     include_str!("migrations/0003_queue_elements.sql"),
+    include_str!("migrations/0004_ttr.sql"),
 ];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS jobgraph_meta (
