@@ -113,6 +113,7 @@ on_both_queues! {
     a_fan_outs_run_past_its_time_to_live_fails_and_cancels_its_elements => fan_out_expires,
     a_claim_is_a_lease_of_its_steps_ttr_renewed_by_it => claims_lease_their_ttr,
     a_worker_heartbeats_within_the_shortest_ttr_it_holds => worker_beats_within_ttrs,
+    a_redriven_fan_out_runs_every_element_again => redriven_fan_out_runs_again,
 }
 
 /// Counters of the jobs' executions, per key (a case's `base` and what it counts).
@@ -2314,5 +2315,82 @@ async fn worker_beats_within_ttrs(store: impl TestQueue, base: u64) {
     for id in &ids {
         let run = client.status(id).await.unwrap();
         assert_eq!(run.step("work").unwrap().attempts, 1);
+    }
+}
+
+// ---- Redrive of a queued run ---------------------------------------------------------------------
+
+/// A fan-out whose elements' outputs name how many times each ran before (counter `key * 10 +
+/// element`); `list` counts its runs in counter `key * 10`.
+#[derive(Serialize, Deserialize)]
+struct Redo {
+    key: u64,
+}
+
+#[job(durable)]
+impl Redo {
+    #[step]
+    async fn list(&self) -> Vec<u64> {
+        bump(self.key * 10);
+        vec![1, 2, 3]
+    }
+
+    #[step(for_each(list))]
+    async fn each(&self, list: &u64) -> String {
+        let before = bump(self.key * 10 + list);
+        format!("{list}.{before}")
+    }
+
+    #[step]
+    async fn total(&self, each: &[String]) -> String {
+        each.join(",")
+    }
+}
+
+/// Runs `worker` until a claim finds nothing.
+async fn drain(worker: &Worker) {
+    while worker.run_once().await.unwrap().claimed > 0 {}
+}
+
+async fn redriven_fan_out_runs_again(store: impl TestQueue, base: u64) {
+    let key = base + 800;
+    let client = Client::new(&store);
+    let run = client.submit(&Redo { key }).await.unwrap().id;
+    let worker = Worker::new(&store).job::<Redo>().concurrency(2);
+    drain(&worker).await;
+    let out = client
+        .wait::<Redo>(&run, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.each, ["1.0", "2.0", "3.0"]);
+
+    // Redrive the fan-out (its parent stays done): every element runs again, and the step's
+    // output and its child's are the new ones.
+    let reset = store.reset_step(&run, "each").await.unwrap();
+    assert_eq!(reset, ["each", "total"]);
+    assert_eq!(client.status(&run).await.unwrap().state, RunState::Pending);
+    drain(&worker).await;
+    let out = client
+        .wait::<Redo>(&run, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.each, ["1.1", "2.1", "3.1"]);
+    assert_eq!(out.total, "1.1,2.1,3.1");
+    assert_eq!(count(key * 10), 1, "`list` did not run again");
+    let stored = client.status(&run).await.unwrap();
+    assert_eq!(stored.step("each").unwrap().attempts, 3);
+
+    // Redrive from the root: the fan-out is made again from `list`'s new output.
+    let reset = store.reset_step(&run, "list").await.unwrap();
+    assert_eq!(reset, ["list", "each", "total"]);
+    drain(&worker).await;
+    let out = client
+        .wait::<Redo>(&run, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.each, ["1.2", "2.2", "3.2"]);
+    assert_eq!(count(key * 10), 2);
+    for element in 1..=3 {
+        assert_eq!(count(key * 10 + element), 3, "element {element}");
     }
 }

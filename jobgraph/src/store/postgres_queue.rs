@@ -1531,6 +1531,84 @@ async fn fail_fan_out(
     Ok(())
 }
 
+/// [`StoreError::Busy`] if a worker holds a live claim of a step or element of queued run `run`
+/// (locked): a redrive waits for it (as for a runner's lease), so that no claim it clears could
+/// still be committed.
+pub(super) async fn check_unclaimed(conn: &mut PgConnection, run: &str) -> Result<(), StoreError> {
+    let held = sqlx::query(SELECT_LIVE_CLAIM)
+        .bind(run)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match held {
+        None => Ok(()),
+        Some(row) => Err(StoreError::Busy {
+            run: run.to_owned(),
+            owner: get(&row, "worker", "jobgraph_steps")?,
+            until: get(&row, "lease_until", "jobgraph_steps")?,
+        }),
+    }
+}
+
+/// Redrive of queued run `run` of `job` (locked): its steps `hits` (by position: the redriven
+/// step and its descendants, reset by the store) are queued again, as SQLite's `requeue` does.
+/// Their elements' rows are deleted (a fan-out is expanded anew, from its parent's output
+/// then), their claims, errors, leases and time to live cleared, and each waits for its
+/// dependencies that have not completed; one that waits for none is ready now (a fan-out gets
+/// its elements). The run's time to live is cleared: it ran out or the run ended, and a
+/// redrive is the operator's new start.
+pub(super) async fn requeue(
+    conn: &mut PgConnection,
+    run: &str,
+    job: &str,
+    spec: &GraphSpec,
+    hits: &[bool],
+) -> Result<(), StoreError> {
+    let completed: Vec<i32> = sqlx::query_scalar(SELECT_COMPLETED)
+        .bind(run)
+        .fetch_all(&mut *conn)
+        .await?;
+    let (mut names, mut steps, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
+    let mut kids: HashMap<(String, i32), i32> = HashMap::new();
+    for (position, step) in spec.steps.iter().enumerate() {
+        if !hits.get(position).copied().unwrap_or(false) {
+            continue;
+        }
+        let index = i32::try_from(position).unwrap_or(i32::MAX);
+        let left = spec
+            .dependencies(position)
+            .into_iter()
+            .filter(|&d| hits[d] || !completed.contains(&i32::try_from(d).unwrap_or(-1)))
+            .count();
+        // One that waits for nothing waits for one, made done below as if it just completed.
+        if left == 0 {
+            kids.insert((run.to_owned(), index), 1);
+        }
+        names.push(step.name.as_str());
+        steps.push(index);
+        waiting.push(i32::try_from(left.max(1)).unwrap_or(i32::MAX));
+    }
+    sqlx::query(DELETE_QUEUE_ELEMENTS)
+        .bind(run)
+        .bind(&names)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(REQUEUE_STEPS)
+        .bind(run)
+        .bind(&steps)
+        .bind(&waiting)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(CLEAR_TTL).bind(run).execute(&mut *conn).await?;
+    let heads = HashMap::from([(run.to_owned(), (job.to_owned(), spec.clone()))]);
+    let mut news = dependencies_done(conn, kids, &heads).await?;
+    news.sort_unstable();
+    news.dedup();
+    for job in &news {
+        notify(conn, job).await?;
+    }
+    Ok(())
+}
+
 /// A stored step index as a graph position.
 fn index(position: i32, claim: &ClaimId) -> Result<usize, StoreError> {
     usize::try_from(position).map_err(|_| StoreError::Corrupt {
@@ -2171,6 +2249,30 @@ const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements
       AND state = 'pending'";
 
 const SELECT_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1";
+
+/// A live claim of a step or element of run `$1`, if any.
+const SELECT_LIVE_CLAIM: &str = "SELECT worker, jobgraph_ms(lease_until) AS lease_until
+    FROM jobgraph_steps
+    WHERE run_id = $1 AND state = 'pending' AND worker IS NOT NULL AND lease_until > now()
+    UNION ALL
+    SELECT worker, jobgraph_ms(lease_until) FROM jobgraph_queue_elements
+    WHERE run_id = $1 AND state = 'pending' AND worker IS NOT NULL AND lease_until > now()
+    LIMIT 1";
+
+const SELECT_COMPLETED: &str =
+    "SELECT idx FROM jobgraph_steps WHERE run_id = $1 AND state = 'completed'";
+
+const DELETE_QUEUE_ELEMENTS: &str =
+    "DELETE FROM jobgraph_queue_elements WHERE run_id = $1 AND step = ANY ($2::text[])";
+
+/// Redriven steps `$2[i]` are queued again, each waiting for `$3[i]` dependencies.
+const REQUEUE_STEPS: &str = "UPDATE jobgraph_steps s
+    SET waiting = r.waiting, ready_at = NULL, claims = 0, fails = 0, worker = NULL,
+        lease_until = NULL, fan_size = NULL, fan_done = 0, expires_at = NULL
+    FROM unnest($2::integer[], $3::integer[]) AS r (idx, waiting)
+    WHERE s.run_id = $1 AND s.idx = r.idx";
+
+const CLEAR_TTL: &str = "UPDATE jobgraph_runs SET expires_at = NULL WHERE id = $1";
 
 const LOCK_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1 FOR UPDATE";
 

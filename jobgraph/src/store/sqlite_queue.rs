@@ -1146,6 +1146,93 @@ async fn cancel_pending(
     Ok(())
 }
 
+/// [`StoreError::Busy`] if a worker holds a live claim of a step or element of queued run
+/// `run`: a redrive waits for it (as for a runner's lease), so that no claim it clears could
+/// still be committed.
+pub(super) async fn check_unclaimed(
+    conn: &mut SqliteConnection,
+    run: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let held = sqlx::query(SELECT_LIVE_CLAIM)
+        .bind(run)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match held {
+        None => Ok(()),
+        Some(row) => Err(StoreError::Busy {
+            run: run.to_owned(),
+            owner: get(&row, "worker", "jobgraph_steps")?,
+            until: get(&row, "lease_until", "jobgraph_steps")?,
+        }),
+    }
+}
+
+/// Redrive of queued run `run`: its steps `hits` (by position: the redriven step and its
+/// descendants, reset by the store) are queued again. Their elements' rows are deleted (a
+/// fan-out is expanded anew, from its parent's output then), their claims, errors and leases
+/// cleared, and each waits for its dependencies that have not completed; one that waits for
+/// none is ready now (a fan-out gets its elements). The run's time to live is cleared: it ran
+/// out or the run ended, and a redrive is the operator's new start.
+pub(super) async fn requeue(
+    conn: &mut SqliteConnection,
+    run: &str,
+    spec: &GraphSpec,
+    hits: &[bool],
+    now: i64,
+) -> Result<(), StoreError> {
+    let completed: Vec<i64> = sqlx::query_scalar(SELECT_COMPLETED)
+        .bind(run)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut ready = Vec::new();
+    for (position, step) in spec.steps.iter().enumerate() {
+        if !hits.get(position).copied().unwrap_or(false) {
+            continue;
+        }
+        sqlx::query(DELETE_QUEUE_ELEMENTS)
+            .bind(run)
+            .bind(&step.name)
+            .execute(&mut *conn)
+            .await?;
+        let waiting = spec
+            .dependencies(position)
+            .into_iter()
+            .filter(|&d| hits[d] || !completed.contains(&(d as i64)))
+            .count();
+        // One that waits for nothing waits for one, made done below as if it just completed.
+        if waiting == 0 {
+            ready.push(position);
+        }
+        sqlx::query(REQUEUE_STEP)
+            .bind(run)
+            .bind(position as i64)
+            .bind(waiting.max(1) as i64)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(CLEAR_TTL).bind(run).execute(&mut *conn).await?;
+    for position in ready {
+        let row = sqlx::query(DEPENDENCY_DONE)
+            .bind(run)
+            .bind(position as i64)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(row) = row else {
+            continue;
+        };
+        let over: Option<i64> = get(&row, "fan_over", "jobgraph_steps")?;
+        if let Some(over) = over
+            && expand(conn, run, &row, over, now).await?
+        {
+            step_done(conn, run, spec, position, now).await?;
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Moves the leases of element claims `by` into the past: what
     /// [`age_leases`](SqliteStore::age_leases) does for steps' claims and runs, for the claims
@@ -1387,6 +1474,28 @@ const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements
       AND state = 'pending'";
 
 const SELECT_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = ?1";
+
+/// A live claim of a step or element of run `?1` at `?2`, if any.
+const SELECT_LIVE_CLAIM: &str = "SELECT worker, lease_until FROM jobgraph_steps
+    WHERE run_id = ?1 AND state = 'pending' AND worker IS NOT NULL AND lease_until > ?2
+    UNION ALL
+    SELECT worker, lease_until FROM jobgraph_queue_elements
+    WHERE run_id = ?1 AND state = 'pending' AND worker IS NOT NULL AND lease_until > ?2
+    LIMIT 1";
+
+const SELECT_COMPLETED: &str =
+    "SELECT position FROM jobgraph_steps WHERE run_id = ?1 AND state = 'completed'";
+
+const DELETE_QUEUE_ELEMENTS: &str =
+    "DELETE FROM jobgraph_queue_elements WHERE run_id = ?1 AND step = ?2";
+
+/// A redriven step is queued again, waiting for `?3` dependencies.
+const REQUEUE_STEP: &str = "UPDATE jobgraph_steps
+    SET waiting = ?3, ready_at = NULL, claims = 0, fails = 0, worker = NULL, lease_until = NULL,
+        fan_size = NULL, fan_done = 0
+    WHERE run_id = ?1 AND position = ?2";
+
+const CLEAR_TTL: &str = "UPDATE jobgraph_runs SET expires_at = NULL WHERE id = ?1";
 
 const COMPLETE_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'completed', output = ?5, attempts = claims, error = NULL,
