@@ -46,10 +46,10 @@
 //!   become ready in the same transaction. Over an output that is not a list the step is claimed
 //!   whole (its worker's decoding then fails it with a clear error).
 //! - **Claims.** An element is claimed as a step is, in the same [`claim`](Queue::claim) and
-//!   the same queue order (priority, ready time, run, step, then element index): under a lease,
-//!   fenced by its own claim number ([`ClaimId::element`] names it), renewed by heartbeats,
-//!   failed after `max_attempts` expired leases, retried through the queue at `retry_at` on its
-//!   own (the other elements are not run again) until `max_fails`. The step's `concurrency` and
+//!   the same queue order (priority, ready time, run, step, then element index): under a lease
+//!   of its step's TTR, fenced by its own claim number ([`ClaimId::element`] names it), renewed
+//!   by heartbeats, failed after `max_attempts` expired leases, retried through the queue at
+//!   `retry_at` on its own (the other elements are not run again) until `max_fails`. The step's `concurrency` and
 //!   `rate` count element claims, across every run and worker. The claim carries, as the
 //!   iterated parent's output, its element alone (a list of one: a claim costs the element's
 //!   size, not the whole list's); the worker runs that element (`Runner`'s `only_element`, which
@@ -400,7 +400,7 @@ impl Submission<'_> {
             });
         }
         let steps = self.graph.steps.len();
-        if !self.ttrs.is_empty() && (steps == 0 || self.ttrs.len() % steps != 0) {
+        if !self.ttrs.is_empty() && !self.ttrs.len().is_multiple_of(steps) {
             return Err(StoreError::InvalidSubmission {
                 job: self.job.to_owned(),
                 why: format!(
