@@ -2121,8 +2121,9 @@ async fn fan_out_expires(store: impl TestQueue, base: u64) {
 
 // ---- TTR: a claim is a lease of its step's time to run -----------------------------------------
 
-/// Steps with and without timeouts: `quick` (its input's, in seconds) and `each`, over `quick`'s
-/// list (4 s); `plain` (none: the worker's lease); `tiny` (10 ms: raised to `MIN_TTR`).
+/// Steps with and without timeouts: `quick` (its input's, in seconds; 1,000 or more panics) and
+/// `each`, over `quick`'s list (4 s); `plain` (none: the worker's lease); `tiny` (10 ms: raised
+/// to `MIN_TTR`).
 #[derive(Serialize, Deserialize)]
 struct Timed {
     quick_secs: u64,
@@ -2130,7 +2131,7 @@ struct Timed {
 
 #[job(durable)]
 impl Timed {
-    #[step(timeout = Duration::from_secs(self.quick_secs))]
+    #[step(timeout = seconds(self.quick_secs))]
     async fn quick(&self) -> Vec<u32> {
         vec![1, 2]
     }
@@ -2149,6 +2150,12 @@ impl Timed {
     async fn each(&self, quick: &u32) -> u32 {
         *quick
     }
+}
+
+/// `n` seconds, if fewer than 1,000.
+fn seconds(n: u64) -> Duration {
+    assert!(n < 1000, "no step takes {n} s");
+    Duration::from_secs(n)
 }
 
 /// Each claim's lease end as the store lists it, by (run, step, element).
@@ -2240,9 +2247,10 @@ async fn claims_lease_their_ttr(store: impl TestQueue, _base: u64) {
         lease_of(until, secs(4), before, after, "a renewed element");
     }
 
-    // A batch's runs take their own inputs' timeouts.
+    // A batch's runs take their own inputs' timeouts; a timeout whose expression panics is
+    // none (the submit goes on; the step fails when it runs).
     let ids = client
-        .submit_batch("timed", [Timed { quick_secs: 3 }, Timed { quick_secs: 5 }])
+        .submit_batch("timed", [3, 5, 5000].map(|quick_secs| Timed { quick_secs }))
         .await
         .unwrap();
     let claims = store.claim(WORKER, &["Timed"], 10, LEASE).await.unwrap();
@@ -2253,12 +2261,13 @@ async fn claims_lease_their_ttr(store: impl TestQueue, _base: u64) {
         .collect();
     assert_eq!(quick[ids[0].as_str()], secs(3));
     assert_eq!(quick[ids[1].as_str()], secs(5));
+    assert_eq!(quick[ids[2].as_str()], LEASE);
     let plain: Vec<Duration> = claims
         .iter()
         .filter(|c| c.id.step == "plain")
         .map(|c| c.lease)
         .collect();
-    assert_eq!(plain, [LEASE, LEASE]);
+    assert_eq!(plain, [LEASE; 3]);
 }
 
 /// A step with a 1 s timeout (so a 1 s TTR) that takes `ms` (counted in counter `key`).
