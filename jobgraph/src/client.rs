@@ -357,6 +357,7 @@ impl<'c, J: DurableJob, W> Submit<'c, J, W> {
             ttl: o.ttl,
             max_attempts: o.max_attempts,
             max_fails: o.max_fails,
+            ttrs: &[],
         })
     }
 }
@@ -393,6 +394,17 @@ fn limits_of<J: DurableJob>(job: &J) -> Result<Limits, ClientError> {
         }
     }
     Ok(Limits { limits, fan_outs })
+}
+
+/// Each step's time to run for a run of `job`, in graph order: its `#[step(timeout = ..)]`,
+/// evaluated on this value (what a claim of the step is leased for). A step whose policies
+/// cannot be evaluated (an expression panics, a timeout of zero) has none: the worker's lease
+/// (and the step fails when it runs, with that error, as it would in a local run).
+fn ttrs_of<J: DurableJob>(job: &J) -> Vec<Option<Duration>> {
+    J::Step::ALL
+        .iter()
+        .map(|&step| job.policies(step).ok().and_then(|p| p.timeout))
+        .collect()
 }
 
 fn encode<J: DurableJob>(job: &J) -> Result<String, ClientError> {
@@ -439,12 +451,14 @@ impl<'c, J: DurableJob> Submit<'c, J, One<'c, J>> {
             }));
         }
         let input = encode(job)?;
+        let ttrs = ttrs_of(job);
         let id = id.unwrap_or_else(|| new_run_id(J::NAME));
         let submission = Submission {
             id: &id,
             input: &input,
             batch: batch.as_deref(),
             key: key.as_deref(),
+            ttrs: &ttrs,
             ..template
         };
         Ok(self.client.queue.submit(submission).await?)
@@ -471,8 +485,16 @@ impl<'c, J: DurableJob> Submit<'c, J, Many<J>> {
             Some(first) => limits_of(first)?,
             None => return Ok(Vec::new()),
         };
+        // Each input's steps' TTRs; one per step if every input has the same (the usual case).
+        let each: Vec<Vec<Option<Duration>>> = self.what.inputs.iter().map(ttrs_of).collect();
+        let ttrs: Vec<Option<Duration>> = if each.windows(2).all(|w| w[0] == w[1]) {
+            each.into_iter().next().unwrap_or_default()
+        } else {
+            each.concat()
+        };
         let template = Submission {
             held: self.what.held,
+            ttrs: &ttrs,
             ..self.template(&graph, &limits)?
         };
         let inputs = self

@@ -40,4 +40,4 @@ pub use retry::{Retry, RetryPolicy};
 pub use runner::{JobErrorOf, JobHandle, JobResult, Runner, Until};
 pub use store::queue::Submitted;
 pub use tokio_util::sync::CancellationToken;
-pub use worker::{CLAIM_LEASE, Worker, WorkerStats};
+pub use worker::{CLAIM_LEASE, MIN_TTR, Worker, WorkerStats};

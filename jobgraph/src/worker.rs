@@ -16,9 +16,15 @@ use crate::store::queue::{Claim, ClaimId, Completion, Failed, Held, Queue};
 use crate::store::{GraphSpec, RunState, StepStatus, StoreError, StoredRun, StoredStep};
 use crate::{CancellationToken, RetryPolicy, Runner, StepError};
 
-/// How long a claim lasts without a heartbeat, unless [`Worker::lease`] says otherwise: a worker
-/// that died holds its steps this long at most. Heartbeats renew it every third of that.
+/// How long a claim of a step without a timeout lasts without a heartbeat, unless
+/// [`Worker::lease`] says otherwise: a worker that died holds such steps this long at most.
+/// Heartbeats renew it every third of that.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+
+/// The shortest time to run (TTR) a claim's lease has: a step's TTR is `max(timeout, MIN_TTR)`.
+/// A step with `#[step(timeout = 10ms)]` is leased for 1 s, so its worker heartbeats every 333
+/// ms, not every 3 ms.
+pub const MIN_TTR: Duration = Duration::from_secs(1);
 
 /// What a registered job's step turned into.
 enum Execution {
@@ -172,7 +178,14 @@ impl Worker {
         self
     }
 
-    /// How long each claim lasts without a heartbeat ([`CLAIM_LEASE`] unless set).
+    /// How long a claim of a step without a timeout lasts without a heartbeat ([`CLAIM_LEASE`]
+    /// unless set).
+    ///
+    /// A claim of a step with a `#[step(timeout = ..)]` is a lease of the step's own *time to
+    /// run* (TTR) instead: its timeout, at least [`MIN_TTR`] (the client stores each step's at
+    /// submit; a `for_each` element takes its step's). A worker that dies holding a step with a
+    /// 2 s timeout frees it in about 2 s, not after this lease. Heartbeats renew each claim by
+    /// its own TTR, and the worker heartbeats every third of the shortest lease it holds.
     ///
     /// # Panics
     ///
@@ -270,8 +283,9 @@ struct Pool<'w> {
     running: FuturesUnordered<BoxFuture<Ended>>,
     /// Claimed steps waiting for a free slot (`prefetch`).
     queued: std::collections::VecDeque<Claim>,
-    /// Every claim held: queued, running, or ended and waiting for its commit.
-    tokens: HashMap<ClaimId, CancellationToken>,
+    /// Every claim held (queued, running, or ended and waiting for its commit), and its lease
+    /// ([`Claim::lease`]: what each heartbeat renews it by).
+    tokens: HashMap<ClaimId, (CancellationToken, Duration)>,
     /// Steps that ended, not yet settled.
     ended: Vec<Ended>,
     stats: WorkerStats,
@@ -300,6 +314,13 @@ impl<'w> Pool<'w> {
         free.min(held)
     }
 
+    /// How often to heartbeat: a third of the shortest lease held (the worker's own lease if
+    /// none), so that each claim is renewed twice before it could expire.
+    fn beat_every(&self) -> Duration {
+        let shortest = self.tokens.values().map(|&(_, lease)| lease).min();
+        shortest.unwrap_or(self.worker.lease) / 3
+    }
+
     /// The loop of [`Worker::run`] and [`Worker::run_once`]: returns when shut down and
     /// drained (or, `once`, when its one claim is settled).
     async fn serve(&mut self, shutdown: &CancellationToken) -> Result<(), StoreError> {
@@ -312,7 +333,7 @@ impl<'w> Pool<'w> {
         let mut waiting: Option<BoxFuture<()>> = None;
         let mut backoff: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut delay = FIRST_BACKOFF;
-        let mut heartbeat = Box::pin(tokio::time::sleep(worker.lease / 3));
+        let mut heartbeat = Box::pin(tokio::time::sleep(self.beat_every()));
         // The last claim found fewer steps than it asked for: wait for news before the next.
         let mut idle = false;
         let mut stopping = false;
@@ -357,6 +378,13 @@ impl<'w> Pool<'w> {
                         Ok(claims) => {
                             delay = FIRST_BACKOFF;
                             idle = claims.len() < asked;
+                            // A claim whose lease is shorter than the beat's wait: beat sooner.
+                            if let Some(shortest) = claims.iter().map(|c| c.lease).min() {
+                                let due = tokio::time::Instant::now() + shortest / 3;
+                                if due < heartbeat.deadline() {
+                                    heartbeat.as_mut().reset(due);
+                                }
+                            }
                             self.start(claims);
                         }
                         Err(error) if self.once => return Err(error),
@@ -409,7 +437,7 @@ impl<'w> Pool<'w> {
                     idle = false;
                 }
                 () = &mut heartbeat, if beating.is_none() => {
-                    heartbeat.as_mut().reset(tokio::time::Instant::now() + worker.lease / 3);
+                    heartbeat.as_mut().reset(tokio::time::Instant::now() + self.beat_every());
                     let ids: Vec<ClaimId> = self.tokens.keys().cloned().collect();
                     if !ids.is_empty() {
                         let (queue, name, lease) = (Arc::clone(queue), Arc::clone(&name), worker.lease);
@@ -427,7 +455,7 @@ impl<'w> Pool<'w> {
                         Ok(held) => {
                             for (id, held) in ids.iter().zip(held) {
                                 if held != Held::Held
-                                    && let Some(token) = self.tokens.get(id)
+                                    && let Some((token, _)) = self.tokens.get(id)
                                 {
                                     token.cancel();
                                 }
@@ -450,7 +478,7 @@ impl<'w> Pool<'w> {
                     if deadline.is_some() && !drained =>
                 {
                     drained = true;
-                    for token in self.tokens.values() {
+                    for (token, _) in self.tokens.values() {
                         token.cancel();
                     }
                 }
@@ -463,7 +491,7 @@ impl<'w> Pool<'w> {
         self.stats.claimed += claims.len();
         for claim in claims {
             self.tokens
-                .insert(claim.id.clone(), CancellationToken::new());
+                .insert(claim.id.clone(), (CancellationToken::new(), claim.lease));
             self.queued.push_back(claim);
         }
         self.fill();
@@ -476,7 +504,11 @@ impl<'w> Pool<'w> {
             && let Some(claim) = self.queued.pop_front()
         {
             let id = claim.id.clone();
-            let token = self.tokens.get(&id).cloned().unwrap_or_default();
+            let token = self
+                .tokens
+                .get(&id)
+                .map(|(token, _)| token.clone())
+                .unwrap_or_default();
             let handler = Arc::clone(&self.worker.jobs[claim.job.as_str()]);
             let started = now_ms();
             self.running.push(Box::pin(async move {

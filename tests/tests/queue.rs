@@ -21,6 +21,9 @@ trait TestQueue: Queue + Clone {
     /// Moves leases (steps', elements' and runs') and times to live `by` into the past (the
     /// stores' `age_leases`).
     fn age_leases(&self, by: Duration) -> impl Future<Output = ()> + Send;
+
+    /// The store's clock, Unix ms: what its leases are counted on.
+    fn clock(&self) -> impl Future<Output = i64> + Send;
 }
 
 impl TestQueue for SqliteStore {
@@ -28,11 +31,19 @@ impl TestQueue for SqliteStore {
         SqliteStore::age_leases(self, by).await;
         SqliteStore::age_element_leases(self, by).await;
     }
+
+    async fn clock(&self) -> i64 {
+        unix_ms()
+    }
 }
 
 impl TestQueue for PgStore {
     async fn age_leases(&self, by: Duration) {
         PgStore::age_leases(self, by).await;
+    }
+
+    async fn clock(&self) -> i64 {
+        PgStore::clock_ms(self).await
     }
 }
 
@@ -100,6 +111,9 @@ on_both_queues! {
     the_fan_out_bound_and_the_steps_concurrency_limit_element_claims => element_limits,
     abort_reaches_running_element_claims => abort_reaches_elements,
     a_fan_outs_run_past_its_time_to_live_fails_and_cancels_its_elements => fan_out_expires,
+    a_claim_is_a_lease_of_its_steps_ttr_renewed_by_it => claims_lease_their_ttr,
+    a_worker_heartbeats_within_the_shortest_ttr_it_holds => worker_beats_within_ttrs,
+    a_redriven_fan_out_runs_every_element_again => redriven_fan_out_runs_again,
 }
 
 /// Counters of the jobs' executions, per key (a case's `base` and what it counts).
@@ -1028,6 +1042,7 @@ async fn undecodable_runs_fail_clearly(store: impl TestQueue, _base: u64) {
         held: false,
         limits: &[],
         fan_outs: &[],
+        ttrs: &[],
         priority: 0,
         run_at: Some(0),
         ttl: None,
@@ -1404,7 +1419,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "4");
+    assert_eq!(version, "5");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -2102,4 +2117,289 @@ async fn fan_out_expires(store: impl TestQueue, base: u64) {
     );
     assert!(store.complete(WORKER, &ids[0], "\"x\"", 0).await.is_err());
     assert!(store.leases().await.unwrap().is_empty());
+}
+
+// ---- TTR: a claim is a lease of its step's time to run -----------------------------------------
+
+/// Steps with and without timeouts: `quick` (its input's, in seconds; 1,000 or more panics) and
+/// `each`, over `quick`'s list (4 s); `plain` (none: the worker's lease); `tiny` (10 ms: raised
+/// to `MIN_TTR`).
+#[derive(Serialize, Deserialize)]
+struct Timed {
+    quick_secs: u64,
+}
+
+#[job(durable)]
+impl Timed {
+    #[step(timeout = seconds(self.quick_secs))]
+    async fn quick(&self) -> Vec<u32> {
+        vec![1, 2]
+    }
+
+    #[step]
+    async fn plain(&self) -> u32 {
+        0
+    }
+
+    #[step(timeout = Duration::from_millis(10))]
+    async fn tiny(&self) -> u32 {
+        0
+    }
+
+    #[step(for_each(quick), timeout = Duration::from_secs(4))]
+    async fn each(&self, quick: &u32) -> u32 {
+        *quick
+    }
+}
+
+/// `n` seconds, if fewer than 1,000.
+fn seconds(n: u64) -> Duration {
+    assert!(n < 1000, "no step takes {n} s");
+    Duration::from_secs(n)
+}
+
+/// Each claim's lease end as the store lists it, by (run, step, element).
+async fn lease_ends(store: &impl TestQueue) -> HashMap<(String, String, Option<usize>), i64> {
+    store
+        .leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| ((l.run, l.step.unwrap(), l.element), l.until))
+        .collect()
+}
+
+/// Asserts that `until` is `ttr` after a moment of the store's clock between `before` and
+/// `after` (ms; a few ms of rounding either way).
+#[track_caller]
+fn lease_of(until: i64, ttr: Duration, before: i64, after: i64, what: &str) {
+    let ttr = i64::try_from(ttr.as_millis()).unwrap();
+    assert!(
+        until >= before + ttr - 5 && until <= after + ttr + 5,
+        "{what}: lease until {until}, expected {ttr} ms after a moment in {before}..={after}"
+    );
+}
+
+async fn claims_lease_their_ttr(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let run = client.submit(&Timed { quick_secs: 2 }).await.unwrap().id;
+    let before = store.clock().await;
+    let claims = store.claim(WORKER, &["Timed"], 10, LEASE).await.unwrap();
+    let after = store.clock().await;
+    let secs = Duration::from_secs;
+    let expected = [
+        ("quick", secs(2)),
+        ("plain", LEASE),
+        ("tiny", jobgraph::MIN_TTR),
+    ];
+    assert_eq!(claims.len(), 3);
+    let ends = lease_ends(&store).await;
+    for (step, ttr) in expected {
+        let claim = claims.iter().find(|c| c.id.step == step).unwrap();
+        assert_eq!(claim.lease, ttr, "{step}");
+        let until = ends[&(run.clone(), step.to_owned(), None)];
+        assert_eq!(claim.lease_until, until, "{step}");
+        lease_of(until, ttr, before, after, step);
+    }
+
+    // A heartbeat renews each by its own TTR, or by the worker's lease (60 s now) if it has
+    // none; even from the past (the leases are 10 s over, and nobody took the steps).
+    store.age_leases(secs(10)).await;
+    let ids: Vec<ClaimId> = claims.iter().map(|c| c.id.clone()).collect();
+    let before = store.clock().await;
+    let held = store.heartbeat(WORKER, &ids, secs(60)).await.unwrap();
+    let after = store.clock().await;
+    assert_eq!(held, [Held::Held; 3]);
+    let ends = lease_ends(&store).await;
+    for (step, ttr) in expected {
+        let ttr = if step == "plain" { secs(60) } else { ttr };
+        lease_of(
+            ends[&(run.clone(), step.to_owned(), None)],
+            ttr,
+            before,
+            after,
+            step,
+        );
+    }
+
+    // A fan-out's elements take its step's TTR, on claims and heartbeats.
+    let quick = claims.iter().find(|c| c.id.step == "quick").unwrap();
+    store.complete(WORKER, &quick.id, "[1,2]", 0).await.unwrap();
+    let before = store.clock().await;
+    let elements = store.claim(WORKER, &["Timed"], 10, LEASE).await.unwrap();
+    let after = store.clock().await;
+    assert_eq!(units(&elements).len(), 2);
+    let ends = lease_ends(&store).await;
+    for element in &elements {
+        assert_eq!((element.id.step.as_str(), element.lease), ("each", secs(4)));
+        let until = ends[&(run.clone(), "each".to_owned(), element.id.element)];
+        lease_of(until, secs(4), before, after, "an element");
+    }
+    store.age_leases(secs(10)).await;
+    let ids: Vec<ClaimId> = elements.iter().map(|c| c.id.clone()).collect();
+    let before = store.clock().await;
+    let held = store.heartbeat(WORKER, &ids, secs(60)).await.unwrap();
+    let after = store.clock().await;
+    assert_eq!(held, [Held::Held; 2]);
+    let ends = lease_ends(&store).await;
+    for element in &elements {
+        let until = ends[&(run.clone(), "each".to_owned(), element.id.element)];
+        lease_of(until, secs(4), before, after, "a renewed element");
+    }
+
+    // A batch's runs take their own inputs' timeouts; a timeout whose expression panics is
+    // none (the submit goes on; the step fails when it runs).
+    let ids = client
+        .submit_batch("timed", [3, 5, 5000].map(|quick_secs| Timed { quick_secs }))
+        .await
+        .unwrap();
+    let claims = store.claim(WORKER, &["Timed"], 10, LEASE).await.unwrap();
+    let quick: HashMap<&str, Duration> = claims
+        .iter()
+        .filter(|c| c.id.step == "quick")
+        .map(|c| (c.id.run.as_str(), c.lease))
+        .collect();
+    assert_eq!(quick[ids[0].as_str()], secs(3));
+    assert_eq!(quick[ids[1].as_str()], secs(5));
+    assert_eq!(quick[ids[2].as_str()], LEASE);
+    let plain: Vec<Duration> = claims
+        .iter()
+        .filter(|c| c.id.step == "plain")
+        .map(|c| c.lease)
+        .collect();
+    assert_eq!(plain, [LEASE; 3]);
+}
+
+/// A step with a 1 s timeout (so a 1 s TTR) that takes `ms` (counted in counter `key`).
+#[derive(Serialize, Deserialize)]
+struct Brief {
+    key: u64,
+    ms: u64,
+}
+
+#[job(durable)]
+impl Brief {
+    #[step(timeout = Duration::from_secs(1))]
+    async fn work(&self) -> u64 {
+        bump(self.key);
+        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        self.ms
+    }
+}
+
+async fn worker_beats_within_ttrs(store: impl TestQueue, base: u64) {
+    // One step at a time and three prefetched: the last waits about 1.2 s in the worker, past
+    // its 1 s TTR, so only heartbeats every third of that (not of the worker's 30 s lease)
+    // keep the claims; a lost one would be claimed again (its step run twice).
+    let key = base + 700;
+    let client = Client::new(&store);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(client.submit(&Brief { key, ms: 400 }).await.unwrap().id);
+    }
+    let worker = Worker::new(&store)
+        .job::<Brief>()
+        .concurrency(1)
+        .prefetch(3)
+        .poll_interval(Duration::from_millis(50));
+    let shutdown = CancellationToken::new();
+    let working = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    for id in &ids {
+        client
+            .wait::<Brief>(id, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    shutdown.cancel();
+    let stats = working.await.unwrap().unwrap();
+    assert_eq!(
+        (stats.claimed, stats.completed, stats.fenced),
+        (4, 4, 0),
+        "{stats:?}"
+    );
+    assert_eq!(count(key), 4);
+    for id in &ids {
+        let run = client.status(id).await.unwrap();
+        assert_eq!(run.step("work").unwrap().attempts, 1);
+    }
+}
+
+// ---- Redrive of a queued run ---------------------------------------------------------------------
+
+/// A fan-out whose elements' outputs name how many times each ran before (counter `key * 10 +
+/// element`); `list` counts its runs in counter `key * 10`.
+#[derive(Serialize, Deserialize)]
+struct Redo {
+    key: u64,
+}
+
+#[job(durable)]
+impl Redo {
+    #[step]
+    async fn list(&self) -> Vec<u64> {
+        bump(self.key * 10);
+        vec![1, 2, 3]
+    }
+
+    #[step(for_each(list))]
+    async fn each(&self, list: &u64) -> String {
+        let before = bump(self.key * 10 + list);
+        format!("{list}.{before}")
+    }
+
+    #[step]
+    async fn total(&self, each: &[String]) -> String {
+        each.join(",")
+    }
+}
+
+/// Runs `worker` until a claim finds nothing.
+async fn drain(worker: &Worker) {
+    while worker.run_once().await.unwrap().claimed > 0 {}
+}
+
+async fn redriven_fan_out_runs_again(store: impl TestQueue, base: u64) {
+    let key = base + 800;
+    let client = Client::new(&store);
+    let run = client.submit(&Redo { key }).await.unwrap().id;
+    let worker = Worker::new(&store).job::<Redo>().concurrency(2);
+    drain(&worker).await;
+    let out = client
+        .wait::<Redo>(&run, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.each, ["1.0", "2.0", "3.0"]);
+
+    // Redrive the fan-out (its parent stays done): every element runs again, and the step's
+    // output and its child's are the new ones.
+    let reset = store.reset_step(&run, "each").await.unwrap();
+    assert_eq!(reset, ["each", "total"]);
+    assert_eq!(client.status(&run).await.unwrap().state, RunState::Pending);
+    drain(&worker).await;
+    let out = client
+        .wait::<Redo>(&run, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.each, ["1.1", "2.1", "3.1"]);
+    assert_eq!(out.total, "1.1,2.1,3.1");
+    assert_eq!(count(key * 10), 1, "`list` did not run again");
+    let stored = client.status(&run).await.unwrap();
+    assert_eq!(stored.step("each").unwrap().attempts, 3);
+
+    // Redrive from the root: the fan-out is made again from `list`'s new output.
+    let reset = store.reset_step(&run, "list").await.unwrap();
+    assert_eq!(reset, ["list", "each", "total"]);
+    drain(&worker).await;
+    let out = client
+        .wait::<Redo>(&run, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(out.each, ["1.2", "2.2", "3.2"]);
+    assert_eq!(count(key * 10), 2);
+    for element in 1..=3 {
+        assert_eq!(count(key * 10 + element), 3, "element {element}");
+    }
 }

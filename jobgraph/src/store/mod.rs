@@ -175,8 +175,15 @@ pub trait Store: Send + Sync + 'static {
     /// becomes resumable ([`RunState::Pending`]) so the next resume runs them. Returns the names
     /// reset, in graph order.
     ///
+    /// A run submitted to a [queue](queue) is queued again instead, for workers: the reset
+    /// steps' claims are cleared and the rows of their `for_each` elements deleted (a redriven
+    /// fan-out runs every element again, over its parent's output as it is then), each waits
+    /// for its dependencies that have not completed, and the redriven step is ready at once
+    /// (its parent's elements made, for a fan-out). Its time to live is cleared.
+    ///
     /// [`StoreError::NoSuchRun`] / [`StoreError::NoSuchStep`]; [`StoreError::Busy`] while an
-    /// owner holds a live lease on the run (it is being executed: reset it after it ends).
+    /// owner holds a live lease on the run (it is being executed: reset it after it ends), or,
+    /// for a queued run, while a worker holds a live claim of one of its steps.
     fn reset_step<'a>(
         &'a self,
         run_id: &'a str,

@@ -198,6 +198,20 @@ impl PgStore {
         self.sweeps.now();
     }
 
+    /// The database's clock (`now()`), Unix ms: what leases and times to live are counted on,
+    /// for protocol tests that read them back.
+    ///
+    /// # Panics
+    ///
+    /// If the database fails (a test helper).
+    #[doc(hidden)]
+    pub async fn clock_ms(&self) -> i64 {
+        sqlx::query_scalar("SELECT jobgraph_ms(now())")
+            .fetch_one(&self.pool)
+            .await
+            .expect("clock_ms: the store's database failed")
+    }
+
     pub(super) fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -321,10 +335,13 @@ struct Head {
     lease_until: Option<i64>,
     /// Whether the lease is live on the database's clock.
     live: bool,
+    /// Whether a client submitted it (a queued run).
+    queued: bool,
 }
 
 const LOCK_HEAD: &str = "SELECT job, state, graph::text AS graph, lease_owner,
-        jobgraph_ms(lease_until) AS lease_until, coalesce(lease_until > now(), false) AS live
+        jobgraph_ms(lease_until) AS lease_until, coalesce(lease_until > now(), false) AS live,
+        queued
     FROM jobgraph_runs WHERE id = $1 FOR UPDATE";
 
 async fn lock_head(conn: &mut PgConnection, run: &str) -> Result<Option<Head>, StoreError> {
@@ -343,6 +360,7 @@ async fn lock_head(conn: &mut PgConnection, run: &str) -> Result<Option<Head>, S
         lease_owner: get(&row, "lease_owner", T)?,
         lease_until: get(&row, "lease_until", T)?,
         live: get(&row, "live", T)?,
+        queued: get(&row, "queued", T)?,
     }))
 }
 
@@ -1054,15 +1072,22 @@ impl Store for PgStore {
                     until,
                 });
             }
+            if head.queued {
+                super::postgres_queue::check_unclaimed(&mut tx, run_id).await?;
+            }
+            let hits = graph.descendants(root);
             let names: Vec<&str> = graph
                 .steps
                 .iter()
-                .zip(graph.descendants(root))
-                .filter(|(_, hit)| *hit)
+                .zip(&hits)
+                .filter(|(_, hit)| **hit)
                 .map(|(spec, _)| spec.name.as_str())
                 .collect();
             reset_steps(&mut tx, run_id, &names).await?;
             delete_elements(&mut tx, run_id, &names).await?;
+            if head.queued {
+                super::postgres_queue::requeue(&mut tx, run_id, &head.job, &graph, &hits).await?;
+            }
             make_resumable(&mut tx, run_id).await?;
             tx.commit().await?;
             Ok(names.into_iter().map(str::to_owned).collect())

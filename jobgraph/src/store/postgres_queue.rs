@@ -431,6 +431,7 @@ impl Queue for PgStore {
     ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         async move {
             template.check()?;
+            template.check_batch(inputs.len())?;
             let graph_json = template.graph_json()?;
             let mut tx = self.begin().await?;
             // Appends to one batch number their runs one after the other.
@@ -462,7 +463,8 @@ impl Queue for PgStore {
                     run: taken.cloned().unwrap_or_default(),
                 });
             }
-            insert_steps(&mut tx, &template, &inserted).await?;
+            // In the inputs' order: a run's TTRs are its input's.
+            insert_steps(&mut tx, &template, &ids).await?;
             upsert_limits(&mut tx, &template).await?;
             if !template.held && !ids.is_empty() {
                 notify(&mut tx, template.job).await?;
@@ -888,7 +890,7 @@ async fn claim_unlimited(
         if get::<Option<String>>(row, "run_id", "jobgraph_steps")?.is_none() {
             continue;
         }
-        let step = Taken::read(row)?;
+        let step = Taken::read(row, lease)?;
         if !heads.contains_key(&step.run) {
             const T: &str = "jobgraph_runs";
             let spec = graph(get(row, "graph", T)?, &step.run)?;
@@ -912,13 +914,16 @@ struct Taken {
     fails: i64,
     job: String,
     lease_until: i64,
+    /// The step's TTR, or the worker's lease.
+    lease: Duration,
     /// The queue's order: (priority descending, ready time, the run's creation, the step's
     /// index, the element's).
     order: (std::cmp::Reverse<i32>, i64, i64, i32, i64),
 }
 
 impl Taken {
-    fn read(row: &sqlx::postgres::PgRow) -> Result<Taken, StoreError> {
+    /// `row`, claimed with the worker's `lease`.
+    fn read(row: &sqlx::postgres::PgRow, lease: Duration) -> Result<Taken, StoreError> {
         const T: &str = "jobgraph_steps";
         let position: i32 = get(row, "idx", T)?;
         let element: Option<i64> = get(row, "element", T)?;
@@ -934,6 +939,7 @@ impl Taken {
             fails: get(row, "fails", T)?,
             job: get(row, "job", T)?,
             lease_until: get(row, "lease_until", T)?,
+            lease: super::queue::claim_lease(get(row, "ttr_ms", T)?, lease),
             order: (
                 std::cmp::Reverse(get(row, "priority", T)?),
                 get(row, "ready_ms", T)?,
@@ -1002,7 +1008,10 @@ async fn take(
         let spec = graph(get(&row, "graph", T)?, &id)?;
         heads.insert(id, (get(&row, "input", T)?, spec));
     }
-    let taken = rows.iter().map(Taken::read).collect::<Result<_, _>>()?;
+    let taken = rows
+        .iter()
+        .map(|row| Taken::read(row, lease))
+        .collect::<Result<_, _>>()?;
     finish(conn, taken, &heads).await
 }
 
@@ -1055,6 +1064,7 @@ async fn finish(
             input: input.clone(),
             deps,
             lease_until: t.lease_until,
+            lease: t.lease,
         });
     }
     if dep_runs.is_empty() {
@@ -1150,8 +1160,9 @@ async fn insert_runs(
         .await?)
 }
 
-/// Inserts the steps of runs `runs`, all of submission `s`'s graph: each step with no
-/// dependency ready at `s.run_at` (unless held), the others waiting for theirs.
+/// Inserts the steps of runs `runs` (in the inputs' order), all of submission `s`'s graph, with
+/// their TTRs: each step with no dependency ready at `s.run_at` (unless held), the others
+/// waiting for theirs.
 async fn insert_steps(
     conn: &mut PgConnection,
     s: &Submission<'_>,
@@ -1170,6 +1181,14 @@ async fn insert_steps(
     let fan_bound: Vec<Option<i64>> = (0..s.graph.steps.len())
         .map(|p| s.fan_out(p).and_then(|f| f.bound).map(i64::from))
         .collect();
+    // Run by run, step by step (`NULL` past the end: none given).
+    let ttrs: Vec<Option<i64>> = if s.ttrs.is_empty() {
+        Vec::new()
+    } else {
+        (0..runs.len())
+            .flat_map(|run| (0..s.graph.steps.len()).map(move |p| s.ttr_ms(run, p)))
+            .collect()
+    };
     sqlx::query(INSERT_QUEUED_STEPS)
         .bind(runs)
         .bind(&names)
@@ -1180,6 +1199,7 @@ async fn insert_steps(
         .bind(s.priority)
         .bind(&fan_over)
         .bind(&fan_bound)
+        .bind(&ttrs)
         .execute(conn)
         .await?;
     Ok(())
@@ -1511,6 +1531,84 @@ async fn fail_fan_out(
     Ok(())
 }
 
+/// [`StoreError::Busy`] if a worker holds a live claim of a step or element of queued run `run`
+/// (locked): a redrive waits for it (as for a runner's lease), so that no claim it clears could
+/// still be committed.
+pub(super) async fn check_unclaimed(conn: &mut PgConnection, run: &str) -> Result<(), StoreError> {
+    let held = sqlx::query(SELECT_LIVE_CLAIM)
+        .bind(run)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match held {
+        None => Ok(()),
+        Some(row) => Err(StoreError::Busy {
+            run: run.to_owned(),
+            owner: get(&row, "worker", "jobgraph_steps")?,
+            until: get(&row, "lease_until", "jobgraph_steps")?,
+        }),
+    }
+}
+
+/// Redrive of queued run `run` of `job` (locked): its steps `hits` (by position: the redriven
+/// step and its descendants, reset by the store) are queued again, as SQLite's `requeue` does.
+/// Their elements' rows are deleted (a fan-out is expanded anew, from its parent's output
+/// then), their claims, errors, leases and time to live cleared, and each waits for its
+/// dependencies that have not completed; one that waits for none is ready now (a fan-out gets
+/// its elements). The run's time to live is cleared: it ran out or the run ended, and a
+/// redrive is the operator's new start.
+pub(super) async fn requeue(
+    conn: &mut PgConnection,
+    run: &str,
+    job: &str,
+    spec: &GraphSpec,
+    hits: &[bool],
+) -> Result<(), StoreError> {
+    let completed: Vec<i32> = sqlx::query_scalar(SELECT_COMPLETED)
+        .bind(run)
+        .fetch_all(&mut *conn)
+        .await?;
+    let (mut names, mut steps, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
+    let mut kids: HashMap<(String, i32), i32> = HashMap::new();
+    for (position, step) in spec.steps.iter().enumerate() {
+        if !hits.get(position).copied().unwrap_or(false) {
+            continue;
+        }
+        let index = i32::try_from(position).unwrap_or(i32::MAX);
+        let left = spec
+            .dependencies(position)
+            .into_iter()
+            .filter(|&d| hits[d] || !completed.contains(&i32::try_from(d).unwrap_or(-1)))
+            .count();
+        // One that waits for nothing waits for one, made done below as if it just completed.
+        if left == 0 {
+            kids.insert((run.to_owned(), index), 1);
+        }
+        names.push(step.name.as_str());
+        steps.push(index);
+        waiting.push(i32::try_from(left.max(1)).unwrap_or(i32::MAX));
+    }
+    sqlx::query(DELETE_QUEUE_ELEMENTS)
+        .bind(run)
+        .bind(&names)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(REQUEUE_STEPS)
+        .bind(run)
+        .bind(&steps)
+        .bind(&waiting)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(CLEAR_TTL).bind(run).execute(&mut *conn).await?;
+    let heads = HashMap::from([(run.to_owned(), (job.to_owned(), spec.clone()))]);
+    let mut news = dependencies_done(conn, kids, &heads).await?;
+    news.sort_unstable();
+    news.dedup();
+    for job in &news {
+        notify(conn, job).await?;
+    }
+    Ok(())
+}
+
 /// A stored step index as a graph position.
 fn index(position: i32, claim: &ClaimId) -> Result<usize, StoreError> {
     usize::try_from(position).map_err(|_| StoreError::Corrupt {
@@ -1741,17 +1839,19 @@ const INSERT_QUEUED_RUNS: &str = "INSERT INTO jobgraph_runs
     RETURNING id";
 
 /// Every step of every run in `$1`, numbered in graph order, with the run's creation order,
-/// `max_attempts` and `expires_at` (what a claim filters and orders on).
+/// `max_attempts` and `expires_at` (what a claim filters and orders on), and its TTR: `$10` holds
+/// the runs' steps' TTRs, run by run in `$1`'s order (`NULL` past its end).
 const INSERT_QUEUED_STEPS: &str = "INSERT INTO jobgraph_steps
         (run_id, idx, name, state, job, waiting, ready_at, priority,
-         run_seq, max_attempts, expires_at, fan_over, fan_bound)
+         run_seq, max_attempts, expires_at, fan_over, fan_bound, ttr_ms)
     SELECT r.id, (t.ord - 1)::integer, t.name, 'pending', $4, t.waiting,
         CASE WHEN t.waiting = 0 AND NOT $5 THEN coalesce(jobgraph_at($6), now()) END, $7,
-        r.seq, r.max_attempts, r.expires_at, t.fan_over, t.fan_bound
-    FROM jobgraph_runs r
+        r.seq, r.max_attempts, r.expires_at, t.fan_over, t.fan_bound,
+        ($10::bigint[])[(q.ord - 1) * cardinality($2::text[]) + t.ord]
+    FROM unnest($1::text[]) WITH ORDINALITY AS q (id, ord)
+    JOIN jobgraph_runs r ON r.id = q.id
     CROSS JOIN unnest($2::text[], $3::integer[], $8::integer[], $9::bigint[])
-        WITH ORDINALITY AS t (name, waiting, fan_over, fan_bound, ord)
-    WHERE r.id = ANY ($1)";
+        WITH ORDINALITY AS t (name, waiting, fan_over, fan_bound, ord)";
 
 const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
         (job, step, concurrency, rate_count, rate_period_ms, burst, tokens, refilled_at)
@@ -1938,7 +2038,7 @@ macro_rules! claimable {
 macro_rules! taken {
     () => {
         "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
-        jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until,
+        jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until, s.ttr_ms,
         NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input"
     };
 }
@@ -1950,7 +2050,7 @@ macro_rules! taken_element {
     () => {
         "s.run_id, s.position AS idx, s.step AS name, s.claims, s.fails, s.job, s.priority,
         s.run_seq, jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until,
-        s.idx AS element, s.over, s.input AS element_input"
+        s.ttr_ms, s.idx AS element, s.over, s.input AS element_input"
     };
 }
 
@@ -2021,7 +2121,7 @@ const CLAIM_UNLIMITED: &str = concat!(
     ),
     claimed AS (
         UPDATE jobgraph_steps s
-        SET worker = $3, lease_until = now() + $4 * interval '1 millisecond',
+        SET worker = $3, lease_until = now() + coalesce(s.ttr_ms, $4) * interval '1 millisecond',
             claims = s.claims + 1
         FROM picked p
         WHERE p.element IS NULL AND s.run_id = p.run_id AND s.idx = p.position
@@ -2031,7 +2131,7 @@ const CLAIM_UNLIMITED: &str = concat!(
     ),
     claimed_elements AS (
         UPDATE jobgraph_queue_elements s
-        SET worker = $3, lease_until = now() + $4 * interval '1 millisecond',
+        SET worker = $3, lease_until = now() + coalesce(s.ttr_ms, $4) * interval '1 millisecond',
             claims = s.claims + 1
         FROM picked p
         WHERE p.element IS NOT NULL
@@ -2104,7 +2204,8 @@ const TAKE_TOKENS: &str = "UPDATE jobgraph_limits
 
 const CLAIM: &str = concat!(
     "UPDATE jobgraph_steps s
-    SET worker = $1, lease_until = now() + $2 * interval '1 millisecond', claims = s.claims + 1
+    SET worker = $1, lease_until = now() + coalesce(s.ttr_ms, $2) * interval '1 millisecond',
+        claims = s.claims + 1
     FROM unnest($3::text[], $4::integer[]) AS c (run_id, idx)
     WHERE s.run_id = c.run_id AND s.idx = c.idx
     RETURNING ",
@@ -2113,7 +2214,8 @@ const CLAIM: &str = concat!(
 
 const CLAIM_ELEMENTS: &str = concat!(
     "UPDATE jobgraph_queue_elements s
-    SET worker = $1, lease_until = now() + $2 * interval '1 millisecond', claims = s.claims + 1
+    SET worker = $1, lease_until = now() + coalesce(s.ttr_ms, $2) * interval '1 millisecond',
+        claims = s.claims + 1
     FROM unnest($3::text[], $4::text[], $5::bigint[]) AS c (run_id, step, idx)
     WHERE s.run_id = c.run_id AND s.step = c.step AND s.idx = c.idx
     RETURNING ",
@@ -2135,16 +2237,42 @@ const SELECT_OUTPUTS: &str = "SELECT s.run_id, s.name, s.output
         ON s.run_id = d.run_id AND s.name = d.name
     WHERE s.state = 'completed'";
 
+/// A heartbeat: the claim's lease runs until now + its TTR, or + `$5` ms (the worker's lease)
+/// for a step without one.
 const RENEW_CLAIM: &str = "UPDATE jobgraph_steps
-    SET lease_until = now() + $5 * interval '1 millisecond'
+    SET lease_until = now() + coalesce(ttr_ms, $5) * interval '1 millisecond'
     WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'";
 
 const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements
-    SET lease_until = now() + $5 * interval '1 millisecond'
+    SET lease_until = now() + coalesce(ttr_ms, $5) * interval '1 millisecond'
     WHERE run_id = $1 AND step = $2 AND idx = $6 AND worker = $3 AND claims = $4
       AND state = 'pending'";
 
 const SELECT_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1";
+
+/// A live claim of a step or element of run `$1`, if any.
+const SELECT_LIVE_CLAIM: &str = "SELECT worker, jobgraph_ms(lease_until) AS lease_until
+    FROM jobgraph_steps
+    WHERE run_id = $1 AND state = 'pending' AND worker IS NOT NULL AND lease_until > now()
+    UNION ALL
+    SELECT worker, jobgraph_ms(lease_until) FROM jobgraph_queue_elements
+    WHERE run_id = $1 AND state = 'pending' AND worker IS NOT NULL AND lease_until > now()
+    LIMIT 1";
+
+const SELECT_COMPLETED: &str =
+    "SELECT idx FROM jobgraph_steps WHERE run_id = $1 AND state = 'completed'";
+
+const DELETE_QUEUE_ELEMENTS: &str =
+    "DELETE FROM jobgraph_queue_elements WHERE run_id = $1 AND step = ANY ($2::text[])";
+
+/// Redriven steps `$2[i]` are queued again, each waiting for `$3[i]` dependencies.
+const REQUEUE_STEPS: &str = "UPDATE jobgraph_steps s
+    SET waiting = r.waiting, ready_at = NULL, claims = 0, fails = 0, worker = NULL,
+        lease_until = NULL, fan_size = NULL, fan_done = 0, expires_at = NULL
+    FROM unnest($2::integer[], $3::integer[]) AS r (idx, waiting)
+    WHERE s.run_id = $1 AND s.idx = r.idx";
+
+const CLEAR_TTL: &str = "UPDATE jobgraph_runs SET expires_at = NULL WHERE id = $1";
 
 const LOCK_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1 FOR UPDATE";
 
@@ -2224,10 +2352,10 @@ const READY_WHOLE: &str = "UPDATE jobgraph_steps SET ready_at = now()
 /// ready now.
 const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
         (run_id, step, position, idx, over, input, job, priority, run_seq, max_attempts,
-         expires_at, state, ready_at)
+         expires_at, state, ready_at, ttr_ms)
     SELECT s.run_id, s.name, s.idx, e.ord - 1, s.fan_over, e.value::text, s.job, s.priority,
         s.run_seq, s.max_attempts, s.expires_at, 'pending',
-        CASE WHEN s.fan_bound IS NULL OR e.ord - 1 < s.fan_bound THEN now() END
+        CASE WHEN s.fan_bound IS NULL OR e.ord - 1 < s.fan_bound THEN now() END, s.ttr_ms
     FROM jobgraph_steps s
     JOIN jobgraph_steps p ON p.run_id = s.run_id AND p.idx = s.fan_over AND p.state = 'completed'
     CROSS JOIN LATERAL jsonb_array_elements(p.output::jsonb) WITH ORDINALITY AS e (value, ord)

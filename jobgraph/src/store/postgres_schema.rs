@@ -21,6 +21,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("postgres_migrations/0002_queue.sql"),
     include_str!("postgres_migrations/0003_claim_index.sql"),
     include_str!("postgres_migrations/0004_queue_elements.sql"),
+    include_str!("postgres_migrations/0005_ttr.sql"),
 ];
 
 /// The key of the advisory lock that serializes migrations: "jobgraph" in ASCII, one key per

@@ -9,13 +9,14 @@
 //!   (parents and `after` steps). A submit with an idempotency key that exists returns the first
 //!   run.
 //! - [`claim`](Queue::claim) takes up to `limit` ready steps of the given jobs, highest priority
-//!   first, then oldest `ready_at`, each under a lease until now + `lease`, and returns each with
-//!   the run's input and its dependencies' outputs. Each claim increments the step's claim
+//!   first, then oldest `ready_at`, each under a lease of its *time to run* (TTR: the step's
+//!   `timeout`, [`Submission::ttrs`], or the worker's `lease` for a step without one), and returns
+//!   each with the run's input and its dependencies' outputs. Each claim increments the step's claim
 //!   number, which *fences* it: only the holder of the latest claim can settle the step. A step
 //!   whose lease expired is ready again (its worker died or stalled); once a step's claims
 //!   expired `max_attempts` times it fails instead.
-//! - [`heartbeat`](Queue::heartbeat) extends the leases of the claims a worker still holds and
-//!   says which it lost and which were aborted.
+//! - [`heartbeat`](Queue::heartbeat) extends the leases of the claims a worker still holds, each
+//!   by its own TTR, and says which it lost and which were aborted.
 //! - [`complete`](Queue::complete) stores the step's output, and in the same transaction makes
 //!   each child whose last dependency this was ready, and ends the run when no step is left;
 //!   [`complete_many`](Queue::complete_many) does so for many steps in one transaction, each
@@ -45,10 +46,10 @@
 //!   become ready in the same transaction. Over an output that is not a list the step is claimed
 //!   whole (its worker's decoding then fails it with a clear error).
 //! - **Claims.** An element is claimed as a step is, in the same [`claim`](Queue::claim) and
-//!   the same queue order (priority, ready time, run, step, then element index): under a lease,
-//!   fenced by its own claim number ([`ClaimId::element`] names it), renewed by heartbeats,
-//!   failed after `max_attempts` expired leases, retried through the queue at `retry_at` on its
-//!   own (the other elements are not run again) until `max_fails`. The step's `concurrency` and
+//!   the same queue order (priority, ready time, run, step, then element index): under a lease
+//!   of its step's TTR, fenced by its own claim number ([`ClaimId::element`] names it), renewed
+//!   by heartbeats, failed after `max_attempts` expired leases, retried through the queue at
+//!   `retry_at` on its own (the other elements are not run again) until `max_fails`. The step's `concurrency` and
 //!   `rate` count element claims, across every run and worker. The claim carries, as the
 //!   iterated parent's output, its element alone (a list of one: a claim costs the element's
 //!   size, not the whole list's); the worker runs that element (`Runner`'s `only_element`, which
@@ -87,8 +88,9 @@ pub trait Queue: Store {
         submission: Submission<'a>,
     ) -> BoxFuture<'a, Result<Submitted, StoreError>>;
 
-    /// Claims up to `limit` ready steps of the runs of `jobs` for `worker`, each until now +
-    /// `lease`, within each step's limits: no more live claims of a step than its
+    /// Claims up to `limit` ready steps of the runs of `jobs` for `worker`, each until now + its
+    /// step's TTR ([`Submission::ttrs`]; [`Claim::lease`]), or now + `lease` for a step without
+    /// one, within each step's limits: no more live claims of a step than its
     /// `concurrency`, no more claims than its `rate` allows (a token bucket shared by every
     /// worker). Before claiming, fails the runs whose time to live expired and the steps whose
     /// claims expired `max_attempts` times.
@@ -100,7 +102,8 @@ pub trait Queue: Store {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Vec<Claim>, StoreError>>;
 
-    /// Extends to now + `lease` each of `claims` that `worker` still holds: for each claim, in
+    /// Extends each of `claims` that `worker` still holds to now + its step's TTR, or now +
+    /// `lease` for a step without one (as [`claim`](Queue::claim) leased it): for each claim, in
     /// order, whether it is still held.
     fn heartbeat<'a>(
         &'a self,
@@ -195,6 +198,27 @@ pub trait Queue: Store {
     fn wait_ready<'a>(&'a self, jobs: &'a [&'a str], timeout: Duration) -> BoxFuture<'a, ()> {
         let _ = jobs;
         Box::pin(tokio::time::sleep(timeout))
+    }
+}
+
+/// A TTR in ms as stored: at least [`MIN_TTR`](crate::MIN_TTR), at most 1,000 years.
+pub(crate) fn ttr_ms(ttr: Duration) -> i64 {
+    lease_ms(ttr.max(crate::MIN_TTR))
+}
+
+/// A lease in ms, at most 1,000 years: added to now, a longer one would overflow PostgreSQL's
+/// timestamps (and SQLite's integers), and it is forever anyway.
+pub(crate) fn lease_ms(lease: Duration) -> i64 {
+    const MAX_LEASE_MS: i64 = 1_000 * 365 * 24 * 3_600 * 1_000;
+    super::millis(lease).min(MAX_LEASE_MS)
+}
+
+/// The lease of a claim whose step's TTR is `ttr_ms` (as stored; `None`: none), claimed with the
+/// worker's `lease`.
+pub(crate) fn claim_lease(ttr_ms: Option<i64>, lease: Duration) -> Duration {
+    match ttr_ms {
+        Some(ms) => Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+        None => lease,
     }
 }
 
@@ -336,6 +360,15 @@ pub struct Submission<'a> {
     /// of its own, so a fan-out spreads over the workers). A `for_each` step not listed here is
     /// claimed whole, and its worker runs every element.
     pub fan_outs: &'a [FanOut],
+    /// Each step's time to run (TTR), in graph order: a claim of the step, or of one of its
+    /// elements, is a lease of this long, renewed by heartbeats, so a worker that dies holding
+    /// the step frees it this long after its last heartbeat. What a [`Client`](crate::Client)
+    /// puts here is each step's `#[step(timeout = ..)]`. `None`, or no entry (an empty slice):
+    /// the claiming worker's lease ([`Worker::lease`](crate::Worker::lease)). A TTR shorter
+    /// than [`MIN_TTR`](crate::MIN_TTR) is raised to it. For
+    /// [`submit_batch`](Queue::submit_batch), either one per step (every run's) or one per step
+    /// per input (input `i`'s steps at `i * steps..`).
+    pub ttrs: &'a [Option<Duration>],
 }
 
 /// A `#[step(for_each(parent, concurrency = n))]` step of a submitted job: what
@@ -364,6 +397,16 @@ impl Submission<'_> {
             return Err(StoreError::InvalidSubmission {
                 job: self.job.to_owned(),
                 why: "max_attempts and max_fails must be at least 1".to_owned(),
+            });
+        }
+        let steps = self.graph.steps.len();
+        if !self.ttrs.is_empty() && !self.ttrs.len().is_multiple_of(steps) {
+            return Err(StoreError::InvalidSubmission {
+                job: self.job.to_owned(),
+                why: format!(
+                    "{} TTRs for a graph of {steps} steps: give one per step (or none)",
+                    self.ttrs.len()
+                ),
             });
         }
         if let Some(why) = self.fan_out_error() {
@@ -403,6 +446,37 @@ impl Submission<'_> {
             }
         }
         None
+    }
+
+    /// Why this batch template's [`ttrs`](Submission::ttrs) do not fit `inputs` runs, if they
+    /// do not: none, one per step, or one per step per input.
+    pub(crate) fn check_batch(&self, inputs: usize) -> Result<(), StoreError> {
+        let steps = self.graph.steps.len();
+        let n = self.ttrs.len();
+        if n != 0 && n != steps && n != steps * inputs {
+            return Err(StoreError::InvalidSubmission {
+                job: self.job.to_owned(),
+                why: format!(
+                    "{n} TTRs for {inputs} runs of {steps} steps: give one per step, or one per \
+                     step per input"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The TTR of step `position` of run `run` (its index among the inputs of a batch; 0
+    /// otherwise), in ms as stored: at least [`MIN_TTR`](crate::MIN_TTR), at most 1,000 years
+    /// (a longer one would overflow PostgreSQL's timestamps, and is forever anyway). `None`:
+    /// the worker's lease.
+    pub(crate) fn ttr_ms(&self, run: usize, position: usize) -> Option<i64> {
+        let steps = self.graph.steps.len();
+        let ttr = if self.ttrs.len() == steps {
+            self.ttrs.get(position)
+        } else {
+            self.ttrs.get(run * steps + position)
+        };
+        ttr.copied().flatten().map(ttr_ms)
     }
 
     /// The fan-out of step `position`, if it is one.
@@ -473,6 +547,10 @@ pub struct Claim {
     pub deps: Vec<(String, String)>,
     /// When the claim's lease ends unless renewed (Unix ms).
     pub lease_until: i64,
+    /// How long the lease lasts: the step's TTR ([`Submission::ttrs`]), or the lease the worker
+    /// claimed with for a step without one. Each heartbeat renews it by as much, so its worker
+    /// heartbeats at least every third of it.
+    pub lease: Duration,
 }
 
 /// A step that completed, as [`Queue::complete_many`] takes it.

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_queue.sql"),
     include_str!("migrations/0003_queue_elements.sql"),
     include_str!("migrations/0004_steps_failed_index.sql"),
+    include_str!("migrations/0005_ttr.sql"),
 ];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS jobgraph_meta (

@@ -325,14 +325,16 @@ const AGE_CLAIMS: &str =
 const AGE_EXPIRIES: &str =
     "UPDATE jobgraph_runs SET expires_at = expires_at - ?1 WHERE expires_at IS NOT NULL";
 
-/// A run's graph and lease, for `reset_step`.
+/// A run's graph and lease, and whether a client submitted it, for `reset_step`.
 struct Head {
     graph: String,
     lease_owner: Option<String>,
     lease_until: Option<i64>,
+    queued: bool,
 }
 
-const SELECT_HEAD: &str = "SELECT graph, lease_owner, lease_until FROM jobgraph_runs WHERE id = ?1";
+const SELECT_HEAD: &str =
+    "SELECT graph, lease_owner, lease_until, queued FROM jobgraph_runs WHERE id = ?1";
 
 async fn select_head(conn: &mut SqliteConnection, run: &str) -> Result<Option<Head>, StoreError> {
     let Some(row) = sqlx::query(SELECT_HEAD)
@@ -347,6 +349,7 @@ async fn select_head(conn: &mut SqliteConnection, run: &str) -> Result<Option<He
         graph: get(&row, "graph", T)?,
         lease_owner: get(&row, "lease_owner", T)?,
         lease_until: get(&row, "lease_until", T)?,
+        queued: get::<i64>(&row, "queued", T)? == 1,
     }))
 }
 
@@ -2170,13 +2173,20 @@ impl Store for SqliteStore {
                     until,
                 });
             }
+            let hits = graph.descendants(root);
+            if head.queued {
+                super::sqlite_queue::check_unclaimed(&mut tx, run_id, now).await?;
+            }
             let mut names = Vec::new();
-            for (spec, hit) in graph.steps.iter().zip(graph.descendants(root)) {
+            for (spec, &hit) in graph.steps.iter().zip(&hits) {
                 if hit {
                     reset_step(&mut tx, run_id, &spec.name).await?;
                     delete_elements(&mut tx, run_id, &spec.name).await?;
                     names.push(spec.name.clone());
                 }
+            }
+            if head.queued {
+                super::sqlite_queue::requeue(&mut tx, run_id, &graph, &hits, now).await?;
             }
             make_resumable(&mut tx, run_id, now).await?;
             tx.commit().await?;

@@ -34,7 +34,7 @@ impl Queue for SqliteStore {
             }
             let graph_json = s.graph_json()?;
             let now = now_ms();
-            insert_submission(&mut tx, &s, &graph_json, now).await?;
+            insert_submission(&mut tx, &s, 0, &graph_json, now).await?;
             upsert_limits(&mut tx, &s, now).await?;
             tx.commit().await?;
             Ok(Submitted {
@@ -58,7 +58,6 @@ impl Queue for SqliteStore {
             }
             let jobs_json = serde_json::to_string(jobs).expect("names serialize");
             let now = now_ms();
-            let until = plus(now, lease);
             let mut tx = self.begin().await?;
             expire_runs(&mut tx, now).await?;
             exhaust_steps(&mut tx, &jobs_json, now).await?;
@@ -84,19 +83,20 @@ impl Queue for SqliteStore {
                 }
                 let rows = sqlx::query(statement)
                     .bind(worker)
-                    .bind(until)
+                    .bind(now)
                     .bind(serde_json::to_string(&rowids).expect("row ids serialize"))
+                    .bind(super::queue::lease_ms(lease))
                     .fetch_all(&mut *tx)
                     .await?;
                 for row in rows {
-                    taken.push(Taken::read(&row)?);
+                    taken.push(Taken::read(&row, lease)?);
                 }
             }
             // `RETURNING` has no order: claim in the queue's.
             taken.sort_by_key(|t| t.order);
             let mut claims = Vec::with_capacity(taken.len());
             for t in taken {
-                claims.push(claim_of(&mut tx, t, now, until).await?);
+                claims.push(claim_of(&mut tx, t, now).await?);
             }
             tx.commit().await?;
             Ok(claims)
@@ -111,7 +111,8 @@ impl Queue for SqliteStore {
         lease: Duration,
     ) -> BoxFuture<'a, Result<Vec<Held>, StoreError>> {
         async move {
-            let until = plus(now_ms(), lease);
+            let now = now_ms();
+            let lease = super::queue::lease_ms(lease);
             let mut tx = self.begin().await?;
             let mut held = Vec::with_capacity(claims.len());
             for claim in claims {
@@ -121,13 +122,15 @@ impl Queue for SqliteStore {
                         .bind(&claim.step)
                         .bind(worker)
                         .bind(i64::from(claim.attempt))
-                        .bind(until),
+                        .bind(now)
+                        .bind(lease),
                     Some(element) => sqlx::query(RENEW_ELEMENT)
                         .bind(&claim.run)
                         .bind(&claim.step)
                         .bind(worker)
                         .bind(i64::from(claim.attempt))
-                        .bind(until)
+                        .bind(now)
+                        .bind(lease)
                         .bind(element_index(element)),
                 }
                 .execute(&mut *tx)
@@ -295,6 +298,7 @@ impl Queue for SqliteStore {
     ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         async move {
             template.check()?;
+            template.check_batch(inputs.len())?;
             let graph_json = template.graph_json()?;
             let now = now_ms();
             let mut tx = self.begin().await?;
@@ -313,7 +317,7 @@ impl Queue for SqliteStore {
                     key: None,
                     ..template
                 };
-                insert_submission(&mut tx, &submission, &graph_json, now).await?;
+                insert_submission(&mut tx, &submission, i, &graph_json, now).await?;
                 ids.push(id);
             }
             upsert_limits(&mut tx, &template, now).await?;
@@ -613,11 +617,13 @@ async fn room(
     })
 }
 
-/// Inserts run `s` and its steps: each step with no dependency ready at `s.run_at` (or `now`;
-/// unless the run is held), the others waiting for theirs. The run expires `s.ttl` after `now`.
+/// Inserts run `s` (input `run` of its batch; 0 if none) and its steps, with their TTRs: each
+/// step with no dependency ready at `s.run_at` (or `now`; unless the run is held), the others
+/// waiting for theirs. The run expires `s.ttl` after `now`.
 async fn insert_submission(
     conn: &mut SqliteConnection,
     s: &Submission<'_>,
+    run: usize,
     graph_json: &str,
     now: i64,
 ) -> Result<(), StoreError> {
@@ -658,6 +664,7 @@ async fn insert_submission(
             .bind(s.priority)
             .bind(fan.map(|f| f.over as i64))
             .bind(fan.and_then(|f| f.bound).map(i64::from))
+            .bind(s.ttr_ms(run, position))
             .execute(&mut *conn)
             .await?;
     }
@@ -771,12 +778,16 @@ struct Taken {
     attempt: i64,
     fails: i64,
     job: String,
+    lease_until: i64,
+    /// The step's TTR, or the worker's lease.
+    lease: Duration,
     /// The queue's order: (priority descending, ready time, the element's index).
     order: (std::cmp::Reverse<i64>, i64, i64),
 }
 
 impl Taken {
-    fn read(row: &sqlx::sqlite::SqliteRow) -> Result<Taken, StoreError> {
+    /// `row`, claimed with the worker's `lease`.
+    fn read(row: &sqlx::sqlite::SqliteRow, lease: Duration) -> Result<Taken, StoreError> {
         const T: &str = "jobgraph_steps";
         let element: Option<i64> = get(row, "element", T)?;
         let over: Option<i64> = get(row, "over", T)?;
@@ -790,6 +801,8 @@ impl Taken {
             attempt: get(row, "claims", T)?,
             fails: get(row, "fails", T)?,
             job: get(row, "job", T)?,
+            lease_until: get(row, "lease_until", T)?,
+            lease: super::queue::claim_lease(get(row, "ttr_ms", T)?, lease),
             order: (
                 std::cmp::Reverse(get(row, "priority", T)?),
                 get(row, "ready_at", T)?,
@@ -799,14 +812,8 @@ impl Taken {
     }
 }
 
-/// The claim of `t`, taken until `until`: its run marked running, with the run's input and its
-/// dependencies' outputs.
-async fn claim_of(
-    conn: &mut SqliteConnection,
-    t: Taken,
-    now: i64,
-    until: i64,
-) -> Result<Claim, StoreError> {
+/// The claim of `t`: its run marked running, with the run's input and its dependencies' outputs.
+async fn claim_of(conn: &mut SqliteConnection, t: Taken, now: i64) -> Result<Claim, StoreError> {
     let Taken { run, step, .. } = &t;
     sqlx::query(START_RUN)
         .bind(run)
@@ -859,7 +866,8 @@ async fn claim_of(
         fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
         input,
         deps: outputs,
-        lease_until: until,
+        lease_until: t.lease_until,
+        lease: t.lease,
     })
 }
 
@@ -1138,6 +1146,93 @@ async fn cancel_pending(
     Ok(())
 }
 
+/// [`StoreError::Busy`] if a worker holds a live claim of a step or element of queued run
+/// `run`: a redrive waits for it (as for a runner's lease), so that no claim it clears could
+/// still be committed.
+pub(super) async fn check_unclaimed(
+    conn: &mut SqliteConnection,
+    run: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let held = sqlx::query(SELECT_LIVE_CLAIM)
+        .bind(run)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match held {
+        None => Ok(()),
+        Some(row) => Err(StoreError::Busy {
+            run: run.to_owned(),
+            owner: get(&row, "worker", "jobgraph_steps")?,
+            until: get(&row, "lease_until", "jobgraph_steps")?,
+        }),
+    }
+}
+
+/// Redrive of queued run `run`: its steps `hits` (by position: the redriven step and its
+/// descendants, reset by the store) are queued again. Their elements' rows are deleted (a
+/// fan-out is expanded anew, from its parent's output then), their claims, errors and leases
+/// cleared, and each waits for its dependencies that have not completed; one that waits for
+/// none is ready now (a fan-out gets its elements). The run's time to live is cleared: it ran
+/// out or the run ended, and a redrive is the operator's new start.
+pub(super) async fn requeue(
+    conn: &mut SqliteConnection,
+    run: &str,
+    spec: &GraphSpec,
+    hits: &[bool],
+    now: i64,
+) -> Result<(), StoreError> {
+    let completed: Vec<i64> = sqlx::query_scalar(SELECT_COMPLETED)
+        .bind(run)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut ready = Vec::new();
+    for (position, step) in spec.steps.iter().enumerate() {
+        if !hits.get(position).copied().unwrap_or(false) {
+            continue;
+        }
+        sqlx::query(DELETE_QUEUE_ELEMENTS)
+            .bind(run)
+            .bind(&step.name)
+            .execute(&mut *conn)
+            .await?;
+        let waiting = spec
+            .dependencies(position)
+            .into_iter()
+            .filter(|&d| hits[d] || !completed.contains(&(d as i64)))
+            .count();
+        // One that waits for nothing waits for one, made done below as if it just completed.
+        if waiting == 0 {
+            ready.push(position);
+        }
+        sqlx::query(REQUEUE_STEP)
+            .bind(run)
+            .bind(position as i64)
+            .bind(waiting.max(1) as i64)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(CLEAR_TTL).bind(run).execute(&mut *conn).await?;
+    for position in ready {
+        let row = sqlx::query(DEPENDENCY_DONE)
+            .bind(run)
+            .bind(position as i64)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(row) = row else {
+            continue;
+        };
+        let over: Option<i64> = get(&row, "fan_over", "jobgraph_steps")?;
+        if let Some(over) = over
+            && expand(conn, run, &row, over, now).await?
+        {
+            step_done(conn, run, spec, position, now).await?;
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Moves the leases of element claims `by` into the past: what
     /// [`age_leases`](SqliteStore::age_leases) does for steps' claims and runs, for the claims
@@ -1232,8 +1327,8 @@ const COUNT_BATCH_STEPS: &str = "SELECT s.name AS name,
     ORDER BY position";
 
 const INSERT_QUEUED_STEP: &str = "INSERT INTO jobgraph_steps
-    (run_id, name, position, state, job, waiting, ready_at, priority, fan_over, fan_bound)
-    VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9)";
+    (run_id, name, position, state, job, waiting, ready_at, priority, fan_over, fan_bound, ttr_ms)
+    VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
 const EXPIRE_RUNS: &str = "UPDATE jobgraph_runs
     SET state = 'failed', error = 'its time to live expired', updated_at = ?1
@@ -1343,17 +1438,20 @@ const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
         concurrency = excluded.concurrency, rate_count = excluded.rate_count,
         rate_period_ms = excluded.rate_period_ms, burst = excluded.burst";
 
+/// Claims the steps `?3` (row ids) for `?1` at `?2`, each until then + its TTR, or + `?4` ms (the
+/// worker's lease) for a step without one.
 const CLAIM: &str = "UPDATE jobgraph_steps
-    SET worker = ?1, lease_until = ?2, claims = claims + 1
+    SET worker = ?1, lease_until = ?2 + COALESCE(ttr_ms, ?4), claims = claims + 1
     WHERE rowid IN (SELECT value FROM json_each(?3))
     RETURNING run_id, name, position, NULL AS element, NULL AS over, NULL AS input, claims, fails,
-        job, priority, ready_at";
+        job, priority, ready_at, lease_until, ttr_ms";
 
+/// `CLAIM` of elements: each takes its step's TTR (copied at expansion).
 const CLAIM_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
-    SET worker = ?1, lease_until = ?2, claims = claims + 1
+    SET worker = ?1, lease_until = ?2 + COALESCE(ttr_ms, ?4), claims = claims + 1
     WHERE rowid IN (SELECT value FROM json_each(?3))
     RETURNING run_id, step AS name, position, idx AS element, over, input, claims, fails, job,
-        priority, ready_at";
+        priority, ready_at, lease_until, ttr_ms";
 
 const START_RUN: &str = "UPDATE jobgraph_runs SET state = 'running', updated_at = ?2
     WHERE id = ?1 AND state = 'pending'";
@@ -1365,14 +1463,39 @@ const SELECT_GRAPH: &str = "SELECT graph FROM jobgraph_runs WHERE id = ?1";
 const SELECT_OUTPUT: &str = "SELECT output FROM jobgraph_steps
     WHERE run_id = ?1 AND name = ?2 AND state = 'completed'";
 
-const RENEW_CLAIM: &str = "UPDATE jobgraph_steps SET lease_until = ?5
+/// A heartbeat: the claim's lease runs until `?5` (now) + its TTR, or + `?6` ms (the worker's
+/// lease) for a step without one.
+const RENEW_CLAIM: &str = "UPDATE jobgraph_steps SET lease_until = ?5 + COALESCE(ttr_ms, ?6)
     WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'";
 
-const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements SET lease_until = ?5
-    WHERE run_id = ?1 AND step = ?2 AND idx = ?6 AND worker = ?3 AND claims = ?4
+const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements
+    SET lease_until = ?5 + COALESCE(ttr_ms, ?6)
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?7 AND worker = ?3 AND claims = ?4
       AND state = 'pending'";
 
 const SELECT_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = ?1";
+
+/// A live claim of a step or element of run `?1` at `?2`, if any.
+const SELECT_LIVE_CLAIM: &str = "SELECT worker, lease_until FROM jobgraph_steps
+    WHERE run_id = ?1 AND state = 'pending' AND worker IS NOT NULL AND lease_until > ?2
+    UNION ALL
+    SELECT worker, lease_until FROM jobgraph_queue_elements
+    WHERE run_id = ?1 AND state = 'pending' AND worker IS NOT NULL AND lease_until > ?2
+    LIMIT 1";
+
+const SELECT_COMPLETED: &str =
+    "SELECT position FROM jobgraph_steps WHERE run_id = ?1 AND state = 'completed'";
+
+const DELETE_QUEUE_ELEMENTS: &str =
+    "DELETE FROM jobgraph_queue_elements WHERE run_id = ?1 AND step = ?2";
+
+/// A redriven step is queued again, waiting for `?3` dependencies.
+const REQUEUE_STEP: &str = "UPDATE jobgraph_steps
+    SET waiting = ?3, ready_at = NULL, claims = 0, fails = 0, worker = NULL, lease_until = NULL,
+        fan_size = NULL, fan_done = 0
+    WHERE run_id = ?1 AND position = ?2";
+
+const CLEAR_TTL: &str = "UPDATE jobgraph_runs SET expires_at = NULL WHERE id = ?1";
 
 const COMPLETE_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'completed', output = ?5, attempts = claims, error = NULL,
@@ -1404,11 +1527,12 @@ const READY_WHOLE: &str = "UPDATE jobgraph_steps SET ready_at = ?3
     WHERE run_id = ?1 AND position = ?2 AND state = 'pending'";
 
 /// One element of fan-out `?2` (at `?3`) of run `?1` per element of its parent `?4`'s output
-/// (each cut out as JSON), the first `?8` (all if NULL) ready at `?7`.
+/// (each cut out as JSON), the first `?8` (all if NULL) ready at `?7`; each with the step's TTR.
 const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
-        (run_id, step, position, idx, over, input, job, priority, state, ready_at)
+        (run_id, step, position, idx, over, input, job, priority, state, ready_at, ttr_ms)
     SELECT ?1, ?2, ?3, j.key, ?4, p.output -> j.key, ?5, ?6, 'pending',
-        CASE WHEN ?8 IS NULL OR j.key < ?8 THEN ?7 END
+        CASE WHEN ?8 IS NULL OR j.key < ?8 THEN ?7 END,
+        (SELECT s.ttr_ms FROM jobgraph_steps s WHERE s.run_id = ?1 AND s.position = ?3)
     FROM jobgraph_steps p, json_each(p.output) AS j
     WHERE p.run_id = ?1 AND p.position = ?4 AND p.state = 'completed'
     ORDER BY j.key";
