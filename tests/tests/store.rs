@@ -1183,7 +1183,7 @@ async fn postgres_refuses_another_schema_version() {
             .fetch_one(&mut pg_raw(&db).await)
             .await
             .unwrap();
-    assert_eq!(version, "5");
+    assert_eq!(version, "6");
 
     pg_execute(
         &db,

@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("postgres_migrations/0003_claim_index.sql"),
     include_str!("postgres_migrations/0004_queue_elements.sql"),
     include_str!("postgres_migrations/0005_ttr.sql"),
+    include_str!("postgres_migrations/0006_room_for_claims.sql"),
 ];
 
 /// The key of the advisory lock that serializes migrations: "jobgraph" in ASCII, one key per
