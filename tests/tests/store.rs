@@ -1018,7 +1018,7 @@ async fn sqlite_refuses_another_schema_version() {
             err,
             StoreError::Schema {
                 found: 99,
-                expected: 4
+                expected: 5
             }
         ),
         "{err:?}"
@@ -1196,7 +1196,7 @@ async fn postgres_refuses_another_schema_version() {
             err,
             StoreError::Schema {
                 found: 99,
-                expected: 5
+                expected: 6
             }
         ),
         "{err:?}"
@@ -1268,7 +1268,7 @@ fn postgres_concurrent_first_opens_migrate_once() {
                 .fetch_one(&mut pg_raw(&db).await)
                 .await
                 .unwrap();
-        assert_eq!(version, "5");
+        assert_eq!(version, "6");
         let store = pg_store(&db).await;
         let runs = store.list_runs(&RunFilter::default()).await.unwrap();
         assert_eq!(runs.len(), 8);
