@@ -11,8 +11,11 @@
 //! (`jobgraph-pg`, `jobgraph-sqlite`, `awa`, `graphile`, `apalis`); `-- --cells burn,graphs,latency`
 //! only those cells; `-- --rounds N` repeats every throughput cell N times and reports the
 //! median; `-- --jobs N` sets the backlog. It prints markdown tables. `-- --diagnose` instead
-//! burns down the single-step backlog with 1 and 2 worker processes that count and time their
-//! SQL statements (sqlx's `tracing` events), and prints them per job.
+//! burns down the single-step backlog (`-- --diagnose-workload diamond|for_each`: that job's)
+//! with 1 and 2 worker processes that count and time their SQL statements (sqlx's `tracing`
+//! events), and prints them per step; with
+//! `JOBGRAPH_PG_SETTINGS=shared_preload_libraries=pg_stat_statements`, also the server's view
+//! of each statement (time, pages, WAL records).
 //!
 //! Cells:
 //!
@@ -905,6 +908,8 @@ struct Options {
     /// Which cells: `burn`, `graphs`, `latency` (all unless `--cells` says).
     cells: Vec<String>,
     diagnose: bool,
+    /// What `--diagnose` burns down (`--diagnose-workload`; single-step jobs unless it says).
+    diagnose_workload: Workload,
     jobs: u64,
     rounds: usize,
     samples: usize,
@@ -917,6 +922,7 @@ fn options() -> Options {
         cap: Duration::from_secs(120),
         cells: vec!["burn".into(), "graphs".into(), "latency".into()],
         diagnose: false,
+        diagnose_workload: Workload::Noop,
         jobs: 2_000,
         rounds: 1,
         samples: 50,
@@ -930,6 +936,12 @@ fn options() -> Options {
                 o.samples = 200;
             }
             "--diagnose" => o.diagnose = true,
+            "--diagnose-workload" => {
+                i += 1;
+                o.diagnose = true;
+                o.diagnose_workload = Workload::parse(&args[i])
+                    .expect("--diagnose-workload noop|diamond|for_each");
+            }
             "--cap" => {
                 i += 1;
                 o.cap = Duration::from_secs(args[i].parse().expect("--cap SECONDS"));
@@ -991,7 +1003,7 @@ async fn coordinate(o: Options) {
         DIAGNOSE.store(true, std::sync::atomic::Ordering::Relaxed);
         for &system in &run {
             for procs in [1, 2] {
-                diagnose(system, jobs, procs).await;
+                diagnose(system, o.diagnose_workload, jobs, procs).await;
             }
         }
         return;
@@ -1075,13 +1087,13 @@ async fn coordinate(o: Options) {
 }
 
 /// One burn-down of `jobs` single-step jobs by `procs` worker processes that count their SQL
-/// statements: per job, how many of each kind and how long they took.
-async fn diagnose(system: System, jobs: u64, procs: usize) {
+/// statements: per step, how many of each kind and how long they took.
+async fn diagnose(system: System, workload: Workload, runs: u64, procs: usize) {
     let server_stats = ServerStats::reset(system).await;
     let burn = burn_down(
         system,
-        Workload::Noop,
-        jobs,
+        workload,
+        runs,
         procs,
         Duration::from_secs(900),
     )
@@ -1100,19 +1112,22 @@ async fn diagnose(system: System, jobs: u64, procs: usize) {
         .values()
         .fold((0, 0.0), |(n, ms), (a, b)| (n + a, ms + b));
     let wall_ms = burn.secs * 1e3;
+    // Per step: a single-step job is one.
+    let steps = runs * workload.steps();
     println!(
-        "\n#### {} single-step, {jobs} jobs, {procs} worker process(es): {:.0} jobs/s\n",
+        "\n#### {} {}, {runs} runs, {procs} worker process(es): {:.0} steps/s\n",
         system.name(),
-        burn.jobs_per_s
+        workload.name(),
+        burn.steps_per_s
     );
     println!(
-        "{:.2} statements per job; {:.3} ms of statement time per job (summed over the \
-         statements, which overlap); the burn-down took {:.3} ms of wall time per job\n",
-        total_n as f64 / jobs as f64,
-        total_ms / jobs as f64,
-        wall_ms / jobs as f64,
+        "{:.2} statements per step; {:.3} ms of statement time per step (summed over the \
+         statements, which overlap); the burn-down took {:.3} ms of wall time per step\n",
+        total_n as f64 / steps as f64,
+        total_ms / steps as f64,
+        wall_ms / steps as f64,
     );
-    println!("| statement (first words) | per job | ms per job | mean ms |");
+    println!("| statement (first words) | per step | ms per step | mean ms |");
     println!("|---|---:|---:|---:|");
     let mut rows: Vec<_> = by_kind.into_iter().collect();
     rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
@@ -1120,13 +1135,13 @@ async fn diagnose(system: System, jobs: u64, procs: usize) {
         println!(
             "| `{}` | {:.3} | {:.3} | {:.3} |",
             kind.replace('|', "\\|"),
-            n as f64 / jobs as f64,
-            ms / jobs as f64,
+            n as f64 / steps as f64,
+            ms / steps as f64,
             ms / n as f64
         );
     }
     if let Some(stats) = server_stats {
-        stats.print(jobs).await;
+        stats.print(steps).await;
     }
 }
 
@@ -1165,7 +1180,7 @@ impl ServerStats {
         Some(Self { url })
     }
 
-    async fn print(&self, jobs: u64) {
+    async fn print(&self, steps: u64) {
         use sqlx::{Connection as _, Row as _};
         let mut conn = sqlx::PgConnection::connect(&self.url).await.unwrap();
         let rows = sqlx::query(
@@ -1180,8 +1195,8 @@ impl ServerStats {
         .fetch_all(&mut conn)
         .await
         .unwrap();
-        let per_job = |v: f64| v / jobs as f64;
-        println!("\nThe server's side (`pg_stat_statements`), per job:\n");
+        let per_step = |v: f64| v / steps as f64;
+        println!("\nThe server's side (`pg_stat_statements`), per step:\n");
         println!("| statement | calls | exec ms | rows | blocks | dirtied | WAL records |");
         println!("|---|---:|---:|---:|---:|---:|---:|");
         for row in rows {
@@ -1189,12 +1204,12 @@ impl ServerStats {
             println!(
                 "| `{}` | {:.3} | {:.4} | {:.2} | {:.1} | {:.2} | {:.2} |",
                 query.replace('|', "\\|"),
-                per_job(row.get::<i64, _>("calls") as f64),
-                per_job(row.get::<f64, _>("total_exec_time")),
-                per_job(row.get::<i64, _>("rows") as f64),
-                per_job(row.get::<i64, _>("blocks") as f64),
-                per_job(row.get::<i64, _>("dirtied") as f64),
-                per_job(row.get::<i64, _>("wal_records") as f64),
+                per_step(row.get::<i64, _>("calls") as f64),
+                per_step(row.get::<f64, _>("total_exec_time")),
+                per_step(row.get::<i64, _>("rows") as f64),
+                per_step(row.get::<i64, _>("blocks") as f64),
+                per_step(row.get::<i64, _>("dirtied") as f64),
+                per_step(row.get::<i64, _>("wal_records") as f64),
             );
         }
     }

@@ -29,7 +29,6 @@ trait TestQueue: Queue + Clone {
 impl TestQueue for SqliteStore {
     async fn age_leases(&self, by: Duration) {
         SqliteStore::age_leases(self, by).await;
-        SqliteStore::age_element_leases(self, by).await;
     }
 
     async fn clock(&self) -> i64 {

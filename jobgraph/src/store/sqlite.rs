@@ -192,16 +192,21 @@ impl SqliteStore {
         self.pool.close().await;
     }
 
-    /// Moves every lease's expiry (runs' and claimed steps') and every queued run's time to live
-    /// `by` into the past, as if that much time had passed: protocol tests age leases in SQL
-    /// instead of sleeping.
+    /// Moves every lease's expiry (runs', claimed steps' and claimed elements') and every queued
+    /// run's time to live `by` into the past, as if that much time had passed: protocol tests age
+    /// leases in SQL instead of sleeping.
     ///
     /// # Panics
     ///
     /// If the database fails (a test helper).
     #[doc(hidden)]
     pub async fn age_leases(&self, by: Duration) {
-        for statement in [AGE_LEASES, AGE_CLAIMS, AGE_EXPIRIES] {
+        for statement in [
+            AGE_LEASES,
+            AGE_CLAIMS,
+            AGE_EXPIRIES,
+            super::sqlite_queue::AGE_ELEMENT_CLAIMS,
+        ] {
             sqlx::query(statement)
                 .bind(millis(by))
                 .execute(&self.pool)

@@ -1233,24 +1233,6 @@ pub(super) async fn requeue(
     Ok(())
 }
 
-impl SqliteStore {
-    /// Moves the leases of element claims `by` into the past: what
-    /// [`age_leases`](SqliteStore::age_leases) does for steps' claims and runs, for the claims
-    /// of `for_each` elements (protocol tests call both).
-    ///
-    /// # Panics
-    ///
-    /// If the database fails (a test helper).
-    #[doc(hidden)]
-    pub async fn age_element_leases(&self, by: Duration) {
-        sqlx::query(AGE_ELEMENT_CLAIMS)
-            .bind(super::millis(by))
-            .execute(self.pool())
-            .await
-            .expect("age_element_leases: the store's database failed");
-    }
-}
-
 /// Ends run `run` if none of its steps is pending: failed if one failed, else succeeded.
 async fn settle_run(conn: &mut SqliteConnection, run: &str, now: i64) -> Result<(), StoreError> {
     let row = sqlx::query(COUNT_LEFT)
@@ -1590,7 +1572,7 @@ const CANCEL_PENDING_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
     SET state = 'cancelled', ready_at = NULL, ended_at = ?2
     WHERE run_id = ?1 AND state = 'pending'";
 
-const AGE_ELEMENT_CLAIMS: &str = "UPDATE jobgraph_queue_elements
+pub(super) const AGE_ELEMENT_CLAIMS: &str = "UPDATE jobgraph_queue_elements
     SET lease_until = lease_until - ?1 WHERE lease_until IS NOT NULL";
 
 const RETRY_STEP: &str = "UPDATE jobgraph_steps
