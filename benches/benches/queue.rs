@@ -1086,7 +1086,7 @@ async fn coordinate(o: Options) {
     report(&o, &noop, &graphs, &lat);
 }
 
-/// One burn-down of `jobs` single-step jobs by `procs` worker processes that count their SQL
+/// One burn-down of `runs` runs of `workload` by `procs` worker processes that count their SQL
 /// statements: per step, how many of each kind and how long they took.
 async fn diagnose(system: System, workload: Workload, runs: u64, procs: usize) {
     let server_stats = ServerStats::reset(system).await;
