@@ -939,8 +939,8 @@ fn options() -> Options {
             "--diagnose-workload" => {
                 i += 1;
                 o.diagnose = true;
-                o.diagnose_workload = Workload::parse(&args[i])
-                    .expect("--diagnose-workload noop|diamond|for_each");
+                o.diagnose_workload =
+                    Workload::parse(&args[i]).expect("--diagnose-workload noop|diamond|for_each");
             }
             "--cap" => {
                 i += 1;
@@ -1090,14 +1090,7 @@ async fn coordinate(o: Options) {
 /// statements: per step, how many of each kind and how long they took.
 async fn diagnose(system: System, workload: Workload, runs: u64, procs: usize) {
     let server_stats = ServerStats::reset(system).await;
-    let burn = burn_down(
-        system,
-        workload,
-        runs,
-        procs,
-        Duration::from_secs(900),
-    )
-    .await;
+    let burn = burn_down(system, workload, runs, procs, Duration::from_secs(900)).await;
     let mut by_kind: std::collections::BTreeMap<String, (u64, f64)> = Default::default();
     for line in burn.said.iter().filter_map(|l| l.strip_prefix("sql ")) {
         for entry in line.split('\t').filter(|e| !e.is_empty()) {

@@ -113,6 +113,7 @@ on_both_queues! {
     a_claim_is_a_lease_of_its_steps_ttr_renewed_by_it => claims_lease_their_ttr,
     a_worker_heartbeats_within_the_shortest_ttr_it_holds => worker_beats_within_ttrs,
     a_redriven_fan_out_runs_every_element_again => redriven_fan_out_runs_again,
+    redriving_below_a_failed_step_is_refused_and_redriving_it_runs_the_rest => redrive_below_failure,
 }
 
 /// Counters of the jobs' executions, per key (a case's `base` and what it counts).
@@ -2401,4 +2402,73 @@ async fn redriven_fan_out_runs_again(store: impl TestQueue, base: u64) {
     for element in 1..=3 {
         assert_eq!(count(key * 10 + element), 3, "element {element}");
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the source was down")]
+struct SourceDown;
+
+/// `fetch` fails on its first run (counter `key`), then succeeds; `parse` and `save` follow it.
+#[derive(Serialize, Deserialize)]
+struct FailsOnce {
+    key: u64,
+}
+
+#[job(durable)]
+impl FailsOnce {
+    #[step]
+    async fn fetch(&self) -> Result<u64, SourceDown> {
+        if bump(self.key) == 0 {
+            return Err(SourceDown);
+        }
+        Ok(7)
+    }
+
+    #[step]
+    async fn parse(&self, fetch: &u64) -> u64 {
+        fetch * 2
+    }
+
+    #[step]
+    async fn save(&self, parse: &u64) -> u64 {
+        parse + 1
+    }
+}
+
+async fn redrive_below_failure(store: impl TestQueue, base: u64) {
+    let key = base + 900;
+    let client = Client::new(&store);
+    let run = client.submit(&FailsOnce { key }).await.unwrap().id;
+    let worker = Worker::new(&store).job::<FailsOnce>();
+    drain(&worker).await;
+    assert_eq!(client.status(&run).await.unwrap().state, RunState::Failed);
+
+    // Below the failure: the step would wait forever for `fetch`, so the store refuses, names
+    // the step to redrive instead, and changes nothing.
+    for (step, on, state) in [("parse", "fetch", "failed"), ("save", "parse", "skipped")] {
+        match store.reset_step(&run, step).await {
+            Err(StoreError::DependsOnEnded {
+                run: r,
+                step: s,
+                on: o,
+                state: st,
+            }) => assert_eq!(
+                (r.as_str(), s.as_str(), o.as_str(), st.as_str()),
+                (run.as_str(), step, on, state)
+            ),
+            other => panic!("redrive of `{step}`: {other:?}"),
+        }
+    }
+    assert_eq!(client.status(&run).await.unwrap().state, RunState::Failed);
+
+    // Redriving the failed step runs it and what it skipped.
+    let reset = store.reset_step(&run, "fetch").await.unwrap();
+    assert_eq!(reset, ["fetch", "parse", "save"]);
+    drain(&worker).await;
+    let out = client
+        .wait::<FailsOnce>(&run, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!((out.fetch, out.parse, out.save), (7, 14, 15));
+    assert_eq!(count(key), 2);
 }

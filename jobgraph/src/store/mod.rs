@@ -659,6 +659,23 @@ pub enum StoreError {
         /// The step asked for.
         step: String,
     },
+    /// A step of a submitted run cannot be redriven alone: it depends on a step that ended
+    /// without an output (failed, skipped or cancelled), so it would wait forever.
+    #[error(
+        "cannot redrive step `{step}` of run `{run}` alone: it depends on step `{on}`, which is \
+         {state} and will not run again; redrive the step that failed (`{on}` or one above it), \
+         which redrives `{step}` with it"
+    )]
+    DependsOnEnded {
+        /// The run.
+        run: String,
+        /// The step asked for (or one of its descendants).
+        step: String,
+        /// The dependency that ended without an output.
+        on: String,
+        /// Its state: `failed`, `skipped` or `cancelled`.
+        state: String,
+    },
     /// The database was written with another schema version than this build of jobgraph
     /// knows (and cannot be migrated).
     #[error("{}", schema_message(*found, *expected))]

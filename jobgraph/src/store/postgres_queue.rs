@@ -1563,22 +1563,19 @@ pub(super) async fn requeue(
     spec: &GraphSpec,
     hits: &[bool],
 ) -> Result<(), StoreError> {
-    let completed: Vec<i32> = sqlx::query_scalar(SELECT_COMPLETED)
+    let ended: Vec<(i32, String)> = sqlx::query_as(SELECT_ENDED)
         .bind(run)
         .fetch_all(&mut *conn)
         .await?;
+    let ended: Vec<(usize, String)> = ended
+        .into_iter()
+        .filter_map(|(p, state)| Some((usize::try_from(p).ok()?, state)))
+        .collect();
     let (mut names, mut steps, mut waiting) = (Vec::new(), Vec::new(), Vec::new());
     let mut kids: HashMap<(String, i32), i32> = HashMap::new();
-    for (position, step) in spec.steps.iter().enumerate() {
-        if !hits.get(position).copied().unwrap_or(false) {
-            continue;
-        }
+    for (position, left) in super::queue::redrive_waits(run, spec, hits, &ended)? {
+        let step = &spec.steps[position];
         let index = i32::try_from(position).unwrap_or(i32::MAX);
-        let left = spec
-            .dependencies(position)
-            .into_iter()
-            .filter(|&d| hits[d] || !completed.contains(&i32::try_from(d).unwrap_or(-1)))
-            .count();
         // One that waits for nothing waits for one, made done below as if it just completed.
         if left == 0 {
             kids.insert((run.to_owned(), index), 1);
@@ -2259,8 +2256,8 @@ const SELECT_LIVE_CLAIM: &str = "SELECT worker, jobgraph_ms(lease_until) AS leas
     WHERE run_id = $1 AND state = 'pending' AND worker IS NOT NULL AND lease_until > now()
     LIMIT 1";
 
-const SELECT_COMPLETED: &str =
-    "SELECT idx FROM jobgraph_steps WHERE run_id = $1 AND state = 'completed'";
+const SELECT_ENDED: &str =
+    "SELECT idx, state FROM jobgraph_steps WHERE run_id = $1 AND state <> 'pending'";
 
 const DELETE_QUEUE_ELEMENTS: &str =
     "DELETE FROM jobgraph_queue_elements WHERE run_id = $1 AND step = ANY ($2::text[])";

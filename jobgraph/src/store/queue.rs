@@ -201,6 +201,40 @@ pub trait Queue: Store {
     }
 }
 
+/// How many dependencies each redriven step of a submitted run (`hits`: a step and its
+/// descendants) waits for, given the run's steps that are not pending (`ended`: position and
+/// state): (position, waiting), in graph order. A dependency outside `hits` that completed is
+/// not waited for; one still pending is; one that failed, was skipped or was cancelled never
+/// completes, so redriving below it is refused ([`StoreError::DependsOnEnded`]).
+pub(crate) fn redrive_waits(
+    run: &str,
+    spec: &GraphSpec,
+    hits: &[bool],
+    ended: &[(usize, String)],
+) -> Result<Vec<(usize, usize)>, StoreError> {
+    let state_of = |d: usize| ended.iter().find(|(p, _)| *p == d).map(|(_, s)| s.as_str());
+    let mut waits = Vec::new();
+    for position in (0..spec.steps.len()).filter(|&p| hits.get(p).copied().unwrap_or(false)) {
+        let mut waiting = 0;
+        for d in spec.dependencies(position) {
+            match (hits.get(d).copied().unwrap_or(false), state_of(d)) {
+                (false, Some("completed")) => {}
+                (false, Some(state)) => {
+                    return Err(StoreError::DependsOnEnded {
+                        run: run.to_owned(),
+                        step: spec.steps[position].name.clone(),
+                        on: spec.steps[d].name.clone(),
+                        state: state.to_owned(),
+                    });
+                }
+                _ => waiting += 1,
+            }
+        }
+        waits.push((position, waiting));
+    }
+    Ok(waits)
+}
+
 /// A TTR in ms as stored: at least [`MIN_TTR`](crate::MIN_TTR), at most 1,000 years.
 pub(crate) fn ttr_ms(ttr: Duration) -> i64 {
     lease_ms(ttr.max(crate::MIN_TTR))

@@ -295,7 +295,10 @@ async fn wal(conn: &mut SqliteConnection, busy_timeout: Duration) -> Result<(), 
     let deadline = tokio::time::Instant::now() + busy_timeout;
     let mut pause = Duration::from_millis(1);
     loop {
-        match sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await {
+        match sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&mut *conn)
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(error) if is_busy(&error) && tokio::time::Instant::now() + pause < deadline => {
                 tokio::time::sleep(pause).await;
@@ -1855,8 +1858,18 @@ impl<'w> Plan<'w> {
             + self.finished.len()
             + self.touched.len();
         let total = changes.saturating_add(i64::try_from(planned).unwrap_or(i64::MAX));
-        let [runs, steps, leases, resumed, settled, skipped, elements, renewed, finished, touched] =
-            self.kinds();
+        let [
+            runs,
+            steps,
+            leases,
+            resumed,
+            settled,
+            skipped,
+            elements,
+            renewed,
+            finished,
+            touched,
+        ] = self.kinds();
         let mut query = sqlx::query(sql);
         if runs {
             query = query.bind(now).bind(now).bind(json(&self.runs));

@@ -1182,25 +1182,21 @@ pub(super) async fn requeue(
     hits: &[bool],
     now: i64,
 ) -> Result<(), StoreError> {
-    let completed: Vec<i64> = sqlx::query_scalar(SELECT_COMPLETED)
+    let ended: Vec<(i64, String)> = sqlx::query_as(SELECT_ENDED)
         .bind(run)
         .fetch_all(&mut *conn)
         .await?;
+    let ended: Vec<(usize, String)> = ended
+        .into_iter()
+        .filter_map(|(p, state)| Some((usize::try_from(p).ok()?, state)))
+        .collect();
     let mut ready = Vec::new();
-    for (position, step) in spec.steps.iter().enumerate() {
-        if !hits.get(position).copied().unwrap_or(false) {
-            continue;
-        }
+    for (position, waiting) in super::queue::redrive_waits(run, spec, hits, &ended)? {
         sqlx::query(DELETE_QUEUE_ELEMENTS)
             .bind(run)
-            .bind(&step.name)
+            .bind(&spec.steps[position].name)
             .execute(&mut *conn)
             .await?;
-        let waiting = spec
-            .dependencies(position)
-            .into_iter()
-            .filter(|&d| hits[d] || !completed.contains(&(d as i64)))
-            .count();
         // One that waits for nothing waits for one, made done below as if it just completed.
         if waiting == 0 {
             ready.push(position);
@@ -1465,8 +1461,8 @@ const SELECT_LIVE_CLAIM: &str = "SELECT worker, lease_until FROM jobgraph_steps
     WHERE run_id = ?1 AND state = 'pending' AND worker IS NOT NULL AND lease_until > ?2
     LIMIT 1";
 
-const SELECT_COMPLETED: &str =
-    "SELECT position FROM jobgraph_steps WHERE run_id = ?1 AND state = 'completed'";
+const SELECT_ENDED: &str =
+    "SELECT position, state FROM jobgraph_steps WHERE run_id = ?1 AND state <> 'pending'";
 
 const DELETE_QUEUE_ELEMENTS: &str =
     "DELETE FROM jobgraph_queue_elements WHERE run_id = ?1 AND step = ?2";
