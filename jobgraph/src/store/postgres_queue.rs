@@ -2058,7 +2058,9 @@ macro_rules! taken_element {
 /// for `$3` until now + `$4` ms, and the pending runs of the steps become running (a run another
 /// transaction holds is passed over: that transaction ends it or found it running; an element's
 /// run is running already); one row per claim, with its run's input and graph (or one row of
-/// `NULL`s if none).
+/// `NULL`s if none). The steps and elements it picks need no check of their own against
+/// `jobgraph_limits`: it picks nothing unless `flag` found no limited one ready, in the same
+/// snapshot (a limit inserted since is not seen by either).
 const CLAIM_UNLIMITED: &str = concat!(
     "WITH flag AS (
         SELECT EXISTS (SELECT 1 FROM jobgraph_limits l
@@ -2081,8 +2083,6 @@ const CLAIM_UNLIMITED: &str = concat!(
             WHERE s.job = j.job AND ",
     claimable!(),
     "
-              AND NOT EXISTS (SELECT 1 FROM jobgraph_limits l
-                  WHERE l.job = s.job AND l.step = s.name)
             ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
             LIMIT $2
             FOR UPDATE OF s SKIP LOCKED
@@ -2098,8 +2098,6 @@ const CLAIM_UNLIMITED: &str = concat!(
             WHERE s.job = j.job AND ",
     claimable!(),
     "
-              AND NOT EXISTS (SELECT 1 FROM jobgraph_limits l
-                  WHERE l.job = s.job AND l.step = s.step)
             ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.position, s.idx
             LIMIT $2
             FOR UPDATE OF s SKIP LOCKED
