@@ -2270,7 +2270,7 @@ async fn claims_lease_their_ttr(store: impl TestQueue, _base: u64) {
     assert_eq!(plain, [LEASE; 3]);
 }
 
-/// A step with a 1 s timeout (so a 1 s TTR) that takes `ms` (counted in counter `key`).
+/// A step with a 3 s timeout (so a 3 s TTR) that takes `ms` (counted in counter `key`).
 #[derive(Serialize, Deserialize)]
 struct Brief {
     key: u64,
@@ -2279,7 +2279,7 @@ struct Brief {
 
 #[job(durable)]
 impl Brief {
-    #[step(timeout = Duration::from_secs(1))]
+    #[step(timeout = Duration::from_secs(3))]
     async fn work(&self) -> u64 {
         bump(self.key);
         tokio::time::sleep(Duration::from_millis(self.ms)).await;
@@ -2288,14 +2288,15 @@ impl Brief {
 }
 
 async fn worker_beats_within_ttrs(store: impl TestQueue, base: u64) {
-    // One step at a time and three prefetched: the last waits about 1.2 s in the worker, past
-    // its 1 s TTR, so only heartbeats every third of that (not of the worker's 30 s lease)
-    // keep the claims; a lost one would be claimed again (its step run twice).
+    // One step at a time and three prefetched: the last waits about 3.6 s in the worker, past
+    // its 3 s TTR, so only heartbeats every third of that (not of the worker's 30 s lease)
+    // keep the claims; a lost one would be claimed again (its step run twice). Real time, with
+    // room: a beat may be 2 s late before a claim is lost.
     let key = base + 700;
     let client = Client::new(&store);
     let mut ids = Vec::new();
     for _ in 0..4 {
-        ids.push(client.submit(&Brief { key, ms: 400 }).await.unwrap().id);
+        ids.push(client.submit(&Brief { key, ms: 1_200 }).await.unwrap().id);
     }
     let worker = Worker::new(&store)
         .job::<Brief>()
