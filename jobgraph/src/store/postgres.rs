@@ -32,10 +32,10 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
 use super::postgres_queue::Ready;
 use super::postgres_schema;
-use super::queue::Sweeps;
+use super::queue::{Sweeps, lease_ms};
 use super::{
     GraphSpec, RunFilter, RunSpec, RunState, RunSummary, StepOutcome, StepStatus, StepTally, Store,
-    StoreError, StoredRun, StoredStep, millis,
+    StoreError, StoredRun, StoredStep,
 };
 
 /// A [`Store`] in a PostgreSQL database: runs survive their processes and are shared by
@@ -112,15 +112,6 @@ impl PgOptions {
         self.acquire_timeout = acquire_timeout;
         self
     }
-}
-
-/// The longest lease the database is asked for (1,000 years): a longer one would overflow
-/// `timestamptz`, and is forever anyway.
-const MAX_LEASE_MS: i64 = 1_000 * 365 * 24 * 3_600 * 1_000;
-
-/// A lease in ms, capped at [`MAX_LEASE_MS`].
-pub(super) fn lease_ms(lease: Duration) -> i64 {
-    millis(lease).min(MAX_LEASE_MS)
 }
 
 impl PgStore {

@@ -60,10 +60,10 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row as _};
 use tokio::sync::watch;
 
-use super::postgres::{PgStore, get, graph, lease_ms, no_such_run};
+use super::postgres::{PgStore, get, graph, no_such_run};
 use super::queue::{
     BatchCounts, Claim, ClaimId, Completion, Failed, Held, Lease, Queue, StepCount, Submission,
-    Submitted,
+    Submitted, lease_ms,
 };
 use super::{GraphSpec, StoreError, millis};
 
