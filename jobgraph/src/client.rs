@@ -363,17 +363,21 @@ impl<'c, J: DurableJob, W> Submit<'c, J, W> {
 }
 
 /// What a submission says of a job's steps beyond its graph: their limits, and its `for_each`
-/// steps (claimed element by element).
+/// steps (claimed element by element); and the time to run of each step of the value they were
+/// evaluated on ([`ttrs_of`]).
 struct Limits {
     limits: Vec<(&'static str, crate::StepLimits)>,
     fan_outs: Vec<FanOut>,
+    ttrs: Vec<Option<Duration>>,
 }
 
 /// The limits `job`'s steps declare (evaluated on this value: they are shared by every run of
-/// the job), for the steps that have some, and its `for_each` steps with their bounds.
+/// the job), for the steps that have some, and its `for_each` steps with their bounds; and
+/// each step's time to run in this value, as [`ttrs_of`] (its policies are evaluated once).
 fn limits_of<J: DurableJob>(job: &J) -> Result<Limits, ClientError> {
     let mut limits = Vec::new();
     let mut fan_outs = Vec::new();
+    let mut ttrs = Vec::with_capacity(J::Step::ALL.len());
     for &step in J::Step::ALL {
         let policies = job.policies(step).map_err(|error| {
             ClientError::Store(StoreError::InvalidSubmission {
@@ -392,8 +396,13 @@ fn limits_of<J: DurableJob>(job: &J) -> Result<Limits, ClientError> {
                 bound: policies.for_each_bound,
             });
         }
+        ttrs.push(policies.timeout);
     }
-    Ok(Limits { limits, fan_outs })
+    Ok(Limits {
+        limits,
+        fan_outs,
+        ttrs,
+    })
 }
 
 /// Each step's time to run for a run of `job`, in graph order: its `#[step(timeout = ..)]`,
@@ -451,14 +460,13 @@ impl<'c, J: DurableJob> Submit<'c, J, One<'c, J>> {
             }));
         }
         let input = encode(job)?;
-        let ttrs = ttrs_of(job);
         let id = id.unwrap_or_else(|| new_run_id(J::NAME));
         let submission = Submission {
             id: &id,
             input: &input,
             batch: batch.as_deref(),
             key: key.as_deref(),
-            ttrs: &ttrs,
+            ttrs: &limits.ttrs,
             ..template
         };
         Ok(self.client.queue.submit(submission).await?)
@@ -485,8 +493,11 @@ impl<'c, J: DurableJob> Submit<'c, J, Many<J>> {
             Some(first) => limits_of(first)?,
             None => return Ok(Vec::new()),
         };
-        // Each input's steps' TTRs; one per step if every input has the same (the usual case).
-        let each: Vec<Vec<Option<Duration>>> = self.what.inputs.iter().map(ttrs_of).collect();
+        // Each input's steps' TTRs (the first's evaluated with its limits); one per step if
+        // every input has the same (the usual case).
+        let each: Vec<Vec<Option<Duration>>> = std::iter::once(limits.ttrs.clone())
+            .chain(self.what.inputs.iter().skip(1).map(ttrs_of))
+            .collect();
         let ttrs: Vec<Option<Duration>> = if each.windows(2).all(|w| w[0] == w[1]) {
             each.into_iter().next().unwrap_or_default()
         } else {
