@@ -9,7 +9,7 @@ pub use core::default::Default;
 pub use core::fmt::{self, Debug};
 pub use core::future::{Future, poll_fn};
 pub use core::hash::Hash;
-pub use core::marker::{Copy, PhantomData, Send, Sync};
+pub use core::marker::{Copy, PhantomData, Send, Sync, Unpin};
 pub use core::ops::FnOnce;
 pub use core::option::Option::{self, None, Some};
 pub use core::panic;
@@ -43,7 +43,7 @@ pub use crate::lend::{
 pub use crate::policy::{policies, shared_retry, step_policies, timeout};
 pub use crate::runner::{drive_started, handle_core, send_run, start};
 pub use crate::sched::{
-    Chunk, Failures, OutputCell, Sched, Stop, Suspend, TopoGraph, completed, turn,
-    unreachable_step, unstarted, waker,
+    Chunk, ChunkOf, ChunkTurn, Failures, JobCells, OutputCell, Place, Sched, Stop, Suspend,
+    TopoGraph, completed, turn, unreachable_step, unstarted, waker,
 };
 pub use crate::store::StoredRun;

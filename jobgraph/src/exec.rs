@@ -7,6 +7,7 @@
 //! its timers and back-off state do not make every step's future larger.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -60,25 +61,43 @@ pin_project_lite::pin_project! {
         /// since the run started).
         Lean { #[pin] attempt: QuietDrop<Fut>, started: u64 },
         /// A future running and reporting the whole step.
-        GeneralFuture { future: GeneralFuture<G> },
+        GeneralFuture { future: G },
     }
 }
 
-/// The boxed future of a step on the general path (or of a `for_each` step).
+/// The boxed future of a step on the general path (or of a `for_each` step), `Send` when `M` is.
 ///
 /// Dropped out of line: the scheduler's turn of each step holds a step's future, and the drop
 /// glue of a general path's future (its timer, its spans, its limiter's permit) would otherwise
 /// be copied into every step's turn, making the code the scheduler runs per step several times
 /// larger than what it runs, and the processor's instruction cache miss on every step.
-pub struct GeneralFuture<G>(Option<Pin<Box<G>>>);
+///
+/// `M` is what decides whether the future may move to another thread: `G` itself for a future
+/// that holds its step's code as it is, and the step's types for the general path's future,
+/// which holds them behind trait objects that do not say `Send` (see [`general_future`]).
+pub(crate) struct GeneralFuture<G, M = G>(Option<Pin<Box<G>>>, PhantomData<fn() -> M>);
+
+// SAFETY: a `GeneralFuture<G, G>` is `Send` exactly when `G` is, as if it held `G` alone. The
+// general path's `GeneralFuture<G, (F, Fut, C, T)>` (made by `general_future` only) holds the
+// future of `run_general` over trait objects erasing an `F` and the `Fut`s it makes: those
+// objects are `Send` when `F` and `Fut` are, and the rest of that future is `Send` when `C` and
+// `T` are, which `general_path_is_send` checks at compile time for every step type.
+#[allow(unsafe_code)]
+unsafe impl<G, M: Send> Send for GeneralFuture<G, M> {}
+
+// SAFETY: nothing reaches the future through a shared reference (it is polled through
+// `Pin<&mut Self>` and dropped through `&mut self`), so sharing a `&GeneralFuture` between
+// threads shares nothing.
+#[allow(unsafe_code)]
+unsafe impl<G, M> Sync for GeneralFuture<G, M> {}
 
 impl<G> GeneralFuture<G> {
     pub(crate) fn new(future: G) -> Self {
-        GeneralFuture(Some(Box::pin(future)))
+        GeneralFuture(Some(Box::pin(future)), PhantomData)
     }
 }
 
-impl<T, G: Future<Output = Result<T, StepError>>> Future for GeneralFuture<G> {
+impl<T, G: Future<Output = Result<T, StepError>>, M> Future for GeneralFuture<G, M> {
     type Output = Result<T, StepError>;
 
     #[inline]
@@ -96,7 +115,7 @@ fn poll_general<G: Future>(future: Pin<&mut G>, cx: &mut Context<'_>) -> Poll<G:
     future.poll(cx)
 }
 
-impl<G> Drop for GeneralFuture<G> {
+impl<G, M> Drop for GeneralFuture<G, M> {
     #[inline]
     fn drop(&mut self) {
         drop_general(self.0.take());
@@ -128,7 +147,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut future = this.project().future;
             if future.is_some() {
-                drop_quietly(move || future.set(None));
+                drop_quietly(&mut || future.set(None));
             }
         }
     }
@@ -156,9 +175,9 @@ impl<F: Future> Future for QuietDrop<F> {
 }
 
 /// Runs `drop` (the drop of an attempt's future), catching and logging a panic: out of line, one
-/// copy per closure type, called only by [`QuietDrop`]'s drop.
+/// copy for every step, called only by [`QuietDrop`]'s drop.
 #[inline(never)]
-fn drop_quietly(drop: impl FnOnce()) {
+fn drop_quietly(drop: &mut dyn FnMut()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(drop)) {
         let panic = StepPanic::from_payload(payload);
         tracing::error!(
@@ -181,7 +200,7 @@ pub(crate) fn start_step<'a, S, R, C, T, F, Fut>(
     step: S,
     policies: Policies<'a, R, T>,
     mut attempt: F,
-) -> StepFuture<Fut, impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>>
+) -> StepFuture<Fut, impl Future<Output = Result<T, StepError>> + Unpin + use<'a, S, R, C, T, F, Fut>>
 where
     S: JobStep,
     R: RetryPolicy,
@@ -202,8 +221,20 @@ where
     }
 }
 
+/// An attempt's future on the general path: the step's own, boxed.
+type ErasedAttempt<'a, T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + 'a>>;
+
+/// What makes each attempt of a step on the general path: the step's own function, boxed.
+type ErasedAttempts<'a, C, T> = Box<dyn FnMut(C) -> ErasedAttempt<'a, T> + 'a>;
+
 /// The future of a step on the general path, boxed: out of line, so the scheduler's code for each
 /// step keeps only what the lean path runs.
+///
+/// The general path (limits, timeouts, spans, retries, checkpoints) is compiled once per output
+/// and context type, not once per step: it runs the step's attempts through trait objects (one
+/// allocation per attempt, on a path that allocates its span and its timer anyway). Generic over
+/// every step's future, it was most of the code a job generated, and a 1,000-step job took
+/// several times longer to build than the steps' own code explains.
 #[inline(never)]
 #[allow(clippy::type_complexity)]
 fn general_future<'a, S, R, C, T, F, Fut>(
@@ -212,8 +243,11 @@ fn general_future<'a, S, R, C, T, F, Fut>(
     general: General<'a>,
     own_retry: Option<R>,
     encode: Option<Encode<T>>,
-    attempt: F,
-) -> GeneralFuture<impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>>
+    mut attempt: F,
+) -> GeneralFuture<
+    impl Future<Output = Result<T, StepError>> + use<'a, S, R, C, T, F, Fut>,
+    (F, Fut, C, T),
+>
 where
     S: JobStep,
     R: RetryPolicy,
@@ -221,7 +255,31 @@ where
     F: FnMut(C) -> Fut + 'a,
     Fut: Future<Output = Result<T, BoxError>> + 'a,
 {
-    GeneralFuture::new(run_general(run, step, general, own_retry, encode, attempt))
+    let attempts: ErasedAttempts<'a, C, T> =
+        Box::new(move |ctx| -> ErasedAttempt<'a, T> { Box::pin(attempt(ctx)) });
+    let own_retry = own_retry.map(|retry| Box::new(retry) as Box<dyn RetryPolicy>);
+    GeneralFuture(
+        Some(Box::pin(run_general(
+            run, step, general, own_retry, encode, attempts,
+        ))),
+        PhantomData,
+    )
+}
+
+/// Compiles only if the general path's future is `Send` for every step type when its attempts
+/// and their futures, its context and its output are: what [`GeneralFuture`]'s `Send` stands on.
+#[allow(dead_code, clippy::type_complexity)]
+fn general_path_is_send<'a, S: JobStep, C: AttemptContext + Send + 'a, T: Send + 'a>(
+    run: &'a RunCore<S>,
+    step: S,
+    general: General<'a>,
+    encode: Option<Encode<T>>,
+    attempts: Box<
+        dyn FnMut(C) -> Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>> + Send + 'a,
+    >,
+) {
+    fn send(_: &impl Send) {}
+    send(&run_general(run, step, general, None, encode, attempts));
 }
 
 /// How a step runs: see [`plan`].
@@ -335,26 +393,23 @@ fn record_lean_start<S: JobStep>(run: &RunCore<S>, step: S) -> u64 {
 }
 
 /// Every attempt of a step on the general path.
-async fn run_general<S, R, C, T, F, Fut>(
+async fn run_general<S, C, T, F, Fut>(
     run: &RunCore<S>,
     step: S,
     general: General<'_>,
-    own_retry: Option<R>,
+    own_retry: Option<Box<dyn RetryPolicy>>,
     encode: Option<Encode<T>>,
     attempt: F,
 ) -> Result<T, StepError>
 where
     S: JobStep,
-    R: RetryPolicy,
     C: AttemptContext,
     F: FnMut(C) -> Fut,
     Fut: Future<Output = Result<T, BoxError>>,
 {
     let mut first_start = None;
     let policies = AttemptPolicies {
-        retry: general
-            .retry_override
-            .or(own_retry.as_ref().map(|r| r as &dyn RetryPolicy)),
+        retry: general.retry_override.or(own_retry.as_deref()),
         timeout: general.timeout,
         limiter: general.limiter.as_deref(),
     };

@@ -62,6 +62,7 @@ pub(crate) fn generate(job: &Job<'_>, graph: &Graph) -> TokenStream {
     let partial = items::partial_struct(job, &paths);
     let job_impl = items::job_impl(job, Some(graph), &paths);
     let step_fns = steps::step_fns(job, &paths);
+    let chunk_fns = scheduler::chunk_fns(job, graph, &paths);
     let durable = durable::durable_impl(job, &paths);
     let checks = checks::checks(job, &paths);
     let import = &paths.import;
@@ -72,6 +73,7 @@ pub(crate) fn generate(job: &Job<'_>, graph: &Graph) -> TokenStream {
         #partial
         #job_impl
         #step_fns
+        #chunk_fns
         #durable
         #checks
     }

@@ -198,7 +198,7 @@ fn start(job: &Job<'_>, s: &Step<'_>, paths: &Paths) -> TokenStream {
         ) -> #p::Result<
             #p::StepFuture<
                 impl #p::Future<Output = #p::Result<#out_ty, #p::BoxError>> + '__jg,
-                impl #p::Future<Output = #p::Result<#out_ty, #p::StepError>> + '__jg,
+                impl #p::Future<Output = #p::Result<#out_ty, #p::StepError>> + #p::Unpin + '__jg,
             >,
             #p::StepError,
         > {

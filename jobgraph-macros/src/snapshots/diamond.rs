@@ -264,11 +264,7 @@ impl ::jobgraph::__private::Job for Diamond {
                 );
                 let mut __jg_stop = ::jobgraph::__private::RunCore::stop(__jg_run);
                 let mut __jg_chunk0 = ::jobgraph::__private::pin!(
-                    ::jobgraph::__private::Chunk::new(::jobgraph::__private::unstarted(Self::__jg_start_a),
-                    ::jobgraph::__private::unstarted(Self::__jg_start_b),
-                    ::jobgraph::__private::unstarted(Self::__jg_start_c),
-                    ::jobgraph::__private::unstarted(Self::__jg_start_d), (), (), (), (),
-                    (), (), (), (), (), (), (), ())
+                    Self::__jg_chunk0(self, __jg_res, __jg_run)
                 );
                 let mut __jg_waker = ::jobgraph::__private::waker().await;
                 let __jg_stopped = 'stop: loop {
@@ -291,110 +287,15 @@ impl ::jobgraph::__private::Job for Diamond {
                             ) {
                                 match __jg_k / 16usize {
                                     0usize => {
-                                        let (
-                                            __jg_outputs,
-                                            __jg_sched,
-                                            __jg_failures,
-                                            __jg_cx,
-                                            __jg_chunk,
-                                        ) = (
-                                            &__jg_outputs,
+                                        ::jobgraph::__private::ChunkTurn::turn(
+                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_chunk0),
+                                            __jg_k,
                                             &mut __jg_sched,
+                                            &__JG_GRAPH,
+                                            &__jg_outputs,
                                             &mut __jg_failures,
                                             &mut *__jg_cx,
-                                            ::jobgraph::__private::Pin::as_mut(&mut __jg_chunk0),
-                                        );
-                                        (move || {
-                                            let (
-                                                mut __jg_f0,
-                                                mut __jg_f1,
-                                                mut __jg_f2,
-                                                mut __jg_f3,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                            ) = ::jobgraph::__private::Chunk::places(__jg_chunk);
-                                            match __jg_k {
-                                                0usize => {
-                                                    ::jobgraph::__private::turn(
-                                                        self,
-                                                        __jg_res,
-                                                        __jg_run,
-                                                        &mut *__jg_sched,
-                                                        &__JG_GRAPH,
-                                                        0usize,
-                                                        DiamondStep::A,
-                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f0),
-                                                        Self::__jg_start_a,
-                                                        (),
-                                                        &__jg_outputs.0,
-                                                        &mut *__jg_failures,
-                                                        &mut *__jg_cx,
-                                                    )
-                                                }
-                                                1usize => {
-                                                    ::jobgraph::__private::turn(
-                                                        self,
-                                                        __jg_res,
-                                                        __jg_run,
-                                                        &mut *__jg_sched,
-                                                        &__JG_GRAPH,
-                                                        1usize,
-                                                        DiamondStep::B,
-                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f1),
-                                                        Self::__jg_start_b,
-                                                        (&__jg_outputs.0,),
-                                                        &__jg_outputs.1,
-                                                        &mut *__jg_failures,
-                                                        &mut *__jg_cx,
-                                                    )
-                                                }
-                                                2usize => {
-                                                    ::jobgraph::__private::turn(
-                                                        self,
-                                                        __jg_res,
-                                                        __jg_run,
-                                                        &mut *__jg_sched,
-                                                        &__JG_GRAPH,
-                                                        2usize,
-                                                        DiamondStep::C,
-                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f2),
-                                                        Self::__jg_start_c,
-                                                        (&__jg_outputs.0,),
-                                                        &__jg_outputs.2,
-                                                        &mut *__jg_failures,
-                                                        &mut *__jg_cx,
-                                                    )
-                                                }
-                                                3usize => {
-                                                    ::jobgraph::__private::turn(
-                                                        self,
-                                                        __jg_res,
-                                                        __jg_run,
-                                                        &mut *__jg_sched,
-                                                        &__JG_GRAPH,
-                                                        3usize,
-                                                        DiamondStep::D,
-                                                        ::jobgraph::__private::Pin::as_mut(&mut __jg_f3),
-                                                        Self::__jg_start_d,
-                                                        (&__jg_outputs.1,),
-                                                        &__jg_outputs.3,
-                                                        &mut *__jg_failures,
-                                                        &mut *__jg_cx,
-                                                    )
-                                                }
-                                                _ => ::jobgraph::__private::unreachable_step(),
-                                            }
-                                        })()
+                                        )
                                     }
                                     _ => ::jobgraph::__private::unreachable_step(),
                                 }
@@ -420,68 +321,10 @@ impl ::jobgraph::__private::Job for Diamond {
                     ::jobgraph::__private::RunCore::woken(__jg_run);
                 };
                 if __jg_stopped {
-                    {
-                        let (__jg_sched, __jg_chunk) = (
-                            &__jg_sched,
-                            ::jobgraph::__private::Pin::as_mut(&mut __jg_chunk0),
-                        );
-                        (move || {
-                            let (
-                                mut __jg_f0,
-                                mut __jg_f1,
-                                mut __jg_f2,
-                                mut __jg_f3,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                            ) = ::jobgraph::__private::Chunk::places(__jg_chunk);
-                            if ::jobgraph::__private::Sched::is_running(
-                                __jg_sched,
-                                0usize,
-                            ) {
-                                ::jobgraph::__private::Pin::set(
-                                    &mut __jg_f0,
-                                    ::jobgraph::__private::None,
-                                );
-                            }
-                            if ::jobgraph::__private::Sched::is_running(
-                                __jg_sched,
-                                1usize,
-                            ) {
-                                ::jobgraph::__private::Pin::set(
-                                    &mut __jg_f1,
-                                    ::jobgraph::__private::None,
-                                );
-                            }
-                            if ::jobgraph::__private::Sched::is_running(
-                                __jg_sched,
-                                2usize,
-                            ) {
-                                ::jobgraph::__private::Pin::set(
-                                    &mut __jg_f2,
-                                    ::jobgraph::__private::None,
-                                );
-                            }
-                            if ::jobgraph::__private::Sched::is_running(
-                                __jg_sched,
-                                3usize,
-                            ) {
-                                ::jobgraph::__private::Pin::set(
-                                    &mut __jg_f3,
-                                    ::jobgraph::__private::None,
-                                );
-                            }
-                        })();
-                    }
+                    ::jobgraph::__private::ChunkTurn::drop_running(
+                        ::jobgraph::__private::Pin::as_mut(&mut __jg_chunk0),
+                        &__jg_sched,
+                    );
                     let (__jg_sched, __jg_failures) = (&__jg_sched, &mut __jg_failures);
                     (move || {
                         if ::jobgraph::__private::Sched::is_running(__jg_sched, 0usize) {
@@ -734,7 +577,7 @@ impl Diamond {
                     u32,
                     ::jobgraph::__private::StepError,
                 >,
-            > + '__jg,
+            > + ::jobgraph::__private::Unpin + '__jg,
         >,
         ::jobgraph::__private::StepError,
     > {
@@ -772,7 +615,7 @@ impl Diamond {
                     u32,
                     ::jobgraph::__private::StepError,
                 >,
-            > + '__jg,
+            > + ::jobgraph::__private::Unpin + '__jg,
         >,
         ::jobgraph::__private::StepError,
     > {
@@ -815,7 +658,7 @@ impl Diamond {
                     String,
                     ::jobgraph::__private::StepError,
                 >,
-            > + '__jg,
+            > + ::jobgraph::__private::Unpin + '__jg,
         >,
         ::jobgraph::__private::StepError,
     > {
@@ -857,7 +700,7 @@ impl Diamond {
                     (),
                     ::jobgraph::__private::StepError,
                 >,
-            > + '__jg,
+            > + ::jobgraph::__private::Unpin + '__jg,
         >,
         ::jobgraph::__private::StepError,
     > {
@@ -875,6 +718,152 @@ impl Diamond {
                     Self::d(self, __jg_in0),
                 ),
             ),
+        )
+    }
+}
+#[doc(hidden)]
+impl ::jobgraph::__private::JobCells for Diamond {
+    type Cells = (
+        ::jobgraph::__private::OutputCell<u32>,
+        ::jobgraph::__private::OutputCell<u32>,
+        ::jobgraph::__private::OutputCell<String>,
+        ::jobgraph::__private::OutputCell<()>,
+    );
+}
+#[doc(hidden)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+impl Diamond {
+    #[inline(always)]
+    fn __jg_chunk0<'__jg>(
+        &'__jg self,
+        __jg_res: &'__jg (),
+        __jg_run: &'__jg ::jobgraph::__private::RunCore<DiamondStep>,
+    ) -> impl ::jobgraph::__private::ChunkTurn<
+        '__jg,
+        <Self as ::jobgraph::__private::JobCells>::Cells,
+        1usize,
+        4usize,
+        DiamondStep,
+    > + '__jg {
+        ::jobgraph::__private::ChunkOf::new(
+            0usize,
+            ::jobgraph::__private::Chunk::new(
+                ::jobgraph::__private::unstarted(Self::__jg_start_a),
+                ::jobgraph::__private::unstarted(Self::__jg_start_b),
+                ::jobgraph::__private::unstarted(Self::__jg_start_c),
+                ::jobgraph::__private::unstarted(Self::__jg_start_d),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+            ),
+            move |
+                __jg_chunk: ::jobgraph::__private::Pin<&mut _>,
+                __jg_k: ::jobgraph::__private::usize,
+                __jg_sched: &mut ::jobgraph::__private::Sched<1usize>,
+                __jg_graph: &::jobgraph::__private::TopoGraph<1usize, 4usize>,
+                __jg_outputs: &'__jg <Self as ::jobgraph::__private::JobCells>::Cells,
+                __jg_failures: &mut ::jobgraph::__private::Failures<DiamondStep>,
+                __jg_cx: &mut ::jobgraph::__private::Context<'_>|
+            {
+                let (
+                    mut __jg_f0,
+                    mut __jg_f1,
+                    mut __jg_f2,
+                    mut __jg_f3,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                ) = ::jobgraph::__private::Chunk::places(__jg_chunk);
+                match __jg_k {
+                    0usize => {
+                        ::jobgraph::__private::turn(
+                            self,
+                            __jg_res,
+                            __jg_run,
+                            __jg_sched,
+                            __jg_graph,
+                            0usize,
+                            DiamondStep::A,
+                            ::jobgraph::__private::Pin::as_mut(&mut __jg_f0),
+                            Self::__jg_start_a,
+                            (),
+                            &__jg_outputs.0,
+                            __jg_failures,
+                            __jg_cx,
+                        )
+                    }
+                    1usize => {
+                        ::jobgraph::__private::turn(
+                            self,
+                            __jg_res,
+                            __jg_run,
+                            __jg_sched,
+                            __jg_graph,
+                            1usize,
+                            DiamondStep::B,
+                            ::jobgraph::__private::Pin::as_mut(&mut __jg_f1),
+                            Self::__jg_start_b,
+                            (&__jg_outputs.0,),
+                            &__jg_outputs.1,
+                            __jg_failures,
+                            __jg_cx,
+                        )
+                    }
+                    2usize => {
+                        ::jobgraph::__private::turn(
+                            self,
+                            __jg_res,
+                            __jg_run,
+                            __jg_sched,
+                            __jg_graph,
+                            2usize,
+                            DiamondStep::C,
+                            ::jobgraph::__private::Pin::as_mut(&mut __jg_f2),
+                            Self::__jg_start_c,
+                            (&__jg_outputs.0,),
+                            &__jg_outputs.2,
+                            __jg_failures,
+                            __jg_cx,
+                        )
+                    }
+                    3usize => {
+                        ::jobgraph::__private::turn(
+                            self,
+                            __jg_res,
+                            __jg_run,
+                            __jg_sched,
+                            __jg_graph,
+                            3usize,
+                            DiamondStep::D,
+                            ::jobgraph::__private::Pin::as_mut(&mut __jg_f3),
+                            Self::__jg_start_d,
+                            (&__jg_outputs.1,),
+                            &__jg_outputs.3,
+                            __jg_failures,
+                            __jg_cx,
+                        )
+                    }
+                    _ => ::jobgraph::__private::unreachable_step(),
+                }
+            },
         )
     }
 }

@@ -218,9 +218,7 @@ where
                 );
                 let mut __jg_stop = __jobgraph_private_Report::RunCore::stop(__jg_run);
                 let mut __jg_chunk0 = __jobgraph_private_Report::pin!(
-                    __jobgraph_private_Report::Chunk::new(__jobgraph_private_Report::unstarted(Self::__jg_start_load),
-                    __jobgraph_private_Report::unstarted(Self::__jg_start_render), (),
-                    (), (), (), (), (), (), (), (), (), (), (), (), ())
+                    Self::__jg_chunk0(self, __jg_res, __jg_run)
                 );
                 let mut __jg_waker = __jobgraph_private_Report::waker().await;
                 let __jg_stopped = 'stop: loop {
@@ -243,76 +241,15 @@ where
                             ) {
                                 match __jg_k / 16usize {
                                     0usize => {
-                                        let (
-                                            __jg_outputs,
-                                            __jg_sched,
-                                            __jg_failures,
-                                            __jg_cx,
-                                            __jg_chunk,
-                                        ) = (
-                                            &__jg_outputs,
+                                        __jobgraph_private_Report::ChunkTurn::turn(
+                                            __jobgraph_private_Report::Pin::as_mut(&mut __jg_chunk0),
+                                            __jg_k,
                                             &mut __jg_sched,
+                                            &__JG_GRAPH,
+                                            &__jg_outputs,
                                             &mut __jg_failures,
                                             &mut *__jg_cx,
-                                            __jobgraph_private_Report::Pin::as_mut(&mut __jg_chunk0),
-                                        );
-                                        (move || {
-                                            let (
-                                                mut __jg_f0,
-                                                mut __jg_f1,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                                _,
-                                            ) = __jobgraph_private_Report::Chunk::places(__jg_chunk);
-                                            match __jg_k {
-                                                0usize => {
-                                                    __jobgraph_private_Report::turn(
-                                                        self,
-                                                        __jg_res,
-                                                        __jg_run,
-                                                        &mut *__jg_sched,
-                                                        &__JG_GRAPH,
-                                                        0usize,
-                                                        ReportStep::Load,
-                                                        __jobgraph_private_Report::Pin::as_mut(&mut __jg_f0),
-                                                        Self::__jg_start_load,
-                                                        (),
-                                                        &__jg_outputs.0,
-                                                        &mut *__jg_failures,
-                                                        &mut *__jg_cx,
-                                                    )
-                                                }
-                                                1usize => {
-                                                    __jobgraph_private_Report::turn(
-                                                        self,
-                                                        __jg_res,
-                                                        __jg_run,
-                                                        &mut *__jg_sched,
-                                                        &__JG_GRAPH,
-                                                        1usize,
-                                                        ReportStep::Render,
-                                                        __jobgraph_private_Report::Pin::as_mut(&mut __jg_f1),
-                                                        Self::__jg_start_render,
-                                                        (&__jg_outputs.0,),
-                                                        &__jg_outputs.1,
-                                                        &mut *__jg_failures,
-                                                        &mut *__jg_cx,
-                                                    )
-                                                }
-                                                _ => __jobgraph_private_Report::unreachable_step(),
-                                            }
-                                        })()
+                                        )
                                     }
                                     _ => __jobgraph_private_Report::unreachable_step(),
                                 }
@@ -338,50 +275,10 @@ where
                     __jobgraph_private_Report::RunCore::woken(__jg_run);
                 };
                 if __jg_stopped {
-                    {
-                        let (__jg_sched, __jg_chunk) = (
-                            &__jg_sched,
-                            __jobgraph_private_Report::Pin::as_mut(&mut __jg_chunk0),
-                        );
-                        (move || {
-                            let (
-                                mut __jg_f0,
-                                mut __jg_f1,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                                _,
-                            ) = __jobgraph_private_Report::Chunk::places(__jg_chunk);
-                            if __jobgraph_private_Report::Sched::is_running(
-                                __jg_sched,
-                                0usize,
-                            ) {
-                                __jobgraph_private_Report::Pin::set(
-                                    &mut __jg_f0,
-                                    __jobgraph_private_Report::None,
-                                );
-                            }
-                            if __jobgraph_private_Report::Sched::is_running(
-                                __jg_sched,
-                                1usize,
-                            ) {
-                                __jobgraph_private_Report::Pin::set(
-                                    &mut __jg_f1,
-                                    __jobgraph_private_Report::None,
-                                );
-                            }
-                        })();
-                    }
+                    __jobgraph_private_Report::ChunkTurn::drop_running(
+                        __jobgraph_private_Report::Pin::as_mut(&mut __jg_chunk0),
+                        &__jg_sched,
+                    );
                     let (__jg_sched, __jg_failures) = (&__jg_sched, &mut __jg_failures);
                     (move || {
                         if __jobgraph_private_Report::Sched::is_running(
@@ -616,7 +513,7 @@ where
                     Vec<D::Row>,
                     __jobgraph_private_Report::StepError,
                 >,
-            > + '__jg,
+            > + __jobgraph_private_Report::Unpin + '__jg,
         >,
         __jobgraph_private_Report::StepError,
     > {
@@ -657,7 +554,7 @@ where
                     Option<Box<Self>>,
                     __jobgraph_private_Report::StepError,
                 >,
-            > + '__jg,
+            > + __jobgraph_private_Report::Unpin + '__jg,
         >,
         __jobgraph_private_Report::StepError,
     > {
@@ -678,6 +575,122 @@ where
                     Self::render(self, __jg_in0),
                 ),
             ),
+        )
+    }
+}
+#[doc(hidden)]
+impl<'a, D: Db> __jobgraph_private_Report::JobCells for Report<'a, D>
+where
+    D: Send,
+{
+    type Cells = (
+        __jobgraph_private_Report::OutputCell<Vec<D::Row>>,
+        __jobgraph_private_Report::OutputCell<Option<Box<Self>>>,
+    );
+}
+#[doc(hidden)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+impl<'a, D: Db> Report<'a, D>
+where
+    D: Send,
+{
+    #[inline(always)]
+    fn __jg_chunk0<'__jg>(
+        &'__jg self,
+        __jg_res: &'__jg (),
+        __jg_run: &'__jg __jobgraph_private_Report::RunCore<ReportStep>,
+    ) -> impl __jobgraph_private_Report::ChunkTurn<
+        '__jg,
+        <Self as __jobgraph_private_Report::JobCells>::Cells,
+        1usize,
+        2usize,
+        ReportStep,
+    > + '__jg {
+        __jobgraph_private_Report::ChunkOf::new(
+            0usize,
+            __jobgraph_private_Report::Chunk::new(
+                __jobgraph_private_Report::unstarted(Self::__jg_start_load),
+                __jobgraph_private_Report::unstarted(Self::__jg_start_render),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+                (),
+            ),
+            move |
+                __jg_chunk: __jobgraph_private_Report::Pin<&mut _>,
+                __jg_k: __jobgraph_private_Report::usize,
+                __jg_sched: &mut __jobgraph_private_Report::Sched<1usize>,
+                __jg_graph: &__jobgraph_private_Report::TopoGraph<1usize, 2usize>,
+                __jg_outputs: &'__jg <Self as __jobgraph_private_Report::JobCells>::Cells,
+                __jg_failures: &mut __jobgraph_private_Report::Failures<ReportStep>,
+                __jg_cx: &mut __jobgraph_private_Report::Context<'_>|
+            {
+                let (
+                    mut __jg_f0,
+                    mut __jg_f1,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                    _,
+                ) = __jobgraph_private_Report::Chunk::places(__jg_chunk);
+                match __jg_k {
+                    0usize => {
+                        __jobgraph_private_Report::turn(
+                            self,
+                            __jg_res,
+                            __jg_run,
+                            __jg_sched,
+                            __jg_graph,
+                            0usize,
+                            ReportStep::Load,
+                            __jobgraph_private_Report::Pin::as_mut(&mut __jg_f0),
+                            Self::__jg_start_load,
+                            (),
+                            &__jg_outputs.0,
+                            __jg_failures,
+                            __jg_cx,
+                        )
+                    }
+                    1usize => {
+                        __jobgraph_private_Report::turn(
+                            self,
+                            __jg_res,
+                            __jg_run,
+                            __jg_sched,
+                            __jg_graph,
+                            1usize,
+                            ReportStep::Render,
+                            __jobgraph_private_Report::Pin::as_mut(&mut __jg_f1),
+                            Self::__jg_start_render,
+                            (&__jg_outputs.0,),
+                            &__jg_outputs.1,
+                            __jg_failures,
+                            __jg_cx,
+                        )
+                    }
+                    _ => __jobgraph_private_Report::unreachable_step(),
+                }
+            },
         )
     }
 }
