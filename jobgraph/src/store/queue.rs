@@ -201,6 +201,7 @@ pub trait Queue: Store {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// How many dependencies each redriven step of a submitted run (`hits`: a step and its
 /// descendants) waits for, given the run's steps that are not pending (`ended`: position and
 /// state): (position, waiting), in graph order. A dependency outside `hits` that completed is
@@ -235,11 +236,13 @@ pub(crate) fn redrive_waits(
     Ok(waits)
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// A TTR in ms as stored: at least [`MIN_TTR`](crate::MIN_TTR), at most 1,000 years.
 pub(crate) fn ttr_ms(ttr: Duration) -> i64 {
     lease_ms(ttr.max(crate::MIN_TTR))
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// A lease in ms, at most 1,000 years: added to now, a longer one would overflow PostgreSQL's
 /// timestamps (and SQLite's integers), and it is forever anyway.
 pub(crate) fn lease_ms(lease: Duration) -> i64 {
@@ -247,6 +250,7 @@ pub(crate) fn lease_ms(lease: Duration) -> i64 {
     super::millis(lease).min(MAX_LEASE_MS)
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// The lease of a claim whose step's TTR is `ttr_ms` (as stored; `None`: none), claimed with the
 /// worker's `lease`.
 pub(crate) fn claim_lease(ttr_ms: Option<i64>, lease: Duration) -> Duration {
@@ -258,16 +262,19 @@ pub(crate) fn claim_lease(ttr_ms: Option<i64>, lease: Duration) -> Duration {
 
 /// How often a store's claims sweep for expired runs and exhausted steps (a claim never takes
 /// either in the meantime: the sweep only records their failure).
+#[cfg(feature = "postgres")]
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// When a store's next sweep is due, shared by its clones: the sweeps of many claims a second
 /// are one.
+#[cfg(feature = "postgres")]
 #[derive(Debug, Default)]
 pub(crate) struct Sweeps {
     /// Unix ms; 0: now.
     next: std::sync::atomic::AtomicI64,
 }
 
+#[cfg(feature = "postgres")]
 impl Sweeps {
     /// Whether a sweep is due; if it is, the next one is due in [`SWEEP_EVERY`] (so only the
     /// caller that got `true` sweeps).
@@ -482,6 +489,7 @@ impl Submission<'_> {
         None
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// Why this batch template's [`ttrs`](Submission::ttrs) do not fit `inputs` runs, if they
     /// do not: none, one per step, or one per step per input.
     pub(crate) fn check_batch(&self, inputs: usize) -> Result<(), StoreError> {
@@ -499,6 +507,7 @@ impl Submission<'_> {
         Ok(())
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// The TTR of step `position` of run `run` (its index among the inputs of a batch; 0
     /// otherwise), in ms as stored: at least [`MIN_TTR`](crate::MIN_TTR), at most 1,000 years
     /// (a longer one would overflow PostgreSQL's timestamps, and is forever anyway). `None`:
@@ -513,11 +522,13 @@ impl Submission<'_> {
         ttr.copied().flatten().map(ttr_ms)
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// The fan-out of step `position`, if it is one.
     pub(crate) fn fan_out(&self, position: usize) -> Option<&FanOut> {
         self.fan_outs.iter().find(|f| f.step == position)
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// The graph as stored, JSON.
     pub(crate) fn graph_json(&self) -> Result<String, StoreError> {
         serde_json::to_string(self.graph).map_err(|e| StoreError::Corrupt {
