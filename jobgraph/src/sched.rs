@@ -383,16 +383,6 @@ where
     }
 }
 
-/// No future yet, in the place of the step that start function `start` starts: typed where the
-/// run's future declares the place, so the compiler does not carry an unknown type per step
-/// through the rest of the scheduler. `start` is never called.
-#[inline(always)]
-pub fn unstarted<'a, J: ?Sized + 'a, R: ?Sized + 'a, S: JobStep, P, Fut, G>(
-    _start: impl FnOnce(&'a J, &'a R, &'a RunCore<S>, P) -> Result<StepFuture<Fut, G>, StepError>,
-) -> Option<StepFuture<Fut, G>> {
-    None
-}
-
 /// A fixed-size set of step positions, `W` words of 64 steps.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Mask<const W: usize>(pub [u64; W]);

@@ -748,10 +748,10 @@ impl Diamond {
         ::jobgraph::__private::ChunkOf::new(
             0usize,
             ::jobgraph::__private::Chunk::new(
-                ::jobgraph::__private::unstarted(Self::__jg_start_a),
-                ::jobgraph::__private::unstarted(Self::__jg_start_b),
-                ::jobgraph::__private::unstarted(Self::__jg_start_c),
-                ::jobgraph::__private::unstarted(Self::__jg_start_d),
+                ::jobgraph::__private::None,
+                ::jobgraph::__private::None,
+                ::jobgraph::__private::None,
+                ::jobgraph::__private::None,
                 (),
                 (),
                 (),

@@ -747,9 +747,9 @@ impl Crawl {
         ::jobgraph::__private::ChunkOf::new(
             0usize,
             ::jobgraph::__private::Chunk::new(
-                ::jobgraph::__private::unstarted(Self::__jg_start_pages),
-                ::jobgraph::__private::unstarted(Self::__jg_start_fetch),
-                ::jobgraph::__private::unstarted(Self::__jg_start_index),
+                ::jobgraph::__private::None,
+                ::jobgraph::__private::None,
+                ::jobgraph::__private::None,
                 (),
                 (),
                 (),

@@ -609,8 +609,8 @@ where
         __jobgraph_private_Report::ChunkOf::new(
             0usize,
             __jobgraph_private_Report::Chunk::new(
-                __jobgraph_private_Report::unstarted(Self::__jg_start_load),
-                __jobgraph_private_Report::unstarted(Self::__jg_start_render),
+                __jobgraph_private_Report::None,
+                __jobgraph_private_Report::None,
                 (),
                 (),
                 (),
