@@ -202,8 +202,15 @@ impl<F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15>
     }
 }
 
-impl<F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15>
-    Chunk<F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15>
+/// What a [`ChunkOf`] needs of its places: to drop the futures of the steps that run.
+pub trait DropRunning {
+    /// Drops the futures of the chunk's steps that run (the chunk's first step is at position
+    /// `first`): the run stopped.
+    fn drop_running<const W: usize>(self: Pin<&mut Self>, first: usize, sched: &Sched<W>);
+}
+
+impl<F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15> DropRunning
+    for Chunk<F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15>
 where
     F0: Place,
     F1: Place,
@@ -222,8 +229,6 @@ where
     F14: Place,
     F15: Place,
 {
-    /// Drops the futures of the chunk's steps that run (the chunk's first step is at position
-    /// `first`): the run stopped.
     fn drop_running<const W: usize>(self: Pin<&mut Self>, first: usize, sched: &Sched<W>) {
         let (f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15) = self.places();
         let places: [Pin<&mut dyn Place>; CHUNK] = [
@@ -311,50 +316,11 @@ impl<P, F> ChunkOf<P, F> {
     }
 }
 
-impl<
-    'j,
-    C,
-    const W: usize,
-    const N: usize,
-    S: JobStep,
-    F0,
-    F1,
-    F2,
-    F3,
-    F4,
-    F5,
-    F6,
-    F7,
-    F8,
-    F9,
-    F10,
-    F11,
-    F12,
-    F13,
-    F14,
-    F15,
-    F,
-> ChunkTurn<'j, C, W, N, S>
-    for ChunkOf<Chunk<F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15>, F>
+impl<'j, C, const W: usize, const N: usize, S: JobStep, P: DropRunning, F> ChunkTurn<'j, C, W, N, S>
+    for ChunkOf<P, F>
 where
-    F0: Place,
-    F1: Place,
-    F2: Place,
-    F3: Place,
-    F4: Place,
-    F5: Place,
-    F6: Place,
-    F7: Place,
-    F8: Place,
-    F9: Place,
-    F10: Place,
-    F11: Place,
-    F12: Place,
-    F13: Place,
-    F14: Place,
-    F15: Place,
     F: Fn(
-        Pin<&mut Chunk<F0, F1, F2, F3, F4, F5, F6, F7, F8, F9, F10, F11, F12, F13, F14, F15>>,
+        Pin<&mut P>,
         usize,
         &mut Sched<W>,
         &TopoGraph<W, N>,
