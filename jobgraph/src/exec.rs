@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::FutureExt as _;
 use tracing::{Instrument as _, Span};
 
-use crate::durable::{Codec, Encode, checkpoint};
+use crate::durable::{Codec, ElementsCodec, Encode, checkpoint};
 use crate::error::{BoxError, StepError, StepPanic};
 use crate::limit::{StepLimiter, StepLimits};
 use crate::report::StepEvent;
@@ -72,16 +72,18 @@ pin_project_lite::pin_project! {
 /// be copied into every step's turn, making the code the scheduler runs per step several times
 /// larger than what it runs, and the processor's instruction cache miss on every step.
 ///
-/// `M` is what decides whether the future may move to another thread: `G` itself for a future
-/// that holds its step's code as it is, and the step's types for the general path's future,
-/// which holds them behind trait objects that do not say `Send` (see [`general_future`]).
-pub(crate) struct GeneralFuture<G, M = G>(Option<Pin<Box<G>>>, PhantomData<fn() -> M>);
+/// `G` runs the step's code through trait objects that do not say `Send` (so it is compiled
+/// once per output type, not once per step: see [`general_future`]); `M` holds the types those
+/// objects erase, and decides whether the future may move to another thread.
+pub(crate) struct GeneralFuture<G, M>(Option<Pin<Box<G>>>, PhantomData<fn() -> M>);
 
-// SAFETY: a `GeneralFuture<G, G>` is `Send` exactly when `G` is, as if it held `G` alone. The
-// general path's `GeneralFuture<G, (F, Fut, C, T)>` (made by `general_future` only) holds the
-// future of `run_general` over trait objects erasing an `F` and the `Fut`s it makes: those
-// objects are `Send` when `F` and `Fut` are, and the rest of that future is `Send` when `C` and
-// `T` are, which `general_path_is_send` checks at compile time for every step type.
+// SAFETY: `GeneralFuture`s are made by `general_future` and `for_each_future` only. The first
+// holds the future of `run_general` over trait objects erasing an `F` and the `Fut`s it makes,
+// with `M = (F, Fut, C, T)`: those objects are `Send` when `F` and `Fut` are, and the rest of
+// that future is `Send` when `C` and `T` are, which `general_path_is_send` checks at compile
+// time for every step type. The second holds `run_for_each`'s over an erased `F` (shared by its
+// elements' attempts) and its `Fut`s, with `M = (F, &F, Fut, C, T, &E)`: `for_each_is_send`
+// checks the same with `F` also `Sync` and `E` `Sync`.
 #[allow(unsafe_code)]
 unsafe impl<G, M: Send> Send for GeneralFuture<G, M> {}
 
@@ -90,12 +92,6 @@ unsafe impl<G, M: Send> Send for GeneralFuture<G, M> {}
 // threads shares nothing.
 #[allow(unsafe_code)]
 unsafe impl<G, M> Sync for GeneralFuture<G, M> {}
-
-impl<G> GeneralFuture<G> {
-    pub(crate) fn new(future: G) -> Self {
-        GeneralFuture(Some(Box::pin(future)), PhantomData)
-    }
-}
 
 impl<T, G: Future<Output = Result<T, StepError>>, M> Future for GeneralFuture<G, M> {
     type Output = Result<T, StepError>;
@@ -280,6 +276,80 @@ fn general_path_is_send<'a, S: JobStep, C: AttemptContext + Send + 'a, T: Send +
 ) {
     fn send(_: &impl Send) {}
     send(&run_general(run, step, general, None, encode, attempts));
+}
+
+/// What makes each attempt of an element of a `for_each` step: the step's own function, boxed.
+type ErasedElementAttempts<'a, C, E, T> = Box<dyn Fn(C, &'a E) -> ErasedAttempt<'a, T> + 'a>;
+
+/// The future of a `for_each` step, boxed: like the general path, compiled once per element,
+/// output and context type, not once per step (see [`general_future`]).
+#[inline(never)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+pub(crate) fn for_each_future<'a, S, R, C, E, T, F, Fut>(
+    run: &'a RunCore<S>,
+    step: S,
+    retry: Option<R>,
+    timeout: Option<Duration>,
+    limits: &'a StepLimits,
+    codec: Option<ElementsCodec<T>>,
+    bound: Option<usize>,
+    elements: &'a [E],
+    attempt: F,
+) -> GeneralFuture<
+    impl Future<Output = Result<Vec<T>, StepError>> + use<'a, S, R, C, E, T, F, Fut>,
+    (F, &'a F, Fut, C, T, &'a E),
+>
+where
+    S: JobStep,
+    R: RetryPolicy,
+    C: AttemptContext + 'a,
+    F: Fn(C, &'a E) -> Fut + 'a,
+    Fut: Future<Output = Result<T, BoxError>> + 'a,
+    T: 'a,
+{
+    let attempts: ErasedElementAttempts<'a, C, E, T> =
+        Box::new(move |ctx, element| -> ErasedAttempt<'a, T> { Box::pin(attempt(ctx, element)) });
+    let policies = Policies {
+        retry: retry.map(|retry| Box::new(retry) as Box<dyn RetryPolicy>),
+        timeout,
+        limits,
+        encode: codec.as_ref().map(|codec| codec.all.encode),
+    };
+    GeneralFuture(
+        Some(Box::pin(run_for_each(
+            run,
+            step,
+            policies,
+            codec.map(|codec| codec.element),
+            elements,
+            bound,
+            attempts,
+        ))),
+        PhantomData,
+    )
+}
+
+/// Compiles only if a `for_each` step's future is `Send` for every step type when its attempts
+/// and their futures, its context and its output are, and its elements are `Sync`: what
+/// [`GeneralFuture`]'s `Send` stands on for [`for_each_future`].
+#[allow(dead_code, clippy::type_complexity)]
+fn for_each_is_send<'a, S: JobStep, C: AttemptContext + Send + 'a, E: Sync, T: Send + 'a>(
+    run: &'a RunCore<S>,
+    step: S,
+    policies: Policies<'a, Box<dyn RetryPolicy>, Vec<T>>,
+    codec: Option<Codec<T>>,
+    elements: &'a [E],
+    attempts: Box<
+        dyn Fn(C, &'a E) -> Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'a>>
+            + Send
+            + Sync
+            + 'a,
+    >,
+) {
+    fn send(_: &impl Send) {}
+    send(&run_for_each(
+        run, step, policies, codec, elements, None, attempts,
+    ));
 }
 
 /// How a step runs: see [`plan`].
@@ -525,10 +595,10 @@ fn policy_panicked(n: u32, error: &StepError, payload: Box<dyn std::any::Any + S
 /// under the step's retry policy, timeout and limits. The output is every element's, in the
 /// elements' order; the first element that fails fails the step, and the others still running
 /// are dropped.
-pub(crate) async fn run_for_each<'e, S, R, C, E, T, F, Fut>(
+async fn run_for_each<'e, S, C, E, T, F, Fut>(
     run: &RunCore<S>,
     step: S,
-    policies: Policies<'_, R, Vec<T>>,
+    policies: Policies<'_, Box<dyn RetryPolicy>, Vec<T>>,
     element_codec: Option<Codec<T>>,
     elements: &'e [E],
     bound: Option<usize>,
@@ -536,7 +606,6 @@ pub(crate) async fn run_for_each<'e, S, R, C, E, T, F, Fut>(
 ) -> Result<Vec<T>, StepError>
 where
     S: JobStep,
-    R: RetryPolicy,
     C: AttemptContext,
     F: Fn(C, &'e E) -> Fut,
     Fut: Future<Output = Result<T, BoxError>>,
@@ -547,9 +616,7 @@ where
     let limiter = run.limits().limiter(step, policies.limits);
     let encode = policies.encode;
     let policies = AttemptPolicies {
-        retry: run
-            .retry_override(step)
-            .or(policies.retry.as_ref().map(|r| r as &dyn RetryPolicy)),
+        retry: run.retry_override(step).or(policies.retry.as_deref()),
         timeout: run.timeout_override(step).or(policies.timeout),
         limiter: limiter.as_deref(),
     };

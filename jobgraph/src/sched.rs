@@ -15,8 +15,8 @@ use tokio_util::sync::WaitForCancellationFuture;
 use crate::durable::{ElementsCodec, Encode};
 use crate::error::{BoxError, StepFailure, StepPanic};
 use crate::exec::{
-    AttemptContext, GeneralFuture, Policies, StepFuture, StepFutureProj, report_completed,
-    report_failed, run_for_each, start_step,
+    AttemptContext, Policies, StepFuture, StepFutureProj, for_each_future, report_completed,
+    report_failed, start_step,
 };
 use crate::limit::StepLimits;
 use crate::run::RunCore;
@@ -897,7 +897,7 @@ impl<S: JobStep> RunCore<S> {
     #[inline]
     #[allow(clippy::type_complexity)]
     #[allow(clippy::too_many_arguments)]
-    pub fn for_each<'a, 'e, R, C, E, T, F, Fut>(
+    pub fn for_each<'a, R, C, E, T, F, Fut>(
         &'a self,
         step: S,
         retry: Option<R>,
@@ -905,35 +905,24 @@ impl<S: JobStep> RunCore<S> {
         limits: &'a StepLimits,
         codec: Option<ElementsCodec<T>>,
         bound: Option<u32>,
-        elements: &'e [E],
+        elements: &'a [E],
         attempt: F,
     ) -> StepFuture<
         core::future::Pending<Result<Vec<T>, BoxError>>,
-        impl Future<Output = Result<Vec<T>, StepError>> + Unpin + use<'a, 'e, S, R, C, E, T, F, Fut>,
+        impl Future<Output = Result<Vec<T>, StepError>> + Unpin + use<'a, S, R, C, E, T, F, Fut>,
     >
     where
         R: RetryPolicy,
-        C: AttemptContext,
-        F: Fn(C, &'e E) -> Fut,
-        Fut: Future<Output = Result<T, BoxError>>,
+        C: AttemptContext + 'a,
+        F: Fn(C, &'a E) -> Fut + 'a,
+        Fut: Future<Output = Result<T, BoxError>> + 'a,
+        T: 'a,
     {
-        let policies = Policies {
-            retry,
-            timeout,
-            limits,
-            encode: codec.as_ref().map(|codec| codec.all.encode),
-        };
         let bound = bound.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         StepFuture::GeneralFuture {
-            future: GeneralFuture::new(run_for_each(
-                self,
-                step,
-                policies,
-                codec.map(|codec| codec.element),
-                elements,
-                bound,
-                attempt,
-            )),
+            future: for_each_future(
+                self, step, retry, timeout, limits, codec, bound, elements, attempt,
+            ),
         }
     }
 
