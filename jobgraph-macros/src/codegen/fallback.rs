@@ -48,7 +48,9 @@ pub(crate) fn fallback(job: &Job<'_>) -> TokenStream {
     let durable = durable::durable_impl(&fields, &paths);
     let checks = checks::checks(job, &paths);
     let import = &paths.import;
+    let one_job = items::one_job_per_type(job);
     quote! {
+        #one_job
         #import
         #step_enum
         #outputs

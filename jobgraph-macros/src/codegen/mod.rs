@@ -66,7 +66,9 @@ pub(crate) fn generate(job: &Job<'_>, graph: &Graph) -> TokenStream {
     let durable = durable::durable_impl(job, &paths);
     let checks = checks::checks(job, &paths);
     let import = &paths.import;
+    let one_job = items::one_job_per_type(job);
     quote! {
+        #one_job
         #import
         #step_enum
         #outputs
