@@ -244,8 +244,8 @@ fn marker_field(job: &Job<'_>, paths: &Paths) -> Option<TokenStream> {
 
 /// A hidden item named after the job's type, so a second `#[job]` impl of the same type is
 /// first reported as what it is: rustc says the name `__jobgraph_only_one_job_impl_per_type_Foo`
-/// is defined twice, pointing at both impls' types (a macro sees one impl at a time, so it
-/// cannot say so itself). The other items then collide too.
+/// is defined twice, pointing at both impls' `#[job]` (a macro sees one impl at a time, so it
+/// cannot say so itself). The other generated items then collide too.
 pub(crate) fn one_job_per_type(job: &Job<'_>) -> TokenStream {
     let name = quote::format_ident!(
         "__jobgraph_only_one_job_impl_per_type_{}",
