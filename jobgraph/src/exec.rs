@@ -4,7 +4,9 @@
 //! A step with no retry policy, no timeout and no limits, whose span no subscriber wants (the
 //! common case), takes a lean path: its one attempt's future is the scheduler's to poll, with no
 //! timer, no wrapper future and nothing allocated. The others take the general path, boxed so
-//! its timers and back-off state do not make every step's future larger.
+//! its timers and back-off state do not make every step's future larger, and running the step's
+//! attempts through trait objects so it is compiled once per output type, not once per step
+//! (see [`general_future`]).
 
 use std::future::Future;
 use std::marker::PhantomData;
