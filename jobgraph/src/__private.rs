@@ -43,7 +43,7 @@ pub use crate::lend::{
 pub use crate::policy::{policies, shared_retry, step_policies, timeout};
 pub use crate::runner::{drive_started, handle_core, send_run, start};
 pub use crate::sched::{
-    Chunk, ChunkOf, ChunkTurn, Failures, JobCells, OutputCell, Place, Sched, Stop, Suspend,
-    TopoGraph, completed, turn, unreachable_step, waker,
+    Chunk, ChunkOf, ChunkTurn, Failures, JobCells, OutputCell, Sched, Stop, Suspend, TopoGraph,
+    completed, turn, unreachable_step, waker,
 };
 pub use crate::store::StoredRun;

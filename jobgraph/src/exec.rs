@@ -79,7 +79,7 @@ pin_project_lite::pin_project! {
 /// objects erase, and decides whether the future may move to another thread.
 pub(crate) struct GeneralFuture<G, M>(Option<Pin<Box<G>>>, PhantomData<fn() -> M>);
 
-// SAFETY: `GeneralFuture`s are made by `general_future` and `for_each_future` only. The first
+// SAFETY: `GeneralFuture::new` is called by `general_future` and `for_each_future` only. The first
 // holds the future of `run_general` over trait objects erasing an `F` and the `Fut`s it makes,
 // with `M = (F, Fut, C, T)`: those objects are `Send` when `F` and `Fut` are, and the rest of
 // that future is `Send` when `C` and `T` are, which `general_path_is_send` checks at compile
@@ -94,6 +94,19 @@ unsafe impl<G, M: Send> Send for GeneralFuture<G, M> {}
 // threads shares nothing.
 #[allow(unsafe_code)]
 unsafe impl<G, M> Sync for GeneralFuture<G, M> {}
+
+impl<G, M> GeneralFuture<G, M> {
+    /// `future`, boxed, `Send` when `M` is (see the `Send` impl's safety comment for what
+    /// `future` and `M` must be).
+    fn new(future: G) -> Self {
+        GeneralFuture(Some(Box::pin(future)), PhantomData)
+    }
+}
+
+/// A step's own retry policy, boxed: the general path is compiled once, not per policy type.
+fn erase_retry<R: RetryPolicy>(retry: Option<R>) -> Option<Box<dyn RetryPolicy>> {
+    retry.map(|retry| Box::new(retry) as Box<dyn RetryPolicy>)
+}
 
 impl<T, G: Future<Output = Result<T, StepError>>, M> Future for GeneralFuture<G, M> {
     type Output = Result<T, StepError>;
@@ -255,13 +268,14 @@ where
 {
     let attempts: ErasedAttempts<'a, C, T> =
         Box::new(move |ctx| -> ErasedAttempt<'a, T> { Box::pin(attempt(ctx)) });
-    let own_retry = own_retry.map(|retry| Box::new(retry) as Box<dyn RetryPolicy>);
-    GeneralFuture(
-        Some(Box::pin(run_general(
-            run, step, general, own_retry, encode, attempts,
-        ))),
-        PhantomData,
-    )
+    GeneralFuture::new(run_general(
+        run,
+        step,
+        general,
+        erase_retry(own_retry),
+        encode,
+        attempts,
+    ))
 }
 
 /// Compiles only if the general path's future is `Send` for every step type when its attempts
@@ -312,23 +326,20 @@ where
     let attempts: ErasedElementAttempts<'a, C, E, T> =
         Box::new(move |ctx, element| -> ErasedAttempt<'a, T> { Box::pin(attempt(ctx, element)) });
     let policies = Policies {
-        retry: retry.map(|retry| Box::new(retry) as Box<dyn RetryPolicy>),
+        retry: erase_retry(retry),
         timeout,
         limits,
         encode: codec.as_ref().map(|codec| codec.all.encode),
     };
-    GeneralFuture(
-        Some(Box::pin(run_for_each(
-            run,
-            step,
-            policies,
-            codec.map(|codec| codec.element),
-            elements,
-            bound,
-            attempts,
-        ))),
-        PhantomData,
-    )
+    GeneralFuture::new(run_for_each(
+        run,
+        step,
+        policies,
+        codec.map(|codec| codec.element),
+        elements,
+        bound,
+        attempts,
+    ))
 }
 
 /// Compiles only if a `for_each` step's future is `Send` for every step type when its attempts
