@@ -37,6 +37,18 @@
 //!   `jobgraph_steps` (same columns, primary key and index, the values a completed step writes)
 //!   and `COMMIT`, through sqlx on a pool built with `SqliteStore`'s settings (WAL, the same
 //!   `synchronous`, foreign keys, 5 s busy timeout, 4 connections, no ping before use).
+//! - `floor: the store's SQL alone`, `floor: the fewest rows` (NORMAL and FULL, as many runs at
+//!   once as each SQLite batch): what the SQL costs with nothing of jobgraph around it. The
+//!   batch's writes as bare statements on one connection to a file with the store's schema and
+//!   settings, the runs advancing in lockstep (every commit holds a write of each run in flight:
+//!   the best grouping a batch could reach), in the chain of commits a run needs (its input
+//!   stored, its lease, one commit per level of the diamond, its end), one round trip per
+//!   commit. `the store's SQL` replays `SqliteStore`'s own statements (33 rows written per run:
+//!   the run and its 8 pending steps inserted, the run ended as not started, then leased with
+//!   its steps pending again, each step updated, the run's `updated_at` per level, the run
+//!   ended); `the fewest rows` what any store keeping a row per step must write (11: the run
+//!   inserted with its input, leased, each step's row inserted as it settles, the run ended).
+//!   No jobgraph store can beat the first; no store with a row per step can beat the second.
 //! - `jorb-style JSON file`: what a careful jorb does: the batch's whole state (every run's
 //!   input, state and the output of each of its steps, as jorb's job context) is one JSON file,
 //!   written once before the runs start and rewritten after each run completes: serialize,
@@ -140,6 +152,14 @@ struct Settings {
 }
 
 impl Settings {
+    /// How many runs at once the SQLite batches run with.
+    fn widths(&self) -> Vec<usize> {
+        [self.concurrency, self.wide]
+            .into_iter()
+            .filter(|&w| w > 0)
+            .collect()
+    }
+
     fn from_env() -> Self {
         let setting = |name: &str, default: usize| -> usize {
             std::env::var(name)
@@ -167,7 +187,18 @@ enum Contender {
     /// A durable batch on SQLite, with this many runs at once.
     Sqlite(Synchronous, usize),
     Raw(Synchronous),
+    /// The SQL a batch with this many runs at once writes, alone (see [`Writes`]).
+    Floor(Synchronous, usize, Writes),
     Jorb,
+}
+
+/// Which writes a [`Contender::Floor`] replays.
+#[derive(Clone, Copy, PartialEq)]
+enum Writes {
+    /// `SqliteStore`'s own statements for the batch.
+    Store,
+    /// The fewest rows any store with a row per step could write.
+    Least,
 }
 
 impl Contender {
@@ -183,8 +214,15 @@ impl Contender {
         all.extend([
             Contender::Raw(Synchronous::Normal),
             Contender::Raw(Synchronous::Full),
-            Contender::Jorb,
         ]);
+        for sync in [Synchronous::Normal, Synchronous::Full] {
+            for at_once in s.widths() {
+                for writes in [Writes::Store, Writes::Least] {
+                    all.push(Contender::Floor(sync, at_once, writes));
+                }
+            }
+        }
+        all.push(Contender::Jorb);
         all
     }
 
@@ -200,6 +238,15 @@ impl Contender {
                 format!("jobgraph + SQLite {}, {at_once} at once", mode(sync))
             }
             Contender::Raw(sync) => format!("raw commit loop {}", mode(sync)),
+            Contender::Floor(sync, at_once, Writes::Store) => {
+                format!(
+                    "floor: the store's SQL alone {}, {at_once} at once",
+                    mode(sync)
+                )
+            }
+            Contender::Floor(sync, at_once, Writes::Least) => {
+                format!("floor: the fewest rows {}, {at_once} at once", mode(sync))
+            }
             Contender::Jorb => "jorb-style JSON file (fsync)".to_owned(),
         }
     }
@@ -239,6 +286,9 @@ fn sample(rt: &Runtime, contender: Contender, s: Settings) -> Duration {
             return took;
         }
         Contender::Raw(synchronous) => raw_commits(synchronous, s).boxed(),
+        Contender::Floor(synchronous, at_once, writes) => {
+            return floor(rt, synchronous, at_once, writes, s);
+        }
         Contender::Jorb => jorb(s).boxed(),
     };
     spawned(rt, timed)
@@ -389,6 +439,314 @@ async fn raw_commits(synchronous: Synchronous, s: Settings) -> Duration {
     let took = start.elapsed();
     pool.close().await;
     took
+}
+
+/// How many inputs a durable batch stores at once (`STORING_AT_ONCE`,
+/// jobgraph/src/batch/durable.rs).
+const STORING_AT_ONCE: usize = 256;
+
+/// The diamond's steps by level: a level's steps start when the level before completed.
+const LEVELS: [&[&str]; 5] = [
+    &["conn"],
+    &["orders", "customers"],
+    &["revenue", "count"],
+    &["by_customer", "average"],
+    &["summary"],
+];
+
+// `SqliteStore`'s statements (`WRITES`, jobgraph/src/store/sqlite.rs), with the arguments the
+// floor binds: `?`s in order, JSON arrays of one element per write.
+
+/// now, now, new runs `[id, job, batch, input, graph, owner, until]`; then their steps.
+const STORE_NEW_RUNS: &str = "INSERT INTO jobgraph_runs
+    (id, job, batch, input, graph, state, lease_owner, lease_until, created_at, updated_at)
+    SELECT w.value ->> 0, w.value ->> 1, w.value ->> 2, w.value ->> 3, w.value ->> 4, 'running',
+        w.value ->> 5, w.value ->> 6, ?, ?
+    FROM json_each(?) AS w;
+INSERT INTO jobgraph_steps (run_id, name, position, state)
+    SELECT w.value ->> 0, json_extract(step.value, '$.name'), step.key, 'pending'
+    FROM json_each(?) AS w, json_each(w.value ->> 4, '$.steps') AS step;";
+
+/// now, leases `[id, owner, until, resume]`; then the resumed runs' steps pending again.
+const STORE_LEASES: &str = "UPDATE jobgraph_runs
+    SET lease_owner = w.value ->> 1, lease_until = w.value ->> 2, updated_at = ?,
+        state = CASE WHEN w.value ->> 3 THEN 'running' ELSE jobgraph_runs.state END,
+        error = CASE WHEN w.value ->> 3 THEN NULL ELSE jobgraph_runs.error END
+    FROM json_each(?) AS w WHERE jobgraph_runs.id = w.value ->> 0;
+UPDATE jobgraph_steps SET state = 'pending', error = NULL
+    WHERE jobgraph_steps.state <> 'completed' AND jobgraph_steps.run_id IN
+        (SELECT w.value ->> 0 FROM json_each(?) AS w WHERE w.value ->> 3);";
+
+/// Settled steps `[run, step, state, attempts, output, error, started_at, ended_at]`.
+const STORE_SETTLED: &str = "UPDATE jobgraph_steps
+    SET state = w.value ->> 2, attempts = w.value ->> 3, output = w.value ->> 4,
+        error = w.value ->> 5, started_at = w.value ->> 6, ended_at = w.value ->> 7
+    FROM json_each(?) AS w
+    WHERE jobgraph_steps.run_id = w.value ->> 0 AND jobgraph_steps.name = w.value ->> 1;";
+
+/// now, the runs written (ids).
+const STORE_RUNS_WRITTEN: &str = "UPDATE jobgraph_runs SET updated_at = ?
+    WHERE jobgraph_runs.id IN (SELECT w.value FROM json_each(?) AS w);";
+
+/// now, finished runs `[run, state, error]`.
+const STORE_FINISHED: &str = "UPDATE jobgraph_runs
+    SET state = w.value ->> 1, error = w.value ->> 2, lease_owner = NULL, lease_until = NULL,
+        updated_at = ?
+    FROM json_each(?) AS w WHERE jobgraph_runs.id = w.value ->> 0;";
+
+/// now, now, new runs `[id, job, batch, input, graph]`, pending, without step rows.
+const LEAST_NEW_RUNS: &str = "INSERT INTO jobgraph_runs
+    (id, job, batch, input, graph, state, created_at, updated_at)
+    SELECT w.value ->> 0, w.value ->> 1, w.value ->> 2, w.value ->> 3, w.value ->> 4, 'pending',
+        ?, ?
+    FROM json_each(?) AS w;";
+
+/// now, leases `[id, owner, until]`.
+const LEAST_LEASES: &str = "UPDATE jobgraph_runs
+    SET lease_owner = w.value ->> 1, lease_until = w.value ->> 2, updated_at = ?,
+        state = 'running'
+    FROM json_each(?) AS w WHERE jobgraph_runs.id = w.value ->> 0;";
+
+/// Settled steps `[run, step, position, state, attempts, output, error, started_at, ended_at]`,
+/// each row inserted as it settles.
+const LEAST_SETTLED: &str = "INSERT INTO jobgraph_steps
+    (run_id, name, position, state, attempts, output, error, started_at, ended_at)
+    SELECT w.value ->> 0, w.value ->> 1, w.value ->> 2, w.value ->> 3, w.value ->> 4,
+        w.value ->> 5, w.value ->> 6, w.value ->> 7, w.value ->> 8
+    FROM json_each(?) AS w;";
+
+/// One transaction of a floor: its statements (one script, one round trip) and their arguments.
+struct Commit {
+    sql: String,
+    args: Vec<Arg>,
+}
+
+enum Arg {
+    Int(i64),
+    Json(serde_json::Value),
+}
+
+impl Commit {
+    fn new() -> Self {
+        Commit {
+            sql: "BEGIN IMMEDIATE;\n".to_owned(),
+            args: Vec::new(),
+        }
+    }
+
+    fn statement(mut self, sql: &str, args: impl IntoIterator<Item = Arg>) -> Self {
+        self.sql.push_str(sql);
+        self.sql.push('\n');
+        self.args.extend(args);
+        self
+    }
+
+    async fn run(mut self, conn: &mut sqlx::SqliteConnection) {
+        self.sql.push_str("COMMIT;");
+        let mut query = sqlx::query(&self.sql);
+        for arg in self.args {
+            query = match arg {
+                Arg::Int(n) => query.bind(n),
+                Arg::Json(v) => query.bind(v.to_string()),
+            };
+        }
+        query.execute(&mut *conn).await.unwrap();
+    }
+}
+
+/// One sample of a floor: the batch's writes as bare SQL on one connection of a store's file
+/// (its schema migrated by `SqliteStore`, its settings), with none of jobgraph around them: no
+/// runner, no fencing reads, no decisions. The runs advance in lockstep, `at_once` of them
+/// together (the best grouping a batch could reach: every commit holds a write of each run in
+/// flight), in the chain of commits a run needs: its input stored, then its lease, one commit
+/// per level of the diamond, and its end. `Writes::Store` writes what `SqliteStore` writes (the
+/// same statements); `Writes::Least` the fewest rows a store with a row per step could: the run
+/// inserted with its input, its lease, each step's row inserted as it settles, its end (11 rows
+/// per run, where the store writes 33).
+fn floor(
+    rt: &Runtime,
+    synchronous: Synchronous,
+    at_once: usize,
+    writes: Writes,
+    s: Settings,
+) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("floor.db");
+    let options = SqliteOptions::new().with_synchronous(synchronous);
+    // The schema, and a real run's graph, from the store (not timed).
+    let store = rt
+        .block_on(SqliteStore::open_with(path.to_str().unwrap(), options))
+        .unwrap();
+    spawned(rt, {
+        let store = store.clone();
+        async move {
+            Batch::new([Diamond { seed: 0 }])
+                .store(&store, "probe")
+                .run()
+                .await
+                .unwrap();
+            Duration::ZERO
+        }
+        .boxed()
+    });
+    rt.block_on(store.close());
+    spawned(
+        rt,
+        async move {
+            let connect = SqliteConnectOptions::new()
+                .filename(&path)
+                .journal_mode(SqliteJournalMode::Wal)
+                .foreign_keys(true)
+                .synchronous(match synchronous {
+                    Synchronous::Normal => SqliteSynchronous::Normal,
+                    _ => SqliteSynchronous::Full,
+                })
+                .busy_timeout(Duration::from_secs(5));
+            let mut conn = sqlx::ConnectOptions::connect(&connect).await.unwrap();
+            let graph: String = sqlx::query_scalar("SELECT graph FROM jobgraph_runs")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            sqlx::query("DELETE FROM jobgraph_runs")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let took = floor_batch(&mut conn, &graph, at_once, writes, s).await;
+            let count = |sql| sqlx::query_scalar::<_, i64>(sql);
+            let steps = count("SELECT count(*) FROM jobgraph_steps WHERE state = 'completed'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            let runs = count("SELECT count(*) FROM jobgraph_runs WHERE state = 'succeeded'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(
+                (runs as usize, steps as usize),
+                (s.runs, s.runs * STEPS),
+                "floor"
+            );
+            sqlx::Connection::close(conn).await.unwrap();
+            drop(dir);
+            took
+        }
+        .boxed(),
+    )
+}
+
+/// The timed part of [`floor`].
+async fn floor_batch(
+    conn: &mut sqlx::SqliteConnection,
+    graph: &str,
+    at_once: usize,
+    writes: Writes,
+    s: Settings,
+) -> Duration {
+    use Arg::{Int, Json};
+    use serde_json::json;
+    let ids: Vec<String> = (0..s.runs).map(|i| format!("bench/{i}")).collect();
+    let owner = "floor-owner";
+    let start = Instant::now();
+    let now = jobgraph_now_ms();
+    let until = now + 60_000;
+    for inputs in ids.chunks(STORING_AT_ONCE) {
+        let new: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let input = json!({ "seed": i }).to_string();
+                match writes {
+                    Writes::Store => json!([id, "Diamond", "bench", input, graph, owner, until]),
+                    Writes::Least => json!([id, "Diamond", "bench", input, graph]),
+                }
+            })
+            .collect();
+        match writes {
+            Writes::Store => {
+                Commit::new()
+                    .statement(
+                        STORE_NEW_RUNS,
+                        [Int(now), Int(now), Json(json!(new)), Json(json!(new))],
+                    )
+                    .run(conn)
+                    .await;
+                let finished: Vec<_> = inputs
+                    .iter()
+                    .map(|id| json!([id, "cancelled", "not started"]))
+                    .collect();
+                Commit::new()
+                    .statement(STORE_FINISHED, [Int(now), Json(json!(finished))])
+                    .run(conn)
+                    .await;
+            }
+            Writes::Least => {
+                Commit::new()
+                    .statement(LEAST_NEW_RUNS, [Int(now), Int(now), Json(json!(new))])
+                    .run(conn)
+                    .await;
+            }
+        }
+    }
+    for wave in ids.chunks(at_once) {
+        let leases: Vec<_> = match writes {
+            Writes::Store => wave
+                .iter()
+                .map(|id| json!([id, owner, until, true]))
+                .collect(),
+            Writes::Least => wave.iter().map(|id| json!([id, owner, until])).collect(),
+        };
+        let commit = match writes {
+            Writes::Store => Commit::new().statement(
+                STORE_LEASES,
+                [Int(now), Json(json!(leases)), Json(json!(leases))],
+            ),
+            Writes::Least => Commit::new().statement(LEAST_LEASES, [Int(now), Json(json!(leases))]),
+        };
+        commit.run(conn).await;
+        for level in LEVELS {
+            let mut settled = Vec::new();
+            for (i, id) in wave.iter().enumerate() {
+                for &name in level {
+                    let position = NAMES.iter().position(|&n| n == name).unwrap();
+                    let output = (i as u64 * 3 + 12_345).to_string();
+                    settled.push(match writes {
+                        Writes::Store => {
+                            json!([id, name, "completed", 1, output, null, now, now + 1])
+                        }
+                        Writes::Least => {
+                            json!([
+                                id,
+                                name,
+                                position,
+                                "completed",
+                                1,
+                                output,
+                                null,
+                                now,
+                                now + 1
+                            ])
+                        }
+                    });
+                }
+            }
+            let commit = match writes {
+                Writes::Store => Commit::new()
+                    .statement(STORE_SETTLED, [Json(json!(settled))])
+                    .statement(STORE_RUNS_WRITTEN, [Int(now), Json(json!(wave))]),
+                Writes::Least => Commit::new().statement(LEAST_SETTLED, [Json(json!(settled))]),
+            };
+            commit.run(conn).await;
+        }
+        let finished: Vec<_> = wave
+            .iter()
+            .map(|id| json!([id, "succeeded", null]))
+            .collect();
+        Commit::new()
+            .statement(STORE_FINISHED, [Int(now), Json(json!(finished))])
+            .run(conn)
+            .await;
+    }
+    start.elapsed()
 }
 
 fn jobgraph_now_ms() -> i64 {
@@ -585,12 +943,9 @@ fn report(times: &Times, s: Settings, contenders: &[Contender]) -> String {
             rate
         );
     }
-    use Contender::{InMemory, Jorb, MemoryStore, Raw, Sqlite};
+    use Contender::{Floor, InMemory, Jorb, MemoryStore, Raw, Sqlite};
     use Synchronous::{Full, Normal};
-    let widths: Vec<usize> = [s.concurrency, s.wide]
-        .into_iter()
-        .filter(|&w| w > 0)
-        .collect();
+    let widths = s.widths();
     let _ = writeln!(
         out,
         "\n| ratio (per round, median [quartiles]) | value | goal |"
@@ -658,6 +1013,37 @@ fn report(times: &Times, s: Settings, contenders: &[Contender]) -> String {
                 2,
                 (sync == Full).then_some(10.0),
             );
+        }
+    }
+    // What the SQL alone costs: the most any implementation of these writes (`Store`), or of
+    // any store with a row per step (`Least`), could gain.
+    for sync in [Full, Normal] {
+        for &w in &widths {
+            let least = Floor(sync, w, Writes::Least);
+            line(
+                format!(
+                    "{} runs: jorb-style JSON file ÷ {} (× faster)",
+                    s.runs,
+                    least.name()
+                ),
+                ratio(Jorb, least),
+                2,
+                None,
+            );
+        }
+    }
+    for sync in [Full, Normal] {
+        for &w in &widths {
+            let c = Sqlite(sync, w);
+            for writes in [Writes::Store, Writes::Least] {
+                let floor = Floor(sync, w, writes);
+                line(
+                    format!("{}: µs/step ÷ {}", c.name(), floor.name()),
+                    ratio(c, floor),
+                    2,
+                    None,
+                );
+            }
         }
     }
     out
