@@ -8,7 +8,7 @@
 //! (the documented run, about 15 minutes: jobgraph on PostgreSQL is the slow part);
 //! `-- --cap SECONDS` stops a burn-down still running after that long (120 s unless set: the
 //! rate is then of the jobs finished, marked `*`); `-- --only NAME[,NAME..]` only those systems
-//! (`jobgraph-pg`, `jobgraph-sqlite`, `awa`, `graphile`, `apalis`); `-- --cells burn,graphs,latency`
+//! (`jobgraph-pg`, `jobgraph-sqlite`, `floor-pg`, `awa`, `graphile`, `apalis`); `-- --cells burn,graphs,latency`
 //! only those cells; `-- --rounds N` repeats every throughput cell N times and reports the
 //! median; `-- --jobs N` sets the backlog. It prints markdown tables. `-- --diagnose` instead
 //! burns down the single-step backlog (`-- --diagnose-workload diamond|for_each`: that job's)
@@ -22,7 +22,10 @@
 //! 1. **Burn-down**: a backlog of single-step no-op jobs, inserted before any worker starts, run
 //!    to the end by 1, 2 and 4 worker *processes* (this binary, re-run with `--worker`): jobs/s
 //!    from the moment every worker process is connected and told to go until a poll of the
-//!    database (every 20 ms) finds no job left unfinished.
+//!    database (every 20 ms) finds no job left unfinished. `floor-pg` burns down jobgraph's
+//!    own backlog (the same rows, submitted by its `Client`) with bare SQL: the fewest writes a
+//!    store keeping a run row and a step row per job could make (`queue/floor.rs`), what no
+//!    worker on jobgraph's schema can beat.
 //! 2. **Graphs** (jobgraph only): the same for an 8-step diamond job and a job whose step
 //!    `for_each`es over 100 elements: steps/s (a `for_each` element counts as a step).
 //! 3. **Latency**: one worker process on an idle system; one job submitted at a time, then its
@@ -53,6 +56,9 @@ use serde::{Deserialize, Serialize};
 enum System {
     JobgraphPg,
     JobgraphSqlite,
+    /// The fewest writes a single-step job needs in jobgraph's PostgreSQL schema, as bare SQL
+    /// (`queue/floor.rs`).
+    FloorPg,
     Awa,
     Graphile,
     Apalis,
@@ -63,6 +69,7 @@ enum System {
 const SYSTEMS: &[System] = &[
     System::JobgraphPg,
     System::JobgraphSqlite,
+    System::FloorPg,
     #[cfg(feature = "peers")]
     System::Awa,
     #[cfg(feature = "peers")]
@@ -93,11 +100,15 @@ fn no_peers() -> ! {
 #[path = "queue/peers.rs"]
 mod peers;
 
+#[path = "queue/floor.rs"]
+mod floor;
+
 impl System {
     fn name(self) -> &'static str {
         match self {
             System::JobgraphPg => "jobgraph-pg",
             System::JobgraphSqlite => "jobgraph-sqlite",
+            System::FloorPg => "floor-pg",
             System::Awa => "awa",
             System::Graphile => "graphile",
             System::Apalis => "apalis",
@@ -404,6 +415,28 @@ fn worker_main(args: &[String]) {
                 let store = SqliteStore::open(url).await.expect("open the SQLite store");
                 jobgraph_worker(store, name, workload, mode).await;
             }
+            System::FloorPg => {
+                assert_eq!(
+                    workload,
+                    Workload::Noop,
+                    "floor-pg runs single-step jobs only"
+                );
+                let stop = CancellationToken::new();
+                // Listening for `stop` once `go` was read.
+                let ready = {
+                    let stop = stop.clone();
+                    move || {
+                        ready_then_go();
+                        tokio::spawn(async move {
+                            stop_signal().await;
+                            stop.cancel();
+                        });
+                    }
+                };
+                let job = <Noop as jobgraph::Job>::NAME;
+                let (claimed, completed) = floor::worker(url, name, job, ready, stop).await;
+                done(&format!("claimed={claimed} completed={completed} failed=0"));
+            }
             #[cfg(feature = "peers")]
             peer => peers::worker(peer, url, name, mode).await,
             #[cfg(not(feature = "peers"))]
@@ -528,7 +561,7 @@ async fn fresh_db(system: System) -> Db {
 /// Creates the system's schema and inserts `jobs` jobs of `workload`.
 async fn setup_and_insert(system: System, db: &Db, workload: Workload, jobs: u64) {
     match system {
-        System::JobgraphPg => {
+        System::JobgraphPg | System::FloorPg => {
             let store = PgStore::connect(db.url()).await.unwrap();
             jobgraph_insert(&store, workload, jobs).await;
         }
@@ -602,7 +635,7 @@ impl Counter {
                     .await
                     .unwrap(),
             ),
-            System::JobgraphPg => Counter::Pg(
+            System::JobgraphPg | System::FloorPg => Counter::Pg(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(1)
                     .connect(db.url())
@@ -1002,6 +1035,9 @@ async fn coordinate(o: Options) {
     if o.diagnose {
         DIAGNOSE.store(true, std::sync::atomic::Ordering::Relaxed);
         for &system in &run {
+            if system == System::FloorPg && o.diagnose_workload != Workload::Noop {
+                continue;
+            }
             for procs in [1, 2] {
                 diagnose(system, o.diagnose_workload, jobs, procs).await;
             }
@@ -1060,7 +1096,11 @@ async fn coordinate(o: Options) {
 
     // 3: latency.
     let mut lat: Vec<(String, Duration, Duration)> = Vec::new();
-    for &system in run.iter().filter(|_| cell("latency")) {
+    // The floor has no latency of its own to show: it is jobgraph's SQL without its worker.
+    for &system in run
+        .iter()
+        .filter(|s| **s != System::FloorPg && cell("latency"))
+    {
         let modes: &[Mode] = if system.is_jobgraph() {
             &[Mode::Latency, Mode::LatencyFastPoll]
         } else {
@@ -1237,9 +1277,10 @@ fn report(
     );
     println!(
         "| worker processes | jobgraph-pg | jobgraph-sqlite | awa | graphile | apalis | fastest peer \
-         | jobgraph-pg ÷ fastest | jobgraph-sqlite ÷ fastest |"
+         | jobgraph-pg ÷ fastest | jobgraph-sqlite ÷ fastest | floor-pg | floor-pg ÷ fastest \
+         | jobgraph-pg ÷ floor-pg |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
     for &procs in &PROCS {
         let fastest = PEERS
             .iter()
@@ -1248,8 +1289,9 @@ fn report(
             .max_by(|a, b| a.1.total_cmp(&b.1));
         let pg = get(System::JobgraphPg, procs);
         let sqlite = get(System::JobgraphSqlite, procs);
+        let floor = get(System::FloorPg, procs);
         println!(
-            "| {procs} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {procs} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             rate_of(System::JobgraphPg, procs),
             rate_of(System::JobgraphSqlite, procs),
             rate_of(System::Awa, procs),
@@ -1258,6 +1300,9 @@ fn report(
             fastest.map_or("—".to_owned(), |(p, r)| format!("{} {r:.0}", p.name())),
             ratio(pg, fastest.map(|f| f.1)),
             ratio(sqlite, fastest.map(|f| f.1)),
+            rate_of(System::FloorPg, procs),
+            ratio(floor, fastest.map(|f| f.1)),
+            ratio(pg, floor),
         );
     }
 

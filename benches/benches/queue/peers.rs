@@ -69,7 +69,7 @@ pub(crate) async fn worker(system: System, url: &str, name: &str, mode: Mode) {
         System::Awa => awa_worker(url, mode).await,
         System::Graphile => graphile_worker_main(url, mode).await,
         System::Apalis => apalis_worker(url, name).await,
-        System::JobgraphPg | System::JobgraphSqlite => unreachable!("not a peer"),
+        System::JobgraphPg | System::JobgraphSqlite | System::FloorPg => unreachable!("not a peer"),
     }
 }
 
@@ -121,7 +121,7 @@ pub(crate) async fn setup_and_insert(system: System, url: &str, jobs: u64) {
             apalis_insert(&pool, 0..jobs as i64).await;
             pool.close().await;
         }
-        System::JobgraphPg | System::JobgraphSqlite => unreachable!("not a peer"),
+        System::JobgraphPg | System::JobgraphSqlite | System::FloorPg => unreachable!("not a peer"),
     }
 }
 
@@ -288,7 +288,9 @@ impl Counter {
                     APALIS_LEFT
                 },
             ),
-            System::JobgraphPg | System::JobgraphSqlite => unreachable!("not a peer"),
+            System::JobgraphPg | System::JobgraphSqlite | System::FloorPg => {
+                unreachable!("not a peer")
+            }
         }
     }
 
@@ -316,7 +318,9 @@ impl Submitter {
                 "graphile_worker",
             )),
             System::Apalis => Submitter::Apalis(graphile_pool(url, 2).await),
-            System::JobgraphPg | System::JobgraphSqlite => unreachable!("not a peer"),
+            System::JobgraphPg | System::JobgraphSqlite | System::FloorPg => {
+                unreachable!("not a peer")
+            }
         }
     }
 

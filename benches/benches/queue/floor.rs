@@ -1,0 +1,145 @@
+//! `floor-pg`: what a single-step job costs PostgreSQL at the least, in jobgraph's schema.
+//!
+//! A worker process of this system runs no jobgraph code: bare statements on jobgraph's tables,
+//! the fewest row writes any store that keeps a run row and a step row per job (to answer
+//! `status` and `result` from any process) could make for a single-step job. A claim locks the
+//! best ready steps in the claim's index order and leases them (the step's row, a HOT update),
+//! returning each run's input; the completion stores each output and ends each run in one
+//! statement (the step's row, leaving the claim's index; the run's row, HOT). jobgraph also
+//! marks a run running when its first step is claimed and locks each run before completing its
+//! steps (a run of several steps needs it, to decide which children become ready and when the
+//! run ends); the floor knows each run has one step, and does neither.
+//!
+//! Each process runs [`LOOPS`] claim-and-complete loops at once on a pool of as many
+//! connections (statements planned once, as `PgStore`'s are), each claiming up to [`TAKE`]
+//! steps at a time: the same 240 jobs in flight per loop as jobgraph's worker prefetches, with
+//! the claims of one loop overlapping the completions of another.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use jobgraph::CancellationToken;
+use sqlx::Row as _;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// Claim-and-complete loops per worker process.
+const LOOPS: usize = 4;
+/// Steps one claim takes at most.
+const TAKE: i64 = 240;
+
+/// The best `$2` claimable steps of job `$3` (as jobgraph's claim filters and orders them, on
+/// its index), leased to `$1` for a minute: each step's run, name and claim number, and its
+/// run's input.
+const CLAIM: &str = "WITH picked AS (
+        SELECT s.run_id, s.idx FROM jobgraph_steps s
+        WHERE s.job = $3 AND s.state = 'pending' AND s.ready_at IS NOT NULL
+          AND s.ready_at <= now()
+          AND (s.worker IS NULL
+               OR (s.lease_until <= now() AND s.claims - s.fails < s.max_attempts))
+          AND (s.expires_at IS NULL OR s.expires_at > now())
+        ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
+        LIMIT $2
+        FOR UPDATE OF s SKIP LOCKED
+    )
+    UPDATE jobgraph_steps s
+    SET worker = $1, lease_until = now() + interval '1 minute', claims = s.claims + 1
+    FROM picked p
+    WHERE s.run_id = p.run_id AND s.idx = p.idx
+    RETURNING s.run_id, s.name, s.claims,
+        (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id) AS input";
+
+/// Each step (`$2[i]`, `$3[i]`) that `$1` holds under claim `$4[i]` completed with output
+/// `$5[i]`, and its run (of one step) succeeded.
+const COMPLETE: &str = "WITH done AS (
+        UPDATE jobgraph_steps s
+        SET state = 'completed', output = c.output, attempts = s.claims, error = NULL,
+            started_at = now(), ended_at = now(), worker = NULL, lease_until = NULL,
+            ready_at = NULL
+        FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[])
+            AS c (run_id, name, claims, output)
+        WHERE s.run_id = c.run_id AND s.name = c.name AND s.worker = $1
+          AND s.claims = c.claims AND s.state = 'pending'
+        RETURNING s.run_id
+    )
+    UPDATE jobgraph_runs r
+    SET state = 'succeeded', updated_at = now(), expires_at = NULL
+    FROM done
+    WHERE r.id = done.run_id";
+
+/// A `floor-pg` worker process named `name` on database `url`, running single-step jobs of
+/// `job` (each returns its input) until `stop` is cancelled: how many it claimed and completed.
+pub(crate) async fn worker(
+    url: &str,
+    name: &str,
+    job: &'static str,
+    ready: impl FnOnce(),
+    stop: CancellationToken,
+) -> (u64, u64) {
+    let options: PgConnectOptions = url.parse().expect("a PostgreSQL URL");
+    let pool = PgPoolOptions::new()
+        .max_connections(LOOPS as u32)
+        .min_connections(LOOPS as u32)
+        .test_before_acquire(false)
+        .connect_with(options.options([("plan_cache_mode", "force_generic_plan")]))
+        .await
+        .expect("connect the floor's pool");
+    let claimed = Arc::new(AtomicU64::new(0));
+    let completed = Arc::new(AtomicU64::new(0));
+    ready();
+    let loops: Vec<_> = (0..LOOPS)
+        .map(|_| {
+            let (pool, name, stop) = (pool.clone(), name.to_owned(), stop.clone());
+            let (claimed, completed) = (Arc::clone(&claimed), Arc::clone(&completed));
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let rows = sqlx::query(CLAIM)
+                        .bind(&name)
+                        .bind(TAKE)
+                        .bind(job)
+                        .fetch_all(&pool)
+                        .await
+                        .expect("the floor's claim");
+                    if rows.is_empty() {
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                            () = stop.cancelled() => {}
+                        }
+                        continue;
+                    }
+                    claimed.fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    let mut runs = Vec::with_capacity(rows.len());
+                    let mut names = Vec::with_capacity(rows.len());
+                    let mut claims = Vec::with_capacity(rows.len());
+                    let mut outputs = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        runs.push(row.get::<String, _>("run_id"));
+                        names.push(row.get::<String, _>("name"));
+                        claims.push(row.get::<i64, _>("claims"));
+                        // The job: its output is its input.
+                        outputs.push(row.get::<String, _>("input"));
+                    }
+                    let ended = sqlx::query(COMPLETE)
+                        .bind(&name)
+                        .bind(&runs)
+                        .bind(&names)
+                        .bind(&claims)
+                        .bind(&outputs)
+                        .execute(&pool)
+                        .await
+                        .expect("the floor's completion");
+                    assert_eq!(ended.rows_affected(), rows.len() as u64, "runs ended");
+                    completed.fetch_add(ended.rows_affected(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for l in loops {
+        l.await.unwrap();
+    }
+    pool.close().await;
+    (
+        claimed.load(Ordering::Relaxed),
+        completed.load(Ordering::Relaxed),
+    )
+}
