@@ -285,9 +285,10 @@ impl Fan100 {
 
 /// Steps a jobgraph worker process runs at once (what the README's example sets).
 const JOBGRAPH_CONCURRENCY: usize = 16;
-/// For throughput, as `Worker::prefetch` recommends for short steps (graphile_worker's perf
-/// test keeps a local queue of 500 likewise); none for latency.
-const JOBGRAPH_PREFETCH: usize = 240;
+/// For throughput, as `Worker::prefetch` recommends for short steps: the local queue of 500
+/// that graphile_worker's perf test keeps (`QBENCH_PREFETCH` in the environment changes it);
+/// none for latency.
+const JOBGRAPH_PREFETCH: usize = 500;
 
 // ---------------------------------------------------------------------------------------------
 // `--diagnose`: the SQL statements a worker process runs.
@@ -478,7 +479,10 @@ async fn jobgraph_worker<Q: Queue + Clone>(store: Q, name: &str, workload: Workl
         Mode::LatencyFastPoll => Duration::from_millis(10),
     };
     let prefetch = match mode {
-        Mode::Throughput => JOBGRAPH_PREFETCH,
+        Mode::Throughput => std::env::var("QBENCH_PREFETCH")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(JOBGRAPH_PREFETCH),
         Mode::Latency | Mode::LatencyFastPoll => 0,
     };
     let worker = Worker::new(&store)

@@ -10,10 +10,12 @@
 //! steps (a run of several steps needs it, to decide which children become ready and when the
 //! run ends); the floor knows each run has one step, and does neither.
 //!
-//! Each process runs [`LOOPS`] claim-and-complete loops at once on a pool of as many
-//! connections (statements planned once, as `PgStore`'s are), each claiming up to [`TAKE`]
-//! steps at a time: the same 240 jobs in flight per loop as jobgraph's worker prefetches, with
-//! the claims of one loop overlapping the completions of another.
+//! Each process runs [`LOOPS`] claim-and-complete loops at once (`FLOOR_LOOPS` in its
+//! environment changes it) on a pool of as many connections (statements planned once, as
+//! `PgStore`'s are), each claiming up to [`TAKE`] steps at a time, the claims of one loop
+//! overlapping the completions of the other. On 2 cores the floor is highest with 2 to 4 loops
+//! in all: more claims at once contend for the cores, and each claim passes over the steps the
+//! others hold (claimed steps stay in the claim's index, so that a claim is a HOT update).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +25,8 @@ use jobgraph::CancellationToken;
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-/// Claim-and-complete loops per worker process.
-const LOOPS: usize = 4;
+/// Claim-and-complete loops per worker process, unless `FLOOR_LOOPS` says.
+const LOOPS: usize = 2;
 /// Steps one claim takes at most.
 const TAKE: i64 = 240;
 
@@ -76,10 +78,14 @@ pub(crate) async fn worker(
     ready: impl FnOnce(),
     stop: CancellationToken,
 ) -> (u64, u64) {
+    let loops = std::env::var("FLOOR_LOOPS")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(LOOPS);
     let options: PgConnectOptions = url.parse().expect("a PostgreSQL URL");
     let pool = PgPoolOptions::new()
-        .max_connections(LOOPS as u32)
-        .min_connections(LOOPS as u32)
+        .max_connections(loops as u32)
+        .min_connections(loops as u32)
         .test_before_acquire(false)
         .connect_with(options.options([("plan_cache_mode", "force_generic_plan")]))
         .await
@@ -87,7 +93,7 @@ pub(crate) async fn worker(
     let claimed = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
     ready();
-    let loops: Vec<_> = (0..LOOPS)
+    let tasks: Vec<_> = (0..loops)
         .map(|_| {
             let (pool, name, stop) = (pool.clone(), name.to_owned(), stop.clone());
             let (claimed, completed) = (Arc::clone(&claimed), Arc::clone(&completed));
@@ -134,8 +140,8 @@ pub(crate) async fn worker(
             })
         })
         .collect();
-    for l in loops {
-        l.await.unwrap();
+    for task in tasks {
+        task.await.unwrap();
     }
     pool.close().await;
     (
