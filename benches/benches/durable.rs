@@ -62,7 +62,7 @@
 //! all 8 steps completed (the JSON file is read back and checked too).
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -269,15 +269,7 @@ fn sample(rt: &Runtime, contender: Contender, s: Settings) -> Duration {
             async move { durable_batch(&MemoryStore::new(), s.concurrency, s).await }.boxed()
         }
         Contender::Sqlite(synchronous, at_once) => {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("jobs.db");
-            let options = SqliteOptions::new().with_synchronous(synchronous);
-            // Opened in `block_on`, not in the spawned task: the future of `open_with` does not
-            // pass the compiler's `Send` check for `tokio::spawn` (sqlx's executors in the
-            // migration; higher-ranked lifetimes).
-            let store = rt
-                .block_on(SqliteStore::open_with(path.to_str().unwrap(), options))
-                .unwrap();
+            let (_dir, _path, store) = new_store(rt, synchronous);
             let took = spawned(rt, {
                 let store = store.clone();
                 async move { durable_batch(&store, at_once, s).await }.boxed()
@@ -292,6 +284,35 @@ fn sample(rt: &Runtime, contender: Contender, s: Settings) -> Duration {
         Contender::Jorb => jorb(s).boxed(),
     };
     spawned(rt, timed)
+}
+
+/// A `SqliteStore` in a new file with `synchronous`, in a new temporary directory: the directory,
+/// the file and the store.
+fn new_store(rt: &Runtime, synchronous: Synchronous) -> (tempfile::TempDir, PathBuf, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let options = SqliteOptions::new().with_synchronous(synchronous);
+    // Opened in `block_on`, not in a spawned task: the future of `open_with` does not pass the
+    // compiler's `Send` check for `tokio::spawn` (sqlx's executors in the migration;
+    // higher-ranked lifetimes).
+    let store = rt
+        .block_on(SqliteStore::open_with(path.to_str().unwrap(), options))
+        .unwrap();
+    (dir, path, store)
+}
+
+/// sqlx's options for the file at `path` with `SqliteStore::open_with`'s settings
+/// (jobgraph/src/store/sqlite.rs) and `synchronous`.
+fn connect_options(path: &Path, synchronous: Synchronous) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .foreign_keys(true)
+        .synchronous(match synchronous {
+            Synchronous::Normal => SqliteSynchronous::Normal,
+            _ => SqliteSynchronous::Full,
+        })
+        .busy_timeout(Duration::from_secs(5))
 }
 
 /// Runs `future` in a task spawned onto a worker of `rt`, as a multi_thread program does.
@@ -380,17 +401,7 @@ const NAMES: [&str; STEPS] = [
 async fn raw_commits(synchronous: Synchronous, s: Settings) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("raw.db");
-    // `SqliteStore::open_with` (jobgraph/src/store/sqlite.rs), for a file.
-    let connect = SqliteConnectOptions::new()
-        .filename(&path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .foreign_keys(true)
-        .synchronous(match synchronous {
-            Synchronous::Normal => SqliteSynchronous::Normal,
-            _ => SqliteSynchronous::Full,
-        })
-        .busy_timeout(Duration::from_secs(5));
+    let connect = connect_options(&path, synchronous).create_if_missing(true);
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .test_before_acquire(false)
@@ -570,13 +581,8 @@ fn floor(
     writes: Writes,
     s: Settings,
 ) -> Duration {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("floor.db");
-    let options = SqliteOptions::new().with_synchronous(synchronous);
     // The schema, and a real run's graph, from the store (not timed).
-    let store = rt
-        .block_on(SqliteStore::open_with(path.to_str().unwrap(), options))
-        .unwrap();
+    let (dir, path, store) = new_store(rt, synchronous);
     spawned(rt, {
         let store = store.clone();
         async move {
@@ -593,15 +599,7 @@ fn floor(
     spawned(
         rt,
         async move {
-            let connect = SqliteConnectOptions::new()
-                .filename(&path)
-                .journal_mode(SqliteJournalMode::Wal)
-                .foreign_keys(true)
-                .synchronous(match synchronous {
-                    Synchronous::Normal => SqliteSynchronous::Normal,
-                    _ => SqliteSynchronous::Full,
-                })
-                .busy_timeout(Duration::from_secs(5));
+            let connect = connect_options(&path, synchronous);
             let mut conn = sqlx::ConnectOptions::connect(&connect).await.unwrap();
             let graph: String = sqlx::query_scalar("SELECT graph FROM jobgraph_runs")
                 .fetch_one(&mut conn)
