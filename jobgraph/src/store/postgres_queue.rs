@@ -209,7 +209,7 @@ impl Queue for PgStore {
             let mut runs: Vec<&str> = done.iter().map(|c| c.claim.run.as_str()).collect();
             runs.sort_unstable();
             runs.dedup();
-            let mut heads: HashMap<String, (String, GraphSpec)> = HashMap::new();
+            let mut heads = Heads::new();
             for row in sqlx::query(LOCK_RUNS)
                 .bind(&runs)
                 .fetch_all(&mut *tx)
@@ -217,7 +217,7 @@ impl Queue for PgStore {
             {
                 const T: &str = "jobgraph_runs";
                 let id: String = get(&row, "id", T)?;
-                let spec = graph(get(&row, "graph", T)?, &id)?;
+                let spec = read_graph(&row, &id)?;
                 heads.insert(id, (get(&row, "job", T)?, spec));
             }
             let (elements, steps): (Vec<&Completion<'a>>, Vec<&Completion<'a>>) =
@@ -227,6 +227,8 @@ impl Queue for PgStore {
             let mut kids: HashMap<(String, i32), i32> = HashMap::new();
             let mut add_kids = |run: &str, position: i32| -> Result<(), StoreError> {
                 let (_, spec) = heads.get(run).ok_or_else(|| no_such_run(run))?;
+                // A step alone has no children.
+                let Some(spec) = spec else { return Ok(()) };
                 let position = usize::try_from(position).map_err(|_| StoreError::Corrupt {
                     what: format!("a step position of run `{run}` is {position}"),
                 })?;
@@ -881,7 +883,7 @@ async fn claim_unlimited(
         .fetch_all(&mut *conn)
         .await?;
     let mut taken = Vec::with_capacity(rows.len());
-    let mut heads: HashMap<String, (String, GraphSpec)> = HashMap::new();
+    let mut heads = Heads::new();
     for row in &rows {
         if get::<bool>(row, "limited", "jobgraph_limits")? {
             return Ok(None);
@@ -892,13 +894,26 @@ async fn claim_unlimited(
         }
         let step = Taken::read(row, lease)?;
         if !heads.contains_key(&step.run) {
-            const T: &str = "jobgraph_runs";
-            let spec = graph(get(row, "graph", T)?, &step.run)?;
-            heads.insert(step.run.clone(), (get(row, "input", T)?, spec));
+            let spec = read_graph(row, &step.run)?;
+            heads.insert(
+                step.run.clone(),
+                (get(row, "input", "jobgraph_runs")?, spec),
+            );
         }
         taken.push(step);
     }
     finish(&mut conn, taken, &heads).await.map(Some)
+}
+
+/// What claiming or completing steps needs of each of their runs (by id): its input (or job),
+/// and its graph, `None` for a graph of one step (see [`one_step_or_graph!`]).
+type Heads = HashMap<String, (String, Option<GraphSpec>)>;
+
+/// The graph of run `run` in `row` (its `graph`, as [`one_step_or_graph!`] reads it).
+fn read_graph(row: &sqlx::postgres::PgRow, run: &str) -> Result<Option<GraphSpec>, StoreError> {
+    get::<Option<String>>(row, "graph", "jobgraph_runs")?
+        .map(|json| graph(&json, run))
+        .transpose()
 }
 
 /// A step a claim took, as its `RETURNING` row says.
@@ -997,7 +1012,7 @@ async fn take(
         .bind(&distinct)
         .execute(&mut *conn)
         .await?;
-    let mut heads: HashMap<String, (String, GraphSpec)> = HashMap::new();
+    let mut heads = Heads::new();
     for row in sqlx::query(SELECT_INPUTS)
         .bind(&distinct)
         .fetch_all(&mut *conn)
@@ -1006,7 +1021,7 @@ async fn take(
         const T: &str = "jobgraph_runs";
         let id: String = get(&row, "id", T)?;
         let spec = graph(get(&row, "graph", T)?, &id)?;
-        heads.insert(id, (get(&row, "input", T)?, spec));
+        heads.insert(id, (get(&row, "input", T)?, Some(spec)));
     }
     let taken = rows
         .iter()
@@ -1020,7 +1035,7 @@ async fn take(
 async fn finish(
     conn: &mut PgConnection,
     mut taken: Vec<Taken>,
-    heads: &HashMap<String, (String, GraphSpec)>,
+    heads: &Heads,
 ) -> Result<Vec<Claim>, StoreError> {
     // `RETURNING` has no order.
     taken.sort_by_key(|t| t.order);
@@ -1034,10 +1049,14 @@ async fn finish(
         })?;
         // An element's claim carries its element of the parent it iterates, as a list of one;
         // the other outputs are read below (empty until then).
+        // A step alone has no dependencies.
         let deps: Vec<(String, String)> = spec
-            .dependencies(position)
-            .into_iter()
-            .filter_map(|dep| Some((dep, spec.steps.get(dep)?)))
+            .iter()
+            .flat_map(|spec| {
+                spec.dependencies(position)
+                    .into_iter()
+                    .filter_map(|dep| Some((dep, spec.steps.get(dep)?)))
+            })
             .map(|(dep, step)| match &t.input {
                 Some((over, input)) if usize::try_from(*over).ok() == Some(dep) => {
                     (step.name.clone(), format!("[{input}]"))
@@ -1347,7 +1366,7 @@ async fn element_done(
 async fn dependencies_done(
     conn: &mut PgConnection,
     mut kids: HashMap<(String, i32), i32>,
-    heads: &HashMap<String, (String, GraphSpec)>,
+    heads: &Heads,
 ) -> Result<Vec<String>, StoreError> {
     let mut news = Vec::new();
     while !kids.is_empty() {
@@ -1374,7 +1393,8 @@ async fn dependencies_done(
                 Expanded::Ready(job) => news.push(job),
                 Expanded::Empty => {
                     let (_, spec) = heads.get(&run).ok_or_else(|| no_such_run(&run))?;
-                    for kid in spec.children(usize::try_from(position).unwrap_or(usize::MAX)) {
+                    let position = usize::try_from(position).unwrap_or(usize::MAX);
+                    for kid in spec.iter().flat_map(|spec| spec.children(position)) {
                         *kids
                             .entry((run.clone(), i32::try_from(kid).unwrap_or(i32::MAX)))
                             .or_default() += 1;
@@ -1596,7 +1616,7 @@ pub(super) async fn requeue(
         .execute(&mut *conn)
         .await?;
     sqlx::query(CLEAR_TTL).bind(run).execute(&mut *conn).await?;
-    let heads = HashMap::from([(run.to_owned(), (job.to_owned(), spec.clone()))]);
+    let heads = Heads::from([(run.to_owned(), (job.to_owned(), Some(spec.clone())))]);
     let mut news = dependencies_done(conn, kids, &heads).await?;
     news.sort_unstable();
     news.dedup();
@@ -2031,6 +2051,22 @@ macro_rules! claimable {
     };
 }
 
+/// A run's graph as text (`graph`; `$t`: the runs table's alias and a dot, or nothing), or
+/// `NULL` for a graph of one step: a step alone has no dependencies and no children, so neither
+/// its claim nor its completion needs the graph, and single-step jobs are claimed and completed
+/// without converting each run's graph to text and parsing it (read with [`read_graph`]).
+macro_rules! one_step_or_graph {
+    ($t:literal) => {
+        concat!(
+            "CASE WHEN jsonb_array_length(",
+            $t,
+            "graph -> 'steps') = 1 THEN NULL ELSE ",
+            $t,
+            "graph::text END AS graph"
+        )
+    };
+}
+
 /// The columns of a claimed step that `Taken::read` reads.
 macro_rules! taken {
     () => {
@@ -2141,7 +2177,9 @@ const CLAIM_UNLIMITED: &str = concat!(
             WHERE id IN (SELECT run_id FROM claimed) AND state = 'pending'
             FOR UPDATE SKIP LOCKED)
     )
-    SELECT f.limited, c.*, r.input, r.graph::text AS graph
+    SELECT f.limited, c.*, r.input, ",
+    one_step_or_graph!("r."),
+    "
     FROM flag f
     LEFT JOIN ((SELECT * FROM claimed UNION ALL SELECT * FROM claimed_elements) c
         JOIN jobgraph_runs r ON r.id = c.run_id) ON true"
@@ -2275,8 +2313,12 @@ const LOCK_RUN: &str = "SELECT job, graph::text AS graph, max_fails FROM jobgrap
     WHERE id = $1 FOR UPDATE";
 
 /// The runs `$1`, locked in id order: what completing their steps needs.
-const LOCK_RUNS: &str = "SELECT id, job, graph::text AS graph FROM jobgraph_runs
-    WHERE id = ANY ($1) ORDER BY id FOR UPDATE";
+const LOCK_RUNS: &str = concat!(
+    "SELECT id, job, ",
+    one_step_or_graph!(""),
+    " FROM jobgraph_runs
+    WHERE id = ANY ($1) ORDER BY id FOR UPDATE"
+);
 
 /// Each (`$2[i]`, `$3[i]`) that `$1` holds under claim `$4[i]` completed with output `$5[i]`,
 /// started at `$6[i]` (Unix ms): the steps it stored (a claim it no longer holds is not).
