@@ -1020,8 +1020,8 @@ async fn take(
     {
         const T: &str = "jobgraph_runs";
         let id: String = get(&row, "id", T)?;
-        let spec = graph(get(&row, "graph", T)?, &id)?;
-        heads.insert(id, (get(&row, "input", T)?, Some(spec)));
+        let spec = read_graph(&row, &id)?;
+        heads.insert(id, (get(&row, "input", T)?, spec));
     }
     let taken = rows
         .iter()
@@ -2261,8 +2261,12 @@ const START_RUNS: &str = "UPDATE jobgraph_runs SET state = 'running', updated_at
     WHERE id IN (SELECT id FROM jobgraph_runs
         WHERE id = ANY ($1) AND state = 'pending' FOR UPDATE SKIP LOCKED)";
 
-const SELECT_INPUTS: &str = "SELECT id, input, graph::text AS graph FROM jobgraph_runs
-    WHERE id = ANY ($1)";
+const SELECT_INPUTS: &str = concat!(
+    "SELECT id, input, ",
+    one_step_or_graph!(""),
+    " FROM jobgraph_runs
+    WHERE id = ANY ($1)"
+);
 
 const SELECT_OUTPUTS: &str = "SELECT s.run_id, s.name, s.output
     FROM jobgraph_steps s
