@@ -644,15 +644,25 @@ async fn floor_batch(
     use serde_json::json;
     let ids: Vec<String> = (0..s.runs).map(|i| format!("bench/{i}")).collect();
     let owner = "floor-owner";
+    // Each level's steps with their positions in the graph.
+    let levels: Vec<Vec<(&str, usize)>> = LEVELS
+        .iter()
+        .map(|level| {
+            level
+                .iter()
+                .map(|&name| (name, NAMES.iter().position(|&n| n == name).unwrap()))
+                .collect()
+        })
+        .collect();
     let start = Instant::now();
     let now = jobgraph_now_ms();
     let until = now + 60_000;
-    for inputs in ids.chunks(STORING_AT_ONCE) {
+    for (chunk, inputs) in ids.chunks(STORING_AT_ONCE).enumerate() {
         let new: Vec<_> = inputs
             .iter()
             .enumerate()
             .map(|(i, id)| {
-                let input = json!({ "seed": i }).to_string();
+                let input = json!({ "seed": chunk * STORING_AT_ONCE + i }).to_string();
                 match writes {
                     Writes::Store => json!([id, "Diamond", "bench", input, graph, owner, until]),
                     Writes::Least => json!([id, "Diamond", "bench", input, graph]),
@@ -701,11 +711,10 @@ async fn floor_batch(
             Writes::Least => Commit::new().statement(LEAST_LEASES, [Int(now), Json(json!(leases))]),
         };
         commit.run(conn).await;
-        for level in LEVELS {
+        for level in &levels {
             let mut settled = Vec::new();
             for (i, id) in wave.iter().enumerate() {
-                for &name in level {
-                    let position = NAMES.iter().position(|&n| n == name).unwrap();
+                for &(name, position) in level {
                     let output = (i as u64 * 3 + 12_345).to_string();
                     settled.push(match writes {
                         Writes::Store => {

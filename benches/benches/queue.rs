@@ -428,10 +428,7 @@ fn worker_main(args: &[String]) {
                     let stop = stop.clone();
                     move || {
                         ready_then_go();
-                        tokio::spawn(async move {
-                            stop_signal().await;
-                            stop.cancel();
-                        });
+                        cancel_on_stop(&stop);
                     }
                 };
                 let job = <Noop as jobgraph::Job>::NAME;
@@ -468,6 +465,15 @@ async fn stop_signal() {
     .unwrap();
 }
 
+/// Cancels `token` once stdin says `stop` or closes (a task: [`stop_signal`]).
+fn cancel_on_stop(token: &CancellationToken) -> tokio::task::JoinHandle<()> {
+    let token = token.clone();
+    tokio::spawn(async move {
+        stop_signal().await;
+        token.cancel();
+    })
+}
+
 fn done(what: &str) {
     println!("done {what}");
     std::io::stdout().flush().unwrap();
@@ -497,13 +503,7 @@ async fn jobgraph_worker<Q: Queue + Clone>(store: Q, name: &str, workload: Workl
     };
     ready_then_go();
     let shutdown = CancellationToken::new();
-    let stopper = {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            stop_signal().await;
-            shutdown.cancel();
-        })
-    };
+    let stopper = cancel_on_stop(&shutdown);
     let stats = match worker.run(shutdown).await {
         Ok(stats) => stats,
         Err(error) => {
