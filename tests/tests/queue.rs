@@ -101,6 +101,7 @@ on_both_queues! {
     a_run_a_worker_cannot_decode_fails_with_a_clear_error_instead_of_sticking => undecodable_runs_fail_clearly,
     completions_commit_together_each_fenced_alone => complete_many_together,
     a_stale_and_a_live_claim_of_one_step_in_one_call_are_told_apart => stale_and_live_claim_together,
+    runs_of_one_step_end_with_their_step_among_other_completions => one_step_runs_complete_among_others,
     a_worker_prefetches_claims_but_runs_no_more_than_its_concurrency => prefetch_runs_within_concurrency,
     a_fan_outs_elements_are_claimed_one_by_one_by_several_workers => fan_out_spreads_over_workers,
     an_elements_expired_lease_is_reclaimed_and_its_stale_completion_fenced => element_lease_expires,
@@ -802,6 +803,66 @@ async fn complete_many_together(store: impl TestQueue, _base: u64) {
     );
     // Nothing to settle is nothing done.
     assert!(store.complete_many(WORKER, &[]).await.unwrap().is_empty());
+}
+
+/// Runs of one step end in the call that completes their step, settled claim by claim among
+/// completions of every other kind: a live claim is stored and its run succeeds; a stale claim, and the
+/// claim of a run aborted since, are refused and leave their runs as they were; a step of a run
+/// of several steps makes its children ready and leaves its run running.
+async fn one_step_runs_complete_among_others(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let mut alone = Vec::new();
+    for key in [1, 2, 3] {
+        alone.push(client.submit(&Busy { key }).await.unwrap().id);
+    }
+    let diamond = client.submit(&Diamond { n: 4 }).await.unwrap().id;
+    let mut busy = store.claim(WORKER, &["Busy"], 3, LEASE).await.unwrap();
+    busy.sort_by_key(|c| alone.iter().position(|id| *id == c.id.run));
+    assert_eq!(busy.len(), 3);
+    let root = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    assert_eq!(root.len(), 1);
+    assert!(client.abort(&alone[2]).await.unwrap());
+    let stale = ClaimId {
+        attempt: busy[1].id.attempt + 1,
+        ..busy[1].id.clone()
+    };
+    let completion = |claim, output| Completion {
+        claim,
+        output,
+        started_at: 0,
+    };
+    let done = [
+        completion(&stale, "999"),
+        completion(&busy[0].id, "1"),
+        completion(&root[0].id, "4"),
+        completion(&busy[2].id, "3"),
+    ];
+    assert_eq!(
+        store.complete_many(WORKER, &done).await.unwrap(),
+        [false, true, true, false]
+    );
+    let state = |run: &str| {
+        let client = &client;
+        let run = run.to_owned();
+        async move { client.status(&run).await.unwrap() }
+    };
+    let first = state(&alone[0]).await;
+    assert_eq!(first.state, RunState::Succeeded);
+    assert_eq!(first.step("work").unwrap().output.as_deref(), Some("1"));
+    let second = state(&alone[1]).await;
+    assert_eq!(second.state, RunState::Running);
+    assert_eq!(second.step("work").unwrap().state, StepStatus::Pending);
+    let aborted = state(&alone[2]).await;
+    assert_eq!(aborted.state, RunState::Cancelled);
+    assert_eq!(aborted.step("work").unwrap().output, None);
+    assert_eq!(state(&diamond).await.state, RunState::Running);
+    let next = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+    let names: BTreeSet<&str> = next.iter().map(|c| c.id.step.as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["b", "c"]));
+    // The live claim of the second run still completes it.
+    let last = [completion(&busy[1].id, "2")];
+    assert_eq!(store.complete_many(WORKER, &last).await.unwrap(), [true]);
+    assert_eq!(state(&alone[1]).await.state, RunState::Succeeded);
 }
 
 /// Counts its executions in counter `key`, and the steps of `key` running at once.

@@ -298,12 +298,15 @@ impl Queue for PgStore {
             for job in &news {
                 notify(&mut tx, job).await?;
             }
-            if !committed.is_empty() {
-                let touched: Vec<&str> = runs
-                    .iter()
-                    .copied()
-                    .filter(|run| committed.iter().any(|(r, _, _, _)| r == run))
-                    .collect();
+            // The runs of the claims it stored (a set: a commit holds hundreds of claims).
+            let stored: std::collections::HashSet<&str> =
+                committed.iter().map(|(run, ..)| run.as_str()).collect();
+            let touched: Vec<&str> = runs
+                .iter()
+                .copied()
+                .filter(|run| stored.contains(run))
+                .collect();
+            if !touched.is_empty() {
                 settle_runs(&mut tx, &touched).await?;
             }
             tx.commit().await?;
