@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobgraph::store::queue::{ClaimId, Completion, Failed, Held, Queue};
-use jobgraph::store::{PgStore, RunState, SqliteStore, StepStatus, Store as _, StoreError};
+use jobgraph::store::{
+    PgStore, RunFilter, RunState, SqliteStore, StepStatus, Store as _, StoreError,
+};
 use jobgraph::{CancellationToken, Client, ClientError, Retry, Worker, job};
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +104,7 @@ on_both_queues! {
     completions_commit_together_each_fenced_alone => complete_many_together,
     a_stale_and_a_live_claim_of_one_step_in_one_call_are_told_apart => stale_and_live_claim_together,
     runs_of_one_step_end_with_their_step_among_other_completions => one_step_runs_complete_among_others,
+    a_run_is_running_from_its_first_claim_to_its_end_whoever_reads_it => running_from_first_claim,
     a_worker_prefetches_claims_but_runs_no_more_than_its_concurrency => prefetch_runs_within_concurrency,
     a_fan_outs_elements_are_claimed_one_by_one_by_several_workers => fan_out_spreads_over_workers,
     an_elements_expired_lease_is_reclaimed_and_its_stale_completion_fenced => element_lease_expires,
@@ -863,6 +866,89 @@ async fn one_step_runs_complete_among_others(store: impl TestQueue, _base: u64) 
     let last = [completion(&busy[1].id, "2")];
     assert_eq!(store.complete_many(WORKER, &last).await.unwrap(), [true]);
     assert_eq!(state(&alone[1]).await.state, RunState::Succeeded);
+}
+
+/// A queued run is pending until a worker claims one of its steps, and running from then until
+/// it ends, as every reader says (its status, the runs listed by state, its batch's counts):
+/// while its first step is claimed, after a failed attempt of it is put back, while its next
+/// steps wait to be claimed. A redriven run is pending again until a worker takes it. (On
+/// PostgreSQL, a claim writes no run: readers derive running from the run's steps.)
+async fn running_from_first_claim(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let ids = client
+        .submit_batch("states", [Diamond { n: 1 }])
+        .await
+        .unwrap();
+    let run = &ids[0];
+    let seen = |expected: RunState| {
+        let (store, client) = (&store, &client);
+        async move {
+            assert_eq!(client.status(run).await.unwrap().state, expected);
+            let listed = store
+                .list_runs(&RunFilter {
+                    state: Some(expected),
+                    ..RunFilter::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                listed.iter().map(|r| &r.id).collect::<Vec<_>>(),
+                [run],
+                "listed as {expected:?}"
+            );
+            let counts = client.batch_counts("states").await.unwrap();
+            let by_state = match expected {
+                RunState::Pending => counts.pending,
+                RunState::Running => counts.running,
+                RunState::Succeeded => counts.succeeded,
+                _ => unreachable!(),
+            };
+            assert_eq!((by_state, counts.total()), (1, 1), "{counts:?}");
+        }
+    };
+    let settle = |claims: Vec<jobgraph::store::queue::Claim>| {
+        let store = &store;
+        async move {
+            let done: Vec<Completion<'_>> = claims
+                .iter()
+                .map(|c| Completion {
+                    claim: &c.id,
+                    output: "1",
+                    started_at: 0,
+                })
+                .collect();
+            assert!(store.complete_many(WORKER, &done).await.unwrap()[0]);
+        }
+    };
+    seen(RunState::Pending).await;
+    let first = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+    assert_eq!(first.len(), 1);
+    seen(RunState::Running).await;
+    let failed = store
+        .fail(WORKER, &first[0].id, "503", 0, Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(matches!(failed, Failed::Retrying { .. }), "{failed:?}");
+    seen(RunState::Running).await;
+    let again = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+    settle(again).await;
+    // `b` and `c` are ready, neither claimed.
+    seen(RunState::Running).await;
+    for _ in 0..2 {
+        let next = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+        assert!(!next.is_empty());
+        for claim in next {
+            settle(vec![claim]).await;
+        }
+    }
+    seen(RunState::Succeeded).await;
+    assert_eq!(store.reset_step(run, "d").await.unwrap(), ["d"]);
+    seen(RunState::Pending).await;
+    let redriven = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+    assert_eq!(redriven.len(), 1);
+    seen(RunState::Running).await;
+    settle(redriven).await;
+    seen(RunState::Succeeded).await;
 }
 
 /// Counts its executions in counter `key`, and the steps of `key` running at once.

@@ -630,9 +630,35 @@ async fn finish_run(
     Ok(done.rows_affected() == 1)
 }
 
-const SELECT_RUN: &str = "SELECT id, job, batch, input, graph::text AS graph, state, error,
+/// A run's state as readers see it (`$r`: the runs table's alias and a dot, or nothing). A
+/// queued run is stored `pending` until the first of its steps ends, so that a claim writes no
+/// run (see `postgres_queue`): it is running once one of its steps is claimed (`worker`, until
+/// the step ends or is put back) or has failed an attempt (`fails`). Both are reset when a run
+/// is redriven, which makes it pending again until a worker takes it.
+macro_rules! shown_run_state {
+    ($r:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $r,
+            "state = 'pending' AND EXISTS (SELECT 1 FROM jobgraph_steps q
+                WHERE q.run_id = ",
+            $r,
+            "id AND q.state = 'pending' AND (q.worker IS NOT NULL OR q.fails > 0))
+            THEN 'running' ELSE ",
+            $r,
+            "state END"
+        )
+    };
+}
+pub(super) use shown_run_state;
+
+const SELECT_RUN: &str = concat!(
+    "SELECT id, job, batch, input, graph::text AS graph, ",
+    shown_run_state!(""),
+    " AS state, error,
         jobgraph_ms(created_at) AS created_at, jobgraph_ms(updated_at) AS updated_at
-    FROM jobgraph_runs WHERE id = $1";
+    FROM jobgraph_runs WHERE id = $1"
+);
 
 async fn select_run(conn: &mut PgConnection, run: &str) -> Result<Option<StoredRun>, StoreError> {
     let Some(row) = sqlx::query(SELECT_RUN)
@@ -684,12 +710,18 @@ async fn select_steps(conn: &mut PgConnection, run: &str) -> Result<Vec<StoredSt
 }
 
 /// The newest runs that match first (an index scan, cut at the limit), then each one's tally.
-const SELECT_SUMMARIES: &str = "SELECT r.id, r.job, r.batch, r.state,
+const SELECT_SUMMARIES: &str = concat!(
+    "SELECT r.id, r.job, r.batch, r.state,
         jobgraph_ms(r.created_at) AS created_at, jobgraph_ms(r.updated_at) AS updated_at,
         t.pending, t.completed, t.failed, t.skipped, t.cancelled
     FROM (
-        SELECT id, job, batch, state, created_at, updated_at, seq FROM jobgraph_runs
-        WHERE ($1::text IS NULL OR job = $1) AND ($2::text IS NULL OR state = $2)
+        SELECT id, job, batch, ",
+    shown_run_state!(""),
+    " AS state, created_at, updated_at, seq FROM jobgraph_runs
+        WHERE ($1::text IS NULL OR job = $1)
+            AND ($2::text IS NULL OR ",
+    shown_run_state!(""),
+    " = $2)
             AND ($3::text IS NULL OR batch = $3)
         ORDER BY created_at DESC, seq DESC
         LIMIT $4
@@ -702,7 +734,8 @@ const SELECT_SUMMARIES: &str = "SELECT r.id, r.job, r.batch, r.state,
             count(*) FILTER (WHERE s.state = 'cancelled') AS cancelled
         FROM jobgraph_steps s WHERE s.run_id = r.id
     ) t
-    ORDER BY r.created_at DESC, r.seq DESC";
+    ORDER BY r.created_at DESC, r.seq DESC"
+);
 
 async fn select_summaries(
     conn: &mut PgConnection,

@@ -18,10 +18,13 @@
 //!   step ready it is one statement. A
 //!   step another claim (or a completion, an abort...) holds is passed over, so concurrent
 //!   workers neither block each other nor claim one step twice. A claim changes no step's state
-//!   (only `worker`, `lease_until`, `claims`), so it needs no run lock; it marks a pending run
-//!   running with `SKIP LOCKED` too (a run locked by someone else is being written by a
-//!   transaction that ends it or already found it running). The one thing a claim waits for is a
-//!   limit row (below), and whoever holds one never waits for a claim's rows.
+//!   (only `worker`, `lease_until`, `claims`), and writes no run, so it needs no run lock. A
+//!   queued run is stored `pending` until the first of its steps ends (the transaction that ends
+//!   it writes `running`, or the run's end): readers see a pending run with a claimed step, or
+//!   a step that failed an attempt, as running ([`shown_run_state!`](super::postgres::shown_run_state)), so
+//!   that a run of one step, claimed and completed, is written once, by its end. The one thing a
+//!   claim waits for is a limit row (below), and whoever holds one never waits for a claim's
+//!   rows.
 //! - **Limits: the `jobgraph_limits` row, `FOR UPDATE`.** A claim locks the limit rows of the
 //!   limited steps that have ready steps, in (job, step) order (so two claims never lock two of
 //!   them in opposite orders), and only then counts the step's live claims and reads its rate
@@ -60,7 +63,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row as _};
 use tokio::sync::watch;
 
-use super::postgres::{PgStore, get, graph, no_such_run};
+use super::postgres::{PgStore, get, graph, no_such_run, shown_run_state};
 use super::queue::{
     BatchCounts, Claim, ClaimId, Completion, Failed, Held, Lease, Queue, StepCount, Submission,
     Submitted, lease_ms,
@@ -868,8 +871,8 @@ async fn lock_rooms(conn: &mut PgConnection, jobs: &[&str]) -> Result<Vec<Room>,
 /// Claims up to `limit` ready steps of `jobs` for `worker` if none of their limited steps is
 /// ready (else `None`: the claim must lock limit rows, `choose`): one statement (its own
 /// transaction) picks each job's best steps from the queue's index (`SKIP LOCKED`), claims the
-/// best `limit` of them, marks their runs running and returns their inputs. A limited step is
-/// never taken here, even if it became ready since the statement looked.
+/// best `limit` of them, and returns their runs' inputs. A limited step is never taken here,
+/// even if it became ready since the statement looked.
 async fn claim_unlimited(
     pool: &PgPool,
     worker: &str,
@@ -969,8 +972,8 @@ impl Taken {
     }
 }
 
-/// Claims the `chosen` steps for `worker` until now + `lease`, marks their runs running, and
-/// reads what each needs: the run's input and its dependencies' outputs.
+/// Claims the `chosen` steps for `worker` until now + `lease`, and reads what each needs: the
+/// run's input and its dependencies' outputs.
 async fn take(
     conn: &mut PgConnection,
     worker: &str,
@@ -1011,10 +1014,6 @@ async fn take(
     let mut distinct: Vec<&str> = runs.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    sqlx::query(START_RUNS)
-        .bind(&distinct)
-        .execute(&mut *conn)
-        .await?;
     let mut heads = Heads::new();
     for row in sqlx::query(SELECT_INPUTS)
         .bind(&distinct)
@@ -1937,8 +1936,12 @@ const ABORT_BATCH: &str = "UPDATE jobgraph_runs
         WHERE batch = $1 AND state IN ('pending', 'running') ORDER BY id FOR UPDATE)
     RETURNING id";
 
-const COUNT_BATCH_RUNS: &str = "SELECT state, held, count(*) AS n FROM jobgraph_runs
-    WHERE batch = $1 GROUP BY state, held";
+const COUNT_BATCH_RUNS: &str = concat!(
+    "SELECT ",
+    shown_run_state!(""),
+    " AS state, held, count(*) AS n FROM jobgraph_runs
+    WHERE batch = $1 GROUP BY 1, 2"
+);
 
 const COUNT_BATCH_STEPS: &str = "SELECT s.name AS name,
         CASE WHEN s.state = 'pending' AND s.worker IS NOT NULL AND s.lease_until > now()
@@ -2094,9 +2097,7 @@ macro_rules! taken_element {
 /// elements), one row saying so (`limited`), and nothing claimed. Else: for each job of `$1`, its
 /// best `$2` claimable steps and its best `$2` claimable fan-out elements (`SKIP LOCKED`: passing
 /// over the rows other transactions hold) that have no limits, of which the best `$2` are claimed
-/// for `$3` until now + `$4` ms, and the pending runs of the steps become running (a run another
-/// transaction holds is passed over: that transaction ends it or found it running; an element's
-/// run is running already); one row per claim, with its run's input and graph (or one row of
+/// for `$3` until now + `$4` ms; one row per claim, with its run's input and graph (or one row of
 /// `NULL`s if none). The steps and elements it picks need no check of their own against
 /// `jobgraph_limits`: it picks nothing unless `flag` found no limited one ready, in the same
 /// snapshot (a limit inserted since is not seen by either).
@@ -2173,12 +2174,6 @@ const CLAIM_UNLIMITED: &str = concat!(
         RETURNING ",
     taken_element!(),
     "
-    ),
-    started AS (
-        UPDATE jobgraph_runs SET state = 'running', updated_at = now()
-        WHERE id IN (SELECT id FROM jobgraph_runs
-            WHERE id IN (SELECT run_id FROM claimed) AND state = 'pending'
-            FOR UPDATE SKIP LOCKED)
     )
     SELECT f.limited, c.*, r.input, ",
     one_step_or_graph!("r."),
@@ -2257,12 +2252,6 @@ const CLAIM_ELEMENTS: &str = concat!(
     RETURNING ",
     taken_element!()
 );
-
-/// A pending run becomes running; one another transaction holds is passed over (`SKIP LOCKED`:
-/// a claim waits for no run), as that transaction ends it or found it running.
-const START_RUNS: &str = "UPDATE jobgraph_runs SET state = 'running', updated_at = now()
-    WHERE id IN (SELECT id FROM jobgraph_runs
-        WHERE id = ANY ($1) AND state = 'pending' FOR UPDATE SKIP LOCKED)";
 
 const SELECT_INPUTS: &str = concat!(
     "SELECT id, input, ",
@@ -2468,19 +2457,22 @@ const SKIP_STEPS: &str = "UPDATE jobgraph_steps
     WHERE run_id = $1 AND idx = ANY ($2) AND state = 'pending'";
 
 /// Ends each run of `$1` none of whose steps is pending: failed, naming its first failed step
-/// by byte order (`COLLATE \"C\"`, as SQLite's `MIN`), if one failed; else succeeded.
-const END_SETTLED_RUNS: &str = "WITH settled AS (
-        SELECT run_id, min(name COLLATE \"C\") FILTER (WHERE state = 'failed') AS failed
+/// by byte order (`COLLATE \"C\"`, as SQLite's `MIN`), if one failed; else succeeded. A run
+/// with pending steps left that is stored `pending` becomes `running` (one of its steps ended).
+const END_SETTLED_RUNS: &str = "WITH tally AS (
+        SELECT run_id, count(*) FILTER (WHERE state = 'pending') AS pending,
+            min(name COLLATE \"C\") FILTER (WHERE state = 'failed') AS failed
         FROM jobgraph_steps WHERE run_id = ANY ($1)
         GROUP BY run_id
-        HAVING count(*) FILTER (WHERE state = 'pending') = 0
     )
     UPDATE jobgraph_runs r
-    SET state = CASE WHEN s.failed IS NULL THEN 'succeeded' ELSE 'failed' END,
-        error = CASE WHEN s.failed IS NOT NULL THEN 'step `' || s.failed || '` failed' END,
-        updated_at = now(), expires_at = NULL
-    FROM settled s
-    WHERE r.id = s.run_id AND r.state IN ('pending', 'running')";
+    SET state = CASE WHEN t.pending > 0 THEN 'running'
+            WHEN t.failed IS NULL THEN 'succeeded' ELSE 'failed' END,
+        error = CASE WHEN t.pending = 0 AND t.failed IS NOT NULL
+            THEN 'step `' || t.failed || '` failed' END,
+        updated_at = now(), expires_at = CASE WHEN t.pending > 0 THEN r.expires_at END
+    FROM tally t
+    WHERE r.id = t.run_id AND (r.state = 'pending' OR (r.state = 'running' AND t.pending = 0))";
 
 const ABORT_RUN: &str = "UPDATE jobgraph_runs
     SET state = 'cancelled', error = 'aborted', updated_at = now(), expires_at = NULL
