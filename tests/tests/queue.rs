@@ -710,6 +710,21 @@ async fn stale_and_live_claim_together(store: impl TestQueue, _base: u64) {
     assert_eq!(stored.step("a").unwrap().output.as_deref(), Some("8"));
 }
 
+/// A completion of each of `claims`, each with `output`.
+fn completions<'a>(
+    claims: &'a [jobgraph::store::queue::Claim],
+    output: &'a str,
+) -> Vec<Completion<'a>> {
+    claims
+        .iter()
+        .map(|c| Completion {
+            claim: &c.id,
+            output,
+            started_at: 0,
+        })
+        .collect()
+}
+
 /// One `complete_many` settles steps of several runs: each fenced alone (a stale claim is
 /// refused, the others commit), two parents of one child completed together make it ready once,
 /// and the run ends in the same call as its last step.
@@ -753,13 +768,8 @@ async fn complete_many_together(store: impl TestQueue, _base: u64) {
     let stored = store.load_run(&two).await.unwrap().unwrap();
     assert_eq!(stored.step("a").unwrap().state, StepStatus::Pending);
     // Both parents of `d`, and run two's root, in one call: `d` becomes ready once.
-    let done: Vec<Completion<'_>> = parents
-        .iter()
-        .map(|c| Completion {
-            claim: &c.id,
-            output: "5",
-            started_at: 0,
-        })
+    let done: Vec<Completion<'_>> = completions(&parents, "5")
+        .into_iter()
         .chain([Completion {
             claim: &roots[1].id,
             output: "2",
@@ -909,14 +919,7 @@ async fn running_from_first_claim(store: impl TestQueue, _base: u64) {
     let settle = |claims: Vec<jobgraph::store::queue::Claim>| {
         let store = &store;
         async move {
-            let done: Vec<Completion<'_>> = claims
-                .iter()
-                .map(|c| Completion {
-                    claim: &c.id,
-                    output: "1",
-                    started_at: 0,
-                })
-                .collect();
+            let done = completions(&claims, "1");
             assert!(store.complete_many(WORKER, &done).await.unwrap()[0]);
         }
     };
