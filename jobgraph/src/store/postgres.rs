@@ -630,7 +630,7 @@ async fn finish_run(
     Ok(done.rows_affected() == 1)
 }
 
-/// A run's state as readers see it (`$r`: the runs table's alias and a dot, or nothing). A
+/// A run's state as readers see it (`$r`: the runs table's name or alias, and a dot). A
 /// queued run is stored `pending` until the first of its steps ends, so that a claim writes no
 /// run (see `postgres_queue`): it is running once one of its steps is claimed (`worker`, until
 /// the step ends or is put back) or has failed an attempt (`fails`). Both are reset when a run
@@ -654,7 +654,7 @@ pub(super) use shown_run_state;
 
 const SELECT_RUN: &str = concat!(
     "SELECT id, job, batch, input, graph::text AS graph, ",
-    shown_run_state!(""),
+    shown_run_state!("jobgraph_runs."),
     " AS state, error,
         jobgraph_ms(created_at) AS created_at, jobgraph_ms(updated_at) AS updated_at
     FROM jobgraph_runs WHERE id = $1"
@@ -716,11 +716,11 @@ const SELECT_SUMMARIES: &str = concat!(
         t.pending, t.completed, t.failed, t.skipped, t.cancelled
     FROM (
         SELECT id, job, batch, ",
-    shown_run_state!(""),
+    shown_run_state!("jobgraph_runs."),
     " AS state, created_at, updated_at, seq FROM jobgraph_runs
         WHERE ($1::text IS NULL OR job = $1)
             AND ($2::text IS NULL OR ",
-    shown_run_state!(""),
+    shown_run_state!("jobgraph_runs."),
     " = $2)
             AND ($3::text IS NULL OR batch = $3)
         ORDER BY created_at DESC, seq DESC

@@ -20,11 +20,10 @@
 //!   workers neither block each other nor claim one step twice. A claim changes no step's state
 //!   (only `worker`, `lease_until`, `claims`), and writes no run, so it needs no run lock. A
 //!   queued run is stored `pending` until the first of its steps ends (the transaction that ends
-//!   it writes `running`, or the run's end): readers see a pending run with a claimed step, or
-//!   a step that failed an attempt, as running ([`shown_run_state!`](super::postgres::shown_run_state)), so
-//!   that a run of one step, claimed and completed, is written once, by its end. The one thing a
-//!   claim waits for is a limit row (below), and whoever holds one never waits for a claim's
-//!   rows.
+//!   it writes `running`, or the run's end): readers see a pending run with a claimed step, or a
+//!   step that failed an attempt, as running (`shown_run_state!`), so that a run of one step,
+//!   claimed and completed, is written once, by its end. The one thing a claim waits for is a
+//!   limit row (below), and whoever holds one never waits for a claim's rows.
 //! - **Limits: the `jobgraph_limits` row, `FOR UPDATE`.** A claim locks the limit rows of the
 //!   limited steps that have ready steps, in (job, step) order (so two claims never lock two of
 //!   them in opposite orders), and only then counts the step's live claims and reads its rate
@@ -1969,7 +1968,7 @@ const ABORT_BATCH: &str = "UPDATE jobgraph_runs
 
 const COUNT_BATCH_RUNS: &str = concat!(
     "SELECT ",
-    shown_run_state!(""),
+    shown_run_state!("jobgraph_runs."),
     " AS state, held, count(*) AS n FROM jobgraph_runs
     WHERE batch = $1 GROUP BY 1, 2"
 );
