@@ -819,9 +819,9 @@ async fn complete_many_together(store: impl TestQueue, _base: u64) {
 }
 
 /// Runs of one step end in the call that completes their step, settled claim by claim among
-/// completions of every other kind: a live claim is stored and its run succeeds; a stale claim, and the
-/// claim of a run aborted since, are refused and leave their runs as they were; a step of a run
-/// of several steps makes its children ready and leaves its run running.
+/// completions of every other kind: a live claim is stored and its run succeeds; a stale claim,
+/// and the claim of a run aborted since, are refused and leave their runs as they were; a step
+/// of a run of several steps makes its children ready and leaves its run running.
 async fn one_step_runs_complete_among_others(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     let mut alone = Vec::new();

@@ -920,18 +920,19 @@ fn read_graph(
     row: &sqlx::postgres::PgRow,
     run: &str,
 ) -> Result<Option<Arc<GraphSpec>>, StoreError> {
-    let Some(json) = get::<Option<String>>(row, "graph", "jobgraph_runs")? else {
+    // Borrowed from the row: a graph seen before costs no copy of its text.
+    let Some(json) = get::<Option<&str>>(row, "graph", "jobgraph_runs")? else {
         return Ok(None);
     };
     let mut parsed = PARSED_GRAPHS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(spec) = parsed.get(&json) {
+    if let Some(spec) = parsed.get(json) {
         return Ok(Some(Arc::clone(spec)));
     }
-    let spec = Arc::new(graph(&json, run)?);
+    let spec = Arc::new(graph(json, run)?);
     if parsed.len() >= PARSED_GRAPHS_MAX {
         parsed.clear();
     }
-    parsed.insert(json, Arc::clone(&spec));
+    parsed.insert(json.to_owned(), Arc::clone(&spec));
     Ok(Some(spec))
 }
 
