@@ -252,52 +252,95 @@ async fn apalis_insert(pool: &sqlx09::PgPool, seqs: std::ops::Range<i64>) {
     }
 }
 
-/// awa's compatibility view of every job, whatever its storage.
-const AWA_LEFT: &str = "SELECT count(*) FROM awa.jobs WHERE state NOT IN \
-                        ('completed', 'failed', 'cancelled')";
-/// graphile_worker deletes a job once it completes.
-const GRAPHILE_LEFT: &str = "SELECT count(*) FROM graphile_worker._private_jobs";
-const APALIS_LEFT: &str = "SELECT count(*) FROM apalis.jobs WHERE status NOT IN ('Done', 'Killed')";
+/// A peer's unfinished jobs: `FROM` and `WHERE` of a count (the backlog's check and the final
+/// tally) and of an `EXISTS` (the polls).
+macro_rules! unfinished {
+    // awa's compatibility view of every job, whatever its storage.
+    (awa) => {
+        "FROM awa.jobs WHERE state NOT IN ('completed', 'failed', 'cancelled')"
+    };
+    // graphile_worker deletes a job once it completes.
+    (graphile) => {
+        "FROM graphile_worker._private_jobs"
+    };
+    (apalis) => {
+        "FROM apalis.jobs WHERE status NOT IN ('Done', 'Killed')"
+    };
+}
 
-/// A connection that counts a peer's unfinished jobs.
+/// Each peer's count and `EXISTS` of its unfinished jobs.
+const AWA_LEFT: [&str; 2] = [
+    concat!("SELECT count(*) ", unfinished!(awa)),
+    concat!("SELECT EXISTS (SELECT 1 ", unfinished!(awa), ")"),
+];
+const GRAPHILE_LEFT: [&str; 2] = [
+    concat!("SELECT count(*) ", unfinished!(graphile)),
+    concat!("SELECT EXISTS (SELECT 1 ", unfinished!(graphile), ")"),
+];
+const APALIS_LEFT: [&str; 2] = [
+    concat!("SELECT count(*) ", unfinished!(apalis)),
+    concat!("SELECT EXISTS (SELECT 1 ", unfinished!(apalis), ")"),
+];
+
+/// A connection that counts a peer's unfinished jobs: the pool, and the `count(*)` and
+/// `EXISTS` statements.
 pub(crate) enum Counter {
-    Sqlx08(sqlx::PgPool, &'static str),
-    Sqlx09(sqlx09::PgPool, &'static str),
+    Sqlx08(sqlx::PgPool, [&'static str; 2]),
+    Sqlx09(sqlx09::PgPool, [&'static str; 2]),
 }
 
 impl Counter {
     pub(crate) async fn new(system: System, url: &str) -> Counter {
-        match system {
-            System::Awa => Counter::Sqlx08(
+        let statements = match system {
+            System::Awa => AWA_LEFT,
+            System::Graphile => GRAPHILE_LEFT,
+            System::Apalis => APALIS_LEFT,
+            System::JobgraphPg | System::JobgraphSqlite | System::FloorPg => {
+                unreachable!("not a peer")
+            }
+        };
+        if system == System::Awa {
+            Counter::Sqlx08(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(1)
                     .connect(url)
                     .await
                     .unwrap(),
-                AWA_LEFT,
-            ),
-            System::Graphile | System::Apalis => Counter::Sqlx09(
+                statements,
+            )
+        } else {
+            Counter::Sqlx09(
                 sqlx09::postgres::PgPoolOptions::new()
                     .max_connections(1)
                     .connect(url)
                     .await
                     .unwrap(),
-                if system == System::Graphile {
-                    GRAPHILE_LEFT
-                } else {
-                    APALIS_LEFT
-                },
-            ),
-            System::JobgraphPg | System::JobgraphSqlite | System::FloorPg => {
-                unreachable!("not a peer")
+                statements,
+            )
+        }
+    }
+
+    /// How many jobs are unfinished.
+    pub(crate) async fn left(&self) -> i64 {
+        match self {
+            Counter::Sqlx08(pool, [count, _]) => {
+                sqlx::query_scalar(count).fetch_one(pool).await.unwrap()
+            }
+            Counter::Sqlx09(pool, [count, _]) => {
+                sqlx09::query_scalar(*count).fetch_one(pool).await.unwrap()
             }
         }
     }
 
-    pub(crate) async fn left(&self) -> i64 {
+    /// Whether any job is unfinished.
+    pub(crate) async fn busy(&self) -> bool {
         match self {
-            Counter::Sqlx08(pool, sql) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-            Counter::Sqlx09(pool, sql) => sqlx09::query_scalar(*sql).fetch_one(pool).await.unwrap(),
+            Counter::Sqlx08(pool, [_, exists]) => {
+                sqlx::query_scalar(exists).fetch_one(pool).await.unwrap()
+            }
+            Counter::Sqlx09(pool, [_, exists]) => {
+                sqlx09::query_scalar(*exists).fetch_one(pool).await.unwrap()
+            }
         }
     }
 }
