@@ -172,7 +172,9 @@ impl Worker {
     /// free slot (0 unless set): bigger claims, and a step to start the moment one ends. For
     /// many short steps this is throughput (fewer, larger claims and commits); for long steps it
     /// is steps waiting in one worker while another may be idle, so leave it at 0 there. The
-    /// waiting steps' leases are renewed like the running ones'.
+    /// waiting steps' leases are renewed like the running ones'; a waiting step whose lease may
+    /// have lapsed (the worker was stopped, or its heartbeats failed, for longer than the
+    /// lease) is not started: it ends cancelled, for the store to give it again.
     pub fn prefetch(mut self, steps: usize) -> Self {
         self.prefetch = steps;
         self
@@ -249,11 +251,16 @@ const HELD_PER_SLOT: usize = 2;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// A claim's answer: how many steps it asked for, and what it got.
-type Claimed = (usize, Result<Vec<Claim>, StoreError>);
+/// A claim's answer: how many steps it asked for, when it was sent, and what it got.
+type Claimed = (usize, tokio::time::Instant, Result<Vec<Claim>, StoreError>);
 
-/// A heartbeat's answer: the claims it renewed, and whether each is still held.
-type Beaten = (Vec<ClaimId>, Result<Vec<Held>, StoreError>);
+/// A heartbeat's answer: the claims it renewed, when it was sent, and whether each is still
+/// held.
+type Beaten = (
+    Vec<ClaimId>,
+    tokio::time::Instant,
+    Result<Vec<Held>, StoreError>,
+);
 
 /// How a step's result was settled.
 enum Outcome {
@@ -262,6 +269,18 @@ enum Outcome {
     Failed,
     Fenced,
     Cancelled,
+}
+
+/// A claim a worker holds.
+struct Holding {
+    /// Cancelled when the claim is lost or its run aborted, or at the drain's deadline.
+    token: CancellationToken,
+    /// [`Claim::lease`]: what each heartbeat renews it by.
+    lease: Duration,
+    /// Until when the worker is sure it holds the claim: its lease counted from when the claim
+    /// (or the last heartbeat that renewed it) was sent, before the store started it. A queued
+    /// step is not started past it ([`Pool::fill`]).
+    sure_until: tokio::time::Instant,
 }
 
 /// What settling some results did: the outcome of each settled, the results left unsettled
@@ -283,9 +302,8 @@ struct Pool<'w> {
     running: FuturesUnordered<BoxFuture<Ended>>,
     /// Claimed steps waiting for a free slot (`prefetch`).
     queued: std::collections::VecDeque<Claim>,
-    /// Every claim held (queued, running, or ended and waiting for its commit), and its lease
-    /// ([`Claim::lease`]: what each heartbeat renews it by).
-    tokens: HashMap<ClaimId, (CancellationToken, Duration)>,
+    /// Every claim held (queued, running, or ended and waiting for its commit).
+    tokens: HashMap<ClaimId, Holding>,
     /// Steps that ended, not yet settled.
     ended: Vec<Ended>,
     stats: WorkerStats,
@@ -317,7 +335,7 @@ impl<'w> Pool<'w> {
     /// How often to heartbeat: a third of the shortest lease held (the worker's own lease if
     /// none), so that each claim is renewed twice before it could expire.
     fn beat_every(&self) -> Duration {
-        let shortest = self.tokens.values().map(|&(_, lease)| lease).min();
+        let shortest = self.tokens.values().map(|held| held.lease).min();
         shortest.unwrap_or(self.worker.lease) / 3
     }
 
@@ -348,7 +366,8 @@ impl<'w> Pool<'w> {
                     (Arc::clone(queue), Arc::clone(&name), Arc::clone(&self.jobs));
                 let lease = worker.lease;
                 claiming = Some(Box::pin(async move {
-                    (room, queue.claim(&name, &jobs, room, lease).await)
+                    let sent = tokio::time::Instant::now();
+                    (room, sent, queue.claim(&name, &jobs, room, lease).await)
                 }));
                 claimed_once = true;
             }
@@ -370,7 +389,7 @@ impl<'w> Pool<'w> {
                     self.ended.push(ended);
                     self.fill();
                 }
-                (asked, claimed) = async { claiming.as_mut().expect("guarded").await },
+                (asked, sent, claimed) = async { claiming.as_mut().expect("guarded").await },
                     if claiming.is_some() =>
                 {
                     claiming = None;
@@ -385,7 +404,7 @@ impl<'w> Pool<'w> {
                                     heartbeat.as_mut().reset(due);
                                 }
                             }
-                            self.start(claims);
+                            self.start(claims, sent);
                         }
                         Err(error) if self.once => return Err(error),
                         Err(error) => {
@@ -438,26 +457,36 @@ impl<'w> Pool<'w> {
                 }
                 () = &mut heartbeat, if beating.is_none() => {
                     heartbeat.as_mut().reset(tokio::time::Instant::now() + self.beat_every());
-                    let ids: Vec<ClaimId> = self.tokens.keys().cloned().collect();
+                    // Not the claims given up (lost, aborted, lapsed, past the drain).
+                    let ids: Vec<ClaimId> = self
+                        .tokens
+                        .iter()
+                        .filter(|(_, held)| !held.token.is_cancelled())
+                        .map(|(id, _)| id.clone())
+                        .collect();
                     if !ids.is_empty() {
                         let (queue, name, lease) = (Arc::clone(queue), Arc::clone(&name), worker.lease);
                         beating = Some(Box::pin(async move {
+                            let sent = tokio::time::Instant::now();
                             let held = queue.heartbeat(&name, &ids, lease).await;
-                            (ids, held)
+                            (ids, sent, held)
                         }));
                     }
                 }
-                (ids, held) = async { beating.as_mut().expect("guarded").await },
+                (ids, sent, held) = async { beating.as_mut().expect("guarded").await },
                     if beating.is_some() =>
                 {
                     beating = None;
                     match held {
                         Ok(held) => {
                             for (id, held) in ids.iter().zip(held) {
-                                if held != Held::Held
-                                    && let Some((token, _)) = self.tokens.get(id)
-                                {
-                                    token.cancel();
+                                let Some(holding) = self.tokens.get_mut(id) else {
+                                    continue;
+                                };
+                                if held == Held::Held {
+                                    holding.sure_until = sent + holding.lease;
+                                } else {
+                                    holding.token.cancel();
                                 }
                             }
                         }
@@ -478,37 +507,50 @@ impl<'w> Pool<'w> {
                     if deadline.is_some() && !drained =>
                 {
                     drained = true;
-                    for (token, _) in self.tokens.values() {
-                        token.cancel();
+                    for held in self.tokens.values() {
+                        held.token.cancel();
                     }
                 }
             }
         }
     }
 
-    /// Takes the steps `claims`, and starts as many as there are free slots.
-    fn start(&mut self, claims: Vec<Claim>) {
+    /// Takes the steps `claims`, asked for at `sent`, and starts as many as there are free
+    /// slots.
+    fn start(&mut self, claims: Vec<Claim>, sent: tokio::time::Instant) {
         self.stats.claimed += claims.len();
         for claim in claims {
-            self.tokens
-                .insert(claim.id.clone(), (CancellationToken::new(), claim.lease));
+            let holding = Holding {
+                token: CancellationToken::new(),
+                lease: claim.lease,
+                sure_until: sent + claim.lease,
+            };
+            self.tokens.insert(claim.id.clone(), holding);
             self.queued.push_back(claim);
         }
         self.fill();
     }
 
     /// Starts queued steps while there are free slots. A step whose claim was cancelled while
-    /// it waited (lost, aborted, the drain's deadline) ends cancelled without running.
+    /// it waited (lost, aborted, the drain's deadline) ends cancelled without running, and so
+    /// does one whose lease may have lapsed meanwhile (the worker was stopped, or its
+    /// heartbeats failed, for longer than the lease): another worker may have claimed the step
+    /// since, and running it here too would run it twice.
     fn fill(&mut self) {
+        let now = tokio::time::Instant::now();
         while self.running.len() < self.worker.concurrency
             && let Some(claim) = self.queued.pop_front()
         {
             let id = claim.id.clone();
-            let token = self
-                .tokens
-                .get(&id)
-                .map(|(token, _)| token.clone())
-                .unwrap_or_default();
+            let token = match self.tokens.get(&id) {
+                Some(held) => {
+                    if held.sure_until <= now {
+                        held.token.cancel();
+                    }
+                    held.token.clone()
+                }
+                None => CancellationToken::default(),
+            };
             let handler = Arc::clone(&self.worker.jobs[claim.job.as_str()]);
             let started = now_ms();
             self.running.push(Box::pin(async move {

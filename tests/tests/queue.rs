@@ -106,6 +106,7 @@ on_both_queues! {
     runs_of_one_step_end_with_their_step_among_other_completions => one_step_runs_complete_among_others,
     a_run_is_running_from_its_first_claim_to_its_end_whoever_reads_it => running_from_first_claim,
     a_worker_prefetches_claims_but_runs_no_more_than_its_concurrency => prefetch_runs_within_concurrency,
+    a_worker_does_not_start_a_queued_step_whose_lease_may_have_lapsed => lapsed_claims_are_not_started,
     a_fan_outs_elements_are_claimed_one_by_one_by_several_workers => fan_out_spreads_over_workers,
     an_elements_expired_lease_is_reclaimed_and_its_stale_completion_fenced => element_lease_expires,
     a_failing_element_is_retried_alone_and_one_failing_for_good_fails_its_step => element_failures,
@@ -1023,6 +1024,62 @@ async fn prefetch_runs_within_concurrency(store: impl TestQueue, base: u64) {
         .await
         .unwrap();
     assert_eq!(stats.claimed, 2);
+}
+
+/// A job whose first execution (per key) stalls its thread, as a stopped process or a
+/// blocking step would: nothing else of its runtime runs meanwhile, heartbeats included.
+#[derive(Serialize, Deserialize)]
+struct Stall {
+    key: u64,
+    stall_ms: u64,
+}
+
+#[job(durable)]
+impl Stall {
+    #[step]
+    async fn work(&self) -> u64 {
+        if bump(self.key) == 0 {
+            std::thread::sleep(Duration::from_millis(self.stall_ms));
+        }
+        self.key
+    }
+}
+
+/// A worker stalled past its lease does not start the claims it had queued: the store may
+/// have given them to another worker meanwhile. It ends them cancelled, unrun, and the step runs
+/// once, under a later claim.
+async fn lapsed_claims_are_not_started(store: impl TestQueue, base: u64) {
+    let key = base + 45;
+    let client = Client::new(&store);
+    // Twice the lease: a generous margin on a loaded machine.
+    let (lease, stall_ms) = (Duration::from_millis(300), 600);
+    for _ in 0..2 {
+        client.submit(&Stall { key, stall_ms }).await.unwrap();
+    }
+    let worker = Worker::new(&store)
+        .job::<Stall>()
+        .concurrency(1)
+        .prefetch(1)
+        .lease(lease);
+    // One claim of both steps; the first stalls the worker (`#[tokio::test]` runs on one
+    // thread) past the second's lease.
+    let stats = worker.run_once().await.unwrap();
+    assert_eq!(
+        (stats.claimed, stats.completed, stats.cancelled),
+        (2, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(
+        count(key),
+        1,
+        "the second step did not run under its lapsed claim"
+    );
+    // Once its lease has expired in the store (aged here: a heartbeat sent before the worker
+    // gave the claim up may have renewed it), the next claim takes it, and it runs.
+    store.age_leases(lease + Duration::from_secs(1)).await;
+    let stats = worker.run_once().await.unwrap();
+    assert_eq!((stats.claimed, stats.completed), (1, 1), "{stats:?}");
+    assert_eq!(count(key), 2);
 }
 
 async fn held_batch(store: impl TestQueue, _base: u64) {
