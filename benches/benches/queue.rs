@@ -673,18 +673,11 @@ impl Counter {
     /// Jobs not yet finished: exact, and for jobgraph a scan of every run (the backlog's
     /// check and the final tally).
     async fn left(&self) -> i64 {
-        match self {
-            Counter::Pg(pool) => sqlx::query_scalar(JOBGRAPH_LEFT)
-                .fetch_one(pool)
-                .await
-                .unwrap(),
-            Counter::Sqlite(pool) => sqlx::query_scalar(JOBGRAPH_LEFT)
-                .fetch_one(pool)
-                .await
-                .unwrap(),
-            #[cfg(feature = "peers")]
-            Counter::Peer(counter) => counter.left().await,
+        #[cfg(feature = "peers")]
+        if let Counter::Peer(counter) = self {
+            return counter.left().await;
         }
+        self.jobgraph(JOBGRAPH_LEFT).await
     }
 
     /// Whether any job is unfinished: what the burn-down polls every 20 ms, and the latency
@@ -693,17 +686,28 @@ impl Counter {
     /// backlog visits every row of it (at 50,000 jobs, 7 ms of a core per poll for jobgraph's,
     /// a fifth of a core at 50 polls a second, and a different share for each system).
     async fn busy(&self) -> bool {
+        #[cfg(feature = "peers")]
+        if let Counter::Peer(counter) = self {
+            return counter.busy().await;
+        }
+        self.jobgraph(JOBGRAPH_BUSY).await
+    }
+
+    /// The one value of jobgraph's statement `sql`, on either store.
+    async fn jobgraph<T>(&self, sql: &'static str) -> T
+    where
+        T: Send
+            + Unpin
+            + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+            + sqlx::Type<sqlx::Postgres>
+            + for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+            + sqlx::Type<sqlx::Sqlite>,
+    {
         match self {
-            Counter::Pg(pool) => sqlx::query_scalar(JOBGRAPH_BUSY)
-                .fetch_one(pool)
-                .await
-                .unwrap(),
-            Counter::Sqlite(pool) => sqlx::query_scalar(JOBGRAPH_BUSY)
-                .fetch_one(pool)
-                .await
-                .unwrap(),
+            Counter::Pg(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Counter::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
             #[cfg(feature = "peers")]
-            Counter::Peer(counter) => counter.busy().await,
+            Counter::Peer(_) => unreachable!("a peer is counted by its own statements"),
         }
     }
 }

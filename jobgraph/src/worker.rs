@@ -303,7 +303,7 @@ struct Pool<'w> {
     /// Claimed steps waiting for a free slot (`prefetch`).
     queued: std::collections::VecDeque<Claim>,
     /// Every claim held (queued, running, or ended and waiting for its commit).
-    tokens: HashMap<ClaimId, Holding>,
+    holdings: HashMap<ClaimId, Holding>,
     /// Steps that ended, not yet settled.
     ended: Vec<Ended>,
     stats: WorkerStats,
@@ -317,7 +317,7 @@ impl<'w> Pool<'w> {
             jobs: worker.jobs.keys().copied().collect(),
             running: FuturesUnordered::new(),
             queued: std::collections::VecDeque::new(),
-            tokens: HashMap::new(),
+            holdings: HashMap::new(),
             ended: Vec::new(),
             stats: WorkerStats::default(),
         }
@@ -328,14 +328,14 @@ impl<'w> Pool<'w> {
         let worker = self.worker;
         let wanted = worker.concurrency + worker.prefetch;
         let free = wanted.saturating_sub(self.running.len() + self.queued.len());
-        let held = (wanted * HELD_PER_SLOT).saturating_sub(self.tokens.len());
+        let held = (wanted * HELD_PER_SLOT).saturating_sub(self.holdings.len());
         free.min(held)
     }
 
     /// How often to heartbeat: a third of the shortest lease held (the worker's own lease if
     /// none), so that each claim is renewed twice before it could expire.
     fn beat_every(&self) -> Duration {
-        let shortest = self.tokens.values().map(|held| held.lease).min();
+        let shortest = self.holdings.values().map(|held| held.lease).min();
         shortest.unwrap_or(self.worker.lease) / 3
     }
 
@@ -433,7 +433,7 @@ impl<'w> Pool<'w> {
                             tracing::warn!(%error, "a worker's commit failed after its drain \
                                 deadline; its results are dropped");
                             for (id, _, _) in &settled.left {
-                                self.tokens.remove(id);
+                                self.holdings.remove(id);
                             }
                         } else {
                             tracing::warn!(%error, "a worker's commit failed; it tries again");
@@ -459,7 +459,7 @@ impl<'w> Pool<'w> {
                     heartbeat.as_mut().reset(tokio::time::Instant::now() + self.beat_every());
                     // Not the claims given up (lost, aborted, lapsed, past the drain).
                     let ids: Vec<ClaimId> = self
-                        .tokens
+                        .holdings
                         .iter()
                         .filter(|(_, held)| !held.token.is_cancelled())
                         .map(|(id, _)| id.clone())
@@ -480,7 +480,7 @@ impl<'w> Pool<'w> {
                     match held {
                         Ok(held) => {
                             for (id, held) in ids.iter().zip(held) {
-                                let Some(holding) = self.tokens.get_mut(id) else {
+                                let Some(holding) = self.holdings.get_mut(id) else {
                                     continue;
                                 };
                                 if held == Held::Held {
@@ -507,7 +507,7 @@ impl<'w> Pool<'w> {
                     if deadline.is_some() && !drained =>
                 {
                     drained = true;
-                    for held in self.tokens.values() {
+                    for held in self.holdings.values() {
                         held.token.cancel();
                     }
                 }
@@ -525,7 +525,7 @@ impl<'w> Pool<'w> {
                 lease: claim.lease,
                 sure_until: sent + claim.lease,
             };
-            self.tokens.insert(claim.id.clone(), holding);
+            self.holdings.insert(claim.id.clone(), holding);
             self.queued.push_back(claim);
         }
         self.fill();
@@ -542,7 +542,7 @@ impl<'w> Pool<'w> {
             && let Some(claim) = self.queued.pop_front()
         {
             let id = claim.id.clone();
-            let token = match self.tokens.get(&id) {
+            let token = match self.holdings.get(&id) {
                 Some(held) => {
                     if held.sure_until <= now {
                         held.token.cancel();
@@ -566,7 +566,7 @@ impl<'w> Pool<'w> {
     /// Counts what was settled; its claims are no longer held.
     fn apply(&mut self, done: Vec<(ClaimId, Outcome)>) {
         for (id, outcome) in done {
-            self.tokens.remove(&id);
+            self.holdings.remove(&id);
             match outcome {
                 Outcome::Completed => self.stats.completed += 1,
                 Outcome::Retried => self.stats.retried += 1,
