@@ -149,6 +149,7 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None)
                 .test_before_acquire(false)
+                .after_release(end_orphaned_transaction)
                 .connect_with(connect.journal_mode(SqliteJournalMode::Wal))
                 .await?;
             schema::migrate(&mut *pool.acquire().await?).await?;
@@ -165,6 +166,7 @@ impl SqliteStore {
             // A local file's connections do not go stale: no ping before each use (it cost a
             // round trip to the connection's thread per write, about a third of a commit's time).
             .test_before_acquire(false)
+            .after_release(end_orphaned_transaction)
             .connect_with(connect.clone())
             .await?;
         Ok(Self::start(pool, Some(connect), Some(first)))
@@ -222,6 +224,32 @@ impl SqliteStore {
     pub(super) async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
+}
+
+/// Rolls back the transaction a pooled connection is given back in, if any: the pool's
+/// `after_release` hook.
+///
+/// A caller may drop a store call's future at any await (a `select!`, a timeout, a worker's
+/// heartbeat still in flight when `Worker::run_once` returns). If it drops it after the
+/// connection's thread ran `BEGIN IMMEDIATE` and answered, but before the answer was read, sqlx
+/// (0.8) has no `Transaction` to roll back, and the connection went back to the pool holding
+/// SQLite's write lock: every other connection's write then waited out its busy timeout and
+/// failed with "database is locked", and writes on that connection were never committed.
+/// A `Transaction` dropped the usual way has queued its rollback; the rollback here runs
+/// after it, and finds nothing left to do.
+fn end_orphaned_transaction(
+    conn: &mut SqliteConnection,
+    _: sqlx::pool::PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        use sqlx::TransactionManager as _;
+        while conn.is_in_transaction() {
+            // One level each time (sqlx counts savepoints as depth); an error ends the loop, and
+            // the pool closes the connection (which ends its transaction).
+            sqlx::sqlite::SqliteTransactionManager::rollback(conn).await?;
+        }
+        Ok(true)
+    })
 }
 
 /// A decoding error is a corrupt value (`what`); anything else is the database failing.
@@ -2262,6 +2290,41 @@ mod tests {
             started_at: None,
             ended_at: 1,
         }
+    }
+
+    /// A pooled connection given back with a transaction sqlx lost track of is rolled back: it
+    /// does not keep SQLite's write lock from every other connection, nor the writes made on it
+    /// uncommitted.
+    ///
+    /// sqlx (0.8) loses track of one when the future of `BEGIN IMMEDIATE` is dropped after the
+    /// connection's thread acknowledged it, before sqlx made a `Transaction` of it (it then
+    /// checks the connection's state, one more round trip). That race is not reproducible on
+    /// demand; forgetting the `Transaction` leaves the connection in the same state.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pooled_connection_given_back_in_a_transaction_is_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let path = path.to_str().unwrap();
+        let store = SqliteStore::open(path).await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        std::mem::forget(conn.begin_with("BEGIN IMMEDIATE").await.unwrap());
+        assert!(conn.is_in_transaction());
+        drop(conn);
+        // Another connection can take the write lock (waiting for the pool's hook to run)...
+        let mut other = SqliteConnection::connect_with(
+            &SqliteConnectOptions::new()
+                .filename(path)
+                .busy_timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+        let tx = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        tx.commit().await.unwrap();
+        // ...and the pool's connections begin transactions, whose writes other connections see.
+        let mut tx = store.begin().await.unwrap();
+        tx.execute("CREATE TABLE seen (x INTEGER)").await.unwrap();
+        tx.commit().await.unwrap();
+        other.execute("SELECT x FROM seen").await.unwrap();
     }
 
     /// `open_run` builds the run it returns from what it wrote, without reading it back: it must
