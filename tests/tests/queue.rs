@@ -1595,6 +1595,50 @@ async fn postgres_workers_on_four_connections_run_a_batch_being_aborted() {
     }
 }
 
+/// A job of one step.
+#[derive(Serialize, Deserialize)]
+struct Single {
+    n: u32,
+}
+
+#[job(durable)]
+impl Single {
+    #[step]
+    async fn only(&self) -> u32 {
+        self.n
+    }
+}
+
+/// Right after a large submit (the planner's statistics still say the queue is nearly empty),
+/// a claim walks the queue's index in order and stops after the steps it takes: it does not
+/// read and sort the whole backlog through another index of ready steps (schema version 7).
+#[tokio::test]
+async fn postgres_a_claim_after_a_large_submit_walks_the_queue_index() {
+    let Some(db) = jobgraph_tests::pg::database().await else {
+        return;
+    };
+    let store = PgStore::connect(db.url()).await.unwrap();
+    Client::new(&store)
+        .submit_batch("backlog", (0..60_000).map(|n| Single { n }))
+        .await
+        .unwrap();
+    let plan = store.explain_claim(&["Single"], 500).await;
+    // How the claim picks steps: the plan between its `picked_steps` and `picked_elements`.
+    let picking = plan
+        .split_once("CTE picked_steps")
+        .and_then(|(_, rest)| rest.split_once("CTE picked_elements"))
+        .map(|(picking, _)| picking)
+        .unwrap_or_else(|| panic!("no `picked_steps` in the plan:\n{plan}"));
+    assert!(
+        picking.contains("Index Scan using jobgraph_steps_ready on jobgraph_steps"),
+        "{plan}"
+    );
+    assert!(
+        !picking.contains("Sort"),
+        "a claim sorts the steps it read:\n{plan}"
+    );
+}
+
 /// A database of schema version 1 (the store before the queue) with a run: opening it migrates
 /// it to the queue's schema, and the run is intact and not queued.
 #[tokio::test]
@@ -1627,7 +1671,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "6");
+    assert_eq!(version, "7");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.

@@ -189,6 +189,19 @@ impl PgStore {
         self.sweeps.now();
     }
 
+    /// The plan PostgreSQL would choose now for a claim of up to `limit` steps of `jobs`
+    /// (`EXPLAIN` of the claim's statement, not run).
+    ///
+    /// # Panics
+    ///
+    /// If the database fails (a test helper).
+    #[doc(hidden)]
+    pub async fn explain_claim(&self, jobs: &[&str], limit: usize) -> String {
+        super::postgres_queue::explain_claim(&self.pool, jobs, limit)
+            .await
+            .expect("explain_claim: the store's database failed")
+    }
+
     /// The database's clock (`now()`), Unix ms: what leases and times to live are counted on,
     /// for protocol tests that read them back.
     ///

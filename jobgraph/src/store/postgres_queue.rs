@@ -867,6 +867,23 @@ async fn lock_rooms(conn: &mut PgConnection, jobs: &[&str]) -> Result<Vec<Room>,
     Ok(rooms)
 }
 
+/// The plan PostgreSQL chooses now for [`claim_unlimited`]'s statement (`EXPLAIN`, not run):
+/// for tests that check a claim walks the queue's index.
+pub(super) async fn explain_claim(
+    pool: &PgPool,
+    jobs: &[&str],
+    limit: usize,
+) -> Result<String, StoreError> {
+    let lines: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {CLAIM_UNLIMITED}"))
+        .bind(jobs)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind("explain")
+        .bind(0_i64)
+        .fetch_all(pool)
+        .await?;
+    Ok(lines.join("\n"))
+}
+
 /// Claims up to `limit` ready steps of `jobs` for `worker` if none of their limited steps is
 /// ready (else `None`: the claim must lock limit rows, `choose`): one statement (its own
 /// transaction) picks each job's best steps from the queue's index (`SKIP LOCKED`), claims the
