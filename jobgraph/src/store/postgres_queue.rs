@@ -597,8 +597,8 @@ impl PgStore {
         let mut conn = self.pool().acquire().await?;
         // One statement: the runs (`SKIP LOCKED`: one another transaction writes is left to the
         // next claim), then their pending steps.
-        sqlx::query(EXPIRE_RUNS).execute(&mut *conn).await?;
-        let exhausted = sqlx::query(SELECT_EXHAUSTED)
+        replanned(EXPIRE_RUNS).execute(&mut *conn).await?;
+        let exhausted = replanned(SELECT_EXHAUSTED)
             .bind(jobs)
             .fetch_all(&mut *conn)
             .await?;
@@ -632,7 +632,7 @@ impl PgStore {
             }
             tx.commit().await?;
         }
-        let exhausted = sqlx::query(SELECT_EXHAUSTED_ELEMENTS)
+        let exhausted = replanned(SELECT_EXHAUSTED_ELEMENTS)
             .bind(jobs)
             .fetch_all(self.pool())
             .await?;
@@ -711,7 +711,7 @@ async fn choose(
             })
             .collect();
         let want = limit - chosen.len();
-        let mut rows = sqlx::query(CANDIDATES)
+        let mut rows = replanned(CANDIDATES)
             .bind(jobs)
             .bind(&open_jobs)
             .bind(&open_steps)
@@ -721,7 +721,7 @@ async fn choose(
             .fetch_all(&mut *conn)
             .await?;
         rows.extend(
-            sqlx::query(ELEMENT_CANDIDATES)
+            replanned(ELEMENT_CANDIDATES)
                 .bind(jobs)
                 .bind(&open_jobs)
                 .bind(&open_steps)
@@ -865,6 +865,21 @@ async fn lock_rooms(conn: &mut PgConnection, jobs: &[&str]) -> Result<Vec<Room>,
         room.left = room.left.min(concurrency - live);
     }
     Ok(rooms)
+}
+
+/// `sql` as a statement PostgreSQL plans each time it runs, for the statements that find rows
+/// of the queue's tables by key from a list (a commit's completions, a claim of limited steps)
+/// or by state (the sweep): their best plan depends on how many rows the tables hold, which
+/// swings from none to the whole backlog within seconds. A prepared statement's plan is cached
+/// after a few runs (a generic plan) and kept until the table is analyzed again, so a plan
+/// made while the table was small stayed: in the queue bench, a commit of 515 `for_each`
+/// elements scanned every pending element and compared each with each completion (531,000
+/// comparisons, 368 ms), and the sweep joined every pending element to the runs that expired,
+/// of which there were none. Planning each time costs a fraction of a millisecond, once per
+/// commit, claim or sweep of many rows. (The claim of unlimited steps, the common one, keeps
+/// its cached plan: it updates the rows it picked by `ctid`.)
+fn replanned(sql: &str) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql).persistent(false)
 }
 
 /// The plan PostgreSQL chooses now for [`claim_unlimited`]'s statement (`EXPLAIN`, not run):
@@ -1029,7 +1044,7 @@ async fn take(
     let steps: Vec<&Chosen> = chosen.iter().filter(|c| c.element.is_none()).collect();
     let step_runs: Vec<&str> = steps.iter().map(|c| c.run.as_str()).collect();
     let positions: Vec<i32> = steps.iter().map(|c| c.position).collect();
-    let mut rows = sqlx::query(CLAIM)
+    let mut rows = replanned(CLAIM)
         .bind(worker)
         .bind(lease_ms(lease))
         .bind(&step_runs)
@@ -1046,7 +1061,7 @@ async fn take(
         .collect();
     if !elements.is_empty() {
         rows.extend(
-            sqlx::query(CLAIM_ELEMENTS)
+            replanned(CLAIM_ELEMENTS)
                 .bind(worker)
                 .bind(lease_ms(lease))
                 .bind(elements.iter().map(|e| e.0).collect::<Vec<_>>())
@@ -1936,7 +1951,7 @@ fn completions<'q>(
     worker: &'q str,
     done: &[&Completion<'q>],
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(statement)
+    replanned(statement)
         .bind(worker)
         .bind(
             done.iter()
@@ -2148,7 +2163,10 @@ macro_rules! taken_element {
 /// for `$3` until now + `$4` ms; one row per claim, with its run's input and graph (or one row of
 /// `NULL`s if none). The steps and elements it picks need no check of their own against
 /// `jobgraph_limits`: it picks nothing unless `flag` found no limited one ready, in the same
-/// snapshot (a limit inserted since is not seen by either).
+/// snapshot (a limit inserted since is not seen by either). The rows it picked are updated by
+/// their `ctid` (`row`): each was locked by this statement, so it is the row's current version,
+/// and a claim reads it directly, whatever the planner believes of the table's size (joined on
+/// the keys, a plan made while the table was small joined the whole table to the rows picked).
 const CLAIM_UNLIMITED: &str = concat!(
     "WITH flag AS (
         SELECT EXISTS (SELECT 1 FROM jobgraph_limits l
@@ -2163,10 +2181,10 @@ const CLAIM_UNLIMITED: &str = concat!(
                     AND s.ready_at <= now()))) AS limited
     ),
     picked_steps AS (
-        SELECT p.run_id, p.idx, p.priority, p.ready_at, p.run_seq
+        SELECT p.row, p.run_id, p.idx, p.priority, p.ready_at, p.run_seq
         FROM flag, unnest($1::text[]) AS j (job)
         CROSS JOIN LATERAL (
-            SELECT s.run_id, s.idx, s.priority, s.ready_at, s.run_seq
+            SELECT s.ctid AS row, s.run_id, s.idx, s.priority, s.ready_at, s.run_seq
             FROM jobgraph_steps s
             WHERE s.job = j.job AND ",
     claimable!(),
@@ -2178,10 +2196,11 @@ const CLAIM_UNLIMITED: &str = concat!(
         WHERE NOT flag.limited
     ),
     picked_elements AS (
-        SELECT p.run_id, p.position, p.step, p.idx, p.priority, p.ready_at, p.run_seq
+        SELECT p.row, p.run_id, p.position, p.step, p.idx, p.priority, p.ready_at, p.run_seq
         FROM flag, unnest($1::text[]) AS j (job)
         CROSS JOIN LATERAL (
-            SELECT s.run_id, s.position, s.step, s.idx, s.priority, s.ready_at, s.run_seq
+            SELECT s.ctid AS row, s.run_id, s.position, s.step, s.idx, s.priority, s.ready_at,
+                s.run_seq
             FROM jobgraph_queue_elements s
             WHERE s.job = j.job AND ",
     claimable!(),
@@ -2193,11 +2212,11 @@ const CLAIM_UNLIMITED: &str = concat!(
         WHERE NOT flag.limited
     ),
     picked AS (
-        SELECT run_id, idx AS position, NULL::text AS step, NULL::bigint AS element,
+        SELECT row, run_id, idx AS position, NULL::text AS step, NULL::bigint AS element,
             priority, ready_at, run_seq
         FROM picked_steps
         UNION ALL
-        SELECT run_id, position, step, idx, priority, ready_at, run_seq
+        SELECT row, run_id, position, step, idx, priority, ready_at, run_seq
         FROM picked_elements
         ORDER BY priority DESC, ready_at, run_seq, position, element NULLS FIRST
         LIMIT $2
@@ -2207,7 +2226,7 @@ const CLAIM_UNLIMITED: &str = concat!(
         SET worker = $3, lease_until = now() + coalesce(s.ttr_ms, $4) * interval '1 millisecond',
             claims = s.claims + 1
         FROM picked p
-        WHERE p.element IS NULL AND s.run_id = p.run_id AND s.idx = p.position
+        WHERE p.element IS NULL AND s.ctid = p.row
         RETURNING ",
     taken!(),
     "
@@ -2217,8 +2236,7 @@ const CLAIM_UNLIMITED: &str = concat!(
         SET worker = $3, lease_until = now() + coalesce(s.ttr_ms, $4) * interval '1 millisecond',
             claims = s.claims + 1
         FROM picked p
-        WHERE p.element IS NOT NULL
-          AND s.run_id = p.run_id AND s.step = p.step AND s.idx = p.element
+        WHERE p.element IS NOT NULL AND s.ctid = p.row
         RETURNING ",
     taken_element!(),
     "
