@@ -231,8 +231,9 @@ impl SqliteStore {
 ///
 /// A caller may drop a store call's future at any await (a `select!`, a timeout, a worker's
 /// heartbeat still in flight when `Worker::run_once` returns). If it drops it after the
-/// connection's thread ran `BEGIN IMMEDIATE` and answered, but before the answer was read, sqlx
-/// (0.8) has no `Transaction` to roll back, and the connection went back to the pool holding
+/// connection's thread ran `BEGIN IMMEDIATE` and acknowledged it, while sqlx (0.8) was still
+/// checking that it began a transaction (one more round trip, before it makes a
+/// `Transaction`), nothing rolls it back, and the connection went back to the pool holding
 /// SQLite's write lock: every other connection's write then waited out its busy timeout and
 /// failed with "database is locked", and writes on that connection were never committed.
 /// A `Transaction` dropped the usual way has queued its rollback; the rollback here runs
