@@ -1609,11 +1609,14 @@ impl Single {
     }
 }
 
-/// Right after a large submit (the planner's statistics still say the queue is nearly empty),
-/// a claim walks the queue's index in order and stops after the steps it takes: it does not
-/// read and sort the whole backlog through another index of ready steps (schema version 7).
+/// A claim's plan after a large submit (which analyzes the tables: their statistics are
+/// current), for a claim of a tenth of the backlog (what a plan made once per connection
+/// assumes): it walks the queue's index in order and stops after the steps it takes, without
+/// sorting the backlog through another index of ready steps (schema version 7); it updates the
+/// steps it took by their `ctid` (a TID scan) and reads each one's run by its key, instead of
+/// hashing the whole steps or runs table against them.
 #[tokio::test]
-async fn postgres_a_claim_after_a_large_submit_walks_the_queue_index() {
+async fn postgres_a_claim_after_a_large_submit_reads_only_the_rows_it_takes() {
     let Some(db) = jobgraph_tests::pg::database().await else {
         return;
     };
@@ -1622,12 +1625,11 @@ async fn postgres_a_claim_after_a_large_submit_walks_the_queue_index() {
         .submit_batch("backlog", (0..60_000).map(|n| Single { n }))
         .await
         .unwrap();
-    let plan = store.explain_claim(&["Single"], 500).await;
+    let plan = store.explain_claim(&["Single"], 6_000).await;
     // How the claim picks steps: the plan between its `picked_steps` and `picked_elements`.
-    let picking = plan
+    let (picking, taking) = plan
         .split_once("CTE picked_steps")
         .and_then(|(_, rest)| rest.split_once("CTE picked_elements"))
-        .map(|(picking, _)| picking)
         .unwrap_or_else(|| panic!("no `picked_steps` in the plan:\n{plan}"));
     assert!(
         picking.contains("Index Scan using jobgraph_steps_ready on jobgraph_steps"),
@@ -1636,6 +1638,146 @@ async fn postgres_a_claim_after_a_large_submit_walks_the_queue_index() {
     assert!(
         !picking.contains("Sort"),
         "a claim sorts the steps it read:\n{plan}"
+    );
+    assert!(taking.contains("Tid Scan on jobgraph_steps"), "{plan}");
+    assert!(
+        taking.contains("Index Scan using jobgraph_runs_pkey on jobgraph_runs"),
+        "{plan}"
+    );
+    for table in ["jobgraph_steps", "jobgraph_runs"] {
+        assert!(
+            !taking.contains(&format!("Seq Scan on {table}")),
+            "a claim reads {table} whole:\n{plan}"
+        );
+    }
+}
+
+/// How many rows sequential scans read from `jobgraph_steps` (`pg_stat_user_tables`), once the
+/// stores' connections to the database have ended (a connection may keep its counts until it
+/// ends): it ends them.
+async fn steps_read_by_table_scans(conn: &mut sqlx::PgConnection) -> i64 {
+    const STORES: &str = "FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = 'jobgraph'";
+    sqlx::query(&format!("SELECT pg_terminate_backend(pid) {STORES}"))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    within(30, async {
+        while sqlx::query_scalar::<_, i64>(&format!("SELECT count(*) {STORES}"))
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            > 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    sqlx::query_scalar(
+        "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'jobgraph_steps'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+}
+
+/// How many rows the planner believes each queue table holds (`reltuples`: -1 before the
+/// table was first analyzed), in name order.
+async fn believed_rows(conn: &mut sqlx::PgConnection) -> Vec<(String, f32)> {
+    sqlx::query_as(
+        "SELECT relname::text, reltuples FROM pg_class
+        WHERE relname IN ('jobgraph_runs', 'jobgraph_steps', 'jobgraph_queue_elements')
+        ORDER BY relname",
+    )
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+/// A worker that connects while the database is empty keeps what it planned then: the store
+/// plans each statement once per connection (`force_generic_plan`), and PostgreSQL plans again
+/// only when a table's statistics change, which autovacuum does a minute or more after the
+/// table grew (off here, so that the window stays open). Planned for empty tables, a commit's
+/// statement making children ready read every pending step once per child (33 s for one
+/// commit among 240,000 steps). A store that doubles a queue table analyzes it: the
+/// submit of 4,000 runs analyzes the runs and steps, the expansion of their fan-outs the
+/// elements, and the first worker's connection then reads steps through indexes only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_store_that_grows_a_queue_table_analyzes_it_so_old_plans_are_made_again() {
+    use jobgraph_tests::queue_jobs::Fan;
+    use sqlx::Connection as _;
+    let Some(db) = jobgraph_tests::pg::database().await else {
+        return;
+    };
+    // One connection: the statements it planned while the tables were empty are the ones it
+    // runs after they grew.
+    let store = PgStore::connect_with(
+        db.url(),
+        jobgraph::store::PgOptions::new().with_max_connections(1),
+    )
+    .await
+    .unwrap();
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql(
+        "ALTER TABLE jobgraph_runs SET (autovacuum_enabled = false);
+        ALTER TABLE jobgraph_steps SET (autovacuum_enabled = false);
+        ALTER TABLE jobgraph_queue_elements SET (autovacuum_enabled = false);",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let worker = |store: &PgStore| Worker::new(store).job::<Fan>().concurrency(8).prefetch(400);
+    // Every statement of claiming and committing planned on nearly empty tables: 2 runs, too
+    // few to analyze for.
+    Client::new(&store)
+        .submit_batch("few", (0..2).map(|n| Fan { n }))
+        .await
+        .unwrap();
+    let planner = worker(&store);
+    while planner.run_once().await.unwrap().claimed > 0 {}
+    let never = believed_rows(&mut admin).await;
+    assert!(never.iter().all(|(_, rows)| *rows < 0.0), "{never:?}");
+    // Another process submits 4,000 runs (24,000 steps) and runs their first steps: 10,000
+    // elements of their fan-outs are ready.
+    let other = PgStore::connect(db.url()).await.unwrap();
+    Client::new(&other)
+        .submit_batch("many", (0..4_000).map(|n| Fan { n }))
+        .await
+        .unwrap();
+    let submitted = believed_rows(&mut admin).await;
+    assert_eq!(
+        submitted[1..],
+        [
+            ("jobgraph_runs".to_owned(), 4_002.0),
+            ("jobgraph_steps".to_owned(), 24_012.0)
+        ],
+        "{submitted:?}"
+    );
+    let loader = worker(&other);
+    let mut loaded = 0;
+    while loaded < 4_000 {
+        let stats = loader.run_once().await.unwrap();
+        assert!(stats.claimed > 0, "nothing to claim after {loaded} loads");
+        loaded += stats.completed;
+    }
+    // Analyzed each time it doubled: last at 8,000 or more of its 10,000.
+    let expanded = believed_rows(&mut admin).await;
+    assert!(expanded[0].1 >= 5_000.0, "{expanded:?}");
+    // The first worker, on its connection: steps and elements claimed and completed, children
+    // made ready, fan-outs and runs ended.
+    let mut done = 0;
+    while done < 2_000 {
+        let stats = planner.run_once().await.unwrap();
+        assert!(stats.claimed > 0, "nothing to claim after {done} steps");
+        done += stats.completed;
+    }
+    // One read of the steps whole (24,012 rows) is more than all of them together read while
+    // the table was small.
+    let read = steps_read_by_table_scans(&mut admin).await;
+    assert!(
+        read < 4_000,
+        "sequential scans read {read} rows of jobgraph_steps: a statement read the whole table \
+        (`JOBGRAPH_PG_SETTINGS` with `auto_explain` shows which)"
     );
 }
 

@@ -30,6 +30,7 @@ use futures::future::{BoxFuture, FutureExt};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 
+use super::postgres_growth::{Growth, Table};
 use super::postgres_queue::Ready;
 use super::postgres_schema;
 use super::queue::{Sweeps, lease_ms};
@@ -69,6 +70,9 @@ pub struct PgStore {
     ready: Arc<Ready>,
     /// When the queue's next sweep is due (shared by the clones).
     sweeps: Arc<Sweeps>,
+    /// The rows the store inserted into the queue tables since it last analyzed them (shared
+    /// by the clones: see `postgres_growth`).
+    growth: Arc<Growth>,
 }
 
 /// How [`PgStore::connect_with`] connects.
@@ -155,6 +159,7 @@ impl PgStore {
             pool,
             ready: Arc::default(),
             sweeps: Arc::default(),
+            growth: Arc::default(),
         })
     }
 
@@ -232,6 +237,16 @@ impl PgStore {
     /// it; the row locks give the isolation the contract needs).
     pub(super) async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// Counts rows committed into the queue tables (a table, how many), and analyzes the
+    /// tables they doubled (`postgres_growth`).
+    pub(super) async fn grew(&self, rows: &[(Table, usize)]) {
+        let rows: Vec<(Table, u64)> = rows
+            .iter()
+            .map(|&(table, n)| (table, u64::try_from(n).unwrap_or(u64::MAX)))
+            .collect();
+        self.growth.grew(&self.pool, &rows).await;
     }
 
     /// A read-only transaction on one snapshot.
@@ -905,6 +920,7 @@ impl Store for PgStore {
     ) -> BoxFuture<'a, Result<StoredRun, StoreError>> {
         async move {
             let mut tx = self.begin().await?;
+            let mut created = false;
             match lock_head(&mut tx, spec.id).await? {
                 Some(head) => open_existing(&mut tx, &spec, head, owner, lease).await?,
                 None => {
@@ -922,6 +938,7 @@ impl Store for PgStore {
                     })?;
                     if insert_run(&mut tx, &spec, &graph, owner, lease).await? {
                         insert_steps(&mut tx, spec.id, spec.graph).await?;
+                        created = true;
                     } else {
                         // Created by a concurrent open since our read, and committed: this
                         // statement sees it.
@@ -937,6 +954,10 @@ impl Store for PgStore {
                 .ok_or_else(|| no_such_run(spec.id))?;
             run.steps = select_steps(&mut tx, spec.id).await?;
             tx.commit().await?;
+            if created {
+                self.grew(&[(Table::Runs, 1), (Table::Steps, spec.graph.steps.len())])
+                    .await;
+            }
             Ok(run)
         }
         .boxed()
