@@ -609,8 +609,8 @@ impl PgStore {
         let mut conn = self.pool().acquire().await?;
         // One statement: the runs (`SKIP LOCKED`: one another transaction writes is left to the
         // next claim), then their pending steps.
-        replanned(EXPIRE_RUNS).execute(&mut *conn).await?;
-        let exhausted = replanned(SELECT_EXHAUSTED)
+        sqlx::query(EXPIRE_RUNS).execute(&mut *conn).await?;
+        let exhausted = sqlx::query(SELECT_EXHAUSTED)
             .bind(jobs)
             .fetch_all(&mut *conn)
             .await?;
@@ -644,7 +644,7 @@ impl PgStore {
             }
             tx.commit().await?;
         }
-        let exhausted = replanned(SELECT_EXHAUSTED_ELEMENTS)
+        let exhausted = sqlx::query(SELECT_EXHAUSTED_ELEMENTS)
             .bind(jobs)
             .fetch_all(self.pool())
             .await?;
@@ -723,7 +723,7 @@ async fn choose(
             })
             .collect();
         let want = limit - chosen.len();
-        let mut rows = replanned(CANDIDATES)
+        let mut rows = sqlx::query(CANDIDATES)
             .bind(jobs)
             .bind(&open_jobs)
             .bind(&open_steps)
@@ -733,7 +733,7 @@ async fn choose(
             .fetch_all(&mut *conn)
             .await?;
         rows.extend(
-            replanned(ELEMENT_CANDIDATES)
+            sqlx::query(ELEMENT_CANDIDATES)
                 .bind(jobs)
                 .bind(&open_jobs)
                 .bind(&open_steps)
@@ -877,21 +877,6 @@ async fn lock_rooms(conn: &mut PgConnection, jobs: &[&str]) -> Result<Vec<Room>,
         room.left = room.left.min(concurrency - live);
     }
     Ok(rooms)
-}
-
-/// `sql` as a statement PostgreSQL plans each time it runs, for the statements that find rows
-/// of the queue's tables by key from a list (a commit's completions, a claim of limited steps)
-/// or by state (the sweep): their best plan depends on how many rows the tables hold, which
-/// swings from none to the whole backlog within seconds. A prepared statement's plan is cached
-/// after a few runs (a generic plan) and kept until the table is analyzed again, so a plan
-/// made while the table was small stayed: in the queue bench, a commit of 515 `for_each`
-/// elements scanned every pending element and compared each with each completion (531,000
-/// comparisons, 368 ms), and the sweep joined every pending element to the runs that expired,
-/// of which there were none. Planning each time costs a fraction of a millisecond, once per
-/// commit, claim or sweep of many rows. (The claim of unlimited steps, the common one, keeps
-/// its cached plan: it updates the rows it picked by `ctid`.)
-fn replanned(sql: &str) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(sql).persistent(false)
 }
 
 /// The plan PostgreSQL chooses now for [`claim_unlimited`]'s statement (`EXPLAIN`, not run):
@@ -1056,7 +1041,7 @@ async fn take(
     let steps: Vec<&Chosen> = chosen.iter().filter(|c| c.element.is_none()).collect();
     let step_runs: Vec<&str> = steps.iter().map(|c| c.run.as_str()).collect();
     let positions: Vec<i32> = steps.iter().map(|c| c.position).collect();
-    let mut rows = replanned(CLAIM)
+    let mut rows = sqlx::query(CLAIM)
         .bind(worker)
         .bind(lease_ms(lease))
         .bind(&step_runs)
@@ -1073,7 +1058,7 @@ async fn take(
         .collect();
     if !elements.is_empty() {
         rows.extend(
-            replanned(CLAIM_ELEMENTS)
+            sqlx::query(CLAIM_ELEMENTS)
                 .bind(worker)
                 .bind(lease_ms(lease))
                 .bind(elements.iter().map(|e| e.0).collect::<Vec<_>>())
@@ -1972,7 +1957,7 @@ fn completions<'q>(
     worker: &'q str,
     done: &[&Completion<'q>],
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    replanned(statement)
+    sqlx::query(statement)
         .bind(worker)
         .bind(
             done.iter()
