@@ -32,9 +32,11 @@ const TAKE: i64 = 240;
 
 /// The best `$2` claimable steps of job `$3` (as jobgraph's claim filters and orders them, on
 /// its index), leased to `$1` for a minute: each step's run, name and claim number, and its
-/// run's input.
+/// run's input. As jobgraph's claim, it updates the rows it locked by `ctid` (a TID scan) and
+/// reads each run by its key: joined on the keys, a plan made with the tables' statistics
+/// current (the submit analyzes them) hashed the whole steps table against the rows picked.
 const CLAIM: &str = "WITH picked AS (
-        SELECT s.run_id, s.idx FROM jobgraph_steps s
+        SELECT s.ctid AS row FROM jobgraph_steps s
         WHERE s.job = $3 AND s.state = 'pending' AND s.ready_at IS NOT NULL
           AND s.ready_at <= now()
           AND (s.worker IS NULL
@@ -46,8 +48,7 @@ const CLAIM: &str = "WITH picked AS (
     )
     UPDATE jobgraph_steps s
     SET worker = $1, lease_until = now() + interval '1 minute', claims = s.claims + 1
-    FROM picked p
-    WHERE s.run_id = p.run_id AND s.idx = p.idx
+    WHERE s.ctid = ANY (ARRAY(SELECT row FROM picked))
     RETURNING s.run_id, s.name, s.claims,
         (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id) AS input";
 
