@@ -49,6 +49,13 @@ use super::{
 /// are stored as `timestamptz` and leases expire on the database's clock (see the module
 /// source for why). Tested on PostgreSQL 15.
 ///
+/// A store that inserts as many rows into one of its queue tables as PostgreSQL's statistics
+/// say it holds (a large submit, a fan-out's expansion) analyzes it after the write's commit
+/// (`ANALYZE`), so that every session's plans on it are made again for its new size. That
+/// needs the owner of the table (the role that created it) or of the database, or a
+/// superuser; another role's analysis is skipped with PostgreSQL's warning, and autovacuum
+/// analyzes the table later (about a minute), statements planned for its old size until then.
+///
 /// ```no_run
 /// # async fn example() -> Result<(), jobgraph::store::StoreError> {
 /// use jobgraph::store::{PgOptions, PgStore};
