@@ -1681,6 +1681,17 @@ async fn steps_read_by_table_scans(conn: &mut sqlx::PgConnection) -> i64 {
     .unwrap()
 }
 
+/// Runs `worker` one claim at a time until it completed `steps` steps or more (in queue order:
+/// the oldest ready first).
+async fn complete_at_least(worker: &Worker, steps: usize) {
+    let mut done = 0;
+    while done < steps {
+        let stats = worker.run_once().await.unwrap();
+        assert!(stats.claimed > 0, "nothing to claim after {done} steps");
+        done += stats.completed;
+    }
+}
+
 /// How many rows the planner believes each queue table holds (`reltuples`: -1 before the
 /// table was first analyzed), in name order.
 async fn believed_rows(conn: &mut sqlx::PgConnection) -> Vec<(String, f32)> {
@@ -1753,24 +1764,13 @@ async fn postgres_a_store_that_grows_a_queue_table_analyzes_it_so_old_plans_are_
         ],
         "{submitted:?}"
     );
-    let loader = worker(&other);
-    let mut loaded = 0;
-    while loaded < 4_000 {
-        let stats = loader.run_once().await.unwrap();
-        assert!(stats.claimed > 0, "nothing to claim after {loaded} loads");
-        loaded += stats.completed;
-    }
+    complete_at_least(&worker(&other), 4_000).await;
     // Analyzed each time it doubled: last at 8,000 or more of its 10,000.
     let expanded = believed_rows(&mut admin).await;
     assert!(expanded[0].1 >= 5_000.0, "{expanded:?}");
     // The first worker, on its connection: steps and elements claimed and completed, children
     // made ready, fan-outs and runs ended.
-    let mut done = 0;
-    while done < 2_000 {
-        let stats = planner.run_once().await.unwrap();
-        assert!(stats.claimed > 0, "nothing to claim after {done} steps");
-        done += stats.completed;
-    }
+    complete_at_least(&planner, 2_000).await;
     // One read of the steps whole (24,012 rows) is more than all of them together read while
     // the table was small.
     let read = steps_read_by_table_scans(&mut admin).await;
