@@ -307,11 +307,19 @@ impl Queue for PgStore {
             // The runs of the claims it stored (a set: a commit holds hundreds of claims).
             let stored: std::collections::HashSet<&str> =
                 committed.iter().map(|(run, ..)| run.as_str()).collect();
-            let touched: Vec<&str> = runs
+            // A run of one step whose step completed here succeeded: ended without counting
+            // its steps' states. The others are counted.
+            let (alone, touched): (Vec<&str>, Vec<&str>) = runs
                 .iter()
                 .copied()
                 .filter(|run| stored.contains(run))
-                .collect();
+                .partition(|run| matches!(heads.get(*run), Some((_, None))));
+            if !alone.is_empty() {
+                sqlx::query(END_RUNS_OF_ONE_STEP)
+                    .bind(&alone)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             if !touched.is_empty() {
                 settle_runs(&mut tx, &touched).await?;
             }
@@ -2539,6 +2547,12 @@ const SKIP_STEPS: &str = "UPDATE jobgraph_steps
 /// Ends each run of `$1` none of whose steps is pending: failed, naming its first failed step
 /// by byte order (`COLLATE \"C\"`, as SQLite's `MIN`), if one failed; else succeeded. A run
 /// with pending steps left that is stored `pending` becomes `running` (one of its steps ended).
+/// Each run of `$1` (each of one step, which completed in this transaction, under the run's
+/// lock) succeeded, as [`END_SETTLED_RUNS`] would find.
+const END_RUNS_OF_ONE_STEP: &str = "UPDATE jobgraph_runs
+    SET state = 'succeeded', error = NULL, updated_at = now(), expires_at = NULL
+    WHERE id = ANY ($1) AND state IN ('pending', 'running')";
+
 const END_SETTLED_RUNS: &str = "WITH tally AS (
         SELECT run_id, count(*) FILTER (WHERE state = 'pending') AS pending,
             min(name COLLATE \"C\") FILTER (WHERE state = 'failed') AS failed
