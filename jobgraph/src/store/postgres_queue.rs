@@ -2544,15 +2544,15 @@ const SKIP_STEPS: &str = "UPDATE jobgraph_steps
     SET state = 'skipped', ready_at = NULL, worker = NULL, lease_until = NULL
     WHERE run_id = $1 AND idx = ANY ($2) AND state = 'pending'";
 
-/// Ends each run of `$1` none of whose steps is pending: failed, naming its first failed step
-/// by byte order (`COLLATE \"C\"`, as SQLite's `MIN`), if one failed; else succeeded. A run
-/// with pending steps left that is stored `pending` becomes `running` (one of its steps ended).
 /// Each run of `$1` (each of one step, which completed in this transaction, under the run's
 /// lock) succeeded, as [`END_SETTLED_RUNS`] would find.
 const END_RUNS_OF_ONE_STEP: &str = "UPDATE jobgraph_runs
     SET state = 'succeeded', error = NULL, updated_at = now(), expires_at = NULL
     WHERE id = ANY ($1) AND state IN ('pending', 'running')";
 
+/// Ends each run of `$1` none of whose steps is pending: failed, naming its first failed step
+/// by byte order (`COLLATE \"C\"`, as SQLite's `MIN`), if one failed; else succeeded. A run
+/// with pending steps left that is stored `pending` becomes `running` (one of its steps ended).
 const END_SETTLED_RUNS: &str = "WITH tally AS (
         SELECT run_id, count(*) FILTER (WHERE state = 'pending') AS pending,
             min(name COLLATE \"C\") FILTER (WHERE state = 'failed') AS failed
