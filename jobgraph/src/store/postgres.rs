@@ -249,11 +249,7 @@ impl PgStore {
     /// Counts rows committed into the queue tables (a table, how many), and analyzes the
     /// tables they doubled (`postgres_growth`).
     pub(super) async fn grew(&self, rows: &[(Table, usize)]) {
-        let rows: Vec<(Table, u64)> = rows
-            .iter()
-            .map(|&(table, n)| (table, u64::try_from(n).unwrap_or(u64::MAX)))
-            .collect();
-        self.growth.grew(&self.pool, &rows).await;
+        self.growth.grew(&self.pool, rows).await;
     }
 
     /// A read-only transaction on one snapshot.

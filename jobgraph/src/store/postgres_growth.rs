@@ -20,7 +20,7 @@
 //! bench, inserting 200,000 elements in ten seconds, lost 7-18% of its rate to 55 analyses).
 //! Growth by other processes is counted by their stores; slow growth is autovacuum's.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sqlx::PgPool;
 
@@ -45,16 +45,16 @@ impl Table {
 /// Below this many inserted rows a table is not analyzed for them: plans for a table of a few
 /// hundred rows cost little whatever they are, and autovacuum analyzes such a table within a
 /// minute.
-pub(super) const MIN_GROWTH: u64 = 1_000;
+pub(super) const MIN_GROWTH: usize = 1_000;
 
 /// The rows a store inserted into each table since it last analyzed it, and how many more it
 /// waits for before it looks at the table's statistics again. Shared by the store's clones.
 #[derive(Debug, Default)]
 pub(super) struct Growth {
-    inserted: [AtomicU64; 3],
+    inserted: [AtomicUsize; 3],
     /// The rows the planner believed the table held when last looked at (0: never looked;
     /// [`MIN_GROWTH`] applies).
-    next_look: [AtomicU64; 3],
+    next_look: [AtomicUsize; 3],
 }
 
 impl Growth {
@@ -62,7 +62,7 @@ impl Growth {
     /// the planner believes they hold. The rows are committed whatever this finds: a failure
     /// to read the statistics or to analyze is logged, and the rows stay counted (the next
     /// write looks again).
-    pub(super) async fn grew(&self, pool: &PgPool, rows: &[(Table, u64)]) {
+    pub(super) async fn grew(&self, pool: &PgPool, rows: &[(Table, usize)]) {
         let mut due = Vec::new();
         for &(table, n) in rows {
             let i = table as usize;
@@ -82,7 +82,11 @@ impl Growth {
 
     /// Analyzes each of `due` (a table, and the rows inserted since it was last analyzed here)
     /// that grew by as many rows as its statistics count.
-    async fn analyze_grown(&self, pool: &PgPool, due: &[(Table, u64)]) -> Result<(), sqlx::Error> {
+    async fn analyze_grown(
+        &self,
+        pool: &PgPool,
+        due: &[(Table, usize)],
+    ) -> Result<(), sqlx::Error> {
         let names: Vec<&str> = due.iter().map(|(table, _)| table.name()).collect();
         // `reltuples` is -1 for a table never analyzed.
         let believed: Vec<(String, f32)> = sqlx::query_as(
@@ -97,7 +101,7 @@ impl Growth {
             let rows = believed
                 .iter()
                 .find(|(name, _)| name == table.name())
-                .map_or(0, |(_, rows)| *rows as u64);
+                .map_or(0, |(_, rows)| *rows as usize);
             let i = table as usize;
             if inserted >= rows.max(MIN_GROWTH) {
                 grown.push(table.name());
