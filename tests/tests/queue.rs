@@ -1813,7 +1813,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "7");
+    assert_eq!(version, "8");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -1828,6 +1828,80 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
     let claims = store.claim(WORKER, &["Diamond"], 10, LEASE).await.unwrap();
     assert_eq!(claims.len(), 1);
     assert_eq!(claims[0].id.run, new.id);
+}
+
+/// Runs stored before schema version 8 have no graph key: claims and commits compute it from
+/// the stored graph, and the runs complete as any other. A graph that is not the job's current
+/// one (here: `b` and `c` swapped, as a job changed between submits would store) is read by its
+/// own key, and so is each job's: one worker's claims and commits hold both jobs' runs (with one
+/// key for every graph, the single step's graph would be taken for the diamond's, or the other
+/// way round, and the diamonds would never finish).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_runs_without_a_graph_key_and_runs_of_another_graph_complete_by_their_own() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let client = Client::new(store);
+    let old = client.submit(&Diamond { n: 1 }).await.unwrap();
+    let swapped = client.submit(&Diamond { n: 2 }).await.unwrap();
+    let current = client.submit(&Diamond { n: 3 }).await.unwrap();
+    let single = client.submit(&Single { n: 4 }).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("UPDATE jobgraph_runs SET graph_key = NULL WHERE id = $1")
+        .bind(&old.id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    // The graph with `b` and `c` swapped (positions 1 and 2, and `d`'s parents in that order),
+    // with the steps' positions and names to match, and its own key.
+    sqlx::query(
+        r#"UPDATE jobgraph_runs SET graph = '{"steps":[
+              {"name":"a","parents":[],"after":[]},
+              {"name":"c","parents":[0],"after":[]},
+              {"name":"b","parents":[0],"after":[]},
+              {"name":"d","parents":[2,1],"after":[]}]}',
+            graph_key = NULL
+           WHERE id = $1"#,
+    )
+    .bind(&swapped.id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for (from, to) in [("b", "tmp"), ("c", "b"), ("tmp", "c")] {
+        sqlx::query("UPDATE jobgraph_steps SET name = $3 WHERE run_id = $1 AND name = $2")
+            .bind(&swapped.id)
+            .bind(from)
+            .bind(to)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let keys: Vec<Option<Vec<u8>>> =
+        sqlx::query_scalar("SELECT graph_key FROM jobgraph_runs WHERE id = $1")
+            .bind(&current.id)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(keys[0].as_ref().map(Vec::len), Some(32), "a SHA-256");
+    let worker = Worker::new(store).job::<Diamond>().job::<Single>();
+    while worker.run_once().await.unwrap().claimed > 0 {}
+    let only = client
+        .wait::<Single>(&single.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(only.only, 4);
+    for (run, n) in [(&old, 1), (&swapped, 2), (&current, 3)] {
+        let outputs = client
+            .wait::<Diamond>(&run.id, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            (outputs.b, outputs.c, outputs.d),
+            (n + 1, n * 10, n + 1 + n * 10)
+        );
+    }
 }
 
 async fn empty_bucket_crowds_out_nothing(store: impl TestQueue, _base: u64) {

@@ -51,6 +51,8 @@ pub mod queue;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "postgres")]
+mod postgres_graphs;
+#[cfg(feature = "postgres")]
 mod postgres_growth;
 #[cfg(feature = "postgres")]
 mod postgres_queue;

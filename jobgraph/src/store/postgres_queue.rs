@@ -63,6 +63,7 @@ use sqlx::{PgConnection, PgPool, Row as _};
 use tokio::sync::watch;
 
 use super::postgres::{PgStore, get, graph, no_such_run, shown_run_state};
+use super::postgres_graphs::{self as graphs, Graph, graph_key, key_of_graph};
 use super::postgres_growth::Table;
 use super::queue::{
     BatchCounts, Claim, ClaimId, Completion, Failed, Held, Lease, Queue, StepCount, Submission,
@@ -214,17 +215,11 @@ impl Queue for PgStore {
             let mut runs: Vec<&str> = done.iter().map(|c| c.claim.run.as_str()).collect();
             runs.sort_unstable();
             runs.dedup();
-            let mut heads = Heads::new();
-            for row in sqlx::query(LOCK_RUNS)
+            let locked = sqlx::query(LOCK_RUNS)
                 .bind(&runs)
                 .fetch_all(&mut *tx)
-                .await?
-            {
-                const T: &str = "jobgraph_runs";
-                let id: String = get(&row, "id", T)?;
-                let spec = read_graph(&row, &id)?;
-                heads.insert(id, (get(&row, "job", T)?, spec));
-            }
+                .await?;
+            let heads = heads_of(&mut tx, &locked, "job").await?;
             let (elements, steps): (Vec<&Completion<'a>>, Vec<&Completion<'a>>) =
                 done.iter().partition(|c| c.claim.element.is_some());
             // Each child's dependencies that completed here, counted (two parents of one child
@@ -925,7 +920,8 @@ async fn claim_unlimited(
         .fetch_all(&mut *conn)
         .await?;
     let mut taken = Vec::with_capacity(rows.len());
-    let mut heads = Heads::new();
+    // Each run's input and graph key, from the first of its rows.
+    let mut runs: HashMap<String, (String, Vec<u8>)> = HashMap::new();
     for row in &rows {
         if get::<bool>(row, "limited", "jobgraph_limits")? {
             return Ok(None);
@@ -935,57 +931,59 @@ async fn claim_unlimited(
             continue;
         }
         let step = Taken::read(row, lease)?;
-        if !heads.contains_key(&step.run) {
-            let spec = read_graph(row, &step.run)?;
-            heads.insert(
-                step.run.clone(),
-                (get(row, "input", "jobgraph_runs")?, spec),
-            );
+        if !runs.contains_key(&step.run) {
+            let input = get(row, "input", "jobgraph_runs")?;
+            runs.insert(step.run.clone(), (input, graphs::key(row)?));
         }
         taken.push(step);
     }
+    let (ids, heads): (Vec<String>, Vec<(String, Vec<u8>)>) = runs.into_iter().unzip();
+    let keys: Vec<(&str, &[u8])> = ids
+        .iter()
+        .zip(&heads)
+        .map(|(run, (_, key))| (run.as_str(), &key[..]))
+        .collect();
+    let found = graphs::graphs(&mut conn, &keys).await?;
+    let heads: Heads = ids
+        .into_iter()
+        .zip(heads)
+        .zip(found)
+        .map(|((run, (input, _)), graph)| (run, (input, graph)))
+        .collect();
     finish(&mut conn, taken, &heads).await.map(Some)
 }
 
 /// What claiming or completing steps needs of each of their runs (by id): its input (or job),
-/// and its graph, `None` for a graph of one step (see [`one_step_or_graph!`]).
-type Heads = HashMap<String, (String, Option<Arc<GraphSpec>>)>;
+/// and its graph (`postgres_graphs`).
+type Heads = HashMap<String, (String, Graph)>;
 
-/// The graph of run `run` in `row` (its `graph`, as [`one_step_or_graph!`] reads it), parsed
-/// once per distinct text in this process ([`PARSED_GRAPHS`]).
-fn read_graph(
-    row: &sqlx::postgres::PgRow,
-    run: &str,
-) -> Result<Option<Arc<GraphSpec>>, StoreError> {
-    // Borrowed from the row: a graph seen before costs no copy of its text.
-    let Some(json) = get::<Option<&str>>(row, "graph", "jobgraph_runs")? else {
-        return Ok(None);
-    };
-    let mut parsed = PARSED_GRAPHS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(spec) = parsed.get(json) {
-        return Ok(Some(Arc::clone(spec)));
+/// The heads of runs read as `rows` (each with its `id`, the head's first part as `first` and
+/// its `graph_key`): their graphs found or read on `conn`.
+async fn heads_of(
+    conn: &mut PgConnection,
+    rows: &[sqlx::postgres::PgRow],
+    first: &str,
+) -> Result<Heads, StoreError> {
+    const T: &str = "jobgraph_runs";
+    let mut read = Vec::with_capacity(rows.len());
+    for row in rows {
+        read.push((
+            get::<String>(row, "id", T)?,
+            get::<String>(row, first, T)?,
+            graphs::key(row)?,
+        ));
     }
-    let spec = Arc::new(graph(json, run)?);
-    if parsed.len() >= PARSED_GRAPHS_MAX {
-        parsed.clear();
-    }
-    parsed.insert(json.to_owned(), Arc::clone(&spec));
-    Ok(Some(spec))
+    let keys: Vec<(&str, &[u8])> = read
+        .iter()
+        .map(|(id, _, key)| (id.as_str(), &key[..]))
+        .collect();
+    let found = graphs::graphs(conn, &keys).await?;
+    Ok(read
+        .into_iter()
+        .zip(found)
+        .map(|((id, first, _), graph)| (id, (first, graph)))
+        .collect())
 }
-
-/// The graphs [`read_graph`] parsed, by their stored text. Every run of a job stores the same
-/// graph (the job's, unless its code changed between submits), and a claim or a commit of a
-/// few hundred steps reads the graph of each run it touches: parsing each text once instead
-/// of once per run and per call took the diamond's worker process from 17.5 to 15.8 µs of CPU
-/// per step with one process, and 18.5 to 14.3 with two (the queue bench's `cpu_ms`, two
-/// alternations). A graph is immutable and named by its whole text, so one map serves every
-/// store of the process.
-static PARSED_GRAPHS: std::sync::LazyLock<Mutex<HashMap<String, Arc<GraphSpec>>>> =
-    std::sync::LazyLock::new(Mutex::default);
-
-/// How many distinct graphs [`PARSED_GRAPHS`] keeps before it starts again (a process serving
-/// more jobs, or more versions of them, parses more often; it stays correct).
-const PARSED_GRAPHS_MAX: usize = 256;
 
 /// A step a claim took, as its `RETURNING` row says.
 struct Taken {
@@ -1079,17 +1077,11 @@ async fn take(
     let mut distinct: Vec<&str> = runs.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    let mut heads = Heads::new();
-    for row in sqlx::query(SELECT_INPUTS)
+    let inputs = sqlx::query(SELECT_INPUTS)
         .bind(&distinct)
         .fetch_all(&mut *conn)
-        .await?
-    {
-        const T: &str = "jobgraph_runs";
-        let id: String = get(&row, "id", T)?;
-        let spec = read_graph(&row, &id)?;
-        heads.insert(id, (get(&row, "input", T)?, spec));
-    }
+        .await?;
+    let heads = heads_of(conn, &inputs, "input").await?;
     let taken = rows
         .iter()
         .map(|row| Taken::read(row, lease))
@@ -1924,15 +1916,19 @@ const SELECT_BY_KEY: &str = "SELECT id FROM jobgraph_runs WHERE job = $1 AND ide
 
 /// One row per (id, input), in their order (so `seq` numbers them in it); an id or a (job, key)
 /// that exists is skipped, after waiting for the transaction that inserted it, if running.
-const INSERT_QUEUED_RUNS: &str = "INSERT INTO jobgraph_runs
-        (id, job, batch, input, graph, state, created_at, updated_at,
+const INSERT_QUEUED_RUNS: &str = concat!(
+    "INSERT INTO jobgraph_runs
+        (id, job, batch, input, graph, graph_key, state, created_at, updated_at,
          queued, idem_key, priority, expires_at, max_attempts, max_fails, held)
-    SELECT t.id, $3, $4, t.input, $5::jsonb, 'pending', now(), now(),
+    SELECT t.id, $3, $4, t.input, $5::jsonb, ",
+    key_of_graph!("$5"),
+    ", 'pending', now(), now(),
         true, $6, $7, now() + $8 * interval '1 millisecond', $9, $10, $11
     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t (id, input, ord)
     ORDER BY t.ord
     ON CONFLICT DO NOTHING
-    RETURNING id";
+    RETURNING id"
+);
 
 /// Every step of every run in `$1`, numbered in graph order, with the run's creation order,
 /// `max_attempts` and `expires_at` (what a claim filters and orders on), and its TTR: `$10` holds
@@ -2134,22 +2130,6 @@ macro_rules! claimable {
     };
 }
 
-/// A run's graph as text (`graph`; `$t`: the runs table's alias and a dot, or nothing), or
-/// `NULL` for a graph of one step: a step alone has no dependencies and no children, so neither
-/// its claim nor its completion needs the graph, and single-step jobs are claimed and completed
-/// without converting each run's graph to text and parsing it (read with [`read_graph`]).
-macro_rules! one_step_or_graph {
-    ($t:literal) => {
-        concat!(
-            "CASE WHEN jsonb_array_length(",
-            $t,
-            "graph -> 'steps') = 1 THEN NULL ELSE ",
-            $t,
-            "graph::text END AS graph"
-        )
-    };
-}
-
 /// The columns of a claimed step that `Taken::read` reads.
 macro_rules! taken {
     () => {
@@ -2174,8 +2154,8 @@ macro_rules! taken_element {
 /// elements), one row saying so (`limited`), and nothing claimed. Else: for each job of `$1`, its
 /// best `$2` claimable steps and its best `$2` claimable fan-out elements (`SKIP LOCKED`: passing
 /// over the rows other transactions hold) that have no limits, of which the best `$2` are claimed
-/// for `$3` until now + `$4` ms; one row per claim, with its run's input and graph (or one row of
-/// `NULL`s if none). The steps and elements it picks need no check of their own against
+/// for `$3` until now + `$4` ms; one row per claim, with its run's input and graph key (or one
+/// row of `NULL`s if none). The steps and elements it picks need no check of their own against
 /// `jobgraph_limits`: it picks nothing unless `flag` found no limited one ready, in the same
 /// snapshot (a limit inserted since is not seen by either).
 ///
@@ -2259,12 +2239,12 @@ const CLAIM_UNLIMITED: &str = concat!(
     taken_element!(),
     "
     )
-    SELECT f.limited, c.*, r.input, r.graph
+    SELECT f.limited, c.*, r.input, r.graph_key
     FROM flag f
     LEFT JOIN ((SELECT * FROM claimed UNION ALL SELECT * FROM claimed_elements) c
         CROSS JOIN LATERAL (
             SELECT r.input, ",
-    one_step_or_graph!("r."),
+    graph_key!("r."),
     "
             FROM jobgraph_runs r WHERE r.id = c.run_id
             OFFSET 0
@@ -2341,9 +2321,10 @@ const CLAIM_ELEMENTS: &str = concat!(
     taken_element!()
 );
 
+/// The inputs and graph keys of runs `$1`.
 const SELECT_INPUTS: &str = concat!(
     "SELECT id, input, ",
-    one_step_or_graph!(""),
+    graph_key!(""),
     " FROM jobgraph_runs
     WHERE id = ANY ($1)"
 );
@@ -2396,10 +2377,11 @@ const LOCK_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1 FOR 
 const LOCK_RUN: &str = "SELECT job, graph::text AS graph, max_fails FROM jobgraph_runs
     WHERE id = $1 FOR UPDATE";
 
-/// The runs `$1`, locked in id order: what completing their steps needs.
+/// The runs `$1`, locked in id order: what completing their steps needs (the job, to notify,
+/// and the graph's key).
 const LOCK_RUNS: &str = concat!(
     "SELECT id, job, ",
-    one_step_or_graph!(""),
+    graph_key!(""),
     " FROM jobgraph_runs
     WHERE id = ANY ($1) ORDER BY id FOR UPDATE"
 );
