@@ -1830,6 +1830,33 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
     assert_eq!(claims[0].id.run, new.id);
 }
 
+/// A claim's lease is the one stored, to the millisecond (the claim reads the stored
+/// timestamps in PostgreSQL's binary format, not through `jobgraph_ms`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_claims_lease_is_the_stored_one() {
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let client = Client::new(store);
+    for n in 0..3 {
+        client.submit(&Single { n }).await.unwrap();
+    }
+    let claims = store.claim(WORKER, &["Single"], 10, LEASE).await.unwrap();
+    assert_eq!(claims.len(), 3);
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    for claim in &claims {
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT jobgraph_ms(lease_until) FROM jobgraph_steps WHERE run_id = $1",
+        )
+        .bind(&claim.id.run)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(claim.lease_until, stored);
+    }
+}
+
 /// Runs stored before schema version 8 have no graph key: claims and commits compute it from
 /// the stored graph, and the runs complete as any other. A graph that is not the job's current
 /// one (here: `b` and `c` swapped, as a job changed between submits would store) is read by its

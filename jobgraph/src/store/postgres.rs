@@ -283,6 +283,33 @@ where
         .map_err(|e| corrupt_or_database(e, &format!("{table}.{column}")))
 }
 
+/// Column `column` of `row`, a `timestamptz`, as Unix milliseconds (rounded down), read from
+/// PostgreSQL's binary format (microseconds since 2000-01-01 UTC): what `jobgraph_ms(column)`
+/// in the statement returns, without its cost in the server (0.4–0.5 µs a call, twice for
+/// every step a claim takes: a tenth of the claim statement's time).
+pub(super) fn get_ms(row: &PgRow, column: &str, table: &str) -> Result<i64, StoreError> {
+    use sqlx::ValueRef as _;
+    use sqlx::postgres::PgValueFormat;
+    /// Unix milliseconds at PostgreSQL's epoch, 2000-01-01 UTC.
+    const PG_EPOCH_MS: i64 = 946_684_800_000;
+    let what = || format!("{table}.{column}");
+    let value = row
+        .try_get_raw(column)
+        .map_err(|e| corrupt_or_database(e, &what()))?;
+    let micros = match (value.is_null(), value.format(), value.as_bytes()) {
+        (false, PgValueFormat::Binary, Ok(bytes)) => <[u8; 8]>::try_from(bytes).ok(),
+        _ => None,
+    }
+    .map(i64::from_be_bytes)
+    // `infinity` and `-infinity` are the extremes.
+    .filter(|m| *m != i64::MAX && *m != i64::MIN);
+    micros
+        .and_then(|m| m.div_euclid(1000).checked_add(PG_EPOCH_MS))
+        .ok_or_else(|| StoreError::Corrupt {
+            what: format!("{} is not a finite timestamp", what()),
+        })
+}
+
 fn run_state(value: &str, run: &str) -> Result<RunState, StoreError> {
     value.parse().map_err(|e| StoreError::Corrupt {
         what: format!("the state of run `{run}`: {e}"),

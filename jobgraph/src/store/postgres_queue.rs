@@ -62,7 +62,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row as _};
 use tokio::sync::watch;
 
-use super::postgres::{PgStore, get, graph, no_such_run, shown_run_state};
+use super::postgres::{PgStore, get, get_ms, graph, no_such_run, shown_run_state};
 use super::postgres_graphs::{self as graphs, Graph, graph_key, key_of_graph};
 use super::postgres_growth::Table;
 use super::queue::{
@@ -1022,11 +1022,11 @@ impl Taken {
             attempt: get(row, "claims", T)?,
             fails: get(row, "fails", T)?,
             job: get(row, "job", T)?,
-            lease_until: get(row, "lease_until", T)?,
+            lease_until: get_ms(row, "lease_until", T)?,
             lease: super::queue::claim_lease(get(row, "ttr_ms", T)?, lease),
             order: (
                 std::cmp::Reverse(get(row, "priority", T)?),
-                get(row, "ready_ms", T)?,
+                get_ms(row, "ready_at", T)?,
                 get(row, "run_seq", T)?,
                 position,
                 element.map_or(-1, |e| e),
@@ -2134,7 +2134,7 @@ macro_rules! claimable {
 macro_rules! taken {
     () => {
         "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
-        jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until, s.ttr_ms,
+        s.ready_at, s.lease_until, s.ttr_ms,
         NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input"
     };
 }
@@ -2145,7 +2145,7 @@ macro_rules! taken {
 macro_rules! taken_element {
     () => {
         "s.run_id, s.position AS idx, s.step AS name, s.claims, s.fails, s.job, s.priority,
-        s.run_seq, jobgraph_ms(s.ready_at) AS ready_ms, jobgraph_ms(s.lease_until) AS lease_until,
+        s.run_seq, s.ready_at, s.lease_until,
         s.ttr_ms, s.idx AS element, s.over, s.input AS element_input"
     };
 }
