@@ -160,7 +160,9 @@ impl Client {
     }
 
     /// The outputs of run `id` of `J` if it succeeded, `None` while it runs, or why it ended
-    /// without them ([`ClientError::Ended`]).
+    /// without them ([`ClientError::Ended`]). A run stored as succeeded without the output of
+    /// one of `J`'s steps (a step the job gained since, or rows written by hand) is
+    /// [`StoreError::NoSuchStep`] naming it.
     pub async fn result<J: DurableJob>(&self, id: &str) -> Result<Option<J::Outputs>, ClientError> {
         let run = self.status(id).await?;
         if run.job != J::NAME {
@@ -176,6 +178,7 @@ impl Client {
                     run: run.id.clone(),
                     error,
                 })?;
+                crate::durable::every_output::<J>(&run)?;
                 Ok(Some(J::__outputs(partial)))
             }
             RunState::Pending | RunState::Running => Ok(None),

@@ -230,24 +230,32 @@ pub fn decode<T>(
 /// The outputs of stored run `run`, which succeeded, from its decoded outputs `seed`.
 ///
 /// A step of `J` the run holds no output of (the job gained the step after the run succeeded)
-/// is [`StoreError::NoSuchStep`] naming it: `J::__outputs` needs every step's output, and
-/// panicked without one.
+/// is [`StoreError::NoSuchStep`] naming it ([`every_output`]).
 pub(crate) fn succeeded_outputs<J: DurableJob>(
     run: &StoredRun,
     seed: J::Partial,
 ) -> Result<J::Outputs, DurableErrorOf<J>> {
+    every_output::<J>(run).map_err(|error| DurableError::Store {
+        run: run.id.clone(),
+        error,
+    })?;
+    Ok(J::__outputs(seed))
+}
+
+/// Whether stored run `run` holds the output of every step of `J`, as `J::__outputs` needs
+/// (it panics without one): else [`StoreError::NoSuchStep`] naming the first step without, a
+/// step the job gained after the run succeeded, or rows that say a run succeeded before all of
+/// its steps completed.
+pub(crate) fn every_output<J: DurableJob>(run: &StoredRun) -> Result<(), StoreError> {
     let missing = J::Step::ALL.iter().map(|s| s.name()).find(|&name| {
         !run.step(name)
             .is_some_and(|s| s.state == crate::store::StepStatus::Completed && s.output.is_some())
     });
     match missing {
-        None => Ok(J::__outputs(seed)),
-        Some(step) => Err(DurableError::Store {
+        None => Ok(()),
+        Some(step) => Err(StoreError::NoSuchStep {
             run: run.id.clone(),
-            error: StoreError::NoSuchStep {
-                run: run.id.clone(),
-                step: step.to_owned(),
-            },
+            step: step.to_owned(),
         }),
     }
 }

@@ -1830,6 +1830,42 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
     assert_eq!(claims[0].id.run, new.id);
 }
 
+/// A run the store says succeeded without one of its steps' outputs (rows written by hand, or by
+/// a bug) is a clear error from `Client::result`, naming the step, not a panic building the
+/// outputs.
+#[tokio::test]
+async fn a_succeeded_run_missing_an_output_is_an_error_not_a_panic() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let path = path.to_str().unwrap();
+    let store = jobgraph::store::SqliteStore::open(path).await.unwrap();
+    let client = Client::new(&store);
+    let run = client.submit(&Diamond { n: 1 }).await.unwrap();
+    let worker = Worker::new(&store).job::<Diamond>();
+    while worker.run_once().await.unwrap().claimed > 0 {}
+    client
+        .wait::<Diamond>(&run.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobgraph_steps SET state = 'pending', output = NULL WHERE run_id = ? AND name = 'd'")
+        .bind(&run.id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = client.result::<Diamond>(&run.id).await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ClientError::Store(StoreError::NoSuchStep { step, .. }) if step == "d"
+        ),
+        "{err:?}"
+    );
+}
+
 /// A claim's lease is the one stored, to the millisecond (the claim reads the stored
 /// timestamps in PostgreSQL's binary format, not through `jobgraph_ms`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
