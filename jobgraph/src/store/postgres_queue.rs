@@ -937,19 +937,11 @@ async fn claim_unlimited(
         }
         taken.push(step);
     }
-    let (ids, heads): (Vec<String>, Vec<(String, Vec<u8>)>) = runs.into_iter().unzip();
-    let keys: Vec<(&str, &[u8])> = ids
-        .iter()
-        .zip(&heads)
-        .map(|(run, (_, key))| (run.as_str(), &key[..]))
-        .collect();
-    let found = graphs::graphs(&mut conn, &keys).await?;
-    let heads: Heads = ids
+    let runs = runs
         .into_iter()
-        .zip(heads)
-        .zip(found)
-        .map(|((run, (input, _)), graph)| (run, (input, graph)))
+        .map(|(run, (input, key))| (run, input, key))
         .collect();
+    let heads = heads(&mut conn, runs).await?;
     finish(&mut conn, taken, &heads).await.map(Some)
 }
 
@@ -973,12 +965,21 @@ async fn heads_of(
             graphs::key(row)?,
         ));
     }
-    let keys: Vec<(&str, &[u8])> = read
+    heads(conn, read).await
+}
+
+/// The heads of `runs` (each a run's id, the head's first part and its graph's key): their
+/// graphs found or read on `conn`.
+async fn heads(
+    conn: &mut PgConnection,
+    runs: Vec<(String, String, Vec<u8>)>,
+) -> Result<Heads, StoreError> {
+    let keys: Vec<(&str, &[u8])> = runs
         .iter()
         .map(|(id, _, key)| (id.as_str(), &key[..]))
         .collect();
     let found = graphs::graphs(conn, &keys).await?;
-    Ok(read
+    Ok(runs
         .into_iter()
         .zip(found)
         .map(|((id, first, _), graph)| (id, (first, graph)))
