@@ -15,7 +15,9 @@
 //! with 1 and 2 worker processes that count and time their SQL statements (sqlx's `tracing`
 //! events), and prints them per step; with
 //! `JOBGRAPH_PG_SETTINGS=shared_preload_libraries=pg_stat_statements`, also the server's view
-//! of each statement (time, pages, WAL records).
+//! of each statement (time, pages, WAL records). For experiments on the schema, `QBENCH_SQL` in
+//! the environment holds statements run on each fresh PostgreSQL database after its backlog is
+//! inserted and before its burn-down starts (say, `DROP INDEX ...`).
 //!
 //! Cells:
 //!
@@ -836,6 +838,14 @@ async fn burn_down(
     let db = fresh_db(system).await;
     let inserted = Instant::now();
     setup_and_insert(system, &db, workload, jobs).await;
+    if let (Ok(sql), false) = (
+        std::env::var("QBENCH_SQL"),
+        system == System::JobgraphSqlite,
+    ) {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        sqlx::raw_sql(&sql).execute(&mut conn).await.unwrap();
+    }
     let insert_time = inserted.elapsed();
     let counter = Counter::new(system, &db).await;
     assert_eq!(counter.left().await, jobs as i64, "the backlog is in");

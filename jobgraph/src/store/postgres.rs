@@ -275,7 +275,8 @@ pub(super) fn corrupt_or_database(error: sqlx::Error, what: &str) -> StoreError 
     }
 }
 
-pub(super) fn get<'r, T>(row: &'r PgRow, column: &str, table: &str) -> Result<T, StoreError>
+/// Column `column` (a name, or an [`At`]) of `row`, of table `table` (for the error).
+pub(super) fn get<'r, T>(row: &'r PgRow, column: impl Col, table: &str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>,
 {
@@ -283,11 +284,59 @@ where
         .map_err(|e| corrupt_or_database(e, &format!("{table}.{column}")))
 }
 
+/// How [`get`] and [`get_ms`] name a column: by name, or by the position found for the name
+/// ([`At`]).
+pub(super) trait Col: sqlx::ColumnIndex<PgRow> + std::fmt::Display + Copy {}
+
+impl Col for &str {}
+
+impl Col for At {}
+
+/// A column of a statement's result found by name once, from its first row, and then read by
+/// position in every row: sqlx finds a column by name through a SipHash map, for every row and
+/// column, which cost a worker process a tenth of its CPU in the rows of its claims and commits
+/// (hundreds of rows each, a dozen columns).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct At {
+    name: &'static str,
+    index: usize,
+}
+
+impl At {
+    /// Column `name` of the rows of `row`'s result, of table `table` (for the error).
+    pub(super) fn of(row: &PgRow, name: &'static str, table: &str) -> Result<At, StoreError> {
+        use sqlx::Column as _;
+        let index = row
+            .try_column(name)
+            .map_err(|e| corrupt_or_database(e, &format!("{table}.{name}")))?
+            .ordinal();
+        Ok(At { name, index })
+    }
+}
+
+impl sqlx::ColumnIndex<PgRow> for At {
+    fn index(&self, row: &PgRow) -> Result<usize, sqlx::Error> {
+        use sqlx::Column as _;
+        // Each row of one result has the same columns; a row of another result is refused
+        // rather than read at a position that may hold another column.
+        match row.columns().get(self.index) {
+            Some(column) if column.name() == self.name => Ok(self.index),
+            _ => Err(sqlx::Error::ColumnNotFound(self.name.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
 /// Column `column` of `row`, a `timestamptz`, as Unix milliseconds (rounded down), read from
 /// PostgreSQL's binary format (microseconds since 2000-01-01 UTC): what `jobgraph_ms(column)`
 /// in the statement returns, without its cost in the server (0.4–0.5 µs a call, twice for
 /// every step a claim takes: a tenth of the claim statement's time).
-pub(super) fn get_ms(row: &PgRow, column: &str, table: &str) -> Result<i64, StoreError> {
+pub(super) fn get_ms(row: &PgRow, column: impl Col, table: &str) -> Result<i64, StoreError> {
     use sqlx::ValueRef as _;
     use sqlx::postgres::PgValueFormat;
     /// Unix milliseconds at PostgreSQL's epoch, 2000-01-01 UTC.

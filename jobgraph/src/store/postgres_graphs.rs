@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use sqlx::PgConnection;
-use sqlx::postgres::PgRow;
 
 use super::postgres::{get, graph, no_such_run};
 use super::{GraphSpec, StoreError};
@@ -84,11 +83,6 @@ const PARSED_MAX: usize = 256;
 /// The text of the graphs of runs `$1`.
 const SELECT_GRAPHS: &str =
     "SELECT id, graph::text AS graph FROM jobgraph_runs WHERE id = ANY ($1)";
-
-/// The graph key of `row` (its `graph_key`, as [`graph_key!`] reads it).
-pub(super) fn key(row: &PgRow) -> Result<Vec<u8>, StoreError> {
-    get(row, "graph_key", "jobgraph_runs")
-}
 
 /// The graph of each of `runs` (a run's id and its graph's key), in order: those this process
 /// parsed before from the map, the others read (one run per key) on `conn`, parsed, and kept.

@@ -62,7 +62,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row as _};
 use tokio::sync::watch;
 
-use super::postgres::{PgStore, get, get_ms, graph, no_such_run, shown_run_state};
+use super::postgres::{At, PgStore, get, get_ms, graph, no_such_run, shown_run_state};
 use super::postgres_graphs::{self as graphs, Graph, graph_key, key_of_graph};
 use super::postgres_growth::Table;
 use super::queue::{
@@ -220,8 +220,11 @@ impl Queue for PgStore {
                 .fetch_all(&mut *tx)
                 .await?;
             let heads = heads_of(&mut tx, &locked, "job").await?;
-            let (elements, steps): (Vec<&Completion<'a>>, Vec<&Completion<'a>>) =
-                done.iter().partition(|c| c.claim.element.is_some());
+            // Each completion with its place in `done`.
+            let (elements, steps): (Vec<(usize, &Completion<'a>)>, Vec<_>) = done
+                .iter()
+                .enumerate()
+                .partition(|(_, c)| c.claim.element.is_some());
             // Each child's dependencies that completed here, counted (two parents of one child
             // may complete in one call).
             let mut kids: HashMap<(String, i32), i32> = HashMap::new();
@@ -239,20 +242,23 @@ impl Queue for PgStore {
                 }
                 Ok(())
             };
-            // By claim, not by step: a worker may settle a stale and a live claim of one step
-            // together (the stale one's commit waited for the database), and only the live one
-            // was stored.
-            let mut committed: std::collections::HashSet<(String, String, i64, Option<i64>)> =
-                Default::default();
+            // Which completions were stored, by claim: a worker may settle a stale and a live
+            // claim of one step together (the stale one's commit waited for the database), and
+            // only the live one is stored. The statements say which of their arrays' entries
+            // they stored (its ordinal, from 1).
+            let mut committed = vec![false; done.len()];
             if !steps.is_empty() {
                 let stored = completions(COMPLETE_STEPS, worker, &steps)
                     .fetch_all(&mut *tx)
                     .await?;
-                for row in &stored {
+                if let Some(first) = stored.first() {
                     const T: &str = "jobgraph_steps";
-                    let run: String = get(row, "run_id", T)?;
-                    add_kids(&run, get(row, "idx", T)?)?;
-                    committed.insert((run, get(row, "name", T)?, get(row, "claims", T)?, None));
+                    let (ordinal, idx) = (At::of(first, "ordinal", T)?, At::of(first, "idx", T)?);
+                    for row in &stored {
+                        let completion =
+                            stored_entry(&mut committed, get(row, ordinal, T)?, &steps)?;
+                        add_kids(&completion.claim.run, get(row, idx, T)?)?;
+                    }
                 }
             }
             let mut news: Vec<String> = Vec::new();
@@ -261,32 +267,26 @@ impl Queue for PgStore {
                     .bind(
                         elements
                             .iter()
-                            .map(|c| c.claim.element.map_or(-1, element_index))
+                            .map(|(_, c)| c.claim.element.map_or(-1, element_index))
                             .collect::<Vec<_>>(),
                     )
                     .fetch_all(&mut *tx)
                     .await?;
                 // Each fan-out's elements completed here, counted.
-                let mut fans: Vec<(String, String, String, i64)> = Vec::new();
+                let mut fans: Vec<(&str, &str, String, i64)> = Vec::new();
                 for row in &stored {
                     const T: &str = "jobgraph_queue_elements";
-                    let run: String = get(row, "run_id", T)?;
-                    let step: String = get(row, "step", T)?;
-                    let idx: i64 = get(row, "idx", T)?;
-                    committed.insert((
-                        run.clone(),
-                        step.clone(),
-                        get(row, "claims", T)?,
-                        Some(idx),
-                    ));
+                    let completion =
+                        stored_entry(&mut committed, get(row, "ordinal", T)?, &elements)?;
+                    let (run, step) = (&completion.claim.run[..], &completion.claim.step[..]);
                     match fans.iter_mut().find(|f| f.0 == run && f.1 == step) {
                         Some(fan) => fan.3 += 1,
                         None => fans.push((run, step, get(row, "job", T)?, 1)),
                     }
                 }
                 for (run, step, job, n) in fans {
-                    if let Some(position) = element_done(&mut tx, &run, &step, n).await? {
-                        add_kids(&run, position)?;
+                    if let Some(position) = element_done(&mut tx, run, step, n).await? {
+                        add_kids(run, position)?;
                     } else {
                         news.push(job);
                     }
@@ -300,8 +300,12 @@ impl Queue for PgStore {
                 notify(&mut tx, job).await?;
             }
             // The runs of the claims it stored (a set: a commit holds hundreds of claims).
-            let stored: std::collections::HashSet<&str> =
-                committed.iter().map(|(run, ..)| run.as_str()).collect();
+            let stored: std::collections::HashSet<&str> = done
+                .iter()
+                .zip(&committed)
+                .filter(|(_, stored)| **stored)
+                .map(|(c, _)| c.claim.run.as_str())
+                .collect();
             // A run of one step whose step completed here succeeded: ended without counting
             // its steps' states. The others are counted.
             let (alone, touched): (Vec<&str>, Vec<&str>) = runs
@@ -322,17 +326,7 @@ impl Queue for PgStore {
             if elements > 0 {
                 self.grew(&[(Table::Elements, elements)]).await;
             }
-            Ok(done
-                .iter()
-                .map(|c| {
-                    committed.contains(&(
-                        c.claim.run.clone(),
-                        c.claim.step.clone(),
-                        i64::from(c.claim.attempt),
-                        c.claim.element.map(element_index),
-                    ))
-                })
-                .collect())
+            Ok(committed)
         }
         .boxed()
     }
@@ -919,21 +913,29 @@ async fn claim_unlimited(
         .bind(lease_ms(lease))
         .fetch_all(&mut *conn)
         .await?;
+    let Some(first) = rows.first() else {
+        return Ok(Some(Vec::new()));
+    };
+    if get::<bool>(first, "limited", "jobgraph_limits")? {
+        return Ok(None);
+    }
+    // The one row of a claim that took nothing.
+    if get::<Option<String>>(first, "run_id", "jobgraph_steps")?.is_none() {
+        return Ok(Some(Vec::new()));
+    }
+    let columns = TakenColumns::of(first)?;
+    let (input, key) = (
+        At::of(first, "input", "jobgraph_runs")?,
+        At::of(first, "graph_key", "jobgraph_runs")?,
+    );
     let mut taken = Vec::with_capacity(rows.len());
     // Each run's input and graph key, from the first of its rows.
     let mut runs: HashMap<String, (String, Vec<u8>)> = HashMap::new();
     for row in &rows {
-        if get::<bool>(row, "limited", "jobgraph_limits")? {
-            return Ok(None);
-        }
-        // The one row of a claim that took nothing.
-        if get::<Option<String>>(row, "run_id", "jobgraph_steps")?.is_none() {
-            continue;
-        }
-        let step = Taken::read(row, lease)?;
+        let step = Taken::read(row, &columns, lease)?;
         if !runs.contains_key(&step.run) {
-            let input = get(row, "input", "jobgraph_runs")?;
-            runs.insert(step.run.clone(), (input, graphs::key(row)?));
+            let input = get(row, input, "jobgraph_runs")?;
+            runs.insert(step.run.clone(), (input, get(row, key, "jobgraph_runs")?));
         }
         taken.push(step);
     }
@@ -954,16 +956,19 @@ type Heads = HashMap<String, (String, Graph)>;
 async fn heads_of(
     conn: &mut PgConnection,
     rows: &[sqlx::postgres::PgRow],
-    first: &str,
+    first: &'static str,
 ) -> Result<Heads, StoreError> {
     const T: &str = "jobgraph_runs";
     let mut read = Vec::with_capacity(rows.len());
-    for row in rows {
-        read.push((
-            get::<String>(row, "id", T)?,
-            get::<String>(row, first, T)?,
-            graphs::key(row)?,
-        ));
+    if let Some(row) = rows.first() {
+        let (id, first, key) = (
+            At::of(row, "id", T)?,
+            At::of(row, first, T)?,
+            At::of(row, "graph_key", T)?,
+        );
+        for row in rows {
+            read.push((get(row, id, T)?, get(row, first, T)?, get(row, key, T)?));
+        }
     }
     heads(conn, read).await
 }
@@ -1006,33 +1011,89 @@ struct Taken {
     order: (std::cmp::Reverse<i32>, i64, i64, i32, i64),
 }
 
+/// The columns of a claim's rows ([`taken!`], [`taken_element!`]), found once per claim.
+struct TakenColumns {
+    run: At,
+    position: At,
+    step: At,
+    element: At,
+    over: At,
+    element_input: At,
+    attempt: At,
+    fails: At,
+    job: At,
+    lease_until: At,
+    ttr_ms: At,
+    priority: At,
+    ready_at: At,
+    run_seq: At,
+}
+
+impl TakenColumns {
+    /// The columns of the rows of `row`'s result.
+    fn of(row: &sqlx::postgres::PgRow) -> Result<TakenColumns, StoreError> {
+        let at = |name| At::of(row, name, "jobgraph_steps");
+        Ok(TakenColumns {
+            run: at("run_id")?,
+            position: at("idx")?,
+            step: at("name")?,
+            element: at("element")?,
+            over: at("over")?,
+            element_input: at("element_input")?,
+            attempt: at("claims")?,
+            fails: at("fails")?,
+            job: at("job")?,
+            lease_until: at("lease_until")?,
+            ttr_ms: at("ttr_ms")?,
+            priority: at("priority")?,
+            ready_at: at("ready_at")?,
+            run_seq: at("run_seq")?,
+        })
+    }
+}
+
 impl Taken {
-    /// `row`, claimed with the worker's `lease`.
-    fn read(row: &sqlx::postgres::PgRow, lease: Duration) -> Result<Taken, StoreError> {
+    /// `row` (of columns `c`), claimed with the worker's `lease`.
+    fn read(
+        row: &sqlx::postgres::PgRow,
+        c: &TakenColumns,
+        lease: Duration,
+    ) -> Result<Taken, StoreError> {
         const T: &str = "jobgraph_steps";
-        let position: i32 = get(row, "idx", T)?;
-        let element: Option<i64> = get(row, "element", T)?;
-        let over: Option<i32> = get(row, "over", T)?;
-        let input: Option<String> = get(row, "element_input", T)?;
+        let position: i32 = get(row, c.position, T)?;
+        let element: Option<i64> = get(row, c.element, T)?;
+        let over: Option<i32> = get(row, c.over, T)?;
+        let input: Option<String> = get(row, c.element_input, T)?;
         Ok(Taken {
-            run: get(row, "run_id", T)?,
+            run: get(row, c.run, T)?,
             position,
-            step: get(row, "name", T)?,
+            step: get(row, c.step, T)?,
             element,
             input: over.zip(input),
-            attempt: get(row, "claims", T)?,
-            fails: get(row, "fails", T)?,
-            job: get(row, "job", T)?,
-            lease_until: get_ms(row, "lease_until", T)?,
-            lease: super::queue::claim_lease(get(row, "ttr_ms", T)?, lease),
+            attempt: get(row, c.attempt, T)?,
+            fails: get(row, c.fails, T)?,
+            job: get(row, c.job, T)?,
+            lease_until: get_ms(row, c.lease_until, T)?,
+            lease: super::queue::claim_lease(get(row, c.ttr_ms, T)?, lease),
             order: (
-                std::cmp::Reverse(get(row, "priority", T)?),
-                get_ms(row, "ready_at", T)?,
-                get(row, "run_seq", T)?,
+                std::cmp::Reverse(get(row, c.priority, T)?),
+                get_ms(row, c.ready_at, T)?,
+                get(row, c.run_seq, T)?,
                 position,
                 element.map_or(-1, |e| e),
             ),
         })
+    }
+
+    /// The steps of a claim's `rows`, claimed with the worker's `lease`.
+    fn read_all(rows: &[sqlx::postgres::PgRow], lease: Duration) -> Result<Vec<Taken>, StoreError> {
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let columns = TakenColumns::of(first)?;
+        rows.iter()
+            .map(|row| Taken::read(row, &columns, lease))
+            .collect()
     }
 }
 
@@ -1083,10 +1144,7 @@ async fn take(
         .fetch_all(&mut *conn)
         .await?;
     let heads = heads_of(conn, &inputs, "input").await?;
-    let taken = rows
-        .iter()
-        .map(|row| Taken::read(row, lease))
-        .collect::<Result<_, _>>()?;
+    let taken = Taken::read_all(&rows, lease)?;
     finish(conn, taken, &heads).await
 }
 
@@ -1955,32 +2013,64 @@ const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
 
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
+/// The completion a completing statement stored as the `ordinal`th entry (from 1) of its
+/// arrays, the completions `of` (each with its place in the worker's call), marked stored in
+/// `committed`.
+fn stored_entry<'c, 'q>(
+    committed: &mut [bool],
+    ordinal: i64,
+    of: &[(usize, &'c Completion<'q>)],
+) -> Result<&'c Completion<'q>, StoreError> {
+    let entry = usize::try_from(ordinal - 1).ok().and_then(|i| of.get(i));
+    let &(at, completion) = entry.ok_or_else(|| StoreError::Corrupt {
+        what: format!(
+            "a completion's statement stored entry {ordinal} of {}",
+            of.len()
+        ),
+    })?;
+    committed[at] = true;
+    Ok(completion)
+}
+
 /// `statement` ([`COMPLETE_STEPS`] or [`COMPLETE_ELEMENTS`]) with what every completion binds:
 /// `$1` the worker, then one array each of runs, steps, claim numbers, outputs and start times.
 fn completions<'q>(
     statement: &'q str,
     worker: &'q str,
-    done: &[&Completion<'q>],
+    done: &[(usize, &Completion<'q>)],
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     sqlx::query(statement)
         .bind(worker)
         .bind(
             done.iter()
+                .map(|(_, c)| c)
                 .map(|c| c.claim.run.as_str())
                 .collect::<Vec<_>>(),
         )
         .bind(
             done.iter()
+                .map(|(_, c)| c)
                 .map(|c| c.claim.step.as_str())
                 .collect::<Vec<_>>(),
         )
         .bind(
             done.iter()
+                .map(|(_, c)| c)
                 .map(|c| i64::from(c.claim.attempt))
                 .collect::<Vec<_>>(),
         )
-        .bind(done.iter().map(|c| c.output).collect::<Vec<_>>())
-        .bind(done.iter().map(|c| c.started_at).collect::<Vec<_>>())
+        .bind(
+            done.iter()
+                .map(|(_, c)| c)
+                .map(|c| c.output)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            done.iter()
+                .map(|(_, c)| c)
+                .map(|c| c.started_at)
+                .collect::<Vec<_>>(),
+        )
 }
 
 /// A delay (a retry's, a time to live) in milliseconds, as PostgreSQL adds it to `now()`: at
@@ -2394,10 +2484,10 @@ const COMPLETE_STEPS: &str = "UPDATE jobgraph_steps s
         started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
     FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[])
-        AS c (run_id, name, claims, output, started)
+        WITH ORDINALITY AS c (run_id, name, claims, output, started, ordinal)
     WHERE s.run_id = c.run_id AND s.name = c.name AND s.worker = $1 AND s.claims = c.claims
       AND s.state = 'pending'
-    RETURNING s.run_id, s.name, s.idx, s.claims";
+    RETURNING c.ordinal, s.idx";
 
 /// Each (`$2[i]`, `$3[i]`, `$7[i]`: run, step, element) that `$1` holds under claim `$4[i]`
 /// completed with output `$5[i]`, started at `$6[i]` (Unix ms): the elements it stored.
@@ -2406,10 +2496,10 @@ const COMPLETE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements s
         started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
     FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[])
-        AS c (run_id, step, claims, output, started, idx)
+        WITH ORDINALITY AS c (run_id, step, claims, output, started, idx, ordinal)
     WHERE s.run_id = c.run_id AND s.step = c.step AND s.idx = c.idx AND s.worker = $1
       AND s.claims = c.claims AND s.state = 'pending'
-    RETURNING s.run_id, s.step, s.position, s.idx, s.claims, s.job";
+    RETURNING c.ordinal, s.job";
 
 /// Fan-out `$2` (a position) of run `$1` has `$3` elements: its job.
 const SET_FAN_SIZE: &str = "UPDATE jobgraph_steps SET fan_size = $3, fan_done = 0
