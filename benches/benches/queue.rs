@@ -844,7 +844,9 @@ async fn burn_down(
     ) {
         use sqlx::Connection as _;
         let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-        sqlx::raw_sql(&sql).execute(&mut conn).await.unwrap();
+        if let Err(error) = sqlx::raw_sql(&sql).execute(&mut conn).await {
+            panic!("QBENCH_SQL failed on {}: {error}", system.name());
+        }
     }
     let insert_time = inserted.elapsed();
     let counter = Counter::new(system, &db).await;

@@ -2043,34 +2043,21 @@ fn completions<'q>(
         .bind(worker)
         .bind(
             done.iter()
-                .map(|(_, c)| c)
-                .map(|c| c.claim.run.as_str())
+                .map(|(_, c)| c.claim.run.as_str())
                 .collect::<Vec<_>>(),
         )
         .bind(
             done.iter()
-                .map(|(_, c)| c)
-                .map(|c| c.claim.step.as_str())
+                .map(|(_, c)| c.claim.step.as_str())
                 .collect::<Vec<_>>(),
         )
         .bind(
             done.iter()
-                .map(|(_, c)| c)
-                .map(|c| i64::from(c.claim.attempt))
+                .map(|(_, c)| i64::from(c.claim.attempt))
                 .collect::<Vec<_>>(),
         )
-        .bind(
-            done.iter()
-                .map(|(_, c)| c)
-                .map(|c| c.output)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            done.iter()
-                .map(|(_, c)| c)
-                .map(|c| c.started_at)
-                .collect::<Vec<_>>(),
-        )
+        .bind(done.iter().map(|(_, c)| c.output).collect::<Vec<_>>())
+        .bind(done.iter().map(|(_, c)| c.started_at).collect::<Vec<_>>())
 }
 
 /// A delay (a retry's, a time to live) in milliseconds, as PostgreSQL adds it to `now()`: at
