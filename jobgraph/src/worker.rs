@@ -1,12 +1,12 @@
 //! [`Worker`]: claims ready steps of submitted runs from a [`Queue`] and runs them.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::job::SendJob;
+use foldhash::HashMap;
 use futures::stream::{FuturesUnordered, StreamExt as _};
 
 use crate::client::step_named;
@@ -109,7 +109,7 @@ impl Worker {
         Worker {
             queue: Arc::new(queue.clone()),
             name: crate::durable::owner_id(),
-            jobs: HashMap::new(),
+            jobs: HashMap::default(),
             concurrency: 8,
             prefetch: 0,
             lease: CLAIM_LEASE,
@@ -317,7 +317,7 @@ impl<'w> Pool<'w> {
             jobs: worker.jobs.keys().copied().collect(),
             running: FuturesUnordered::new(),
             queued: std::collections::VecDeque::new(),
-            holdings: HashMap::new(),
+            holdings: HashMap::default(),
             ended: Vec::new(),
             stats: WorkerStats::default(),
         }

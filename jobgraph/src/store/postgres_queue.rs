@@ -53,10 +53,10 @@
 //! is not lost: the wait returns at once. Polling stays the fallback (a lease that expires, a
 //! `run_at` that comes, a listener that cannot connect).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt as _, HashSet};
 use futures::future::{BoxFuture, FutureExt};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row as _};
@@ -300,7 +300,7 @@ impl Queue for PgStore {
                 notify(&mut tx, job).await?;
             }
             // The runs of the claims it stored (a set: a commit holds hundreds of claims).
-            let stored: std::collections::HashSet<&str> = done
+            let stored: HashSet<&str> = done
                 .iter()
                 .zip(&committed)
                 .filter(|(_, stored)| **stored)
@@ -1742,10 +1742,12 @@ pub(super) async fn requeue(
         .execute(&mut *conn)
         .await?;
     sqlx::query(CLEAR_TTL).bind(run).execute(&mut *conn).await?;
-    let heads = Heads::from([(
+    let heads: Heads = [(
         run.to_owned(),
         (job.to_owned(), Some(Arc::new(spec.clone()))),
-    )]);
+    )]
+    .into_iter()
+    .collect();
     // The elements of the one run's fan-outs are not counted (`postgres_growth`).
     let (mut news, _) = dependencies_done(conn, kids, &heads).await?;
     news.sort_unstable();
