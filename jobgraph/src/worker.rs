@@ -658,7 +658,11 @@ impl RetryPolicy for NoRetries {
 }
 
 /// Runs step `claim` of a run of `J` from the stored input and dependencies' outputs.
-async fn execute<J>(claim: Claim, resources: &J::Resources, token: CancellationToken) -> Execution
+async fn execute<J>(
+    mut claim: Claim,
+    resources: &J::Resources,
+    token: CancellationToken,
+) -> Execution
 where
     J: DurableJob + SendJob + Send + Sync,
     J::Resources: Sync,
@@ -684,7 +688,7 @@ where
             ));
         }
     };
-    let stored = dependencies(&claim);
+    let stored = dependencies(&mut claim);
     let seed = match J::__decode(&stored) {
         Ok(seed) => seed,
         Err(error) => return fail(error.to_string()),
@@ -741,11 +745,12 @@ fn only_item(json: &str) -> Option<&str> {
     (!inner.is_empty()).then_some(inner)
 }
 
-/// A stored run holding the claim's dependencies' outputs: what `DurableJob::__decode` reads.
-fn dependencies(claim: &Claim) -> StoredRun {
+/// A stored run holding the claim's dependencies' outputs (taken from the claim): what
+/// `DurableJob::__decode` reads.
+fn dependencies(claim: &mut Claim) -> StoredRun {
     StoredRun {
-        id: claim.id.run.clone(),
-        job: claim.job.clone(),
+        id: String::new(),
+        job: String::new(),
         batch: None,
         input: String::new(),
         graph: GraphSpec { steps: Vec::new() },
@@ -753,14 +758,13 @@ fn dependencies(claim: &Claim) -> StoredRun {
         error: None,
         created_at: 0,
         updated_at: 0,
-        steps: claim
-            .deps
-            .iter()
+        steps: std::mem::take(&mut claim.deps)
+            .into_iter()
             .map(|(name, output)| StoredStep {
-                name: name.clone(),
+                name,
                 state: StepStatus::Completed,
                 attempts: 1,
-                output: Some(output.clone()),
+                output: Some(output),
                 error: None,
                 started_at: None,
                 ended_at: None,

@@ -1157,8 +1157,6 @@ async fn finish(
 ) -> Result<Vec<Claim>, StoreError> {
     // `RETURNING` has no order.
     taken.sort_by_key(|t| t.order);
-    let mut dep_runs: Vec<String> = Vec::new();
-    let mut dep_names: Vec<String> = Vec::new();
     let mut claims = Vec::with_capacity(taken.len());
     for t in taken {
         let (input, spec) = heads.get(&t.run).ok_or_else(|| no_such_run(&t.run))?;
@@ -1182,12 +1180,6 @@ async fn finish(
                 _ => (step.name.clone(), String::new()),
             })
             .collect();
-        for (name, output) in &deps {
-            if output.is_empty() {
-                dep_runs.push(t.run.clone());
-                dep_names.push(name.clone());
-            }
-        }
         claims.push(Claim {
             id: ClaimId {
                 run: t.run,
@@ -1204,37 +1196,53 @@ async fn finish(
             lease: t.lease,
         });
     }
-    if dep_runs.is_empty() {
-        return Ok(claims);
-    }
-    let mut outputs: HashMap<(String, String), String> = HashMap::new();
-    for row in sqlx::query(SELECT_OUTPUTS)
-        .bind(&dep_runs)
-        .bind(&dep_names)
-        .fetch_all(&mut *conn)
-        .await?
-    {
+    // The outputs to read, each (claim, dependency) in the order of the statement's arrays,
+    // which number its rows (`ordinal`, from 1): each row's output moves into its place.
+    let mut wanted: Vec<(usize, usize)> = Vec::new();
+    let rows = {
+        let (mut runs, mut names): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+        for (c, claim) in claims.iter().enumerate() {
+            for (d, (name, output)) in claim.deps.iter().enumerate() {
+                if output.is_empty() {
+                    runs.push(&claim.id.run);
+                    names.push(name);
+                    wanted.push((c, d));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(claims);
+        }
+        sqlx::query(SELECT_OUTPUTS)
+            .bind(&runs)
+            .bind(&names)
+            .fetch_all(&mut *conn)
+            .await?
+    };
+    if let Some(first) = rows.first() {
         const T: &str = "jobgraph_steps";
-        let output: Option<String> = get(&row, "output", T)?;
-        if let Some(output) = output {
-            outputs.insert((get(&row, "run_id", T)?, get(&row, "name", T)?), output);
+        let (ordinal, output) = (At::of(first, "ordinal", T)?, At::of(first, "output", T)?);
+        for row in &rows {
+            let place: i64 = get(row, ordinal, T)?;
+            let Some(&(c, d)) = usize::try_from(place - 1).ok().and_then(|i| wanted.get(i)) else {
+                return Err(StoreError::Corrupt {
+                    what: format!("a dependency's output was read for entry {place} of none"),
+                });
+            };
+            if let Some(output) = get::<Option<String>>(row, output, T)? {
+                claims[c].deps[d].1 = output;
+            }
         }
     }
-    for claim in &mut claims {
-        for (name, output) in &mut claim.deps {
-            if !output.is_empty() {
-                continue;
-            }
-            let key = (claim.id.run.clone(), name.clone());
-            *output = outputs
-                .get(&key)
-                .cloned()
-                .ok_or_else(|| StoreError::Corrupt {
-                    what: format!(
-                        "step `{}` of run `{}` was ready without the output of `{name}`",
-                        claim.id.step, claim.id.run
-                    ),
-                })?;
+    for &(c, d) in &wanted {
+        let (claim, name) = (&claims[c], &claims[c].deps[d].0);
+        if claim.deps[d].1.is_empty() {
+            return Err(StoreError::Corrupt {
+                what: format!(
+                    "step `{}` of run `{}` was ready without the output of `{name}`",
+                    claim.id.step, claim.id.run
+                ),
+            });
         }
     }
     Ok(claims)
@@ -2409,10 +2417,11 @@ const SELECT_INPUTS: &str = concat!(
     WHERE id = ANY ($1)"
 );
 
-const SELECT_OUTPUTS: &str = "SELECT s.run_id, s.name, s.output
-    FROM jobgraph_steps s
-    JOIN unnest($1::text[], $2::text[]) AS d (run_id, name)
-        ON s.run_id = d.run_id AND s.name = d.name
+/// The outputs of the completed steps (`$1[i]`, `$2[i]`: run, name), each with the ordinal of
+/// its entry (from 1).
+const SELECT_OUTPUTS: &str = "SELECT d.ordinal, s.output
+    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS d (run_id, name, ordinal)
+    JOIN jobgraph_steps s ON s.run_id = d.run_id AND s.name = d.name
     WHERE s.state = 'completed'";
 
 /// A heartbeat: the claim's lease runs until now + its TTR, or + `$5` ms (the worker's lease)
