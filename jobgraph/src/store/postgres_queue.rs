@@ -274,14 +274,17 @@ impl Queue for PgStore {
                     .await?;
                 // Each fan-out's elements completed here, counted.
                 let mut fans: Vec<(&str, &str, String, i64)> = Vec::new();
-                for row in &stored {
+                if let Some(first) = stored.first() {
                     const T: &str = "jobgraph_queue_elements";
-                    let completion =
-                        stored_entry(&mut committed, get(row, "ordinal", T)?, &elements)?;
-                    let (run, step) = (&completion.claim.run[..], &completion.claim.step[..]);
-                    match fans.iter_mut().find(|f| f.0 == run && f.1 == step) {
-                        Some(fan) => fan.3 += 1,
-                        None => fans.push((run, step, get(row, "job", T)?, 1)),
+                    let (ordinal, job) = (At::of(first, "ordinal", T)?, At::of(first, "job", T)?);
+                    for row in &stored {
+                        let completion =
+                            stored_entry(&mut committed, get(row, ordinal, T)?, &elements)?;
+                        let (run, step) = (&completion.claim.run[..], &completion.claim.step[..]);
+                        match fans.iter_mut().find(|f| f.0 == run && f.1 == step) {
+                            Some(fan) => fan.3 += 1,
+                            None => fans.push((run, step, get(row, job, T)?, 1)),
+                        }
                     }
                 }
                 for (run, step, job, n) in fans {
@@ -1505,12 +1508,14 @@ async fn dependencies_done(
             .bind(&counts)
             .fetch_all(&mut *conn)
             .await?;
+        let Some(first) = rows.first() else { continue };
+        const T: &str = "jobgraph_steps";
+        let (job, fan) = (At::of(first, "job", T)?, At::of(first, "fan", T)?);
         for row in &rows {
-            const T: &str = "jobgraph_steps";
-            if let Some(job) = get::<Option<String>>(row, "job", T)? {
+            if let Some(job) = get::<Option<String>>(row, job, T)? {
                 news.push(job);
             }
-            if !get::<bool>(row, "fan", T)? {
+            if !get::<bool>(row, fan, T)? {
                 continue;
             }
             let run: String = get(row, "run_id", T)?;
