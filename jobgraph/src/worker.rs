@@ -688,7 +688,7 @@ where
             ));
         }
     };
-    let stored = dependencies(&mut claim);
+    let stored = dependencies(std::mem::take(&mut claim.deps));
     let seed = match J::__decode(&stored) {
         Ok(seed) => seed,
         Err(error) => return fail(error.to_string()),
@@ -745,9 +745,9 @@ fn only_item(json: &str) -> Option<&str> {
     (!inner.is_empty()).then_some(inner)
 }
 
-/// A stored run holding the claim's dependencies' outputs (taken from the claim): what
+/// A stored run holding a claim's dependencies' outputs, `deps` (name, JSON): what
 /// `DurableJob::__decode` reads.
-fn dependencies(claim: &mut Claim) -> StoredRun {
+fn dependencies(deps: Vec<(String, String)>) -> StoredRun {
     StoredRun {
         id: String::new(),
         job: String::new(),
@@ -758,7 +758,7 @@ fn dependencies(claim: &mut Claim) -> StoredRun {
         error: None,
         created_at: 0,
         updated_at: 0,
-        steps: std::mem::take(&mut claim.deps)
+        steps: deps
             .into_iter()
             .map(|(name, output)| StoredStep {
                 name,

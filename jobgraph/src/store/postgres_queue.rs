@@ -1226,12 +1226,11 @@ async fn finish(
         const T: &str = "jobgraph_steps";
         let (ordinal, output) = (At::of(first, "ordinal", T)?, At::of(first, "output", T)?);
         for row in &rows {
-            let place: i64 = get(row, ordinal, T)?;
-            let Some(&(c, d)) = usize::try_from(place - 1).ok().and_then(|i| wanted.get(i)) else {
-                return Err(StoreError::Corrupt {
-                    what: format!("a dependency's output was read for entry {place} of none"),
-                });
-            };
+            let &(c, d) = ordinal_entry(
+                &wanted,
+                get(row, ordinal, T)?,
+                "the dependencies' outputs were read for",
+            )?;
             if let Some(output) = get::<Option<String>>(row, output, T)? {
                 claims[c].deps[d].1 = output;
             }
@@ -2036,15 +2035,20 @@ fn stored_entry<'c, 'q>(
     ordinal: i64,
     of: &[(usize, &'c Completion<'q>)],
 ) -> Result<&'c Completion<'q>, StoreError> {
-    let entry = usize::try_from(ordinal - 1).ok().and_then(|i| of.get(i));
-    let &(at, completion) = entry.ok_or_else(|| StoreError::Corrupt {
-        what: format!(
-            "a completion's statement stored entry {ordinal} of {}",
-            of.len()
-        ),
-    })?;
+    let &(at, completion) = ordinal_entry(of, ordinal, "a completion's statement stored")?;
     committed[at] = true;
     Ok(completion)
+}
+
+/// The `ordinal`th entry (from 1, as `WITH ORDINALITY` numbers them) of the arrays a statement
+/// was given, `of`; a row naming no entry is corrupt (`what` the statement did with it).
+fn ordinal_entry<'e, E>(of: &'e [E], ordinal: i64, what: &str) -> Result<&'e E, StoreError> {
+    usize::try_from(ordinal - 1)
+        .ok()
+        .and_then(|i| of.get(i))
+        .ok_or_else(|| StoreError::Corrupt {
+            what: format!("{what} entry {ordinal} of {}", of.len()),
+        })
 }
 
 /// `statement` ([`COMPLETE_STEPS`] or [`COMPLETE_ELEMENTS`]) with what every completion binds:
