@@ -1595,6 +1595,63 @@ async fn postgres_workers_on_four_connections_run_a_batch_being_aborted() {
     }
 }
 
+/// A worker's claims and commits keep a connection each: the pool lends its idle connections in
+/// turn, and without them one worker's calls ran on every connection of the pool (each server
+/// process cold). Here a worker burns down 2,000 jobs in small claims, with a claim, a commit
+/// and heartbeats in flight at once, on a store whose pool may open 8 connections: it opens its
+/// kept two, the listener's, and at most one for the calls beside them (heartbeats, sweeps).
+/// Without the kept connections it opened 5 or 6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_worker_keeps_a_connection_for_its_claims_and_one_for_its_commits() {
+    use sqlx::Connection as _;
+    let Some(db) = jobgraph_tests::pg::database().await else {
+        return;
+    };
+    let other = PgStore::connect(db.url()).await.unwrap();
+    let client = Client::new(&other);
+    client
+        .submit_batch("kept", (0..2_000).map(|n| Single { n }))
+        .await
+        .unwrap();
+    // The worker's sessions, named apart from the client's.
+    let store = PgStore::connect(&format!("{}&application_name=kept", db.url()))
+        .await
+        .unwrap();
+    let worker = Worker::new(&store)
+        .job::<Single>()
+        .concurrency(4)
+        .prefetch(4)
+        .lease(Duration::from_millis(600))
+        .poll_interval(Duration::from_millis(20));
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    within(120, async {
+        while !client.batch_counts("kept").await.unwrap().is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    shutdown.cancel();
+    let stats = within(60, running).await.unwrap().unwrap();
+    assert_eq!(stats.completed, 2_000, "{stats:?}");
+    assert!(stats.claimed >= 250, "claims of at most 8 steps: {stats:?}");
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let opened: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+        WHERE datname = current_database() AND application_name = 'kept'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(
+        opened <= 4,
+        "the worker's store opened {opened} connections"
+    );
+}
+
 /// A job of one step.
 #[derive(Serialize, Deserialize)]
 struct Single {

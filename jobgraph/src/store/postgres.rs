@@ -80,6 +80,89 @@ pub struct PgStore {
     /// The rows the store inserted into the queue tables since it last analyzed them (shared
     /// by the clones: see `postgres_growth`).
     growth: Arc<Growth>,
+    /// The connections a worker's claims and commits keep between calls (shared by the
+    /// clones).
+    kept: Arc<KeptConnections>,
+}
+
+/// The connections a worker's two hot calls keep between calls: one for claims, one for
+/// commits.
+///
+/// The pool lends its idle connections in turn (first in, first out), so a worker's claims and
+/// commits, one of each at a time, were spread over every connection of the pool: each server
+/// process ran an eighth of them, with its caches cold and its mapping of the shared buffers
+/// faulted in page by page (`perf`: 66 busy server processes for four workers, and the kernel's
+/// page-fault handling among the server's top symbols). Kept, each call's statements run on
+/// the same server process every time, and skip the pool's ping before each lend.
+#[derive(Debug)]
+pub(super) struct KeptConnections {
+    pub(super) claims: Kept,
+    pub(super) commits: Kept,
+}
+
+/// One kept connection: taken for a call and put back when the call succeeds. A call that
+/// fails drops it back into the pool (which pings it before lending it again: a connection
+/// broken by a server restart costs one failed call, which the worker retries). Two calls at
+/// once (two workers on one store) each get one: the second from the pool.
+#[derive(Debug, Default)]
+pub(super) struct Kept {
+    /// Off for a pool too small to spare connections (fewer than [`KEEP_FROM`]).
+    on: bool,
+    slot: std::sync::Mutex<Option<sqlx::pool::PoolConnection<Postgres>>>,
+}
+
+/// The smallest pool whose store keeps connections: two kept leave the other calls at least
+/// two.
+const KEEP_FROM: u32 = 4;
+
+impl KeptConnections {
+    fn new(max_connections: u32) -> Self {
+        let on = max_connections >= KEEP_FROM;
+        KeptConnections {
+            claims: Kept {
+                on,
+                ..Kept::default()
+            },
+            commits: Kept {
+                on,
+                ..Kept::default()
+            },
+        }
+    }
+
+    /// Drops both into the pool (which waits for every lent connection as it closes).
+    fn release(&self) {
+        drop(self.claims.slot().take());
+        drop(self.commits.slot().take());
+    }
+}
+
+impl Kept {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<sqlx::pool::PoolConnection<Postgres>>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The kept connection, or one from `pool`.
+    pub(super) async fn take(
+        &self,
+        pool: &PgPool,
+    ) -> Result<sqlx::pool::PoolConnection<Postgres>, StoreError> {
+        let kept = if self.on { self.slot().take() } else { None };
+        match kept {
+            Some(conn) => Ok(conn),
+            None => Ok(pool.acquire().await?),
+        }
+    }
+
+    /// Keeps `conn` after a call that succeeded (unless another call's is kept already).
+    pub(super) fn put(&self, conn: sqlx::pool::PoolConnection<Postgres>) {
+        if self.on {
+            let mut slot = self.slot();
+            if slot.is_none() {
+                *slot = Some(conn);
+            }
+        }
+    }
 }
 
 /// How [`PgStore::connect_with`] connects.
@@ -90,7 +173,8 @@ pub struct PgStore {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PgOptions {
     /// The most connections the store's pool opens to the server: how many of its calls run at
-    /// once (a call holds one connection for its transaction).
+    /// once (a call holds one connection for its transaction). From 4 on, a worker's claims
+    /// and its commits each keep one of them between calls.
     pub max_connections: u32,
     /// How long a call waits for a connection of the pool (all busy, or the server unreachable)
     /// before it fails with [`StoreError::Database`].
@@ -155,7 +239,8 @@ impl PgStore {
         }
         // sqlx pings a pooled connection before lending it (`test_before_acquire`): a round trip
         // per call, kept, so that a server restart costs the calls after it nothing but a
-        // reconnection.
+        // reconnection. A worker's claims and commits skip it on their kept connections
+        // (`KeptConnections`): after a restart, each fails once and is retried on a new one.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
@@ -167,11 +252,13 @@ impl PgStore {
             ready: Arc::default(),
             sweeps: Arc::default(),
             growth: Arc::default(),
+            kept: Arc::new(KeptConnections::new(options.max_connections)),
         })
     }
 
     /// Closes the pool's connections; the store fails every call after.
     pub async fn close(&self) {
+        self.kept.release();
         self.pool.close().await;
     }
 
@@ -230,6 +317,10 @@ impl PgStore {
 
     pub(super) fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub(super) fn kept(&self) -> &KeptConnections {
+        &self.kept
     }
 
     pub(super) fn sweeps(&self) -> &Sweeps {

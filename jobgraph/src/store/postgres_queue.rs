@@ -137,17 +137,9 @@ impl Queue for PgStore {
             if self.sweeps().due() {
                 self.sweep(jobs).await?;
             }
-            if let Some(claims) = claim_unlimited(self.pool(), worker, jobs, limit, lease).await? {
-                return Ok(claims);
-            }
-            let mut tx = self.begin().await?;
-            let chosen = choose(&mut tx, jobs, limit).await?;
-            if chosen.is_empty() {
-                tx.commit().await?;
-                return Ok(Vec::new());
-            }
-            let claims = take(&mut tx, worker, &chosen, lease).await?;
-            tx.commit().await?;
+            let mut conn = self.kept().claims.take(self.pool()).await?;
+            let claims = claim_on(&mut conn, worker, jobs, limit, lease).await?;
+            self.kept().claims.put(conn);
             Ok(claims)
         }
         .boxed()
@@ -210,7 +202,8 @@ impl Queue for PgStore {
             if done.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut tx = self.begin().await?;
+            let mut conn = self.kept().commits.take(self.pool()).await?;
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // The runs first, in id order (as every writer of several runs locks them).
             let mut runs: Vec<&str> = done.iter().map(|c| c.claim.run.as_str()).collect();
             runs.sort_unstable();
@@ -326,6 +319,7 @@ impl Queue for PgStore {
                 settle_runs(&mut tx, &touched).await?;
             }
             tx.commit().await?;
+            self.kept().commits.put(conn);
             if elements > 0 {
                 self.grew(&[(Table::Elements, elements)]).await;
             }
@@ -901,14 +895,36 @@ pub(super) async fn explain_claim(
 /// transaction) picks each job's best steps from the queue's index (`SKIP LOCKED`), claims the
 /// best `limit` of them, and returns their runs' inputs. A limited step is never taken here,
 /// even if it became ready since the statement looked.
+/// Claims at most `limit` steps of `jobs` for `worker` on `conn`: those of steps without
+/// limits in one statement, else with the limits' rows locked in a transaction.
+async fn claim_on(
+    conn: &mut PgConnection,
+    worker: &str,
+    jobs: &[&str],
+    limit: usize,
+    lease: Duration,
+) -> Result<Vec<Claim>, StoreError> {
+    if let Some(claims) = claim_unlimited(conn, worker, jobs, limit, lease).await? {
+        return Ok(claims);
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let chosen = choose(&mut tx, jobs, limit).await?;
+    if chosen.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    let claims = take(&mut tx, worker, &chosen, lease).await?;
+    tx.commit().await?;
+    Ok(claims)
+}
+
 async fn claim_unlimited(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     worker: &str,
     jobs: &[&str],
     limit: usize,
     lease: Duration,
 ) -> Result<Option<Vec<Claim>>, StoreError> {
-    let mut conn = pool.acquire().await?;
     let rows = sqlx::query(CLAIM_UNLIMITED)
         .bind(jobs)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -946,8 +962,8 @@ async fn claim_unlimited(
         .into_iter()
         .map(|(run, (input, key))| (run, input, key))
         .collect();
-    let heads = heads(&mut conn, runs).await?;
-    finish(&mut conn, taken, &heads).await.map(Some)
+    let heads = heads(conn, runs).await?;
+    finish(conn, taken, &heads).await.map(Some)
 }
 
 /// What claiming or completing steps needs of each of their runs (by id): its input (or job),
