@@ -112,6 +112,7 @@ on_both_queues! {
     a_failing_element_is_retried_alone_and_one_failing_for_good_fails_its_step => element_failures,
     a_failed_element_cancels_the_other_elements_claims => failed_element_cancels_the_others,
     an_empty_fan_out_completes_at_once => empty_fan_out,
+    a_run_whose_last_step_is_an_empty_fan_out_succeeds => empty_fan_out_last,
     the_fan_out_bound_and_the_steps_concurrency_limit_element_claims => element_limits,
     abort_reaches_running_element_claims => abort_reaches_elements,
     a_fan_outs_run_past_its_time_to_live_fails_and_cancels_its_elements => fan_out_expires,
@@ -2503,6 +2504,43 @@ async fn empty_fan_out(store: impl TestQueue, base: u64) {
         .unwrap();
     assert!(out.fetch.is_empty());
     assert_eq!(out.index, "");
+}
+
+/// A job that ends with a fan-out (nothing after `each`).
+#[derive(Serialize, Deserialize)]
+struct Tail {
+    items: Vec<u32>,
+}
+
+#[job(durable)]
+impl Tail {
+    #[step]
+    async fn list(&self) -> Vec<u32> {
+        self.items.clone()
+    }
+
+    #[step(for_each(list))]
+    async fn each(&self, list: &u32) -> u32 {
+        *list
+    }
+}
+
+/// The commit of `list` completes the fan-out over its empty output at once, and with it the
+/// run: the commit that made the fan-out's step ready must not take the run for unfinished.
+async fn empty_fan_out_last(store: impl TestQueue, _: u64) {
+    let client = Client::new(&store);
+    let run = client.submit(&Tail { items: Vec::new() }).await.unwrap();
+    let worker = Worker::new(&store).job::<Tail>();
+    let stats = worker.run_once().await.unwrap();
+    assert_eq!((stats.claimed, stats.completed), (1, 1));
+    let stored = client.status(&run.id).await.unwrap();
+    assert_eq!(stored.state, RunState::Succeeded);
+    assert_eq!(stored.step("each").unwrap().output.as_deref(), Some("[]"));
+    let out = client
+        .wait::<Tail>(&run.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(out.each.is_empty());
 }
 
 /// Fan-outs with limits: `halves` at most 2 elements at once per run, `pooled` at most 3

@@ -288,7 +288,11 @@ impl Queue for PgStore {
                     }
                 }
             }
-            let (ready, elements) = dependencies_done(&mut tx, kids, &heads).await?;
+            let Done {
+                news: ready,
+                elements,
+                unfinished,
+            } = dependencies_done(&mut tx, kids, &heads).await?;
             news.extend(ready);
             news.sort_unstable();
             news.dedup();
@@ -303,7 +307,8 @@ impl Queue for PgStore {
                 .map(|(c, _)| c.claim.run.as_str())
                 .collect();
             // A run of one step whose step completed here succeeded: ended without counting
-            // its steps' states. The others are counted.
+            // its steps' states. The others are counted, but for those this commit left a step
+            // pending in.
             let (alone, touched): (Vec<&str>, Vec<&str>) = runs
                 .iter()
                 .copied()
@@ -316,7 +321,9 @@ impl Queue for PgStore {
                     .await?;
             }
             if !touched.is_empty() {
-                settle_runs(&mut tx, &touched).await?;
+                let (unfinished, counted): (Vec<&str>, Vec<&str>) =
+                    touched.iter().partition(|run| unfinished.contains(**run));
+                settle_runs(&mut tx, &counted, &unfinished).await?;
             }
             tx.commit().await?;
             self.kept().commits.put(conn);
@@ -1440,15 +1447,22 @@ async fn skip_descendants(
 
 /// Ends run `run` (locked by the caller): [`settle_runs`] of one.
 async fn settle_run(conn: &mut PgConnection, run: &str) -> Result<(), StoreError> {
-    settle_runs(conn, &[run]).await
+    settle_runs(conn, &[run], &[]).await
 }
 
 /// Ends each of `runs` (locked by the caller, so no other transaction changes their steps'
 /// states meanwhile) that has no pending step left: failed if one of its steps failed, else
-/// succeeded. One statement.
-async fn settle_runs(conn: &mut PgConnection, runs: &[&str]) -> Result<(), StoreError> {
+/// succeeded; and marks running those of `runs` and of `unfinished` (locked too, and known to
+/// have a pending step: their steps are not counted) that one of their steps ended in. One
+/// statement; no run in both.
+async fn settle_runs(
+    conn: &mut PgConnection,
+    runs: &[&str],
+    unfinished: &[&str],
+) -> Result<(), StoreError> {
     sqlx::query(END_SETTLED_RUNS)
         .bind(runs)
+        .bind(unfinished)
         .execute(conn)
         .await?;
     Ok(())
@@ -1511,9 +1525,10 @@ async fn dependencies_done(
     conn: &mut PgConnection,
     mut kids: HashMap<(String, i32), i32>,
     heads: &Heads,
-) -> Result<(Vec<String>, usize), StoreError> {
+) -> Result<Done, StoreError> {
     let mut news = Vec::new();
     let mut elements = 0;
+    let mut unfinished = HashSet::default();
     while !kids.is_empty() {
         let (keys, counts): (Vec<_>, Vec<i32>) = std::mem::take(&mut kids).into_iter().unzip();
         let (kid_runs, kid_positions): (Vec<String>, Vec<i32>) = keys.into_iter().unzip();
@@ -1526,20 +1541,25 @@ async fn dependencies_done(
         let Some(first) = rows.first() else { continue };
         const T: &str = "jobgraph_steps";
         let (job, fan) = (At::of(first, "job", T)?, At::of(first, "fan", T)?);
+        let run_id = At::of(first, "run_id", T)?;
         for row in &rows {
             if let Some(job) = get::<Option<String>>(row, job, T)? {
                 news.push(job);
             }
+            let run: String = get(row, run_id, T)?;
             if !get::<bool>(row, fan, T)? {
+                // A step this statement found pending stays pending in this transaction: only
+                // a worker's claim can complete it.
+                unfinished.insert(run);
                 continue;
             }
-            let run: String = get(row, "run_id", T)?;
             let position: i32 = get(row, "idx", T)?;
             let over: Option<i32> = get(row, "fan_over", T)?;
             match expand(conn, &run, position, over.unwrap_or(-1)).await? {
                 Expanded::Ready(job, inserted) => {
                     news.push(job);
                     elements += inserted;
+                    unfinished.insert(run);
                 }
                 Expanded::Empty => {
                     let (_, spec) = heads.get(&run).ok_or_else(|| no_such_run(&run))?;
@@ -1553,7 +1573,22 @@ async fn dependencies_done(
             }
         }
     }
-    Ok((news, elements))
+    Ok(Done {
+        news,
+        elements,
+        unfinished,
+    })
+}
+
+/// What [`dependencies_done`] did.
+struct Done {
+    /// The jobs that have news.
+    news: Vec<String>,
+    /// How many fan-out elements it inserted.
+    elements: usize,
+    /// The runs where it left a step pending (made ready, still waiting, or a fan-out with its
+    /// elements): not ended, so [`settle_runs`] need not count their steps.
+    unfinished: HashSet<String>,
 }
 
 /// What became of a fan-out whose last dependency completed.
@@ -1777,7 +1812,7 @@ pub(super) async fn requeue(
     .into_iter()
     .collect();
     // The elements of the one run's fan-outs are not counted (`postgres_growth`).
-    let (mut news, _) = dependencies_done(conn, kids, &heads).await?;
+    let Done { mut news, .. } = dependencies_done(conn, kids, &heads).await?;
     news.sort_unstable();
     news.dedup();
     for job in &news {
@@ -2648,12 +2683,15 @@ const END_RUNS_OF_ONE_STEP: &str = "UPDATE jobgraph_runs
 
 /// Ends each run of `$1` none of whose steps is pending: failed, naming its first failed step
 /// by byte order (`COLLATE \"C\"`, as SQLite's `MIN`), if one failed; else succeeded. A run
-/// with pending steps left that is stored `pending` becomes `running` (one of its steps ended).
+/// with pending steps left that is stored `pending` becomes `running` (one of its steps ended),
+/// and so does each run of `$2` (known to have one: its steps are not counted).
 const END_SETTLED_RUNS: &str = "WITH tally AS (
         SELECT run_id, count(*) FILTER (WHERE state = 'pending') AS pending,
             min(name COLLATE \"C\") FILTER (WHERE state = 'failed') AS failed
         FROM jobgraph_steps WHERE run_id = ANY ($1)
         GROUP BY run_id
+        UNION ALL
+        SELECT u.run_id, 1, NULL FROM unnest($2::text[]) AS u (run_id)
     )
     UPDATE jobgraph_runs r
     SET state = CASE WHEN t.pending > 0 THEN 'running'
