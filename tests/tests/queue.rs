@@ -1599,9 +1599,9 @@ async fn postgres_workers_on_four_connections_run_a_batch_being_aborted() {
 /// A worker's claims and commits keep a connection each: the pool lends its idle connections in
 /// turn, and without them one worker's calls ran on every connection of the pool (each server
 /// process cold). Here a worker burns down 2,000 jobs in small claims, with a claim, a commit
-/// and heartbeats in flight at once, on a store whose pool may open 8 connections: it opens its
-/// kept two, the listener's, and at most one for the calls beside them (heartbeats, sweeps).
-/// Without the kept connections it opened 5 or 6.
+/// and heartbeats in flight at once, on a store whose pool may open 8 connections, while the
+/// test watches `pg_stat_activity`: every claim statement runs on one server process, and every
+/// completion on one other (without the kept connections, claims were seen on 6 or 7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_worker_keeps_a_connection_for_its_claims_and_one_for_its_commits() {
     use sqlx::Connection as _;
@@ -1629,9 +1629,27 @@ async fn postgres_a_worker_keeps_a_connection_for_its_claims_and_one_for_its_com
         let shutdown = shutdown.clone();
         async move { worker.run(shutdown).await }
     });
+    // The server processes seen running (or last to run) a claim, and a completion.
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let (mut claiming, mut completing) = (BTreeSet::new(), BTreeSet::new());
     within(120, async {
         while !client.batch_counts("kept").await.unwrap().is_finished() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let seen: Vec<(i32, bool)> = sqlx::query_as(
+                "SELECT pid, query LIKE 'WITH flag AS%' FROM pg_stat_activity
+                WHERE datname = current_database() AND application_name = 'kept'
+                  AND (query LIKE 'WITH flag AS%'
+                    OR query LIKE 'UPDATE jobgraph_steps s%SET state = ''completed''%')",
+            )
+            .fetch_all(&mut admin)
+            .await
+            .unwrap();
+            for (pid, claim) in seen {
+                if claim {
+                    claiming.insert(pid);
+                } else {
+                    completing.insert(pid);
+                }
+            }
         }
     })
     .await;
@@ -1639,18 +1657,11 @@ async fn postgres_a_worker_keeps_a_connection_for_its_claims_and_one_for_its_com
     let stats = within(60, running).await.unwrap().unwrap();
     assert_eq!(stats.completed, 2_000, "{stats:?}");
     assert!(stats.claimed >= 250, "claims of at most 8 steps: {stats:?}");
-    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    let opened: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity
-        WHERE datname = current_database() AND application_name = 'kept'",
-    )
-    .fetch_one(&mut admin)
-    .await
-    .unwrap();
-    assert!(
-        opened <= 4,
-        "the worker's store opened {opened} connections"
-    );
+    // A claim is one statement, the last its session runs: always seen. A commit's session
+    // ends each with `COMMIT`, so a completion is seen only while it runs.
+    assert_eq!(claiming.len(), 1, "claims ran on {claiming:?}");
+    assert!(completing.len() <= 1, "completions ran on {completing:?}");
+    assert!(claiming.is_disjoint(&completing));
 }
 
 /// A job of one step.
