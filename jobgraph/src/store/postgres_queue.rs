@@ -897,11 +897,6 @@ pub(super) async fn explain_claim(
     Ok(lines.join("\n"))
 }
 
-/// Claims up to `limit` ready steps of `jobs` for `worker` if none of their limited steps is
-/// ready (else `None`: the claim must lock limit rows, `choose`): one statement (its own
-/// transaction) picks each job's best steps from the queue's index (`SKIP LOCKED`), claims the
-/// best `limit` of them, and returns their runs' inputs. A limited step is never taken here,
-/// even if it became ready since the statement looked.
 /// Claims at most `limit` steps of `jobs` for `worker` on `conn`: those of steps without
 /// limits in one statement, else with the limits' rows locked in a transaction.
 async fn claim_on(
@@ -925,6 +920,11 @@ async fn claim_on(
     Ok(claims)
 }
 
+/// Claims up to `limit` ready steps of `jobs` for `worker` if none of their limited steps is
+/// ready (else `None`: the claim must lock limit rows, `choose`): one statement (its own
+/// transaction) picks each job's best steps from the queue's index (`SKIP LOCKED`), claims the
+/// best `limit` of them, and returns their runs' inputs. A limited step is never taken here,
+/// even if it became ready since the statement looked.
 async fn claim_unlimited(
     conn: &mut PgConnection,
     worker: &str,
