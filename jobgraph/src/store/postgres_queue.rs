@@ -321,9 +321,9 @@ impl Queue for PgStore {
                     .await?;
             }
             if !touched.is_empty() {
-                let (unfinished, counted): (Vec<&str>, Vec<&str>) =
+                let (left_pending, counted): (Vec<&str>, Vec<&str>) =
                     touched.iter().partition(|run| unfinished.contains(**run));
-                settle_runs(&mut tx, &counted, &unfinished).await?;
+                settle_runs(&mut tx, &counted, &left_pending).await?;
             }
             tx.commit().await?;
             self.kept().commits.put(conn);
