@@ -27,7 +27,9 @@
 //!    database (every 20 ms) finds no job left unfinished. `floor-pg` burns down jobgraph's
 //!    own backlog (the same rows, submitted by its `Client`) with bare SQL: the fewest writes a
 //!    store keeping a run row and a step row per job could make (`queue/floor.rs`), what no
-//!    worker on jobgraph's schema can beat.
+//!    worker on jobgraph's schema can beat. On PostgreSQL each burn-down's line of the log also
+//!    says what the server's processes serving its database spent per step (their CPU time
+//!    over the burn-down, from `/proc`), beside each worker process's own `cpu_ms`.
 //! 2. **Graphs** (jobgraph only): the same for an 8-step diamond job and a job whose step
 //!    `for_each`es over 100 elements: steps/s (a `for_each` element counts as a step).
 //! 3. **Latency**: one worker process on an idle system; one job submitted at a time, then its
@@ -488,7 +490,12 @@ fn done(what: &str) {
 
 /// This process's CPU time so far (user + system) in ms, on Linux.
 fn cpu_ms() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_ms_of("self")
+}
+
+/// Process `pid`'s CPU time so far (user + system) in ms, on Linux.
+fn cpu_ms_of(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command's name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
@@ -815,6 +822,55 @@ struct Burn {
     said: Vec<String>,
 }
 
+/// The CPU time of the database's server processes (its connections: the workers', and the
+/// bench's progress poll) over a burn-down, from `/proc` (Linux): what the server spent per job,
+/// beside what each worker process says of its own. A connection that ends before the burn-down
+/// does is not counted; PostgreSQL's background processes (WAL writer, checkpointer) are not
+/// either. Not measured for SQLite (no server).
+struct ServerCpu {
+    conn: Option<sqlx::PgConnection>,
+    /// CPU ms of each server process at the last sample.
+    last: std::collections::HashMap<i32, u64>,
+}
+
+impl ServerCpu {
+    async fn new(system: System, db: &Db) -> ServerCpu {
+        use sqlx::Connection as _;
+        let conn = match system {
+            System::JobgraphSqlite => None,
+            _ => sqlx::PgConnection::connect(db.url()).await.ok(),
+        };
+        ServerCpu {
+            conn,
+            last: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The CPU ms the server's processes on this database used since the last sample (all of
+    /// it, for a process that started since).
+    async fn sample(&mut self) -> Option<u64> {
+        let conn = self.conn.as_mut()?;
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+            WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(conn)
+        .await
+        .ok()?;
+        let mut used = 0;
+        let mut now = std::collections::HashMap::new();
+        for pid in pids {
+            let Some(ms) = cpu_ms_of(&pid.to_string()) else {
+                continue;
+            };
+            used += ms.saturating_sub(self.last.get(&pid).copied().unwrap_or(0));
+            now.insert(pid, ms);
+        }
+        self.last = now;
+        Some(used)
+    }
+}
+
 /// The claims the workers said they completed (`done claimed=.. completed=N ..`; jobgraph only).
 fn completed_claims(said: &[String]) -> u64 {
     said.iter()
@@ -852,6 +908,8 @@ async fn burn_down(
     let counter = Counter::new(system, &db).await;
     assert_eq!(counter.left().await, jobs as i64, "the backlog is in");
     let mut workers = Workers::start(system, workload, Mode::Throughput, &db, procs);
+    let mut server = ServerCpu::new(system, &db).await;
+    server.sample().await;
     workers.go();
     let began = Instant::now();
     loop {
@@ -861,6 +919,7 @@ async fn burn_down(
         }
     }
     let took = began.elapsed();
+    let server_ms = server.sample().await;
     let left = counter.left().await;
     let said = workers.stop();
     let secs = took.as_secs_f64();
@@ -882,9 +941,19 @@ async fn burn_down(
         capped: (left > 0 || said.iter().any(|l| l.starts_with("error"))).then_some(finished),
         said: said.clone(),
     };
+    let server = server_ms
+        .filter(|_| finished > 0)
+        .map(|ms| {
+            let steps = (burn.steps_per_s * secs).max(1.0);
+            format!(
+                ", the server's CPU {:.1} µs per step",
+                ms as f64 * 1000.0 / steps
+            )
+        })
+        .unwrap_or_default();
     eprintln!(
         "  {:<16} {:<9} {procs} proc: {finished} of {jobs} jobs in {:.2} s = {:.0} jobs/s, \
-         {:.0} steps/s (backlog inserted in {:.2} s) {done:?}",
+         {:.0} steps/s (backlog inserted in {:.2} s{server}) {done:?}",
         system.name(),
         workload.name(),
         secs,
