@@ -12,7 +12,7 @@
 //! only those cells; `-- --rounds N` repeats every throughput cell N times and reports the
 //! median; `-- --jobs N` sets the backlog. It prints markdown tables. `-- --diagnose` instead
 //! burns down the single-step backlog (`-- --diagnose-workload diamond|for_each`: that job's)
-//! with 1 and 2 worker processes that count and time their SQL statements (sqlx's `tracing`
+//! with 1, 2 and 4 worker processes that count and time their SQL statements (sqlx's `tracing`
 //! events), and prints them per step; with
 //! `JOBGRAPH_PG_SETTINGS=shared_preload_libraries=pg_stat_statements`, also the server's view
 //! of each statement (time, pages, WAL records). For experiments on the schema, `QBENCH_SQL` in
@@ -818,6 +818,10 @@ struct Burn {
     secs: f64,
     /// `Some(jobs finished)` if the cap stopped it first, or a worker process failed.
     capped: Option<u64>,
+    /// The CPU time per step (µs) of the server's processes ([`ServerCpu`]; PostgreSQL only)
+    /// and of the worker processes (the `cpu_ms` each said).
+    server_us: Option<f64>,
+    workers_us: Option<f64>,
     /// What the workers printed when they stopped.
     said: Vec<String>,
 }
@@ -939,17 +943,30 @@ async fn burn_down(
         },
         secs,
         capped: (left > 0 || said.iter().any(|l| l.starts_with("error"))).then_some(finished),
+        server_us: None,
+        workers_us: None,
         said: said.clone(),
     };
-    let server = server_ms
-        .filter(|_| finished > 0)
-        .map(|ms| {
-            let steps = (burn.steps_per_s * secs).max(1.0);
-            format!(
-                ", the server's CPU {:.1} µs per step",
-                ms as f64 * 1000.0 / steps
-            )
+    let steps = (burn.steps_per_s * secs).max(1.0);
+    let workers_ms: Vec<u64> = said
+        .iter()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("cpu_ms="))
+                .and_then(|ms| ms.parse().ok())
         })
+        .collect();
+    let burn = Burn {
+        server_us: server_ms
+            .filter(|_| finished > 0)
+            .map(|ms| ms as f64 * 1000.0 / steps),
+        workers_us: (workers_ms.len() == procs && finished > 0)
+            .then(|| workers_ms.iter().sum::<u64>() as f64 * 1000.0 / steps),
+        ..burn
+    };
+    let server = burn
+        .server_us
+        .map(|us| format!(", the server's CPU {us:.1} µs per step"))
         .unwrap_or_default();
     eprintln!(
         "  {:<16} {:<9} {procs} proc: {finished} of {jobs} jobs in {:.2} s = {:.0} jobs/s, \
@@ -1049,6 +1066,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// A single-step burn-down cell: its system and worker processes, the median rate (jobs/s)
+/// and CPU per job (µs) of its rounds, and whether any round was capped.
+struct Single {
+    system: System,
+    procs: usize,
+    rate: f64,
+    capped: bool,
+    server_us: Option<f64>,
+    workers_us: Option<f64>,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -1174,7 +1202,7 @@ async fn coordinate(o: Options) {
             if system == System::FloorPg && o.diagnose_workload != Workload::Noop {
                 continue;
             }
-            for procs in [1, 2] {
+            for procs in [1, 2, 4] {
                 diagnose(system, o.diagnose_workload, jobs, procs).await;
             }
         }
@@ -1186,21 +1214,28 @@ async fn coordinate(o: Options) {
     );
 
     // 1 and 4: single-step burn-down.
-    let mut noop: Vec<(System, usize, f64, bool)> = Vec::new();
+    let mut noop: Vec<Single> = Vec::new();
     let cell = |name: &str| o.cells.iter().any(|c| c == name);
     for &procs in PROCS.iter().filter(|_| cell("burn")) {
         for &system in &run {
-            let mut capped = false;
-            let rates: Vec<f64> = {
-                let mut v = Vec::new();
-                for _ in 0..o.rounds {
-                    let burn = burn_down(system, Workload::Noop, jobs, procs, o.cap).await;
-                    capped |= burn.capped.is_some();
-                    v.push(burn.jobs_per_s);
-                }
-                v
-            };
-            noop.push((system, procs, median(rates), capped));
+            let (mut capped, mut rates, mut server, mut workers) =
+                (false, Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..o.rounds {
+                let burn = burn_down(system, Workload::Noop, jobs, procs, o.cap).await;
+                capped |= burn.capped.is_some();
+                rates.push(burn.jobs_per_s);
+                server.extend(burn.server_us);
+                workers.extend(burn.workers_us);
+            }
+            let median_of = |xs: Vec<f64>| (!xs.is_empty()).then(|| median(xs));
+            noop.push(Single {
+                system,
+                procs,
+                rate: median(rates),
+                capped,
+                server_us: median_of(server),
+                workers_us: median_of(workers),
+            });
         }
     }
 
@@ -1386,19 +1421,14 @@ impl ServerStats {
 
 fn report(
     o: &Options,
-    noop: &[(System, usize, f64, bool)],
+    noop: &[Single],
     graphs: &[(System, Workload, usize, f64, bool)],
     lat: &[(String, Duration, Duration)],
 ) {
-    let get = |system: System, procs: usize| {
-        noop.iter()
-            .find(|(s, p, _, _)| *s == system && *p == procs)
-            .map(|(_, _, r, _)| *r)
-    };
-    let capped = |system: System, procs: usize| {
-        noop.iter()
-            .any(|(s, p, _, c)| *s == system && *p == procs && *c)
-    };
+    let cell =
+        |system: System, procs: usize| noop.iter().find(|c| c.system == system && c.procs == procs);
+    let get = |system: System, procs: usize| cell(system, procs).map(|c| c.rate);
+    let capped = |system: System, procs: usize| cell(system, procs).is_some_and(|c| c.capped);
     let rate_of = |system: System, procs: usize| {
         let r = rate(get(system, procs));
         if capped(system, procs) {
@@ -1447,6 +1477,23 @@ fn report(
          the rate of the jobs finished by then.",
         o.cap.as_secs()
     );
+    println!(
+        "\n### CPU per single-step job (µs, medians): the server's processes serving the \
+         database, and the worker processes\n"
+    );
+    println!("| system | worker processes | server | workers | both |");
+    println!("|---|---:|---:|---:|---:|");
+    let us = |x: Option<f64>| x.map_or("—".to_owned(), |x| format!("{x:.1}"));
+    for c in noop.iter().filter(|c| c.system != System::JobgraphSqlite) {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            c.system.name(),
+            c.procs,
+            us(c.server_us),
+            us(c.workers_us),
+            us(c.server_us.zip(c.workers_us).map(|(s, w)| s + w)),
+        );
+    }
     println!("\n### jobgraph graphs (steps/s; a `for_each` element is a step)\n");
     println!(
         "| store | worker processes | single-step jobs/s | diamond steps/s | ÷ single-step \
