@@ -819,7 +819,8 @@ struct Burn {
     /// `Some(jobs finished)` if the cap stopped it first, or a worker process failed.
     capped: Option<u64>,
     /// The CPU time per step (µs) of the server's processes ([`ServerCpu`]; PostgreSQL only)
-    /// and of the worker processes (the `cpu_ms` each said).
+    /// and of the worker processes (the `cpu_ms` each said: the whole process, its start-up
+    /// and connecting included).
     server_us: Option<f64>,
     workers_us: Option<f64>,
     /// What the workers printed when they stopped.
@@ -877,13 +878,15 @@ impl ServerCpu {
 
 /// The claims the workers said they completed (`done claimed=.. completed=N ..`; jobgraph only).
 fn completed_claims(said: &[String]) -> u64 {
-    said.iter()
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("completed="))
-        })
+    said_values(said, "completed=")
         .map(|n| n.parse::<u64>().unwrap())
         .sum()
+}
+
+/// What the workers said of `key` (`key=value` words of their lines, as `cpu_ms=`), in order.
+fn said_values<'a>(said: &'a [String], key: &'a str) -> impl Iterator<Item = &'a str> {
+    said.iter()
+        .filter_map(move |l| l.split_whitespace().find_map(|w| w.strip_prefix(key)))
 }
 
 /// Burns down a backlog of `jobs` jobs of `workload` with `procs` worker processes, stopping at
@@ -932,37 +935,26 @@ async fn burn_down(
         .iter()
         .filter(|l| l.starts_with("done") || l.starts_with("error"))
         .collect();
-    let burn = Burn {
-        jobs_per_s: finished as f64 / secs,
-        steps_per_s: if left == 0 {
-            (finished * workload.steps()) as f64 / secs
-        } else {
-            // Runs are claimed breadth-first (oldest ready step first), so a capped graph
-            // burn-down may finish few runs: count the steps the workers completed.
-            completed_claims(&said) as f64 * workload.steps_per_claim() / secs
-        },
-        secs,
-        capped: (left > 0 || said.iter().any(|l| l.starts_with("error"))).then_some(finished),
-        server_us: None,
-        workers_us: None,
-        said: said.clone(),
+    let steps = if left == 0 {
+        (finished * workload.steps()) as f64
+    } else {
+        // Runs are claimed breadth-first (oldest ready step first), so a capped graph
+        // burn-down may finish few runs: count the steps the workers completed.
+        completed_claims(&said) as f64 * workload.steps_per_claim()
     };
-    let steps = (burn.steps_per_s * secs).max(1.0);
-    let workers_ms: Vec<u64> = said
-        .iter()
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("cpu_ms="))
-                .and_then(|ms| ms.parse().ok())
-        })
+    let per_step_us = |ms: u64| ms as f64 * 1000.0 / steps.max(1.0);
+    let workers_ms: Vec<u64> = said_values(&said, "cpu_ms=")
+        .filter_map(|ms| ms.parse().ok())
         .collect();
     let burn = Burn {
-        server_us: server_ms
-            .filter(|_| finished > 0)
-            .map(|ms| ms as f64 * 1000.0 / steps),
+        jobs_per_s: finished as f64 / secs,
+        steps_per_s: steps / secs,
+        secs,
+        capped: (left > 0 || said.iter().any(|l| l.starts_with("error"))).then_some(finished),
+        server_us: server_ms.filter(|_| finished > 0).map(per_step_us),
         workers_us: (workers_ms.len() == procs && finished > 0)
-            .then(|| workers_ms.iter().sum::<u64>() as f64 * 1000.0 / steps),
-        ..burn
+            .then(|| per_step_us(workers_ms.iter().sum())),
+        said: said.clone(),
     };
     let server = burn
         .server_us
