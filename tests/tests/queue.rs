@@ -15,7 +15,7 @@ use jobgraph::store::queue::{ClaimId, Completion, Failed, Held, Queue};
 use jobgraph::store::{
     PgStore, RunFilter, RunState, SqliteStore, StepStatus, Store as _, StoreError,
 };
-use jobgraph::{CancellationToken, Client, ClientError, Retry, Worker, job};
+use jobgraph::{CancellationToken, Client, ClientError, Retry, Worker, WorkerStats, job};
 use serde::{Deserialize, Serialize};
 
 /// A store the cases run on: a queue, and its test helper.
@@ -597,11 +597,7 @@ async fn abort_reaches_a_running_step(store: impl TestQueue, base: u64) {
     let worker = Worker::new(&store)
         .job::<Slow>()
         .lease(Duration::from_millis(300));
-    let shutdown = CancellationToken::new();
-    let working = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { worker.run(shutdown).await }
-    });
+    let (shutdown, working) = started(worker);
     while count(key) == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -1517,11 +1513,7 @@ async fn postgres_notify_wakes_an_idle_worker_long_before_its_poll() {
     let worker = Worker::new(&stores[0])
         .job::<Diamond>()
         .poll_interval(Duration::from_secs(60));
-    let shutdown = CancellationToken::new();
-    let working = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { worker.run(shutdown).await }
-    });
+    let (shutdown, working) = started(worker);
     for n in 0..5 {
         let run = client.submit(&Diamond { n }).await.unwrap();
         let out = client
@@ -1624,11 +1616,7 @@ async fn postgres_a_worker_keeps_a_connection_for_its_claims_and_one_for_its_com
         .prefetch(4)
         .lease(Duration::from_millis(600))
         .poll_interval(Duration::from_millis(20));
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { worker.run(shutdown).await }
-    });
+    let (shutdown, running) = started(worker);
     // The server processes seen running (or last to run) a claim, and a completion.
     let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
     let (mut claiming, mut completing) = (BTreeSet::new(), BTreeSet::new());
@@ -2115,11 +2103,7 @@ async fn postgres_a_worker_rides_out_a_database_outage() {
         .job::<Busy>()
         .concurrency(2)
         .poll_interval(Duration::from_millis(20));
-    let shutdown = CancellationToken::new();
-    let working = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { worker.run(shutdown).await }
-    });
+    let (shutdown, working) = started(worker);
     while count(key) < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -2678,12 +2662,7 @@ async fn abort_reaches_elements(store: impl TestQueue, base: u64) {
                 .concurrency(1)
                 .lease(Duration::from_millis(300))
                 .poll_interval(Duration::from_millis(10));
-            let shutdown = CancellationToken::new();
-            let working = tokio::spawn({
-                let shutdown = shutdown.clone();
-                async move { worker.run(shutdown).await }
-            });
-            (shutdown, working)
+            started(worker)
         })
         .collect();
     // Each worker runs one element (concurrency 1).
@@ -2787,6 +2766,21 @@ impl Timed {
     async fn each(&self, quick: &u32) -> u32 {
         *quick
     }
+}
+
+/// `worker` running on its own task until the token is cancelled: the token, and the task.
+fn started(
+    worker: Worker,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<WorkerStats, StoreError>>,
+) {
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    (shutdown, running)
 }
 
 /// `n` seconds, if fewer than 1,000.
@@ -2940,11 +2934,7 @@ async fn worker_beats_within_ttrs(store: impl TestQueue, base: u64) {
         .concurrency(1)
         .prefetch(3)
         .poll_interval(Duration::from_millis(50));
-    let shutdown = CancellationToken::new();
-    let working = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { worker.run(shutdown).await }
-    });
+    let (shutdown, working) = started(worker);
     for id in &ids {
         client
             .wait::<Brief>(id, Duration::from_secs(30))
