@@ -17,7 +17,10 @@
 //! `JOBGRAPH_PG_SETTINGS=shared_preload_libraries=pg_stat_statements`, also the server's view
 //! of each statement (time, pages, WAL records). For experiments on the schema, `QBENCH_SQL` in
 //! the environment holds statements run on each fresh PostgreSQL database after its backlog is
-//! inserted and before its burn-down starts (say, `DROP INDEX ...`).
+//! inserted and before its burn-down starts (say, `DROP INDEX ...`); with `QBENCH_STATS` set,
+//! each PostgreSQL burn-down also prints the rows each table inserted and updated, and how many
+//! of the updates were HOT (`pg_stat_user_tables`: an update that is not HOT writes an entry in
+//! every index of its table).
 //!
 //! Cells:
 //!
@@ -970,6 +973,29 @@ async fn burn_down(
         burn.steps_per_s,
         insert_time.as_secs_f64(),
     );
+    if std::env::var("QBENCH_STATS").is_ok() && system != System::JobgraphSqlite {
+        use sqlx::{Connection as _, Row as _};
+        // The workers' statistics reach the server within a second of their last transaction.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        let rows = sqlx::query(
+            "SELECT relname::text AS t, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del \
+             FROM pg_stat_user_tables ORDER BY relname",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        for row in rows {
+            eprintln!(
+                "    {}: ins {} upd {} hot {} del {}",
+                row.get::<String, _>("t"),
+                row.get::<i64, _>("n_tup_ins"),
+                row.get::<i64, _>("n_tup_upd"),
+                row.get::<i64, _>("n_tup_hot_upd"),
+                row.get::<i64, _>("n_tup_del")
+            );
+        }
+    }
     burn
 }
 
