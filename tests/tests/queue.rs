@@ -90,8 +90,6 @@ on_both_queues! {
     a_duplicate_submit_returns_the_first_run_even_when_they_race => duplicate_submits_race,
     claims_follow_priority_then_ready_time_and_wait_for_run_at => claims_follow_priority,
     expired_leases_count_against_max_attempts => expired_leases_count,
-    a_claim_that_meets_an_exhausted_step_fails_it_and_takes_the_next => exhausted_step_then_next,
-    an_elements_expired_leases_count_against_max_attempts => exhausted_elements,
     retries_go_through_the_queue_and_max_fails_caps_them => retries_through_the_queue,
     a_run_past_its_time_to_live_fails => time_to_live,
     a_retry_waits_its_delay_by_the_stores_clock => retry_delay_counts_from_the_stores_clock,
@@ -100,7 +98,6 @@ on_both_queues! {
     a_held_batch_runs_nothing_until_released_and_appends_number_on => held_batch,
     a_batch_is_aborted_whole_and_its_status_is_a_local_batchs => batch_aborted_whole,
     step_limits_hold_across_workers => step_limits_hold_across_workers,
-    claims_taken_before_a_step_had_limits_count_against_them => claims_before_limits_count,
     an_empty_rate_bucket_does_not_crowd_out_other_steps => empty_bucket_crowds_out_nothing,
     a_returned_error_is_not_an_expired_lease => errors_are_not_expiries,
     a_run_a_worker_cannot_decode_fails_with_a_clear_error_instead_of_sticking => undecodable_runs_fail_clearly,
@@ -394,79 +391,6 @@ async fn expired_leases_count(store: impl TestQueue, _base: u64) {
             .contains("lease expired")
     );
     assert_eq!(stored.step("d").unwrap().state, StepStatus::Skipped);
-}
-
-/// A claim of one step that finds the step at the head of the queue exhausted (its one allowed
-/// lease expired) fails it, and still returns the next ready step: its worker is not sent to
-/// wait for news while work is ready.
-async fn exhausted_step_then_next(store: impl TestQueue, _base: u64) {
-    let client = Client::new(&store);
-    let first = client
-        .submit(&Diamond { n: 1 })
-        .max_attempts(1)
-        .await
-        .unwrap();
-    let claims = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
-    assert_eq!(claims[0].id.run, first.id);
-    store.age_leases(LEASE + Duration::from_secs(1)).await;
-    let second = client.submit(&Diamond { n: 2 }).await.unwrap();
-    let next = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
-    assert_eq!(next.len(), 1, "{next:?}");
-    assert_eq!(
-        (next[0].id.run.as_str(), next[0].id.step.as_str()),
-        (second.id.as_str(), "a")
-    );
-    let stored = store.load_run(&first.id).await.unwrap().unwrap();
-    assert_eq!(stored.state, RunState::Failed);
-    let a = stored.step("a").unwrap();
-    assert_eq!((a.state, a.attempts), (StepStatus::Failed, 1));
-    assert!(
-        a.error.as_deref().unwrap().contains("on 1 of its claims"),
-        "{:?}",
-        a.error
-    );
-}
-
-/// Each element of a fan-out is leased, and its expired leases counted, alone: an element whose
-/// leases expired `max_attempts` times fails naming itself, and fails its step.
-async fn exhausted_elements(store: impl TestQueue, base: u64) {
-    let client = Client::new(&store);
-    let run = client
-        .submit(&Pages {
-            key: base + 530,
-            pages: vec![1, 2],
-        })
-        .max_attempts(1)
-        .await
-        .unwrap();
-    let list = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
-    store
-        .complete(WORKER, &list[0].id, "[1, 2]", 0)
-        .await
-        .unwrap();
-    let elements = store.claim("slow", &["Pages"], 1, LEASE).await.unwrap();
-    assert_eq!(
-        units(&elements),
-        BTreeSet::from([("fetch".to_owned(), Some(0))])
-    );
-    store.age_leases(LEASE + Duration::from_secs(1)).await;
-    // Element 0 is exhausted; element 1 was never claimed, and is cancelled with its step.
-    let after = store.claim("fast", &["Pages"], 10, LEASE).await.unwrap();
-    assert!(after.is_empty(), "{after:?}");
-    let stored = store.load_run(&run.id).await.unwrap().unwrap();
-    assert_eq!(stored.state, RunState::Failed);
-    let fetch = stored.step("fetch").unwrap();
-    assert_eq!(fetch.state, StepStatus::Failed);
-    assert!(
-        fetch
-            .error
-            .as_deref()
-            .unwrap()
-            .starts_with("element 0: its worker stopped answering (lease expired) on 1 of"),
-        "{:?}",
-        fetch.error
-    );
-    assert_eq!(stored.step("index").unwrap().state, StepStatus::Skipped);
 }
 
 /// Fails its first `fail` calls, then succeeds; its calls are counted in counter `key`.
@@ -1297,49 +1221,25 @@ async fn step_limits_hold_across_workers(store: impl TestQueue, _base: u64) {
     );
 }
 
-/// A job's first submits declared no limits (an older version of it), and their steps were
-/// claimed as any; a later submit declares `pooled`'s concurrency of 2: the two claims of it
-/// already held count against it.
-async fn claims_before_limits_count(store: impl TestQueue, _base: u64) {
-    let graph = leaked_graph(&[("pooled", &[]), ("metered", &[])]);
-    for (id, input) in [("unlimited-1", r#"{"n":1}"#), ("unlimited-2", r#"{"n":2}"#)] {
-        store
-            .submit(raw_submission(id, "Limited", input, graph))
-            .await
-            .unwrap();
-    }
-    let old = store.claim("w1", &["Limited"], 10, LEASE).await.unwrap();
-    assert_eq!(old.len(), 4);
-    Client::new(&store).submit(&Limited { n: 3 }).await.unwrap();
-    let new = store.claim("w2", &["Limited"], 10, LEASE).await.unwrap();
-    let steps: Vec<&str> = new.iter().map(|c| c.id.step.as_str()).collect();
-    assert_eq!(steps, ["metered"]);
-}
-
-/// A graph of `steps` (each a name and its parents' positions), for the whole test.
-fn leaked_graph(steps: &[(&str, &[usize])]) -> &'static jobgraph::store::GraphSpec {
-    let steps = steps
-        .iter()
-        .map(|(name, parents)| jobgraph::store::StepSpec {
-            name: (*name).to_owned(),
-            parents: parents.to_vec(),
-            after: Vec::new(),
-        })
-        .collect();
-    Box::leak(Box::new(jobgraph::store::GraphSpec { steps }))
-}
-
-/// Run `id` of `job` with `input` and `graph`, submitted to the store as is (not by a client
-/// of the job's current code): no limits, fan-outs or TTRs, ready at once.
-fn raw_submission(
-    id: &'static str,
-    job: &'static str,
-    input: &'static str,
-    graph: &'static jobgraph::store::GraphSpec,
-) -> jobgraph::store::queue::Submission<'static> {
-    jobgraph::store::queue::Submission {
+async fn undecodable_runs_fail_clearly(store: impl TestQueue, _base: u64) {
+    use jobgraph::store::queue::Submission;
+    use jobgraph::store::{GraphSpec, StepSpec};
+    let spec = |name: &str, parents: &[usize]| StepSpec {
+        name: name.to_owned(),
+        parents: parents.to_vec(),
+        after: Vec::new(),
+    };
+    let graph = GraphSpec {
+        steps: vec![
+            spec("a", &[]),
+            spec("b", &[0]),
+            spec("c", &[0]),
+            spec("d", &[1, 2]),
+        ],
+    };
+    let submit = |id: &'static str, input: &'static str, graph: &'static GraphSpec| Submission {
         id,
-        job,
+        job: "Diamond",
         input,
         graph,
         batch: None,
@@ -1353,17 +1253,15 @@ fn raw_submission(
         ttl: None,
         max_attempts: 3,
         max_fails: None,
-    }
-}
-
-async fn undecodable_runs_fail_clearly(store: impl TestQueue, _base: u64) {
-    let graph = leaked_graph(&[("a", &[]), ("b", &[0]), ("c", &[0]), ("d", &[1, 2])]);
-    let submit = |id, input, graph| raw_submission(id, "Diamond", input, graph);
+    };
+    let graph: &'static GraphSpec = Box::leak(Box::new(graph));
     store
         .submit(submit("bad-input", r#"{"m": 1}"#, graph))
         .await
         .unwrap();
-    let renamed = leaked_graph(&[("fetch", &[])]);
+    let renamed: &'static GraphSpec = Box::leak(Box::new(GraphSpec {
+        steps: vec![spec("fetch", &[])],
+    }));
     store
         .submit(submit("other-code", r#"{"n": 1}"#, renamed))
         .await
@@ -1972,7 +1870,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "9");
+    assert_eq!(version, "8");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -2050,116 +1948,6 @@ async fn postgres_a_claims_lease_is_the_stored_one() {
         .unwrap();
         assert_eq!(claim.lease_until, stored);
     }
-}
-
-/// The store's connections compile no statement (`jit = off`): planned once for parameters it
-/// does not know, a claim is costed for a tenth of the backlog, and PostgreSQL compiled it at
-/// every run once that passed `jit_above_cost` (40-50 ms for a claim that reads 15 pages). The
-/// database here asks to compile everything.
-#[tokio::test]
-async fn postgres_the_stores_statements_are_never_compiled() {
-    use sqlx::Connection as _;
-    let Some(db) = jobgraph_tests::pg::database().await else {
-        return;
-    };
-    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-    sqlx::raw_sql(&format!(
-        "ALTER DATABASE {name} SET jit = on; ALTER DATABASE {name} SET jit_above_cost = 0"
-    ))
-    .execute(&mut admin)
-    .await
-    .unwrap();
-    let store = PgStore::connect(db.url()).await.unwrap();
-    let plan = store.explain_claim(&["Diamond"], 10).await;
-    assert!(!plan.contains("JIT"), "{plan}");
-}
-
-/// A claim of a limited step reads its live claims and the rows it takes, not the step's
-/// backlog: 20 claims and completions of a step limited to 2 at once, with 3,000 of it ready,
-/// read a few hundred rows of `jobgraph_steps` (each claim counted every ready step, and its
-/// candidates were all read and sorted: 150,000 rows).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_limited_steps_claims_read_no_backlog() {
-    use sqlx::Connection as _;
-    let Some(db) = jobgraph_tests::pg::database().await else {
-        return;
-    };
-    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    let submitter = PgStore::connect(db.url()).await.unwrap();
-    Client::new(&submitter)
-        .submit_batch("limited", (0..3_000).map(|n| Limited { n }))
-        .await
-        .unwrap();
-    sqlx::query("ANALYZE jobgraph_steps")
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let before = steps_read(&mut admin).await;
-    let store = PgStore::connect(db.url()).await.unwrap();
-    for _ in 0..20 {
-        let claims = store.claim(WORKER, &["Limited"], 2, LEASE).await.unwrap();
-        assert!(!claims.is_empty());
-        for claim in &claims {
-            store.complete(WORKER, &claim.id, "0", 0).await.unwrap();
-        }
-    }
-    let read = steps_read(&mut admin).await - before;
-    assert!(read < 2_000, "20 claims read {read} rows of jobgraph_steps");
-}
-
-/// The rows of `jobgraph_steps` read so far, by table and index scans: the store's sessions
-/// are ended first, which sends their statistics.
-async fn steps_read(conn: &mut sqlx::PgConnection) -> i64 {
-    let by_scans = steps_read_by_table_scans(conn).await;
-    let by_index: i64 = sqlx::query_scalar(
-        "SELECT coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables
-        WHERE relname = 'jobgraph_steps'",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap();
-    by_scans + by_index
-}
-
-/// A database of schema version 8 (no list of limited steps' claims) is migrated with its live
-/// claims of limited steps listed: they count against the limits at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted() {
-    use sqlx::Connection as _;
-    let Some((db, stores)) = pg_stores(1).await else {
-        return;
-    };
-    let client = Client::new(&stores[0]);
-    client
-        .submit_batch("limited", (0..5).map(|n| Limited { n }))
-        .await
-        .unwrap();
-    let first = stores[0]
-        .claim("w1", &["Limited"], 10, LEASE)
-        .await
-        .unwrap();
-    assert_eq!(first.iter().filter(|c| c.id.step == "pooled").count(), 2);
-    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    sqlx::raw_sql(
-        "DROP TABLE jobgraph_limit_claims;
-        UPDATE jobgraph_meta SET value = '8' WHERE key = 'schema_version'",
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
-    let store = PgStore::connect(db.url()).await.unwrap();
-    let listed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobgraph_limit_claims")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    // Both steps have limits: the two `pooled` and the three `metered` claims.
-    assert_eq!(listed, 5);
-    let next = store.claim("w2", &["Limited"], 10, LEASE).await.unwrap();
-    assert!(next.iter().all(|c| c.id.step != "pooled"), "{next:?}");
 }
 
 /// Runs stored before schema version 8 have no graph key: claims and commits compute it from

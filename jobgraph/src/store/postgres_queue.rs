@@ -28,18 +28,10 @@
 //!   limited steps that have ready steps, in (job, step) order (so two claims never lock two of
 //!   them in opposite orders), and only then counts the step's live claims and reads its rate
 //!   bucket: every claim of a limited step holds its row, so the count sees every claim committed
-//!   before, and no other is in flight. Each such claim lists what it took in
-//!   `jobgraph_limit_claims`, which the count reads (not the step's whole backlog). A step whose limit row the claim did not lock is not
+//!   before, and no other is in flight. A step whose limit row the claim did not lock is not
 //!   claimed by it. (An advisory lock per (job, step) would serialize the same way, but the row
 //!   is there anyway, holds the bucket the claim updates, and a row lock needs no hash.)
 //!   Unlimited steps take no lock but their own.
-//! - **An exhausted step is failed by the claim that reaches it.** A claim takes a step whose
-//!   lease expired like any other, `max_attempts` times or not: no index reads the leases
-//!   (claims are HOT updates), so finding exhausted steps apart from claims would read every
-//!   ready step (a scan of the whole backlog, once a second by every worker: 28–100 ms each at
-//!   40,000–100,000 ready steps). The claim returns the ones whose expired leases ran out of
-//!   attempts (`exhausted`), and its store fails each, fenced by the claim it just took, in a
-//!   transaction of its own under the run's lock, before it hands the worker the rest.
 //! - **Heartbeats renew one claim per statement**, outside any transaction: a heartbeat never
 //!   holds a row while waiting for another.
 //! - **Numbering a batch** takes a transaction-scoped advisory lock on the batch's name, so two
@@ -143,39 +135,12 @@ impl Queue for PgStore {
             // Before anything this claim can see: news after this is news to its worker.
             self.ready().claiming(jobs);
             if self.sweeps().due() {
-                expire_runs(self.pool()).await?;
+                self.sweep(jobs).await?;
             }
-            let mut claims = Vec::new();
-            // Each round fails at least one exhausted step, or is the last.
-            loop {
-                let mut conn = self.kept().claims.take(self.pool()).await?;
-                let taking = claim_on(&mut conn, worker, jobs, limit - claims.len(), lease).await?;
-                self.kept().claims.put(conn);
-                claims.extend(taking.claims);
-                if taking.exhausted.is_empty() {
-                    return Ok(claims);
-                }
-                for step in &taking.exhausted {
-                    match self.exhaust(worker, step).await {
-                        // A failed element fails its fan-out, whose other elements' claims are
-                        // cancelled: this worker's too.
-                        Ok(true) if step.element.is_some() => {
-                            claims.retain(|c| (&c.id.run, &c.id.step) != (&step.run, &step.step))
-                        }
-                        Ok(_) => {}
-                        // Not the claim's error: the steps it took are this worker's now. A
-                        // step left is held by this claim until its lease expires, and
-                        // exhausted by the claim that takes it then.
-                        Err(error) => tracing::warn!(
-                            %error, run = %step.run, step = %step.step,
-                            "could not fail a step whose leases expired; a later claim will"
-                        ),
-                    }
-                }
-                if claims.len() >= limit {
-                    return Ok(claims);
-                }
-            }
+            let mut conn = self.kept().claims.take(self.pool()).await?;
+            let claims = claim_on(&mut conn, worker, jobs, limit, lease).await?;
+            self.kept().claims.put(conn);
+            Ok(claims)
         }
         .boxed()
     }
@@ -637,61 +602,80 @@ impl Queue for PgStore {
 }
 
 impl PgStore {
-    /// Fails `step`, which this worker's claim took after its leases expired `max_attempts`
-    /// times (fenced by that claim): the step, or its element and then its step, with its
-    /// descendants skipped and its run ended if nothing is left. Whether it failed it (not if
-    /// the claim is no longer current: an abort or the run's expiry came first).
-    async fn exhaust(&self, worker: &str, step: &Taken) -> Result<bool, StoreError> {
-        let mut tx = self.begin().await?;
-        // The run first, as every write of its steps' states.
-        let Some(head) = lock_run(&mut tx, &step.run).await? else {
-            return Ok(false);
-        };
-        let failed = match step.element {
-            None => {
-                let position: Option<i32> = sqlx::query_scalar(EXHAUST_STEP)
-                    .bind(&step.run)
-                    .bind(step.position)
-                    .bind(worker)
-                    .bind(step.attempt)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some(position) = position {
-                    let spec = graph(&head.graph, &step.run)?;
-                    let position = usize::try_from(position).unwrap_or(usize::MAX);
-                    skip_descendants(&mut tx, &step.run, &spec, position).await?;
-                    settle_run(&mut tx, &step.run).await?;
-                }
-                position.is_some()
+    /// What a claim does first, each in a transaction of its own that commits before the claim's
+    /// begins: fails the runs whose time to live expired, and the steps of `jobs` whose claims
+    /// expired `max_attempts` times. (The claim's own choice skips both too, so a sweep that
+    /// passed over a locked row changes nothing it may claim.)
+    async fn sweep(&self, jobs: &[&str]) -> Result<(), StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        // One statement: the runs (`SKIP LOCKED`: one another transaction writes is left to the
+        // next claim), then their pending steps.
+        sqlx::query(EXPIRE_RUNS).execute(&mut *conn).await?;
+        let exhausted = sqlx::query(SELECT_EXHAUSTED)
+            .bind(jobs)
+            .fetch_all(&mut *conn)
+            .await?;
+        drop(conn);
+        for row in exhausted {
+            const T: &str = "jobgraph_steps";
+            let run: String = get(&row, "run_id", T)?;
+            let step: String = get(&row, "name", T)?;
+            let mut tx = self.begin().await?;
+            // The run first, as every write of its steps' states; one another transaction holds
+            // is left to the next claim.
+            let head = sqlx::query(LOCK_RUN_SKIP)
+                .bind(&run)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(head) = head else {
+                continue;
+            };
+            let max_attempts: i64 = get(&head, "max_attempts", "jobgraph_runs")?;
+            let position: Option<i32> = sqlx::query_scalar(EXHAUST_STEP)
+                .bind(&run)
+                .bind(&step)
+                .bind(max_attempts)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(position) = position {
+                let spec = graph(get(&head, "graph", "jobgraph_runs")?, &run)?;
+                let position = usize::try_from(position).unwrap_or(usize::MAX);
+                skip_descendants(&mut tx, &run, &spec, position).await?;
+                settle_run(&mut tx, &run).await?;
             }
-            Some(element) => {
-                let error: Option<String> = sqlx::query_scalar(EXHAUST_ELEMENT)
-                    .bind(&step.run)
-                    .bind(&step.step)
-                    .bind(element)
-                    .bind(worker)
-                    .bind(step.attempt)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some(error) = &error {
-                    let spec = graph(&head.graph, &step.run)?;
-                    fail_fan_out(&mut tx, &step.run, &step.step, error, &spec).await?;
-                }
-                error.is_some()
+            tx.commit().await?;
+        }
+        let exhausted = sqlx::query(SELECT_EXHAUSTED_ELEMENTS)
+            .bind(jobs)
+            .fetch_all(self.pool())
+            .await?;
+        for row in exhausted {
+            const T: &str = "jobgraph_queue_elements";
+            let run: String = get(&row, "run_id", T)?;
+            let step: String = get(&row, "step", T)?;
+            let idx: i64 = get(&row, "idx", T)?;
+            let mut tx = self.begin().await?;
+            let head = sqlx::query(LOCK_RUN_SKIP)
+                .bind(&run)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(head) = head else {
+                continue;
+            };
+            let error: Option<String> = sqlx::query_scalar(EXHAUST_ELEMENT)
+                .bind(&run)
+                .bind(&step)
+                .bind(idx)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(error) = error {
+                let spec = graph(get(&head, "graph", "jobgraph_runs")?, &run)?;
+                fail_fan_out(&mut tx, &run, &step, &error, &spec).await?;
             }
-        };
-        tx.commit().await?;
-        Ok(failed)
+            tx.commit().await?;
+        }
+        Ok(())
     }
-}
-
-/// What a claim does first, once a second ([`Sweeps`](super::queue::Sweeps)), in a statement of
-/// its own: fails the runs whose time to live expired (`SKIP LOCKED`: one another transaction
-/// writes is left to the next sweep), then their pending steps. (The claim's own choice skips
-/// their steps too.)
-async fn expire_runs(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::query(EXPIRE_RUNS).execute(pool).await?;
-    Ok(())
 }
 
 /// A ready step a claim chose, or an element of one: (its step's name, its index).
@@ -781,7 +765,7 @@ async fn choose(
         for row in &rows {
             const T: &str = "jobgraph_steps";
             let limited: bool = get(row, "limited", T)?;
-            if limited && !get::<bool>(row, "exhausted", T)? {
+            if limited {
                 let job: String = get(row, "job", T)?;
                 let step: String = get(row, "name", T)?;
                 let room = rooms.iter_mut().find(|r| r.job == job && r.step == step);
@@ -913,31 +897,6 @@ pub(super) async fn explain_claim(
     Ok(lines.join("\n"))
 }
 
-/// What one claim took: the steps to run, and those to fail (their leases expired
-/// `max_attempts` times), all claimed.
-#[derive(Default)]
-struct Taking {
-    claims: Vec<Claim>,
-    exhausted: Vec<Taken>,
-}
-
-impl Taking {
-    /// The claims of `taken` (the exhausted apart), each with what it needs (`heads`, and its
-    /// dependencies' outputs, read on `conn`).
-    async fn of(
-        conn: &mut PgConnection,
-        taken: Vec<Taken>,
-        heads: &Heads,
-    ) -> Result<Taking, StoreError> {
-        let (exhausted, taken): (Vec<Taken>, Vec<Taken>) =
-            taken.into_iter().partition(|t| t.exhausted);
-        Ok(Taking {
-            claims: finish(conn, taken, heads).await?,
-            exhausted,
-        })
-    }
-}
-
 /// Claims at most `limit` steps of `jobs` for `worker` on `conn`: those of steps without
 /// limits in one statement, else with the limits' rows locked in a transaction.
 async fn claim_on(
@@ -946,19 +905,19 @@ async fn claim_on(
     jobs: &[&str],
     limit: usize,
     lease: Duration,
-) -> Result<Taking, StoreError> {
-    if let Some(taking) = claim_unlimited(conn, worker, jobs, limit, lease).await? {
-        return Ok(taking);
+) -> Result<Vec<Claim>, StoreError> {
+    if let Some(claims) = claim_unlimited(conn, worker, jobs, limit, lease).await? {
+        return Ok(claims);
     }
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let chosen = choose(&mut tx, jobs, limit).await?;
     if chosen.is_empty() {
         tx.commit().await?;
-        return Ok(Taking::default());
+        return Ok(Vec::new());
     }
-    let taking = take(&mut tx, worker, &chosen, lease).await?;
+    let claims = take(&mut tx, worker, &chosen, lease).await?;
     tx.commit().await?;
-    Ok(taking)
+    Ok(claims)
 }
 
 /// Claims up to `limit` ready steps of `jobs` for `worker` if none of their limited steps is
@@ -972,7 +931,7 @@ async fn claim_unlimited(
     jobs: &[&str],
     limit: usize,
     lease: Duration,
-) -> Result<Option<Taking>, StoreError> {
+) -> Result<Option<Vec<Claim>>, StoreError> {
     let rows = sqlx::query(CLAIM_UNLIMITED)
         .bind(jobs)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -981,14 +940,14 @@ async fn claim_unlimited(
         .fetch_all(&mut *conn)
         .await?;
     let Some(first) = rows.first() else {
-        return Ok(Some(Taking::default()));
+        return Ok(Some(Vec::new()));
     };
     if get::<bool>(first, "limited", "jobgraph_limits")? {
         return Ok(None);
     }
     // The one row of a claim that took nothing.
     if get::<Option<String>>(first, "run_id", "jobgraph_steps")?.is_none() {
-        return Ok(Some(Taking::default()));
+        return Ok(Some(Vec::new()));
     }
     let columns = TakenColumns::of(first)?;
     let (input, key) = (
@@ -1000,7 +959,7 @@ async fn claim_unlimited(
     let mut runs: HashMap<String, (String, Vec<u8>)> = HashMap::new();
     for row in &rows {
         let step = Taken::read(row, &columns, lease)?;
-        if !step.exhausted && !runs.contains_key(&step.run) {
+        if !runs.contains_key(&step.run) {
             let input = get(row, input, "jobgraph_runs")?;
             runs.insert(step.run.clone(), (input, get(row, key, "jobgraph_runs")?));
         }
@@ -1011,7 +970,7 @@ async fn claim_unlimited(
         .map(|(run, (input, key))| (run, input, key))
         .collect();
     let heads = heads(conn, runs).await?;
-    Taking::of(conn, taken, &heads).await.map(Some)
+    finish(conn, taken, &heads).await.map(Some)
 }
 
 /// What claiming or completing steps needs of each of their runs (by id): its input (or job),
@@ -1076,8 +1035,6 @@ struct Taken {
     /// The queue's order: (priority descending, ready time, the run's creation, the step's
     /// index, the element's).
     order: (std::cmp::Reverse<i32>, i64, i64, i32, i64),
-    /// Taken after its leases expired `max_attempts` times: to be failed, not run.
-    exhausted: bool,
 }
 
 /// The columns of a claim's rows ([`taken!`], [`taken_element!`]), found once per claim.
@@ -1096,7 +1053,6 @@ struct TakenColumns {
     priority: At,
     ready_at: At,
     run_seq: At,
-    exhausted: At,
 }
 
 impl TakenColumns {
@@ -1118,7 +1074,6 @@ impl TakenColumns {
             priority: at("priority")?,
             ready_at: at("ready_at")?,
             run_seq: at("run_seq")?,
-            exhausted: at("exhausted")?,
         })
     }
 }
@@ -1153,7 +1108,6 @@ impl Taken {
                 position,
                 element.map_or(-1, |e| e),
             ),
-            exhausted: get(row, c.exhausted, T)?,
         })
     }
 
@@ -1176,7 +1130,7 @@ async fn take(
     worker: &str,
     chosen: &[Chosen],
     lease: Duration,
-) -> Result<Taking, StoreError> {
+) -> Result<Vec<Claim>, StoreError> {
     let runs: Vec<&str> = chosen.iter().map(|c| c.run.as_str()).collect();
     let steps: Vec<&Chosen> = chosen.iter().filter(|c| c.element.is_none()).collect();
     let step_runs: Vec<&str> = steps.iter().map(|c| c.run.as_str()).collect();
@@ -1217,28 +1171,7 @@ async fn take(
         .await?;
     let heads = heads_of(conn, &inputs, "input").await?;
     let taken = Taken::read_all(&rows, lease)?;
-    list_limited_claims(conn, &taken).await?;
-    Taking::of(conn, taken, &heads).await
-}
-
-/// Lists the claims `taken` of steps that have limits, for the claims after this one to count
-/// (`COUNT_CLAIMED`).
-async fn list_limited_claims(conn: &mut PgConnection, taken: &[Taken]) -> Result<(), StoreError> {
-    sqlx::query(LIST_LIMITED_CLAIMS)
-        .bind(taken.iter().map(|t| t.job.as_str()).collect::<Vec<_>>())
-        .bind(taken.iter().map(|t| t.step.as_str()).collect::<Vec<_>>())
-        .bind(taken.iter().map(|t| t.run.as_str()).collect::<Vec<_>>())
-        .bind(taken.iter().map(|t| t.position).collect::<Vec<_>>())
-        .bind(
-            taken
-                .iter()
-                .map(|t| t.element.unwrap_or(-1))
-                .collect::<Vec<_>>(),
-        )
-        .bind(taken.iter().map(|t| t.attempt).collect::<Vec<_>>())
-        .execute(conn)
-        .await?;
-    Ok(())
+    finish(conn, taken, &heads).await
 }
 
 /// The claims of the steps `taken`, in the queue's order, each with its run's input (`heads`:
@@ -1449,22 +1382,15 @@ async fn upsert_limits(conn: &mut PgConnection, s: &Submission<'_>) -> Result<()
     limits.sort_by_key(|(step, _)| *step);
     for (step, limits) in limits {
         let rate = limits.rate();
-        let inserted: bool = sqlx::query_scalar(UPSERT_LIMITS)
+        sqlx::query(UPSERT_LIMITS)
             .bind(s.job)
             .bind(step)
             .bind(limits.concurrency().map(i64::from))
             .bind(rate.map(|r| i64::from(r.count())))
             .bind(rate.map(|r| millis(r.period()).max(1)))
             .bind(rate.map(|r| i64::from(r.burst_size())))
-            .fetch_one(&mut *conn)
+            .execute(&mut *conn)
             .await?;
-        if inserted {
-            sqlx::query(LIST_HELD_CLAIMS)
-                .bind(s.job)
-                .bind(step)
-                .execute(&mut *conn)
-                .await?;
-        }
     }
     Ok(())
 }
@@ -2148,8 +2074,7 @@ const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
     VALUES ($1, $2, $3, $4, $5, $6, coalesce($6, 0), now())
     ON CONFLICT (job, step) DO UPDATE SET
         concurrency = excluded.concurrency, rate_count = excluded.rate_count,
-        rate_period_ms = excluded.rate_period_ms, burst = excluded.burst
-    RETURNING xmax = 0 AS inserted";
+        rate_period_ms = excluded.rate_period_ms, burst = excluded.burst";
 
 const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
@@ -2274,172 +2199,91 @@ const EXPIRE_RUNS: &str = "WITH expired AS (
     FROM expired e
     WHERE s.run_id = e.id AND s.state = 'pending'";
 
-/// Fails step `$2` (a position) of run `$1` (locked), which `$3`'s claim `$4` took after its
-/// leases expired `max_attempts` times ([`exhausted!`]); that claim is not one of its attempts.
-/// Nothing if the claim is no longer current (an abort or an expiry of the run came first).
-const EXHAUST_STEP: &str = "UPDATE jobgraph_steps
-    SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = now(),
-        attempts = claims - 1,
-        error = 'its worker stopped answering (lease expired) on '
-            || (claims - 1 - fails)::text || ' of its claims'
-    WHERE run_id = $1 AND idx = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
-    RETURNING idx";
+/// The steps of `jobs` whose claims expired `max_attempts` times (their last lease is over too).
+const SELECT_EXHAUSTED: &str = "SELECT s.run_id, s.name
+    FROM jobgraph_steps s
+    WHERE s.job = ANY ($1) AND s.state = 'pending' AND s.ready_at IS NOT NULL
+      AND s.worker IS NOT NULL AND s.lease_until <= now() AND s.claims - s.fails >= s.max_attempts";
 
-/// Fails element `$3` of fan-out `$2` of run `$1` (locked), as [`EXHAUST_STEP`] its step; the
-/// error names the element (and fails its step).
+/// The elements of `jobs`' fan-outs whose claims expired `max_attempts` times.
+const SELECT_EXHAUSTED_ELEMENTS: &str = "SELECT s.run_id, s.step, s.idx
+    FROM jobgraph_queue_elements s
+    WHERE s.job = ANY ($1) AND s.state = 'pending' AND s.ready_at IS NOT NULL
+      AND s.worker IS NOT NULL AND s.lease_until <= now() AND s.claims - s.fails >= s.max_attempts";
+
+/// Checked again under the run's lock; the error names the element (and fails its step).
 const EXHAUST_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = now(),
         error = 'element ' || idx::text || ': its worker stopped answering (lease expired) on '
-            || (claims - 1 - fails)::text || ' of its claims'
-    WHERE run_id = $1 AND step = $2 AND idx = $3 AND worker = $4 AND claims = $5
-      AND state = 'pending'
+            || (claims - fails)::text || ' of its claims'
+    WHERE run_id = $1 AND step = $2 AND idx = $3 AND state = 'pending' AND worker IS NOT NULL
+      AND lease_until <= now() AND claims - fails >= max_attempts
     RETURNING error";
 
-/// Whether the limited step of limit row `l` has a ready step or element (`$extra`: and more
-/// conditions on it, `s`). Each looks for the first in the step's own queue order, which
-/// `jobgraph_steps_ready_by_name` (and its elements' twin) hold: the index gives that order,
-/// so the plan walks it whatever the statistics say. As `EXISTS`, planned when most steps were
-/// ready (the statistics of a fresh backlog), it read the table from its start, past every
-/// finished step, until the first ready one.
-macro_rules! limit_has_ready {
-    ($extra:literal) => {
-        concat!(
-            "(coalesce((SELECT true FROM jobgraph_steps s
-                WHERE s.job = l.job AND s.name = l.step
-                  AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()",
-            $extra,
-            "
-                ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
-                LIMIT 1), false)
-            OR coalesce((SELECT true FROM jobgraph_queue_elements s
-                WHERE s.job = l.job AND s.step = l.step
-                  AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()",
-            $extra,
-            "
-                ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.position, s.idx
-                LIMIT 1), false))"
-        )
-    };
-}
+const LOCK_RUN_SKIP: &str = "SELECT graph::text AS graph, max_attempts FROM jobgraph_runs
+    WHERE id = $1 FOR UPDATE SKIP LOCKED";
+
+/// Checked again under the run's lock: the step may have been completed or claimed since.
+const EXHAUST_STEP: &str = "UPDATE jobgraph_steps
+    SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = now(),
+        attempts = claims,
+        error = 'its worker stopped answering (lease expired) on '
+            || (claims - fails)::text || ' of its claims'
+    WHERE run_id = $1 AND name = $2 AND state = 'pending' AND worker IS NOT NULL
+      AND lease_until <= now() AND claims - fails >= $3
+    RETURNING idx";
 
 /// The limit rows of `$1`'s limited steps that have a ready step, locked in (job, step) order;
 /// with the time since each bucket was refilled.
-const LOCK_LIMITS: &str = concat!(
-    "SELECT l.job, l.step, l.concurrency, l.rate_count, l.rate_period_ms,
+const LOCK_LIMITS: &str = "SELECT l.job, l.step, l.concurrency, l.rate_count, l.rate_period_ms,
         l.burst, l.tokens, jobgraph_ms(now()) - jobgraph_ms(l.refilled_at) AS elapsed_ms
     FROM jobgraph_limits l
-    WHERE l.job = ANY ($1) AND ",
-    limit_has_ready!(" AND (s.worker IS NULL OR s.lease_until <= now())"),
-    "
+    WHERE l.job = ANY ($1)
+      AND (EXISTS (SELECT 1 FROM jobgraph_steps s
+          WHERE s.job = l.job AND s.name = l.step
+            AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
+            AND (s.worker IS NULL OR s.lease_until <= now()))
+        OR EXISTS (SELECT 1 FROM jobgraph_queue_elements s
+          WHERE s.job = l.job AND s.step = l.step
+            AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
+            AND (s.worker IS NULL OR s.lease_until <= now())))
     ORDER BY l.job, l.step
-    FOR UPDATE OF l"
-);
+    FOR UPDATE OF l";
 
-/// Live claims of the limited steps (`$1[i]`, `$2[i]`): of each step, and of its elements,
-/// from their rows in `jobgraph_limit_claims`, each checked against its step or element (read
-/// by its key). The rows of claims that can no longer be held are deleted.
-const COUNT_CLAIMED: &str = "WITH listed AS (
-        SELECT c.job, c.step, c.run_id, c.position, c.element,
-            coalesce(h.held, false) AS held, coalesce(h.live, false) AS live
-        FROM unnest($1::text[], $2::text[]) AS l (job, step)
-        JOIN jobgraph_limit_claims c ON c.job = l.job AND c.step = l.step
-        LEFT JOIN LATERAL (
-            SELECT s.state = 'pending' AND s.worker IS NOT NULL AND s.claims = c.claims AS held,
-                s.lease_until > now() AS live
-            FROM jobgraph_steps s
-            WHERE c.element < 0 AND s.run_id = c.run_id AND s.idx = c.position
-            UNION ALL
-            SELECT e.state = 'pending' AND e.worker IS NOT NULL AND e.claims = c.claims,
-                e.lease_until > now()
-            FROM jobgraph_queue_elements e
-            WHERE c.element >= 0 AND e.run_id = c.run_id AND e.step = c.step AND e.idx = c.element
-        ) h ON true
-    ),
-    gone AS (
-        DELETE FROM jobgraph_limit_claims c
-        USING listed g
-        WHERE NOT g.held AND c.job = g.job AND c.step = g.step AND c.run_id = g.run_id
-          AND c.position = g.position AND c.element = g.element
-    )
-    SELECT job, step AS name, count(*) AS n FROM listed
-    WHERE held AND live
-    GROUP BY job, step";
-
-/// Inserts the claims `$select` reads (job, step, run, position, element or -1, claim number)
-/// into `jobgraph_limit_claims`; a claim listed before of the same step or element is replaced.
-macro_rules! list_claims {
-    ($select:literal) => {
-        concat!(
-            "INSERT INTO jobgraph_limit_claims (job, step, run_id, position, element, claims) ",
-            $select,
-            "
-            ON CONFLICT (job, step, run_id, position, element)
-                DO UPDATE SET claims = excluded.claims"
-        )
-    };
-}
-
-/// Lists the claims (`$1[i]`..`$6[i]`: job, step, run, position, element or -1, claim number)
-/// of the steps among them that have limits (`COUNT_CLAIMED`).
-const LIST_LIMITED_CLAIMS: &str = list_claims!(
-    "SELECT t.job, t.step, t.run_id, t.position, t.element, t.claims
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::bigint[])
-        AS t (job, step, run_id, position, element, claims)
-    WHERE EXISTS (SELECT 1 FROM jobgraph_limits l WHERE l.job = t.job AND l.step = t.step)"
-);
-
-/// Lists the claims held now of step `$2` of job `$1`, whose limits were just inserted: claims
-/// taken before, without limits, count against them.
-const LIST_HELD_CLAIMS: &str = list_claims!(
-    "SELECT s.job, s.name, s.run_id, s.idx, -1, s.claims
-    FROM jobgraph_steps s
-    WHERE s.job = $1 AND s.name = $2 AND s.state = 'pending' AND s.ready_at IS NOT NULL
-      AND s.worker IS NOT NULL
-    UNION ALL
-    SELECT e.job, e.step, e.run_id, e.position, e.idx, e.claims
-    FROM jobgraph_queue_elements e
-    WHERE e.job = $1 AND e.step = $2 AND e.state = 'pending' AND e.ready_at IS NOT NULL
-      AND e.worker IS NOT NULL"
-);
+/// Live claims of the steps (`$1[i]`, `$2[i]`): of each step, and of its elements.
+const COUNT_CLAIMED: &str = "SELECT c.job, c.name, count(*) AS n FROM (
+        SELECT s.job, s.name
+        FROM jobgraph_steps s
+        JOIN unnest($1::text[], $2::text[]) AS l (job, step) ON s.job = l.job AND s.name = l.step
+        WHERE s.state = 'pending' AND s.ready_at IS NOT NULL
+          AND s.worker IS NOT NULL AND s.lease_until > now()
+        UNION ALL
+        SELECT s.job, s.step
+        FROM jobgraph_queue_elements s
+        JOIN unnest($1::text[], $2::text[]) AS l (job, step) ON s.job = l.job AND s.step = l.step
+        WHERE s.state = 'pending' AND s.ready_at IS NOT NULL
+          AND s.worker IS NOT NULL AND s.lease_until > now()
+    ) c
+    GROUP BY c.job, c.name";
 
 /// The conditions on a step's row (`s`) that make it claimable now: ready, not held by a live
-/// claim, its run not expired. Every column is the step's own, so a claim reads
-/// `jobgraph_steps_ready` in order. A step whose leases expired `max_attempts` times is
-/// claimable too, to be failed by the claim's store ([`exhausted!`]).
+/// claim, not exhausted, its run not expired. Every column is the step's own, so a claim reads
+/// `jobgraph_steps_ready` in order.
 macro_rules! claimable {
     () => {
         "s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
-          AND (s.worker IS NULL OR s.lease_until <= now())
+          AND (s.worker IS NULL
+               OR (s.lease_until <= now() AND s.claims - s.fails < s.max_attempts))
           AND (s.expires_at IS NULL OR s.expires_at > now())"
-    };
-}
-
-/// Whether a claimed step or element (`s`, its claim counted) is exhausted: of its claims that
-/// returned no error, those before this one all expired (a claim that ends the step in any way
-/// ends its pending state), and they were `max_attempts`.
-macro_rules! exhausted {
-    () => {
-        "s.claims - s.fails > s.max_attempts AS exhausted"
-    };
-}
-
-/// [`exhausted!`] of a step or element (`s`) before its claim: a candidate a claim will take
-/// to fail, which takes no room of its step's limits.
-macro_rules! exhausted_before {
-    () => {
-        "(s.worker IS NOT NULL AND s.claims - s.fails >= s.max_attempts) AS exhausted"
     };
 }
 
 /// The columns of a claimed step that `Taken::read` reads.
 macro_rules! taken {
     () => {
-        concat!(
-            "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
-            s.ready_at, s.lease_until, s.ttr_ms,
-            NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input, ",
-            exhausted!()
-        )
+        "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
+        s.ready_at, s.lease_until, s.ttr_ms,
+        NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input"
     };
 }
 
@@ -2448,12 +2292,9 @@ macro_rules! taken {
 /// (`over`, `element_input`: `input` is the run's, in the claim's rows).
 macro_rules! taken_element {
     () => {
-        concat!(
-            "s.run_id, s.position AS idx, s.step AS name, s.claims, s.fails, s.job, s.priority,
-            s.run_seq, s.ready_at, s.lease_until,
-            s.ttr_ms, s.idx AS element, s.over, s.input AS element_input, ",
-            exhausted!()
-        )
+        "s.run_id, s.position AS idx, s.step AS name, s.claims, s.fails, s.job, s.priority,
+        s.run_seq, s.ready_at, s.lease_until,
+        s.ttr_ms, s.idx AS element, s.over, s.input AS element_input"
     };
 }
 
@@ -2477,9 +2318,15 @@ macro_rules! taken_element {
 const CLAIM_UNLIMITED: &str = concat!(
     "WITH flag AS (
         SELECT EXISTS (SELECT 1 FROM jobgraph_limits l
-            WHERE l.job = ANY ($1) AND ",
-    limit_has_ready!(""),
-    ") AS limited
+            WHERE l.job = ANY ($1)
+              AND (EXISTS (SELECT 1 FROM jobgraph_steps s
+                  WHERE s.job = l.job AND s.name = l.step
+                    AND s.state = 'pending' AND s.ready_at IS NOT NULL
+                    AND s.ready_at <= now())
+                OR EXISTS (SELECT 1 FROM jobgraph_queue_elements s
+                  WHERE s.job = l.job AND s.step = l.step
+                    AND s.state = 'pending' AND s.ready_at IS NOT NULL
+                    AND s.ready_at <= now()))) AS limited
     ),
     picked_steps AS (
         SELECT p.row, p.run_id, p.idx, p.priority, p.ready_at, p.run_seq
@@ -2552,90 +2399,48 @@ const CLAIM_UNLIMITED: &str = concat!(
         ) r) ON true"
 );
 
-/// Whether step `$name` of job `$job` (SQL expressions) has limits.
-macro_rules! limited {
-    ($job:literal, $name:literal) => {
-        concat!(
-            "EXISTS (SELECT 1 FROM jobgraph_limits l WHERE l.job = ",
-            $job,
-            " AND l.step = ",
-            $name,
-            ")"
-        )
-    };
-}
-
-/// Whether the step named `$name` (an SQL expression) of job `s.job` may be claimed under its
-/// limits: it has none, or it is one of the limited steps with room (`$2[i]`, `$3[i]`).
-macro_rules! with_room {
-    ($name:literal) => {
-        concat!(
-            "(NOT ",
-            limited!("s.job", $name),
-            " OR EXISTS (
-                SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)
-                WHERE o.job = s.job AND o.step = ",
-            $name,
-            "))"
-        )
-    };
-}
-
-/// The claimable steps of each job of `$1`, best first, locked (`SKIP LOCKED`: passing over
-/// the steps other transactions hold), at most `$6` of each: unlimited steps, and limited steps
-/// with room (`$2[i]`, `$3[i]`, whose limit rows this transaction locked); not the steps this
-/// claim already chose (`$4[i]`, `$5[i]`). One job at a time (`LATERAL`), as
-/// `CLAIM_UNLIMITED`: each walks `jobgraph_steps_ready` in its order and stops after `$6`
-/// rows. Over several jobs at once (`job = ANY`) the index gives no order; planned for a
-/// tenth of the backlog, the statement read every ready step and sorted them (an external
-/// merge sort, 67 ms at 60,000 ready).
+/// The claimable steps of `$1`, best first, locked (`SKIP LOCKED`: passing over the steps other
+/// transactions hold), at most `$6`: unlimited steps, and limited steps with room (`$2[i]`,
+/// `$3[i]`, whose limit rows this transaction locked); not the steps this claim already chose
+/// (`$4[i]`, `$5[i]`).
 const CANDIDATES: &str = concat!(
-    "SELECT p.* FROM unnest($1::text[]) AS j (job)
-    CROSS JOIN LATERAL (
-        SELECT s.run_id, s.idx, s.job, s.name, ",
-    limited!("s.job", "s.name"),
-    " AS limited, ",
-    exhausted_before!(),
-    ", NULL::bigint AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
-        FROM jobgraph_steps s
-        WHERE s.job = j.job AND ",
+    "SELECT s.run_id, s.idx, s.job, s.name, l.step IS NOT NULL AS limited,
+        NULL::bigint AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
+    FROM jobgraph_steps s
+    LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.name
+    WHERE s.job = ANY ($1) AND ",
     claimable!(),
-    " AND ",
-    with_room!("s.name"),
     "
-          AND NOT EXISTS (
-              SELECT 1 FROM unnest($4::text[], $5::integer[]) AS c (run_id, idx)
-              WHERE c.run_id = s.run_id AND c.idx = s.idx)
-        ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
-        LIMIT $6
-        FOR UPDATE OF s SKIP LOCKED
-    ) p"
+      AND (l.step IS NULL OR EXISTS (
+          SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)
+          WHERE o.job = s.job AND o.step = s.name))
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest($4::text[], $5::integer[]) AS c (run_id, idx)
+          WHERE c.run_id = s.run_id AND c.idx = s.idx)
+    ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
+    LIMIT $6
+    FOR UPDATE OF s SKIP LOCKED"
 );
 
 /// The claimable fan-out elements of `$1`, as `CANDIDATES` (its `$2`, `$3`, `$6`); not the
 /// elements this claim already chose (`$4[i]`, `$5[i]`, `$7[i]`: run, step, element).
 const ELEMENT_CANDIDATES: &str = concat!(
-    "SELECT p.* FROM unnest($1::text[]) AS j (job)
-    CROSS JOIN LATERAL (
-        SELECT s.run_id, s.position AS idx, s.job, s.step AS name, ",
-    limited!("s.job", "s.step"),
-    " AS limited, ",
-    exhausted_before!(),
-    ", s.idx AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
-        FROM jobgraph_queue_elements s
-        WHERE s.job = j.job AND ",
+    "SELECT s.run_id, s.position AS idx, s.job, s.step AS name, l.step IS NOT NULL AS limited,
+        s.idx AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
+    FROM jobgraph_queue_elements s
+    LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.step
+    WHERE s.job = ANY ($1) AND ",
     claimable!(),
-    " AND ",
-    with_room!("s.step"),
     "
-          AND NOT EXISTS (
-              SELECT 1 FROM unnest($4::text[], $5::text[], $7::bigint[])
-                  AS c (run_id, step, idx)
-              WHERE c.run_id = s.run_id AND c.step = s.step AND c.idx = s.idx)
-        ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.position, s.idx
-        LIMIT $6
-        FOR UPDATE OF s SKIP LOCKED
-    ) p"
+      AND (l.step IS NULL OR EXISTS (
+          SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)
+          WHERE o.job = s.job AND o.step = s.step))
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest($4::text[], $5::text[], $7::bigint[]) AS c (run_id, step, idx)
+          WHERE c.run_id = s.run_id AND c.step = s.step AND c.idx = s.idx)
+    ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.position, s.idx
+    LIMIT $6
+    FOR UPDATE OF s SKIP LOCKED"
 );
 
 /// Stores the bucket less what was taken; `greatest`: a claim that began earlier but locked the
