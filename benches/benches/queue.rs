@@ -974,29 +974,35 @@ async fn burn_down(
         insert_time.as_secs_f64(),
     );
     if std::env::var("QBENCH_STATS").is_ok() && system != System::JobgraphSqlite {
-        use sqlx::{Connection as _, Row as _};
-        // The workers' statistics reach the server within a second of their last transaction.
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-        let rows = sqlx::query(
-            "SELECT relname::text AS t, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del \
-             FROM pg_stat_user_tables ORDER BY relname",
-        )
-        .fetch_all(&mut conn)
-        .await
-        .unwrap();
-        for row in rows {
-            eprintln!(
-                "    {}: ins {} upd {} hot {} del {}",
-                row.get::<String, _>("t"),
-                row.get::<i64, _>("n_tup_ins"),
-                row.get::<i64, _>("n_tup_upd"),
-                row.get::<i64, _>("n_tup_hot_upd"),
-                row.get::<i64, _>("n_tup_del")
-            );
-        }
+        print_row_writes(db.url()).await;
     }
     burn
+}
+
+/// Prints the rows each table of the database at `url` inserted, updated and deleted, and how
+/// many of the updates were HOT (`pg_stat_user_tables`, `QBENCH_STATS`).
+async fn print_row_writes(url: &str) {
+    use sqlx::{Connection as _, Row as _};
+    // The workers' statistics reach the server within a second of their last transaction.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT relname::text AS t, n_tup_ins, n_tup_upd, n_tup_hot_upd, n_tup_del \
+         FROM pg_stat_user_tables ORDER BY relname",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for row in rows {
+        eprintln!(
+            "    {}: ins {} upd {} hot {} del {}",
+            row.get::<String, _>("t"),
+            row.get::<i64, _>("n_tup_ins"),
+            row.get::<i64, _>("n_tup_upd"),
+            row.get::<i64, _>("n_tup_hot_upd"),
+            row.get::<i64, _>("n_tup_del")
+        );
+    }
 }
 
 /// Submits one job to an idle system; how long until its completion is seen.
