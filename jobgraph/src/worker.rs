@@ -397,9 +397,11 @@ impl<'w> Pool<'w> {
                         Ok(claims) => {
                             delay = FIRST_BACKOFF;
                             idle = claims.len() < asked;
-                            // A claim whose lease is shorter than the beat's wait: beat sooner.
+                            // A claim whose lease is shorter than the beat's wait: beat sooner,
+                            // a third of it after the claim was sent (its leases count from its
+                            // statement, so one that came back late is beaten at once).
                             if let Some(shortest) = claims.iter().map(|c| c.lease).min() {
-                                let due = tokio::time::Instant::now() + shortest / 3;
+                                let due = sent + shortest / 3;
                                 if due < heartbeat.deadline() {
                                     heartbeat.as_mut().reset(due);
                                 }

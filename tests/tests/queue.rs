@@ -1923,6 +1923,105 @@ async fn a_succeeded_run_missing_an_output_is_an_error_not_a_panic() {
     );
 }
 
+/// A step limited to one claim at a time with a 6 s TTR, that takes 3 s.
+#[derive(Serialize, Deserialize)]
+struct Lingering {
+    n: u32,
+}
+
+#[job(durable)]
+impl Lingering {
+    #[step(concurrency = 1, timeout = Duration::from_secs(6))]
+    async fn work(&self) -> u32 {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        self.n
+    }
+}
+
+/// A claim that comes back late is renewed at once: its lease counts from its transaction's
+/// start, so a claim that waited 4 s for a lock (here the limit row another transaction holds,
+/// as a stopped worker's claim would) holds its step for 2 s of its 6 s TTR when it arrives.
+/// Its worker must beat a third of the TTR after it *sent* the claim (now), not after it
+/// arrived: that beat came at the lease's very end, and another worker could have claimed the
+/// step while it ran (the full chaos profile caught it). The test watches the lease and asserts
+/// each renewal came with at least 1 s of it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_claim_that_comes_back_late_is_renewed_at_once() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let client = Client::new(store);
+    let run = client.submit(&Lingering { n: 7 }).await.unwrap().id;
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut tx = admin.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobgraph_limits WHERE job = 'Lingering' FOR UPDATE")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let worker = Worker::new(store)
+        .job::<Lingering>()
+        .lease(Duration::from_secs(30))
+        .poll_interval(Duration::from_millis(50));
+    let (shutdown, running) = started(worker);
+    // The worker's claim waits for the limit row; let it wait 4 s.
+    let mut watch = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    within(10, async {
+        while sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+            WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut watch)
+        .await
+        .unwrap()
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    tx.rollback().await.unwrap();
+    // Each lease end seen, and how much of the one before was left when it changed.
+    let mut last: Option<i64> = None;
+    let mut renewals = Vec::new();
+    within(30, async {
+        loop {
+            let ends = lease_ends(store).await;
+            let clock = store.clock().await;
+            let Some(&until) = ends.get(&(run.clone(), "work".to_owned(), None)) else {
+                if last.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            if let Some(before) = last
+                && until != before
+            {
+                renewals.push(before - clock);
+            }
+            last = Some(until);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let out = client
+        .wait::<Lingering>(&run, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out.work, 7);
+    shutdown.cancel();
+    let stats = within(30, running).await.unwrap().unwrap();
+    assert_eq!((stats.claimed, stats.fenced), (1, 0), "{stats:?}");
+    assert!(!renewals.is_empty(), "the claim was never renewed");
+    assert!(
+        renewals.iter().all(|&left| left >= 1_000),
+        "ms of the lease left at each renewal: {renewals:?}"
+    );
+}
+
 /// A claim's lease is the one stored, to the millisecond (the claim reads the stored
 /// timestamps in PostgreSQL's binary format, not through `jobgraph_ms`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
