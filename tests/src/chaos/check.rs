@@ -10,7 +10,7 @@ use sqlx::Row as _;
 
 use super::harness::{Admin, BATCH, Injected};
 use super::jobs::{expected, parents_of, steps_of};
-use super::{Backend, Profile};
+use super::{Backend, Fault, Profile};
 
 /// 1. Every submitted run exists and succeeded (the workload never fails for good).
 pub const LOST: &str = "1. no run lost: every run ended, and succeeded";
@@ -245,6 +245,55 @@ struct Execution {
     worker: String,
     committed_seen: Option<String>,
     at_ms: i64,
+}
+
+/// One execution as invariant 8 sees it: the worker, and when its step recorded it (Unix ms).
+#[derive(Clone, Copy)]
+struct Ran<'a> {
+    worker: &'a str,
+    at_ms: i64,
+}
+
+impl<'a> From<&'a Execution> for Ran<'a> {
+    fn from(execution: &'a Execution) -> Self {
+        Ran {
+            worker: &execution.worker,
+            at_ms: execution.at_ms,
+        }
+    }
+}
+
+/// The harness's and the workers' clocks are read apart: a fault's bounds are this far off.
+const SLACK_MS: i64 = 50;
+
+/// Whether `fault` explains that a unit recorded as run by `before` was recorded again by
+/// `after` (invariant 8), leases being `lease_ms`:
+///
+/// - the fault cost `before` its claim: it hit `before`'s worker (or every worker) and lasted
+///   until `before` began or later (a worker does not start a claim it queued once its lease
+///   may have lapsed, so a stale execution began before or during the fault that cost the
+///   claim);
+/// - or `after` ran first: a step records its execution with its first statement, not as it
+///   starts, so a worker stopped between the two records it once continued, after the
+///   execution that took its lapsed claim meanwhile. The stop covered `before`, and `after`
+///   was recorded within a lease of the worker's continuing.
+fn explains(
+    fault: &Injected,
+    backend: Backend,
+    lease_ms: i64,
+    before: Ran<'_>,
+    after: Ran<'_>,
+) -> bool {
+    let victim = fault.victim.as_deref();
+    let lost = (fault.fault.is_global(backend) || victim == Some(before.worker))
+        && fault.until_ms >= before.at_ms - SLACK_MS
+        && fault.at_ms <= after.at_ms;
+    let recorded_late = fault.fault == Fault::Stop
+        && victim == Some(after.worker)
+        && fault.at_ms <= before.at_ms + SLACK_MS
+        && fault.until_ms >= before.at_ms - SLACK_MS
+        && after.at_ms <= fault.until_ms + lease_ms;
+    lost || recorded_late
 }
 
 /// Reads the database and checks every invariant.
@@ -550,11 +599,7 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
     // 8. Duplicates: each execution after a unit's first is explained by a fault between the
     // two (its worker killed or stopped, the database cut, restarted, full or locked) or a
     // failed attempt of its step; no unit ran more often than its step was claimed.
-    // A fault explains a duplicate if it lasted until the first execution began (up to 50 ms
-    // before it: the harness's and the workers' clocks are read apart) or later: a worker does
-    // not start a claim it queued once its lease may have lapsed, so a stale execution began
-    // before or during the fault that cost the claim.
-    const SLACK_MS: i64 = 50;
+    let lease_ms = cx.profile.lease.as_millis() as i64;
     for ((run, unit), list) in &executed {
         f.duplicates += list.len() as u64 - 1;
         let step = &list[0].step;
@@ -574,9 +619,7 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
             let (before, after) = (pair[0], pair[1]);
             let explained = fails > 0
                 || cx.injected.iter().any(|fault| {
-                    let hits = fault.fault.is_global(cx.backend)
-                        || fault.victim.as_deref() == Some(before.worker.as_str());
-                    hits && fault.until_ms >= before.at_ms - SLACK_MS && fault.at_ms <= after.at_ms
+                    explains(fault, cx.backend, lease_ms, before.into(), after.into())
                 });
             v.check(BOUNDED, explained, || {
                 format!(
@@ -617,4 +660,60 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
 
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::String(format!("not JSON: {text}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stop(victim: &str, at_ms: i64, until_ms: i64) -> Injected {
+        Injected {
+            fault: Fault::Stop,
+            at_ms,
+            until_ms,
+            victim: Some(victim.to_owned()),
+            held: None,
+        }
+    }
+
+    fn ran(worker: &str, at_ms: i64) -> Ran<'_> {
+        Ran { worker, at_ms }
+    }
+
+    const LEASE_MS: i64 = 3_000;
+
+    /// A worker stopped while it holds a claim: the one that takes the lapsed claim runs the
+    /// unit again.
+    #[test]
+    fn a_stop_of_the_first_worker_explains_the_second_execution() {
+        let fault = stop("w3.0", 1_000, 5_000);
+        let explained = |b, a| explains(&fault, Backend::Postgres, LEASE_MS, b, a);
+        assert!(explained(ran("w3.0", 990), ran("w1.0", 4_100)));
+        // The other worker's stop explains nothing.
+        assert!(!explained(ran("w1.0", 990), ran("w2.0", 4_100)));
+        // Nor a stop that ended before the first execution.
+        assert!(!explained(ran("w3.0", 5_100), ran("w1.0", 9_000)));
+    }
+
+    /// Seen in the `stop` profile (seed 0x5eed0fc4a02): w3.0 started `parts[4]` and was stopped
+    /// before its step recorded it; w1.0 took the lapsed claim and recorded its execution at
+    /// 902,539; w3.0 was continued and recorded its own at 903,454. Ordered by records, w1.0
+    /// ran first with no fault of its own: the stop of w3.0 explains the pair.
+    #[test]
+    fn a_stop_that_delayed_the_first_executions_record_explains_the_pair() {
+        let fault = stop("w3.0", 899_530, 903_440);
+        let explained = |b, a| explains(&fault, Backend::Postgres, LEASE_MS, b, a);
+        assert!(explained(ran("w1.0", 902_539), ran("w3.0", 903_454)));
+        // Not if the stopped worker recorded it long after it continued: that is a new run.
+        assert!(!explained(ran("w1.0", 902_539), ran("w3.0", 907_000)));
+        // Not if the stop began after the other worker's execution.
+        let late = stop("w3.0", 902_700, 906_000);
+        assert!(!explains(
+            &late,
+            Backend::Postgres,
+            LEASE_MS,
+            ran("w1.0", 902_539),
+            ran("w3.0", 906_100)
+        ));
+    }
 }
