@@ -90,6 +90,8 @@ on_both_queues! {
     a_duplicate_submit_returns_the_first_run_even_when_they_race => duplicate_submits_race,
     claims_follow_priority_then_ready_time_and_wait_for_run_at => claims_follow_priority,
     expired_leases_count_against_max_attempts => expired_leases_count,
+    a_claim_that_meets_an_exhausted_step_fails_it_and_takes_the_next => exhausted_step_then_next,
+    an_elements_expired_leases_count_against_max_attempts => exhausted_elements,
     retries_go_through_the_queue_and_max_fails_caps_them => retries_through_the_queue,
     a_run_past_its_time_to_live_fails => time_to_live,
     a_retry_waits_its_delay_by_the_stores_clock => retry_delay_counts_from_the_stores_clock,
@@ -391,6 +393,79 @@ async fn expired_leases_count(store: impl TestQueue, _base: u64) {
             .contains("lease expired")
     );
     assert_eq!(stored.step("d").unwrap().state, StepStatus::Skipped);
+}
+
+/// A claim of one step that finds the step at the head of the queue exhausted (its one allowed
+/// lease expired) fails it, and still returns the next ready step: its worker is not sent to
+/// wait for news while work is ready.
+async fn exhausted_step_then_next(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let first = client
+        .submit(&Diamond { n: 1 })
+        .max_attempts(1)
+        .await
+        .unwrap();
+    let claims = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    assert_eq!(claims[0].id.run, first.id);
+    store.age_leases(LEASE + Duration::from_secs(1)).await;
+    let second = client.submit(&Diamond { n: 2 }).await.unwrap();
+    let next = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(
+        (next[0].id.run.as_str(), next[0].id.step.as_str()),
+        (second.id.as_str(), "a")
+    );
+    let stored = store.load_run(&first.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, RunState::Failed);
+    let a = stored.step("a").unwrap();
+    assert_eq!((a.state, a.attempts), (StepStatus::Failed, 1));
+    assert!(
+        a.error.as_deref().unwrap().contains("on 1 of its claims"),
+        "{:?}",
+        a.error
+    );
+}
+
+/// Each element of a fan-out is leased, and its expired leases counted, alone: an element whose
+/// leases expired `max_attempts` times fails naming itself, and fails its step.
+async fn exhausted_elements(store: impl TestQueue, base: u64) {
+    let client = Client::new(&store);
+    let run = client
+        .submit(&Pages {
+            key: base + 530,
+            pages: vec![1, 2],
+        })
+        .max_attempts(1)
+        .await
+        .unwrap();
+    let list = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
+    store
+        .complete(WORKER, &list[0].id, "[1, 2]", 0)
+        .await
+        .unwrap();
+    let elements = store.claim("slow", &["Pages"], 1, LEASE).await.unwrap();
+    assert_eq!(
+        units(&elements),
+        BTreeSet::from([("fetch".to_owned(), Some(0))])
+    );
+    store.age_leases(LEASE + Duration::from_secs(1)).await;
+    // Element 0 is exhausted; element 1 was never claimed, and is cancelled with its step.
+    let after = store.claim("fast", &["Pages"], 10, LEASE).await.unwrap();
+    assert!(after.is_empty(), "{after:?}");
+    let stored = store.load_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, RunState::Failed);
+    let fetch = stored.step("fetch").unwrap();
+    assert_eq!(fetch.state, StepStatus::Failed);
+    assert!(
+        fetch
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("element 0: its worker stopped answering (lease expired) on 1 of"),
+        "{:?}",
+        fetch.error
+    );
+    assert_eq!(stored.step("index").unwrap().state, StepStatus::Skipped);
 }
 
 /// Fails its first `fail` calls, then succeeds; its calls are counted in counter `key`.

@@ -32,6 +32,13 @@
 //!   claimed by it. (An advisory lock per (job, step) would serialize the same way, but the row
 //!   is there anyway, holds the bucket the claim updates, and a row lock needs no hash.)
 //!   Unlimited steps take no lock but their own.
+//! - **An exhausted step is failed by the claim that reaches it.** A claim takes a step whose
+//!   lease expired like any other, `max_attempts` times or not: no index reads the leases
+//!   (claims are HOT updates), so finding exhausted steps apart from claims would read every
+//!   ready step (a scan of the whole backlog, once a second by every worker: 28–100 ms each at
+//!   40,000–100,000 ready steps). The claim returns the ones whose expired leases ran out of
+//!   attempts (`exhausted`), and its store fails each, fenced by the claim it just took, in a
+//!   transaction of its own under the run's lock, before it hands the worker the rest.
 //! - **Heartbeats renew one claim per statement**, outside any transaction: a heartbeat never
 //!   holds a row while waiting for another.
 //! - **Numbering a batch** takes a transaction-scoped advisory lock on the batch's name, so two
@@ -135,12 +142,39 @@ impl Queue for PgStore {
             // Before anything this claim can see: news after this is news to its worker.
             self.ready().claiming(jobs);
             if self.sweeps().due() {
-                self.sweep(jobs).await?;
+                expire_runs(self.pool()).await?;
             }
-            let mut conn = self.kept().claims.take(self.pool()).await?;
-            let claims = claim_on(&mut conn, worker, jobs, limit, lease).await?;
-            self.kept().claims.put(conn);
-            Ok(claims)
+            let mut claims = Vec::new();
+            // Each round fails at least one exhausted step, or is the last.
+            loop {
+                let mut conn = self.kept().claims.take(self.pool()).await?;
+                let taking = claim_on(&mut conn, worker, jobs, limit - claims.len(), lease).await?;
+                self.kept().claims.put(conn);
+                claims.extend(taking.claims);
+                if taking.exhausted.is_empty() {
+                    return Ok(claims);
+                }
+                for step in &taking.exhausted {
+                    match self.exhaust(worker, step).await {
+                        // A failed element fails its fan-out, whose other elements' claims are
+                        // cancelled: this worker's too.
+                        Ok(true) if step.element.is_some() => {
+                            claims.retain(|c| (&c.id.run, &c.id.step) != (&step.run, &step.step))
+                        }
+                        Ok(_) => {}
+                        // Not the claim's error: the steps it took are this worker's now. A
+                        // step left is held by this claim until its lease expires, and
+                        // exhausted by the claim that takes it then.
+                        Err(error) => tracing::warn!(
+                            %error, run = %step.run, step = %step.step,
+                            "could not fail a step whose leases expired; a later claim will"
+                        ),
+                    }
+                }
+                if claims.len() >= limit {
+                    return Ok(claims);
+                }
+            }
         }
         .boxed()
     }
@@ -602,80 +636,61 @@ impl Queue for PgStore {
 }
 
 impl PgStore {
-    /// What a claim does first, each in a transaction of its own that commits before the claim's
-    /// begins: fails the runs whose time to live expired, and the steps of `jobs` whose claims
-    /// expired `max_attempts` times. (The claim's own choice skips both too, so a sweep that
-    /// passed over a locked row changes nothing it may claim.)
-    async fn sweep(&self, jobs: &[&str]) -> Result<(), StoreError> {
-        let mut conn = self.pool().acquire().await?;
-        // One statement: the runs (`SKIP LOCKED`: one another transaction writes is left to the
-        // next claim), then their pending steps.
-        sqlx::query(EXPIRE_RUNS).execute(&mut *conn).await?;
-        let exhausted = sqlx::query(SELECT_EXHAUSTED)
-            .bind(jobs)
-            .fetch_all(&mut *conn)
-            .await?;
-        drop(conn);
-        for row in exhausted {
-            const T: &str = "jobgraph_steps";
-            let run: String = get(&row, "run_id", T)?;
-            let step: String = get(&row, "name", T)?;
-            let mut tx = self.begin().await?;
-            // The run first, as every write of its steps' states; one another transaction holds
-            // is left to the next claim.
-            let head = sqlx::query(LOCK_RUN_SKIP)
-                .bind(&run)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(head) = head else {
-                continue;
-            };
-            let max_attempts: i64 = get(&head, "max_attempts", "jobgraph_runs")?;
-            let position: Option<i32> = sqlx::query_scalar(EXHAUST_STEP)
-                .bind(&run)
-                .bind(&step)
-                .bind(max_attempts)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(position) = position {
-                let spec = graph(get(&head, "graph", "jobgraph_runs")?, &run)?;
-                let position = usize::try_from(position).unwrap_or(usize::MAX);
-                skip_descendants(&mut tx, &run, &spec, position).await?;
-                settle_run(&mut tx, &run).await?;
+    /// Fails `step`, which this worker's claim took after its leases expired `max_attempts`
+    /// times (fenced by that claim): the step, or its element and then its step, with its
+    /// descendants skipped and its run ended if nothing is left. Whether it failed it (not if
+    /// the claim is no longer current: an abort or the run's expiry came first).
+    async fn exhaust(&self, worker: &str, step: &Taken) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        // The run first, as every write of its steps' states.
+        let Some(head) = lock_run(&mut tx, &step.run).await? else {
+            return Ok(false);
+        };
+        let failed = match step.element {
+            None => {
+                let position: Option<i32> = sqlx::query_scalar(EXHAUST_STEP)
+                    .bind(&step.run)
+                    .bind(step.position)
+                    .bind(worker)
+                    .bind(step.attempt)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(position) = position {
+                    let spec = graph(&head.graph, &step.run)?;
+                    let position = usize::try_from(position).unwrap_or(usize::MAX);
+                    skip_descendants(&mut tx, &step.run, &spec, position).await?;
+                    settle_run(&mut tx, &step.run).await?;
+                }
+                position.is_some()
             }
-            tx.commit().await?;
-        }
-        let exhausted = sqlx::query(SELECT_EXHAUSTED_ELEMENTS)
-            .bind(jobs)
-            .fetch_all(self.pool())
-            .await?;
-        for row in exhausted {
-            const T: &str = "jobgraph_queue_elements";
-            let run: String = get(&row, "run_id", T)?;
-            let step: String = get(&row, "step", T)?;
-            let idx: i64 = get(&row, "idx", T)?;
-            let mut tx = self.begin().await?;
-            let head = sqlx::query(LOCK_RUN_SKIP)
-                .bind(&run)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(head) = head else {
-                continue;
-            };
-            let error: Option<String> = sqlx::query_scalar(EXHAUST_ELEMENT)
-                .bind(&run)
-                .bind(&step)
-                .bind(idx)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if let Some(error) = error {
-                let spec = graph(get(&head, "graph", "jobgraph_runs")?, &run)?;
-                fail_fan_out(&mut tx, &run, &step, &error, &spec).await?;
+            Some(element) => {
+                let error: Option<String> = sqlx::query_scalar(EXHAUST_ELEMENT)
+                    .bind(&step.run)
+                    .bind(&step.step)
+                    .bind(element)
+                    .bind(worker)
+                    .bind(step.attempt)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(error) = &error {
+                    let spec = graph(&head.graph, &step.run)?;
+                    fail_fan_out(&mut tx, &step.run, &step.step, error, &spec).await?;
+                }
+                error.is_some()
             }
-            tx.commit().await?;
-        }
-        Ok(())
+        };
+        tx.commit().await?;
+        Ok(failed)
     }
+}
+
+/// What a claim does first, once a second ([`Sweeps`](super::queue::Sweeps)), in a statement of
+/// its own: fails the runs whose time to live expired (`SKIP LOCKED`: one another transaction
+/// writes is left to the next sweep), then their pending steps. (The claim's own choice skips
+/// their steps too.)
+async fn expire_runs(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query(EXPIRE_RUNS).execute(pool).await?;
+    Ok(())
 }
 
 /// A ready step a claim chose, or an element of one: (its step's name, its index).
@@ -765,7 +780,7 @@ async fn choose(
         for row in &rows {
             const T: &str = "jobgraph_steps";
             let limited: bool = get(row, "limited", T)?;
-            if limited {
+            if limited && !get::<bool>(row, "exhausted", T)? {
                 let job: String = get(row, "job", T)?;
                 let step: String = get(row, "name", T)?;
                 let room = rooms.iter_mut().find(|r| r.job == job && r.step == step);
@@ -897,6 +912,31 @@ pub(super) async fn explain_claim(
     Ok(lines.join("\n"))
 }
 
+/// What one claim took: the steps to run, and those to fail (their leases expired
+/// `max_attempts` times), all claimed.
+#[derive(Default)]
+struct Taking {
+    claims: Vec<Claim>,
+    exhausted: Vec<Taken>,
+}
+
+impl Taking {
+    /// The claims of `taken` (the exhausted apart), each with what it needs (`heads`, and its
+    /// dependencies' outputs, read on `conn`).
+    async fn of(
+        conn: &mut PgConnection,
+        taken: Vec<Taken>,
+        heads: &Heads,
+    ) -> Result<Taking, StoreError> {
+        let (exhausted, taken): (Vec<Taken>, Vec<Taken>) =
+            taken.into_iter().partition(|t| t.exhausted);
+        Ok(Taking {
+            claims: finish(conn, taken, heads).await?,
+            exhausted,
+        })
+    }
+}
+
 /// Claims at most `limit` steps of `jobs` for `worker` on `conn`: those of steps without
 /// limits in one statement, else with the limits' rows locked in a transaction.
 async fn claim_on(
@@ -905,19 +945,19 @@ async fn claim_on(
     jobs: &[&str],
     limit: usize,
     lease: Duration,
-) -> Result<Vec<Claim>, StoreError> {
-    if let Some(claims) = claim_unlimited(conn, worker, jobs, limit, lease).await? {
-        return Ok(claims);
+) -> Result<Taking, StoreError> {
+    if let Some(taking) = claim_unlimited(conn, worker, jobs, limit, lease).await? {
+        return Ok(taking);
     }
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     let chosen = choose(&mut tx, jobs, limit).await?;
     if chosen.is_empty() {
         tx.commit().await?;
-        return Ok(Vec::new());
+        return Ok(Taking::default());
     }
-    let claims = take(&mut tx, worker, &chosen, lease).await?;
+    let taking = take(&mut tx, worker, &chosen, lease).await?;
     tx.commit().await?;
-    Ok(claims)
+    Ok(taking)
 }
 
 /// Claims up to `limit` ready steps of `jobs` for `worker` if none of their limited steps is
@@ -931,7 +971,7 @@ async fn claim_unlimited(
     jobs: &[&str],
     limit: usize,
     lease: Duration,
-) -> Result<Option<Vec<Claim>>, StoreError> {
+) -> Result<Option<Taking>, StoreError> {
     let rows = sqlx::query(CLAIM_UNLIMITED)
         .bind(jobs)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -940,14 +980,14 @@ async fn claim_unlimited(
         .fetch_all(&mut *conn)
         .await?;
     let Some(first) = rows.first() else {
-        return Ok(Some(Vec::new()));
+        return Ok(Some(Taking::default()));
     };
     if get::<bool>(first, "limited", "jobgraph_limits")? {
         return Ok(None);
     }
     // The one row of a claim that took nothing.
     if get::<Option<String>>(first, "run_id", "jobgraph_steps")?.is_none() {
-        return Ok(Some(Vec::new()));
+        return Ok(Some(Taking::default()));
     }
     let columns = TakenColumns::of(first)?;
     let (input, key) = (
@@ -959,7 +999,7 @@ async fn claim_unlimited(
     let mut runs: HashMap<String, (String, Vec<u8>)> = HashMap::new();
     for row in &rows {
         let step = Taken::read(row, &columns, lease)?;
-        if !runs.contains_key(&step.run) {
+        if !step.exhausted && !runs.contains_key(&step.run) {
             let input = get(row, input, "jobgraph_runs")?;
             runs.insert(step.run.clone(), (input, get(row, key, "jobgraph_runs")?));
         }
@@ -970,7 +1010,7 @@ async fn claim_unlimited(
         .map(|(run, (input, key))| (run, input, key))
         .collect();
     let heads = heads(conn, runs).await?;
-    finish(conn, taken, &heads).await.map(Some)
+    Taking::of(conn, taken, &heads).await.map(Some)
 }
 
 /// What claiming or completing steps needs of each of their runs (by id): its input (or job),
@@ -1035,6 +1075,8 @@ struct Taken {
     /// The queue's order: (priority descending, ready time, the run's creation, the step's
     /// index, the element's).
     order: (std::cmp::Reverse<i32>, i64, i64, i32, i64),
+    /// Taken after its leases expired `max_attempts` times: to be failed, not run.
+    exhausted: bool,
 }
 
 /// The columns of a claim's rows ([`taken!`], [`taken_element!`]), found once per claim.
@@ -1053,6 +1095,7 @@ struct TakenColumns {
     priority: At,
     ready_at: At,
     run_seq: At,
+    exhausted: At,
 }
 
 impl TakenColumns {
@@ -1074,6 +1117,7 @@ impl TakenColumns {
             priority: at("priority")?,
             ready_at: at("ready_at")?,
             run_seq: at("run_seq")?,
+            exhausted: at("exhausted")?,
         })
     }
 }
@@ -1108,6 +1152,7 @@ impl Taken {
                 position,
                 element.map_or(-1, |e| e),
             ),
+            exhausted: get(row, c.exhausted, T)?,
         })
     }
 
@@ -1130,7 +1175,7 @@ async fn take(
     worker: &str,
     chosen: &[Chosen],
     lease: Duration,
-) -> Result<Vec<Claim>, StoreError> {
+) -> Result<Taking, StoreError> {
     let runs: Vec<&str> = chosen.iter().map(|c| c.run.as_str()).collect();
     let steps: Vec<&Chosen> = chosen.iter().filter(|c| c.element.is_none()).collect();
     let step_runs: Vec<&str> = steps.iter().map(|c| c.run.as_str()).collect();
@@ -1171,7 +1216,7 @@ async fn take(
         .await?;
     let heads = heads_of(conn, &inputs, "input").await?;
     let taken = Taken::read_all(&rows, lease)?;
-    finish(conn, taken, &heads).await
+    Taking::of(conn, taken, &heads).await
 }
 
 /// The claims of the steps `taken`, in the queue's order, each with its run's input (`heads`:
@@ -2199,39 +2244,26 @@ const EXPIRE_RUNS: &str = "WITH expired AS (
     FROM expired e
     WHERE s.run_id = e.id AND s.state = 'pending'";
 
-/// The steps of `jobs` whose claims expired `max_attempts` times (their last lease is over too).
-const SELECT_EXHAUSTED: &str = "SELECT s.run_id, s.name
-    FROM jobgraph_steps s
-    WHERE s.job = ANY ($1) AND s.state = 'pending' AND s.ready_at IS NOT NULL
-      AND s.worker IS NOT NULL AND s.lease_until <= now() AND s.claims - s.fails >= s.max_attempts";
+/// Fails step `$2` (a position) of run `$1` (locked), which `$3`'s claim `$4` took after its
+/// leases expired `max_attempts` times ([`exhausted!`]); that claim is not one of its attempts.
+/// Nothing if the claim is no longer current (an abort or an expiry of the run came first).
+const EXHAUST_STEP: &str = "UPDATE jobgraph_steps
+    SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = now(),
+        attempts = claims - 1,
+        error = 'its worker stopped answering (lease expired) on '
+            || (claims - 1 - fails)::text || ' of its claims'
+    WHERE run_id = $1 AND idx = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
+    RETURNING idx";
 
-/// The elements of `jobs`' fan-outs whose claims expired `max_attempts` times.
-const SELECT_EXHAUSTED_ELEMENTS: &str = "SELECT s.run_id, s.step, s.idx
-    FROM jobgraph_queue_elements s
-    WHERE s.job = ANY ($1) AND s.state = 'pending' AND s.ready_at IS NOT NULL
-      AND s.worker IS NOT NULL AND s.lease_until <= now() AND s.claims - s.fails >= s.max_attempts";
-
-/// Checked again under the run's lock; the error names the element (and fails its step).
+/// Fails element `$3` of fan-out `$2` of run `$1` (locked), as [`EXHAUST_STEP`] its step; the
+/// error names the element (and fails its step).
 const EXHAUST_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = now(),
         error = 'element ' || idx::text || ': its worker stopped answering (lease expired) on '
-            || (claims - fails)::text || ' of its claims'
-    WHERE run_id = $1 AND step = $2 AND idx = $3 AND state = 'pending' AND worker IS NOT NULL
-      AND lease_until <= now() AND claims - fails >= max_attempts
+            || (claims - 1 - fails)::text || ' of its claims'
+    WHERE run_id = $1 AND step = $2 AND idx = $3 AND worker = $4 AND claims = $5
+      AND state = 'pending'
     RETURNING error";
-
-const LOCK_RUN_SKIP: &str = "SELECT graph::text AS graph, max_attempts FROM jobgraph_runs
-    WHERE id = $1 FOR UPDATE SKIP LOCKED";
-
-/// Checked again under the run's lock: the step may have been completed or claimed since.
-const EXHAUST_STEP: &str = "UPDATE jobgraph_steps
-    SET state = 'failed', ready_at = NULL, worker = NULL, lease_until = NULL, ended_at = now(),
-        attempts = claims,
-        error = 'its worker stopped answering (lease expired) on '
-            || (claims - fails)::text || ' of its claims'
-    WHERE run_id = $1 AND name = $2 AND state = 'pending' AND worker IS NOT NULL
-      AND lease_until <= now() AND claims - fails >= $3
-    RETURNING idx";
 
 /// The limit rows of `$1`'s limited steps that have a ready step, locked in (job, step) order;
 /// with the time since each bucket was refilled.
@@ -2267,23 +2299,43 @@ const COUNT_CLAIMED: &str = "SELECT c.job, c.name, count(*) AS n FROM (
     GROUP BY c.job, c.name";
 
 /// The conditions on a step's row (`s`) that make it claimable now: ready, not held by a live
-/// claim, not exhausted, its run not expired. Every column is the step's own, so a claim reads
-/// `jobgraph_steps_ready` in order.
+/// claim, its run not expired. Every column is the step's own, so a claim reads
+/// `jobgraph_steps_ready` in order. A step whose leases expired `max_attempts` times is
+/// claimable too, to be failed by the claim's store ([`exhausted!`]).
 macro_rules! claimable {
     () => {
         "s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()
-          AND (s.worker IS NULL
-               OR (s.lease_until <= now() AND s.claims - s.fails < s.max_attempts))
+          AND (s.worker IS NULL OR s.lease_until <= now())
           AND (s.expires_at IS NULL OR s.expires_at > now())"
+    };
+}
+
+/// Whether a claimed step or element (`s`, its claim counted) is exhausted: of its claims that
+/// returned no error, those before this one all expired (a claim that ends the step in any way
+/// ends its pending state), and they were `max_attempts`.
+macro_rules! exhausted {
+    () => {
+        "s.claims - s.fails > s.max_attempts AS exhausted"
+    };
+}
+
+/// [`exhausted!`] of a step or element (`s`) before its claim: a candidate a claim will take
+/// to fail, which takes no room of its step's limits.
+macro_rules! exhausted_before {
+    () => {
+        "(s.worker IS NOT NULL AND s.claims - s.fails >= s.max_attempts) AS exhausted"
     };
 }
 
 /// The columns of a claimed step that `Taken::read` reads.
 macro_rules! taken {
     () => {
-        "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
-        s.ready_at, s.lease_until, s.ttr_ms,
-        NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input"
+        concat!(
+            "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
+            s.ready_at, s.lease_until, s.ttr_ms,
+            NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input, ",
+            exhausted!()
+        )
     };
 }
 
@@ -2292,9 +2344,12 @@ macro_rules! taken {
 /// (`over`, `element_input`: `input` is the run's, in the claim's rows).
 macro_rules! taken_element {
     () => {
-        "s.run_id, s.position AS idx, s.step AS name, s.claims, s.fails, s.job, s.priority,
-        s.run_seq, s.ready_at, s.lease_until,
-        s.ttr_ms, s.idx AS element, s.over, s.input AS element_input"
+        concat!(
+            "s.run_id, s.position AS idx, s.step AS name, s.claims, s.fails, s.job, s.priority,
+            s.run_seq, s.ready_at, s.lease_until,
+            s.ttr_ms, s.idx AS element, s.over, s.input AS element_input, ",
+            exhausted!()
+        )
     };
 }
 
@@ -2404,8 +2459,9 @@ const CLAIM_UNLIMITED: &str = concat!(
 /// `$3[i]`, whose limit rows this transaction locked); not the steps this claim already chose
 /// (`$4[i]`, `$5[i]`).
 const CANDIDATES: &str = concat!(
-    "SELECT s.run_id, s.idx, s.job, s.name, l.step IS NOT NULL AS limited,
-        NULL::bigint AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
+    "SELECT s.run_id, s.idx, s.job, s.name, l.step IS NOT NULL AS limited, ",
+    exhausted_before!(),
+    ", NULL::bigint AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
     FROM jobgraph_steps s
     LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.name
     WHERE s.job = ANY ($1) AND ",
@@ -2425,8 +2481,10 @@ const CANDIDATES: &str = concat!(
 /// The claimable fan-out elements of `$1`, as `CANDIDATES` (its `$2`, `$3`, `$6`); not the
 /// elements this claim already chose (`$4[i]`, `$5[i]`, `$7[i]`: run, step, element).
 const ELEMENT_CANDIDATES: &str = concat!(
-    "SELECT s.run_id, s.position AS idx, s.job, s.step AS name, l.step IS NOT NULL AS limited,
-        s.idx AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
+    "SELECT s.run_id, s.position AS idx, s.job, s.step AS name,
+        l.step IS NOT NULL AS limited, ",
+    exhausted_before!(),
+    ", s.idx AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
     FROM jobgraph_queue_elements s
     LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.step
     WHERE s.job = ANY ($1) AND ",

@@ -260,8 +260,9 @@ pub(crate) fn claim_lease(ttr_ms: Option<i64>, lease: Duration) -> Duration {
     }
 }
 
-/// How often a store's claims sweep for expired runs and exhausted steps (a claim never takes
-/// either in the meantime: the sweep only records their failure).
+/// How often a PostgreSQL store's claims sweep for runs whose time to live expired (a claim
+/// never takes their steps in the meantime: the sweep only records their failure). Steps whose
+/// leases expired `max_attempts` times are failed by the claim that takes them instead.
 #[cfg(feature = "postgres")]
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
