@@ -100,6 +100,7 @@ on_both_queues! {
     a_held_batch_runs_nothing_until_released_and_appends_number_on => held_batch,
     a_batch_is_aborted_whole_and_its_status_is_a_local_batchs => batch_aborted_whole,
     step_limits_hold_across_workers => step_limits_hold_across_workers,
+    claims_taken_before_a_step_had_limits_count_against_them => claims_before_limits_count,
     an_empty_rate_bucket_does_not_crowd_out_other_steps => empty_bucket_crowds_out_nothing,
     a_returned_error_is_not_an_expired_lease => errors_are_not_expiries,
     a_run_a_worker_cannot_decode_fails_with_a_clear_error_instead_of_sticking => undecodable_runs_fail_clearly,
@@ -1296,6 +1297,50 @@ async fn step_limits_hold_across_workers(store: impl TestQueue, _base: u64) {
     );
 }
 
+/// A job's first submits declared no limits (an older version of it), and their steps were
+/// claimed as any; a later submit declares `pooled`'s concurrency of 2: the two claims of it
+/// already held count against it.
+async fn claims_before_limits_count(store: impl TestQueue, _base: u64) {
+    use jobgraph::store::queue::Submission;
+    use jobgraph::store::{GraphSpec, StepSpec};
+    let spec = |name: &str| StepSpec {
+        name: name.to_owned(),
+        parents: Vec::new(),
+        after: Vec::new(),
+    };
+    let graph: &'static GraphSpec = Box::leak(Box::new(GraphSpec {
+        steps: vec![spec("pooled"), spec("metered")],
+    }));
+    for (id, input) in [("unlimited-1", r#"{"n":1}"#), ("unlimited-2", r#"{"n":2}"#)] {
+        store
+            .submit(Submission {
+                id,
+                job: "Limited",
+                input,
+                graph,
+                batch: None,
+                key: None,
+                held: false,
+                limits: &[],
+                fan_outs: &[],
+                ttrs: &[],
+                priority: 0,
+                run_at: Some(0),
+                ttl: None,
+                max_attempts: 3,
+                max_fails: None,
+            })
+            .await
+            .unwrap();
+    }
+    let old = store.claim("w1", &["Limited"], 10, LEASE).await.unwrap();
+    assert_eq!(old.len(), 4);
+    Client::new(&store).submit(&Limited { n: 3 }).await.unwrap();
+    let new = store.claim("w2", &["Limited"], 10, LEASE).await.unwrap();
+    let steps: Vec<&str> = new.iter().map(|c| c.id.step.as_str()).collect();
+    assert_eq!(steps, ["metered"]);
+}
+
 async fn undecodable_runs_fail_clearly(store: impl TestQueue, _base: u64) {
     use jobgraph::store::queue::Submission;
     use jobgraph::store::{GraphSpec, StepSpec};
@@ -1945,7 +1990,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "8");
+    assert_eq!(version, "9");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -2122,6 +2167,116 @@ async fn postgres_a_claims_lease_is_the_stored_one() {
         .unwrap();
         assert_eq!(claim.lease_until, stored);
     }
+}
+
+/// The store's connections compile no statement (`jit = off`): planned once for parameters it
+/// does not know, a claim is costed for a tenth of the backlog, and PostgreSQL compiled it at
+/// every run once that passed `jit_above_cost` (40-50 ms for a claim that reads 15 pages). The
+/// database here asks to compile everything.
+#[tokio::test]
+async fn postgres_the_stores_statements_are_never_compiled() {
+    use sqlx::Connection as _;
+    let Some(db) = jobgraph_tests::pg::database().await else {
+        return;
+    };
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!(
+        "ALTER DATABASE {name} SET jit = on; ALTER DATABASE {name} SET jit_above_cost = 0"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let store = PgStore::connect(db.url()).await.unwrap();
+    let plan = store.explain_claim(&["Diamond"], 10).await;
+    assert!(!plan.contains("JIT"), "{plan}");
+}
+
+/// A claim of a limited step reads its live claims and the rows it takes, not the step's
+/// backlog: 20 claims and completions of a step limited to 2 at once, with 3,000 of it ready,
+/// read a few hundred rows of `jobgraph_steps` (each claim counted every ready step, and its
+/// candidates were all read and sorted: 150,000 rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_limited_steps_claims_read_no_backlog() {
+    use sqlx::Connection as _;
+    let Some(db) = jobgraph_tests::pg::database().await else {
+        return;
+    };
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let submitter = PgStore::connect(db.url()).await.unwrap();
+    Client::new(&submitter)
+        .submit_batch("limited", (0..3_000).map(|n| Limited { n }))
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE jobgraph_steps")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let before = steps_read(&mut admin).await;
+    let store = PgStore::connect(db.url()).await.unwrap();
+    for _ in 0..20 {
+        let claims = store.claim(WORKER, &["Limited"], 2, LEASE).await.unwrap();
+        assert!(!claims.is_empty());
+        for claim in &claims {
+            store.complete(WORKER, &claim.id, "0", 0).await.unwrap();
+        }
+    }
+    let read = steps_read(&mut admin).await - before;
+    assert!(read < 2_000, "20 claims read {read} rows of jobgraph_steps");
+}
+
+/// The rows of `jobgraph_steps` read so far, by table and index scans: the store's sessions
+/// are ended first, which sends their statistics.
+async fn steps_read(conn: &mut sqlx::PgConnection) -> i64 {
+    let by_scans = steps_read_by_table_scans(conn).await;
+    let by_index: i64 = sqlx::query_scalar(
+        "SELECT coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables
+        WHERE relname = 'jobgraph_steps'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    by_scans + by_index
+}
+
+/// A database of schema version 8 (no list of limited steps' claims) is migrated with its live
+/// claims of limited steps listed: they count against the limits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let client = Client::new(&stores[0]);
+    client
+        .submit_batch("limited", (0..5).map(|n| Limited { n }))
+        .await
+        .unwrap();
+    let first = stores[0]
+        .claim("w1", &["Limited"], 10, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(first.iter().filter(|c| c.id.step == "pooled").count(), 2);
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql(
+        "DROP TABLE jobgraph_limit_claims;
+        UPDATE jobgraph_meta SET value = '8' WHERE key = 'schema_version'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let store = PgStore::connect(db.url()).await.unwrap();
+    let listed: i64 = sqlx::query_scalar("SELECT count(*) FROM jobgraph_limit_claims")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    // Both steps have limits: the two `pooled` and the three `metered` claims.
+    assert_eq!(listed, 5);
+    let next = store.claim("w2", &["Limited"], 10, LEASE).await.unwrap();
+    assert!(next.iter().all(|c| c.id.step != "pooled"), "{next:?}");
 }
 
 /// Runs stored before schema version 8 have no graph key: claims and commits compute it from

@@ -229,13 +229,22 @@ impl PgStore {
         // plan it guesses costlier). Their plans do not depend on the values (ids, names,
         // limits): planning them once halves a claim's time on an idle database and takes a
         // fifth off a commit's (measured with `SELECT 1` at 0.13 ms: claim 1.31 → 0.66 ms,
-        // complete 1.14 → 0.93 ms, submit 1.22 → 1.03 ms). Only these connections' own setting,
-        // and not if the URL's `options` set it.
-        if !connect
-            .get_options()
-            .is_some_and(|options| options.contains("plan_cache_mode"))
-        {
-            connect = connect.options([("plan_cache_mode", "force_generic_plan")]);
+        // complete 1.14 → 0.93 ms, submit 1.22 → 1.03 ms).
+        //
+        // And none is compiled (`jit`): a plan made for parameters it does not know is costed
+        // for a tenth of a table, which passes `jit_above_cost` once the queue holds tens of
+        // thousands of steps, and PostgreSQL then compiles the statement at every run, for a
+        // claim that reads a few rows: a claim of a limited step with 60,000 ready took
+        // 40-50 ms of compiling for 15 buffers read.
+        //
+        // Only these connections' own settings, each unless the URL's `options` set it.
+        for (setting, value) in [("plan_cache_mode", "force_generic_plan"), ("jit", "off")] {
+            if !connect
+                .get_options()
+                .is_some_and(|options| options.contains(setting))
+            {
+                connect = connect.options([(setting, value)]);
+            }
         }
         // sqlx pings a pooled connection before lending it (`test_before_acquire`): a round trip
         // per call, kept, so that a server restart costs the calls after it nothing but a
