@@ -1301,35 +1301,10 @@ async fn step_limits_hold_across_workers(store: impl TestQueue, _base: u64) {
 /// claimed as any; a later submit declares `pooled`'s concurrency of 2: the two claims of it
 /// already held count against it.
 async fn claims_before_limits_count(store: impl TestQueue, _base: u64) {
-    use jobgraph::store::queue::Submission;
-    use jobgraph::store::{GraphSpec, StepSpec};
-    let spec = |name: &str| StepSpec {
-        name: name.to_owned(),
-        parents: Vec::new(),
-        after: Vec::new(),
-    };
-    let graph: &'static GraphSpec = Box::leak(Box::new(GraphSpec {
-        steps: vec![spec("pooled"), spec("metered")],
-    }));
+    let graph = leaked_graph(&[("pooled", &[]), ("metered", &[])]);
     for (id, input) in [("unlimited-1", r#"{"n":1}"#), ("unlimited-2", r#"{"n":2}"#)] {
         store
-            .submit(Submission {
-                id,
-                job: "Limited",
-                input,
-                graph,
-                batch: None,
-                key: None,
-                held: false,
-                limits: &[],
-                fan_outs: &[],
-                ttrs: &[],
-                priority: 0,
-                run_at: Some(0),
-                ttl: None,
-                max_attempts: 3,
-                max_fails: None,
-            })
+            .submit(raw_submission(id, "Limited", input, graph))
             .await
             .unwrap();
     }
@@ -1341,25 +1316,30 @@ async fn claims_before_limits_count(store: impl TestQueue, _base: u64) {
     assert_eq!(steps, ["metered"]);
 }
 
-async fn undecodable_runs_fail_clearly(store: impl TestQueue, _base: u64) {
-    use jobgraph::store::queue::Submission;
-    use jobgraph::store::{GraphSpec, StepSpec};
-    let spec = |name: &str, parents: &[usize]| StepSpec {
-        name: name.to_owned(),
-        parents: parents.to_vec(),
-        after: Vec::new(),
-    };
-    let graph = GraphSpec {
-        steps: vec![
-            spec("a", &[]),
-            spec("b", &[0]),
-            spec("c", &[0]),
-            spec("d", &[1, 2]),
-        ],
-    };
-    let submit = |id: &'static str, input: &'static str, graph: &'static GraphSpec| Submission {
+/// A graph of `steps` (each a name and its parents' positions), for the whole test.
+fn leaked_graph(steps: &[(&str, &[usize])]) -> &'static jobgraph::store::GraphSpec {
+    let steps = steps
+        .iter()
+        .map(|(name, parents)| jobgraph::store::StepSpec {
+            name: (*name).to_owned(),
+            parents: parents.to_vec(),
+            after: Vec::new(),
+        })
+        .collect();
+    Box::leak(Box::new(jobgraph::store::GraphSpec { steps }))
+}
+
+/// Run `id` of `job` with `input` and `graph`, submitted to the store as is (not by a client
+/// of the job's current code): no limits, fan-outs or TTRs, ready at once.
+fn raw_submission(
+    id: &'static str,
+    job: &'static str,
+    input: &'static str,
+    graph: &'static jobgraph::store::GraphSpec,
+) -> jobgraph::store::queue::Submission<'static> {
+    jobgraph::store::queue::Submission {
         id,
-        job: "Diamond",
+        job,
         input,
         graph,
         batch: None,
@@ -1373,15 +1353,17 @@ async fn undecodable_runs_fail_clearly(store: impl TestQueue, _base: u64) {
         ttl: None,
         max_attempts: 3,
         max_fails: None,
-    };
-    let graph: &'static GraphSpec = Box::leak(Box::new(graph));
+    }
+}
+
+async fn undecodable_runs_fail_clearly(store: impl TestQueue, _base: u64) {
+    let graph = leaked_graph(&[("a", &[]), ("b", &[0]), ("c", &[0]), ("d", &[1, 2])]);
+    let submit = |id, input, graph| raw_submission(id, "Diamond", input, graph);
     store
         .submit(submit("bad-input", r#"{"m": 1}"#, graph))
         .await
         .unwrap();
-    let renamed: &'static GraphSpec = Box::leak(Box::new(GraphSpec {
-        steps: vec![spec("fetch", &[])],
-    }));
+    let renamed = leaked_graph(&[("fetch", &[])]);
     store
         .submit(submit("other-code", r#"{"n": 1}"#, renamed))
         .await

@@ -2365,21 +2365,33 @@ const COUNT_CLAIMED: &str = "WITH listed AS (
     WHERE held AND live
     GROUP BY job, step";
 
+/// Inserts the claims `$select` reads (job, step, run, position, element or -1, claim number)
+/// into `jobgraph_limit_claims`; a claim listed before of the same step or element is replaced.
+macro_rules! list_claims {
+    ($select:literal) => {
+        concat!(
+            "INSERT INTO jobgraph_limit_claims (job, step, run_id, position, element, claims) ",
+            $select,
+            "
+            ON CONFLICT (job, step, run_id, position, element)
+                DO UPDATE SET claims = excluded.claims"
+        )
+    };
+}
+
 /// Lists the claims (`$1[i]`..`$6[i]`: job, step, run, position, element or -1, claim number)
 /// of the steps among them that have limits (`COUNT_CLAIMED`).
-const LIST_LIMITED_CLAIMS: &str = "INSERT INTO jobgraph_limit_claims
-        (job, step, run_id, position, element, claims)
-    SELECT t.job, t.step, t.run_id, t.position, t.element, t.claims
+const LIST_LIMITED_CLAIMS: &str = list_claims!(
+    "SELECT t.job, t.step, t.run_id, t.position, t.element, t.claims
     FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::bigint[])
         AS t (job, step, run_id, position, element, claims)
-    WHERE EXISTS (SELECT 1 FROM jobgraph_limits l WHERE l.job = t.job AND l.step = t.step)
-    ON CONFLICT (job, step, run_id, position, element) DO UPDATE SET claims = excluded.claims";
+    WHERE EXISTS (SELECT 1 FROM jobgraph_limits l WHERE l.job = t.job AND l.step = t.step)"
+);
 
 /// Lists the claims held now of step `$2` of job `$1`, whose limits were just inserted: claims
 /// taken before, without limits, count against them.
-const LIST_HELD_CLAIMS: &str = "INSERT INTO jobgraph_limit_claims
-        (job, step, run_id, position, element, claims)
-    SELECT s.job, s.name, s.run_id, s.idx, -1, s.claims
+const LIST_HELD_CLAIMS: &str = list_claims!(
+    "SELECT s.job, s.name, s.run_id, s.idx, -1, s.claims
     FROM jobgraph_steps s
     WHERE s.job = $1 AND s.name = $2 AND s.state = 'pending' AND s.ready_at IS NOT NULL
       AND s.worker IS NOT NULL
@@ -2387,8 +2399,8 @@ const LIST_HELD_CLAIMS: &str = "INSERT INTO jobgraph_limit_claims
     SELECT e.job, e.step, e.run_id, e.position, e.idx, e.claims
     FROM jobgraph_queue_elements e
     WHERE e.job = $1 AND e.step = $2 AND e.state = 'pending' AND e.ready_at IS NOT NULL
-      AND e.worker IS NOT NULL
-    ON CONFLICT (job, step, run_id, position, element) DO UPDATE SET claims = excluded.claims";
+      AND e.worker IS NOT NULL"
+);
 
 /// The conditions on a step's row (`s`) that make it claimable now: ready, not held by a live
 /// claim, its run not expired. Every column is the step's own, so a claim reads
@@ -2553,6 +2565,22 @@ macro_rules! limited {
     };
 }
 
+/// Whether the step named `$name` (an SQL expression) of job `s.job` may be claimed under its
+/// limits: it has none, or it is one of the limited steps with room (`$2[i]`, `$3[i]`).
+macro_rules! with_room {
+    ($name:literal) => {
+        concat!(
+            "(NOT ",
+            limited!("s.job", $name),
+            " OR EXISTS (
+                SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)
+                WHERE o.job = s.job AND o.step = ",
+            $name,
+            "))"
+        )
+    };
+}
+
 /// The claimable steps of each job of `$1`, best first, locked (`SKIP LOCKED`: passing over
 /// the steps other transactions hold), at most `$6` of each: unlimited steps, and limited steps
 /// with room (`$2[i]`, `$3[i]`, whose limit rows this transaction locked); not the steps this
@@ -2572,12 +2600,9 @@ const CANDIDATES: &str = concat!(
         FROM jobgraph_steps s
         WHERE s.job = j.job AND ",
     claimable!(),
+    " AND ",
+    with_room!("s.name"),
     "
-          AND (NOT ",
-    limited!("s.job", "s.name"),
-    " OR EXISTS (
-              SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)
-              WHERE o.job = s.job AND o.step = s.name))
           AND NOT EXISTS (
               SELECT 1 FROM unnest($4::text[], $5::integer[]) AS c (run_id, idx)
               WHERE c.run_id = s.run_id AND c.idx = s.idx)
@@ -2600,12 +2625,9 @@ const ELEMENT_CANDIDATES: &str = concat!(
         FROM jobgraph_queue_elements s
         WHERE s.job = j.job AND ",
     claimable!(),
+    " AND ",
+    with_room!("s.step"),
     "
-          AND (NOT ",
-    limited!("s.job", "s.step"),
-    " OR EXISTS (
-              SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)
-              WHERE o.job = s.job AND o.step = s.step))
           AND NOT EXISTS (
               SELECT 1 FROM unnest($4::text[], $5::text[], $7::bigint[])
                   AS c (run_id, step, idx)
