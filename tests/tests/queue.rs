@@ -2045,8 +2045,8 @@ impl Lingering {
 /// as a stopped worker's claim would) holds its step for 2 s of its 6 s TTR when it arrives.
 /// Its worker must beat a third of the TTR after it *sent* the claim (now), not after it
 /// arrived: that beat came at the lease's very end, and another worker could have claimed the
-/// step while it ran (the full chaos profile caught it). The test watches the lease and asserts
-/// each renewal came with at least 1 s of it left.
+/// step while it ran. The test watches the lease and asserts each renewal came with at least
+/// 1 s of it left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_claim_that_comes_back_late_is_renewed_at_once() {
     use sqlx::Connection as _;

@@ -680,19 +680,21 @@ mod tests {
         Ran { worker, at_ms }
     }
 
-    const LEASE_MS: i64 = 3_000;
+    /// `explains` on PostgreSQL with the profiles' 3 s lease.
+    fn explained(fault: &Injected, before: Ran<'_>, after: Ran<'_>) -> bool {
+        explains(fault, Backend::Postgres, 3_000, before, after)
+    }
 
     /// A worker stopped while it holds a claim: the one that takes the lapsed claim runs the
     /// unit again.
     #[test]
     fn a_stop_of_the_first_worker_explains_the_second_execution() {
         let fault = stop("w3.0", 1_000, 5_000);
-        let explained = |b, a| explains(&fault, Backend::Postgres, LEASE_MS, b, a);
-        assert!(explained(ran("w3.0", 990), ran("w1.0", 4_100)));
+        assert!(explained(&fault, ran("w3.0", 990), ran("w1.0", 4_100)));
         // The other worker's stop explains nothing.
-        assert!(!explained(ran("w1.0", 990), ran("w2.0", 4_100)));
+        assert!(!explained(&fault, ran("w1.0", 990), ran("w2.0", 4_100)));
         // Nor a stop that ended before the first execution.
-        assert!(!explained(ran("w3.0", 5_100), ran("w1.0", 9_000)));
+        assert!(!explained(&fault, ran("w3.0", 5_100), ran("w1.0", 9_000)));
     }
 
     /// Seen in the `stop` profile (seed 0x5eed0fc4a02): w3.0 started `parts[4]` and was stopped
@@ -702,16 +704,21 @@ mod tests {
     #[test]
     fn a_stop_that_delayed_the_first_executions_record_explains_the_pair() {
         let fault = stop("w3.0", 899_530, 903_440);
-        let explained = |b, a| explains(&fault, Backend::Postgres, LEASE_MS, b, a);
-        assert!(explained(ran("w1.0", 902_539), ran("w3.0", 903_454)));
+        assert!(explained(
+            &fault,
+            ran("w1.0", 902_539),
+            ran("w3.0", 903_454)
+        ));
         // Not if the stopped worker recorded it long after it continued: that is a new run.
-        assert!(!explained(ran("w1.0", 902_539), ran("w3.0", 907_000)));
+        assert!(!explained(
+            &fault,
+            ran("w1.0", 902_539),
+            ran("w3.0", 907_000)
+        ));
         // Not if the stop began after the other worker's execution.
         let late = stop("w3.0", 902_700, 906_000);
-        assert!(!explains(
+        assert!(!explained(
             &late,
-            Backend::Postgres,
-            LEASE_MS,
             ran("w1.0", 902_539),
             ran("w3.0", 906_100)
         ));
