@@ -742,6 +742,7 @@ async fn worker_drains(store: impl TestQueue, base: u64) {
     let _ = ClaimId {
         run: String::new(),
         step: String::new(),
+        position: 0,
         attempt: 0,
         element: None,
     };
@@ -1972,7 +1973,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "9");
+    assert_eq!(version, "10");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -2243,8 +2244,14 @@ async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted(
         .unwrap();
     assert_eq!(first.iter().filter(|c| c.id.step == "pooled").count(), 2);
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    // Version 10 undone, then version 9.
     sqlx::raw_sql(
-        "DROP TABLE jobgraph_limit_claims;
+        "DROP INDEX jobgraph_steps_by_name;
+        ALTER TABLE jobgraph_queue_elements DROP CONSTRAINT jobgraph_queue_elements_run_id_position_fkey;
+        ALTER TABLE jobgraph_steps ADD CONSTRAINT jobgraph_steps_run_id_name_key UNIQUE (run_id, name);
+        ALTER TABLE jobgraph_queue_elements ADD CONSTRAINT jobgraph_queue_elements_run_id_step_fkey
+            FOREIGN KEY (run_id, step) REFERENCES jobgraph_steps (run_id, name) ON DELETE CASCADE;
+        DROP TABLE jobgraph_limit_claims;
         UPDATE jobgraph_meta SET value = '8' WHERE key = 'schema_version'",
     )
     .execute(&mut conn)

@@ -590,7 +590,16 @@ async fn insert_run(
     Ok(done.rows_affected() == 1)
 }
 
-/// All of a new run's steps in one statement, numbered in graph order.
+/// The condition that finds a runner's step (`run_id = .. AND name = ..`) through
+/// `jobgraph_steps_by_name`: a runner's steps have no job (a queued run's steps have theirs, and
+/// the queue finds them by position).
+macro_rules! by_name {
+    () => {
+        "job IS NULL"
+    };
+}
+
+/// All of a new run's steps in one statement, numbered in graph order (no job: a runner's).
 const INSERT_STEPS: &str = "INSERT INTO jobgraph_steps (run_id, idx, name, state)
     SELECT $1, (t.ord - 1)::integer, t.name, 'pending'
     FROM unnest($2::text[]) WITH ORDINALITY AS t (name, ord)";
@@ -700,10 +709,14 @@ async fn renew_lease(
     Ok(done.rows_affected() == 1)
 }
 
-const SETTLE_STEP: &str = "UPDATE jobgraph_steps
+/// A runner's step, found by name ([`by_name!`]).
+const SETTLE_STEP: &str = concat!(
+    "UPDATE jobgraph_steps
     SET state = $3, attempts = $4, output = $5, error = $6, started_at = jobgraph_at($7),
         ended_at = jobgraph_at($8)
-    WHERE run_id = $1 AND name = $2";
+    WHERE run_id = $1 AND name = $2 AND ",
+    by_name!()
+);
 
 /// Records a completed or failed step; [`StoreError::NoSuchStep`] if there is none.
 async fn settle_step(
@@ -729,9 +742,13 @@ async fn settle_step(
     }
 }
 
-const SKIP_STEPS: &str = "UPDATE jobgraph_steps SET state = 'skipped'
-    WHERE run_id = $1 AND name = ANY ($2::text[])
-    RETURNING name";
+const SKIP_STEPS: &str = concat!(
+    "UPDATE jobgraph_steps SET state = 'skipped'
+    WHERE run_id = $1 AND name = ANY ($2::text[]) AND ",
+    by_name!(),
+    "
+    RETURNING name"
+);
 
 /// Marks `steps` skipped; [`StoreError::NoSuchStep`] naming the first that the run lacks.
 async fn skip_steps(conn: &mut PgConnection, run: &str, steps: &[&str]) -> Result<(), StoreError> {
@@ -750,9 +767,13 @@ async fn skip_steps(conn: &mut PgConnection, run: &str, steps: &[&str]) -> Resul
 }
 
 /// The element's step is found by name; none found (no such step) inserts nothing.
-const UPSERT_ELEMENT: &str = "INSERT INTO jobgraph_elements (run_id, step_idx, idx, output)
-    SELECT run_id, idx, $3, $4 FROM jobgraph_steps WHERE run_id = $1 AND name = $2
-    ON CONFLICT (run_id, step_idx, idx) DO UPDATE SET output = excluded.output";
+const UPSERT_ELEMENT: &str = concat!(
+    "INSERT INTO jobgraph_elements (run_id, step_idx, idx, output)
+    SELECT run_id, idx, $3, $4 FROM jobgraph_steps WHERE run_id = $1 AND name = $2 AND ",
+    by_name!(),
+    "
+    ON CONFLICT (run_id, step_idx, idx) DO UPDATE SET output = excluded.output"
+);
 
 async fn upsert_element(
     conn: &mut PgConnection,

@@ -195,7 +195,7 @@ impl Queue for PgStore {
                 let renewed = match claim.element {
                     None => sqlx::query(RENEW_CLAIM)
                         .bind(&claim.run)
-                        .bind(&claim.step)
+                        .bind(position_of(claim))
                         .bind(worker)
                         .bind(i64::from(claim.attempt))
                         .bind(lease_ms(lease)),
@@ -276,7 +276,9 @@ impl Queue for PgStore {
             // they stored (its ordinal, from 1).
             let mut committed = vec![false; done.len()];
             if !steps.is_empty() {
+                let positions: Vec<i32> = steps.iter().map(|(_, c)| position_of(c.claim)).collect();
                 let stored = completions(COMPLETE_STEPS, worker, &steps)
+                    .bind(positions)
                     .fetch_all(&mut *tx)
                     .await?;
                 if let Some(first) = stored.first() {
@@ -295,28 +297,38 @@ impl Queue for PgStore {
                     .bind(
                         elements
                             .iter()
+                            .map(|(_, c)| c.claim.step.as_str())
+                            .collect::<Vec<_>>(),
+                    )
+                    .bind(
+                        elements
+                            .iter()
                             .map(|(_, c)| c.claim.element.map_or(-1, element_index))
                             .collect::<Vec<_>>(),
                     )
                     .fetch_all(&mut *tx)
                     .await?;
                 // Each fan-out's elements completed here, counted.
-                let mut fans: Vec<(&str, &str, String, i64)> = Vec::new();
+                let mut fans: Vec<(&ClaimId, String, i64)> = Vec::new();
                 if let Some(first) = stored.first() {
                     const T: &str = "jobgraph_queue_elements";
                     let (ordinal, job) = (At::of(first, "ordinal", T)?, At::of(first, "job", T)?);
                     for row in &stored {
                         let completion =
                             stored_entry(&mut committed, get(row, ordinal, T)?, &elements)?;
-                        let (run, step) = (&completion.claim.run[..], &completion.claim.step[..]);
-                        match fans.iter_mut().find(|f| f.0 == run && f.1 == step) {
-                            Some(fan) => fan.3 += 1,
-                            None => fans.push((run, step, get(row, job, T)?, 1)),
+                        let claim = completion.claim;
+                        match fans
+                            .iter_mut()
+                            .find(|f| f.0.run == claim.run && f.0.position == claim.position)
+                        {
+                            Some(fan) => fan.2 += 1,
+                            None => fans.push((claim, get(row, job, T)?, 1)),
                         }
                     }
                 }
-                for (run, step, job, n) in fans {
-                    if let Some(position) = element_done(&mut tx, run, step, n).await? {
+                for (claim, job, n) in fans {
+                    let (run, step, position) = (&claim.run, &claim.step, position_of(claim));
+                    if let Some(position) = element_done(&mut tx, run, step, position, n).await? {
                         add_kids(run, position)?;
                     } else {
                         news.push(job);
@@ -394,7 +406,7 @@ impl Queue for PgStore {
             if let Some(delay) = retry_in {
                 let retried: Option<i64> = sqlx::query_scalar(RETRY_STEP)
                     .bind(&claim.run)
-                    .bind(&claim.step)
+                    .bind(position_of(claim))
                     .bind(worker)
                     .bind(i64::from(claim.attempt))
                     .bind(error)
@@ -411,7 +423,7 @@ impl Queue for PgStore {
             }
             let position: Option<i32> = sqlx::query_scalar(FAIL_STEP)
                 .bind(&claim.run)
-                .bind(&claim.step)
+                .bind(position_of(claim))
                 .bind(worker)
                 .bind(i64::from(claim.attempt))
                 .bind(error)
@@ -675,7 +687,8 @@ impl PgStore {
                     .await?;
                 if let Some(error) = &error {
                     let spec = graph(&head.graph, &step.run)?;
-                    fail_fan_out(&mut tx, &step.run, &step.step, error, &spec).await?;
+                    fail_fan_out(&mut tx, &step.run, &step.step, step.position, error, &spec)
+                        .await?;
                 }
                 error.is_some()
             }
@@ -1251,6 +1264,8 @@ async fn finish(
     // `RETURNING` has no order.
     taken.sort_by_key(|t| t.order);
     let mut claims = Vec::with_capacity(taken.len());
+    // The position of each claim's dependencies, in the order of its `deps`.
+    let mut dep_positions: Vec<Vec<i32>> = Vec::with_capacity(taken.len());
     for t in taken {
         let (input, spec) = heads.get(&t.run).ok_or_else(|| no_such_run(&t.run))?;
         let position = usize::try_from(t.position).map_err(|_| StoreError::Corrupt {
@@ -1259,29 +1274,34 @@ async fn finish(
         // An element's claim carries its element of the parent it iterates, as a list of one;
         // the other outputs are read below (empty until then).
         // A step alone has no dependencies.
-        let deps: Vec<(String, String)> = spec
+        let (deps, positions): (Vec<(String, String)>, Vec<i32>) = spec
             .iter()
             .flat_map(|spec| {
                 spec.dependencies(position)
                     .into_iter()
                     .filter_map(|dep| Some((dep, spec.steps.get(dep)?)))
             })
-            .map(|(dep, step)| match &t.input {
-                Some((over, input)) if usize::try_from(*over).ok() == Some(dep) => {
-                    (step.name.clone(), format!("[{input}]"))
-                }
-                _ => (step.name.clone(), String::new()),
+            .map(|(dep, step)| {
+                let output = match &t.input {
+                    Some((over, input)) if usize::try_from(*over).ok() == Some(dep) => {
+                        format!("[{input}]")
+                    }
+                    _ => String::new(),
+                };
+                let dep_position = i32::try_from(dep).unwrap_or(i32::MAX);
+                ((step.name.clone(), output), dep_position)
             })
-            .collect();
+            .unzip();
+        dep_positions.push(positions);
         claims.push(Claim {
             id: ClaimId {
                 run: t.run,
                 step: t.step,
+                position,
                 attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
                 element: t.element.and_then(|e| usize::try_from(e).ok()),
             },
             job: t.job,
-            position,
             fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
             input: input.clone(),
             deps,
@@ -1293,12 +1313,12 @@ async fn finish(
     // which number its rows (`ordinal`, from 1): each row's output moves into its place.
     let mut wanted: Vec<(usize, usize)> = Vec::new();
     let rows = {
-        let (mut runs, mut names): (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
-        for (c, claim) in claims.iter().enumerate() {
-            for (d, (name, output)) in claim.deps.iter().enumerate() {
+        let (mut runs, mut positions): (Vec<&str>, Vec<i32>) = (Vec::new(), Vec::new());
+        for (c, (claim, dep_positions)) in claims.iter().zip(&dep_positions).enumerate() {
+            for (d, ((_, output), &position)) in claim.deps.iter().zip(dep_positions).enumerate() {
                 if output.is_empty() {
                     runs.push(&claim.id.run);
-                    names.push(name);
+                    positions.push(position);
                     wanted.push((c, d));
                 }
             }
@@ -1308,7 +1328,7 @@ async fn finish(
         }
         sqlx::query(SELECT_OUTPUTS)
             .bind(&runs)
-            .bind(&names)
+            .bind(&positions)
             .fetch_all(&mut *conn)
             .await?
     };
@@ -1547,18 +1567,19 @@ fn element_index(element: usize) -> i64 {
     i64::try_from(element).unwrap_or(i64::MAX)
 }
 
-/// `n` elements of fan-out `step` of `run` (locked) completed: lets as many elements the step's
-/// bound held back be claimed, and, if none is left, completes the step with the elements'
-/// outputs in their order. The step's position if it completed.
+/// `n` elements of fan-out `step` (at `position`) of `run` (locked) completed: lets as many
+/// elements the step's bound held back be claimed, and, if none is left, completes the step
+/// with the elements' outputs in their order. The step's position if it completed.
 async fn element_done(
     conn: &mut PgConnection,
     run: &str,
     step: &str,
+    position: i32,
     n: i64,
 ) -> Result<Option<i32>, StoreError> {
     let Some(counted) = sqlx::query(COUNT_ELEMENTS_DONE)
         .bind(run)
-        .bind(step)
+        .bind(position)
         .bind(n)
         .fetch_optional(&mut *conn)
         .await?
@@ -1588,6 +1609,7 @@ async fn element_done(
     Ok(sqlx::query_scalar(COMPLETE_FAN_OUT)
         .bind(run)
         .bind(step)
+        .bind(position)
         .fetch_optional(&mut *conn)
         .await?)
 }
@@ -1709,6 +1731,7 @@ async fn expand(
             sqlx::query(COMPLETE_FAN_OUT)
                 .bind(run)
                 .bind(&name)
+                .bind(position)
                 .execute(&mut *conn)
                 .await?;
             Ok(Expanded::Empty)
@@ -1781,7 +1804,8 @@ async fn fail_element(
         return Err(claim.lost(worker));
     }
     let spec = graph(&head.graph, &claim.run)?;
-    fail_fan_out(conn, &claim.run, &claim.step, error, &spec).await?;
+    let position = position_of(claim);
+    fail_fan_out(conn, &claim.run, &claim.step, position, error, &spec).await?;
     Ok(Failed::Failed)
 }
 
@@ -1792,6 +1816,7 @@ async fn fail_fan_out(
     conn: &mut PgConnection,
     run: &str,
     step: &str,
+    position: i32,
     error: &str,
     spec: &GraphSpec,
 ) -> Result<(), StoreError> {
@@ -1799,6 +1824,7 @@ async fn fail_fan_out(
         .bind(run)
         .bind(step)
         .bind(error)
+        .bind(position)
         .fetch_optional(&mut *conn)
         .await?;
     sqlx::query(CANCEL_FAN_OUT_ELEMENTS)
@@ -1903,6 +1929,12 @@ fn index(position: i32, claim: &ClaimId) -> Result<usize, StoreError> {
             claim.step, claim.run
         ),
     })
+}
+
+/// The position of a claim's step as the `idx` column's type (one no step has if it does not
+/// fit: a claim the store did not make is not held).
+fn position_of(claim: &ClaimId) -> i32 {
+    i32::try_from(claim.position).unwrap_or(i32::MAX)
 }
 
 /// Graph positions as the `idx` column's type.
@@ -2178,7 +2210,7 @@ fn ordinal_entry<'e, E>(of: &'e [E], ordinal: i64, what: &str) -> Result<&'e E, 
 }
 
 /// `statement` ([`COMPLETE_STEPS`] or [`COMPLETE_ELEMENTS`]) with what every completion binds:
-/// `$1` the worker, then one array each of runs, steps, claim numbers, outputs and start times.
+/// `$1` the worker, then one array each of runs, claim numbers, outputs and start times.
 fn completions<'q>(
     statement: &'q str,
     worker: &'q str,
@@ -2189,11 +2221,6 @@ fn completions<'q>(
         .bind(
             done.iter()
                 .map(|(_, c)| c.claim.run.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            done.iter()
-                .map(|(_, c)| c.claim.step.as_str())
                 .collect::<Vec<_>>(),
         )
         .bind(
@@ -2672,18 +2699,18 @@ const SELECT_INPUTS: &str = concat!(
     WHERE id = ANY ($1)"
 );
 
-/// The outputs of the completed steps (`$1[i]`, `$2[i]`: run, name), each with the ordinal of
-/// its entry (from 1).
+/// The outputs of the completed steps (`$1[i]`, `$2[i]`: run, position), each with the ordinal
+/// of its entry (from 1).
 const SELECT_OUTPUTS: &str = "SELECT d.ordinal, s.output
-    FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS d (run_id, name, ordinal)
-    JOIN jobgraph_steps s ON s.run_id = d.run_id AND s.name = d.name
+    FROM unnest($1::text[], $2::integer[]) WITH ORDINALITY AS d (run_id, idx, ordinal)
+    JOIN jobgraph_steps s ON s.run_id = d.run_id AND s.idx = d.idx
     WHERE s.state = 'completed'";
 
-/// A heartbeat: the claim's lease runs until now + its TTR, or + `$5` ms (the worker's lease)
-/// for a step without one.
+/// A heartbeat: the claim's lease (of step `$2`, a position) runs until now + its TTR, or + `$5`
+/// ms (the worker's lease) for a step without one.
 const RENEW_CLAIM: &str = "UPDATE jobgraph_steps
     SET lease_until = now() + coalesce(ttr_ms, $5) * interval '1 millisecond'
-    WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'";
+    WHERE run_id = $1 AND idx = $2 AND worker = $3 AND claims = $4 AND state = 'pending'";
 
 const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET lease_until = now() + coalesce(ttr_ms, $5) * interval '1 millisecond'
@@ -2730,25 +2757,26 @@ const LOCK_RUNS: &str = concat!(
     WHERE id = ANY ($1) ORDER BY id FOR UPDATE"
 );
 
-/// Each (`$2[i]`, `$3[i]`) that `$1` holds under claim `$4[i]` completed with output `$5[i]`,
-/// started at `$6[i]` (Unix ms): the steps it stored (a claim it no longer holds is not).
+/// Each step (`$2[i]`, `$6[i]`: run, position) that `$1` holds under claim `$3[i]` completed
+/// with output `$4[i]`, started at `$5[i]` (Unix ms): the steps it stored (a claim it no longer
+/// holds is not).
 const COMPLETE_STEPS: &str = "UPDATE jobgraph_steps s
     SET state = 'completed', output = c.output, attempts = s.claims, error = NULL,
         started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
-    FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[])
-        WITH ORDINALITY AS c (run_id, name, claims, output, started, ordinal)
-    WHERE s.run_id = c.run_id AND s.name = c.name AND s.worker = $1 AND s.claims = c.claims
+    FROM unnest($2::text[], $6::integer[], $3::bigint[], $4::text[], $5::bigint[])
+        WITH ORDINALITY AS c (run_id, idx, claims, output, started, ordinal)
+    WHERE s.run_id = c.run_id AND s.idx = c.idx AND s.worker = $1 AND s.claims = c.claims
       AND s.state = 'pending'
     RETURNING c.ordinal, s.idx";
 
-/// Each (`$2[i]`, `$3[i]`, `$7[i]`: run, step, element) that `$1` holds under claim `$4[i]`
-/// completed with output `$5[i]`, started at `$6[i]` (Unix ms): the elements it stored.
+/// Each (`$2[i]`, `$6[i]`, `$7[i]`: run, step, element) that `$1` holds under claim `$3[i]`
+/// completed with output `$4[i]`, started at `$5[i]` (Unix ms): the elements it stored.
 const COMPLETE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements s
     SET state = 'completed', output = c.output, error = NULL,
         started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
-    FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::bigint[])
+    FROM unnest($2::text[], $6::text[], $3::bigint[], $4::text[], $5::bigint[], $7::bigint[])
         WITH ORDINALITY AS c (run_id, step, claims, output, started, idx, ordinal)
     WHERE s.run_id = c.run_id AND s.step = c.step AND s.idx = c.idx AND s.worker = $1
       AND s.claims = c.claims AND s.state = 'pending'
@@ -2759,10 +2787,10 @@ const SET_FAN_SIZE: &str = "UPDATE jobgraph_steps SET fan_size = $3, fan_done = 
     WHERE run_id = $1 AND idx = $2
     RETURNING job";
 
-/// `$3` more elements of fan-out `$2` of run `$1` completed: how many have, of how many, and its
-/// bound.
+/// `$3` more elements of fan-out `$2` (a position) of run `$1` completed: how many have, of how
+/// many, and its bound.
 const COUNT_ELEMENTS_DONE: &str = "UPDATE jobgraph_steps SET fan_done = fan_done + $3
-    WHERE run_id = $1 AND name = $2 AND state = 'pending'
+    WHERE run_id = $1 AND idx = $2 AND state = 'pending'
     RETURNING fan_done, fan_size, fan_bound";
 
 /// The elements `$3..$4` of fan-out `$2`, held back by its bound, are ready.
@@ -2770,8 +2798,9 @@ const RELEASE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements SET ready_at = no
     WHERE run_id = $1 AND step = $2 AND idx >= $3 AND idx < $4
       AND state = 'pending' AND ready_at IS NULL";
 
-/// Fan-out `$2` of run `$1` completed: its output is its elements' outputs in their order (`[]`
-/// if it has none), its attempts their claims. Its position, if it was pending.
+/// Fan-out `$2` (at position `$3`) of run `$1` completed: its output is its elements' outputs in
+/// their order (`[]` if it has none), its attempts their claims. Its position, if it was
+/// pending.
 const COMPLETE_FAN_OUT: &str = "UPDATE jobgraph_steps s
     SET state = 'completed',
         output = coalesce('[' || e.outputs || ']', '[]'), attempts = e.attempts, error = NULL,
@@ -2780,7 +2809,7 @@ const COMPLETE_FAN_OUT: &str = "UPDATE jobgraph_steps s
     FROM (SELECT string_agg(output, ',' ORDER BY idx) AS outputs,
             coalesce(sum(claims), 0) AS attempts, min(started_at) AS started
         FROM jobgraph_queue_elements WHERE run_id = $1 AND step = $2) e
-    WHERE s.run_id = $1 AND s.name = $2 AND s.state = 'pending'
+    WHERE s.run_id = $1 AND s.idx = $3 AND s.state = 'pending'
     RETURNING s.idx";
 
 /// The length of step `$2`'s output, if it is a list.
@@ -2823,7 +2852,7 @@ const RETRY_STEP: &str = "UPDATE jobgraph_steps
     SET fails = fails + 1, error = $5, attempts = claims,
         started_at = coalesce(started_at, jobgraph_at($6)),
         worker = NULL, lease_until = NULL, ready_at = now() + $7 * interval '1 millisecond'
-    WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
+    WHERE run_id = $1 AND idx = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
       AND fails + 1 < coalesce($8, 9223372036854775807)
     RETURNING jobgraph_ms(ready_at)";
 
@@ -2831,7 +2860,7 @@ const FAIL_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'failed', fails = fails + 1, error = $5, attempts = claims,
         started_at = coalesce(started_at, jobgraph_at($6)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = $1 AND name = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
+    WHERE run_id = $1 AND idx = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
     RETURNING idx";
 
 const RETRY_ELEMENT: &str = "UPDATE jobgraph_queue_elements
@@ -2848,14 +2877,14 @@ const FAIL_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     WHERE run_id = $1 AND step = $2 AND idx = $7 AND worker = $3 AND claims = $4
       AND state = 'pending'";
 
-/// Fan-out `$2` of run `$1` failed with its element's error `$3`; its attempts are its
-/// elements' claims. Its position, if it was pending.
+/// Fan-out `$2` (at position `$4`) of run `$1` failed with its element's error `$3`; its
+/// attempts are its elements' claims. Its position, if it was pending.
 const FAIL_FAN_OUT: &str = "UPDATE jobgraph_steps s
     SET state = 'failed', error = $3, ended_at = now(), ready_at = NULL,
         attempts = e.attempts, started_at = coalesce(s.started_at, e.started)
     FROM (SELECT coalesce(sum(claims), 0) AS attempts, min(started_at) AS started
         FROM jobgraph_queue_elements WHERE run_id = $1 AND step = $2) e
-    WHERE s.run_id = $1 AND s.name = $2 AND s.state = 'pending'
+    WHERE s.run_id = $1 AND s.idx = $4 AND s.state = 'pending'
     RETURNING s.idx";
 
 const CANCEL_FAN_OUT_ELEMENTS: &str = "UPDATE jobgraph_queue_elements

@@ -26,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("postgres_migrations/0007_claims_walk_the_queue_order.sql"),
     include_str!("postgres_migrations/0008_graph_keys.sql"),
     include_str!("postgres_migrations/0009_limit_claims.sql"),
+    include_str!("postgres_migrations/0010_steps_by_position.sql"),
 ];
 
 /// The key of the advisory lock that serializes migrations: "jobgraph" in ASCII, one key per

@@ -566,6 +566,8 @@ pub struct ClaimId {
     pub run: String,
     /// The step's name.
     pub step: String,
+    /// The step's index in the run's graph: how the stores find the step's row.
+    pub position: usize,
     /// The claim's number: 1 for the step's (or the element's) first claim.
     pub attempt: u32,
     /// For a claim of one element of a `for_each` step: its index in the parent's output. Each
@@ -581,8 +583,6 @@ pub struct Claim {
     pub id: ClaimId,
     /// The run's job.
     pub job: String,
-    /// The step's index in the job's graph.
-    pub position: usize,
     /// How many earlier claims of the step (of the element) returned an error.
     pub fails: u32,
     /// The run's input, JSON.

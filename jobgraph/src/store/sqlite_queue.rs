@@ -858,11 +858,11 @@ async fn claim_of(conn: &mut SqliteConnection, t: Taken, now: i64) -> Result<Cla
         id: ClaimId {
             run: t.run,
             step: t.step,
+            position,
             attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
             element: t.element.and_then(|e| usize::try_from(e).ok()),
         },
         job: t.job,
-        position,
         fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
         input,
         deps: outputs,
