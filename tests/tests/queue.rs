@@ -84,6 +84,7 @@ macro_rules! on_both_queues {
 
 on_both_queues! {
     a_worker_runs_a_submitted_run_to_its_outputs => worker_runs_a_submitted_run,
+    a_submitted_run_and_a_runners_run_never_share_an_id => submitted_and_runners_ids_apart,
     concurrent_claims_are_disjoint => concurrent_claims_are_disjoint,
     a_stale_workers_completion_is_fenced_out => stale_completion_is_fenced_out,
     a_fan_in_becomes_ready_once_when_its_parents_complete_concurrently => fan_in_ready_once,
@@ -178,6 +179,47 @@ impl Diamond {
 
 const WORKER: &str = "worker-1";
 const LEASE: Duration = Duration::from_secs(30);
+
+/// A runner cannot open a submitted run (workers execute it, step by step), and a submit cannot
+/// take a runner's run's id: each says the id is taken, and neither run changes.
+async fn submitted_and_runners_ids_apart(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let submitted = client.submit(&Diamond { n: 2 }).id("shared").await.unwrap();
+    let stored = client.status(&submitted.id).await.unwrap();
+    let spec = |id| jobgraph::store::RunSpec {
+        id,
+        job: "Diamond",
+        input: r#"{"n":2}"#,
+        graph: &stored.graph,
+        batch: None,
+    };
+    let opened = store.open_run(spec("shared"), "runner", LEASE).await;
+    assert!(
+        matches!(&opened, Err(StoreError::IdTaken { run }) if run == "shared"),
+        "{opened:?}"
+    );
+    assert_eq!(client.status("shared").await.unwrap(), stored);
+    let worker = Worker::new(&store).job::<Diamond>();
+    while worker.run_once().await.unwrap().claimed > 0 {}
+    assert_eq!(
+        client.status("shared").await.unwrap().state,
+        RunState::Succeeded
+    );
+
+    store
+        .open_run(spec("runners"), "runner", LEASE)
+        .await
+        .unwrap();
+    let taken = client.submit(&Diamond { n: 2 }).id("runners").await;
+    assert!(
+        matches!(&taken, Err(ClientError::Store(StoreError::IdTaken { run })) if run == "runners"),
+        "{taken:?}"
+    );
+    assert_eq!(
+        store.load_run("runners").await.unwrap().unwrap().state,
+        RunState::Running
+    );
+}
 
 async fn worker_runs_a_submitted_run(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);

@@ -621,9 +621,11 @@ pub enum StoreError {
         /// The worker that held it.
         worker: String,
     },
-    /// A submitted run's id is taken by another run.
+    /// A run's id is taken by another run: a submit's by any run, a runner's by a submitted
+    /// run (which workers execute).
     #[error(
-        "run id `{run}` is taken by another run; submit with another id (or an idempotency key)"
+        "run id `{run}` is taken by another run; choose another id (or submit with an idempotency \
+         key)"
     )]
     IdTaken {
         /// The run id.

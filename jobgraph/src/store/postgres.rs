@@ -1087,6 +1087,12 @@ async fn open_existing(
     owner: &str,
     lease: Duration,
 ) -> Result<(), StoreError> {
+    if head.queued {
+        // Workers execute it, step by step (and its steps have no index by name).
+        return Err(StoreError::IdTaken {
+            run: spec.id.to_owned(),
+        });
+    }
     if head.job != spec.job {
         return Err(StoreError::Mismatch {
             run: spec.id.to_owned(),

@@ -653,7 +653,7 @@ async fn finish_run(
 
 const SELECT_RUN: &str =
     "SELECT id, job, batch, input, graph, state, error, created_at, updated_at,
-        lease_owner, lease_until
+        lease_owner, lease_until, queued
     FROM jobgraph_runs WHERE id = ?1";
 
 async fn select_run(
@@ -662,17 +662,17 @@ async fn select_run(
 ) -> Result<Option<StoredRun>, StoreError> {
     Ok(select_run_and_lease(conn, run)
         .await?
-        .map(|(stored, _)| stored))
+        .map(|(stored, _, _)| stored))
 }
 
 /// Who holds a run's lease, and until when (Unix ms).
 type Lease = (Option<String>, Option<i64>);
 
-/// The run (without its steps) and its lease.
+/// The run (without its steps), its lease, and whether it was submitted (queued).
 async fn select_run_and_lease(
     conn: &mut SqliteConnection,
     run: &str,
-) -> Result<Option<(StoredRun, Lease)>, StoreError> {
+) -> Result<Option<(StoredRun, Lease, bool)>, StoreError> {
     let Some(row) = sqlx::query(SELECT_RUN)
         .bind(run)
         .fetch_optional(conn)
@@ -683,8 +683,9 @@ async fn select_run_and_lease(
     run_and_lease(&row, run).map(Some)
 }
 
-/// A row of [`SELECT_RUN`]'s columns: the run (without its steps) and its lease.
-fn run_and_lease(row: &SqliteRow, run: &str) -> Result<(StoredRun, Lease), StoreError> {
+/// A row of [`SELECT_RUN`]'s columns: the run (without its steps), its lease, and whether it
+/// was submitted.
+fn run_and_lease(row: &SqliteRow, run: &str) -> Result<(StoredRun, Lease, bool), StoreError> {
     const T: &str = "jobgraph_runs";
     let stored = StoredRun {
         id: get(row, "id", T)?,
@@ -699,7 +700,7 @@ fn run_and_lease(row: &SqliteRow, run: &str) -> Result<(StoredRun, Lease), Store
         steps: Vec::new(),
     };
     let lease = (get(row, "lease_owner", T)?, get(row, "lease_until", T)?);
-    Ok((stored, lease))
+    Ok((stored, lease, get::<i64>(row, "queued", T)? == 1))
 }
 
 const SELECT_STEPS: &str = "SELECT name, state, attempts, output, error, started_at, ended_at
@@ -1215,7 +1216,7 @@ macro_rules! read_sql {
         JOIN jobgraph_steps AS s ON s.run_id = k.value ->> 0 AND s.name = k.value ->> 1)
         AS steps,
     (SELECT json_group_array(json_array(r.id, r.job, r.batch, r.input, r.graph, r.state,
-            r.error, r.created_at, r.updated_at, r.lease_owner, r.lease_until))
+            r.error, r.created_at, r.updated_at, r.lease_owner, r.lease_until, r.queued))
         FROM jobgraph_runs AS r WHERE r.id IN (SELECT value FROM json_each(?))) AS runs,
     (SELECT json_group_array(json_array(s.run_id, s.name, s.state, s.attempts, s.output,
             s.error, s.started_at, s.ended_at) ORDER BY s.run_id, s.position)
@@ -1517,7 +1518,8 @@ struct Seen {
     changes: i64,
     owners: HashMap<String, Option<String>>,
     steps: HashMap<String, HashSet<String>>,
-    runs: HashMap<String, (StoredRun, Lease)>,
+    /// Each run opened: the run (its steps too), its lease, and whether it was submitted.
+    runs: HashMap<String, (StoredRun, Lease, bool)>,
 }
 
 impl Seen {
@@ -1553,8 +1555,20 @@ impl Seen {
         for (run, step) in steps {
             seen.steps.entry(run).or_default().insert(step);
         }
-        for (id, job, batch, input, graph_text, state, error, created, updated, owner, until) in
-            runs
+        for (
+            id,
+            job,
+            batch,
+            input,
+            graph_text,
+            state,
+            error,
+            created,
+            updated,
+            owner,
+            until,
+            queued,
+        ) in runs
         {
             let run = StoredRun {
                 graph: graph(&graph_text, &id)?,
@@ -1569,7 +1583,7 @@ impl Seen {
                 steps: Vec::new(),
             };
             seen.owners.insert(id.clone(), owner.clone());
-            seen.runs.insert(id, (run, (owner, until)));
+            seen.runs.insert(id, (run, (owner, until), queued == 1));
         }
         for (id, name, state, attempts, output, error, started_at, ended_at) in run_steps {
             let step = StoredStep {
@@ -1587,7 +1601,7 @@ impl Seen {
                 .entry(id.clone())
                 .or_default()
                 .insert(step.name.clone());
-            if let Some((run, _)) = seen.runs.get_mut(&id) {
+            if let Some((run, _, _)) = seen.runs.get_mut(&id) {
                 run.steps.push(step);
             }
         }
@@ -1630,6 +1644,7 @@ type ReadRun = (
     i64,
     Option<String>,
     Option<i64>,
+    i64,
 );
 
 /// A step of a run opened, as [`read_sql!`] reads it.
@@ -1703,7 +1718,7 @@ impl<'w> Plan<'w> {
                 lease,
             } => {
                 let until = plus(now, *lease);
-                let Some((mut run, (holder, held_until))) = seen.runs.remove(id) else {
+                let Some((mut run, (holder, held_until), queued)) = seen.runs.remove(id) else {
                     if let Some(reason) = graph.check() {
                         return Err(StoreError::InvalidGraph {
                             run: id.clone(),
@@ -1732,6 +1747,10 @@ impl<'w> Plan<'w> {
                     };
                     return Ok(Written::Run(Box::new(new_run(&spec, now))));
                 };
+                if queued {
+                    // Workers execute it, step by step.
+                    return Err(StoreError::IdTaken { run: id.clone() });
+                }
                 if run.job != *job {
                     return Err(StoreError::Mismatch {
                         run: id.clone(),
@@ -1944,7 +1963,8 @@ async fn open_run(
 ) -> Result<StoredRun, StoreError> {
     let now = now_ms();
     let until = plus(now, lease);
-    let Some((mut run, (holder, held_until))) = select_run_and_lease(conn, spec.id).await? else {
+    let Some((mut run, (holder, held_until), queued)) = select_run_and_lease(conn, spec.id).await?
+    else {
         if let Some(reason) = spec.graph.check() {
             return Err(StoreError::InvalidGraph {
                 run: spec.id.to_owned(),
@@ -1966,6 +1986,12 @@ async fn open_run(
         }
         return Ok(new_run(spec, now));
     };
+    if queued {
+        // Workers execute it, step by step.
+        return Err(StoreError::IdTaken {
+            run: spec.id.to_owned(),
+        });
+    }
     if run.job != spec.job {
         return Err(StoreError::Mismatch {
             run: spec.id.to_owned(),
