@@ -566,7 +566,9 @@ pub struct ClaimId {
     pub run: String,
     /// The step's name.
     pub step: String,
-    /// The step's index in the run's graph: how the stores find the step's row.
+    /// The step's index in the run's graph: how the stores find the step's row (with the
+    /// run, the worker and the claim number). Keep the claim's own; an id built with another
+    /// step's position names that step.
     pub position: usize,
     /// The claim's number: 1 for the step's (or the element's) first claim.
     pub attempt: u32,
