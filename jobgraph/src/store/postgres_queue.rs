@@ -195,7 +195,7 @@ impl Queue for PgStore {
                 let renewed = match claim.element {
                     None => sqlx::query(RENEW_CLAIM)
                         .bind(&claim.run)
-                        .bind(position_of(claim))
+                        .bind(idx_of(claim.position))
                         .bind(worker)
                         .bind(i64::from(claim.attempt))
                         .bind(lease_ms(lease)),
@@ -264,9 +264,7 @@ impl Queue for PgStore {
                     what: format!("a step position of run `{run}` is {position}"),
                 })?;
                 for kid in spec.children(position) {
-                    *kids
-                        .entry((run.to_owned(), i32::try_from(kid).unwrap_or(i32::MAX)))
-                        .or_default() += 1;
+                    *kids.entry((run.to_owned(), idx_of(kid))).or_default() += 1;
                 }
                 Ok(())
             };
@@ -276,7 +274,10 @@ impl Queue for PgStore {
             // they stored (its ordinal, from 1).
             let mut committed = vec![false; done.len()];
             if !steps.is_empty() {
-                let positions: Vec<i32> = steps.iter().map(|(_, c)| position_of(c.claim)).collect();
+                let positions: Vec<i32> = steps
+                    .iter()
+                    .map(|(_, c)| idx_of(c.claim.position))
+                    .collect();
                 let stored = completions(COMPLETE_STEPS, worker, &steps)
                     .bind(positions)
                     .fetch_all(&mut *tx)
@@ -327,7 +328,7 @@ impl Queue for PgStore {
                     }
                 }
                 for (claim, job, n) in fans {
-                    let (run, step, position) = (&claim.run, &claim.step, position_of(claim));
+                    let (run, step, position) = (&claim.run, &claim.step, idx_of(claim.position));
                     if let Some(position) = element_done(&mut tx, run, step, position, n).await? {
                         add_kids(run, position)?;
                     } else {
@@ -406,7 +407,7 @@ impl Queue for PgStore {
             if let Some(delay) = retry_in {
                 let retried: Option<i64> = sqlx::query_scalar(RETRY_STEP)
                     .bind(&claim.run)
-                    .bind(position_of(claim))
+                    .bind(idx_of(claim.position))
                     .bind(worker)
                     .bind(i64::from(claim.attempt))
                     .bind(error)
@@ -423,7 +424,7 @@ impl Queue for PgStore {
             }
             let position: Option<i32> = sqlx::query_scalar(FAIL_STEP)
                 .bind(&claim.run)
-                .bind(position_of(claim))
+                .bind(idx_of(claim.position))
                 .bind(worker)
                 .bind(i64::from(claim.attempt))
                 .bind(error)
@@ -1264,35 +1265,39 @@ async fn finish(
     // `RETURNING` has no order.
     taken.sort_by_key(|t| t.order);
     let mut claims = Vec::with_capacity(taken.len());
-    // The position of each claim's dependencies, in the order of its `deps`.
-    let mut dep_positions: Vec<Vec<i32>> = Vec::with_capacity(taken.len());
+    // The outputs to read, each (claim, dependency) with the dependency's position, in the
+    // order of the statement's arrays, which number its rows (`ordinal`, from 1): each row's
+    // output moves into its place.
+    let mut wanted: Vec<(usize, usize)> = Vec::new();
+    let mut positions: Vec<i32> = Vec::new();
     for t in taken {
         let (input, spec) = heads.get(&t.run).ok_or_else(|| no_such_run(&t.run))?;
         let position = usize::try_from(t.position).map_err(|_| StoreError::Corrupt {
             what: format!("the position of step `{}` of run `{}`", t.step, t.run),
         })?;
+        let c = claims.len();
         // An element's claim carries its element of the parent it iterates, as a list of one;
         // the other outputs are read below (empty until then).
         // A step alone has no dependencies.
-        let (deps, positions): (Vec<(String, String)>, Vec<i32>) = spec
+        let deps: Vec<(String, String)> = spec
             .iter()
             .flat_map(|spec| {
                 spec.dependencies(position)
                     .into_iter()
                     .filter_map(|dep| Some((dep, spec.steps.get(dep)?)))
             })
-            .map(|(dep, step)| {
-                let output = match &t.input {
-                    Some((over, input)) if usize::try_from(*over).ok() == Some(dep) => {
-                        format!("[{input}]")
-                    }
-                    _ => String::new(),
-                };
-                let dep_position = i32::try_from(dep).unwrap_or(i32::MAX);
-                ((step.name.clone(), output), dep_position)
+            .enumerate()
+            .map(|(d, (dep, step))| match &t.input {
+                Some((over, input)) if usize::try_from(*over).ok() == Some(dep) => {
+                    (step.name.clone(), format!("[{input}]"))
+                }
+                _ => {
+                    wanted.push((c, d));
+                    positions.push(idx_of(dep));
+                    (step.name.clone(), String::new())
+                }
             })
-            .unzip();
-        dep_positions.push(positions);
+            .collect();
         claims.push(Claim {
             id: ClaimId {
                 run: t.run,
@@ -1309,29 +1314,18 @@ async fn finish(
             lease: t.lease,
         });
     }
-    // The outputs to read, each (claim, dependency) in the order of the statement's arrays,
-    // which number its rows (`ordinal`, from 1): each row's output moves into its place.
-    let mut wanted: Vec<(usize, usize)> = Vec::new();
-    let rows = {
-        let (mut runs, mut positions): (Vec<&str>, Vec<i32>) = (Vec::new(), Vec::new());
-        for (c, (claim, dep_positions)) in claims.iter().zip(&dep_positions).enumerate() {
-            for (d, ((_, output), &position)) in claim.deps.iter().zip(dep_positions).enumerate() {
-                if output.is_empty() {
-                    runs.push(&claim.id.run);
-                    positions.push(position);
-                    wanted.push((c, d));
-                }
-            }
-        }
-        if wanted.is_empty() {
-            return Ok(claims);
-        }
-        sqlx::query(SELECT_OUTPUTS)
-            .bind(&runs)
-            .bind(&positions)
-            .fetch_all(&mut *conn)
-            .await?
-    };
+    if wanted.is_empty() {
+        return Ok(claims);
+    }
+    let runs: Vec<&str> = wanted
+        .iter()
+        .map(|&(c, _)| claims[c].id.run.as_str())
+        .collect();
+    let rows = sqlx::query(SELECT_OUTPUTS)
+        .bind(&runs)
+        .bind(&positions)
+        .fetch_all(&mut *conn)
+        .await?;
     if let Some(first) = rows.first() {
         const T: &str = "jobgraph_steps";
         let (ordinal, output) = (At::of(first, "ordinal", T)?, At::of(first, "output", T)?);
@@ -1430,10 +1424,7 @@ async fn insert_steps(
         .map(|p| i32::try_from(s.graph.dependencies(p).len()).unwrap_or(i32::MAX))
         .collect();
     let fan_over: Vec<Option<i32>> = (0..s.graph.steps.len())
-        .map(|p| {
-            s.fan_out(p)
-                .map(|f| i32::try_from(f.over).unwrap_or(i32::MAX))
-        })
+        .map(|p| s.fan_out(p).map(|f| idx_of(f.over)))
         .collect();
     let fan_bound: Vec<Option<i64>> = (0..s.graph.steps.len())
         .map(|p| s.fan_out(p).and_then(|f| f.bound).map(i64::from))
@@ -1661,9 +1652,7 @@ async fn dependencies_done(
                     let (_, spec) = heads.get(&run).ok_or_else(|| no_such_run(&run))?;
                     let position = usize::try_from(position).unwrap_or(usize::MAX);
                     for kid in spec.iter().flat_map(|spec| spec.children(position)) {
-                        *kids
-                            .entry((run.clone(), i32::try_from(kid).unwrap_or(i32::MAX)))
-                            .or_default() += 1;
+                        *kids.entry((run.clone(), idx_of(kid))).or_default() += 1;
                     }
                 }
             }
@@ -1804,7 +1793,7 @@ async fn fail_element(
         return Err(claim.lost(worker));
     }
     let spec = graph(&head.graph, &claim.run)?;
-    let position = position_of(claim);
+    let position = idx_of(claim.position);
     fail_fan_out(conn, &claim.run, &claim.step, position, error, &spec).await?;
     Ok(Failed::Failed)
 }
@@ -1884,7 +1873,7 @@ pub(super) async fn requeue(
     let mut kids: HashMap<(String, i32), i32> = HashMap::new();
     for (position, left) in super::queue::redrive_waits(run, spec, hits, &ended)? {
         let step = &spec.steps[position];
-        let index = i32::try_from(position).unwrap_or(i32::MAX);
+        let index = idx_of(position);
         // One that waits for nothing waits for one, made done below as if it just completed.
         if left == 0 {
             kids.insert((run.to_owned(), index), 1);
@@ -1931,18 +1920,15 @@ fn index(position: i32, claim: &ClaimId) -> Result<usize, StoreError> {
     })
 }
 
-/// The position of a claim's step as the `idx` column's type (one no step has if it does not
-/// fit: a claim the store did not make is not held).
-fn position_of(claim: &ClaimId) -> i32 {
-    i32::try_from(claim.position).unwrap_or(i32::MAX)
+/// A graph position as the `idx` column's type: one no step has if it does not fit (so a claim
+/// the store did not make is not held).
+fn idx_of(position: usize) -> i32 {
+    i32::try_from(position).unwrap_or(i32::MAX)
 }
 
 /// Graph positions as the `idx` column's type.
 fn positions(indices: &[usize]) -> Vec<i32> {
-    indices
-        .iter()
-        .map(|&i| i32::try_from(i).unwrap_or(i32::MAX))
-        .collect()
+    indices.iter().map(|&i| idx_of(i)).collect()
 }
 
 // ---- LISTEN/NOTIFY --------------------------------------------------------------------------
