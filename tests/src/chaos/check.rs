@@ -243,14 +243,21 @@ struct Execution {
     unit: String,
     step: String,
     worker: String,
+    /// The step's claim number when it recorded this (an element's: its step's).
+    claim_seen: Option<i64>,
     committed_seen: Option<String>,
+    /// When the step began, by its worker's clock.
+    began_ms: i64,
+    /// When its record landed, by the database's clock.
     at_ms: i64,
 }
 
-/// One execution as invariant 8 sees it: the worker, and when its step recorded it (Unix ms).
+/// One execution as invariant 8 sees it: the worker, when its step began (by the worker's
+/// clock) and when its record landed (by the database's), Unix ms.
 #[derive(Clone, Copy)]
 struct Ran<'a> {
     worker: &'a str,
+    began_ms: i64,
     at_ms: i64,
 }
 
@@ -258,6 +265,7 @@ impl<'a> From<&'a Execution> for Ran<'a> {
     fn from(execution: &'a Execution) -> Self {
         Ran {
             worker: &execution.worker,
+            began_ms: execution.began_ms,
             at_ms: execution.at_ms,
         }
     }
@@ -272,7 +280,9 @@ const SLACK_MS: i64 = 50;
 /// - the fault cost `before` its claim: it hit `before`'s worker (or every worker) and lasted
 ///   until `before` began or later (a worker does not start a claim it queued once its lease
 ///   may have lapsed, so a stale execution began before or during the fault that cost the
-///   claim);
+///   claim). When it began is the worker's clock as the step started, not when its record
+///   landed: that insert may wait out the fault's end (a new connection after the database
+///   came back), and land after it although the step began before;
 /// - or `after` ran first: a step records its execution with its first statement, not as it
 ///   starts, so a worker stopped between the two records it once continued, after the
 ///   execution that took its lapsed claim meanwhile. The stop covered `before`, and `after`
@@ -286,7 +296,7 @@ fn explains(
 ) -> bool {
     let victim = fault.victim.as_deref();
     let lost = (fault.fault.is_global(backend) || victim == Some(before.worker))
-        && fault.until_ms >= before.at_ms - SLACK_MS
+        && fault.until_ms >= before.began_ms - SLACK_MS
         && fault.at_ms <= after.at_ms;
     let recorded_late = fault.fault == Fault::Stop
         && victim == Some(after.worker)
@@ -294,6 +304,32 @@ fn explains(
         && fault.until_ms >= before.at_ms - SLACK_MS
         && after.at_ms <= fault.until_ms + lease_ms;
     lost || recorded_late
+}
+
+/// The faults that began or ended within 10 s of `at_ms`, each as `kind [victim] from..to`
+/// in ms relative to it: what a violation of invariant 8 reports, to say what came near.
+fn nearest(injected: &[Injected], at_ms: i64) -> String {
+    let near: Vec<String> = injected
+        .iter()
+        .filter(|f| (f.at_ms - at_ms).abs() < 10_000 || (f.until_ms - at_ms).abs() < 10_000)
+        .map(|f| {
+            format!(
+                "{}{} {:+}..{:+} ms",
+                f.fault.name(),
+                f.victim
+                    .as_deref()
+                    .map(|v| format!(" {v}"))
+                    .unwrap_or_default(),
+                f.at_ms - at_ms,
+                f.until_ms - at_ms
+            )
+        })
+        .collect();
+    if near.is_empty() {
+        "none within 10 s".to_owned()
+    } else {
+        near.join(", ")
+    }
 }
 
 /// Reads the database and checks every invariant.
@@ -366,13 +402,16 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
     );
     let executions: Vec<Execution> = fetch!(
         admin,
-        "SELECT run_id, step, unit, worker, committed_seen, at_ms FROM chaos_witness ORDER BY seq",
+        "SELECT run_id, step, unit, worker, claim_seen, committed_seen, began_ms, at_ms
+         FROM chaos_witness ORDER BY seq",
         |row| Execution {
             run: row.get("run_id"),
             step: row.get("step"),
             unit: row.get("unit"),
             worker: row.get("worker"),
+            claim_seen: row.get("claim_seen"),
             committed_seen: row.get("committed_seen"),
+            began_ms: row.get("began_ms"),
             at_ms: row.get("at_ms"),
         }
     );
@@ -623,9 +662,18 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
                 });
             v.check(BOUNDED, explained, || {
                 format!(
-                    "{unit} of run {run} ran again on {} at {} after {} at {}, with no fault \
-                     of {} between",
-                    after.worker, after.at_ms, before.worker, before.at_ms, before.worker
+                    "{unit} of run {run} ran again on {} at {} (claim {:?}) after {} began \
+                     at {} (recorded at {}, claim {:?}), with no fault of {} between; the \
+                     faults near its beginning: {}",
+                    after.worker,
+                    after.at_ms,
+                    after.claim_seen,
+                    before.worker,
+                    before.began_ms,
+                    before.at_ms,
+                    before.claim_seen,
+                    before.worker,
+                    nearest(cx.injected, before.began_ms)
                 )
             });
         }
@@ -676,8 +724,13 @@ mod tests {
         }
     }
 
+    /// An execution recorded as it began.
     fn ran(worker: &str, at_ms: i64) -> Ran<'_> {
-        Ran { worker, at_ms }
+        Ran {
+            worker,
+            began_ms: at_ms,
+            at_ms,
+        }
     }
 
     /// `explains` on PostgreSQL with the profiles' 3 s lease.
@@ -722,5 +775,31 @@ mod tests {
             ran("w1.0", 902_539),
             ran("w3.0", 906_100)
         ));
+    }
+
+    /// A fault of every worker (connections cut, slots taken) that cost a claim: the step
+    /// began during it, but its record waited for a connection and landed after it ended,
+    /// after the execution that took the lapsed claim.
+    #[test]
+    fn a_fault_that_ended_before_the_record_landed_explains_a_step_that_began_during_it() {
+        let pressure = Injected {
+            fault: Fault::Pressure,
+            at_ms: 1_000,
+            until_ms: 3_000,
+            victim: None,
+            held: None,
+        };
+        let before = Ran {
+            worker: "w1.1",
+            began_ms: 2_900,
+            at_ms: 3_200,
+        };
+        assert!(explained(&pressure, before, ran("w1.1", 3_500)));
+        // Not a step that began after the fault ended.
+        let later = Ran {
+            began_ms: 3_100,
+            ..before
+        };
+        assert!(!explained(&pressure, later, ran("w1.1", 3_500)));
     }
 }

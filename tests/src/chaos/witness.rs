@@ -2,8 +2,9 @@
 //!
 //! - `chaos_witness`: one row per execution of a step (or of an element of a fan-out), written
 //!   by the step itself, in its own autocommitted insert, before it works; the same insert
-//!   records what the store said at that moment: the step's claim number and holder, and which
-//!   steps of the run were committed;
+//!   records when the step began (`began_ms`, the worker's clock before the insert, which may
+//!   wait for a connection) and what the store said as it landed (`at_ms`): the step's claim
+//!   number and holder, and which steps of the run were committed;
 //! - `chaos_commits`: one row per commit of a step's output, written by a trigger in the
 //!   committing transaction, with the claim it was committed under (its number and holder) and,
 //!   on PostgreSQL, the session that committed it (`application_name`: each worker names its
@@ -27,7 +28,7 @@ pub const PG_SCHEMA: &str = "
 CREATE TABLE chaos_witness (
     seq BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL, step TEXT NOT NULL, unit TEXT NOT NULL,
     worker TEXT NOT NULL, pid BIGINT NOT NULL, claim_seen BIGINT, holder_seen TEXT,
-    committed_seen TEXT, at_ms BIGINT NOT NULL);
+    committed_seen TEXT, began_ms BIGINT NOT NULL, at_ms BIGINT NOT NULL);
 CREATE TABLE chaos_commits (
     seq BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL, step TEXT NOT NULL, claim BIGINT,
     holder TEXT, committer TEXT, output TEXT, at_ms BIGINT NOT NULL);
@@ -81,7 +82,7 @@ pub const SQLITE_SCHEMA: &str = concat!(
 CREATE TABLE chaos_witness (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, step TEXT NOT NULL,
     unit TEXT NOT NULL, worker TEXT NOT NULL, pid INTEGER NOT NULL, claim_seen INTEGER,
-    holder_seen TEXT, committed_seen TEXT, at_ms INTEGER NOT NULL);
+    holder_seen TEXT, committed_seen TEXT, began_ms INTEGER NOT NULL, at_ms INTEGER NOT NULL);
 CREATE TABLE chaos_commits (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, step TEXT NOT NULL,
     claim INTEGER, holder TEXT, committer TEXT, output TEXT, at_ms INTEGER NOT NULL);
@@ -120,22 +121,22 @@ END;
 );
 
 const PG_WITNESS: &str = "INSERT INTO chaos_witness
-    (run_id, step, unit, worker, pid, claim_seen, holder_seen, committed_seen, at_ms)
+    (run_id, step, unit, worker, pid, claim_seen, holder_seen, committed_seen, began_ms, at_ms)
     SELECT $1, $2, $3, $4, $5,
         (SELECT claims FROM jobgraph_steps WHERE run_id = $1 AND name = $2),
         (SELECT worker FROM jobgraph_steps WHERE run_id = $1 AND name = $2),
         (SELECT string_agg(name, ',') FROM jobgraph_steps
             WHERE run_id = $1 AND state = 'completed'),
-        jobgraph_ms(clock_timestamp())";
+        $6, jobgraph_ms(clock_timestamp())";
 
 const SQLITE_WITNESS: &str = concat!(
     "INSERT INTO chaos_witness
-    (run_id, step, unit, worker, pid, claim_seen, holder_seen, committed_seen, at_ms)
+    (run_id, step, unit, worker, pid, claim_seen, holder_seen, committed_seen, began_ms, at_ms)
     SELECT ?1, ?2, ?3, ?4, ?5,
         (SELECT claims FROM jobgraph_steps WHERE run_id = ?1 AND name = ?2),
         (SELECT worker FROM jobgraph_steps WHERE run_id = ?1 AND name = ?2),
         (SELECT group_concat(name, ',') FROM jobgraph_steps
-            WHERE run_id = ?1 AND state = 'completed'), ",
+            WHERE run_id = ?1 AND state = 'completed'), ?6, ",
     sqlite_now!(),
     ""
 );
@@ -233,6 +234,9 @@ impl Witness {
     /// If the database could not be written: the step returns it, and is retried.
     pub async fn record(&self, ctx: &StepContext, unit: &str) -> Result<(), WitnessError> {
         let (run, step) = (ctx.job_id(), ctx.step_name());
+        // Before the insert, which may wait for a connection (the database just came back):
+        // the checker explains re-executions by when a step began, not when it was recorded.
+        let began = super::harness::now_ms();
         let done = match &self.db {
             Db::Pg(pool) => sqlx::query(PG_WITNESS)
                 .bind(run)
@@ -240,6 +244,7 @@ impl Witness {
                 .bind(unit)
                 .bind(&self.worker)
                 .bind(self.pid)
+                .bind(began)
                 .execute(pool)
                 .await
                 .map(drop),
@@ -249,6 +254,7 @@ impl Witness {
                 .bind(unit)
                 .bind(&self.worker)
                 .bind(self.pid)
+                .bind(began)
                 .execute(pool)
                 .await
                 .map(drop),
