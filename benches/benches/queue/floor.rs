@@ -6,9 +6,9 @@
 //! best ready steps in the claim's index order and leases them (the step's row, a HOT update),
 //! returning each run's input; the completion stores each output and ends each run in one
 //! statement (the step's row, leaving the claim's index; the run's row, HOT). jobgraph also
-//! marks a run running when its first step is claimed and locks each run before completing its
-//! steps (a run of several steps needs it, to decide which children become ready and when the
-//! run ends); the floor knows each run has one step, and does neither.
+//! locks each run before completing its steps (a run of several steps needs it, to decide which
+//! children become ready and when the run ends); the floor knows each run has one step, and
+//! does not.
 //!
 //! Each process runs [`LOOPS`] claim-and-complete loops at once (`FLOOR_LOOPS` in its
 //! environment changes it) on a pool of as many connections (statements planned once, as
