@@ -87,6 +87,7 @@ on_both_queues! {
     a_submitted_run_and_a_runners_run_never_share_an_id => submitted_and_runners_ids_apart,
     concurrent_claims_are_disjoint => concurrent_claims_are_disjoint,
     a_stale_workers_completion_is_fenced_out => stale_completion_is_fenced_out,
+    a_claim_id_whose_position_is_another_steps_matches_no_claim => forged_positions_match_nothing,
     a_fan_in_becomes_ready_once_when_its_parents_complete_concurrently => fan_in_ready_once,
     a_duplicate_submit_returns_the_first_run_even_when_they_race => duplicate_submits_race,
     claims_follow_priority_then_ready_time_and_wait_for_run_at => claims_follow_priority,
@@ -322,6 +323,134 @@ async fn stale_completion_is_fenced_out(store: impl TestQueue, _base: u64) {
     );
     // The same claim cannot complete twice either.
     assert!(store.complete("fast", &second[0].id, "1", 0).await.is_err());
+}
+
+/// A claim id names its step twice, by name and by position: an id whose two disagree (built by
+/// hand, with another step's position) matches no claim, even one its worker holds under the
+/// same number. Its heartbeat says lost, its completion and its failure are refused, and
+/// neither step (nor either fan-out's count of its elements) changes.
+async fn forged_positions_match_nothing(store: impl TestQueue, _base: u64) {
+    let run = Client::new(&store).submit(&Diamond { n: 1 }).await.unwrap();
+    let root = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    store.complete(WORKER, &root[0].id, "1", 0).await.unwrap();
+    let mut parents = store.claim(WORKER, &["Diamond"], 2, LEASE).await.unwrap();
+    parents.sort_by(|x, y| x.id.step.cmp(&y.id.step));
+    let (b, c) = (parents[0].id.clone(), parents[1].id.clone());
+    assert_eq!(
+        (b.step.as_str(), c.step.as_str(), b.attempt),
+        ("b", "c", c.attempt)
+    );
+    // `b` by name, `c` by position: both held by this worker under claim 1.
+    let forged = ClaimId {
+        position: c.position,
+        ..b.clone()
+    };
+    let held = store
+        .heartbeat(WORKER, std::slice::from_ref(&forged), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(held, [Held::Lost]);
+    let stored = store
+        .complete_many(
+            WORKER,
+            &[Completion {
+                claim: &forged,
+                output: "999",
+                started_at: 0,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, [false]);
+    let failed = store
+        .fail(WORKER, &forged, "boom", 0, Some(Duration::ZERO))
+        .await;
+    assert!(
+        matches!(failed, Err(StoreError::ClaimLost { .. })),
+        "{failed:?}"
+    );
+    let failed = store.fail(WORKER, &forged, "boom", 0, None).await;
+    assert!(
+        matches!(failed, Err(StoreError::ClaimLost { .. })),
+        "{failed:?}"
+    );
+    let stored = store.load_run(&run.id).await.unwrap().unwrap();
+    for name in ["b", "c"] {
+        let step = stored.step(name).unwrap();
+        assert_eq!(
+            (step.state, step.output.as_deref()),
+            (StepStatus::Pending, None)
+        );
+    }
+    // The real ids still hold their claims, and complete.
+    store.complete(WORKER, &b, "2", 0).await.unwrap();
+    store.complete(WORKER, &c, "10", 0).await.unwrap();
+
+    // An element's id, with the other fan-out's position.
+    let run = Client::new(&store).submit(&Bounded { n: 2 }).await.unwrap();
+    let root = store.claim(WORKER, &["Bounded"], 1, LEASE).await.unwrap();
+    store
+        .complete(WORKER, &root[0].id, "[0,1]", 0)
+        .await
+        .unwrap();
+    let elements = store.claim(WORKER, &["Bounded"], 10, LEASE).await.unwrap();
+    let of = |step: &str| {
+        elements
+            .iter()
+            .find(|e| e.id.step == step && e.id.element == Some(0))
+            .unwrap()
+            .id
+            .clone()
+    };
+    let (halves, pooled) = (of("halves"), of("pooled"));
+    let forged = ClaimId {
+        position: pooled.position,
+        ..halves.clone()
+    };
+    let held = store
+        .heartbeat(WORKER, std::slice::from_ref(&forged), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(held, [Held::Lost]);
+    let stored = store
+        .complete_many(
+            WORKER,
+            &[Completion {
+                claim: &forged,
+                output: "999",
+                started_at: 0,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, [false]);
+    let failed = store.fail(WORKER, &forged, "boom", 0, None).await;
+    assert!(
+        matches!(failed, Err(StoreError::ClaimLost { .. })),
+        "{failed:?}"
+    );
+    // Every element completes with its real id, and each fan-out completes with its own.
+    for element in &elements {
+        let output = if element.id.step == "halves" {
+            "5"
+        } else {
+            "7"
+        };
+        store
+            .complete(WORKER, &element.id, output, 0)
+            .await
+            .unwrap();
+    }
+    let stored = store.load_run(&run.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, RunState::Succeeded);
+    assert_eq!(
+        stored.step("halves").unwrap().output.as_deref(),
+        Some("[5,5]")
+    );
+    assert_eq!(
+        stored.step("pooled").unwrap().output.as_deref(),
+        Some("[7,7]")
+    );
 }
 
 async fn fan_in_ready_once(store: impl TestQueue, base: u64) {

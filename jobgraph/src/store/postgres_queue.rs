@@ -198,14 +198,16 @@ impl Queue for PgStore {
                         .bind(idx_of(claim.position))
                         .bind(worker)
                         .bind(i64::from(claim.attempt))
-                        .bind(lease_ms(lease)),
+                        .bind(lease_ms(lease))
+                        .bind(&claim.step),
                     Some(element) => sqlx::query(RENEW_ELEMENT)
                         .bind(&claim.run)
                         .bind(&claim.step)
                         .bind(worker)
                         .bind(i64::from(claim.attempt))
                         .bind(lease_ms(lease))
-                        .bind(element_index(element)),
+                        .bind(element_index(element))
+                        .bind(idx_of(claim.position)),
                 }
                 .execute(&mut *conn)
                 .await?
@@ -274,12 +276,7 @@ impl Queue for PgStore {
             // they stored (its ordinal, from 1).
             let mut committed = vec![false; done.len()];
             if !steps.is_empty() {
-                let positions: Vec<i32> = steps
-                    .iter()
-                    .map(|(_, c)| idx_of(c.claim.position))
-                    .collect();
                 let stored = completions(COMPLETE_STEPS, worker, &steps)
-                    .bind(positions)
                     .fetch_all(&mut *tx)
                     .await?;
                 if let Some(first) = stored.first() {
@@ -295,12 +292,6 @@ impl Queue for PgStore {
             let mut news: Vec<String> = Vec::new();
             if !elements.is_empty() {
                 let stored = completions(COMPLETE_ELEMENTS, worker, &elements)
-                    .bind(
-                        elements
-                            .iter()
-                            .map(|(_, c)| c.claim.step.as_str())
-                            .collect::<Vec<_>>(),
-                    )
                     .bind(
                         elements
                             .iter()
@@ -414,6 +405,7 @@ impl Queue for PgStore {
                     .bind(started_at)
                     .bind(delay_ms(delay))
                     .bind(head.max_fails)
+                    .bind(&claim.step)
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some(at) = retried {
@@ -429,6 +421,7 @@ impl Queue for PgStore {
                 .bind(i64::from(claim.attempt))
                 .bind(error)
                 .bind(started_at)
+                .bind(&claim.step)
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(position) = position else {
@@ -1771,6 +1764,7 @@ async fn fail_element(
             .bind(delay_ms(delay))
             .bind(head.max_fails)
             .bind(element_index(element))
+            .bind(idx_of(claim.position))
             .fetch_optional(&mut *conn)
             .await?;
         if let Some(at) = retried {
@@ -1786,6 +1780,7 @@ async fn fail_element(
         .bind(error)
         .bind(started_at)
         .bind(element_index(element))
+        .bind(idx_of(claim.position))
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -2196,7 +2191,9 @@ fn ordinal_entry<'e, E>(of: &'e [E], ordinal: i64, what: &str) -> Result<&'e E, 
 }
 
 /// `statement` ([`COMPLETE_STEPS`] or [`COMPLETE_ELEMENTS`]) with what every completion binds:
-/// `$1` the worker, then one array each of runs, claim numbers, outputs and start times.
+/// `$1` the worker, then one array each of runs, claim numbers, outputs, start times, step
+/// names and positions (`$2` to `$7`). A step is found by its position and checked by its
+/// name, so an id whose two disagree matches nothing.
 fn completions<'q>(
     statement: &'q str,
     worker: &'q str,
@@ -2216,6 +2213,16 @@ fn completions<'q>(
         )
         .bind(done.iter().map(|(_, c)| c.output).collect::<Vec<_>>())
         .bind(done.iter().map(|(_, c)| c.started_at).collect::<Vec<_>>())
+        .bind(
+            done.iter()
+                .map(|(_, c)| c.claim.step.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            done.iter()
+                .map(|(_, c)| idx_of(c.claim.position))
+                .collect::<Vec<_>>(),
+        )
 }
 
 /// A delay (a retry's, a time to live) in milliseconds, as PostgreSQL adds it to `now()`: at
@@ -2692,16 +2699,18 @@ const SELECT_OUTPUTS: &str = "SELECT d.ordinal, s.output
     JOIN jobgraph_steps s ON s.run_id = d.run_id AND s.idx = d.idx
     WHERE s.state = 'completed'";
 
-/// A heartbeat: the claim's lease (of step `$2`, a position) runs until now + its TTR, or + `$5`
-/// ms (the worker's lease) for a step without one.
+/// A heartbeat: the claim's lease (of step `$2`, a position, named `$6`) runs until now + its
+/// TTR, or + `$5` ms (the worker's lease) for a step without one.
 const RENEW_CLAIM: &str = "UPDATE jobgraph_steps
     SET lease_until = now() + coalesce(ttr_ms, $5) * interval '1 millisecond'
-    WHERE run_id = $1 AND idx = $2 AND worker = $3 AND claims = $4 AND state = 'pending'";
+    WHERE run_id = $1 AND idx = $2 AND name = $6 AND worker = $3 AND claims = $4
+      AND state = 'pending'";
 
+/// The same of element `$6` of step `$2` (at position `$7`).
 const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET lease_until = now() + coalesce(ttr_ms, $5) * interval '1 millisecond'
-    WHERE run_id = $1 AND step = $2 AND idx = $6 AND worker = $3 AND claims = $4
-      AND state = 'pending'";
+    WHERE run_id = $1 AND step = $2 AND idx = $6 AND position = $7 AND worker = $3
+      AND claims = $4 AND state = 'pending'";
 
 const SELECT_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1";
 
@@ -2743,29 +2752,32 @@ const LOCK_RUNS: &str = concat!(
     WHERE id = ANY ($1) ORDER BY id FOR UPDATE"
 );
 
-/// Each step (`$2[i]`, `$6[i]`: run, position) that `$1` holds under claim `$3[i]` completed
-/// with output `$4[i]`, started at `$5[i]` (Unix ms): the steps it stored (a claim it no longer
-/// holds is not).
+/// Each step (`$2[i]`, `$7[i]`, `$6[i]`: run, position, name) that `$1` holds under claim
+/// `$3[i]` completed with output `$4[i]`, started at `$5[i]` (Unix ms): the steps it stored (a
+/// claim it no longer holds is not).
 const COMPLETE_STEPS: &str = "UPDATE jobgraph_steps s
     SET state = 'completed', output = c.output, attempts = s.claims, error = NULL,
         started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
-    FROM unnest($2::text[], $6::integer[], $3::bigint[], $4::text[], $5::bigint[])
-        WITH ORDINALITY AS c (run_id, idx, claims, output, started, ordinal)
-    WHERE s.run_id = c.run_id AND s.idx = c.idx AND s.worker = $1 AND s.claims = c.claims
-      AND s.state = 'pending'
+    FROM unnest($2::text[], $7::integer[], $6::text[], $3::bigint[], $4::text[], $5::bigint[])
+        WITH ORDINALITY AS c (run_id, idx, name, claims, output, started, ordinal)
+    WHERE s.run_id = c.run_id AND s.idx = c.idx AND s.name = c.name AND s.worker = $1
+      AND s.claims = c.claims AND s.state = 'pending'
     RETURNING c.ordinal, s.idx";
 
-/// Each (`$2[i]`, `$6[i]`, `$7[i]`: run, step, element) that `$1` holds under claim `$3[i]`
-/// completed with output `$4[i]`, started at `$5[i]` (Unix ms): the elements it stored.
+/// Each (`$2[i]`, `$6[i]`, `$8[i]`: run, step, element; `$7[i]` the step's position) that `$1`
+/// holds under claim `$3[i]` completed with output `$4[i]`, started at `$5[i]` (Unix ms): the
+/// elements it stored.
 const COMPLETE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements s
     SET state = 'completed', output = c.output, error = NULL,
         started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
-    FROM unnest($2::text[], $6::text[], $3::bigint[], $4::text[], $5::bigint[], $7::bigint[])
-        WITH ORDINALITY AS c (run_id, step, claims, output, started, idx, ordinal)
-    WHERE s.run_id = c.run_id AND s.step = c.step AND s.idx = c.idx AND s.worker = $1
-      AND s.claims = c.claims AND s.state = 'pending'
+    FROM unnest($2::text[], $6::text[], $7::integer[], $3::bigint[], $4::text[], $5::bigint[],
+            $8::bigint[])
+        WITH ORDINALITY AS c (run_id, step, position, claims, output, started, idx, ordinal)
+    WHERE s.run_id = c.run_id AND s.step = c.step AND s.idx = c.idx
+      AND s.position = c.position AND s.worker = $1 AND s.claims = c.claims
+      AND s.state = 'pending'
     RETURNING c.ordinal, s.job";
 
 /// Fan-out `$2` (a position) of run `$1` has `$3` elements: its job.
@@ -2834,34 +2846,38 @@ const DEPENDENCIES_DONE: &str = "UPDATE jobgraph_steps s
     RETURNING CASE WHEN s.waiting = 0 AND s.fan_over IS NULL THEN s.job END AS job,
         s.waiting = 0 AND s.fan_over IS NOT NULL AS fan, s.run_id, s.idx, s.fan_over";
 
+/// Step `$2` (a position, named `$9`) of run `$1`, held by `$3` under claim `$4`, failed with
+/// error `$5` and is tried again in `$7` ms, if it failed fewer than `$8` times before: when.
 const RETRY_STEP: &str = "UPDATE jobgraph_steps
     SET fails = fails + 1, error = $5, attempts = claims,
         started_at = coalesce(started_at, jobgraph_at($6)),
         worker = NULL, lease_until = NULL, ready_at = now() + $7 * interval '1 millisecond'
-    WHERE run_id = $1 AND idx = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
-      AND fails + 1 < coalesce($8, 9223372036854775807)
+    WHERE run_id = $1 AND idx = $2 AND name = $9 AND worker = $3 AND claims = $4
+      AND state = 'pending' AND fails + 1 < coalesce($8, 9223372036854775807)
     RETURNING jobgraph_ms(ready_at)";
 
+/// The same step failed for good: its position.
 const FAIL_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'failed', fails = fails + 1, error = $5, attempts = claims,
         started_at = coalesce(started_at, jobgraph_at($6)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = $1 AND idx = $2 AND worker = $3 AND claims = $4 AND state = 'pending'
+    WHERE run_id = $1 AND idx = $2 AND name = $7 AND worker = $3 AND claims = $4
+      AND state = 'pending'
     RETURNING idx";
 
 const RETRY_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET fails = fails + 1, error = $5, started_at = coalesce(started_at, jobgraph_at($6)),
         worker = NULL, lease_until = NULL, ready_at = now() + $7 * interval '1 millisecond'
-    WHERE run_id = $1 AND step = $2 AND idx = $9 AND worker = $3 AND claims = $4
-      AND state = 'pending' AND fails + 1 < coalesce($8, 9223372036854775807)
+    WHERE run_id = $1 AND step = $2 AND idx = $9 AND position = $10 AND worker = $3
+      AND claims = $4 AND state = 'pending' AND fails + 1 < coalesce($8, 9223372036854775807)
     RETURNING jobgraph_ms(ready_at)";
 
 const FAIL_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET state = 'failed', fails = fails + 1, error = $5,
         started_at = coalesce(started_at, jobgraph_at($6)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = $1 AND step = $2 AND idx = $7 AND worker = $3 AND claims = $4
-      AND state = 'pending'";
+    WHERE run_id = $1 AND step = $2 AND idx = $7 AND position = $8 AND worker = $3
+      AND claims = $4 AND state = 'pending'";
 
 /// Fan-out `$2` (at position `$4`) of run `$1` failed with its element's error `$3`; its
 /// attempts are its elements' claims. Its position, if it was pending.

@@ -567,8 +567,10 @@ pub struct ClaimId {
     /// The step's name.
     pub step: String,
     /// The step's index in the run's graph: how the stores find the step's row (with the
-    /// run, the worker and the claim number). Keep the claim's own; an id built with another
-    /// step's position names that step.
+    /// run, the worker and the claim number), checked against [`step`](ClaimId::step). An id
+    /// whose position is another step's matches no claim: its heartbeat says
+    /// [`Held::Lost`], its completion is not stored and its failure is
+    /// [`StoreError::ClaimLost`].
     pub position: usize,
     /// The claim's number: 1 for the step's (or the element's) first claim.
     pub attempt: u32,

@@ -123,7 +123,8 @@ impl Queue for SqliteStore {
                         .bind(worker)
                         .bind(i64::from(claim.attempt))
                         .bind(now)
-                        .bind(lease),
+                        .bind(lease)
+                        .bind(position_of(claim)),
                     Some(element) => sqlx::query(RENEW_ELEMENT)
                         .bind(&claim.run)
                         .bind(&claim.step)
@@ -131,7 +132,8 @@ impl Queue for SqliteStore {
                         .bind(i64::from(claim.attempt))
                         .bind(now)
                         .bind(lease)
-                        .bind(element_index(element)),
+                        .bind(element_index(element))
+                        .bind(position_of(claim)),
                 }
                 .execute(&mut *tx)
                 .await?
@@ -179,7 +181,8 @@ impl Queue for SqliteStore {
                         .bind(i64::from(claim.attempt))
                         .bind(c.output)
                         .bind(c.started_at)
-                        .bind(now),
+                        .bind(now)
+                        .bind(position_of(claim)),
                     Some(element) => sqlx::query(COMPLETE_ELEMENT)
                         .bind(&claim.run)
                         .bind(&claim.step)
@@ -188,7 +191,8 @@ impl Queue for SqliteStore {
                         .bind(c.output)
                         .bind(c.started_at)
                         .bind(now)
-                        .bind(element_index(element)),
+                        .bind(element_index(element))
+                        .bind(position_of(claim)),
                 }
                 .execute(&mut *tx)
                 .await?
@@ -260,6 +264,7 @@ impl Queue for SqliteStore {
                     .bind(error)
                     .bind(started_at)
                     .bind(at)
+                    .bind(position_of(claim))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -276,6 +281,7 @@ impl Queue for SqliteStore {
                 .bind(error)
                 .bind(started_at)
                 .bind(now)
+                .bind(position_of(claim))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -876,6 +882,12 @@ fn element_index(element: usize) -> i64 {
     i64::try_from(element).unwrap_or(i64::MAX)
 }
 
+/// The position of a claim's step, as stored: each statement of a claim's step (or element)
+/// checks it beside the step's name, so an id whose two disagree matches nothing.
+fn position_of(claim: &ClaimId) -> i64 {
+    i64::try_from(claim.position).unwrap_or(i64::MAX)
+}
+
 /// An element of fan-out `step` of `run` completed: lets the next element the step's bound held
 /// back be claimed, and, if it was the last, completes the step with the elements' outputs in
 /// their order (a JSON list). Whether the step completed.
@@ -1073,6 +1085,7 @@ async fn fail_element(
             .bind(started_at)
             .bind(at)
             .bind(element_index(element))
+            .bind(position_of(claim))
             .execute(&mut *conn)
             .await?
             .rows_affected();
@@ -1089,6 +1102,7 @@ async fn fail_element(
         .bind(started_at)
         .bind(now)
         .bind(element_index(element))
+        .bind(position_of(claim))
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -1444,12 +1458,13 @@ const SELECT_OUTPUT: &str = "SELECT output FROM jobgraph_steps
 /// A heartbeat: the claim's lease runs until `?5` (now) + its TTR, or + `?6` ms (the worker's
 /// lease) for a step without one.
 const RENEW_CLAIM: &str = "UPDATE jobgraph_steps SET lease_until = ?5 + COALESCE(ttr_ms, ?6)
-    WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'";
+    WHERE run_id = ?1 AND name = ?2 AND position = ?7 AND worker = ?3 AND claims = ?4
+      AND state = 'pending'";
 
 const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET lease_until = ?5 + COALESCE(ttr_ms, ?6)
-    WHERE run_id = ?1 AND step = ?2 AND idx = ?7 AND worker = ?3 AND claims = ?4
-      AND state = 'pending'";
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?7 AND position = ?8 AND worker = ?3
+      AND claims = ?4 AND state = 'pending'";
 
 const SELECT_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = ?1";
 
@@ -1479,13 +1494,14 @@ const COMPLETE_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'completed', output = ?5, attempts = claims, error = NULL,
         started_at = COALESCE(started_at, ?6), ended_at = ?7,
         worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'";
+    WHERE run_id = ?1 AND name = ?2 AND position = ?8 AND worker = ?3 AND claims = ?4
+      AND state = 'pending'";
 
 const COMPLETE_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET state = 'completed', output = ?5, error = NULL, started_at = COALESCE(started_at, ?6),
         ended_at = ?7, worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = ?1 AND step = ?2 AND idx = ?8 AND worker = ?3 AND claims = ?4
-      AND state = 'pending'";
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?8 AND position = ?9 AND worker = ?3
+      AND claims = ?4 AND state = 'pending'";
 
 /// One more dependency of step `?2` completed: the last makes it ready, unless it is a fan-out
 /// (its elements are made instead). What it is now.
@@ -1540,16 +1556,16 @@ const COMPLETE_FAN_OUT: &str = "UPDATE jobgraph_steps
 const RETRY_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET fails = fails + 1, error = ?5, started_at = COALESCE(started_at, ?6),
         worker = NULL, lease_until = NULL, ready_at = ?7
-    WHERE run_id = ?1 AND step = ?2 AND idx = ?8 AND worker = ?3 AND claims = ?4
-      AND state = 'pending'
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?8 AND position = ?9 AND worker = ?3
+      AND claims = ?4 AND state = 'pending'
       AND fails + 1 < COALESCE((SELECT max_fails FROM jobgraph_runs r WHERE r.id = run_id),
                                9223372036854775807)";
 
 const FAIL_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET state = 'failed', fails = fails + 1, error = ?5, started_at = COALESCE(started_at, ?6),
         ended_at = ?7, worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = ?1 AND step = ?2 AND idx = ?8 AND worker = ?3 AND claims = ?4
-      AND state = 'pending'";
+    WHERE run_id = ?1 AND step = ?2 AND idx = ?8 AND position = ?9 AND worker = ?3
+      AND claims = ?4 AND state = 'pending'";
 
 /// Fan-out `?2` failed with its element's error `?3`; its attempts are its elements' claims.
 const FAIL_FAN_OUT: &str = "UPDATE jobgraph_steps
@@ -1574,7 +1590,8 @@ pub(super) const AGE_ELEMENT_CLAIMS: &str = "UPDATE jobgraph_queue_elements
 const RETRY_STEP: &str = "UPDATE jobgraph_steps
     SET fails = fails + 1, error = ?5, attempts = claims, started_at = COALESCE(started_at, ?6),
         worker = NULL, lease_until = NULL, ready_at = ?7
-    WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'
+    WHERE run_id = ?1 AND name = ?2 AND position = ?8 AND worker = ?3 AND claims = ?4
+      AND state = 'pending'
       AND fails + 1 < COALESCE((SELECT max_fails FROM jobgraph_runs r WHERE r.id = run_id),
                                9223372036854775807)";
 
@@ -1582,7 +1599,8 @@ const FAIL_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'failed', fails = fails + 1, error = ?5, attempts = claims,
         started_at = COALESCE(started_at, ?6), ended_at = ?7,
         worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = ?1 AND name = ?2 AND worker = ?3 AND claims = ?4 AND state = 'pending'";
+    WHERE run_id = ?1 AND name = ?2 AND position = ?8 AND worker = ?3 AND claims = ?4
+      AND state = 'pending'";
 
 const SKIP_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'skipped', ready_at = NULL, worker = NULL, lease_until = NULL
