@@ -325,6 +325,29 @@ async fn stale_completion_is_fenced_out(store: impl TestQueue, _base: u64) {
     assert!(store.complete("fast", &second[0].id, "1", 0).await.is_err());
 }
 
+/// Asserts that `forged` matches no claim of `WORKER`'s: its heartbeat says lost, its
+/// completion is not stored, and its failure (to retry, or for good) is refused.
+async fn matches_no_claim(store: &impl TestQueue, forged: &ClaimId) {
+    let held = store
+        .heartbeat(WORKER, std::slice::from_ref(forged), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(held, [Held::Lost]);
+    let done = [Completion {
+        claim: forged,
+        output: "999",
+        started_at: 0,
+    }];
+    assert_eq!(store.complete_many(WORKER, &done).await.unwrap(), [false]);
+    for retry_in in [Some(Duration::ZERO), None] {
+        let failed = store.fail(WORKER, forged, "boom", 0, retry_in).await;
+        assert!(
+            matches!(failed, Err(StoreError::ClaimLost { .. })),
+            "{failed:?}"
+        );
+    }
+}
+
 /// A claim id names its step twice, by name and by position: an id whose two disagree (built by
 /// hand, with another step's position) matches no claim, even one its worker holds under the
 /// same number. Its heartbeat says lost, its completion and its failure are refused, and
@@ -345,35 +368,7 @@ async fn forged_positions_match_nothing(store: impl TestQueue, _base: u64) {
         position: c.position,
         ..b.clone()
     };
-    let held = store
-        .heartbeat(WORKER, std::slice::from_ref(&forged), LEASE)
-        .await
-        .unwrap();
-    assert_eq!(held, [Held::Lost]);
-    let stored = store
-        .complete_many(
-            WORKER,
-            &[Completion {
-                claim: &forged,
-                output: "999",
-                started_at: 0,
-            }],
-        )
-        .await
-        .unwrap();
-    assert_eq!(stored, [false]);
-    let failed = store
-        .fail(WORKER, &forged, "boom", 0, Some(Duration::ZERO))
-        .await;
-    assert!(
-        matches!(failed, Err(StoreError::ClaimLost { .. })),
-        "{failed:?}"
-    );
-    let failed = store.fail(WORKER, &forged, "boom", 0, None).await;
-    assert!(
-        matches!(failed, Err(StoreError::ClaimLost { .. })),
-        "{failed:?}"
-    );
+    matches_no_claim(&store, &forged).await;
     let stored = store.load_run(&run.id).await.unwrap().unwrap();
     for name in ["b", "c"] {
         let step = stored.step(name).unwrap();
@@ -407,28 +402,7 @@ async fn forged_positions_match_nothing(store: impl TestQueue, _base: u64) {
         position: pooled.position,
         ..halves.clone()
     };
-    let held = store
-        .heartbeat(WORKER, std::slice::from_ref(&forged), LEASE)
-        .await
-        .unwrap();
-    assert_eq!(held, [Held::Lost]);
-    let stored = store
-        .complete_many(
-            WORKER,
-            &[Completion {
-                claim: &forged,
-                output: "999",
-                started_at: 0,
-            }],
-        )
-        .await
-        .unwrap();
-    assert_eq!(stored, [false]);
-    let failed = store.fail(WORKER, &forged, "boom", 0, None).await;
-    assert!(
-        matches!(failed, Err(StoreError::ClaimLost { .. })),
-        "{failed:?}"
-    );
+    matches_no_claim(&store, &forged).await;
     // Every element completes with its real id, and each fan-out completes with its own.
     for element in &elements {
         let output = if element.id.step == "halves" {
