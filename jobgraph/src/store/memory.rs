@@ -9,7 +9,7 @@ use futures::future::{self, BoxFuture, FutureExt};
 
 use super::{
     GraphSpec, RunFilter, RunSpec, RunState, RunSummary, StepOutcome, StepStatus, StepTally, Store,
-    StoreError, StoredRun, StoredStep, millis, now_ms, plus,
+    StoreError, StoredRun, StoredStep, check_open, millis, now_ms, plus,
 };
 
 /// A [`Store`] in memory: same semantics as `SqliteStore`, leases and fencing included (on the
@@ -175,23 +175,12 @@ impl Store for MemoryStore {
                 );
                 return Ok(run);
             };
-            if run.run.job != spec.job {
-                return Err(StoreError::Mismatch {
-                    run: spec.id.to_owned(),
-                    stored_job: run.run.job.clone(),
-                    job: spec.job.to_owned(),
-                });
-            }
-            if let (Some(holder), Some(held_until)) = (&run.lease_owner, run.lease_until)
-                && holder != owner
-                && held_until > now
-            {
-                return Err(StoreError::Busy {
-                    run: spec.id.to_owned(),
-                    owner: holder.clone(),
-                    until: held_until,
-                });
-            }
+            let live = run
+                .lease_owner
+                .as_deref()
+                .zip(run.lease_until)
+                .filter(|l| l.1 > now);
+            check_open(spec.id, &run.run.job, false, live, spec.job, owner)?;
             run.lease_owner = Some(owner.to_owned());
             run.lease_until = Some(until);
             if !run.run.state.is_terminal() {

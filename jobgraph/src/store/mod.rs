@@ -751,6 +751,41 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// Whether `owner` may open stored run `run` (of job `stored_job`) as a run of `job`
+/// ([`Store::open_run`]): [`StoreError::IdTaken`] if a client submitted it (workers execute it,
+/// step by step), [`StoreError::Mismatch`] if it is of another job, [`StoreError::Busy`] if
+/// another owner holds its live lease (`live_lease`: holder and end, Unix ms). Every store's
+/// `open_run` asks it of a run it found.
+pub(crate) fn check_open(
+    run: &str,
+    stored_job: &str,
+    queued: bool,
+    live_lease: Option<(&str, i64)>,
+    job: &str,
+    owner: &str,
+) -> Result<(), StoreError> {
+    if queued {
+        return Err(StoreError::IdTaken {
+            run: run.to_owned(),
+        });
+    }
+    if stored_job != job {
+        return Err(StoreError::Mismatch {
+            run: run.to_owned(),
+            stored_job: stored_job.to_owned(),
+            job: job.to_owned(),
+        });
+    }
+    match live_lease {
+        Some((holder, until)) if holder != owner => Err(StoreError::Busy {
+            run: run.to_owned(),
+            owner: holder.to_owned(),
+            until,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The wall clock, Unix milliseconds: the one clock of `MemoryStore` and `SqliteStore` (leases,
 /// timestamps); `PgStore` uses the database server's.
 pub(crate) fn now_ms() -> i64 {

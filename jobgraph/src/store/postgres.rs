@@ -36,7 +36,7 @@ use super::postgres_schema;
 use super::queue::{Sweeps, lease_ms};
 use super::{
     GraphSpec, RunFilter, RunSpec, RunState, RunSummary, StepOutcome, StepStatus, StepTally, Store,
-    StoreError, StoredRun, StoredStep,
+    StoreError, StoredRun, StoredStep, check_open,
 };
 
 /// A [`Store`] in a PostgreSQL database: runs survive their processes and are shared by
@@ -1087,29 +1087,13 @@ async fn open_existing(
     owner: &str,
     lease: Duration,
 ) -> Result<(), StoreError> {
-    if head.queued {
-        // Workers execute it, step by step (and its steps have no index by name).
-        return Err(StoreError::IdTaken {
-            run: spec.id.to_owned(),
-        });
-    }
-    if head.job != spec.job {
-        return Err(StoreError::Mismatch {
-            run: spec.id.to_owned(),
-            stored_job: head.job,
-            job: spec.job.to_owned(),
-        });
-    }
-    if let (Some(holder), Some(until)) = (head.lease_owner, head.lease_until)
-        && holder != owner
-        && head.live
-    {
-        return Err(StoreError::Busy {
-            run: spec.id.to_owned(),
-            owner: holder,
-            until,
-        });
-    }
+    // A queued run's steps have no index by name, which a runner's checkpoints use.
+    let live = head
+        .lease_owner
+        .as_deref()
+        .zip(head.lease_until)
+        .filter(|_| head.live);
+    check_open(spec.id, &head.job, head.queued, live, spec.job, owner)?;
     take_lease(&mut *conn, spec.id, owner, lease).await?;
     if !head.state.is_terminal() {
         resume_steps(conn, spec.id).await?;

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::schema;
 use super::{
     GraphSpec, RunFilter, RunSpec, RunState, RunSummary, StepOutcome, StepStatus, StepTally, Store,
-    StoreError, StoredRun, StoredStep, millis, now_ms, plus,
+    StoreError, StoredRun, StoredStep, check_open, millis, now_ms, plus,
 };
 
 /// A [`Store`] in an embedded SQLite database: runs survive the process (and, with
@@ -1747,27 +1747,8 @@ impl<'w> Plan<'w> {
                     };
                     return Ok(Written::Run(Box::new(new_run(&spec, now))));
                 };
-                if queued {
-                    // Workers execute it, step by step.
-                    return Err(StoreError::IdTaken { run: id.clone() });
-                }
-                if run.job != *job {
-                    return Err(StoreError::Mismatch {
-                        run: id.clone(),
-                        stored_job: run.job,
-                        job: job.clone(),
-                    });
-                }
-                if let (Some(holder), Some(held_until)) = (holder, held_until)
-                    && holder != *owner
-                    && held_until > now
-                {
-                    return Err(StoreError::Busy {
-                        run: id.clone(),
-                        owner: holder,
-                        until: held_until,
-                    });
-                }
+                let live = holder.as_deref().zip(held_until).filter(|l| l.1 > now);
+                check_open(id, &run.job, queued, live, job, owner)?;
                 let resume = !run.state.is_terminal();
                 self.leases.push((id, owner, until, resume));
                 if resume {
@@ -1986,29 +1967,8 @@ async fn open_run(
         }
         return Ok(new_run(spec, now));
     };
-    if queued {
-        // Workers execute it, step by step.
-        return Err(StoreError::IdTaken {
-            run: spec.id.to_owned(),
-        });
-    }
-    if run.job != spec.job {
-        return Err(StoreError::Mismatch {
-            run: spec.id.to_owned(),
-            stored_job: run.job,
-            job: spec.job.to_owned(),
-        });
-    }
-    if let (Some(holder), Some(held_until)) = (holder, held_until)
-        && holder != owner
-        && held_until > now
-    {
-        return Err(StoreError::Busy {
-            run: spec.id.to_owned(),
-            owner: holder,
-            until: held_until,
-        });
-    }
+    let live = holder.as_deref().zip(held_until).filter(|l| l.1 > now);
+    check_open(spec.id, &run.job, queued, live, spec.job, owner)?;
     let resume = !run.state.is_terminal();
     take_lease(conn, spec.id, owner, until, now, resume).await?;
     if resume {
