@@ -655,6 +655,11 @@ enum Counter {
 /// Jobs not yet finished (for jobgraph: runs).
 const JOBGRAPH_LEFT: &str =
     "SELECT count(*) FROM jobgraph_runs WHERE state IN ('pending', 'running')";
+/// The same on PostgreSQL, where a run of one step succeeded once its step completed (its row
+/// is not written then: `alone`, schema version 11).
+const JOBGRAPH_PG_LEFT: &str = "SELECT count(*) FROM jobgraph_runs r
+    WHERE r.state IN ('pending', 'running') AND NOT EXISTS (SELECT 1 FROM jobgraph_steps a
+        WHERE a.run_id = r.id AND a.idx = 0 AND a.alone AND a.state = 'completed')";
 /// Whether a step or fan-out element is ready or running (a row of `jobgraph_steps_ready` or
 /// `jobgraph_queue_elements_ready`; a fan-out's step is neither while its elements run, and no
 /// step waits without one of those in its run): `EXISTS`, which stops at the first such row.
@@ -705,7 +710,10 @@ impl Counter {
         if let Counter::Peer(counter) = self {
             return counter.left().await;
         }
-        self.jobgraph(JOBGRAPH_LEFT).await
+        match self {
+            Counter::Pg(_) => self.jobgraph(JOBGRAPH_PG_LEFT).await,
+            _ => self.jobgraph(JOBGRAPH_LEFT).await,
+        }
     }
 
     /// Whether any job is unfinished: what the burn-down polls every 20 ms, and the latency

@@ -109,6 +109,7 @@ on_both_queues! {
     completions_commit_together_each_fenced_alone => complete_many_together,
     a_stale_and_a_live_claim_of_one_step_in_one_call_are_told_apart => stale_and_live_claim_together,
     runs_of_one_step_end_with_their_step_among_other_completions => one_step_runs_complete_among_others,
+    a_run_of_one_step_ended_by_its_step_stays_ended_for_every_reader_and_writer => one_step_runs_stay_ended,
     a_run_is_running_from_its_first_claim_to_its_end_whoever_reads_it => running_from_first_claim,
     a_worker_prefetches_claims_but_runs_no_more_than_its_concurrency => prefetch_runs_within_concurrency,
     a_worker_does_not_start_a_queued_step_whose_lease_may_have_lapsed => lapsed_claims_are_not_started,
@@ -890,6 +891,7 @@ async fn worker_drains(store: impl TestQueue, base: u64) {
         position: 0,
         attempt: 0,
         element: None,
+        only_step: false,
     };
 }
 
@@ -1096,6 +1098,132 @@ async fn one_step_runs_complete_among_others(store: impl TestQueue, _base: u64) 
     let last = [completion(&busy[1].id, "2")];
     assert_eq!(store.complete_many(WORKER, &last).await.unwrap(), [true]);
     assert_eq!(state(&alone[1]).await.state, RunState::Succeeded);
+}
+
+/// A run of one step ends when its step completes, and stays ended for every reader (its
+/// status and when it was last written, the runs listed by state, its batch's counts) and every
+/// writer that comes after (an abort of it or of its batch, its time to live, a stale claim); a
+/// redrive runs it again. Its claim says it is its run's only step; an id that says so of another
+/// step is completed the usual way, its children made ready. (On PostgreSQL such a step is
+/// completed without writing its run: readers derive its end from the step.)
+async fn one_step_runs_stay_ended(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let ids = client
+        .submit_batch("alone", [1, 2, 3].map(|key| Busy { key }))
+        .ttl(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut busy = store.claim(WORKER, &["Busy"], 3, LEASE).await.unwrap();
+    busy.sort_by_key(|c| ids.iter().position(|id| *id == c.id.run));
+    assert_eq!(busy.len(), 3);
+    assert!(busy.iter().all(|c| c.id.only_step));
+    let done: Vec<Completion<'_>> = busy[..2]
+        .iter()
+        .map(|c| Completion {
+            claim: &c.id,
+            output: "7",
+            started_at: 0,
+        })
+        .collect();
+    assert_eq!(
+        store.complete_many(WORKER, &done).await.unwrap(),
+        [true, true]
+    );
+    let ended = client.status(&ids[0]).await.unwrap();
+    assert_eq!(ended.state, RunState::Succeeded);
+    assert_eq!(ended.error, None);
+    let step_ended = ended.step("work").unwrap().ended_at.unwrap();
+    assert!(ended.updated_at >= step_ended, "{ended:?}");
+    let listed = |state| {
+        let store = &store;
+        async move {
+            let filter = RunFilter {
+                state: Some(state),
+                batch: Some("alone".to_owned()),
+                ..RunFilter::default()
+            };
+            let mut runs: Vec<String> = store
+                .list_runs(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            runs.sort();
+            runs
+        }
+    };
+    assert_eq!(listed(RunState::Succeeded).await, ids[..2]);
+    assert_eq!(listed(RunState::Running).await, ids[2..]);
+    let counts = client.batch_counts("alone").await.unwrap();
+    assert_eq!((counts.succeeded, counts.running), (2, 1), "{counts:?}");
+
+    // An ended run is not aborted, alone or with its batch: only the third is.
+    assert!(!client.abort(&ids[0]).await.unwrap());
+    assert_eq!(client.abort_batch("alone").await.unwrap(), 1);
+    let late = [Completion {
+        claim: &busy[2].id,
+        output: "7",
+        started_at: 0,
+    }];
+    assert_eq!(store.complete_many(WORKER, &late).await.unwrap(), [false]);
+    // Past their time to live, the ended runs stay succeeded (a claim sweeps expired runs).
+    store.age_leases(Duration::from_secs(61)).await;
+    assert!(
+        store
+            .claim(WORKER, &["Busy"], 3, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let states: Vec<RunState> = futures::future::join_all(ids.iter().map(|id| client.status(id)))
+        .await
+        .into_iter()
+        .map(|s| s.unwrap().state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            RunState::Succeeded,
+            RunState::Succeeded,
+            RunState::Cancelled
+        ]
+    );
+    assert_eq!(
+        client.status(&ids[0]).await.unwrap().updated_at,
+        ended.updated_at
+    );
+
+    // A redrive runs it again.
+    store.reset_step(&ids[1], "work").await.unwrap();
+    assert_eq!(
+        client.status(&ids[1]).await.unwrap().state,
+        RunState::Pending
+    );
+    let again = store.claim(WORKER, &["Busy"], 3, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    store.complete(WORKER, &again[0].id, "8", 0).await.unwrap();
+    let redriven = client.status(&ids[1]).await.unwrap();
+    assert_eq!(redriven.state, RunState::Succeeded);
+    assert_eq!(redriven.step("work").unwrap().output.as_deref(), Some("8"));
+
+    // A claim id that calls a step of a run of several its run's only step: completed the
+    // usual way, its children made ready, its run running.
+    let diamond = client.submit(&Diamond { n: 2 }).await.unwrap().id;
+    let root = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    assert!(!root[0].id.only_step);
+    let forged = ClaimId {
+        only_step: true,
+        ..root[0].id.clone()
+    };
+    store.complete(WORKER, &forged, "2", 0).await.unwrap();
+    assert_eq!(
+        client.status(&diamond).await.unwrap().state,
+        RunState::Running
+    );
+    let next = store.claim(WORKER, &["Diamond"], 5, LEASE).await.unwrap();
+    let names: BTreeSet<&str> = next.iter().map(|c| c.id.step.as_str()).collect();
+    assert_eq!(names, BTreeSet::from(["b", "c"]));
 }
 
 /// A queued run is pending until a worker claims one of its steps, and running from then until
@@ -1581,6 +1709,78 @@ async fn postgres_a_claim_passes_over_rows_another_transaction_holds() {
     let last = store.claim(WORKER, &["Diamond"], 10, LEASE).await.unwrap();
     assert_eq!(last.len(), 1);
     assert_eq!(last[0].id.run, held);
+}
+
+/// The only step of a run is completed by its row alone: the run's row is neither locked nor
+/// written. An abort of the run that waits for the step's row while the completion commits
+/// finds the run ended, cancels nothing and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_abort_that_waits_for_a_completing_only_step_finds_its_run_ended() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let client = Client::new(store);
+    let run = client.submit(&Busy { key: 0 }).await.unwrap().id;
+    let claimed = store.claim(WORKER, &["Busy"], 1, LEASE).await.unwrap();
+    assert!(claimed[0].id.only_step);
+    // Another transaction holds the step's row; the completion, then the abort, wait for it.
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobgraph_steps WHERE run_id = $1 FOR UPDATE")
+        .bind(&run)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let mut watch = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let completing = tokio::spawn({
+        let (store, id) = (store.clone(), claimed[0].id.clone());
+        async move {
+            let done = [Completion {
+                claim: &id,
+                output: "5",
+                started_at: 0,
+            }];
+            store.complete_many(WORKER, &done).await
+        }
+    });
+    waiting_for_locks(&mut watch, 1).await;
+    let aborting = tokio::spawn({
+        let (client, run) = (client.clone(), run.clone());
+        async move { client.abort(&run).await }
+    });
+    waiting_for_locks(&mut watch, 2).await;
+    tx.rollback().await.unwrap();
+    assert_eq!(within(10, completing).await.unwrap().unwrap(), [true]);
+    assert!(!within(10, aborting).await.unwrap().unwrap());
+    let status = client.status(&run).await.unwrap();
+    assert_eq!(status.state, RunState::Succeeded);
+    assert_eq!(status.step("work").unwrap().output.as_deref(), Some("5"));
+    let stored: String = sqlx::query_scalar("SELECT state FROM jobgraph_runs WHERE id = $1")
+        .bind(&run)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(stored, "pending", "the run's row was written");
+}
+
+/// Returns once `n` sessions of the database wait for a lock.
+async fn waiting_for_locks(watch: &mut sqlx::PgConnection, n: i64) {
+    within(10, async {
+        while sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *watch)
+        .await
+        .unwrap()
+            < n
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2118,7 +2318,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "10");
+    assert_eq!(version, "11");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -2389,9 +2589,10 @@ async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted(
         .unwrap();
     assert_eq!(first.iter().filter(|c| c.id.step == "pooled").count(), 2);
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    // Version 10 undone, then version 9.
+    // Versions 11 and 10 undone, then version 9.
     sqlx::raw_sql(
-        "DROP INDEX jobgraph_steps_by_name;
+        "ALTER TABLE jobgraph_steps DROP COLUMN alone;
+        DROP INDEX jobgraph_steps_by_name;
         ALTER TABLE jobgraph_queue_elements DROP CONSTRAINT jobgraph_queue_elements_run_id_position_fkey;
         ALTER TABLE jobgraph_steps ADD CONSTRAINT jobgraph_steps_run_id_name_key UNIQUE (run_id, name);
         ALTER TABLE jobgraph_queue_elements ADD CONSTRAINT jobgraph_queue_elements_run_id_step_fkey

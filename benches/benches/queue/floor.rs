@@ -4,11 +4,11 @@
 //! the fewest row writes any store that keeps a run row and a step row per job (to answer
 //! `status` and `result` from any process) could make for a single-step job. A claim locks the
 //! best ready steps in the claim's index order and leases them (the step's row, a HOT update),
-//! returning each run's input; the completion stores each output and ends each run in one
-//! statement (the step's row, leaving the claim's index; the run's row, HOT). jobgraph also
-//! locks each run before completing its steps (a run of several steps needs it, to decide which
-//! children become ready and when the run ends); the floor knows each run has one step, and
-//! does not.
+//! returning each run's input; the completion stores each output in one statement (the step's
+//! row, leaving the claim's index). The run's row is not written when its step completes: as
+//! jobgraph's store does for a run of one step since schema version 11, readers see the run
+//! succeeded from its step. (Before, both wrote the run's end too, and jobgraph locked each run
+//! first.)
 //!
 //! Each process runs [`LOOPS`] claim-and-complete loops at once (`FLOOR_LOOPS` in its
 //! environment changes it) on a pool of as many connections (statements planned once, as
@@ -53,22 +53,15 @@ const CLAIM: &str = "WITH picked AS (
         (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id) AS input";
 
 /// Each step (`$2[i]`, `$3[i]`) that `$1` holds under claim `$4[i]` completed with output
-/// `$5[i]`, and its run (of one step) succeeded.
-const COMPLETE: &str = "WITH done AS (
-        UPDATE jobgraph_steps s
-        SET state = 'completed', output = c.output, attempts = s.claims, error = NULL,
-            started_at = now(), ended_at = now(), worker = NULL, lease_until = NULL,
-            ready_at = NULL
-        FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[])
-            AS c (run_id, name, claims, output)
-        WHERE s.run_id = c.run_id AND s.name = c.name AND s.worker = $1
-          AND s.claims = c.claims AND s.state = 'pending'
-        RETURNING s.run_id
-    )
-    UPDATE jobgraph_runs r
-    SET state = 'succeeded', updated_at = now(), expires_at = NULL
-    FROM done
-    WHERE r.id = done.run_id";
+/// `$5[i]`: the only step of its run, whose run it ends.
+const COMPLETE: &str = "UPDATE jobgraph_steps s
+    SET state = 'completed', output = c.output, attempts = s.claims, error = NULL,
+        started_at = now(), ended_at = now(), worker = NULL, lease_until = NULL,
+        ready_at = NULL
+    FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[])
+        AS c (run_id, name, claims, output)
+    WHERE s.run_id = c.run_id AND s.name = c.name AND s.worker = $1
+      AND s.claims = c.claims AND s.state = 'pending' AND s.alone";
 
 /// A `floor-pg` worker process named `name` on database `url`, running single-step jobs of
 /// `job` (each returns its input) until `stop` is cancelled: how many it claimed and completed.

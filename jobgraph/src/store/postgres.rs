@@ -858,15 +858,35 @@ async fn finish_run(
     Ok(done.rows_affected() == 1)
 }
 
+/// The completed step of a queued run of one step (`$r`: the runs table's name or alias, and a
+/// dot), if it completed: `FROM` and `WHERE` of a subquery over it (`a`). Such a step is
+/// completed without writing its run (schema version 11, `postgres_queue`), so a run stored
+/// `pending` or `running` with one has succeeded, at the step's end.
+macro_rules! alone_completed {
+    ($r:literal) => {
+        concat!(
+            "FROM jobgraph_steps a WHERE a.run_id = ",
+            $r,
+            "id AND a.idx = 0 AND a.alone AND a.state = 'completed'"
+        )
+    };
+}
+pub(super) use alone_completed;
+
 /// A run's state as readers see it (`$r`: the runs table's name or alias, and a dot). A
 /// queued run is stored `pending` until the first of its steps ends, so that a claim writes no
 /// run (see `postgres_queue`): it is running once one of its steps is claimed (`worker`, until
 /// the step ends or is put back) or has failed an attempt (`fails`). Both are reset when a run
-/// is redriven, which makes it pending again until a worker takes it.
+/// is redriven, which makes it pending again until a worker takes it. A run of one step has
+/// succeeded once its step completed ([`alone_completed!`]).
 macro_rules! shown_run_state {
     ($r:literal) => {
         concat!(
             "CASE WHEN ",
+            $r,
+            "state IN ('pending', 'running') AND EXISTS (SELECT 1 ",
+            $crate::store::postgres::alone_completed!($r),
+            ") THEN 'succeeded' WHEN ",
             $r,
             "state = 'pending' AND EXISTS (SELECT 1 FROM jobgraph_steps q
                 WHERE q.run_id = ",
@@ -880,11 +900,31 @@ macro_rules! shown_run_state {
 }
 pub(super) use shown_run_state;
 
+/// When a run was last written, as readers see it (`$r` as in [`shown_run_state!`]): for a run
+/// of one step that succeeded without its row being written, its step's end.
+macro_rules! shown_updated_at {
+    ($r:literal) => {
+        concat!(
+            "CASE WHEN ",
+            $r,
+            "state IN ('pending', 'running') THEN coalesce((SELECT a.ended_at ",
+            $crate::store::postgres::alone_completed!($r),
+            "), ",
+            $r,
+            "updated_at) ELSE ",
+            $r,
+            "updated_at END"
+        )
+    };
+}
+
 const SELECT_RUN: &str = concat!(
     "SELECT id, job, batch, input, graph::text AS graph, ",
     shown_run_state!("jobgraph_runs."),
     " AS state, error,
-        jobgraph_ms(created_at) AS created_at, jobgraph_ms(updated_at) AS updated_at
+        jobgraph_ms(created_at) AS created_at, jobgraph_ms(",
+    shown_updated_at!("jobgraph_runs."),
+    ") AS updated_at
     FROM jobgraph_runs WHERE id = $1"
 );
 
@@ -945,7 +985,9 @@ const SELECT_SUMMARIES: &str = concat!(
     FROM (
         SELECT id, job, batch, ",
     shown_run_state!("jobgraph_runs."),
-    " AS state, created_at, updated_at, seq FROM jobgraph_runs
+    " AS state, created_at, ",
+    shown_updated_at!("jobgraph_runs."),
+    " AS updated_at, seq FROM jobgraph_runs
         WHERE ($1::text IS NULL OR job = $1)
             AND ($2::text IS NULL OR ",
     shown_run_state!("jobgraph_runs."),

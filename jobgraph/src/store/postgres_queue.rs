@@ -11,6 +11,14 @@
 //!   and then sees `waiting` at 1 (and ending the run counts the steps left under the same lock,
 //!   so two last steps completing at once cannot both see the other pending). A transaction that
 //!   writes several runs (`complete_many`, `release`, `abort_batch`) locks them in id order.
+//! - **But the only step of a run is completed by its row alone** (`alone`, marked at submit;
+//!   the claim says so in [`ClaimId::only_step`]): no other step of its run waits for it, so its
+//!   completion locks and writes neither the run's row nor anything else, and readers see the run
+//!   succeeded from its step (`shown_run_state!`). What else ends such a run orders itself
+//!   against that completion by the step's row: an abort (of the run or its batch) and an expiry
+//!   lock the run, then cancel its pending steps (locking them in run and position order, as a
+//!   worker completes several runs' only steps), and only then write the run's state, leaving
+//!   one whose step completed ended (an expiry writes it `succeeded`).
 //! - **Claims never wait for rows, and read one index.** A claim picks its steps with `FOR
 //!   UPDATE SKIP LOCKED` from `jobgraph_steps_ready`, in the index's order (priority, ready
 //!   time, the run's creation, the step's index: every column on the step's row), one job at a
@@ -70,7 +78,9 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row as _};
 use tokio::sync::watch;
 
-use super::postgres::{At, PgStore, get, get_ms, graph, no_such_run, shown_run_state};
+use super::postgres::{
+    At, PgStore, alone_completed, get, get_ms, graph, no_such_run, shown_run_state,
+};
 use super::postgres_graphs::{self as graphs, Graph, graph_key, key_of_graph};
 use super::postgres_growth::Table;
 use super::queue::{
@@ -240,9 +250,41 @@ impl Queue for PgStore {
                 return Ok(Vec::new());
             }
             let mut conn = self.kept().commits.take(self.pool()).await?;
+            // Which completions were stored, by claim: a worker may settle a stale and a live
+            // claim of one step together (the stale one's commit waited for the database), and
+            // only the live one is stored. The statements say which of their arrays' entries
+            // they stored (its ordinal, from 1).
+            let mut committed = vec![false; done.len()];
+            // Each completion with its place in `done`.
+            let (mut alone, mut rest): (Vec<(usize, &Completion<'a>)>, Vec<_>) = done
+                .iter()
+                .enumerate()
+                .partition(|(_, c)| c.claim.only_step && c.claim.element.is_none());
+            // The only steps of their runs first, in a statement of their own: each is
+            // completed by its row alone, locked in run order (as an abort of several runs
+            // locks their steps), and its run is neither locked nor written (readers see it
+            // succeeded). One no longer held, or not its run's only step, goes the usual way.
+            if !alone.is_empty() {
+                alone.sort_unstable_by(|(_, x), (_, y)| x.claim.run.cmp(&y.claim.run));
+                let stored = completions(COMPLETE_ALONE, worker, &alone)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                for row in &stored {
+                    stored_entry(
+                        &mut committed,
+                        get(row, "ordinal", "jobgraph_steps")?,
+                        &alone,
+                    )?;
+                }
+                rest.extend(alone.into_iter().filter(|(at, _)| !committed[*at]));
+            }
+            if rest.is_empty() {
+                self.kept().commits.put(conn);
+                return Ok(committed);
+            }
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // The runs first, in id order (as every writer of several runs locks them).
-            let mut runs: Vec<&str> = done.iter().map(|c| c.claim.run.as_str()).collect();
+            let mut runs: Vec<&str> = rest.iter().map(|(_, c)| c.claim.run.as_str()).collect();
             runs.sort_unstable();
             runs.dedup();
             let locked = sqlx::query(LOCK_RUNS)
@@ -250,11 +292,8 @@ impl Queue for PgStore {
                 .fetch_all(&mut *tx)
                 .await?;
             let heads = heads_of(&mut tx, &locked, "job").await?;
-            // Each completion with its place in `done`.
-            let (elements, steps): (Vec<(usize, &Completion<'a>)>, Vec<_>) = done
-                .iter()
-                .enumerate()
-                .partition(|(_, c)| c.claim.element.is_some());
+            let (elements, steps): (Vec<(usize, &Completion<'a>)>, Vec<_>) =
+                rest.iter().partition(|(_, c)| c.claim.element.is_some());
             // Each child's dependencies that completed here, counted (two parents of one child
             // may complete in one call).
             let mut kids: HashMap<(String, i32), i32> = HashMap::new();
@@ -270,11 +309,6 @@ impl Queue for PgStore {
                 }
                 Ok(())
             };
-            // Which completions were stored, by claim: a worker may settle a stale and a live
-            // claim of one step together (the stale one's commit waited for the database), and
-            // only the live one is stored. The statements say which of their arrays' entries
-            // they stored (its ordinal, from 1).
-            let mut committed = vec![false; done.len()];
             if !steps.is_empty() {
                 let stored = completions(COMPLETE_STEPS, worker, &steps)
                     .fetch_all(&mut *tx)
@@ -339,11 +373,10 @@ impl Queue for PgStore {
                 notify(&mut tx, job).await?;
             }
             // The runs of the claims it stored (a set: a commit holds hundreds of claims).
-            let stored: HashSet<&str> = done
+            let stored: HashSet<&str> = rest
                 .iter()
-                .zip(&committed)
-                .filter(|(_, stored)| **stored)
-                .map(|(c, _)| c.claim.run.as_str())
+                .filter(|(at, _)| committed[*at])
+                .map(|(_, c)| c.claim.run.as_str())
                 .collect();
             // A run of one step whose step completed here succeeded: ended without counting
             // its steps' states. The others are counted, but for those this commit left a step
@@ -471,8 +504,18 @@ impl Queue for PgStore {
             if !matches!(state.as_str(), "pending" | "running") {
                 return Ok(false);
             }
-            sqlx::query(ABORT_RUN).bind(run).execute(&mut *tx).await?;
-            cancel_pending_steps(&mut tx, &[run.to_owned()]).await?;
+            // Its steps before its state: the only step of a run completes without the run's
+            // lock, and one that completed in the meantime (found completed once its row is
+            // locked) ended the run.
+            let runs = [run.to_owned()];
+            cancel_pending_steps(&mut tx, &runs).await?;
+            let aborted = sqlx::query_scalar::<_, String>(ABORT_RUNS)
+                .bind(&runs[..])
+                .fetch_optional(&mut *tx)
+                .await?;
+            if aborted.is_none() {
+                return Ok(false);
+            }
             tx.commit().await?;
             Ok(true)
         }
@@ -561,13 +604,18 @@ impl Queue for PgStore {
     fn abort_batch<'a>(&'a self, batch: &'a str) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
             let mut tx = self.begin().await?;
-            let runs: Vec<String> = sqlx::query_scalar(ABORT_BATCH)
+            let runs: Vec<String> = sqlx::query_scalar(LOCK_BATCH_RUNS)
                 .bind(batch)
                 .fetch_all(&mut *tx)
                 .await?;
+            // Steps before runs, as `abort`.
             cancel_pending_steps(&mut tx, &runs).await?;
+            let aborted: Vec<String> = sqlx::query_scalar(ABORT_RUNS)
+                .bind(&runs)
+                .fetch_all(&mut *tx)
+                .await?;
             tx.commit().await?;
-            Ok(runs.len() as u64)
+            Ok(aborted.len() as u64)
         }
         .boxed()
     }
@@ -1298,6 +1346,7 @@ async fn finish(
                 position,
                 attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
                 element: t.element.and_then(|e| usize::try_from(e).ok()),
+                only_step: spec.is_none() && t.element.is_none(),
             },
             job: t.job,
             fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
@@ -2143,14 +2192,16 @@ const INSERT_QUEUED_RUNS: &str = concat!(
 
 /// Every step of every run in `$1`, numbered in graph order, with the run's creation order,
 /// `max_attempts` and `expires_at` (what a claim filters and orders on), and its TTR: `$10` holds
-/// the runs' steps' TTRs, run by run in `$1`'s order (`NULL` past its end).
+/// the runs' steps' TTRs, run by run in `$1`'s order (`NULL` past its end). The step of a run of
+/// one step is `alone`.
 const INSERT_QUEUED_STEPS: &str = "INSERT INTO jobgraph_steps
         (run_id, idx, name, state, job, waiting, ready_at, priority,
-         run_seq, max_attempts, expires_at, fan_over, fan_bound, ttr_ms)
+         run_seq, max_attempts, expires_at, fan_over, fan_bound, ttr_ms, alone)
     SELECT r.id, (t.ord - 1)::integer, t.name, 'pending', $4, t.waiting,
         CASE WHEN t.waiting = 0 AND NOT $5 THEN coalesce(jobgraph_at($6), now()) END, $7,
         r.seq, r.max_attempts, r.expires_at, t.fan_over, t.fan_bound,
-        ($10::bigint[])[(q.ord - 1) * cardinality($2::text[]) + t.ord]
+        ($10::bigint[])[(q.ord - 1) * cardinality($2::text[]) + t.ord],
+        cardinality($2::text[]) = 1
     FROM unnest($1::text[]) WITH ORDINALITY AS q (id, ord)
     JOIN jobgraph_runs r ON r.id = q.id
     CROSS JOIN unnest($2::text[], $3::integer[], $8::integer[], $9::bigint[])
@@ -2246,11 +2297,9 @@ const RELEASE_STEPS: &str = "UPDATE jobgraph_steps SET ready_at = now()
       AND fan_over IS NULL
     RETURNING job";
 
-const ABORT_BATCH: &str = "UPDATE jobgraph_runs
-    SET state = 'cancelled', error = 'aborted', updated_at = now(), expires_at = NULL
-    WHERE id IN (SELECT id FROM jobgraph_runs
-        WHERE batch = $1 AND state IN ('pending', 'running') ORDER BY id FOR UPDATE)
-    RETURNING id";
+/// The runs of a batch that may not have ended, locked in id order.
+const LOCK_BATCH_RUNS: &str = "SELECT id FROM jobgraph_runs
+    WHERE batch = $1 AND state IN ('pending', 'running') ORDER BY id FOR UPDATE";
 
 const COUNT_BATCH_RUNS: &str = concat!(
     "SELECT ",
@@ -2274,25 +2323,44 @@ const COUNT_BATCH_STEPS: &str = "SELECT s.name AS name,
     ORDER BY position";
 
 /// Fails the queued runs whose time to live is over and cancels their pending steps, in one
-/// statement; a run another transaction holds is left to the next claim.
-const EXPIRE_RUNS: &str = "WITH expired AS (
-        UPDATE jobgraph_runs
-        SET state = 'failed', error = 'its time to live expired', updated_at = now(),
-            expires_at = NULL
-        WHERE id IN (SELECT id FROM jobgraph_runs
-            WHERE queued AND expires_at IS NOT NULL AND expires_at <= now()
-              AND state IN ('pending', 'running')
-            FOR UPDATE SKIP LOCKED)
-        RETURNING id
+/// statement; a run another transaction holds is left to the next claim. A run of one step whose
+/// step completed succeeded (it is written so, and leaves the runs that may expire): the step
+/// completed before this statement, or while it waited for the step's row (the only step of a
+/// run completes without the run's lock), and either way this statement did not cancel it.
+/// Steps are locked in (run, position) order, as `CANCEL_PENDING_STEPS`.
+const EXPIRE_RUNS: &str = "WITH due AS (
+        SELECT id FROM jobgraph_runs
+        WHERE queued AND expires_at IS NOT NULL AND expires_at <= now()
+          AND state IN ('pending', 'running')
+        FOR UPDATE SKIP LOCKED
     )
     , steps AS (
         UPDATE jobgraph_steps s SET state = 'cancelled', ready_at = NULL, ended_at = now()
-        FROM expired e
+        WHERE (s.run_id, s.idx) IN (SELECT p.run_id, p.idx FROM jobgraph_steps p
+            WHERE p.run_id IN (SELECT id FROM due) AND p.state = 'pending'
+            ORDER BY p.run_id, p.idx FOR UPDATE OF p)
+          AND s.state = 'pending'
+        RETURNING s.run_id
+    )
+    , elements AS (
+        UPDATE jobgraph_queue_elements s
+        SET state = 'cancelled', ready_at = NULL, ended_at = now()
+        FROM due e
         WHERE s.run_id = e.id AND s.state = 'pending'
     )
-    UPDATE jobgraph_queue_elements s SET state = 'cancelled', ready_at = NULL, ended_at = now()
-    FROM expired e
-    WHERE s.run_id = e.id AND s.state = 'pending'";
+    UPDATE jobgraph_runs r
+    SET state = CASE WHEN a.done THEN 'succeeded' ELSE 'failed' END,
+        error = CASE WHEN a.done THEN NULL ELSE 'its time to live expired' END,
+        updated_at = CASE WHEN a.done THEN coalesce(a.ended_at, now()) ELSE now() END,
+        expires_at = NULL
+    FROM due d
+    CROSS JOIN LATERAL (
+        SELECT EXISTS (SELECT 1 FROM jobgraph_steps a WHERE a.run_id = d.id AND a.idx = 0
+            AND a.alone) AND NOT EXISTS (SELECT 1 FROM steps c WHERE c.run_id = d.id) AS done,
+            (SELECT a.ended_at FROM jobgraph_steps a WHERE a.run_id = d.id AND a.idx = 0
+                AND a.alone) AS ended_at
+    ) a
+    WHERE r.id = d.id";
 
 /// Fails step `$2` (a position) of run `$1` (locked), which `$3`'s claim `$4` took after its
 /// leases expired `max_attempts` times ([`exhausted!`]); that claim is not one of its attempts.
@@ -2753,17 +2821,31 @@ const LOCK_RUNS: &str = concat!(
 );
 
 /// Each step (`$2[i]`, `$7[i]`, `$6[i]`: run, position, name) that `$1` holds under claim
-/// `$3[i]` completed with output `$4[i]`, started at `$5[i]` (Unix ms): the steps it stored (a
-/// claim it no longer holds is not).
-const COMPLETE_STEPS: &str = "UPDATE jobgraph_steps s
+/// `$3[i]` completed with output `$4[i]`, started at `$5[i]` (Unix ms), if it also meets `$also`:
+/// the steps it stored (a claim it no longer holds is not).
+macro_rules! complete_steps {
+    ($also:literal) => {
+        concat!(
+            "UPDATE jobgraph_steps s
     SET state = 'completed', output = c.output, attempts = s.claims, error = NULL,
         started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
     FROM unnest($2::text[], $7::integer[], $6::text[], $3::bigint[], $4::text[], $5::bigint[])
         WITH ORDINALITY AS c (run_id, idx, name, claims, output, started, ordinal)
     WHERE s.run_id = c.run_id AND s.idx = c.idx AND s.name = c.name AND s.worker = $1
-      AND s.claims = c.claims AND s.state = 'pending'
-    RETURNING c.ordinal, s.idx";
+      AND s.claims = c.claims AND s.state = 'pending'",
+            $also,
+            "
+    RETURNING c.ordinal, s.idx"
+        )
+    };
+}
+
+/// [`complete_steps!`] of steps whose runs the transaction locked.
+const COMPLETE_STEPS: &str = complete_steps!("");
+
+/// [`complete_steps!`] of the only steps of their runs (`alone`), whose runs are not locked.
+const COMPLETE_ALONE: &str = complete_steps!(" AND s.alone");
 
 /// Each (`$2[i]`, `$6[i]`, `$8[i]`: run, step, element; `$7[i]` the step's position) that `$1`
 /// holds under claim `$3[i]` completed with output `$4[i]`, started at `$5[i]` (Unix ms): the
@@ -2928,13 +3010,25 @@ const END_SETTLED_RUNS: &str = "WITH tally AS (
     FROM tally t
     WHERE r.id = t.run_id AND (r.state = 'pending' OR (r.state = 'running' AND t.pending = 0))";
 
-const ABORT_RUN: &str = "UPDATE jobgraph_runs
+/// Runs `$1` (locked, their pending steps cancelled) are cancelled, but for those of one step
+/// that completed: the ones it cancelled.
+const ABORT_RUNS: &str = concat!(
+    "UPDATE jobgraph_runs r
     SET state = 'cancelled', error = 'aborted', updated_at = now(), expires_at = NULL
-    WHERE id = $1";
+    WHERE r.id = ANY ($1) AND NOT EXISTS (SELECT 1 ",
+    alone_completed!("r."),
+    ")
+    RETURNING r.id"
+);
 
+/// The pending steps of runs `$1` (locked) are cancelled, locked in (run, position) order: the
+/// order in which a worker completes the only steps of several runs, whose runs it does not
+/// lock.
 const CANCEL_PENDING_STEPS: &str = "UPDATE jobgraph_steps
     SET state = 'cancelled', ready_at = NULL, ended_at = now()
-    WHERE run_id = ANY ($1) AND state = 'pending'";
+    WHERE (run_id, idx) IN (SELECT run_id, idx FROM jobgraph_steps
+        WHERE run_id = ANY ($1) AND state = 'pending' ORDER BY run_id, idx FOR UPDATE)
+      AND state = 'pending'";
 
 /// The claims workers hold and the runs durable runners hold, live or expired.
 const SELECT_LEASES: &str = "SELECT worker AS holder, run_id AS run, name AS step,

@@ -577,6 +577,11 @@ pub struct ClaimId {
     /// For a claim of one element of a `for_each` step: its index in the parent's output. Each
     /// element is claimed, numbered, fenced and settled on its own.
     pub element: Option<usize>,
+    /// Whether the step is its run's only step (and this is not a claim of an element): its
+    /// completion is the run's end. The store that made the claim says so; PostgreSQL then
+    /// completes the step without taking its run's lock, and checks the step's stored row for
+    /// it (an id that says so of another step is completed the usual way).
+    pub only_step: bool,
 }
 
 /// A step (or one element of a `for_each` step: [`ClaimId::element`]) claimed by a worker: what

@@ -867,6 +867,7 @@ async fn claim_of(conn: &mut SqliteConnection, t: Taken, now: i64) -> Result<Cla
             position,
             attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
             element: t.element.and_then(|e| usize::try_from(e).ok()),
+            only_step: spec.steps.len() == 1 && t.element.is_none(),
         },
         job: t.job,
         fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
