@@ -17,7 +17,7 @@ use jobgraph::store::{PgOptions, PgStore, SqliteStore, StoreError};
 use jobgraph::{CancellationToken, Worker};
 use jobgraph_tests::chaos::WorkerEnv;
 use jobgraph_tests::chaos::flaky::Flaky;
-use jobgraph_tests::chaos::jobs::{Chain, Diamond, Fan, Long};
+use jobgraph_tests::chaos::jobs::{Chain, Diamond, Fan, Long, Single};
 use jobgraph_tests::chaos::witness::Witness;
 
 /// How long a worker tries to reach its store at start (the database may be down).
@@ -87,6 +87,7 @@ async fn work(store: impl Queue + Clone, url: &str, name: &str, env: WorkerEnv) 
         .job_with::<Diamond>(Arc::clone(&witness))
         .job_with::<Fan>(Arc::clone(&witness))
         .job_with::<Long>(Arc::clone(&witness))
+        .job_with::<Single>(Arc::clone(&witness))
         .name(name)
         .concurrency(env.concurrency)
         .lease(env.lease)

@@ -350,7 +350,11 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
 
     let runs: Vec<Run> = fetch!(
         admin,
-        "SELECT id, job, input, state FROM jobgraph_runs WHERE batch = 'chaos'",
+        concat!(
+            "SELECT r.id, r.job, r.input, ",
+            shown_run_state!(),
+            " AS state FROM jobgraph_runs r WHERE r.batch = 'chaos'"
+        ),
         |row| {
             let input: String = row.get("input");
             let input: Value = serde_json::from_str(&input).expect("a run's input is JSON");

@@ -14,7 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection as _, PgPool, SqlitePool};
 
 use super::check::{self, Outcome};
-use super::jobs::{Chain, Diamond, Fan, Long, shape_of};
+use super::jobs::{Chain, Diamond, Fan, Long, Single, shape_of};
 use super::witness::{PG_SCHEMA, SQLITE_SCHEMA};
 use super::{Backend, Fault, Profile, WorkerEnv};
 use crate::kill::mix;
@@ -512,6 +512,7 @@ async fn submit(store: &(impl Queue + Clone), runs: u64, window: Duration) -> Re
                 "Chain" => submit_one(&client, &Chain { n }, &id).await,
                 "Diamond" => submit_one(&client, &Diamond { n }, &id).await,
                 "Fan" => submit_one(&client, &Fan { n }, &id).await,
+                "Single" => submit_one(&client, &Single { n }, &id).await,
                 _ => submit_one(&client, &Long { n }, &id).await,
             };
             match submitted {
@@ -567,8 +568,11 @@ async fn held_by(admin: &Admin, name: &str) -> Option<Vec<(String, String)>> {
 
 /// How many runs of the batch ended.
 async fn ended(admin: &Admin) -> Option<u64> {
-    const SQL: &str = "SELECT count(*) FROM jobgraph_runs
-        WHERE batch = 'chaos' AND state IN ('succeeded', 'failed', 'cancelled')";
+    const SQL: &str = concat!(
+        "SELECT count(*) FROM jobgraph_runs r WHERE r.batch = 'chaos' AND ",
+        shown_run_state!(),
+        " IN ('succeeded', 'failed', 'cancelled')"
+    );
     let n: Option<i64> = match admin {
         Admin::Pg(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await.ok(),
         Admin::Sqlite(pool) => sqlx::query_scalar(SQL).fetch_one(pool).await.ok(),

@@ -1,4 +1,4 @@
-//! The chaos workload: four jobs of different shapes, whose every step records its execution
+//! The chaos workload: five jobs of different shapes, whose every step records its execution
 //! in the witness table ([`Witness`]) before it works, and whose outputs a pure evaluation
 //! ([`expected`]) gives from the run's number alone.
 //!
@@ -8,6 +8,7 @@
 //!                └── right ─┘
 //! Fan:     split ── parts (for_each, one witness per element) ── join
 //! Long:    prep ── long (sleeps past the lease: kept by heartbeats) ── done
+//! Single:  only (a run of one step, which ends with its step)
 //! ```
 
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ use crate::kill::mix;
 pub type Steps = &'static [(&'static str, &'static [&'static str])];
 
 /// The jobs, by name, with their steps.
-pub const SHAPES: [(&str, Steps); 4] = [
+pub const SHAPES: [(&str, Steps); 5] = [
     (
         "Chain",
         &[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("d", &["c"])],
@@ -46,12 +47,15 @@ pub const SHAPES: [(&str, Steps); 4] = [
         "Long",
         &[("prep", &[]), ("long", &["prep"]), ("done", &["long"])],
     ),
+    ("Single", &[("only", &[])]),
 ];
 
-/// The job of run number `n`: most runs are short, one in twelve is [`Long`].
+/// The job of run number `n`: most runs are short, one in twelve is [`Long`] and one in twelve
+/// [`Single`].
 pub fn shape_of(n: u64) -> &'static str {
     match n % 12 {
         11 => "Long",
+        10 => "Single",
         k => ["Chain", "Diamond", "Fan"][(k % 3) as usize],
     }
 }
@@ -248,6 +252,24 @@ impl Long {
     }
 }
 
+/// A run of one step. On PostgreSQL its completion is its run's end: the run's row is not
+/// written (`ClaimId::only_step`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Single {
+    /// The run's number.
+    pub n: u64,
+}
+
+#[job(durable, resources = Witness)]
+impl Single {
+    #[step(retry = again())]
+    async fn only(&self, w: &Witness, ctx: &StepContext) -> Result<String, WitnessError> {
+        w.record(ctx, "only").await?;
+        work(self.n).await;
+        Ok(pure::d(self.n, pure::a(self.n ^ 0x51)))
+    }
+}
+
 /// The steps' functions, without the jobs.
 mod pure {
     use super::mix;
@@ -318,6 +340,9 @@ pub fn expected(job: &str, n: u64) -> (BTreeMap<&'static str, Value>, Vec<String
             out.insert("prep", prep.into());
             out.insert("long", long.into());
             out.insert("done", pure::d(n, long).into());
+        }
+        "Single" => {
+            out.insert("only", pure::d(n, pure::a(n ^ 0x51)).into());
         }
         other => panic!("no chaos job `{other}`"),
     }

@@ -11,7 +11,8 @@
 //!   connections after itself); likewise one row per commit of a fan-out's element (claimed one
 //!   by one), as unit `step[i]`, and the fan-out's own commit (its elements' outputs, assembled
 //!   by the last element's commit) under no claim;
-//! - `chaos_ends`: one row per transition of a run to a terminal state, by a trigger;
+//! - `chaos_ends`: one row per transition of a run to a terminal state, by a trigger (on
+//!   PostgreSQL, of a run of one step: the completion of its step, which ends it);
 //! - `chaos_acks`: what each worker's store answered to each completion and failure it sent
 //!   (written by [`Flaky`](super::flaky::Flaky) after the answer), and the answers it replaced
 //!   with an error (ambiguous commits).
@@ -61,12 +62,27 @@ CREATE TRIGGER chaos_element_commit AFTER UPDATE ON jobgraph_queue_elements
     FOR EACH ROW WHEN (NEW.state = 'completed') EXECUTE FUNCTION chaos_element_commit();
 CREATE FUNCTION chaos_end() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- A run of one step ended with its step (below); writing it ended later is no transition.
+    IF OLD.state IN ('pending', 'running') AND EXISTS (SELECT 1 FROM jobgraph_steps a
+        WHERE a.run_id = NEW.id AND a.alone AND a.state = 'completed') THEN
+        RETURN NEW;
+    END IF;
     INSERT INTO chaos_ends (run_id, old_state, new_state, at_ms)
     VALUES (NEW.id, OLD.state, NEW.state, jobgraph_ms(clock_timestamp()));
     RETURN NEW;
 END $$;
 CREATE TRIGGER chaos_end AFTER UPDATE ON jobgraph_runs
     FOR EACH ROW WHEN (NEW.state IN ('succeeded', 'failed', 'cancelled')) EXECUTE FUNCTION chaos_end();
+-- The only step of a run completes without writing its run: that commit is the run's end.
+CREATE FUNCTION chaos_alone_end() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO chaos_ends (run_id, old_state, new_state, at_ms)
+    VALUES (NEW.run_id, NULL, 'succeeded', jobgraph_ms(clock_timestamp()));
+    RETURN NEW;
+END $$;
+CREATE TRIGGER chaos_alone_end AFTER UPDATE ON jobgraph_steps
+    FOR EACH ROW WHEN (NEW.alone AND NEW.state = 'completed' AND OLD.state <> 'completed')
+    EXECUTE FUNCTION chaos_alone_end();
 ";
 
 /// Unix ms in SQLite.
