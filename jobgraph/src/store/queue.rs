@@ -114,6 +114,9 @@ pub trait Queue: Store {
 
     /// Steps completed, each with its output (JSON), in one transaction: each output stored, the
     /// children whose last dependency it was made ready, and each run ended if no step is left.
+    /// (PostgreSQL stores the completions of claims whose [`ClaimId::only_step`] it confirms in
+    /// a statement of their own, before that transaction: each is atomic, and either one failing
+    /// is as ambiguous to the worker as a commit whose answer was lost.)
     /// For each completion, in order: `true` if it was committed, `false` if `worker` no longer
     /// holds its claim (fenced: nothing of it was written). Workers settle the steps that ended
     /// meanwhile this way, so one commit carries many.
