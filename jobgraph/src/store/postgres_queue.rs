@@ -2354,12 +2354,11 @@ const EXPIRE_RUNS: &str = "WITH due AS (
         updated_at = CASE WHEN a.done THEN coalesce(a.ended_at, now()) ELSE now() END,
         expires_at = NULL
     FROM due d
-    CROSS JOIN LATERAL (
-        SELECT EXISTS (SELECT 1 FROM jobgraph_steps a WHERE a.run_id = d.id AND a.idx = 0
-            AND a.alone) AND NOT EXISTS (SELECT 1 FROM steps c WHERE c.run_id = d.id) AS done,
-            (SELECT a.ended_at FROM jobgraph_steps a WHERE a.run_id = d.id AND a.idx = 0
-                AND a.alone) AS ended_at
-    ) a
+    LEFT JOIN LATERAL (
+        SELECT true AS done, o.ended_at FROM jobgraph_steps o
+        WHERE o.run_id = d.id AND o.idx = 0 AND o.alone
+          AND NOT EXISTS (SELECT 1 FROM steps c WHERE c.run_id = d.id)
+    ) a ON true
     WHERE r.id = d.id";
 
 /// Fails step `$2` (a position) of run `$1` (locked), which `$3`'s claim `$4` took after its
