@@ -2415,20 +2415,7 @@ async fn postgres_a_claim_that_comes_back_late_is_renewed_at_once() {
     let (shutdown, running) = started(worker);
     // The worker's claim waits for the limit row; let it wait 4 s.
     let mut watch = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    within(10, async {
-        while sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity
-            WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&mut watch)
-        .await
-        .unwrap()
-            == 0
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    waiting_for_locks(&mut watch, 1).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     tx.rollback().await.unwrap();
     // Each lease end seen, and how much of the one before was left when it changed.
