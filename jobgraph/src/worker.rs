@@ -198,7 +198,9 @@ impl Worker {
         self
     }
 
-    /// How often an idle worker looks for ready steps (200 ms unless set).
+    /// How often an idle worker looks for ready steps (200 ms unless set). News wakes it
+    /// sooner ([`Queue::wait_ready`]): on PostgreSQL a `NOTIFY` from any process, on SQLite a
+    /// commit of its own process.
     pub fn poll_interval(mut self, every: Duration) -> Self {
         self.poll = every;
         self

@@ -1975,6 +1975,110 @@ async fn postgres_notify_wakes_an_idle_worker_long_before_its_poll() {
     assert_eq!(stats.completed, 20);
 }
 
+/// A fresh SQLite store in a temporary directory (kept as long as the directory).
+async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let store = SqliteStore::open(path.to_str().unwrap()).await.unwrap();
+    (dir, store)
+}
+
+/// SQLite has no `NOTIFY`: the commits of one process (through any clone of its store) wake
+/// that process's idle waits, each for news of its jobs after its latest claim began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_commit_wakes_an_idle_wait_of_its_process() {
+    let (_dir, store) = sqlite_store().await;
+    let (worker, client) = (store.clone(), Client::new(&store));
+    let jobs = ["Diamond"];
+    // A job not claimed yet: the wait returns, for the worker to claim it first.
+    within(10, worker.wait_ready(&jobs, Duration::from_secs(60))).await;
+    assert!(
+        worker
+            .claim(WORKER, &jobs, 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let waiting = worker.wait_ready(&jobs, Duration::from_secs(60));
+    tokio::pin!(waiting);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "the wait returned without news"
+    );
+    // A submit of another job does not wake it.
+    client.submit(&Flaky { fail: 0, key: 3100 }).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "news of another job woke the wait"
+    );
+    // A submit of its job wakes it, long before its 60 s.
+    let run = client.submit(&Diamond { n: 7 }).await.unwrap();
+    within(10, &mut waiting).await;
+    let claims = worker.claim(WORKER, &jobs, 1, LEASE).await.unwrap();
+    assert_eq!(claims[0].id.run, run.id);
+
+    // A completion between an empty claim and the wait after it is not lost: its children
+    // are ready.
+    assert!(
+        worker
+            .claim(WORKER, &jobs, 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    worker
+        .complete(WORKER, &claims[0].id, "7", 0)
+        .await
+        .unwrap();
+    within(10, worker.wait_ready(&jobs, Duration::from_secs(60))).await;
+
+    // A step tried again at once is ready again: news.
+    let flaky = ["Flaky"];
+    let taken = worker.claim(WORKER, &flaky, 1, LEASE).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(
+        worker
+            .claim(WORKER, &flaky, 1, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retried = worker
+        .fail(WORKER, &taken[0].id, "503", 0, Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(matches!(retried, Failed::Retrying { .. }));
+    within(10, worker.wait_ready(&flaky, Duration::from_secs(60))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_submit_wakes_an_idle_worker_of_its_process_long_before_its_poll() {
+    let (_dir, store) = sqlite_store().await;
+    let client = Client::new(&store);
+    // Polls once a minute: only news of the submits gets its runs done within the timeouts.
+    let worker = Worker::new(&store)
+        .job::<Diamond>()
+        .poll_interval(Duration::from_secs(60));
+    let (shutdown, working) = started(worker);
+    for n in 0..5 {
+        // Time for the worker to find nothing and wait.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let run = client.submit(&Diamond { n }).await.unwrap();
+        let out = client
+            .wait::<Diamond>(&run.id, Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(out.d, n + 1 + n * 10);
+    }
+    shutdown.cancel();
+    let stats = within(60, working).await.unwrap().unwrap();
+    assert_eq!(stats.completed, 20);
+}
+
 /// Workers on four connections run a batch while half of it is aborted: no store error (a
 /// deadlock would be one), every run ends once, the aborted ones cancelled or already ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -58,6 +58,9 @@ mod postgres_growth;
 mod postgres_queue;
 #[cfg(feature = "postgres")]
 mod postgres_schema;
+// What wakes an idle worker: the stores' readiness news.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod ready;
 mod render;
 #[cfg(feature = "sqlite")]
 mod schema;

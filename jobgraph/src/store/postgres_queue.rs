@@ -87,6 +87,7 @@ use super::queue::{
     BatchCounts, Claim, ClaimId, Completion, Failed, Held, Lease, Queue, StepCount, Submission,
     Submitted, lease_ms,
 };
+use super::ready::{self, Claimed, News};
 use super::{GraphSpec, StoreError, millis};
 
 /// The channel of the readiness notifications; the payload is the job's name.
@@ -1991,39 +1992,7 @@ pub(crate) struct Ready {
 struct ReadyState {
     /// The listener's news; `None` until it listens (and after it stopped).
     news: Option<watch::Receiver<News>>,
-    /// Per job: the news' generation when its latest claim began.
-    claimed: HashMap<String, u64>,
-}
-
-/// What the listener heard: a generation per notification, and the latest of each job's.
-#[derive(Debug, Default)]
-struct News {
-    generation: u64,
-    /// The generation at which news may have been lost (the listener reconnected).
-    any: u64,
-    jobs: HashMap<String, u64>,
-}
-
-impl News {
-    /// One more notification: of `job`, or of anything (`None`).
-    fn heard(&mut self, job: Option<&str>) {
-        self.generation += 1;
-        let generation = self.generation;
-        match job {
-            None => self.any = generation,
-            Some(job) => match self.jobs.get_mut(job) {
-                Some(latest) => *latest = generation,
-                None => {
-                    self.jobs.insert(job.to_owned(), generation);
-                }
-            },
-        }
-    }
-
-    /// Whether news of `job` came after generation `since`.
-    fn fresh(&self, job: &str, since: u64) -> bool {
-        self.any > since || self.jobs.get(job).is_some_and(|&g| g > since)
-    }
+    claimed: Claimed,
 }
 
 impl Ready {
@@ -2034,27 +2003,16 @@ impl Ready {
     /// A claim of `jobs` begins: what it finds ready is as of now (if the listener runs).
     fn claiming(&self, jobs: &[&str]) {
         let mut state = self.lock();
-        let Some(generation) = state.news.as_ref().map(|news| news.borrow().generation) else {
+        let Some(generation) = state.news.as_ref().map(|news| news.borrow().generation()) else {
             return;
         };
-        for job in jobs {
-            match state.claimed.get_mut(*job) {
-                Some(since) => *since = generation,
-                None => {
-                    state.claimed.insert((*job).to_owned(), generation);
-                }
-            }
-        }
+        state.claimed.note(jobs, generation);
     }
 
     /// [`Queue::wait_ready`]: until news of `jobs` came after their latest claims began, or
     /// `timeout`.
     async fn wait(&self, pool: &PgPool, jobs: &[&str], timeout: Duration) {
-        let now = tokio::time::Instant::now();
-        // A poll interval too long to add (`Duration::MAX`) is about forever: 30 years.
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 86_400));
+        let deadline = ready::deadline(timeout);
         let listening = {
             let mut state = self.lock();
             if state
@@ -2065,13 +2023,10 @@ impl Ready {
                 // The listener stopped: start another.
                 state.news = None;
             }
-            state.news.clone().map(|news| {
-                let since: Option<Vec<u64>> = jobs
-                    .iter()
-                    .map(|j| state.claimed.get(*j).copied())
-                    .collect();
-                (news, since)
-            })
+            state
+                .news
+                .clone()
+                .map(|news| (news, state.claimed.since(jobs)))
         };
         let Some((mut news, since)) = listening else {
             if pool.is_closed() {
@@ -2093,13 +2048,7 @@ impl Ready {
         let Some(since) = since else {
             return;
         };
-        let woke = tokio::time::timeout_at(
-            deadline,
-            news.wait_for(|news| jobs.iter().zip(&since).any(|(j, &s)| news.fresh(j, s))),
-        )
-        .await
-        .map(|heard| heard.is_ok());
-        if woke == Ok(false) {
+        if !ready::news_of(&mut news, jobs, &since, deadline).await {
             // The listener stopped while waiting: poll out the rest (the next wait restarts it).
             tokio::time::sleep_until(deadline).await;
         }

@@ -197,7 +197,10 @@ pub trait Queue: Store {
     /// [`claim`](Queue::claim) of `jobs` found none: what an idle worker does before it claims
     /// again. A hint, not a promise: it may return early with nothing ready, and the caller
     /// claims again either way. The default sleeps `timeout` (polling); `PgStore` returns as
-    /// soon as a `NOTIFY` says a step of `jobs` became ready since the last claim of `jobs`.
+    /// soon as a `NOTIFY` says a step of `jobs` became ready since the last claim of `jobs`;
+    /// `SqliteStore` as soon as a commit of the same process (through any clone of the store)
+    /// may have made one ready: a submit, a completion, a retry due now, a release or a
+    /// redrive. Workers in other processes that share the SQLite file poll.
     fn wait_ready<'a>(&'a self, jobs: &'a [&'a str], timeout: Duration) -> BoxFuture<'a, ()> {
         let _ = jobs;
         Box::pin(tokio::time::sleep(timeout))

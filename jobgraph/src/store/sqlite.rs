@@ -54,6 +54,8 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The queue of the group commit (`commit_groups`).
     writes: mpsc::UnboundedSender<Pending>,
+    /// What the queue's commits made ready, for the idle workers of this process.
+    news: Arc<super::ready::Local>,
 }
 
 /// How hard SQLite flushes each commit to disk (`PRAGMA synchronous`).
@@ -186,7 +188,11 @@ impl SqliteStore {
             own,
         };
         tokio::spawn(commit_groups(writer, queue));
-        SqliteStore { pool, writes }
+        SqliteStore {
+            pool,
+            writes,
+            news: Arc::default(),
+        }
     }
 
     /// Closes the database's connections; the store fails every call after.
@@ -2011,6 +2017,11 @@ fn new_run(spec: &RunSpec<'_>, now: i64) -> StoredRun {
 }
 
 impl SqliteStore {
+    /// What the queue's commits made ready ([`Queue::wait_ready`](super::queue::Queue::wait_ready)).
+    pub(super) fn news(&self) -> &super::ready::Local {
+        &self.news
+    }
+
     /// Queues `write` for the group commit; returns once the transaction holding it committed.
     async fn write(&self, write: Write) -> Result<Written, StoreError> {
         let (reply, committed) = oneshot::channel();
@@ -2223,6 +2234,9 @@ impl Store for SqliteStore {
             }
             make_resumable(&mut tx, run_id, now).await?;
             tx.commit().await?;
+            if head.queued {
+                self.news.heard(None);
+            }
             Ok(names)
         }
         .boxed()

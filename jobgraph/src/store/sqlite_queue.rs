@@ -17,6 +17,16 @@ use super::queue::{
 use super::sqlite::{SqliteStore, get, graph};
 use super::{GraphSpec, StoreError, now_ms, plus};
 
+impl SqliteStore {
+    /// A step `failed` and is tried again: ready now, news to the idle workers of this process
+    /// (one retried later is found by their polls).
+    fn retried(&self, failed: &Failed) {
+        if matches!(failed, Failed::Retrying { at } if *at <= now_ms()) {
+            self.news().heard(None);
+        }
+    }
+}
+
 impl Queue for SqliteStore {
     fn submit<'a>(&'a self, s: Submission<'a>) -> BoxFuture<'a, Result<Submitted, StoreError>> {
         async move {
@@ -37,6 +47,7 @@ impl Queue for SqliteStore {
             insert_submission(&mut tx, &s, 0, &graph_json, now).await?;
             upsert_limits(&mut tx, &s, now).await?;
             tx.commit().await?;
+            self.news().heard(Some(s.job));
             Ok(Submitted {
                 id: s.id.to_owned(),
                 created: true,
@@ -56,6 +67,8 @@ impl Queue for SqliteStore {
             if limit == 0 || jobs.is_empty() {
                 return Ok(Vec::new());
             }
+            // Before anything this claim can see: news after this is news to its worker.
+            self.news().claiming(jobs);
             let jobs_json = serde_json::to_string(jobs).expect("names serialize");
             let now = now_ms();
             let mut tx = self.begin().await?;
@@ -219,10 +232,15 @@ impl Queue for SqliteStore {
                 }
                 step_done(&mut tx, &claim.run, spec, position, now).await?;
             }
+            let any = !touched.is_empty();
             for run in touched {
                 settle_run(&mut tx, run, now).await?;
             }
             tx.commit().await?;
+            // Children of what it stored may be ready: of which jobs, this does not count.
+            if any {
+                self.news().heard(None);
+            }
             Ok(committed)
         }
         .boxed()
@@ -252,6 +270,7 @@ impl Queue for SqliteStore {
                 )
                 .await?;
                 tx.commit().await?;
+                self.retried(&failed);
                 return Ok(failed);
             }
             if let Some(delay) = retry_in {
@@ -270,7 +289,9 @@ impl Queue for SqliteStore {
                     .rows_affected();
                 if retried == 1 {
                     tx.commit().await?;
-                    return Ok(Failed::Retrying { at });
+                    let failed = Failed::Retrying { at };
+                    self.retried(&failed);
+                    return Ok(failed);
                 }
             }
             let failed = sqlx::query(FAIL_STEP)
@@ -328,6 +349,7 @@ impl Queue for SqliteStore {
             }
             upsert_limits(&mut tx, &template, now).await?;
             tx.commit().await?;
+            self.news().heard(Some(template.job));
             Ok(ids)
         }
         .boxed()
@@ -348,6 +370,9 @@ impl Queue for SqliteStore {
                 .await?
                 .rows_affected();
             tx.commit().await?;
+            if released > 0 {
+                self.news().heard(None);
+            }
             Ok(released)
         }
         .boxed()
@@ -433,6 +458,10 @@ impl Queue for SqliteStore {
             Ok(counts)
         }
         .boxed()
+    }
+
+    fn wait_ready<'a>(&'a self, jobs: &'a [&'a str], timeout: Duration) -> BoxFuture<'a, ()> {
+        async move { self.news().wait(jobs, timeout).await }.boxed()
     }
 
     fn leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
