@@ -1023,19 +1023,85 @@ async fn latency(system: System, mode: Mode, samples: usize) -> Vec<Duration> {
     let submitter = Submitter::new(system, &db).await;
     // Let the workers settle (LISTEN, first polls).
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = sample(
+        system,
+        samples,
+        &counter,
+        |seq| submitter.submit(seq),
+        |pause| std::thread::sleep(pause),
+    )
+    .await;
+    workers.stop();
+    out
+}
+
+/// Latency on SQLite with the worker in the submitting process, on one store (what the
+/// embedded default does: the store's own commits wake the worker), with the default poll. On
+/// a runtime of its own with 2 threads, so that waiting for the job blocks no worker.
+fn latency_same_process(samples: usize) -> Vec<Duration> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let system = System::JobgraphSqlite;
+            let db = fresh_db(system).await;
+            setup_and_insert(system, &db, Workload::Noop, 0).await;
+            let counter = Counter::new(system, &db).await;
+            let store = SqliteStore::open(db.url()).await.unwrap();
+            let worker = Worker::new(&store)
+                .concurrency(JOBGRAPH_CONCURRENCY)
+                .job::<Noop>();
+            let shutdown = CancellationToken::new();
+            let working = tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move { worker.run(shutdown).await }
+            });
+            let client = Client::new(&store);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let submit = |seq: i64| {
+                let client = &client;
+                async move {
+                    client.submit(&Noop { n: seq as u64 }).await.unwrap();
+                }
+            };
+            let out = sample(system, samples, &counter, submit, |pause| {
+                tokio::task::block_in_place(|| std::thread::sleep(pause))
+            })
+            .await;
+            shutdown.cancel();
+            working.await.unwrap().unwrap();
+            out
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// `samples` times: an idle gap of 10-220 ms (spread evenly over a 200 ms poll, so that a
+/// polling worker is met at every phase of its sleep), then a job submitted (`submit`) and
+/// the time until `counter` finds it done, polled every 0.5 ms (`pause`: a thread's sleep,
+/// finer than tokio's timer).
+async fn sample<F: std::future::Future<Output = ()>>(
+    system: System,
+    samples: usize,
+    counter: &Counter,
+    submit: impl Fn(i64) -> F,
+    pause: impl Fn(Duration),
+) -> Vec<Duration> {
     let mut out = Vec::with_capacity(samples);
     for i in 0..samples {
-        // Idle gaps of 10-220 ms, spread evenly over a 200 ms poll, so that a polling worker is
-        // met at every phase of its sleep.
         let gap = 10 + (i as u64 * 7_919) % 211;
         tokio::time::sleep(Duration::from_millis(gap)).await;
         let began = Instant::now();
-        submitter.submit(i as i64).await;
+        submit(i as i64).await;
         loop {
             if !counter.busy().await {
                 break;
             }
-            std::thread::sleep(Duration::from_micros(500));
+            pause(Duration::from_micros(500));
             assert!(
                 began.elapsed() < Duration::from_secs(30),
                 "{} did not complete a job in 30 s",
@@ -1044,7 +1110,6 @@ async fn latency(system: System, mode: Mode, samples: usize) -> Vec<Duration> {
         }
         out.push(began.elapsed());
     }
-    workers.stop();
     out
 }
 
@@ -1090,6 +1155,14 @@ impl Submitter {
 
 // ---------------------------------------------------------------------------------------------
 // Reporting.
+
+/// A latency cell's row: its p50 and p99, also logged.
+fn percentiles(label: String, mut samples: Vec<Duration>) -> (String, Duration, Duration) {
+    samples.sort();
+    let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
+    eprintln!("  latency {label}: p50 {} p99 {}", ms(p50), ms(p99));
+    (label, p50, p99)
+}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -1310,8 +1383,6 @@ async fn coordinate(o: Options) {
             &[Mode::Latency]
         };
         for &mode in modes {
-            let mut samples = latency(system, mode, o.samples).await;
-            samples.sort();
             let label = match mode {
                 Mode::LatencyFastPoll => format!("{} (poll 10 ms)", system.name()),
                 _ if system == System::JobgraphPg => {
@@ -1320,9 +1391,14 @@ async fn coordinate(o: Options) {
                 _ if system.is_jobgraph() => format!("{} (poll 200 ms, default)", system.name()),
                 _ => format!("{} (LISTEN/NOTIFY)", system.name()),
             };
-            let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
-            eprintln!("  latency {label}: p50 {} p99 {}", ms(p50), ms(p99));
-            lat.push((label, p50, p99));
+            lat.push(percentiles(label, latency(system, mode, o.samples).await));
+        }
+        if system == System::JobgraphSqlite {
+            let label = format!(
+                "{} (the worker in the submitting process, poll 200 ms)",
+                system.name()
+            );
+            lat.push(percentiles(label, latency_same_process(o.samples)));
         }
     }
 
