@@ -1028,7 +1028,7 @@ async fn latency(system: System, mode: Mode, samples: usize) -> Vec<Duration> {
         samples,
         &counter,
         |seq| submitter.submit(seq),
-        |pause| std::thread::sleep(pause),
+        std::thread::sleep,
     )
     .await;
     workers.stop();
