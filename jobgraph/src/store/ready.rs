@@ -74,6 +74,7 @@ impl Claimed {
     }
 
     /// The news starts again from generation 0.
+    #[cfg(feature = "postgres")]
     pub(super) fn clear(&mut self) {
         self.0.clear();
     }

@@ -5,6 +5,7 @@
 //! statement.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt};
@@ -107,10 +108,7 @@ impl Queue for SqliteStore {
             }
             // `RETURNING` has no order: claim in the queue's.
             taken.sort_by_key(|t| t.order);
-            let mut claims = Vec::with_capacity(taken.len());
-            for t in taken {
-                claims.push(claim_of(&mut tx, t, now).await?);
-            }
+            let claims = claims_of(&mut tx, taken, now).await?;
             tx.commit().await?;
             Ok(claims)
         }
@@ -181,61 +179,59 @@ impl Queue for SqliteStore {
             }
             let now = now_ms();
             let mut tx = self.begin().await?;
-            let mut graphs: HashMap<&str, GraphSpec> = HashMap::new();
-            let mut committed = Vec::with_capacity(done.len());
-            let mut touched: Vec<&str> = Vec::new();
-            for c in done {
+            // The steps in one statement, the elements one by one.
+            let mut committed = complete_steps(&mut tx, worker, done, now).await?;
+            for (c, stored) in done.iter().zip(committed.iter_mut()) {
                 let claim = c.claim;
-                let stored = match claim.element {
-                    None => sqlx::query(COMPLETE_STEP)
-                        .bind(&claim.run)
-                        .bind(&claim.step)
-                        .bind(worker)
-                        .bind(i64::from(claim.attempt))
-                        .bind(c.output)
-                        .bind(c.started_at)
-                        .bind(now)
-                        .bind(position_of(claim)),
-                    Some(element) => sqlx::query(COMPLETE_ELEMENT)
-                        .bind(&claim.run)
-                        .bind(&claim.step)
-                        .bind(worker)
-                        .bind(i64::from(claim.attempt))
-                        .bind(c.output)
-                        .bind(c.started_at)
-                        .bind(now)
-                        .bind(element_index(element))
-                        .bind(position_of(claim)),
-                }
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
+                let Some(element) = claim.element else {
+                    continue;
+                };
+                *stored = sqlx::query(COMPLETE_ELEMENT)
+                    .bind(&claim.run)
+                    .bind(&claim.step)
+                    .bind(worker)
+                    .bind(i64::from(claim.attempt))
+                    .bind(c.output)
+                    .bind(c.started_at)
+                    .bind(now)
+                    .bind(element_index(element))
+                    .bind(position_of(claim))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
                     == 1;
-                committed.push(stored);
-                if !stored {
-                    continue;
+            }
+            // The runs of what it stored, and their graphs.
+            let mut touched: Vec<&str> = done
+                .iter()
+                .zip(&committed)
+                .filter(|(_, stored)| **stored)
+                .map(|(c, _)| c.claim.run.as_str())
+                .collect();
+            touched.sort_unstable();
+            touched.dedup();
+            if !touched.is_empty() {
+                let touched_json = serde_json::to_string(&touched).expect("ids serialize");
+                let heads = run_heads(&mut tx, &touched_json, false).await?;
+                for (c, _) in done.iter().zip(&committed).filter(|(_, stored)| **stored) {
+                    let claim = c.claim;
+                    let (_, spec) = heads
+                        .get(&claim.run)
+                        .ok_or_else(|| super::sqlite::no_such_run(&claim.run))?;
+                    let position = spec
+                        .position(&claim.step)
+                        .ok_or_else(|| super::sqlite::no_such_step(&claim.run, &claim.step))?;
+                    // An element: the step completes with its last element.
+                    if claim.element.is_some()
+                        && !element_done(&mut tx, &claim.run, &claim.step, now).await?
+                    {
+                        continue;
+                    }
+                    step_done(&mut tx, &claim.run, spec, position, now).await?;
                 }
-                if !graphs.contains_key(claim.run.as_str()) {
-                    let spec = run_graph(&mut tx, &claim.run).await?;
-                    graphs.insert(&claim.run, spec);
-                    touched.push(&claim.run);
-                }
-                let spec = &graphs[claim.run.as_str()];
-                let position = spec
-                    .position(&claim.step)
-                    .ok_or_else(|| super::sqlite::no_such_step(&claim.run, &claim.step))?;
-                // An element: the step completes with its last element.
-                if claim.element.is_some()
-                    && !element_done(&mut tx, &claim.run, &claim.step, now).await?
-                {
-                    continue;
-                }
-                step_done(&mut tx, &claim.run, spec, position, now).await?;
+                settle_runs(&mut tx, &touched_json, now).await?;
             }
             let any = !touched.is_empty();
-            for run in touched {
-                settle_run(&mut tx, run, now).await?;
-            }
             tx.commit().await?;
             // Children of what it stored may be ready: of which jobs, this does not count.
             if any {
@@ -848,63 +844,139 @@ impl Taken {
 }
 
 /// The claim of `t`: its run marked running, with the run's input and its dependencies' outputs.
-async fn claim_of(conn: &mut SqliteConnection, t: Taken, now: i64) -> Result<Claim, StoreError> {
-    let Taken { run, step, .. } = &t;
-    sqlx::query(START_RUN)
-        .bind(run)
+/// The claims of the steps `taken` (in the queue's order): their runs marked running, each
+/// with its run's input and its dependencies' outputs. Three statements, whatever the number of
+/// steps: the runs' start, their heads, the outputs.
+async fn claims_of(
+    conn: &mut SqliteConnection,
+    taken: Vec<Taken>,
+    now: i64,
+) -> Result<Vec<Claim>, StoreError> {
+    let mut runs: Vec<&str> = taken.iter().map(|t| t.run.as_str()).collect();
+    runs.sort_unstable();
+    runs.dedup();
+    let runs_json = serde_json::to_string(&runs).expect("ids serialize");
+    sqlx::query(START_RUNS)
+        .bind(&runs_json)
         .bind(now)
         .execute(&mut *conn)
         .await?;
-    let head = sqlx::query(SELECT_INPUT)
-        .bind(run)
-        .fetch_one(&mut *conn)
-        .await?;
-    let input: String = get(&head, "input", "jobgraph_runs")?;
-    let spec = graph(&get::<String>(&head, "graph", "jobgraph_runs")?, run)?;
-    let position = usize::try_from(t.position)
-        .ok()
-        .filter(|&p| p < spec.steps.len())
-        .ok_or_else(|| StoreError::Corrupt {
-            what: format!("the position of step `{step}` of run `{run}`"),
-        })?;
-    let deps = spec.dependencies(position);
-    let mut outputs = Vec::with_capacity(deps.len());
-    for dep in deps {
-        let name = &spec.steps[dep].name;
-        // An element's claim carries its element of the parent it iterates, as a list of one.
-        if let Some((over, input)) = &t.input
-            && usize::try_from(*over).ok() == Some(dep)
-        {
-            outputs.push((name.clone(), format!("[{input}]")));
-            continue;
+    let heads = run_heads(conn, &runs_json, true).await?;
+    // Each claim's position, and the outputs it needs: (claim, dependency) in the order of the
+    // statement's list, which numbers its rows (`key`, from 0).
+    let mut claims = Vec::with_capacity(taken.len());
+    let mut wanted: Vec<(usize, usize)> = Vec::new();
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for t in &taken {
+        let (_, spec) = heads
+            .get(&t.run)
+            .ok_or_else(|| super::sqlite::no_such_run(&t.run))?;
+        let position = usize::try_from(t.position)
+            .ok()
+            .filter(|&p| p < spec.steps.len())
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!("the position of step `{}` of run `{}`", t.step, t.run),
+            })?;
+        let c = claims.len();
+        let mut deps = Vec::new();
+        for dep in spec.dependencies(position) {
+            let name = &spec.steps[dep].name;
+            // An element's claim carries its element of the parent it iterates, as a list of
+            // one.
+            if let Some((over, input)) = &t.input
+                && usize::try_from(*over).ok() == Some(dep)
+            {
+                deps.push((name.clone(), format!("[{input}]")));
+                continue;
+            }
+            wanted.push((c, deps.len()));
+            pairs.push((&t.run, name));
+            deps.push((name.clone(), String::new()));
         }
-        let output: Option<String> = sqlx::query_scalar(SELECT_OUTPUT)
-            .bind(run)
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?
-            .flatten();
-        let output = output.ok_or_else(|| StoreError::Corrupt {
-            what: format!("step `{step}` of run `{run}` was ready without the output of `{name}`"),
-        })?;
-        outputs.push((name.clone(), output));
+        claims.push((position, deps));
     }
-    Ok(Claim {
-        id: ClaimId {
-            run: t.run,
-            step: t.step,
-            position,
-            attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
-            element: t.element.and_then(|e| usize::try_from(e).ok()),
-            only_step: spec.steps.len() == 1 && t.element.is_none(),
-        },
-        job: t.job,
-        fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
-        input,
-        deps: outputs,
-        lease_until: t.lease_until,
-        lease: t.lease,
-    })
+    if !pairs.is_empty() {
+        let rows = sqlx::query(SELECT_OUTPUTS)
+            .bind(serde_json::to_string(&pairs).expect("names serialize"))
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in &rows {
+            let key: i64 = get(row, "key", "jobgraph_steps")?;
+            let &(c, d) = usize::try_from(key)
+                .ok()
+                .and_then(|k| wanted.get(k))
+                .ok_or_else(|| StoreError::Corrupt {
+                    what: format!("an output was read for entry {key} of {}", wanted.len()),
+                })?;
+            claims[c].1[d].1 = get(row, "output", "jobgraph_steps")?;
+        }
+    }
+    taken
+        .into_iter()
+        .zip(claims)
+        .map(|(t, (position, deps))| {
+            if let Some((name, _)) = deps.iter().find(|(_, output)| output.is_empty()) {
+                return Err(StoreError::Corrupt {
+                    what: format!(
+                        "step `{}` of run `{}` was ready without the output of `{name}`",
+                        t.step, t.run
+                    ),
+                });
+            }
+            let (input, spec) = &heads[&t.run];
+            Ok(Claim {
+                id: ClaimId {
+                    only_step: spec.steps.len() == 1 && t.element.is_none(),
+                    run: t.run,
+                    step: t.step,
+                    position,
+                    attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
+                    element: t.element.and_then(|e| usize::try_from(e).ok()),
+                },
+                job: t.job,
+                fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
+                input: input.clone().unwrap_or_default(),
+                deps,
+                lease_until: t.lease_until,
+                lease: t.lease,
+            })
+        })
+        .collect()
+}
+
+/// The heads of the runs of `runs_json` (a JSON list of ids): each run's graph, and, if
+/// `inputs`, its input. One statement; each distinct graph parsed once.
+async fn run_heads(
+    conn: &mut SqliteConnection,
+    runs_json: &str,
+    inputs: bool,
+) -> Result<HashMap<String, (Option<String>, Arc<GraphSpec>)>, StoreError> {
+    let rows = sqlx::query(if inputs { SELECT_HEADS } else { SELECT_GRAPHS })
+        .bind(runs_json)
+        .fetch_all(&mut *conn)
+        .await?;
+    const T: &str = "jobgraph_runs";
+    let mut parsed: HashMap<String, Arc<GraphSpec>> = HashMap::new();
+    let mut heads = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = get(row, "id", T)?;
+        let json: String = get(row, "graph", T)?;
+        let spec = match parsed.get(&json) {
+            Some(spec) => Arc::clone(spec),
+            None => {
+                let spec = Arc::new(graph(&json, &id)?);
+                parsed.insert(json, Arc::clone(&spec));
+                spec
+            }
+        };
+        let input = if inputs {
+            Some(get(row, "input", T)?)
+        } else {
+            None
+        };
+        heads.insert(id, (input, spec));
+    }
+    Ok(heads)
 }
 
 /// An element's index as stored.
@@ -1275,27 +1347,96 @@ pub(super) async fn requeue(
 
 /// Ends run `run` if none of its steps is pending: failed if one failed, else succeeded.
 async fn settle_run(conn: &mut SqliteConnection, run: &str, now: i64) -> Result<(), StoreError> {
-    let row = sqlx::query(COUNT_LEFT)
-        .bind(run)
-        .fetch_one(&mut *conn)
-        .await?;
-    let pending: i64 = row.try_get("pending").unwrap_or(0);
-    let failed: Option<String> = row.try_get("failed").unwrap_or(None);
-    if pending > 0 {
-        return Ok(());
-    }
-    let (state, error) = match failed {
-        Some(step) => ("failed", Some(format!("step `{step}` failed"))),
-        None => ("succeeded", None),
-    };
-    sqlx::query(END_RUN)
-        .bind(run)
-        .bind(state)
-        .bind(error)
+    let runs = serde_json::to_string(&[run]).expect("ids serialize");
+    settle_runs(conn, &runs, now).await
+}
+
+/// [`settle_run`] of each run of `runs_json` (a JSON list of ids), in one statement.
+async fn settle_runs(
+    conn: &mut SqliteConnection,
+    runs_json: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(END_SETTLED_RUNS)
+        .bind(runs_json)
         .bind(now)
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Completes the steps of `done` (not the elements) that `worker` still holds, in one
+/// statement: for each completion, whether it was stored (an element's is `false` here).
+async fn complete_steps(
+    conn: &mut SqliteConnection,
+    worker: &str,
+    done: &[Completion<'_>],
+    now: i64,
+) -> Result<Vec<bool>, StoreError> {
+    let mut committed = vec![false; done.len()];
+    let steps: Vec<(usize, &Completion<'_>)> = done
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.claim.element.is_none())
+        .collect();
+    if steps.is_empty() {
+        return Ok(committed);
+    }
+    let entries: Vec<(&str, &str, i64, u32, &str, i64)> = steps
+        .iter()
+        .map(|(_, c)| {
+            let claim = c.claim;
+            let (run, step) = (claim.run.as_str(), claim.step.as_str());
+            (
+                run,
+                step,
+                position_of(claim),
+                claim.attempt,
+                c.output,
+                c.started_at,
+            )
+        })
+        .collect();
+    let rows = sqlx::query(COMPLETE_STEPS)
+        .bind(worker)
+        .bind(serde_json::to_string(&entries).expect("completions serialize"))
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+    const T: &str = "jobgraph_steps";
+    let stored: Vec<(String, i64, i64)> = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                get(row, "run_id", T)?,
+                get(row, "position", T)?,
+                get(row, "claims", T)?,
+            ))
+        })
+        .collect::<Result<_, StoreError>>()?;
+    // Each stored row is the completion of its step under its claim: the first such entry
+    // (a worker that sends one twice in one call stored it once).
+    let mut by_claim: HashMap<(&str, i64, i64), Vec<usize>> = HashMap::new();
+    for (at, c) in steps.iter().rev() {
+        let key = (
+            c.claim.run.as_str(),
+            position_of(c.claim),
+            i64::from(c.claim.attempt),
+        );
+        by_claim.entry(key).or_default().push(*at);
+    }
+    for (run, position, claims) in &stored {
+        let at = by_claim
+            .get_mut(&(run.as_str(), *position, *claims))
+            .and_then(Vec::pop)
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!(
+                    "a completion stored step {position} of run `{run}`, which none asked for"
+                ),
+            })?;
+        committed[at] = true;
+    }
+    Ok(committed)
 }
 
 // ---- Statements ---------------------------------------------------------------------------------
@@ -1475,15 +1616,26 @@ const CLAIM_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
     RETURNING run_id, step AS name, position, idx AS element, over, input, claims, fails, job,
         priority, ready_at, lease_until, ttr_ms";
 
-const START_RUN: &str = "UPDATE jobgraph_runs SET state = 'running', updated_at = ?2
-    WHERE id = ?1 AND state = 'pending'";
+/// The runs of `?1` (a JSON list of ids) that are pending are running (at `?2`).
+const START_RUNS: &str = "UPDATE jobgraph_runs SET state = 'running', updated_at = ?2
+    WHERE id IN (SELECT value FROM json_each(?1)) AND state = 'pending'";
 
-const SELECT_INPUT: &str = "SELECT input, graph FROM jobgraph_runs WHERE id = ?1";
+/// The input and graph of each run of `?1` (a JSON list of ids).
+const SELECT_HEADS: &str = "SELECT id, input, graph FROM jobgraph_runs
+    WHERE id IN (SELECT value FROM json_each(?1))";
+
+/// The graph of each run of `?1` (a JSON list of ids).
+const SELECT_GRAPHS: &str = "SELECT id, graph FROM jobgraph_runs
+    WHERE id IN (SELECT value FROM json_each(?1))";
+
+/// The output of each completed step of `?1` (a JSON list of [run, name] pairs), with the
+/// pair's place in the list (`key`, from 0).
+const SELECT_OUTPUTS: &str = "SELECT p.key AS key, s.output AS output
+    FROM json_each(?1) AS p
+    JOIN jobgraph_steps s ON s.run_id = json_extract(p.value, '$[0]')
+        AND s.name = json_extract(p.value, '$[1]') AND s.state = 'completed'";
 
 const SELECT_GRAPH: &str = "SELECT graph FROM jobgraph_runs WHERE id = ?1";
-
-const SELECT_OUTPUT: &str = "SELECT output FROM jobgraph_steps
-    WHERE run_id = ?1 AND name = ?2 AND state = 'completed'";
 
 /// A heartbeat: the claim's lease runs until `?5` (now) + its TTR, or + `?6` ms (the worker's
 /// lease) for a step without one.
@@ -1520,12 +1672,23 @@ const REQUEUE_STEP: &str = "UPDATE jobgraph_steps
 
 const CLEAR_TTL: &str = "UPDATE jobgraph_runs SET expires_at = NULL WHERE id = ?1";
 
-const COMPLETE_STEP: &str = "UPDATE jobgraph_steps
-    SET state = 'completed', output = ?5, attempts = claims, error = NULL,
-        started_at = COALESCE(started_at, ?6), ended_at = ?7,
+/// Each step of `?2` (a JSON list of [run, name, position, claim, output, started at]) that
+/// `?1` holds under its claim completed at `?3` with its output: the rows it stored (their
+/// run, position and claim).
+const COMPLETE_STEPS: &str = "UPDATE jobgraph_steps
+    SET state = 'completed', output = c.done_output, attempts = claims, error = NULL,
+        started_at = COALESCE(started_at, c.done_started), ended_at = ?3,
         worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = ?1 AND name = ?2 AND position = ?8 AND worker = ?3 AND claims = ?4
-      AND state = 'pending'";
+    FROM (SELECT json_extract(value, '$[0]') AS done_run,
+            json_extract(value, '$[1]') AS done_name,
+            json_extract(value, '$[2]') AS done_position,
+            json_extract(value, '$[3]') AS done_claims,
+            json_extract(value, '$[4]') AS done_output,
+            json_extract(value, '$[5]') AS done_started
+        FROM json_each(?2)) AS c
+    WHERE run_id = c.done_run AND name = c.done_name AND position = c.done_position
+      AND worker = ?1 AND claims = c.done_claims AND state = 'pending'
+    RETURNING run_id, position, claims";
 
 const COMPLETE_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET state = 'completed', output = ?5, error = NULL, started_at = COALESCE(started_at, ?6),
@@ -1636,13 +1799,18 @@ const SKIP_STEP: &str = "UPDATE jobgraph_steps
     SET state = 'skipped', ready_at = NULL, worker = NULL, lease_until = NULL
     WHERE run_id = ?1 AND position = ?2 AND state = 'pending'";
 
-const COUNT_LEFT: &str = "SELECT
-        COUNT(*) FILTER (WHERE state = 'pending') AS pending,
-        MIN(name) FILTER (WHERE state = 'failed') AS failed
-    FROM jobgraph_steps WHERE run_id = ?1";
-
-const END_RUN: &str = "UPDATE jobgraph_runs SET state = ?2, error = ?3, updated_at = ?4
-    WHERE id = ?1 AND state IN ('pending', 'running')";
+/// Ends each run of `?1` (a JSON list of ids) none of whose steps is pending, at `?2`: failed,
+/// naming its first failed step (by byte order), if one failed; else succeeded.
+const END_SETTLED_RUNS: &str = "UPDATE jobgraph_runs
+    SET state = CASE WHEN t.failed IS NULL THEN 'succeeded' ELSE 'failed' END,
+        error = CASE WHEN t.failed IS NULL THEN NULL ELSE 'step `' || t.failed || '` failed' END,
+        updated_at = ?2
+    FROM (SELECT run_id, COUNT(*) FILTER (WHERE state = 'pending') AS pending,
+            MIN(name) FILTER (WHERE state = 'failed') AS failed
+        FROM jobgraph_steps WHERE run_id IN (SELECT value FROM json_each(?1))
+        GROUP BY run_id) AS t
+    WHERE jobgraph_runs.id = t.run_id AND t.pending = 0
+      AND jobgraph_runs.state IN ('pending', 'running')";
 
 const ABORT_RUN: &str = "UPDATE jobgraph_runs
     SET state = 'cancelled', error = 'aborted', updated_at = ?2 WHERE id = ?1";
