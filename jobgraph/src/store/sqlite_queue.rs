@@ -213,10 +213,15 @@ impl Queue for SqliteStore {
             if !touched.is_empty() {
                 let touched_json = serde_json::to_string(&touched).expect("ids serialize");
                 let heads = run_heads(&mut tx, &touched_json, false).await?;
+                let specs: HashMap<&str, &GraphSpec> = heads
+                    .iter()
+                    .map(|(run, (_, spec))| (run.as_str(), &**spec))
+                    .collect();
+                let mut steps = Vec::new();
                 for (c, _) in done.iter().zip(&committed).filter(|(_, stored)| **stored) {
                     let claim = c.claim;
-                    let (_, spec) = heads
-                        .get(&claim.run)
+                    let spec = specs
+                        .get(claim.run.as_str())
                         .ok_or_else(|| super::sqlite::no_such_run(&claim.run))?;
                     let position = spec
                         .position(&claim.step)
@@ -227,8 +232,9 @@ impl Queue for SqliteStore {
                     {
                         continue;
                     }
-                    step_done(&mut tx, &claim.run, spec, position, now).await?;
+                    steps.push((claim.run.as_str(), position));
                 }
+                steps_done(&mut tx, &specs, steps, now).await?;
                 settle_runs(&mut tx, &touched_json, now).await?;
             }
             let any = !touched.is_empty();
@@ -1059,9 +1065,7 @@ async fn element_done(
     Ok(completed == 1)
 }
 
-/// Step `position` of `run` completed (its output is stored): each child whose last dependency
-/// it was becomes ready, or, for a fan-out, gets its elements; a fan-out over an empty list
-/// completes at once, with `[]`, and so on down.
+/// Step `position` of `run` completed (its output is stored): [`steps_done`] of one.
 async fn step_done(
     conn: &mut SqliteConnection,
     run: &str,
@@ -1069,25 +1073,57 @@ async fn step_done(
     position: usize,
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut done = vec![position];
-    while let Some(position) = done.pop() {
-        for child in spec.children(position) {
-            let row = sqlx::query(DEPENDENCY_DONE)
-                .bind(run)
-                .bind(child as i64)
-                .bind(now)
-                .fetch_optional(&mut *conn)
-                .await?;
-            let Some(row) = row else {
+    let specs = HashMap::from([(run, spec)]);
+    steps_done(conn, &specs, vec![(run, position)], now).await
+}
+
+/// Steps `done` (run, position) completed (their outputs are stored), their runs' graphs in
+/// `specs`: each child whose last dependency they were becomes ready, or, for a fan-out, gets
+/// its elements; a fan-out over an empty list completes at once, with `[]`, and so on down.
+/// One statement per level, for all the children it reaches (two parents of one child may be
+/// among `done`).
+async fn steps_done<'r>(
+    conn: &mut SqliteConnection,
+    specs: &HashMap<&'r str, &GraphSpec>,
+    mut done: Vec<(&'r str, usize)>,
+    now: i64,
+) -> Result<(), StoreError> {
+    while !done.is_empty() {
+        let mut kids: std::collections::BTreeMap<(&str, usize), i64> = Default::default();
+        for (run, position) in done.drain(..) {
+            let spec = specs
+                .get(run)
+                .ok_or_else(|| super::sqlite::no_such_run(run))?;
+            for child in spec.children(position) {
+                *kids.entry((run, child)).or_default() += 1;
+            }
+        }
+        if kids.is_empty() {
+            break;
+        }
+        let entries: Vec<(&str, i64, i64)> = kids
+            .iter()
+            .map(|(&(run, child), &n)| (run, i64::try_from(child).unwrap_or(i64::MAX), n))
+            .collect();
+        let rows = sqlx::query(DEPENDENCIES_DONE)
+            .bind(serde_json::to_string(&entries).expect("children serialize"))
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+        const T: &str = "jobgraph_steps";
+        for row in &rows {
+            let waiting: i64 = get(row, "waiting", T)?;
+            let over: Option<i64> = get(row, "fan_over", T)?;
+            let (0, Some(over)) = (waiting, over) else {
                 continue;
             };
-            const T: &str = "jobgraph_steps";
-            let waiting: i64 = get(&row, "waiting", T)?;
-            let over: Option<i64> = get(&row, "fan_over", T)?;
-            if let (0, Some(over)) = (waiting, over)
-                && expand(conn, run, &row, over, now).await?
-            {
-                done.push(child);
+            let run: String = get(row, "run_id", T)?;
+            let (&run, _) = specs
+                .get_key_value(run.as_str())
+                .ok_or_else(|| super::sqlite::no_such_run(&run))?;
+            if expand(conn, run, row, over, now).await? {
+                let position: i64 = get(row, "position", T)?;
+                done.push((run, usize::try_from(position).unwrap_or(usize::MAX)));
             }
         }
     }
@@ -1698,6 +1734,19 @@ const COMPLETE_ELEMENT: &str = "UPDATE jobgraph_queue_elements
 
 /// One more dependency of step `?2` completed: the last makes it ready, unless it is a fan-out
 /// (its elements are made instead). What it is now.
+/// `n` more dependencies of each step of `?1` (a JSON list of [run, position, n]) completed:
+/// the last makes it ready at `?2`, unless it is a fan-out (its elements are made instead).
+/// What each is now.
+const DEPENDENCIES_DONE: &str = "UPDATE jobgraph_steps
+    SET waiting = MAX(waiting - d.dep_n, 0),
+        ready_at = CASE WHEN waiting <= d.dep_n AND fan_over IS NULL THEN ?2 ELSE NULL END
+    FROM (SELECT json_extract(value, '$[0]') AS dep_run,
+            json_extract(value, '$[1]') AS dep_position, json_extract(value, '$[2]') AS dep_n
+        FROM json_each(?1)) AS d
+    WHERE run_id = d.dep_run AND position = d.dep_position AND state = 'pending'
+      AND waiting > 0
+    RETURNING run_id, name, position, waiting, fan_over, fan_bound, job, priority";
+
 const DEPENDENCY_DONE: &str = "UPDATE jobgraph_steps
     SET waiting = waiting - 1,
         ready_at = CASE WHEN waiting = 1 AND fan_over IS NULL THEN ?3 ELSE NULL END
