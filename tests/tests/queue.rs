@@ -120,6 +120,7 @@ on_both_queues! {
     an_empty_fan_out_completes_at_once => empty_fan_out,
     a_run_whose_last_step_is_an_empty_fan_out_succeeds => empty_fan_out_last,
     the_fan_out_bound_and_the_steps_concurrency_limit_element_claims => element_limits,
+    elements_completed_together_release_as_many_held_back => elements_completed_together,
     abort_reaches_running_element_claims => abort_reaches_elements,
     a_fan_outs_run_past_its_time_to_live_fails_and_cancels_its_elements => fan_out_expires,
     a_claim_is_a_lease_of_its_steps_ttr_renewed_by_it => claims_lease_their_ttr,
@@ -3379,6 +3380,41 @@ async fn element_limits(store: impl TestQueue, _base: u64) {
     assert!(got.iter().any(|(_, step)| *step == "pooled"), "{got:?}");
     let released = next.iter().find(|c| c.id.step == "halves").unwrap();
     assert_eq!(released.id.element, Some(2));
+}
+
+async fn elements_completed_together(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    client.submit(&Bounded { n: 5 }).await.unwrap();
+    let jobs = ["Bounded"];
+    let root = store.claim(WORKER, &jobs, 1, LEASE).await.unwrap();
+    store
+        .complete(WORKER, &root[0].id, "[0,1,2,3,4]", 0)
+        .await
+        .unwrap();
+    let claimed = store.claim(WORKER, &jobs, 100, LEASE).await.unwrap();
+    let halves: Vec<_> = claimed.iter().filter(|c| c.id.step == "halves").collect();
+    assert_eq!(halves.len(), 2);
+    // Both of the bound's elements complete in one call: the next two are ready, no more.
+    let done: Vec<Completion<'_>> = halves
+        .iter()
+        .map(|c| Completion {
+            claim: &c.id,
+            output: "0",
+            started_at: 0,
+        })
+        .collect();
+    assert_eq!(
+        store.complete_many(WORKER, &done).await.unwrap(),
+        [true, true]
+    );
+    let next = store.claim(WORKER, &jobs, 100, LEASE).await.unwrap();
+    let mut released: Vec<_> = next
+        .iter()
+        .filter(|c| c.id.step == "halves")
+        .map(|c| c.id.element)
+        .collect();
+    released.sort();
+    assert_eq!(released, [Some(2), Some(3)]);
 }
 
 /// A fan-out whose elements wait until cancelled: counts their starts in counter `key` and their

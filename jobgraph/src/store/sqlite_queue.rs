@@ -179,28 +179,8 @@ impl Queue for SqliteStore {
             }
             let now = now_ms();
             let mut tx = self.begin().await?;
-            // The steps in one statement, the elements one by one.
-            let mut committed = complete_steps(&mut tx, worker, done, now).await?;
-            for (c, stored) in done.iter().zip(committed.iter_mut()) {
-                let claim = c.claim;
-                let Some(element) = claim.element else {
-                    continue;
-                };
-                *stored = sqlx::query(COMPLETE_ELEMENT)
-                    .bind(&claim.run)
-                    .bind(&claim.step)
-                    .bind(worker)
-                    .bind(i64::from(claim.attempt))
-                    .bind(c.output)
-                    .bind(c.started_at)
-                    .bind(now)
-                    .bind(element_index(element))
-                    .bind(position_of(claim))
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
-            }
+            // The steps in one statement, the elements in another.
+            let committed = complete_steps(&mut tx, worker, done, now).await?;
             // The runs of what it stored, and their graphs.
             let mut touched: Vec<&str> = done
                 .iter()
@@ -218,6 +198,8 @@ impl Queue for SqliteStore {
                     .map(|(run, (_, spec))| (run.as_str(), &**spec))
                     .collect();
                 let mut steps = Vec::new();
+                // Each fan-out's elements stored here, counted (in the order first met).
+                let mut fans: Vec<(&str, &str, usize, i64)> = Vec::new();
                 for (c, _) in done.iter().zip(&committed).filter(|(_, stored)| **stored) {
                     let claim = c.claim;
                     let spec = specs
@@ -226,13 +208,20 @@ impl Queue for SqliteStore {
                     let position = spec
                         .position(&claim.step)
                         .ok_or_else(|| super::sqlite::no_such_step(&claim.run, &claim.step))?;
-                    // An element: the step completes with its last element.
-                    if claim.element.is_some()
-                        && !element_done(&mut tx, &claim.run, &claim.step, now).await?
-                    {
-                        continue;
+                    let (run, step) = (claim.run.as_str(), claim.step.as_str());
+                    if claim.element.is_none() {
+                        steps.push((run, position));
+                    } else if let Some(fan) = fans.iter_mut().find(|f| (f.0, f.1) == (run, step)) {
+                        fan.3 += 1;
+                    } else {
+                        fans.push((run, step, position, 1));
                     }
-                    steps.push((claim.run.as_str(), position));
+                }
+                // A fan-out completes with its last element.
+                for (run, step, position, n) in fans {
+                    if elements_done(&mut tx, run, step, n, now).await? {
+                        steps.push((run, position));
+                    }
                 }
                 steps_done(&mut tx, &specs, steps, now).await?;
                 settle_runs(&mut tx, &touched_json, now).await?;
@@ -996,18 +985,20 @@ fn position_of(claim: &ClaimId) -> i64 {
     i64::try_from(claim.position).unwrap_or(i64::MAX)
 }
 
-/// An element of fan-out `step` of `run` completed: lets the next element the step's bound held
-/// back be claimed, and, if it was the last, completes the step with the elements' outputs in
-/// their order (a JSON list). Whether the step completed.
-async fn element_done(
+/// `n` elements of fan-out `step` of `run` completed: lets as many of the elements the step's
+/// bound held back be claimed, and, if they were the last, completes the step with the
+/// elements' outputs in their order (a JSON list). Whether the step completed.
+async fn elements_done(
     conn: &mut SqliteConnection,
     run: &str,
     step: &str,
+    n: i64,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let Some(counted) = sqlx::query(COUNT_ELEMENT_DONE)
+    let Some(counted) = sqlx::query(COUNT_ELEMENTS_DONE)
         .bind(run)
         .bind(step)
+        .bind(n)
         .fetch_optional(&mut *conn)
         .await?
     else {
@@ -1018,11 +1009,12 @@ async fn element_done(
     let size: Option<i64> = get(&counted, "fan_size", T)?;
     if let Some(bound) = get::<Option<i64>>(&counted, "fan_bound", T)? {
         // The elements are made ready in index order, one per completion after the first
-        // `bound`: this completion's is the next.
-        sqlx::query(RELEASE_ELEMENT)
+        // `bound`: these completions' are the next `n`.
+        sqlx::query(RELEASE_ELEMENTS)
             .bind(run)
             .bind(step)
-            .bind(bound + done - 1)
+            .bind(bound + done - n)
+            .bind(bound + done)
             .bind(now)
             .execute(&mut *conn)
             .await?;
@@ -1401,8 +1393,8 @@ async fn settle_runs(
     Ok(())
 }
 
-/// Completes the steps of `done` (not the elements) that `worker` still holds, in one
-/// statement: for each completion, whether it was stored (an element's is `false` here).
+/// Completes the steps and elements of `done` that `worker` still holds, in a statement for
+/// the steps and one for the elements: for each completion, whether it was stored.
 async fn complete_steps(
     conn: &mut SqliteConnection,
     worker: &str,
@@ -1410,64 +1402,78 @@ async fn complete_steps(
     now: i64,
 ) -> Result<Vec<bool>, StoreError> {
     let mut committed = vec![false; done.len()];
-    let steps: Vec<(usize, &Completion<'_>)> = done
+    // Each completion by its claim, keyed as its statement's rows say what they stored: the
+    // first such entry is stored (a worker that sends one twice in one call stored it once).
+    type Key<'k> = (&'k str, &'k str, i64, i64, i64);
+    let key = |c: &Completion<'_>| -> (i64, i64, i64) {
+        let claim = c.claim;
+        let element = claim.element.map_or(-1, element_index);
+        (position_of(claim), element, i64::from(claim.attempt))
+    };
+    let (steps, elements): (Vec<_>, Vec<_>) = done
         .iter()
         .enumerate()
-        .filter(|(_, c)| c.claim.element.is_none())
-        .collect();
-    if steps.is_empty() {
-        return Ok(committed);
-    }
-    let entries: Vec<(&str, &str, i64, u32, &str, i64)> = steps
-        .iter()
-        .map(|(_, c)| {
-            let claim = c.claim;
-            let (run, step) = (claim.run.as_str(), claim.step.as_str());
-            (
-                run,
-                step,
-                position_of(claim),
-                claim.attempt,
-                c.output,
-                c.started_at,
-            )
-        })
-        .collect();
-    let rows = sqlx::query(COMPLETE_STEPS)
-        .bind(worker)
-        .bind(serde_json::to_string(&entries).expect("completions serialize"))
-        .bind(now)
-        .fetch_all(&mut *conn)
-        .await?;
+        .partition(|(_, c)| c.claim.element.is_none());
+    let mut stored: Vec<(String, String, i64, i64, i64)> = Vec::new();
     const T: &str = "jobgraph_steps";
-    let stored: Vec<(String, i64, i64)> = rows
-        .iter()
-        .map(|row| {
-            Ok((
+    for (statement, entries) in [(COMPLETE_STEPS, &steps), (COMPLETE_ELEMENTS, &elements)] {
+        if entries.is_empty() {
+            continue;
+        }
+        let listed: Vec<(&str, &str, i64, i64, u32, &str, i64)> = entries
+            .iter()
+            .map(|(_, c)| {
+                let (position, element, _) = key(c);
+                let claim = c.claim;
+                (
+                    claim.run.as_str(),
+                    claim.step.as_str(),
+                    position,
+                    element,
+                    claim.attempt,
+                    c.output,
+                    c.started_at,
+                )
+            })
+            .collect();
+        let rows = sqlx::query(statement)
+            .bind(worker)
+            .bind(serde_json::to_string(&listed).expect("completions serialize"))
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in &rows {
+            stored.push((
                 get(row, "run_id", T)?,
+                get(row, "name", T)?,
                 get(row, "position", T)?,
+                get(row, "element", T)?,
                 get(row, "claims", T)?,
-            ))
-        })
-        .collect::<Result<_, StoreError>>()?;
-    // Each stored row is the completion of its step under its claim: the first such entry
-    // (a worker that sends one twice in one call stored it once).
-    let mut by_claim: HashMap<(&str, i64, i64), Vec<usize>> = HashMap::new();
-    for (at, c) in steps.iter().rev() {
-        let key = (
-            c.claim.run.as_str(),
-            position_of(c.claim),
-            i64::from(c.claim.attempt),
-        );
-        by_claim.entry(key).or_default().push(*at);
+            ));
+        }
     }
-    for (run, position, claims) in &stored {
+    let mut by_claim: HashMap<Key<'_>, Vec<usize>> = HashMap::new();
+    for (at, c) in done.iter().enumerate().rev() {
+        let (position, element, attempt) = key(c);
+        let claim = c.claim;
+        by_claim
+            .entry((
+                claim.run.as_str(),
+                claim.step.as_str(),
+                position,
+                element,
+                attempt,
+            ))
+            .or_default()
+            .push(at);
+    }
+    for (run, step, position, element, claims) in &stored {
         let at = by_claim
-            .get_mut(&(run.as_str(), *position, *claims))
+            .get_mut(&(run.as_str(), step.as_str(), *position, *element, *claims))
             .and_then(Vec::pop)
             .ok_or_else(|| StoreError::Corrupt {
                 what: format!(
-                    "a completion stored step {position} of run `{run}`, which none asked for"
+                    "a completion stored step `{step}` of run `{run}`, which none asked for"
                 ),
             })?;
         committed[at] = true;
@@ -1708,7 +1714,7 @@ const REQUEUE_STEP: &str = "UPDATE jobgraph_steps
 
 const CLEAR_TTL: &str = "UPDATE jobgraph_runs SET expires_at = NULL WHERE id = ?1";
 
-/// Each step of `?2` (a JSON list of [run, name, position, claim, output, started at]) that
+/// Each step of `?2` (a JSON list of [run, name, position, -1, claim, output, started at]) that
 /// `?1` holds under its claim completed at `?3` with its output: the rows it stored (their
 /// run, position and claim).
 const COMPLETE_STEPS: &str = "UPDATE jobgraph_steps
@@ -1718,19 +1724,32 @@ const COMPLETE_STEPS: &str = "UPDATE jobgraph_steps
     FROM (SELECT json_extract(value, '$[0]') AS done_run,
             json_extract(value, '$[1]') AS done_name,
             json_extract(value, '$[2]') AS done_position,
-            json_extract(value, '$[3]') AS done_claims,
-            json_extract(value, '$[4]') AS done_output,
-            json_extract(value, '$[5]') AS done_started
+            json_extract(value, '$[4]') AS done_claims,
+            json_extract(value, '$[5]') AS done_output,
+            json_extract(value, '$[6]') AS done_started
         FROM json_each(?2)) AS c
     WHERE run_id = c.done_run AND name = c.done_name AND position = c.done_position
       AND worker = ?1 AND claims = c.done_claims AND state = 'pending'
-    RETURNING run_id, position, claims";
+    RETURNING run_id, name, position, -1 AS element, claims";
 
-const COMPLETE_ELEMENT: &str = "UPDATE jobgraph_queue_elements
-    SET state = 'completed', output = ?5, error = NULL, started_at = COALESCE(started_at, ?6),
-        ended_at = ?7, worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = ?1 AND step = ?2 AND idx = ?8 AND position = ?9 AND worker = ?3
-      AND claims = ?4 AND state = 'pending'";
+/// [`COMPLETE_STEPS`] of elements: each of `?2` is [run, step, position, element, claim,
+/// output, started at].
+const COMPLETE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
+    SET state = 'completed', output = c.done_output, error = NULL,
+        started_at = COALESCE(started_at, c.done_started), ended_at = ?3,
+        worker = NULL, lease_until = NULL, ready_at = NULL
+    FROM (SELECT json_extract(value, '$[0]') AS done_run,
+            json_extract(value, '$[1]') AS done_step,
+            json_extract(value, '$[2]') AS done_position,
+            json_extract(value, '$[3]') AS done_element,
+            json_extract(value, '$[4]') AS done_claims,
+            json_extract(value, '$[5]') AS done_output,
+            json_extract(value, '$[6]') AS done_started
+        FROM json_each(?2)) AS c
+    WHERE run_id = c.done_run AND step = c.done_step AND idx = c.done_element
+      AND position = c.done_position AND worker = ?1 AND claims = c.done_claims
+      AND state = 'pending'
+    RETURNING run_id, step AS name, position, idx AS element, claims";
 
 /// One more dependency of step `?2` completed: the last makes it ready, unless it is a fan-out
 /// (its elements are made instead). What it is now.
@@ -1776,14 +1795,15 @@ const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
 const SET_FAN_SIZE: &str = "UPDATE jobgraph_steps SET fan_size = ?3, fan_done = 0
     WHERE run_id = ?1 AND position = ?2";
 
-/// One more element of fan-out `?2` completed: how many have, of how many, and its bound.
-const COUNT_ELEMENT_DONE: &str = "UPDATE jobgraph_steps SET fan_done = fan_done + 1
+/// `?3` more elements of fan-out `?2` completed: how many have, of how many, and its bound.
+const COUNT_ELEMENTS_DONE: &str = "UPDATE jobgraph_steps SET fan_done = fan_done + ?3
     WHERE run_id = ?1 AND name = ?2 AND state = 'pending'
     RETURNING fan_done, fan_size, fan_bound";
 
-/// Element `?3`, held back by its step's bound, is ready.
-const RELEASE_ELEMENT: &str = "UPDATE jobgraph_queue_elements SET ready_at = ?4
-    WHERE run_id = ?1 AND step = ?2 AND idx = ?3 AND state = 'pending' AND ready_at IS NULL";
+/// Elements `?3..?4`, held back by their step's bound, are ready at `?5`.
+const RELEASE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements SET ready_at = ?5
+    WHERE run_id = ?1 AND step = ?2 AND idx >= ?3 AND idx < ?4 AND state = 'pending'
+      AND ready_at IS NULL";
 
 const SELECT_ELEMENT_OUTPUTS: &str = "SELECT output, claims, started_at
     FROM jobgraph_queue_elements WHERE run_id = ?1 AND step = ?2 ORDER BY idx";
