@@ -838,7 +838,6 @@ impl Taken {
     }
 }
 
-/// The claim of `t`: its run marked running, with the run's input and its dependencies' outputs.
 /// The claims of the steps `taken` (in the queue's order): their runs marked running, each
 /// with its run's input and its dependencies' outputs. Three statements, whatever the number of
 /// steps: the runs' start, their heads, the outputs.
@@ -1057,45 +1056,52 @@ async fn elements_done(
     Ok(completed == 1)
 }
 
-/// Step `position` of `run` completed (its output is stored): [`steps_done`] of one.
-async fn step_done(
-    conn: &mut SqliteConnection,
-    run: &str,
-    spec: &GraphSpec,
-    position: usize,
-    now: i64,
-) -> Result<(), StoreError> {
-    let specs = HashMap::from([(run, spec)]);
-    steps_done(conn, &specs, vec![(run, position)], now).await
-}
+/// Each child, per run, with how many of its dependencies completed.
+type Kids<'r> = std::collections::BTreeMap<(&'r str, usize), i64>;
 
 /// Steps `done` (run, position) completed (their outputs are stored), their runs' graphs in
-/// `specs`: each child whose last dependency they were becomes ready, or, for a fan-out, gets
-/// its elements; a fan-out over an empty list completes at once, with `[]`, and so on down.
-/// One statement per level, for all the children it reaches (two parents of one child may be
-/// among `done`).
+/// `specs`: [`count_down`] of their children (two parents of one child may be among `done`).
 async fn steps_done<'r>(
     conn: &mut SqliteConnection,
     specs: &HashMap<&'r str, &GraphSpec>,
-    mut done: Vec<(&'r str, usize)>,
+    done: Vec<(&'r str, usize)>,
     now: i64,
 ) -> Result<(), StoreError> {
-    while !done.is_empty() {
-        let mut kids: std::collections::BTreeMap<(&str, usize), i64> = Default::default();
-        for (run, position) in done.drain(..) {
-            let spec = specs
-                .get(run)
-                .ok_or_else(|| super::sqlite::no_such_run(run))?;
-            for child in spec.children(position) {
-                *kids.entry((run, child)).or_default() += 1;
-            }
+    let mut kids = Kids::new();
+    add_children(&mut kids, specs, done)?;
+    count_down(conn, specs, kids, now).await
+}
+
+/// Counts each child of `done` (run, position) in `kids`.
+fn add_children<'r>(
+    kids: &mut Kids<'r>,
+    specs: &HashMap<&'r str, &GraphSpec>,
+    done: Vec<(&'r str, usize)>,
+) -> Result<(), StoreError> {
+    for (run, position) in done {
+        let spec = specs
+            .get(run)
+            .ok_or_else(|| super::sqlite::no_such_run(run))?;
+        for child in spec.children(position) {
+            *kids.entry((run, child)).or_default() += 1;
         }
-        if kids.is_empty() {
-            break;
-        }
-        let entries: Vec<(&str, i64, i64)> = kids
-            .iter()
-            .map(|(&(run, child), &n)| (run, i64::try_from(child).unwrap_or(i64::MAX), n))
+    }
+    Ok(())
+}
+
+/// `n` more dependencies of each step of `kids` completed: the last makes it ready, or, for a
+/// fan-out, gives it its elements; a fan-out over an empty list completes at once, with `[]`,
+/// and its children are counted down next. One statement per level.
+async fn count_down<'r>(
+    conn: &mut SqliteConnection,
+    specs: &HashMap<&'r str, &GraphSpec>,
+    mut kids: Kids<'r>,
+    now: i64,
+) -> Result<(), StoreError> {
+    while !kids.is_empty() {
+        let entries: Vec<(&str, i64, i64)> = std::mem::take(&mut kids)
+            .into_iter()
+            .map(|((run, child), n)| (run, i64::try_from(child).unwrap_or(i64::MAX), n))
             .collect();
         let rows = sqlx::query(DEPENDENCIES_DONE)
             .bind(serde_json::to_string(&entries).expect("children serialize"))
@@ -1103,6 +1109,7 @@ async fn steps_done<'r>(
             .fetch_all(&mut *conn)
             .await?;
         const T: &str = "jobgraph_steps";
+        let mut done = Vec::new();
         for row in &rows {
             let waiting: i64 = get(row, "waiting", T)?;
             let over: Option<i64> = get(row, "fan_over", T)?;
@@ -1118,6 +1125,7 @@ async fn steps_done<'r>(
                 done.push((run, usize::try_from(position).unwrap_or(usize::MAX)));
             }
         }
+        add_children(&mut kids, specs, done)?;
     }
     Ok(())
 }
@@ -1353,23 +1361,12 @@ pub(super) async fn requeue(
             .await?;
     }
     sqlx::query(CLEAR_TTL).bind(run).execute(&mut *conn).await?;
-    for position in ready {
-        let row = sqlx::query(DEPENDENCY_DONE)
-            .bind(run)
-            .bind(position as i64)
-            .bind(now)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let Some(row) = row else {
-            continue;
-        };
-        let over: Option<i64> = get(&row, "fan_over", "jobgraph_steps")?;
-        if let Some(over) = over
-            && expand(conn, run, &row, over, now).await?
-        {
-            step_done(conn, run, spec, position, now).await?;
-        }
-    }
+    let specs = HashMap::from([(run, spec)]);
+    let kids = ready
+        .into_iter()
+        .map(|position| ((run, position), 1))
+        .collect();
+    count_down(conn, &specs, kids, now).await?;
     Ok(())
 }
 
@@ -1751,8 +1748,6 @@ const COMPLETE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
       AND state = 'pending'
     RETURNING run_id, step AS name, position, idx AS element, claims";
 
-/// One more dependency of step `?2` completed: the last makes it ready, unless it is a fan-out
-/// (its elements are made instead). What it is now.
 /// `n` more dependencies of each step of `?1` (a JSON list of [run, position, n]) completed:
 /// the last makes it ready at `?2`, unless it is a fan-out (its elements are made instead).
 /// What each is now.
@@ -1765,12 +1760,6 @@ const DEPENDENCIES_DONE: &str = "UPDATE jobgraph_steps
     WHERE run_id = d.dep_run AND position = d.dep_position AND state = 'pending'
       AND waiting > 0
     RETURNING run_id, name, position, waiting, fan_over, fan_bound, job, priority";
-
-const DEPENDENCY_DONE: &str = "UPDATE jobgraph_steps
-    SET waiting = waiting - 1,
-        ready_at = CASE WHEN waiting = 1 AND fan_over IS NULL THEN ?3 ELSE NULL END
-    WHERE run_id = ?1 AND position = ?2 AND state = 'pending' AND waiting > 0
-    RETURNING name, position, waiting, fan_over, fan_bound, job, priority";
 
 /// The length of step `?2`'s output, if it is a list.
 const SELECT_LIST_LENGTH: &str = "SELECT CASE WHEN json_type(output) = 'array'
