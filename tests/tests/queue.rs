@@ -1908,6 +1908,15 @@ async fn postgres_a_notification_wakes_an_idle_wait() {
     );
     within(10, worker.wait_ready(&jobs, Duration::from_secs(60))).await;
     // From now on a wait after an empty claim waits for news.
+    news_wakes_an_idle_wait(worker, &client, 3000).await;
+}
+
+/// A wait of `worker` for `Diamond` after an empty claim, where news reaches it: no news, or
+/// news of another job (a `Flaky` counting in counter `key`), does not wake it; a submit of
+/// its job does; and news between an empty claim and the wait after it (a completion whose
+/// children are ready) is not lost.
+async fn news_wakes_an_idle_wait(worker: &impl Queue, client: &Client, key: u64) {
+    let jobs = ["Diamond"];
     assert!(
         worker
             .claim(WORKER, &jobs, 1, LEASE)
@@ -1924,7 +1933,7 @@ async fn postgres_a_notification_wakes_an_idle_wait() {
         "the wait returned without news"
     );
     // News of another job does not wake it.
-    client.submit(&Flaky { fail: 0, key: 3000 }).await.unwrap();
+    client.submit(&Flaky { fail: 0, key }).await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(300), &mut waiting)
             .await
@@ -1993,49 +2002,7 @@ async fn sqlite_a_commit_wakes_an_idle_wait_of_its_process() {
     let jobs = ["Diamond"];
     // A job not claimed yet: the wait returns, for the worker to claim it first.
     within(10, worker.wait_ready(&jobs, Duration::from_secs(60))).await;
-    assert!(
-        worker
-            .claim(WORKER, &jobs, 1, LEASE)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    let waiting = worker.wait_ready(&jobs, Duration::from_secs(60));
-    tokio::pin!(waiting);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
-            .await
-            .is_err(),
-        "the wait returned without news"
-    );
-    // A submit of another job does not wake it.
-    client.submit(&Flaky { fail: 0, key: 3100 }).await.unwrap();
-    assert!(
-        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
-            .await
-            .is_err(),
-        "news of another job woke the wait"
-    );
-    // A submit of its job wakes it, long before its 60 s.
-    let run = client.submit(&Diamond { n: 7 }).await.unwrap();
-    within(10, &mut waiting).await;
-    let claims = worker.claim(WORKER, &jobs, 1, LEASE).await.unwrap();
-    assert_eq!(claims[0].id.run, run.id);
-
-    // A completion between an empty claim and the wait after it is not lost: its children
-    // are ready.
-    assert!(
-        worker
-            .claim(WORKER, &jobs, 1, LEASE)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    worker
-        .complete(WORKER, &claims[0].id, "7", 0)
-        .await
-        .unwrap();
-    within(10, worker.wait_ready(&jobs, Duration::from_secs(60))).await;
+    news_wakes_an_idle_wait(&worker, &client, 3100).await;
 
     // A step tried again at once is ready again: news.
     let flaky = ["Flaky"];
