@@ -408,12 +408,7 @@ fn worker_main(args: &[String]) {
     let workload = Workload::parse(workload).expect("a workload");
     let mode = Mode::parse(mode).expect("a mode");
     let stats = sql_stats();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
+    worker_runtime().block_on(async move {
         match system {
             System::JobgraphPg => {
                 let store = PgStore::connect(url).await.expect("connect the PgStore");
@@ -505,6 +500,16 @@ fn cpu_ms_of(pid: &str) -> Option<u64> {
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     // The kernel's USER_HZ, 100 on every Linux this runs on.
     Some(ticks * 10)
+}
+
+/// The runtime a worker runs on: 2 threads, one per core of the machine this was tuned on
+/// (each worker process's, and the same-process latency cell's).
+fn worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 async fn jobgraph_worker<Q: Queue + Clone>(store: Q, name: &str, workload: Workload, mode: Mode) {
@@ -1037,15 +1042,10 @@ async fn latency(system: System, mode: Mode, samples: usize) -> Vec<Duration> {
 
 /// Latency on SQLite with the worker in the submitting process, on one store (what the
 /// embedded default does: the store's own commits wake the worker), with the default poll. On
-/// a runtime of its own with 2 threads, so that waiting for the job blocks no worker.
+/// a worker process's runtime of its own, so that waiting for the job blocks no worker.
 fn latency_same_process(samples: usize) -> Vec<Duration> {
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
+        worker_runtime().block_on(async move {
             let system = System::JobgraphSqlite;
             let db = fresh_db(system).await;
             setup_and_insert(system, &db, Workload::Noop, 0).await;
