@@ -548,8 +548,8 @@ async fn jobgraph_worker<Q: Queue + Clone>(store: Q, name: &str, workload: Workl
     };
     stopper.await.unwrap();
     done(&format!(
-        "claimed={} completed={} failed={}",
-        stats.claimed, stats.completed, stats.failed
+        "claimed={} claims={} completed={} failed={}",
+        stats.claimed, stats.claims, stats.completed, stats.failed
     ));
 }
 

@@ -88,6 +88,9 @@ impl std::fmt::Debug for Worker {
 pub struct WorkerStats {
     /// Steps claimed (an element of a `for_each` step counts as one).
     pub claimed: usize,
+    /// Claims the store answered, each of one or more steps (`claimed / claims` steps each on
+    /// average: see [`Worker::prefetch`]).
+    pub claims: usize,
     /// Steps completed and committed (an element counts as one).
     pub completed: usize,
     /// Steps that failed for good.
@@ -171,7 +174,9 @@ impl Worker {
     /// Claims up to `steps` more steps than it runs at once, which wait in the worker for a
     /// free slot (0 unless set): bigger claims, and a step to start the moment one ends. For
     /// many short steps this is throughput (fewer, larger claims and commits); for long steps it
-    /// is steps waiting in one worker while another may be idle, so leave it at 0 there. The
+    /// is steps waiting in one worker while another may be idle, so leave it at 0 there. While
+    /// steps wait, the worker claims again once it has room for half its concurrency and
+    /// prefetch (or when none is left waiting), not a step at a time as each ends. The
     /// waiting steps' leases are renewed like the running ones'; a waiting step whose lease may
     /// have lapsed (the worker was stopped, or its heartbeats failed, for longer than the
     /// lease) is not started: it ends cancelled, for the store to give it again.
@@ -325,10 +330,14 @@ impl<'w> Pool<'w> {
         }
     }
 
+    /// How many steps the worker runs or keeps queued at most.
+    fn wanted(&self) -> usize {
+        self.worker.concurrency + self.worker.prefetch
+    }
+
     /// How many more steps to claim now.
     fn room(&self) -> usize {
-        let worker = self.worker;
-        let wanted = worker.concurrency + worker.prefetch;
+        let wanted = self.wanted();
         let free = wanted.saturating_sub(self.running.len() + self.queued.len());
         let held = (wanted * HELD_PER_SLOT).saturating_sub(self.holdings.len());
         free.min(held)
@@ -363,7 +372,12 @@ impl<'w> Pool<'w> {
         loop {
             let can_claim = !(stopping || self.once && claimed_once) && backoff.is_none();
             let room = self.room();
-            if can_claim && claiming.is_none() && !idle && room > 0 {
+            // While steps wait in the worker, a claim waits for room for half of what it runs
+            // and queues: on PostgreSQL each claim walks the queue's index past every step held
+            // (claimed steps stay in it, so that a claim is a HOT update), and a claim of a step
+            // or two, one as each step ends, walked it as often as there were steps.
+            let worth = room > 0 && (self.queued.is_empty() || room * 2 >= self.wanted());
+            if can_claim && claiming.is_none() && !idle && worth {
                 let (queue, name, jobs) =
                     (Arc::clone(queue), Arc::clone(&name), Arc::clone(&self.jobs));
                 let lease = worker.lease;
@@ -523,6 +537,7 @@ impl<'w> Pool<'w> {
     /// slots.
     fn start(&mut self, claims: Vec<Claim>, sent: tokio::time::Instant) {
         self.stats.claimed += claims.len();
+        self.stats.claims += 1;
         for claim in claims {
             let holding = Holding {
                 token: CancellationToken::new(),

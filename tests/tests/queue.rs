@@ -112,6 +112,7 @@ on_both_queues! {
     a_run_of_one_step_ended_by_its_step_stays_ended_for_every_reader_and_writer => one_step_runs_stay_ended,
     a_run_is_running_from_its_first_claim_to_its_end_whoever_reads_it => running_from_first_claim,
     a_worker_prefetches_claims_but_runs_no_more_than_its_concurrency => prefetch_runs_within_concurrency,
+    a_worker_with_steps_queued_claims_in_batches_of_half_its_room => claims_wait_for_half_their_room,
     a_worker_does_not_start_a_queued_step_whose_lease_may_have_lapsed => lapsed_claims_are_not_started,
     a_fan_outs_elements_are_claimed_one_by_one_by_several_workers => fan_out_spreads_over_workers,
     an_elements_expired_lease_is_reclaimed_and_its_stale_completion_fenced => element_lease_expires,
@@ -1372,6 +1373,51 @@ async fn prefetch_runs_within_concurrency(store: impl TestQueue, base: u64) {
         .await
         .unwrap();
     assert_eq!(stats.claimed, 2);
+}
+
+/// A job of one step that takes 2 ms.
+#[derive(Serialize, Deserialize)]
+struct Nap {
+    n: u32,
+}
+
+#[job(durable)]
+impl Nap {
+    #[step]
+    async fn only(&self) -> u32 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        self.n
+    }
+}
+
+/// While steps wait in a worker (`prefetch`), it claims again only once it has room for half
+/// its concurrency and prefetch, not a step as each step ends.
+async fn claims_wait_for_half_their_room(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    client
+        .submit_batch("halves", (0..200).map(|n| Nap { n }))
+        .await
+        .unwrap();
+    // Room for 10, one step at a time: every claim made while a step waits asks for at least 5.
+    let worker = Worker::new(&store)
+        .job::<Nap>()
+        .concurrency(1)
+        .prefetch(9)
+        .poll_interval(Duration::from_millis(20));
+    let (shutdown, running) = started(worker);
+    within(120, async {
+        while !client.batch_counts("halves").await.unwrap().is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    shutdown.cancel();
+    let stats = within(60, running).await.unwrap().unwrap();
+    assert_eq!((stats.claimed, stats.completed), (200, 200), "{stats:?}");
+    // 40 claims of 5 would do (43–47 seen); a claim as each step ends, about 200 (143–204
+    // seen). A slow claim or commit leaves the queue empty, and the claim then made may ask
+    // for less.
+    assert!(stats.claims <= 80, "{} claims: {stats:?}", stats.claims);
 }
 
 /// A job whose first execution (per key) stalls its thread, as a stopped process or a
