@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_queue_elements.sql"),
     include_str!("migrations/0004_steps_failed_index.sql"),
     include_str!("migrations/0005_ttr.sql"),
+    include_str!("migrations/0006_elements_in_claim_order.sql"),
 ];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS jobgraph_meta (

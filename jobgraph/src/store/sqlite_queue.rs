@@ -1876,3 +1876,39 @@ const ABORT_RUN: &str = "UPDATE jobgraph_runs
 const CANCEL_PENDING_STEPS: &str = "UPDATE jobgraph_steps
     SET state = 'cancelled', ready_at = NULL, ended_at = ?2
     WHERE run_id = ?1 AND state = 'pending'";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan of a statement: one line per step (`EXPLAIN QUERY PLAN`'s `detail`).
+    async fn plan(store: &SqliteStore, statement: &str) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {statement}"))
+                .bind("job")
+                .bind(0_i64)
+                .bind(500_i64)
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        rows.into_iter().map(|row| row.3 + "\n").collect()
+    }
+
+    /// A claim reads the ready steps and elements of a job in the queue's order from their
+    /// index, and stops after the ones it takes: no sort of every ready row.
+    #[tokio::test(flavor = "current_thread")]
+    async fn claims_read_the_queue_in_its_indexs_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("jobs.db").to_str().unwrap())
+            .await
+            .unwrap();
+        for (statement, index) in [
+            (CANDIDATES, "jobgraph_steps_ready"),
+            (ELEMENT_CANDIDATES, "jobgraph_queue_elements_ready"),
+        ] {
+            let plan = plan(&store, statement).await;
+            assert!(plan.contains(&format!("USING INDEX {index} ")), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
+    }
+}
