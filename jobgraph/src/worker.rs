@@ -88,8 +88,8 @@ impl std::fmt::Debug for Worker {
 pub struct WorkerStats {
     /// Steps claimed (an element of a `for_each` step counts as one).
     pub claimed: usize,
-    /// Claims the store answered, each of one or more steps (`claimed / claims` steps each on
-    /// average: see [`Worker::prefetch`]).
+    /// Claims the store answered, those that found nothing included (`claimed / claims` steps
+    /// each on average: see [`Worker::prefetch`]).
     pub claims: usize,
     /// Steps completed and committed (an element counts as one).
     pub completed: usize,
