@@ -1405,12 +1405,7 @@ async fn claims_wait_for_half_their_room(store: impl TestQueue, _base: u64) {
         .prefetch(9)
         .poll_interval(Duration::from_millis(20));
     let (shutdown, running) = started(worker);
-    within(120, async {
-        while !client.batch_counts("halves").await.unwrap().is_finished() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    within(120, batch_finished(&client, "halves")).await;
     shutdown.cancel();
     let stats = within(60, running).await.unwrap().unwrap();
     assert_eq!((stats.claimed, stats.completed), (200, 200), "{stats:?}");
@@ -1719,6 +1714,13 @@ async fn pg_stores(n: usize) -> Option<(jobgraph_tests::pg::TestDb, Vec<PgStore>
 }
 
 /// Fails the test if `what` takes longer than `secs` seconds: what must not block.
+/// Returns once every run of batch `name` has ended (polled every 20 ms).
+async fn batch_finished(client: &Client, name: &str) {
+    while !client.batch_counts(name).await.unwrap().is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn within<T>(secs: u64, what: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), what)
         .await
@@ -2125,12 +2127,7 @@ async fn postgres_workers_on_four_connections_run_a_batch_being_aborted() {
             aborted += 1;
         }
     }
-    within(60, async {
-        while !client.batch_counts("busy").await.unwrap().is_finished() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    within(60, batch_finished(&client, "busy")).await;
     shutdown.cancel();
     let mut completed = 0;
     for worker in workers {
