@@ -20,7 +20,11 @@
 //! inserted and before its burn-down starts (say, `DROP INDEX ...`); with `QBENCH_STATS` set,
 //! each PostgreSQL burn-down also prints the rows each table inserted and updated, and how many
 //! of the updates were HOT (`pg_stat_user_tables`: an update that is not HOT writes an entry in
-//! every index of its table).
+//! every index of its table). `QBENCH_PROCS=4` (or `1,4`, ...) runs the single-step burn-downs
+//! with those numbers of worker processes only, and `QBENCH_ON_GO` is a shell command started
+//! as each burn-down's workers are told to go, with `QSYSTEM` and `QPROCS` in its environment:
+//! say, `sleep 0.3; perf record -a -g -o /tmp/$QSYSTEM-$QPROCS.data -- sleep 2` for a profile
+//! of the burn-down alone.
 //!
 //! Cells:
 //!
@@ -934,6 +938,13 @@ async fn burn_down(
     let mut server = ServerCpu::new(system, &db).await;
     server.sample().await;
     workers.go();
+    if let Ok(cmd) = std::env::var("QBENCH_ON_GO") {
+        let _ = Command::new("sh")
+            .args(["-c", &cmd])
+            .env("QSYSTEM", system.name())
+            .env("QPROCS", procs.to_string())
+            .spawn();
+    }
     let began = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1321,7 +1332,10 @@ async fn coordinate(o: Options) {
     // 1 and 4: single-step burn-down.
     let mut noop: Vec<Single> = Vec::new();
     let cell = |name: &str| o.cells.iter().any(|c| c == name);
-    for &procs in PROCS.iter().filter(|_| cell("burn")) {
+    let procs_wanted: Vec<usize> = std::env::var("QBENCH_PROCS")
+        .map(|v| v.split(',').map(|p| p.parse().unwrap()).collect())
+        .unwrap_or(PROCS.to_vec());
+    for &procs in procs_wanted.iter().filter(|_| cell("burn")) {
         for &system in &run {
             let (mut capped, mut rates, mut server, mut workers) =
                 (false, Vec::new(), Vec::new(), Vec::new());

@@ -1183,7 +1183,7 @@ async fn postgres_refuses_another_schema_version() {
             .fetch_one(&mut pg_raw(&db).await)
             .await
             .unwrap();
-    assert_eq!(version, "11");
+    assert_eq!(version, "12");
 
     pg_execute(
         &db,
@@ -1196,7 +1196,7 @@ async fn postgres_refuses_another_schema_version() {
             err,
             StoreError::Schema {
                 found: 99,
-                expected: 11
+                expected: 12
             }
         ),
         "{err:?}"
@@ -1268,7 +1268,7 @@ fn postgres_concurrent_first_opens_migrate_once() {
                 .fetch_one(&mut pg_raw(&db).await)
                 .await
                 .unwrap();
-        assert_eq!(version, "11");
+        assert_eq!(version, "12");
         let store = pg_store(&db).await;
         let runs = store.list_runs(&RunFilter::default()).await.unwrap();
         assert_eq!(runs.len(), 8);
@@ -1365,6 +1365,29 @@ async fn postgres_times_are_the_databases_and_exact() {
     }
     // A lease far longer than the database's calendar is capped, not an error.
     store.renew_lease("r1", "a", Duration::MAX).await.unwrap();
+}
+
+/// The store's time functions are inlined into the statements that call them (each completion
+/// calls `jobgraph_at`, each claim of a limited step `jobgraph_ms`): a call that is not runs as
+/// a query of its own, eight times the cost.
+#[tokio::test]
+async fn postgres_time_functions_are_inlined() {
+    let Some(db) = pg::database().await else {
+        return;
+    };
+    pg_store(&db).await.close().await;
+    let mut raw = pg_raw(&db).await;
+    for call in ["jobgraph_at(ms)", "jobgraph_ms(jobgraph_at(ms))"] {
+        let plan: Vec<String> = sqlx::query_scalar(&format!(
+            "EXPLAIN (VERBOSE) SELECT {call} FROM unnest(ARRAY[1::bigint]) AS t (ms)"
+        ))
+        .fetch_all(&mut raw)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("to_timestamp"), "{call} not planned: {plan}");
+        assert!(!plan.contains("jobgraph_"), "{call} not inlined: {plan}");
+    }
 }
 
 /// Two stores on one database (two processes) race `open_run`: one wins each id.
