@@ -939,11 +939,14 @@ async fn burn_down(
     server.sample().await;
     workers.go();
     if let Ok(cmd) = std::env::var("QBENCH_ON_GO") {
-        let _ = Command::new("sh")
+        let started = Command::new("sh")
             .args(["-c", &cmd])
             .env("QSYSTEM", system.name())
             .env("QPROCS", procs.to_string())
             .spawn();
+        if let Err(error) = started {
+            eprintln!("QBENCH_ON_GO did not start: {error}");
+        }
     }
     let began = Instant::now();
     loop {
@@ -1333,7 +1336,15 @@ async fn coordinate(o: Options) {
     let mut noop: Vec<Single> = Vec::new();
     let cell = |name: &str| o.cells.iter().any(|c| c == name);
     let procs_wanted: Vec<usize> = std::env::var("QBENCH_PROCS")
-        .map(|v| v.split(',').map(|p| p.parse().unwrap()).collect())
+        .map(|v| {
+            v.split(',')
+                .map(|p| {
+                    p.trim()
+                        .parse()
+                        .expect("QBENCH_PROCS: counts of processes, as 1,4")
+                })
+                .collect()
+        })
         .unwrap_or(PROCS.to_vec());
     for &procs in procs_wanted.iter().filter(|_| cell("burn")) {
         for &system in &run {
