@@ -1183,7 +1183,7 @@ async fn postgres_refuses_another_schema_version() {
             .fetch_one(&mut pg_raw(&db).await)
             .await
             .unwrap();
-    assert_eq!(version, "12");
+    assert_eq!(version, "13");
 
     pg_execute(
         &db,
@@ -1196,7 +1196,7 @@ async fn postgres_refuses_another_schema_version() {
             err,
             StoreError::Schema {
                 found: 99,
-                expected: 12
+                expected: 13
             }
         ),
         "{err:?}"
@@ -1268,7 +1268,7 @@ fn postgres_concurrent_first_opens_migrate_once() {
                 .fetch_one(&mut pg_raw(&db).await)
                 .await
                 .unwrap();
-        assert_eq!(version, "12");
+        assert_eq!(version, "13");
         let store = pg_store(&db).await;
         let runs = store.list_runs(&RunFilter::default()).await.unwrap();
         assert_eq!(runs.len(), 8);
@@ -1365,6 +1365,44 @@ async fn postgres_times_are_the_databases_and_exact() {
     }
     // A lease far longer than the database's calendar is capped, not an error.
     store.renew_lease("r1", "a", Duration::MAX).await.unwrap();
+}
+
+/// Every text column an index orders compares as bytes, whatever the database's collation (a
+/// linguistic one costs each step of an index search a call of the collation library, and
+/// would order run ids otherwise than the store's Rust code does when it locks runs in id
+/// order). Listed from the catalog, so that a column added later without `COLLATE "C"` fails
+/// here.
+#[tokio::test]
+async fn postgres_indexed_text_compares_as_bytes() {
+    let Some(db) = pg::database().await else {
+        return;
+    };
+    pg_store(&db).await.close().await;
+    let mut raw = pg_raw(&db).await;
+    let columns: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT DISTINCT c.relname::text, a.attname::text, co.collname::text
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indrelid
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+        LEFT JOIN pg_collation co ON co.oid = a.attcollation
+        WHERE c.relname LIKE 'jobgraph\\_%' AND c.relname <> 'jobgraph_meta'
+          AND a.atttypid = 'text'::regtype
+        ORDER BY 1, 2",
+    )
+    .fetch_all(&mut raw)
+    .await
+    .unwrap();
+    assert!(
+        columns
+            .iter()
+            .any(|(t, c, _)| t == "jobgraph_runs" && c == "id"),
+        "{columns:?}"
+    );
+    let other: Vec<_> = columns
+        .iter()
+        .filter(|(_, _, collation)| collation.as_deref() != Some("C"))
+        .collect();
+    assert!(other.is_empty(), "indexed without COLLATE \"C\": {other:?}");
 }
 
 /// The store's time functions are inlined into the statements that call them (each completion
