@@ -10,21 +10,21 @@
 //! rate is then of the jobs finished, marked `*`); `-- --only NAME[,NAME..]` only those systems
 //! (`jobgraph-pg`, `jobgraph-sqlite`, `floor-pg`, `awa`, `graphile`, `apalis`); `-- --cells burn,graphs,latency`
 //! only those cells; `-- --rounds N` repeats every throughput cell N times and reports the
-//! median; `-- --jobs N` sets the backlog. It prints markdown tables. `-- --diagnose` instead
-//! burns down the single-step backlog (`-- --diagnose-workload diamond|for_each`: that job's)
-//! with 1, 2 and 4 worker processes that count and time their SQL statements (sqlx's `tracing`
-//! events), and prints them per step; with
+//! median; `-- --jobs N` sets the backlog; `-- --procs N[,N..]` runs the throughput cells with
+//! those numbers of worker processes only (1, 2 and 4 unless set). It prints markdown tables.
+//! `-- --diagnose` instead burns down the single-step backlog (`-- --diagnose-workload
+//! diamond|for_each`: that job's) with each number of worker processes, which count and time
+//! their SQL statements (sqlx's `tracing` events), and prints them per step; with
 //! `JOBGRAPH_PG_SETTINGS=shared_preload_libraries=pg_stat_statements`, also the server's view
 //! of each statement (time, pages, WAL records). For experiments on the schema, `QBENCH_SQL` in
 //! the environment holds statements run on each fresh PostgreSQL database after its backlog is
 //! inserted and before its burn-down starts (say, `DROP INDEX ...`); with `QBENCH_STATS` set,
 //! each PostgreSQL burn-down also prints the rows each table inserted and updated, and how many
 //! of the updates were HOT (`pg_stat_user_tables`: an update that is not HOT writes an entry in
-//! every index of its table). `QBENCH_PROCS=4` (or `1,4`, ...) runs the single-step burn-downs
-//! with those numbers of worker processes only, and `QBENCH_ON_GO` is a shell command started
-//! as each burn-down's workers are told to go, with `QSYSTEM` and `QPROCS` in its environment:
-//! say, `sleep 0.3; perf record -a -g -o /tmp/$QSYSTEM-$QPROCS.data -- sleep 2` for a profile
-//! of the burn-down alone.
+//! every index of its table). `QBENCH_ON_GO` is a shell command started as each burn-down's
+//! workers are told to go, with `QSYSTEM` and `QPROCS` in its environment: say, `sleep 0.3;
+//! perf record -a -g -o /tmp/$QSYSTEM-$QPROCS.data -- sleep 2` for a profile of the burn-down
+//! alone.
 //!
 //! Cells:
 //!
@@ -1230,6 +1230,8 @@ struct Options {
     rounds: usize,
     samples: usize,
     only: Vec<System>,
+    /// How many worker processes each throughput cell runs with, in turn (`--procs`).
+    procs: Vec<usize>,
 }
 
 fn options() -> Options {
@@ -1243,6 +1245,7 @@ fn options() -> Options {
         rounds: 1,
         samples: 50,
         only: SYSTEMS.to_vec(),
+        procs: PROCS.to_vec(),
     };
     let mut i = 0;
     while i < args.len() {
@@ -1269,6 +1272,13 @@ fn options() -> Options {
             "--jobs" => {
                 i += 1;
                 o.jobs = args[i].parse().expect("--jobs N");
+            }
+            "--procs" => {
+                i += 1;
+                o.procs = args[i]
+                    .split(',')
+                    .map(|p| p.parse().expect("--procs N[,N..]"))
+                    .collect();
             }
             "--rounds" => {
                 i += 1;
@@ -1321,7 +1331,7 @@ async fn coordinate(o: Options) {
             if system == System::FloorPg && o.diagnose_workload != Workload::Noop {
                 continue;
             }
-            for procs in [1, 2, 4] {
+            for &procs in &o.procs {
                 diagnose(system, o.diagnose_workload, jobs, procs).await;
             }
         }
@@ -1335,18 +1345,7 @@ async fn coordinate(o: Options) {
     // 1 and 4: single-step burn-down.
     let mut noop: Vec<Single> = Vec::new();
     let cell = |name: &str| o.cells.iter().any(|c| c == name);
-    let procs_wanted: Vec<usize> = std::env::var("QBENCH_PROCS")
-        .map(|v| {
-            v.split(',')
-                .map(|p| {
-                    p.trim()
-                        .parse()
-                        .expect("QBENCH_PROCS: counts of processes, as 1,4")
-                })
-                .collect()
-        })
-        .unwrap_or(PROCS.to_vec());
-    for &procs in procs_wanted.iter().filter(|_| cell("burn")) {
+    for &procs in o.procs.iter().filter(|_| cell("burn")) {
         for &system in &run {
             let (mut capped, mut rates, mut server, mut workers) =
                 (false, Vec::new(), Vec::new(), Vec::new());
@@ -1382,7 +1381,7 @@ async fn coordinate(o: Options) {
             _ => jobs / workload.steps(),
         }
         .max(1);
-        for &procs in &PROCS {
+        for &procs in &o.procs {
             for &system in run.iter().filter(|s| s.is_jobgraph()) {
                 let (mut v, mut capped) = (Vec::new(), false);
                 for _ in 0..o.rounds {
@@ -1580,7 +1579,7 @@ fn report(
          | jobgraph-pg ÷ floor-pg |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
-    for &procs in &PROCS {
+    for &procs in &o.procs {
         let fastest = PEERS
             .iter()
             .copied()
@@ -1634,7 +1633,7 @@ fn report(
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for system in [System::JobgraphPg, System::JobgraphSqlite] {
-        for &procs in &PROCS {
+        for &procs in &o.procs {
             let g = |w: Workload| {
                 graphs
                     .iter()
