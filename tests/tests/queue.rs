@@ -1713,7 +1713,6 @@ async fn pg_stores(n: usize) -> Option<(jobgraph_tests::pg::TestDb, Vec<PgStore>
     Some((db, stores))
 }
 
-/// Fails the test if `what` takes longer than `secs` seconds: what must not block.
 /// Returns once every run of batch `name` has ended (polled every 20 ms).
 async fn batch_finished(client: &Client, name: &str) {
     while !client.batch_counts(name).await.unwrap().is_finished() {
@@ -1721,6 +1720,7 @@ async fn batch_finished(client: &Client, name: &str) {
     }
 }
 
+/// Fails the test if `what` takes longer than `secs` seconds: what must not block.
 async fn within<T>(secs: u64, what: impl Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(secs), what)
         .await

@@ -1371,7 +1371,7 @@ async fn postgres_times_are_the_databases_and_exact() {
 /// linguistic one costs each step of an index search a call of the collation library, and
 /// would order run ids otherwise than the store's Rust code does when it locks runs in id
 /// order). Listed from the catalog, so that a column added later without `COLLATE "C"` fails
-/// here.
+/// here; all but `jobgraph_meta`'s key, which is read once as a store opens.
 #[tokio::test]
 async fn postgres_indexed_text_compares_as_bytes() {
     let Some(db) = pg::database().await else {
