@@ -245,6 +245,8 @@ struct Execution {
     worker: String,
     /// The step's claim number when it recorded this (an element's: its step's).
     claim_seen: Option<i64>,
+    /// The step's holder then.
+    holder_seen: Option<String>,
     committed_seen: Option<String>,
     /// When the step began, by its worker's clock.
     began_ms: i64,
@@ -406,7 +408,8 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
     );
     let executions: Vec<Execution> = fetch!(
         admin,
-        "SELECT run_id, step, unit, worker, claim_seen, committed_seen, began_ms, at_ms
+        "SELECT run_id, step, unit, worker, claim_seen, holder_seen, committed_seen, began_ms,
+            at_ms
          FROM chaos_witness ORDER BY seq",
         |row| Execution {
             run: row.get("run_id"),
@@ -414,6 +417,7 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
             unit: row.get("unit"),
             worker: row.get("worker"),
             claim_seen: row.get("claim_seen"),
+            holder_seen: row.get("holder_seen"),
             committed_seen: row.get("committed_seen"),
             began_ms: row.get("began_ms"),
             at_ms: row.get("at_ms"),
@@ -665,17 +669,28 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
                     explains(fault, cx.backend, lease_ms, before.into(), after.into())
                 });
             v.check(BOUNDED, explained, || {
+                // What the store said of the unit: each commit's claim, holder and time.
+                let committed: Vec<_> = commits_of
+                    .get(&(*run, *unit))
+                    .into_iter()
+                    .flatten()
+                    .map(|c| (c.claim, c.holder.as_deref(), c.at_ms))
+                    .collect();
                 format!(
-                    "{unit} of run {run} ran again on {} at {} (claim {:?}) after {} began \
-                     at {} (recorded at {}, claim {:?}), with no fault of {} between; the \
-                     faults near its beginning: {}",
+                    "{unit} of run {run} ran again on {} (began at {}, recorded at {}, claim \
+                     {:?} held by {:?}) after {} began at {} (recorded at {}, claim {:?} held \
+                     by {:?}), with no fault of {} between; the faults near its beginning: \
+                     {}; its commits (claim, holder, at): {committed:?}",
                     after.worker,
+                    after.began_ms,
                     after.at_ms,
                     after.claim_seen,
+                    after.holder_seen,
                     before.worker,
                     before.began_ms,
                     before.at_ms,
                     before.claim_seen,
+                    before.holder_seen,
                     before.worker,
                     nearest(cx.injected, before.began_ms)
                 )
