@@ -1428,6 +1428,64 @@ async fn postgres_time_functions_are_inlined() {
     }
 }
 
+/// Whether another session can take the store's migration lock now, asked from another thread
+/// while this one's runtime (a test's: one thread) is blocked: what a second process opening
+/// the store sees while the first is busy with anything else.
+fn pg_migration_lock_is_free(db: &TestDb) -> bool {
+    // `postgres_schema::MIGRATION_LOCK`: "jobgraph" in ASCII.
+    const MIGRATION_LOCK: i64 = i64::from_be_bytes(*b"jobgraph");
+    let url = db.url().to_owned();
+    std::thread::spawn(move || {
+        block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+            let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(MIGRATION_LOCK)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            free
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// Opening a store ends its migration transaction before it returns, whatever it found: a
+/// transaction left to be rolled back when dropped held the migration lock until the pool next
+/// ran on this runtime, so a second process's open waited for this one's next `.await` (forever,
+/// when this one went on to block: a worker process waiting for its start on stdin).
+#[tokio::test]
+async fn postgres_opening_a_store_releases_the_migration_lock() {
+    let Some(db) = pg::database().await else {
+        return;
+    };
+    // A new database: migrated and committed.
+    let first = pg_store(&db).await;
+    assert!(pg_migration_lock_is_free(&db), "after creating the schema");
+    // Up to date: nothing to migrate.
+    let second = pg_store(&db).await;
+    assert!(
+        pg_migration_lock_is_free(&db),
+        "after finding the schema current"
+    );
+    first.close().await;
+    second.close().await;
+    // A version this build does not know: refused.
+    pg_execute(
+        &db,
+        "UPDATE jobgraph_meta SET value = '99' WHERE key = 'schema_version'",
+    )
+    .await;
+    let err = PgStore::connect(db.url()).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Schema { found: 99, .. }),
+        "{err:?}"
+    );
+    assert!(pg_migration_lock_is_free(&db), "after refusing the schema");
+}
+
 /// Two stores on one database (two processes) race `open_run`: one wins each id.
 #[test]
 fn postgres_processes_racing_on_one_database_have_one_winner() {

@@ -63,18 +63,20 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         .ok()
         .and_then(|found| MIGRATIONS.get(found..))
     else {
+        tx.rollback().await?;
         return Err(StoreError::Schema {
             found,
             expected: SCHEMA_VERSION,
         });
     };
-    if missing.is_empty() {
-        return Ok(());
+    if !missing.is_empty() {
+        for migration in missing {
+            sqlx::raw_sql(migration).execute(&mut *tx).await?;
+        }
+        set_schema_version(&mut tx, SCHEMA_VERSION).await?;
     }
-    for migration in missing {
-        sqlx::raw_sql(migration).execute(&mut *tx).await?;
-    }
-    set_schema_version(&mut tx, SCHEMA_VERSION).await?;
+    // Ended here on every path, not by dropping it: a dropped transaction's rollback waits for
+    // its connection's next use, and holds the lock until then.
     tx.commit().await?;
     Ok(())
 }
