@@ -75,8 +75,9 @@ pub(super) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
         }
         set_schema_version(&mut tx, SCHEMA_VERSION).await?;
     }
-    // Ended here on every path, not by dropping it: a dropped transaction's rollback waits for
-    // its connection's next use, and holds the lock until then.
+    // Ended here on every path, not by dropping it: sqlx rolls a dropped transaction back from
+    // a task its pool spawns on this runtime, so the lock, which every process's open waits
+    // for, would stay held until this runtime next runs.
     tx.commit().await?;
     Ok(())
 }

@@ -53,8 +53,8 @@ pub(super) async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreErro
         }
         set_schema_version(&mut tx, SCHEMA_VERSION).await?;
     }
-    // Ended here on every path, not by dropping it: a dropped transaction's rollback waits for
-    // its connection's next use, and holds the lock until then.
+    // Ended here on every path, as PostgreSQL's migration is (where a dropped transaction held
+    // its lock until the pool next ran), not by dropping it.
     tx.commit().await?;
     Ok(())
 }
