@@ -1436,29 +1436,31 @@ async fn postgres_time_functions_are_inlined() {
 fn pg_migration_lock_is_free(db: &TestDb) -> bool {
     // `postgres_schema::MIGRATION_LOCK`: "jobgraph" in ASCII.
     const MIGRATION_LOCK: i64 = i64::from_be_bytes(*b"jobgraph");
-    let url = db.url().to_owned();
-    std::thread::spawn(move || {
-        block_on(async {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-            let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-                .bind(MIGRATION_LOCK)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-            conn.close().await.unwrap();
-            free
-        })
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                block_on(async {
+                    use sqlx::Connection;
+                    let mut conn = pg_raw(db).await;
+                    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                        .bind(MIGRATION_LOCK)
+                        .fetch_one(&mut conn)
+                        .await
+                        .unwrap();
+                    conn.close().await.unwrap();
+                    free
+                })
+            })
+            .join()
+            .unwrap()
     })
-    .join()
-    .unwrap()
 }
 
 /// Opening a store ends its migration transaction before it returns, whatever it found (a
-/// version it refuses: `postgres_refuses_another_schema_version`): a
-/// transaction left to be rolled back when dropped held the migration lock until the pool next
-/// ran on this runtime, so a second process's open waited for this one's next `.await` (forever,
-/// when this one went on to block: a worker process waiting for its start on stdin).
+/// version it refuses: `postgres_refuses_another_schema_version`): a transaction left to be
+/// rolled back when dropped held the migration lock until the pool next ran on this runtime, so
+/// a second process's open waited for this one's next `.await` (forever, when this one went on
+/// to block: a worker process waiting for its start on stdin).
 #[tokio::test]
 async fn postgres_opening_a_store_releases_the_migration_lock() {
     let Some(db) = pg::database().await else {

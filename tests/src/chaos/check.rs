@@ -654,8 +654,9 @@ pub async fn check(admin: &Admin, cx: Context<'_>) -> Outcome {
     }
 
     // 8. Duplicates: each execution after a unit's first (in the order they began) is explained
-    // by a fault between the two (its worker killed or stopped, the database cut, restarted, full or locked) or a
-    // failed attempt of its step; no unit ran more often than its step was claimed.
+    // by a fault between the two (its worker killed or stopped, the database cut, restarted,
+    // full or locked) or a failed attempt of its step; no unit ran more often than its step was
+    // claimed.
     let lease_ms = cx.profile.lease.as_millis() as i64;
     for ((run, unit), list) in &executed {
         f.duplicates += list.len() as u64 - 1;
