@@ -103,6 +103,7 @@ on_both_queues! {
     a_batch_is_aborted_whole_and_its_status_is_a_local_batchs => batch_aborted_whole,
     step_limits_hold_across_workers => step_limits_hold_across_workers,
     claims_taken_before_a_step_had_limits_count_against_them => claims_before_limits_count,
+    steps_stored_before_a_step_had_limits_are_limited => steps_before_limits_are_limited,
     an_empty_rate_bucket_does_not_crowd_out_other_steps => empty_bucket_crowds_out_nothing,
     a_returned_error_is_not_an_expired_lease => errors_are_not_expiries,
     a_run_a_worker_cannot_decode_fails_with_a_clear_error_instead_of_sticking => undecodable_runs_fail_clearly,
@@ -1632,6 +1633,35 @@ async fn claims_before_limits_count(store: impl TestQueue, _base: u64) {
     assert_eq!(steps, ["metered"]);
 }
 
+/// Submits five runs of `Limited` as its older version did, batch `old` in one transaction:
+/// the same steps, no limits.
+async fn old_limited_runs(store: &impl Queue) {
+    let graph = leaked_graph(&[("pooled", &[]), ("metered", &[])]);
+    let inputs: Vec<String> = (1..=5).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    let template = raw_submission("", "Limited", "", graph);
+    store.submit_batch("old", template, &inputs).await.unwrap();
+}
+
+/// Claims every ready step of `Limited` it may, and counts them by step: (`pooled`, `metered`).
+async fn claim_limited(store: &impl Queue) -> (usize, usize) {
+    let claims = store.claim("w1", &["Limited"], 100, LEASE).await.unwrap();
+    let count = |step: &str| claims.iter().filter(|c| c.id.step == step).count();
+    (count("pooled"), count("metered"))
+}
+
+/// Steps stored before their step had limits are limited once a submit declares them, though
+/// no step stored since is ready (that submit was held): a claim of everything takes 2
+/// `pooled` (its concurrency) and 3 `metered` (its bucket's burst) of the five runs' steps.
+async fn steps_before_limits_are_limited(store: impl TestQueue, _base: u64) {
+    old_limited_runs(&store).await;
+    Client::new(&store)
+        .submit_batch("declares", [Limited { n: 6 }])
+        .held()
+        .await
+        .unwrap();
+    assert_eq!(claim_limited(&store).await, (2, 3));
+}
+
 /// A graph of `steps` (each a name and its parents' positions), for the whole test.
 fn leaked_graph(steps: &[(&str, &[usize])]) -> &'static jobgraph::store::GraphSpec {
     let steps = steps
@@ -1830,6 +1860,66 @@ async fn waiting_for_locks(watch: &mut sqlx::PgConnection, n: i64) {
         }
     })
     .await
+}
+
+/// A submit that stores steps of a step without limits (an older version of the job) while
+/// another submit creates the step's limit row cannot see that row, nor the other its steps,
+/// until one commits; yet the steps end limited. The older submit is stopped inside its insert
+/// of steps (a row of its run's first step, inserted by another transaction that waives the
+/// foreign key, makes it wait on the primary key), after the insert's snapshot was taken; the
+/// submit that declares the limits (held, so that no step of its own is ready) must wait for it
+/// and mark its steps. Were it to commit first, a claim would take all five `pooled` steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_steps_stored_while_their_limits_are_created_are_limited() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let mut blocker = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut tx = blocker.begin().await.unwrap();
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO jobgraph_steps (run_id, idx, name, state, job) \
+         VALUES ('old/0', 0, 'pooled', 'pending', 'Limited')",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let mut watch = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let old = tokio::spawn({
+        let store = store.clone();
+        async move { old_limited_runs(&store).await }
+    });
+    waiting_for_locks(&mut watch, 1).await;
+    let declaring = tokio::spawn({
+        let client = Client::new(store);
+        async move {
+            client
+                .submit_batch("declares", [Limited { n: 6 }])
+                .held()
+                .await
+        }
+    });
+    // It waits for the older submit (or, were it not to, it ends).
+    tokio::select! {
+        () = waiting_for_locks(&mut watch, 2) => {}
+        _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+    }
+    tx.rollback().await.unwrap();
+    within(10, old).await.unwrap();
+    within(10, declaring).await.unwrap().unwrap();
+    let unmarked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobgraph_steps WHERE job = 'Limited' AND NOT limited",
+    )
+    .fetch_one(&mut watch)
+    .await
+    .unwrap();
+    assert_eq!(unmarked, 0);
+    assert_eq!(claim_limited(store).await, (2, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2433,7 +2523,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "13");
+    assert_eq!(version, "14");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -2691,9 +2781,11 @@ async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted(
         .unwrap();
     assert_eq!(first.iter().filter(|c| c.id.step == "pooled").count(), 2);
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    // Versions 11 and 10 undone, then version 9.
+    // Versions 14, 11 and 10 undone, then version 9 (12 and 13 apply again as they are).
     sqlx::raw_sql(
-        "ALTER TABLE jobgraph_steps DROP COLUMN alone;
+        "ALTER TABLE jobgraph_steps DROP COLUMN limited;
+        CREATE INDEX jobgraph_steps_ready_by_name ON jobgraph_steps (job, name);
+        ALTER TABLE jobgraph_steps DROP COLUMN alone;
         DROP INDEX jobgraph_steps_by_name;
         ALTER TABLE jobgraph_queue_elements DROP CONSTRAINT jobgraph_queue_elements_run_id_position_fkey;
         ALTER TABLE jobgraph_steps ADD CONSTRAINT jobgraph_steps_run_id_name_key UNIQUE (run_id, name);

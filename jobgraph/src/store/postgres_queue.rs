@@ -40,7 +40,11 @@
 //!   `jobgraph_limit_claims`, which the count reads (not the step's whole backlog). A step whose limit row the claim did not lock is not
 //!   claimed by it. (An advisory lock per (job, step) would serialize the same way, but the row
 //!   is there anyway, holds the bucket the claim updates, and a row lock needs no hash.)
-//!   Unlimited steps take no lock but their own.
+//!   Unlimited steps take no lock but their own. Only steps marked `limited` (their limit row
+//!   exists) are in the index a claim asks whether a limited step is ready, so that making the
+//!   others ready writes no entry into it; submits insert steps under their job's advisory lock,
+//!   shared, and the one that creates a limit row takes it exclusively to mark the step's rows
+//!   stored before ([`store_limits`]).
 //! - **An exhausted step is failed by the claim that reaches it.** A claim takes a step whose
 //!   lease expired like any other, `max_attempts` times or not: no index reads the leases
 //!   (claims are HOT updates), so finding exhausted steps apart from claims would read every
@@ -100,6 +104,10 @@ const LISTENER_NAME: &str = "jobgraph-listener";
 /// hash of the batch's name. Two-key advisory locks do not overlap one-key ones (the migration's).
 const BATCH_LOCK: i32 = i32::from_be_bytes(*b"jgba");
 
+/// The first key of the advisory locks under which submits insert a job's steps ("jgst"); the
+/// second is the hash of the job's name. See [`store_limits`].
+const JOB_STEPS_LOCK: i32 = i32::from_be_bytes(*b"jgst");
+
 impl Queue for PgStore {
     fn submit<'a>(&'a self, s: Submission<'a>) -> BoxFuture<'a, Result<Submitted, StoreError>> {
         async move {
@@ -124,8 +132,8 @@ impl Queue for PgStore {
                     run: s.id.to_owned(),
                 });
             }
+            store_limits(&mut tx, &s).await?;
             insert_steps(&mut tx, &s, &inserted).await?;
-            upsert_limits(&mut tx, &s).await?;
             if !s.held {
                 notify(&mut tx, s.job).await?;
             }
@@ -535,7 +543,7 @@ impl Queue for PgStore {
             let graph_json = template.graph_json()?;
             let mut tx = self.begin().await?;
             // Appends to one batch number their runs one after the other.
-            sqlx::query(LOCK_BATCH)
+            sqlx::query(LOCK_NAME)
                 .bind(BATCH_LOCK)
                 .bind(batch)
                 .execute(&mut *tx)
@@ -564,8 +572,8 @@ impl Queue for PgStore {
                 });
             }
             // In the inputs' order: a run's TTRs are its input's.
+            store_limits(&mut tx, &template).await?;
             insert_steps(&mut tx, &template, &ids).await?;
-            upsert_limits(&mut tx, &template).await?;
             if !template.held && !ids.is_empty() {
                 notify(&mut tx, template.job).await?;
             }
@@ -1497,10 +1505,18 @@ async fn insert_steps(
 }
 
 /// Stores the limits a submission declares for its job's steps (keeping their rate buckets), in
-/// (job, step) order, the order claims lock them in.
-async fn upsert_limits(conn: &mut PgConnection, s: &Submission<'_>) -> Result<(), StoreError> {
+/// (job, step) order, the order claims lock them in; then takes the job's advisory lock
+/// ([`JOB_STEPS_LOCK`]), which a submit holds while it inserts its steps. Steps record whether
+/// their step has limits (`limited`, which puts them in `jobgraph_steps_ready_by_name`) as they
+/// are inserted, from the limit rows that statement sees, so the submit that creates a limit row
+/// takes the lock exclusively, after every submit of the job in flight (each holds it shared)
+/// committed, and marks that step's rows they stored; a submit that asks for the lock after it
+/// waits for this one to commit, and then sees the new row. Taken last, after the limit rows: a
+/// submit waiting for the lock holds no row another holder of it waits for.
+async fn store_limits(conn: &mut PgConnection, s: &Submission<'_>) -> Result<(), StoreError> {
     let mut limits: Vec<_> = s.limits.to_vec();
     limits.sort_by_key(|(step, _)| *step);
+    let mut created = Vec::new();
     for (step, limits) in limits {
         let rate = limits.rate();
         let inserted: bool = sqlx::query_scalar(UPSERT_LIMITS)
@@ -1513,12 +1529,29 @@ async fn upsert_limits(conn: &mut PgConnection, s: &Submission<'_>) -> Result<()
             .fetch_one(&mut *conn)
             .await?;
         if inserted {
-            sqlx::query(LIST_HELD_CLAIMS)
-                .bind(s.job)
-                .bind(step)
-                .execute(&mut *conn)
-                .await?;
+            created.push(step);
         }
+    }
+    sqlx::query(if created.is_empty() {
+        LOCK_NAME_SHARED
+    } else {
+        LOCK_NAME
+    })
+    .bind(JOB_STEPS_LOCK)
+    .bind(s.job)
+    .execute(&mut *conn)
+    .await?;
+    for step in created {
+        sqlx::query(MARK_LIMITED)
+            .bind(s.job)
+            .bind(step)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(LIST_HELD_CLAIMS)
+            .bind(s.job)
+            .bind(step)
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }
@@ -2142,15 +2175,16 @@ const INSERT_QUEUED_RUNS: &str = concat!(
 /// Every step of every run in `$1`, numbered in graph order, with the run's creation order,
 /// `max_attempts` and `expires_at` (what a claim filters and orders on), and its TTR: `$10` holds
 /// the runs' steps' TTRs, run by run in `$1`'s order (`NULL` past its end). The step of a run of
-/// one step is `alone`.
+/// one step is `alone`. A step is `limited` if its limit row exists (see `store_limits`).
 const INSERT_QUEUED_STEPS: &str = "INSERT INTO jobgraph_steps
         (run_id, idx, name, state, job, waiting, ready_at, priority,
-         run_seq, max_attempts, expires_at, fan_over, fan_bound, ttr_ms, alone)
+         run_seq, max_attempts, expires_at, fan_over, fan_bound, ttr_ms, alone, limited)
     SELECT r.id, (t.ord - 1)::integer, t.name, 'pending', $4, t.waiting,
         CASE WHEN t.waiting = 0 AND NOT $5 THEN coalesce(jobgraph_at($6), now()) END, $7,
         r.seq, r.max_attempts, r.expires_at, t.fan_over, t.fan_bound,
         ($10::bigint[])[(q.ord - 1) * cardinality($2::text[]) + t.ord],
-        cardinality($2::text[]) = 1
+        cardinality($2::text[]) = 1,
+        EXISTS (SELECT 1 FROM jobgraph_limits l WHERE l.job = $4 AND l.step = t.name)
     FROM unnest($1::text[]) WITH ORDINALITY AS q (id, ord)
     JOIN jobgraph_runs r ON r.id = q.id
     CROSS JOIN unnest($2::text[], $3::integer[], $8::integer[], $9::bigint[])
@@ -2232,7 +2266,16 @@ fn delay_ms(delay: Duration) -> i64 {
     super::millis(delay).min(CENTURY_MS)
 }
 
-const LOCK_BATCH: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+/// The advisory lock of a name: `$1` says what kind of name (`BATCH_LOCK`, `JOB_STEPS_LOCK`).
+const LOCK_NAME: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
+
+const LOCK_NAME_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1, hashtext($2))";
+
+/// Marks the rows of step `$2` of job `$1` stored before its limit row, in every state (a
+/// redrive puts a failed step back as it is). A whole read of the steps, once per limit row
+/// created: the first submit of a step with limits.
+const MARK_LIMITED: &str = "UPDATE jobgraph_steps SET limited = true
+    WHERE job = $1 AND name = $2 AND NOT limited";
 
 const COUNT_BATCH: &str = "SELECT count(*) FROM jobgraph_runs WHERE batch = $1";
 
@@ -2333,7 +2376,8 @@ const EXHAUST_ELEMENT: &str = "UPDATE jobgraph_queue_elements
 
 /// Whether the limited step of limit row `l` has a ready step or element (`$extra`: and more
 /// conditions on it, `s`). Each looks for the first in the step's own queue order, which
-/// `jobgraph_steps_ready_by_name` (and its elements' twin) hold: the index gives that order,
+/// `jobgraph_steps_ready_by_name` (and its elements' twin) hold: the index gives that order
+/// (the steps' holds only `limited` ones: a step whose limit row exists is marked so),
 /// so the plan walks it whatever the statistics say. As `EXISTS`, planned when most steps were
 /// ready (the statistics of a fresh backlog), it read the table from its start, past every
 /// finished step, until the first ready one.
@@ -2341,7 +2385,7 @@ macro_rules! limit_has_ready {
     ($extra:literal) => {
         concat!(
             "(coalesce((SELECT true FROM jobgraph_steps s
-                WHERE s.job = l.job AND s.name = l.step
+                WHERE s.job = l.job AND s.name = l.step AND s.limited
                   AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()",
             $extra,
             "
@@ -2429,8 +2473,8 @@ const LIST_LIMITED_CLAIMS: &str = list_claims!(
 const LIST_HELD_CLAIMS: &str = list_claims!(
     "SELECT s.job, s.name, s.run_id, s.idx, -1, s.claims
     FROM jobgraph_steps s
-    WHERE s.job = $1 AND s.name = $2 AND s.state = 'pending' AND s.ready_at IS NOT NULL
-      AND s.worker IS NOT NULL
+    WHERE s.job = $1 AND s.name = $2 AND s.limited AND s.state = 'pending'
+      AND s.ready_at IS NOT NULL AND s.worker IS NOT NULL
     UNION ALL
     SELECT e.job, e.step, e.run_id, e.position, e.idx, e.claims
     FROM jobgraph_queue_elements e
