@@ -2748,6 +2748,33 @@ async fn postgres_a_limited_steps_claims_read_no_backlog() {
     assert!(read < 2_000, "20 claims read {read} rows of jobgraph_steps");
 }
 
+/// The first submit of a job with limits marks the steps of its limited steps stored before
+/// (none, for a new job) by reading the job's runs, not every step: with 12,000 steps of
+/// another job stored, it reads a few rows of `jobgraph_steps` (planned for any job, the
+/// statement read them all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_first_submit_of_a_limited_job_reads_no_other_jobs_steps() {
+    use sqlx::Connection as _;
+    let Some(db) = jobgraph_tests::pg::database().await else {
+        return;
+    };
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let submitter = PgStore::connect(db.url()).await.unwrap();
+    Client::new(&submitter)
+        .submit_batch("others", (0..3_000).map(|n| Diamond { n }))
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE jobgraph_runs, jobgraph_steps")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let before = steps_read(&mut admin).await;
+    let store = PgStore::connect(db.url()).await.unwrap();
+    Client::new(&store).submit(&Limited { n: 1 }).await.unwrap();
+    let read = steps_read(&mut admin).await - before;
+    assert!(read < 100, "the submit read {read} rows of jobgraph_steps");
+}
+
 /// The rows of `jobgraph_steps` read so far, by table and index scans: the store's sessions
 /// are ended first, which sends their statistics.
 async fn steps_read(conn: &mut sqlx::PgConnection) -> i64 {

@@ -1541,6 +1541,9 @@ async fn store_limits(conn: &mut PgConnection, s: &Submission<'_>) -> Result<(),
     .bind(s.job)
     .execute(&mut *conn)
     .await?;
+    if !created.is_empty() {
+        sqlx::query(PLAN_FOR_PARAMETERS).execute(&mut *conn).await?;
+    }
     for step in created {
         sqlx::query(MARK_LIMITED)
             .bind(s.job)
@@ -2271,11 +2274,16 @@ const LOCK_NAME: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 
 const LOCK_NAME_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1, hashtext($2))";
 
+/// Plans the rest of the transaction's statements for their parameters: [`MARK_LIMITED`] (run
+/// once per limit row created) then reads the job's runs by `jobgraph_runs_by_job`, none but
+/// the submit's own for a new job, where a plan made for any job might read every step.
+const PLAN_FOR_PARAMETERS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
+
 /// Marks the rows of step `$2` of job `$1` stored before its limit row, in every state (a
-/// redrive puts a failed step back as it is). A whole read of the steps, once per limit row
-/// created: the first submit of a step with limits.
-const MARK_LIMITED: &str = "UPDATE jobgraph_steps SET limited = true
-    WHERE job = $1 AND name = $2 AND NOT limited";
+/// redrive puts a failed step back as it is).
+const MARK_LIMITED: &str = "UPDATE jobgraph_steps s SET limited = true
+    FROM jobgraph_runs r
+    WHERE r.job = $1 AND s.run_id = r.id AND s.name = $2 AND NOT s.limited";
 
 const COUNT_BATCH: &str = "SELECT count(*) FROM jobgraph_runs WHERE batch = $1";
 
