@@ -676,6 +676,15 @@ const JOBGRAPH_BUSY: &str = "SELECT
     EXISTS (SELECT 1 FROM jobgraph_steps WHERE state = 'pending' AND ready_at IS NOT NULL)
     OR EXISTS (SELECT 1 FROM jobgraph_queue_elements
        WHERE state = 'pending' AND ready_at IS NOT NULL)";
+/// The same on PostgreSQL, whose ready steps are in two indexes, the unlimited and the limited
+/// (schema version 14): one `EXISTS` each, so that each reads its index.
+const JOBGRAPH_PG_BUSY: &str = "SELECT
+    EXISTS (SELECT 1 FROM jobgraph_steps
+        WHERE state = 'pending' AND ready_at IS NOT NULL AND NOT limited)
+    OR EXISTS (SELECT 1 FROM jobgraph_steps
+        WHERE state = 'pending' AND ready_at IS NOT NULL AND limited)
+    OR EXISTS (SELECT 1 FROM jobgraph_queue_elements
+       WHERE state = 'pending' AND ready_at IS NOT NULL)";
 
 impl Counter {
     async fn new(system: System, db: &Db) -> Counter {
@@ -735,7 +744,10 @@ impl Counter {
         if let Counter::Peer(counter) = self {
             return counter.busy().await;
         }
-        self.jobgraph(JOBGRAPH_BUSY).await
+        match self {
+            Counter::Pg(_) => self.jobgraph(JOBGRAPH_PG_BUSY).await,
+            _ => self.jobgraph(JOBGRAPH_BUSY).await,
+        }
     }
 
     /// The one value of jobgraph's statement `sql`, on either store.

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobgraph::store::queue::{ClaimId, Completion, Failed, Held, Queue};
+use jobgraph::store::queue::{Claim, ClaimId, Completion, Failed, Held, Queue};
 use jobgraph::store::{
     PgStore, RunFilter, RunState, SqliteStore, StepStatus, Store as _, StoreError,
 };
@@ -104,6 +104,7 @@ on_both_queues! {
     step_limits_hold_across_workers => step_limits_hold_across_workers,
     claims_taken_before_a_step_had_limits_count_against_them => claims_before_limits_count,
     steps_stored_before_a_step_had_limits_are_limited => steps_before_limits_are_limited,
+    a_claim_takes_unlimited_steps_beside_limited_ones => unlimited_beside_limited,
     an_empty_rate_bucket_does_not_crowd_out_other_steps => empty_bucket_crowds_out_nothing,
     a_returned_error_is_not_an_expired_lease => errors_are_not_expiries,
     a_run_a_worker_cannot_decode_fails_with_a_clear_error_instead_of_sticking => undecodable_runs_fail_clearly,
@@ -1633,6 +1634,50 @@ async fn claims_before_limits_count(store: impl TestQueue, _base: u64) {
     assert_eq!(steps, ["metered"]);
 }
 
+/// A job with a step limited to one claim at a time, and a step without limits.
+#[derive(Serialize, Deserialize)]
+struct Mixed {
+    n: u32,
+}
+
+#[job(durable)]
+impl Mixed {
+    #[step(concurrency = 1)]
+    async fn single(&self) -> u32 {
+        self.n
+    }
+
+    #[step]
+    async fn free(&self) -> u32 {
+        self.n
+    }
+}
+
+/// A claim that meets a limited step takes the unlimited steps beside it, in one claim, and the
+/// limited one within its limit: of three runs' steps, every `free` and one `single`; then
+/// nothing while that `single` is held, and the next once it completed.
+async fn unlimited_beside_limited(store: impl TestQueue, _base: u64) {
+    Client::new(&store)
+        .submit_batch("mixed", (0..3).map(|n| Mixed { n }))
+        .await
+        .unwrap();
+    let jobs = ["Mixed"];
+    let first = store.claim(WORKER, &jobs, 100, LEASE).await.unwrap();
+    let count = |claims: &[Claim], step: &str| claims.iter().filter(|c| c.id.step == step).count();
+    assert_eq!((count(&first, "single"), count(&first, "free")), (1, 3));
+    assert!(
+        store
+            .claim(WORKER, &jobs, 100, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let single = first.iter().find(|c| c.id.step == "single").unwrap();
+    store.complete(WORKER, &single.id, "0", 0).await.unwrap();
+    let next = store.claim(WORKER, &jobs, 100, LEASE).await.unwrap();
+    assert_eq!((count(&next, "single"), count(&next, "free")), (1, 0));
+}
+
 /// Submits five runs of `Limited` as its older version did, batch `old` in one transaction:
 /// the same steps, no limits.
 async fn old_limited_runs(store: &impl Queue) {
@@ -2748,6 +2793,39 @@ async fn postgres_a_limited_steps_claims_read_no_backlog() {
     assert!(read < 2_000, "20 claims read {read} rows of jobgraph_steps");
 }
 
+/// A claim of a job whose limited steps are all at their limits reads none of their backlog:
+/// with 3,000 runs of `Limited` ready (its two steps limited, one to 2 at once and one to a
+/// bucket of 3 refilled hourly), once both are full, 20 claims find nothing and read a few rows
+/// of `jobgraph_steps` (each read the 6,000 ready steps, to find no step it could take).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_of_full_limited_steps_read_no_backlog() {
+    use sqlx::Connection as _;
+    let Some(db) = jobgraph_tests::pg::database().await else {
+        return;
+    };
+    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let submitter = PgStore::connect(db.url()).await.unwrap();
+    Client::new(&submitter)
+        .submit_batch("limited", (0..3_000).map(|n| Limited { n }))
+        .await
+        .unwrap();
+    sqlx::query("ANALYZE jobgraph_steps")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let store = PgStore::connect(db.url()).await.unwrap();
+    let first = store.claim(WORKER, &["Limited"], 100, LEASE).await.unwrap();
+    assert_eq!(first.len(), 5);
+    let before = steps_read(&mut admin).await;
+    let store = PgStore::connect(db.url()).await.unwrap();
+    for _ in 0..20 {
+        let claims = store.claim(WORKER, &["Limited"], 100, LEASE).await.unwrap();
+        assert!(claims.is_empty(), "{claims:?}");
+    }
+    let read = steps_read(&mut admin).await - before;
+    assert!(read < 1_000, "20 claims read {read} rows of jobgraph_steps");
+}
+
 /// The first submit of a job with limits marks the steps of its limited steps stored before
 /// (none, for a new job) by reading the job's runs, not every step: with 12,000 steps of
 /// another job stored, it reads a few rows of `jobgraph_steps` (planned for any job, the
@@ -2811,6 +2889,8 @@ async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted(
     // Versions 14, 11 and 10 undone, then version 9 (12 and 13 apply again as they are).
     sqlx::raw_sql(
         "ALTER TABLE jobgraph_steps DROP COLUMN limited;
+        CREATE INDEX jobgraph_steps_ready ON jobgraph_steps (job, priority DESC, ready_at, run_seq, idx)
+            WHERE state = 'pending' AND ready_at IS NOT NULL;
         CREATE INDEX jobgraph_steps_ready_by_name ON jobgraph_steps (job, name);
         ALTER TABLE jobgraph_steps DROP COLUMN alone;
         DROP INDEX jobgraph_steps_by_name;

@@ -31,13 +31,14 @@ const LOOPS: usize = 2;
 const TAKE: i64 = 240;
 
 /// The best `$2` claimable steps of job `$3` (as jobgraph's claim filters and orders them, on
-/// its index), leased to `$1` for a minute: each step's run, name and claim number, and its
-/// run's input. As jobgraph's claim, it updates the rows it locked by `ctid` (a TID scan) and
-/// reads each run by its key: joined on the keys, a plan made with the tables' statistics
-/// current (the submit analyzes them) hashed the whole steps table against the rows picked.
+/// its index of unlimited steps), leased to `$1` for a minute: each step's run, name and claim
+/// number, and its run's input. As jobgraph's claim, it updates the rows it locked by `ctid` (a
+/// TID scan) and reads each run by its key: joined on the keys, a plan made with the tables'
+/// statistics current (the submit analyzes them) hashed the whole steps table against the rows
+/// picked.
 const CLAIM: &str = "WITH picked AS (
         SELECT s.ctid AS row FROM jobgraph_steps s
-        WHERE s.job = $3 AND s.state = 'pending' AND s.ready_at IS NOT NULL
+        WHERE s.job = $3 AND NOT s.limited AND s.state = 'pending' AND s.ready_at IS NOT NULL
           AND s.ready_at <= now()
           AND (s.worker IS NULL
                OR (s.lease_until <= now() AND s.claims - s.fails < s.max_attempts))

@@ -20,7 +20,8 @@
 //!   worker completes several runs' only steps), and only then write the run's state, leaving
 //!   one whose step completed ended (an expiry writes it `succeeded`).
 //! - **Claims never wait for rows, and read one index.** A claim picks its steps with `FOR
-//!   UPDATE SKIP LOCKED` from `jobgraph_steps_ready`, in the index's order (priority, ready
+//!   UPDATE SKIP LOCKED` from `jobgraph_steps_ready` (limited steps with room from their own
+//!   index, below), in the index's order (priority, ready
 //!   time, the run's creation, the step's index: every column on the step's row), one job at a
 //!   time, so it reads about as many rows as it claims, whatever the backlog. With no limited
 //!   step ready it is one statement. A
@@ -40,11 +41,13 @@
 //!   `jobgraph_limit_claims`, which the count reads (not the step's whole backlog). A step whose limit row the claim did not lock is not
 //!   claimed by it. (An advisory lock per (job, step) would serialize the same way, but the row
 //!   is there anyway, holds the bucket the claim updates, and a row lock needs no hash.)
-//!   Unlimited steps take no lock but their own. Only steps marked `limited` (their limit row
-//!   exists) are in the index a claim asks whether a limited step is ready, so that making the
-//!   others ready writes no entry into it; submits insert steps under their job's advisory lock,
-//!   shared, and the one that creates a limit row takes it exclusively to mark the step's rows
-//!   stored before ([`store_limits`]).
+//!   Unlimited steps take no lock but their own. The ready steps are in two indexes, split on
+//!   `limited` (their limit row exists): the unlimited in `jobgraph_steps_ready`, the limited
+//!   in `jobgraph_steps_ready_by_name`, read step by step and only for steps with room, so a
+//!   claim never walks the backlog of a step at its limit. A step in neither is never claimed,
+//!   so the flag is exact: submits insert steps under their job's advisory lock, shared, and
+//!   the one that creates a limit row takes it exclusively to mark the step's rows stored
+//!   before ([`store_limits`]).
 //! - **An exhausted step is failed by the claim that reaches it.** A claim takes a step whose
 //!   lease expired like any other, `max_attempts` times or not: no index reads the leases
 //!   (claims are HOT updates), so finding exhausted steps apart from claims would read every
@@ -2575,7 +2578,7 @@ const CLAIM_UNLIMITED: &str = concat!(
         CROSS JOIN LATERAL (
             SELECT s.ctid AS row, s.run_id, s.idx, s.priority, s.ready_at, s.run_seq
             FROM jobgraph_steps s
-            WHERE s.job = j.job AND ",
+            WHERE s.job = j.job AND NOT s.limited AND ",
     claimable!(),
     "
             ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
@@ -2669,6 +2672,31 @@ macro_rules! with_room {
     };
 }
 
+/// `CANDIDATES`' claimable steps of one job (`$which`, an SQL condition on `s` that an index of
+/// ready steps covers), best first, locked.
+macro_rules! step_candidates {
+    ($which:literal) => {
+        concat!(
+            "SELECT s.run_id, s.idx, s.job, s.name, s.limited, ",
+            exhausted_before!(),
+            ", NULL::bigint AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms,
+            s.run_seq
+        FROM jobgraph_steps s
+        WHERE ",
+            $which,
+            " AND ",
+            claimable!(),
+            "
+          AND NOT EXISTS (
+              SELECT 1 FROM unnest($4::text[], $5::integer[]) AS c (run_id, idx)
+              WHERE c.run_id = s.run_id AND c.idx = s.idx)
+        ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
+        LIMIT $6
+        FOR UPDATE OF s SKIP LOCKED"
+        )
+    };
+}
+
 /// The claimable steps of each job of `$1`, best first, locked (`SKIP LOCKED`: passing over
 /// the steps other transactions hold), at most `$6` of each: unlimited steps, and limited steps
 /// with room (`$2[i]`, `$3[i]`, whose limit rows this transaction locked); not the steps this
@@ -2676,28 +2704,19 @@ macro_rules! with_room {
 /// `CLAIM_UNLIMITED`: each walks `jobgraph_steps_ready` in its order and stops after `$6`
 /// rows. Over several jobs at once (`job = ANY`) the index gives no order; planned for a
 /// tenth of the backlog, the statement read every ready step and sorted them (an external
-/// merge sort, 67 ms at 60,000 ready).
+/// merge sort, 67 ms at 60,000 ready). The limited steps with room are read the same way, one
+/// step at a time, from `jobgraph_steps_ready_by_name` (`jobgraph_steps_ready` holds the
+/// unlimited only): a step whose room is used up is not read at all, however many of it wait.
 const CANDIDATES: &str = concat!(
     "SELECT p.* FROM unnest($1::text[]) AS j (job)
-    CROSS JOIN LATERAL (
-        SELECT s.run_id, s.idx, s.job, s.name, ",
-    limited!("s.job", "s.name"),
-    " AS limited, ",
-    exhausted_before!(),
-    ", NULL::bigint AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
-        FROM jobgraph_steps s
-        WHERE s.job = j.job AND ",
-    claimable!(),
-    " AND ",
-    with_room!("s.name"),
-    "
-          AND NOT EXISTS (
-              SELECT 1 FROM unnest($4::text[], $5::integer[]) AS c (run_id, idx)
-              WHERE c.run_id = s.run_id AND c.idx = s.idx)
-        ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
-        LIMIT $6
-        FOR UPDATE OF s SKIP LOCKED
-    ) p"
+    CROSS JOIN LATERAL (",
+    step_candidates!("s.job = j.job AND NOT s.limited"),
+    ") p
+    UNION ALL
+    SELECT p.* FROM unnest($2::text[], $3::text[]) AS o (job, step)
+    CROSS JOIN LATERAL (",
+    step_candidates!("s.job = o.job AND s.name = o.step AND s.limited"),
+    ") p"
 );
 
 /// The claimable fan-out elements of `$1`, as `CANDIDATES` (its `$2`, `$3`, `$6`); not the
