@@ -2766,20 +2766,11 @@ async fn postgres_the_stores_statements_are_never_compiled() {
 /// candidates were all read and sorted: 150,000 rows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_a_limited_steps_claims_read_no_backlog() {
-    use sqlx::Connection as _;
-    let Some(db) = jobgraph_tests::pg::database().await else {
+    let Some((db, mut admin)) =
+        analyzed_backlog("limited", (0..3_000).map(|n| Limited { n })).await
+    else {
         return;
     };
-    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    let submitter = PgStore::connect(db.url()).await.unwrap();
-    Client::new(&submitter)
-        .submit_batch("limited", (0..3_000).map(|n| Limited { n }))
-        .await
-        .unwrap();
-    sqlx::query("ANALYZE jobgraph_steps")
-        .execute(&mut admin)
-        .await
-        .unwrap();
     let before = steps_read(&mut admin).await;
     let store = PgStore::connect(db.url()).await.unwrap();
     for _ in 0..20 {
@@ -2799,20 +2790,11 @@ async fn postgres_a_limited_steps_claims_read_no_backlog() {
 /// of `jobgraph_steps` (each read the 6,000 ready steps, to find no step it could take).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_claims_of_full_limited_steps_read_no_backlog() {
-    use sqlx::Connection as _;
-    let Some(db) = jobgraph_tests::pg::database().await else {
+    let Some((db, mut admin)) =
+        analyzed_backlog("limited", (0..3_000).map(|n| Limited { n })).await
+    else {
         return;
     };
-    let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    let submitter = PgStore::connect(db.url()).await.unwrap();
-    Client::new(&submitter)
-        .submit_batch("limited", (0..3_000).map(|n| Limited { n }))
-        .await
-        .unwrap();
-    sqlx::query("ANALYZE jobgraph_steps")
-        .execute(&mut admin)
-        .await
-        .unwrap();
     let store = PgStore::connect(db.url()).await.unwrap();
     let first = store.claim(WORKER, &["Limited"], 100, LEASE).await.unwrap();
     assert_eq!(first.len(), 5);
@@ -2832,25 +2814,37 @@ async fn postgres_claims_of_full_limited_steps_read_no_backlog() {
 /// statement read them all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_the_first_submit_of_a_limited_job_reads_no_other_jobs_steps() {
-    use sqlx::Connection as _;
-    let Some(db) = jobgraph_tests::pg::database().await else {
+    let Some((db, mut admin)) = analyzed_backlog("others", (0..3_000).map(|n| Diamond { n })).await
+    else {
         return;
     };
+    let before = steps_read(&mut admin).await;
+    let store = PgStore::connect(db.url()).await.unwrap();
+    Client::new(&store).submit(&Limited { n: 1 }).await.unwrap();
+    let read = steps_read(&mut admin).await - before;
+    assert!(read < 100, "the submit read {read} rows of jobgraph_steps");
+}
+
+/// A fresh database with `inputs` submitted as batch `batch` and the queue's tables analyzed
+/// (their statistics current, as autovacuum leaves them), and a connection to it that counts
+/// what the store's statements read ([`steps_read`]).
+async fn analyzed_backlog<J: jobgraph::durable::DurableJob + Send + Sync>(
+    batch: &str,
+    inputs: impl IntoIterator<Item = J>,
+) -> Option<(jobgraph_tests::pg::TestDb, sqlx::PgConnection)> {
+    use sqlx::Connection as _;
+    let db = jobgraph_tests::pg::database().await?;
     let mut admin = sqlx::PgConnection::connect(db.url()).await.unwrap();
     let submitter = PgStore::connect(db.url()).await.unwrap();
     Client::new(&submitter)
-        .submit_batch("others", (0..3_000).map(|n| Diamond { n }))
+        .submit_batch(batch, inputs)
         .await
         .unwrap();
     sqlx::query("ANALYZE jobgraph_runs, jobgraph_steps")
         .execute(&mut admin)
         .await
         .unwrap();
-    let before = steps_read(&mut admin).await;
-    let store = PgStore::connect(db.url()).await.unwrap();
-    Client::new(&store).submit(&Limited { n: 1 }).await.unwrap();
-    let read = steps_read(&mut admin).await - before;
-    assert!(read < 100, "the submit read {read} rows of jobgraph_steps");
+    Some((db, admin))
 }
 
 /// The rows of `jobgraph_steps` read so far, by table and index scans: the store's sessions
