@@ -1510,8 +1510,8 @@ async fn insert_steps(
 /// Stores the limits a submission declares for its job's steps (keeping their rate buckets), in
 /// (job, step) order, the order claims lock them in; then takes the job's advisory lock
 /// ([`JOB_STEPS_LOCK`]), which a submit holds while it inserts its steps. Steps record whether
-/// their step has limits (`limited`, which puts them in `jobgraph_steps_ready_by_name`) as they
-/// are inserted, from the limit rows that statement sees, so the submit that creates a limit row
+/// their step has limits (`limited`, which says which of the two indexes of ready steps holds
+/// them) as they are inserted, from the limit rows that statement sees, so the submit that creates a limit row
 /// takes the lock exclusively, after every submit of the job in flight (each holds it shared)
 /// committed, and marks that step's rows they stored; a submit that asks for the lock after it
 /// waits for this one to commit, and then sees the new row. Taken last, after the limit rows: a
