@@ -2181,20 +2181,27 @@ const INSERT_QUEUED_RUNS: &str = concat!(
 /// Every step of every run in `$1`, numbered in graph order, with the run's creation order,
 /// `max_attempts` and `expires_at` (what a claim filters and orders on), and its TTR: `$10` holds
 /// the runs' steps' TTRs, run by run in `$1`'s order (`NULL` past its end). The step of a run of
-/// one step is `alone`. A step is `limited` if its limit row exists (see `store_limits`).
-const INSERT_QUEUED_STEPS: &str = "INSERT INTO jobgraph_steps
+/// one step is `alone`. A step is `limited` if its limit row exists (see `store_limits`): asked
+/// once per step of the graph (`MATERIALIZED`), not once per step of every run (1.3 µs a row,
+/// 100 ms of a batch of 10,000 runs of 8 steps).
+const INSERT_QUEUED_STEPS: &str = "WITH t AS MATERIALIZED (
+        SELECT t.*,
+            EXISTS (SELECT 1 FROM jobgraph_limits l WHERE l.job = $4 AND l.step = t.name)
+                AS limited
+        FROM unnest($2::text[], $3::integer[], $8::integer[], $9::bigint[])
+            WITH ORDINALITY AS t (name, waiting, fan_over, fan_bound, ord)
+    )
+    INSERT INTO jobgraph_steps
         (run_id, idx, name, state, job, waiting, ready_at, priority,
          run_seq, max_attempts, expires_at, fan_over, fan_bound, ttr_ms, alone, limited)
     SELECT r.id, (t.ord - 1)::integer, t.name, 'pending', $4, t.waiting,
         CASE WHEN t.waiting = 0 AND NOT $5 THEN coalesce(jobgraph_at($6), now()) END, $7,
         r.seq, r.max_attempts, r.expires_at, t.fan_over, t.fan_bound,
         ($10::bigint[])[(q.ord - 1) * cardinality($2::text[]) + t.ord],
-        cardinality($2::text[]) = 1,
-        EXISTS (SELECT 1 FROM jobgraph_limits l WHERE l.job = $4 AND l.step = t.name)
+        cardinality($2::text[]) = 1, t.limited
     FROM unnest($1::text[]) WITH ORDINALITY AS q (id, ord)
     JOIN jobgraph_runs r ON r.id = q.id
-    CROSS JOIN unnest($2::text[], $3::integer[], $8::integer[], $9::bigint[])
-        WITH ORDINALITY AS t (name, waiting, fan_over, fan_bound, ord)";
+    CROSS JOIN t";
 
 const UPSERT_LIMITS: &str = "INSERT INTO jobgraph_limits
         (job, step, concurrency, rate_count, rate_period_ms, burst, tokens, refilled_at)
