@@ -1619,13 +1619,7 @@ async fn step_limits_hold_across_workers(store: impl TestQueue, _base: u64) {
 /// claimed as any; a later submit declares `pooled`'s concurrency of 2: the two claims of it
 /// already held count against it.
 async fn claims_before_limits_count(store: impl TestQueue, _base: u64) {
-    let graph = leaked_graph(&[("pooled", &[]), ("metered", &[])]);
-    for (id, input) in [("unlimited-1", r#"{"n":1}"#), ("unlimited-2", r#"{"n":2}"#)] {
-        store
-            .submit(raw_submission(id, "Limited", input, graph))
-            .await
-            .unwrap();
-    }
+    old_limited_runs(&store, 2).await;
     let old = store.claim("w1", &["Limited"], 10, LEASE).await.unwrap();
     assert_eq!(old.len(), 4);
     Client::new(&store).submit(&Limited { n: 3 }).await.unwrap();
@@ -1678,11 +1672,11 @@ async fn unlimited_beside_limited(store: impl TestQueue, _base: u64) {
     assert_eq!((count(&next, "single"), count(&next, "free")), (1, 0));
 }
 
-/// Submits five runs of `Limited` as its older version did, batch `old` in one transaction:
+/// Submits `runs` runs of `Limited` as its older version did, batch `old` in one transaction:
 /// the same steps, no limits.
-async fn old_limited_runs(store: &impl Queue) {
+async fn old_limited_runs(store: &impl Queue, runs: u32) {
     let graph = leaked_graph(&[("pooled", &[]), ("metered", &[])]);
-    let inputs: Vec<String> = (1..=5).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    let inputs: Vec<String> = (1..=runs).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
     let template = raw_submission("", "Limited", "", graph);
     store.submit_batch("old", template, &inputs).await.unwrap();
 }
@@ -1698,7 +1692,7 @@ async fn claim_limited(store: &impl Queue) -> (usize, usize) {
 /// no step stored since is ready (that submit was held): a claim of everything takes 2
 /// `pooled` (its concurrency) and 3 `metered` (its bucket's burst) of the five runs' steps.
 async fn steps_before_limits_are_limited(store: impl TestQueue, _base: u64) {
-    old_limited_runs(&store).await;
+    old_limited_runs(&store, 5).await;
     Client::new(&store)
         .submit_batch("declares", [Limited { n: 6 }])
         .held()
@@ -1937,7 +1931,7 @@ async fn postgres_steps_stored_while_their_limits_are_created_are_limited() {
     let mut watch = sqlx::PgConnection::connect(db.url()).await.unwrap();
     let old = tokio::spawn({
         let store = store.clone();
-        async move { old_limited_runs(&store).await }
+        async move { old_limited_runs(&store, 5).await }
     });
     waiting_for_locks(&mut watch, 1).await;
     let declaring = tokio::spawn({
