@@ -676,15 +676,18 @@ const JOBGRAPH_BUSY: &str = "SELECT
     EXISTS (SELECT 1 FROM jobgraph_steps WHERE state = 'pending' AND ready_at IS NOT NULL)
     OR EXISTS (SELECT 1 FROM jobgraph_queue_elements
        WHERE state = 'pending' AND ready_at IS NOT NULL)";
-/// The same on PostgreSQL, whose ready steps are in two indexes, the unlimited and the limited
-/// (schema version 14): one `EXISTS` each, so that each reads its index.
+/// The same on PostgreSQL, whose ready steps and elements are in two indexes each, the
+/// unlimited and the limited (schema versions 14 and 15): one `EXISTS` each, so that each reads
+/// its index.
 const JOBGRAPH_PG_BUSY: &str = "SELECT
     EXISTS (SELECT 1 FROM jobgraph_steps
         WHERE state = 'pending' AND ready_at IS NOT NULL AND NOT limited)
     OR EXISTS (SELECT 1 FROM jobgraph_steps
         WHERE state = 'pending' AND ready_at IS NOT NULL AND limited)
     OR EXISTS (SELECT 1 FROM jobgraph_queue_elements
-       WHERE state = 'pending' AND ready_at IS NOT NULL)";
+        WHERE state = 'pending' AND ready_at IS NOT NULL AND NOT limited)
+    OR EXISTS (SELECT 1 FROM jobgraph_queue_elements
+        WHERE state = 'pending' AND ready_at IS NOT NULL AND limited)";
 
 impl Counter {
     async fn new(system: System, db: &Db) -> Counter {

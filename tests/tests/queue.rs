@@ -104,6 +104,7 @@ on_both_queues! {
     step_limits_hold_across_workers => step_limits_hold_across_workers,
     claims_taken_before_a_step_had_limits_count_against_them => claims_before_limits_count,
     steps_stored_before_a_step_had_limits_are_limited => steps_before_limits_are_limited,
+    fan_out_elements_stored_before_their_step_had_limits_are_limited => elements_before_limits_are_limited,
     a_claim_takes_unlimited_steps_beside_limited_ones => unlimited_beside_limited,
     an_empty_rate_bucket_does_not_crowd_out_other_steps => empty_bucket_crowds_out_nothing,
     a_returned_error_is_not_an_expired_lease => errors_are_not_expiries,
@@ -1701,6 +1702,46 @@ async fn steps_before_limits_are_limited(store: impl TestQueue, _base: u64) {
     assert_eq!(claim_limited(&store).await, (2, 3));
 }
 
+/// Elements stored before their fan-out had limits are limited once a submit declares them:
+/// two runs of `Bounded` as its older version stored them (the same fan-outs, no limits), their
+/// elements inserted; then a held submit declares `pooled`'s concurrency of 3. A claim of
+/// everything takes 2 `halves` of each run (its fan-out's bound) and 3 `pooled`, of 10 ready.
+async fn elements_before_limits_are_limited(store: impl TestQueue, _base: u64) {
+    static FAN_OUTS: [jobgraph::store::queue::FanOut; 2] = [
+        jobgraph::store::queue::FanOut {
+            step: 1,
+            over: 0,
+            bound: Some(2),
+        },
+        jobgraph::store::queue::FanOut {
+            step: 2,
+            over: 0,
+            bound: None,
+        },
+    ];
+    let graph = leaked_graph(&[("items", &[]), ("halves", &[0]), ("pooled", &[0])]);
+    for id in ["old-1", "old-2"] {
+        let mut submission = raw_submission(id, "Bounded", r#"{"n":5}"#, graph);
+        submission.fan_outs = &FAN_OUTS;
+        store.submit(submission).await.unwrap();
+    }
+    let jobs = ["Bounded"];
+    for root in store.claim(WORKER, &jobs, 10, LEASE).await.unwrap() {
+        store
+            .complete(WORKER, &root.id, "[0,1,2,3,4]", 0)
+            .await
+            .unwrap();
+    }
+    Client::new(&store)
+        .submit_batch("declares", [Bounded { n: 5 }])
+        .held()
+        .await
+        .unwrap();
+    let claims = store.claim(WORKER, &jobs, 100, LEASE).await.unwrap();
+    let count = |step: &str| claims.iter().filter(|c| c.id.step == step).count();
+    assert_eq!((count("halves"), count("pooled")), (4, 3), "{claims:?}");
+}
+
 /// A graph of `steps` (each a name and its parents' positions), for the whole test.
 fn leaked_graph(steps: &[(&str, &[usize])]) -> &'static jobgraph::store::GraphSpec {
     let steps = steps
@@ -1959,6 +2000,100 @@ async fn postgres_steps_stored_while_their_limits_are_created_are_limited() {
     .unwrap();
     assert_eq!(unmarked, 0);
     assert_eq!(claim_limited(store).await, (2, 3));
+}
+
+/// The submit that creates a step's limit row marks that step's rows stored before, while a
+/// worker's commit may be writing them: the commit holds its runs' rows (locked first, in id
+/// order) and writes their steps one by one. The submit locks the runs first too, so it waits
+/// for the commit instead of holding a step row the commit needs next. Here a transaction
+/// stands for the commit: it locks both runs of an older version of `Limited`, writes the
+/// `pooled` step of the first, and once the submit waits, the second's. Were the submit to
+/// mark the second run's step (it reads the job's runs newest first) before it waited for the
+/// first's, the two would wait for each other, and PostgreSQL would end one with a deadlock
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_limit_created_beside_a_commit_of_its_steps_waits_for_the_commit() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    old_limited_runs(store, 2).await;
+    let mut commit = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut tx = commit.begin().await.unwrap();
+    let runs: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM jobgraph_runs WHERE job = 'Limited' ORDER BY id FOR UPDATE",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(runs.len(), 2);
+    let write = "UPDATE jobgraph_steps SET claims = claims WHERE run_id = $1 AND name = 'pooled'";
+    sqlx::query(write)
+        .bind(&runs[0])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let mut watch = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let declaring = tokio::spawn({
+        let client = Client::new(store);
+        async move { client.submit(&Limited { n: 3 }).await }
+    });
+    waiting_for_locks(&mut watch, 1).await;
+    sqlx::query(write)
+        .bind(&runs[1])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    within(10, declaring).await.unwrap().unwrap();
+    assert_eq!(claim_limited(store).await, (2, 3));
+}
+
+/// A claim of a job whose limited fan-out is at its limit reads none of its elements'
+/// backlog: 100 runs of `PooledFan` with 30 elements each ready, 3 claimed (its concurrency),
+/// then 20 claims find nothing and read a few rows of `jobgraph_queue_elements` (each read the
+/// 3,000 ready elements, to find none it could take).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_of_full_limited_fan_outs_read_no_backlog() {
+    let Some((db, mut admin)) =
+        analyzed_backlog("fans", (0..100).map(|_| PooledFan { n: 30 })).await
+    else {
+        return;
+    };
+    let store = PgStore::connect(db.url()).await.unwrap();
+    let jobs = ["PooledFan"];
+    let roots = store.claim(WORKER, &jobs, 100, LEASE).await.unwrap();
+    let list = serde_json::to_string(&(0..30).collect::<Vec<u32>>()).unwrap();
+    let done: Vec<Completion<'_>> = roots
+        .iter()
+        .map(|c| Completion {
+            claim: &c.id,
+            output: &list,
+            started_at: 0,
+        })
+        .collect();
+    let stored = store.complete_many(WORKER, &done).await.unwrap();
+    assert_eq!(stored, vec![true; 100]);
+    sqlx::query("ANALYZE jobgraph_queue_elements")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim(WORKER, &jobs, 100, LEASE).await.unwrap().len(),
+        3
+    );
+    let before = rows_read(&mut admin, "jobgraph_queue_elements").await;
+    let store = PgStore::connect(db.url()).await.unwrap();
+    for _ in 0..20 {
+        let claims = store.claim(WORKER, &jobs, 100, LEASE).await.unwrap();
+        assert!(claims.is_empty(), "{claims:?}");
+    }
+    let read = rows_read(&mut admin, "jobgraph_queue_elements").await - before;
+    assert!(
+        read < 1_000,
+        "20 claims read {read} rows of jobgraph_queue_elements"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -2405,6 +2540,11 @@ async fn postgres_a_claim_after_a_large_submit_reads_only_the_rows_it_takes() {
 /// stores' connections to the database have ended (a connection may keep its counts until it
 /// ends): it ends them.
 async fn steps_read_by_table_scans(conn: &mut sqlx::PgConnection) -> i64 {
+    read_by_table_scans(conn, "jobgraph_steps").await
+}
+
+/// [`steps_read_by_table_scans`] of `table`.
+async fn read_by_table_scans(conn: &mut sqlx::PgConnection, table: &str) -> i64 {
     const STORES: &str = "FROM pg_stat_activity
         WHERE datname = current_database() AND application_name = 'jobgraph'";
     sqlx::query(&format!("SELECT pg_terminate_backend(pid) {STORES}"))
@@ -2422,12 +2562,11 @@ async fn steps_read_by_table_scans(conn: &mut sqlx::PgConnection) -> i64 {
         }
     })
     .await;
-    sqlx::query_scalar(
-        "SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'jobgraph_steps'",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap()
+    sqlx::query_scalar("SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = $1")
+        .bind(table)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
 }
 
 /// Runs `worker` one claim at a time until it completed `steps` steps or more (in queue order:
@@ -2562,7 +2701,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "14");
+    assert_eq!(version, "15");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -2844,11 +2983,16 @@ async fn analyzed_backlog<J: jobgraph::durable::DurableJob + Send + Sync>(
 /// The rows of `jobgraph_steps` read so far, by table and index scans: the store's sessions
 /// are ended first, which sends their statistics.
 async fn steps_read(conn: &mut sqlx::PgConnection) -> i64 {
-    let by_scans = steps_read_by_table_scans(conn).await;
+    rows_read(conn, "jobgraph_steps").await
+}
+
+/// [`steps_read`] of `table`.
+async fn rows_read(conn: &mut sqlx::PgConnection, table: &str) -> i64 {
+    let by_scans = read_by_table_scans(conn, table).await;
     let by_index: i64 = sqlx::query_scalar(
-        "SELECT coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables
-        WHERE relname = 'jobgraph_steps'",
+        "SELECT coalesce(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = $1",
     )
+    .bind(table)
     .fetch_one(&mut *conn)
     .await
     .unwrap();
@@ -2874,9 +3018,16 @@ async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted(
         .unwrap();
     assert_eq!(first.iter().filter(|c| c.id.step == "pooled").count(), 2);
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    // Versions 14, 11 and 10 undone, then version 9 (12 and 13 apply again as they are).
+    // Versions 15, 14, 11 and 10 undone, then version 9 (12 and 13 apply again as they are).
     sqlx::raw_sql(
-        "ALTER TABLE jobgraph_steps DROP COLUMN limited;
+        "ALTER TABLE jobgraph_queue_elements DROP COLUMN limited;
+        CREATE INDEX jobgraph_queue_elements_ready ON jobgraph_queue_elements
+            (job, priority DESC, ready_at, run_seq, position, idx)
+            WHERE state = 'pending' AND ready_at IS NOT NULL;
+        CREATE INDEX jobgraph_queue_elements_ready_by_name ON jobgraph_queue_elements
+            (job, step, priority DESC, ready_at, run_seq, position, idx)
+            WHERE state = 'pending' AND ready_at IS NOT NULL AND step IS NOT NULL;
+        ALTER TABLE jobgraph_steps DROP COLUMN limited;
         CREATE INDEX jobgraph_steps_ready ON jobgraph_steps (job, priority DESC, ready_at, run_seq, idx)
             WHERE state = 'pending' AND ready_at IS NOT NULL;
         CREATE INDEX jobgraph_steps_ready_by_name ON jobgraph_steps (job, name);
@@ -3513,6 +3664,25 @@ impl Bounded {
     #[step(for_each(items), concurrency = 3)]
     async fn pooled(&self, items: &u32) -> u32 {
         items * 2
+    }
+}
+
+/// A fan-out limited to 3 element claims at once across every run and worker, and nothing else.
+#[derive(Serialize, Deserialize)]
+struct PooledFan {
+    n: u32,
+}
+
+#[job(durable)]
+impl PooledFan {
+    #[step]
+    async fn items(&self) -> Vec<u32> {
+        (0..self.n).collect()
+    }
+
+    #[step(for_each(items), concurrency = 3)]
+    async fn pooled(&self, items: &u32) -> u32 {
+        *items
     }
 }
 

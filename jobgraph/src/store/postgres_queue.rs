@@ -44,10 +44,12 @@
 //!   Unlimited steps take no lock but their own. The ready steps are in two indexes, split on
 //!   `limited` (their limit row exists): the unlimited in `jobgraph_steps_ready`, the limited
 //!   in `jobgraph_steps_ready_by_name`, read step by step and only for steps with room, so a
-//!   claim never walks the backlog of a step at its limit. A step in neither is never claimed,
-//!   so the flag is exact: submits insert steps under their job's advisory lock, shared, and
-//!   the one that creates a limit row takes it exclusively to mark the step's rows stored
-//!   before ([`store_limits`]).
+//!   claim never walks the backlog of a step at its limit; fan-out elements the same, in their
+//!   table's two indexes. A step in neither is never claimed, so the flag is exact: submits
+//!   insert steps under their job's advisory lock, shared, and the one that creates a limit row
+//!   takes it exclusively to mark the step's rows and elements stored before, their runs locked
+//!   first ([`store_limits`]); an element copies its step row's flag when its fan-out's commit
+//!   inserts it, under its run's lock.
 //! - **An exhausted step is failed by the claim that reaches it.** A claim takes a step whose
 //!   lease expired like any other, `max_attempts` times or not: no index reads the leases
 //!   (claims are HOT updates), so finding exhausted steps apart from claims would read every
@@ -1511,11 +1513,14 @@ async fn insert_steps(
 /// (job, step) order, the order claims lock them in; then takes the job's advisory lock
 /// ([`JOB_STEPS_LOCK`]), which a submit holds while it inserts its steps. Steps record whether
 /// their step has limits (`limited`, which says which of the two indexes of ready steps holds
-/// them) as they are inserted, from the limit rows that statement sees, so the submit that creates a limit row
-/// takes the lock exclusively, after every submit of the job in flight (each holds it shared)
-/// committed, and marks that step's rows they stored; a submit that asks for the lock after it
-/// waits for this one to commit, and then sees the new row. Taken last, after the limit rows: a
-/// submit waiting for the lock holds no row another holder of it waits for.
+/// them) as they are inserted, from the limit rows that statement sees, so the submit that
+/// creates a limit row takes the lock exclusively, after every submit of the job in flight (each
+/// holds it shared) committed, and marks that step's rows they stored, and its fan-out elements;
+/// a submit that asks for the lock after it waits for this one to commit, and then sees the new
+/// row. Taken last, after the limit rows: a submit waiting for the lock holds no row another
+/// holder of it waits for. The marking locks the runs it marks first, in id order: a worker's
+/// commit, which locks its runs before it writes their steps (or inserts a fan-out's elements,
+/// from its step's row), then either committed before or waits for this one.
 async fn store_limits(conn: &mut PgConnection, s: &Submission<'_>) -> Result<(), StoreError> {
     let mut limits: Vec<_> = s.limits.to_vec();
     limits.sort_by_key(|(step, _)| *step);
@@ -1548,11 +1553,13 @@ async fn store_limits(conn: &mut PgConnection, s: &Submission<'_>) -> Result<(),
         sqlx::query(PLAN_FOR_PARAMETERS).execute(&mut *conn).await?;
     }
     for step in created {
-        sqlx::query(MARK_LIMITED)
-            .bind(s.job)
-            .bind(step)
-            .execute(&mut *conn)
-            .await?;
+        for statement in [LOCK_RUNS_TO_MARK, MARK_LIMITED, MARK_LIMITED_ELEMENTS] {
+            sqlx::query(statement)
+                .bind(s.job)
+                .bind(step)
+                .execute(&mut *conn)
+                .await?;
+        }
         sqlx::query(LIST_HELD_CLAIMS)
             .bind(s.job)
             .bind(step)
@@ -2295,6 +2302,22 @@ const MARK_LIMITED: &str = "UPDATE jobgraph_steps s SET limited = true
     FROM jobgraph_runs r
     WHERE r.job = $1 AND s.run_id = r.id AND s.name = $2 AND NOT s.limited";
 
+/// The same of the step's fan-out elements.
+const MARK_LIMITED_ELEMENTS: &str = "UPDATE jobgraph_queue_elements e SET limited = true
+    FROM jobgraph_runs r
+    WHERE r.job = $1 AND e.run_id = r.id AND e.step = $2 AND NOT e.limited";
+
+/// Locks, in id order, the runs of job `$1` with a row of step `$2` not yet marked
+/// [`MARK_LIMITED`]: the run's row first, as every writer of its steps (a worker's commit holds
+/// its runs while it writes their steps: marking them first would let the two wait for each
+/// other).
+const LOCK_RUNS_TO_MARK: &str = "SELECT r.id FROM jobgraph_runs r
+    WHERE r.job = $1
+      AND EXISTS (SELECT 1 FROM jobgraph_steps s
+          WHERE s.run_id = r.id AND s.name = $2 AND NOT s.limited)
+    ORDER BY r.id
+    FOR UPDATE OF r";
+
 const COUNT_BATCH: &str = "SELECT count(*) FROM jobgraph_runs WHERE batch = $1";
 
 /// The held runs of a batch, locked in id order (as `ABORT_BATCH` locks them).
@@ -2410,7 +2433,7 @@ macro_rules! limit_has_ready {
                 ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
                 LIMIT 1), false)
             OR coalesce((SELECT true FROM jobgraph_queue_elements s
-                WHERE s.job = l.job AND s.step = l.step
+                WHERE s.job = l.job AND s.step = l.step AND s.limited
                   AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= now()",
             $extra,
             "
@@ -2496,7 +2519,8 @@ const LIST_HELD_CLAIMS: &str = list_claims!(
     UNION ALL
     SELECT e.job, e.step, e.run_id, e.position, e.idx, e.claims
     FROM jobgraph_queue_elements e
-    WHERE e.job = $1 AND e.step = $2 AND e.state = 'pending' AND e.ready_at IS NOT NULL
+    WHERE e.job = $1 AND e.step = $2 AND e.limited AND e.state = 'pending'
+      AND e.ready_at IS NOT NULL
       AND e.worker IS NOT NULL"
 );
 
@@ -2601,7 +2625,7 @@ const CLAIM_UNLIMITED: &str = concat!(
             SELECT s.ctid AS row, s.run_id, s.position, s.step, s.idx, s.priority, s.ready_at,
                 s.run_seq
             FROM jobgraph_queue_elements s
-            WHERE s.job = j.job AND ",
+            WHERE s.job = j.job AND NOT s.limited AND ",
     claimable!(),
     "
             ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.position, s.idx
@@ -2650,35 +2674,6 @@ const CLAIM_UNLIMITED: &str = concat!(
         ) r) ON true"
 );
 
-/// Whether step `$name` of job `$job` (SQL expressions) has limits.
-macro_rules! limited {
-    ($job:literal, $name:literal) => {
-        concat!(
-            "EXISTS (SELECT 1 FROM jobgraph_limits l WHERE l.job = ",
-            $job,
-            " AND l.step = ",
-            $name,
-            ")"
-        )
-    };
-}
-
-/// Whether the step named `$name` (an SQL expression) of job `s.job` may be claimed under its
-/// limits: it has none, or it is one of the limited steps with room (`$2[i]`, `$3[i]`).
-macro_rules! with_room {
-    ($name:literal) => {
-        concat!(
-            "(NOT ",
-            limited!("s.job", $name),
-            " OR EXISTS (
-                SELECT 1 FROM unnest($2::text[], $3::text[]) AS o (job, step)
-                WHERE o.job = s.job AND o.step = ",
-            $name,
-            "))"
-        )
-    };
-}
-
 /// `CANDIDATES`' claimable steps of one job (`$which`, an SQL condition on `s` that an index of
 /// ready steps covers), best first, locked.
 macro_rules! step_candidates {
@@ -2726,30 +2721,46 @@ const CANDIDATES: &str = concat!(
     ") p"
 );
 
-/// The claimable fan-out elements of `$1`, as `CANDIDATES` (its `$2`, `$3`, `$6`); not the
-/// elements this claim already chose (`$4[i]`, `$5[i]`, `$7[i]`: run, step, element).
-const ELEMENT_CANDIDATES: &str = concat!(
-    "SELECT p.* FROM unnest($1::text[]) AS j (job)
-    CROSS JOIN LATERAL (
-        SELECT s.run_id, s.position AS idx, s.job, s.step AS name, ",
-    limited!("s.job", "s.step"),
-    " AS limited, ",
-    exhausted_before!(),
-    ", s.idx AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
+/// `ELEMENT_CANDIDATES`' claimable fan-out elements of one job (`$which`, an SQL condition on
+/// `s` that an index of ready elements covers), best first, locked; as [`step_candidates!`].
+macro_rules! element_candidates {
+    ($which:literal) => {
+        concat!(
+            "SELECT s.run_id, s.position AS idx, s.job, s.step AS name, s.limited, ",
+            exhausted_before!(),
+            ", s.idx AS element, s.priority, jobgraph_ms(s.ready_at) AS ready_ms, s.run_seq
         FROM jobgraph_queue_elements s
-        WHERE s.job = j.job AND ",
-    claimable!(),
-    " AND ",
-    with_room!("s.step"),
-    "
+        WHERE ",
+            $which,
+            " AND ",
+            claimable!(),
+            "
           AND NOT EXISTS (
               SELECT 1 FROM unnest($4::text[], $5::text[], $7::bigint[])
                   AS c (run_id, step, idx)
               WHERE c.run_id = s.run_id AND c.step = s.step AND c.idx = s.idx)
         ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.position, s.idx
         LIMIT $6
-        FOR UPDATE OF s SKIP LOCKED
-    ) p"
+        FOR UPDATE OF s SKIP LOCKED"
+        )
+    };
+}
+
+/// The claimable fan-out elements of `$1`, as `CANDIDATES` (its `$2`, `$3`, `$6`); not the
+/// elements this claim already chose (`$4[i]`, `$5[i]`, `$7[i]`: run, step, element). The
+/// unlimited ones from `jobgraph_queue_elements_ready`, the limited ones with room step by step
+/// from `jobgraph_queue_elements_ready_by_name`: the elements of a fan-out at its limit are not
+/// read, however many wait.
+const ELEMENT_CANDIDATES: &str = concat!(
+    "SELECT p.* FROM unnest($1::text[]) AS j (job)
+    CROSS JOIN LATERAL (",
+    element_candidates!("s.job = j.job AND NOT s.limited"),
+    ") p
+    UNION ALL
+    SELECT p.* FROM unnest($2::text[], $3::text[]) AS o (job, step)
+    CROSS JOIN LATERAL (",
+    element_candidates!("s.job = o.job AND s.step = o.step AND s.limited"),
+    ") p"
 );
 
 /// Stores the bucket less what was taken; `greatest`: a claim that began earlier but locked the
@@ -2931,13 +2942,15 @@ const READY_WHOLE: &str = "UPDATE jobgraph_steps SET ready_at = now()
 
 /// One element of fan-out `$2` (a position) of run `$1` per element of its parent's output (each
 /// cut out as JSON, the parent's output parsed once), the first `fan_bound` of them (all if none)
-/// ready now.
+/// ready now; `limited` as the step's row says (exact: the commit locked the run before the
+/// fan-out's row, as [`store_limits`] locks the runs whose rows it marks).
 const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
         (run_id, step, position, idx, over, input, job, priority, run_seq, max_attempts,
-         expires_at, state, ready_at, ttr_ms)
+         expires_at, state, ready_at, ttr_ms, limited)
     SELECT s.run_id, s.name, s.idx, e.ord - 1, s.fan_over, e.value::text, s.job, s.priority,
         s.run_seq, s.max_attempts, s.expires_at, 'pending',
-        CASE WHEN s.fan_bound IS NULL OR e.ord - 1 < s.fan_bound THEN now() END, s.ttr_ms
+        CASE WHEN s.fan_bound IS NULL OR e.ord - 1 < s.fan_bound THEN now() END, s.ttr_ms,
+        s.limited
     FROM jobgraph_steps s
     JOIN jobgraph_steps p ON p.run_id = s.run_id AND p.idx = s.fan_over AND p.state = 'completed'
     CROSS JOIN LATERAL jsonb_array_elements(p.output::jsonb) WITH ORDINALITY AS e (value, ord)
