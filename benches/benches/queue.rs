@@ -669,16 +669,20 @@ const JOBGRAPH_LEFT: &str =
 const JOBGRAPH_PG_LEFT: &str = "SELECT count(*) FROM jobgraph_runs r
     WHERE r.state IN ('pending', 'running') AND NOT EXISTS (SELECT 1 FROM jobgraph_steps a
         WHERE a.run_id = r.id AND a.idx = 0 AND a.alone AND a.state = 'completed')";
-/// Whether a step or fan-out element is ready or running (a row of `jobgraph_steps_ready` or
-/// `jobgraph_queue_elements_ready`; a fan-out's step is neither while its elements run, and no
-/// step waits without one of those in its run): `EXISTS`, which stops at the first such row.
+/// Whether a step or fan-out element is ready or running (a row of one of the queue's indexes
+/// of ready steps and elements, which split on `limited`: SQLite's schema version 7; a
+/// fan-out's step is in none while its elements run, and no step waits without one of those in
+/// its run): `EXISTS`, one per index, each stopping at the first such row.
 const JOBGRAPH_BUSY: &str = "SELECT
-    EXISTS (SELECT 1 FROM jobgraph_steps WHERE state = 'pending' AND ready_at IS NOT NULL)
+    EXISTS (SELECT 1 FROM jobgraph_steps
+        WHERE state = 'pending' AND ready_at IS NOT NULL AND limited = 0)
+    OR EXISTS (SELECT 1 FROM jobgraph_steps
+        WHERE state = 'pending' AND ready_at IS NOT NULL AND limited = 1)
     OR EXISTS (SELECT 1 FROM jobgraph_queue_elements
-       WHERE state = 'pending' AND ready_at IS NOT NULL)";
-/// The same on PostgreSQL, whose ready steps and elements are in two indexes each, the
-/// unlimited and the limited (schema versions 14 and 15): one `EXISTS` each, so that each reads
-/// its index.
+        WHERE state = 'pending' AND ready_at IS NOT NULL AND limited = 0)
+    OR EXISTS (SELECT 1 FROM jobgraph_queue_elements
+        WHERE state = 'pending' AND ready_at IS NOT NULL AND limited = 1)";
+/// The same on PostgreSQL (schema versions 14 and 15), whose flag is a `boolean`.
 const JOBGRAPH_PG_BUSY: &str = "SELECT
     EXISTS (SELECT 1 FROM jobgraph_steps
         WHERE state = 'pending' AND ready_at IS NOT NULL AND NOT limited)

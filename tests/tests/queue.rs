@@ -2305,6 +2305,63 @@ async fn sqlite_store() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
+/// A database of SQLite's schema version 6 (no `limited` on steps and elements) is migrated
+/// with the rows of limited steps and fan-outs marked: their limits hold at once. Three runs of
+/// `Limited` and two of `Bounded` (its fan-outs' elements inserted), version 7 undone, reopened:
+/// a claim of everything takes 2 `pooled` and 3 `metered`, and of the fan-outs 2 `halves` per
+/// run and 3 `pooled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_version_6_database_migrates_with_its_limited_rows_marked() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let path = path.to_str().unwrap();
+    let store = SqliteStore::open(path).await.unwrap();
+    let client = Client::new(&store);
+    client
+        .submit_batch("limited", (0..5).map(|n| Limited { n }))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        client.submit(&Bounded { n: 5 }).await.unwrap();
+    }
+    let roots = store.claim(WORKER, &["Bounded"], 10, LEASE).await.unwrap();
+    assert_eq!(roots.len(), 2);
+    for root in &roots {
+        store
+            .complete(WORKER, &root.id, "[0,1,2,3,4]", 0)
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "DROP INDEX jobgraph_steps_ready;
+        DROP INDEX jobgraph_steps_ready_limited;
+        DROP INDEX jobgraph_queue_elements_ready;
+        DROP INDEX jobgraph_queue_elements_ready_limited;
+        ALTER TABLE jobgraph_steps DROP COLUMN limited;
+        ALTER TABLE jobgraph_queue_elements DROP COLUMN limited;
+        CREATE INDEX jobgraph_steps_ready ON jobgraph_steps (job, priority DESC, ready_at)
+            WHERE state = 'pending' AND ready_at IS NOT NULL;
+        CREATE INDEX jobgraph_queue_elements_ready
+            ON jobgraph_queue_elements (job, priority DESC, ready_at, idx)
+            WHERE state = 'pending' AND ready_at IS NOT NULL;
+        UPDATE jobgraph_meta SET value = '6' WHERE key = 'schema_version'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let store = SqliteStore::open(path).await.unwrap();
+    assert_eq!(claim_limited(&store).await, (2, 3));
+    let claims = store.claim(WORKER, &["Bounded"], 100, LEASE).await.unwrap();
+    let count = |step: &str| claims.iter().filter(|c| c.id.step == step).count();
+    assert_eq!((count("halves"), count("pooled")), (4, 3), "{claims:?}");
+}
+
 /// SQLite has no `NOTIFY`: the commits of one process (through any clone of its store) wake
 /// that process's idle waits, each for news of its jobs after its latest claim began.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

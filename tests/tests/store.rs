@@ -1005,7 +1005,7 @@ async fn sqlite_refuses_another_schema_version() {
             .fetch_one(&mut raw(dir.path()).await)
             .await
             .unwrap();
-    assert_eq!(version, "6");
+    assert_eq!(version, "7");
 
     execute(
         dir.path(),
@@ -1018,7 +1018,7 @@ async fn sqlite_refuses_another_schema_version() {
             err,
             StoreError::Schema {
                 found: 99,
-                expected: 6
+                expected: 7
             }
         ),
         "{err:?}"

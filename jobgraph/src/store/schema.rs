@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_steps_failed_index.sql"),
     include_str!("migrations/0005_ttr.sql"),
     include_str!("migrations/0006_elements_in_claim_order.sql"),
+    include_str!("migrations/0007_limited_steps.sql"),
 ];
 
 const CREATE_META: &str = "CREATE TABLE IF NOT EXISTS jobgraph_meta (

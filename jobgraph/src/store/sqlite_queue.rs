@@ -3,6 +3,14 @@
 //! Every write is one `BEGIN IMMEDIATE` transaction, so claims are disjoint without `SKIP
 //! LOCKED`: SQLite has one writer at a time, and a claim reads and updates its steps in one
 //! statement.
+//!
+//! A claim reads the ready steps and elements of each job in the queue's order from their
+//! indexes, which split on `limited` (a limit row of the step exists): the unlimited ones from
+//! `jobgraph_steps_ready` and `jobgraph_queue_elements_ready`, and, for each limited step with
+//! room under its concurrency and rate, as many as that room from the `_limited` twins. A step
+//! at its limit is not read at all, however many of it wait. The flag is set as rows are
+//! inserted (a submit stores its limits first) and, for rows stored before, by the submit that
+//! creates the limit row; with one writer at a time nothing is inserted in between.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,8 +53,8 @@ impl Queue for SqliteStore {
             }
             let graph_json = s.graph_json()?;
             let now = now_ms();
-            insert_submission(&mut tx, &s, 0, &graph_json, now).await?;
             upsert_limits(&mut tx, &s, now).await?;
+            insert_submission(&mut tx, &s, 0, &graph_json, now).await?;
             tx.commit().await?;
             self.news().heard(Some(s.job));
             Ok(Submitted {
@@ -75,7 +83,7 @@ impl Queue for SqliteStore {
             let mut tx = self.begin().await?;
             expire_runs(&mut tx, now).await?;
             exhaust_steps(&mut tx, &jobs_json, now).await?;
-            let chosen = choose(&mut tx, jobs, limit, now).await?;
+            let chosen = choose(&mut tx, jobs, &jobs_json, limit, now).await?;
             if chosen.is_empty() {
                 tx.commit().await?;
                 return Ok(Vec::new());
@@ -325,6 +333,7 @@ impl Queue for SqliteStore {
                 .fetch_one(&mut *tx)
                 .await?;
             let first = usize::try_from(stored).unwrap_or(0);
+            upsert_limits(&mut tx, &template, now).await?;
             let mut ids = Vec::with_capacity(inputs.len());
             for (i, input) in inputs.iter().enumerate() {
                 let id = crate::durable::batch_run_id(batch, first + i);
@@ -338,7 +347,6 @@ impl Queue for SqliteStore {
                 insert_submission(&mut tx, &submission, i, &graph_json, now).await?;
                 ids.push(id);
             }
-            upsert_limits(&mut tx, &template, now).await?;
             tx.commit().await?;
             self.news().heard(Some(template.job));
             Ok(ids)
@@ -504,7 +512,7 @@ impl Queue for SqliteStore {
     }
 }
 
-/// A limited step among the candidates: how many more of it this claim may take.
+/// A limited step with ready steps or elements: how many more of it this claim may take.
 struct Room {
     job: String,
     step: String,
@@ -523,17 +531,31 @@ struct Chosen {
 
 /// The ready steps and elements to claim, in the queue's order (priority, then ready time), at
 /// most `limit`, within each step's concurrency and rate (an element counts as a claim of its
-/// step); updates the rate buckets.
+/// step); updates the rate buckets. The rows of steps without limits are read from their
+/// indexes, and of each limited step with room, as many as its room: a step at its limit is not
+/// read, however many of it wait.
 async fn choose(
     conn: &mut SqliteConnection,
     jobs: &[&str],
+    jobs_json: &str,
     limit: usize,
     now: i64,
 ) -> Result<Vec<Chosen>, StoreError> {
-    // More candidates than needed: some may belong to a step whose limit leaves less room. One
-    // query per job and table (`job = ?`), so each reads its ready index in order and stops at
-    // its limit; their rows are merged in the queue's order here.
-    let want = i64::try_from(limit.saturating_mul(4).saturating_add(16)).unwrap_or(i64::MAX);
+    let want = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rooms = Vec::new();
+    for row in sqlx::query(READY_LIMITS)
+        .bind(jobs_json)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        const T: &str = "jobgraph_limits";
+        let (job, step) = (get(&row, "job", T)?, get(&row, "step", T)?);
+        rooms.push(room(conn, &row, job, step, now).await?);
+    }
+    // Each candidate with its table and, if limited, its room. One query per job and table (or
+    // per limited step and table), so each reads its index in order and stops at its limit;
+    // their rows are merged in the queue's order here.
     let mut candidates = Vec::new();
     for job in jobs {
         for (statement, element) in [(CANDIDATES, false), (ELEMENT_CANDIDATES, true)] {
@@ -544,51 +566,52 @@ async fn choose(
                 .fetch_all(&mut *conn)
                 .await?
             {
-                candidates.push((row, element));
+                candidates.push((row, element, None));
             }
         }
     }
-    // Stable: a table's rows keep their order (an element's index) among equals.
-    candidates.sort_by_key(|(row, _)| {
+    for (index, room) in rooms.iter().enumerate().filter(|(_, r)| r.left > 0) {
+        for (statement, element) in [
+            (LIMITED_CANDIDATES, false),
+            (LIMITED_ELEMENT_CANDIDATES, true),
+        ] {
+            for row in sqlx::query(statement)
+                .bind(&room.job)
+                .bind(now)
+                .bind(room.left.min(want))
+                .bind(&room.step)
+                .fetch_all(&mut *conn)
+                .await?
+            {
+                candidates.push((row, element, Some(index)));
+            }
+        }
+    }
+    // Stable: a query's rows keep their order (an element's index) among equals.
+    candidates.sort_by_key(|(row, _, _)| {
         let priority: i64 = row.try_get("priority").unwrap_or(0);
         let ready_at: i64 = row.try_get("ready_at").unwrap_or(0);
         (std::cmp::Reverse(priority), ready_at)
     });
-    let mut rooms: Vec<Room> = Vec::new();
     let mut chosen = Vec::with_capacity(limit);
-    for (row, element) in &candidates {
+    for (row, element, room) in &candidates {
         if chosen.len() == limit {
             break;
         }
-        const T: &str = "jobgraph_steps";
-        let rowid: i64 = get(row, "rid", T)?;
-        let limited: Option<String> = get(row, "limited", T)?;
-        let pick = Chosen {
-            rowid,
-            element: *element,
-        };
-        if limited.is_none() {
-            chosen.push(pick);
-            continue;
-        }
-        let job: String = get(row, "job", T)?;
-        let step: String = get(row, "name", T)?;
-        let index = match rooms.iter().position(|r| r.job == job && r.step == step) {
-            Some(index) => index,
-            None => {
-                let room = room(conn, row, job, step, now).await?;
-                rooms.push(room);
-                rooms.len() - 1
+        if let Some(index) = room {
+            let room = &mut rooms[*index];
+            if room.left <= 0 {
+                continue;
             }
-        };
-        let room = &mut rooms[index];
-        if room.left > 0 {
             room.left -= 1;
             room.taken += 1;
-            chosen.push(pick);
         }
+        chosen.push(Chosen {
+            rowid: get(row, "rid", "jobgraph_steps")?,
+            element: *element,
+        });
     }
-    for room in rooms {
+    for room in rooms.iter().filter(|r| r.taken > 0) {
         if let Some(tokens) = room.tokens {
             sqlx::query(TAKE_TOKENS)
                 .bind(&room.job)
@@ -697,13 +720,29 @@ async fn insert_submission(
     Ok(())
 }
 
-/// Stores the limits a submission declares for its job's steps (keeping their rate buckets).
+/// Stores the limits a submission declares for its job's steps (keeping their rate buckets),
+/// before its steps, which record whether their step has limits (`limited`: which index of ready
+/// steps holds them). A limit row it creates marks the step's rows and elements stored before.
 async fn upsert_limits(
     conn: &mut SqliteConnection,
     s: &Submission<'_>,
     now: i64,
 ) -> Result<(), StoreError> {
     for (step, limits) in s.limits {
+        let created: bool = sqlx::query_scalar(NO_LIMITS)
+            .bind(s.job)
+            .bind(step)
+            .fetch_one(&mut *conn)
+            .await?;
+        if created {
+            for statement in [MARK_LIMITED, MARK_LIMITED_ELEMENTS] {
+                sqlx::query(statement)
+                    .bind(s.job)
+                    .bind(step)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
         let rate = limits.rate();
         sqlx::query(UPSERT_LIMITS)
             .bind(s.job)
@@ -1528,9 +1567,25 @@ const COUNT_BATCH_STEPS: &str = "SELECT s.name AS name,
     GROUP BY 1, 2
     ORDER BY position";
 
+/// A queued step; `limited` if its step has a limit row (stored before the steps).
 const INSERT_QUEUED_STEP: &str = "INSERT INTO jobgraph_steps
-    (run_id, name, position, state, job, waiting, ready_at, priority, fan_over, fan_bound, ttr_ms)
-    VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+    (run_id, name, position, state, job, waiting, ready_at, priority, fan_over, fan_bound, ttr_ms,
+     limited)
+    VALUES (?1, ?2, ?3, 'pending', ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+        EXISTS (SELECT 1 FROM jobgraph_limits WHERE job = ?4 AND step = ?2))";
+
+/// Whether step `?2` of job `?1` has no limit row yet.
+const NO_LIMITS: &str =
+    "SELECT NOT EXISTS (SELECT 1 FROM jobgraph_limits WHERE job = ?1 AND step = ?2)";
+
+/// Marks the rows of step `?2` of job `?1` stored before its limit row, in every state (a
+/// redrive puts a failed step back as it is), found through the job's runs.
+const MARK_LIMITED: &str = "UPDATE jobgraph_steps SET limited = 1
+    WHERE run_id IN (SELECT id FROM jobgraph_runs WHERE job = ?1) AND name = ?2 AND limited = 0";
+
+/// The same of the step's fan-out elements.
+const MARK_LIMITED_ELEMENTS: &str = "UPDATE jobgraph_queue_elements SET limited = 1
+    WHERE run_id IN (SELECT id FROM jobgraph_runs WHERE job = ?1) AND step = ?2 AND limited = 0";
 
 const EXPIRE_RUNS: &str = "UPDATE jobgraph_runs
     SET state = 'failed', error = 'its time to live expired', updated_at = ?1
@@ -1559,68 +1614,60 @@ const EXHAUST_ELEMENTS: &str = "UPDATE jobgraph_queue_elements
       AND claims - fails >= (SELECT max_attempts FROM jobgraph_runs r WHERE r.id = run_id)
     RETURNING run_id, step, error";
 
-/// The live claims at `?2` of the step named `$name` of job `$job` (SQL expressions): of the
-/// step, and of its elements.
-macro_rules! live_claims {
-    ($job:literal, $name:literal) => {
+/// The claimable rows of job `?1` at `?2` in `$table` that `$which` (an SQL condition on `s`
+/// that picks one of its two indexes of ready rows) selects, best first (`$order`: after
+/// priority and ready time), at most `?3`. Each walks its index in order and stops at its limit.
+macro_rules! candidates {
+    ($table:literal, $which:literal, $order:literal) => {
         concat!(
-            "(SELECT COUNT(*) FROM jobgraph_steps c
-              WHERE c.job = ",
-            $job,
-            " AND c.name = ",
-            $name,
-            " AND c.state = 'pending'
-                AND c.worker IS NOT NULL AND c.lease_until > ?2)
-            + (SELECT COUNT(*) FROM jobgraph_queue_elements c
-              WHERE c.job = ",
-            $job,
-            " AND c.step = ",
-            $name,
-            " AND c.state = 'pending'
-                AND c.worker IS NOT NULL AND c.lease_until > ?2)"
+            "SELECT s.rowid AS rid, s.priority AS priority, s.ready_at AS ready_at
+            FROM ",
+            $table,
+            " s
+            WHERE s.job = ?1 AND ",
+            $which,
+            "
+              AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2
+              AND (s.worker IS NULL OR s.lease_until <= ?2)
+            ORDER BY s.priority DESC, s.ready_at",
+            $order,
+            "
+            LIMIT ?3"
         )
     };
 }
 
-/// The ready steps of job `?1`, best first, with their limits; a step whose concurrency is used
-/// up or whose rate bucket is empty is left out here (so it cannot crowd out the others);
-/// `choose` takes no more of a limited step than its room.
-const CANDIDATES: &str = concat!(
-    "SELECT s.rowid AS rid, s.job AS job, s.name AS name,
-        s.priority AS priority, s.ready_at AS ready_at, l.step AS limited, l.concurrency,
-        l.rate_count, l.rate_period_ms, l.burst, l.tokens, l.refilled_at
-    FROM jobgraph_steps s
-    LEFT JOIN jobgraph_limits l ON l.job = s.job AND l.step = s.name
-    WHERE s.job = ?1
-      AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2
-      AND (s.worker IS NULL OR s.lease_until <= ?2)
-      AND (l.concurrency IS NULL OR l.concurrency > ",
-    live_claims!("s.job", "s.name"),
-    ")
-      AND (l.rate_count IS NULL OR MIN(l.burst,
-          l.tokens + MAX(?2 - l.refilled_at, 0) * 1.0 * l.rate_count / l.rate_period_ms) >= 1)
-    ORDER BY s.priority DESC, s.ready_at
-    LIMIT ?3"
+/// The ready steps of job `?1` without limits (`jobgraph_steps_ready`).
+const CANDIDATES: &str = candidates!("jobgraph_steps", "s.limited = 0", "");
+
+/// The ready steps of limited step `?4` of job `?1` (`jobgraph_steps_ready_limited`).
+const LIMITED_CANDIDATES: &str = candidates!("jobgraph_steps", "s.name = ?4 AND s.limited = 1", "");
+
+/// The ready elements of job `?1`'s fan-outs without limits, then by index
+/// (`jobgraph_queue_elements_ready`).
+const ELEMENT_CANDIDATES: &str = candidates!("jobgraph_queue_elements", "s.limited = 0", ", s.idx");
+
+/// The ready elements of limited fan-out `?4` of job `?1`
+/// (`jobgraph_queue_elements_ready_limited`).
+const LIMITED_ELEMENT_CANDIDATES: &str = candidates!(
+    "jobgraph_queue_elements",
+    "s.step = ?4 AND s.limited = 1",
+    ", s.idx"
 );
 
-/// The ready elements of job `?1`'s fan-outs, best first (then by index), as `CANDIDATES`.
-const ELEMENT_CANDIDATES: &str = concat!(
-    "SELECT e.rowid AS rid, e.job AS job, e.step AS name,
-        e.priority AS priority, e.ready_at AS ready_at, l.step AS limited, l.concurrency,
-        l.rate_count, l.rate_period_ms, l.burst, l.tokens, l.refilled_at
-    FROM jobgraph_queue_elements e
-    LEFT JOIN jobgraph_limits l ON l.job = e.job AND l.step = e.step
-    WHERE e.job = ?1
-      AND e.state = 'pending' AND e.ready_at IS NOT NULL AND e.ready_at <= ?2
-      AND (e.worker IS NULL OR e.lease_until <= ?2)
-      AND (l.concurrency IS NULL OR l.concurrency > ",
-    live_claims!("e.job", "e.step"),
-    ")
-      AND (l.rate_count IS NULL OR MIN(l.burst,
-          l.tokens + MAX(?2 - l.refilled_at, 0) * 1.0 * l.rate_count / l.rate_period_ms) >= 1)
-    ORDER BY e.priority DESC, e.ready_at, e.idx
-    LIMIT ?3"
-);
+/// The limit rows of jobs `?1` (a JSON list) whose step has a ready step or element at `?2`
+/// (held or not: the room says how many more).
+const READY_LIMITS: &str = "SELECT l.job, l.step, l.concurrency, l.rate_count,
+        l.rate_period_ms, l.burst, l.tokens, l.refilled_at
+    FROM jobgraph_limits l
+    WHERE l.job IN (SELECT value FROM json_each(?1))
+      AND (EXISTS (SELECT 1 FROM jobgraph_steps s
+              WHERE s.job = l.job AND s.name = l.step AND s.limited = 1
+                AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2)
+          OR EXISTS (SELECT 1 FROM jobgraph_queue_elements s
+              WHERE s.job = l.job AND s.step = l.step AND s.limited = 1
+                AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2))
+    ORDER BY l.job, l.step";
 
 const COUNT_CLAIMED: &str = "SELECT
     (SELECT COUNT(*) FROM jobgraph_steps
@@ -1771,14 +1818,16 @@ const READY_WHOLE: &str = "UPDATE jobgraph_steps SET ready_at = ?3
     WHERE run_id = ?1 AND position = ?2 AND state = 'pending'";
 
 /// One element of fan-out `?2` (at `?3`) of run `?1` per element of its parent `?4`'s output
-/// (each cut out as JSON), the first `?8` (all if NULL) ready at `?7`; each with the step's TTR.
+/// (each cut out as JSON), the first `?8` (all if NULL) ready at `?7`; each with the step's TTR
+/// and `limited`.
 const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
-        (run_id, step, position, idx, over, input, job, priority, state, ready_at, ttr_ms)
+        (run_id, step, position, idx, over, input, job, priority, state, ready_at, ttr_ms,
+         limited)
     SELECT ?1, ?2, ?3, j.key, ?4, p.output -> j.key, ?5, ?6, 'pending',
-        CASE WHEN ?8 IS NULL OR j.key < ?8 THEN ?7 END,
-        (SELECT s.ttr_ms FROM jobgraph_steps s WHERE s.run_id = ?1 AND s.position = ?3)
-    FROM jobgraph_steps p, json_each(p.output) AS j
-    WHERE p.run_id = ?1 AND p.position = ?4 AND p.state = 'completed'
+        CASE WHEN ?8 IS NULL OR j.key < ?8 THEN ?7 END, f.ttr_ms, f.limited
+    FROM jobgraph_steps f, jobgraph_steps p, json_each(p.output) AS j
+    WHERE f.run_id = ?1 AND f.position = ?3
+      AND p.run_id = ?1 AND p.position = ?4 AND p.state = 'completed'
     ORDER BY j.key";
 
 const SET_FAN_SIZE: &str = "UPDATE jobgraph_steps SET fan_size = ?3, fan_done = 0
@@ -1881,16 +1930,18 @@ const CANCEL_PENDING_STEPS: &str = "UPDATE jobgraph_steps
 mod tests {
     use super::*;
 
-    /// SQLite's plan of a statement: one line per step (`EXPLAIN QUERY PLAN`'s `detail`).
-    async fn plan(store: &SqliteStore, statement: &str) -> String {
-        let rows: Vec<(i64, i64, i64, String)> =
-            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {statement}"))
-                .bind("job")
-                .bind(0_i64)
-                .bind(500_i64)
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
+    /// SQLite's plan of a statement (of a job, a time, a limit and, if `named`, a step): one
+    /// line per step (`EXPLAIN QUERY PLAN`'s `detail`).
+    async fn plan(store: &SqliteStore, statement: &str, named: bool) -> String {
+        let explain = format!("EXPLAIN QUERY PLAN {statement}");
+        let mut query = sqlx::query_as(&explain)
+            .bind("job")
+            .bind(0_i64)
+            .bind(500_i64);
+        if named {
+            query = query.bind("step");
+        }
+        let rows: Vec<(i64, i64, i64, String)> = query.fetch_all(store.pool()).await.unwrap();
         rows.into_iter().map(|row| row.3 + "\n").collect()
     }
 
@@ -1902,11 +1953,17 @@ mod tests {
         let store = SqliteStore::open(dir.path().join("jobs.db").to_str().unwrap())
             .await
             .unwrap();
-        for (statement, index) in [
-            (CANDIDATES, "jobgraph_steps_ready"),
-            (ELEMENT_CANDIDATES, "jobgraph_queue_elements_ready"),
+        for (statement, index, named) in [
+            (CANDIDATES, "jobgraph_steps_ready", false),
+            (LIMITED_CANDIDATES, "jobgraph_steps_ready_limited", true),
+            (ELEMENT_CANDIDATES, "jobgraph_queue_elements_ready", false),
+            (
+                LIMITED_ELEMENT_CANDIDATES,
+                "jobgraph_queue_elements_ready_limited",
+                true,
+            ),
         ] {
-            let plan = plan(&store, statement).await;
+            let plan = plan(&store, statement, named).await;
             assert!(plan.contains(&format!("USING INDEX {index} ")), "{plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{plan}");
         }
