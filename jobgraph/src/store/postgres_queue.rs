@@ -2699,6 +2699,25 @@ macro_rules! step_candidates {
     };
 }
 
+/// The rows `$candidates!` (a macro of one job's claimable rows, given which) reads: the
+/// unlimited ones of each job of `$1`, and the limited ones of each step with room (`$2[i]`,
+/// `$3[i]`; `$with_room`: its condition on `s`, joined as `o`).
+macro_rules! unlimited_and_with_room {
+    ($candidates:ident, $with_room:literal) => {
+        concat!(
+            "SELECT p.* FROM unnest($1::text[]) AS j (job)
+    CROSS JOIN LATERAL (",
+            $candidates!("s.job = j.job AND NOT s.limited"),
+            ") p
+    UNION ALL
+    SELECT p.* FROM unnest($2::text[], $3::text[]) AS o (job, step)
+    CROSS JOIN LATERAL (",
+            $candidates!($with_room),
+            ") p"
+        )
+    };
+}
+
 /// The claimable steps of each job of `$1`, best first, locked (`SKIP LOCKED`: passing over
 /// the steps other transactions hold), at most `$6` of each: unlimited steps, and limited steps
 /// with room (`$2[i]`, `$3[i]`, whose limit rows this transaction locked); not the steps this
@@ -2709,16 +2728,9 @@ macro_rules! step_candidates {
 /// merge sort, 67 ms at 60,000 ready). The limited steps with room are read the same way, one
 /// step at a time, from `jobgraph_steps_ready_by_name` (`jobgraph_steps_ready` holds the
 /// unlimited only): a step whose room is used up is not read at all, however many of it wait.
-const CANDIDATES: &str = concat!(
-    "SELECT p.* FROM unnest($1::text[]) AS j (job)
-    CROSS JOIN LATERAL (",
-    step_candidates!("s.job = j.job AND NOT s.limited"),
-    ") p
-    UNION ALL
-    SELECT p.* FROM unnest($2::text[], $3::text[]) AS o (job, step)
-    CROSS JOIN LATERAL (",
-    step_candidates!("s.job = o.job AND s.name = o.step AND s.limited"),
-    ") p"
+const CANDIDATES: &str = unlimited_and_with_room!(
+    step_candidates,
+    "s.job = o.job AND s.name = o.step AND s.limited"
 );
 
 /// `ELEMENT_CANDIDATES`' claimable fan-out elements of one job (`$which`, an SQL condition on
@@ -2751,16 +2763,9 @@ macro_rules! element_candidates {
 /// unlimited ones from `jobgraph_queue_elements_ready`, the limited ones with room step by step
 /// from `jobgraph_queue_elements_ready_by_name`: the elements of a fan-out at its limit are not
 /// read, however many wait.
-const ELEMENT_CANDIDATES: &str = concat!(
-    "SELECT p.* FROM unnest($1::text[]) AS j (job)
-    CROSS JOIN LATERAL (",
-    element_candidates!("s.job = j.job AND NOT s.limited"),
-    ") p
-    UNION ALL
-    SELECT p.* FROM unnest($2::text[], $3::text[]) AS o (job, step)
-    CROSS JOIN LATERAL (",
-    element_candidates!("s.job = o.job AND s.step = o.step AND s.limited"),
-    ") p"
+const ELEMENT_CANDIDATES: &str = unlimited_and_with_room!(
+    element_candidates,
+    "s.job = o.job AND s.step = o.step AND s.limited"
 );
 
 /// Stores the bucket less what was taken; `greatest`: a claim that began earlier but locked the
