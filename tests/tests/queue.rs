@@ -1684,9 +1684,20 @@ async fn old_limited_runs(store: &impl Queue, runs: u32) {
 
 /// Claims every ready step of `Limited` it may, and counts them by step: (`pooled`, `metered`).
 async fn claim_limited(store: &impl Queue) -> (usize, usize) {
-    let claims = store.claim("w1", &["Limited"], 100, LEASE).await.unwrap();
+    claim_counts(store, "Limited", ["pooled", "metered"]).await
+}
+
+/// Claims every ready step and element of `Bounded` it may, and counts them by step:
+/// (`halves`, `pooled`).
+async fn claim_bounded(store: &impl Queue) -> (usize, usize) {
+    claim_counts(store, "Bounded", ["halves", "pooled"]).await
+}
+
+/// Claims every ready step of `job` it may, and counts those of `steps`.
+async fn claim_counts(store: &impl Queue, job: &str, steps: [&str; 2]) -> (usize, usize) {
+    let claims = store.claim("w1", &[job], 100, LEASE).await.unwrap();
     let count = |step: &str| claims.iter().filter(|c| c.id.step == step).count();
-    (count("pooled"), count("metered"))
+    (count(steps[0]), count(steps[1]))
 }
 
 /// Steps stored before their step had limits are limited once a submit declares them, though
@@ -1737,9 +1748,7 @@ async fn elements_before_limits_are_limited(store: impl TestQueue, _base: u64) {
         .held()
         .await
         .unwrap();
-    let claims = store.claim(WORKER, &jobs, 100, LEASE).await.unwrap();
-    let count = |step: &str| claims.iter().filter(|c| c.id.step == step).count();
-    assert_eq!((count("halves"), count("pooled")), (4, 3), "{claims:?}");
+    assert_eq!(claim_bounded(&store).await, (4, 3));
 }
 
 /// A graph of `steps` (each a name and its parents' positions), for the whole test.
@@ -2083,13 +2092,7 @@ async fn postgres_claims_of_full_limited_fan_outs_read_no_backlog() {
         store.claim(WORKER, &jobs, 100, LEASE).await.unwrap().len(),
         3
     );
-    let before = rows_read(&mut admin, "jobgraph_queue_elements").await;
-    let store = PgStore::connect(db.url()).await.unwrap();
-    for _ in 0..20 {
-        let claims = store.claim(WORKER, &jobs, 100, LEASE).await.unwrap();
-        assert!(claims.is_empty(), "{claims:?}");
-    }
-    let read = rows_read(&mut admin, "jobgraph_queue_elements").await - before;
+    let read = read_by_empty_claims(&db, &mut admin, "PooledFan", "jobgraph_queue_elements").await;
     assert!(
         read < 1_000,
         "20 claims read {read} rows of jobgraph_queue_elements"
@@ -2357,9 +2360,7 @@ async fn sqlite_a_version_6_database_migrates_with_its_limited_rows_marked() {
     conn.close().await.unwrap();
     let store = SqliteStore::open(path).await.unwrap();
     assert_eq!(claim_limited(&store).await, (2, 3));
-    let claims = store.claim(WORKER, &["Bounded"], 100, LEASE).await.unwrap();
-    let count = |step: &str| claims.iter().filter(|c| c.id.step == step).count();
-    assert_eq!((count("halves"), count("pooled")), (4, 3), "{claims:?}");
+    assert_eq!(claim_bounded(&store).await, (4, 3));
 }
 
 /// SQLite has no `NOTIFY`: the commits of one process (through any clone of its store) wake
@@ -2988,14 +2989,25 @@ async fn postgres_claims_of_full_limited_steps_read_no_backlog() {
     let store = PgStore::connect(db.url()).await.unwrap();
     let first = store.claim(WORKER, &["Limited"], 100, LEASE).await.unwrap();
     assert_eq!(first.len(), 5);
-    let before = steps_read(&mut admin).await;
+    let read = read_by_empty_claims(&db, &mut admin, "Limited", "jobgraph_steps").await;
+    assert!(read < 1_000, "20 claims read {read} rows of jobgraph_steps");
+}
+
+/// The rows of `table` that 20 claims of `job` read (by a store connected after the count
+/// began, so that its statistics are its own), each of which must find nothing to take.
+async fn read_by_empty_claims(
+    db: &jobgraph_tests::pg::TestDb,
+    admin: &mut sqlx::PgConnection,
+    job: &str,
+    table: &str,
+) -> i64 {
+    let before = rows_read(admin, table).await;
     let store = PgStore::connect(db.url()).await.unwrap();
     for _ in 0..20 {
-        let claims = store.claim(WORKER, &["Limited"], 100, LEASE).await.unwrap();
+        let claims = store.claim(WORKER, &[job], 100, LEASE).await.unwrap();
         assert!(claims.is_empty(), "{claims:?}");
     }
-    let read = steps_read(&mut admin).await - before;
-    assert!(read < 1_000, "20 claims read {read} rows of jobgraph_steps");
+    rows_read(admin, table).await - before
 }
 
 /// The first submit of a job with limits marks the steps of its limited steps stored before
