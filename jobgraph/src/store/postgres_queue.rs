@@ -2291,9 +2291,10 @@ const LOCK_NAME: &str = "SELECT pg_advisory_xact_lock($1, hashtext($2))";
 
 const LOCK_NAME_SHARED: &str = "SELECT pg_advisory_xact_lock_shared($1, hashtext($2))";
 
-/// Plans the rest of the transaction's statements for their parameters: [`MARK_LIMITED`] (run
-/// once per limit row created) then reads the job's runs by `jobgraph_runs_by_job`, none but
-/// the submit's own for a new job, where a plan made for any job might read every step.
+/// Plans the rest of the transaction's statements for their parameters: the marking
+/// ([`LOCK_RUNS_TO_MARK`], [`MARK_LIMITED`], [`MARK_LIMITED_ELEMENTS`], run once per limit row
+/// created) then reads the job's runs by `jobgraph_runs_by_job`, none but the submit's own for a
+/// new job, where a plan made for any job might read every step.
 const PLAN_FOR_PARAMETERS: &str = "SET LOCAL plan_cache_mode = force_custom_plan";
 
 /// Marks the rows of step `$2` of job `$1` stored before its limit row, in every state (a
@@ -2310,7 +2311,9 @@ const MARK_LIMITED_ELEMENTS: &str = "UPDATE jobgraph_queue_elements e SET limite
 /// Locks, in id order, the runs of job `$1` with a row of step `$2` not yet marked
 /// [`MARK_LIMITED`]: the run's row first, as every writer of its steps (a worker's commit holds
 /// its runs while it writes their steps: marking them first would let the two wait for each
-/// other).
+/// other). A statement of its own, not a CTE of the marking's: the marking statements that
+/// follow take their snapshots after its waits, and so see the steps and elements the commits
+/// it waited for wrote.
 const LOCK_RUNS_TO_MARK: &str = "SELECT r.id FROM jobgraph_runs r
     WHERE r.job = $1
       AND EXISTS (SELECT 1 FROM jobgraph_steps s
