@@ -1879,6 +1879,74 @@ async fn postgres_a_claim_passes_over_rows_another_transaction_holds() {
     assert_eq!(last[0].id.run, held);
 }
 
+/// The runs of `claims`, in order.
+fn claimed_runs(claims: &[jobgraph::store::queue::Claim]) -> Vec<&str> {
+    claims.iter().map(|c| c.id.run.as_str()).collect()
+}
+
+/// A claim reads only the rows no transaction marked since their version was written (it
+/// would lock a row another claim took since its snapshot, and hold it against that step's
+/// completion). A lock that ended without an update leaves its mark: such a row is claimed by
+/// the next sweep, which reads every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_row_a_lock_left_marked_waits_for_the_next_sweep() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let pages = (0..5).map(|key| Pages { key, pages: vec![] });
+    let runs = Client::new(store)
+        .submit_batch("marks", pages)
+        .await
+        .unwrap();
+    // The store's first claim sweeps; it took what it asked for.
+    let first = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
+    assert_eq!(claimed_runs(&first), [&runs[0]]);
+    // A transaction locks the next best row and commits without writing it.
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobgraph_steps WHERE run_id = $1 FOR UPDATE")
+        .bind(&runs[1])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let next = store.claim(WORKER, &["Pages"], 2, LEASE).await.unwrap();
+    assert_eq!(claimed_runs(&next), [&runs[2], &runs[3]]);
+    // A sweep (due now that time moved) reads every claimable row: the marked one is the best.
+    store.age_leases(Duration::ZERO).await;
+    let swept = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
+    assert_eq!(claimed_runs(&swept), [&runs[1]]);
+}
+
+/// A claim that locked more rows than it took (a job's best steps and its best elements, of
+/// which it takes the best) leaves the others marked: the next claim reads them, and takes
+/// them in the queue's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rows_a_claim_locked_and_left_are_read_by_the_next_claim() {
+    let Some((_db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    // Two elements ready, then four runs whose first steps are ready after them.
+    listed(store, "fan", 900, vec![1, 2]).await;
+    let pages = (0..4).map(|key| Pages { key, pages: vec![] });
+    let runs = Client::new(store)
+        .submit_batch("after", pages)
+        .await
+        .unwrap();
+    // This claim locks two `list` rows and two elements, and takes the elements.
+    let elements = store.claim(WORKER, &["Pages"], 2, LEASE).await.unwrap();
+    assert_eq!(
+        units(&elements),
+        BTreeSet::from([("fetch".to_owned(), Some(0)), ("fetch".to_owned(), Some(1))])
+    );
+    // The next takes the two it left, the best, not the two after them.
+    let next = store.claim(WORKER, &["Pages"], 2, LEASE).await.unwrap();
+    assert_eq!(claimed_runs(&next), [&runs[0], &runs[1]]);
+}
+
 /// The only step of a run is completed by its row alone: the run's row is neither locked nor
 /// written. An abort of the run that waits for the step's row while the completion commits
 /// finds the run ended, cancels nothing and says so.

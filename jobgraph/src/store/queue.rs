@@ -266,19 +266,24 @@ pub(crate) fn claim_lease(ttr_ms: Option<i64>, lease: Duration) -> Duration {
     }
 }
 
-/// How often a PostgreSQL store's claims sweep for runs whose time to live expired (a claim
-/// never takes their steps in the meantime: the sweep only records their failure). Steps whose
-/// leases expired `max_attempts` times are failed by the claim that takes them instead.
+/// How often a PostgreSQL store's claims sweep: fail the runs whose time to live expired (a
+/// claim never takes their steps in the meantime: the sweep only records their failure), and
+/// read every claimable step, those an earlier lock left marked too (`postgres_queue`'s
+/// `CLAIM_UNLIMITED`). Steps whose leases expired `max_attempts` times are failed by the claim
+/// that takes them instead.
 #[cfg(feature = "postgres")]
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// When a store's next sweep is due, shared by its clones: the sweeps of many claims a second
-/// are one.
+/// are one. And whether a claim may have left steps marked by its locks (it locked more than
+/// it took, failed, or found fewer than it asked for): then the next claim reads them too,
+/// as a sweep does, without the sweep's expiry.
 #[cfg(feature = "postgres")]
 #[derive(Debug, Default)]
 pub(crate) struct Sweeps {
     /// Unix ms; 0: now.
     next: std::sync::atomic::AtomicI64,
+    marked: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(feature = "postgres")]
@@ -299,6 +304,19 @@ impl Sweeps {
     /// The next claim sweeps (time moved: `age_leases`).
     pub(crate) fn now(&self) {
         self.next.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A claim may have left steps marked: the next claim reads them.
+    pub(crate) fn marked(&self) {
+        self.marked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a claim may have left steps marked since the last call (so only the caller that
+    /// got `true` reads them; any claim that leaves marks again says so again).
+    pub(crate) fn take_marked(&self) -> bool {
+        self.marked
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
