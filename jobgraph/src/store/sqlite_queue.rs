@@ -520,6 +520,8 @@ struct Room {
     /// The rate's bucket after refilling, to store less what is taken.
     tokens: Option<f64>,
     taken: i64,
+    /// Whether it has ready rows in `jobgraph_steps`, in `jobgraph_queue_elements`.
+    ready: [bool; 2],
 }
 
 /// A ready step or element a claim chose: its row id in `jobgraph_steps`, or in
@@ -549,9 +551,7 @@ async fn choose(
         .fetch_all(&mut *conn)
         .await?
     {
-        const T: &str = "jobgraph_limits";
-        let (job, step) = (get(&row, "job", T)?, get(&row, "step", T)?);
-        rooms.push(room(conn, &row, job, step, now).await?);
+        rooms.push(room(&row, now)?);
     }
     // Each candidate with its table and, if limited, its room. One query per job and table (or
     // per limited step and table), so each reads its index in order and stops at its limit;
@@ -574,7 +574,10 @@ async fn choose(
         for (statement, element) in [
             (LIMITED_CANDIDATES, false),
             (LIMITED_ELEMENT_CANDIDATES, true),
-        ] {
+        ]
+        .into_iter()
+        .filter(|&(_, element)| room.ready[usize::from(element)])
+        {
             for row in sqlx::query(statement)
                 .bind(&room.job)
                 .bind(now)
@@ -625,14 +628,9 @@ async fn choose(
     Ok(chosen)
 }
 
-/// How many claims of a limited step `row` describes are allowed now.
-async fn room(
-    conn: &mut SqliteConnection,
-    row: &sqlx::sqlite::SqliteRow,
-    job: String,
-    step: String,
-    now: i64,
-) -> Result<Room, StoreError> {
+/// The room of the limited step of `row` (a row of `READY_LIMITS`) at `now`: its concurrency
+/// less its live claims, and the tokens its rate's bucket holds once refilled.
+fn room(row: &sqlx::sqlite::SqliteRow, now: i64) -> Result<Room, StoreError> {
     const T: &str = "jobgraph_limits";
     let concurrency: Option<i64> = get(row, "concurrency", T)?;
     let rate_count: Option<i64> = get(row, "rate_count", T)?;
@@ -640,12 +638,7 @@ async fn room(
     let burst: Option<i64> = get(row, "burst", T)?;
     let mut left = i64::MAX;
     if let Some(concurrency) = concurrency {
-        let running: i64 = sqlx::query_scalar(COUNT_CLAIMED)
-            .bind(&job)
-            .bind(&step)
-            .bind(now)
-            .fetch_one(&mut *conn)
-            .await?;
+        let running: i64 = get(row, "running", T)?;
         left = left.min(concurrency - running);
     }
     let mut bucket = None;
@@ -658,11 +651,12 @@ async fn room(
         bucket = Some(refilled);
     }
     Ok(Room {
-        job,
-        step,
+        job: get(row, "job", T)?,
+        step: get(row, "step", T)?,
         left,
         tokens: bucket,
         taken: 0,
+        ready: [get(row, "steps_ready", T)?, get(row, "elements_ready", T)?],
     })
 }
 
@@ -1656,26 +1650,30 @@ const LIMITED_ELEMENT_CANDIDATES: &str = candidates!(
 );
 
 /// The limit rows of jobs `?1` (a JSON list) whose step has a ready step or element at `?2`
-/// (held or not: the room says how many more).
-const READY_LIMITS: &str = "SELECT l.job, l.step, l.concurrency, l.rate_count,
-        l.rate_period_ms, l.burst, l.tokens, l.refilled_at
-    FROM jobgraph_limits l
-    WHERE l.job IN (SELECT value FROM json_each(?1))
-      AND (EXISTS (SELECT 1 FROM jobgraph_steps s
-              WHERE s.job = l.job AND s.name = l.step AND s.limited = 1
-                AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2)
-          OR EXISTS (SELECT 1 FROM jobgraph_queue_elements s
-              WHERE s.job = l.job AND s.step = l.step AND s.limited = 1
-                AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2))
+/// (held or not: the room says how many more), with the step's live claims (`running`, if it
+/// has a concurrency) and which of the two tables has its ready rows: all a claim needs to
+/// know of its limited steps, in one statement.
+const READY_LIMITS: &str = "SELECT l.*, CASE WHEN l.concurrency IS NOT NULL THEN
+        (SELECT COUNT(*) FROM jobgraph_steps
+         WHERE job = l.job AND name = l.step AND state = 'pending' AND worker IS NOT NULL
+           AND lease_until > ?2)
+        + (SELECT COUNT(*) FROM jobgraph_queue_elements
+         WHERE job = l.job AND step = l.step AND state = 'pending' AND worker IS NOT NULL
+           AND lease_until > ?2) END AS running
+    FROM (SELECT l.job, l.step, l.concurrency, l.rate_count, l.rate_period_ms, l.burst, l.tokens,
+            l.refilled_at,
+            EXISTS (SELECT 1 FROM jobgraph_steps s
+                WHERE s.job = l.job AND s.name = l.step AND s.limited = 1
+                  AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2)
+                AS steps_ready,
+            EXISTS (SELECT 1 FROM jobgraph_queue_elements s
+                WHERE s.job = l.job AND s.step = l.step AND s.limited = 1
+                  AND s.state = 'pending' AND s.ready_at IS NOT NULL AND s.ready_at <= ?2)
+                AS elements_ready
+        FROM jobgraph_limits l
+        WHERE l.job IN (SELECT value FROM json_each(?1))) l
+    WHERE l.steps_ready OR l.elements_ready
     ORDER BY l.job, l.step";
-
-const COUNT_CLAIMED: &str = "SELECT
-    (SELECT COUNT(*) FROM jobgraph_steps
-     WHERE job = ?1 AND name = ?2 AND state = 'pending' AND worker IS NOT NULL
-       AND lease_until > ?3)
-    + (SELECT COUNT(*) FROM jobgraph_queue_elements
-     WHERE job = ?1 AND step = ?2 AND state = 'pending' AND worker IS NOT NULL
-       AND lease_until > ?3)";
 
 const TAKE_TOKENS: &str = "UPDATE jobgraph_limits SET tokens = ?3, refilled_at = ?4
     WHERE job = ?1 AND step = ?2";
