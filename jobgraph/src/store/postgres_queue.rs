@@ -24,12 +24,12 @@
 //!   index, below), in the index's order (priority, ready
 //!   time, the run's creation, the step's index: every column on the step's row), one job at a
 //!   time, so it reads about as many rows as it claims, whatever the backlog. With no limited
-//!   step ready it is one statement. A
-//!   step another claim (or a completion, an abort...) holds is passed over, so concurrent
-//!   workers neither block each other nor claim one step twice; and so is a row whose version
-//!   another transaction marked (`xmax`) since it was written, which includes every step other
-//!   claims took since the claim's snapshot, but for the claims that read every row: the one
-//!   after a claim that may have left marks, and a sweep once a second (`CLAIM_UNLIMITED`). A claim changes no step's state
+//!   step ready it is one statement. A step another claim (or a completion, an abort...) holds
+//!   is passed over, so concurrent workers neither block each other nor claim one step twice;
+//!   and so is a row whose version another transaction marked (`xmax`) since it was written,
+//!   which includes every step other claims took since the claim's snapshot, but for the claims
+//!   that read every row: the one after a claim that may have left marks, and a sweep once a
+//!   second (`CLAIM_UNLIMITED`). A claim changes no step's state
 //!   (only `worker`, `lease_until`, `claims`), and writes no run, so it needs no run lock. A
 //!   queued run is stored `pending` until the first of its steps ends (the transaction that ends
 //!   it writes `running`, or the run's end): readers see a pending run with a claimed step, or a
