@@ -2019,6 +2019,71 @@ async fn waiting_for_locks(watch: &mut sqlx::PgConnection, n: i64) {
     .await
 }
 
+/// Stores the rows of `jobgraph_steps` and `jobgraph_queue_elements` again as a process of a
+/// build before schema version 14 would insert them: naming every column but `limited`.
+const REINSERT_AS_AN_OLDER_BUILD: &str = "DO $$
+    DECLARE steps text; elements text;
+    BEGIN
+        SELECT string_agg(quote_ident(column_name), ', ') INTO steps
+            FROM information_schema.columns
+            WHERE table_name = 'jobgraph_steps' AND column_name <> 'limited';
+        SELECT string_agg(quote_ident(column_name), ', ') INTO elements
+            FROM information_schema.columns
+            WHERE table_name = 'jobgraph_queue_elements' AND column_name <> 'limited';
+        CREATE TEMP TABLE old_steps AS SELECT * FROM jobgraph_steps;
+        CREATE TEMP TABLE old_elements AS SELECT * FROM jobgraph_queue_elements;
+        DELETE FROM jobgraph_steps;
+        EXECUTE format('INSERT INTO jobgraph_steps (%s) SELECT %s FROM old_steps', steps, steps);
+        EXECUTE format('INSERT INTO jobgraph_queue_elements (%s) SELECT %s FROM old_elements',
+            elements, elements);
+    END $$";
+
+/// A fleet is upgraded process by process: the first process of a new build migrates the
+/// database, and those of the build before keep inserting rows until they are replaced, naming
+/// the columns they knew. Their steps and fan-out elements are marked from the limit rows as
+/// this build's are (schema version 16), so the limits hold for them: of five runs of `Limited`
+/// and two of `Bounded` (its elements inserted), a claim of everything takes 2 `pooled` and 3
+/// `metered`, and 4 `halves` (two per run: the fan-out's bound) and 3 `pooled` (its
+/// concurrency). Unmarked (`limited` false, the default before), they were all claimed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rows_an_older_build_inserts_are_limited() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let client = Client::new(store);
+    client
+        .submit_batch("fans", [Bounded { n: 5 }, Bounded { n: 5 }])
+        .await
+        .unwrap();
+    for root in store.claim(WORKER, &["Bounded"], 10, LEASE).await.unwrap() {
+        store
+            .complete(WORKER, &root.id, "[0,1,2,3,4]", 0)
+            .await
+            .unwrap();
+    }
+    client
+        .submit_batch("limited", (0..5).map(|n| Limited { n }))
+        .await
+        .unwrap();
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql(REINSERT_AS_AN_OLDER_BUILD)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let unmarked: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM jobgraph_steps WHERE limited IS NULL)
+            + (SELECT count(*) FROM jobgraph_queue_elements WHERE limited IS NULL)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(unmarked, 0);
+    assert_eq!(claim_limited(store).await, (2, 3));
+    assert_eq!(claim_bounded(store).await, (4, 3));
+}
+
 /// A submit that stores steps of a step without limits (an older version of the job) while
 /// another submit creates the step's limit row cannot see that row, nor the other its steps,
 /// until one commits; yet the steps end limited. The older submit is stopped inside its insert
@@ -2040,8 +2105,8 @@ async fn postgres_steps_stored_while_their_limits_are_created_are_limited() {
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO jobgraph_steps (run_id, idx, name, state, job) \
-         VALUES ('old/0', 0, 'pooled', 'pending', 'Limited')",
+        "INSERT INTO jobgraph_steps (run_id, idx, name, state, job, limited) \
+         VALUES ('old/0', 0, 'pooled', 'pending', 'Limited', false)",
     )
     .execute(&mut *tx)
     .await
@@ -2827,7 +2892,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "15");
+    assert_eq!(version, "16");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -3155,9 +3220,13 @@ async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted(
         .unwrap();
     assert_eq!(first.iter().filter(|c| c.id.step == "pooled").count(), 2);
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    // Versions 15, 14, 11 and 10 undone, then version 9 (12 and 13 apply again as they are).
+    // Versions 16, 15, 14, 11 and 10 undone, then version 9 (12 and 13 apply again as they are).
     sqlx::raw_sql(
-        "ALTER TABLE jobgraph_queue_elements DROP COLUMN limited;
+        "DROP TRIGGER jobgraph_steps_limited ON jobgraph_steps;
+        DROP TRIGGER jobgraph_queue_elements_limited ON jobgraph_queue_elements;
+        DROP FUNCTION jobgraph_mark_limited_step();
+        DROP FUNCTION jobgraph_mark_limited_element();
+        ALTER TABLE jobgraph_queue_elements DROP COLUMN limited;
         CREATE INDEX jobgraph_queue_elements_ready ON jobgraph_queue_elements
             (job, priority DESC, ready_at, run_seq, position, idx)
             WHERE state = 'pending' AND ready_at IS NOT NULL;

@@ -599,9 +599,11 @@ macro_rules! by_name {
     };
 }
 
-/// All of a new run's steps in one statement, numbered in graph order (no job: a runner's).
-const INSERT_STEPS: &str = "INSERT INTO jobgraph_steps (run_id, idx, name, state)
-    SELECT $1, (t.ord - 1)::integer, t.name, 'pending'
+/// All of a new run's steps in one statement, numbered in graph order (no job: a runner's; and
+/// no limits: `limited` named, as every insert of this build's, so that schema version 16's
+/// trigger for the inserts of older builds does not run).
+const INSERT_STEPS: &str = "INSERT INTO jobgraph_steps (run_id, idx, name, state, limited)
+    SELECT $1, (t.ord - 1)::integer, t.name, 'pending', false
     FROM unnest($2::text[]) WITH ORDINALITY AS t (name, ord)";
 
 async fn insert_steps(

@@ -52,7 +52,9 @@
 //!   insert steps under their job's advisory lock, shared, and the one that creates a limit row
 //!   takes it exclusively to mark the step's rows and elements stored before, their runs locked
 //!   first ([`store_limits`]); an element copies its step row's flag when its fan-out's commit
-//!   inserts it, under its run's lock.
+//!   inserts it, under its run's lock. A row a process of an older build inserts, without the
+//!   flag, is marked from the limit rows by a trigger that runs for such rows only (schema
+//!   version 16).
 //! - **An exhausted step is failed by the claim that reaches it.** A claim takes a step whose
 //!   lease expired like any other, `max_attempts` times or not: no index reads the leases
 //!   (claims are HOT updates), so finding exhausted steps apart from claims would read every
