@@ -1920,6 +1920,42 @@ async fn postgres_a_row_a_lock_left_marked_waits_for_the_next_sweep() {
     assert_eq!(claimed_runs(&swept), [&runs[1]]);
 }
 
+/// A claim that failed may have left marks (its locks, and any update, ended with it): the next
+/// claim reads every row. Here the claim fails before it locks anything (its statement cannot
+/// be planned: the runs' `input` is renamed away), and a row a lock left marked before it is
+/// taken by the claim after it, not passed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_claim_after_a_failed_claim_reads_every_row() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let pages = (0..4).map(|key| Pages { key, pages: vec![] });
+    let runs = Client::new(store)
+        .submit_batch("marks", pages)
+        .await
+        .unwrap();
+    let first = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
+    assert_eq!(claimed_runs(&first), [&runs[0]]);
+    let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobgraph_steps WHERE run_id = $1 FOR UPDATE")
+        .bind(&runs[1])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let rename = "ALTER TABLE jobgraph_runs RENAME COLUMN input TO renamed";
+    sqlx::query(rename).execute(&mut other).await.unwrap();
+    let failed = store.claim(WORKER, &["Pages"], 1, LEASE).await;
+    assert!(failed.is_err(), "{failed:?}");
+    let back = "ALTER TABLE jobgraph_runs RENAME COLUMN renamed TO input";
+    sqlx::query(back).execute(&mut other).await.unwrap();
+    let next = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
+    assert_eq!(claimed_runs(&next), [&runs[1]]);
+}
+
 /// A claim that locked more rows than it took (a job's best steps and its best elements, of
 /// which it takes the best) leaves the others marked: the next claim reads them, and takes
 /// them in the queue's order.
