@@ -1884,6 +1884,28 @@ fn claimed_runs(claims: &[jobgraph::store::queue::Claim]) -> Vec<&str> {
     claims.iter().map(|c| c.id.run.as_str()).collect()
 }
 
+/// Five runs of `Pages` (their ids), the first claimed (by the store's first claim, a sweep,
+/// which took what it asked for), the second's row locked by another transaction, which
+/// committed without writing it: marked. `other`: that transaction's connection.
+async fn second_marked(store: &PgStore, other: &mut sqlx::PgConnection) -> Vec<String> {
+    use sqlx::Connection as _;
+    let pages = (0..5).map(|key| Pages { key, pages: vec![] });
+    let runs = Client::new(store)
+        .submit_batch("marks", pages)
+        .await
+        .unwrap();
+    let first = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
+    assert_eq!(claimed_runs(&first), [&runs[0]]);
+    let mut tx = other.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobgraph_steps WHERE run_id = $1 FOR UPDATE")
+        .bind(&runs[1])
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    runs
+}
+
 /// A claim reads only the rows no transaction marked since their version was written (it
 /// would lock a row another claim took since its snapshot, and hold it against that step's
 /// completion). A lock that ended without an update leaves its mark: such a row is claimed by
@@ -1895,23 +1917,8 @@ async fn postgres_a_row_a_lock_left_marked_waits_for_the_next_sweep() {
         return;
     };
     let store = &stores[0];
-    let pages = (0..5).map(|key| Pages { key, pages: vec![] });
-    let runs = Client::new(store)
-        .submit_batch("marks", pages)
-        .await
-        .unwrap();
-    // The store's first claim sweeps; it took what it asked for.
-    let first = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
-    assert_eq!(claimed_runs(&first), [&runs[0]]);
-    // A transaction locks the next best row and commits without writing it.
     let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    let mut tx = other.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM jobgraph_steps WHERE run_id = $1 FOR UPDATE")
-        .bind(&runs[1])
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let runs = second_marked(store, &mut other).await;
     let next = store.claim(WORKER, &["Pages"], 2, LEASE).await.unwrap();
     assert_eq!(claimed_runs(&next), [&runs[2], &runs[3]]);
     // A sweep (due now that time moved) reads every claimable row: the marked one is the best.
@@ -1931,21 +1938,8 @@ async fn postgres_the_claim_after_a_failed_claim_reads_every_row() {
         return;
     };
     let store = &stores[0];
-    let pages = (0..4).map(|key| Pages { key, pages: vec![] });
-    let runs = Client::new(store)
-        .submit_batch("marks", pages)
-        .await
-        .unwrap();
-    let first = store.claim(WORKER, &["Pages"], 1, LEASE).await.unwrap();
-    assert_eq!(claimed_runs(&first), [&runs[0]]);
     let mut other = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    let mut tx = other.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM jobgraph_steps WHERE run_id = $1 FOR UPDATE")
-        .bind(&runs[1])
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    let runs = second_marked(store, &mut other).await;
     let rename = "ALTER TABLE jobgraph_runs RENAME COLUMN input TO renamed";
     sqlx::query(rename).execute(&mut other).await.unwrap();
     let failed = store.claim(WORKER, &["Pages"], 1, LEASE).await;
