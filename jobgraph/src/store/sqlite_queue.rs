@@ -520,8 +520,10 @@ struct Room {
     /// The rate's bucket after refilling, to store less what is taken.
     tokens: Option<f64>,
     taken: i64,
-    /// Whether it has ready rows in `jobgraph_steps`, in `jobgraph_queue_elements`.
-    ready: [bool; 2],
+    /// Whether it has ready rows in `jobgraph_steps`.
+    steps_ready: bool,
+    /// Whether it has ready rows in `jobgraph_queue_elements`.
+    elements_ready: bool,
 }
 
 /// A ready step or element a claim chose: its row id in `jobgraph_steps`, or in
@@ -571,13 +573,13 @@ async fn choose(
         }
     }
     for (index, room) in rooms.iter().enumerate().filter(|(_, r)| r.left > 0) {
-        for (statement, element) in [
-            (LIMITED_CANDIDATES, false),
-            (LIMITED_ELEMENT_CANDIDATES, true),
-        ]
-        .into_iter()
-        .filter(|&(_, element)| room.ready[usize::from(element)])
-        {
+        for (statement, element, ready) in [
+            (LIMITED_CANDIDATES, false, room.steps_ready),
+            (LIMITED_ELEMENT_CANDIDATES, true, room.elements_ready),
+        ] {
+            if !ready {
+                continue;
+            }
             for row in sqlx::query(statement)
                 .bind(&room.job)
                 .bind(now)
@@ -656,7 +658,8 @@ fn room(row: &sqlx::sqlite::SqliteRow, now: i64) -> Result<Room, StoreError> {
         left,
         tokens: bucket,
         taken: 0,
-        ready: [get(row, "steps_ready", T)?, get(row, "elements_ready", T)?],
+        steps_ready: get(row, "steps_ready", T)?,
+        elements_ready: get(row, "elements_ready", T)?,
     })
 }
 
