@@ -508,9 +508,9 @@ async fn claims_follow_priority(store: impl TestQueue, _base: u64) {
         .await
         .unwrap();
     let claims = store.claim(WORKER, &["Diamond"], 10, LEASE).await.unwrap();
-    let order: Vec<_> = claims.iter().map(|c| c.id.run.clone()).collect();
-    assert_eq!(order, [high.id, low.id]);
-    assert!(!order.contains(&later.id));
+    let order = claimed_runs(&claims);
+    assert_eq!(order, [&high.id, &low.id]);
+    assert!(!order.contains(&later.id.as_str()));
 }
 
 async fn expired_leases_count(store: impl TestQueue, _base: u64) {
