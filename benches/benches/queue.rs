@@ -39,6 +39,8 @@
 //!    over the burn-down, from `/proc`), beside each worker process's own `cpu_ms`.
 //! 2. **Graphs** (jobgraph only): the same for an 8-step diamond job and a job whose step
 //!    `for_each`es over 100 elements: steps/s (a `for_each` element counts as a step).
+//!    `floor-pg` burns down the diamond too: the fewest writes a store claiming steps from a
+//!    row per step could make for a graph (`queue/floor.rs`).
 //! 3. **Latency**: one worker process on an idle system; one job submitted at a time, then its
 //!    completion polled every 0.5 ms from the submitting process: p50 and p99 of submit to
 //!    completion seen. The peers and jobgraph on PostgreSQL wake on LISTEN/NOTIFY; jobgraph on
@@ -67,8 +69,8 @@ use serde::{Deserialize, Serialize};
 enum System {
     JobgraphPg,
     JobgraphSqlite,
-    /// The fewest writes a single-step job needs in jobgraph's PostgreSQL schema, as bare SQL
-    /// (`queue/floor.rs`).
+    /// The fewest writes a single-step job (and a step of the diamond) needs in jobgraph's
+    /// PostgreSQL schema, as bare SQL (`queue/floor.rs`).
     FloorPg,
     Awa,
     Graphile,
@@ -423,11 +425,14 @@ fn worker_main(args: &[String]) {
                 jobgraph_worker(store, name, workload, mode).await;
             }
             System::FloorPg => {
-                assert_eq!(
-                    workload,
-                    Workload::Noop,
-                    "floor-pg runs single-step jobs only"
-                );
+                let (job, graph) = match workload {
+                    Workload::Noop => (<Noop as jobgraph::Job>::NAME, None),
+                    Workload::Diamond => (
+                        <Diamond as jobgraph::Job>::NAME,
+                        Some(jobgraph::durable::graph_spec::<Diamond>()),
+                    ),
+                    Workload::ForEach => panic!("floor-pg runs no `for_each`"),
+                };
                 let stop = CancellationToken::new();
                 // Listening for `stop` once `go` was read.
                 let ready = {
@@ -437,8 +442,7 @@ fn worker_main(args: &[String]) {
                         cancel_on_stop(&stop);
                     }
                 };
-                let job = <Noop as jobgraph::Job>::NAME;
-                let (claimed, completed) = floor::worker(url, name, job, ready, stop).await;
+                let (claimed, completed) = floor::worker(url, name, job, graph, ready, stop).await;
                 done(&format!("claimed={claimed} completed={completed} failed=0"));
             }
             #[cfg(feature = "peers")]
@@ -1347,7 +1351,7 @@ async fn coordinate(o: Options) {
     if o.diagnose {
         DIAGNOSE.store(true, std::sync::atomic::Ordering::Relaxed);
         for &system in &run {
-            if system == System::FloorPg && o.diagnose_workload != Workload::Noop {
+            if system == System::FloorPg && o.diagnose_workload == Workload::ForEach {
                 continue;
             }
             for &procs in &o.procs {
@@ -1401,7 +1405,9 @@ async fn coordinate(o: Options) {
         }
         .max(1);
         for &procs in &o.procs {
-            for &system in run.iter().filter(|s| s.is_jobgraph()) {
+            for &system in run.iter().filter(|s| {
+                s.is_jobgraph() || (**s == System::FloorPg && workload == Workload::Diamond)
+            }) {
                 let (mut v, mut capped) = (Vec::new(), false);
                 for _ in 0..o.rounds {
                     let burn = burn_down(system, workload, runs, procs, o.cap).await;
@@ -1651,7 +1657,7 @@ fn report(
          | for_each steps/s | ÷ single-step |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for system in [System::JobgraphPg, System::JobgraphSqlite] {
+    for system in [System::JobgraphPg, System::JobgraphSqlite, System::FloorPg] {
         for &procs in &o.procs {
             let g = |w: Workload| {
                 graphs

@@ -16,12 +16,24 @@
 //! overlapping the completions of the other. On 2 cores the floor is highest with 2 to 4 loops
 //! in all: more claims at once contend for the cores, and each claim passes over the steps the
 //! others hold (claimed steps stay in the claim's index, so that a claim is a HOT update).
+//!
+//! The floor of a graph (the 8-step diamond, `--cells graphs`): a claim as above that also
+//! returns each step's parents' outputs, and a commit of three statements in one transaction:
+//! the steps' completions, their children's readiness (each child's count of dependencies left,
+//! and its ready time once none is), and the end of each run whose last step completed. No run
+//! is locked: a child's row lock orders its parents' commits, each counting down the version
+//! the one before committed. A step of a graph thus costs three row writes (made ready, claimed,
+//! completed) where a single-step job costs two, and a run's end one more: what no store that
+//! keeps a row per step and claims steps, not runs, can do with fewer.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use jobgraph::CancellationToken;
+use jobgraph::store::GraphSpec;
+use sqlx::PgPool;
 use sqlx::Row as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -64,12 +76,94 @@ const COMPLETE: &str = "UPDATE jobgraph_steps s
     WHERE s.run_id = c.run_id AND s.name = c.name AND s.worker = $1
       AND s.claims = c.claims AND s.state = 'pending' AND s.alone";
 
-/// A `floor-pg` worker process named `name` on database `url`, running single-step jobs of
-/// `job` (each returns its input) until `stop` is cancelled: how many it claimed and completed.
+/// [`CLAIM`] of the steps of a graph: each step's position and its parents' outputs too
+/// (`$4[i]`'s parents are `$5[i]`, an edge per entry, positions in the graph), in position
+/// order, as jobgraph's claim reads them.
+const CLAIM_GRAPH: &str = "WITH picked AS (
+        SELECT s.ctid AS row FROM jobgraph_steps s
+        WHERE s.job = $3 AND NOT s.limited AND s.state = 'pending' AND s.ready_at IS NOT NULL
+          AND s.ready_at <= now()
+          AND (s.worker IS NULL
+               OR (s.lease_until <= now() AND s.claims - s.fails < s.max_attempts))
+          AND (s.expires_at IS NULL OR s.expires_at > now())
+        ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
+        LIMIT $2
+        FOR UPDATE OF s SKIP LOCKED
+    )
+    UPDATE jobgraph_steps s
+    SET worker = $1, lease_until = now() + interval '1 minute', claims = s.claims + 1
+    WHERE s.ctid = ANY (ARRAY(SELECT row FROM picked))
+    RETURNING s.run_id, s.idx, s.claims,
+        (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id) AS input,
+        ARRAY(SELECT p.output FROM jobgraph_steps p
+            WHERE p.run_id = s.run_id AND p.idx IN (SELECT e.parent
+                FROM unnest($4::integer[], $5::integer[]) AS e (child, parent)
+                WHERE e.child = s.idx)
+            ORDER BY p.idx) AS outputs";
+
+/// Each step (`$2[i]`, `$3[i]`: run, position) that `$1` holds under claim `$4[i]` completed
+/// with output `$5[i]`.
+const COMPLETE_GRAPH: &str = "UPDATE jobgraph_steps s
+    SET state = 'completed', output = c.output, attempts = s.claims, error = NULL,
+        started_at = now(), ended_at = now(), worker = NULL, lease_until = NULL,
+        ready_at = NULL
+    FROM unnest($2::text[], $3::integer[], $4::bigint[], $5::text[])
+        AS c (run_id, idx, claims, output)
+    WHERE s.run_id = c.run_id AND s.idx = c.idx AND s.worker = $1
+      AND s.claims = c.claims AND s.state = 'pending'";
+
+/// Each step (`$1[i]`, `$2[i]`: run, position) had `$3[i]` of its dependencies complete: counted
+/// down, and ready once none is left.
+const READY_CHILDREN: &str = "UPDATE jobgraph_steps s
+    SET waiting = s.waiting - d.n, ready_at = CASE WHEN s.waiting = d.n THEN now() END
+    FROM unnest($1::text[], $2::integer[], $3::integer[]) AS d (run_id, idx, n)
+    WHERE s.run_id = d.run_id AND s.idx = d.idx AND s.state = 'pending' AND s.waiting >= d.n";
+
+/// Runs `$1`, whose last step completed, succeeded.
+const END_RUNS: &str = "UPDATE jobgraph_runs
+    SET state = 'succeeded', error = NULL, updated_at = now(), expires_at = NULL
+    WHERE id = ANY ($1)";
+
+/// The graph a floor worker runs: each step's parents and children, and its one last step.
+struct Graph {
+    /// Edges as (child, parent) positions, the claim's `$4` and `$5`.
+    edges: (Vec<i32>, Vec<i32>),
+    children: Vec<Vec<i32>>,
+    last: i32,
+}
+
+impl Graph {
+    fn of(spec: &GraphSpec) -> Graph {
+        let n = spec.steps.len();
+        let (mut child, mut parent) = (Vec::new(), Vec::new());
+        for c in 0..n {
+            for p in spec.dependencies(c) {
+                child.push(c as i32);
+                parent.push(p as i32);
+            }
+        }
+        let children: Vec<Vec<i32>> = (0..n)
+            .map(|p| spec.children(p).into_iter().map(|c| c as i32).collect())
+            .collect();
+        let last: Vec<usize> = (0..n).filter(|&p| children[p].is_empty()).collect();
+        assert_eq!(last.len(), 1, "the floor runs graphs with one last step");
+        Graph {
+            edges: (child, parent),
+            children,
+            last: last[0] as i32,
+        }
+    }
+}
+
+/// A `floor-pg` worker process named `name` on database `url`, running jobs of `job` until
+/// `stop` is cancelled: single-step jobs (each returns its input), or with `graph` that job's
+/// steps (each returns the sum of its parents' outputs, its run's first 1): how many steps it
+/// claimed and completed.
 pub(crate) async fn worker(
     url: &str,
     name: &str,
     job: &'static str,
+    graph: Option<GraphSpec>,
     ready: impl FnOnce(),
     stop: CancellationToken,
 ) -> (u64, u64) {
@@ -85,6 +179,7 @@ pub(crate) async fn worker(
         .connect_with(options.options([("plan_cache_mode", "force_generic_plan")]))
         .await
         .expect("connect the floor's pool");
+    let graph = graph.map(|spec| Arc::new(Graph::of(&spec)));
     let claimed = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
     ready();
@@ -92,45 +187,22 @@ pub(crate) async fn worker(
         .map(|_| {
             let (pool, name, stop) = (pool.clone(), name.to_owned(), stop.clone());
             let (claimed, completed) = (Arc::clone(&claimed), Arc::clone(&completed));
+            let graph = graph.clone();
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
-                    let rows = sqlx::query(CLAIM)
-                        .bind(&name)
-                        .bind(TAKE)
-                        .bind(job)
-                        .fetch_all(&pool)
-                        .await
-                        .expect("the floor's claim");
-                    if rows.is_empty() {
+                    let n = match &graph {
+                        None => single_steps(&pool, &name, job).await,
+                        Some(graph) => graph_steps(&pool, &name, job, graph).await,
+                    };
+                    if n == 0 {
                         tokio::select! {
                             () = tokio::time::sleep(Duration::from_millis(5)) => {}
                             () = stop.cancelled() => {}
                         }
                         continue;
                     }
-                    claimed.fetch_add(rows.len() as u64, Ordering::Relaxed);
-                    let mut runs = Vec::with_capacity(rows.len());
-                    let mut names = Vec::with_capacity(rows.len());
-                    let mut claims = Vec::with_capacity(rows.len());
-                    let mut outputs = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        runs.push(row.get::<String, _>("run_id"));
-                        names.push(row.get::<String, _>("name"));
-                        claims.push(row.get::<i64, _>("claims"));
-                        // The job: its output is its input.
-                        outputs.push(row.get::<String, _>("input"));
-                    }
-                    let ended = sqlx::query(COMPLETE)
-                        .bind(&name)
-                        .bind(&runs)
-                        .bind(&names)
-                        .bind(&claims)
-                        .bind(&outputs)
-                        .execute(&pool)
-                        .await
-                        .expect("the floor's completion");
-                    assert_eq!(ended.rows_affected(), rows.len() as u64, "runs ended");
-                    completed.fetch_add(ended.rows_affected(), Ordering::Relaxed);
+                    claimed.fetch_add(n, Ordering::Relaxed);
+                    completed.fetch_add(n, Ordering::Relaxed);
                 }
             })
         })
@@ -143,4 +215,114 @@ pub(crate) async fn worker(
         claimed.load(Ordering::Relaxed),
         completed.load(Ordering::Relaxed),
     )
+}
+
+/// Claims and completes up to [`TAKE`] single-step jobs: how many.
+async fn single_steps(pool: &PgPool, name: &str, job: &str) -> u64 {
+    let rows = sqlx::query(CLAIM)
+        .bind(name)
+        .bind(TAKE)
+        .bind(job)
+        .fetch_all(pool)
+        .await
+        .expect("the floor's claim");
+    if rows.is_empty() {
+        return 0;
+    }
+    let mut runs = Vec::with_capacity(rows.len());
+    let mut names = Vec::with_capacity(rows.len());
+    let mut claims = Vec::with_capacity(rows.len());
+    let mut outputs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        runs.push(row.get::<String, _>("run_id"));
+        names.push(row.get::<String, _>("name"));
+        claims.push(row.get::<i64, _>("claims"));
+        // The job: its output is its input.
+        outputs.push(row.get::<String, _>("input"));
+    }
+    let ended = sqlx::query(COMPLETE)
+        .bind(name)
+        .bind(&runs)
+        .bind(&names)
+        .bind(&claims)
+        .bind(&outputs)
+        .execute(pool)
+        .await
+        .expect("the floor's completion");
+    assert_eq!(ended.rows_affected(), rows.len() as u64, "runs ended");
+    ended.rows_affected()
+}
+
+/// Claims and completes up to [`TAKE`] steps of `graph`'s runs: how many.
+async fn graph_steps(pool: &PgPool, name: &str, job: &str, graph: &Graph) -> u64 {
+    let rows = sqlx::query(CLAIM_GRAPH)
+        .bind(name)
+        .bind(TAKE)
+        .bind(job)
+        .bind(&graph.edges.0)
+        .bind(&graph.edges.1)
+        .fetch_all(pool)
+        .await
+        .expect("the floor's claim");
+    if rows.is_empty() {
+        return 0;
+    }
+    let (mut runs, mut positions) = (Vec::new(), Vec::new());
+    let (mut claims, mut outputs) = (Vec::new(), Vec::new());
+    // Each child's dependencies completed here, by (run, position): sorted, so that two
+    // commits count down their common children in one order.
+    let mut kids: BTreeMap<(String, i32), i32> = BTreeMap::new();
+    let mut ended = Vec::new();
+    for row in &rows {
+        let run: String = row.get("run_id");
+        let position: i32 = row.get("idx");
+        let parents: Vec<String> = row.get("outputs");
+        let output: u64 = if parents.is_empty() {
+            1
+        } else {
+            parents
+                .iter()
+                .map(|o| o.parse::<u64>().expect("a parent's output"))
+                .fold(0, u64::wrapping_add)
+        };
+        for &kid in &graph.children[position as usize] {
+            *kids.entry((run.clone(), kid)).or_default() += 1;
+        }
+        if position == graph.last {
+            ended.push(run.clone());
+        }
+        runs.push(run);
+        positions.push(position);
+        claims.push(row.get::<i64, _>("claims"));
+        outputs.push(output.to_string());
+    }
+    let (kid_keys, counts): (Vec<(String, i32)>, Vec<i32>) = kids.into_iter().unzip();
+    let (kid_runs, kid_positions): (Vec<String>, Vec<i32>) = kid_keys.into_iter().unzip();
+    let mut tx = pool.begin().await.expect("the floor's commit");
+    let stored = sqlx::query(COMPLETE_GRAPH)
+        .bind(name)
+        .bind(&runs)
+        .bind(&positions)
+        .bind(&claims)
+        .bind(&outputs)
+        .execute(&mut *tx)
+        .await
+        .expect("the floor's completion");
+    assert_eq!(stored.rows_affected(), rows.len() as u64, "steps completed");
+    sqlx::query(READY_CHILDREN)
+        .bind(&kid_runs)
+        .bind(&kid_positions)
+        .bind(&counts)
+        .execute(&mut *tx)
+        .await
+        .expect("the floor's readiness");
+    if !ended.is_empty() {
+        sqlx::query(END_RUNS)
+            .bind(&ended)
+            .execute(&mut *tx)
+            .await
+            .expect("the floor's ends of runs");
+    }
+    tx.commit().await.expect("the floor's commit");
+    stored.rows_affected()
 }
