@@ -72,6 +72,9 @@ enum System {
     /// The fewest writes a single-step job (and a step of the diamond) needs in jobgraph's
     /// PostgreSQL schema, as bare SQL (`queue/floor.rs`).
     FloorPg,
+    /// The same in a schema that keeps a run's step states in its run's row
+    /// (`queue/floor_runs.rs`): not jobgraph's, what a rewrite of its queue could reach.
+    FloorRuns,
     Awa,
     Graphile,
     Apalis,
@@ -83,6 +86,7 @@ const SYSTEMS: &[System] = &[
     System::JobgraphPg,
     System::JobgraphSqlite,
     System::FloorPg,
+    System::FloorRuns,
     #[cfg(feature = "peers")]
     System::Awa,
     #[cfg(feature = "peers")]
@@ -116,12 +120,16 @@ mod peers;
 #[path = "queue/floor.rs"]
 mod floor;
 
+#[path = "queue/floor_runs.rs"]
+mod floor_runs;
+
 impl System {
     fn name(self) -> &'static str {
         match self {
             System::JobgraphPg => "jobgraph-pg",
             System::JobgraphSqlite => "jobgraph-sqlite",
             System::FloorPg => "floor-pg",
+            System::FloorRuns => "floor-runs",
             System::Awa => "awa",
             System::Graphile => "graphile",
             System::Apalis => "apalis",
@@ -134,6 +142,11 @@ impl System {
 
     fn is_jobgraph(self) -> bool {
         matches!(self, System::JobgraphPg | System::JobgraphSqlite)
+    }
+
+    /// A floor: bare SQL, no worker of any system.
+    fn is_floor(self) -> bool {
+        matches!(self, System::FloorPg | System::FloorRuns)
     }
 }
 
@@ -424,14 +437,14 @@ fn worker_main(args: &[String]) {
                 let store = SqliteStore::open(url).await.expect("open the SQLite store");
                 jobgraph_worker(store, name, workload, mode).await;
             }
-            System::FloorPg => {
+            System::FloorPg | System::FloorRuns => {
                 let (job, graph) = match workload {
                     Workload::Noop => (<Noop as jobgraph::Job>::NAME, None),
                     Workload::Diamond => (
                         <Diamond as jobgraph::Job>::NAME,
                         Some(jobgraph::durable::graph_spec::<Diamond>()),
                     ),
-                    Workload::ForEach => panic!("floor-pg runs no `for_each`"),
+                    Workload::ForEach => panic!("the floors run no `for_each`"),
                 };
                 let stop = CancellationToken::new();
                 // Listening for `stop` once `go` was read.
@@ -442,7 +455,11 @@ fn worker_main(args: &[String]) {
                         cancel_on_stop(&stop);
                     }
                 };
-                let (claimed, completed) = floor::worker(url, name, job, graph, ready, stop).await;
+                let (claimed, completed) = if system == System::FloorPg {
+                    floor::worker(url, name, job, graph, ready, stop).await
+                } else {
+                    floor_runs::worker(url, name, job, graph, ready, stop).await
+                };
                 done(&format!("claimed={claimed} completed={completed} failed=0"));
             }
             #[cfg(feature = "peers")]
@@ -614,6 +631,17 @@ async fn setup_and_insert(system: System, db: &Db, workload: Workload, jobs: u64
             let store = SqliteStore::open(db.url()).await.unwrap();
             jobgraph_insert(&store, workload, jobs).await;
         }
+        System::FloorRuns => {
+            let (job, graph) = match workload {
+                Workload::Noop => (<Noop as jobgraph::Job>::NAME, None),
+                Workload::Diamond => (
+                    <Diamond as jobgraph::Job>::NAME,
+                    Some(jobgraph::durable::graph_spec::<Diamond>()),
+                ),
+                Workload::ForEach => panic!("the floors run no `for_each`"),
+            };
+            floor_runs::setup_and_insert(db.url(), job, graph.as_ref(), jobs).await;
+        }
         #[cfg(feature = "peers")]
         peer => peers::setup_and_insert(peer, db.url(), jobs).await,
         #[cfg(not(feature = "peers"))]
@@ -660,6 +688,8 @@ const POLL_BY_INDEX: (&str, &str) = ("enable_seqscan", "off");
 /// A connection that counts a system's unfinished jobs.
 enum Counter {
     Pg(sqlx::PgPool),
+    /// `floor-runs`, on its own tables.
+    FloorRuns(sqlx::PgPool),
     Sqlite(sqlx::SqlitePool),
     #[cfg(feature = "peers")]
     Peer(peers::Counter),
@@ -714,8 +744,8 @@ impl Counter {
                     .await
                     .unwrap(),
             ),
-            System::JobgraphPg | System::FloorPg => Counter::Pg(
-                sqlx::postgres::PgPoolOptions::new()
+            System::JobgraphPg | System::FloorPg | System::FloorRuns => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
                     .max_connections(1)
                     .connect_with(
                         sqlx::postgres::PgConnectOptions::from_str(db.url())
@@ -723,8 +753,13 @@ impl Counter {
                             .options([POLL_BY_INDEX]),
                     )
                     .await
-                    .unwrap(),
-            ),
+                    .unwrap();
+                if system == System::FloorRuns {
+                    Counter::FloorRuns(pool)
+                } else {
+                    Counter::Pg(pool)
+                }
+            }
             #[cfg(feature = "peers")]
             peer => Counter::Peer(peers::Counter::new(peer, db.url()).await),
             #[cfg(not(feature = "peers"))]
@@ -741,6 +776,7 @@ impl Counter {
         }
         match self {
             Counter::Pg(_) => self.jobgraph(JOBGRAPH_PG_LEFT).await,
+            Counter::FloorRuns(_) => self.jobgraph(floor_runs::LEFT).await,
             _ => self.jobgraph(JOBGRAPH_LEFT).await,
         }
     }
@@ -757,6 +793,7 @@ impl Counter {
         }
         match self {
             Counter::Pg(_) => self.jobgraph(JOBGRAPH_PG_BUSY).await,
+            Counter::FloorRuns(_) => self.jobgraph(floor_runs::BUSY).await,
             _ => self.jobgraph(JOBGRAPH_BUSY).await,
         }
     }
@@ -772,7 +809,9 @@ impl Counter {
             + sqlx::Type<sqlx::Sqlite>,
     {
         match self {
-            Counter::Pg(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Counter::Pg(pool) | Counter::FloorRuns(pool) => {
+                sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+            }
             Counter::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
             #[cfg(feature = "peers")]
             Counter::Peer(_) => unreachable!("a peer is counted by its own statements"),
@@ -1351,7 +1390,8 @@ async fn coordinate(o: Options) {
     if o.diagnose {
         DIAGNOSE.store(true, std::sync::atomic::Ordering::Relaxed);
         for &system in &run {
-            if system == System::FloorPg && o.diagnose_workload == Workload::ForEach {
+            let floor = matches!(system, System::FloorPg | System::FloorRuns);
+            if floor && o.diagnose_workload == Workload::ForEach {
                 continue;
             }
             for &procs in &o.procs {
@@ -1405,9 +1445,10 @@ async fn coordinate(o: Options) {
         }
         .max(1);
         for &procs in &o.procs {
-            for &system in run.iter().filter(|s| {
-                s.is_jobgraph() || (**s == System::FloorPg && workload == Workload::Diamond)
-            }) {
+            for &system in run
+                .iter()
+                .filter(|s| s.is_jobgraph() || (s.is_floor() && workload == Workload::Diamond))
+            {
                 let (mut v, mut capped) = (Vec::new(), false);
                 for _ in 0..o.rounds {
                     let burn = burn_down(system, workload, runs, procs, o.cap).await;
@@ -1422,10 +1463,7 @@ async fn coordinate(o: Options) {
     // 3: latency.
     let mut lat: Vec<(String, Duration, Duration)> = Vec::new();
     // The floor has no latency of its own to show: it is jobgraph's SQL without its worker.
-    for &system in run
-        .iter()
-        .filter(|s| **s != System::FloorPg && cell("latency"))
-    {
+    for &system in run.iter().filter(|s| !s.is_floor() && cell("latency")) {
         let modes: &[Mode] = if system.is_jobgraph() {
             &[Mode::Latency, Mode::LatencyFastPoll]
         } else {
@@ -1657,7 +1695,12 @@ fn report(
          | for_each steps/s | ÷ single-step |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for system in [System::JobgraphPg, System::JobgraphSqlite, System::FloorPg] {
+    for system in [
+        System::JobgraphPg,
+        System::JobgraphSqlite,
+        System::FloorPg,
+        System::FloorRuns,
+    ] {
         for &procs in &o.procs {
             let g = |w: Workload| {
                 graphs

@@ -26,7 +26,7 @@
 //! completed) where a single-step job costs two, and a run's end one more: what no store that
 //! keeps a row per step and claims steps, not runs, can do with fewer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -113,11 +113,25 @@ const COMPLETE_GRAPH: &str = "UPDATE jobgraph_steps s
       AND s.claims = c.claims AND s.state = 'pending'";
 
 /// Each step (`$1[i]`, `$2[i]`: run, position) had `$3[i]` of its dependencies complete: counted
-/// down, and ready once none is left.
+/// down, and ready once none is left. (`$4`, the worker, unused: the statement's parameters
+/// are [`READY_AND_HAND_CHILDREN`]'s.) No rows.
 const READY_CHILDREN: &str = "UPDATE jobgraph_steps s
     SET waiting = s.waiting - d.n, ready_at = CASE WHEN s.waiting = d.n THEN now() END
     FROM unnest($1::text[], $2::integer[], $3::integer[]) AS d (run_id, idx, n)
-    WHERE s.run_id = d.run_id AND s.idx = d.idx AND s.state = 'pending' AND s.waiting >= d.n";
+    WHERE s.run_id = d.run_id AND s.idx = d.idx AND s.state = 'pending' AND s.waiting >= d.n
+      AND $4::text IS NOT NULL";
+
+/// [`READY_CHILDREN`], and each step made ready claimed for worker `$4` in the same write
+/// (`FLOOR_HANDOFF`): those steps, each with its claim number.
+const READY_AND_HAND_CHILDREN: &str = "UPDATE jobgraph_steps s
+    SET waiting = s.waiting - d.n, ready_at = CASE WHEN s.waiting = d.n THEN now() END,
+        worker = CASE WHEN s.waiting = d.n THEN $4 ELSE s.worker END,
+        lease_until = CASE WHEN s.waiting = d.n THEN now() + interval '1 minute'
+            ELSE s.lease_until END,
+        claims = s.claims + CASE WHEN s.waiting = d.n THEN 1 ELSE 0 END
+    FROM unnest($1::text[], $2::integer[], $3::integer[]) AS d (run_id, idx, n)
+    WHERE s.run_id = d.run_id AND s.idx = d.idx AND s.state = 'pending' AND s.waiting >= d.n
+    RETURNING s.run_id, s.idx, s.claims, s.waiting = 0 AS handed";
 
 /// Runs `$1`, whose last step completed, succeeded.
 const END_RUNS: &str = "UPDATE jobgraph_runs
@@ -126,6 +140,8 @@ const END_RUNS: &str = "UPDATE jobgraph_runs
 
 /// The graph a floor worker runs: each step's parents and children, and its one last step.
 struct Graph {
+    /// Each step's parents, ascending.
+    parents: Vec<Vec<i32>>,
     /// Edges as (child, parent) positions, the claim's `$4` and `$5`.
     edges: (Vec<i32>, Vec<i32>),
     children: Vec<Vec<i32>>,
@@ -133,6 +149,11 @@ struct Graph {
 }
 
 impl Graph {
+    /// The parents of step `position`, ascending.
+    fn parents(&self, position: i32) -> Vec<i32> {
+        self.parents[position as usize].clone()
+    }
+
     fn of(spec: &GraphSpec) -> Graph {
         let n = spec.steps.len();
         let (mut child, mut parent) = (Vec::new(), Vec::new());
@@ -148,6 +169,9 @@ impl Graph {
         let last: Vec<usize> = (0..n).filter(|&p| children[p].is_empty()).collect();
         assert_eq!(last.len(), 1, "the floor runs graphs with one last step");
         Graph {
+            parents: (0..n)
+                .map(|c| spec.dependencies(c).into_iter().map(|p| p as i32).collect())
+                .collect(),
             edges: (child, parent),
             children,
             last: last[0] as i32,
@@ -180,6 +204,7 @@ pub(crate) async fn worker(
         .await
         .expect("connect the floor's pool");
     let graph = graph.map(|spec| Arc::new(Graph::of(&spec)));
+    let handoff = std::env::var("FLOOR_HANDOFF").is_ok();
     let claimed = Arc::new(AtomicU64::new(0));
     let completed = Arc::new(AtomicU64::new(0));
     ready();
@@ -192,7 +217,7 @@ pub(crate) async fn worker(
                 while !stop.is_cancelled() {
                     let n = match &graph {
                         None => single_steps(&pool, &name, job).await,
-                        Some(graph) => graph_steps(&pool, &name, job, graph).await,
+                        Some(graph) => graph_steps(&pool, &name, job, graph, handoff).await,
                     };
                     if n == 0 {
                         tokio::select! {
@@ -253,8 +278,16 @@ async fn single_steps(pool: &PgPool, name: &str, job: &str) -> u64 {
     ended.rows_affected()
 }
 
-/// Claims and completes up to [`TAKE`] steps of `graph`'s runs: how many.
-async fn graph_steps(pool: &PgPool, name: &str, job: &str, graph: &Graph) -> u64 {
+/// A step of a graph a loop holds: its run, position and claim number.
+struct Held {
+    run: String,
+    position: i32,
+    claims: i64,
+}
+
+/// Claims up to [`TAKE`] steps of `graph`'s runs and completes them; with `handoff`, then runs
+/// and completes the children each commit handed over, until none is: how many steps.
+async fn graph_steps(pool: &PgPool, name: &str, job: &str, graph: &Graph, handoff: bool) -> u64 {
     let rows = sqlx::query(CLAIM_GRAPH)
         .bind(name)
         .bind(TAKE)
@@ -264,36 +297,76 @@ async fn graph_steps(pool: &PgPool, name: &str, job: &str, graph: &Graph) -> u64
         .fetch_all(pool)
         .await
         .expect("the floor's claim");
-    if rows.is_empty() {
-        return 0;
+    // The outputs this loop knows, by (run, position): its claims' parents' and its own.
+    let mut known: HashMap<(String, i32), u64> = HashMap::new();
+    let mut held = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let run: String = row.get("run_id");
+        let position: i32 = row.get("idx");
+        let parents: Vec<String> = row.get("outputs");
+        let parent_positions = graph.parents(position);
+        assert_eq!(
+            parents.len(),
+            parent_positions.len(),
+            "every parent's output"
+        );
+        for (p, output) in parent_positions.into_iter().zip(&parents) {
+            let output = output.parse().expect("a parent's output");
+            known.insert((run.clone(), p), output);
+        }
+        held.push(Held {
+            run,
+            position,
+            claims: row.get("claims"),
+        });
     }
+    let mut steps = 0;
+    while !held.is_empty() {
+        steps += held.len() as u64;
+        held = commit_graph(pool, name, graph, held, &mut known, handoff).await;
+    }
+    steps
+}
+
+/// Runs `held` (their parents' outputs in `known`, where theirs go) and completes them in one
+/// transaction: the children handed over (with `handoff`; none without).
+async fn commit_graph(
+    pool: &PgPool,
+    name: &str,
+    graph: &Graph,
+    held: Vec<Held>,
+    known: &mut HashMap<(String, i32), u64>,
+    handoff: bool,
+) -> Vec<Held> {
     let (mut runs, mut positions) = (Vec::new(), Vec::new());
     let (mut claims, mut outputs) = (Vec::new(), Vec::new());
     // Each child's dependencies completed here, by (run, position): sorted, so that two
     // commits count down their common children in one order.
     let mut kids: BTreeMap<(String, i32), i32> = BTreeMap::new();
     let mut ended = Vec::new();
-    for row in &rows {
-        let run: String = row.get("run_id");
-        let position: i32 = row.get("idx");
-        let parents: Vec<String> = row.get("outputs");
-        let output: u64 = if parents.is_empty() {
-            1
-        } else {
-            parents
-                .iter()
-                .map(|o| o.parse::<u64>().expect("a parent's output"))
-                .fold(0, u64::wrapping_add)
-        };
-        for &kid in &graph.children[position as usize] {
-            *kids.entry((run.clone(), kid)).or_default() += 1;
+    for step in held {
+        let output = graph
+            .parents(step.position)
+            .into_iter()
+            .map(|p| {
+                *known
+                    .get(&(step.run.clone(), p))
+                    .expect("a step's parents' outputs are known")
+            })
+            .fold(None, |a: Option<u64>, b| {
+                Some(a.unwrap_or(0).wrapping_add(b))
+            })
+            .unwrap_or(1);
+        known.insert((step.run.clone(), step.position), output);
+        for &kid in &graph.children[step.position as usize] {
+            *kids.entry((step.run.clone(), kid)).or_default() += 1;
         }
-        if position == graph.last {
-            ended.push(run.clone());
+        if step.position == graph.last {
+            ended.push(step.run.clone());
         }
-        runs.push(run);
-        positions.push(position);
-        claims.push(row.get::<i64, _>("claims"));
+        runs.push(step.run);
+        positions.push(step.position);
+        claims.push(step.claims);
         outputs.push(output.to_string());
     }
     let (kid_keys, counts): (Vec<(String, i32)>, Vec<i32>) = kids.into_iter().unzip();
@@ -308,14 +381,19 @@ async fn graph_steps(pool: &PgPool, name: &str, job: &str, graph: &Graph) -> u64
         .execute(&mut *tx)
         .await
         .expect("the floor's completion");
-    assert_eq!(stored.rows_affected(), rows.len() as u64, "steps completed");
-    sqlx::query(READY_CHILDREN)
-        .bind(&kid_runs)
-        .bind(&kid_positions)
-        .bind(&counts)
-        .execute(&mut *tx)
-        .await
-        .expect("the floor's readiness");
+    assert_eq!(stored.rows_affected(), runs.len() as u64, "steps completed");
+    let handed = sqlx::query(if handoff {
+        READY_AND_HAND_CHILDREN
+    } else {
+        READY_CHILDREN
+    })
+    .bind(&kid_runs)
+    .bind(&kid_positions)
+    .bind(&counts)
+    .bind(name)
+    .fetch_all(&mut *tx)
+    .await
+    .expect("the floor's readiness");
     if !ended.is_empty() {
         sqlx::query(END_RUNS)
             .bind(&ended)
@@ -324,5 +402,16 @@ async fn graph_steps(pool: &PgPool, name: &str, job: &str, graph: &Graph) -> u64
             .expect("the floor's ends of runs");
     }
     tx.commit().await.expect("the floor's commit");
-    stored.rows_affected()
+    for run in &ended {
+        known.retain(|(r, _), _| r != run);
+    }
+    handed
+        .iter()
+        .filter(|row| row.get::<bool, _>("handed"))
+        .map(|row| Held {
+            run: row.get("run_id"),
+            position: row.get("idx"),
+            claims: row.get("claims"),
+        })
+        .collect()
 }

@@ -69,7 +69,9 @@ pub(crate) async fn worker(system: System, url: &str, name: &str, mode: Mode) {
         System::Awa => awa_worker(url, mode).await,
         System::Graphile => graphile_worker_main(url, mode).await,
         System::Apalis => apalis_worker(url, name).await,
-        System::JobgraphPg | System::JobgraphSqlite | System::FloorPg => unreachable!("not a peer"),
+        System::JobgraphPg | System::JobgraphSqlite | System::FloorPg | System::FloorRuns => {
+            unreachable!("not a peer")
+        }
     }
 }
 
@@ -121,7 +123,9 @@ pub(crate) async fn setup_and_insert(system: System, url: &str, jobs: u64) {
             apalis_insert(&pool, 0..jobs as i64).await;
             pool.close().await;
         }
-        System::JobgraphPg | System::JobgraphSqlite | System::FloorPg => unreachable!("not a peer"),
+        System::JobgraphPg | System::JobgraphSqlite | System::FloorPg | System::FloorRuns => {
+            unreachable!("not a peer")
+        }
     }
 }
 
@@ -295,7 +299,7 @@ impl Counter {
             System::Awa => AWA_LEFT,
             System::Graphile => GRAPHILE_LEFT,
             System::Apalis => APALIS_LEFT,
-            System::JobgraphPg | System::JobgraphSqlite | System::FloorPg => {
+            System::JobgraphPg | System::JobgraphSqlite | System::FloorPg | System::FloorRuns => {
                 unreachable!("not a peer")
             }
         };
@@ -361,7 +365,7 @@ impl Submitter {
                 "graphile_worker",
             )),
             System::Apalis => Submitter::Apalis(graphile_pool(url, 2).await),
-            System::JobgraphPg | System::JobgraphSqlite | System::FloorPg => {
+            System::JobgraphPg | System::JobgraphSqlite | System::FloorPg | System::FloorRuns => {
                 unreachable!("not a peer")
             }
         }
