@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::job::SendJob;
@@ -103,6 +104,9 @@ pub struct WorkerStats {
     pub cancelled: usize,
     /// Store calls that failed and were tried again (claims, commits, heartbeats).
     pub store_errors: usize,
+    /// Of the steps claimed, those a commit handed over: made ready by this worker's
+    /// completions and claimed for it in the same writes ([`Queue::complete_and_claim`]).
+    pub handed: usize,
 }
 
 impl Worker {
@@ -254,6 +258,21 @@ impl Worker {
 /// results wait for a commit count too, so claiming goes on while a commit is slow, up to this.
 const HELD_PER_SLOT: usize = 2;
 
+/// Commits a worker has in flight at most, each of the steps of some of the runs (`lane_of`):
+/// one commit's transaction writes the next while the other's statements run. A commit of a
+/// graph's steps makes their children ready and hands them over, so with one commit in
+/// flight a graph's steps went from that one commit to the next, and the server idled while
+/// the worker ran the children it handed over.
+const LANES: usize = 2;
+
+/// The lane of a run's commits: every step of a run commits in one, in order.
+fn lane_of(id: &ClaimId) -> usize {
+    let hash = id.run.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    });
+    hash % LANES
+}
+
 /// The first wait after a store error; it doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -291,11 +310,14 @@ struct Holding {
 }
 
 /// What settling some results did: the outcome of each settled, the results left unsettled
-/// (the store failed), and its error.
+/// (the store failed), and its error; and the steps the commit handed over (claimed for this
+/// worker as it made them ready), with when it was sent.
 struct Settled {
     done: Vec<(ClaimId, Outcome)>,
     left: Vec<Ended>,
     error: Option<StoreError>,
+    claims: Vec<Claim>,
+    sent: tokio::time::Instant,
 }
 
 /// A worker's loop: the steps it runs, the claims it holds, and the store calls in flight
@@ -357,7 +379,9 @@ impl<'w> Pool<'w> {
         let queue = &worker.queue;
         let name: Arc<str> = worker.name.as_str().into();
         let mut claiming: Option<BoxFuture<Claimed>> = None;
-        let mut settling: Option<BoxFuture<Settled>> = None;
+        // A commit in flight per lane (`LANES`; a run's steps always commit in one lane, so that
+        // two commits never wait for each other's run locks).
+        let mut settling: [Option<BoxFuture<Settled>>; LANES] = std::array::from_fn(|_| None);
         let mut beating: Option<BoxFuture<Beaten>> = None;
         let mut waiting: Option<BoxFuture<()>> = None;
         let mut backoff: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -391,12 +415,33 @@ impl<'w> Pool<'w> {
                 let (queue, jobs, poll) = (Arc::clone(queue), Arc::clone(&self.jobs), worker.poll);
                 waiting = Some(Box::pin(async move { queue.wait_ready(&jobs, poll).await }));
             }
-            if settling.is_none() && backoff.is_none() && !self.ended.is_empty() {
-                let ended = std::mem::take(&mut self.ended);
-                let (queue, name) = (Arc::clone(queue), Arc::clone(&name));
-                settling = Some(Box::pin(async move { settle(&*queue, &name, ended).await }));
+            for (lane, settling) in settling.iter_mut().enumerate() {
+                if settling.is_some() || backoff.is_some() || self.ended.is_empty() {
+                    continue;
+                }
+                let (ended, other): (Vec<Ended>, Vec<Ended>) = std::mem::take(&mut self.ended)
+                    .into_iter()
+                    .partition(|(id, _, _)| lane_of(id) == lane);
+                self.ended = other;
+                if ended.is_empty() {
+                    continue;
+                }
+                // The children the commit makes ready are handed over up to the claims this
+                // worker may hold (it holds the ones it commits until then), and not while it
+                // stops or runs one claim.
+                let hand = if stopping || self.once {
+                    0
+                } else {
+                    (self.wanted() * HELD_PER_SLOT)
+                        .saturating_sub(self.holdings.len().saturating_sub(ended.len()))
+                };
+                let (queue, name, lease) = (Arc::clone(queue), Arc::clone(&name), worker.lease);
+                *settling = Some(Box::pin(async move {
+                    settle(&*queue, &name, ended, hand, lease).await
+                }));
             }
-            let busy = claiming.is_some() || settling.is_some() || !self.running.is_empty();
+            let committing = settling.iter().any(Option::is_some);
+            let busy = claiming.is_some() || committing || !self.running.is_empty();
             if !busy && self.ended.is_empty() && (stopping || (self.once && claimed_once)) {
                 return Ok(());
             }
@@ -433,13 +478,22 @@ impl<'w> Pool<'w> {
                         }
                     }
                 }
-                settled = async { settling.as_mut().expect("guarded").await },
-                    if settling.is_some() =>
+                (lane, settled) = std::future::poll_fn(|cx| {
+                    for (lane, settling) in settling.iter_mut().enumerate() {
+                        if let Some(Poll::Ready(settled)) =
+                            settling.as_mut().map(|f| f.as_mut().poll(cx))
+                        {
+                            return Poll::Ready((lane, settled));
+                        }
+                    }
+                    Poll::Pending
+                }), if committing =>
                 {
-                    settling = None;
+                    settling[lane] = None;
                     // Children of what it committed may be ready now: look again.
                     idle = idle && settled.done.is_empty();
                     self.apply(settled.done);
+                    self.hand_over(settled.claims, settled.sent);
                     if let Some(error) = settled.error {
                         if self.once {
                             return Err(error);
@@ -550,6 +604,26 @@ impl<'w> Pool<'w> {
         self.fill();
     }
 
+    /// Takes the steps `claims` a commit sent at `sent` handed over: they run before the steps
+    /// queued (a run's steps go on where its last step ran), in the queue's order.
+    fn hand_over(&mut self, claims: Vec<Claim>, sent: tokio::time::Instant) {
+        if claims.is_empty() {
+            return;
+        }
+        self.stats.claimed += claims.len();
+        self.stats.handed += claims.len();
+        for claim in claims.into_iter().rev() {
+            let holding = Holding {
+                token: CancellationToken::new(),
+                lease: claim.lease,
+                sure_until: sent + claim.lease,
+            };
+            self.holdings.insert(claim.id.clone(), holding);
+            self.queued.push_front(claim);
+        }
+        self.fill();
+    }
+
     /// Starts queued steps while there are free slots. A step whose claim was cancelled while
     /// it waited (lost, aborted, the drain's deadline) ends cancelled without running, and so
     /// does one whose lease may have lapsed meanwhile (the worker was stopped, or its
@@ -597,14 +671,24 @@ impl<'w> Pool<'w> {
     }
 }
 
-/// Stores how steps ended: the outputs of those that completed, together
-/// ([`Queue::complete_many`]), then each error (retried or failed for good). Cancelled steps
-/// store nothing. A result the queue fences out (the claim was lost) is counted and dropped.
-async fn settle(queue: &dyn Queue, worker: &str, ended: Vec<Ended>) -> Settled {
+/// Stores how steps ended: the outputs of those that completed, together, with up to `hand`
+/// of the steps they made ready claimed for `worker` under `lease`
+/// ([`Queue::complete_and_claim`]), then each error (retried or failed for good). Cancelled
+/// steps store nothing. A result the queue fences out (the claim was lost) is counted and
+/// dropped.
+async fn settle(
+    queue: &dyn Queue,
+    worker: &str,
+    ended: Vec<Ended>,
+    hand: usize,
+    lease: Duration,
+) -> Settled {
     let mut settled = Settled {
         done: Vec::with_capacity(ended.len()),
         left: Vec::new(),
         error: None,
+        claims: Vec::new(),
+        sent: tokio::time::Instant::now(),
     };
     let (mut completed, mut failed) = (Vec::new(), Vec::new());
     for ended in ended {
@@ -626,11 +710,12 @@ async fn settle(queue: &dyn Queue, worker: &str, ended: Vec<Ended>) -> Settled {
                 _ => None,
             })
             .collect();
-        let result = queue.complete_many(worker, &batch).await;
+        let result = queue.complete_and_claim(worker, &batch, hand, lease).await;
         drop(batch);
         match result {
-            Ok(stored) => {
-                for ((id, _, _), stored) in completed.into_iter().zip(stored) {
+            Ok(committed) => {
+                settled.claims = committed.claims;
+                for ((id, _, _), stored) in completed.into_iter().zip(committed.stored) {
                     let outcome = if stored {
                         Outcome::Completed
                     } else {

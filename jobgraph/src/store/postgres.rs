@@ -85,8 +85,8 @@ pub struct PgStore {
     kept: Arc<KeptConnections>,
 }
 
-/// The connections a worker's two hot calls keep between calls: one for claims, one for
-/// commits.
+/// The connections a worker's two hot calls keep between calls: one for claims, and one for
+/// each commit a worker has in flight at once (two: `worker::LANES`).
 ///
 /// The pool lends its idle connections in turn (first in, first out), so a worker's claims and
 /// commits, one of each at a time, were spread over every connection of the pool: each server
@@ -100,67 +100,65 @@ pub(super) struct KeptConnections {
     pub(super) commits: Kept,
 }
 
-/// One kept connection: taken for a call and put back when the call succeeds. A call that
-/// fails drops it back into the pool (which pings it before lending it again: a connection
-/// broken by a server restart costs one failed call, which the worker retries). Two calls at
-/// once (two workers on one store) each get one: the second from the pool.
+/// Kept connections of one kind of call, at most `most`: each taken for a call and put back
+/// when the call succeeds. A call that fails drops its connection back into the pool (which
+/// pings it before lending it again: a connection broken by a server restart costs one failed
+/// call, which the worker retries). More calls at once than `most` (two workers on one store)
+/// get the others from the pool.
 #[derive(Debug, Default)]
 pub(super) struct Kept {
-    /// Off for a pool too small to spare connections (fewer than [`KEEP_FROM`]).
-    on: bool,
-    slot: std::sync::Mutex<Option<sqlx::pool::PoolConnection<Postgres>>>,
+    /// How many it keeps: 0 for a pool too small to spare connections (fewer than
+    /// [`KEEP_FROM`]).
+    most: usize,
+    kept: std::sync::Mutex<Vec<sqlx::pool::PoolConnection<Postgres>>>,
 }
 
-/// The smallest pool whose store keeps connections: two kept leave the other calls at least
-/// two.
-const KEEP_FROM: u32 = 4;
+/// The smallest pool whose store keeps connections: three kept leave the other calls at least
+/// three.
+const KEEP_FROM: u32 = 6;
 
 impl KeptConnections {
     fn new(max_connections: u32) -> Self {
         let on = max_connections >= KEEP_FROM;
+        let kept = |most: usize| Kept {
+            most: if on { most } else { 0 },
+            ..Kept::default()
+        };
         KeptConnections {
-            claims: Kept {
-                on,
-                ..Kept::default()
-            },
-            commits: Kept {
-                on,
-                ..Kept::default()
-            },
+            claims: kept(1),
+            commits: kept(2),
         }
     }
 
-    /// Drops both into the pool (which waits for every lent connection as it closes).
+    /// Drops them all into the pool (which waits for every lent connection as it closes).
     fn release(&self) {
-        drop(self.claims.slot().take());
-        drop(self.commits.slot().take());
+        drop(std::mem::take(&mut *self.claims.kept()));
+        drop(std::mem::take(&mut *self.commits.kept()));
     }
 }
 
 impl Kept {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Option<sqlx::pool::PoolConnection<Postgres>>> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<sqlx::pool::PoolConnection<Postgres>>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The kept connection, or one from `pool`.
+    /// A kept connection, or one from `pool`.
     pub(super) async fn take(
         &self,
         pool: &PgPool,
     ) -> Result<sqlx::pool::PoolConnection<Postgres>, StoreError> {
-        let kept = if self.on { self.slot().take() } else { None };
+        let kept = self.kept().pop();
         match kept {
             Some(conn) => Ok(conn),
             None => Ok(pool.acquire().await?),
         }
     }
 
-    /// Keeps `conn` after a call that succeeded (unless another call's is kept already).
+    /// Keeps `conn` after a call that succeeded (unless as many are kept already).
     pub(super) fn put(&self, conn: sqlx::pool::PoolConnection<Postgres>) {
-        if self.on {
-            let mut slot = self.slot();
-            if slot.is_none() {
-                *slot = Some(conn);
-            }
+        let mut kept = self.kept();
+        if kept.len() < self.most {
+            kept.push(conn);
         }
     }
 }

@@ -98,8 +98,8 @@ use super::postgres::{
 use super::postgres_graphs::{self as graphs, Graph, graph_key, key_of_graph};
 use super::postgres_growth::Table;
 use super::queue::{
-    BatchCounts, Claim, ClaimId, Completion, Failed, Held, Lease, Queue, StepCount, Submission,
-    Submitted, lease_ms,
+    BatchCounts, Claim, ClaimId, Committed, Completion, Failed, Held, Lease, Queue, StepCount,
+    Submission, Submitted, lease_ms,
 };
 use super::ready::{self, Claimed, News};
 use super::{GraphSpec, StoreError, millis};
@@ -280,8 +280,24 @@ impl Queue for PgStore {
         done: &'a [Completion<'a>],
     ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
         async move {
+            let committed = self
+                .complete_and_claim(worker, done, 0, Duration::ZERO)
+                .await?;
+            Ok(committed.stored)
+        }
+        .boxed()
+    }
+
+    fn complete_and_claim<'a>(
+        &'a self,
+        worker: &'a str,
+        done: &'a [Completion<'a>],
+        limit: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Committed, StoreError>> {
+        async move {
             if done.is_empty() {
-                return Ok(Vec::new());
+                return Ok(Committed::default());
             }
             let mut conn = self.kept().commits.take(self.pool()).await?;
             // Which completions were stored, by claim: a worker may settle a stale and a live
@@ -314,7 +330,10 @@ impl Queue for PgStore {
             }
             if rest.is_empty() {
                 self.kept().commits.put(conn);
-                return Ok(committed);
+                return Ok(Committed {
+                    stored: committed,
+                    claims: Vec::new(),
+                });
             }
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             // The runs first, in id order (as every writer of several runs locks them).
@@ -395,11 +414,24 @@ impl Queue for PgStore {
                     }
                 }
             }
+            let hand = Hand {
+                worker,
+                limit,
+                lease,
+            };
             let Done {
                 news: ready,
                 elements,
                 unfinished,
-            } = dependencies_done(&mut tx, kids, &heads).await?;
+                handed,
+            } = dependencies_done(&mut tx, kids, &heads, hand).await?;
+            // The outputs of the steps completed here, which the steps handed over take.
+            let known: Outputs<'_> = steps
+                .iter()
+                .filter(|(at, _)| committed[*at])
+                .map(|(_, c)| ((c.claim.run.as_str(), c.claim.position), c.output))
+                .collect();
+            let claims = handed.claims(&mut tx, &heads, &known).await?;
             news.extend(ready);
             news.sort_unstable();
             news.dedup();
@@ -436,7 +468,10 @@ impl Queue for PgStore {
             if elements > 0 {
                 self.grew(&[(Table::Elements, elements)]).await;
             }
-            Ok(committed)
+            Ok(Committed {
+                stored: committed,
+                claims,
+            })
         }
         .boxed()
     }
@@ -1024,7 +1059,7 @@ impl Taking {
         let (exhausted, taken): (Vec<Taken>, Vec<Taken>) =
             taken.into_iter().partition(|t| t.exhausted);
         Ok(Taking {
-            claims: finish(conn, taken, heads).await?,
+            claims: finish(conn, taken, heads, &Outputs::new()).await?,
             exhausted,
             marked: false,
         })
@@ -1114,6 +1149,9 @@ async fn claim_unlimited(
     taking.marked = locked > i64::try_from(rows.len()).unwrap_or(i64::MAX);
     Ok(Some(taking))
 }
+
+/// Outputs known without reading them, by run and step position.
+type Outputs<'a> = HashMap<(&'a str, usize), &'a str>;
 
 /// What claiming or completing steps needs of each of their runs (by id): its input (or job),
 /// and its graph (`postgres_graphs`).
@@ -1348,6 +1386,7 @@ async fn finish(
     conn: &mut PgConnection,
     mut taken: Vec<Taken>,
     heads: &Heads,
+    known: &Outputs<'_>,
 ) -> Result<Vec<Claim>, StoreError> {
     // `RETURNING` has no order.
     taken.sort_by_key(|t| t.order);
@@ -1377,6 +1416,9 @@ async fn finish(
             .map(|(d, (dep, step))| match &t.input {
                 Some((over, input)) if usize::try_from(*over).ok() == Some(dep) => {
                     (step.name.clone(), format!("[{input}]"))
+                }
+                _ if let Some(output) = known.get(&(t.run.as_str(), dep)) => {
+                    (step.name.clone(), (*output).to_owned())
                 }
                 _ => {
                     wanted.push((c, d));
@@ -1733,28 +1775,49 @@ async fn dependencies_done(
     conn: &mut PgConnection,
     mut kids: HashMap<(String, i32), i32>,
     heads: &Heads,
+    hand: Hand<'_>,
 ) -> Result<Done, StoreError> {
     let mut news = Vec::new();
     let mut elements = 0;
     let mut unfinished = HashSet::default();
+    let mut handed = Handed::default();
+    // How many more steps may be handed over.
+    let mut left = hand.limit;
     while !kids.is_empty() {
         let (keys, counts): (Vec<_>, Vec<i32>) = std::mem::take(&mut kids).into_iter().unzip();
         let (kid_runs, kid_positions): (Vec<String>, Vec<i32>) = keys.into_iter().unzip();
+        // The first `left` children may be handed over (if this makes them ready).
+        let may_hand: Vec<bool> = (0..kid_runs.len()).map(|k| k < left).collect();
         let rows = sqlx::query(DEPENDENCIES_DONE)
             .bind(&kid_runs)
             .bind(&kid_positions)
             .bind(&counts)
+            .bind(hand.worker)
+            .bind(lease_ms(hand.lease))
+            .bind(&may_hand)
             .fetch_all(&mut *conn)
             .await?;
         let Some(first) = rows.first() else { continue };
         const T: &str = "jobgraph_steps";
-        let (job, fan) = (At::of(first, "job", T)?, At::of(first, "fan", T)?);
-        let run_id = At::of(first, "run_id", T)?;
+        let (job, fan) = (At::of(first, "news", T)?, At::of(first, "fan", T)?);
+        let (run_id, handed_at) = (At::of(first, "run_id", T)?, At::of(first, "handed", T)?);
+        let columns = TakenColumns::of(first)?;
+        let input = At::of(first, "input", "jobgraph_runs")?;
         for row in &rows {
             if let Some(job) = get::<Option<String>>(row, job, T)? {
                 news.push(job);
             }
             let run: String = get(row, run_id, T)?;
+            if get::<bool>(row, handed_at, T)? {
+                left = left.saturating_sub(1);
+                handed
+                    .inputs
+                    .entry(run.clone())
+                    .or_insert(get::<Option<String>>(row, input, "jobgraph_runs")?);
+                handed.taken.push(Taken::read(row, &columns, hand.lease)?);
+                unfinished.insert(run);
+                continue;
+            }
             if !get::<bool>(row, fan, T)? {
                 // A step this statement found pending stays pending in this transaction: only
                 // a worker's claim can complete it.
@@ -1783,7 +1846,56 @@ async fn dependencies_done(
         news,
         elements,
         unfinished,
+        handed,
     })
+}
+
+/// The worker a commit hands the steps it makes ready to ([`dependencies_done`]): at most
+/// `limit` of them, each leased as a claim with `lease` would be.
+#[derive(Clone, Copy)]
+struct Hand<'a> {
+    worker: &'a str,
+    limit: usize,
+    lease: Duration,
+}
+
+impl Hand<'_> {
+    /// Hands nothing over.
+    const NONE: Hand<'static> = Hand {
+        worker: "",
+        limit: 0,
+        lease: Duration::ZERO,
+    };
+}
+
+/// The steps [`dependencies_done`] handed over, and their runs' inputs.
+#[derive(Default)]
+struct Handed {
+    taken: Vec<Taken>,
+    inputs: HashMap<String, Option<String>>,
+}
+
+impl Handed {
+    /// Their claims, as a claim returns them: the runs' graphs are in `heads`, their
+    /// dependencies' outputs in `known` (the steps completed in the transaction that handed
+    /// them over) or read on `conn`.
+    async fn claims(
+        self,
+        conn: &mut PgConnection,
+        heads: &Heads,
+        known: &Outputs<'_>,
+    ) -> Result<Vec<Claim>, StoreError> {
+        if self.taken.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut with_inputs = Heads::with_capacity(self.inputs.len());
+        for (run, input) in self.inputs {
+            let (_, graph) = heads.get(&run).ok_or_else(|| no_such_run(&run))?;
+            let input = input.ok_or_else(|| no_such_run(&run))?;
+            with_inputs.insert(run, (input, graph.clone()));
+        }
+        finish(conn, self.taken, &with_inputs, known).await
+    }
 }
 
 /// What [`dependencies_done`] did.
@@ -1795,6 +1907,8 @@ struct Done {
     /// The runs where it left a step pending (made ready, still waiting, or a fan-out with its
     /// elements): not ended, so [`settle_runs`] need not count their steps.
     unfinished: HashSet<String>,
+    /// The steps it made ready and claimed for [`Hand`]'s worker.
+    handed: Handed,
 }
 
 /// What became of a fan-out whose last dependency completed.
@@ -2024,7 +2138,7 @@ pub(super) async fn requeue(
     .into_iter()
     .collect();
     // The elements of the one run's fan-outs are not counted (`postgres_growth`).
-    let Done { mut news, .. } = dependencies_done(conn, kids, &heads).await?;
+    let Done { mut news, .. } = dependencies_done(conn, kids, &heads, Hand::NONE).await?;
     news.sort_unstable();
     news.dedup();
     for job in &news {
@@ -3027,16 +3141,49 @@ const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
     CROSS JOIN LATERAL jsonb_array_elements(p.output::jsonb) WITH ORDINALITY AS e (value, ord)
     WHERE s.run_id = $1 AND s.idx = $2 AND s.state = 'pending'";
 
+/// Whether `DEPENDENCIES_DONE` hands step `s` over: this makes it ready (`d.n` is its last
+/// dependencies), it may be handed (`d.hand`), and a claim could take it (no limits, not a
+/// fan-out, its run's time to live not over). A step waiting for dependencies has no worker
+/// (one is set only by a claim of a ready step, and cleared when it is settled or queued
+/// again), so a step the statement returns with a worker is one it handed over.
+macro_rules! handed {
+    () => {
+        "(d.hand AND s.waiting <= d.n AND s.fan_over IS NULL AND NOT s.limited
+            AND (s.expires_at IS NULL OR s.expires_at > now()))"
+    };
+}
+
 /// `$3[i]` dependencies of step `$2[i]` of run `$1[i]` completed; the last makes it ready, or,
-/// for a fan-out, ready for its elements. The jobs of the steps that became ready, and the
-/// fan-outs that did (`fan`).
-const DEPENDENCIES_DONE: &str = "UPDATE jobgraph_steps s
+/// for a fan-out, ready for its elements, and a step made ready whose `$6[i]` is true is
+/// claimed for worker `$4` in the same write ([`handed!`]), leased for its TTR or `$5` ms as a
+/// claim would. Each row: the job of a step that became ready for claims (`news`), whether a
+/// fan-out did (`fan`), and whether the step was handed over (`handed`: its columns as a
+/// claim returns them, [`taken!`], and its run's `input`).
+const DEPENDENCIES_DONE: &str = concat!(
+    "UPDATE jobgraph_steps s
     SET waiting = greatest(s.waiting - d.n, 0),
-        ready_at = CASE WHEN s.waiting <= d.n AND s.fan_over IS NULL THEN now() END
-    FROM unnest($1::text[], $2::integer[], $3::integer[]) AS d (run_id, idx, n)
+        ready_at = CASE WHEN s.waiting <= d.n AND s.fan_over IS NULL THEN now() END,
+        worker = CASE WHEN ",
+    handed!(),
+    " THEN $4 ELSE s.worker END,
+        lease_until = CASE WHEN ",
+    handed!(),
+    " THEN now() + coalesce(s.ttr_ms, $5) * interval '1 millisecond' ELSE s.lease_until END,
+        claims = s.claims + CASE WHEN ",
+    handed!(),
+    " THEN 1 ELSE 0 END
+    FROM unnest($1::text[], $2::integer[], $3::integer[], $6::boolean[])
+        AS d (run_id, idx, n, hand)
     WHERE s.run_id = d.run_id AND s.idx = d.idx AND s.state = 'pending' AND s.waiting > 0
-    RETURNING CASE WHEN s.waiting = 0 AND s.fan_over IS NULL THEN s.job END AS job,
-        s.waiting = 0 AND s.fan_over IS NOT NULL AS fan, s.run_id, s.idx, s.fan_over";
+    RETURNING
+        CASE WHEN s.waiting = 0 AND s.fan_over IS NULL AND s.worker IS NULL THEN s.job END
+            AS news,
+        s.waiting = 0 AND s.fan_over IS NOT NULL AS fan, s.fan_over,
+        s.worker IS NOT NULL AS handed,
+        CASE WHEN s.worker IS NOT NULL THEN
+            (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id) END AS input, ",
+    taken!()
+);
 
 /// Step `$2` (a position, named `$9`) of run `$1`, held by `$3` under claim `$4`, failed with
 /// error `$5` and is tried again in `$7` ms, if it failed fewer than `$8` times before: when.

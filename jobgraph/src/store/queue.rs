@@ -20,7 +20,10 @@
 //! - [`complete`](Queue::complete) stores the step's output, and in the same transaction makes
 //!   each child whose last dependency this was ready, and ends the run when no step is left;
 //!   [`complete_many`](Queue::complete_many) does so for many steps in one transaction, each
-//!   fenced on its own (what a worker commits the steps that ended meanwhile with).
+//!   fenced on its own, and [`complete_and_claim`](Queue::complete_and_claim) also claims the
+//!   children it made ready for the committing worker in the same writes (what a worker commits
+//!   the steps that ended meanwhile with: a run's steps go on where its last step ran, each
+//!   without a claim of its own).
 //!   [`fail`](Queue::fail) either puts the step back, ready at `retry_at` (its retry policy
 //!   asked for it and `max_fails` allows it), or fails it for good and skips its descendants.
 //!   Both are fenced: a stale claim gets [`StoreError::ClaimLost`] and changes nothing.
@@ -125,6 +128,29 @@ pub trait Queue: Store {
         worker: &'a str,
         done: &'a [Completion<'a>],
     ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>>;
+
+    /// [`complete_many`](Queue::complete_many), and up to `limit` of the steps its completions
+    /// made ready claimed for `worker` in the same transaction, as [`claim`](Queue::claim)
+    /// would under `lease`: a child runs where its last parent ran, without a claim of its own
+    /// (which walks the queue's index and writes the step's row a second time). Steps with
+    /// limits, fan-outs and elements, and the steps of runs whose time to live is over, are
+    /// never handed over: they stay ready for claims. What a [`Worker`](crate::Worker) commits
+    /// with; PostgreSQL hands steps over, and the default (SQLite's) hands none.
+    fn complete_and_claim<'a>(
+        &'a self,
+        worker: &'a str,
+        done: &'a [Completion<'a>],
+        limit: usize,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Committed, StoreError>> {
+        let _ = (limit, lease);
+        Box::pin(async move {
+            Ok(Committed {
+                stored: self.complete_many(worker, done).await?,
+                claims: Vec::new(),
+            })
+        })
+    }
 
     /// Step `claim.step` completed with `output` (JSON): [`complete_many`](Queue::complete_many)
     /// of one. [`StoreError::ClaimLost`] if `worker` no longer holds the claim.
@@ -630,6 +656,15 @@ pub struct Claim {
     /// claimed with for a step without one. Each heartbeat renews it by as much, so its worker
     /// heartbeats at least every third of it.
     pub lease: Duration,
+}
+
+/// What [`Queue::complete_and_claim`] did.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// For each completion, in order: whether it was committed ([`Queue::complete_many`]).
+    pub stored: Vec<bool>,
+    /// The steps the completions made ready that were claimed for the committing worker.
+    pub claims: Vec<Claim>,
 }
 
 /// A step that completed, as [`Queue::complete_many`] takes it.
