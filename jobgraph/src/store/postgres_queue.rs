@@ -345,8 +345,12 @@ impl Queue for PgStore {
                 .fetch_all(&mut *tx)
                 .await?;
             let heads = heads_of(&mut tx, &locked, "job").await?;
-            let (elements, steps): (Vec<(usize, &Completion<'a>)>, Vec<_>) =
+            let (elements, mut steps): (Vec<(usize, &Completion<'a>)>, Vec<_>) =
                 rest.iter().partition(|(_, c)| c.claim.element.is_some());
+            // In key order, as the children below.
+            steps.sort_unstable_by(|(_, x), (_, y)| {
+                (&x.claim.run, x.claim.position).cmp(&(&y.claim.run, y.claim.position))
+            });
             // Each child's dependencies that completed here, counted (two parents of one child
             // may complete in one call).
             let mut kids: HashMap<(String, i32), i32> = HashMap::new();
@@ -1784,7 +1788,12 @@ async fn dependencies_done(
     // How many more steps may be handed over.
     let mut left = hand.limit;
     while !kids.is_empty() {
-        let (keys, counts): (Vec<_>, Vec<i32>) = std::mem::take(&mut kids).into_iter().unzip();
+        // In key order: the statement reaches the rows in the order of their primary key,
+        // page after page, as the floor's commits do.
+        let mut entries: Vec<((String, i32), i32)> =
+            std::mem::take(&mut kids).into_iter().collect();
+        entries.sort_unstable();
+        let (keys, counts): (Vec<_>, Vec<i32>) = entries.into_iter().unzip();
         let (kid_runs, kid_positions): (Vec<String>, Vec<i32>) = keys.into_iter().unzip();
         // The first `left` children may be handed over (if this makes them ready).
         let may_hand: Vec<bool> = (0..kid_runs.len()).map(|k| k < left).collect();
