@@ -438,14 +438,7 @@ fn worker_main(args: &[String]) {
                 jobgraph_worker(store, name, workload, mode).await;
             }
             System::FloorPg | System::FloorRuns => {
-                let (job, graph) = match workload {
-                    Workload::Noop => (<Noop as jobgraph::Job>::NAME, None),
-                    Workload::Diamond => (
-                        <Diamond as jobgraph::Job>::NAME,
-                        Some(jobgraph::durable::graph_spec::<Diamond>()),
-                    ),
-                    Workload::ForEach => panic!("the floors run no `for_each`"),
-                };
+                let (job, graph) = floor_job(workload);
                 let stop = CancellationToken::new();
                 // Listening for `stop` once `go` was read.
                 let ready = {
@@ -470,6 +463,18 @@ fn worker_main(args: &[String]) {
     });
     if let Some(stats) = stats {
         println!("sql {}", sql_stats_line(&stats));
+    }
+}
+
+/// The job a floor runs for `workload`, and its graph (`None`: one step).
+fn floor_job(workload: Workload) -> (&'static str, Option<jobgraph::store::GraphSpec>) {
+    match workload {
+        Workload::Noop => (<Noop as jobgraph::Job>::NAME, None),
+        Workload::Diamond => (
+            <Diamond as jobgraph::Job>::NAME,
+            Some(jobgraph::durable::graph_spec::<Diamond>()),
+        ),
+        Workload::ForEach => panic!("the floors run no `for_each`"),
     }
 }
 
@@ -632,14 +637,7 @@ async fn setup_and_insert(system: System, db: &Db, workload: Workload, jobs: u64
             jobgraph_insert(&store, workload, jobs).await;
         }
         System::FloorRuns => {
-            let (job, graph) = match workload {
-                Workload::Noop => (<Noop as jobgraph::Job>::NAME, None),
-                Workload::Diamond => (
-                    <Diamond as jobgraph::Job>::NAME,
-                    Some(jobgraph::durable::graph_spec::<Diamond>()),
-                ),
-                Workload::ForEach => panic!("the floors run no `for_each`"),
-            };
+            let (job, graph) = floor_job(workload);
             floor_runs::setup_and_insert(db.url(), job, graph.as_ref(), jobs).await;
         }
         #[cfg(feature = "peers")]

@@ -594,12 +594,7 @@ impl<'w> Pool<'w> {
         self.stats.claimed += claims.len();
         self.stats.claims += 1;
         for claim in claims {
-            let holding = Holding {
-                token: CancellationToken::new(),
-                lease: claim.lease,
-                sure_until: sent + claim.lease,
-            };
-            self.holdings.insert(claim.id.clone(), holding);
+            let claim = self.hold(claim, sent);
             self.queued.push_back(claim);
         }
         self.fill();
@@ -614,15 +609,21 @@ impl<'w> Pool<'w> {
         self.stats.claimed += claims.len();
         self.stats.handed += claims.len();
         for claim in claims.into_iter().rev() {
-            let holding = Holding {
-                token: CancellationToken::new(),
-                lease: claim.lease,
-                sure_until: sent + claim.lease,
-            };
-            self.holdings.insert(claim.id.clone(), holding);
+            let claim = self.hold(claim, sent);
             self.queued.push_front(claim);
         }
         self.fill();
+    }
+
+    /// Holds `claim`, which a call sent at `sent` took: its lease counts from then.
+    fn hold(&mut self, claim: Claim, sent: tokio::time::Instant) -> Claim {
+        let holding = Holding {
+            token: CancellationToken::new(),
+            lease: claim.lease,
+            sure_until: sent + claim.lease,
+        };
+        self.holdings.insert(claim.id.clone(), holding);
+        claim
     }
 
     /// Starts queued steps while there are free slots. A step whose claim was cancelled while

@@ -43,12 +43,14 @@ const LOOPS: usize = 2;
 const TAKE: i64 = 240;
 
 /// The best `$2` claimable steps of job `$3` (as jobgraph's claim filters and orders them, on
-/// its index of unlimited steps), leased to `$1` for a minute: each step's run, name and claim
-/// number, and its run's input. As jobgraph's claim, it updates the rows it locked by `ctid` (a
-/// TID scan) and reads each run by its key: joined on the keys, a plan made with the tables'
-/// statistics current (the submit analyzes them) hashed the whole steps table against the rows
-/// picked.
-const CLAIM: &str = "WITH picked AS (
+/// its index of unlimited steps), leased to `$1` for a minute, returning `$returning` of each.
+/// As jobgraph's claim, it updates the rows it locked by `ctid` (a TID scan) and reads each run
+/// by its key: joined on the keys, a plan made with the tables' statistics current (the submit
+/// analyzes them) hashed the whole steps table against the rows picked.
+macro_rules! claim {
+    ($returning:literal) => {
+        concat!(
+            "WITH picked AS (
         SELECT s.ctid AS row FROM jobgraph_steps s
         WHERE s.job = $3 AND NOT s.limited AND s.state = 'pending' AND s.ready_at IS NOT NULL
           AND s.ready_at <= now()
@@ -62,8 +64,17 @@ const CLAIM: &str = "WITH picked AS (
     UPDATE jobgraph_steps s
     SET worker = $1, lease_until = now() + interval '1 minute', claims = s.claims + 1
     WHERE s.ctid = ANY (ARRAY(SELECT row FROM picked))
-    RETURNING s.run_id, s.name, s.claims,
-        (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id) AS input";
+    RETURNING ",
+            $returning
+        )
+    };
+}
+
+/// [`claim!`] of single-step jobs: each step's run, name and claim number, and its run's input.
+const CLAIM: &str = claim!(
+    "s.run_id, s.name, s.claims,
+        (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id) AS input"
+);
 
 /// Each step (`$2[i]`, `$3[i]`) that `$1` holds under claim `$4[i]` completed with output
 /// `$5[i]`: the only step of its run, whose run it ends.
@@ -76,30 +87,18 @@ const COMPLETE: &str = "UPDATE jobgraph_steps s
     WHERE s.run_id = c.run_id AND s.name = c.name AND s.worker = $1
       AND s.claims = c.claims AND s.state = 'pending' AND s.alone";
 
-/// [`CLAIM`] of the steps of a graph: each step's position and its parents' outputs too
-/// (`$4[i]`'s parents are `$5[i]`, an edge per entry, positions in the graph), in position
-/// order, as jobgraph's claim reads them.
-const CLAIM_GRAPH: &str = "WITH picked AS (
-        SELECT s.ctid AS row FROM jobgraph_steps s
-        WHERE s.job = $3 AND NOT s.limited AND s.state = 'pending' AND s.ready_at IS NOT NULL
-          AND s.ready_at <= now()
-          AND (s.worker IS NULL
-               OR (s.lease_until <= now() AND s.claims - s.fails < s.max_attempts))
-          AND (s.expires_at IS NULL OR s.expires_at > now())
-        ORDER BY s.priority DESC, s.ready_at, s.run_seq, s.idx
-        LIMIT $2
-        FOR UPDATE OF s SKIP LOCKED
-    )
-    UPDATE jobgraph_steps s
-    SET worker = $1, lease_until = now() + interval '1 minute', claims = s.claims + 1
-    WHERE s.ctid = ANY (ARRAY(SELECT row FROM picked))
-    RETURNING s.run_id, s.idx, s.claims,
+/// [`claim!`] of the steps of a graph: each step's run, position and claim number, its run's
+/// input, and its parents' outputs (`$4[i]`'s parents are `$5[i]`, an edge per entry,
+/// positions in the graph), in position order, as jobgraph's claim reads them.
+const CLAIM_GRAPH: &str = claim!(
+    "s.run_id, s.idx, s.claims,
         (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id) AS input,
         ARRAY(SELECT p.output FROM jobgraph_steps p
             WHERE p.run_id = s.run_id AND p.idx IN (SELECT e.parent
                 FROM unnest($4::integer[], $5::integer[]) AS e (child, parent)
                 WHERE e.child = s.idx)
-            ORDER BY p.idx) AS outputs";
+            ORDER BY p.idx) AS outputs"
+);
 
 /// Each step (`$2[i]`, `$3[i]`: run, position) that `$1` holds under claim `$4[i]` completed
 /// with output `$5[i]`.
@@ -191,18 +190,8 @@ pub(crate) async fn worker(
     ready: impl FnOnce(),
     stop: CancellationToken,
 ) -> (u64, u64) {
-    let loops = std::env::var("FLOOR_LOOPS")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(LOOPS);
-    let options: PgConnectOptions = url.parse().expect("a PostgreSQL URL");
-    let pool = PgPoolOptions::new()
-        .max_connections(loops as u32)
-        .min_connections(loops as u32)
-        .test_before_acquire(false)
-        .connect_with(options.options([("plan_cache_mode", "force_generic_plan")]))
-        .await
-        .expect("connect the floor's pool");
+    let loops = loops();
+    let pool = pool(url, loops, &[]).await;
     let graph = graph.map(|spec| Arc::new(Graph::of(&spec)));
     let handoff = std::env::var("FLOOR_HANDOFF").is_ok();
     let claimed = Arc::new(AtomicU64::new(0));
@@ -240,6 +229,30 @@ pub(crate) async fn worker(
         claimed.load(Ordering::Relaxed),
         completed.load(Ordering::Relaxed),
     )
+}
+
+/// Claim-and-complete loops per worker process: [`LOOPS`], or `FLOOR_LOOPS`.
+pub(crate) fn loops() -> usize {
+    std::env::var("FLOOR_LOOPS")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(LOOPS)
+}
+
+/// A pool of `loops` connections to `url`, each statement planned once (as `PgStore`'s are),
+/// with the settings `also`.
+pub(crate) async fn pool(url: &str, loops: usize, also: &[(&str, &str)]) -> PgPool {
+    let options: PgConnectOptions = url.parse().expect("a PostgreSQL URL");
+    let settings = [("plan_cache_mode", "force_generic_plan")]
+        .iter()
+        .chain(also);
+    PgPoolOptions::new()
+        .max_connections(loops as u32)
+        .min_connections(loops as u32)
+        .test_before_acquire(false)
+        .connect_with(options.options(settings.copied()))
+        .await
+        .expect("connect the floor's pool")
 }
 
 /// Claims and completes up to [`TAKE`] single-step jobs: how many.

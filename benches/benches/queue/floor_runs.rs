@@ -17,7 +17,7 @@
 //! memory), ending a run whose steps all completed; then inserts the outputs. A single-step job
 //! costs three writes (claim, commit, output), one more than in `floor-pg`'s schema; the 8-step
 //! diamond, run by one worker from claim to end, fourteen (a claim, a commit per level of five,
-//! eight outputs), where `floor-pg` needs twenty-seven. Each process runs [`LOOPS`] loops, as
+//! eight outputs), where `floor-pg` needs twenty-seven. Each process runs as many loops as
 //! `floor-pg`; a loop claims, then runs and commits what it was handed until nothing is, then
 //! claims again. The sweep of expired leases is not run (nothing expires in a burn-down).
 
@@ -28,11 +28,8 @@ use std::time::Duration;
 
 use jobgraph::CancellationToken;
 use jobgraph::store::GraphSpec;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row as _};
 
-/// Claim-and-commit loops per worker process, unless `FLOOR_LOOPS` says.
-const LOOPS: usize = 2;
 /// Runs one claim takes at most.
 const TAKE: i64 = 240;
 
@@ -229,32 +226,26 @@ pub(crate) async fn worker(
     ready: impl FnOnce(),
     stop: CancellationToken,
 ) -> (u64, u64) {
-    let loops = std::env::var("FLOOR_LOOPS")
-        .ok()
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(LOOPS);
+    let loops = super::floor::loops();
     let holder: i32 = name
         .rsplit('-')
         .next()
         .and_then(|n| n.parse::<i32>().ok())
         .map_or(1, |n| n + 1);
-    let options: PgConnectOptions = url.parse().expect("a PostgreSQL URL");
-    let pool = PgPoolOptions::new()
-        .max_connections(loops as u32)
-        .min_connections(loops as u32)
-        .test_before_acquire(false)
-        .connect_with(options.options([
-            ("plan_cache_mode", "force_generic_plan"),
-            // The tables' statistics are of the fresh backlog (no outputs yet): planned with
-            // them, every read of outputs scans the table, and a join of a claim's or commit's
-            // runs walks the runs' key from its start. The floor measures writes, not plans:
-            // each run and output is found by its key.
+    let pool = super::floor::pool(
+        url,
+        loops,
+        // The tables' statistics are of the fresh backlog (no outputs yet): planned with
+        // them, every read of outputs scans the table, and a join of a claim's or commit's
+        // runs walks the runs' key from its start. The floor measures writes, not plans:
+        // each run and output is found by its key.
+        &[
             ("enable_seqscan", "off"),
             ("enable_mergejoin", "off"),
             ("enable_hashjoin", "off"),
-        ]))
-        .await
-        .expect("connect the floor's pool");
+        ],
+    )
+    .await;
     let shape = Arc::new(Shape::of(graph.as_ref()));
     let done = Arc::new(AtomicU64::new(0));
     ready();
