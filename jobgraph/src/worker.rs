@@ -362,11 +362,17 @@ impl<'w> Pool<'w> {
         self.worker.concurrency + self.worker.prefetch
     }
 
+    /// The most claims the worker holds ([`HELD_PER_SLOT`]).
+    fn most_held(&self) -> usize {
+        self.wanted() * HELD_PER_SLOT
+    }
+
     /// How many more steps to claim now.
     fn room(&self) -> usize {
-        let wanted = self.wanted();
-        let free = wanted.saturating_sub(self.running.len() + self.queued.len());
-        let held = (wanted * HELD_PER_SLOT).saturating_sub(self.holdings.len());
+        let free = self
+            .wanted()
+            .saturating_sub(self.running.len() + self.queued.len());
+        let held = self.most_held().saturating_sub(self.holdings.len());
         free.min(held)
     }
 
@@ -420,20 +426,21 @@ impl<'w> Pool<'w> {
                 let (queue, jobs, poll) = (Arc::clone(queue), Arc::clone(&self.jobs), worker.poll);
                 waiting = Some(Box::pin(async move { queue.wait_ready(&jobs, poll).await }));
             }
+            let most_held = self.most_held();
             for (settling, ended) in settling.iter_mut().zip(&mut self.ended) {
                 if settling.is_some() || backoff.is_some() || ended.is_empty() {
                     continue;
                 }
                 let ended = std::mem::take(ended);
                 // The children the commit makes ready are handed over up to the claims this
-                // worker may hold (it holds the ones it commits until then), and not while it
-                // stops or runs one claim.
+                // worker may hold besides the ones it commits, and not while it stops or runs
+                // one claim. Each lane's commit counts what the worker holds when it is sent,
+                // not what the other lane's commit in flight may hand over: with both in
+                // flight, a worker may hold up to twice `most_held`.
                 let hand = if stopping || self.once {
                     0
                 } else {
-                    (self.worker.concurrency + self.worker.prefetch)
-                        .saturating_mul(HELD_PER_SLOT)
-                        .saturating_sub(self.holdings.len().saturating_sub(ended.len()))
+                    most_held.saturating_sub(self.holdings.len().saturating_sub(ended.len()))
                 };
                 let (queue, name, lease) = (Arc::clone(queue), Arc::clone(&name), worker.lease);
                 *settling = Some(Box::pin(async move {

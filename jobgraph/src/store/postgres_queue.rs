@@ -1819,10 +1819,11 @@ async fn dependencies_done(
             let run: String = get(row, run_id, T)?;
             if get::<bool>(row, handed_at, T)? {
                 left = left.saturating_sub(1);
-                handed
-                    .inputs
-                    .entry(run.clone())
-                    .or_insert(get::<Option<String>>(row, input, "jobgraph_runs")?);
+                // Each of a run's handed rows carries its input: read the first.
+                if !handed.inputs.contains_key(&run) {
+                    let first = get::<Option<String>>(row, input, "jobgraph_runs")?;
+                    handed.inputs.insert(run.clone(), first);
+                }
                 handed.taken.push(Taken::read(row, &columns, hand.lease)?);
                 unfinished.insert(run);
                 continue;
