@@ -448,12 +448,13 @@ fn worker_main(args: &[String]) {
                         cancel_on_stop(&stop);
                     }
                 };
-                let (claimed, completed) = if system == System::FloorPg {
+                // A floor completes every step it claims (its commits assert it).
+                let steps = if system == System::FloorPg {
                     floor::worker(url, name, job, graph, ready, stop).await
                 } else {
                     floor_runs::worker(url, name, job, graph, ready, stop).await
                 };
-                done(&format!("claimed={claimed} completed={completed} failed=0"));
+                done(&format!("claimed={steps} completed={steps} failed=0"));
             }
             #[cfg(feature = "peers")]
             peer => peers::worker(peer, url, name, mode).await,

@@ -225,7 +225,7 @@ pub(crate) async fn worker(
     graph: Option<GraphSpec>,
     ready: impl FnOnce(),
     stop: CancellationToken,
-) -> (u64, u64) {
+) -> u64 {
     let loops = super::floor::loops();
     let holder: i32 = name
         .rsplit('-')
@@ -281,8 +281,7 @@ pub(crate) async fn worker(
         task.await.unwrap();
     }
     pool.close().await;
-    let done = done.load(Ordering::Relaxed);
-    (done, done)
+    done.load(Ordering::Relaxed)
 }
 
 /// Claims the ready steps of up to [`TAKE`] runs, their parents' outputs into `outputs`.
