@@ -124,6 +124,7 @@ on_both_queues! {
     runs_of_one_step_end_with_their_step_among_other_completions => one_step_runs_complete_among_others,
     a_run_of_one_step_ended_by_its_step_stays_ended_for_every_reader_and_writer => one_step_runs_stay_ended,
     a_run_is_running_from_its_first_claim_to_its_end_whoever_reads_it => running_from_first_claim,
+    a_run_with_two_last_steps_ends_with_the_second => two_last_steps,
     a_worker_prefetches_claims_but_runs_no_more_than_its_concurrency => prefetch_runs_within_concurrency,
     a_worker_with_steps_queued_claims_in_batches_of_half_its_room => claims_wait_for_half_their_room,
     a_worker_does_not_start_a_queued_step_whose_lease_may_have_lapsed => lapsed_claims_are_not_started,
@@ -1444,7 +1445,8 @@ async fn one_step_runs_stay_ended(store: impl TestQueue, _base: u64) {
 /// it ends, as every reader says (its status, the runs listed by state, its batch's counts):
 /// while its first step is claimed, after a failed attempt of it is put back, while its next
 /// steps wait to be claimed. A redriven run is pending again until a worker takes it. (On
-/// PostgreSQL, a claim writes no run: readers derive running from the run's steps.)
+/// PostgreSQL, neither a claim nor a commit that leaves the run unfinished writes the run:
+/// readers derive running from the run's steps.)
 async fn running_from_first_claim(store: impl TestQueue, _base: u64) {
     let client = Client::new(&store);
     let ids = client
@@ -1514,6 +1516,56 @@ async fn running_from_first_claim(store: impl TestQueue, _base: u64) {
     seen(RunState::Running).await;
     settle(redriven).await;
     seen(RunState::Succeeded).await;
+}
+
+/// A run whose graph has two last steps (`Gated`: `gate` and `free`, neither waited for) ends
+/// when both have completed, in either order, whoever ends first: PostgreSQL ends a run whose
+/// one last step completed without counting its steps, and must count these.
+async fn two_last_steps(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let runs = client
+        .submit_batch("two-last", [Gated { n: 1 }, Gated { n: 2 }])
+        .await
+        .unwrap();
+    let complete = |claims: Vec<jobgraph::store::queue::Claim>| {
+        let store = &store;
+        async move {
+            let stored = store
+                .complete_many(WORKER, &completions(&claims, "1"))
+                .await
+                .unwrap();
+            assert!(stored.iter().all(|&s| s), "{claims:?}");
+        }
+    };
+    let state = |run: &String| {
+        let client = &client;
+        let run = run.clone();
+        async move { client.status(&run).await.unwrap().state }
+    };
+    let open = store.claim(WORKER, &["Gated"], 5, LEASE).await.unwrap();
+    assert_eq!(open.len(), 2);
+    complete(open).await;
+    // `gate` takes one claim at a time: the first run's, with both `free`s.
+    let mut last = store.claim(WORKER, &["Gated"], 5, LEASE).await.unwrap();
+    last.sort_by(|x, y| (&x.id.run, x.id.position).cmp(&(&y.id.run, y.id.position)));
+    let steps: Vec<(&str, &str)> = last
+        .iter()
+        .map(|c| (c.id.run.as_str(), c.id.step.as_str()))
+        .collect();
+    let (a, b) = (runs[0].as_str(), runs[1].as_str());
+    assert_eq!(steps, [(a, "gate"), (a, "free"), (b, "free")]);
+    let free_a = last.remove(1);
+    // The first run's `gate`, the second's `free`: each has its other last step pending.
+    complete(last).await;
+    assert_eq!(state(&runs[0]).await, RunState::Running);
+    assert_eq!(state(&runs[1]).await, RunState::Running);
+    complete(vec![free_a]).await;
+    assert_eq!(state(&runs[0]).await, RunState::Succeeded);
+    assert_eq!(state(&runs[1]).await, RunState::Running);
+    let gate_b = store.claim(WORKER, &["Gated"], 5, LEASE).await.unwrap();
+    assert_eq!(gate_b.len(), 1);
+    complete(gate_b).await;
+    assert_eq!(state(&runs[1]).await, RunState::Succeeded);
 }
 
 /// Counts its executions in counter `key`, and the steps of `key` running at once.

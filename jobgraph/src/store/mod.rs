@@ -278,6 +278,22 @@ impl GraphSpec {
             .collect()
     }
 
+    /// Whether `position` is the graph's one last step: the only step no other waits for. Every
+    /// other step is then one of its dependencies, directly or not, so once it has completed
+    /// (which it does only after all of them completed), every step has.
+    pub(crate) fn is_last(&self, position: usize) -> bool {
+        let n = self.steps.len();
+        let mut awaited = vec![false; n];
+        for step in &self.steps {
+            for &e in step.parents.iter().chain(&step.after) {
+                if let Some(awaited) = awaited.get_mut(e) {
+                    *awaited = true;
+                }
+            }
+        }
+        position < n && (0..n).all(|p| awaited[p] != (p == position))
+    }
+
     /// Step `root` and every step that depends on it through `parents` or `after`, directly or
     /// not, as a mask over the steps (in graph order). Edges out of range are ignored.
     pub fn descendants(&self, root: usize) -> Vec<bool> {

@@ -874,10 +874,12 @@ macro_rules! alone_completed {
 pub(super) use alone_completed;
 
 /// A run's state as readers see it (`$r`: the runs table's name or alias, and a dot). A
-/// queued run is stored `pending` until the first of its steps ends, so that a claim writes no
-/// run (see `postgres_queue`): it is running once one of its steps is claimed (`worker`, until
-/// the step ends or is put back) or has failed an attempt (`fails`). Both are reset when a run
-/// is redriven, which makes it pending again until a worker takes it. A run of one step has
+/// queued run is stored `pending` until it ends, so that neither a claim nor a commit that
+/// leaves it unfinished writes its row (see `postgres_queue`): it is running once one of its
+/// steps is claimed (`worker`, until the step ends or is put back), has failed an attempt
+/// (`fails`), or has ended since the run was last written (`ended_at`, against the run's
+/// `updated_at`: a redrive writes the run, and resets the claims and failures of the steps it
+/// queues again, which makes it pending until a worker takes one). A run of one step has
 /// succeeded once its step completed ([`alone_completed!`]).
 macro_rules! shown_run_state {
     ($r:literal) => {
@@ -891,7 +893,10 @@ macro_rules! shown_run_state {
             "state = 'pending' AND EXISTS (SELECT 1 FROM jobgraph_steps q
                 WHERE q.run_id = ",
             $r,
-            "id AND q.state = 'pending' AND (q.worker IS NOT NULL OR q.fails > 0))
+            "id AND (q.state = 'pending' AND (q.worker IS NOT NULL OR q.fails > 0)
+                    OR q.ended_at >= ",
+            $r,
+            "updated_at))
             THEN 'running' ELSE ",
             $r,
             "state END"
@@ -900,18 +905,19 @@ macro_rules! shown_run_state {
 }
 pub(super) use shown_run_state;
 
-/// When a run was last written, as readers see it (`$r` as in [`shown_run_state!`]): for a run
-/// of one step that succeeded without its row being written, its step's end.
+/// When a run was last written, as readers see it (`$r` as in [`shown_run_state!`]): for a
+/// queued run not written since one of its steps ended (one that ended with its only step, or
+/// that is running), that step's end.
 macro_rules! shown_updated_at {
     ($r:literal) => {
         concat!(
             "CASE WHEN ",
             $r,
-            "state IN ('pending', 'running') THEN coalesce((SELECT a.ended_at ",
-            $crate::store::postgres::alone_completed!($r),
-            "), ",
+            "state IN ('pending', 'running') THEN greatest(",
             $r,
-            "updated_at) ELSE ",
+            "updated_at, (SELECT max(q.ended_at) FROM jobgraph_steps q WHERE q.run_id = ",
+            $r,
+            "id)) ELSE ",
             $r,
             "updated_at END"
         )

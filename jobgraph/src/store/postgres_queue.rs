@@ -9,7 +9,8 @@
 //!   the steps after. The run's row is thus the mutex of its steps' states: a fan-in whose two
 //!   parents complete at once is made ready by the second, which waited for the first's commit
 //!   and then sees `waiting` at 1 (and ending the run counts the steps left under the same lock,
-//!   so two last steps completing at once cannot both see the other pending). A transaction that
+//!   so two last steps completing at once cannot both see the other pending; a run whose graph
+//!   has one last step, which waits for every other, ends with it uncounted). A transaction that
 //!   writes several runs (`complete_many`, `release`, `abort_batch`) locks them in id order.
 //! - **But the only step of a run is completed by its row alone** (`alone`, marked at submit;
 //!   the claim says so in [`ClaimId::only_step`]): no other step of its run waits for it, so its
@@ -31,10 +32,10 @@
 //!   that read every row: the one after a claim that may have left marks, and a sweep once a
 //!   second (`CLAIM_UNLIMITED`). A claim changes no step's state
 //!   (only `worker`, `lease_until`, `claims`), and writes no run, so it needs no run lock. A
-//!   queued run is stored `pending` until the first of its steps ends (the transaction that ends
-//!   it writes `running`, or the run's end): readers see a pending run with a claimed step, or a
-//!   step that failed an attempt, as running (`shown_run_state!`), so that a run of one step,
-//!   claimed and completed, is written once, by its end. The one thing a claim waits for is a
+//!   queued run is stored `pending` until it ends (the transaction that ends it writes its
+//!   end): readers see a pending run with a claimed step, a step that failed an attempt or one
+//!   that ended as running (`shown_run_state!`), so that a run is written once, by its end (a
+//!   run of one step not even then). The one thing a claim waits for is a
 //!   limit row (below), and whoever holds one never waits for a claim's rows.
 //! - **Limits: the `jobgraph_limits` row, `FOR UPDATE`.** A claim locks the limit rows of the
 //!   limited steps that have ready steps, in (job, step) order (so two claims never lock two of
@@ -352,16 +353,24 @@ impl Queue for PgStore {
                 (&x.claim.run, x.claim.position).cmp(&(&y.claim.run, y.claim.position))
             });
             // Each child's dependencies that completed here, counted (two parents of one child
-            // may complete in one call).
+            // may complete in one call); and the runs whose last step completed here.
             let mut kids: HashMap<(String, i32), i32> = HashMap::new();
+            let mut last: HashSet<String> = HashSet::default();
             let mut add_kids = |run: &str, position: i32| -> Result<(), StoreError> {
                 let (_, spec) = heads.get(run).ok_or_else(|| no_such_run(run))?;
-                // A step alone has no children.
-                let Some(spec) = spec else { return Ok(()) };
+                // A step alone is its run's last, and has no children.
+                let Some(spec) = spec else {
+                    last.insert(run.to_owned());
+                    return Ok(());
+                };
                 let position = usize::try_from(position).map_err(|_| StoreError::Corrupt {
                     what: format!("a step position of run `{run}` is {position}"),
                 })?;
-                for kid in spec.children(position) {
+                let children = spec.children(position);
+                if children.is_empty() && spec.is_last(position) {
+                    last.insert(run.to_owned());
+                }
+                for kid in children {
                     *kids.entry((run.to_owned(), idx_of(kid))).or_default() += 1;
                 }
                 Ok(())
@@ -442,30 +451,30 @@ impl Queue for PgStore {
             for job in &news {
                 notify(&mut tx, job).await?;
             }
-            // The runs of the claims it stored (a set: a commit holds hundreds of claims).
+            // The runs of the claims it stored (a set: a commit holds hundreds of claims), but
+            // for those it left a step pending in: not ended, and not written (readers see
+            // a run with an ended step running).
             let stored: HashSet<&str> = rest
                 .iter()
                 .filter(|(at, _)| committed[*at])
                 .map(|(_, c)| c.claim.run.as_str())
+                .filter(|run| !unfinished.contains(*run))
                 .collect();
-            // A run of one step whose step completed here succeeded: ended without counting
-            // its steps' states. The others are counted, but for those this commit left a step
-            // pending in.
-            let (alone, touched): (Vec<&str>, Vec<&str>) = runs
+            // A run whose last step completed here succeeded: ended without counting its
+            // steps' states. The others may have ended: counted.
+            let (ended, counted): (Vec<&str>, Vec<&str>) = runs
                 .iter()
                 .copied()
                 .filter(|run| stored.contains(run))
-                .partition(|run| matches!(heads.get(*run), Some((_, None))));
-            if !alone.is_empty() {
-                sqlx::query(END_RUNS_OF_ONE_STEP)
-                    .bind(&alone)
+                .partition(|run| last.contains(*run));
+            if !ended.is_empty() {
+                sqlx::query(END_COMPLETED_RUNS)
+                    .bind(&ended)
                     .execute(&mut *tx)
                     .await?;
             }
-            if !touched.is_empty() {
-                let (left_pending, counted): (Vec<&str>, Vec<&str>) =
-                    touched.iter().partition(|run| unfinished.contains(**run));
-                settle_runs(&mut tx, &counted, &left_pending).await?;
+            if !counted.is_empty() {
+                settle_runs(&mut tx, &counted).await?;
             }
             tx.commit().await?;
             self.kept().commits.put(conn);
@@ -1699,22 +1708,16 @@ async fn skip_descendants(
 
 /// Ends run `run` (locked by the caller): [`settle_runs`] of one.
 async fn settle_run(conn: &mut PgConnection, run: &str) -> Result<(), StoreError> {
-    settle_runs(conn, &[run], &[]).await
+    settle_runs(conn, &[run]).await
 }
 
 /// Ends each of `runs` (locked by the caller, so no other transaction changes their steps'
 /// states meanwhile) that has no pending step left: failed if one of its steps failed, else
-/// succeeded; and marks running those of `runs` and of `unfinished` (locked too, and known to
-/// have a pending step: their steps are not counted) that one of their steps ended in. One
-/// statement; no run in both.
-async fn settle_runs(
-    conn: &mut PgConnection,
-    runs: &[&str],
-    unfinished: &[&str],
-) -> Result<(), StoreError> {
+/// succeeded. One with a pending step is not written: readers see it running once one of its
+/// steps ended (`shown_run_state!`).
+async fn settle_runs(conn: &mut PgConnection, runs: &[&str]) -> Result<(), StoreError> {
     sqlx::query(END_SETTLED_RUNS)
         .bind(runs)
-        .bind(unfinished)
         .execute(conn)
         .await?;
     Ok(())
@@ -3250,32 +3253,27 @@ const SKIP_STEPS: &str = "UPDATE jobgraph_steps
     SET state = 'skipped', ready_at = NULL, worker = NULL, lease_until = NULL
     WHERE run_id = $1 AND idx = ANY ($2) AND state = 'pending'";
 
-/// Each run of `$1` (each of one step, which completed in this transaction, under the run's
-/// lock) succeeded, as [`END_SETTLED_RUNS`] would find.
-const END_RUNS_OF_ONE_STEP: &str = "UPDATE jobgraph_runs
+/// Each run of `$1` succeeded: its last step ([`GraphSpec::is_last`], or its only one)
+/// completed in this transaction, under the run's lock, so every step has, as
+/// [`END_SETTLED_RUNS`] would count.
+const END_COMPLETED_RUNS: &str = "UPDATE jobgraph_runs
     SET state = 'succeeded', error = NULL, updated_at = now(), expires_at = NULL
     WHERE id = ANY ($1) AND state IN ('pending', 'running')";
 
 /// Ends each run of `$1` none of whose steps is pending: failed, naming its first failed step
-/// by byte order (`COLLATE \"C\"`, as SQLite's `MIN`), if one failed; else succeeded. A run
-/// with pending steps left that is stored `pending` becomes `running` (one of its steps ended),
-/// and so does each run of `$2` (known to have one: its steps are not counted).
+/// by byte order (`COLLATE \"C\"`, as SQLite's `MIN`), if one failed; else succeeded.
 const END_SETTLED_RUNS: &str = "WITH tally AS (
         SELECT run_id, count(*) FILTER (WHERE state = 'pending') AS pending,
             min(name COLLATE \"C\") FILTER (WHERE state = 'failed') AS failed
         FROM jobgraph_steps WHERE run_id = ANY ($1)
         GROUP BY run_id
-        UNION ALL
-        SELECT u.run_id, 1, NULL FROM unnest($2::text[]) AS u (run_id)
     )
     UPDATE jobgraph_runs r
-    SET state = CASE WHEN t.pending > 0 THEN 'running'
-            WHEN t.failed IS NULL THEN 'succeeded' ELSE 'failed' END,
-        error = CASE WHEN t.pending = 0 AND t.failed IS NOT NULL
-            THEN 'step `' || t.failed || '` failed' END,
-        updated_at = now(), expires_at = CASE WHEN t.pending > 0 THEN r.expires_at END
+    SET state = CASE WHEN t.failed IS NULL THEN 'succeeded' ELSE 'failed' END,
+        error = CASE WHEN t.failed IS NOT NULL THEN 'step `' || t.failed || '` failed' END,
+        updated_at = now(), expires_at = NULL
     FROM tally t
-    WHERE r.id = t.run_id AND (r.state = 'pending' OR (r.state = 'running' AND t.pending = 0))";
+    WHERE r.id = t.run_id AND t.pending = 0 AND r.state IN ('pending', 'running')";
 
 /// Runs `$1` (locked, their pending steps cancelled) are cancelled, but for those of one step
 /// that completed: the ones it cancelled.
