@@ -715,7 +715,9 @@ const JOBGRAPH_BUSY: &str = "SELECT
         WHERE state = 'pending' AND ready_at IS NOT NULL AND limited = 0)
     OR EXISTS (SELECT 1 FROM jobgraph_queue_elements
         WHERE state = 'pending' AND ready_at IS NOT NULL AND limited = 1)";
-/// The same on PostgreSQL (schema versions 14 and 15), whose flag is a `boolean`.
+/// The same on PostgreSQL (schema versions 14 and 15), whose flag is a `boolean`; and, since a
+/// step a commit hands over is in none of those indexes (schema version 17), whether a queued
+/// run of more than one step is unfinished (`jobgraph_runs_unfinished`).
 const JOBGRAPH_PG_BUSY: &str = "SELECT
     EXISTS (SELECT 1 FROM jobgraph_steps
         WHERE state = 'pending' AND ready_at IS NOT NULL AND NOT limited)
@@ -724,7 +726,9 @@ const JOBGRAPH_PG_BUSY: &str = "SELECT
     OR EXISTS (SELECT 1 FROM jobgraph_queue_elements
         WHERE state = 'pending' AND ready_at IS NOT NULL AND NOT limited)
     OR EXISTS (SELECT 1 FROM jobgraph_queue_elements
-        WHERE state = 'pending' AND ready_at IS NOT NULL AND limited)";
+        WHERE state = 'pending' AND ready_at IS NOT NULL AND limited)
+    OR EXISTS (SELECT 1 FROM jobgraph_runs WHERE queued AND state IN ('pending', 'running')
+        AND jsonb_array_length(graph -> 'steps') > 1)";
 
 impl Counter {
     async fn new(system: System, db: &Db) -> Counter {

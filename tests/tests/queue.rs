@@ -7,7 +7,7 @@
 //! claims, LISTEN/NOTIFY wakes an idle worker long before its poll, and workers on four
 //! connections run a batch to the end while it is being aborted.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -120,6 +120,7 @@ on_both_queues! {
     completions_commit_together_each_fenced_alone => complete_many_together,
     a_commit_hands_its_worker_the_children_it_made_ready => commits_hand_over_children,
     a_worker_runs_the_steps_its_commits_hand_over => worker_runs_handed_steps,
+    a_handed_step_whose_worker_stopped_answering_is_claimed_again => lapsed_handoffs_claimed_again,
     a_stale_and_a_live_claim_of_one_step_in_one_call_are_told_apart => stale_and_live_claim_together,
     runs_of_one_step_end_with_their_step_among_other_completions => one_step_runs_complete_among_others,
     a_run_of_one_step_ended_by_its_step_stays_ended_for_every_reader_and_writer => one_step_runs_stay_ended,
@@ -1219,6 +1220,130 @@ impl Gated {
     async fn free(&self, open: &u32) -> u32 {
         open + 2
     }
+}
+
+/// A step a commit handed over whose worker stopped answering is claimed again once its lease
+/// ended, as a claimed step is (on PostgreSQL it is in no index a claim reads: the claims'
+/// sweep finds it through its run): another worker's claim takes both children of the root as
+/// their second attempts, the first worker's completions are refused, and the run ends. On
+/// SQLite the first worker claims the children instead.
+async fn lapsed_handoffs_claimed_again(store: impl TestQueue, _base: u64) {
+    let client = Client::new(&store);
+    let run = client.submit(&Diamond { n: 4 }).await.unwrap().id;
+    let root = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    let committed = store
+        .complete_and_claim(WORKER, &completions(&root, "4"), 10, LEASE)
+        .await
+        .unwrap();
+    let held = if hands_over(&store) {
+        committed.claims
+    } else {
+        store.claim(WORKER, &["Diamond"], 10, LEASE).await.unwrap()
+    };
+    let steps = |claims: &[Claim]| -> Vec<(String, u32)> {
+        let mut steps: Vec<_> = claims
+            .iter()
+            .map(|c| (c.id.step.clone(), c.id.attempt))
+            .collect();
+        steps.sort();
+        steps
+    };
+    assert_eq!(steps(&held), [("b".to_owned(), 1), ("c".to_owned(), 1)]);
+    assert!(
+        store
+            .claim("w2", &["Diamond"], 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store.age_leases(LEASE + Duration::from_secs(1)).await;
+    let again = store.claim("w2", &["Diamond"], 10, LEASE).await.unwrap();
+    assert_eq!(steps(&again), [("b".to_owned(), 2), ("c".to_owned(), 2)]);
+    let stale = store
+        .complete_many(WORKER, &completions(&held, "0"))
+        .await
+        .unwrap();
+    assert_eq!(stale, [false, false]);
+    let committed = store
+        .complete_and_claim("w2", &completions(&again, "5"), 10, LEASE)
+        .await
+        .unwrap();
+    let last = if hands_over(&store) {
+        committed.claims
+    } else {
+        store.claim("w2", &["Diamond"], 10, LEASE).await.unwrap()
+    };
+    assert_eq!(steps(&last), [("d".to_owned(), 1)]);
+    assert_eq!(
+        last[0].deps,
+        [
+            ("b".to_owned(), "5".to_owned()),
+            ("c".to_owned(), "5".to_owned())
+        ]
+    );
+    assert!(
+        store
+            .complete_many("w2", &completions(&last, "10"))
+            .await
+            .unwrap()[0]
+    );
+    assert_eq!(
+        client.status(&run).await.unwrap().state,
+        RunState::Succeeded
+    );
+}
+
+/// The claims' sweep for lapsed hand-offs reads a bounded number of unfinished runs at a time
+/// (256), each sweep going on where the last one stopped: with 300 runs unfinished, the sweep of
+/// the claim that takes the roots reads the first 256, the next sweep the last 44 (so it misses
+/// the first run's handed steps, whose leases ended since), and the one after begins again and
+/// finds them, claimed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_sweep_for_lapsed_handoffs_reads_the_unfinished_runs_in_turn() {
+    let Some((_db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let client = Client::new(store);
+    let runs = client
+        .submit_batch("waiting", (0..300).map(|n| Diamond { n }))
+        .await
+        .unwrap();
+    let first = &runs[0];
+    // Every root claimed by one worker, which completes the first run's and is handed its
+    // children.
+    let roots = store.claim("w0", &["Diamond"], 300, LEASE).await.unwrap();
+    assert_eq!(roots.len(), 300);
+    let root = roots.iter().find(|c| &c.id.run == first).unwrap();
+    let committed = store
+        .complete_and_claim(
+            "w0",
+            &completions(std::slice::from_ref(root), "1"),
+            10,
+            LEASE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(committed.claims.len(), 2);
+    let taken = |claims: &[Claim]| -> BTreeMap<(String, u32), usize> {
+        let mut taken = BTreeMap::new();
+        for c in claims {
+            *taken.entry((c.id.step.clone(), c.id.attempt)).or_default() += 1;
+        }
+        taken
+    };
+    // Every lease ended: the other roots are in the claims' index, the two children are not,
+    // and this sweep reads the last 44 runs.
+    store.age_leases(LEASE + Duration::from_secs(1)).await;
+    let again = store.claim("w2", &["Diamond"], 1_000, LEASE).await.unwrap();
+    assert_eq!(taken(&again), BTreeMap::from([(("a".to_owned(), 2), 299)]));
+    store.age_leases(Duration::ZERO).await;
+    let next = store.claim("w2", &["Diamond"], 1_000, LEASE).await.unwrap();
+    let handed: Vec<(&str, &str, u32)> = next
+        .iter()
+        .map(|c| (c.id.run.as_str(), c.id.step.as_str(), c.id.attempt))
+        .collect();
+    assert_eq!(handed, [(first.as_str(), "b", 2), (first.as_str(), "c", 2)]);
 }
 
 /// A worker runs the steps its commits hand over before the steps it queued (PostgreSQL; on
@@ -3184,7 +3309,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "16");
+    assert_eq!(version, "17");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -3512,9 +3637,13 @@ async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted(
         .unwrap();
     assert_eq!(first.iter().filter(|c| c.id.step == "pooled").count(), 2);
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    // Versions 16, 15, 14, 11 and 10 undone, then version 9 (12 and 13 apply again as they are).
+    // Versions 17, 16, 15, 14, 11 and 10 undone, then version 9 (12 and 13 apply again as they
+    // are).
     sqlx::raw_sql(
-        "DROP TRIGGER jobgraph_steps_limited ON jobgraph_steps;
+        "DROP INDEX jobgraph_runs_unfinished;
+        DROP INDEX jobgraph_steps_failed;
+        CREATE INDEX jobgraph_steps_failed ON jobgraph_steps (name) WHERE state = 'failed';
+        DROP TRIGGER jobgraph_steps_limited ON jobgraph_steps;
         DROP TRIGGER jobgraph_queue_elements_limited ON jobgraph_queue_elements;
         DROP FUNCTION jobgraph_mark_limited_step();
         DROP FUNCTION jobgraph_mark_limited_element();

@@ -24,7 +24,10 @@
 //! is locked: a child's row lock orders its parents' commits, each counting down the version
 //! the one before committed. A step of a graph thus costs three row writes (made ready, claimed,
 //! completed) where a single-step job costs two, and a run's end one more: what no store that
-//! keeps a row per step and claims steps, not runs, can do with fewer.
+//! keeps a row per step and claims steps, not runs, can do with fewer. With `FLOOR_HANDOFF`, the
+//! commit claims the children it makes ready for its own loop in the same write, as jobgraph's
+//! commits do (schema version 17): two row writes per step, both HOT (no index entry), where a
+//! claimed step's are not.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -120,10 +123,12 @@ const READY_CHILDREN: &str = "UPDATE jobgraph_steps s
     WHERE s.run_id = d.run_id AND s.idx = d.idx AND s.state = 'pending' AND s.waiting >= d.n
       AND $4::text IS NOT NULL";
 
-/// [`READY_CHILDREN`], and each step made ready claimed for worker `$4` in the same write
-/// (`FLOOR_HANDOFF`): those steps, each with its claim number.
+/// [`READY_CHILDREN`], but each step made ready is claimed for worker `$4` in the same write
+/// (`FLOOR_HANDOFF`), outside the claims' index as jobgraph's commits hand steps over (schema
+/// version 17: `ready_at` stays NULL, so the write is HOT, and so is the completion): those
+/// steps, each with its claim number.
 const READY_AND_HAND_CHILDREN: &str = "UPDATE jobgraph_steps s
-    SET waiting = s.waiting - d.n, ready_at = CASE WHEN s.waiting = d.n THEN now() END,
+    SET waiting = s.waiting - d.n,
         worker = CASE WHEN s.waiting = d.n THEN $4 ELSE s.worker END,
         lease_until = CASE WHEN s.waiting = d.n THEN now() + interval '1 minute'
             ELSE s.lease_until END,

@@ -1107,7 +1107,7 @@ async fn make_resumable(conn: &mut PgConnection, run: &str) -> Result<(), StoreE
 
 const SELECT_FAILED_RUNS: &str = "SELECT r.id FROM jobgraph_runs r
     JOIN jobgraph_steps s ON s.run_id = r.id
-    WHERE r.job = $1 AND s.name = $2 AND s.state = 'failed'
+    WHERE r.job = $1 AND s.name = $2 AND s.state = 'failed' AND s.error IS NOT NULL
     ORDER BY r.created_at DESC, r.seq DESC";
 
 async fn select_failed_runs(

@@ -66,7 +66,9 @@ impl Growth {
         let mut due = Vec::new();
         for &(table, n) in rows {
             let i = table as usize;
-            let inserted = self.inserted[i].fetch_add(n, Ordering::Relaxed) + n;
+            let inserted = self.inserted[i]
+                .fetch_add(n, Ordering::Relaxed)
+                .saturating_add(n);
             if inserted >= self.next_look[i].load(Ordering::Relaxed).max(MIN_GROWTH) {
                 due.push((table, inserted));
             }
@@ -105,8 +107,12 @@ impl Growth {
             let i = table as usize;
             if inserted >= rows.max(MIN_GROWTH) {
                 grown.push(table.name());
-                self.inserted[i].fetch_sub(inserted, Ordering::Relaxed);
-                self.next_look[i].store(rows + inserted, Ordering::Relaxed);
+                // Two writes may find one table due at once, each with the count it saw: the
+                // count never goes below zero (it would wrap, and the next addition overflow).
+                let _ = self.inserted[i].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(inserted))
+                });
+                self.next_look[i].store(rows.saturating_add(inserted), Ordering::Relaxed);
             } else {
                 // Analyzed since by another process, or by autovacuum.
                 self.next_look[i].store(rows, Ordering::Relaxed);

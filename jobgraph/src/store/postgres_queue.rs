@@ -63,6 +63,15 @@
 //!   40,000–100,000 ready steps). The claim returns the ones whose expired leases ran out of
 //!   attempts (`exhausted`), and its store fails each, fenced by the claim it just took, in a
 //!   transaction of its own under the run's lock, before it hands the worker the rest.
+//! - **A commit hands its worker the steps it makes ready** ([`DEPENDENCIES_DONE`]): it claims
+//!   them in the same write, under the run's lock it holds. Such a step stays out of the claims'
+//!   indexes (`ready_at` NULL; the indexes of ready steps read `ready_at` alone, schema version
+//!   17), so that both its hand-off and its completion change no indexed column and are HOT
+//!   updates. A claim never sees it; if its worker stops answering, the claims' sweeps find it
+//!   through its unfinished run (`jobgraph_runs_unfinished`, a bounded number of runs per sweep,
+//!   each sweep going on where the last stopped) once its lease ended, and put it in the claims'
+//!   index ([`READY_LAPSED_HANDOFFS`], `SKIP LOCKED`, no run lock: it changes no step's state),
+//!   where the next claim takes it as an expired claim.
 //! - **Heartbeats renew one claim per statement**, outside any transaction: a heartbeat never
 //!   holds a row while waiting for another.
 //! - **Numbering a batch** takes a transaction-scoped advisory lock on the batch's name, so two
@@ -99,8 +108,8 @@ use super::postgres::{
 use super::postgres_graphs::{self as graphs, Graph, graph_key, key_of_graph};
 use super::postgres_growth::Table;
 use super::queue::{
-    BatchCounts, Claim, ClaimId, Committed, Completion, Failed, Held, Lease, Queue, StepCount,
-    Submission, Submitted, lease_ms,
+    BatchCounts, Claim, ClaimId, Committed, Completion, Failed, HANDOFF_SWEEP_RUNS, Held, Lease,
+    Queue, StepCount, Submission, Submitted, Sweeps, lease_ms,
 };
 use super::ready::{self, Claimed, News};
 use super::{GraphSpec, StoreError, millis};
@@ -175,6 +184,7 @@ impl Queue for PgStore {
             let sweep = self.sweeps().due();
             if sweep {
                 expire_runs(self.pool()).await?;
+                ready_lapsed_handoffs(self.pool(), self.sweeps()).await?;
             }
             let every = sweep || self.sweeps().take_marked();
             let mut claims = Vec::new();
@@ -828,6 +838,35 @@ impl PgStore {
 /// their steps too.)
 async fn expire_runs(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query(EXPIRE_RUNS).execute(pool).await?;
+    Ok(())
+}
+
+/// What a claim's sweep does next: the steps commits handed over whose leases ended (their
+/// worker stopped answering), in no index a claim reads (schema version 17), go into the
+/// claims' index as any expired claim ([`READY_LAPSED_HANDOFFS`]), and their jobs have news.
+/// It reads the steps of [`HANDOFF_SWEEP_RUNS`] unfinished runs, after those the last sweep read.
+async fn ready_lapsed_handoffs(pool: &PgPool, sweeps: &Sweeps) -> Result<(), StoreError> {
+    let row = sqlx::query(READY_LAPSED_HANDOFFS)
+        .bind(sweeps.handoffs_after())
+        .bind(HANDOFF_SWEEP_RUNS)
+        .fetch_one(pool)
+        .await?;
+    const T: &str = "jobgraph_runs";
+    let read: i64 = get(&row, "read", T)?;
+    let last: Option<i64> = get(&row, "last", T)?;
+    // Fewer than asked: the last unfinished run was read, and the next sweep begins again.
+    sweeps.handoffs_read(if read < HANDOFF_SWEEP_RUNS {
+        0
+    } else {
+        last.unwrap_or(0)
+    });
+    let jobs: Vec<String> = get(&row, "jobs", T)?;
+    if !jobs.is_empty() {
+        let mut conn = pool.acquire().await?;
+        for job in &jobs {
+            notify(&mut conn, job).await?;
+        }
+    }
     Ok(())
 }
 
@@ -2672,12 +2711,20 @@ const LIST_LIMITED_CLAIMS: &str = list_claims!(
 );
 
 /// Lists the claims held now of step `$2` of job `$1`, whose limits were just inserted: claims
-/// taken before, without limits, count against them.
+/// taken before, without limits, count against them; steps a commit handed over too, found
+/// through their unfinished runs, as [`READY_LAPSED_HANDOFFS`] finds them.
 const LIST_HELD_CLAIMS: &str = list_claims!(
     "SELECT s.job, s.name, s.run_id, s.idx, -1, s.claims
     FROM jobgraph_steps s
     WHERE s.job = $1 AND s.name = $2 AND s.limited AND s.state = 'pending'
       AND s.ready_at IS NOT NULL AND s.worker IS NOT NULL
+    UNION ALL
+    SELECT s.job, s.name, s.run_id, s.idx, -1, s.claims
+    FROM jobgraph_runs r JOIN jobgraph_steps s ON s.run_id = r.id
+    WHERE r.queued AND r.state IN ('pending', 'running')
+      AND jsonb_array_length(r.graph -> 'steps') > 1 AND r.job = $1
+      AND s.name = $2 AND s.limited AND s.state = 'pending' AND s.ready_at IS NULL
+      AND s.worker IS NOT NULL
     UNION ALL
     SELECT e.job, e.step, e.run_id, e.position, e.idx, e.claims
     FROM jobgraph_queue_elements e
@@ -2715,12 +2762,13 @@ macro_rules! exhausted_before {
     };
 }
 
-/// The columns of a claimed step that `Taken::read` reads.
+/// The columns of a claimed step that `Taken::read` reads (a step handed over, not in the
+/// claims' index, is ready now).
 macro_rules! taken {
     () => {
         concat!(
             "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
-            s.ready_at, s.lease_until, s.ttr_ms,
+            coalesce(s.ready_at, now()) AS ready_at, s.lease_until, s.ttr_ms,
             NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input, ",
             exhausted!()
         )
@@ -3169,13 +3217,17 @@ macro_rules! handed {
 /// `$3[i]` dependencies of step `$2[i]` of run `$1[i]` completed; the last makes it ready, or,
 /// for a fan-out, ready for its elements, and a step made ready whose `$6[i]` is true is
 /// claimed for worker `$4` in the same write ([`handed!`]), leased for its TTR or `$5` ms as a
-/// claim would. Each row: the job of a step that became ready for claims (`news`), whether a
+/// claim would. A step handed over is not put in the claims' index (`ready_at` stays NULL), so
+/// that no column of an index changes and the write is HOT, as its completion will be; if its
+/// worker stops answering, [`READY_LAPSED_HANDOFFS`] puts it there once its lease ended. Each row: the job of a step that became ready for claims (`news`), whether a
 /// fan-out did (`fan`), and whether the step was handed over (`handed`: its columns as a
 /// claim returns them, [`taken!`], and its run's `input`).
 const DEPENDENCIES_DONE: &str = concat!(
     "UPDATE jobgraph_steps s
     SET waiting = greatest(s.waiting - d.n, 0),
-        ready_at = CASE WHEN s.waiting <= d.n AND s.fan_over IS NULL THEN now() END,
+        ready_at = CASE WHEN ",
+    handed!(),
+    " THEN NULL WHEN s.waiting <= d.n AND s.fan_over IS NULL THEN now() END,
         worker = CASE WHEN ",
     handed!(),
     " THEN $4 ELSE s.worker END,
@@ -3274,6 +3326,36 @@ const END_SETTLED_RUNS: &str = "WITH tally AS (
         updated_at = now(), expires_at = NULL
     FROM tally t
     WHERE r.id = t.run_id AND t.pending = 0 AND r.state IN ('pending', 'running')";
+
+/// The steps commits handed over ([`DEPENDENCIES_DONE`]: pending, claimed, not in the claims'
+/// index) whose leases ended, among the steps of the first `$2` unfinished queued runs of more
+/// than one step after the run of `seq` `$1` (`jobgraph_runs_unfinished`, in `seq` order), are
+/// ready at their lease's end: a claim takes each as an expired claim (its attempts counted,
+/// its stale completion fenced). A row another transaction holds is left to a later sweep; the
+/// rows are locked in (run, position) order, as every writer of several runs' steps locks them.
+/// How many runs it read, the last one's `seq`, and the jobs of the steps it made ready.
+const READY_LAPSED_HANDOFFS: &str = "WITH runs AS MATERIALIZED (
+        SELECT r.id, r.seq FROM jobgraph_runs r
+        WHERE r.queued AND r.state IN ('pending', 'running')
+          AND jsonb_array_length(r.graph -> 'steps') > 1 AND r.seq > $1
+        ORDER BY r.seq
+        LIMIT $2
+    ),
+    lapsed AS (
+        SELECT q.run_id, q.idx FROM runs JOIN jobgraph_steps q ON q.run_id = runs.id
+        WHERE q.state = 'pending' AND q.ready_at IS NULL AND q.worker IS NOT NULL
+          AND q.lease_until <= now()
+        ORDER BY q.run_id, q.idx
+        FOR UPDATE OF q SKIP LOCKED
+    ),
+    swept AS (
+        UPDATE jobgraph_steps s SET ready_at = s.lease_until
+        FROM lapsed l
+        WHERE s.run_id = l.run_id AND s.idx = l.idx AND s.ready_at IS NULL
+        RETURNING s.job
+    )
+    SELECT (SELECT count(*) FROM runs) AS read, (SELECT max(seq) FROM runs) AS last,
+        ARRAY(SELECT DISTINCT job FROM swept) AS jobs";
 
 /// Runs `$1` (locked, their pending steps cancelled) are cancelled, but for those of one step
 /// that completed: the ones it cancelled.

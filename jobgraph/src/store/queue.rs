@@ -300,6 +300,14 @@ pub(crate) fn claim_lease(ttr_ms: Option<i64>, lease: Duration) -> Duration {
 #[cfg(feature = "postgres")]
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// How many unfinished runs a PostgreSQL store's sweep reads the steps of, looking for the
+/// steps commits handed over whose leases ended (their worker stopped answering), which are in
+/// no index a claim reads (`postgres_queue`'s `READY_LAPSED_HANDOFFS`): a bounded read per
+/// sweep, whatever the backlog, the next sweep going on from the run where this one stopped.
+/// So a store's sweeps read every unfinished run once in (unfinished runs / this) sweeps.
+#[cfg(feature = "postgres")]
+pub(crate) const HANDOFF_SWEEP_RUNS: i64 = 256;
+
 /// When a store's next sweep is due, shared by its clones: the sweeps of many claims a second
 /// are one. And whether a claim may have left steps marked by its locks (it locked more than
 /// it took, failed, or found fewer than it asked for): then the next claim reads them too,
@@ -310,6 +318,9 @@ pub(crate) struct Sweeps {
     /// Unix ms; 0: now.
     next: std::sync::atomic::AtomicI64,
     marked: std::sync::atomic::AtomicBool,
+    /// The last unfinished run (its `seq`) whose steps the last sweep read for lapsed hand-offs
+    /// ([`HANDOFF_SWEEP_RUNS`]); 0: the next begins with the first.
+    handoffs_after: std::sync::atomic::AtomicI64,
 }
 
 #[cfg(feature = "postgres")]
@@ -327,9 +338,21 @@ impl Sweeps {
                 .is_ok()
     }
 
-    /// The next claim sweeps (time moved: `age_leases`).
+    /// The next claim sweeps (time moved: `age_leases`), going on where the last sweep stopped.
     pub(crate) fn now(&self) {
         self.next.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Where the next sweep for lapsed hand-offs begins: after the run of this `seq`.
+    pub(crate) fn handoffs_after(&self) -> i64 {
+        self.handoffs_after
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The sweep for lapsed hand-offs read up to the run of `seq` (0: it read the last).
+    pub(crate) fn handoffs_read(&self, seq: i64) {
+        self.handoffs_after
+            .store(seq, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A claim may have left steps marked: the next claim reads them.
