@@ -2690,10 +2690,10 @@ const COUNT_CLAIMED: &str = "WITH listed AS (
 /// Inserts the claims `$select` reads (job, step, run, position, element or -1, claim number)
 /// into `jobgraph_limit_claims`; a claim listed before of the same step or element is replaced.
 macro_rules! list_claims {
-    ($select:literal) => {
+    ($($select:tt)+) => {
         concat!(
             "INSERT INTO jobgraph_limit_claims (job, step, run_id, position, element, claims) ",
-            $select,
+            $($select)+,
             "
             ON CONFLICT (job, step, run_id, position, element)
                 DO UPDATE SET claims = excluded.claims"
@@ -2710,6 +2710,31 @@ const LIST_LIMITED_CLAIMS: &str = list_claims!(
     WHERE EXISTS (SELECT 1 FROM jobgraph_limits l WHERE l.job = t.job AND l.step = t.step)"
 );
 
+/// Run `r` is a queued run of more than one step that has not ended: the predicate of
+/// `jobgraph_runs_unfinished` (schema version 17), word for word, so that the planner reads
+/// that index. The runs whose steps a commit may have handed over.
+macro_rules! unfinished_run {
+    () => {
+        "r.queued AND r.state IN ('pending', 'running')
+            AND jsonb_array_length(r.graph -> 'steps') > 1"
+    };
+}
+
+/// Step `$s` (an alias and a dot) is held by a worker a commit handed it to
+/// ([`DEPENDENCIES_DONE`]): pending, claimed, and not in the claims' index.
+macro_rules! handed_over {
+    ($s:literal) => {
+        concat!(
+            $s,
+            "state = 'pending' AND ",
+            $s,
+            "ready_at IS NULL AND ",
+            $s,
+            "worker IS NOT NULL"
+        )
+    };
+}
+
 /// Lists the claims held now of step `$2` of job `$1`, whose limits were just inserted: claims
 /// taken before, without limits, count against them; steps a commit handed over too, found
 /// through their unfinished runs, as [`READY_LAPSED_HANDOFFS`] finds them.
@@ -2721,10 +2746,11 @@ const LIST_HELD_CLAIMS: &str = list_claims!(
     UNION ALL
     SELECT s.job, s.name, s.run_id, s.idx, -1, s.claims
     FROM jobgraph_runs r JOIN jobgraph_steps s ON s.run_id = r.id
-    WHERE r.queued AND r.state IN ('pending', 'running')
-      AND jsonb_array_length(r.graph -> 'steps') > 1 AND r.job = $1
-      AND s.name = $2 AND s.limited AND s.state = 'pending' AND s.ready_at IS NULL
-      AND s.worker IS NOT NULL
+    WHERE ",
+    unfinished_run!(),
+    " AND r.job = $1 AND s.name = $2 AND s.limited AND ",
+    handed_over!("s."),
+    "
     UNION ALL
     SELECT e.job, e.step, e.run_id, e.position, e.idx, e.claims
     FROM jobgraph_queue_elements e
@@ -3219,9 +3245,10 @@ macro_rules! handed {
 /// claimed for worker `$4` in the same write ([`handed!`]), leased for its TTR or `$5` ms as a
 /// claim would. A step handed over is not put in the claims' index (`ready_at` stays NULL), so
 /// that no column of an index changes and the write is HOT, as its completion will be; if its
-/// worker stops answering, [`READY_LAPSED_HANDOFFS`] puts it there once its lease ended. Each row: the job of a step that became ready for claims (`news`), whether a
-/// fan-out did (`fan`), and whether the step was handed over (`handed`: its columns as a
-/// claim returns them, [`taken!`], and its run's `input`).
+/// worker stops answering, [`READY_LAPSED_HANDOFFS`] puts it there once its lease ended. Each
+/// row: the job of a step that became ready for claims (`news`), whether a fan-out did
+/// (`fan`), and whether the step was handed over (`handed`: its columns as a claim returns
+/// them, [`taken!`], and its run's `input`).
 const DEPENDENCIES_DONE: &str = concat!(
     "UPDATE jobgraph_steps s
     SET waiting = greatest(s.waiting - d.n, 0),
@@ -3334,17 +3361,20 @@ const END_SETTLED_RUNS: &str = "WITH tally AS (
 /// its stale completion fenced). A row another transaction holds is left to a later sweep; the
 /// rows are locked in (run, position) order, as every writer of several runs' steps locks them.
 /// How many runs it read, the last one's `seq`, and the jobs of the steps it made ready.
-const READY_LAPSED_HANDOFFS: &str = "WITH runs AS MATERIALIZED (
+const READY_LAPSED_HANDOFFS: &str = concat!(
+    "WITH runs AS MATERIALIZED (
         SELECT r.id, r.seq FROM jobgraph_runs r
-        WHERE r.queued AND r.state IN ('pending', 'running')
-          AND jsonb_array_length(r.graph -> 'steps') > 1 AND r.seq > $1
+        WHERE ",
+    unfinished_run!(),
+    " AND r.seq > $1
         ORDER BY r.seq
         LIMIT $2
     ),
     lapsed AS (
         SELECT q.run_id, q.idx FROM runs JOIN jobgraph_steps q ON q.run_id = runs.id
-        WHERE q.state = 'pending' AND q.ready_at IS NULL AND q.worker IS NOT NULL
-          AND q.lease_until <= now()
+        WHERE ",
+    handed_over!("q."),
+    " AND q.lease_until <= now()
         ORDER BY q.run_id, q.idx
         FOR UPDATE OF q SKIP LOCKED
     ),
@@ -3355,7 +3385,8 @@ const READY_LAPSED_HANDOFFS: &str = "WITH runs AS MATERIALIZED (
         RETURNING s.job
     )
     SELECT (SELECT count(*) FROM runs) AS read, (SELECT max(seq) FROM runs) AS last,
-        ARRAY(SELECT DISTINCT job FROM swept) AS jobs";
+        ARRAY(SELECT DISTINCT job FROM swept) AS jobs"
+);
 
 /// Runs `$1` (locked, their pending steps cancelled) are cancelled, but for those of one step
 /// that completed: the ones it cancelled.
