@@ -263,7 +263,7 @@ const HELD_PER_SLOT: usize = 2;
 /// graph's steps makes their children ready and hands them over, so with one commit in
 /// flight a graph's steps went from that one commit to the next, and the server idled while
 /// the worker ran the children it handed over.
-const LANES: usize = 2;
+pub(crate) const LANES: usize = 2;
 
 /// The lane of a run's commits: every step of a run commits in one, in order. Runs of one
 /// step all commit in the first: their commits hand nothing over, and split in two they cost

@@ -86,7 +86,7 @@ pub struct PgStore {
 }
 
 /// The connections a worker's two hot calls keep between calls: one for claims, and one for
-/// each commit a worker has in flight at once (two: `worker::LANES`).
+/// each commit a worker has in flight at once (`worker::LANES`).
 ///
 /// The pool lends its idle connections in turn (first in, first out), so a worker's claims and
 /// commits, one of each at a time, were spread over every connection of the pool: each server
@@ -113,8 +113,8 @@ pub(super) struct Kept {
     kept: std::sync::Mutex<Vec<sqlx::pool::PoolConnection<Postgres>>>,
 }
 
-/// The smallest pool whose store keeps connections: three kept leave the other calls at least
-/// three.
+/// The smallest pool whose store keeps connections: three kept (one for claims, one per lane of
+/// commits) leave the other calls at least three.
 const KEEP_FROM: u32 = 6;
 
 impl KeptConnections {
@@ -126,7 +126,7 @@ impl KeptConnections {
         };
         KeptConnections {
             claims: kept(1),
-            commits: kept(2),
+            commits: kept(crate::worker::LANES),
         }
     }
 
