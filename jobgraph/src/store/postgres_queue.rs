@@ -3361,6 +3361,10 @@ const END_SETTLED_RUNS: &str = "WITH tally AS (
 /// its stale completion fenced). A row another transaction holds is left to a later sweep; the
 /// rows are locked in (run, position) order, as every writer of several runs' steps locks them.
 /// How many runs it read, the last one's `seq`, and the jobs of the steps it made ready.
+///
+/// The steps are read by their keys (`run_id = ANY` of the runs picked, on the primary key):
+/// joined to the runs, a plan made once per connection scanned the whole steps table for
+/// handed steps.
 const READY_LAPSED_HANDOFFS: &str = concat!(
     "WITH runs AS MATERIALIZED (
         SELECT r.id, r.seq FROM jobgraph_runs r
@@ -3371,8 +3375,8 @@ const READY_LAPSED_HANDOFFS: &str = concat!(
         LIMIT $2
     ),
     lapsed AS (
-        SELECT q.run_id, q.idx FROM runs JOIN jobgraph_steps q ON q.run_id = runs.id
-        WHERE ",
+        SELECT q.run_id, q.idx FROM jobgraph_steps q
+        WHERE q.run_id = ANY (ARRAY(SELECT id FROM runs)) AND ",
     handed_over!("q."),
     " AND q.lease_until <= now()
         ORDER BY q.run_id, q.idx
