@@ -111,6 +111,7 @@ on_both_queues! {
     a_batch_is_aborted_whole_and_its_status_is_a_local_batchs => batch_aborted_whole,
     step_limits_hold_across_workers => step_limits_hold_across_workers,
     claims_taken_before_a_step_had_limits_count_against_them => claims_before_limits_count,
+    handed_steps_taken_before_their_step_had_limits_count_against_them => handed_before_limits_count,
     steps_stored_before_a_step_had_limits_are_limited => steps_before_limits_are_limited,
     fan_out_elements_stored_before_their_step_had_limits_are_limited => elements_before_limits_are_limited,
     a_claim_takes_unlimited_steps_beside_limited_ones => unlimited_beside_limited,
@@ -2037,6 +2038,85 @@ async fn claims_before_limits_count(store: impl TestQueue, _base: u64) {
     let new = store.claim("w2", &["Limited"], 10, LEASE).await.unwrap();
     let steps: Vec<&str> = new.iter().map(|c| c.id.step.as_str()).collect();
     assert_eq!(steps, ["metered"]);
+}
+
+/// A job whose second step, after its first, runs one at a time.
+#[derive(Serialize, Deserialize)]
+struct LimitedChild {
+    n: u32,
+}
+
+#[job(durable)]
+impl LimitedChild {
+    #[step]
+    async fn first(&self) -> u32 {
+        self.n
+    }
+
+    #[step(concurrency = 1)]
+    async fn second(&self, first: &u32) -> u32 {
+        first + 1
+    }
+}
+
+/// Two runs of `LimitedChild`'s older version (no limits) had their `second` handed over by
+/// the commits of their `first` (on PostgreSQL; claimed, on SQLite); a later submit declares
+/// `second`'s concurrency of 1: those two claims count against it, so the new run's `second`
+/// waits until they completed.
+async fn handed_before_limits_count(store: impl TestQueue, _base: u64) {
+    let graph = leaked_graph(&[("first", &[]), ("second", &[0])]);
+    let inputs = [r#"{"n":1}"#.to_owned(), r#"{"n":2}"#.to_owned()];
+    let template = raw_submission("", "LimitedChild", "", graph);
+    store.submit_batch("old", template, &inputs).await.unwrap();
+    let roots = store
+        .claim("w1", &["LimitedChild"], 10, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(roots.len(), 2);
+    let committed = store
+        .complete_and_claim("w1", &completions(&roots, "1"), 10, LEASE)
+        .await
+        .unwrap();
+    let held = if hands_over(&store) {
+        committed.claims
+    } else {
+        store
+            .claim("w1", &["LimitedChild"], 10, LEASE)
+            .await
+            .unwrap()
+    };
+    assert_eq!(held.len(), 2);
+    Client::new(&store)
+        .submit(&LimitedChild { n: 3 })
+        .await
+        .unwrap();
+    let first = store
+        .claim("w2", &["LimitedChild"], 10, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id.step, "first");
+    let stored = store
+        .complete_many("w2", &completions(&first, "3"))
+        .await
+        .unwrap();
+    assert_eq!(stored, [true]);
+    let waiting = store
+        .claim("w2", &["LimitedChild"], 10, LEASE)
+        .await
+        .unwrap();
+    assert!(waiting.is_empty(), "{waiting:?}");
+    let stored = store
+        .complete_many("w1", &completions(&held, "2"))
+        .await
+        .unwrap();
+    assert_eq!(stored, [true, true]);
+    let second = store
+        .claim("w2", &["LimitedChild"], 10, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].id.step, "second");
 }
 
 /// A job with a step limited to one claim at a time, and a step without limits.
