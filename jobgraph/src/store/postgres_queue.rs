@@ -2737,7 +2737,7 @@ macro_rules! handed_over {
 
 /// Lists the claims held now of step `$2` of job `$1`, whose limits were just inserted: claims
 /// taken before, without limits, count against them; steps a commit handed over too, found
-/// through their unfinished runs, as [`READY_LAPSED_HANDOFFS`] finds them.
+/// through their unfinished runs and read by key, as [`READY_LAPSED_HANDOFFS`] finds them.
 const LIST_HELD_CLAIMS: &str = list_claims!(
     "SELECT s.job, s.name, s.run_id, s.idx, -1, s.claims
     FROM jobgraph_steps s
@@ -2745,10 +2745,10 @@ const LIST_HELD_CLAIMS: &str = list_claims!(
       AND s.ready_at IS NOT NULL AND s.worker IS NOT NULL
     UNION ALL
     SELECT s.job, s.name, s.run_id, s.idx, -1, s.claims
-    FROM jobgraph_runs r JOIN jobgraph_steps s ON s.run_id = r.id
-    WHERE ",
+    FROM jobgraph_steps s
+    WHERE s.run_id = ANY (ARRAY(SELECT r.id FROM jobgraph_runs r WHERE ",
     unfinished_run!(),
-    " AND r.job = $1 AND s.name = $2 AND s.limited AND ",
+    " AND r.job = $1)) AND s.name = $2 AND s.limited AND ",
     handed_over!("s."),
     "
     UNION ALL
