@@ -454,7 +454,7 @@ impl Queue for PgStore {
                 .filter(|(at, _)| committed[*at])
                 .map(|(_, c)| ((c.claim.run.as_str(), c.claim.position), c.output))
                 .collect();
-            let claims = handed.claims(&mut tx, &heads, &known).await?;
+            let claims = handed.claims(&mut tx, &heads, &locked, &known).await?;
             news.extend(ready);
             news.sort_unstable();
             news.dedup();
@@ -1360,6 +1360,74 @@ impl Taken {
     }
 }
 
+/// The columns of [`DEPENDENCIES_DONE`]'s rows that a step handed over reads, found once per
+/// statement.
+struct HandedColumns {
+    attempt: At,
+    fails: At,
+    lease_until: At,
+    ttr_ms: At,
+    priority: At,
+    run_seq: At,
+}
+
+impl HandedColumns {
+    fn of(row: &sqlx::postgres::PgRow) -> Result<HandedColumns, StoreError> {
+        let at = |name| At::of(row, name, "jobgraph_steps");
+        Ok(HandedColumns {
+            attempt: at("claims")?,
+            fails: at("fails")?,
+            lease_until: at("lease_until")?,
+            ttr_ms: at("ttr_ms")?,
+            priority: at("priority")?,
+            run_seq: at("run_seq")?,
+        })
+    }
+
+    /// Step `position` of `run` (in `heads`, with its job and graph), handed over as `row`
+    /// says, leased with the worker's `lease` if it has no TTR. Handed over in one statement,
+    /// the steps were made ready at one time: they are ordered by the rest of the queue's order.
+    /// A step handed over was waiting until then, so no claim of it expired (a redrive zeroes
+    /// the claims of the steps it queues again): it is not exhausted.
+    fn read(
+        &self,
+        row: &sqlx::postgres::PgRow,
+        run: &str,
+        position: i32,
+        heads: &Heads,
+        lease: Duration,
+    ) -> Result<Taken, StoreError> {
+        const T: &str = "jobgraph_steps";
+        let (job, spec) = heads.get(run).ok_or_else(|| no_such_run(run))?;
+        let step = usize::try_from(position)
+            .ok()
+            .and_then(|p| spec.as_ref()?.steps.get(p))
+            .ok_or_else(|| StoreError::Corrupt {
+                what: format!("step {position} of run `{run}` was handed over, not in its graph"),
+            })?;
+        Ok(Taken {
+            run: run.to_owned(),
+            position,
+            step: step.name.clone(),
+            element: None,
+            input: None,
+            attempt: get(row, self.attempt, T)?,
+            fails: get(row, self.fails, T)?,
+            job: job.clone(),
+            lease_until: get_ms(row, self.lease_until, T)?,
+            lease: super::queue::claim_lease(get(row, self.ttr_ms, T)?, lease),
+            order: (
+                std::cmp::Reverse(get(row, self.priority, T)?),
+                0,
+                get(row, self.run_seq, T)?,
+                position,
+                -1,
+            ),
+            exhausted: false,
+        })
+    }
+}
+
 /// Claims the `chosen` steps for `worker` until now + `lease`, and reads what each needs: the
 /// run's input and its dependencies' outputs.
 async fn take(
@@ -1850,33 +1918,34 @@ async fn dependencies_done(
             .await?;
         let Some(first) = rows.first() else { continue };
         const T: &str = "jobgraph_steps";
-        let (job, fan) = (At::of(first, "news", T)?, At::of(first, "fan", T)?);
-        let (run_id, handed_at) = (At::of(first, "run_id", T)?, At::of(first, "handed", T)?);
-        let columns = TakenColumns::of(first)?;
-        let input = At::of(first, "input", "jobgraph_runs")?;
+        let (ordinal, job, fan) = (
+            At::of(first, "ordinal", T)?,
+            At::of(first, "news", T)?,
+            At::of(first, "fan", T)?,
+        );
+        let (idx, handed_at) = (At::of(first, "idx", T)?, At::of(first, "handed", T)?);
+        let columns = HandedColumns::of(first)?;
         for row in &rows {
             if let Some(job) = get::<Option<String>>(row, job, T)? {
                 news.push(job);
             }
-            let run: String = get(row, run_id, T)?;
+            let run = ordinal_entry(&kid_runs, get(row, ordinal, T)?, "the children counted")?;
+            let position: i32 = get(row, idx, T)?;
             if get::<bool>(row, handed_at, T)? {
                 left = left.saturating_sub(1);
-                // Each of a run's handed rows carries its input: read the first.
-                if !handed.inputs.contains_key(&run) {
-                    let first = get::<Option<String>>(row, input, "jobgraph_runs")?;
-                    handed.inputs.insert(run.clone(), first);
-                }
-                handed.taken.push(Taken::read(row, &columns, hand.lease)?);
-                unfinished.insert(run);
+                handed
+                    .taken
+                    .push(columns.read(row, run, position, heads, hand.lease)?);
+                unfinished.insert(run.clone());
                 continue;
             }
             if !get::<bool>(row, fan, T)? {
                 // A step this statement found pending stays pending in this transaction: only
                 // a worker's claim can complete it.
-                unfinished.insert(run);
+                unfinished.insert(run.clone());
                 continue;
             }
-            let position: i32 = get(row, "idx", T)?;
+            let run = run.clone();
             let over: Option<i32> = get(row, "fan_over", T)?;
             match expand(conn, &run, position, over.unwrap_or(-1)).await? {
                 Expanded::Ready(job, inserted) => {
@@ -1920,31 +1989,40 @@ impl Hand<'_> {
     };
 }
 
-/// The steps [`dependencies_done`] handed over, and their runs' inputs.
+/// The steps [`dependencies_done`] handed over.
 #[derive(Default)]
 struct Handed {
     taken: Vec<Taken>,
-    inputs: HashMap<String, Option<String>>,
 }
 
 impl Handed {
-    /// Their claims, as a claim returns them: the runs' graphs are in `heads`, their
-    /// dependencies' outputs in `known` (the steps completed in the transaction that handed
-    /// them over) or read on `conn`.
+    /// Their claims, as a claim returns them: the runs' graphs are in `heads`, their inputs in
+    /// `locked` (the runs' rows the commit locked, [`LOCK_RUNS`]), their dependencies' outputs
+    /// in `known` (the steps completed in the transaction that handed them over) or read on
+    /// `conn`.
     async fn claims(
         self,
         conn: &mut PgConnection,
         heads: &Heads,
+        locked: &[sqlx::postgres::PgRow],
         known: &Outputs<'_>,
     ) -> Result<Vec<Claim>, StoreError> {
+        let Some(first) = locked.first() else {
+            return Ok(Vec::new());
+        };
         if self.taken.is_empty() {
             return Ok(Vec::new());
         }
-        let mut with_inputs = Heads::with_capacity(self.inputs.len());
-        for (run, input) in self.inputs {
-            let (_, graph) = heads.get(&run).ok_or_else(|| no_such_run(&run))?;
-            let input = input.ok_or_else(|| no_such_run(&run))?;
-            with_inputs.insert(run, (input, graph.clone()));
+        const T: &str = "jobgraph_runs";
+        let (id, input) = (At::of(first, "id", T)?, At::of(first, "input", T)?);
+        let runs: HashSet<&str> = self.taken.iter().map(|t| t.run.as_str()).collect();
+        let mut with_inputs = Heads::with_capacity(runs.len());
+        for row in locked {
+            let run: &str = get(row, id, T)?;
+            if runs.contains(run) {
+                let (_, graph) = heads.get(run).ok_or_else(|| no_such_run(run))?;
+                with_inputs.insert(run.to_owned(), (get(row, input, T)?, graph.clone()));
+            }
         }
         finish(conn, self.taken, &with_inputs, known).await
     }
@@ -3121,9 +3199,9 @@ const LOCK_RUN: &str = "SELECT job, graph::text AS graph, max_fails FROM jobgrap
     WHERE id = $1 FOR UPDATE";
 
 /// The runs `$1`, locked in id order: what completing their steps needs (the job, to notify,
-/// and the graph's key).
+/// and the graph's key), and the input, which the steps a commit hands over take.
 const LOCK_RUNS: &str = concat!(
-    "SELECT id, job, ",
+    "SELECT id, job, input, ",
     graph_key!(""),
     " FROM jobgraph_runs
     WHERE id = ANY ($1) ORDER BY id FOR UPDATE"
@@ -3246,9 +3324,12 @@ macro_rules! handed {
 /// claim would. A step handed over is not put in the claims' index (`ready_at` stays NULL), so
 /// that no column of an index changes and the write is HOT, as its completion will be; if its
 /// worker stops answering, [`READY_LAPSED_HANDOFFS`] puts it there once its lease ended. Each
-/// row: the job of a step that became ready for claims (`news`), whether a fan-out did
-/// (`fan`), and whether the step was handed over (`handed`: its columns as a claim returns
-/// them, [`taken!`], and its run's `input`).
+/// row: its entry in the arrays (`ordinal`, from 1) and its position, the job of a step that
+/// became ready for claims (`news`), whether a fan-out did (`fan`), and whether the step was
+/// handed over (`handed`), with what its claim needs that the committing worker does not
+/// know: its claim's number, fails, lease, TTR and queue order (its run's input, job and
+/// step names the commit has: each row read or decoded for them cost both sides a few
+/// microseconds per step).
 const DEPENDENCIES_DONE: &str = concat!(
     "UPDATE jobgraph_steps s
     SET waiting = greatest(s.waiting - d.n, 0),
@@ -3265,16 +3346,14 @@ const DEPENDENCIES_DONE: &str = concat!(
     handed!(),
     " THEN 1 ELSE 0 END
     FROM unnest($1::text[], $2::integer[], $3::integer[], $6::boolean[])
-        AS d (run_id, idx, n, hand)
+        WITH ORDINALITY AS d (run_id, idx, n, hand, ordinal)
     WHERE s.run_id = d.run_id AND s.idx = d.idx AND s.state = 'pending' AND s.waiting > 0
-    RETURNING
+    RETURNING d.ordinal, s.idx,
         CASE WHEN s.waiting = 0 AND s.fan_over IS NULL AND s.worker IS NULL THEN s.job END
             AS news,
         s.waiting = 0 AND s.fan_over IS NOT NULL AS fan, s.fan_over,
         s.worker IS NOT NULL AS handed,
-        CASE WHEN s.worker IS NOT NULL THEN
-            (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id) END AS input, ",
-    taken!()
+        s.claims, s.fails, s.lease_until, s.ttr_ms, s.priority, s.run_seq"
 );
 
 /// Step `$2` (a position, named `$9`) of run `$1`, held by `$3` under claim `$4`, failed with
