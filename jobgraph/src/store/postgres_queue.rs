@@ -2007,12 +2007,14 @@ impl Handed {
         locked: &[sqlx::postgres::PgRow],
         known: &Outputs<'_>,
     ) -> Result<Vec<Claim>, StoreError> {
-        let Some(first) = locked.first() else {
+        let Some(handed) = self.taken.first() else {
             return Ok(Vec::new());
         };
-        if self.taken.is_empty() {
-            return Ok(Vec::new());
-        }
+        // The runs of the steps handed over are among those locked; one missing is an error,
+        // as `finish` says for each.
+        let Some(first) = locked.first() else {
+            return Err(no_such_run(&handed.run));
+        };
         const T: &str = "jobgraph_runs";
         let (id, input) = (At::of(first, "id", T)?, At::of(first, "input", T)?);
         let runs: HashSet<&str> = self.taken.iter().map(|t| t.run.as_str()).collect();
