@@ -2868,13 +2868,14 @@ macro_rules! exhausted_before {
     };
 }
 
-/// The columns of a claimed step that `Taken::read` reads (a step handed over, not in the
-/// claims' index, is ready now).
+/// The columns of a claimed step that `Taken::read` reads. A claim takes only steps in the
+/// claims' index (`ready_at` set, [`claimable!`]), locked until it ends; a step a commit hands
+/// over is read from [`DEPENDENCIES_DONE`]'s own columns ([`HandedColumns`]).
 macro_rules! taken {
     () => {
         concat!(
             "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
-            coalesce(s.ready_at, now()) AS ready_at, s.lease_until, s.ttr_ms,
+            s.ready_at, s.lease_until, s.ttr_ms,
             NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input, ",
             exhausted!()
         )
