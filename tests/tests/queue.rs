@@ -910,6 +910,7 @@ async fn worker_drains(store: impl TestQueue, base: u64) {
         attempt: 0,
         element: None,
         only_step: false,
+        row_version: None,
     };
 }
 
@@ -1345,6 +1346,154 @@ async fn postgres_the_sweep_for_lapsed_handoffs_reads_the_unfinished_runs_in_tur
         .map(|c| (c.id.run.as_str(), c.id.step.as_str(), c.id.attempt))
         .collect();
     assert_eq!(handed, [(first.as_str(), "b", 2), (first.as_str(), "c", 2)]);
+}
+
+/// The row of step `step` of run `run`: (worker, claims, whether it is ready for claims).
+async fn step_row(
+    conn: &mut sqlx::PgConnection,
+    run: &str,
+    step: &str,
+) -> (Option<String>, i64, bool) {
+    sqlx::query_as(
+        "SELECT worker, claims, ready_at IS NOT NULL FROM jobgraph_steps
+        WHERE run_id = $1 AND name = $2",
+    )
+    .bind(run)
+    .bind(step)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// A commit hands its worker the children it made ready without writing their rows: each row
+/// stays as it was (no worker, no claim, not ready), and each claim carries the row's version.
+/// A heartbeat writes its claim into the row, which is then an ordinary claim of the worker's;
+/// the completion of one and the failure (tried again) of the other are stored under the claims
+/// the commit made, and a claim takes the one tried again as its second attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_commit_hands_steps_over_without_writing_them() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let run = Client::new(store)
+        .submit(&Diamond { n: 2 })
+        .await
+        .unwrap()
+        .id;
+    let root = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    let handed = store
+        .complete_and_claim(WORKER, &completions(&root, "2"), 10, LEASE)
+        .await
+        .unwrap()
+        .claims;
+    let [b, c] = &handed[..] else {
+        panic!("{handed:?}")
+    };
+    let (b, c) = if b.id.step == "b" { (b, c) } else { (c, b) };
+    for claim in [b, c] {
+        assert!(claim.id.row_version.is_some(), "{claim:?}");
+        assert_eq!(
+            step_row(&mut conn, &run, &claim.id.step).await,
+            (None, 0, false)
+        );
+    }
+    let held = store
+        .heartbeat(WORKER, std::slice::from_ref(&b.id), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(held, [Held::Held]);
+    assert_eq!(
+        step_row(&mut conn, &run, "b").await,
+        (Some(WORKER.to_owned()), 1, false)
+    );
+    // Held, written or not: no claim takes either.
+    assert!(
+        store
+            .claim("w2", &["Diamond"], 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stored = store
+        .complete_many(WORKER, &completions_of(&[&b.id], "3"))
+        .await
+        .unwrap();
+    assert_eq!(stored, [true]);
+    let failed = store
+        .fail(WORKER, &c.id, "503", 0, Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(matches!(failed, Failed::Retrying { .. }), "{failed:?}");
+    let again = store.claim("w2", &["Diamond"], 10, LEASE).await.unwrap();
+    let seen: Vec<(&str, u32, u32)> = again
+        .iter()
+        .map(|c| (c.id.step.as_str(), c.id.attempt, c.fails))
+        .collect();
+    assert_eq!(seen, [("c", 2, 1)]);
+    // The first claim of `c` is over: its completion is refused.
+    let stale = store
+        .complete_many(WORKER, &completions_of(&[&c.id], "0"))
+        .await
+        .unwrap();
+    assert_eq!(stale, [false]);
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT attempts FROM jobgraph_steps WHERE run_id = $1 AND name = 'b'")
+            .bind(&run)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 1);
+}
+
+/// A reset of a step is refused while a step below it is held by a claim a commit handed over
+/// without writing its row, as for any live claim; once that claim's lease ended, the reset
+/// queues the step again, and the stale claim's completion and heartbeat find it gone (the row
+/// was written since the hand-off, though it looks as it did then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_reset_waits_for_a_handed_steps_claim_and_then_fences_it() {
+    let Some((_db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let run = Client::new(store)
+        .submit(&Diamond { n: 2 })
+        .await
+        .unwrap()
+        .id;
+    let root = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    let handed = store
+        .complete_and_claim(WORKER, &completions(&root, "2"), 10, LEASE)
+        .await
+        .unwrap()
+        .claims;
+    assert_eq!(handed.len(), 2);
+    match store.reset_step(&run, "a").await {
+        Err(StoreError::Busy { owner, .. }) => assert_eq!(owner, WORKER),
+        other => panic!("{other:?}"),
+    }
+    store.age_leases(LEASE + Duration::from_secs(1)).await;
+    assert_eq!(
+        store.reset_step(&run, "a").await.unwrap(),
+        ["a", "b", "c", "d"]
+    );
+    let ids: Vec<ClaimId> = handed.iter().map(|c| c.id.clone()).collect();
+    let held = store.heartbeat(WORKER, &ids, LEASE).await.unwrap();
+    assert_eq!(held, [Held::Lost, Held::Lost]);
+    let stale = store
+        .complete_many(WORKER, &completions(&handed, "0"))
+        .await
+        .unwrap();
+    assert_eq!(stale, [false, false]);
+    // The run starts again from its root.
+    let again = store.claim("w2", &["Diamond"], 10, LEASE).await.unwrap();
+    let seen: Vec<(&str, u32)> = again
+        .iter()
+        .map(|c| (c.id.step.as_str(), c.id.attempt))
+        .collect();
+    assert_eq!(seen, [("a", 1)]);
 }
 
 /// The sweep for lapsed hand-offs reads the steps of the unfinished runs it picked, by their

@@ -63,15 +63,23 @@
 //!   40,000–100,000 ready steps). The claim returns the ones whose expired leases ran out of
 //!   attempts (`exhausted`), and its store fails each, fenced by the claim it just took, in a
 //!   transaction of its own under the run's lock, before it hands the worker the rest.
-//! - **A commit hands its worker the steps it makes ready** ([`DEPENDENCIES_DONE`]): it claims
-//!   them in the same write, under the run's lock it holds. Such a step stays out of the claims'
-//!   indexes (`ready_at` NULL; the indexes of ready steps read `ready_at` alone, schema version
-//!   17), so that both its hand-off and its completion change no indexed column and are HOT
-//!   updates. A claim never sees it; if its worker stops answering, the claims' sweeps find it
-//!   through its unfinished run (`jobgraph_runs_unfinished`, a bounded number of runs per sweep,
-//!   each sweep going on where the last stopped) once its lease ended, and put it in the claims'
-//!   index ([`READY_LAPSED_HANDOFFS`], `SKIP LOCKED`, no run lock: it changes no step's state),
-//!   where the next claim takes it as an expired claim.
+//! - **A commit hands its worker the steps it makes ready, without writing them**
+//!   ([`DEPENDENCIES_DONE`]). Under the run's lock it holds, it reads each step its completions
+//!   make ready and leaves its row as it was: pending, unclaimed, out of the claims' indexes.
+//!   The claim is the row's version (`xmin`, [`ClaimId::row_version`]): the worker's writes under
+//!   it (completion, failure, heartbeat) are stored only while nothing wrote the row since
+//!   ([`held_unwritten!`]). Its holder and lease are on its last dependency's completed row,
+//!   which keeps its worker and the worker's lease ([`complete_steps!`]). What needs the claims
+//!   held reads them from the runs' rows and graphs ([`ImplicitClaims`]): the claims' sweeps
+//!   find the unfinished runs (`jobgraph_runs_unfinished`, a bounded number of runs per sweep,
+//!   each sweep going on where the last stopped) with such a claim whose lease ended, and
+//!   write it into its row as the lapsed claim it is, in the claims' index (`SKIP LOCKED`, no
+//!   run lock: the write is fenced by the row's version), where the next claim takes it as an
+//!   expired claim; the list of leases shows them; a reset is refused while one is live; new
+//!   limits write them into their rows before marking them, and count them. A heartbeat writes
+//!   its claim into its row: a long step's claim is an ordinary one from its first heartbeat
+//!   (the row's `ready_at` stays NULL, and [`READY_LAPSED_HANDOFFS`] sweeps it as before). A
+//!   hand-off writes nothing, and its completion is a HOT update.
 //! - **Heartbeats renew one claim per statement**, outside any transaction: a heartbeat never
 //!   holds a row while waiting for another.
 //! - **Numbering a batch** takes a transaction-scoped advisory lock on the batch's name, so two
@@ -254,7 +262,8 @@ impl Queue for PgStore {
                         .bind(worker)
                         .bind(i64::from(claim.attempt))
                         .bind(lease_ms(lease))
-                        .bind(&claim.step),
+                        .bind(&claim.step)
+                        .bind(claim.row_version),
                     Some(element) => sqlx::query(RENEW_ELEMENT)
                         .bind(&claim.run)
                         .bind(&claim.step)
@@ -327,7 +336,7 @@ impl Queue for PgStore {
             // succeeded). One no longer held, or not its run's only step, goes the usual way.
             if !alone.is_empty() {
                 alone.sort_unstable_by(|(_, x), (_, y)| x.claim.run.cmp(&y.claim.run));
-                let stored = completions(COMPLETE_ALONE, worker, &alone)
+                let stored = step_completions(COMPLETE_ALONE, worker, &alone, lease)
                     .fetch_all(&mut *conn)
                     .await?;
                 for row in &stored {
@@ -386,7 +395,7 @@ impl Queue for PgStore {
                 Ok(())
             };
             if !steps.is_empty() {
-                let stored = completions(COMPLETE_STEPS, worker, &steps)
+                let stored = step_completions(COMPLETE_STEPS, worker, &steps, lease)
                     .fetch_all(&mut *tx)
                     .await?;
                 if let Some(first) = stored.first() {
@@ -399,6 +408,11 @@ impl Queue for PgStore {
                     }
                 }
             }
+            let hand = Hand {
+                worker,
+                limit,
+                lease,
+            };
             let mut news: Vec<String> = Vec::new();
             if !elements.is_empty() {
                 let stored = completions(COMPLETE_ELEMENTS, worker, &elements)
@@ -430,18 +444,14 @@ impl Queue for PgStore {
                 }
                 for (claim, job, n) in fans {
                     let (run, step, position) = (&claim.run, &claim.step, idx_of(claim.position));
-                    if let Some(position) = element_done(&mut tx, run, step, position, n).await? {
+                    let done = element_done(&mut tx, run, step, position, n, hand).await?;
+                    if let Some(position) = done {
                         add_kids(run, position)?;
                     } else {
                         news.push(job);
                     }
                 }
             }
-            let hand = Hand {
-                worker,
-                limit,
-                lease,
-            };
             let Done {
                 news: ready,
                 elements,
@@ -531,6 +541,7 @@ impl Queue for PgStore {
                     .bind(delay_ms(delay))
                     .bind(head.max_fails)
                     .bind(&claim.step)
+                    .bind(claim.row_version)
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some(at) = retried {
@@ -547,6 +558,7 @@ impl Queue for PgStore {
                 .bind(error)
                 .bind(started_at)
                 .bind(&claim.step)
+                .bind(claim.row_version)
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(position) = position else {
@@ -563,7 +575,8 @@ impl Queue for PgStore {
 
     fn leases(&self) -> BoxFuture<'_, Result<Vec<Lease>, StoreError>> {
         async move {
-            let rows = sqlx::query(SELECT_LEASES).fetch_all(self.pool()).await?;
+            let mut conn = self.pool().acquire().await?;
+            let rows = sqlx::query(SELECT_LEASES).fetch_all(&mut *conn).await?;
             let mut leases = Vec::with_capacity(rows.len());
             for row in rows {
                 const T: &str = "jobgraph_steps";
@@ -578,6 +591,36 @@ impl Queue for PgStore {
                     until: get(&row, "until", T)?,
                 });
             }
+            // The claims commits handed over without writing their rows, found through the
+            // unfinished runs.
+            let runs: Vec<String> = sqlx::query_scalar(SELECT_UNFINISHED_RUNS)
+                .fetch_all(&mut *conn)
+                .await?;
+            for claim in ImplicitClaims::of(&mut conn, &runs).await?.0 {
+                if let Some((holder, until)) = claim.holder {
+                    leases.push(Lease {
+                        holder,
+                        run: claim.run,
+                        step: Some(claim.step),
+                        attempt: Some(1),
+                        element: None,
+                        until,
+                    });
+                }
+            }
+            // By holder, then run, step (a run's lease after its steps') and element.
+            leases.sort_by(|a, b| {
+                let key = |l: &Lease| {
+                    (
+                        l.holder.clone(),
+                        l.run.clone(),
+                        l.step.is_none(),
+                        l.step.clone(),
+                        l.element,
+                    )
+                };
+                key(a).cmp(&key(b))
+            });
             Ok(leases)
         }
         .boxed()
@@ -843,8 +886,10 @@ async fn expire_runs(pool: &PgPool) -> Result<(), StoreError> {
 
 /// What a claim's sweep does next: the steps commits handed over whose leases ended (their
 /// worker stopped answering), in no index a claim reads (schema version 17), go into the
-/// claims' index as any expired claim ([`READY_LAPSED_HANDOFFS`]), and their jobs have news.
-/// It reads the steps of [`HANDOFF_SWEEP_RUNS`] unfinished runs, after those the last sweep read.
+/// claims' index as any expired claim ([`READY_LAPSED_HANDOFFS`] for those whose claims are
+/// written in their rows, [`ImplicitClaims`] for those whose are not), and their jobs have
+/// news. It reads the steps of [`HANDOFF_SWEEP_RUNS`] unfinished runs, after those the last
+/// sweep read.
 async fn ready_lapsed_handoffs(pool: &PgPool, sweeps: &Sweeps) -> Result<(), StoreError> {
     let row = sqlx::query(READY_LAPSED_HANDOFFS)
         .bind(sweeps.handoffs_after())
@@ -860,14 +905,160 @@ async fn ready_lapsed_handoffs(pool: &PgPool, sweeps: &Sweeps) -> Result<(), Sto
     } else {
         last.unwrap_or(0)
     });
-    let jobs: Vec<String> = get(&row, "jobs", T)?;
-    if !jobs.is_empty() {
-        let mut conn = pool.acquire().await?;
-        for job in &jobs {
-            notify(&mut conn, job).await?;
-        }
+    let mut jobs: Vec<String> = get(&row, "jobs", T)?;
+    let unwritten: Vec<String> = get(&row, "unwritten", T)?;
+    if jobs.is_empty() && unwritten.is_empty() {
+        return Ok(());
+    }
+    let mut conn = pool.acquire().await?;
+    if !unwritten.is_empty() {
+        let mut lapsed = ImplicitClaims::of(&mut conn, &unwritten).await?.0;
+        lapsed.retain(|c| c.lapsed);
+        jobs.extend(ImplicitClaims(lapsed).write(&mut conn).await?);
+        jobs.sort_unstable();
+        jobs.dedup();
+    }
+    for job in &jobs {
+        notify(&mut conn, job).await?;
     }
     Ok(())
+}
+
+/// The claims commits handed over without writing their steps' rows ([`DEPENDENCIES_DONE`])
+/// that the rows of some runs hold: each step as [`unwritten!`] says whose dependencies all
+/// completed. No step's row names such a claim's worker or lease: its last dependency's does
+/// (the one that ended last; [`complete_steps!`] keeps the completing worker and its lease on
+/// a completed row), as the commit that completed it handed the step over. What needs the
+/// claims a worker holds reads them here: the claims' sweep (a lapsed one is written into its
+/// row, ready, and taken as any expired claim), the list of leases, a reset of a step (refused
+/// while one is live), and new limits (which count the claims held, written into their rows
+/// first, since marking a row writes it).
+struct ImplicitClaims(Vec<Implicit>);
+
+/// One of [`ImplicitClaims`].
+struct Implicit {
+    run: String,
+    position: i32,
+    step: String,
+    /// The step's row's version: the claim, as long as nothing writes the row.
+    version: i64,
+    /// The worker, and the lease's end (Unix ms); `None` if the row of the step's last
+    /// dependency does not say (no build writes such a row): it is taken as lapsed now.
+    holder: Option<(String, i64)>,
+    lapsed: bool,
+}
+
+impl ImplicitClaims {
+    /// The implicit claims the steps of `runs` hold, read on `conn` (with the runs' graphs).
+    async fn of(conn: &mut PgConnection, runs: &[String]) -> Result<ImplicitClaims, StoreError> {
+        let heads = sqlx::query(SELECT_GRAPH_KEYS)
+            .bind(runs)
+            .fetch_all(&mut *conn)
+            .await?;
+        let heads = heads_of(conn, &heads, "job").await?;
+        let rows = sqlx::query(SELECT_RUN_STEPS)
+            .bind(runs)
+            .fetch_all(&mut *conn)
+            .await?;
+        const T: &str = "jobgraph_steps";
+        /// A step's row, as the claims need it.
+        struct Row {
+            position: usize,
+            name: String,
+            completed: bool,
+            unwritten: bool,
+            version: i64,
+            ended: Option<f64>,
+            worker: Option<String>,
+            lease_until: Option<i64>,
+            lapsed: bool,
+        }
+        let mut by_run: HashMap<String, Vec<Row>> = HashMap::new();
+        for row in &rows {
+            let position: i32 = get(row, "idx", T)?;
+            let state: String = get(row, "state", T)?;
+            by_run.entry(get(row, "run_id", T)?).or_default().push(Row {
+                position: usize::try_from(position).unwrap_or(usize::MAX),
+                name: get(row, "name", T)?,
+                completed: state == "completed",
+                unwritten: get(row, "unwritten", T)?,
+                version: get(row, "version", T)?,
+                ended: get(row, "ended", T)?,
+                worker: get(row, "worker", T)?,
+                lease_until: get(row, "lease_until", T)?,
+                lapsed: get(row, "lapsed", T)?,
+            });
+        }
+        let mut claims = Vec::new();
+        for (run, steps) in by_run {
+            let Some((_, Some(spec))) = heads.get(&run) else {
+                continue;
+            };
+            let at = |p: usize| steps.iter().find(|s| s.position == p);
+            for step in steps.iter().filter(|s| s.unwritten) {
+                let deps: Option<Vec<&Row>> = spec
+                    .dependencies(step.position)
+                    .into_iter()
+                    .map(|d| at(d).filter(|d| d.completed))
+                    .collect();
+                // Waiting for a dependency (or a root, which no commit hands over).
+                let Some(last) = deps.and_then(|deps| {
+                    deps.into_iter().max_by(|a, b| {
+                        a.ended
+                            .unwrap_or(f64::MIN)
+                            .total_cmp(&b.ended.unwrap_or(f64::MIN))
+                    })
+                }) else {
+                    continue;
+                };
+                let holder = last.worker.clone().zip(last.lease_until);
+                claims.push(Implicit {
+                    run: run.clone(),
+                    position: idx_of(step.position),
+                    step: step.name.clone(),
+                    version: step.version,
+                    lapsed: holder.is_none() || last.lapsed,
+                    holder,
+                });
+            }
+        }
+        claims.sort_unstable_by(|a, b| (&a.run, a.position).cmp(&(&b.run, b.position)));
+        Ok(ImplicitClaims(claims))
+    }
+
+    /// Writes the claims into their rows, as the commits that handed them over would have
+    /// ([`WRITE_IMPLICIT_CLAIMS`]): a lapsed one ready, to be claimed as an expired claim. A
+    /// row written since it was read is left as it is (the claim ended). The jobs with steps
+    /// made ready.
+    async fn write(self, conn: &mut PgConnection) -> Result<Vec<String>, StoreError> {
+        if self.0.is_empty() {
+            return Ok(Vec::new());
+        }
+        let claims = &self.0;
+        let jobs: Vec<Option<String>> = sqlx::query_scalar(WRITE_IMPLICIT_CLAIMS)
+            .bind(claims.iter().map(|c| c.run.as_str()).collect::<Vec<_>>())
+            .bind(claims.iter().map(|c| c.position).collect::<Vec<_>>())
+            .bind(claims.iter().map(|c| c.version).collect::<Vec<_>>())
+            .bind(
+                claims
+                    .iter()
+                    .map(|c| c.holder.as_ref().map(|(w, _)| w.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                claims
+                    .iter()
+                    .map(|c| c.holder.as_ref().map(|(_, until)| *until))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(claims.iter().map(|c| c.lapsed).collect::<Vec<_>>())
+            .fetch_all(conn)
+            .await?;
+        let mut jobs: Vec<String> = jobs.into_iter().flatten().collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        Ok(jobs)
+    }
 }
 
 /// A ready step a claim chose, or an element of one: (its step's name, its index).
@@ -1259,6 +1450,8 @@ struct Taken {
     /// An element's parent (its position) and the element (JSON).
     input: Option<(i32, String)>,
     attempt: i64,
+    /// For a step a commit handed over without writing its row: the row's version.
+    version: Option<i64>,
     fails: i64,
     job: String,
     lease_until: i64,
@@ -1333,6 +1526,7 @@ impl Taken {
             element,
             input: over.zip(input),
             attempt: get(row, c.attempt, T)?,
+            version: None,
             fails: get(row, c.fails, T)?,
             job: get(row, c.job, T)?,
             lease_until: get_ms(row, c.lease_until, T)?,
@@ -1363,10 +1557,9 @@ impl Taken {
 /// The columns of [`DEPENDENCIES_DONE`]'s rows that a step handed over reads, found once per
 /// statement.
 struct HandedColumns {
-    attempt: At,
+    version: At,
     fails: At,
     lease_until: At,
-    ttr_ms: At,
     priority: At,
     run_seq: At,
 }
@@ -1375,20 +1568,19 @@ impl HandedColumns {
     fn of(row: &sqlx::postgres::PgRow) -> Result<HandedColumns, StoreError> {
         let at = |name| At::of(row, name, "jobgraph_steps");
         Ok(HandedColumns {
-            attempt: at("claims")?,
+            version: at("version")?,
             fails: at("fails")?,
             lease_until: at("lease_until")?,
-            ttr_ms: at("ttr_ms")?,
             priority: at("priority")?,
             run_seq: at("run_seq")?,
         })
     }
 
     /// Step `position` of `run` (in `heads`, with its job and graph), handed over as `row`
-    /// says, leased with the worker's `lease` if it has no TTR. Handed over in one statement,
+    /// says: claim 1 of it (it was waiting until then, and a redrive zeroes the claims of the
+    /// steps it queues again, so no claim of it expired: it is not exhausted), leased with the
+    /// worker's `lease` (a step with a TTR is not handed over). Handed over in one statement,
     /// the steps were made ready at one time: they are ordered by the rest of the queue's order.
-    /// A step handed over was waiting until then, so no claim of it expired (a redrive zeroes
-    /// the claims of the steps it queues again): it is not exhausted.
     fn read(
         &self,
         row: &sqlx::postgres::PgRow,
@@ -1411,11 +1603,12 @@ impl HandedColumns {
             step: step.name.clone(),
             element: None,
             input: None,
-            attempt: get(row, self.attempt, T)?,
+            attempt: 1,
+            version: Some(get(row, self.version, T)?),
             fails: get(row, self.fails, T)?,
             job: job.clone(),
             lease_until: get_ms(row, self.lease_until, T)?,
-            lease: super::queue::claim_lease(get(row, self.ttr_ms, T)?, lease),
+            lease,
             order: (
                 std::cmp::Reverse(get(row, self.priority, T)?),
                 0,
@@ -1555,6 +1748,7 @@ async fn finish(
                 attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
                 element: t.element.and_then(|e| usize::try_from(e).ok()),
                 only_step: spec.is_none() && t.element.is_none(),
+                row_version: t.version,
             },
             job: t.job,
             fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
@@ -1747,7 +1941,17 @@ async fn store_limits(conn: &mut PgConnection, s: &Submission<'_>) -> Result<(),
         sqlx::query(PLAN_FOR_PARAMETERS).execute(&mut *conn).await?;
     }
     for step in created {
-        for statement in [LOCK_RUNS_TO_MARK, MARK_LIMITED, MARK_LIMITED_ELEMENTS] {
+        let runs: Vec<String> = sqlx::query_scalar(LOCK_RUNS_TO_MARK)
+            .bind(s.job)
+            .bind(step)
+            .fetch_all(&mut *conn)
+            .await?;
+        // Marking a row writes it, which would end a claim a commit handed over without
+        // writing it: such claims are written into their rows first, and counted below.
+        for job in ImplicitClaims::of(conn, &runs).await?.write(conn).await? {
+            notify(conn, &job).await?;
+        }
+        for statement in [MARK_LIMITED, MARK_LIMITED_ELEMENTS] {
             sqlx::query(statement)
                 .bind(s.job)
                 .bind(step)
@@ -1844,6 +2048,7 @@ async fn element_done(
     step: &str,
     position: i32,
     n: i64,
+    hand: Hand<'_>,
 ) -> Result<Option<i32>, StoreError> {
     let Some(counted) = sqlx::query(COUNT_ELEMENTS_DONE)
         .bind(run)
@@ -1878,6 +2083,8 @@ async fn element_done(
         .bind(run)
         .bind(step)
         .bind(position)
+        .bind(hand.worker)
+        .bind(lease_ms(hand.lease))
         .fetch_optional(&mut *conn)
         .await?)
 }
@@ -1911,7 +2118,6 @@ async fn dependencies_done(
             .bind(&kid_runs)
             .bind(&kid_positions)
             .bind(&counts)
-            .bind(hand.worker)
             .bind(lease_ms(hand.lease))
             .bind(&may_hand)
             .fetch_all(&mut *conn)
@@ -1947,7 +2153,7 @@ async fn dependencies_done(
             }
             let run = run.clone();
             let over: Option<i32> = get(row, "fan_over", T)?;
-            match expand(conn, &run, position, over.unwrap_or(-1)).await? {
+            match expand(conn, &run, position, over.unwrap_or(-1), hand).await? {
                 Expanded::Ready(job, inserted) => {
                     news.push(job);
                     elements += inserted;
@@ -2061,6 +2267,7 @@ async fn expand(
     run: &str,
     position: i32,
     over: i32,
+    hand: Hand<'_>,
 ) -> Result<Expanded, StoreError> {
     let length: Option<Option<i32>> = sqlx::query_scalar(SELECT_LIST_LENGTH)
         .bind(run)
@@ -2088,6 +2295,8 @@ async fn expand(
                 .bind(run)
                 .bind(&name)
                 .bind(position)
+                .bind(hand.worker)
+                .bind(lease_ms(hand.lease))
                 .execute(&mut *conn)
                 .await?;
             Ok(Expanded::Empty)
@@ -2206,13 +2415,24 @@ pub(super) async fn check_unclaimed(conn: &mut PgConnection, run: &str) -> Resul
         .bind(run)
         .fetch_optional(&mut *conn)
         .await?;
-    match held {
-        None => Ok(()),
-        Some(row) => Err(StoreError::Busy {
+    if let Some(row) = held {
+        return Err(StoreError::Busy {
             run: run.to_owned(),
             owner: get(&row, "worker", "jobgraph_steps")?,
             until: get(&row, "lease_until", "jobgraph_steps")?,
+        });
+    }
+    let implicit = ImplicitClaims::of(conn, &[run.to_owned()]).await?;
+    match implicit.0.into_iter().find(|c| !c.lapsed) {
+        Some(Implicit {
+            holder: Some((owner, until)),
+            ..
+        }) => Err(StoreError::Busy {
+            run: run.to_owned(),
+            owner,
+            until,
         }),
+        _ => Ok(()),
     }
 }
 
@@ -2557,6 +2777,23 @@ fn completions<'q>(
         )
 }
 
+/// [`completions`] of steps ([`complete_steps!`]): then, the versions of the rows of the steps
+/// handed over without a write (`$8`), and the worker's `lease` in ms (`$9`).
+fn step_completions<'q>(
+    statement: &'q str,
+    worker: &'q str,
+    done: &[(usize, &Completion<'q>)],
+    lease: Duration,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    completions(statement, worker, done)
+        .bind(
+            done.iter()
+                .map(|(_, c)| c.claim.row_version)
+                .collect::<Vec<_>>(),
+        )
+        .bind(lease_ms(lease))
+}
+
 /// A delay (a retry's, a time to live) in milliseconds, as PostgreSQL adds it to `now()`: at
 /// most a century, since a longer interval would leave `timestamptz`'s range.
 fn delay_ms(delay: Duration) -> i64 {
@@ -2800,8 +3037,30 @@ macro_rules! unfinished_run {
     };
 }
 
+/// Step `$s` (an alias and a dot) is as a commit that hands it over without a write leaves it
+/// ([`DEPENDENCIES_DONE`]), and as no other step of a run but one still waiting for its
+/// dependencies is: pending, not ready, never claimed, not a fan-out. Such a step whose
+/// dependencies all completed is held by an implicit claim ([`ImplicitClaims`]).
+macro_rules! unwritten {
+    ($s:literal) => {
+        concat!(
+            $s,
+            "state = 'pending' AND ",
+            $s,
+            "ready_at IS NULL AND ",
+            $s,
+            "worker IS NULL AND ",
+            $s,
+            "claims = 0 AND ",
+            $s,
+            "fan_over IS NULL"
+        )
+    };
+}
+
 /// Step `$s` (an alias and a dot) is held by a worker a commit handed it to
-/// ([`DEPENDENCIES_DONE`]): pending, claimed, and not in the claims' index.
+/// ([`DEPENDENCIES_DONE`]), its claim written into its row since (by the worker's heartbeat, or
+/// [`WRITE_IMPLICIT_CLAIMS`]): pending, claimed, and not in the claims' index.
 macro_rules! handed_over {
     ($s:literal) => {
         concat!(
@@ -2811,6 +3070,25 @@ macro_rules! handed_over {
             "ready_at IS NULL AND ",
             $s,
             "worker IS NOT NULL"
+        )
+    };
+}
+
+/// Claim `$claim` of step `$s` (an alias and a dot) is one a commit handed over without writing
+/// its row ([`DEPENDENCIES_DONE`]), whose version then was `$version`, and nothing wrote the row
+/// since: claim 1, the row's claims still 0 and its version the same.
+macro_rules! held_unwritten {
+    ($s:literal, $claim:literal, $version:literal) => {
+        concat!(
+            "(",
+            $claim,
+            " = 1 AND ",
+            $s,
+            "claims = 0 AND ",
+            $s,
+            "xmin = ",
+            $version,
+            "::text::xid)"
         )
     };
 }
@@ -3158,11 +3436,18 @@ const SELECT_OUTPUTS: &str = "SELECT d.ordinal, s.output
     WHERE s.state = 'completed'";
 
 /// A heartbeat: the claim's lease (of step `$2`, a position, named `$6`) runs until now + its
-/// TTR, or + `$5` ms (the worker's lease) for a step without one.
-const RENEW_CLAIM: &str = "UPDATE jobgraph_steps
-    SET lease_until = now() + coalesce(ttr_ms, $5) * interval '1 millisecond'
-    WHERE run_id = $1 AND idx = $2 AND name = $6 AND worker = $3 AND claims = $4
-      AND state = 'pending'";
+/// TTR, or + `$5` ms (the worker's lease) for a step without one. A claim a commit handed over
+/// without writing the step's row (its version `$7`, [`held_unwritten!`]) is written into the
+/// row, as the commit would have: an ordinary claim from then on.
+const RENEW_CLAIM: &str = concat!(
+    "UPDATE jobgraph_steps
+    SET lease_until = now() + coalesce(ttr_ms, $5) * interval '1 millisecond', worker = $3,
+        claims = greatest(claims, 1), waiting = 0
+    WHERE run_id = $1 AND idx = $2 AND name = $6 AND state = 'pending'
+      AND (worker = $3 AND claims = $4 OR ",
+    held_unwritten!("", "$4", "$7"),
+    ")"
+);
 
 /// The same of element `$6` of step `$2` (at position `$7`).
 const RENEW_ELEMENT: &str = "UPDATE jobgraph_queue_elements
@@ -3212,18 +3497,28 @@ const LOCK_RUNS: &str = concat!(
 
 /// Each step (`$2[i]`, `$7[i]`, `$6[i]`: run, position, name) that `$1` holds under claim
 /// `$3[i]` completed with output `$4[i]`, started at `$5[i]` (Unix ms), if it also meets `$also`:
-/// the steps it stored (a claim it no longer holds is not).
+/// the steps it stored (a claim it no longer holds is not). A claim is held if the row says so
+/// (its worker and claim number), or if it is claim 1 of a step a commit handed over without
+/// writing its row, `$8[i]` its row's version then, and nothing wrote the row since
+/// ([`DEPENDENCIES_DONE`]). `$holder` says what the completed row keeps of the claim: its
+/// worker and its lease, now + `$9` ms (the worker's), if the commit may hand over the step's
+/// children, whose claims are then theirs ([`ImplicitClaims`]).
 macro_rules! complete_steps {
-    ($also:literal) => {
+    ($holder:literal, $also:literal) => {
         concat!(
             "UPDATE jobgraph_steps s
-    SET state = 'completed', output = c.output, attempts = s.claims, error = NULL,
-        started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(),
-        worker = NULL, lease_until = NULL, ready_at = NULL
-    FROM unnest($2::text[], $7::integer[], $6::text[], $3::bigint[], $4::text[], $5::bigint[])
-        WITH ORDINALITY AS c (run_id, idx, name, claims, output, started, ordinal)
-    WHERE s.run_id = c.run_id AND s.idx = c.idx AND s.name = c.name AND s.worker = $1
-      AND s.claims = c.claims AND s.state = 'pending'",
+    SET state = 'completed', output = c.output, claims = greatest(s.claims, 1),
+        attempts = greatest(s.claims, 1), error = NULL,
+        started_at = coalesce(s.started_at, jobgraph_at(c.started)), ended_at = now(), ",
+            $holder,
+            ", ready_at = NULL
+    FROM unnest($2::text[], $7::integer[], $6::text[], $3::bigint[], $4::text[], $5::bigint[],
+            $8::bigint[])
+        WITH ORDINALITY AS c (run_id, idx, name, claims, output, started, version, ordinal)
+    WHERE s.run_id = c.run_id AND s.idx = c.idx AND s.name = c.name AND s.state = 'pending'
+      AND (s.worker = $1 AND s.claims = c.claims OR ",
+            held_unwritten!("s.", "c.claims", "c.version"),
+            ")",
             $also,
             "
     RETURNING c.ordinal, s.idx"
@@ -3232,10 +3527,13 @@ macro_rules! complete_steps {
 }
 
 /// [`complete_steps!`] of steps whose runs the transaction locked.
-const COMPLETE_STEPS: &str = complete_steps!("");
+const COMPLETE_STEPS: &str = complete_steps!(
+    "worker = $1, lease_until = now() + $9 * interval '1 millisecond'",
+    ""
+);
 
 /// [`complete_steps!`] of the only steps of their runs (`alone`), whose runs are not locked.
-const COMPLETE_ALONE: &str = complete_steps!(" AND s.alone");
+const COMPLETE_ALONE: &str = complete_steps!("worker = NULL, lease_until = NULL", " AND s.alone");
 
 /// Each (`$2[i]`, `$6[i]`, `$8[i]`: run, step, element; `$7[i]` the step's position) that `$1`
 /// holds under claim `$3[i]` completed with output `$4[i]`, started at `$5[i]` (Unix ms): the
@@ -3270,12 +3568,14 @@ const RELEASE_ELEMENTS: &str = "UPDATE jobgraph_queue_elements SET ready_at = no
 
 /// Fan-out `$2` (at position `$3`) of run `$1` completed: its output is its elements' outputs in
 /// their order (`[]` if it has none), its attempts their claims. Its position, if it was
-/// pending.
+/// pending. As [`complete_steps!`], the row keeps the committing worker (`$4`) and its lease
+/// (`$5` ms), whose are the claims of the children the commit hands over.
 const COMPLETE_FAN_OUT: &str = "UPDATE jobgraph_steps s
     SET state = 'completed',
         output = coalesce('[' || e.outputs || ']', '[]'), attempts = e.attempts, error = NULL,
         started_at = coalesce(s.started_at, e.started, now()), ended_at = now(),
-        worker = NULL, lease_until = NULL, ready_at = NULL
+        worker = nullif($4, ''), lease_until = now() + $5 * interval '1 millisecond',
+        ready_at = NULL
     FROM (SELECT string_agg(output, ',' ORDER BY idx) AS outputs,
             coalesce(sum(claims), 0) AS attempts, min(started_at) AS started
         FROM jobgraph_queue_elements WHERE run_id = $1 AND step = $2) e
@@ -3309,74 +3609,91 @@ const INSERT_ELEMENTS: &str = "INSERT INTO jobgraph_queue_elements
     CROSS JOIN LATERAL jsonb_array_elements(p.output::jsonb) WITH ORDINALITY AS e (value, ord)
     WHERE s.run_id = $1 AND s.idx = $2 AND s.state = 'pending'";
 
-/// Whether `DEPENDENCIES_DONE` hands step `s` over: this makes it ready (`d.n` is its last
-/// dependencies), it may be handed (`d.hand`), and a claim could take it (no limits, not a
-/// fan-out, its run's time to live not over). A step waiting for dependencies has no worker
-/// (one is set only by a claim of a ready step, and cleared when it is settled or queued
-/// again), so a step the statement returns with a worker is one it handed over.
+/// Whether `DEPENDENCIES_DONE` hands step `k` over: this makes it ready (`k.n` is its last
+/// dependencies), it may be handed (`k.hand`), and a claim could take it under the worker's
+/// lease: no limits, no TTR, not a fan-out, and its run has no time to live (a step of such a
+/// run is written when it is ready, so that the run's expiry finds it).
 macro_rules! handed {
     () => {
-        "(d.hand AND s.waiting <= d.n AND s.fan_over IS NULL AND NOT s.limited
-            AND (s.expires_at IS NULL OR s.expires_at > now()))"
+        "(k.hand AND k.waiting <= k.n AND k.fan_over IS NULL AND NOT k.limited
+            AND k.ttr_ms IS NULL AND k.expires_at IS NULL)"
     };
 }
 
-/// `$3[i]` dependencies of step `$2[i]` of run `$1[i]` completed; the last makes it ready, or,
-/// for a fan-out, ready for its elements, and a step made ready whose `$6[i]` is true is
-/// claimed for worker `$4` in the same write ([`handed!`]), leased for its TTR or `$5` ms as a
-/// claim would. A step handed over is not put in the claims' index (`ready_at` stays NULL), so
-/// that no column of an index changes and the write is HOT, as its completion will be; if its
-/// worker stops answering, [`READY_LAPSED_HANDOFFS`] puts it there once its lease ended. Each
-/// row: its entry in the arrays (`ordinal`, from 1) and its position, the job of a step that
-/// became ready for claims (`news`), whether a fan-out did (`fan`), and whether the step was
-/// handed over (`handed`), with what its claim needs that the committing worker does not
-/// know: its claim's number, fails, lease, TTR and queue order (its run's input, job and
-/// step names the commit has: each row read or decoded for them cost both sides a few
-/// microseconds per step).
+/// `$3[i]` dependencies of step `$2[i]` of run `$1[i]` (locked) completed; the last makes it
+/// ready, or, for a fan-out, ready for its elements; a step made ready whose `$5[i]` is true
+/// ([`handed!`]) is handed over to the committing worker instead, *without a write*: its row
+/// stays as it was (pending, no worker, `ready_at` NULL, `waiting` as it was), and the claim is
+/// the row's version (`xmin`, returned as `version`), which holds as long as nothing writes the
+/// row. Its holder and lease are its completed parents' ([`complete_steps!`] keeps the worker
+/// and its lease on a completed row): [`ImplicitClaims`] finds such claims for the sweep, the
+/// list of leases and the checks that need them. Each row: its entry in the arrays (`ordinal`,
+/// from 1) and its position, the job of a step that became ready for claims (`news`), whether
+/// a fan-out did (`fan`, with `fan_over`), and whether the step was handed over (`handed`),
+/// with what its claim needs that the committing worker does not know: its row's version,
+/// fails, lease (`$4` ms, the worker's) and queue order.
 const DEPENDENCIES_DONE: &str = concat!(
-    "UPDATE jobgraph_steps s
-    SET waiting = greatest(s.waiting - d.n, 0),
-        ready_at = CASE WHEN ",
+    "WITH k AS MATERIALIZED (
+        SELECT d.ordinal, d.n, d.hand, s.run_id, s.idx, s.waiting, s.fan_over, s.limited,
+            s.ttr_ms, s.expires_at, s.xmin::text::bigint AS version, s.fails, s.priority,
+            s.run_seq
+        FROM unnest($1::text[], $2::integer[], $3::integer[], $5::boolean[])
+            WITH ORDINALITY AS d (run_id, idx, n, hand, ordinal)
+        JOIN jobgraph_steps s ON s.run_id = d.run_id AND s.idx = d.idx
+        WHERE s.state = 'pending' AND s.waiting > 0
+    ),
+    written AS (
+        UPDATE jobgraph_steps s
+        SET waiting = greatest(s.waiting - k.n, 0),
+            ready_at = CASE WHEN s.waiting <= k.n AND s.fan_over IS NULL THEN now() END
+        FROM k
+        WHERE s.run_id = k.run_id AND s.idx = k.idx AND NOT ",
     handed!(),
-    " THEN NULL WHEN s.waiting <= d.n AND s.fan_over IS NULL THEN now() END,
-        worker = CASE WHEN ",
-    handed!(),
-    " THEN $4 ELSE s.worker END,
-        lease_until = CASE WHEN ",
-    handed!(),
-    " THEN now() + coalesce(s.ttr_ms, $5) * interval '1 millisecond' ELSE s.lease_until END,
-        claims = s.claims + CASE WHEN ",
-    handed!(),
-    " THEN 1 ELSE 0 END
-    FROM unnest($1::text[], $2::integer[], $3::integer[], $6::boolean[])
-        WITH ORDINALITY AS d (run_id, idx, n, hand, ordinal)
-    WHERE s.run_id = d.run_id AND s.idx = d.idx AND s.state = 'pending' AND s.waiting > 0
-    RETURNING d.ordinal, s.idx,
-        CASE WHEN s.waiting = 0 AND s.fan_over IS NULL AND s.worker IS NULL THEN s.job END
-            AS news,
-        s.waiting = 0 AND s.fan_over IS NOT NULL AS fan, s.fan_over,
-        s.worker IS NOT NULL AS handed,
-        s.claims, s.fails, s.lease_until, s.ttr_ms, s.priority, s.run_seq"
+    "
+        RETURNING k.ordinal, s.idx,
+            CASE WHEN s.waiting = 0 AND s.fan_over IS NULL THEN s.job END AS news,
+            s.waiting = 0 AND s.fan_over IS NOT NULL AS fan, s.fan_over
+    )
+    SELECT ordinal, idx, news, fan, fan_over, false AS handed, NULL::bigint AS version,
+        NULL::bigint AS fails, NULL::timestamptz AS lease_until, NULL::integer AS priority,
+        NULL::bigint AS run_seq
+    FROM written
+    UNION ALL
+    SELECT k.ordinal, k.idx, NULL, false, NULL, true, k.version, k.fails,
+        now() + $4 * interval '1 millisecond', k.priority, k.run_seq
+    FROM k WHERE ",
+    handed!()
 );
 
-/// Step `$2` (a position, named `$9`) of run `$1`, held by `$3` under claim `$4`, failed with
-/// error `$5` and is tried again in `$7` ms, if it failed fewer than `$8` times before: when.
-const RETRY_STEP: &str = "UPDATE jobgraph_steps
-    SET fails = fails + 1, error = $5, attempts = claims,
+/// Step `$2` (a position, named `$9`) of run `$1`, held by `$3` under claim `$4` (or handed
+/// over with row version `$10`, [`held_unwritten!`]), failed with error `$5` and is tried again
+/// in `$7` ms, if it failed fewer than `$8` times before: when.
+const RETRY_STEP: &str = concat!(
+    "UPDATE jobgraph_steps
+    SET fails = fails + 1, error = $5, claims = greatest(claims, 1),
+        attempts = greatest(claims, 1), waiting = 0,
         started_at = coalesce(started_at, jobgraph_at($6)),
         worker = NULL, lease_until = NULL, ready_at = now() + $7 * interval '1 millisecond'
-    WHERE run_id = $1 AND idx = $2 AND name = $9 AND worker = $3 AND claims = $4
-      AND state = 'pending' AND fails + 1 < coalesce($8, 9223372036854775807)
-    RETURNING jobgraph_ms(ready_at)";
+    WHERE run_id = $1 AND idx = $2 AND name = $9 AND state = 'pending'
+      AND (worker = $3 AND claims = $4 OR ",
+    held_unwritten!("", "$4", "$10"),
+    ") AND fails + 1 < coalesce($8, 9223372036854775807)
+    RETURNING jobgraph_ms(ready_at)"
+);
 
-/// The same step failed for good: its position.
-const FAIL_STEP: &str = "UPDATE jobgraph_steps
-    SET state = 'failed', fails = fails + 1, error = $5, attempts = claims,
+/// The same step (its version `$8`) failed for good: its position.
+const FAIL_STEP: &str = concat!(
+    "UPDATE jobgraph_steps
+    SET state = 'failed', fails = fails + 1, error = $5, claims = greatest(claims, 1),
+        attempts = greatest(claims, 1),
         started_at = coalesce(started_at, jobgraph_at($6)), ended_at = now(),
         worker = NULL, lease_until = NULL, ready_at = NULL
-    WHERE run_id = $1 AND idx = $2 AND name = $7 AND worker = $3 AND claims = $4
-      AND state = 'pending'
-    RETURNING idx";
+    WHERE run_id = $1 AND idx = $2 AND name = $7 AND state = 'pending'
+      AND (worker = $3 AND claims = $4 OR ",
+    held_unwritten!("", "$4", "$8"),
+    ")
+    RETURNING idx"
+);
 
 const RETRY_ELEMENT: &str = "UPDATE jobgraph_queue_elements
     SET fails = fails + 1, error = $5, started_at = coalesce(started_at, jobgraph_at($6)),
@@ -3436,13 +3753,17 @@ const END_SETTLED_RUNS: &str = "WITH tally AS (
     FROM tally t
     WHERE r.id = t.run_id AND t.pending = 0 AND r.state IN ('pending', 'running')";
 
-/// The steps commits handed over ([`DEPENDENCIES_DONE`]: pending, claimed, not in the claims'
-/// index) whose leases ended, among the steps of the first `$2` unfinished queued runs of more
+/// The handed steps whose claims are written in their rows ([`handed_over!`]: pending, claimed,
+/// not in the claims' index; a heartbeat or [`WRITE_IMPLICIT_CLAIMS`] wrote them) whose leases
+/// ended, among the steps of the first `$2` unfinished queued runs of more
 /// than one step after the run of `seq` `$1` (`jobgraph_runs_unfinished`, in `seq` order), are
 /// ready at their lease's end: a claim takes each as an expired claim (its attempts counted,
 /// its stale completion fenced). A row another transaction holds is left to a later sweep; the
 /// rows are locked in (run, position) order, as every writer of several runs' steps locks them.
-/// How many runs it read, the last one's `seq`, and the jobs of the steps it made ready.
+/// How many runs it read, the last one's `seq`, the jobs of the steps it made ready, and the
+/// runs among them that may hold a lapsed claim a commit handed over without writing its row
+/// (`unwritten`: a step as [`unwritten!`] says, and a completed step whose lease ended, which
+/// the last dependency of such a claim is): [`ImplicitClaims`] reads those.
 ///
 /// The steps are read by their keys (`run_id = ANY` of the runs picked, on the primary key):
 /// joined to the runs, a plan made once per connection scanned the whole steps table for
@@ -3456,9 +3777,22 @@ const READY_LAPSED_HANDOFFS: &str = concat!(
         ORDER BY r.seq
         LIMIT $2
     ),
+    seen AS MATERIALIZED (
+        SELECT q.run_id, q.idx, (",
+    handed_over!("q."),
+    ") AS handed, q.state = 'completed' AS completed, (",
+    unwritten!("q."),
+    ") AS unwritten
+        FROM jobgraph_steps q
+        WHERE q.run_id = ANY (ARRAY(SELECT id FROM runs))
+          AND (q.lease_until <= now() OR ",
+    unwritten!("q."),
+    ")
+    ),
     lapsed AS (
         SELECT q.run_id, q.idx FROM jobgraph_steps q
-        WHERE q.run_id = ANY (ARRAY(SELECT id FROM runs)) AND ",
+        JOIN seen ON q.run_id = seen.run_id AND q.idx = seen.idx AND seen.handed
+        WHERE ",
     handed_over!("q."),
     " AND q.lease_until <= now()
         ORDER BY q.run_id, q.idx
@@ -3471,8 +3805,59 @@ const READY_LAPSED_HANDOFFS: &str = concat!(
         RETURNING s.job
     )
     SELECT (SELECT count(*) FROM runs) AS read, (SELECT max(seq) FROM runs) AS last,
-        ARRAY(SELECT DISTINCT job FROM swept) AS jobs"
+        ARRAY(SELECT DISTINCT job FROM swept) AS jobs,
+        ARRAY(SELECT run_id FROM seen GROUP BY run_id
+            HAVING bool_or(completed) AND bool_or(unwritten)) AS unwritten"
 );
+
+/// The unfinished queued runs of more than one step: where [`ImplicitClaims`] are.
+const SELECT_UNFINISHED_RUNS: &str =
+    concat!("SELECT r.id FROM jobgraph_runs r WHERE ", unfinished_run!());
+
+/// The graphs of runs `$1`, with their jobs.
+const SELECT_GRAPH_KEYS: &str = concat!(
+    "SELECT id, job, ",
+    graph_key!(""),
+    " FROM jobgraph_runs WHERE id = ANY ($1)"
+);
+
+/// The steps of runs `$1`, as [`ImplicitClaims`] reads them: each one's version (`xmin`),
+/// whether it is [`unwritten!`], when it ended (seconds, to the microsecond) and, for a
+/// completed step, the worker that completed it and its lease then, and whether that ended.
+const SELECT_RUN_STEPS: &str = concat!(
+    "SELECT s.run_id, s.idx, s.name, s.state, s.xmin::text::bigint AS version,
+        (",
+    unwritten!("s."),
+    ") AS unwritten,
+        extract(epoch FROM s.ended_at)::float8 AS ended, s.worker,
+        jobgraph_ms(s.lease_until) AS lease_until, coalesce(s.lease_until <= now(), true) AS lapsed
+    FROM jobgraph_steps s WHERE s.run_id = ANY ($1)"
+);
+
+/// The implicit claims (`$1[i]`, `$2[i]`: run, position) whose rows are still at version
+/// `$3[i]` ([`ImplicitClaims`]), written into their rows: held by `$4[i]` until `$5[i]` (Unix
+/// ms), and if `$6[i]` (lapsed) ready at that time, to be claimed as any expired claim; with no
+/// holder, ready now and never claimed. The rows are locked in (run, position) order, and one
+/// another transaction holds is left (`SKIP LOCKED`). The jobs of the steps made ready.
+const WRITE_IMPLICIT_CLAIMS: &str = "WITH m AS (
+        SELECT * FROM unnest($1::text[], $2::integer[], $3::bigint[], $4::text[], $5::bigint[],
+            $6::boolean[]) AS m (run_id, idx, version, holder, until, lapsed)
+    ),
+    locked AS (
+        SELECT s.run_id, s.idx FROM jobgraph_steps s
+        JOIN m ON s.run_id = m.run_id AND s.idx = m.idx
+        WHERE s.state = 'pending' AND s.claims = 0 AND s.xmin = m.version::text::xid
+        ORDER BY s.run_id, s.idx
+        FOR UPDATE OF s SKIP LOCKED
+    )
+    UPDATE jobgraph_steps s
+    SET worker = m.holder, claims = CASE WHEN m.holder IS NULL THEN 0 ELSE 1 END, waiting = 0,
+        lease_until = jobgraph_at(m.until),
+        ready_at = CASE WHEN m.lapsed THEN coalesce(jobgraph_at(m.until), now()) END
+    FROM locked l
+    JOIN m ON m.run_id = l.run_id AND m.idx = l.idx
+    WHERE s.run_id = l.run_id AND s.idx = l.idx
+    RETURNING CASE WHEN m.lapsed THEN s.job END AS job";
 
 /// Runs `$1` (locked, their pending steps cancelled) are cancelled, but for those of one step
 /// that completed: the ones it cancelled.

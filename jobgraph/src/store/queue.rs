@@ -133,9 +133,10 @@ pub trait Queue: Store {
     /// made ready claimed for `worker` in the same transaction, as [`claim`](Queue::claim)
     /// would under `lease`: a child runs where its last parent ran, without a claim of its own
     /// (which walks the queue's index and writes the step's row a second time). Steps with
-    /// limits, fan-outs and elements, and the steps of runs whose time to live is over, are
+    /// limits or a TTR, fan-outs and elements, and the steps of runs with a time to live, are
     /// never handed over: they stay ready for claims. What a [`Worker`](crate::Worker) commits
-    /// with; PostgreSQL hands steps over, and the default (SQLite's) hands none.
+    /// with; PostgreSQL hands steps over (without writing their rows:
+    /// [`ClaimId::row_version`]), and the default (SQLite's) hands none.
     fn complete_and_claim<'a>(
         &'a self,
         worker: &'a str,
@@ -655,6 +656,11 @@ pub struct ClaimId {
     /// completes the step without taking its run's lock, and checks the step's stored row for
     /// it (an id that says so of another step is completed the usual way).
     pub only_step: bool,
+    /// For a step a PostgreSQL commit handed over to its worker without writing the step's row
+    /// (claim 1, [`Queue::complete_and_claim`]): the version of that row then (its `xmin`). The
+    /// claim holds while nothing writes the row; its worker's first heartbeat writes the claim
+    /// into it, and after that the claim is an ordinary one. `None` for every other claim.
+    pub row_version: Option<i64>,
 }
 
 /// A step (or one element of a `for_each` step: [`ClaimId::element`]) claimed by a worker: what
