@@ -1365,6 +1365,23 @@ async fn step_row(
     .unwrap()
 }
 
+/// A diamond submitted, its root claimed and completed by [`WORKER`], whose commit is handed
+/// `b` and `c`: the run, and those claims.
+async fn diamond_handed_over(store: &PgStore) -> (String, Vec<Claim>) {
+    let run = Client::new(store)
+        .submit(&Diamond { n: 2 })
+        .await
+        .unwrap()
+        .id;
+    let root = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
+    let handed = store
+        .complete_and_claim(WORKER, &completions(&root, "2"), 10, LEASE)
+        .await
+        .unwrap()
+        .claims;
+    (run, handed)
+}
+
 /// A commit hands its worker the children it made ready without writing their rows: each row
 /// stays as it was (no worker, no claim, not ready), and each claim carries the row's version.
 /// A heartbeat writes its claim into the row, which is then an ordinary claim of the worker's;
@@ -1378,17 +1395,7 @@ async fn postgres_a_commit_hands_steps_over_without_writing_them() {
     };
     let store = &stores[0];
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    let run = Client::new(store)
-        .submit(&Diamond { n: 2 })
-        .await
-        .unwrap()
-        .id;
-    let root = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
-    let handed = store
-        .complete_and_claim(WORKER, &completions(&root, "2"), 10, LEASE)
-        .await
-        .unwrap()
-        .claims;
+    let (run, handed) = diamond_handed_over(store).await;
     let [b, c] = &handed[..] else {
         panic!("{handed:?}")
     };
@@ -1458,17 +1465,7 @@ async fn postgres_a_reset_waits_for_a_handed_steps_claim_and_then_fences_it() {
         return;
     };
     let store = &stores[0];
-    let run = Client::new(store)
-        .submit(&Diamond { n: 2 })
-        .await
-        .unwrap()
-        .id;
-    let root = store.claim(WORKER, &["Diamond"], 1, LEASE).await.unwrap();
-    let handed = store
-        .complete_and_claim(WORKER, &completions(&root, "2"), 10, LEASE)
-        .await
-        .unwrap()
-        .claims;
+    let (run, handed) = diamond_handed_over(store).await;
     assert_eq!(handed.len(), 2);
     match store.reset_step(&run, "a").await {
         Err(StoreError::Busy { owner, .. }) => assert_eq!(owner, WORKER),
