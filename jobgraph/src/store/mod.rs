@@ -274,7 +274,10 @@ impl GraphSpec {
     /// The steps that wait for `position` (through `parents` or `after`), each once, ascending.
     pub fn children(&self, position: usize) -> Vec<usize> {
         (0..self.steps.len())
-            .filter(|&c| self.dependencies(c).contains(&position))
+            .filter(|&c| {
+                let step = &self.steps[c];
+                step.parents.contains(&position) || step.after.contains(&position)
+            })
             .collect()
     }
 
@@ -823,4 +826,38 @@ pub(crate) fn plus(at: i64, d: Duration) -> i64 {
 /// twins, and `PgStore`'s leases).
 pub(crate) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{GraphSpec, StepSpec};
+
+    fn step(name: &str, parents: &[usize], after: &[usize]) -> StepSpec {
+        StepSpec {
+            name: name.to_owned(),
+            parents: parents.to_vec(),
+            after: after.to_vec(),
+        }
+    }
+
+    /// A step's children are the steps that wait for it through `parents` or `after`, each
+    /// once (`d` both takes `b`'s output and runs after it), ascending; its dependencies the
+    /// same the other way.
+    #[test]
+    fn children_and_dependencies_read_both_kinds_of_edge_once() {
+        let graph = GraphSpec {
+            steps: vec![
+                step("a", &[], &[]),
+                step("b", &[0], &[]),
+                step("c", &[], &[0]),
+                step("d", &[1], &[2, 1]),
+            ],
+        };
+        assert_eq!(graph.children(0), [1, 2]);
+        assert_eq!(graph.children(1), [3]);
+        assert_eq!(graph.children(2), [3]);
+        assert!(graph.children(3).is_empty());
+        assert_eq!(graph.dependencies(3), [1, 2]);
+        assert!(graph.dependencies(0).is_empty());
+    }
 }
