@@ -608,19 +608,7 @@ impl Queue for PgStore {
                     });
                 }
             }
-            // By holder, then run, step (a run's lease after its steps') and element.
-            leases.sort_by(|a, b| {
-                let key = |l: &Lease| {
-                    (
-                        l.holder.clone(),
-                        l.run.clone(),
-                        l.step.is_none(),
-                        l.step.clone(),
-                        l.element,
-                    )
-                };
-                key(a).cmp(&key(b))
-            });
+            leases.sort_by(|a, b| lease_order(a).cmp(&lease_order(b)));
             Ok(leases)
         }
         .boxed()
@@ -943,7 +931,7 @@ struct Implicit {
     /// The step's row's version: the claim, as long as nothing writes the row.
     version: i64,
     /// The worker, and the lease's end (Unix ms); `None` if the row of the step's last
-    /// dependency does not say (no build writes such a row): it is taken as lapsed now.
+    /// dependency does not say (no build leaves such a row): it is taken as lapsed now.
     holder: Option<(String, i64)>,
     lapsed: bool,
 }
@@ -3809,6 +3797,19 @@ const READY_LAPSED_HANDOFFS: &str = concat!(
         ARRAY(SELECT run_id FROM seen GROUP BY run_id
             HAVING bool_or(completed) AND bool_or(unwritten)) AS unwritten"
 );
+
+/// The order of [`Queue::leases`]: by holder, then run, step and element, as
+/// [`SELECT_LEASES`] orders its rows (a missing step or element last).
+fn lease_order(l: &Lease) -> (&str, &str, bool, Option<&str>, bool, Option<usize>) {
+    (
+        &l.holder,
+        &l.run,
+        l.step.is_none(),
+        l.step.as_deref(),
+        l.element.is_none(),
+        l.element,
+    )
+}
 
 /// The unfinished queued runs of more than one step: where [`ImplicitClaims`] are.
 const SELECT_UNFINISHED_RUNS: &str =
