@@ -983,7 +983,11 @@ impl ImplicitClaims {
                 continue;
             };
             let at = |p: usize| steps.iter().find(|s| s.position == p);
-            for step in steps.iter().filter(|s| s.unwritten) {
+            // A row outside its run's graph (corrupt) holds no claim this can find.
+            for step in steps
+                .iter()
+                .filter(|s| s.unwritten && s.position < spec.steps.len())
+            {
                 let deps: Option<Vec<&Row>> = spec
                     .dependencies(step.position)
                     .into_iter()
