@@ -105,7 +105,7 @@ pub struct WorkerStats {
     /// Store calls that failed and were tried again (claims, commits, heartbeats).
     pub store_errors: usize,
     /// Of the steps claimed, those a commit handed over: made ready by this worker's
-    /// completions and claimed for it in the same writes ([`Queue::complete_and_claim`]).
+    /// completions and claimed for it in the same transaction ([`Queue::complete_and_claim`]).
     pub handed: usize,
 }
 

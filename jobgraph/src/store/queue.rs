@@ -21,9 +21,9 @@
 //!   each child whose last dependency this was ready, and ends the run when no step is left;
 //!   [`complete_many`](Queue::complete_many) does so for many steps in one transaction, each
 //!   fenced on its own, and [`complete_and_claim`](Queue::complete_and_claim) also claims the
-//!   children it made ready for the committing worker in the same writes (what a worker commits
-//!   the steps that ended meanwhile with: a run's steps go on where its last step ran, each
-//!   without a claim of its own).
+//!   children it made ready for the committing worker in the same transaction (what a worker
+//!   commits the steps that ended meanwhile with: a run's steps go on where its last step ran,
+//!   each without a claim of its own).
 //!   [`fail`](Queue::fail) either puts the step back, ready at `retry_at` (its retry policy
 //!   asked for it and `max_fails` allows it), or fails it for good and skips its descendants.
 //!   Both are fenced: a stale claim gets [`StoreError::ClaimLost`] and changes nothing.
