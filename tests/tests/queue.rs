@@ -910,7 +910,7 @@ async fn worker_drains(store: impl TestQueue, base: u64) {
         attempt: 0,
         element: None,
         only_step: false,
-        row_version: None,
+        handed_over: None,
     };
 }
 
@@ -1401,7 +1401,7 @@ async fn postgres_a_commit_hands_steps_over_without_writing_them() {
     };
     let (b, c) = if b.id.step == "b" { (b, c) } else { (c, b) };
     for claim in [b, c] {
-        assert!(claim.id.row_version.is_some(), "{claim:?}");
+        assert!(claim.id.handed_over.is_some(), "{claim:?}");
         assert_eq!(
             step_row(&mut conn, &run, &claim.id.step).await,
             (None, 0, false)
@@ -1476,6 +1476,154 @@ async fn postgres_a_reset_waits_for_a_handed_steps_claim_and_then_fences_it() {
         store.reset_step(&run, "a").await.unwrap(),
         ["a", "b", "c", "d"]
     );
+    let ids: Vec<ClaimId> = handed.iter().map(|c| c.id.clone()).collect();
+    let held = store.heartbeat(WORKER, &ids, LEASE).await.unwrap();
+    assert_eq!(held, [Held::Lost, Held::Lost]);
+    let stale = store
+        .complete_many(WORKER, &completions(&handed, "0"))
+        .await
+        .unwrap();
+    assert_eq!(stale, [false, false]);
+    // The run starts again from its root.
+    let again = store.claim("w2", &["Diamond"], 10, LEASE).await.unwrap();
+    let seen: Vec<(&str, u32)> = again
+        .iter()
+        .map(|c| (c.id.step.as_str(), c.id.attempt))
+        .collect();
+    assert_eq!(seen, [("a", 1)]);
+}
+
+/// A commit hands over only the steps a claim would lease with the worker's lease, whether it
+/// reads them or not (a child all of whose dependencies completed in the commit is handed over
+/// from its run's row, unread): not a step with a TTR (`slow`, beside `fast`, which is handed),
+/// no step of a run with a time to live, not a fan-out (`each`, whose elements are ready for
+/// claims); and the steps of a run whose row does not say its steps are plain (inserted by an
+/// older build) are read, and handed over all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_commit_hands_over_only_what_a_claim_would_lease_as_its_workers() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let client = Client::new(store);
+    let handed_after_root = |job: &'static str| async move {
+        let root = store.claim(WORKER, &[job], 1, LEASE).await.unwrap();
+        assert_eq!(root.len(), 1, "{job}");
+        let committed = store
+            .complete_and_claim(WORKER, &completions(&root, "[1]"), 10, LEASE)
+            .await
+            .unwrap();
+        assert_eq!(committed.stored, [true], "{job}");
+        let handed: BTreeSet<String> = committed.claims.iter().map(|c| c.id.step.clone()).collect();
+        let ready: BTreeSet<(String, Option<usize>)> = store
+            .claim("w2", &[job], 10, LEASE)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.id.step, c.id.element))
+            .collect();
+        (handed, ready)
+    };
+    let set =
+        |steps: &[&str]| -> BTreeSet<String> { steps.iter().map(|s| s.to_string()).collect() };
+
+    client.submit(&Paced { n: 1 }).await.unwrap();
+    let (handed, ready) = handed_after_root("Paced").await;
+    assert_eq!(handed, set(&["fast"]));
+    assert_eq!(ready, BTreeSet::from([("slow".to_owned(), None)]));
+
+    client
+        .submit(&Diamond { n: 1 })
+        .ttl(Duration::from_secs(600))
+        .await
+        .unwrap();
+    let (handed, ready) = handed_after_root("Diamond").await;
+    assert_eq!(handed, set(&[]));
+    assert_eq!(
+        ready,
+        BTreeSet::from([("b".to_owned(), None), ("c".to_owned(), None)])
+    );
+
+    client.submit(&Tail { items: vec![7] }).await.unwrap();
+    let (handed, ready) = handed_after_root("Tail").await;
+    assert_eq!(handed, set(&[]));
+    assert_eq!(ready, BTreeSet::from([("each".to_owned(), Some(0))]));
+
+    let older = client.submit(&Diamond { n: 2 }).await.unwrap().id;
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query("UPDATE jobgraph_runs SET plain = false WHERE id = $1")
+        .bind(&older)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (handed, ready) = handed_after_root("Diamond").await;
+    assert_eq!(handed, set(&["b", "c"]));
+    assert!(ready.is_empty(), "{ready:?}");
+}
+
+/// `begin` feeds `slow`, which has a TTR, and `fast`, which has none.
+#[derive(Serialize, Deserialize)]
+struct Paced {
+    n: u32,
+}
+
+#[job(durable)]
+impl Paced {
+    #[step]
+    async fn begin(&self) -> Vec<u32> {
+        vec![self.n]
+    }
+
+    #[step(timeout = Duration::from_secs(30))]
+    async fn slow(&self, begin: &Vec<u32>) -> usize {
+        begin.len()
+    }
+
+    #[step]
+    async fn fast(&self, begin: &Vec<u32>) -> usize {
+        begin.len()
+    }
+}
+
+/// A process of the build before schema version 18 resets a step without counting the reset in
+/// its run's row (it queues the steps again and clears the run's time to live): the trigger of
+/// that version counts it, so a claim a commit of this build handed over before it is refused,
+/// though the step's row looks as it did when it was handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_an_older_builds_reset_ends_the_claims_handed_over_before_it() {
+    use sqlx::Connection as _;
+    let Some((db, stores)) = pg_stores(1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let (run, handed) = diamond_handed_over(store).await;
+    assert_eq!(handed.len(), 2);
+    store.age_leases(LEASE + Duration::from_secs(1)).await;
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    // The older build's statements, as it runs them for a reset of `a`.
+    sqlx::raw_sql(&format!(
+        "UPDATE jobgraph_steps
+        SET state = 'pending', attempts = 0, output = NULL, error = NULL, started_at = NULL,
+            ended_at = NULL
+        WHERE run_id = '{run}';
+        UPDATE jobgraph_steps s
+        SET waiting = r.waiting, ready_at = NULL, claims = 0, fails = 0, worker = NULL,
+            lease_until = NULL, fan_size = NULL, fan_done = 0, expires_at = NULL
+        FROM unnest('{{0, 1, 2, 3}}'::integer[], '{{1, 1, 1, 2}}'::integer[]) AS r (idx, waiting)
+        WHERE s.run_id = '{run}' AND s.idx = r.idx;
+        UPDATE jobgraph_steps SET waiting = 0, ready_at = now() WHERE run_id = '{run}' AND idx = 0;
+        UPDATE jobgraph_runs SET expires_at = NULL WHERE id = '{run}';"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let resets: i64 = sqlx::query_scalar("SELECT resets FROM jobgraph_runs WHERE id = $1")
+        .bind(&run)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(resets, 1);
     let ids: Vec<ClaimId> = handed.iter().map(|c| c.id.clone()).collect();
     let held = store.heartbeat(WORKER, &ids, LEASE).await.unwrap();
     assert_eq!(held, [Held::Lost, Held::Lost]);
@@ -3559,7 +3707,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "17");
+    assert_eq!(version, "18");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -3887,10 +4035,13 @@ async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted(
         .unwrap();
     assert_eq!(first.iter().filter(|c| c.id.step == "pooled").count(), 2);
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    // Versions 17, 16, 15, 14, 11 and 10 undone, then version 9 (12 and 13 apply again as they
-    // are).
+    // Versions 18, 17, 16, 15, 14, 11 and 10 undone, then version 9 (12 and 13 apply again as
+    // they are).
     sqlx::raw_sql(
-        "DROP INDEX jobgraph_runs_unfinished;
+        "DROP TRIGGER jobgraph_runs_reset ON jobgraph_runs;
+        DROP FUNCTION jobgraph_count_reset();
+        ALTER TABLE jobgraph_runs DROP COLUMN resets, DROP COLUMN plain;
+        DROP INDEX jobgraph_runs_unfinished;
         DROP INDEX jobgraph_steps_failed;
         CREATE INDEX jobgraph_steps_failed ON jobgraph_steps (name) WHERE state = 'failed';
         DROP TRIGGER jobgraph_steps_limited ON jobgraph_steps;

@@ -271,6 +271,18 @@ impl GraphSpec {
         deps
     }
 
+    /// How many steps `position` waits for: [`dependencies`](GraphSpec::dependencies)`.len()`,
+    /// without building the list.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn count_dependencies(&self, position: usize) -> usize {
+        let step = &self.steps[position];
+        let all = || step.parents.iter().chain(&step.after);
+        all()
+            .enumerate()
+            .filter(|&(i, e)| !all().take(i).any(|earlier| earlier == e))
+            .count()
+    }
+
     /// The steps that wait for `position` (through `parents` or `after`), each once, ascending.
     pub fn children(&self, position: usize) -> Vec<usize> {
         (0..self.steps.len())
@@ -859,5 +871,13 @@ mod tests {
         assert!(graph.children(3).is_empty());
         assert_eq!(graph.dependencies(3), [1, 2]);
         assert!(graph.dependencies(0).is_empty());
+        #[cfg(feature = "postgres")]
+        for p in 0..4 {
+            assert_eq!(
+                graph.count_dependencies(p),
+                graph.dependencies(p).len(),
+                "{p}"
+            );
+        }
     }
 }

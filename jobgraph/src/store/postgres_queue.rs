@@ -64,18 +64,24 @@
 //!   attempts (`exhausted`), and its store fails each, fenced by the claim it just took, in a
 //!   transaction of its own under the run's lock, before it hands the worker the rest.
 //! - **A commit hands its worker the steps it makes ready, without writing them**
-//!   ([`DEPENDENCIES_DONE`]). Under the run's lock it holds, it reads each step its completions
-//!   make ready and leaves its row as it was: pending, unclaimed, out of the claims' indexes.
-//!   The claim is the row's version (`xmin`, [`ClaimId::row_version`]): the worker's writes under
-//!   it (completion, failure, heartbeat) are stored only while nothing wrote the row since
-//!   ([`held_unwritten!`]). Its holder and lease are on its last dependency's completed row,
-//!   which keeps its worker and the worker's lease ([`complete_steps!`]). What needs the claims
-//!   held reads them from the runs' rows and graphs ([`ImplicitClaims`]): the claims' sweeps
-//!   find the unfinished runs (`jobgraph_runs_unfinished`, a bounded number of runs per sweep,
-//!   each sweep going on where the last stopped) with such a claim whose lease ended, and
-//!   write it into its row as the lapsed claim it is, in the claims' index (`SKIP LOCKED`, no
-//!   run lock: the write is fenced by the row's version), where the next claim takes it as an
-//!   expired claim; the list of leases shows them; a reset is refused while one is live; new
+//!   ([`dependencies_done`]). Under the run's lock it holds, it leaves each such step's row as
+//!   it was: pending, unclaimed, out of the claims' indexes. A child all of whose dependencies
+//!   completed in the commit is not even read: the graph says it was waiting for just them, and
+//!   the run's row, locked, says whether a claim could take it with the worker's lease
+//!   ([`Locked`]); a child that waited for others too is read and counted down
+//!   ([`DEPENDENCIES_DONE`]). The claim is the run's count of resets ([`ClaimId::handed_over`]):
+//!   the worker's writes under it (completion, failure, heartbeat) are stored only while the
+//!   row is as the commit left it and no reset came since ([`held_unwritten!`]; every other
+//!   write to the row marks it, and a reset, which leaves it looking the same, counts itself in
+//!   the run's row, read under the run's lock). Its holder and lease are on its last
+//!   dependency's completed row, which keeps its worker and the worker's lease
+//!   ([`complete_steps!`]). What needs the claims held reads them from the runs' rows and graphs
+//!   ([`ImplicitClaims`]): the claims' sweeps find the unfinished runs
+//!   (`jobgraph_runs_unfinished`, a bounded number of runs per sweep, each sweep going on where
+//!   the last stopped) with such a claim whose lease ended, and write it into its row as the
+//!   lapsed claim it is, in the claims' index (`SKIP LOCKED`, no run lock: the write is fenced
+//!   by the row's `xmin` as it read it), where the next claim takes it as an expired claim; the
+//!   list of leases shows them; a reset is refused while one is live; new
 //!   limits write them into their rows before marking them, and count them. A heartbeat writes
 //!   its claim into its row: a long step's claim is an ordinary one from its first heartbeat
 //!   (the row's `ready_at` stays NULL, and [`READY_LAPSED_HANDOFFS`] sweeps it as before). A
@@ -254,27 +260,43 @@ impl Queue for PgStore {
             let mut held = Vec::with_capacity(claims.len());
             for claim in claims {
                 // One statement each, no transaction: a heartbeat holds no row while it waits
-                // for another.
+                // for another. But a claim a commit handed over without writing its step's row
+                // is fenced by its run's count of resets: read under the run's lock, shared,
+                // which a reset waits for (and this for a reset in flight), in a transaction
+                // with the write.
                 let renewed = match claim.element {
-                    None => sqlx::query(RENEW_CLAIM)
-                        .bind(&claim.run)
-                        .bind(idx_of(claim.position))
-                        .bind(worker)
-                        .bind(i64::from(claim.attempt))
-                        .bind(lease_ms(lease))
-                        .bind(&claim.step)
-                        .bind(claim.row_version),
-                    Some(element) => sqlx::query(RENEW_ELEMENT)
-                        .bind(&claim.run)
-                        .bind(&claim.step)
-                        .bind(worker)
-                        .bind(i64::from(claim.attempt))
-                        .bind(lease_ms(lease))
-                        .bind(element_index(element))
-                        .bind(idx_of(claim.position)),
+                    None if claim.handed_over.is_some() => {
+                        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                        let resets: Option<i64> = sqlx::query_scalar(SHARE_RESETS)
+                            .bind(&claim.run)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let renewed = renew_claim(worker, claim, lease)
+                            .bind(resets.and_then(|resets| fence(claim, resets)))
+                            .execute(&mut *tx)
+                            .await?;
+                        tx.commit().await?;
+                        renewed
+                    }
+                    None => {
+                        renew_claim(worker, claim, lease)
+                            .bind(None::<i64>)
+                            .execute(&mut *conn)
+                            .await?
+                    }
+                    Some(element) => {
+                        sqlx::query(RENEW_ELEMENT)
+                            .bind(&claim.run)
+                            .bind(&claim.step)
+                            .bind(worker)
+                            .bind(i64::from(claim.attempt))
+                            .bind(lease_ms(lease))
+                            .bind(element_index(element))
+                            .bind(idx_of(claim.position))
+                            .execute(&mut *conn)
+                            .await?
+                    }
                 }
-                .execute(&mut *conn)
-                .await?
                 .rows_affected();
                 held.push(if renewed == 1 {
                     Held::Held
@@ -336,7 +358,8 @@ impl Queue for PgStore {
             // succeeded). One no longer held, or not its run's only step, goes the usual way.
             if !alone.is_empty() {
                 alone.sort_unstable_by(|(_, x), (_, y)| x.claim.run.cmp(&y.claim.run));
-                let stored = step_completions(COMPLETE_ALONE, worker, &alone, lease)
+                // No step alone is handed over: no claim of one is fenced by its run's resets.
+                let stored = step_completions(COMPLETE_ALONE, worker, &alone, lease, |_| None)
                     .fetch_all(&mut *conn)
                     .await?;
                 for row in &stored {
@@ -365,6 +388,7 @@ impl Queue for PgStore {
                 .fetch_all(&mut *tx)
                 .await?;
             let heads = heads_of(&mut tx, &locked, "job").await?;
+            let locked = Locked::of(&locked)?;
             let (elements, mut steps): (Vec<(usize, &Completion<'a>)>, Vec<_>) =
                 rest.iter().partition(|(_, c)| c.claim.element.is_some());
             // In key order, as the children below.
@@ -395,7 +419,8 @@ impl Queue for PgStore {
                 Ok(())
             };
             if !steps.is_empty() {
-                let stored = step_completions(COMPLETE_STEPS, worker, &steps, lease)
+                let fenced = |claim: &ClaimId| fence(claim, locked.resets(&claim.run)?);
+                let stored = step_completions(COMPLETE_STEPS, worker, &steps, lease, fenced)
                     .fetch_all(&mut *tx)
                     .await?;
                 if let Some(first) = stored.first() {
@@ -457,7 +482,7 @@ impl Queue for PgStore {
                 elements,
                 unfinished,
                 handed,
-            } = dependencies_done(&mut tx, kids, &heads, hand).await?;
+            } = dependencies_done(&mut tx, kids, &heads, &locked, hand).await?;
             // The outputs of the steps completed here, which the steps handed over take.
             let known: Outputs<'_> = steps
                 .iter()
@@ -541,7 +566,7 @@ impl Queue for PgStore {
                     .bind(delay_ms(delay))
                     .bind(head.max_fails)
                     .bind(&claim.step)
-                    .bind(claim.row_version)
+                    .bind(fence(claim, head.resets))
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some(at) = retried {
@@ -558,7 +583,7 @@ impl Queue for PgStore {
                 .bind(error)
                 .bind(started_at)
                 .bind(&claim.step)
-                .bind(claim.row_version)
+                .bind(fence(claim, head.resets))
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(position) = position else {
@@ -928,7 +953,8 @@ struct Implicit {
     run: String,
     position: i32,
     step: String,
-    /// The step's row's version: the claim, as long as nothing writes the row.
+    /// The step's row's version (`xmin`) when read: [`ImplicitClaims::write`] writes only a row
+    /// nothing wrote since.
     version: i64,
     /// The worker, and the lease's end (Unix ms); `None` if the row of the step's last
     /// dependency does not say (no build leaves such a row): it is taken as lapsed now.
@@ -1442,7 +1468,7 @@ struct Taken {
     /// An element's parent (its position) and the element (JSON).
     input: Option<(i32, String)>,
     attempt: i64,
-    /// For a step a commit handed over without writing its row: the row's version.
+    /// For a step a commit handed over without writing its row: its run's count of resets then.
     version: Option<i64>,
     fails: i64,
     job: String,
@@ -1546,43 +1572,89 @@ impl Taken {
     }
 }
 
-/// The columns of [`DEPENDENCIES_DONE`]'s rows that a step handed over reads, found once per
-/// statement.
-struct HandedColumns {
-    version: At,
-    fails: At,
-    lease_until: At,
-    priority: At,
-    run_seq: At,
+/// What a commit read of the runs it locked ([`LOCK_RUNS`]), beyond their jobs and graphs
+/// ([`Heads`]): what fencing its completions and handing steps over need.
+#[derive(Default)]
+struct Locked {
+    runs: HashMap<String, LockedRun>,
+    /// The transaction's time (Unix ms), from which a hand-off's lease runs.
+    now: i64,
 }
 
-impl HandedColumns {
-    fn of(row: &sqlx::postgres::PgRow) -> Result<HandedColumns, StoreError> {
-        let at = |name| At::of(row, name, "jobgraph_steps");
-        Ok(HandedColumns {
-            version: at("version")?,
-            fails: at("fails")?,
-            lease_until: at("lease_until")?,
-            priority: at("priority")?,
-            run_seq: at("run_seq")?,
+/// One of [`Locked`]'s runs.
+struct LockedRun {
+    input: String,
+    resets: i64,
+    priority: i32,
+    seq: i64,
+    /// Whether a claim could take any of its steps with the worker's lease ([`LOCK_RUNS`]).
+    blind: bool,
+}
+
+impl Locked {
+    /// The runs of `rows` ([`LOCK_RUNS`]'s).
+    fn of(rows: &[sqlx::postgres::PgRow]) -> Result<Locked, StoreError> {
+        let Some(first) = rows.first() else {
+            return Ok(Locked::default());
+        };
+        const T: &str = "jobgraph_runs";
+        let at = |name| At::of(first, name, T);
+        let (id, input, resets) = (at("id")?, at("input")?, at("resets")?);
+        let (priority, seq, blind) = (at("priority")?, at("seq")?, at("blind")?);
+        let mut runs = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let run = LockedRun {
+                input: get(row, input, T)?,
+                resets: get(row, resets, T)?,
+                priority: get(row, priority, T)?,
+                seq: get(row, seq, T)?,
+                blind: get(row, blind, T)?,
+            };
+            runs.insert(get(row, id, T)?, run);
+        }
+        Ok(Locked {
+            runs,
+            now: get(first, "now", T)?,
         })
     }
 
-    /// Step `position` of `run` (in `heads`, with its job and graph), handed over as `row`
-    /// says: claim 1 of it (it was waiting until then, and a redrive zeroes the claims of the
-    /// steps it queues again, so no claim of it expired: it is not exhausted), leased with the
-    /// worker's `lease` (a step with a TTR is not handed over). Handed over in one statement,
-    /// the steps were made ready at one time: they are ordered by the rest of the queue's order.
-    fn read(
+    /// Run `run`'s count of resets.
+    fn resets(&self, run: &str) -> Option<i64> {
+        self.runs.get(run).map(|r| r.resets)
+    }
+
+    /// Whether step `position` of `run` (in `heads`), `n` of whose dependencies completed in
+    /// the commit, may be handed over without reading its row: they are all it has (so it was
+    /// waiting for just them, and is pending: the run is locked, and the completions were
+    /// stored), and its run's row says a claim could take it with the worker's lease.
+    fn blind(&self, run: &str, position: i32, n: i32, heads: &Heads) -> bool {
+        let Some(Some(spec)) = heads.get(run).map(|(_, spec)| spec) else {
+            return false;
+        };
+        let counted = usize::try_from(position)
+            .ok()
+            .filter(|&p| p < spec.steps.len())
+            .map(|p| spec.count_dependencies(p));
+        self.runs.get(run).is_some_and(|r| r.blind)
+            && counted.is_some_and(|c| usize::try_from(n).is_ok_and(|n| n == c))
+    }
+
+    /// Step `position` of `run` (in `heads`, with its job and graph), handed over to a worker
+    /// with `lease`: claim 1 of it (it was waiting until then, and a reset zeroes the claims
+    /// and fails of the steps it queues again, so it never failed and no claim of it expired:
+    /// it is not exhausted), leased with the worker's `lease` from the transaction's time (no
+    /// step with a TTR is handed over), fenced by the run's count of resets. Handed over in one
+    /// transaction, the steps were made ready at one time: ordered by the rest of the queue's
+    /// order.
+    fn handed(
         &self,
-        row: &sqlx::postgres::PgRow,
         run: &str,
         position: i32,
         heads: &Heads,
         lease: Duration,
     ) -> Result<Taken, StoreError> {
-        const T: &str = "jobgraph_steps";
         let (job, spec) = heads.get(run).ok_or_else(|| no_such_run(run))?;
+        let locked = self.runs.get(run).ok_or_else(|| no_such_run(run))?;
         let step = usize::try_from(position)
             .ok()
             .and_then(|p| spec.as_ref()?.steps.get(p))
@@ -1596,15 +1668,15 @@ impl HandedColumns {
             element: None,
             input: None,
             attempt: 1,
-            version: Some(get(row, self.version, T)?),
-            fails: get(row, self.fails, T)?,
+            version: Some(locked.resets),
+            fails: 0,
             job: job.clone(),
-            lease_until: get_ms(row, self.lease_until, T)?,
+            lease_until: self.now.saturating_add(lease_ms(lease)),
             lease,
             order: (
-                std::cmp::Reverse(get(row, self.priority, T)?),
+                std::cmp::Reverse(locked.priority),
                 0,
-                get(row, self.run_seq, T)?,
+                locked.seq,
                 position,
                 -1,
             ),
@@ -1740,7 +1812,7 @@ async fn finish(
                 attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
                 element: t.element.and_then(|e| usize::try_from(e).ok()),
                 only_step: spec.is_none() && t.element.is_none(),
-                row_version: t.version,
+                handed_over: t.version,
             },
             job: t.job,
             fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
@@ -1796,6 +1868,16 @@ struct Head {
     job: String,
     graph: String,
     max_fails: Option<i64>,
+    /// Its count of resets ([`fence`]).
+    resets: i64,
+}
+
+/// The version a write under `claim` gives [`held_unwritten!`]: the claim's, a count of its
+/// run's resets, if that is the count now (`resets`, read under the run's lock): no reset
+/// came after the commit that handed the step over. `None` otherwise, or for a claim written
+/// in a row, which no statement reads it for.
+fn fence(claim: &ClaimId, resets: i64) -> Option<i64> {
+    claim.handed_over.filter(|&v| v == resets)
 }
 
 async fn lock_run(conn: &mut PgConnection, run: &str) -> Result<Option<Head>, StoreError> {
@@ -1807,6 +1889,7 @@ async fn lock_run(conn: &mut PgConnection, run: &str) -> Result<Option<Head>, St
         job: get(&row, "job", T)?,
         graph: get(&row, "graph", T)?,
         max_fails: get(&row, "max_fails", T)?,
+        resets: get(&row, "resets", T)?,
     }))
 }
 
@@ -1843,6 +1926,7 @@ async fn insert_runs(
         .bind(i64::from(s.max_attempts))
         .bind(s.max_fails.map(i64::from))
         .bind(s.held)
+        .bind(s.plain())
         .fetch_all(conn)
         .await?)
 }
@@ -2088,6 +2172,7 @@ async fn dependencies_done(
     conn: &mut PgConnection,
     mut kids: HashMap<(String, i32), i32>,
     heads: &Heads,
+    locked: &Locked,
     hand: Hand<'_>,
 ) -> Result<Done, StoreError> {
     let mut news = Vec::new();
@@ -2102,6 +2187,25 @@ async fn dependencies_done(
         let mut entries: Vec<((String, i32), i32)> =
             std::mem::take(&mut kids).into_iter().collect();
         entries.sort_unstable();
+        // A child all of whose dependencies completed here is handed over from what the
+        // commit knows, without reading its row ([`Locked::blind`]); the others are read.
+        if left > 0 {
+            let mut read = Vec::with_capacity(entries.len());
+            for ((run, position), n) in entries {
+                if left > 0 && locked.blind(&run, position, n, heads) {
+                    left -= 1;
+                    let taken = locked.handed(&run, position, heads, hand.lease)?;
+                    handed.taken.push(taken);
+                    unfinished.insert(run);
+                } else {
+                    read.push(((run, position), n));
+                }
+            }
+            entries = read;
+            if entries.is_empty() {
+                continue;
+            }
+        }
         let (keys, counts): (Vec<_>, Vec<i32>) = entries.into_iter().unzip();
         let (kid_runs, kid_positions): (Vec<String>, Vec<i32>) = keys.into_iter().unzip();
         // The first `left` children may be handed over (if this makes them ready).
@@ -2110,7 +2214,6 @@ async fn dependencies_done(
             .bind(&kid_runs)
             .bind(&kid_positions)
             .bind(&counts)
-            .bind(lease_ms(hand.lease))
             .bind(&may_hand)
             .fetch_all(&mut *conn)
             .await?;
@@ -2122,7 +2225,6 @@ async fn dependencies_done(
             At::of(first, "fan", T)?,
         );
         let (idx, handed_at) = (At::of(first, "idx", T)?, At::of(first, "handed", T)?);
-        let columns = HandedColumns::of(first)?;
         for row in &rows {
             if let Some(job) = get::<Option<String>>(row, job, T)? {
                 news.push(job);
@@ -2131,9 +2233,8 @@ async fn dependencies_done(
             let position: i32 = get(row, idx, T)?;
             if get::<bool>(row, handed_at, T)? {
                 left = left.saturating_sub(1);
-                handed
-                    .taken
-                    .push(columns.read(row, run, position, heads, hand.lease)?);
+                let taken = locked.handed(run, position, heads, hand.lease)?;
+                handed.taken.push(taken);
                 unfinished.insert(run.clone());
                 continue;
             }
@@ -2195,33 +2296,25 @@ struct Handed {
 
 impl Handed {
     /// Their claims, as a claim returns them: the runs' graphs are in `heads`, their inputs in
-    /// `locked` (the runs' rows the commit locked, [`LOCK_RUNS`]), their dependencies' outputs
-    /// in `known` (the steps completed in the transaction that handed them over) or read on
-    /// `conn`.
+    /// `locked` (the runs the commit locked), their dependencies' outputs in `known` (the
+    /// steps completed in the transaction that handed them over) or read on `conn`.
     async fn claims(
         self,
         conn: &mut PgConnection,
         heads: &Heads,
-        locked: &[sqlx::postgres::PgRow],
+        locked: &Locked,
         known: &Outputs<'_>,
     ) -> Result<Vec<Claim>, StoreError> {
-        let Some(handed) = self.taken.first() else {
+        if self.taken.is_empty() {
             return Ok(Vec::new());
-        };
-        // The runs of the steps handed over are among those locked; one missing is an error,
-        // as `finish` says for each.
-        let Some(first) = locked.first() else {
-            return Err(no_such_run(&handed.run));
-        };
-        const T: &str = "jobgraph_runs";
-        let (id, input) = (At::of(first, "id", T)?, At::of(first, "input", T)?);
-        let runs: HashSet<&str> = self.taken.iter().map(|t| t.run.as_str()).collect();
-        let mut with_inputs = Heads::with_capacity(runs.len());
-        for row in locked {
-            let run: &str = get(row, id, T)?;
-            if runs.contains(run) {
+        }
+        let mut with_inputs = Heads::with_capacity(self.taken.len());
+        for taken in &self.taken {
+            let run = taken.run.as_str();
+            if !with_inputs.contains_key(run) {
                 let (_, graph) = heads.get(run).ok_or_else(|| no_such_run(run))?;
-                with_inputs.insert(run.to_owned(), (get(row, input, T)?, graph.clone()));
+                let input = &locked.runs.get(run).ok_or_else(|| no_such_run(run))?.input;
+                with_inputs.insert(run.to_owned(), (input.clone(), graph.clone()));
             }
         }
         finish(conn, self.taken, &with_inputs, known).await
@@ -2474,7 +2567,10 @@ pub(super) async fn requeue(
         .bind(&waiting)
         .execute(&mut *conn)
         .await?;
-    sqlx::query(CLEAR_TTL).bind(run).execute(&mut *conn).await?;
+    sqlx::query(COUNT_RESET)
+        .bind(run)
+        .execute(&mut *conn)
+        .await?;
     let heads: Heads = [(
         run.to_owned(),
         (job.to_owned(), Some(Arc::new(spec.clone()))),
@@ -2482,7 +2578,8 @@ pub(super) async fn requeue(
     .into_iter()
     .collect();
     // The elements of the one run's fan-outs are not counted (`postgres_growth`).
-    let Done { mut news, .. } = dependencies_done(conn, kids, &heads, Hand::NONE).await?;
+    let Done { mut news, .. } =
+        dependencies_done(conn, kids, &heads, &Locked::default(), Hand::NONE).await?;
     news.sort_unstable();
     news.dedup();
     for job in &news {
@@ -2661,14 +2758,15 @@ const SELECT_BY_KEY: &str = "SELECT id FROM jobgraph_runs WHERE job = $1 AND ide
 
 /// One row per (id, input), in their order (so `seq` numbers them in it); an id or a (job, key)
 /// that exists is skipped, after waiting for the transaction that inserted it, if running.
+/// `$12`: whether the runs' steps are plain (no TTR, no fan-out; see [`LOCK_RUNS`]).
 const INSERT_QUEUED_RUNS: &str = concat!(
     "INSERT INTO jobgraph_runs
         (id, job, batch, input, graph, graph_key, state, created_at, updated_at,
-         queued, idem_key, priority, expires_at, max_attempts, max_fails, held)
+         queued, idem_key, priority, expires_at, max_attempts, max_fails, held, plain)
     SELECT t.id, $3, $4, t.input, $5::jsonb, ",
     key_of_graph!("$5"),
     ", 'pending', now(), now(),
-        true, $6, $7, now() + $8 * interval '1 millisecond', $9, $10, $11
+        true, $6, $7, now() + $8 * interval '1 millisecond', $9, $10, $11, $12
     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t (id, input, ord)
     ORDER BY t.ord
     ON CONFLICT DO NOTHING
@@ -2769,21 +2867,38 @@ fn completions<'q>(
         )
 }
 
-/// [`completions`] of steps ([`complete_steps!`]): then, the versions of the rows of the steps
-/// handed over without a write (`$8`), and the worker's `lease` in ms (`$9`).
+/// [`completions`] of steps ([`complete_steps!`]): then, the versions of the claims of the steps
+/// handed over without a write, as `fenced` gives them ([`fence`]; `$8`), and the worker's
+/// `lease` in ms (`$9`).
 fn step_completions<'q>(
     statement: &'q str,
     worker: &'q str,
     done: &[(usize, &Completion<'q>)],
     lease: Duration,
+    fenced: impl Fn(&ClaimId) -> Option<i64>,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     completions(statement, worker, done)
         .bind(
             done.iter()
-                .map(|(_, c)| c.claim.row_version)
+                .map(|(_, c)| fenced(c.claim))
                 .collect::<Vec<_>>(),
         )
         .bind(lease_ms(lease))
+}
+
+/// [`RENEW_CLAIM`] of step `claim` held by `worker`, for `lease`: all but the version (`$7`).
+fn renew_claim<'q>(
+    worker: &'q str,
+    claim: &'q ClaimId,
+    lease: Duration,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(RENEW_CLAIM)
+        .bind(&claim.run)
+        .bind(idx_of(claim.position))
+        .bind(worker)
+        .bind(i64::from(claim.attempt))
+        .bind(lease_ms(lease))
+        .bind(&claim.step)
 }
 
 /// A delay (a retry's, a time to live) in milliseconds, as PostgreSQL adds it to `now()`: at
@@ -3067,20 +3182,27 @@ macro_rules! handed_over {
 }
 
 /// Claim `$claim` of step `$s` (an alias and a dot) is one a commit handed over without writing
-/// its row ([`DEPENDENCIES_DONE`]), whose version then was `$version`, and nothing wrote the row
-/// since: claim 1, the row's claims still 0 and its version the same.
+/// its row ([`DEPENDENCIES_DONE`]), and nothing wrote the row since: claim 1, `$version` given
+/// (the caller gives it only if it is the run's count of resets now, read under the run's lock:
+/// [`fence`]), and the row as the commit left it: never claimed, not ready, still waiting.
+/// Every write to such a row but a reset's marks one of those (a claim written in, a state,
+/// `ready_at`), and a reset counts itself in the run's row ([`COUNT_RESET`]).
 macro_rules! held_unwritten {
     ($s:literal, $claim:literal, $version:literal) => {
         concat!(
             "(",
             $claim,
             " = 1 AND ",
+            $version,
+            " IS NOT NULL AND ",
             $s,
             "claims = 0 AND ",
             $s,
-            "xmin = ",
-            $version,
-            "::text::xid)"
+            "worker IS NULL AND ",
+            $s,
+            "ready_at IS NULL AND ",
+            $s,
+            "waiting > 0)"
         )
     };
 }
@@ -3140,7 +3262,7 @@ macro_rules! exhausted_before {
 
 /// The columns of a claimed step that `Taken::read` reads. A claim takes only steps in the
 /// claims' index (`ready_at` set, [`claimable!`]), locked until it ends; a step a commit hands
-/// over is read from [`DEPENDENCIES_DONE`]'s own columns ([`HandedColumns`]).
+/// over is made from its run's row ([`Locked::handed`]).
 macro_rules! taken {
     () => {
         concat!(
@@ -3429,8 +3551,9 @@ const SELECT_OUTPUTS: &str = "SELECT d.ordinal, s.output
 
 /// A heartbeat: the claim's lease (of step `$2`, a position, named `$6`) runs until now + its
 /// TTR, or + `$5` ms (the worker's lease) for a step without one. A claim a commit handed over
-/// without writing the step's row (its version `$7`, [`held_unwritten!`]) is written into the
-/// row, as the commit would have: an ordinary claim from then on.
+/// without writing the step's row (`$7` given, [`held_unwritten!`]: under the run's lock,
+/// shared, [`SHARE_RESETS`]) is written into the row, as the commit would have: an ordinary
+/// claim from then on.
 const RENEW_CLAIM: &str = concat!(
     "UPDATE jobgraph_steps
     SET lease_until = now() + coalesce(ttr_ms, $5) * interval '1 millisecond', worker = $3,
@@ -3464,26 +3587,43 @@ const SELECT_ENDED: &str =
 const DELETE_QUEUE_ELEMENTS: &str =
     "DELETE FROM jobgraph_queue_elements WHERE run_id = $1 AND step = ANY ($2::text[])";
 
-/// Redriven steps `$2[i]` are queued again, each waiting for `$3[i]` dependencies.
+/// Redriven steps `$2[i]` are queued again, each waiting for `$3[i]` dependencies. Their run's
+/// count of resets goes up ([`COUNT_RESET`]) in the same transaction.
 const REQUEUE_STEPS: &str = "UPDATE jobgraph_steps s
     SET waiting = r.waiting, ready_at = NULL, claims = 0, fails = 0, worker = NULL,
         lease_until = NULL, fan_size = NULL, fan_done = 0, expires_at = NULL
     FROM unnest($2::integer[], $3::integer[]) AS r (idx, waiting)
     WHERE s.run_id = $1 AND s.idx = r.idx";
 
-const CLEAR_TTL: &str = "UPDATE jobgraph_runs SET expires_at = NULL WHERE id = $1";
+/// Run `$1`'s steps were queued again ([`REQUEUE_STEPS`]): it has no time to live any more, and
+/// its count of resets goes up, which ends every claim a commit handed over before without
+/// writing its step's row ([`held_unwritten!`]). (A process of an older build clears the time to
+/// live alone; a trigger counts that, schema version 18.)
+const COUNT_RESET: &str =
+    "UPDATE jobgraph_runs SET expires_at = NULL, resets = resets + 1 WHERE id = $1";
 
 const LOCK_RUN_STATE: &str = "SELECT state FROM jobgraph_runs WHERE id = $1 FOR UPDATE";
 
-const LOCK_RUN: &str = "SELECT job, graph::text AS graph, max_fails FROM jobgraph_runs
+const LOCK_RUN: &str = "SELECT job, graph::text AS graph, max_fails, resets FROM jobgraph_runs
     WHERE id = $1 FOR UPDATE";
 
+/// Run `$1`'s count of resets, the run's row locked `FOR SHARE` until the transaction ends, so
+/// that no reset can come between the reading and what the transaction writes.
+const SHARE_RESETS: &str = "SELECT resets FROM jobgraph_runs WHERE id = $1 FOR SHARE";
+
 /// The runs `$1`, locked in id order: what completing their steps needs (the job, to notify,
-/// and the graph's key), and the input, which the steps a commit hands over take.
+/// and the graph's key), and what handing them over needs ([`Locked`]): the input, the count
+/// of resets, the queue order's priority and sequence, whether a claim could take any step of
+/// the run under the worker's lease (`blind`: plain steps, no time to live, no limits on its
+/// job; a hashed subquery, read once), and the transaction's time (Unix ms).
 const LOCK_RUNS: &str = concat!(
     "SELECT id, job, input, ",
     graph_key!(""),
-    " FROM jobgraph_runs
+    ", resets, priority, seq,
+        plain AND expires_at IS NULL AND job NOT IN (SELECT l.job FROM jobgraph_limits l)
+            AS blind,
+        jobgraph_ms(now()) AS now
+    FROM jobgraph_runs
     WHERE id = ANY ($1) ORDER BY id FOR UPDATE"
 );
 
@@ -3491,7 +3631,7 @@ const LOCK_RUNS: &str = concat!(
 /// `$3[i]` completed with output `$4[i]`, started at `$5[i]` (Unix ms), if it also meets `$also`:
 /// the steps it stored (a claim it no longer holds is not). A claim is held if the row says so
 /// (its worker and claim number), or if it is claim 1 of a step a commit handed over without
-/// writing its row, `$8[i]` its row's version then, and nothing wrote the row since
+/// writing its row, `$8[i]` given ([`fence`]), and nothing wrote the row since
 /// ([`DEPENDENCIES_DONE`]). `$holder` says what the completed row keeps of the claim: its
 /// worker and its lease, now + `$9` ms (the worker's), if the commit may hand over the step's
 /// children, whose claims are then theirs ([`ImplicitClaims`]).
@@ -3613,23 +3753,22 @@ macro_rules! handed {
 }
 
 /// `$3[i]` dependencies of step `$2[i]` of run `$1[i]` (locked) completed; the last makes it
-/// ready, or, for a fan-out, ready for its elements; a step made ready whose `$5[i]` is true
+/// ready, or, for a fan-out, ready for its elements; a step made ready whose `$4[i]` is true
 /// ([`handed!`]) is handed over to the committing worker instead, *without a write*: its row
-/// stays as it was (pending, no worker, `ready_at` NULL, `waiting` as it was), and the claim is
-/// the row's version (`xmin`, returned as `version`), which holds as long as nothing writes the
-/// row. Its holder and lease are its completed parents' ([`complete_steps!`] keeps the worker
-/// and its lease on a completed row): [`ImplicitClaims`] finds such claims for the sweep, the
-/// list of leases and the checks that need them. Each row: its entry in the arrays (`ordinal`,
-/// from 1) and its position, the job of a step that became ready for claims (`news`), whether
-/// a fan-out did (`fan`, with `fan_over`), and whether the step was handed over (`handed`),
-/// with what its claim needs that the committing worker does not know: its row's version,
-/// fails, lease (`$4` ms, the worker's) and queue order.
+/// stays as it was (pending, no worker, `ready_at` NULL, `waiting` as it was), and the claim
+/// holds as long as nothing writes the row ([`held_unwritten!`]). Its holder and lease are its
+/// completed parents' ([`complete_steps!`] keeps the worker and its lease on a completed row):
+/// [`ImplicitClaims`] finds such claims for the sweep, the list of leases and the checks that
+/// need them. Each row: its entry in the arrays (`ordinal`, from 1) and its position, the job
+/// of a step that became ready for claims (`news`), whether a fan-out did (`fan`, with
+/// `fan_over`), and whether the step was handed over (`handed`; the run's row says the rest of
+/// its claim, [`Locked`]). A child all of whose dependencies completed in the commit is not
+/// read at all, if its run's row says a claim could take it ([`dependencies_done`]).
 const DEPENDENCIES_DONE: &str = concat!(
     "WITH k AS MATERIALIZED (
         SELECT d.ordinal, d.n, d.hand, s.run_id, s.idx, s.waiting, s.fan_over, s.limited,
-            s.ttr_ms, s.expires_at, s.xmin::text::bigint AS version, s.fails, s.priority,
-            s.run_seq
-        FROM unnest($1::text[], $2::integer[], $3::integer[], $5::boolean[])
+            s.ttr_ms, s.expires_at
+        FROM unnest($1::text[], $2::integer[], $3::integer[], $4::boolean[])
             WITH ORDINALITY AS d (run_id, idx, n, hand, ordinal)
         JOIN jobgraph_steps s ON s.run_id = d.run_id AND s.idx = d.idx
         WHERE s.state = 'pending' AND s.waiting > 0
@@ -3646,19 +3785,14 @@ const DEPENDENCIES_DONE: &str = concat!(
             CASE WHEN s.waiting = 0 AND s.fan_over IS NULL THEN s.job END AS news,
             s.waiting = 0 AND s.fan_over IS NOT NULL AS fan, s.fan_over
     )
-    SELECT ordinal, idx, news, fan, fan_over, false AS handed, NULL::bigint AS version,
-        NULL::bigint AS fails, NULL::timestamptz AS lease_until, NULL::integer AS priority,
-        NULL::bigint AS run_seq
-    FROM written
+    SELECT ordinal, idx, news, fan, fan_over, false AS handed FROM written
     UNION ALL
-    SELECT k.ordinal, k.idx, NULL, false, NULL, true, k.version, k.fails,
-        now() + $4 * interval '1 millisecond', k.priority, k.run_seq
-    FROM k WHERE ",
+    SELECT k.ordinal, k.idx, NULL, false, NULL, true FROM k WHERE ",
     handed!()
 );
 
 /// Step `$2` (a position, named `$9`) of run `$1`, held by `$3` under claim `$4` (or handed
-/// over with row version `$10`, [`held_unwritten!`]), failed with error `$5` and is tried again
+/// over, `$10` given, [`held_unwritten!`]), failed with error `$5` and is tried again
 /// in `$7` ms, if it failed fewer than `$8` times before: when.
 const RETRY_STEP: &str = concat!(
     "UPDATE jobgraph_steps
@@ -3673,7 +3807,7 @@ const RETRY_STEP: &str = concat!(
     RETURNING jobgraph_ms(ready_at)"
 );
 
-/// The same step (its version `$8`) failed for good: its position.
+/// The same step (`$8` for [`held_unwritten!`]) failed for good: its position.
 const FAIL_STEP: &str = concat!(
     "UPDATE jobgraph_steps
     SET state = 'failed', fails = fails + 1, error = $5, claims = greatest(claims, 1),

@@ -136,7 +136,7 @@ pub trait Queue: Store {
     /// limits or a TTR, fan-outs and elements, and the steps of runs with a time to live, are
     /// never handed over: they stay ready for claims. What a [`Worker`](crate::Worker) commits
     /// with; PostgreSQL hands steps over (without writing their rows:
-    /// [`ClaimId::row_version`]), and the default (SQLite's) hands none.
+    /// [`ClaimId::handed_over`]), and the default (SQLite's) hands none.
     fn complete_and_claim<'a>(
         &'a self,
         worker: &'a str,
@@ -597,6 +597,13 @@ impl Submission<'_> {
         ttr.copied().flatten().map(ttr_ms)
     }
 
+    #[cfg(feature = "postgres")]
+    /// Whether every step of every run is plain: no TTR, and no fan-out. A claim of a plain
+    /// step is leased with its worker's lease, and claims the step whole.
+    pub(crate) fn plain(&self) -> bool {
+        self.fan_outs.is_empty() && self.ttrs.iter().all(Option::is_none)
+    }
+
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// The fan-out of step `position`, if it is one.
     pub(crate) fn fan_out(&self, position: usize) -> Option<&FanOut> {
@@ -657,10 +664,11 @@ pub struct ClaimId {
     /// it (an id that says so of another step is completed the usual way).
     pub only_step: bool,
     /// For a step a PostgreSQL commit handed over to its worker without writing the step's row
-    /// (claim 1, [`Queue::complete_and_claim`]): the version of that row then (its `xmin`). The
-    /// claim holds while nothing writes the row; its worker's first heartbeat writes the claim
-    /// into it, and after that the claim is an ordinary one. `None` for every other claim.
-    pub row_version: Option<i64>,
+    /// (claim 1, [`Queue::complete_and_claim`]): how many times its run had been reset then.
+    /// The claim holds while nothing writes the row and no reset (or redrive) of the run comes;
+    /// its worker's first heartbeat writes the claim into the row, and after that the claim is
+    /// an ordinary one. `None` for every other claim.
+    pub handed_over: Option<i64>,
 }
 
 /// A step (or one element of a `for_each` step: [`ClaimId::element`]) claimed by a worker: what

@@ -962,7 +962,7 @@ async fn claims_of(
                     position,
                     attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
                     element: t.element.and_then(|e| usize::try_from(e).ok()),
-                    row_version: None,
+                    handed_over: None,
                 },
                 job: t.job,
                 fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
