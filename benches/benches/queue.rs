@@ -37,8 +37,9 @@
 //!    worker on jobgraph's schema can beat. On PostgreSQL each burn-down's line of the log also
 //!    says what the server's processes serving its database spent per step (their CPU time
 //!    over the burn-down, from `/proc`), beside each worker process's own `cpu_ms`.
-//! 2. **Graphs** (jobgraph only): the same for an 8-step diamond job and a job whose step
-//!    `for_each`es over 100 elements: steps/s (a `for_each` element counts as a step).
+//! 2. **Graphs** (jobgraph only): the same for an 8-step diamond job (as many runs as the
+//!    single-step backlog has jobs) and a job whose step `for_each`es over 100 elements (a
+//!    20th as many runs): steps/s (a `for_each` element counts as a step).
 //!    `floor-pg` burns down the diamond too: the fewest writes a store claiming steps from a
 //!    row per step could make for a graph (`queue/floor.rs`).
 //! 3. **Latency**: one worker process on an idle system; one job submitted at a time, then its
@@ -1440,11 +1441,13 @@ async fn coordinate(o: Options) {
         .into_iter()
         .filter(|_| cell("graphs"))
     {
-        // Diamonds: as many steps as the single-step backlog. `for_each` runs go through a
+        // Diamonds: as many runs as the single-step backlog has jobs (8 times the steps: a
+        // backlog of 2,500 diamonds, as many steps, took under half a second, a sixth of it
+        // the pipeline of five commits filling and draining). `for_each` runs go through a
         // claim per step (3 per run), their 100 elements inside one: a 20th as many runs.
         let runs = match workload {
             Workload::ForEach => jobs / 20,
-            _ => jobs / workload.steps(),
+            _ => jobs,
         }
         .max(1);
         for &procs in &o.procs {
