@@ -1476,15 +1476,21 @@ async fn postgres_a_reset_waits_for_a_handed_steps_claim_and_then_fences_it() {
         store.reset_step(&run, "a").await.unwrap(),
         ["a", "b", "c", "d"]
     );
+    assert_reset_ended(store, &handed).await;
+}
+
+/// The claims a commit handed over of the diamond ([`diamond_handed_over`]) ended with the reset
+/// of its root: their heartbeats find them lost, their completions are refused, and the run
+/// starts again from its root.
+async fn assert_reset_ended(store: &PgStore, handed: &[Claim]) {
     let ids: Vec<ClaimId> = handed.iter().map(|c| c.id.clone()).collect();
     let held = store.heartbeat(WORKER, &ids, LEASE).await.unwrap();
     assert_eq!(held, [Held::Lost, Held::Lost]);
     let stale = store
-        .complete_many(WORKER, &completions(&handed, "0"))
+        .complete_many(WORKER, &completions(handed, "0"))
         .await
         .unwrap();
     assert_eq!(stale, [false, false]);
-    // The run starts again from its root.
     let again = store.claim("w2", &["Diamond"], 10, LEASE).await.unwrap();
     let seen: Vec<(&str, u32)> = again
         .iter()
@@ -1624,21 +1630,7 @@ async fn postgres_an_older_builds_reset_ends_the_claims_handed_over_before_it() 
         .await
         .unwrap();
     assert_eq!(resets, 1);
-    let ids: Vec<ClaimId> = handed.iter().map(|c| c.id.clone()).collect();
-    let held = store.heartbeat(WORKER, &ids, LEASE).await.unwrap();
-    assert_eq!(held, [Held::Lost, Held::Lost]);
-    let stale = store
-        .complete_many(WORKER, &completions(&handed, "0"))
-        .await
-        .unwrap();
-    assert_eq!(stale, [false, false]);
-    // The run starts again from its root.
-    let again = store.claim("w2", &["Diamond"], 10, LEASE).await.unwrap();
-    let seen: Vec<(&str, u32)> = again
-        .iter()
-        .map(|c| (c.id.step.as_str(), c.id.attempt))
-        .collect();
-    assert_eq!(seen, [("a", 1)]);
+    assert_reset_ended(store, &handed).await;
 }
 
 /// The sweep for lapsed hand-offs reads the steps of the unfinished runs it picked, by their
