@@ -3615,16 +3615,16 @@ const SHARE_RESETS: &str = "SELECT resets FROM jobgraph_runs WHERE id = $1 FOR S
 /// and the graph's key), and what handing them over needs ([`Locked`]): the input, the count
 /// of resets, the queue order's priority and sequence, whether a claim could take any step of
 /// the run under the worker's lease (`blind`: plain steps, no time to live, no limits on its
-/// job; a hashed subquery, read once), and the transaction's time (Unix ms).
+/// job, probed by the limits' key whatever their number), and the transaction's time (Unix ms).
 const LOCK_RUNS: &str = concat!(
     "SELECT id, job, input, ",
     graph_key!(""),
     ", resets, priority, seq,
-        plain AND expires_at IS NULL AND job NOT IN (SELECT l.job FROM jobgraph_limits l)
-            AS blind,
+        plain AND expires_at IS NULL
+            AND NOT EXISTS (SELECT 1 FROM jobgraph_limits l WHERE l.job = r.job) AS blind,
         jobgraph_ms(now()) AS now
-    FROM jobgraph_runs
-    WHERE id = ANY ($1) ORDER BY id FOR UPDATE"
+    FROM jobgraph_runs r
+    WHERE id = ANY ($1) ORDER BY id FOR UPDATE OF r"
 );
 
 /// Each step (`$2[i]`, `$7[i]`, `$6[i]`: run, position, name) that `$1` holds under claim
