@@ -388,7 +388,7 @@ impl Queue for PgStore {
                 .fetch_all(&mut *tx)
                 .await?;
             let heads = heads_of(&mut tx, &locked, "job").await?;
-            let locked = Locked::of(&locked)?;
+            let locked = Locked::of(locked)?;
             let (elements, mut steps): (Vec<(usize, &Completion<'a>)>, Vec<_>) =
                 rest.iter().partition(|(_, c)| c.claim.element.is_some());
             // In key order, as the children below.
@@ -1577,13 +1577,16 @@ impl Taken {
 #[derive(Default)]
 struct Locked {
     runs: HashMap<String, LockedRun>,
+    /// The rows, whose inputs are read only for the runs with a step handed over.
+    rows: Vec<sqlx::postgres::PgRow>,
     /// The transaction's time (Unix ms), from which a hand-off's lease runs.
     now: i64,
 }
 
 /// One of [`Locked`]'s runs.
 struct LockedRun {
-    input: String,
+    /// Its row's place in [`Locked::rows`].
+    row: usize,
     resets: i64,
     priority: i32,
     seq: i64,
@@ -1593,18 +1596,19 @@ struct LockedRun {
 
 impl Locked {
     /// The runs of `rows` ([`LOCK_RUNS`]'s).
-    fn of(rows: &[sqlx::postgres::PgRow]) -> Result<Locked, StoreError> {
+    fn of(rows: Vec<sqlx::postgres::PgRow>) -> Result<Locked, StoreError> {
         let Some(first) = rows.first() else {
             return Ok(Locked::default());
         };
         const T: &str = "jobgraph_runs";
         let at = |name| At::of(first, name, T);
-        let (id, input, resets) = (at("id")?, at("input")?, at("resets")?);
+        let (id, resets) = (at("id")?, at("resets")?);
         let (priority, seq, blind) = (at("priority")?, at("seq")?, at("blind")?);
+        let now = get(first, "now", T)?;
         let mut runs = HashMap::with_capacity(rows.len());
-        for row in rows {
+        for (at, row) in rows.iter().enumerate() {
             let run = LockedRun {
-                input: get(row, input, T)?,
+                row: at,
                 resets: get(row, resets, T)?,
                 priority: get(row, priority, T)?,
                 seq: get(row, seq, T)?,
@@ -1612,10 +1616,13 @@ impl Locked {
             };
             runs.insert(get(row, id, T)?, run);
         }
-        Ok(Locked {
-            runs,
-            now: get(first, "now", T)?,
-        })
+        Ok(Locked { runs, rows, now })
+    }
+
+    /// Run `run`'s input.
+    fn input(&self, run: &str) -> Result<String, StoreError> {
+        let row = self.runs.get(run).ok_or_else(|| no_such_run(run))?.row;
+        get(&self.rows[row], "input", "jobgraph_runs")
     }
 
     /// Run `run`'s count of resets.
@@ -2313,8 +2320,7 @@ impl Handed {
             let run = taken.run.as_str();
             if !with_inputs.contains_key(run) {
                 let (_, graph) = heads.get(run).ok_or_else(|| no_such_run(run))?;
-                let input = &locked.runs.get(run).ok_or_else(|| no_such_run(run))?.input;
-                with_inputs.insert(run.to_owned(), (input.clone(), graph.clone()));
+                with_inputs.insert(run.to_owned(), (locked.input(run)?, graph.clone()));
             }
         }
         finish(conn, self.taken, &with_inputs, known).await
