@@ -1383,7 +1383,8 @@ async fn diamond_handed_over(store: &PgStore) -> (String, Vec<Claim>) {
 }
 
 /// A commit hands its worker the children it made ready without writing their rows: each row
-/// stays as it was (no worker, no claim, not ready), and each claim carries the row's version.
+/// stays as it was (no worker, no claim, not ready), and each claim carries its run's count of
+/// resets.
 /// A heartbeat writes its claim into the row, which is then an ordinary claim of the worker's;
 /// the completion of one and the failure (tried again) of the other are stored under the claims
 /// the commit made, and a claim takes the one tried again as its second attempt.

@@ -1468,8 +1468,9 @@ struct Taken {
     /// An element's parent (its position) and the element (JSON).
     input: Option<(i32, String)>,
     attempt: i64,
-    /// For a step a commit handed over without writing its row: its run's count of resets then.
-    version: Option<i64>,
+    /// For a step a commit handed over without writing its row: its run's count of resets then
+    /// ([`ClaimId::handed_over`]).
+    handed_over: Option<i64>,
     fails: i64,
     job: String,
     lease_until: i64,
@@ -1544,7 +1545,7 @@ impl Taken {
             element,
             input: over.zip(input),
             attempt: get(row, c.attempt, T)?,
-            version: None,
+            handed_over: None,
             fails: get(row, c.fails, T)?,
             job: get(row, c.job, T)?,
             lease_until: get_ms(row, c.lease_until, T)?,
@@ -1675,7 +1676,7 @@ impl Locked {
             element: None,
             input: None,
             attempt: 1,
-            version: Some(locked.resets),
+            handed_over: Some(locked.resets),
             fails: 0,
             job: job.clone(),
             lease_until: self.now.saturating_add(lease_ms(lease)),
@@ -1819,7 +1820,7 @@ async fn finish(
                 attempt: u32::try_from(t.attempt).unwrap_or(u32::MAX),
                 element: t.element.and_then(|e| usize::try_from(e).ok()),
                 only_step: spec.is_none() && t.element.is_none(),
-                handed_over: t.version,
+                handed_over: t.handed_over,
             },
             job: t.job,
             fails: u32::try_from(t.fails).unwrap_or(u32::MAX),
@@ -3190,9 +3191,9 @@ macro_rules! handed_over {
 /// Claim `$claim` of step `$s` (an alias and a dot) is one a commit handed over without writing
 /// its row ([`DEPENDENCIES_DONE`]), and nothing wrote the row since: claim 1, `$version` given
 /// (the caller gives it only if it is the run's count of resets now, read under the run's lock:
-/// [`fence`]), and the row as the commit left it: never claimed, not ready, still waiting.
-/// Every write to such a row but a reset's marks one of those (a claim written in, a state,
-/// `ready_at`), and a reset counts itself in the run's row ([`COUNT_RESET`]).
+/// [`fence`]), and the row as the commit left it ([`unwritten!`]), still waiting. Every write
+/// to such a row but a reset's marks one of those (a claim written in, a state, `ready_at`),
+/// and a reset counts itself in the run's row ([`COUNT_RESET`]).
 macro_rules! held_unwritten {
     ($s:literal, $claim:literal, $version:literal) => {
         concat!(
@@ -3201,12 +3202,8 @@ macro_rules! held_unwritten {
             " = 1 AND ",
             $version,
             " IS NOT NULL AND ",
-            $s,
-            "claims = 0 AND ",
-            $s,
-            "worker IS NULL AND ",
-            $s,
-            "ready_at IS NULL AND ",
+            unwritten!($s),
+            " AND ",
             $s,
             "waiting > 0)"
         )
