@@ -3700,7 +3700,7 @@ async fn postgres_a_version_1_database_migrates_to_the_queue() {
             .fetch_one(&mut conn)
             .await
             .unwrap();
-    assert_eq!(version, "18");
+    assert_eq!(version, "19");
     let old = store.load_run("old").await.unwrap().unwrap();
     assert_eq!((old.state, old.steps.len()), (RunState::Pending, 1));
     // Not submitted through the queue: no worker claims it.
@@ -3951,6 +3951,62 @@ async fn read_by_empty_claims(
     rows_read(admin, table).await - before
 }
 
+/// A claim of single-step jobs reads no run's row: each step carries its run's input (schema
+/// version 19), so 20 claims of 10 read none of `jobgraph_runs` (each read its steps' runs by
+/// key: 200 rows). A step without the copy is claimed with its run's input all the same: one
+/// stored by a process of an older build (the column cleared here), and one queued again after
+/// its completion cleared it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_claims_of_single_step_jobs_read_no_run_rows() {
+    let Some((db, mut admin)) = analyzed_backlog("single", (0..300).map(|n| Single { n })).await
+    else {
+        return;
+    };
+    let before = rows_read(&mut admin, "jobgraph_runs").await;
+    let store = PgStore::connect(db.url()).await.unwrap();
+    let mut claimed = Vec::new();
+    for _ in 0..20 {
+        claimed.extend(store.claim(WORKER, &["Single"], 10, LEASE).await.unwrap());
+    }
+    drop(store);
+    let read = rows_read(&mut admin, "jobgraph_runs").await - before;
+    assert!(read < 20, "20 claims read {read} rows of jobgraph_runs");
+    assert_eq!(claimed.len(), 200);
+    let inputs: std::collections::BTreeSet<String> =
+        claimed.iter().map(|c| c.input.clone()).collect();
+    let expected = (0..200).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    assert_eq!(inputs, expected);
+
+    // The rest as an older build stores them.
+    sqlx::query("UPDATE jobgraph_steps SET run_input = NULL WHERE worker IS NULL")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let store = PgStore::connect(db.url()).await.unwrap();
+    let rest = store.claim(WORKER, &["Single"], 100, LEASE).await.unwrap();
+    let inputs: std::collections::BTreeSet<String> = rest.iter().map(|c| c.input.clone()).collect();
+    let expected = (200..300).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    assert_eq!(inputs, expected);
+
+    // Completed (the copy cleared) and queued again.
+    let first = &claimed[0];
+    store.complete(WORKER, &first.id, "0", 0).await.unwrap();
+    let kept: Option<String> =
+        sqlx::query_scalar("SELECT run_input FROM jobgraph_steps WHERE run_id = $1")
+            .bind(&first.id.run)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+    assert_eq!(kept, None, "a completion keeps its run's input in the step");
+    store.reset_step(&first.id.run, "only").await.unwrap();
+    let again = store.claim(WORKER, &["Single"], 10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (&again[0].id.run, &again[0].input),
+        (&first.id.run, &first.input)
+    );
+}
+
 /// The first submit of a job with limits marks the steps of its limited steps stored before
 /// (none, for a new job) by reading the job's runs, not every step: with 12,000 steps of
 /// another job stored, it reads a few rows of `jobgraph_steps` (planned for any job, the
@@ -4028,10 +4084,11 @@ async fn postgres_a_version_8_database_migrates_with_its_limited_claims_counted(
         .unwrap();
     assert_eq!(first.iter().filter(|c| c.id.step == "pooled").count(), 2);
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    // Versions 18, 17, 16, 15, 14, 11 and 10 undone, then version 9 (12 and 13 apply again as
-    // they are).
+    // Versions 19, 18, 17, 16, 15, 14, 11 and 10 undone, then version 9 (12 and 13 apply again
+    // as they are).
     sqlx::raw_sql(
-        "DROP TRIGGER jobgraph_runs_reset ON jobgraph_runs;
+        "ALTER TABLE jobgraph_steps DROP COLUMN run_input;
+        DROP TRIGGER jobgraph_runs_reset ON jobgraph_runs;
         DROP FUNCTION jobgraph_count_reset();
         ALTER TABLE jobgraph_runs DROP COLUMN resets, DROP COLUMN plain;
         DROP INDEX jobgraph_runs_unfinished;

@@ -1183,7 +1183,7 @@ async fn postgres_refuses_another_schema_version() {
             .fetch_one(&mut pg_raw(&db).await)
             .await
             .unwrap();
-    assert_eq!(version, "18");
+    assert_eq!(version, "19");
 
     pg_execute(
         &db,
@@ -1196,7 +1196,7 @@ async fn postgres_refuses_another_schema_version() {
             err,
             StoreError::Schema {
                 found: 99,
-                expected: 18
+                expected: 19
             }
         ),
         "{err:?}"
@@ -1270,7 +1270,7 @@ fn postgres_concurrent_first_opens_migrate_once() {
                 .fetch_one(&mut pg_raw(&db).await)
                 .await
                 .unwrap();
-        assert_eq!(version, "18");
+        assert_eq!(version, "19");
         let store = pg_store(&db).await;
         let runs = store.list_runs(&RunFilter::default()).await.unwrap();
         assert_eq!(runs.len(), 8);

@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("postgres_migrations/0016_limited_by_older_builds.sql"),
     include_str!("postgres_migrations/0017_handed_steps_stay_hot.sql"),
     include_str!("postgres_migrations/0018_handoffs_fenced_by_resets.sql"),
+    include_str!("postgres_migrations/0019_alone_steps_carry_their_input.sql"),
 ];
 
 /// The key of the advisory lock that serializes migrations: "jobgraph" in ASCII, one key per

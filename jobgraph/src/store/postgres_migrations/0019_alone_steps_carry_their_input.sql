@@ -1,0 +1,13 @@
+-- Schema version 19 of the PostgreSQL store: the step of a run of one step carries its run's
+-- input, so that a claim of it reads no other row.
+--
+-- A claim returns, with each step it takes, its run's input and graph key, which it read from
+-- the run's row by the primary key: an index descent and a heap fetch per step, 1.75 of the
+-- 6.2 µs per step of a claim of 2,000 single-step jobs. A run of one step (`alone`) is the
+-- single-step job, the queue's commonest case: its graph's key is empty (`key_of`), so its
+-- input is all the claim needs of the run. The submit now copies it into `run_input`, and the
+-- claim reads the run's row only for a step without one (a step of a larger graph, a step
+-- submitted by an older build, a step completed and queued again: its completion clears it, so
+-- a completed run's input is stored once). An older build ignores the column: its claims read
+-- the run as before, its submits leave it NULL.
+ALTER TABLE jobgraph_steps ADD COLUMN run_input text;
