@@ -73,10 +73,13 @@ macro_rules! claim {
     };
 }
 
-/// [`claim!`] of single-step jobs: each step's run, name and claim number, and its run's input.
+/// [`claim!`] of single-step jobs: each step's run, name and claim number, and its run's input
+/// (which the step of a run of one step carries since schema version 19: its run's row is read
+/// only for a step without it).
 const CLAIM: &str = claim!(
     "s.run_id, s.name, s.claims,
-        (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id) AS input"
+        coalesce(s.run_input,
+            (SELECT r.input FROM jobgraph_runs r WHERE r.id = s.run_id)) AS input"
 );
 
 /// Each step (`$2[i]`, `$3[i]`) that `$1` holds under claim `$4[i]` completed with output
