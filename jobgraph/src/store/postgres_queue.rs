@@ -3278,8 +3278,7 @@ macro_rules! taken {
         concat!(
             "s.run_id, s.idx, s.name, s.claims, s.fails, s.job, s.priority, s.run_seq,
             s.ready_at, s.lease_until, s.ttr_ms,
-            NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input,
-            s.run_input AS known_input, ",
+            NULL::bigint AS element, NULL::integer AS over, NULL::text AS element_input, ",
             exhausted!()
         )
     };
@@ -3293,8 +3292,7 @@ macro_rules! taken_element {
         concat!(
             "s.run_id, s.position AS idx, s.step AS name, s.claims, s.fails, s.job, s.priority,
             s.run_seq, s.ready_at, s.lease_until,
-            s.ttr_ms, s.idx AS element, s.over, s.input AS element_input,
-            NULL::text AS known_input, ",
+            s.ttr_ms, s.idx AS element, s.over, s.input AS element_input, ",
             exhausted!()
         )
     };
@@ -3404,7 +3402,7 @@ const CLAIM_UNLIMITED: &str = concat!(
         WHERE s.ctid = ANY (ARRAY(SELECT p.row FROM picked p WHERE p.element IS NULL))
         RETURNING ",
     taken!(),
-    "
+    ", s.run_input AS known_input
     ),
     claimed_elements AS (
         UPDATE jobgraph_queue_elements s
@@ -3413,7 +3411,7 @@ const CLAIM_UNLIMITED: &str = concat!(
         WHERE s.ctid = ANY (ARRAY(SELECT p.row FROM picked p WHERE p.element IS NOT NULL))
         RETURNING ",
     taken_element!(),
-    "
+    ", NULL::text AS known_input
     )
     SELECT f.limited,
         (SELECT count(*) FROM picked_steps) + (SELECT count(*) FROM picked_elements) AS locked,
