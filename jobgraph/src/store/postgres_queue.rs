@@ -3314,10 +3314,11 @@ macro_rules! unmarked {
 /// best `$2` claimable steps and its best `$2` claimable fan-out elements (`SKIP LOCKED`: passing
 /// over the rows other transactions hold) that have no limits, of which the best `$2` are claimed
 /// for `$3` until now + `$4` ms; one row per claim, with its run's input and graph key (or one
-/// row of `NULL`s if none): a step that carries its run's input (`known_input`, the only step
-/// of its run, whose graph's key is empty) without reading the run's row (a one-time filter
-/// of the `LATERAL` subquery; the read cost 1.75 of 6.2 µs per step of a claim of 2,000
-/// single-step jobs), the others' `input` and `graph_key` from it. The steps and elements it picks need no check of their own against
+/// row of `NULL`s if none). A step that carries its run's input (the only step of its run,
+/// whose graph's key is empty) returns it as `known_input`, `input` NULL, and its run's row is
+/// not read (a one-time filter of the `LATERAL` subquery; the read cost 1.75 of 6.2 µs per step
+/// of a claim of 2,000 single-step jobs); the others' `input` and `graph_key` come from that
+/// row. The steps and elements it picks need no check of their own against
 /// `jobgraph_limits`: it picks nothing unless `flag` found no limited one ready, in the same
 /// snapshot (a limit inserted since is not seen by either). `locked`: how many rows it locked
 /// (it takes fewer when a job has both steps and elements ready).
